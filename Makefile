@@ -1,0 +1,28 @@
+# pm: `make` builds pm.pyz; `make demo` runs the example end to end; `make test` runs every test.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+
+.PHONY: all test demo bench clean
+
+all: pm.pyz
+
+pm.pyz: pm.py build_zipapp.py
+	$(PYTHON) build_zipapp.py -o pm.pyz
+
+$(VENV)/ok: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q -r tests/requirements.txt
+	touch $(VENV)/ok
+
+test: $(VENV)/ok pm.pyz
+	$(VPY) -m pytest -q tests
+
+demo: $(VENV)/ok pm.pyz
+	$(VPY) examples/demo.py
+
+bench: $(VENV)/ok pm.pyz
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf pm.pyz $(VENV) .pytest_cache tests/__pycache__ demo-work

@@ -1,0 +1,1172 @@
+#!/usr/bin/env python3
+"""pm: move scientific software to another machine and prove it works there.
+
+One module, read top to bottom in the order the data travels:
+constants and errors -> probe (a Python 2/3 program kept in a string) -> bundle format ->
+resolver -> package managers -> migrator -> server -> command line.
+Standard library only; runs under Python 3.6 and newer (the probe also under 2.7).
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import time
+import types
+import zipfile
+
+# == Constants and errors =====================================================
+
+VERSION = "1.0.0"
+BUNDLE_FORMAT = 1
+CHUNK = 1 << 20
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DASH = "\u2014"
+
+
+class PmError(Exception):
+    """A problem the user can fix: what went wrong, what to do, and the exit code."""
+
+    def __init__(self, what, fix, code=2):
+        Exception.__init__(self, what)
+        self.what = what
+        self.fix = fix
+        self.code = code
+
+    def line(self):
+        return "pm: error: %s %s %s" % (self.what, DASH, self.fix)
+
+
+def say(text):
+    """Progress and diagnostics go to stderr."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def check_name(name, what="software name"):
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise PmError("bad %s %r" % (what, name),
+                      "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+    return name
+
+
+def write_atomic(path, data):
+    """Write bytes or text to a temp file beside path, then rename it into place."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=".pm-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+    return path
+
+
+def write_json(path, data):
+    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path):
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+# == Probe ====================================================================
+# The probe runs on base machines (Python 2.7 and up, no packages, maybe no TTY).
+# It is written out into pm.pyz as pm_probe.py and served at GET /migrate.
+
+PROBE_SOURCE = r'''
+# -*- coding: utf-8 -*-
+"""pm probe: pack a conda environment and a software directory into one bundle.
+
+Runs on base machines under Python 2.7 and every Python 3, standard library only.
+Written out of pm.py (PROBE_SOURCE) into pm.pyz as pm_probe.py and served by
+`pm.pyz serve` at GET /migrate with the server's address filled in.
+"""
+from __future__ import print_function
+
+import argparse
+import ast
+import fnmatch
+import hashlib
+import json
+import os
+import platform
+import re
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+SERVER_URL = ""    # filled in by GET /migrate
+SERVER_TOKEN = ""  # filled in by GET /migrate when the server has a token
+
+PROBE_VERSION = "1.0.0"
+BUNDLE_FORMAT = 1
+CHUNK = 1 << 20
+DEFAULT_EXCLUDES = ["__pycache__", "*.pyc", "*.pyo"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+PY2 = sys.version_info[0] == 2
+DASH = u"\u2014"
+CONDA_PLACES = ["~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge",
+                "~/miniconda", "~/anaconda", "/opt/conda", "/opt/miniconda3",
+                "/opt/anaconda3", "/opt/miniforge3", "/usr/local/miniconda3",
+                "/usr/local/anaconda3"]
+
+# -- Messages ---------------------------------------------------------------
+
+
+class PackError(Exception):
+    """A problem the user can fix: what went wrong and what to do."""
+
+    def __init__(self, what, fix):
+        Exception.__init__(self, what)
+        self.what = what
+        self.fix = fix
+
+
+def say(text):
+    """Write one line of progress or diagnostics to stderr."""
+    if PY2 and isinstance(text, unicode):  # noqa: F821 (Python 2 only)
+        text = text.encode("utf-8", "replace")
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def error_line(what, fix):
+    return u"pm: error: %s %s %s" % (what, DASH, fix)
+
+
+# -- Asking -----------------------------------------------------------------
+
+
+def ask(question, default, flag, assume_yes):
+    """Ask on stdin (a TTY or a pipe); with --yes take the default or fail naming the flag."""
+    if assume_yes:
+        if default is None:
+            raise PackError("no value for %s" % flag, "pass %s, or drop --yes to be asked" % flag)
+        return default
+    shown = " [%s]" % default if default is not None else ""
+    sys.stderr.write("%s%s: " % (question, shown))
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise PackError("no answer on stdin for: %s" % question, "pass %s" % flag)
+    answer = line.strip()
+    if not answer:
+        if default is None:
+            raise PackError("an answer is needed for: %s" % question, "pass %s" % flag)
+        return default
+    return answer
+
+
+def choose(title, options, flag, assume_yes):
+    """Show numbered options and return the chosen one."""
+    if assume_yes:
+        raise PackError("no value for %s" % flag, "pass %s, or drop --yes to choose" % flag)
+    say(title)
+    for number, option in enumerate(options, 1):
+        say("  %d) %s" % (number, option))
+    answer = ask("Number", None, flag, False)
+    if not answer.isdigit() or not 1 <= int(answer) <= len(options):
+        raise PackError("'%s' is not one of the numbers 1-%d" % (answer, len(options)),
+                        "run again and type a listed number, or pass %s" % flag)
+    return options[int(answer) - 1]
+
+
+# -- Conda ------------------------------------------------------------------
+
+
+def which(program):
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder, program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def find_conda():
+    """$CONDA_EXE, then conda on PATH, then the usual install prefixes."""
+    exe = os.environ.get("CONDA_EXE")
+    if exe and os.access(exe, os.X_OK):
+        return exe
+    exe = which("conda")
+    if exe:
+        return exe
+    for place in CONDA_PLACES:
+        candidate = os.path.join(os.path.expanduser(place), "bin", "conda")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise PackError("no conda found (looked at $CONDA_EXE, PATH and %s)" % ", ".join(CONDA_PLACES[:4]),
+                    "activate your conda environment or set CONDA_EXE=/path/to/conda")
+
+
+def run_conda(conda, args, check=True):
+    """Run conda; return its stdout as text, or None when check is False and it failed."""
+    try:
+        proc = subprocess.Popen([conda] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise PackError("cannot run %s: %s" % (conda, exc), "set CONDA_EXE to a working conda")
+    out, err = proc.communicate()
+    out = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        if not check:
+            return None
+        last = (err.decode("utf-8", "replace").strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+        raise PackError("'conda %s' failed: %s" % (" ".join(args), last),
+                        "check that the environment is healthy with 'conda list'")
+    return out
+
+
+def run_conda_json(conda, args):
+    out = run_conda(conda, args)
+    try:
+        return json.loads(out)
+    except ValueError:
+        raise PackError("'conda %s' did not print JSON" % " ".join(args),
+                        "update conda, or set CONDA_EXE to another conda")
+
+
+def is_env_prefix(path):
+    return os.path.isdir(os.path.join(path, "conda-meta"))
+
+
+def find_env(conda, wanted, assume_yes):
+    """Return the prefix of the environment to pack: -e, the active one, or a choice."""
+    if wanted:
+        if os.sep in wanted or wanted.startswith("."):
+            prefix = os.path.abspath(os.path.expanduser(wanted))
+            if is_env_prefix(prefix):
+                return prefix
+            raise PackError("%s is not a conda environment (no conda-meta folder)" % prefix,
+                            "pass an environment name or prefix listed by 'conda env list'")
+        for prefix in list_envs(conda):
+            if os.path.basename(prefix) == wanted or (wanted == "base" and is_base(prefix)):
+                return prefix
+        raise PackError("unknown conda environment '%s'" % wanted,
+                        "run 'conda env list' to see the names, or pass a prefix path with -e")
+    active = os.environ.get("CONDA_PREFIX")
+    if active and is_env_prefix(active):
+        return active
+    envs = list_envs(conda)
+    if not envs:
+        raise PackError("conda knows no environments", "create one, or pass its prefix with -e")
+    return choose("Which conda environment runs the software?", envs, "-e ENV", assume_yes)
+
+
+def is_base(prefix):
+    return os.path.isdir(os.path.join(prefix, "envs")) or os.path.isfile(os.path.join(prefix, "bin", "conda"))
+
+
+def list_envs(conda):
+    return [str(p) for p in run_conda_json(conda, ["env", "list", "--json"]).get("envs", [])]
+
+
+# -- Environment records and the minimal set ------------------------------
+
+
+def spec_name(spec):
+    """The package name of a match spec: 'numpy >=1.2', 'conda-forge::numpy=1.2' -> 'numpy'."""
+    spec = spec.strip().split("::")[-1]
+    return re.split(r"[\s=<>!~\[;,]", spec, 1)[0].strip()
+
+
+def read_conda_meta(prefix):
+    """The package records of an environment, from its conda-meta/*.json files."""
+    meta = os.path.join(prefix, "conda-meta")
+    if not os.path.isdir(meta):
+        raise PackError("%s has no conda-meta folder" % prefix, "pass a real conda environment with -e")
+    records = []
+    for filename in sorted(os.listdir(meta)):
+        if not filename.endswith(".json"):
+            continue
+        path = os.path.join(meta, filename)
+        try:
+            with open(path, "rb") as handle:
+                record = json.loads(handle.read().decode("utf-8"))
+        except (IOError, OSError, ValueError) as exc:
+            raise PackError("broken conda record %s: %s" % (path, exc),
+                            "repair the environment ('conda install --force-reinstall') or recreate it")
+        if not isinstance(record, dict) or not record.get("name") or not record.get("version"):
+            raise PackError("broken conda record %s: no name or version" % path,
+                            "repair the environment ('conda install --force-reinstall') or recreate it")
+        records.append(record)
+    return records
+
+
+def read_requested_specs(prefix):
+    """What the user asked for, replayed from conda-meta/history: name -> spec."""
+    path = os.path.join(prefix, "conda-meta", "history")
+    specs = {}
+    if not os.path.isfile(path):
+        return specs
+    with open(path, "rb") as handle:
+        lines = handle.read().decode("utf-8", "replace").splitlines()
+    for line in lines:
+        match = re.match(r"#\s*(update|remove|neutered) specs:\s*(\[.*\])\s*$", line)
+        if not match:
+            continue
+        try:
+            listed = ast.literal_eval(match.group(2))
+        except (ValueError, SyntaxError):
+            continue
+        for spec in listed:
+            name = spec_name(spec)
+            if match.group(1) == "remove":
+                specs.pop(name, None)
+            elif match.group(1) == "update":
+                specs[name] = spec
+    return specs
+
+
+def dependency_graph(records):
+    """name -> sorted names of installed packages it depends on (virtual packages left out)."""
+    names = set(r["name"] for r in records)
+    graph = {}
+    for record in records:
+        deps = set()
+        for spec in record.get("depends") or []:
+            dep = spec_name(spec)
+            if dep in names and dep != record["name"]:
+                deps.add(dep)
+        graph[record["name"]] = sorted(deps)
+    return graph
+
+
+def strongly_connected(graph):
+    """Tarjan's algorithm without recursion: the list of components (lists of names)."""
+    index, low, on_stack, stack, components = {}, {}, set(), [], []
+    counter = [0]
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, 0)]
+        while work:
+            node, child = work.pop()
+            if child == 0:
+                index[node] = low[node] = counter[0]
+                counter[0] += 1
+                stack.append(node)
+                on_stack.add(node)
+            deps = graph[node]
+            if child > 0:
+                low[node] = min(low[node], low[deps[child - 1]])
+            while child < len(deps) and deps[child] in index:
+                if deps[child] in on_stack:
+                    low[node] = min(low[node], index[deps[child]])
+                child += 1
+            if child < len(deps):
+                work.append((node, child + 1))
+                work.append((deps[child], 0))
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                components.append(sorted(component))
+    return components
+
+
+def minimal_set(graph, requested=()):
+    """The packages nothing else depends on; one member stands for each root cycle.
+
+    Its closure over the graph is the whole environment and no member reaches another.
+    """
+    components = strongly_connected(graph)
+    component_of = {}
+    for number, component in enumerate(components):
+        for name in component:
+            component_of[name] = number
+    depended_on = set()
+    for name, deps in graph.items():
+        for dep in deps:
+            if component_of[dep] != component_of[name]:
+                depended_on.add(component_of[dep])
+    roots = []
+    for number, component in enumerate(components):
+        if number not in depended_on:
+            roots.append(representative(component, graph, requested))
+    return sorted(roots)
+
+
+def representative(component, graph, requested):
+    """The member of a cycle to keep: one the user asked for, else the one with most deps."""
+    asked = [name for name in component if name in requested]
+    if asked:
+        return asked[0]
+    return sorted(component, key=lambda name: (-len(graph[name]), name))[0]
+
+
+def closure(graph, roots):
+    seen, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    return seen
+
+
+def min_dep_records(minimal, records, listed, requested):
+    """min-deps.json: conda-list-style records of the minimal set."""
+    by_name = dict((r.get("name"), r) for r in listed if isinstance(r, dict))
+    meta = dict((r["name"], r) for r in records)
+    out = []
+    for name in minimal:
+        row = dict(by_name.get(name) or {})
+        record = meta[name]
+        row.setdefault("name", name)
+        row.setdefault("version", record.get("version"))
+        row.setdefault("build_string", record.get("build", ""))
+        row.setdefault("build_number", record.get("build_number", 0))
+        row.setdefault("channel", channel_name(record.get("channel", "")))
+        row.setdefault("platform", record.get("subdir", ""))
+        row["requested"] = name in requested
+        out.append(row)
+    return out
+
+
+def channel_name(url):
+    url = (url or "").rstrip("/")
+    return url.rsplit("/", 1)[-1] if url else ""
+
+
+# -- Zipping the software -------------------------------------------------
+
+
+def excluded(relpath, patterns):
+    name = os.path.basename(relpath)
+    for pattern in patterns:
+        if fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relpath, pattern):
+            return True
+    return False
+
+
+class Progress(object):
+    """A one-line counter on a TTY, silent otherwise."""
+
+    def __init__(self, label):
+        self.label = label
+        self.files = 0
+        self.size = 0
+        self.shown = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def add(self, size):
+        self.files += 1
+        self.size += size
+        if self.tty and time.time() - self.shown > 0.3:
+            self.shown = time.time()
+            sys.stderr.write("\r%s: %d files, %.1f MiB " % (self.label, self.files, self.size / 1048576.0))
+            sys.stderr.flush()
+
+    def done(self):
+        if self.tty:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+        say("%s: %d files, %.1f MiB" % (self.label, self.files, self.size / 1048576.0))
+
+
+def file_digest(path):
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(CHUNK)
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def add_bytes(bundle, members, arcname, data, mode=0o644):
+    info = zipfile.ZipInfo(arcname, date_time=time.gmtime()[:6])
+    info.external_attr = (mode & 0xFFFF) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    bundle.writestr(info, data)
+    if not stat.S_ISDIR(mode):
+        members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def add_software(bundle, members, root, patterns):
+    """Stream the directory into the bundle under software/<dir>/, keeping modes and in-tree links."""
+    root = os.path.abspath(root)
+    real_root = os.path.realpath(root)
+    top = "software/" + os.path.basename(root)
+    progress = Progress("zipping " + os.path.basename(root))
+    add_bytes(bundle, members, top + "/", b"", stat.S_IFDIR | 0o755)
+    for folder, dirs, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root)
+        rel_folder = "" if rel_folder == "." else rel_folder
+        kept = []
+        for name in sorted(dirs):
+            rel = os.path.join(rel_folder, name)
+            if excluded(rel, patterns):
+                continue
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                add_link(bundle, members, path, top + "/" + rel.replace(os.sep, "/"), real_root, progress)
+                continue
+            kept.append(name)
+            mode = os.lstat(path).st_mode
+            add_bytes(bundle, members, top + "/" + rel.replace(os.sep, "/") + "/", b"", mode)
+        dirs[:] = kept
+        for name in sorted(files):
+            rel = os.path.join(rel_folder, name)
+            if excluded(rel, patterns):
+                continue
+            path = os.path.join(folder, name)
+            arcname = top + "/" + rel.replace(os.sep, "/")
+            if os.path.islink(path):
+                add_link(bundle, members, path, arcname, real_root, progress)
+            elif os.path.isfile(path):
+                add_file(bundle, members, path, arcname, progress)
+    progress.done()
+    return progress
+
+
+def add_file(bundle, members, path, arcname, progress):
+    try:
+        digest, size = file_digest(path)
+        bundle.write(path, arcname, zipfile.ZIP_DEFLATED)
+    except (IOError, OSError) as exc:
+        raise PackError("cannot read %s: %s" % (path, exc), "fix its permissions or leave it out with --exclude")
+    members[arcname] = {"sha256": digest, "size": size}
+    progress.add(size)
+
+
+def add_link(bundle, members, path, arcname, real_root, progress):
+    """In-tree links stay links; a link leading out of the tree is copied if it is a file."""
+    target = os.readlink(path)
+    real = os.path.realpath(path)
+    if real == real_root or real.startswith(real_root + os.sep):
+        data = target.encode("utf-8") if not isinstance(target, bytes) else target
+        add_bytes(bundle, members, arcname, data, stat.S_IFLNK | 0o777)
+        progress.add(0)
+    elif os.path.isfile(real):
+        say("note: %s points outside the directory; its file is copied" % path)
+        add_file(bundle, members, real, arcname, progress)
+    else:
+        say("note: %s points outside the directory to %s; left out" % (path, target))
+
+
+# -- The bundle -----------------------------------------------------------
+
+
+def utc_now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def source_platform(conda_info):
+    libc = platform.libc_ver()
+    return {
+        "os": platform.system(),
+        "os_release": platform.release(),
+        "machine": platform.machine(),
+        "libc": ("%s %s" % libc).strip() if libc[0] else "",
+        "python": platform.python_version(),
+        "conda": conda_info.get("conda_version", ""),
+        "conda_platform": conda_info.get("platform", ""),
+        "hostname": platform.node(),
+    }
+
+
+def to_json_bytes(data):
+    return json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+
+
+def text_bytes(text):
+    return text.encode("utf-8") if not isinstance(text, bytes) else text
+
+
+def gather_environment(conda, prefix):
+    """Everything the bundle says about the environment, before anything is written."""
+    records = read_conda_meta(prefix)
+    requested = read_requested_specs(prefix)
+    graph = dependency_graph(records)
+    minimal = minimal_set(graph, requested)
+    listed = run_conda_json(conda, ["list", "--json", "-p", prefix])
+    env = {
+        "prefix": prefix,
+        "records": records,
+        "requested": requested,
+        "minimal": minimal,
+        "listed": listed,
+        "env_yml": run_conda(conda, ["env", "export", "-p", prefix]),
+        "history_yml": run_conda(conda, ["env", "export", "-p", prefix, "--from-history"], check=False),
+        "info": run_conda_json(conda, ["info", "--json"]),
+    }
+    say("environment %s: %d packages, %d directly required (%d asked for in its history)"
+        % (prefix, len(records), len(minimal), len(requested)))
+    return env
+
+
+def write_bundle(path, name, software_dir, env, patterns):
+    """Write the bundle to a temp file beside path, then rename it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temp = tempfile.mkstemp(prefix=".pm-", suffix=".part", dir=folder)
+    os.close(handle)
+    try:
+        members = {}
+        bundle = zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED, True)
+        try:
+            add_bytes(bundle, members, "env.yml", text_bytes(env["env_yml"]))
+            if env["history_yml"]:
+                add_bytes(bundle, members, "env-history.yml", text_bytes(env["history_yml"]))
+            add_bytes(bundle, members, "conda-list.json", to_json_bytes(env["listed"]))
+            min_records = min_dep_records(env["minimal"], env["records"], env["listed"], env["requested"])
+            add_bytes(bundle, members, "min-deps.json", to_json_bytes(min_records))
+            progress = add_software(bundle, members, software_dir, patterns)
+            manifest = {
+                "format": BUNDLE_FORMAT,
+                "name": name,
+                "created": utc_now(),
+                "probe_version": PROBE_VERSION,
+                "source": source_platform(env["info"]),
+                "env": {"name": os.path.basename(env["prefix"]), "prefix": env["prefix"],
+                        "packages": len(env["records"])},
+                "software": {"dir": os.path.basename(os.path.abspath(software_dir)),
+                             "files": progress.files, "bytes": progress.size},
+                "minimal": env["minimal"],
+                "requested_specs": sorted(env["requested"].values()),
+                "members": members,
+            }
+            add_bytes(bundle, {}, "manifest.json", to_json_bytes(manifest))
+        finally:
+            bundle.close()
+        os.rename(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+    return path
+
+
+# -- Sending --------------------------------------------------------------
+
+
+def send_bundle(path, server, name, token):
+    """PUT the bundle to the server, streamed in chunks, with its sha256 in a header."""
+    if PY2:
+        import httplib as http_client
+        from urlparse import urlsplit
+    else:
+        import http.client as http_client
+        from urllib.parse import urlsplit
+    parts = urlsplit(server if "://" in server else "http://" + server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PackError("bad server address '%s'" % server, "use --server http://HOST:PORT")
+    digest, size = file_digest(path)
+    connection_class = http_client.HTTPSConnection if parts.scheme == "https" else http_client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                  timeout=120)
+    url = parts.path.rstrip("/") + "/bundles/" + name
+    progress = Progress("sending to " + parts.netloc)
+    try:
+        connection.putrequest("PUT", url)
+        connection.putheader("Content-Type", "application/zip")
+        connection.putheader("Content-Length", str(size))
+        connection.putheader("X-Content-SHA256", digest)
+        if token:
+            connection.putheader("Authorization", "Bearer " + token)
+        connection.endheaders()
+        with open(path, "rb") as handle:
+            while True:
+                block = handle.read(CHUNK)
+                if not block:
+                    break
+                connection.send(block)
+                progress.add(len(block))
+        response = connection.getresponse()
+        body = response.read().decode("utf-8", "replace")
+    except (IOError, OSError, http_client.HTTPException) as exc:
+        raise PackError("cannot send the bundle to %s: %s" % (server, exc),
+                        "check that 'pm.pyz serve' runs there, or save with -o and carry the file")
+    finally:
+        connection.close()
+    if response.status >= 300:
+        try:
+            reason = json.loads(body).get("error", body)
+        except ValueError:
+            reason = body.strip() or response.reason
+        raise PackError("the server refused the bundle (%d): %s" % (response.status, reason),
+                        "fix what it names, or save with -o and carry the file")
+    say("sent %s (%.1f MiB) to %s" % (name, size / 1048576.0, server))
+    return body
+
+
+# -- Command line ---------------------------------------------------------
+
+TOP_HELP = """usage: pm.pyz VERB [options]
+
+pm moves scientific software to another machine and proves it works there.
+
+verbs:
+  pack      capture a conda environment and a software directory (any Python 2.7+)
+  serve     receive bundles from base machines            (Python 3.6+)
+  unpack    import a carried bundle into the store        (Python 3.6+)
+  list      show stored software and migration attempts   (Python 3.6+)
+  migrate   recreate stored software here and run its tests (Python 3.6+)
+
+Run 'pm.pyz VERB --help' for the options of a verb."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="pm.pyz pack",
+        description="Capture the conda environment that runs a piece of software and the software's "
+                    "directory into one bundle file, then save it or send it to 'pm.pyz serve'.",
+        epilog="examples:\n  python pm.pyz pack -d ~/src/mysim -e mysim-env -o mysim.zip\n"
+               "  python pm.pyz pack -n mysim -d . --server http://target:9001 --yes",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--name", help="software name (default: the directory's name)")
+    parser.add_argument("-d", "--dir", help="the software directory to pack")
+    parser.add_argument("-e", "--env", help="conda environment name or prefix (default: the active one)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("-o", "-z", "--output", "--zip", dest="output", metavar="FILE",
+                        help="save the bundle to FILE, to carry by hand")
+    target.add_argument("--server", metavar="URL", help="send the bundle to a pm server, e.g. http://host:9001")
+    parser.add_argument("--token", help="the server's access token (or set PM_TOKEN)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                        help="leave out files or folders matching PATTERN (repeatable; "
+                             "__pycache__ and *.pyc are always left out)")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="never ask: take defaults, fail naming the flag when there is none")
+    parser.add_argument("--version", action="version", version="pm probe " + PROBE_VERSION)
+    return parser
+
+
+def check_output_path(path):
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise PackError("output %s is a directory" % path, "give a file name with -o, e.g. -o %s/bundle.zip" % path)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise PackError("cannot write the output file %s (folder missing or read-only)" % path,
+                        "choose a writable place with -o")
+
+
+def resolve_answers(args):
+    """Fill in name, directory and destination, asking where allowed."""
+    software_dir = args.dir or ask("Software directory", None, "-d DIR", args.yes)
+    software_dir = os.path.abspath(os.path.expanduser(software_dir))
+    if not os.path.isdir(software_dir):
+        raise PackError("software directory %s does not exist" % software_dir, "pass an existing folder with -d")
+    if not os.access(software_dir, os.R_OK | os.X_OK):
+        raise PackError("software directory %s is not readable" % software_dir, "fix its permissions")
+    name = args.name or ask("Software name", os.path.basename(software_dir), "-n NAME", args.yes)
+    if not NAME_RE.match(name):
+        raise PackError("bad software name '%s'" % name,
+                        "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+    server = args.server or (SERVER_URL if not args.output else None)
+    output = args.output
+    if not server and not output:
+        output = ask("Save the bundle to", name + ".bundle.zip", "-o FILE", args.yes)
+    if output:
+        check_output_path(output)
+    return name, software_dir, output, server
+
+
+def pack(args):
+    conda = find_conda()
+    name, software_dir, output, server = resolve_answers(args)
+    prefix = find_env(conda, args.env, args.yes)
+    say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
+    env = gather_environment(conda, prefix)
+    patterns = DEFAULT_EXCLUDES + list(args.exclude)
+    if output:
+        write_bundle(output, name, software_dir, env, patterns)
+        say("saved %s" % output)
+        print(os.path.abspath(output))
+    if server:
+        token = args.token or os.environ.get("PM_TOKEN") or SERVER_TOKEN
+        path = output
+        if not path:
+            path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
+            write_bundle(path, name, software_dir, env, patterns)
+        try:
+            send_bundle(path, server, name, token)
+        except PackError:
+            if not output:
+                say("the bundle is kept at %s" % path)
+            raise
+        if not output:
+            os.remove(path)
+            os.rmdir(os.path.dirname(path))
+        print("%s/bundles/%s" % (server.rstrip("/"), name))
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return pack(args)
+    except PackError as exc:
+        say(error_line(exc.what, exc.fix))
+        return 2
+    except KeyboardInterrupt:
+        say("pm: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''.lstrip("\n")
+
+
+def load_probe():
+    """The probe as a module, compiled from PROBE_SOURCE (the one source of truth)."""
+    module = types.ModuleType("pm_probe")
+    module.__file__ = "<pm_probe>"
+    exec(compile(PROBE_SOURCE, "pm_probe.py", "exec"), module.__dict__)
+    return module
+
+
+def probe_script(server_url, token=""):
+    """The probe with a server address (and token) filled in, for GET /migrate."""
+    text = PROBE_SOURCE.replace('SERVER_URL = ""', "SERVER_URL = %r" % server_url, 1)
+    return text.replace('SERVER_TOKEN = ""', "SERVER_TOKEN = %r" % token, 1)
+
+
+# == Bundle format ============================================================
+# A bundle is one zip: manifest.json, env.yml, env-history.yml, conda-list.json,
+# min-deps.json and software/<dir>/...; the manifest holds sha256 and size of every member.
+
+META_MEMBERS = ("env.yml", "env-history.yml", "conda-list.json", "min-deps.json")
+
+
+class Manifest(object):
+    """What a bundle says about itself (manifest.json)."""
+
+    FIELDS = ("format", "name", "created", "probe_version", "source", "env", "software",
+              "minimal", "requested_specs", "members")
+
+    def __init__(self, **values):
+        for field in self.FIELDS:
+            setattr(self, field, values.get(field))
+
+    @classmethod
+    def from_json(cls, data):
+        if not isinstance(data, dict) or not isinstance(data.get("members"), dict):
+            raise PmError("the bundle's manifest.json is not a pm manifest", "pack the software again")
+        if not isinstance(data.get("format"), int) or data["format"] > BUNDLE_FORMAT:
+            raise PmError("bundle format %r is newer than this pm understands" % data.get("format"),
+                          "use a newer pm.pyz on this machine")
+        check_name(data.get("name"), "software name in the manifest")
+        for name, entry in data["members"].items():
+            safe_member_path(name)
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
+                    or not isinstance(entry.get("size"), int):
+                raise PmError("manifest entry for %s has no sha256/size" % name, "pack the software again")
+        return cls(**data)
+
+    def to_json(self):
+        return dict((field, getattr(self, field)) for field in self.FIELDS)
+
+    def software_dir(self):
+        return (self.software or {}).get("dir") or self.name
+
+
+def safe_member_path(name):
+    """Refuse zip entry names that could land outside the folder they are extracted to."""
+    parts = name.replace("\\", "/").split("/")
+    if not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts \
+            or re.match(r"^[A-Za-z]:", name):
+        raise PmError("unsafe path %r in the bundle" % name, "do not use this bundle; pack the software again")
+    return name
+
+
+def open_bundle(path):
+    """Open a bundle and read its manifest; one clear error for anything that is not a bundle."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise PmError("%s is not a readable bundle (%s)" % (path, exc), "pass a file written by 'pm.pyz pack'")
+    try:
+        data = json.loads(archive.read("manifest.json").decode("utf-8"))
+    except KeyError:
+        archive.close()
+        raise PmError("%s has no manifest.json" % path, "pass a file written by 'pm.pyz pack'")
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
+        archive.close()
+        raise PmError("%s has a broken manifest.json (%s)" % (path, exc), "pack the software again")
+    try:
+        return archive, Manifest.from_json(data)
+    except PmError:
+        archive.close()
+        raise
+
+
+def member_digest(archive, name):
+    digest, size = hashlib.sha256(), 0
+    with archive.open(name) as handle:
+        while True:
+            block = handle.read(CHUNK)
+            if not block:
+                break
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def verify_bundle(path):
+    """Check every member against the manifest (names, sizes, sha256); return the manifest."""
+    archive, manifest = open_bundle(path)
+    with archive:
+        listed = set(manifest.members)
+        for info in archive.infolist():
+            safe_member_path(info.filename)
+            if info.filename == "manifest.json" or info.filename.endswith("/"):
+                continue
+            if info.filename not in listed:
+                raise PmError("%s is in the bundle but not in its manifest" % info.filename, "pack the software again")
+            try:
+                digest, size = member_digest(archive, info.filename)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as exc:
+                raise PmError("bundle member %s is damaged (%s)" % (info.filename, exc), "send or copy the bundle again")
+            entry = manifest.members[info.filename]
+            if digest != entry["sha256"] or size != entry["size"]:
+                raise PmError("bundle member %s does not match its sha256 in the manifest" % info.filename,
+                              "send or copy the bundle again")
+            listed.discard(info.filename)
+        if listed:
+            raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0], "pack the software again")
+        for required in ("env.yml", "min-deps.json"):
+            if required not in manifest.members:
+                raise PmError("the bundle has no %s" % required, "pack the software again")
+    return manifest
+
+
+def zlib_error():
+    import zlib
+    return zlib.error
+
+
+def read_member_text(path, name):
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(name).decode("utf-8")
+
+
+def extract_software(path, dest):
+    """Unzip software/<dir>/ into dest (zip-slip safe, modes and in-tree links kept); return dest/<dir>."""
+    real_dest = os.path.realpath(dest)
+    top = None
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = safe_member_path(info.filename)
+            if not name.startswith("software/") or name == "software/":
+                continue
+            relative = name[len("software/"):]
+            top = top or relative.split("/")[0]
+            target = os.path.join(dest, *relative.rstrip("/").split("/"))
+            real_parent = os.path.realpath(os.path.dirname(target))
+            if not (real_parent + os.sep).startswith(real_dest + os.sep):
+                raise PmError("bundle entry %s leads outside %s" % (name, dest), "do not use this bundle")
+            mode = info.external_attr >> 16
+            if name.endswith("/"):
+                os.makedirs(target, exist_ok=True)
+                if mode & 0o777:
+                    os.chmod(target, (mode & 0o777) | 0o700)
+            elif stat.S_ISLNK(mode):
+                link = archive.read(info).decode("utf-8")
+                resolved = os.path.realpath(os.path.join(os.path.dirname(target), link))
+                if os.path.isabs(link) or not (resolved + os.sep).startswith(real_dest + os.sep):
+                    raise PmError("bundle link %s points outside the software (%s)" % (name, link),
+                                  "do not use this bundle")
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.symlink(link, target)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with archive.open(info) as source, open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK)
+                if mode & 0o777:
+                    os.chmod(target, mode & 0o777)
+    if top is None:
+        raise PmError("the bundle holds no software files", "pack the software directory again")
+    return os.path.join(dest, top)
+
+
+# == Store ====================================================================
+# ~/.platform_migrator (or $PM_HOME): NAME/bundles/NNNN.zip (revisions),
+# NAME/<attempt id>/ (migrations), server.pid and the served probe copy.
+
+
+def store_home():
+    return os.path.abspath(os.environ.get("PM_HOME") or os.path.expanduser("~/.platform_migrator"))
+
+
+def bundle_dir(name, home=None):
+    return os.path.join(home or store_home(), check_name(name), "bundles")
+
+
+def bundle_revisions(name, home=None):
+    """Stored revisions of a software's bundle, oldest first."""
+    folder = bundle_dir(name, home)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if re.match(r"^\d{4,}\.zip$", f))
+
+
+def latest_bundle(name, home=None):
+    revisions = bundle_revisions(name, home)
+    if not revisions:
+        raise PmError("no bundle stored for '%s'" % name,
+                      "send one with 'pm.pyz pack --server', import one with 'pm.pyz unpack', or pass --bundle")
+    return revisions[-1]
+
+
+def store_bundle(temp_path, name, home=None):
+    """Move a verified bundle into the store as the next revision (atomic; never overwrites)."""
+    folder = bundle_dir(name, home)
+    os.makedirs(folder, exist_ok=True)
+    while True:
+        revisions = bundle_revisions(name, home)
+        number = int(os.path.basename(revisions[-1])[:-4]) + 1 if revisions else 1
+        target = os.path.join(folder, "%04d.zip" % number)
+        try:
+            os.link(temp_path, target)  # fails if another upload took this number
+        except FileExistsError:
+            continue
+        os.remove(temp_path)
+        return target
+
+
+def stored_software(home=None):
+    home = home or store_home()
+    if not os.path.isdir(home):
+        return []
+    return sorted(n for n in os.listdir(home) if NAME_RE.match(n) and os.path.isdir(os.path.join(home, n, "bundles")))
+
+
+# == Command line =============================================================
+
+EXAMPLES = {
+    "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
+    "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
+}
+
+
+def cmd_unpack(args):
+    """Import a carried bundle into the store, with the same checks as an upload."""
+    if not os.path.isfile(args.bundle):
+        raise PmError("no such file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
+    manifest = verify_bundle(args.bundle)
+    name = args.name or manifest.name
+    check_name(name)
+    incoming = os.path.join(store_home(), ".incoming")
+    os.makedirs(incoming, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix="unpack-", suffix=".zip", dir=incoming)
+    os.close(handle)
+    try:
+        shutil.copyfile(args.bundle, temp)
+        target = store_bundle(temp, name)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    say("stored %s (%d members) as %s" % (name, len(manifest.members), target))
+    print(target)
+    return 0
+
+
+def cmd_list(args):
+    """Show stored software, bundle revisions and migration attempts."""
+    rows = []
+    for name in stored_software():
+        revisions = bundle_revisions(name)
+        rows.append({"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
+                     "attempts": list_attempts(name)})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        say("nothing stored in %s yet" % store_home())
+        return 0
+    for row in rows:
+        print("%s  (%d bundle revision%s)" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s"))
+        for attempt in row["attempts"]:
+            print("    %s  %s" % (attempt["id"], attempt.get("status", "unfinished")))
+    return 0
+
+
+def list_attempts(name):
+    folder = os.path.join(store_home(), name)
+    attempts = []
+    for entry in sorted(os.listdir(folder)):
+        result = os.path.join(folder, entry, "result.json")
+        if re.match(r"^\d{8}T", entry):
+            attempts.append(dict(read_json(result), id=entry) if os.path.isfile(result) else {"id": entry})
+    return attempts
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="pm.pyz",
+        description="pm moves scientific software to another machine and proves it works there "
+                    "by running the software's own tests.",
+        epilog="a round trip:\n"
+               "  target$ python3 pm.pyz serve start\n"
+               "  base$   curl -s http://target:9001/migrate > probe.py && python probe.py\n"
+               "  target$ python3 pm.pyz migrate mysim tests.ini\n\n"
+               "Run 'pm.pyz VERB --help' for the options of a verb.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="pm " + VERSION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs.add_parser("pack", help="capture a conda environment and a software directory (Python 2.7+)",
+                     add_help=False)
+
+    def verb(name, help_text, function):
+        sub = verbs.add_parser(name, help=help_text, description=function.__doc__, epilog=EXAMPLES.get(name),
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(function=function)
+        return sub
+
+    sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
+    sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
+    sub.add_argument("--name", help="store it under this name instead of the manifest's")
+    sub = verb("list", "show stored software and migration attempts", cmd_list)
+    sub.add_argument("--json", action="store_true", help="print JSON for machines")
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "pack":
+        return load_probe().main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "function", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.function(args)
+    except PmError as exc:
+        say(exc.line())
+        return exc.code
+    except KeyboardInterrupt:
+        say("pm: interrupted")
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        say("pm: error: unexpected %s: %s %s run again with -v for the traceback, and report it"
+            % (type(exc).__name__, exc, DASH))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

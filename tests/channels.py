@@ -1,0 +1,128 @@
+"""Build local conda channels for tests: tiny hand-made packages and the real graphs in ../shared.
+
+A package is a real .tar.bz2 with info/index.json, info/paths.json and its files; the channel is
+indexed with py-rattler, so the stand-in conda solves and installs from it exactly as from a mirror.
+"""
+import asyncio
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+from rattler.index import index_fs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.environ.get("PM_SHARED") or os.path.join(HERE, "..", "..", "shared")
+REAL_ENVS = os.path.join(SHARED, "fixtures", "real-envs")
+
+
+def make_package(channel, subdir, name, version, build="0", depends=(), files=None):
+    """Write one conda package into channel/subdir; files maps relative paths to bytes."""
+    files = files or {}
+    folder = os.path.join(channel, subdir)
+    os.makedirs(folder, exist_ok=True)
+    index = {"name": name, "version": version, "build": build, "build_number": 0,
+             "depends": list(depends), "subdir": subdir, "license": "BSD-3-Clause",
+             "timestamp": 1700000000000}
+    if subdir == "noarch":
+        index["noarch"] = "generic"
+    paths = {"paths_version": 1, "paths": [
+        {"_path": p, "path_type": "hardlink", "sha256": hashlib.sha256(c).hexdigest(),
+         "size_in_bytes": len(c)} for p, c in sorted(files.items())]}
+    path = os.path.join(folder, "%s-%s-%s.tar.bz2" % (name, version, build))
+    with tarfile.open(path, "w:bz2") as tar:
+        add_member(tar, "info/index.json", json.dumps(index).encode())
+        add_member(tar, "info/paths.json", json.dumps(paths).encode())
+        add_member(tar, "info/files", "".join(p + "\n" for p in sorted(files)).encode())
+        for member, content in sorted(files.items()):
+            add_member(tar, member, content, 0o755 if member.startswith("bin/") else 0o644)
+    return path
+
+
+def add_member(tar, name, data, mode=0o644):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = 1700000000
+    tar.addfile(info, io.BytesIO(data))
+
+
+def index_channel(channel):
+    for subdir in ("noarch", "linux-64"):
+        os.makedirs(os.path.join(channel, subdir), exist_ok=True)
+    asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
+    return channel
+
+
+def real_env_names():
+    return sorted(n for n in os.listdir(REAL_ENVS) if os.path.isfile(os.path.join(REAL_ENVS, n, "graph.json")))
+
+
+def load_graph(env_name, platform="linux-64"):
+    with open(os.path.join(REAL_ENVS, env_name, "graph.json")) as handle:
+        return json.load(handle)["platforms"][platform]["conda"]
+
+
+def env_yml_specs(env_name):
+    """The conda entries of a fixture's environment.yml (pip entries left out)."""
+    import yaml
+    with open(os.path.join(REAL_ENVS, env_name, "environment.yml")) as handle:
+        doc = yaml.safe_load(handle)
+    return [str(d) for d in doc.get("dependencies") or [] if not isinstance(d, dict)]
+
+
+def channel_from_graph(channel, env_name):
+    """A channel holding every linux-64 package of a real fixture, same names/versions/builds/depends."""
+    for record in load_graph(env_name):
+        make_package(channel, record["subdir"], record["name"], record["version"],
+                     record["build"], record["depends"])
+    return index_channel(channel)
+
+
+def pinned_specs(env_name):
+    return ["%s ==%s %s" % (r["name"], r["version"], r["build"]) for r in load_graph(env_name)]
+
+
+GRIDCALC = b"""#!/bin/sh
+# gridcalc: integer grid helper shipped by the example channel's gridtools package.
+case "$1" in
+  --version) echo "gridcalc 2.0"; exit 0 ;;
+  smooth) shift ;;
+  *) echo "usage: gridcalc smooth CELLS..." >&2; exit 2 ;;
+esac
+set -- 0 "$@" 0
+prev=$1; shift; out=""
+while [ $# -gt 1 ]; do
+  cur=$1; next=$2
+  out="$out $(( (prev + cur + next) / 3 ))"
+  prev=$cur; shift
+done
+echo $out
+"""
+
+HEATPLOT = b"""#!/bin/sh
+[ "$1" = "--version" ] && { echo "heatplot 0.3"; exit 0; }
+echo "heatplot: $*"
+"""
+
+# name, version, build, depends, files: the example project's environment
+EXAMPLE_PACKAGES = [
+    ("libgrid", "1.2", "h0_0", [], {"lib/libgrid.txt": b"grid library\n"}),
+    ("corelang", "3.1", "h1_0", ["corelang-pip"], {}),
+    ("corelang-pip", "24.0", "h1_0", ["corelang >=3"], {}),
+    ("gridtools", "2.0", "h2_0", ["libgrid >=1.0", "corelang >=3"], {"bin/gridcalc": GRIDCALC}),
+    ("heatplot", "0.3", "h3_0", ["gridtools >=2", "__unix"], {"bin/heatplot": HEATPLOT}),
+    ("conda", "24.11.3", "h4_0", ["corelang"], {}),
+]
+EXAMPLE_SPECS = ["heatplot", "gridtools >=2"]
+
+
+def example_channel(channel, builds=None):
+    """The channel the example project's environment comes from.
+
+    builds overrides build strings (name -> build), to imitate another platform's builds.
+    """
+    for name, version, build, depends, files in EXAMPLE_PACKAGES:
+        make_package(channel, "noarch", name, version, (builds or {}).get(name, build), depends, files)
+    return index_channel(channel)

@@ -1,0 +1,124 @@
+"""Shared fixtures: real interpreters, a freshly built pm.pyz, and conda stand-in set-ups."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import channels
+import condastandin
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+
+def find_python(version):
+    """The interpreter for a version ('2.7', '3.6', 'newest'), from pyenv or PATH; fail if missing."""
+    roots = []
+    try:
+        roots.append(subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip())
+    except OSError:
+        pass
+    roots.append(os.path.expanduser("~/.pyenv"))
+    if version == "newest":
+        found = []
+        for root in roots:
+            for path in glob.glob(os.path.join(root, "versions", "3.*", "bin", "python3")):
+                parts = os.path.basename(os.path.dirname(os.path.dirname(path))).split(".")
+                if all(p.isdigit() for p in parts):
+                    found.append((tuple(int(p) for p in parts), path))
+        if found:
+            return max(found)[1]
+        version = "3"
+    for root in roots:
+        matches = sorted(glob.glob(os.path.join(root, "versions", version + ".*", "bin", "python" + version)))
+        if matches:
+            return matches[-1]
+    on_path = shutil.which("python" + version)
+    if on_path:
+        return on_path
+    pytest.fail("no Python %s found through pyenv or PATH: install it (pyenv install %s)" % (version, version))
+
+
+INTERPRETERS = {"2.7": "2.7", "3.6": "3.6", "newest": "newest"}
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory):
+    """pm.pyz built from this tree."""
+    target = str(tmp_path_factory.mktemp("build") / "pm.pyz")
+    subprocess.run([sys.executable, os.path.join(ROOT, "build_zipapp.py"), "-o", target],
+                   check=True, stdout=subprocess.PIPE)
+    return target
+
+
+class CondaSite(object):
+    """A conda stand-in installation: base prefix, channels, and the environment for subprocesses."""
+
+    def __init__(self, base, channel_dirs, home):
+        self.root = os.path.join(base, "conda")
+        self.bin = os.path.join(base, "bin")
+        self.channels = list(channel_dirs)
+        self.home = home
+        os.makedirs(self.bin, exist_ok=True)
+        os.makedirs(os.path.join(self.root, "envs"), exist_ok=True)
+        os.makedirs(os.path.join(self.root, "conda-meta"), exist_ok=True)
+        wrapper = os.path.join(self.bin, "conda")
+        with open(wrapper, "w") as handle:
+            handle.write('#!/bin/sh\nexec "%s" "%s" "$@"\n' % (sys.executable, os.path.join(HERE, "condastandin.py")))
+        os.chmod(wrapper, 0o755)
+
+    def env(self, **extra):
+        env = dict(os.environ)
+        for key in ("CONDA_EXE", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "PM_TOKEN"):
+            env.pop(key, None)
+        env["PATH"] = self.bin + os.pathsep + env.get("PATH", "")
+        env["PM_STANDIN_ROOT"] = self.root
+        env["PM_STANDIN_CHANNELS"] = ",".join(self.channels)
+        env["PM_HOME"] = self.home
+        env.update(extra)
+        return env
+
+    def create(self, name, specs, requested=None):
+        old = dict(os.environ)
+        os.environ["PM_STANDIN_ROOT"] = self.root
+        try:
+            condastandin.create_env(self.prefix(name), specs, requested, self.channels)
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        return self.prefix(name)
+
+    def prefix(self, name):
+        return os.path.join(self.root, "envs", name)
+
+
+@pytest.fixture(scope="session")
+def example_channel(tmp_path_factory):
+    return channels.example_channel(str(tmp_path_factory.mktemp("example-channel")))
+
+
+@pytest.fixture
+def conda_site(tmp_path, example_channel):
+    """A stand-in conda with the example channel and the example project's environment 'heatsim-env'."""
+    site = CondaSite(str(tmp_path), [example_channel], str(tmp_path / "pm-home"))
+    site.create("heatsim-env", channels.EXAMPLE_SPECS)
+    return site
+
+
+@pytest.fixture
+def example_software(tmp_path):
+    """A copy of the example project, to pack and migrate."""
+    target = str(tmp_path / "src" / "heatsim")
+    shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), target, symlinks=True)
+    return target
+
+
+def run_pm(python, pyz_path, args, env, stdin=None, timeout=120):
+    """Run pm.pyz under a given interpreter; return the completed process (text)."""
+    return subprocess.run([python, pyz_path] + list(args), input=stdin if stdin is not None else "",
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          universal_newlines=True, timeout=timeout)

@@ -1,0 +1,156 @@
+"""`pm.pyz pack`: the probe under real interpreters, with the conda stand-in."""
+import glob
+import hashlib
+import json
+import os
+import stat
+import zipfile
+
+import pytest
+
+import pm
+from conftest import find_python, run_pm
+
+
+def pack_args(software, out, *extra):
+    return ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"] + list(extra)
+
+
+@pytest.mark.parametrize("version", ["2.7", "3.6", "newest"])
+def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_site, example_software, tmp_path):
+    os.makedirs(os.path.join(example_software, "__pycache__"))
+    with open(os.path.join(example_software, "__pycache__", "x.pyc"), "wb") as handle:
+        handle.write(b"junk")
+    os.symlink("heatsim.sh", os.path.join(example_software, "run.sh"))
+    out = str(tmp_path / "heatsim.bundle.zip")
+    proc = run_pm(find_python(version), pyz, pack_args(example_software, out), conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.abspath(out) in proc.stdout
+    assert "5 packages, 1 directly required" in proc.stderr
+
+    manifest = pm.verify_bundle(out)
+    assert manifest.name == "heatsim"
+    assert manifest.minimal == ["heatplot"]
+    assert manifest.env["name"] == "heatsim-env"
+    assert manifest.source["conda"] == "24.11.3"
+    assert manifest.source["python"].startswith(version if version != "newest" else "3.")
+    with zipfile.ZipFile(out) as bundle:
+        names = set(bundle.namelist())
+        for member, entry in manifest.members.items():
+            data = bundle.read(member)
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+            assert len(data) == entry["size"]
+        assert {"manifest.json", "env.yml", "env-history.yml", "conda-list.json", "min-deps.json"} <= names
+        assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+        assert "heatplot=0.3=h3_0" in bundle.read("env.yml").decode()
+        assert "heatplot" in bundle.read("env-history.yml").decode()
+        listed = json.loads(bundle.read("conda-list.json").decode())
+        assert sorted(r["name"] for r in listed) == ["corelang", "corelang-pip", "gridtools", "heatplot", "libgrid"]
+        (heatplot,) = json.loads(bundle.read("min-deps.json").decode())
+        assert (heatplot["name"], heatplot["version"], heatplot["build_string"]) == ("heatplot", "0.3", "h3_0")
+        assert heatplot["channel"] and heatplot["requested"] is True
+        script = bundle.getinfo("software/heatsim/heatsim.sh")
+        assert stat.S_IMODE(script.external_attr >> 16) == 0o755
+        link = bundle.getinfo("software/heatsim/run.sh")
+        assert stat.S_ISLNK(link.external_attr >> 16) and bundle.read(link) == b"heatsim.sh"
+    assert sorted(manifest.requested_specs) == ["gridtools >=2", "heatplot"]
+
+
+def test_pack_asks_missing_answers_on_stdin(pyz, conda_site, example_software, tmp_path):
+    out = str(tmp_path / "asked.zip")
+    answers = "%s\nheat2\n%s\n2\n" % (example_software, out)
+    proc = run_pm(find_python("2.7"), pyz, ["pack"], conda_site.env(), stdin=answers)
+    assert proc.returncode == 0, proc.stderr
+    assert "Which conda environment" in proc.stderr and "heatsim-env" in proc.stderr
+    assert pm.verify_bundle(out).name == "heat2"
+
+
+def test_pack_uses_the_active_environment(pyz, conda_site, example_software, tmp_path):
+    out = str(tmp_path / "active.zip")
+    env = conda_site.env(CONDA_PREFIX=conda_site.prefix("heatsim-env"))
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-o", out, "--yes"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert pm.verify_bundle(out).env["prefix"] == conda_site.prefix("heatsim-env")
+
+
+def test_pack_with_yes_names_the_missing_flag(pyz, conda_site, example_software, tmp_path):
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", example_software, "-o", str(tmp_path / "x.zip"), "--yes"],
+                  conda_site.env())
+    assert proc.returncode == 2
+    assert "-e ENV" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(str(tmp_path / "x.zip"))
+
+
+def one_error_line(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("pm: error: ")
+    return lines[-1]
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_pack_bad_input_gives_one_line_and_exit_2(version, pyz, conda_site, example_software, tmp_path):
+    python = find_python(version)
+    out = str(tmp_path / "b.zip")
+    no_conda = conda_site.env(PATH="/usr/bin:/bin")
+    assert "no conda found" in one_error_line(run_pm(python, pyz, pack_args(example_software, out), no_conda))
+    unknown = ["pack", "-d", example_software, "-e", "nosuchenv", "-o", out, "--yes"]
+    assert "unknown conda environment 'nosuchenv'" in one_error_line(run_pm(python, pyz, unknown, conda_site.env()))
+    missing = pack_args(str(tmp_path / "nowhere"), out)
+    assert "does not exist" in one_error_line(run_pm(python, pyz, missing, conda_site.env()))
+    unwritable = pack_args(example_software, str(tmp_path / "no" / "such" / "dir.zip"))
+    assert "cannot write the output file" in one_error_line(run_pm(python, pyz, unwritable, conda_site.env()))
+    assert "bad software name" in one_error_line(
+        run_pm(python, pyz, pack_args(example_software, out, "-n", "../evil"), conda_site.env()))
+    assert not glob.glob(str(tmp_path / ".pm-*")) and not os.path.exists(out)
+
+
+def test_pack_refuses_broken_conda_records_and_leaves_nothing(pyz, conda_site, example_software, tmp_path):
+    meta = os.path.join(conda_site.prefix("heatsim-env"), "conda-meta")
+    with open(glob.glob(os.path.join(meta, "libgrid-*.json"))[0], "w") as handle:
+        handle.write("{not json")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = run_pm(find_python("2.7"), pyz, pack_args(example_software, str(out_dir / "b.zip")), conda_site.env())
+    assert "broken conda record" in one_error_line(proc)
+    assert os.listdir(str(out_dir)) == []
+
+
+def test_failed_write_leaves_no_partial_bundle(tmp_path, conda_site, example_software, monkeypatch):
+    """A read error in the middle of zipping cannot be caused for real here (tests run as root, who
+    reads every file), so a stand-in add_file raises one; the probe itself runs unchanged."""
+    probe = pm.load_probe()
+    monkeypatch.setenv("PM_STANDIN_ROOT", conda_site.root)
+    monkeypatch.setenv("PATH", conda_site.env()["PATH"])
+    env = probe.gather_environment(probe.find_conda(), conda_site.prefix("heatsim-env"))
+
+    def broken_add_file(*args):
+        raise probe.PackError("cannot read a file", "fix it")
+
+    monkeypatch.setattr(probe, "add_file", broken_add_file)
+    out = str(tmp_path / "out" / "b.zip")
+    os.makedirs(os.path.dirname(out))
+    with pytest.raises(probe.PackError):
+        probe.write_bundle(out, "heatsim", example_software, env, probe.DEFAULT_EXCLUDES)
+    assert os.listdir(os.path.dirname(out)) == []
+
+
+def test_python2_runs_pack_and_help_but_refuses_other_verbs(pyz, tmp_path):
+    python = find_python("2.7")
+    proc = run_pm(python, pyz, ["--help"], dict(os.environ))
+    assert proc.returncode == 0 and "pack" in proc.stdout and "Python 3.6" in proc.stdout
+    proc = run_pm(python, pyz, ["pack", "--help"], dict(os.environ))
+    assert proc.returncode == 0 and "--server" in proc.stdout
+    proc = run_pm(python, pyz, ["serve"], dict(os.environ))
+    assert proc.returncode == 2 and "needs Python 3.6 or newer" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("version", ["3.6", "newest"])
+def test_every_verb_has_help_under_python3(version, pyz):
+    python = find_python(version)
+    for verb in ["pack", "unpack", "list"]:
+        proc = run_pm(python, pyz, [verb, "--help"], dict(os.environ))
+        assert proc.returncode == 0, proc.stderr
+        assert "example" in proc.stdout
