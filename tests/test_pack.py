@@ -154,3 +154,26 @@ def test_every_verb_has_help_under_python3(version, pyz):
         proc = run_pm(python, pyz, [verb, "--help"], dict(os.environ))
         assert proc.returncode == 0, proc.stderr
         assert "example" in proc.stdout
+
+
+def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_path):
+    """CryoInTheCloud's hub image: 915 real package records (names, versions, builds, depends)."""
+    import channels
+    from conftest import CondaSite
+    env_name = "CryoInTheCloud__hub-image"
+    channel = channels.channel_from_graph(str(tmp_path / "channel"), env_name)
+    site = CondaSite(str(tmp_path), [channel], str(tmp_path / "home"))
+    site.create("cryo", channels.pinned_specs(env_name), channels.env_yml_specs(env_name))
+    software = tmp_path / "hub"
+    software.mkdir()
+    (software / "notebook.txt").write_text("hello\n")
+    out = str(tmp_path / "cryo.zip")
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", str(software), "-e", "cryo", "-o", out, "--yes"], site.env())
+    assert proc.returncode == 0, proc.stderr
+    manifest = pm.verify_bundle(out)
+    probe = pm.load_probe()
+    graph = probe.dependency_graph(channels.load_graph(env_name))
+    assert manifest.env["packages"] == len(graph) == 915
+    assert probe.closure(graph, manifest.minimal) == set(graph)
+    with zipfile.ZipFile(out) as bundle:
+        assert [r["name"] for r in json.loads(bundle.read("min-deps.json").decode())] == manifest.minimal
