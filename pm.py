@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -738,8 +739,9 @@ def build_parser():
     parser.add_argument("-d", "--dir", help="the software directory to pack")
     parser.add_argument("-e", "--env", help="conda environment name or prefix (default: the active one)")
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("-o", "-z", "--output", "--zip", dest="output", metavar="FILE",
-                        help="save the bundle to FILE, to carry by hand")
+    target.add_argument("-o", "--output", metavar="FILE", help="save the bundle to FILE, to carry by hand")
+    target.add_argument("-z", "--zip", action="store_true",
+                        help="save the bundle as NAME.zip here (the original tool's flag)")
     target.add_argument("--server", metavar="URL", help="send the bundle to a pm server, e.g. http://host:9001")
     parser.add_argument("--token", help="the server's access token (or set PM_TOKEN)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -772,8 +774,8 @@ def resolve_answers(args):
     if not NAME_RE.match(name):
         raise PackError("bad software name '%s'" % name,
                         "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
-    server = args.server or (SERVER_URL if not args.output else None)
-    output = args.output
+    output = args.output or (name + ".zip" if args.zip else None)
+    server = args.server or (SERVER_URL if not output else None)
     if not server and not output:
         output = ask("Save the bundle to", name + ".bundle.zip", "-o FILE", args.yes)
     if output:
@@ -1052,12 +1054,491 @@ def stored_software(home=None):
     return sorted(n for n in os.listdir(home) if NAME_RE.match(n) and os.path.isdir(os.path.join(home, n, "bundles")))
 
 
+
+# == Server ===================================================================
+# A store-and-forward HTTP server on the standard library: GET /migrate hands out the probe,
+# PUT /bundles/NAME receives bundles (streamed, verified, renamed into place), and the original
+# tool's POST /yml, /min, /zip keep working.
+
+DEFAULT_PORT = 9001
+DEFAULT_MAX_BYTES = 4 << 30
+LEGACY_PARTS = {"/yml": "env.yml", "/min": "min-deps.json", "/zip": "software.zip"}
+
+
+class HttpError(Exception):
+    def __init__(self, status, reason):
+        Exception.__init__(self, reason)
+        self.status = status
+        self.reason = reason
+
+
+class ServerConfig(object):
+    """What a running server needs to know."""
+
+    def __init__(self, home, host, port, token, max_bytes, timeout):
+        self.home = home
+        self.host = host
+        self.port = port
+        self.token = token
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.started = time.time()
+
+    def url(self):
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        return "http://%s:%d" % (host, self.port)
+
+
+def incoming_dir(home):
+    folder = os.path.join(home, ".incoming")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def receive_body(handler, config, expected_sha256=None):
+    """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        raise HttpError(411, "chunked bodies are not accepted: send a Content-Length")
+    length = handler.headers.get("Content-Length")
+    if length is None or not length.strip().isdigit():
+        raise HttpError(411, "a Content-Length header is required")
+    length = int(length)
+    if length > config.max_bytes:
+        raise HttpError(413, "body of %d bytes exceeds the limit of %d (--max-bytes)" % (length, config.max_bytes))
+    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=incoming_dir(config.home))
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as out:
+            left = length
+            while left:
+                block = handler.rfile.read(min(CHUNK, left))
+                if not block:
+                    raise HttpError(400, "the body ended after %d of %d bytes" % (length - left, length))
+                digest.update(block)
+                out.write(block)
+                left -= len(block)
+        if expected_sha256 and digest.hexdigest() != expected_sha256.strip().lower():
+            raise HttpError(400, "the body does not match its X-Content-SHA256")
+    except BaseException:
+        os.remove(temp)
+        raise
+    return temp, digest.hexdigest()
+
+
+def accept_bundle(temp, name, home):
+    """Verify an uploaded bundle and store it as the next revision; the temp file is consumed."""
+    try:
+        manifest = verify_bundle(temp)
+        if manifest.name != name:
+            raise HttpError(400, "the bundle is named %r in its manifest, not %r" % (manifest.name, name))
+        return store_bundle(temp, name, home), manifest
+    except PmError as exc:
+        raise HttpError(400, exc.what)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def legacy_part(temp, part):
+    """Decode one of the original probe's JSON posts {"name": ..., "data": <urlsafe base64>}."""
+    import base64
+    import binascii
+    try:
+        with open(temp, "rb") as handle:
+            body = json.loads(handle.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "the body is not JSON")
+    if not isinstance(body, dict) or "name" not in body:
+        raise HttpError(400, "attribute name not present in JSON")
+    if not isinstance(body.get("data"), str):
+        raise HttpError(400, "attribute data not present in JSON")
+    if not isinstance(body["name"], str) or not NAME_RE.match(body["name"]):
+        raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % body["name"])
+    try:
+        data = base64.b64decode(body["data"].encode("ascii"), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise HttpError(400, "attribute data is not urlsafe base64")
+    if part != "software.zip":
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise HttpError(400, "%s is not UTF-8 text" % part)
+    return body["name"], data
+
+
+def assemble_legacy_bundle(name, parts, home):
+    """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle."""
+    handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=incoming_dir(home))
+    os.close(handle)
+    members = {}
+    try:
+        with zipfile.ZipFile(parts["software.zip"]) as source, \
+                zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as bundle:
+            def add(arcname, data, mode=0o644):
+                info = zipfile.ZipInfo(arcname, time.gmtime()[:6])
+                info.external_attr = mode << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                bundle.writestr(info, data)
+                members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            for meta in ("env.yml", "min-deps.json"):
+                if meta in parts:
+                    with open(parts[meta], "rb") as part:
+                        add(meta, part.read())
+            if "min-deps.json" not in parts:
+                add("min-deps.json", b"[]\n")
+            files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")]
+            tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
+            prefix = "software/" if len(tops) == 1 else "software/%s/" % name
+            for info in files:
+                if info.filename.endswith("/"):
+                    continue
+                add(prefix + info.filename, source.read(info), (info.external_attr >> 16) or 0o644)
+            software = sorted(tops)[0] if len(tops) == 1 else name
+            manifest = {"format": BUNDLE_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        "probe_version": "platform-migrator", "source": {}, "env": {},
+                        "software": {"dir": software, "files": len(files)}, "minimal": [],
+                        "requested_specs": [], "members": members}
+            bundle.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    except (zipfile.BadZipFile, OSError) as exc:
+        os.remove(temp)
+        raise HttpError(400, "the software zip is not readable: %s" % exc)
+    except PmError as exc:
+        os.remove(temp)
+        raise HttpError(400, exc.what)
+    return accept_bundle(temp, name, home)
+
+
+def receive_legacy(handler, config, path):
+    temp, _ = receive_body(handler, config)
+    try:
+        name, data = legacy_part(temp, LEGACY_PARTS[path])
+    finally:
+        os.remove(temp)
+    folder = os.path.join(config.home, name, "legacy")
+    write_atomic(os.path.join(folder, LEGACY_PARTS[path]), data)
+    parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
+                 if os.path.isfile(os.path.join(folder, part)))
+    result = {"name": name, "stored": LEGACY_PARTS[path]}
+    if "env.yml" in parts and "software.zip" in parts:
+        target, _ = assemble_legacy_bundle(name, parts, config.home)
+        result["bundle"] = os.path.basename(target)
+    return 200, result
+
+
+def bundle_listing(home):
+    listing = {}
+    for name in stored_software(home):
+        revisions = bundle_revisions(name, home)
+        listing[name] = {"revisions": len(revisions), "latest": os.path.basename(revisions[-1]),
+                         "stored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(revisions[-1])))}
+    return listing
+
+
+def make_handler(config):
+    import hmac
+    from http.server import BaseHTTPRequestHandler
+    from urllib.parse import parse_qs, urlsplit
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "pm/" + VERSION
+        timeout = config.timeout
+
+        def log_message(self, fmt, *args):
+            say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], fmt % args))
+
+        def send_json(self, status, data):
+            body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def authorized(self, query):
+            if not config.token:
+                return True
+            given = self.headers.get("Authorization", "")
+            if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), config.token):
+                return True
+            return self.command == "GET" and urlsplit(self.path).path == "/migrate" and \
+                hmac.compare_digest(query.get("token", [""])[0], config.token)
+
+        def handle_safely(self, route):
+            parts = urlsplit(self.path)
+            try:
+                if not self.authorized(parse_qs(parts.query)):
+                    raise HttpError(401, "a valid token is required: send 'Authorization: Bearer TOKEN'")
+                status, data = route(parts.path)
+            except HttpError as exc:
+                self.log_message("refused %s %s: %d %s", self.command, parts.path, exc.status, exc.reason)
+                self.close_connection = True
+                return self.send_json(exc.status, {"error": exc.reason})
+            except Exception as exc:  # keep serving whatever one request does
+                self.log_message("error in %s %s: %r", self.command, parts.path, exc)
+                self.close_connection = True
+                return self.send_json(500, {"error": "internal error: %s" % exc})
+            if isinstance(data, bytes):
+                self.send_response(status)
+                self.send_header("Content-Type", "text/x-python; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            else:
+                self.send_json(status, data)
+
+        def do_GET(self):
+            self.handle_safely(self.route_get)
+
+        def do_PUT(self):
+            self.handle_safely(self.route_put)
+
+        def do_POST(self):
+            self.handle_safely(self.route_post)
+
+        def route_get(self, path):
+            if path == "/migrate":
+                host = self.headers.get("Host", "")
+                url = "http://" + host if re.match(r"^[A-Za-z0-9.:\[\]-]+$", host) else config.url()
+                return 200, probe_script(url, config.token or "").encode("utf-8")
+            if path == "/bundles":
+                return 200, bundle_listing(config.home)
+            if path.startswith("/bundles/"):
+                name = self.name_from(path)
+                revisions = bundle_revisions(name, config.home)
+                if not revisions:
+                    raise HttpError(404, "no bundle named %r" % name)
+                archive, manifest = open_bundle(revisions[-1])
+                archive.close()
+                return 200, dict(manifest.to_json(), revision=os.path.basename(revisions[-1]))
+            raise HttpError(404, "no such path %r: try /migrate or /bundles" % path)
+
+        def route_put(self, path):
+            if not path.startswith("/bundles/"):
+                raise HttpError(404, "upload with PUT /bundles/NAME")
+            name = self.name_from(path)
+            temp, digest = receive_body(self, config, self.headers.get("X-Content-SHA256"))
+            target, manifest = accept_bundle(temp, name, config.home)
+            self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
+            return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
+                         "members": len(manifest.members)}
+
+        def route_post(self, path):
+            if path not in LEGACY_PARTS:
+                raise HttpError(404, "no such path %r: POST /yml, /min or /zip, or PUT /bundles/NAME" % path)
+            return receive_legacy(self, config, path)
+
+        def name_from(self, path):
+            from urllib.parse import unquote
+            name = unquote(path[len("/bundles/"):])
+            if not NAME_RE.match(name):
+                raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % name)
+            return name
+
+    return Handler
+
+
+def make_server(config):
+    import socketserver
+    from http.server import HTTPServer
+
+    class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    try:
+        server = ThreadingServer((config.host, config.port), make_handler(config))
+    except OSError as exc:
+        raise PmError("cannot listen on %s:%d (%s)" % (config.host, config.port, exc.strerror or exc),
+                      "choose another --port, or stop what uses it")
+    config.port = server.server_address[1]
+    return server
+
+
+def pid_path(home):
+    return os.path.join(home, "server.pid")
+
+
+def script_copy_path(home):
+    return os.path.join(home, "migrate.py")
+
+
+def read_pidfile(home):
+    """The running server's record, or None; a PIDFILE whose process is dead counts as None."""
+    path = pid_path(home)
+    if not os.path.isfile(path):
+        return None
+    try:
+        record = read_json(path)
+        pid = int(record["pid"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None
+    return record if process_alive(pid) else None
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = "/proc/%d/cmdline" % pid
+    if os.path.exists(cmdline):
+        with open(cmdline, "rb") as handle:
+            return b"serve" in handle.read()
+    return True
+
+
+def run_server(config):
+    """Serve in the foreground until Ctrl-C or SIGTERM; own the PIDFILE while running."""
+    import signal
+    import threading
+    os.makedirs(config.home, exist_ok=True)
+    running = read_pidfile(config.home)
+    if running:
+        raise PmError("a server already runs for %s (PID %d, port %d)" % (config.home, running["pid"], running["port"]),
+                      "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
+    if os.path.exists(pid_path(config.home)):
+        say("note: replacing a stale PIDFILE left by a server that is gone")
+    for stale in os.listdir(incoming_dir(config.home)):
+        os.remove(os.path.join(config.home, ".incoming", stale))
+    server = make_server(config)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
+        say("warning: listening on %s without a token: anyone who can reach it may upload; use --token" % config.host)
+    record = {"pid": os.getpid(), "host": config.host, "port": config.port, "started": config.started,
+              "token": config.token, "url": "http://%s:%d" % (config.host, config.port)}
+    write_json(pid_path(config.home), record)
+    os.chmod(pid_path(config.home), 0o600)
+    write_atomic(script_copy_path(config.home), probe_script(config.url(), config.token or ""))
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, config.home))
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if (read_pidfile(config.home) or {}).get("pid") == os.getpid():
+            remove_quietly(pid_path(config.home))
+            remove_quietly(script_copy_path(config.home))
+        say("pm server stopped")
+    return 0
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def start_server(config, self_path):
+    """Run the server in the background and return once it answers."""
+    import subprocess
+    import urllib.request
+    running = read_pidfile(config.home)
+    if running:
+        raise PmError("a server already runs for %s (PID %d, port %d)" % (config.home, running["pid"], running["port"]),
+                      "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
+    if not config.token:
+        import secrets
+        config.token = secrets.token_urlsafe(18)
+    os.makedirs(config.home, exist_ok=True)
+    log = open(os.path.join(config.home, "server.log"), "ab")
+    command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
+               "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
+    env = dict(os.environ, PM_HOME=config.home, PM_SERVER_TOKEN=config.token)
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                             start_new_session=True)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if child.poll() is not None:
+            raise PmError("the server exited at once (code %d)" % child.returncode,
+                          "read %s" % os.path.join(config.home, "server.log"))
+        record = read_pidfile(config.home)
+        if record and record["pid"] == child.pid:
+            request = urllib.request.Request("http://127.0.0.1:%d/bundles" % record["port"]
+                                             if config.host in ("0.0.0.0", "") else record["url"] + "/bundles",
+                                             headers={"Authorization": "Bearer " + config.token})
+            try:
+                urllib.request.urlopen(request, timeout=2).read()
+                print("pm server running: %s (PID %d)" % (record["url"], child.pid))
+                print("token: %s" % config.token)
+                print("on a base machine: curl -s '%s/migrate?token=%s' > probe.py && python probe.py"
+                      % (record["url"], config.token))
+                return 0
+            except OSError:
+                pass
+        time.sleep(0.1)
+    child.terminate()
+    raise PmError("the server did not answer within 15 s", "read %s" % os.path.join(config.home, "server.log"))
+
+
+def stop_server(home):
+    import signal
+    record = read_pidfile(home)
+    if not record:
+        remove_quietly(pid_path(home))
+        remove_quietly(script_copy_path(home))
+        raise PmError("no server runs for %s" % home, "start one with 'pm.pyz serve start'", code=1)
+    os.kill(record["pid"], signal.SIGTERM)
+    deadline = time.time() + 10
+    while time.time() < deadline and process_alive(record["pid"]):
+        time.sleep(0.1)
+    if process_alive(record["pid"]):
+        os.kill(record["pid"], signal.SIGKILL)
+    remove_quietly(pid_path(home))
+    remove_quietly(script_copy_path(home))
+    print("pm server (PID %d) stopped" % record["pid"])
+    return 0
+
+
+def server_status(home):
+    record = read_pidfile(home)
+    if not record:
+        print("no server runs for %s" % home)
+        return 1
+    uptime = int(time.time() - record["started"])
+    print("running  %s" % record["url"])
+    print("PID      %d" % record["pid"])
+    print("uptime   %dh%02dm%02ds" % (uptime // 3600, uptime // 60 % 60, uptime % 60))
+    listing = bundle_listing(home)
+    print("bundles  %d" % len(listing))
+    for name, info in sorted(listing.items()):
+        print("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
+    return 0
+
+
 # == Command line =============================================================
 
+SELF_PATH = os.path.abspath(sys.argv[0])
 EXAMPLES = {
+    "serve": "examples:\n  python3 pm.pyz serve start            # background, prints the token\n"
+             "  python3 pm.pyz serve status\n  python3 pm.pyz serve --host 0.0.0.0 --token s3cret   # foreground\n"
+             "  python3 pm.pyz serve stop",
     "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
     "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
 }
+
+
+def cmd_serve(args):
+    """Receive bundles from base machines and keep them in the store (~/.platform_migrator or
+    $PM_HOME). GET /migrate hands out the probe; PUT /bundles/NAME takes a bundle; the original
+    tool's POST /yml, /min and /zip work too. One server per store (server.pid)."""
+    token = args.token or os.environ.get("PM_SERVER_TOKEN") or None
+    config = ServerConfig(store_home(), args.host, args.port, token, args.max_bytes, args.timeout)
+    if args.action == "start":
+        return start_server(config, SELF_PATH)
+    if args.action == "stop":
+        return stop_server(config.home)
+    if args.action == "status":
+        return server_status(config.home)
+    return run_server(config)
 
 
 def cmd_unpack(args):
@@ -1135,6 +1616,14 @@ def build_parser():
         sub.set_defaults(function=function)
         return sub
 
+    sub = verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve)
+    sub.add_argument("action", nargs="?", choices=["start", "stop", "status"],
+                     help="start in the background, stop, or show status (default: run in the foreground)")
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    sub.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %d)" % DEFAULT_PORT)
+    sub.add_argument("--token", help="require this token (default for 'start': a new random one)")
+    sub.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest accepted body (4 GiB)")
+    sub.add_argument("--timeout", type=float, default=60.0, help="seconds a client may stay silent (60)")
     sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")

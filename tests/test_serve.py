@@ -1,0 +1,273 @@
+"""`pm.pyz serve`: a real server on 127.0.0.1, real clients (pm probe, urllib as the original, curl)."""
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+import pytest
+
+import pm
+from conftest import find_python, run_pm
+
+TOKEN = "test-token-123"
+
+
+class Server(object):
+    """A pm.pyz server started in the background with 'serve start', stopped at teardown."""
+
+    def __init__(self, pyz, home, python, token=TOKEN, *extra):
+        self.pyz, self.home, self.python, self.token = pyz, home, python, token
+        self.env = dict(os.environ, PM_HOME=home)
+        args = ["serve", "start", "--port", "0"] + (["--token", token] if token else []) + list(extra)
+        self.started = run_pm(python, pyz, args, self.env)
+        assert self.started.returncode == 0, self.started.stderr
+        with open(os.path.join(home, "server.pid")) as handle:
+            self.record = json.load(handle)
+        self.url = "http://127.0.0.1:%d" % self.record["port"]
+
+    def request(self, method, path, body=None, headers=None, token=True):
+        headers = dict(headers or {})
+        if token and self.token:
+            headers["Authorization"] = "Bearer " + (self.token if token is True else token)
+        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def stop(self):
+        return run_pm(self.python, self.pyz, ["serve", "stop"], self.env)
+
+
+@pytest.fixture
+def server(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"))
+    yield srv
+    srv.stop()
+
+
+def error_of(body):
+    return json.loads(body.decode())["error"]
+
+
+def store_files(home):
+    found = []
+    for folder, _, files in os.walk(home):
+        found += [os.path.relpath(os.path.join(folder, f), home) for f in files]
+    return sorted(found)
+
+
+def packed_bundle(pyz, conda_site, software, out):
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
+                  conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.mark.parametrize("version", ["3.6", "newest"])
+def test_start_status_stop_keep_one_instance(version, pyz, tmp_path):
+    python = find_python(version)
+    srv = Server(pyz, str(tmp_path / "store"), python)
+    assert "token: " + TOKEN in srv.started.stdout
+    status = run_pm(python, pyz, ["serve", "status"], srv.env)
+    assert status.returncode == 0 and srv.url in status.stdout and "PID" in status.stdout
+    second = run_pm(python, pyz, ["serve", "start", "--port", "0"], srv.env)
+    assert second.returncode == 2 and "already runs" in second.stderr
+    assert os.path.exists(os.path.join(srv.home, "migrate.py"))
+    stopped = srv.stop()
+    assert stopped.returncode == 0, stopped.stderr
+    assert not os.path.exists(os.path.join(srv.home, "server.pid"))
+    assert not os.path.exists(os.path.join(srv.home, "migrate.py"))
+    assert run_pm(python, pyz, ["serve", "status"], srv.env).returncode == 1
+
+
+def test_a_stale_pidfile_of_a_dead_server_is_replaced(pyz, tmp_path):
+    home = tmp_path / "store"
+    home.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (home / "server.pid").write_text(json.dumps({"pid": dead.pid, "port": 1, "host": "127.0.0.1", "started": 0}))
+    srv = Server(pyz, str(home), find_python("newest"))
+    try:
+        assert srv.record["pid"] != dead.pid
+        assert srv.request("GET", "/bundles")[0] == 200
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_the_served_probe_uploads_a_bundle(version, server, conda_site, example_software, tmp_path):
+    status, script = server.request("GET", "/migrate?token=" + TOKEN, token=False)
+    assert status == 200 and ("SERVER_URL = '%s'" % server.url).encode() in script
+    probe = tmp_path / "probe.py"
+    probe.write_bytes(script)
+    proc = subprocess.run([find_python(version), str(probe), "-d", example_software, "-e", "heatsim-env", "--yes"],
+                          env=conda_site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    stored = os.path.join(server.home, "heatsim", "bundles", "0001.zip")
+    manifest = pm.verify_bundle(stored)
+    assert manifest.source["python"].startswith("2.7" if version == "2.7" else "3.")
+    status, body = server.request("GET", "/bundles/heatsim")
+    assert status == 200 and json.loads(body.decode())["minimal"] == ["heatplot"]
+
+
+def test_pm_pack_server_flag_sends_and_second_upload_is_a_new_revision(pyz, server, conda_site, example_software):
+    args = ["pack", "-d", example_software, "-e", "heatsim-env", "--server", server.url, "--token", TOKEN, "--yes"]
+    for _ in range(2):
+        proc = run_pm(find_python("2.7"), pyz, args, conda_site.env())
+        assert proc.returncode == 0, proc.stderr
+    status, body = server.request("GET", "/bundles")
+    assert json.loads(body.decode())["heatsim"]["revisions"] == 2
+    assert pm.bundle_revisions("heatsim", server.home)[-1].endswith("0002.zip")
+
+
+def legacy_post(server, path, name, data):
+    """Exactly what platform-migrator 1.1.0's probe sends: JSON {name, data: urlsafe base64}, no auth."""
+    body = json.dumps({"name": name, "data": base64.urlsafe_b64encode(data).decode("utf-8")}).encode("utf-8")
+    return server.request("POST", path, body)
+
+
+def test_the_original_probe_protocol_builds_a_bundle(server, tmp_path):
+    software_zip = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(str(software_zip), "w") as archive:
+        archive.writestr("oldsim/run.sh", "echo hi\n")
+        archive.writestr("oldsim/data/in.txt", "1 2 3\n")
+    env_yml = b"name: oldsim\nchannels:\n  - conda-forge\ndependencies:\n  - numpy=1.26.4=py312h\n"
+    min_deps = json.dumps([{"name": "numpy", "version": "1.26.4"}]).encode()
+    assert legacy_post(server, "/yml", "oldsim", env_yml)[0] == 200
+    assert legacy_post(server, "/zip", "oldsim", software_zip.read_bytes())[0] == 200
+    assert legacy_post(server, "/min", "oldsim", min_deps)[0] == 200
+    latest = pm.latest_bundle("oldsim", server.home)
+    manifest = pm.verify_bundle(latest)
+    assert manifest.software_dir() == "oldsim"
+    with zipfile.ZipFile(latest) as bundle:
+        assert bundle.read("env.yml") == env_yml
+        assert bundle.read("min-deps.json") == min_deps
+        assert bundle.read("software/oldsim/data/in.txt") == b"1 2 3\n"
+
+
+def test_curl_uploads_with_a_sha256_header(server, pyz, conda_site, example_software, tmp_path):
+    curl = shutil.which("curl")
+    if not curl:
+        pytest.skip("curl is not on this machine")
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    with open(bundle, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()
+    proc = subprocess.run([curl, "-s", "-T", bundle, "-H", "Authorization: Bearer " + TOKEN,
+                           "-H", "X-Content-SHA256: " + digest, server.url + "/bundles/heatsim"],
+                          stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
+    assert json.loads(proc.stdout)["sha256"] == digest
+    with open(pm.latest_bundle("heatsim", server.home), "rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == digest
+
+
+def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_site, example_software, tmp_path):
+    bundle = open(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")), "rb").read()
+    outside = tmp_path / "x"
+    cases = [
+        ("PUT", "/bundles/..%2Fx", bundle, {}, True, 400),
+        ("PUT", "/bundles/a%2Fb", bundle, {}, True, 400),
+        ("PUT", "/bundles/" + "a" * 101, bundle, {}, True, 400),
+        ("PUT", "/bundles/.hidden", bundle, {}, True, 400),
+        ("PUT", "/bundles/heatsim", bundle, {}, "wrong-token", 401),
+        ("PUT", "/bundles/heatsim", bundle, {}, False, 401),
+        ("PUT", "/bundles/other", bundle, {}, True, 400),  # manifest names heatsim
+        ("PUT", "/bundles/heatsim", bundle, {"X-Content-SHA256": "0" * 64}, True, 400),
+        ("PUT", "/bundles/heatsim", b"not a zip", {}, True, 400),
+        ("PUT", "/bundles/heatsim", bundle[:-100], {}, True, 400),
+        ("POST", "/yml", b"{not json", {}, True, 400),
+        ("POST", "/yml", json.dumps({"name": "ok", "data": "***"}).encode(), {}, True, 400),
+        ("POST", "/yml", json.dumps({"name": "../../x", "data": "aGk="}).encode(), {}, True, 400),
+        ("POST", "/zip", json.dumps({"data": "aGk="}).encode(), {}, True, 400),
+        ("GET", "/migrate", None, {}, False, 401),
+        ("GET", "/etc/passwd", None, {}, True, 404),
+        ("GET", "/bundles/nothing", None, {}, True, 404),
+    ]
+    for method, path, body, headers, token, expected in cases:
+        status, answer = server.request(method, path, body, headers, token)
+        assert status == expected, (method, path, status, answer)
+        assert error_of(answer)
+    assert not outside.exists()
+    assert [f for f in store_files(server.home) if not f.startswith(("server.", "migrate.py"))] == []
+    assert server.request("GET", "/bundles")[0] == 200
+
+
+def test_oversize_and_truncated_bodies_leave_no_partial_bundle(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), TOKEN, "--max-bytes", "1000", "--timeout", "2")
+    try:
+        status, body = srv.request("PUT", "/bundles/big", b"x" * 5000)
+        assert status == 413 and "exceeds" in error_of(body)
+        sock = socket.create_connection(("127.0.0.1", srv.record["port"]), timeout=10)
+        sock.sendall(b"PUT /bundles/cut HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
+                     b"\r\nContent-Length: 900\r\n\r\n" + b"y" * 100)
+        sock.close()  # the client vanishes mid-body
+        time.sleep(0.5)
+        assert srv.request("GET", "/bundles")[1] == b"{}\n"
+        assert os.listdir(os.path.join(srv.home, ".incoming")) == []
+    finally:
+        srv.stop()
+
+
+def test_a_slow_client_does_not_block_others(server):
+    slow = socket.create_connection(("127.0.0.1", server.record["port"]), timeout=10)
+    slow.sendall(b"PUT /bundles/slow HTTP/1.1\r\nHost: x\r\n")  # and then nothing
+    try:
+        started = time.time()
+        assert server.request("GET", "/bundles")[0] == 200
+        assert time.time() - started < 5
+    finally:
+        slow.close()
+
+
+def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, conda_site, example_software, tmp_path):
+    bundle = open(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")), "rb").read()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(server.request("PUT", "/bundles/heatsim", bundle)[0]))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [201] * 6
+    revisions = pm.bundle_revisions("heatsim", server.home)
+    assert [os.path.basename(r) for r in revisions] == ["%04d.zip" % n for n in range(1, 7)]
+    for revision in revisions:
+        assert pm.verify_bundle(revision).name == "heatsim"
+
+
+def test_binding_beyond_loopback_without_token_warns(pyz, tmp_path):
+    proc = subprocess.Popen([find_python("newest"), pyz, "serve", "--host", "0.0.0.0", "--port", "0"],
+                            env=dict(os.environ, PM_HOME=str(tmp_path / "store")), stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    try:
+        line = proc.stderr.readline()
+        assert "warning" in line and "token" in line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert not (tmp_path / "store" / "server.pid").exists()
+
+
+def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example_software, tmp_path):
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
+    proc = run_pm(find_python("3.6"), pyz, ["unpack", bundle], env)
+    assert proc.returncode == 0, proc.stderr
+    assert pm.latest_bundle("heatsim", str(tmp_path / "store")).endswith("0001.zip")
+    listing = run_pm(find_python("3.6"), pyz, ["list"], env)
+    assert "heatsim" in listing.stdout
+    with open(str(tmp_path / "bad.zip"), "wb") as handle:
+        handle.write(open(bundle, "rb").read()[:-200])
+    proc = run_pm(find_python("newest"), pyz, ["unpack", str(tmp_path / "bad.zip")], env)
+    assert proc.returncode == 2 and proc.stderr.startswith("pm: error:") and "Traceback" not in proc.stderr
+    assert len(pm.bundle_revisions("heatsim", str(tmp_path / "store"))) == 1
