@@ -1,0 +1,178 @@
+"""Benchmark: upload one large bundle to pm's server and to platform-migrator 1.1.0's server.
+
+Both servers run on 127.0.0.1 in the same run. pm gets the bundle as PUT /bundles/NAME (its probe's
+way); the original gets it as POST /zip, a JSON body with the zip in urlsafe base64 (its probe's way).
+Each request body is prepared on disk first and streamed by the client, so the figures measure the
+servers. Reported: wall time, throughput (bundle MiB/s) and the server's peak RSS (VmHWM).
+
+The original is installed from PyPI into a throwaway venv; its server.py is started exactly as its
+`platform-migrator server start` starts it (that command only adds a check for conda on PATH).
+"""
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+import pm  # noqa: E402
+
+
+def make_bundle(path, mib):
+    """A valid pm bundle whose software is one incompressible file of mib MiB (stored, not deflated)."""
+    members = {}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as bundle:
+        for name, data in (("env.yml", b"name: big\ndependencies:\n  - python=3.11\n"), ("min-deps.json", b"[]")):
+            bundle.writestr(name, data)
+            members[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        digest = hashlib.sha256()
+        with bundle.open("software/big/data.bin", "w", force_zip64=True) as out:
+            block = os.urandom(1 << 20)
+            for _ in range(mib):
+                out.write(block)
+                digest.update(block)
+        members["software/big/data.bin"] = {"sha256": digest.hexdigest(), "size": mib << 20}
+        manifest = {"format": 1, "name": "big", "created": "", "members": members, "software": {"dir": "big"}}
+        bundle.writestr("manifest.json", json.dumps(manifest))
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, deadline=20):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/migrate")
+            connection.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit("server on port %d did not answer" % port)
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def upload(port, method, path, body_path, headers):
+    size = os.path.getsize(body_path)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    started = time.time()
+    connection.putrequest(method, path)
+    connection.putheader("Content-Length", str(size))
+    for key, value in headers.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    with open(body_path, "rb") as handle:
+        while True:
+            block = handle.read(1 << 20)
+            if not block:
+                break
+            connection.sendall(block) if hasattr(connection, "sendall") else connection.send(block)
+    response = connection.getresponse()
+    response.read()
+    return response.status, time.time() - started
+
+
+def run_pm_server(work, bundle, python):
+    home = os.path.join(work, "pm-home")
+    port = free_port()
+    proc = subprocess.Popen([python, os.path.join(ROOT, "pm.pyz"), "serve", "--port", str(port)],
+                            env=dict(os.environ, PM_HOME=home), stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        with open(bundle, "rb") as handle:
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        status, seconds = upload(port, "PUT", "/bundles/big", bundle, {"X-Content-SHA256": digest.hexdigest()})
+        assert status == 201, status
+        return seconds, vm_hwm_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def install_original(work):
+    venv = os.path.join(work, "orig-venv")
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q", "platform-migrator==1.1.0"], check=True)
+    python = os.path.join(venv, "bin", "python")
+    package = subprocess.run([python, "-c", "import platform_migrator, os; print(os.path.dirname(platform_migrator.__file__))"],
+                             stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.strip()
+    return python, package
+
+
+def run_original_server(work, bundle, python, package):
+    workdir = os.path.join(work, "orig-home")
+    os.makedirs(workdir)
+    body_path = os.path.join(work, "orig-body.json")
+    with open(bundle, "rb") as source, open(body_path, "wb") as out:
+        out.write(b'{"name": "big", "data": "')
+        while True:
+            block = source.read(3 << 20)
+            if not block:
+                break
+            out.write(base64.urlsafe_b64encode(block))
+        out.write(b'"}')
+    port = free_port()
+    proc = subprocess.Popen([python, os.path.join(package, "server.py"), "127.0.0.1", str(port), workdir],
+                            cwd=workdir, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        status, seconds = upload(port, "POST", "/zip", body_path, {})
+        assert status == 200, status
+        stored = os.path.join(workdir, "big", "pkg.zip")
+        assert os.path.getsize(stored) == os.path.getsize(bundle)
+        return seconds, vm_hwm_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+        os.remove(body_path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mib", type=int, default=1024, help="bundle size in MiB (default 1024)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for pm's server")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="pm-bench-")
+    try:
+        bundle = os.path.join(work, "big.zip")
+        make_bundle(bundle, args.mib)
+        mib = os.path.getsize(bundle) / 1048576.0
+        python, package = install_original(work)
+        pm_seconds, pm_rss = run_pm_server(work, bundle, args.python)
+        orig_seconds, orig_rss = run_original_server(work, bundle, python, package)
+        print("upload of a %.0f MiB bundle over 127.0.0.1" % mib)
+        print("%-28s %9s %11s %14s" % ("server", "seconds", "MiB/s", "peak RSS MiB"))
+        print("%-28s %9.2f %11.1f %14.1f" % ("pm (PUT /bundles)", pm_seconds, mib / pm_seconds, pm_rss / 1024.0))
+        print("%-28s %9.2f %11.1f %14.1f" % ("platform-migrator 1.1.0", orig_seconds, mib / orig_seconds,
+                                            orig_rss / 1024.0))
+        print("throughput ratio pm/original: %.1fx; peak RSS ratio original/pm: %.1fx"
+              % (orig_seconds / pm_seconds, float(orig_rss) / pm_rss))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
