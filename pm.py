@@ -1055,6 +1055,485 @@ def stored_software(home=None):
 
 
 
+# == Resolver =================================================================
+# conda's env-file YAML subset, read with the standard library, and the requirement lists
+# each migration level uses: exact builds, builds stripped, direct requirements only.
+
+CONDA_OWN_PACKAGES = frozenset(["conda", "conda-env", "conda-build", "conda-libmamba-solver",
+                                "conda-package-handling", "conda-package-streaming", "conda-content-trust",
+                                "conda-index", "conda-verify"])
+
+
+class EnvFile(object):
+    """A conda environment file: name, channels, conda dependencies, pip dependencies."""
+
+    def __init__(self, name=None, channels=(), dependencies=(), pip=(), variables=None):
+        self.name = name
+        self.channels = list(channels)
+        self.dependencies = list(dependencies)
+        self.pip = list(pip)
+        self.variables = dict(variables or {})
+
+    def to_yaml(self):
+        lines = ["name: %s" % yaml_scalar(self.name or "env"), "channels:"]
+        lines += ["  - %s" % yaml_scalar(c) for c in self.channels]
+        lines.append("dependencies:")
+        lines += ["  - %s" % yaml_scalar(d) for d in self.dependencies]
+        if self.pip:
+            lines.append("  - pip:")
+            lines += ["    - %s" % yaml_scalar(p) for p in self.pip]
+        if self.variables:
+            lines.append("variables:")
+            lines += ["  %s: %s" % (k, yaml_scalar(v)) for k, v in sorted(self.variables.items())]
+        return "\n".join(lines) + "\n"
+
+
+def yaml_scalar(text):
+    if re.match(r"^[A-Za-z0-9_./:@+<>=!~,-][A-Za-z0-9_./:@+<>=!~,*\- ]*$", text) and not text.endswith(" "):
+        return text
+    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def strip_comment(line):
+    """Drop a '#' comment that is not inside quotes."""
+    quote = None
+    for at, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (at == 0 or line[at - 1] in " \t"):
+            return line[:at]
+    return line
+
+
+def parse_scalar(text, where):
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        inner = text[1:-1]
+        return inner.replace("''", "'") if text[0] == "'" else inner.replace('\\"', '"').replace("\\\\", "\\")
+    if text[:1] in ("&", "*", "!", "{", "[", "|", ">", "%", "@", "`"):
+        raise PmError("%s: %r is YAML beyond a conda environment file" % (where, text),
+                      "write it as a plain list entry, as 'conda env export' does")
+    return text
+
+
+def parse_env_yml(text, source="env.yml"):
+    """Parse conda's env-file subset: name, channels, dependencies (with a pip: list), prefix, variables."""
+    doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
+    key, pip_indent = None, None
+    for number, raw in enumerate(text.splitlines(), 1):
+        where = "%s line %d" % (source, number)
+        line = strip_comment(raw).rstrip()
+        if not line.strip() or line.strip() in ("---", "..."):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if line[indent:indent + 1] == "\t":
+            raise PmError("%s: tab indentation" % where, "indent with spaces")
+        body = line.strip()
+        if indent == 0:
+            match = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", body)
+            if not match:
+                raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body),
+                              "use an environment file written by 'conda env export'")
+            key, value = match.group(1), (match.group(2) or "").strip()
+            pip_indent = None
+            if key in ("name", "prefix"):
+                doc[key] = parse_scalar(value, where)
+            elif key in ("channels", "dependencies", "variables") and not value:
+                continue
+            elif key in ("channels", "dependencies", "variables"):
+                raise PmError("%s: %s must be a block list, not %r" % (where, key, value),
+                              "write one '  - item' per line")
+            else:
+                say("warning: %s: ignoring the unknown key %r" % (where, key))
+                key = None
+        elif key is None:
+            continue
+        elif body == "-" or body.startswith("- "):
+            item = body[1:].strip()
+            if key not in ("channels", "dependencies"):
+                raise PmError("%s: a list item under %r" % (where, key), "only channels and dependencies are lists")
+            if pip_indent is not None and indent > pip_indent:
+                doc["pip"].append(parse_scalar(item, where))
+            elif key == "dependencies" and re.match(r"^pip\s*:$", item):
+                pip_indent = indent
+            else:
+                pip_indent = None
+                doc[key].append(parse_scalar(item, where))
+        elif key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
+            name, value = body.split(":", 1)
+            doc["variables"][name.strip()] = parse_scalar(value, where)
+        else:
+            raise PmError("%s: cannot read %r" % (where, body), "use an environment file written by 'conda env export'")
+    if not doc["dependencies"] and not doc["pip"]:
+        raise PmError("%s lists no dependencies" % source, "pack the software again from its conda environment")
+    return EnvFile(doc.get("name"), doc["channels"], doc["dependencies"], doc["pip"], doc["variables"])
+
+
+def conda_spec_name(spec):
+    spec = spec.strip().split("::")[-1]
+    return re.split(r"[\s=<>!~\[;,]", spec, 1)[0].strip()
+
+
+def without_conda_itself(specs):
+    return [s for s in specs if conda_spec_name(s) not in CONDA_OWN_PACKAGES]
+
+
+def strip_build(spec):
+    """'numpy=1.26.4=py312h' -> 'numpy=1.26.4'; other specs stay as they are."""
+    parts = spec.split("=")
+    if len(parts) == 3 and all(parts):
+        return "%s=%s" % (parts[0], parts[1])
+    return spec
+
+
+def direct_specs(min_deps, env):
+    """Direct requirements as specs: min-deps.json records (name=version), else env.yml's names."""
+    specs = []
+    for record in min_deps or []:
+        if isinstance(record, dict) and record.get("name"):
+            specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
+    return without_conda_itself(specs) or [conda_spec_name(s) for s in without_conda_itself(env.dependencies)]
+
+
+def migration_levels(env, min_deps):
+    """The environment files to try, in order: (level name, EnvFile)."""
+    exact = without_conda_itself(env.dependencies)
+    levels = [("exact", exact), ("no-builds", [strip_build(s) for s in exact]),
+              ("direct", direct_specs(min_deps, env))]
+    out, seen = [], []
+    for name, deps in levels:
+        if deps not in seen:
+            seen.append(deps)
+            out.append((name, EnvFile(env.name, env.channels, deps, env.pip, env.variables)))
+    return out
+
+
+# == Migrator =================================================================
+# One attempt: a unique directory NAME/<id>/ holding the env file used, the command log,
+# every test's output, result.json. Recreate the environment, unzip, run every test, install.
+
+TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
+SOFTWARE_KEYS = ("output_dir", "package_managers", "tests")
+_attempt_counter = [0]
+
+
+class TestSpec(object):
+    """One [test_X] section."""
+
+    def __init__(self, name, command, timeout=None, env=None, workdir=None, runner=None):
+        self.name, self.command, self.timeout = name, command, timeout
+        self.env, self.workdir, self.runner = dict(env or {}), workdir, runner
+
+
+class TestResult(object):
+    """How one test went."""
+
+    def __init__(self, name, status, exit_code, seconds, log):
+        self.name, self.status, self.exit_code, self.seconds, self.log = name, status, exit_code, seconds, log
+
+    def to_json(self):
+        return {"name": self.name, "status": self.status, "exit_code": self.exit_code,
+                "seconds": round(self.seconds, 3), "log": self.log}
+
+
+class MigrationConfig(object):
+    """The merged test configuration for one software."""
+
+    def __init__(self, output_dir, package_managers, tests):
+        self.output_dir, self.package_managers, self.tests = output_dir, package_managers, tests
+
+
+def read_test_config(paths, name):
+    """Merge INI test configurations in order; one clear error naming file, section and key."""
+    import configparser
+    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    origin = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            raise PmError("test configuration %s does not exist" % path, "pass the path of an INI file")
+        before = dict((s, dict(parser[s])) for s in parser.sections())
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        for section in parser.sections():
+            for key, value in parser[section].items():
+                if before.get(section, {}).get(key) != value:
+                    origin[(section, key)] = path
+    files = ", ".join(paths)
+
+    def need(section, key):
+        if not parser.has_section(section):
+            raise PmError("no [%s] section in %s" % (section, files), "add it (see 'pm.pyz migrate --help')")
+        value = parser[section].get(key, "").strip()
+        if not value:
+            raise PmError("no '%s' in [%s] of %s" % (key, section, files), "add '%s = ...' there" % key)
+        return value
+
+    output_dir = need(name, "output_dir")
+    if not os.path.isabs(os.path.expanduser(output_dir)):
+        raise PmError("output_dir %r in [%s] of %s is not absolute" % (output_dir, name, origin[(name, "output_dir")]),
+                      "give a full path such as /opt/%s" % name)
+    warn_unknown(parser, name, SOFTWARE_KEYS, origin)
+    managers = [m.strip() for m in parser[name].get("package_managers", "conda").split(",") if m.strip()]
+    tests = []
+    for test in [t.strip() for t in parser[name].get("tests", "").split(",") if t.strip()]:
+        section = "test_" + test
+        warn_unknown(parser, section, TEST_KEYS, origin)
+        tests.append(TestSpec(test, need(section, "exec"), test_timeout(parser, section, origin),
+                              test_env(parser[section].get("env", ""), section),
+                              parser[section].get("workdir"), parser[section].get("runner")))
+    return MigrationConfig(os.path.expanduser(output_dir), managers, tests)
+
+
+def warn_unknown(parser, section, known, origin):
+    if parser.has_section(section):
+        for key in parser[section]:
+            if key not in known and key not in parser.defaults():
+                say("warning: unknown key '%s' in [%s] of %s (known: %s)" % (key, section, origin.get((section, key)),
+                                                                          ", ".join(known)))
+
+
+def test_timeout(parser, section, origin):
+    value = parser[section].get("timeout")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise PmError("timeout %r in [%s] of %s is not a positive number" % (value, section, origin[(section, "timeout")]),
+                      "give seconds, e.g. timeout = 600")
+    return seconds
+
+
+def test_env(text, section):
+    env = {}
+    for item in re.split(r"[,\n]", text):
+        if item.strip():
+            if "=" not in item:
+                raise PmError("env entry %r in [%s] is not NAME=VALUE" % (item.strip(), section),
+                              "write env = NAME=VALUE, OTHER=VALUE")
+            key, value = item.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def new_attempt_dir(name, home=None):
+    """A fresh, never reused attempt directory: time to the microsecond plus a counter."""
+    folder = os.path.join(home or store_home(), check_name(name))
+    while True:
+        now = time.time()
+        _attempt_counter[0] += 1
+        attempt = "%s.%06d-%03d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)), int(now % 1 * 1e6),
+                                    _attempt_counter[0] % 1000)
+        path = os.path.join(folder, attempt)
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+
+
+class Attempt(object):
+    """The record of one migration attempt, kept in its directory."""
+
+    def __init__(self, name, path):
+        self.name, self.path = name, path
+        self.id = os.path.basename(path)
+        self.log_path = os.path.join(path, "commands.log")
+        self.started = time.time()
+        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
+
+    def log(self, text):
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
+
+    def run(self, command, env=None):
+        """Run a command, logging it and its output; return (exit code, output)."""
+        import subprocess
+        self.log("$ " + " ".join(command))
+        try:
+            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                  stdin=subprocess.DEVNULL, universal_newlines=True)
+        except OSError as exc:
+            self.log("cannot run: %s" % exc)
+            return 127, str(exc)
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(proc.stdout)
+        self.log("exit %d" % proc.returncode)
+        return proc.returncode, proc.stdout
+
+    def save(self, **values):
+        self.result.update(values)
+        write_json(os.path.join(self.path, "result.json"), self.result)
+
+
+def find_conda_here():
+    exe = os.environ.get("CONDA_EXE") or shutil.which("conda")
+    if not exe:
+        raise PmError("no conda found on this machine (CONDA_EXE, PATH)",
+                      "install conda, or list other package managers in the test configuration")
+    return exe
+
+
+def conda_env_prefix(conda, env_name):
+    import subprocess
+    proc = subprocess.run([conda, "env", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+    try:
+        envs = json.loads(proc.stdout).get("envs", []) if proc.returncode == 0 else []
+    except ValueError:
+        envs = []
+    for prefix in envs:
+        if os.path.basename(prefix) == env_name:
+            return prefix
+    return None
+
+
+def create_conda_env(attempt, conda, env_name, env, min_deps, force):
+    """Create the environment, falling back level by level; return (level, prefix)."""
+    existing = conda_env_prefix(conda, env_name)
+    if existing and not force:
+        raise PmError("a conda environment named %s already exists (%s)" % (env_name, existing),
+                      "pass --force to replace it, or --env-name to choose another name")
+    for level, env_file in migration_levels(env, min_deps):
+        if conda_env_prefix(conda, env_name):
+            attempt.run([conda, "env", "remove", "-n", env_name, "-y"])
+        env_file.name = env_name
+        path = os.path.join(attempt.path, "env-%s.yml" % level)
+        write_atomic(path, env_file.to_yaml())
+        say("creating conda environment %s (%s, %d packages)..." % (env_name, level, len(env_file.dependencies)))
+        code, output = attempt.run([conda, "env", "create", "-f", path, "-n", env_name])
+        prefix = conda_env_prefix(conda, env_name)
+        if code == 0 and prefix:
+            shutil.copyfile(path, os.path.join(attempt.path, "env.yml"))
+            return level, prefix
+        say("  failed at level %s: %s" % (level, (output.strip().splitlines() or ["exit %d" % code])[-1]))
+    raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
+                  "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+
+
+def activated_env(prefix, env_name, extra):
+    env = dict(os.environ)
+    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
+    env["CONDA_PREFIX"] = prefix
+    env["CONDA_DEFAULT_ENV"] = env_name
+    env.update(extra)
+    return env
+
+
+ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
+
+
+def run_test(attempt, test, software, env):
+    """Run one test in its own shell, streaming output to the console and its log file."""
+    import shlex
+    import signal
+    import subprocess
+    log = os.path.join(attempt.path, "test-%s.log" % test.name)
+    script = (ACTIVATE_SCRIPTS if env.get("CONDA_PREFIX") else "") + test.command
+    command = (shlex.split(test.runner) if test.runner else []) + ["/bin/sh", "-c", script]
+    workdir = os.path.join(software, test.workdir) if test.workdir else software
+    attempt.log("test %s: %s (in %s)" % (test.name, test.command, workdir))
+    say("--- test %s: %s" % (test.name, test.command))
+    started = time.time()
+    status = "passed"
+    with open(log, "w", encoding="utf-8") as out:
+        try:
+            proc = subprocess.Popen(command, cwd=workdir, env=dict(env, **test.env), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            out.write("cannot start: %s\n" % exc)
+            return TestResult(test.name, "error", 127, 0.0, log)
+        timer = None
+        if test.timeout:
+            import threading
+
+            def kill():
+                out.write("\npm: timeout after %s s\n" % test.timeout)
+                os.killpg(proc.pid, signal.SIGKILL)
+            timer = threading.Timer(test.timeout, kill)
+            timer.start()
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            out.write(line)
+            sys.stderr.write("    " + line)
+        code = proc.wait()
+        if timer:
+            timer.cancel()
+            if code == -signal.SIGKILL:
+                status = "timeout"
+        if code != 0 and status == "passed":
+            status = "failed"
+    seconds = time.time() - started
+    attempt.log("test %s: %s, exit %d, %.2f s" % (test.name, status, code, seconds))
+    return TestResult(test.name, status, code, seconds, log)
+
+
+def install_software(bundle, output_dir, software_dir, force):
+    target = os.path.join(output_dir, software_dir)
+    if os.path.isdir(target) and os.listdir(target):
+        if not force:
+            raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
+        shutil.rmtree(target)
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
+    try:
+        extracted = extract_software(bundle, staging)
+        os.replace(extracted, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def print_summary(results, attempt):
+    print("%-20s %-8s %8s" % ("test", "status", "seconds"))
+    for result in results:
+        print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
+    print("attempt: %s" % attempt.path)
+
+
+def migrate(name, config, bundle, manifest, options):
+    """Recreate the software with conda, run its tests, install it; return the exit code."""
+    attempt = Attempt(name, new_attempt_dir(name))
+    say("migrating %s (attempt %s)" % (name, attempt.id))
+    attempt.save(bundle=bundle, package_managers=config.package_managers)
+    env = parse_env_yml(read_member_text(bundle, "env.yml"), "env.yml in %s" % bundle)
+    min_deps = json.loads(read_member_text(bundle, "min-deps.json"))
+    conda = find_conda_here()
+    env_name = options.env_name or name
+    try:
+        level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
+    except PmError as exc:
+        attempt.save(status="error", error=exc.what, finished=time.time())
+        raise
+    say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
+    results = []
+    work = os.path.join(attempt.path, "work")
+    if not options.skip_tests:
+        software = extract_software(bundle, work)
+        env_vars = activated_env(prefix, env_name, {})
+        for test in config.tests:
+            results.append(run_test(attempt, test, software, env_vars))
+        shutil.rmtree(work, ignore_errors=True)
+    passed = all(r.status == "passed" for r in results)
+    installed = None
+    if passed:
+        installed = install_software(bundle, config.output_dir, manifest.software_dir(), options.force)
+        say("installed %s into %s" % (name, installed))
+    attempt.save(status="passed" if passed else "failed", level=level, env_name=env_name, env_prefix=prefix,
+                 tests=[r.to_json() for r in results], installed_to=installed, finished=time.time(),
+                 seconds=round(time.time() - attempt.started, 3))
+    print_summary(results, attempt)
+    return 0 if passed else 1
+
+
 # == Server ===================================================================
 # A store-and-forward HTTP server on the standard library: GET /migrate hands out the probe,
 # PUT /bundles/NAME receives bundles (streamed, verified, renamed into place), and the original
@@ -1518,6 +1997,8 @@ def server_status(home):
 
 SELF_PATH = os.path.abspath(sys.argv[0])
 EXAMPLES = {
+    "migrate": "examples:\n  python3 pm.pyz migrate mysim tests.ini\n"
+               "  python3 pm.pyz migrate mysim tests.ini --bundle mysim.bundle.zip --force",
     "serve": "examples:\n  python3 pm.pyz serve start            # background, prints the token\n"
              "  python3 pm.pyz serve status\n  python3 pm.pyz serve --host 0.0.0.0 --token s3cret   # foreground\n"
              "  python3 pm.pyz serve stop",
@@ -1539,6 +2020,40 @@ def cmd_serve(args):
     if args.action == "status":
         return server_status(config.home)
     return run_server(config)
+
+
+def cmd_migrate(args):
+    """Recreate stored software on this machine and prove it works: create a conda environment
+    named after it from the bundle's env.yml (falling back to builds stripped, then to the direct
+    requirements), unzip the software, run every test of the configuration in its own shell with
+    the environment active, and install into output_dir when all pass. Each attempt keeps its
+    env file, command log, test outputs and result.json in ~/.platform_migrator/NAME/<id>/.
+
+    Test configuration (INI; several files merge in order):
+      [NAME]
+      output_dir = /abs/path          ; where the software goes on success
+      package_managers = conda
+      tests = unit, smoke             ; each names a [test_X] section
+      [test_unit]
+      exec = sh tests/run.sh          ; run in the software's directory
+      timeout = 600                   ; optional: seconds
+      env = OMP_NUM_THREADS=1         ; optional: NAME=VALUE, ...
+      workdir = tests                 ; optional: relative to the software
+      runner = srun -n1               ; optional: prefix, e.g. for HPC
+    Exit code 0 when every test passed, 1 when one failed, 2 for bad input."""
+    check_name(args.name)
+    config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
+    if "conda" not in config.package_managers:
+        raise PmError("package managers other than conda (%s) are not supported by this pm yet"
+                      % ", ".join(config.package_managers), "add conda to package_managers and install conda")
+    if args.bundle:
+        if not os.path.isfile(args.bundle):
+            raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
+        bundle = os.path.abspath(args.bundle)
+    else:
+        bundle = latest_bundle(args.name)
+    manifest = verify_bundle(bundle)
+    return migrate(args.name, config, bundle, manifest, args)
 
 
 def cmd_unpack(args):
@@ -1624,6 +2139,17 @@ def build_parser():
     sub.add_argument("--token", help="require this token (default for 'start': a new random one)")
     sub.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest accepted body (4 GiB)")
     sub.add_argument("--timeout", type=float, default=60.0, help="seconds a client may stay silent (60)")
+    sub = verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate)
+    sub.add_argument("name", help="the software's name in the store")
+    sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")
+    sub.add_argument("--bundle", help="migrate this carried bundle file instead of the stored one")
+    sub.add_argument("--skip-tests", action="store_true", help="install without running the tests")
+    sub.add_argument("--env-name", help="conda environment name (default: the software's name)")
+    sub.add_argument("--force", action="store_true",
+                     help="replace an existing environment of that name and a non-empty install target")
+    sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
+                     help="package-manager configuration(s), for migrations without conda")
+    sub.add_argument("-y", "--yes", action="store_true", help="never ask")
     sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")

@@ -214,8 +214,18 @@ def cmd_create(args, from_file=False):
     print("\n# To activate this environment, use\n#\n#     $ conda activate %s\n" % os.path.basename(prefix))
 
 
+def conda_style(spec):
+    """conda's 'name=version=build' form, which rattler's strict parser does not take."""
+    parts = spec.split("=")
+    if len(parts) == 3 and all(parts) and " " not in spec:
+        name, version, build = parts
+        return "%s %s %s" % (name, version if "*" in version else "==" + version, build)
+    return spec
+
+
 def solve(specs, extra_channels=()):
     sources = channels() + ["file://" + os.path.abspath(c) for c in extra_channels]
+    specs = [conda_style(s) for s in specs]
     return asyncio.run(rattler.solve(sources, specs, platforms=[PLATFORM, "noarch"],
                                      virtual_packages=rattler.VirtualPackage.detect()))
 
