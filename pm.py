@@ -1182,9 +1182,9 @@ def without_conda_itself(specs):
 
 
 def strip_build(spec):
-    """'numpy=1.26.4=py312h' -> 'numpy=1.26.4'; other specs stay as they are."""
+    """'numpy=1.26.4=py312h' -> 'numpy=1.26.4'; wildcard builds ('*openblas') and other specs stay."""
     parts = spec.split("=")
-    if len(parts) == 3 and all(parts):
+    if len(parts) == 3 and all(parts) and "*" not in parts[2]:
         return "%s=%s" % (parts[0], parts[1])
     return spec
 
@@ -1504,15 +1504,21 @@ def migrate(name, config, bundle, manifest, options):
     attempt = Attempt(name, new_attempt_dir(name))
     say("migrating %s (attempt %s)" % (name, attempt.id))
     attempt.save(bundle=bundle, package_managers=config.package_managers)
+    try:
+        return run_attempt(attempt, config, bundle, manifest, options)
+    except PmError as exc:
+        attempt.save(status="error", error=exc.what, finished=time.time())
+        say("attempt: %s" % attempt.path)
+        raise
+
+
+def run_attempt(attempt, config, bundle, manifest, options):
+    name = attempt.name
     env = parse_env_yml(read_member_text(bundle, "env.yml"), "env.yml in %s" % bundle)
     min_deps = json.loads(read_member_text(bundle, "min-deps.json"))
     conda = find_conda_here()
     env_name = options.env_name or name
-    try:
-        level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
-    except PmError as exc:
-        attempt.save(status="error", error=exc.what, finished=time.time())
-        raise
+    level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
     say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
     results = []
     work = os.path.join(attempt.path, "work")

@@ -1,0 +1,230 @@
+"""`pm.pyz migrate` with conda: the conda stand-in creates environments, tests really run in them."""
+import glob
+import hashlib
+import json
+import os
+import stat
+import zipfile
+
+import pytest
+
+import channels
+import pm
+from conftest import CondaSite, find_python, run_pm
+
+CONFIG = """[heatsim]
+output_dir = {out}            ; where the software goes
+package_managers = conda
+tests = smooth, tools
+[test_smooth]
+exec = sh tests/test_smooth.sh
+[test_tools]
+exec = sh tests/test_tools.sh
+timeout = 30
+"""
+
+
+def write_config(tmp_path, text=None, **values):
+    path = tmp_path / "tests.ini"
+    values.setdefault("out", str(tmp_path / "installed"))
+    path.write_text((text or CONFIG).format(**values))
+    return str(path)
+
+
+def pack(pyz, site, software, out, python="2.7"):
+    proc = run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
+                  site.env())
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def attempts(site, name="heatsim"):
+    return sorted(glob.glob(os.path.join(site.home, name, "2*")))
+
+
+def result_of(path):
+    with open(os.path.join(path, "result.json")) as handle:
+        return json.load(handle)
+
+
+@pytest.mark.parametrize("version", ["3.6", "newest"])
+def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    python = find_python(version)
+    assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
+    proc = run_pm(python, pyz, ["migrate", "heatsim", write_config(tmp_path)], conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: smoothing step" in proc.stderr and "heatplot 0.3" in proc.stderr
+    assert "smooth" in proc.stdout and "passed" in proc.stdout
+    installed = tmp_path / "installed" / "heatsim"
+    assert (installed / "heatsim.sh").exists()
+    assert stat.S_IMODE(os.stat(str(installed / "heatsim.sh")).st_mode) == 0o755
+    (attempt,) = attempts(conda_site)
+    result = result_of(attempt)
+    assert result["status"] == "passed" and result["level"] == "exact"
+    assert [t["status"] for t in result["tests"]] == ["passed", "passed"]
+    assert os.path.exists(os.path.join(attempt, "env.yml")) and not os.path.exists(os.path.join(attempt, "work"))
+    with open(os.path.join(attempt, "test-smooth.log")) as handle:
+        assert "ok: smoothing step" in handle.read()
+    with open(os.path.join(attempt, "env.yml")) as handle:
+        assert "prefix" not in handle.read()
+
+
+def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    text = CONFIG.replace("tests = smooth, tools", "tests = broken, smooth, tools") + \
+        "[test_broken]\nexec = echo about to fail; exit 3\n"
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
+                  conda_site.env())
+    assert proc.returncode == 1, proc.stderr
+    result = result_of(attempts(conda_site)[0])
+    assert [(t["name"], t["status"], t["exit_code"]) for t in result["tests"]] == \
+        [("broken", "failed", 3), ("smooth", "passed", 0), ("tools", "passed", 0)]
+    assert result["status"] == "failed" and not (tmp_path / "installed").exists()
+
+
+def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_path, example_channel, example_software):
+    base = CondaSite(str(tmp_path / "base"), [example_channel], str(tmp_path / "base-home"))
+    base.create("heatsim-env", channels.EXAMPLE_SPECS)
+    bundle = pack(pyz, base, example_software, str(tmp_path / "b.zip"))
+    other_builds = channels.example_channel(str(tmp_path / "other-channel"),
+                                            builds=dict((p[0], "linux_aarch64_1") for p in channels.EXAMPLE_PACKAGES))
+    target = CondaSite(str(tmp_path / "target"), [other_builds], str(tmp_path / "target-home"))
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  target.env())
+    assert proc.returncode == 0, proc.stderr
+    result = result_of(attempts(target)[0])
+    assert result["level"] == "no-builds"
+    assert os.path.exists(os.path.join(attempts(target)[0], "env-exact.yml"))
+
+
+def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    config = write_config(tmp_path)
+    args = ["migrate", "heatsim", config, "--bundle", bundle, "--env-name", "heatsim-env"]
+    proc = run_pm(find_python("newest"), pyz, args, conda_site.env())
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert os.path.isdir(conda_site.prefix("heatsim-env"))
+    assert result_of(attempts(conda_site)[0])["status"] == "error"
+    proc = run_pm(find_python("newest"), pyz, args + ["--force"], conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert len(attempts(conda_site)) == 3, "earlier attempts stay"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[other]\noutput_dir = /x\n", "no [heatsim] section"),
+    ("[heatsim]\ntests = a\n", "no 'output_dir' in [heatsim]"),
+    ("[heatsim]\noutput_dir = relative/dir\n", "is not absolute"),
+    ("[heatsim]\noutput_dir = /x\ntests = a\n", "no [test_a] section"),
+    ("[heatsim]\noutput_dir = /x\ntests = a\n[test_a]\ntimeout = 5\n", "no 'exec' in [test_a]"),
+    ("[heatsim]\noutput_dir = /x\ntests = a\n[test_a]\nexec = true\ntimeout = soon\n", "not a positive number"),
+    ("[heatsim\n", "cannot read"),
+])
+def test_broken_configs_give_one_clear_line(text, message, pyz, conda_site, tmp_path):
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text)], conda_site.env())
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert "tests.ini" in proc.stderr
+
+
+def test_unknown_keys_are_warned_about(tmp_path):
+    path = write_config(tmp_path, CONFIG + "colour = blue\n")
+    config = pm.read_test_config([path], "heatsim")
+    assert [t.name for t in config.tests] == ["smooth", "tools"] and config.tests[1].timeout == 30.0
+
+
+def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, example_software, tmp_path):
+    python = find_python("newest")
+    config = write_config(tmp_path)
+    proc = run_pm(python, pyz, ["migrate", "heatsim", config], conda_site.env())
+    assert proc.returncode == 2 and "no bundle stored for 'heatsim'" in proc.stderr
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
+    stored = pm.latest_bundle("heatsim", conda_site.home)
+    before = hashlib.sha256(open(stored, "rb").read()).hexdigest()
+    corrupt = tmp_path / "corrupt.zip"
+    data = bytearray(open(bundle, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    proc = run_pm(python, pyz, ["migrate", "heatsim", config, "--bundle", str(corrupt)], conda_site.env())
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("pm: error:")
+    assert hashlib.sha256(open(stored, "rb").read()).hexdigest() == before
+
+
+def hostile_bundle(path, entries):
+    """A bundle whose manifest is consistent but whose software entries try to escape."""
+    members = {}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data, mode in [("env.yml", b"name: x\ndependencies:\n  - heatplot\n", 0o644),
+                                 ("min-deps.json", b"[]", 0o644)] + entries:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = mode << 16
+            archive.writestr(info, data)
+            members[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        archive.writestr("manifest.json", json.dumps({"format": 1, "name": "heatsim", "members": members}))
+    return path
+
+
+@pytest.mark.parametrize("entries", [
+    [("software/heatsim/../../../escaped.txt", b"x", 0o644)],
+    [("/tmp/absolute-escape.txt", b"x", 0o644)],
+    [("software/heatsim/link", b"../../../../../etc", stat.S_IFLNK | 0o777),
+     ("software/heatsim/link/passwd", b"x", 0o644)],
+])
+def test_hostile_zip_entries_are_refused(entries, pyz, conda_site, tmp_path):
+    bundle = hostile_bundle(str(tmp_path / "evil.zip"), entries)
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  conda_site.env())
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not os.path.exists(str(tmp_path / "escaped.txt")) and not os.path.exists("/tmp/absolute-escape.txt")
+    assert not (tmp_path / "installed").exists()
+
+
+def test_extract_refuses_a_link_leading_outside(tmp_path):
+    bundle = hostile_bundle(str(tmp_path / "evil.zip"), [("software/heatsim/up", b"../..", stat.S_IFLNK | 0o777)])
+    with pytest.raises(pm.PmError) as caught:
+        pm.extract_software(bundle, str(tmp_path / "dest"))
+    assert "points outside" in caught.value.what
+
+
+def test_env_yml_subset_is_read_with_quotes_comments_and_pip():
+    text = """# exported
+name: sim
+channels:
+  - conda-forge   # main
+  - 'defaults'
+dependencies:
+  - python=3.11.7=h1_0
+  - "libblas=*=*openblas"
+  - conda=24.1.0=py311_0
+  - pip:
+    - torchvision==0.1  # pinned
+    - "ruamel.yaml"
+variables:
+  OMP_NUM_THREADS: '1'
+prefix: /opt/conda/envs/sim
+"""
+    env = pm.parse_env_yml(text)
+    assert env.name == "sim" and env.channels == ["conda-forge", "defaults"]
+    assert env.dependencies == ["python=3.11.7=h1_0", "libblas=*=*openblas", "conda=24.1.0=py311_0"]
+    assert env.pip == ["torchvision==0.1", "ruamel.yaml"] and env.variables == {"OMP_NUM_THREADS": "1"}
+    levels = dict(pm.migration_levels(env, [{"name": "python", "version": "3.11.7"}]))
+    assert levels["exact"].dependencies == ["python=3.11.7=h1_0", "libblas=*=*openblas"]
+    assert levels["no-builds"].dependencies == ["python=3.11.7", "libblas=*=*openblas"]
+    assert levels["direct"].dependencies == ["python=3.11.7"]
+    again = pm.parse_env_yml(levels["exact"].to_yaml())
+    assert again.dependencies == levels["exact"].dependencies and again.pip == env.pip
+
+
+@pytest.mark.parametrize("text", ["dependencies: [a, b]\n", "dependencies:\n  - &anchor a\n", "name: x\n\tdependencies:\n"])
+def test_yaml_beyond_the_subset_is_an_error(text):
+    with pytest.raises(pm.PmError):
+        pm.parse_env_yml(text)
+
+
+def test_attempt_ids_are_unique_and_ordered(tmp_path):
+    made = [pm.new_attempt_dir("sim", str(tmp_path)) for _ in range(50)]
+    assert len(set(made)) == 50 and made == sorted(made)
