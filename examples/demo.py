@@ -1,4 +1,4 @@
-"""The demo: pack the example project (examples/heatsim) from a conda environment into a bundle.
+"""The demo round trip: serve, pack the example project (examples/heatsim) under Python 2.7, migrate, report.
 
 There is no conda on this machine, so the demo uses pm's test stand-in for conda (tests/condastandin.py,
 py-rattler underneath) with a local channel holding the example's packages. Everything lives in
@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,26 +34,62 @@ def main():
     site.create("heatsim-env", channels.EXAMPLE_SPECS)
     print("created %s" % site.prefix("heatsim-env"))
 
-    step("pack under the oldest Python a base machine may have")
-    python2 = find_python("2.7")
-    bundle = os.path.join(work, "heatsim.bundle.zip")
+    pyz = os.path.join(ROOT, "pm.pyz")
+    python3 = find_python("newest")
+    env = site.env()
     started = time.time()
-    subprocess.run([python2, os.path.join(ROOT, "pm.pyz"), "pack", "-d", os.path.join(HERE, "heatsim"),
-                    "-e", "heatsim-env", "-o", bundle, "--yes"], env=site.env(), check=True)
-    print("packed in %.2f s with %s" % (time.time() - started, python2))
-
-    step("what the bundle holds")
-    with zipfile.ZipFile(bundle) as archive:
-        manifest = json.loads(archive.read("manifest.json").decode())
+    step("target: start the pm server")
+    subprocess.run([python3, pyz, "serve", "start", "--port", "0"], env=env, check=True)
+    with open(os.path.join(site.home, "server.pid")) as handle:
+        server = json.load(handle)
+    try:
+        step("base: fetch the probe from the server and pack under the oldest Python a base machine may have")
+        python2 = find_python("2.7")
+        probe = os.path.join(work, "probe.py")
+        with urllib.request.urlopen("%s/migrate?token=%s" % (server["url"], server["token"])) as response, \
+                open(probe, "wb") as out:
+            out.write(response.read())
+        subprocess.run([python2, probe, "-d", os.path.join(HERE, "heatsim"), "-e", "heatsim-env", "--yes"],
+                       env=env, check=True)
+        step("target: what the server stored")
+        subprocess.run([python3, pyz, "serve", "status"], env=env, check=True)
+        bundle = subprocess.run([python3, "-c", "import pm; print(pm.latest_bundle('heatsim'))"], env=dict(
+            env, PYTHONPATH=ROOT), stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.strip()
+        with zipfile.ZipFile(bundle) as archive:
+            manifest = json.loads(archive.read("manifest.json").decode())
         print("software  %s (%d files)" % (manifest["name"], manifest["software"]["files"]))
         print("source    %(os)s %(machine)s, %(libc)s, Python %(python)s, conda %(conda)s" % manifest["source"])
         print("env       %s: %d packages" % (manifest["env"]["name"], manifest["env"]["packages"]))
         print("direct    %s" % ", ".join(manifest["minimal"]))
         print("asked for %s" % ", ".join(manifest["requested_specs"]))
-        for name in sorted(archive.namelist()):
-            print("  %8d  %s" % (archive.getinfo(name).file_size, name))
-    print("\nbundle: %s" % bundle)
+    finally:
+        subprocess.run([python3, pyz, "serve", "stop"], env=env)
+
+    step("target: migrate (new conda env, the software's own tests, install)")
+    config = os.path.join(work, "heatsim-tests.ini")
+    with open(config, "w") as handle:
+        handle.write(CONFIG % os.path.join(work, "installed"))
+    code = subprocess.run([python3, pyz, "migrate", "heatsim", config], env=env).returncode
+    step("report")
+    subprocess.run([python3, pyz, "list"], env=env)
+    print("round trip %s in %.1f s; installed in %s" % ("passed" if code == 0 else "FAILED", time.time() - started,
+                                                       os.path.join(work, "installed", "heatsim")))
+    return code
+
+
+CONFIG = """[heatsim]
+output_dir = %s
+package_managers = conda
+tests = smooth, tools
+
+[test_smooth]
+exec = sh tests/test_smooth.sh
+
+[test_tools]
+exec = sh tests/test_tools.sh
+timeout = 60
+"""
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
