@@ -1591,7 +1591,7 @@ def receive_body(handler, config, expected_sha256=None):
     if length > config.max_bytes:
         raise HttpError(413, "body of %d bytes exceeds the limit of %d (--max-bytes)" % (length, config.max_bytes))
     handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=incoming_dir(config.home))
-    digest = hashlib.sha256()
+    hasher = BackgroundHasher()
     try:
         with os.fdopen(handle, "wb") as out:
             left = length
@@ -1599,15 +1599,47 @@ def receive_body(handler, config, expected_sha256=None):
                 block = handler.rfile.read(min(CHUNK, left))
                 if not block:
                     raise HttpError(400, "the body ended after %d of %d bytes" % (length - left, length))
-                digest.update(block)
+                hasher.update(block)
                 out.write(block)
                 left -= len(block)
-        if expected_sha256 and digest.hexdigest() != expected_sha256.strip().lower():
+        digest = hasher.hexdigest()
+        if expected_sha256 and digest != expected_sha256.strip().lower():
             raise HttpError(400, "the body does not match its X-Content-SHA256")
     except BaseException:
+        hasher.hexdigest()
         os.remove(temp)
         raise
-    return temp, digest.hexdigest()
+    return temp, digest
+
+
+class BackgroundHasher(object):
+    """sha256 on a second thread (hashlib releases the GIL), so hashing overlaps receiving.
+
+    At most a few blocks wait in the queue, so memory stays bounded."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.digest = hashlib.sha256()
+        self.blocks = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=self.work, daemon=True)
+        self.thread.start()
+
+    def work(self):
+        while True:
+            block = self.blocks.get()
+            if block is None:
+                return
+            self.digest.update(block)
+
+    def update(self, block):
+        self.blocks.put(block)
+
+    def hexdigest(self):
+        if self.thread.is_alive():
+            self.blocks.put(None)
+            self.thread.join()
+        return self.digest.hexdigest()
 
 
 def accept_bundle(temp, name, home):

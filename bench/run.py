@@ -154,14 +154,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mib", type=int, default=1024, help="bundle size in MiB (default 1024)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for pm's server")
+    parser.add_argument("--pm-only", action="store_true", help="skip the original (quick checks while tuning)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="pm-bench-")
     try:
         bundle = os.path.join(work, "big.zip")
         make_bundle(bundle, args.mib)
         mib = os.path.getsize(bundle) / 1048576.0
-        python, package = install_original(work)
         pm_seconds, pm_rss = run_pm_server(work, bundle, args.python)
+        if args.pm_only:
+            print("pm: %.2f s, %.1f MiB/s, peak RSS %.1f MiB" % (pm_seconds, mib / pm_seconds, pm_rss / 1024.0))
+            return
+        python, package = install_original(work)
         orig_seconds, orig_rss = run_original_server(work, bundle, python, package)
         print("upload of a %.0f MiB bundle over 127.0.0.1" % mib)
         print("%-28s %9s %11s %14s" % ("server", "seconds", "MiB/s", "peak RSS MiB"))
