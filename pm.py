@@ -1211,6 +1211,419 @@ def migration_levels(env, min_deps):
     return out
 
 
+# == Package managers =========================================================
+# Sections of INI files (the original tool's format): name, exec, search, install,
+# install_version, result_fmt; %e exec, %p package, %v version, %s search expression, %% a '%'.
+# Built-ins below; ~/.platform_migrator/config/package-managers.ini and --pck-mgr-configs add or override.
+
+PIP_SEARCH = ("{ %e index versions %s 2>/dev/null || %e install --no-deps %s== 2>&1; } | awk -v n=%s "
+              "'/^Available versions:/ {sub(/^Available versions: /, \"\"); k = split($0, v, \", \"); "
+              "for (i = 1; i <= k; i++) print n, v[i]} "
+              "/from versions:/ {s = $0; sub(/.*from versions: /, \"\", s); sub(/\\).*/, \"\", s); "
+              "k = split(s, v, \", \"); for (i = 1; i <= k; i++) if (v[i] != \"none\") print n, v[i]}'")
+APT_SEARCH = ("{ echo %s; apt-cache search --names-only -- %s | cut -d' ' -f1 | head -n 60; } | "
+              "xargs -r apt-cache show --no-all-versions 2>/dev/null | "
+              "awk '/^Package:/ {p = $2} /^Version:/ {print p, $2}'")
+
+
+def pip_section(key, exec_name, note):
+    return ("[%s]\nname = %s (into the software's own virtual environment)\nexec = %s\nsearch = %s\n"
+            "result_fmt = %%p %%v\ninstall = %%e install %%p\ninstall_version = %%e install %%p==%%v\n\n"
+            % (key, note, exec_name, PIP_SEARCH.replace("%", "%%").replace("%%e", "%e").replace("%%s", "%s")))
+
+
+BUILTIN_MANAGERS = """
+[apt]
+name = APT (Debian, Ubuntu)
+exec = apt-get
+search = APT_SEARCH
+result_fmt = %p %v
+install = %e install -y --no-install-recommends %p
+install_version = %e install -y --no-install-recommends %p=%v
+
+[apt-get]
+name = apt-get (Debian, Ubuntu)
+exec = apt-get
+search = APT_SEARCH
+result_fmt = %p %v
+install = %e install -y --no-install-recommends %p
+install_version = %e install -y --no-install-recommends %p=%v
+
+[aptitude]
+name = Aptitude (Debian, Ubuntu)
+exec = aptitude
+search = %e search -F '%%p %%V' -- %s
+result_fmt = %p %v
+install = %e -y install %p
+install_version = %e -y install %p=%v
+
+[dnf]
+name = DNF (Fedora, RHEL 8+)
+exec = dnf
+search = %e repoquery -q --qf '%%{name} %%{version}\\n' '*'%s'*'
+result_fmt = %p %v
+install = %e install -y %p
+install_version = %e install -y %p-%v
+
+[yum]
+name = YUM (RHEL/CentOS 7)
+exec = yum
+search = repoquery -q --qf '%%{name} %%{version}' '*'%s'*'
+result_fmt = %p %v
+install = %e install -y %p
+install_version = %e install -y %p-%v
+
+[zypper]
+name = Zypper (openSUSE, SLES)
+exec = zypper
+search = %e --quiet search -s %s | awk -F'|' 'NF > 4 && $4 ~ /package/ {gsub(/ /, "", $3); gsub(/ /, "", $5); print $3, $5}'
+result_fmt = %p %v
+install = %e --non-interactive install %p
+install_version = %e --non-interactive install %p=%v
+
+[pacman]
+name = Pacman (Arch Linux)
+exec = pacman
+search = %e -Ss -- %s | awk '/^[^ ]/ {sub(/^[^\\/]*\\//, "", $1); print $1, $2}'
+result_fmt = %p %v
+install = %e -S --noconfirm %p
+
+[brew]
+name = Homebrew (macOS, Linux)
+exec = brew
+search = %e search -- %s 2>/dev/null | grep -v '^==>' | tr ' ' '\\n' | grep -v '^$'
+result_fmt = %p
+install = %e install %p
+install_version = %e install %p@%v
+
+[spack]
+name = Spack (HPC)
+exec = spack
+search = %e list %s
+result_fmt = %p
+install = %e install %p
+install_version = %e install %p@%v
+
+""".replace("APT_SEARCH", APT_SEARCH) + "".join(pip_section(k, e, n) for k, e, n in [
+    ("pip", "pip", "pip"), ("pip-root", "pip", "pip"), ("pip2", "pip2", "pip2"), ("pip2-root", "pip2", "pip2"),
+    ("pip3", "pip3", "pip3"), ("pip3-root", "pip3", "pip3")])
+
+# platform-migrator 1.1.0's searches that cannot work today (pip search is switched off at PyPI;
+# its apt-get awk prints descriptions): pm answers them with its own built-in search.
+BROKEN_ORIGINAL_SEARCHES = {
+    "%e search %s | grep '^%s' | cut -d ' ' -f 1,2": "pip",
+    "apt-cache search -n %s | awk -F ' - ' '{print $2}'": "apt-get",
+}
+
+# conda name -> other managers' names, for common scientific packages
+NAME_MAP = {
+    "zlib": {"apt": "zlib1g-dev", "rpm": "zlib-devel", "brew": "zlib", "spack": "zlib", "pacman": "zlib"},
+    "libzlib": {"apt": "zlib1g-dev", "rpm": "zlib-devel", "brew": "zlib", "spack": "zlib", "pacman": "zlib"},
+    "bzip2": {"apt": "libbz2-dev", "rpm": "bzip2-devel", "brew": "bzip2", "spack": "bzip2"},
+    "xz": {"apt": "liblzma-dev", "rpm": "xz-devel", "brew": "xz", "spack": "xz"},
+    "zstd": {"apt": "libzstd-dev", "rpm": "libzstd-devel", "brew": "zstd", "spack": "zstd"},
+    "lz4-c": {"apt": "liblz4-dev", "rpm": "lz4-devel", "brew": "lz4", "spack": "lz4"},
+    "openssl": {"apt": "libssl-dev", "rpm": "openssl-devel", "brew": "openssl@3", "spack": "openssl"},
+    "libffi": {"apt": "libffi-dev", "rpm": "libffi-devel", "brew": "libffi", "spack": "libffi"},
+    "libcurl": {"apt": "libcurl4-openssl-dev", "rpm": "libcurl-devel", "brew": "curl", "spack": "curl"},
+    "libpng": {"apt": "libpng-dev", "rpm": "libpng-devel", "brew": "libpng", "spack": "libpng"},
+    "libjpeg-turbo": {"apt": "libjpeg-dev", "rpm": "libjpeg-turbo-devel", "brew": "jpeg-turbo", "spack": "libjpeg-turbo"},
+    "jpeg": {"apt": "libjpeg-dev", "rpm": "libjpeg-turbo-devel", "brew": "jpeg", "spack": "libjpeg"},
+    "libtiff": {"apt": "libtiff-dev", "rpm": "libtiff-devel", "brew": "libtiff", "spack": "libtiff"},
+    "freetype": {"apt": "libfreetype-dev", "rpm": "freetype-devel", "brew": "freetype", "spack": "freetype"},
+    "libxml2": {"apt": "libxml2-dev", "rpm": "libxml2-devel", "brew": "libxml2", "spack": "libxml2"},
+    "sqlite": {"apt": "libsqlite3-dev", "rpm": "sqlite-devel", "brew": "sqlite", "spack": "sqlite"},
+    "hdf5": {"apt": "libhdf5-dev", "rpm": "hdf5-devel", "brew": "hdf5", "spack": "hdf5", "pip": "h5py"},
+    "libnetcdf": {"apt": "libnetcdf-dev", "rpm": "netcdf-devel", "brew": "netcdf", "spack": "netcdf-c"},
+    "netcdf4": {"apt": "python3-netcdf4", "rpm": "python3-netcdf4", "pip": "netCDF4", "spack": "py-netcdf4"},
+    "fftw": {"apt": "libfftw3-dev", "rpm": "fftw-devel", "brew": "fftw", "spack": "fftw"},
+    "gsl": {"apt": "libgsl-dev", "rpm": "gsl-devel", "brew": "gsl", "spack": "gsl"},
+    "openblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
+    "libopenblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
+    "libblas": {"apt": "libblas-dev", "rpm": "blas-devel", "brew": "openblas", "spack": "openblas"},
+    "liblapack": {"apt": "liblapack-dev", "rpm": "lapack-devel", "brew": "lapack", "spack": "netlib-lapack"},
+    "boost": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
+    "boost-cpp": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
+    "eigen": {"apt": "libeigen3-dev", "rpm": "eigen3-devel", "brew": "eigen", "spack": "eigen"},
+    "gdal": {"apt": "gdal-bin", "rpm": "gdal", "brew": "gdal", "spack": "gdal", "pip": "GDAL"},
+    "libgdal": {"apt": "libgdal-dev", "rpm": "gdal-devel", "brew": "gdal", "spack": "gdal"},
+    "proj": {"apt": "libproj-dev", "rpm": "proj-devel", "brew": "proj", "spack": "proj"},
+    "geos": {"apt": "libgeos-dev", "rpm": "geos-devel", "brew": "geos", "spack": "geos"},
+    "cairo": {"apt": "libcairo2-dev", "rpm": "cairo-devel", "brew": "cairo", "spack": "cairo"},
+    "pkg-config": {"apt": "pkg-config", "rpm": "pkgconf-pkg-config", "brew": "pkg-config", "spack": "pkgconf"},
+    "make": {"apt": "make", "rpm": "make", "brew": "make", "spack": "gmake"},
+    "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake", "pip": "cmake"},
+    "gcc": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
+    "c-compiler": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
+    "cxx-compiler": {"apt": "g++", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
+    "fortran-compiler": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},
+    "gfortran": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},
+    "openmpi": {"apt": "libopenmpi-dev", "rpm": "openmpi-devel", "brew": "open-mpi", "spack": "openmpi"},
+    "mpich": {"apt": "libmpich-dev", "rpm": "mpich-devel", "brew": "mpich", "spack": "mpich"},
+    "r-base": {"apt": "r-base", "rpm": "R", "brew": "r", "spack": "r"},
+    "python": {"apt": "python3", "rpm": "python3", "brew": "python", "spack": "python"},
+    "git": {"apt": "git", "rpm": "git", "brew": "git", "spack": "git"},
+    "nodejs": {"apt": "nodejs", "rpm": "nodejs", "brew": "node", "spack": "node-js"},
+    "pytables": {"apt": "python3-tables", "rpm": "python3-tables", "pip": "tables", "spack": "py-tables"},
+    "matplotlib-base": {"apt": "python3-matplotlib", "rpm": "python3-matplotlib", "pip": "matplotlib",
+                        "spack": "py-matplotlib"},
+    "pytorch": {"apt": "python3-torch", "pip": "torch", "spack": "py-torch"},
+    "scikit-learn": {"apt": "python3-sklearn", "rpm": "python3-scikit-learn", "pip": "scikit-learn",
+                     "spack": "py-scikit-learn"},
+    "pyyaml": {"apt": "python3-yaml", "rpm": "python3-pyyaml", "pip": "PyYAML", "spack": "py-pyyaml"},
+    "msgpack-python": {"apt": "python3-msgpack", "pip": "msgpack", "spack": "py-msgpack"},
+}
+MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
+                    "pacman": "pacman", "brew": "brew", "spack": "spack"}
+
+
+def manager_family(key, exec_name):
+    if re.match(r"^pip[0-9.]*$", os.path.basename(exec_name or "")) or key.startswith("pip"):
+        return "pip"
+    return MANAGER_FAMILIES.get(key, MANAGER_FAMILIES.get(os.path.basename(exec_name or ""), key))
+
+
+class PackageManager(object):
+    """One configured package manager: how to search, parse results and install."""
+
+    REQUIRED = ("name", "search", "install", "result_fmt")
+
+    def __init__(self, key, values, source):
+        self.key, self.source = key, source
+        for option in self.REQUIRED:
+            if not values.get(option, "").strip():
+                raise PmError("no '%s' in [%s] of %s" % (option, key, source), "add '%s = ...' to that section" % option)
+        self.name = values["name"]
+        self.exec = values.get("exec", "").strip() or values["name"]
+        self.search_cmd = values["search"]
+        if self.search_cmd.strip() in BROKEN_ORIGINAL_SEARCHES:
+            self.search_cmd = builtin_values(BROKEN_ORIGINAL_SEARCHES[self.search_cmd.strip()])["search"]
+            self.result_fmt = "%p %v"
+        else:
+            self.result_fmt = values["result_fmt"]
+        self.install_cmd = values["install"]
+        self.install_version_cmd = values.get("install_version", "").strip() or None
+        if "%p" not in self.result_fmt:
+            raise PmError("result_fmt in [%s] of %s has no %%p" % (key, source), "describe a search line, e.g. %p %v")
+        if self.install_version_cmd and ("%p" not in self.install_version_cmd or "%v" not in self.install_version_cmd):
+            raise PmError("install_version in [%s] of %s needs both %%p and %%v" % (key, source),
+                          "e.g. install_version = %e install %p==%v")
+        self.family = manager_family(key, self.exec.split()[0] if self.exec.split() else "")
+        self.pattern = result_regex(self.result_fmt)
+
+    def available(self):
+        return bool(shutil.which(self.exec.split()[0])) if self.exec.split() else False
+
+    def command(self, template, package=None, version=None, expr=None, exec_override=None):
+        """Fill in %e, %p, %v, %s (values shell-quoted) and %% in a template."""
+        import shlex
+        values = {"e": exec_override or self.exec, "p": shlex.quote(package or ""),
+                  "v": shlex.quote(version or ""), "s": shlex.quote(expr or ""), "%": "%"}
+        text = re.sub(r"%([epvs%])", lambda m: values[m.group(1)], template)
+        if "%p" not in template and package is not None:
+            text += " " + values["p"]
+        if "%s" not in template and expr is not None:
+            text += " " + values["s"]
+        return text
+
+    def search(self, expr, runner=None):
+        """Run the search; return [(package, version or None)] from lines matching result_fmt."""
+        import subprocess
+        command = self.command(self.search_cmd, expr=expr)
+        if runner:
+            runner("search: " + command)
+        proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300)
+        return parse_search_output(proc.stdout, self.pattern)
+
+
+def result_regex(fmt):
+    pattern = re.escape(fmt.strip()).replace(re.escape("%p"), r"(?P<pck>\S+)").replace(re.escape("%v"), r"(?P<ver>\S+)")
+    return re.compile("^" + pattern.replace(r"\ ", r"\s+") + "$")
+
+
+def parse_search_output(text, pattern):
+    found = []
+    for line in text.splitlines():
+        match = pattern.match(line.strip())
+        if match:
+            item = (match.group("pck"), match.groupdict().get("ver"))
+            if item not in found:
+                found.append(item)
+    return found
+
+
+def builtin_values(key):
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
+    return dict(parser[key])
+
+
+def load_managers(paths=()):
+    """Built-ins, then the store's config/package-managers.ini, then each file given; later wins."""
+    import configparser
+    sections = {}
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
+    for key in parser.sections():
+        sections[key] = (dict(parser[key]), "<built-in>")
+    user_file = os.path.join(store_home(), "config", "package-managers.ini")
+    for path in ([user_file] if os.path.isfile(user_file) else []) + list(paths):
+        if not os.path.isfile(path):
+            raise PmError("package-manager configuration %s does not exist" % path, "pass an existing INI file")
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        for key in parser.sections():
+            sections[key] = (dict(parser[key]), path)
+    return dict((key, PackageManager(key, values, source)) for key, (values, source) in sections.items())
+
+
+# -- Resolving requirements ------------------------------------------------------
+
+class Requirement(object):
+    """A direct requirement from the base machine: conda name and version."""
+
+    def __init__(self, name, version=None):
+        self.name, self.version = name, version
+
+    def label(self):
+        return "%s %s" % (self.name, self.version) if self.version else self.name
+
+
+class Candidate(object):
+    """A package some manager offers for a requirement, and why it matched."""
+
+    def __init__(self, manager, package, versions, why, rank):
+        self.manager, self.package, self.versions, self.why, self.rank = manager, package, versions, why, rank
+
+    def best_version(self, wanted):
+        known = [v for v in self.versions if v]
+        if not known:
+            return None
+        return sorted(known, key=lambda v: version_distance(v, wanted))[0]
+
+    def spec(self):
+        return "%s:%s" % (self.manager.key, self.package)
+
+
+def version_parts(version):
+    version = re.sub(r"^\d+:", "", version or "")      # Debian epoch
+    version = re.sub(r"-[^-]*$", "", version) if "-" in version else version  # package revision
+    return [int(p) for p in re.findall(r"\d+", version)][:6]
+
+
+def version_distance(version, wanted):
+    """Sort key: equal first, then the longest common prefix, then the smallest gap."""
+    have, want = version_parts(version), version_parts(wanted)
+    if not want:
+        return (0, 0, [-p for p in have])
+    common = 0
+    while common < min(len(have), len(want)) and have[common] == want[common]:
+        common += 1
+    if common == len(want) == len(have):
+        return (0, 0, [])
+    gap = abs(have[common] - want[common]) if common < min(len(have), len(want)) else 0
+    return (1, -common, [gap])
+
+
+def requirements_of(min_deps, env):
+    """Direct requirements: min-deps.json records, else env.yml's conda entries."""
+    reqs = []
+    for record in min_deps or []:
+        if isinstance(record, dict) and record.get("name"):
+            reqs.append(Requirement(record["name"], record.get("version")))
+    if not reqs:
+        for spec in env.dependencies:
+            parts = spec.split("=")
+            reqs.append(Requirement(conda_spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
+    safe = []
+    for req in reqs:
+        if req.name in CONDA_OWN_PACKAGES or req.name.startswith("_"):
+            continue
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", req.name):
+            say("warning: ignoring the requirement %r: not a package name" % req.name)
+            continue
+        safe.append(req)
+    return safe
+
+
+def name_variants(name, family):
+    """Names a package often has elsewhere: (name, why)."""
+    base = name[2:] if name.startswith("r-") else name
+    variants = []
+    if family == "apt":
+        variants = ["lib%s-dev" % base, "lib%s" % base, "%s-dev" % base, "python3-%s" % base, "r-cran-%s" % base]
+    elif family == "rpm":
+        variants = ["%s-devel" % base, "lib%s-devel" % base, "python3-%s" % base, "R-%s" % base]
+    elif family == "spack":
+        variants = ["py-%s" % base, "r-%s" % base]
+    elif family == "pip":
+        variants = [base.replace("_", "-")]
+    return [v for v in variants if v != name]
+
+
+def find_candidates(req, managers, log=None):
+    """Strict (exact name), then relaxed (name inside longer names, naming patterns), then the mapping table."""
+    candidates = []
+    for manager in managers:
+        found = {}
+        searches = [req.name]
+        mapped = NAME_MAP.get(req.name, {}).get(manager.family)
+        if mapped:
+            searches.append(mapped)
+        if manager.family in ("pip", "spack", "brew"):
+            searches += name_variants(req.name, manager.family)
+        elif req.name.startswith("r-"):
+            searches.append(req.name[2:])
+        for expr in searches:
+            for package, version in manager.search(expr, log):
+                found.setdefault(package, []).append(version)
+        variants = name_variants(req.name, manager.family)
+        for package, versions in found.items():
+            if package.lower() == req.name.lower():
+                why, rank = "exact name", 0
+            elif mapped and package.lower() == mapped.lower():
+                why, rank = "mapping table (conda %s)" % req.name, 0
+            elif package in variants:
+                why, rank = "naming pattern", 1
+            elif req.name.lower() in package.lower():
+                why, rank = "name inside %s" % package, 2
+            else:
+                continue
+            candidates.append(Candidate(manager, package, versions, why, rank))
+    candidates.sort(key=lambda c: (c.rank, version_distance(c.best_version(req.version) or "", req.version or ""),
+                                   len(c.package), c.package))
+    return candidates[:12]
+
+
+class Choice(object):
+    """What to install for one requirement: a manager and package (and version), or skip."""
+
+    def __init__(self, manager_key=None, package=None, version=None):
+        self.manager_key, self.package, self.version = manager_key, package, version
+
+    @classmethod
+    def parse(cls, text, where):
+        text = (text or "").strip()
+        if text == "skip":
+            return cls()
+        match = re.match(r"^([A-Za-z0-9._-]+):([A-Za-z0-9][A-Za-z0-9._+@-]*)(?:=([A-Za-z0-9._+:~-]+))?$", text)
+        if not match:
+            raise PmError("%s: %r is not 'manager:package[=version]' or 'skip'" % (where, text),
+                          "write e.g. \"apt:zlib1g-dev\" or \"pip:numpy=1.26.4\"")
+        return cls(match.group(1), match.group(2), match.group(3))
+
+    def to_text(self):
+        if not self.manager_key:
+            return "skip"
+        return "%s:%s%s" % (self.manager_key, self.package, "=" + self.version if self.version else "")
+
+
 # == Migrator =================================================================
 # One attempt: a unique directory NAME/<id>/ holding the env file used, the command log,
 # every test's output, result.json. Recreate the environment, unzip, run every test, install.
@@ -1499,6 +1912,154 @@ def print_summary(results, attempt):
     print("attempt: %s" % attempt.path)
 
 
+# -- Migrating with the system's package managers ------------------------------
+
+def choices_path(name):
+    return os.path.join(store_home(), name, "choices.json")
+
+
+def read_answers(path):
+    if not path:
+        return {}
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise PmError("cannot read the answers file %s: %s" % (path, exc), "give a JSON object: requirement -> choice")
+    if not isinstance(data, dict):
+        raise PmError("the answers file %s is not a JSON object" % path, "write {\"zlib\": \"apt:zlib1g-dev\", ...}")
+    return dict((key, Choice.parse(value, "%s, %s" % (path, key))) for key, value in data.items())
+
+
+def ask_line(prompt):
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        raise PmError("no answer on stdin for: %s" % prompt.strip(), "pass --yes or --answers FILE")
+    return line.strip()
+
+
+def choose_package(req, candidates, remembered, options):
+    """Pick what to install for one requirement: answers file, --yes, remembered, or a prompt."""
+    if req.name in options.answer_map:
+        return options.answer_map[req.name], "answers file"
+    if options.yes:
+        if remembered:
+            return remembered, "remembered"
+        if candidates:
+            top = candidates[0]
+            return Choice(top.manager.key, top.package, top.best_version(req.version)), "top candidate"
+        return Choice(), "nothing found"
+    say("%s (on the base machine%s):" % (req.name, " " + req.version if req.version else ""))
+    for number, cand in enumerate(candidates, 1):
+        say("  %d) %-8s %-28s %-22s %s" % (number, cand.manager.key, cand.package,
+                                           cand.best_version(req.version) or "-", cand.why))
+    if not candidates:
+        say("  no package manager offers it")
+        answer = ask_line("  [s]kip it or [a]bort the migration? [s] ")
+        if answer.lower().startswith("a"):
+            raise PmError("migration aborted: nothing provides %s" % req.name,
+                          "add a package-manager section that has it, or skip it", code=1)
+        return Choice(), "skipped"
+    say("  0) skip")
+    default = remembered.to_text() if remembered else "1"
+    answer = ask_line("  choice [%s]: " % default) or default
+    if answer == "0" or answer == "skip":
+        return Choice(), "skipped"
+    if answer.isdigit() and 1 <= int(answer) <= len(candidates):
+        cand = candidates[int(answer) - 1]
+        return Choice(cand.manager.key, cand.package, cand.best_version(req.version)), "chosen"
+    return Choice.parse(answer, "your answer"), "typed"
+
+
+def software_venv(attempt):
+    """The software's own virtual environment, in the attempt's store, made on first use."""
+    import subprocess
+    venv = os.path.join(attempt.path, "venv")
+    if not os.path.isdir(venv):
+        say("creating the software's virtual environment %s" % venv)
+        code, output = attempt.run([sys.executable, "-m", "venv", venv])
+        if code != 0:
+            raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
+                          "install the venv module (e.g. apt install python3-venv)", code=1)
+    return venv
+
+
+def install_choice(attempt, manager, choice, req, candidates):
+    """Install one package; return 'installed' or 'failed'."""
+    versions = [v for c in candidates if c.manager is manager and c.package == choice.package for v in c.versions]
+    version = choice.version if choice.version else (req.version if req.version in versions else None)
+    template = manager.install_version_cmd if version and manager.install_version_cmd else manager.install_cmd
+    exec_override = None
+    if manager.family == "pip":
+        exec_override = os.path.join(software_venv(attempt), "bin", "pip")
+        template = re.sub(r"^\s*sudo\s+", "", template).replace(" --user", "")
+    command = manager.command(template, choice.package, version, exec_override=exec_override)
+    say("installing %s with %s: %s" % (choice.package, manager.key, command))
+    code, output = attempt.run(["/bin/sh", "-c", command])
+    if code != 0:
+        say("  failed (exit %d): %s" % (code, (output.strip().splitlines() or [""])[-1]))
+        return "failed"
+    return "installed"
+
+
+def provision_with_managers(attempt, config, reqs, options):
+    """Resolve and install every requirement; return (summary rows, environment for the tests)."""
+    managers = load_managers(options.pck_mgr_configs)
+    chosen = []
+    for key in config.package_managers:
+        if key not in managers:
+            raise PmError("unknown package manager '%s' in the test configuration" % key,
+                          "use one of %s, or define [%s] with --pck-mgr-configs" % (", ".join(sorted(managers)), key))
+        if not managers[key].available():
+            say("note: %s (%s) is not on PATH here; it is left out" % (key, managers[key].exec.split()[0]))
+            continue
+        chosen.append(managers[key])
+    if not chosen:
+        raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
+                      "install one, or list another in package_managers")
+    remembered = {}
+    if os.path.isfile(choices_path(attempt.name)):
+        remembered = dict((k, Choice.parse(v, choices_path(attempt.name)))
+                          for k, v in read_json(choices_path(attempt.name)).items())
+    rows, decisions = [], {}
+    by_key = dict((m.key, m) for m in chosen)
+    by_key.update(managers)
+    for req in reqs:
+        say("resolving %s ..." % req.label())
+        candidates = find_candidates(req, chosen, attempt.log)
+        choice, source = choose_package(req, candidates, remembered.get(req.name), options)
+        decisions[req.name] = choice.to_text()
+        if remembered.get(req.name) and source == "remembered":
+            say("  reusing the earlier choice %s" % choice.to_text())
+        if not choice.manager_key:
+            rows.append({"requirement": req.name, "status": "skipped", "why": source})
+            continue
+        manager = by_key.get(choice.manager_key)
+        if manager is None or not manager.available():
+            say("  %s is not available here" % choice.manager_key)
+            rows.append({"requirement": req.name, "status": "failed", "package": choice.to_text(),
+                         "why": "manager %s not available" % choice.manager_key})
+            continue
+        status = install_choice(attempt, manager, choice, req, candidates)
+        rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source})
+    write_json(choices_path(attempt.name), decisions)
+    write_json(os.path.join(attempt.path, "choices.json"), decisions)
+    env = dict(os.environ)
+    venv = os.path.join(attempt.path, "venv")
+    if os.path.isdir(venv):
+        env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")
+        env["VIRTUAL_ENV"] = venv
+    return rows, env
+
+
+def print_packages(rows):
+    for status in ("installed", "skipped", "failed"):
+        names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
+                 for r in rows if r["status"] == status]
+        print("%-9s %d%s" % (status, len(names), ": " + ", ".join(names) if names else ""))
+
+
 def migrate(name, config, bundle, manifest, options):
     """Recreate the software with conda, run its tests, install it; return the exit code."""
     attempt = Attempt(name, new_attempt_dir(name))
@@ -1513,29 +2074,35 @@ def migrate(name, config, bundle, manifest, options):
 
 
 def run_attempt(attempt, config, bundle, manifest, options):
-    name = attempt.name
     env = parse_env_yml(read_member_text(bundle, "env.yml"), "env.yml in %s" % bundle)
     min_deps = json.loads(read_member_text(bundle, "min-deps.json"))
-    conda = find_conda_here()
-    env_name = options.env_name or name
-    level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
-    say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
+    packages = None
+    if "conda" in config.package_managers:
+        conda = find_conda_here()
+        env_name = options.env_name or attempt.name
+        level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
+        say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
+        attempt.save(level=level, env_name=env_name, env_prefix=prefix)
+        test_env = activated_env(prefix, env_name, {})
+    else:
+        packages, test_env = provision_with_managers(attempt, config, requirements_of(min_deps, env), options)
+        attempt.save(packages=packages)
     results = []
-    work = os.path.join(attempt.path, "work")
     if not options.skip_tests:
+        work = os.path.join(attempt.path, "work")
         software = extract_software(bundle, work)
-        env_vars = activated_env(prefix, env_name, {})
         for test in config.tests:
-            results.append(run_test(attempt, test, software, env_vars))
+            results.append(run_test(attempt, test, software, test_env))
         shutil.rmtree(work, ignore_errors=True)
     passed = all(r.status == "passed" for r in results)
     installed = None
     if passed:
         installed = install_software(bundle, config.output_dir, manifest.software_dir(), options.force)
-        say("installed %s into %s" % (name, installed))
-    attempt.save(status="passed" if passed else "failed", level=level, env_name=env_name, env_prefix=prefix,
-                 tests=[r.to_json() for r in results], installed_to=installed, finished=time.time(),
-                 seconds=round(time.time() - attempt.started, 3))
+        say("installed %s into %s" % (attempt.name, installed))
+    attempt.save(status="passed" if passed else "failed", tests=[r.to_json() for r in results],
+                 installed_to=installed, finished=time.time(), seconds=round(time.time() - attempt.started, 3))
+    if packages is not None:
+        print_packages(packages)
     print_summary(results, attempt)
     return 0 if passed else 1
 
@@ -2042,6 +2609,7 @@ EXAMPLES = {
              "  python3 pm.pyz serve stop",
     "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
     "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
+    "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
 }
 
 
@@ -2081,9 +2649,7 @@ def cmd_migrate(args):
     Exit code 0 when every test passed, 1 when one failed, 2 for bad input."""
     check_name(args.name)
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
-    if "conda" not in config.package_managers:
-        raise PmError("package managers other than conda (%s) are not supported by this pm yet"
-                      % ", ".join(config.package_managers), "add conda to package_managers and install conda")
+    args.answer_map = read_answers(args.answers)
     if args.bundle:
         if not os.path.isfile(args.bundle):
             raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
@@ -2092,6 +2658,20 @@ def cmd_migrate(args):
         bundle = latest_bundle(args.name)
     manifest = verify_bundle(bundle)
     return migrate(args.name, config, bundle, manifest, args)
+
+
+def cmd_managers(args):
+    """List the configured package managers (built-in, ~/.platform_migrator/config/package-managers.ini,
+    --pck-mgr-configs) and whether each one's executable is on this machine."""
+    managers = load_managers(args.pck_mgr_configs)
+    rows = [{"key": k, "name": m.name, "exec": m.exec, "available": m.available(), "source": m.source}
+            for k, m in sorted(managers.items())]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for row in rows:
+        print("%-10s %-4s %-44s %s" % (row["key"], "yes" if row["available"] else "no", row["name"], row["source"]))
+    return 0
 
 
 def cmd_unpack(args):
@@ -2187,7 +2767,14 @@ def build_parser():
                      help="replace an existing environment of that name and a non-empty install target")
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
                      help="package-manager configuration(s), for migrations without conda")
-    sub.add_argument("-y", "--yes", action="store_true", help="never ask")
+    sub.add_argument("--answers", metavar="FILE",
+                     help="JSON answers ahead of time: requirement -> \"manager:package[=version]\" or \"skip\"")
+    sub.add_argument("-y", "--yes", action="store_true",
+                     help="never ask: take remembered choices, else the top candidate")
+    sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
+    sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
+                     help="extra package-manager configuration(s)")
+    sub.add_argument("--json", action="store_true", help="print JSON for machines")
     sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
