@@ -1252,7 +1252,7 @@ install_version = %e install -y --no-install-recommends %p=%v
 [aptitude]
 name = Aptitude (Debian, Ubuntu)
 exec = aptitude
-search = %e search -F '%%p %%V' -- %s
+search = %e search --disable-columns -F '%%p %%V' -- %s
 result_fmt = %p %v
 install = %e -y install %p
 install_version = %e -y install %p=%v
@@ -1276,7 +1276,7 @@ install_version = %e install -y %p-%v
 [zypper]
 name = Zypper (openSUSE, SLES)
 exec = zypper
-search = %e --quiet search -s %s | awk -F'|' 'NF > 4 && $4 ~ /package/ {gsub(/ /, "", $3); gsub(/ /, "", $5); print $3, $5}'
+search = %e --quiet search -s %s | awk -F'|' 'NF > 4 && $3 ~ /package/ {gsub(/ /, "", $2); gsub(/ /, "", $4); print $2, $4}'
 result_fmt = %p %v
 install = %e --non-interactive install %p
 install_version = %e --non-interactive install %p=%v
@@ -1299,7 +1299,7 @@ install_version = %e install %p@%v
 [spack]
 name = Spack (HPC)
 exec = spack
-search = %e list %s
+search = %e list %s | tr -s ' ' '\\n'
 result_fmt = %p
 install = %e install %p
 install_version = %e install %p@%v
@@ -1963,13 +1963,17 @@ def choose_package(req, candidates, remembered, options):
         return Choice(), "skipped"
     say("  0) skip")
     default = remembered.to_text() if remembered else "1"
-    answer = ask_line("  choice [%s]: " % default) or default
-    if answer == "0" or answer == "skip":
-        return Choice(), "skipped"
-    if answer.isdigit() and 1 <= int(answer) <= len(candidates):
-        cand = candidates[int(answer) - 1]
-        return Choice(cand.manager.key, cand.package, cand.best_version(req.version)), "chosen"
-    return Choice.parse(answer, "your answer"), "typed"
+    while True:
+        answer = ask_line("  choice [%s]: " % default) or default
+        if answer == "0" or answer == "skip":
+            return Choice(), "skipped"
+        if answer.isdigit() and 1 <= int(answer) <= len(candidates):
+            cand = candidates[int(answer) - 1]
+            return Choice(cand.manager.key, cand.package, cand.best_version(req.version)), "chosen"
+        try:
+            return Choice.parse(answer, "your answer"), "typed"
+        except PmError:
+            say("  type a number from 0 to %d, or manager:package[=version]" % len(candidates))
 
 
 def software_venv(attempt):

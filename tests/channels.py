@@ -126,3 +126,21 @@ def example_channel(channel, builds=None):
     for name, version, build, depends, files in EXAMPLE_PACKAGES:
         make_package(channel, "noarch", name, version, (builds or {}).get(name, build), depends, files)
     return index_channel(channel)
+
+
+# A Python project's environment (for pip) and a C project's (for apt).
+PY_PACKAGES = [
+    ("python", "3.11.7", "h1_0", [], {}),
+    ("tinycalc", "1.0", "py_0", ["python >=3"], {}),
+    ("oddlib", "0.1", "h0_0", [], {}),
+]
+C_PACKAGES = [
+    ("zlib", "1.2.13", "h4ab18f5_6", [], {}),
+    ("make", "4.3", "hd18ef5c_1", [], {}),
+]
+
+
+def packages_channel(channel, packages):
+    for name, version, build, depends, files in packages:
+        make_package(channel, "noarch", name, version, build, depends, files)
+    return index_channel(channel)

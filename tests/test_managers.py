@@ -1,0 +1,195 @@
+"""`pm.pyz migrate` without conda: package-manager configs, real pip against a local index."""
+import json
+import os
+import subprocess
+
+import pytest
+
+import channels
+import pm
+import wheels
+from conftest import ROOT, CondaSite, find_python, run_pm
+
+PIP_CONFIG = """[pysim]
+output_dir = {out}
+package_managers = pip
+tests = check
+[test_check]
+exec = python check.py
+"""
+
+
+@pytest.fixture
+def pysim(tmp_path, pyz):
+    """A bundle of examples/pysim packed (under Python 2.7) from an env with python, tinycalc 1.0, oddlib."""
+    channel = channels.packages_channel(str(tmp_path / "pychannel"), channels.PY_PACKAGES)
+    site = CondaSite(str(tmp_path), [channel], str(tmp_path / "home"))
+    site.create("pysim-env", ["tinycalc", "oddlib"])
+    bundle = str(tmp_path / "pysim.zip")
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", os.path.join(ROOT, "examples", "pysim"),
+                                            "-e", "pysim-env", "-o", bundle, "--yes"], site.env())
+    assert proc.returncode == 0, proc.stderr
+    index = wheels.local_index(str(tmp_path / "wheels"))
+    env = site.env(**wheels.pip_env(index))
+    env["PATH"] = "/usr/bin:/bin:" + os.path.dirname(find_python("newest")) + ":" + env["PATH"]
+    config = tmp_path / "pysim.ini"
+    config.write_text(PIP_CONFIG.format(out=str(tmp_path / "installed")))
+    return {"bundle": bundle, "env": env, "config": str(config), "home": site.home, "tmp": tmp_path}
+
+
+def migrate(pyz, pysim, *extra, **kwargs):
+    args = ["migrate", "pysim", pysim["config"], "--bundle", pysim["bundle"]] + list(extra)
+    return run_pm(find_python(kwargs.get("version", "newest")), pyz, args, pysim["env"], stdin=kwargs.get("stdin"))
+
+
+def last_result(pysim):
+    folder = os.path.join(pysim["home"], "pysim")
+    attempt = sorted(d for d in os.listdir(folder) if d.startswith("2"))[-1]
+    with open(os.path.join(folder, attempt, "result.json")) as handle:
+        return json.load(handle), os.path.join(folder, attempt)
+
+
+@pytest.mark.parametrize("version", ["3.6", "newest"])
+def test_pip_installs_the_base_version_into_the_softwares_own_venv(version, pyz, pysim):
+    proc = migrate(pyz, pysim, "--yes", version=version)
+    assert proc.returncode == 0, proc.stderr
+    result, attempt = last_result(pysim)
+    rows = dict((r["requirement"], r) for r in result["packages"])
+    assert rows["tinycalc"]["status"] == "installed" and rows["tinycalc"]["package"] == "pip:tinycalc=1.0"
+    assert rows["oddlib"]["status"] == "skipped"
+    assert "python" not in rows or rows["python"]["status"] != "failed"
+    assert "tinycalc 1.0 from %s" % os.path.join(attempt, "venv") in proc.stderr
+    assert "installed" in proc.stdout and "skipped" in proc.stdout
+    system = subprocess.run([find_python("newest"), "-c", "import tinycalc"], stderr=subprocess.PIPE)
+    assert system.returncode != 0, "the system Python must stay untouched"
+
+
+def test_prompts_offer_numbered_candidates_and_choices_are_remembered(pyz, pysim):
+    proc = migrate(pyz, pysim, stdin="s\nwhat\n1\n")  # oddlib: found nowhere, skip; tinycalc: a typo, then 1
+    assert proc.returncode == 0, proc.stderr
+    assert "1) pip" in proc.stderr and "exact name" in proc.stderr and "[s]kip" in proc.stderr
+    assert "type a number from 0 to 1" in proc.stderr
+    with open(os.path.join(pysim["home"], "pysim", "choices.json")) as handle:
+        assert json.load(handle)["tinycalc"] == "pip:tinycalc=1.0"
+    again = migrate(pyz, pysim, "--yes", "--force")
+    assert again.returncode == 0, again.stderr
+    assert "reusing the earlier choice pip:tinycalc=1.0" in again.stderr
+
+
+def test_answers_file_overrides_and_a_failed_install_is_reported(pyz, pysim):
+    answers = pysim["tmp"] / "answers.json"
+    answers.write_text(json.dumps({"tinycalc": "pip:tinycalc=9.9", "oddlib": "skip"}))
+    proc = migrate(pyz, pysim, "--answers", str(answers))
+    assert proc.returncode == 1, proc.stderr
+    result, _ = last_result(pysim)
+    statuses = dict((r["requirement"], r["status"]) for r in result["packages"])
+    assert statuses["tinycalc"] == "failed" and statuses["oddlib"] == "skipped"
+    assert "failed    1: pip:tinycalc=9.9" in proc.stdout
+    assert result["tests"][0]["status"] == "failed"
+    answers.write_text(json.dumps({"tinycalc": "pip:tinycalc=1.1", "oddlib": "skip"}))
+    proc = migrate(pyz, pysim, "--answers", str(answers))
+    assert "tinycalc 1.1" in proc.stderr
+
+
+def test_a_bad_answers_file_is_one_clear_error(pyz, pysim):
+    answers = pysim["tmp"] / "answers.json"
+    answers.write_text(json.dumps({"tinycalc": "pip tinycalc"}))
+    proc = migrate(pyz, pysim, "--answers", str(answers))
+    assert proc.returncode == 2 and "is not 'manager:package[=version]'" in proc.stderr
+
+
+def test_a_manager_not_on_path_is_left_out_with_a_note(pyz, pysim):
+    text = PIP_CONFIG.replace("package_managers = pip", "package_managers = spack, pip")
+    with open(pysim["config"], "w") as handle:
+        handle.write(text.format(out=str(pysim["tmp"] / "installed")))
+    proc = migrate(pyz, pysim, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert "spack (spack) is not on PATH here" in proc.stderr
+    with open(pysim["config"], "w") as handle:
+        handle.write(text.replace("spack, pip", "spack").format(out=str(pysim["tmp"] / "installed")))
+    proc = migrate(pyz, pysim, "--yes")
+    assert proc.returncode == 2 and "none of the package managers spack" in proc.stderr
+
+
+# The original 1.1.0 sdist's config/package-managers.ini: its section names and command strings
+# (comments left out), to show that its file loads and that test configurations naming its
+# sections work unchanged.
+ORIGINAL_SECTIONS = [
+    ("pacman", "pacman", "sudo %e -S", "sudo %e -Q /var/cache/pacman/pkg/%p-%v-*", "%e -Ssq", "%p"),
+    ("pip", "pip", "%e install --user", "%e install --user %p==%v", "%e search %s | grep '^%s' | cut -d ' ' -f 1,2",
+     "%p (%v)"),
+    ("pip-root", "pip", "sudo %e install", "sudo %e install %p==%v", "%e search %s | grep '^%s' | cut -d ' ' -f 1,2",
+     "%p (%v)"),
+    ("pip2", "pip2", "%e install --user", "install --user %p==%v", "%e search %s | grep '^%s' | cut -d ' ' -f 1,2",
+     "%p (%v)"),
+    ("pip2-root", "pip2", "sudo %e install", "sudo %e install %p==%v",
+     "%e search %s | grep '^%s' | cut -d ' ' -f 1,2", "%p (%v)"),
+    ("pip3", "pip3", "%e install --user", "%e install --user %p==%v",
+     "%e search %s | grep '^%s' | cut -d ' ' -f 1,2", "%p (%v)"),
+    ("pip3-root", "pip3", "sudo %e install", "sudo %e install %p==%v",
+     "%e search %s | grep '^%s' | cut -d ' ' -f 1,2", "%p (%v)"),
+    ("aptitude", "aptitude", "sudo %e -y install", "sudo %e -y install %p-%v",
+     "%e search -q=2 %s | awk '{if ($2 == \"A\") {print $3} else {print $2}}'", "%p"),
+    ("apt-get", "apt-get", "sudo %e -y install", "sudo %e -y install %p-%v",
+     "apt-cache search -n %s | awk -F ' - ' '{print $2}'", "%p"),
+]
+
+
+def original_config(path):
+    lines = []
+    for key, exe, install, install_version, search, fmt in ORIGINAL_SECTIONS:
+        lines += ["[%s]" % key, "name = %s" % key, "exec = %s" % exe, "install = %s" % install,
+                  "install_version = %s" % install_version, "search = %s" % search, "result_fmt = %s" % fmt, ""]
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+def test_the_original_tools_config_loads_and_its_pip3_section_works(pyz, pysim):
+    config_file = original_config(pysim["tmp"] / "package-managers.ini")
+    listed = run_pm(find_python("newest"), pyz, ["managers", "--pck-mgr-configs", config_file, "--json"], pysim["env"])
+    assert listed.returncode == 0, listed.stderr
+    assert set(r["key"] for r in json.loads(listed.stdout)) >= set(s[0] for s in ORIGINAL_SECTIONS)
+    with open(pysim["config"], "w") as handle:
+        handle.write(PIP_CONFIG.replace("= pip\n", "= pip3\n").format(out=str(pysim["tmp"] / "installed")))
+    proc = migrate(pyz, pysim, "--yes", "--pck-mgr-configs", config_file)
+    assert proc.returncode == 0, proc.stderr
+    result, attempt = last_result(pysim)
+    assert dict((r["requirement"], r["package"]) for r in result["packages"] if r["status"] == "installed") == \
+        {"tinycalc": "pip3:tinycalc=1.0"}
+    with open(os.path.join(attempt, "commands.log")) as handle:
+        log = handle.read()
+    assert "--user" not in log and "sudo" not in log and os.path.join(attempt, "venv", "bin", "pip") in log
+
+
+def test_a_malformed_section_names_file_section_and_key(tmp_path):
+    path = tmp_path / "bad.ini"
+    path.write_text("[mine]\nname = mine\nsearch = mine find %s\nresult_fmt = %p\n")
+    with pytest.raises(pm.PmError) as caught:
+        pm.load_managers([str(path)])
+    assert "no 'install' in [mine] of %s" % path in caught.value.what
+    path.write_text("[mine]\nname = mine\nsearch = x\ninstall = x\nresult_fmt = %v\n")
+    with pytest.raises(pm.PmError) as caught:
+        pm.load_managers([str(path)])
+    assert "result_fmt in [mine]" in caught.value.what
+
+
+def test_candidates_rank_exact_and_mapped_names_first_then_the_closest_version():
+    class Fake(object):
+        key, family = "apt", "apt"
+
+        def search(self, expr, log=None):
+            return {"zlib": [("zlib1g", "1:1.2.13.dfsg-1"), ("zlib1g-dev", "1:1.2.13.dfsg-1"), ("lua-zlib", "1.2-3")],
+                    "zlib1g-dev": [("zlib1g-dev", "1:1.2.13.dfsg-1")]}.get(expr, [])
+
+    found = pm.find_candidates(pm.Requirement("zlib", "1.2.13"), [Fake()])
+    assert [(c.package, c.rank) for c in found][:2] == [("zlib1g-dev", 0), ("zlib1g", 2)]
+    assert pm.version_distance("1:1.2.13.dfsg-1", "1.2.13") < pm.version_distance("1.3.1-2", "1.2.13")
+    assert pm.version_distance("1.2.11", "1.2.13") < pm.version_distance("1.1.0", "1.2.13")
+
+
+def test_requirements_from_the_bundle_are_never_trusted_as_shell_text():
+    reqs = pm.requirements_of([{"name": "ok-name", "version": "1"}, {"name": "x; rm -rf /", "version": "1"},
+                               {"name": "conda", "version": "24"}, {"name": "_libgcc_mutex"}], None)
+    assert [r.name for r in reqs] == ["ok-name"]
+    manager = pm.load_managers()["pip"]
+    assert "'a b'" in manager.command(manager.install_cmd, "a b")
