@@ -1568,7 +1568,8 @@ def name_variants(name, family):
 
 
 def find_candidates(req, managers, log=None):
-    """Strict (exact name), then relaxed (name inside longer names, naming patterns), then the mapping table."""
+    """Search strictly (exact name), then relaxed (naming patterns, the name inside longer names), and the
+    mapping table; rank the curated mapping first, then exact, pattern, inside; then the closest version."""
     candidates = []
     for manager in managers:
         found = {}
@@ -1585,14 +1586,14 @@ def find_candidates(req, managers, log=None):
                 found.setdefault(package, []).append(version)
         variants = name_variants(req.name, manager.family)
         for package, versions in found.items():
-            if package.lower() == req.name.lower():
-                why, rank = "exact name", 0
-            elif mapped and package.lower() == mapped.lower():
+            if mapped and package.lower() == mapped.lower():
                 why, rank = "mapping table (conda %s)" % req.name, 0
+            elif package.lower() == req.name.lower():
+                why, rank = "exact name", 1
             elif package in variants:
-                why, rank = "naming pattern", 1
+                why, rank = "naming pattern", 2
             elif req.name.lower() in package.lower():
-                why, rank = "name inside %s" % package, 2
+                why, rank = "name inside %s" % package, 3
             else:
                 continue
             candidates.append(Candidate(manager, package, versions, why, rank))
