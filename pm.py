@@ -1362,6 +1362,7 @@ NAME_MAP = {
     "mpich": {"apt": "libmpich-dev", "rpm": "mpich-devel", "brew": "mpich", "spack": "mpich"},
     "r-base": {"apt": "r-base", "rpm": "R", "brew": "r", "spack": "r"},
     "python": {"apt": "python3", "rpm": "python3", "brew": "python", "spack": "python"},
+    "pip": {"apt": "python3-pip", "rpm": "python3-pip", "brew": "python", "spack": "py-pip", "pip": "pip"},
     "git": {"apt": "git", "rpm": "git", "brew": "git", "spack": "git"},
     "nodejs": {"apt": "nodejs", "rpm": "nodejs", "brew": "node", "spack": "node-js"},
     "pytables": {"apt": "python3-tables", "rpm": "python3-tables", "pip": "tables", "spack": "py-tables"},
@@ -1553,18 +1554,40 @@ def requirements_of(min_deps, env):
 
 
 def name_variants(name, family):
-    """Names a package often has elsewhere: (name, why)."""
-    base = name[2:] if name.startswith("r-") else name
+    """Names a package often has elsewhere (conda 'r-x' and 'python-x' lose their prefix)."""
+    base = name
+    for prefix in ("r-", "python-", "py-"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            base = name[len(prefix):]
+    base = base.replace("_", "-").lower()
+    python = ["python3-%s" % base] if name.startswith(("python-", "py-")) else []
+    r_cran = ["r-cran-%s" % base] if name.startswith("r-") else []
     variants = []
     if family == "apt":
-        variants = ["lib%s-dev" % base, "lib%s" % base, "%s-dev" % base, "python3-%s" % base, "r-cran-%s" % base]
+        variants = python + r_cran + ["lib%s-dev" % base, "lib%s" % base, "%s-dev" % base, "python3-%s" % base,
+                                      "r-cran-%s" % base]
     elif family == "rpm":
-        variants = ["%s-devel" % base, "lib%s-devel" % base, "python3-%s" % base, "R-%s" % base]
+        variants = python + ["%s-devel" % base, "lib%s-devel" % base, "python3-%s" % base, "R-%s" % base]
     elif family == "spack":
         variants = ["py-%s" % base, "r-%s" % base]
     elif family == "pip":
-        variants = [base.replace("_", "-")]
-    return [v for v in variants if v != name]
+        variants = [base]
+    unique = []
+    for variant in variants:
+        if variant != name and variant not in unique:
+            unique.append(variant)
+    return unique
+
+
+def name_inside(name, package):
+    """True when name stands as a part of package: 'zlib' in 'zlib1g-dev', not 'pip' in 'pipeline'."""
+    pattern = r"(^|[-_.])%s($|[-_.0-9])" % re.escape(name.lower())
+    return re.search(pattern, package.lower()) is not None
+
+
+def search_base(name):
+    """The name without conda's 'r-'/'python-'/'py-' prefix, with '-' for '_' ('email_validator')."""
+    return (name.split("-", 1)[1] if re.match(r"^(r|python|py)-.", name) else name).replace("_", "-")
 
 
 def find_candidates(req, managers, log=None):
@@ -1579,8 +1602,8 @@ def find_candidates(req, managers, log=None):
             searches.append(mapped)
         if manager.family in ("pip", "spack", "brew"):
             searches += name_variants(req.name, manager.family)
-        elif req.name.startswith("r-"):
-            searches.append(req.name[2:])
+        elif search_base(req.name) != req.name:
+            searches.append(search_base(req.name))
         for expr in searches:
             for package, version in manager.search(expr, log):
                 found.setdefault(package, []).append(version)
@@ -1590,9 +1613,10 @@ def find_candidates(req, managers, log=None):
                 why, rank = "mapping table (conda %s)" % req.name, 0
             elif package.lower() == req.name.lower():
                 why, rank = "exact name", 1
-            elif package in variants:
-                why, rank = "naming pattern", 2
-            elif req.name.lower() in package.lower():
+            elif package.lower() in variants:
+                why, rank = "naming pattern", 2 + variants.index(package.lower()) / 100.0
+            elif name_inside(req.name, package) or (req.name != search_base(req.name)
+                                                    and name_inside(search_base(req.name), package)):
                 why, rank = "name inside %s" % package, 3
             else:
                 continue
