@@ -508,7 +508,7 @@ def add_software(bundle, members, root, patterns):
     """Stream the directory into the bundle under software/<dir>/, keeping modes and in-tree links."""
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
-    top = "software/" + os.path.basename(root)
+    top = "software/" + arc_text(os.path.basename(root))
     progress = Progress("zipping " + os.path.basename(root))
     add_bytes(bundle, members, top + "/", b"", stat.S_IFDIR | 0o755)
     for folder, dirs, files in os.walk(root):
@@ -521,24 +521,35 @@ def add_software(bundle, members, root, patterns):
                 continue
             path = os.path.join(folder, name)
             if os.path.islink(path):
-                add_link(bundle, members, path, top + "/" + rel.replace(os.sep, "/"), real_root, progress)
+                add_link(bundle, members, path, top + "/" + arc_text(rel), real_root, progress)
                 continue
             kept.append(name)
             mode = os.lstat(path).st_mode
-            add_bytes(bundle, members, top + "/" + rel.replace(os.sep, "/") + "/", b"", mode)
+            add_bytes(bundle, members, top + "/" + arc_text(rel) + "/", b"", mode)
         dirs[:] = kept
         for name in sorted(files):
             rel = os.path.join(rel_folder, name)
             if excluded(rel, patterns):
                 continue
             path = os.path.join(folder, name)
-            arcname = top + "/" + rel.replace(os.sep, "/")
+            arcname = top + "/" + arc_text(rel)
             if os.path.islink(path):
                 add_link(bundle, members, path, arcname, real_root, progress)
             elif os.path.isfile(path):
                 add_file(bundle, members, path, arcname, progress)
     progress.done()
     return progress
+
+
+def arc_text(relpath):
+    """A path as zip entry text: '/'-separated, UTF-8 when the name is, else read as Latin-1."""
+    raw = relpath if isinstance(relpath, bytes) else relpath.encode("utf-8", "surrogateescape") \
+        if not PY2 else relpath.encode("utf-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.replace(os.sep, "/")
 
 
 def add_file(bundle, members, path, arcname, progress):

@@ -22,11 +22,16 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     with open(os.path.join(example_software, "__pycache__", "x.pyc"), "wb") as handle:
         handle.write(b"junk")
     os.symlink("heatsim.sh", os.path.join(example_software, "run.sh"))
+    with open(os.path.join(example_software, "donn\u00e9es.txt"), "w", encoding="utf-8") as handle:
+        handle.write("temp\u00e9rature\n")
     out = str(tmp_path / "heatsim.bundle.zip")
-    proc = run_pm(find_python(version), pyz, pack_args(example_software, out), conda_site.env())
+    c_locale = version != "newest"  # old machines often run with LANG=C: names must still be UTF-8
+    env = conda_site.env(LC_ALL="C", LANG="C") if c_locale else conda_site.env()
+    proc = run_pm(find_python(version), pyz, pack_args(example_software, out), env)
     assert proc.returncode == 0, proc.stderr
     assert os.path.abspath(out) in proc.stdout
     assert "5 packages, 1 directly required" in proc.stderr
+    assert "zipping heatsim: 6 files" in proc.stderr
 
     manifest = pm.verify_bundle(out)
     assert manifest.name == "heatsim"
@@ -53,6 +58,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
         assert stat.S_IMODE(script.external_attr >> 16) == 0o755
         link = bundle.getinfo("software/heatsim/run.sh")
         assert stat.S_ISLNK(link.external_attr >> 16) and bundle.read(link) == b"heatsim.sh"
+        assert bundle.read("software/heatsim/donn\u00e9es.txt").decode("utf-8") == "temp\u00e9rature\n"
     assert sorted(manifest.requested_specs) == ["gridtools >=2", "heatplot"]
 
 
