@@ -1620,10 +1620,10 @@ def find_candidates(req, managers, log=None):
                 found.setdefault(package, []).append(version)
         variants = name_variants(req.name, manager.family)
         for package, versions in found.items():
-            if mapped and package.lower() == mapped.lower():
+            if package.lower() == req.name.lower():
+                why, rank = "exact name", 0 if package.lower() == (mapped or "").lower() else 1
+            elif mapped and package.lower() == mapped.lower():
                 why, rank = "mapping table (conda %s)" % req.name, 0
-            elif package.lower() == req.name.lower():
-                why, rank = "exact name", 1
             elif package.lower() in variants:
                 why, rank = "naming pattern", 2 + variants.index(package.lower()) / 100.0
             elif name_inside(req.name, package) or (req.name != search_base(req.name)
