@@ -1013,6 +1013,60 @@ def extract_software(path, dest):
     return os.path.join(dest, top)
 
 
+def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
+    """Write a pm bundle from platform-migrator 1.1.0's pieces: env.yml, min-deps.json and its zip
+    of the software (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
+    members = {}
+    try:
+        with zipfile.ZipFile(software_zip) as source, \
+                zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as bundle:
+            env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
+            min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
+            if env_yml is None:
+                raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
+            for arcname, data in (("env.yml", env_yml), ("min-deps.json", min_deps or b"[]\n")):
+                bundle.writestr(arcname, data)
+                members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+            files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
+                     and not i.filename.endswith("/")]
+            tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
+            prefix = "software/" if len(tops) == 1 and all("/" in i.filename for i in files) else "software/%s/" % name
+            for info in files:
+                copy_member(source, info, bundle, prefix + info.filename, members)
+            software = sorted(tops)[0] if prefix == "software/" else name
+            manifest = {"format": BUNDLE_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        "probe_version": "platform-migrator 1.1.0", "source": {}, "env": {},
+                        "software": {"dir": software, "files": len(files)}, "minimal": [],
+                        "requested_specs": [], "members": members}
+            bundle.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
+
+
+def read_optional(archive, name):
+    try:
+        return archive.read(name)
+    except KeyError:
+        return None
+
+
+def copy_member(source, info, bundle, arcname, members):
+    """Stream one zip member into the bundle, hashing it on the way (memory stays flat)."""
+    out_info = zipfile.ZipInfo(arcname, info.date_time)
+    out_info.external_attr = info.external_attr or (0o644 << 16)
+    out_info.compress_type = zipfile.ZIP_DEFLATED
+    digest, size = hashlib.sha256(), 0
+    with source.open(info) as reader, bundle.open(out_info, "w", force_zip64=info.file_size > (1 << 31)) as writer:
+        while True:
+            block = reader.read(CHUNK)
+            if not block:
+                break
+            digest.update(block)
+            writer.write(block)
+            size += len(block)
+    members[arcname] = {"sha256": digest.hexdigest(), "size": size}
+
+
 # == Store ====================================================================
 # ~/.platform_migrator (or $PM_HOME): NAME/bundles/NNNN.zip (revisions),
 # NAME/<attempt id>/ (migrations), server.pid and the served probe copy.
@@ -2294,38 +2348,13 @@ def assemble_legacy_bundle(name, parts, home):
     """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle."""
     handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=incoming_dir(home))
     os.close(handle)
-    members = {}
+    texts = {}
+    for meta in ("env.yml", "min-deps.json"):
+        if meta in parts:
+            with open(parts[meta], "rb") as part:
+                texts[meta] = part.read()
     try:
-        with zipfile.ZipFile(parts["software.zip"]) as source, \
-                zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as bundle:
-            def add(arcname, data, mode=0o644):
-                info = zipfile.ZipInfo(arcname, time.gmtime()[:6])
-                info.external_attr = mode << 16
-                info.compress_type = zipfile.ZIP_DEFLATED
-                bundle.writestr(info, data)
-                members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-            for meta in ("env.yml", "min-deps.json"):
-                if meta in parts:
-                    with open(parts[meta], "rb") as part:
-                        add(meta, part.read())
-            if "min-deps.json" not in parts:
-                add("min-deps.json", b"[]\n")
-            files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")]
-            tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
-            prefix = "software/" if len(tops) == 1 else "software/%s/" % name
-            for info in files:
-                if info.filename.endswith("/"):
-                    continue
-                add(prefix + info.filename, source.read(info), (info.external_attr >> 16) or 0o644)
-            software = sorted(tops)[0] if len(tops) == 1 else name
-            manifest = {"format": BUNDLE_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "probe_version": "platform-migrator", "source": {}, "env": {},
-                        "software": {"dir": software, "files": len(files)}, "minimal": [],
-                        "requested_specs": [], "members": members}
-            bundle.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    except (zipfile.BadZipFile, OSError) as exc:
-        os.remove(temp)
-        raise HttpError(400, "the software zip is not readable: %s" % exc)
+        bundle_from_legacy(name, texts.get("env.yml"), texts.get("min-deps.json"), parts["software.zip"], temp)
     except PmError as exc:
         os.remove(temp)
         raise HttpError(400, exc.what)
@@ -2718,15 +2747,19 @@ def cmd_unpack(args):
     """Import a carried bundle into the store, with the same checks as an upload."""
     if not os.path.isfile(args.bundle):
         raise PmError("no such file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
-    manifest = verify_bundle(args.bundle)
-    name = args.name or manifest.name
-    check_name(name)
     incoming = os.path.join(store_home(), ".incoming")
     os.makedirs(incoming, exist_ok=True)
     handle, temp = tempfile.mkstemp(prefix="unpack-", suffix=".zip", dir=incoming)
     os.close(handle)
     try:
-        shutil.copyfile(args.bundle, temp)
+        if is_original_zip(args.bundle):
+            name = check_name(args.name or os.path.basename(args.bundle).rsplit(".", 1)[0])
+            say("%s is the original tool's zip: converting it to a bundle" % args.bundle)
+            bundle_from_legacy(name, None, None, args.bundle, temp)
+        else:
+            shutil.copyfile(args.bundle, temp)
+        manifest = verify_bundle(temp)
+        name = check_name(args.name or manifest.name)
         target = store_bundle(temp, name)
     finally:
         if os.path.exists(temp):
@@ -2734,6 +2767,16 @@ def cmd_unpack(args):
     say("stored %s (%d members) as %s" % (name, len(manifest.members), target))
     print(target)
     return 0
+
+
+def is_original_zip(path):
+    """A zip from platform-migrator 1.1.0's 'pack' (env.yml and the software, no manifest)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "manifest.json" not in names and "env.yml" in names
 
 
 def cmd_list(args):

@@ -271,3 +271,19 @@ def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example
     proc = run_pm(find_python("newest"), pyz, ["unpack", str(tmp_path / "bad.zip")], env)
     assert proc.returncode == 2 and proc.stderr.startswith("pm: error:") and "Traceback" not in proc.stderr
     assert len(pm.bundle_revisions("heatsim", str(tmp_path / "store"))) == 1
+
+
+def test_unpack_converts_the_original_tools_carried_zip(pyz, tmp_path):
+    """platform-migrator 1.1.0's 'pack' writes NAME.zip: env.yml, min-deps.json and dir/... entries."""
+    carried = str(tmp_path / "oldsim.zip")
+    with zipfile.ZipFile(carried, "w") as archive:
+        archive.writestr("env.yml", "name: oldsim\ndependencies:\n  - numpy=1.26.4\n")
+        archive.writestr("min-deps.json", json.dumps([{"name": "numpy", "version": "1.26.4"}]))
+        archive.writestr("oldsim/run.sh", "echo hi\n")
+    env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
+    proc = run_pm(find_python("newest"), pyz, ["unpack", carried], env)
+    assert proc.returncode == 0, proc.stderr
+    stored = pm.latest_bundle("oldsim", str(tmp_path / "store"))
+    assert pm.verify_bundle(stored).software_dir() == "oldsim"
+    with zipfile.ZipFile(stored) as bundle:
+        assert bundle.read("software/oldsim/run.sh") == b"echo hi\n"
