@@ -19,6 +19,7 @@ import tempfile
 import time
 import types
 import zipfile
+import zlib
 
 # == Constants and errors =====================================================
 
@@ -949,7 +950,7 @@ def verify_bundle(path):
                 raise PmError("%s is in the bundle but not in its manifest" % info.filename, "pack the software again")
             try:
                 digest, size = member_digest(archive, info.filename)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib_error()) as exc:
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
                 raise PmError("bundle member %s is damaged (%s)" % (info.filename, exc), "send or copy the bundle again")
             entry = manifest.members[info.filename]
             if digest != entry["sha256"] or size != entry["size"]:
@@ -962,11 +963,6 @@ def verify_bundle(path):
             if required not in manifest.members:
                 raise PmError("the bundle has no %s" % required, "pack the software again")
     return manifest
-
-
-def zlib_error():
-    import zlib
-    return zlib.error
 
 
 def read_member_text(path, name):

@@ -20,6 +20,11 @@ import channels  # noqa: E402
 from conftest import CondaSite, find_python  # noqa: E402
 
 
+def example_config(out):
+    with open(os.path.join(HERE, "heatsim-tests.ini")) as handle:
+        return handle.read().replace("{out}", out)
+
+
 def step(text):
     print("\n== %s" % text, flush=True)
 
@@ -68,7 +73,7 @@ def main():
     step("target: migrate (new conda env, the software's own tests, install)")
     config = os.path.join(work, "heatsim-tests.ini")
     with open(config, "w") as handle:
-        handle.write(CONFIG % os.path.join(work, "installed"))
+        handle.write(example_config(os.path.join(work, "installed")))
     code = subprocess.run([python3, pyz, "migrate", "heatsim", config], env=env).returncode
     step("report")
     subprocess.run([python3, pyz, "list"], env=env)
@@ -77,18 +82,6 @@ def main():
     return code
 
 
-CONFIG = """[heatsim]
-output_dir = %s
-package_managers = conda
-tests = smooth, tools
-
-[test_smooth]
-exec = sh tests/test_smooth.sh
-
-[test_tools]
-exec = sh tests/test_tools.sh
-timeout = 60
-"""
 
 
 if __name__ == "__main__":

@@ -10,18 +10,10 @@ import pytest
 
 import channels
 import pm
-from conftest import CondaSite, find_python, run_pm
+from conftest import ROOT, CondaSite, find_python, run_pm
 
-CONFIG = """[heatsim]
-output_dir = {out}            ; where the software goes
-package_managers = conda
-tests = smooth, tools
-[test_smooth]
-exec = sh tests/test_smooth.sh
-[test_tools]
-exec = sh tests/test_tools.sh
-timeout = 30
-"""
+with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
+    CONFIG = _handle.read()
 
 
 def write_config(tmp_path, text=None, **values):
@@ -132,7 +124,7 @@ def test_broken_configs_give_one_clear_line(text, message, pyz, conda_site, tmp_
 def test_unknown_keys_are_warned_about(tmp_path):
     path = write_config(tmp_path, CONFIG + "colour = blue\n")
     config = pm.read_test_config([path], "heatsim")
-    assert [t.name for t in config.tests] == ["smooth", "tools"] and config.tests[1].timeout == 30.0
+    assert [t.name for t in config.tests] == ["smooth", "tools"] and config.tests[1].timeout == 60.0
 
 
 def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, example_software, tmp_path):
