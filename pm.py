@@ -925,16 +925,51 @@ def open_bundle(path):
         raise
 
 
-def member_digest(archive, name):
-    digest, size = hashlib.sha256(), 0
-    with archive.open(name) as handle:
+class BackgroundHasher(object):
+    """sha256 on a second thread (hashlib releases the GIL), so hashing overlaps receiving.
+
+    At most a few blocks wait in the queue, so memory stays bounded."""
+
+    def __init__(self):
+        import queue
+        import threading
+        self.digest = hashlib.sha256()
+        self.blocks = queue.Queue(maxsize=8)
+        self.thread = threading.Thread(target=self.work, daemon=True)
+        self.thread.start()
+
+    def work(self):
         while True:
-            block = handle.read(CHUNK)
-            if not block:
-                break
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
+            block = self.blocks.get()
+            if block is None:
+                return
+            self.digest.update(block)
+
+    def update(self, block):
+        self.blocks.put(block)
+
+    def hexdigest(self):
+        if self.thread.is_alive():
+            self.blocks.put(None)
+            self.thread.join()
+        return self.digest.hexdigest()
+
+
+def member_digest(archive, name):
+    """sha256 and size of one member; large members hash on a second thread while zip reads."""
+    big = archive.getinfo(name).file_size > 8 * CHUNK
+    digest, size = BackgroundHasher() if big else hashlib.sha256(), 0
+    try:
+        with archive.open(name) as handle:
+            while True:
+                block = handle.read(CHUNK)
+                if not block:
+                    break
+                digest.update(block)
+                size += len(block)
+    finally:
+        result = digest.hexdigest()  # also ends the hashing thread when reading failed
+    return result, size
 
 
 def verify_bundle(path):
@@ -2269,36 +2304,6 @@ def receive_body(handler, config, expected_sha256=None):
     return temp, digest
 
 
-class BackgroundHasher(object):
-    """sha256 on a second thread (hashlib releases the GIL), so hashing overlaps receiving.
-
-    At most a few blocks wait in the queue, so memory stays bounded."""
-
-    def __init__(self):
-        import queue
-        import threading
-        self.digest = hashlib.sha256()
-        self.blocks = queue.Queue(maxsize=8)
-        self.thread = threading.Thread(target=self.work, daemon=True)
-        self.thread.start()
-
-    def work(self):
-        while True:
-            block = self.blocks.get()
-            if block is None:
-                return
-            self.digest.update(block)
-
-    def update(self, block):
-        self.blocks.put(block)
-
-    def hexdigest(self):
-        if self.thread.is_alive():
-            self.blocks.put(None)
-            self.thread.join()
-        return self.digest.hexdigest()
-
-
 def accept_bundle(temp, name, home):
     """Verify an uploaded bundle and store it as the next revision; the temp file is consumed."""
     try:
@@ -2565,8 +2570,8 @@ def run_server(config):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
-    say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, config.home))
     try:
+        say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, config.home))
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass

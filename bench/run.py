@@ -45,6 +45,11 @@ def make_bundle(path, mib):
         bundle.writestr("manifest.json", json.dumps(manifest))
 
 
+def median(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def vm_hwm_kib(pid):
     with open("/proc/%d/status" % pid) as handle:
         for line in handle:
@@ -155,25 +160,37 @@ def main():
     parser.add_argument("--mib", type=int, default=1024, help="bundle size in MiB (default 1024)")
     parser.add_argument("--python", default=sys.executable, help="interpreter for pm's server")
     parser.add_argument("--pm-only", action="store_true", help="skip the original (quick checks while tuning)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per server, alternating; medians reported")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="pm-bench-")
     try:
         bundle = os.path.join(work, "big.zip")
         make_bundle(bundle, args.mib)
         mib = os.path.getsize(bundle) / 1048576.0
-        pm_seconds, pm_rss = run_pm_server(work, bundle, args.python)
-        if args.pm_only:
-            print("pm: %.2f s, %.1f MiB/s, peak RSS %.1f MiB" % (pm_seconds, mib / pm_seconds, pm_rss / 1024.0))
-            return
-        python, package = install_original(work)
-        orig_seconds, orig_rss = run_original_server(work, bundle, python, package)
-        print("upload of a %.0f MiB bundle over 127.0.0.1" % mib)
-        print("%-28s %9s %11s %14s" % ("server", "seconds", "MiB/s", "peak RSS MiB"))
-        print("%-28s %9.2f %11.1f %14.1f" % ("pm (PUT /bundles)", pm_seconds, mib / pm_seconds, pm_rss / 1024.0))
-        print("%-28s %9.2f %11.1f %14.1f" % ("platform-migrator 1.1.0", orig_seconds, mib / orig_seconds,
-                                            orig_rss / 1024.0))
-        print("throughput ratio pm/original: %.1fx; peak RSS ratio original/pm: %.1fx"
-              % (orig_seconds / pm_seconds, float(orig_rss) / pm_rss))
+        original = None if args.pm_only else install_original(work)
+        pm_runs, orig_runs = [], []
+        for _ in range(args.repeat):
+            os.sync()
+            pm_runs.append(run_pm_server(work, bundle, args.python))
+            shutil.rmtree(os.path.join(work, "pm-home"), ignore_errors=True)
+            if original:
+                os.sync()
+                orig_runs.append(run_original_server(work, bundle, *original))
+                shutil.rmtree(os.path.join(work, "orig-home"), ignore_errors=True)
+        print("upload of a %.0f MiB bundle over 127.0.0.1, %d runs each, medians" % (mib, args.repeat))
+        print("%-28s %9s %11s %14s   %s" % ("server", "seconds", "MiB/s", "peak RSS MiB", "all runs (s)"))
+        rows = [("pm (PUT /bundles)", pm_runs)] + ([("platform-migrator 1.1.0", orig_runs)] if original else [])
+        medians = []
+        for label, runs in rows:
+            seconds = median([r[0] for r in runs])
+            rss = max(r[1] for r in runs) / 1024.0
+            medians.append((seconds, rss))
+            print("%-28s %9.2f %11.1f %14.1f   %s" % (label, seconds, mib / seconds, rss,
+                                                     " ".join("%.2f" % r[0] for r in runs)))
+        if original:
+            (pm_s, pm_rss), (orig_s, orig_rss) = medians
+            print("throughput ratio pm/original: %.1fx; peak RSS ratio original/pm: %.1fx"
+                  % (orig_s / pm_s, orig_rss / pm_rss))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -193,3 +193,11 @@ def test_requirements_from_the_bundle_are_never_trusted_as_shell_text():
     assert [r.name for r in reqs] == ["ok-name"]
     manager = pm.load_managers()["pip"]
     assert "'a b'" in manager.command(manager.install_cmd, "a b")
+
+
+def test_a_requirement_found_nowhere_can_abort_the_migration(pyz, pysim):
+    proc = migrate(pyz, pysim, stdin="a\n")
+    assert proc.returncode == 1
+    assert "migration aborted: nothing provides oddlib" in proc.stderr
+    result, _ = last_result(pysim)
+    assert result["status"] == "error"

@@ -220,3 +220,34 @@ def test_yaml_beyond_the_subset_is_an_error(text):
 def test_attempt_ids_are_unique_and_ordered(tmp_path):
     made = [pm.new_attempt_dir("sim", str(tmp_path)) for _ in range(50)]
     assert len(set(made)) == 50 and made == sorted(made)
+
+
+def test_pack_py27_to_server_then_migrate_from_the_store(pyz, conda_site, example_software, tmp_path):
+    """The whole path: the probe under 2.7 sends to a real server; migrate takes the stored bundle."""
+    python = find_python("newest")
+    env = conda_site.env()
+    started = run_pm(python, pyz, ["serve", "start", "--port", "0", "--token", "tok"], env)
+    assert started.returncode == 0, started.stderr
+    try:
+        with open(os.path.join(conda_site.home, "server.pid")) as handle:
+            url = json.load(handle)["url"]
+        proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--server", url,
+                                                "--token", "tok", "--yes"], env)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        run_pm(python, pyz, ["serve", "stop"], env)
+    proc = run_pm(find_python("3.6"), pyz, ["migrate", "heatsim", write_config(tmp_path)], env)
+    assert proc.returncode == 0, proc.stderr
+    assert result_of(attempts(conda_site)[0])["bundle"].endswith(os.path.join("bundles", "0001.zip"))
+    assert (tmp_path / "installed" / "heatsim" / "tests" / "test_smooth.sh").exists()
+
+
+def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    text = CONFIG.replace("tests = smooth, tools", "tests = hang, smooth") + "[test_hang]\nexec = sleep 60\ntimeout = 1\n"
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
+                  conda_site.env(), timeout=50)
+    assert proc.returncode == 1
+    tests = result_of(attempts(conda_site)[0])["tests"]
+    assert [(t["name"], t["status"]) for t in tests] == [("hang", "timeout"), ("smooth", "passed")]
+    assert tests[0]["seconds"] < 20

@@ -287,3 +287,20 @@ def test_unpack_converts_the_original_tools_carried_zip(pyz, tmp_path):
     assert pm.verify_bundle(stored).software_dir() == "oldsim"
     with zipfile.ZipFile(stored) as bundle:
         assert bundle.read("software/oldsim/run.sh") == b"echo hi\n"
+
+
+def test_ctrl_c_stops_a_foreground_server_cleanly(pyz, tmp_path):
+    import signal
+    home = tmp_path / "store"
+    proc = subprocess.Popen([find_python("3.6"), pyz, "serve", "--port", "0"], env=dict(os.environ, PM_HOME=str(home)),
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        assert "pm server on http://127.0.0.1:" in proc.stderr.readline()
+        assert (home / "server.pid").exists() and (home / "migrate.py").exists()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (home / "server.pid").exists() and not (home / "migrate.py").exists()
