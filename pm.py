@@ -2716,6 +2716,10 @@ def cmd_migrate(args):
       env = OMP_NUM_THREADS=1         ; optional: NAME=VALUE, ...
       workdir = tests                 ; optional: relative to the software
       runner = srun -n1               ; optional: prefix, e.g. for HPC
+    Without conda in package_managers, each direct requirement is searched with the listed
+    package managers (built-in sections, ~/.platform_migrator/config/package-managers.ini,
+    --pck-mgr-configs), offered as numbered choices (or --yes / --answers FILE), installed one
+    by one (pip into the software's own virtual environment), then the tests run.
     Exit code 0 when every test passed, 1 when one failed, 2 for bad input."""
     check_name(args.name)
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
@@ -2783,7 +2787,10 @@ def is_original_zip(path):
 def cmd_list(args):
     """Show stored software, bundle revisions and migration attempts."""
     rows = []
-    for name in stored_software():
+    home = store_home()
+    names = sorted(n for n in (os.listdir(home) if os.path.isdir(home) else [])
+                   if NAME_RE.match(n) and os.path.isdir(os.path.join(home, n)))
+    for name in names:
         revisions = bundle_revisions(name)
         rows.append({"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
                      "attempts": list_attempts(name)})
@@ -2796,7 +2803,8 @@ def cmd_list(args):
     for row in rows:
         print("%s  (%d bundle revision%s)" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s"))
         for attempt in row["attempts"]:
-            print("    %s  %s" % (attempt["id"], attempt.get("status", "unfinished")))
+            print("    %s  %-9s %s" % (attempt["id"], attempt.get("status", "unfinished"),
+                                     attempt.get("level") or attempt.get("error") or ""))
     return 0
 
 
@@ -2816,8 +2824,8 @@ def build_parser():
         description="pm moves scientific software to another machine and proves it works there "
                     "by running the software's own tests.",
         epilog="a round trip:\n"
-               "  target$ python3 pm.pyz serve start\n"
-               "  base$   curl -s http://target:9001/migrate > probe.py && python probe.py\n"
+               "  target$ python3 pm.pyz serve start --host 0.0.0.0     # prints a TOKEN\n"
+               "  base$   curl -s 'http://target:9001/migrate?token=TOKEN' > probe.py && python probe.py\n"
                "  target$ python3 pm.pyz migrate mysim tests.ini\n\n"
                "Run 'pm.pyz VERB --help' for the options of a verb.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -2828,7 +2836,9 @@ def build_parser():
                      add_help=False)
 
     def verb(name, help_text, function):
-        sub = verbs.add_parser(name, help=help_text, description=function.__doc__, epilog=EXAMPLES.get(name),
+        import inspect
+        sub = verbs.add_parser(name, help=help_text, description=inspect.cleandoc(function.__doc__),
+                               epilog=EXAMPLES.get(name),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(function=function)
         return sub
