@@ -7,19 +7,34 @@ resolver -> package managers -> migrator -> server -> command line.
 Standard library only; runs under Python 3.6 and newer (the probe also under 2.7).
 """
 import argparse
+import base64
+import binascii
+import configparser
 import hashlib
+import hmac
+import inspect
 import json
 import os
+import queue
 import re
+import secrets
+import shlex
 import shutil
+import signal
 import socket
+import socketserver
 import stat
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
+import urllib.request
 import zipfile
 import zlib
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
 
 # == Constants and errors =====================================================
 
@@ -56,7 +71,7 @@ def check_name(name, what="software name"):
     return name
 
 
-def write_atomic(path, data):
+def write_atomic(path, data, mode=0o644):
     """Write bytes or text to a temp file beside path, then rename it into place."""
     if isinstance(data, str):
         data = data.encode("utf-8")
@@ -66,6 +81,7 @@ def write_atomic(path, data):
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+            os.fchmod(out.fileno(), mode)
         os.replace(temp, path)
     except BaseException:
         if os.path.exists(temp):
@@ -74,8 +90,8 @@ def write_atomic(path, data):
     return path
 
 
-def write_json(path, data):
-    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+def write_json(path, data, mode=0o644):
+    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
 
 
 def read_json(path):
@@ -931,8 +947,6 @@ class BackgroundHasher(object):
     At most a few blocks wait in the queue, so memory stays bounded."""
 
     def __init__(self):
-        import queue
-        import threading
         self.digest = hashlib.sha256()
         self.blocks = queue.Queue(maxsize=8)
         self.thread = threading.Thread(target=self.work, daemon=True)
@@ -1513,7 +1527,6 @@ class PackageManager(object):
 
     def command(self, template, package=None, version=None, expr=None, exec_override=None):
         """Fill in %e, %p, %v, %s (values shell-quoted) and %% in a template."""
-        import shlex
         values = {"e": exec_override or self.exec, "p": shlex.quote(package or ""),
                   "v": shlex.quote(version or ""), "s": shlex.quote(expr or ""), "%": "%"}
         text = re.sub(r"%([epvs%])", lambda m: values[m.group(1)], template)
@@ -1525,7 +1538,6 @@ class PackageManager(object):
 
     def search(self, expr, runner=None):
         """Run the search; return [(package, version or None)] from lines matching result_fmt."""
-        import subprocess
         command = self.command(self.search_cmd, expr=expr)
         if runner:
             runner("search: " + command)
@@ -1551,7 +1563,6 @@ def parse_search_output(text, pattern):
 
 
 def builtin_values(key):
-    import configparser
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
     return dict(parser[key])
@@ -1559,7 +1570,6 @@ def builtin_values(key):
 
 def load_managers(paths=()):
     """Built-ins, then the store's config/package-managers.ini, then each file given; later wins."""
-    import configparser
     sections = {}
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
@@ -1782,7 +1792,6 @@ class MigrationConfig(object):
 
 def read_test_config(paths, name):
     """Merge INI test configurations in order; one clear error naming file, section and key."""
-    import configparser
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     origin = {}
     for path in paths:
@@ -1890,7 +1899,6 @@ class Attempt(object):
 
     def run(self, command, env=None):
         """Run a command, logging it and its output; return (exit code, output)."""
-        import subprocess
         self.log("$ " + " ".join(command))
         try:
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
@@ -1917,7 +1925,6 @@ def find_conda_here():
 
 
 def conda_env_prefix(conda, env_name):
-    import subprocess
     proc = subprocess.run([conda, "env", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True)
     try:
@@ -1967,9 +1974,6 @@ ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r 
 
 def run_test(attempt, test, software, env):
     """Run one test in its own shell, streaming output to the console and its log file."""
-    import shlex
-    import signal
-    import subprocess
     log = os.path.join(attempt.path, "test-%s.log" % test.name)
     script = (ACTIVATE_SCRIPTS if env.get("CONDA_PREFIX") else "") + test.command
     command = (shlex.split(test.runner) if test.runner else []) + ["/bin/sh", "-c", script]
@@ -1987,7 +1991,6 @@ def run_test(attempt, test, software, env):
             return TestResult(test.name, "error", 127, 0.0, log)
         timer = None
         if test.timeout:
-            import threading
 
             def kill():
                 out.write("\npm: timeout after %s s\n" % test.timeout)
@@ -2099,7 +2102,6 @@ def choose_package(req, candidates, remembered, options):
 
 def software_venv(attempt):
     """The software's own virtual environment, in the attempt's store, made on first use."""
-    import subprocess
     venv = os.path.join(attempt.path, "venv")
     if not os.path.isdir(venv):
         say("creating the software's virtual environment %s" % venv)
@@ -2320,8 +2322,6 @@ def accept_bundle(temp, name, home):
 
 def legacy_part(temp, part):
     """Decode one of the original probe's JSON posts {"name": ..., "data": <urlsafe base64>}."""
-    import base64
-    import binascii
     try:
         with open(temp, "rb") as handle:
             body = json.loads(handle.read().decode("utf-8"))
@@ -2389,9 +2389,6 @@ def bundle_listing(home):
 
 
 def make_handler(config):
-    import hmac
-    from http.server import BaseHTTPRequestHandler
-    from urllib.parse import parse_qs, urlsplit
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pm/" + VERSION
@@ -2483,7 +2480,6 @@ def make_handler(config):
             return receive_legacy(self, config, path)
 
         def name_from(self, path):
-            from urllib.parse import unquote
             name = unquote(path[len("/bundles/"):])
             if not NAME_RE.match(name):
                 raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % name)
@@ -2493,8 +2489,6 @@ def make_handler(config):
 
 
 def make_server(config):
-    import socketserver
-    from http.server import HTTPServer
 
     class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         daemon_threads = True
@@ -2546,8 +2540,6 @@ def process_alive(pid):
 
 def run_server(config):
     """Serve in the foreground until Ctrl-C or SIGTERM; own the PIDFILE while running."""
-    import signal
-    import threading
     os.makedirs(config.home, exist_ok=True)
     running = read_pidfile(config.home)
     if running:
@@ -2558,19 +2550,19 @@ def run_server(config):
     for stale in os.listdir(incoming_dir(config.home)):
         os.remove(os.path.join(config.home, ".incoming", stale))
     server = make_server(config)
-    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
-        say("warning: listening on %s without a token: anyone who can reach it may upload; use --token" % config.host)
-    record = {"pid": os.getpid(), "host": config.host, "port": config.port, "started": config.started,
-              "token": config.token, "url": "http://%s:%d" % (config.host, config.port)}
-    write_json(pid_path(config.home), record)
-    os.chmod(pid_path(config.home), 0o600)
-    write_atomic(script_copy_path(config.home), probe_script(config.url(), config.token or ""))
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
+            say("warning: listening on %s without a token: anyone who can reach it may upload; use --token"
+                % config.host)
+        record = {"pid": os.getpid(), "host": config.host, "port": config.port, "started": config.started,
+                  "token": config.token, "url": "http://%s:%d" % (config.host, config.port)}
+        write_json(pid_path(config.home), record, 0o600)  # it holds the token
+        write_atomic(script_copy_path(config.home), probe_script(config.url(), config.token or ""), 0o600)
         say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, config.home))
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
@@ -2593,14 +2585,11 @@ def remove_quietly(path):
 
 def start_server(config, self_path):
     """Run the server in the background and return once it answers."""
-    import subprocess
-    import urllib.request
     running = read_pidfile(config.home)
     if running:
         raise PmError("a server already runs for %s (PID %d, port %d)" % (config.home, running["pid"], running["port"]),
                       "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
     if not config.token:
-        import secrets
         config.token = secrets.token_urlsafe(18)
     os.makedirs(config.home, exist_ok=True)
     log = open(os.path.join(config.home, "server.log"), "ab")
@@ -2634,7 +2623,6 @@ def start_server(config, self_path):
 
 
 def stop_server(home):
-    import signal
     record = read_pidfile(home)
     if not record:
         remove_quietly(pid_path(home))
@@ -2836,7 +2824,6 @@ def build_parser():
                      add_help=False)
 
     def verb(name, help_text, function):
-        import inspect
         sub = verbs.add_parser(name, help=help_text, description=inspect.cleandoc(function.__doc__),
                                epilog=EXAMPLES.get(name),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
