@@ -1483,6 +1483,12 @@ NAME_MAP = {
                      "spack": "py-scikit-learn"},
     "pyyaml": {"apt": "python3-yaml", "rpm": "python3-pyyaml", "pip": "PyYAML", "spack": "py-pyyaml"},
     "msgpack-python": {"apt": "python3-msgpack", "pip": "msgpack", "spack": "py-msgpack"},
+    "scikit-image": {"apt": "python3-skimage", "rpm": "python3-scikit-image", "pip": "scikit-image",
+                     "spack": "py-scikit-image"},
+    "pillow": {"apt": "python3-pil", "rpm": "python3-pillow", "pip": "Pillow", "spack": "py-pillow"},
+    "beautifulsoup4": {"apt": "python3-bs4", "rpm": "python3-beautifulsoup4", "pip": "beautifulsoup4",
+                       "spack": "py-beautifulsoup4"},
+    "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "pip": "opencv-python", "spack": "opencv"},
 }
 MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
                     "pacman": "pacman", "brew": "brew", "spack": "spack"}
@@ -1685,10 +1691,18 @@ def name_variants(name, family):
     return unique
 
 
+AFFIX_PREFIXES = ("", "lib", "python3-", "python-", "py3-", "py-", "r-cran-", "r-")
+AFFIX_SUFFIX = re.compile(r"^(\d+[a-z]?)?(-(dev|devel|bin|tools|utils|libs|common|static|headers|runtime|\d+))*$")
+
+
 def name_inside(name, package):
-    """True when name stands as a part of package: 'zlib' in 'zlib1g-dev', not 'pip' in 'pipeline'."""
-    pattern = r"(^|[-_.])%s($|[-_.0-9])" % re.escape(name.lower())
-    return re.search(pattern, package.lower()) is not None
+    """True when package is name with a packaging affix around it: 'zlib' in 'zlib1g-dev' or
+    'python3-numpy', not in 'libcoq-zlib' or 'zlib-server'."""
+    name, package = name.lower().replace("_", "-"), package.lower()
+    for prefix in AFFIX_PREFIXES:
+        if package.startswith(prefix + name) and AFFIX_SUFFIX.match(package[len(prefix + name):]):
+            return True
+    return False
 
 
 def search_base(name):
