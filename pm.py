@@ -9,6 +9,7 @@ Standard library only; runs under Python 3.6 and newer (the probe also under 2.7
 import argparse
 import base64
 import binascii
+import codecs
 import configparser
 import hashlib
 import hmac
@@ -2334,29 +2335,121 @@ def accept_bundle(temp, name, home):
             os.remove(temp)
 
 
-def legacy_part(temp, part):
-    """Decode one of the original probe's JSON posts {"name": ..., "data": <urlsafe base64>}."""
-    try:
-        with open(temp, "rb") as handle:
-            body = json.loads(handle.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise HttpError(400, "the body is not JSON")
-    if not isinstance(body, dict) or "name" not in body:
-        raise HttpError(400, "attribute name not present in JSON")
-    if not isinstance(body.get("data"), str):
-        raise HttpError(400, "attribute data not present in JSON")
-    if not isinstance(body["name"], str) or not NAME_RE.match(body["name"]):
-        raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % body["name"])
-    try:
-        data = base64.b64decode(body["data"].encode("ascii"), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise HttpError(400, "attribute data is not urlsafe base64")
-    if part != "software.zip":
+class LegacyBody(object):
+    """Reads the original probe's body {"name": "...", "data": "<urlsafe base64>"} from a file,
+    decoding data into another file as it goes, so memory stays bounded whatever the size."""
+
+    def __init__(self, source):
+        self.source, self.buffer, self.at = source, b"", 0
+
+    def char(self):
+        if self.at >= len(self.buffer):
+            self.buffer, self.at = self.source.read(CHUNK), 0
+            if not self.buffer:
+                raise HttpError(400, "the body is not JSON: it ends too early")
+        self.at += 1
+        return self.buffer[self.at - 1:self.at]
+
+    def token(self):
+        char = self.char()
+        while char in b" \t\r\n":
+            char = self.char()
+        return char
+
+    def small_string(self):
+        """The rest of a JSON string whose opening quote was read: at most a few KiB, escapes and all."""
+        raw = b'"'
+        while True:
+            char = self.char()
+            raw += char
+            if char == b"\\":
+                raw += self.char()
+            elif char == b'"':
+                break
+            if len(raw) > 4096:
+                raise HttpError(400, "a JSON string in the body is too long")
         try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise HttpError(400, "%s is not UTF-8 text" % part)
-    return body["name"], data
+            return json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "the body is not JSON")
+
+    def base64_to(self, sink, text):
+        """Stream the data string's base64 into sink, decoded; text parts are checked as UTF-8."""
+        utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
+        pending = b""
+        while True:
+            if self.at >= len(self.buffer):
+                self.buffer, self.at = self.source.read(CHUNK), 0
+                if not self.buffer:
+                    raise HttpError(400, "the body is not JSON: the data string never ends")
+            end = self.buffer.find(b'"', self.at)
+            piece = self.buffer[self.at:end if end >= 0 else len(self.buffer)]
+            self.at = end + 1 if end >= 0 else len(self.buffer)
+            pending += piece
+            usable = len(pending) if end >= 0 else len(pending) - len(pending) % 4
+            try:
+                data = base64.b64decode(pending[:usable], altchars=b"-_", validate=True)
+                if utf8:
+                    utf8.decode(data, final=end >= 0)
+            except UnicodeDecodeError:  # a ValueError too: caught first
+                raise HttpError(400, "the posted text is not UTF-8")
+            except (binascii.Error, ValueError):
+                raise HttpError(400, "attribute data is not urlsafe base64")
+            sink.write(data)
+            pending = pending[usable:]
+            if end >= 0:
+                return
+
+    def read(self, sink, text):
+        """Parse the flat object; return its fields other than data (decoded into sink)."""
+        fields, seen_data = {}, False
+        if self.token() != b"{":
+            raise HttpError(400, "the body is not a JSON object")
+        while True:
+            char = self.token()
+            if char == b"}" and not fields and not seen_data:
+                break
+            if char != b'"':
+                raise HttpError(400, "the body is not JSON")
+            key = self.small_string()
+            if self.token() != b":":
+                raise HttpError(400, "the body is not JSON")
+            if self.token() != b'"':
+                raise HttpError(400, "attribute %s must be a string" % key)
+            if key == "data":
+                self.base64_to(sink, text)
+                seen_data = True
+            else:
+                fields[key] = self.small_string()
+            char = self.token()
+            if char == b"}":
+                break
+            if char != b",":
+                raise HttpError(400, "the body is not JSON")
+        if "name" not in fields:
+            raise HttpError(400, "attribute name not present in JSON")
+        if not seen_data:
+            raise HttpError(400, "attribute data not present in JSON")
+        return fields
+
+
+def legacy_part(temp, part, folder_for):
+    """Decode one of the original probe's posts into its place in the store; return the name."""
+    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=os.path.dirname(temp))
+    try:
+        with open(temp, "rb") as source, os.fdopen(handle, "wb") as sink:
+            fields = LegacyBody(source).read(sink, part != "software.zip")
+        name = fields["name"]
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % name)
+        folder = folder_for(name)
+        os.makedirs(folder, exist_ok=True)
+        os.chmod(decoded, 0o644)
+        os.replace(decoded, os.path.join(folder, part))
+        return name
+    finally:
+        if os.path.exists(decoded):
+            os.remove(decoded)
 
 
 def assemble_legacy_bundle(name, parts, home):
@@ -2379,11 +2472,10 @@ def assemble_legacy_bundle(name, parts, home):
 def receive_legacy(handler, config, path):
     temp, _ = receive_body(handler, config)
     try:
-        name, data = legacy_part(temp, LEGACY_PARTS[path])
+        name = legacy_part(temp, LEGACY_PARTS[path], lambda n: os.path.join(config.home, n, "legacy"))
     finally:
         os.remove(temp)
     folder = os.path.join(config.home, name, "legacy")
-    write_atomic(os.path.join(folder, LEGACY_PARTS[path]), data)
     parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
                  if os.path.isfile(os.path.join(folder, part)))
     result = {"name": name, "stored": LEGACY_PARTS[path]}

@@ -1,7 +1,8 @@
 """Benchmark: upload one large bundle to pm's server and to platform-migrator 1.1.0's server.
 
 Both servers run on 127.0.0.1 in the same run. pm gets the bundle as PUT /bundles/NAME (its probe's
-way); the original gets it as POST /zip, a JSON body with the zip in urlsafe base64 (its probe's way).
+way) and also as POST /zip; the original gets it as POST /zip, a JSON body with the zip in urlsafe
+base64 (its probe's way).
 Each request body is prepared on disk first and streamed by the client, so the figures measure the
 servers. Reported: wall time, throughput (bundle MiB/s) and the server's peak RSS (VmHWM).
 
@@ -127,18 +128,42 @@ def install_original(work):
     return python, package
 
 
+def legacy_body(bundle, body_path):
+    """The original probe's POST /zip body for the bundle: JSON with the bytes in urlsafe base64."""
+    if not os.path.exists(body_path):
+        with open(bundle, "rb") as source, open(body_path, "wb") as out:
+            out.write(b'{"name": "big", "data": "')
+            while True:
+                block = source.read(3 << 20)
+                if not block:
+                    break
+                out.write(base64.urlsafe_b64encode(block))
+            out.write(b'"}')
+    return body_path
+
+
+def run_pm_legacy(work, bundle, python):
+    """pm's server taking the original protocol's POST /zip."""
+    home = os.path.join(work, "pm-home")
+    body_path = legacy_body(bundle, os.path.join(work, "orig-body.json"))
+    port = free_port()
+    proc = subprocess.Popen([python, os.path.join(ROOT, "pm.pyz"), "serve", "--port", str(port)],
+                            env=dict(os.environ, PM_HOME=home), stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        status, seconds = upload(port, "POST", "/zip", body_path, {})
+        assert status == 200, status
+        assert os.path.getsize(os.path.join(home, "big", "legacy", "software.zip")) == os.path.getsize(bundle)
+        return seconds, vm_hwm_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def run_original_server(work, bundle, python, package):
     workdir = os.path.join(work, "orig-home")
     os.makedirs(workdir)
-    body_path = os.path.join(work, "orig-body.json")
-    with open(bundle, "rb") as source, open(body_path, "wb") as out:
-        out.write(b'{"name": "big", "data": "')
-        while True:
-            block = source.read(3 << 20)
-            if not block:
-                break
-            out.write(base64.urlsafe_b64encode(block))
-        out.write(b'"}')
+    body_path = legacy_body(bundle, os.path.join(work, "orig-body.json"))
     port = free_port()
     proc = subprocess.Popen([python, os.path.join(package, "server.py"), "127.0.0.1", str(port), workdir],
                             cwd=workdir, stderr=subprocess.DEVNULL)
@@ -152,7 +177,6 @@ def run_original_server(work, bundle, python, package):
     finally:
         proc.terminate()
         proc.wait()
-        os.remove(body_path)
 
 
 def main():
@@ -168,27 +192,31 @@ def main():
         make_bundle(bundle, args.mib)
         mib = os.path.getsize(bundle) / 1048576.0
         original = None if args.pm_only else install_original(work)
-        pm_runs, orig_runs = [], []
+        pm_runs, legacy_runs, orig_runs = [], [], []
         for _ in range(args.repeat):
             os.sync()
             pm_runs.append(run_pm_server(work, bundle, args.python))
+            shutil.rmtree(os.path.join(work, "pm-home"), ignore_errors=True)
+            os.sync()
+            legacy_runs.append(run_pm_legacy(work, bundle, args.python))
             shutil.rmtree(os.path.join(work, "pm-home"), ignore_errors=True)
             if original:
                 os.sync()
                 orig_runs.append(run_original_server(work, bundle, *original))
                 shutil.rmtree(os.path.join(work, "orig-home"), ignore_errors=True)
         print("upload of a %.0f MiB bundle over 127.0.0.1, %d runs each, medians" % (mib, args.repeat))
-        print("%-28s %9s %11s %14s   %s" % ("server", "seconds", "MiB/s", "peak RSS MiB", "all runs (s)"))
-        rows = [("pm (PUT /bundles)", pm_runs)] + ([("platform-migrator 1.1.0", orig_runs)] if original else [])
+        print("%-31s %9s %11s %14s   %s" % ("server", "seconds", "MiB/s", "peak RSS MiB", "all runs (s)"))
+        rows = [("pm (PUT /bundles)", pm_runs), ("pm (POST /zip, original's way)", legacy_runs)]
+        rows += [("platform-migrator 1.1.0", orig_runs)] if original else []
         medians = []
         for label, runs in rows:
             seconds = median([r[0] for r in runs])
             rss = max(r[1] for r in runs) / 1024.0
             medians.append((seconds, rss))
-            print("%-28s %9.2f %11.1f %14.1f   %s" % (label, seconds, mib / seconds, rss,
+            print("%-31s %9.2f %11.1f %14.1f   %s" % (label, seconds, mib / seconds, rss,
                                                      " ".join("%.2f" % r[0] for r in runs)))
         if original:
-            (pm_s, pm_rss), (orig_s, orig_rss) = medians
+            (pm_s, pm_rss), _, (orig_s, orig_rss) = medians
             print("throughput ratio pm/original: %.1fx; peak RSS ratio original/pm: %.1fx"
                   % (orig_s / pm_s, orig_rss / pm_rss))
     finally:
