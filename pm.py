@@ -1465,6 +1465,7 @@ NAME_MAP = {
     "make": {"apt": "make", "rpm": "make", "brew": "make", "spack": "gmake"},
     "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake", "pip": "cmake"},
     "gcc": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
+    "compilers": {"apt": "build-essential", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
     "c-compiler": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
     "cxx-compiler": {"apt": "g++", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
     "fortran-compiler": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},

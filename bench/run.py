@@ -24,8 +24,6 @@ import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
-import pm  # noqa: E402
 
 
 def make_bundle(path, mib):
