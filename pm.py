@@ -1549,8 +1549,12 @@ class PackageManager(object):
         command = self.command(self.search_cmd, expr=expr)
         if runner:
             runner("search: " + command)
-        proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, universal_newlines=True, timeout=300)
+        try:
+            proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace", timeout=300)
+        except subprocess.TimeoutExpired:
+            say("note: %s search for %s took over 300 s; counted as nothing found" % (self.key, expr))
+            return []
         return parse_search_output(proc.stdout, self.pattern)
 
 
@@ -1918,7 +1922,7 @@ class Attempt(object):
         self.log("$ " + " ".join(command))
         try:
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL, universal_newlines=True)
+                                  stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace")
         except OSError as exc:
             self.log("cannot run: %s" % exc)
             return 127, str(exc)
@@ -1942,7 +1946,7 @@ def find_conda_here():
 
 def conda_env_prefix(conda, env_name):
     proc = subprocess.run([conda, "env", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True)
+                          encoding="utf-8", errors="replace")
     try:
         envs = json.loads(proc.stdout).get("envs", []) if proc.returncode == 0 else []
     except ValueError:
