@@ -201,3 +201,16 @@ def test_a_requirement_found_nowhere_can_abort_the_migration(pyz, pysim):
     assert "migration aborted: nothing provides oddlib" in proc.stderr
     result, _ = last_result(pysim)
     assert result["status"] == "error"
+
+
+def test_the_stores_own_config_file_overrides_builtins(tmp_path, monkeypatch):
+    monkeypatch.setenv("PM_HOME", str(tmp_path))
+    (tmp_path / "config").mkdir()
+    own = tmp_path / "config" / "package-managers.ini"
+    own.write_text("[pip]\nname = our pip\nexec = pip3\nsearch = %e index versions %s\nresult_fmt = %p (%v)\n"
+                   "install = %e install\n[site-mirror]\nname = site mirror\nexec = mirror-get\nsearch = mirror-get find\n"
+                   "result_fmt = %p %v\ninstall = mirror-get install\n")
+    managers = pm.load_managers()
+    assert managers["pip"].name == "our pip" and managers["pip"].source == str(own)
+    assert managers["site-mirror"].command(managers["site-mirror"].install_cmd, "zlib") == "mirror-get install zlib"
+    assert not managers["site-mirror"].available()

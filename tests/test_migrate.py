@@ -251,3 +251,14 @@ def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_so
     tests = result_of(attempts(conda_site)[0])["tests"]
     assert [(t["name"], t["status"]) for t in tests] == [("hang", "timeout"), ("smooth", "passed")]
     assert tests[0]["seconds"] < 20
+
+
+def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    text = CONFIG.replace("tests = smooth, tools", "tests = knobs") + (
+        "[test_knobs]\nexec = echo \"$GREETING from $(basename \"$PWD\")\"; [ \"$RUNNER_SEEN\" = yes ]\n"
+        "env = GREETING=hello, OTHER=1\nworkdir = tests\nrunner = env RUNNER_SEEN=yes\n")
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
+                  conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "hello from tests" in proc.stderr
