@@ -1605,10 +1605,12 @@ def load_managers(paths=()):
 # -- Resolving requirements ------------------------------------------------------
 
 class Requirement(object):
-    """A direct requirement from the base machine: conda name and version."""
+    """A direct requirement from the base machine: conda name, version, and whether it is a
+    Python package (conda builds them as 'py...' or 'py3..._0'), which steers relaxed matches."""
 
-    def __init__(self, name, version=None):
+    def __init__(self, name, version=None, build=""):
         self.name, self.version = name, version
+        self.python = bool(re.match(r"^(py[h0-9_]|pyh)", build or "")) or "_py" in (build or "")
 
     def label(self):
         return "%s %s" % (self.name, self.version) if self.version else self.name
@@ -1655,7 +1657,7 @@ def requirements_of(min_deps, env):
     reqs = []
     for record in min_deps or []:
         if isinstance(record, dict) and record.get("name"):
-            reqs.append(Requirement(record["name"], record.get("version")))
+            reqs.append(Requirement(record["name"], record.get("version"), record.get("build_string", "")))
     if not reqs:
         for spec in env.dependencies:
             parts = spec.split("=")
@@ -1716,6 +1718,14 @@ def search_base(name):
     return (name.split("-", 1)[1] if re.match(r"^(r|python|py)-.", name) else name).replace("_", "-")
 
 
+def fits_python(req, manager, package):
+    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev')."""
+    if not req.python or manager.family not in ("apt", "rpm", "pacman"):
+        return True
+    package = package.lower()
+    return package.startswith(("python3-", "python-", "py3-")) or package == search_base(req.name) + "3"
+
+
 def find_candidates(req, managers, log=None):
     """Search strictly (exact name), then relaxed (naming patterns, the name inside longer names), and the
     mapping table; rank the curated mapping first, then exact, pattern, inside; then the closest version."""
@@ -1739,6 +1749,8 @@ def find_candidates(req, managers, log=None):
                 why, rank = "exact name", 0 if package.lower() == (mapped or "").lower() else 1
             elif mapped and package.lower() == mapped.lower():
                 why, rank = "mapping table (conda %s)" % req.name, 0
+            elif not fits_python(req, manager, package):
+                continue
             elif package.lower() in variants:
                 why, rank = "naming pattern", 2 + variants.index(package.lower()) / 100.0
             elif name_inside(req.name, package) or (req.name != search_base(req.name)

@@ -36,8 +36,9 @@ def main():
         graph = probe.dependency_graph(records)
         requested = dict((probe.spec_name(s), s) for s in channels.env_yml_specs(env_name))
         minimal = probe.minimal_set(graph, requested)
-        versions = dict((r["name"], r["version"]) for r in records)
-        reqs = pm.requirements_of([{"name": n, "version": versions[n]} for n in minimal], None)
+        by_name = dict((r["name"], r) for r in records)
+        reqs = pm.requirements_of([{"name": n, "version": by_name[n]["version"], "build_string": by_name[n]["build"]}
+                                   for n in minimal], None)
         print("\n%s: %d direct requirements" % (env_name, len(reqs)))
         for key in ("apt", "pip"):
             counts, unresolved, detail = collections.Counter(), [], []

@@ -214,3 +214,17 @@ def test_the_stores_own_config_file_overrides_builtins(tmp_path, monkeypatch):
     assert managers["pip"].name == "our pip" and managers["pip"].source == str(own)
     assert managers["site-mirror"].command(managers["site-mirror"].install_cmd, "zlib") == "mirror-get install zlib"
     assert not managers["site-mirror"].available()
+
+
+def test_python_requirements_match_only_python_packages_of_system_managers():
+    class Fake(object):
+        key, family = "apt", "apt"
+
+        def search(self, expr, log=None):
+            return [("libpanel-dev", "6.4"), ("python3-panel", "1.2.3"), ("panel", "0.1")]
+
+    python_req = pm.Requirement("panel", "1.2.3", "pyhd8ed1ab_0")
+    assert python_req.python and pm.Requirement("numpy", "1.26", "py312h8753938_0").python
+    assert not pm.Requirement("zlib", "1.2.13", "h4ab18f5_6").python
+    assert [c.package for c in pm.find_candidates(python_req, [Fake()])] == ["panel", "python3-panel"]
+    assert "libpanel-dev" in [c.package for c in pm.find_candidates(pm.Requirement("panel", "6.4"), [Fake()])]
