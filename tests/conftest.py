@@ -15,6 +15,12 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    if not os.path.isdir(channels.REAL_ENVS):
+        pytest.exit("the real conda fixtures are not at %s: put the shared folder beside this checkout "
+                    "(../shared) or set PM_SHARED=/path/to/shared" % os.path.abspath(channels.REAL_ENVS), returncode=2)
+
+
 def find_python(version):
     """The interpreter for a version ('2.7', '3.6', 'newest'), from pyenv or PATH; fail if missing."""
     roots = []
