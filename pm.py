@@ -1610,7 +1610,7 @@ class Requirement(object):
 
     def __init__(self, name, version=None, build=""):
         self.name, self.version = name, version
-        self.python = bool(re.match(r"^(py[h0-9_]|pyh)", build or "")) or "_py" in (build or "")
+        self.python = bool(re.match(r"^py[h0-9_]", build or "")) or "_py" in (build or "")
 
     def label(self):
         return "%s %s" % (self.name, self.version) if self.version else self.name
@@ -1736,14 +1736,14 @@ def find_candidates(req, managers, log=None):
         mapped = NAME_MAP.get(req.name, {}).get(manager.family)
         if mapped:
             searches.append(mapped)
+        variants = name_variants(req.name, manager.family)
         if manager.family in ("pip", "spack", "brew"):
-            searches += name_variants(req.name, manager.family)
+            searches += variants
         elif search_base(req.name) != req.name:
             searches.append(search_base(req.name))
         for expr in searches:
             for package, version in manager.search(expr, log):
                 found.setdefault(package, []).append(version)
-        variants = name_variants(req.name, manager.family)
         for package, versions in found.items():
             if package.lower() == req.name.lower():
                 why, rank = "exact name", 0 if package.lower() == (mapped or "").lower() else 1
@@ -2182,19 +2182,17 @@ def provision_with_managers(attempt, config, reqs, options):
         remembered = dict((k, Choice.parse(v, choices_path(attempt.name)))
                           for k, v in read_json(choices_path(attempt.name)).items())
     rows, decisions = [], {}
-    by_key = dict((m.key, m) for m in chosen)
-    by_key.update(managers)
     for req in reqs:
         say("resolving %s ..." % req.label())
         candidates = find_candidates(req, chosen, attempt.log)
         choice, source = choose_package(req, candidates, remembered.get(req.name), options)
         decisions[req.name] = choice.to_text()
-        if remembered.get(req.name) and source == "remembered":
+        if source == "remembered":
             say("  reusing the earlier choice %s" % choice.to_text())
         if not choice.manager_key:
             rows.append({"requirement": req.name, "status": "skipped", "why": source})
             continue
-        manager = by_key.get(choice.manager_key)
+        manager = managers.get(choice.manager_key)
         if manager is None or not manager.available():
             say("  %s is not available here" % choice.manager_key)
             rows.append({"requirement": req.name, "status": "failed", "package": choice.to_text(),
@@ -2728,9 +2726,8 @@ def start_server(config, self_path):
                           "read %s" % os.path.join(config.home, "server.log"))
         record = read_pidfile(config.home)
         if record and record["pid"] == child.pid:
-            request = urllib.request.Request("http://127.0.0.1:%d/bundles" % record["port"]
-                                             if config.host in ("0.0.0.0", "") else record["url"] + "/bundles",
-                                             headers={"Authorization": "Bearer " + config.token})
+            local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
+            request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + config.token})
             try:
                 urllib.request.urlopen(request, timeout=2).read()
                 print("pm server running: %s (PID %d)" % (record["url"], child.pid))

@@ -1,4 +1,5 @@
 """Shared fixtures: real interpreters, a freshly built pm.pyz, and conda stand-in set-ups."""
+import functools
 import glob
 import os
 import shutil
@@ -21,6 +22,7 @@ def pytest_configure(config):
                     "(../shared) or set PM_SHARED=/path/to/shared" % os.path.abspath(channels.REAL_ENVS), returncode=2)
 
 
+@functools.lru_cache(maxsize=None)
 def find_python(version):
     """The interpreter for a version ('2.7', '3.6', 'newest'), from pyenv or PATH; fail if missing."""
     roots = []
