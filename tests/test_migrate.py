@@ -53,7 +53,8 @@ def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, 
     assert stat.S_IMODE(os.stat(str(installed / "heatsim.sh")).st_mode) == 0o755
     (attempt,) = attempts(conda_site)
     result = result_of(attempt)
-    assert result["status"] == "passed" and result["level"] == "exact"
+    with open(os.path.join(attempt, "commands.log")) as handle:
+        assert result["status"] == "passed" and result["level"] == "exact", handle.read()
     assert [t["status"] for t in result["tests"]] == ["passed", "passed"]
     assert os.path.exists(os.path.join(attempt, "env.yml")) and not os.path.exists(os.path.join(attempt, "work"))
     with open(os.path.join(attempt, "test-smooth.log")) as handle:
