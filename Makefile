@@ -24,6 +24,7 @@ demo: $(VENV)/ok pm.pyz
 bench: $(VENV)/ok pm.pyz
 	$(VPY) bench/run.py
 	$(VPY) bench/pack_bench.py
+	$(VPY) bench/zip_bench.py
 
 clean:
 	rm -rf pm.pyz $(VENV) .pytest_cache tests/__pycache__ demo-work

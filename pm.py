@@ -122,6 +122,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -138,6 +139,8 @@ CHUNK = 1 << 20
 DEFAULT_EXCLUDES = ["__pycache__", "*.pyc", "*.pyo"]
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PY2 = sys.version_info[0] == 2
+ZIP_FIRST = time.mktime((1980, 1, 2, 0, 0, 0, 0, 0, -1))  # zip cannot date files before 1980
+ZIP_LAST = time.mktime((2107, 12, 30, 0, 0, 0, 0, 0, -1))  # nor after 2107
 DASH = u"\u2014"
 CONDA_PLACES = ["~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge",
                 "~/miniconda", "~/anaconda", "/opt/conda", "/opt/miniconda3",
@@ -572,12 +575,59 @@ def arc_text(relpath):
 
 def add_file(bundle, members, path, arcname, progress):
     try:
-        digest, size = file_digest(path)
-        bundle.write(path, arcname, zipfile.ZIP_DEFLATED)
+        if PY2:
+            digest, size = write_file_py2(bundle, path, arcname)
+        else:
+            digest, size = copy_hashing(bundle, path, arcname)
     except (IOError, OSError) as exc:
         raise PackError("cannot read %s: %s" % (path, exc), "fix its permissions or leave it out with --exclude")
     members[arcname] = {"sha256": digest, "size": size}
     progress.add(size)
+
+
+def zip_mtime(mtime):
+    """The nearest time a zip entry can hold (files dated 1970 are common in built trees)."""
+    return min(max(mtime, ZIP_FIRST), ZIP_LAST)
+
+
+def copy_hashing(bundle, path, arcname):
+    """Python 3: one read per file, hashed as it is compressed, so the sum always fits the bytes."""
+    st = os.stat(path)
+    info = zipfile.ZipInfo(arcname, time.localtime(zip_mtime(st.st_mtime))[:6])
+    info.external_attr = (st.st_mode & 0xFFFF) << 16
+    info.file_size = st.st_size
+    info.compress_type = zipfile.ZIP_DEFLATED
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as source:
+        with bundle.open(info, "w") as target:
+            while True:
+                block = source.read(CHUNK)
+                if not block:
+                    break
+                digest.update(block)
+                target.write(block)
+                size += len(block)
+    return digest.hexdigest(), size
+
+
+def write_file_py2(bundle, path, arcname):
+    """Python 2.7: zipfile.write dates the entry from the file itself, so a file it cannot date
+    goes in through a re-dated temporary copy (streamed, never held in memory)."""
+    mtime = os.stat(path).st_mtime
+    source = path
+    if zip_mtime(mtime) != mtime:
+        handle, source = tempfile.mkstemp(prefix="pm-pack-")
+        os.close(handle)
+        shutil.copyfile(path, source)
+        shutil.copymode(path, source)
+        os.utime(source, (zip_mtime(mtime), zip_mtime(mtime)))
+    try:
+        digest, size = file_digest(source)
+        bundle.write(source, arcname, zipfile.ZIP_DEFLATED)
+    finally:
+        if source != path:
+            os.remove(source)
+    return digest, size
 
 
 def add_link(bundle, members, path, arcname, real_root, progress):

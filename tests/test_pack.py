@@ -24,6 +24,10 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     os.symlink("heatsim.sh", os.path.join(example_software, "run.sh"))
     with open(os.path.join(example_software, "donn\u00e9es.txt"), "w", encoding="utf-8") as handle:
         handle.write("temp\u00e9rature\n")
+    epoch_file = os.path.join(example_software, "built-at-epoch.dat")  # SOURCE_DATE_EPOCH=0 trees
+    with open(epoch_file, "wb") as handle:
+        handle.write(b"\x00" * 3000)
+    os.utime(epoch_file, (0, 0))
     out = str(tmp_path / "heatsim.bundle.zip")
     c_locale = version != "newest"  # old machines often run with LANG=C: names must still be UTF-8
     env = conda_site.env(LC_ALL="C", LANG="C") if c_locale else conda_site.env()
@@ -31,7 +35,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     assert proc.returncode == 0, proc.stderr
     assert os.path.abspath(out) in proc.stdout
     assert "5 packages, 1 directly required" in proc.stderr
-    assert "zipping heatsim: 6 files" in proc.stderr
+    assert "zipping heatsim: 7 files" in proc.stderr
 
     manifest = pm.verify_bundle(out)
     assert manifest.name == "heatsim"
@@ -59,6 +63,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
         link = bundle.getinfo("software/heatsim/run.sh")
         assert stat.S_ISLNK(link.external_attr >> 16) and bundle.read(link) == b"heatsim.sh"
         assert bundle.read("software/heatsim/donn\u00e9es.txt").decode("utf-8") == "temp\u00e9rature\n"
+        assert bundle.getinfo("software/heatsim/built-at-epoch.dat").date_time[:3] == (1980, 1, 2)
     assert sorted(manifest.requested_specs) == ["gridtools >=2", "heatplot"]
 
 
