@@ -971,20 +971,23 @@ def safe_member_path(name):
     return name
 
 
-def open_bundle(path):
-    """Open a bundle and read its manifest; one clear error for anything that is not a bundle."""
+def open_bundle(path, label=None):
+    """Open a bundle and read its manifest; one clear error for anything that is not a bundle.
+
+    label names the bundle in messages (an upload's temp path means nothing to its sender)."""
+    label = label or path
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise PmError("%s is not a readable bundle (%s)" % (path, exc), "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s is not a readable bundle (%s)" % (label, exc), "pass a file written by 'pm.pyz pack'")
     try:
         data = json.loads(archive.read("manifest.json").decode("utf-8"))
     except KeyError:
         archive.close()
-        raise PmError("%s has no manifest.json" % path, "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
     except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
         archive.close()
-        raise PmError("%s has a broken manifest.json (%s)" % (path, exc), "pack the software again")
+        raise PmError("%s has a broken manifest.json (%s)" % (label, exc), "pack the software again")
     try:
         return archive, Manifest.from_json(data)
     except PmError:
@@ -1037,9 +1040,9 @@ def member_digest(archive, name):
     return result, size
 
 
-def verify_bundle(path):
+def verify_bundle(path, label=None):
     """Check every member against the manifest (names, sizes, sha256); return the manifest."""
-    archive, manifest = open_bundle(path)
+    archive, manifest = open_bundle(path, label)
     with archive:
         listed = set(manifest.members)
         for info in archive.infolist():
@@ -2389,7 +2392,7 @@ def receive_body(handler, config, expected_sha256=None):
 def accept_bundle(temp, name, home):
     """Verify an uploaded bundle and store it as the next revision; the temp file is consumed."""
     try:
-        manifest = verify_bundle(temp)
+        manifest = verify_bundle(temp, "the upload")
         if manifest.name != name:
             raise HttpError(400, "the bundle is named %r in its manifest, not %r" % (manifest.name, name))
         return store_bundle(temp, name, home), manifest
@@ -2921,7 +2924,7 @@ def cmd_unpack(args):
             bundle_from_legacy(name, None, None, args.bundle, temp)
         else:
             shutil.copyfile(args.bundle, temp)
-        manifest = verify_bundle(temp)
+        manifest = verify_bundle(temp, args.bundle)
         name = check_name(args.name or manifest.name)
         target = store_bundle(temp, name)
     finally:

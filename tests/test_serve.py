@@ -196,7 +196,7 @@ def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_
     for method, path, body, headers, token, expected in cases:
         status, answer = server.request(method, path, body, headers, token)
         assert status == expected, (method, path, status, answer)
-        assert error_of(answer)
+        assert error_of(answer) and server.home not in error_of(answer)  # no server paths leak out
     assert not outside.exists()
     assert [f for f in store_files(server.home) if not f.startswith(("server.", "migrate.py"))] == []
     assert server.request("GET", "/bundles")[0] == 200
@@ -270,6 +270,7 @@ def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example
         handle.write(open(bundle, "rb").read()[:-200])
     proc = run_pm(find_python("newest"), pyz, ["unpack", str(tmp_path / "bad.zip")], env)
     assert proc.returncode == 2 and proc.stderr.startswith("pm: error:") and "Traceback" not in proc.stderr
+    assert str(tmp_path / "bad.zip") in proc.stderr and ".incoming" not in proc.stderr
     assert len(pm.bundle_revisions("heatsim", str(tmp_path / "store"))) == 1
 
 
