@@ -2904,8 +2904,12 @@ def cmd_managers(args):
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
+    key_width = max(len(row["key"]) for row in rows)
+    name_width = max(len(row["name"]) for row in rows)
+    print("%-*s  here  %-*s  from" % (key_width, "key", name_width, "name"))
     for row in rows:
-        print("%-10s %-4s %-44s %s" % (row["key"], "yes" if row["available"] else "no", row["name"], row["source"]))
+        print("%-*s  %-4s  %-*s  %s" % (key_width, row["key"], "yes" if row["available"] else "no",
+                                        name_width, row["name"], row["source"]))
     return 0
 
 
