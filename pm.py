@@ -16,6 +16,7 @@ import hmac
 import inspect
 import json
 import os
+import platform
 import queue
 import re
 import secrets
@@ -652,13 +653,29 @@ def utc_now():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def libc_version():
+    """The running C library, e.g. 'glibc 2.36'. (platform.libc_ver reads the interpreter's own
+    binary instead: it names the newest glibc symbol the build links to, often an older one.)"""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):
+        pass  # Python 2.7 does not know the name; macOS has no glibc
+    try:
+        import ctypes
+        call = ctypes.CDLL(None).gnu_get_libc_version
+        call.restype = ctypes.c_char_p
+        return "glibc " + call().decode("ascii")
+    except (ImportError, AttributeError, OSError, TypeError):
+        libc = platform.libc_ver()
+        return ("%s %s" % libc).strip() if libc[0] else ""
+
+
 def source_platform(conda_info):
-    libc = platform.libc_ver()
     return {
         "os": platform.system(),
         "os_release": platform.release(),
         "machine": platform.machine(),
-        "libc": ("%s %s" % libc).strip() if libc[0] else "",
+        "libc": libc_version(),
         "python": platform.python_version(),
         "conda": conda_info.get("conda_version", ""),
         "conda_platform": conda_info.get("platform", ""),
@@ -1952,6 +1969,37 @@ def test_env(text, section):
     return env
 
 
+def this_platform():
+    """This machine's OS, processor and C library, recorded with each attempt."""
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        libc = ""  # not glibc (macOS, musl)
+    return {"os": platform.system(), "machine": platform.machine(), "libc": libc,
+            "python": platform.python_version()}
+
+
+def glibc_version(text):
+    match = re.match(r"glibc (\d+)\.(\d+)", text if isinstance(text, str) else "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def platform_notes(source, here):
+    """Warnings when the base machine differs from this one in ways that break conda builds."""
+    source = source if isinstance(source, dict) else {}
+    notes = []
+    for key, what in (("os", "operating system"), ("machine", "processor")):
+        theirs = re.sub(r"[^\w .+-]", "?", str(source.get(key) or ""))[:40]
+        if theirs and theirs != here[key]:
+            notes.append("the bundle comes from %s %s, this machine has %s: its exact builds cannot be "
+                         "used here" % (what, theirs, here[key]))
+    theirs, ours = glibc_version(source.get("libc")), glibc_version(here["libc"])
+    if theirs and ours and ours < theirs:
+        notes.append("the bundle comes from glibc %d.%d, this machine has glibc %d.%d: packages built for "
+                     "the base may not run here" % (theirs + ours))
+    return notes
+
+
 def new_attempt_dir(name, home=None):
     """A fresh, never reused attempt directory: time to the microsecond plus a counter."""
     folder = os.path.join(home or store_home(), check_name(name))
@@ -2274,7 +2322,10 @@ def migrate(name, config, bundle, manifest, options):
     """Recreate the software with conda, run its tests, install it; return the exit code."""
     attempt = Attempt(name, new_attempt_dir(name))
     say("migrating %s (attempt %s)" % (name, attempt.id))
-    attempt.save(bundle=bundle, package_managers=config.package_managers)
+    here = this_platform()
+    for note in platform_notes(manifest.source, here):
+        say("note: " + note)
+    attempt.save(bundle=bundle, package_managers=config.package_managers, platform=here)
     try:
         return run_attempt(attempt, config, bundle, manifest, options)
     except PmError as exc:

@@ -263,3 +263,33 @@ def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, example_so
                   conda_site.env())
     assert proc.returncode == 0, proc.stderr
     assert "hello from tests" in proc.stderr
+
+
+def with_source(bundle, out, **source):
+    """A copy of a bundle whose manifest says it was packed on another machine."""
+    with zipfile.ZipFile(bundle) as old, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "manifest.json":
+                manifest = json.loads(data.decode())
+                manifest["source"].update(source)
+                data = json.dumps(manifest).encode()
+            new.writestr(info, data)
+    return out
+
+
+def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migrating(pyz, conda_site,
+                                                                                   example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    other = with_source(bundle, str(tmp_path / "other.zip"), libc="glibc 9.1", machine="aarch64\x1b[2J")
+    proc = run_pm(find_python("3.6"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", other],
+                  conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    here = os.confstr("CS_GNU_LIBC_VERSION").split()[1]
+    assert "note: the bundle comes from glibc 9.1, this machine has glibc %s" % here in proc.stderr
+    assert "note: the bundle comes from processor aarch64??2J, this machine has x86_64" in proc.stderr
+    assert result_of(attempts(conda_site)[0])["platform"]["libc"] == "glibc " + here
+
+    same = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
+                                               "--force"], conda_site.env())
+    assert same.returncode == 0 and "note: the bundle comes from" not in same.stderr

@@ -43,6 +43,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     assert manifest.env["name"] == "heatsim-env"
     assert manifest.source["conda"] == "24.11.3"
     assert manifest.source["python"].startswith(version if version != "newest" else "3.")
+    assert manifest.source["libc"] == os.confstr("CS_GNU_LIBC_VERSION")  # the running glibc, not the build's
     with zipfile.ZipFile(out) as bundle:
         names = set(bundle.namelist())
         for member, entry in manifest.members.items():
