@@ -231,15 +231,15 @@ def solve(specs, extra_channels=()):
 
 
 def virtual_packages():
-    """A fixed linux-64 system (no detection: CUDA probing made solves depend on the machine)."""
+    """A fixed linux-64 system: no detection, so solves never depend on the machine running the tests."""
     fixed = [("__unix", "0", "0"), ("__linux", "5.10", "0"), ("__glibc", "2.36", "0"),
              ("__archspec", "1", "x86_64")]
     return [rattler.GenericVirtualPackage(rattler.PackageName(n), rattler.Version(v), rattler.BuildString(b))
             for n, v, b in fixed]
 
 
-def install(records, prefix, specs, command):
-    cache = os.path.join(root_prefix(), "pkgs")
+def install(records, prefix, specs, command, cache="pkgs"):
+    cache = os.path.join(root_prefix(), cache)
     asyncio.run(rattler.install(records, prefix, cache_dir=cache, show_progress=False))
     write_history(prefix, records, specs, command)
 
@@ -278,11 +278,15 @@ def cmd_run(args):
 
 
 def create_env(prefix, specs, requested=None, channel_dirs=None):
-    """Build an environment directly (for test set-up): solve specs, link, write history."""
+    """Build an environment directly (for test set-up): solve specs, link, write history.
+
+    It runs inside the test process, so it keeps a package cache of its own: the `conda`
+    subprocesses pm starts never meet a cache this process touched."""
     if channel_dirs:
         os.environ["PM_STANDIN_CHANNELS"] = ",".join(channel_dirs)
     records = solve(specs)
-    install(records, prefix, requested if requested is not None else specs, "conda create -p %s" % prefix)
+    install(records, prefix, requested if requested is not None else specs, "conda create -p %s" % prefix,
+            cache="pkgs-setup")
     return records
 
 
