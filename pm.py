@@ -45,6 +45,7 @@ BUNDLE_FORMAT = 1
 CHUNK = 1 << 20
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 DASH = "\u2014"
+STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
 
 
 class PmError(Exception):
@@ -2031,18 +2032,35 @@ class Attempt(object):
             handle.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
 
     def run(self, command, env=None):
-        """Run a command, logging it and its output; return (exit code, output)."""
+        """Run a command, its output going into the log as it comes (`tail -f` shows it) and a
+        line on the console every STILL_RUNNING_SECONDS while it lasts; return (exit code, output)."""
         self.log("$ " + " ".join(command))
         try:
-            proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                  stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace")
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    stdin=subprocess.DEVNULL)
         except OSError as exc:
             self.log("cannot run: %s" % exc)
             return 127, str(exc)
-        with open(self.log_path, "a", encoding="utf-8") as handle:
-            handle.write(proc.stdout)
-        self.log("exit %d" % proc.returncode)
-        return proc.returncode, proc.stdout
+        finished = threading.Event()
+        started = time.time()
+
+        def say_still_running():
+            while not finished.wait(STILL_RUNNING_SECONDS):
+                say("    ... %s still running after %d s (output: %s)"
+                    % (os.path.basename(command[0]), time.time() - started, self.log_path))
+        threading.Thread(target=say_still_running, daemon=True).start()
+        lines = []
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as handle:
+                for raw in iter(proc.stdout.readline, b""):
+                    lines.append(raw.decode("utf-8", "replace"))
+                    handle.write(lines[-1])
+                    handle.flush()
+            code = proc.wait()
+        finally:
+            finished.set()
+        self.log("exit %d" % code)
+        return code, "".join(lines)
 
     def save(self, **values):
         self.result.update(values)

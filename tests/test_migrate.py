@@ -4,6 +4,8 @@ import hashlib
 import json
 import os
 import stat
+import threading
+import time
 import zipfile
 
 import pytest
@@ -293,3 +295,28 @@ def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migratin
     same = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
                                                "--force"], conda_site.env())
     assert same.returncode == 0 and "note: the bundle comes from" not in same.stderr
+
+
+def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, monkeypatch, capsys):
+    """In-process, so the 30 s interval can be shortened; the command itself is a real shell."""
+    monkeypatch.setattr(pm, "STILL_RUNNING_SECONDS", 0.2)
+    attempt = pm.Attempt("heatsim", pm.new_attempt_dir("heatsim", str(tmp_path)))
+    gate = tmp_path / "gate"
+    script = "echo first; while [ ! -e '%s' ]; do sleep 0.05; done; echo second" % gate
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=attempt.run(["sh", "-c", script])), daemon=True)
+    worker.start()
+
+    def logged():
+        return open(attempt.log_path).read() if os.path.exists(attempt.log_path) else ""
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline and "\nfirst\n" not in logged():
+            time.sleep(0.05)
+        assert logged().endswith("\nfirst\n") and worker.is_alive()  # logged while still running
+        time.sleep(0.5)
+    finally:
+        gate.touch()
+    worker.join(10)
+    assert outcome["result"] == (0, "first\nsecond\n")
+    assert "sh still running after 0 s (output: %s)" % attempt.log_path in capsys.readouterr().err
