@@ -49,10 +49,22 @@ def last_result(pysim):
         return json.load(handle), os.path.join(folder, attempt)
 
 
-@pytest.mark.parametrize("version", ["3.6", "newest"])
-def test_pip_installs_the_base_version_into_the_softwares_own_venv(version, pyz, pysim):
-    proc = migrate(pyz, pysim, "--yes", version=version)
+@pytest.mark.parametrize("version, source", [("3.6", "http index"), ("newest", "wheel folder"),
+                                             ("newest", "http index")])
+def test_pip_installs_the_base_version_into_the_softwares_own_venv(version, source, pyz, pysim):
+    index = None
+    if source == "http index":  # a site mirror: PIP_INDEX_URL, the other way offline targets reach pip
+        index = wheels.SimpleIndex(str(pysim["tmp"] / "wheels"))
+        env = dict((k, v) for k, v in pysim["env"].items() if k not in ("PIP_NO_INDEX", "PIP_FIND_LINKS"))
+        pysim = dict(pysim, env=dict(env, **index.pip_env()))
+    try:
+        proc = migrate(pyz, pysim, "--yes", version=version)
+    finally:
+        if index:
+            index.close()
     assert proc.returncode == 0, proc.stderr
+    if index:
+        assert "/simple/tinycalc/" in index.requests and "/files/tinycalc-1.0-py3-none-any.whl" in index.requests
     result, attempt = last_result(pysim)
     rows = dict((r["requirement"], r) for r in result["packages"])
     assert rows["tinycalc"]["status"] == "installed" and rows["tinycalc"]["package"] == "pip:tinycalc=1.0"

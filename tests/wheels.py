@@ -1,7 +1,10 @@
 """Tiny pure-Python wheels written by hand, for a local package index that pip really reads."""
 import base64
 import hashlib
+import http.server
 import os
+import re
+import threading
 import zipfile
 
 
@@ -39,3 +42,65 @@ def pip_env(folder):
     """Environment variables that point pip at the folder and nowhere else."""
     return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": folder, "PIP_CONFIG_FILE": os.devnull,
             "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+
+def normalized(name):
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class SimpleIndex(object):
+    """A PEP 503 'simple' index of a wheel folder, served over HTTP on 127.0.0.1 by a real server
+    in a thread, as a site mirror would serve it (pip treats loopback as a secure origin)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.requests = []
+        index = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                index.requests.append(self.path)
+                body = index.page(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                wheel = self.path.endswith(".whl")
+                self.send_header("Content-Type", "application/octet-stream" if wheel else "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d/simple/" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def page(self, path):
+        wheels = sorted(n for n in os.listdir(self.folder) if n.endswith(".whl"))
+        parts = [p for p in path.split("?")[0].split("/") if p]
+        if parts == ["simple"]:
+            names = sorted(set(normalized(w.split("-")[0]) for w in wheels))
+            return "".join('<a href="%s/">%s</a>\n' % (n, n) for n in names).encode()
+        if len(parts) == 2 and parts[0] == "simple":
+            links = []
+            for wheel in wheels:
+                if normalized(wheel.split("-")[0]) == parts[1]:
+                    with open(os.path.join(self.folder, wheel), "rb") as handle:
+                        digest = hashlib.sha256(handle.read()).hexdigest()
+                    links.append('<a href="/files/%s#sha256=%s">%s</a>\n' % (wheel, digest, wheel))
+            return "".join(links).encode() if links else None
+        if len(parts) == 2 and parts[0] == "files" and parts[1] in wheels:
+            with open(os.path.join(self.folder, parts[1]), "rb") as handle:
+                return handle.read()
+        return None
+
+    def pip_env(self):
+        """Environment variables that point pip at this index and nowhere else."""
+        return {"PIP_INDEX_URL": self.url, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
