@@ -483,10 +483,11 @@ def excluded(relpath, patterns):
 
 
 class Progress(object):
-    """A one-line counter on a TTY, silent otherwise."""
+    """A one-line counter on a TTY, silent otherwise: files and MiB, or MiB of a known total."""
 
-    def __init__(self, label):
+    def __init__(self, label, total=None):
         self.label = label
+        self.total = total
         self.files = 0
         self.size = 0
         self.shown = 0.0
@@ -497,12 +498,19 @@ class Progress(object):
         self.size += size
         if self.tty and time.time() - self.shown > 0.3:
             self.shown = time.time()
-            sys.stderr.write("\r%s: %d files, %.1f MiB " % (self.label, self.files, self.size / 1048576.0))
+            if self.total:
+                sys.stderr.write("\r%s: %.1f of %.1f MiB (%d%%) " % (self.label, self.size / 1048576.0,
+                                                                     self.total / 1048576.0, 100 * self.size // self.total))
+            else:
+                sys.stderr.write("\r%s: %d files, %.1f MiB " % (self.label, self.files, self.size / 1048576.0))
             sys.stderr.flush()
 
-    def done(self):
+    def clear(self):
         if self.tty:
-            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.write("\r" + " " * 70 + "\r")
+
+    def done(self):
+        self.clear()
         say("%s: %d files, %.1f MiB" % (self.label, self.files, self.size / 1048576.0))
 
 
@@ -774,7 +782,7 @@ def send_bundle(path, server, name, token):
     connection = connection_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                   timeout=120)
     url = parts.path.rstrip("/") + "/bundles/" + name
-    progress = Progress("sending to " + parts.netloc)
+    progress = Progress("sending to " + parts.netloc, size)
     try:
         connection.putrequest("PUT", url)
         connection.putheader("Content-Type", "application/zip")
@@ -796,6 +804,7 @@ def send_bundle(path, server, name, token):
         raise PackError("cannot send the bundle to %s: %s" % (server, exc),
                         "check that 'pm.pyz serve' runs there, or save with -o and carry the file")
     finally:
+        progress.clear()
         connection.close()
     if response.status >= 300:
         try:
