@@ -755,6 +755,9 @@ def write_bundle(path, name, software_dir, env, patterns):
             add_bytes(bundle, {}, "manifest.json", to_json_bytes(manifest))
         finally:
             bundle.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # a file to carry: readable as the user's umask says, not mkstemp's 0600
         os.rename(temp, path)
     except BaseException:
         if os.path.exists(temp):
@@ -2290,6 +2293,12 @@ def install_choice(attempt, manager, choice, req, candidates):
     return "installed"
 
 
+def root_needed_but_missing(manager):
+    """A system package manager (apt, rpm, pacman) without root and without sudo in its command."""
+    return manager.family in ("apt", "rpm", "pacman") and os.geteuid() != 0 \
+        and not re.match(r"^\s*sudo\b", manager.install_cmd)
+
+
 def provision_with_managers(attempt, config, reqs, options):
     """Resolve and install every requirement; return (summary rows, environment for the tests)."""
     managers = load_managers(options.pck_mgr_configs)
@@ -2302,6 +2311,9 @@ def provision_with_managers(attempt, config, reqs, options):
             say("note: %s (%s) is not on PATH here; it is left out" % (key, managers[key].exec.split()[0]))
             continue
         chosen.append(managers[key])
+        if root_needed_but_missing(managers[key]):
+            say("note: %s installs system packages, which needs root, and pm runs as uid %d: its installs "
+                "will fail (run pm as root, or list pip or spack before it)" % (key, os.geteuid()))
     if not chosen:
         raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
                       "install one, or list another in package_managers")

@@ -34,6 +34,9 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     proc = run_pm(find_python(version), pyz, pack_args(example_software, out), env)
     assert proc.returncode == 0, proc.stderr
     assert os.path.abspath(out) in proc.stdout
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~umask
     assert "5 packages, 1 directly required" in proc.stderr
     assert "zipping heatsim: 7 files" in proc.stderr
 
