@@ -2069,6 +2069,10 @@ class Attempt(object):
                     handle.write(lines[-1])
                     handle.flush()
             code = proc.wait()
+        except BaseException:  # Ctrl-C or a full disk: do not leave the command running
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             finished.set()
         self.log("exit %d" % code)
