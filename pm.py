@@ -139,6 +139,9 @@ PROBE_VERSION = "1.0.0"
 BUNDLE_FORMAT = 1
 CHUNK = 1 << 20
 DEFAULT_EXCLUDES = ["__pycache__", "*.pyc", "*.pyo"]
+# Already compressed: stored as they are (deflating them again costs time and gains nothing).
+STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar",
+                   ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PY2 = sys.version_info[0] == 2
 ZIP_FIRST = time.mktime((1980, 1, 2, 0, 0, 0, 0, 0, -1))  # zip cannot date files before 1980
@@ -585,10 +588,11 @@ def arc_text(relpath):
 
 def add_file(bundle, members, path, arcname, progress):
     try:
+        method = zipfile.ZIP_STORED if arcname.lower().endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
         if PY2:
-            digest, size = write_file_py2(bundle, path, arcname)
+            digest, size = write_file_py2(bundle, path, arcname, method)
         else:
-            digest, size = copy_hashing(bundle, path, arcname)
+            digest, size = copy_hashing(bundle, path, arcname, method)
     except (IOError, OSError) as exc:
         raise PackError("cannot read %s: %s" % (path, exc), "fix its permissions or leave it out with --exclude")
     members[arcname] = {"sha256": digest, "size": size}
@@ -600,13 +604,13 @@ def zip_mtime(mtime):
     return min(max(mtime, ZIP_FIRST), ZIP_LAST)
 
 
-def copy_hashing(bundle, path, arcname):
+def copy_hashing(bundle, path, arcname, method):
     """Python 3: one read per file, hashed as it is compressed, so the sum always fits the bytes."""
     st = os.stat(path)
     info = zipfile.ZipInfo(arcname, time.localtime(zip_mtime(st.st_mtime))[:6])
     info.external_attr = (st.st_mode & 0xFFFF) << 16
     info.file_size = st.st_size
-    info.compress_type = zipfile.ZIP_DEFLATED
+    info.compress_type = method
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as source:
         with bundle.open(info, "w") as target:
@@ -620,7 +624,7 @@ def copy_hashing(bundle, path, arcname):
     return digest.hexdigest(), size
 
 
-def write_file_py2(bundle, path, arcname):
+def write_file_py2(bundle, path, arcname, method):
     """Python 2.7: zipfile.write dates the entry from the file itself, so a file it cannot date
     goes in through a re-dated temporary copy (streamed, never held in memory)."""
     mtime = os.stat(path).st_mtime
@@ -633,7 +637,7 @@ def write_file_py2(bundle, path, arcname):
         os.utime(source, (zip_mtime(mtime), zip_mtime(mtime)))
     try:
         digest, size = file_digest(source)
-        bundle.write(source, arcname, zipfile.ZIP_DEFLATED)
+        bundle.write(source, arcname, method)
     finally:
         if source != path:
             os.remove(source)

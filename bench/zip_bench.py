@@ -1,12 +1,14 @@
-"""Benchmark: zipping a software tree, one read per file (the probe under Python 3) against two
-reads per file (hash, then zipfile.write: the probe under Python 2.7, the baseline), side by side
-in one interpreter on the same tree.
+"""Benchmark: zipping a software tree with the probe's own functions, side by side in one run.
 
-The tree is 8 files of SIZE/8 MiB each, half random bytes, half repetitive text, so deflate does
-real work on both kinds. Each variant runs REPEAT times, alternating; reported: median wall time,
-throughput and the ratio. When this process may write /proc/sys/vm/drop_caches (root on Linux),
-the page cache is dropped before every run, so the numbers are for files read from disk; else the
-files are warm and only the extra pass over memory shows.
+1. One read per file (the probe under Python 3) against two reads per file (hash, then
+   zipfile.write: the probe under Python 2.7, the baseline), on a tree of 8 files of SIZE/8 MiB,
+   half random bytes, half repetitive text.
+2. Already-compressed data (random bytes) named .gz, which the probe stores as it is, against the
+   same bytes named .bin, which it deflates (the baseline: what every file got before).
+
+Each variant runs REPEAT times, alternating; reported: median wall time, throughput and the ratio.
+When this process may write /proc/sys/vm/drop_caches (root on Linux), the page cache is dropped
+before every run, so the numbers are for files read from disk; else the files are warm.
 
     .venv/bin/python bench/zip_bench.py [--mib 512] [--repeat 3]
 """
@@ -24,13 +26,14 @@ sys.path.insert(0, os.path.dirname(HERE))
 import pm  # noqa: E402
 
 
-def make_tree(root, mib):
+def make_tree(root, mib, suffix=".bin", text=True):
+    """8 files of mib/8 MiB: half random bytes, half repetitive text (all random when not text)."""
     os.makedirs(root)
     each = mib * 1048576 // 8
     line = b"step 000042 temperature 273.15 pressure 101325.0 ok\n"
     for number in range(8):
-        with open(os.path.join(root, "data%d.bin" % number), "wb") as handle:
-            if number % 2:
+        with open(os.path.join(root, "data%d%s" % (number, suffix)), "wb") as handle:
+            if text and number % 2:
                 handle.write((line * (each // len(line) + 1))[:each])
             else:
                 for _ in range(each // 1048576):
@@ -47,10 +50,30 @@ def drop_caches():
         return False
 
 
-def zip_tree(probe, root, out, write_one):
+def zip_tree(root, out, write_one):
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, True) as bundle:
         for name in sorted(os.listdir(root)):
             write_one(bundle, os.path.join(root, name), "software/" + name)
+
+
+def compare(work, title, variants, mib, repeat):
+    """Run each (label, root, write_one) variant repeat times, alternating; print medians and the ratio."""
+    times = dict((label, []) for label, _, _ in variants)
+    cold = True
+    for _ in range(repeat):
+        for label, root, write_one in variants:
+            cold = drop_caches() and cold
+            started = time.perf_counter()
+            zip_tree(root, os.path.join(work, "out.zip"), write_one)
+            times[label].append(time.perf_counter() - started)
+            os.remove(os.path.join(work, "out.zip"))
+    print("%s: %d MiB in 8 files, median of %d, %s page cache" %
+          (title, mib, repeat, "cold (dropped before each run)" if cold else "warm"))
+    medians = dict((label, statistics.median(values)) for label, values in times.items())
+    for label, _, _ in variants:
+        print("  %-36s %6.2f s  %7.1f MiB/s" % (label, medians[label], mib / medians[label]))
+    base, new = medians[variants[0][0]], medians[variants[1][0]]
+    print("  ratio: %.2fx the baseline's speed" % (base / new))
 
 
 def main():
@@ -59,28 +82,21 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     probe = pm.load_probe()
+    deflate, store = zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED
     work = tempfile.mkdtemp(prefix="pm-zip-bench-")
     try:
-        root = os.path.join(work, "tree")
-        make_tree(root, args.mib)
-        variants = [("two reads (2.7 path, baseline)", probe.write_file_py2),
-                    ("one read (3.x path)", probe.copy_hashing)]
-        times = {label: [] for label, _ in variants}
-        cold = True
-        for _ in range(args.repeat):
-            for label, write_one in variants:
-                cold = drop_caches() and cold
-                started = time.perf_counter()
-                zip_tree(probe, root, os.path.join(work, "out.zip"), write_one)
-                times[label].append(time.perf_counter() - started)
-                os.remove(os.path.join(work, "out.zip"))
-        print("zipping %d MiB in 8 files, median of %d, %s page cache" %
-              (args.mib, args.repeat, "cold (dropped before each run)" if cold else "warm"))
-        medians = {label: statistics.median(values) for label, values in times.items()}
-        for label, _ in variants:
-            print("  %-32s %6.2f s  %6.1f MiB/s" % (label, medians[label], args.mib / medians[label]))
-        base, new = medians[variants[0][0]], medians[variants[1][0]]
-        print("  one read is %.2fx the speed of two reads" % (base / new))
+        mixed = os.path.join(work, "mixed")
+        make_tree(mixed, args.mib)
+        compare(work, "reads per file", [
+            ("two reads (2.7 path, baseline)", mixed, lambda b, p, a: probe.write_file_py2(b, p, a, deflate)),
+            ("one read (3.x path)", mixed, lambda b, p, a: probe.copy_hashing(b, p, a, deflate))],
+            args.mib, args.repeat)
+        packed = os.path.join(work, "packed")
+        make_tree(packed, args.mib, ".gz", text=False)
+        compare(work, "already-compressed files", [
+            ("deflated again (baseline)", packed, lambda b, p, a: probe.copy_hashing(b, p, a, deflate)),
+            ("stored (.gz and the like)", packed, lambda b, p, a: probe.add_file(b, {}, p, a, probe.Progress("")))],
+            args.mib, args.repeat)
     finally:
         shutil.rmtree(work)
 

@@ -28,6 +28,8 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     with open(epoch_file, "wb") as handle:
         handle.write(b"\x00" * 3000)
     os.utime(epoch_file, (0, 0))
+    with open(os.path.join(example_software, "results.tar.gz"), "wb") as handle:
+        handle.write(os.urandom(5000))  # already compressed: stored, not deflated again
     out = str(tmp_path / "heatsim.bundle.zip")
     c_locale = version != "newest"  # old machines often run with LANG=C: names must still be UTF-8
     env = conda_site.env(LC_ALL="C", LANG="C") if c_locale else conda_site.env()
@@ -38,7 +40,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     os.umask(umask)
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o666 & ~umask
     assert "5 packages, 1 directly required" in proc.stderr
-    assert "zipping heatsim: 7 files" in proc.stderr
+    assert "zipping heatsim: 8 files" in proc.stderr
 
     manifest = pm.verify_bundle(out)
     assert manifest.name == "heatsim"
@@ -68,6 +70,8 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
         assert stat.S_ISLNK(link.external_attr >> 16) and bundle.read(link) == b"heatsim.sh"
         assert bundle.read("software/heatsim/donn\u00e9es.txt").decode("utf-8") == "temp\u00e9rature\n"
         assert bundle.getinfo("software/heatsim/built-at-epoch.dat").date_time[:3] == (1980, 1, 2)
+        assert bundle.getinfo("software/heatsim/built-at-epoch.dat").compress_type == zipfile.ZIP_DEFLATED
+        assert bundle.getinfo("software/heatsim/results.tar.gz").compress_type == zipfile.ZIP_STORED
     assert sorted(manifest.requested_specs) == ["gridtools >=2", "heatplot"]
 
 
