@@ -11,6 +11,7 @@ import base64
 import binascii
 import codecs
 import configparser
+import errno
 import hashlib
 import hmac
 import inspect
@@ -118,6 +119,7 @@ from __future__ import print_function
 
 import argparse
 import ast
+import errno
 import fnmatch
 import hashlib
 import json
@@ -139,6 +141,8 @@ PROBE_VERSION = "1.0.0"
 BUNDLE_FORMAT = 1
 CHUNK = 1 << 20
 DEFAULT_EXCLUDES = ["__pycache__", "*.pyc", "*.pyo"]
+# errors of the disk the bundle goes to, not of the file being read
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 # Already compressed: stored as they are (deflating them again costs time and gains nothing).
 STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar",
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
@@ -594,6 +598,8 @@ def add_file(bundle, members, path, arcname, progress):
         else:
             digest, size = copy_hashing(bundle, path, arcname, method)
     except (IOError, OSError) as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise  # write_bundle names the bundle's disk
         raise PackError("cannot read %s: %s" % (path, exc), "fix its permissions or leave it out with --exclude")
     members[arcname] = {"sha256": digest, "size": size}
     progress.add(size)
@@ -763,9 +769,12 @@ def write_bundle(path, name, software_dir, env, patterns):
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)  # a file to carry: readable as the user's umask says, not mkstemp's 0600
         os.rename(temp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(temp):
             os.remove(temp)
+        if isinstance(exc, (IOError, OSError)):
+            raise PackError("cannot write the bundle %s: %s" % (path, exc.strerror or exc),
+                            "free some space there, or save it elsewhere with -o")
         raise
     return path
 
@@ -2455,6 +2464,15 @@ def incoming_dir(home):
     return folder
 
 
+def drain(stream, left):
+    """Read and drop the rest of a request body."""
+    while left > 0:
+        block = stream.read(min(CHUNK, left))
+        if not block:
+            return
+        left -= len(block)
+
+
 def receive_body(handler, config, expected_sha256=None):
     """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
     if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -2475,8 +2493,13 @@ def receive_body(handler, config, expected_sha256=None):
                 if not block:
                     raise HttpError(400, "the body ended after %d of %d bytes" % (length - left, length))
                 hasher.update(block)
-                out.write(block)
                 left -= len(block)
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        drain(handler.rfile, left)  # so the client reads the answer, not a reset
+                    raise
         digest = hasher.hexdigest()
         if expected_sha256 and digest != expected_sha256.strip().lower():
             raise HttpError(400, "the body does not match its X-Content-SHA256")
@@ -2700,6 +2723,9 @@ def make_handler(config):
             except Exception as exc:  # keep serving whatever one request does
                 self.log_message("error in %s %s: %r", self.command, parts.path, exc)
                 self.close_connection = True
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    return self.send_json(507, {"error": "the server's store is out of disk space: ask its "
+                                                         "admin to free some, or carry the bundle by hand"})
                 return self.send_json(500, {"error": "internal error: %s" % exc})
             if isinstance(data, bytes):
                 self.send_response(status)

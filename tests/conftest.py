@@ -130,3 +130,18 @@ def run_pm(python, pyz_path, args, env, stdin=None, timeout=120):
     return subprocess.run([python, pyz_path] + list(args), input=stdin if stdin is not None else "",
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                           universal_newlines=True, timeout=timeout)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 64 KiB filesystem (tmpfs) to fill up; mounting it needs root, as CI has."""
+    mount = tmp_path / "tiny-disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    if proc.returncode != 0:
+        pytest.fail("cannot mount a 64 KiB tmpfs (root needed): %s" % proc.stdout.strip())
+    try:
+        yield str(mount)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])

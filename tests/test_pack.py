@@ -196,3 +196,15 @@ def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_p
     assert probe.closure(graph, manifest.minimal) == set(graph)
     with zipfile.ZipFile(out) as bundle:
         assert [r["name"] for r in json.loads(bundle.read("min-deps.json").decode())] == manifest.minimal
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_a_full_disk_is_one_clear_line_and_leaves_nothing(version, pyz, conda_site, example_software, tiny_disk):
+    with open(os.path.join(example_software, "field.dat"), "wb") as handle:
+        handle.write(os.urandom(200000))  # more than the 64 KiB disk holds
+    proc = run_pm(find_python(version), pyz, pack_args(example_software, os.path.join(tiny_disk, "b.zip")),
+                  conda_site.env())
+    line = one_error_line(proc)
+    assert "cannot write the bundle %s" % os.path.join(tiny_disk, "b.zip") in line, line
+    assert "No space left on device" in line and "free some space there" in line
+    assert os.listdir(tiny_disk) == []

@@ -326,3 +326,22 @@ def test_original_json_bodies_stream_through_a_small_parser(body, text, expected
         assert expected in caught.value.reason and caught.value.status == 400
     else:
         assert (pm.LegacyBody(io.BytesIO(body)).read(sink, text), sink.getvalue()) == expected
+
+
+def test_a_full_store_disk_is_a_507_and_the_server_keeps_serving(pyz, conda_site, example_software, tmp_path,
+                                                                 tiny_disk):
+    with open(os.path.join(example_software, "field.dat"), "wb") as handle:
+        handle.write(os.urandom(200000))  # more than the 64 KiB disk holds
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    srv = Server(pyz, os.path.join(tiny_disk, "store"), find_python("newest"))
+    try:
+        status, body = srv.request("PUT", "/bundles/heatsim", open(bundle, "rb").read())
+        assert status == 507 and "out of disk space" in error_of(body), (status, body)
+        assert srv.home not in error_of(body)
+        sent = run_pm(find_python("2.7"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--yes",
+                                                "--server", srv.url, "--token", TOKEN], conda_site.env())
+        assert sent.returncode == 2 and "the server refused the bundle (507)" in sent.stderr, sent.stderr
+        assert srv.request("GET", "/bundles") == (200, b"{}\n")
+        assert os.listdir(os.path.join(srv.home, ".incoming")) == []
+    finally:
+        srv.stop()
