@@ -2383,9 +2383,19 @@ def migrate(name, config, bundle, manifest, options):
         say("note: " + note)
     attempt.save(bundle=bundle, package_managers=config.package_managers, platform=here)
     try:
-        return run_attempt(attempt, config, bundle, manifest, options)
+        try:
+            return run_attempt(attempt, config, bundle, manifest, options)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = exc.filename or "the store %s or output_dir %s" % (store_home(), config.output_dir)
+            raise PmError("the disk is full (writing %s)" % where,
+                          "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
     except PmError as exc:
-        attempt.save(status="error", error=exc.what, finished=time.time())
+        try:
+            attempt.save(status="error", error=exc.what, finished=time.time())
+        except OSError:
+            pass  # the disk may be the problem; the error line below still tells
         say("attempt: %s" % attempt.path)
         raise
 

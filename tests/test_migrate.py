@@ -320,3 +320,17 @@ def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, m
     worker.join(10)
     assert outcome["result"] == (0, "first\nsecond\n")
     assert "sh still running after 0 s (output: %s)" % attempt.log_path in capsys.readouterr().err
+
+
+def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, conda_site, example_software,
+                                                                          tmp_path, tiny_disk):
+    with open(os.path.join(example_software, "field.dat"), "wb") as handle:
+        handle.write(os.urandom(200000))  # unzipped for the tests: more than the 64 KiB disk holds
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    env = conda_site.env(PM_HOME=os.path.join(tiny_disk, "home"))
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  env)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("pm: error: the disk is full (writing the store %s" % tiny_disk) and "free some" in last
+    assert not (tmp_path / "installed").exists()
