@@ -311,7 +311,7 @@ def list_envs(conda):
 def spec_name(spec):
     """The package name of a match spec: 'numpy >=1.2', 'conda-forge::numpy=1.2' -> 'numpy'."""
     spec = spec.strip().split("::")[-1]
-    return re.split(r"[\s=<>!~\[;,]", spec, 1)[0].strip()
+    return re.split(r"[\s=<>!~\[;,]", spec, maxsplit=1)[0].strip()
 
 
 def read_conda_meta(prefix):
@@ -1381,7 +1381,7 @@ def parse_env_yml(text, source="env.yml"):
 
 def conda_spec_name(spec):
     spec = spec.strip().split("::")[-1]
-    return re.split(r"[\s=<>!~\[;,]", spec, 1)[0].strip()
+    return re.split(r"[\s=<>!~\[;,]", spec, maxsplit=1)[0].strip()
 
 
 def without_conda_itself(specs):
@@ -2076,7 +2076,7 @@ class Attempt(object):
         threading.Thread(target=say_still_running, daemon=True).start()
         lines = []
         try:
-            with open(self.log_path, "a", encoding="utf-8") as handle:
+            with open(self.log_path, "a", encoding="utf-8") as handle, proc.stdout:
                 for raw in iter(proc.stdout.readline, b""):
                     lines.append(raw.decode("utf-8", "replace"))
                     handle.write(lines[-1])
@@ -2177,10 +2177,11 @@ def run_test(attempt, test, software, env):
                 os.killpg(proc.pid, signal.SIGKILL)
             timer = threading.Timer(test.timeout, kill)
             timer.start()
-        for raw in iter(proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace")
-            out.write(line)
-            sys.stderr.write("    " + line)
+        with proc.stdout:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                out.write(line)
+                sys.stderr.write("    " + line)
         code = proc.wait()
         if timer:
             timer.cancel()
@@ -2900,12 +2901,12 @@ def start_server(config, self_path):
     if not config.token:
         config.token = secrets.token_urlsafe(18)
     os.makedirs(config.home, exist_ok=True)
-    log = open(os.path.join(config.home, "server.log"), "ab")
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
                "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
     env = dict(os.environ, PM_HOME=config.home, PM_SERVER_TOKEN=config.token)
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                             start_new_session=True)
+    with open(os.path.join(config.home, "server.log"), "ab") as log:  # the child keeps its own copy
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                                 start_new_session=True)
     deadline = time.time() + 15
     while time.time() < deadline:
         if child.poll() is not None:
@@ -2916,7 +2917,8 @@ def start_server(config, self_path):
             local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
             request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + config.token})
             try:
-                urllib.request.urlopen(request, timeout=2).read()
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    response.read()
                 print("pm server running: %s (PID %d)" % (record["url"], child.pid))
                 print("token: %s" % config.token)
                 print("on a base machine: curl -s '%s/migrate?token=%s' > probe.py && python probe.py"
