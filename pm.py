@@ -1704,9 +1704,10 @@ class Requirement(object):
     """A direct requirement from the base machine: conda name, version, and whether it is a
     Python package (conda builds them as 'py...' or 'py3..._0'), which steers relaxed matches."""
 
-    def __init__(self, name, version=None, build=""):
+    def __init__(self, name, version=None, build="", python=None):
         self.name, self.version = name, version
-        self.python = bool(re.match(r"^py[h0-9_]", build or "")) or "_py" in (build or "")
+        self.python = python if python is not None else \
+            bool(re.match(r"^py[h0-9_]", build or "")) or "_py" in (build or "")
 
     def label(self):
         return "%s %s" % (self.name, self.version) if self.version else self.name
@@ -1749,7 +1750,8 @@ def version_distance(version, wanted):
 
 
 def requirements_of(min_deps, env):
-    """Direct requirements: min-deps.json records, else env.yml's conda entries."""
+    """Direct requirements: min-deps.json records (else env.yml's conda entries), then what pip
+    installed into the environment (env.yml's pip: list; conda's records do not hold it)."""
     reqs = []
     for record in min_deps or []:
         if isinstance(record, dict) and record.get("name"):
@@ -1758,6 +1760,14 @@ def requirements_of(min_deps, env):
         for spec in env.dependencies:
             parts = spec.split("=")
             reqs.append(Requirement(conda_spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
+    known = set(pip_name(r.name) for r in reqs)
+    for spec in env.pip:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([A-Za-z0-9.+!_-]+))?\s*$", spec)
+        if not match:
+            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % spec)
+        elif pip_name(match.group(1)) not in known:
+            known.add(pip_name(match.group(1)))
+            reqs.append(Requirement(match.group(1), match.group(2), python=True))
     safe = []
     for req in reqs:
         if req.name in CONDA_OWN_PACKAGES or req.name.startswith("_"):
@@ -1767,6 +1777,11 @@ def requirements_of(min_deps, env):
             continue
         safe.append(req)
     return safe
+
+
+def pip_name(name):
+    """A Python project name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def name_variants(name, family):

@@ -1,7 +1,9 @@
 """`pm.pyz migrate` without conda: package-manager configs, real pip against a local index."""
+import hashlib
 import json
 import os
 import subprocess
+import zipfile
 
 import pytest
 
@@ -240,3 +242,32 @@ def test_python_requirements_match_only_python_packages_of_system_managers():
     assert not pm.Requirement("zlib", "1.2.13", "h4ab18f5_6").python
     assert [c.package for c in pm.find_candidates(python_req, [Fake()])] == ["panel", "python3-panel"]
     assert "libpanel-dev" in [c.package for c in pm.find_candidates(pm.Requirement("panel", "6.4"), [Fake()])]
+
+
+def with_pip_section(bundle, out, entries):
+    """A copy of a bundle whose env.yml lists packages pip installed (real conda exports them as
+    a 'pip:' list; the conda stand-in has no pip), with the manifest's sums kept right."""
+    with zipfile.ZipFile(bundle) as old:
+        members = dict((info.filename, old.read(info)) for info in old.infolist())
+    text, prefix = members["env.yml"].decode().split("prefix:")  # the pip list closes 'dependencies'
+    members["env.yml"] = (text + "  - pip:\n" + "".join("    - %s\n" % e for e in entries) + "prefix:" + prefix).encode()
+    manifest = json.loads(members.pop("manifest.json").decode())
+    manifest["members"]["env.yml"] = {"sha256": hashlib.sha256(members["env.yml"]).hexdigest(),
+                                      "size": len(members["env.yml"])}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for name, data in members.items():
+            new.writestr(name, data)
+        new.writestr("manifest.json", json.dumps(manifest))
+    return out
+
+
+def test_what_pip_installed_on_the_base_is_required_too(pyz, pysim):
+    bundle = with_pip_section(pysim["bundle"], str(pysim["tmp"] / "with-pip.zip"),
+                              ["gridkit==0.5", "TinyCalc==1.0", "git+https://example.org/x.git"])
+    proc = migrate(pyz, dict(pysim, bundle=bundle), "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert "the pip entry 'git+https://example.org/x.git' is not NAME==VERSION" in proc.stderr
+    result, _ = last_result(pysim)
+    rows = [(r["requirement"], r["status"], r.get("package")) for r in result["packages"]]
+    assert ("gridkit", "installed", "pip:gridkit=0.5") in rows
+    assert [r[0].lower() for r in rows].count("tinycalc") == 1  # conda's tinycalc and pip's TinyCalc are one
