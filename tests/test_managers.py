@@ -203,8 +203,9 @@ def test_candidates_rank_exact_and_mapped_names_first_then_the_closest_version()
 
 def test_requirements_from_the_bundle_are_never_trusted_as_shell_text():
     reqs = pm.requirements_of([{"name": "ok-name", "version": "1"}, {"name": "x; rm -rf /", "version": "1"},
-                               {"name": "conda", "version": "24"}, {"name": "_libgcc_mutex"}], None)
-    assert [r.name for r in reqs] == ["ok-name"]
+                               {"name": "conda", "version": "24"}, {"name": "_libgcc_mutex"}],
+                              pm.EnvFile(pip=["pipped==2", "y==1; rm -rf /", "$(reboot)"]))
+    assert [r.name for r in reqs] == ["ok-name", "pipped"]
     manager = pm.load_managers()["pip"]
     assert "'a b'" in manager.command(manager.install_cmd, "a b")
 
