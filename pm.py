@@ -716,6 +716,7 @@ def gather_environment(conda, prefix):
     requested = read_requested_specs(prefix)
     graph = dependency_graph(records)
     minimal = minimal_set(graph, requested)
+    say("asking conda for the environment (list, env export, info)...")
     listed = run_conda_json(conda, ["list", "--json", "-p", prefix])
     env = {
         "prefix": prefix,
