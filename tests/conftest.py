@@ -125,6 +125,11 @@ def example_software(tmp_path):
     return target
 
 
+def read_bytes(path):
+    with open(str(path), "rb") as handle:
+        return handle.read()
+
+
 def run_pm(python, pyz_path, args, env, stdin=None, timeout=120):
     """Run pm.pyz under a given interpreter; return the completed process (text)."""
     return subprocess.run([python, pyz_path] + list(args), input=stdin if stdin is not None else "",

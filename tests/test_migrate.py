@@ -12,7 +12,7 @@ import pytest
 
 import channels
 import pm
-from conftest import ROOT, CondaSite, find_python, run_pm
+from conftest import ROOT, CondaSite, find_python, read_bytes, run_pm
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
@@ -138,14 +138,14 @@ def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_
     bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
     assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     stored = pm.latest_bundle("heatsim", conda_site.home)
-    before = hashlib.sha256(open(stored, "rb").read()).hexdigest()
+    before = hashlib.sha256(read_bytes(stored)).hexdigest()
     corrupt = tmp_path / "corrupt.zip"
-    data = bytearray(open(bundle, "rb").read())
+    data = bytearray(read_bytes(bundle))
     data[len(data) // 2] ^= 0xFF
     corrupt.write_bytes(bytes(data))
     proc = run_pm(python, pyz, ["migrate", "heatsim", config, "--bundle", str(corrupt)], conda_site.env())
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("pm: error:")
-    assert hashlib.sha256(open(stored, "rb").read()).hexdigest() == before
+    assert hashlib.sha256(read_bytes(stored)).hexdigest() == before
 
 
 def hostile_bundle(path, entries):
@@ -308,7 +308,7 @@ def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, m
     worker.start()
 
     def logged():
-        return open(attempt.log_path).read() if os.path.exists(attempt.log_path) else ""
+        return read_bytes(attempt.log_path).decode() if os.path.exists(attempt.log_path) else ""
     try:
         deadline = time.time() + 10
         while time.time() < deadline and "\nfirst\n" not in logged():

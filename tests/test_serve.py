@@ -15,7 +15,7 @@ import zipfile
 import pytest
 
 import pm
-from conftest import find_python, run_pm
+from conftest import find_python, read_bytes, run_pm
 
 TOKEN = "test-token-123"
 
@@ -172,7 +172,7 @@ def test_curl_uploads_with_a_sha256_header(server, pyz, conda_site, example_soft
 
 
 def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_site, example_software, tmp_path):
-    bundle = open(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")), "rb").read()
+    bundle = read_bytes(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")))
     outside = tmp_path / "x"
     cases = [
         ("PUT", "/bundles/..%2Fx", bundle, {}, True, 400),
@@ -230,7 +230,7 @@ def test_a_slow_client_does_not_block_others(server):
 
 
 def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, conda_site, example_software, tmp_path):
-    bundle = open(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")), "rb").read()
+    bundle = read_bytes(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")))
     results = []
     threads = [threading.Thread(target=lambda: results.append(server.request("PUT", "/bundles/heatsim", bundle)[0]))
                for _ in range(6)]
@@ -246,15 +246,15 @@ def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, c
 
 
 def test_binding_beyond_loopback_without_token_warns(pyz, tmp_path):
-    proc = subprocess.Popen([find_python("newest"), pyz, "serve", "--host", "0.0.0.0", "--port", "0"],
-                            env=dict(os.environ, PM_HOME=str(tmp_path / "store")), stderr=subprocess.PIPE,
-                            universal_newlines=True)
-    try:
-        line = proc.stderr.readline()
-        assert "warning" in line and "token" in line
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with subprocess.Popen([find_python("newest"), pyz, "serve", "--host", "0.0.0.0", "--port", "0"],
+                          env=dict(os.environ, PM_HOME=str(tmp_path / "store")), stderr=subprocess.PIPE,
+                          universal_newlines=True) as proc:
+        try:
+            line = proc.stderr.readline()
+            assert "warning" in line and "token" in line
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
     assert not (tmp_path / "store" / "server.pid").exists()
 
 
@@ -267,7 +267,7 @@ def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example
     listing = run_pm(find_python("3.6"), pyz, ["list"], env)
     assert "heatsim" in listing.stdout
     with open(str(tmp_path / "bad.zip"), "wb") as handle:
-        handle.write(open(bundle, "rb").read()[:-200])
+        handle.write(read_bytes(bundle)[:-200])
     proc = run_pm(find_python("newest"), pyz, ["unpack", str(tmp_path / "bad.zip")], env)
     assert proc.returncode == 2 and proc.stderr.startswith("pm: error:") and "Traceback" not in proc.stderr
     assert str(tmp_path / "bad.zip") in proc.stderr and ".incoming" not in proc.stderr
@@ -293,17 +293,17 @@ def test_unpack_converts_the_original_tools_carried_zip(pyz, tmp_path):
 def test_ctrl_c_stops_a_foreground_server_cleanly(pyz, tmp_path):
     import signal
     home = tmp_path / "store"
-    proc = subprocess.Popen([find_python("3.6"), pyz, "serve", "--port", "0"], env=dict(os.environ, PM_HOME=str(home)),
-                            stderr=subprocess.PIPE, universal_newlines=True)
-    try:
-        assert "pm server on http://127.0.0.1:" in proc.stderr.readline()
-        assert (home / "server.pid").exists() and (home / "migrate.py").exists()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) == 0
-        assert "stopped" in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    with subprocess.Popen([find_python("3.6"), pyz, "serve", "--port", "0"], env=dict(os.environ, PM_HOME=str(home)),
+                          stderr=subprocess.PIPE, universal_newlines=True) as proc:
+        try:
+            assert "pm server on http://127.0.0.1:" in proc.stderr.readline()
+            assert (home / "server.pid").exists() and (home / "migrate.py").exists()
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=10) == 0
+            assert "stopped" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert not (home / "server.pid").exists() and not (home / "migrate.py").exists()
 
 
@@ -335,7 +335,7 @@ def test_a_full_store_disk_is_a_507_and_the_server_keeps_serving(pyz, conda_site
     bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
     srv = Server(pyz, os.path.join(tiny_disk, "store"), find_python("newest"))
     try:
-        status, body = srv.request("PUT", "/bundles/heatsim", open(bundle, "rb").read())
+        status, body = srv.request("PUT", "/bundles/heatsim", read_bytes(bundle))
         assert status == 507 and "out of disk space" in error_of(body), (status, body)
         assert srv.home not in error_of(body)
         sent = run_pm(find_python("2.7"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--yes",
