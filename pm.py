@@ -2726,7 +2726,17 @@ def make_handler(config):
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own errors (bad request line, unknown method, ...) as JSON too."""
+            self.log_message("refused %r: %d %s", self.requestline, code, message or "")
+            self.close_connection = True
+            if code == 501 and self.command:
+                return self.send_json(405, {"error": "method %s is not supported: use GET, PUT or POST"
+                                                     % re.sub(r"[^A-Z]", "?", self.command)[:20]})
+            self.send_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
         def authorized(self, query):
             if not config.token:

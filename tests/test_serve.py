@@ -192,11 +192,19 @@ def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_
         ("GET", "/migrate", None, {}, False, 401),
         ("GET", "/etc/passwd", None, {}, True, 404),
         ("GET", "/bundles/nothing", None, {}, True, 404),
+        ("DELETE", "/bundles/heatsim", None, {}, True, 405),
+        ("HEAD", "/bundles", None, {}, True, 405),
     ]
     for method, path, body, headers, token, expected in cases:
         status, answer = server.request(method, path, body, headers, token)
         assert status == expected, (method, path, status, answer)
-        assert error_of(answer) and server.home not in error_of(answer)  # no server paths leak out
+        if method != "HEAD":  # a HEAD answer has no body
+            assert error_of(answer) and server.home not in error_of(answer)  # no server paths leak out
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /bundles HTTP/9.9\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", server.record["port"]), timeout=10) as sock:
+            sock.sendall(raw)
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert error_of(answer.split(b"\r\n\r\n")[-1]), answer
     assert not outside.exists()
     assert [f for f in store_files(server.home) if not f.startswith(("server.", "migrate.py"))] == []
     assert server.request("GET", "/bundles")[0] == 200
