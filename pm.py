@@ -2066,6 +2066,7 @@ class Attempt(object):
         self.id = os.path.basename(path)
         self.log_path = os.path.join(path, "commands.log")
         self.started = time.time()
+        self.base_python = None  # the base environment's Python version, for the software's venv
         self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
 
     def log(self, text):
@@ -2297,15 +2298,51 @@ def choose_package(req, candidates, remembered, options):
             say("  type a number from 0 to %d, or manager:package[=version]" % len(candidates))
 
 
+def base_python_version(bundle):
+    """The Python version of the base environment (conda-list.json), or None."""
+    try:
+        listed = json.loads(read_member_text(bundle, "conda-list.json"))
+    except (KeyError, ValueError):
+        return None
+    for record in listed if isinstance(listed, list) else []:
+        if isinstance(record, dict) and record.get("name") == "python" \
+                and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
+            return record["version"]
+    return None
+
+
+def venv_python(base_version):
+    """The interpreter for the software's venv: pythonX.Y of the base's version when this
+    machine has it on PATH (e.g. after 'module load python/3.11'), else pm's own."""
+    own = "%d.%d" % sys.version_info[:2]
+    wanted = ".".join(base_version.split(".")[:2]) if base_version else own
+    found = shutil.which("python" + wanted) if wanted != own else None
+    if found:
+        return found, "the base ran Python %s: the software's virtual environment uses %s" % (base_version, found)
+    if wanted != own:
+        return sys.executable, ("note: the base ran Python %s and there is no python%s on PATH here: the software's "
+                                "virtual environment uses Python %s" % (base_version, wanted, platform.python_version()))
+    return sys.executable, None
+
+
 def software_venv(attempt):
     """The software's own virtual environment, in the attempt's store, made on first use."""
     venv = os.path.join(attempt.path, "venv")
     if not os.path.isdir(venv):
+        python, note = venv_python(attempt.base_python)
+        if note:
+            say(note)
         say("creating the software's virtual environment %s" % venv)
-        code, output = attempt.run([sys.executable, "-m", "venv", venv])
+        code, output = attempt.run([python, "-m", "venv", venv])
+        if code != 0 and python != sys.executable:
+            say("note: %s cannot make a virtual environment; using Python %s" % (python, platform.python_version()))
+            shutil.rmtree(venv, ignore_errors=True)
+            python = sys.executable
+            code, output = attempt.run([python, "-m", "venv", venv])
         if code != 0:
             raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
                           "install the venv module (e.g. apt install python3-venv)", code=1)
+        attempt.save(venv_python=python)
     return venv
 
 
@@ -2429,6 +2466,7 @@ def run_attempt(attempt, config, bundle, manifest, options):
         attempt.save(level=level, env_name=env_name, env_prefix=prefix)
         test_env = activated_env(prefix, env_name, {})
     else:
+        attempt.base_python = base_python_version(bundle)
         packages, test_env = provision_with_managers(attempt, config, requirements_of(min_deps, env), options)
         attempt.save(packages=packages)
     results = []

@@ -73,6 +73,9 @@ def test_pip_installs_the_base_version_into_the_softwares_own_venv(version, sour
     assert rows["oddlib"]["status"] == "skipped"
     assert "python" not in rows or rows["python"]["status"] != "failed"
     assert "tinycalc 1.0 from %s" % os.path.join(attempt, "venv") in proc.stderr
+    assert "the base ran Python 3.11.7: the software's virtual environment uses /usr/bin/python3.11" in proc.stderr
+    with open(os.path.join(attempt, "venv", "pyvenv.cfg")) as handle:
+        assert "version = 3.11." in handle.read()
     assert "installed" in proc.stdout and "skipped" in proc.stdout
     system = subprocess.run([find_python("newest"), "-c", "import tinycalc"], stderr=subprocess.PIPE)
     assert system.returncode != 0, "the system Python must stay untouched"
@@ -245,21 +248,27 @@ def test_python_requirements_match_only_python_packages_of_system_managers():
     assert "libpanel-dev" in [c.package for c in pm.find_candidates(pm.Requirement("panel", "6.4"), [Fake()])]
 
 
-def with_pip_section(bundle, out, entries):
-    """A copy of a bundle whose env.yml lists packages pip installed (real conda exports them as
-    a 'pip:' list; the conda stand-in has no pip), with the manifest's sums kept right."""
+def with_member(bundle, out, name, change):
+    """A copy of a bundle with one member's bytes changed by change(data), the manifest's sums kept right."""
     with zipfile.ZipFile(bundle) as old:
         members = dict((info.filename, old.read(info)) for info in old.infolist())
-    text, prefix = members["env.yml"].decode().split("prefix:")  # the pip list closes 'dependencies'
-    members["env.yml"] = (text + "  - pip:\n" + "".join("    - %s\n" % e for e in entries) + "prefix:" + prefix).encode()
+    members[name] = change(members[name])
     manifest = json.loads(members.pop("manifest.json").decode())
-    manifest["members"]["env.yml"] = {"sha256": hashlib.sha256(members["env.yml"]).hexdigest(),
-                                      "size": len(members["env.yml"])}
+    manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
-        for name, data in members.items():
-            new.writestr(name, data)
+        for member, data in members.items():
+            new.writestr(member, data)
         new.writestr("manifest.json", json.dumps(manifest))
     return out
+
+
+def with_pip_section(bundle, out, entries):
+    """env.yml listing packages pip installed (real conda exports them as a 'pip:' list; the
+    conda stand-in has no pip), before its closing 'prefix:' line."""
+    def add(data):
+        text, prefix = data.decode().split("prefix:")
+        return (text + "  - pip:\n" + "".join("    - %s\n" % e for e in entries) + "prefix:" + prefix).encode()
+    return with_member(bundle, out, "env.yml", add)
 
 
 def test_what_pip_installed_on_the_base_is_required_too(pyz, pysim):
@@ -272,3 +281,15 @@ def test_what_pip_installed_on_the_base_is_required_too(pyz, pysim):
     rows = [(r["requirement"], r["status"], r.get("package")) for r in result["packages"]]
     assert ("gridkit", "installed", "pip:gridkit=0.5") in rows
     assert [r[0].lower() for r in rows].count("tinycalc") == 1  # conda's tinycalc and pip's TinyCalc are one
+
+
+def test_without_the_bases_python_here_the_venv_uses_pms_own_and_says_so(pyz, pysim):
+    def python_399(data):
+        return data.replace(b'"version": "3.11.7"', b'"version": "3.99.1"')
+    bundle = with_member(pysim["bundle"], str(pysim["tmp"] / "py399.zip"), "conda-list.json", python_399)
+    proc = migrate(pyz, dict(pysim, bundle=bundle), "--yes", version="3.6")
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the base ran Python 3.99.1 and there is no python3.99 on PATH here: the software's virtual " \
+           "environment uses Python 3.6" in proc.stderr
+    result, attempt = last_result(pysim)
+    assert result["venv_python"] == find_python("3.6")
