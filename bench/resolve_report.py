@@ -38,7 +38,7 @@ def main():
         minimal = probe.minimal_set(graph, requested)
         by_name = dict((r["name"], r) for r in records)
         reqs = pm.requirements_of([{"name": n, "version": by_name[n]["version"], "build_string": by_name[n]["build"]}
-                                   for n in minimal], None)
+                                   for n in minimal], pm.EnvFile())
         print("\n%s: %d direct requirements" % (env_name, len(reqs)))
         for key in ("apt", "pip"):
             counts, unresolved, detail = collections.Counter(), [], []
