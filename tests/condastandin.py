@@ -20,6 +20,7 @@ import shutil
 import sys
 
 import rattler
+import rattler.exceptions
 import yaml
 
 CONDA_VERSION = "24.11.3"
@@ -201,7 +202,7 @@ def cmd_create(args, from_file=False):
             fail("A conda environment already exists at %s" % prefix)
         shutil.rmtree(prefix)
     try:
-        records = solve(specs, extra)
+        records = once_more_if_not_unsolvable("solving", lambda: solve(specs, extra))
     except Exception as exc:  # rattler raises its own exception types
         fail("PackagesNotFoundError: the following packages are not available from current channels:"
              "\n  %s\n%s" % ("\n  ".join(specs), exc))
@@ -210,8 +211,23 @@ def cmd_create(args, from_file=False):
         return
     if pip:
         sys.stderr.write("note: the stand-in skips pip entries: %s\n" % ", ".join(pip))
-    install(records, prefix, specs, "conda " + " ".join(sys.argv[1:]))
+    def install_fresh():
+        shutil.rmtree(prefix, ignore_errors=True)  # nothing half-linked from a first try
+        install(records, prefix, specs, "conda " + " ".join(sys.argv[1:]))
+    once_more_if_not_unsolvable("installing", install_fresh)
     print("\n# To activate this environment, use\n#\n#     $ conda activate %s\n" % os.path.basename(prefix))
+
+
+def once_more_if_not_unsolvable(what, action):
+    """Run action; after an error that is not an unsolvable request (rattler's I/O, cache or
+    gateway errors), say so on stderr (pm logs it) and try once more, as a retried conda would."""
+    try:
+        return action()
+    except rattler.exceptions.SolverError:
+        raise
+    except Exception as exc:
+        sys.stderr.write("conda stand-in: %s failed (%s: %s); trying once more\n" % (what, type(exc).__name__, exc))
+        return action()
 
 
 def conda_style(spec):
