@@ -1,6 +1,6 @@
 """How the direct requirements of each real fixture environment resolve with apt and pip here.
 
-For every environment in ../shared/fixtures/real-envs, the direct requirements are computed as the
+For every environment in tests/fixtures/real-envs, the direct requirements are computed as the
 probe computes them (linux-64 graph, environment.yml's specs as the requested ones), then pm's
 resolver searches them with the built-in apt section (apt-cache, this machine's lists) and pip
 section (pip index versions; PyPI or whatever PIP_INDEX_URL points at). Each requirement is counted

@@ -1,4 +1,4 @@
-"""Build local conda channels for tests: tiny hand-made packages and the real graphs in ../shared.
+"""Build local conda channels for tests: tiny hand-made packages and the real graphs in tests/fixtures.
 
 A package is a real .tar.bz2 with info/index.json, info/paths.json and its files; the channel is
 indexed with py-rattler, so the stand-in conda solves and installs from it exactly as from a mirror.
@@ -13,8 +13,9 @@ import tarfile
 from rattler.index import index_fs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("PM_SHARED") or os.path.join(HERE, "..", "..", "shared")
-REAL_ENVS = os.path.join(SHARED, "fixtures", "real-envs")
+# Copied from the shared fixtures (see its README); PM_SHARED=/path/to/shared reads the originals.
+REAL_ENVS = os.path.join(os.environ["PM_SHARED"], "fixtures", "real-envs") if os.environ.get("PM_SHARED") \
+    else os.path.join(HERE, "fixtures", "real-envs")
 
 
 def make_package(channel, subdir, name, version, build="0", depends=(), files=None):

@@ -18,8 +18,9 @@ sys.path.insert(0, ROOT)
 
 def pytest_configure(config):
     if not os.path.isdir(channels.REAL_ENVS):
-        pytest.exit("the real conda fixtures are not at %s: put the shared folder beside this checkout "
-                    "(../shared) or set PM_SHARED=/path/to/shared" % os.path.abspath(channels.REAL_ENVS), returncode=2)
+        pytest.exit("the real conda fixtures are not at %s: unset PM_SHARED to use the copies in "
+                    "tests/fixtures, or point it at the shared folder" % os.path.abspath(channels.REAL_ENVS),
+                    returncode=2)
 
 
 @functools.lru_cache(maxsize=None)
