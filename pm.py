@@ -12,6 +12,7 @@ import binascii
 import codecs
 import configparser
 import errno
+import functools
 import hashlib
 import hmac
 import inspect
@@ -221,6 +222,7 @@ def choose(title, options, flag, assume_yes):
 
 
 def which(program):
+    """shutil.which, which Python 2.7 lacks."""
     for folder in os.environ.get("PATH", "").split(os.pathsep):
         candidate = os.path.join(folder, program)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
@@ -971,9 +973,6 @@ def probe_script(server_url, token=""):
 # A bundle is one zip: manifest.json, env.yml, env-history.yml, conda-list.json,
 # min-deps.json and software/<dir>/...; the manifest holds sha256 and size of every member.
 
-META_MEMBERS = ("env.yml", "env-history.yml", "conda-list.json", "min-deps.json")
-
-
 class Manifest(object):
     """What a bundle says about itself (manifest.json)."""
 
@@ -1437,7 +1436,7 @@ APT_SEARCH = ("{ echo %s; apt-cache search --names-only -- %s | cut -d' ' -f1 | 
 def pip_section(key, exec_name, note):
     return ("[%s]\nname = %s (into the software's own virtual environment)\nexec = %s\nsearch = %s\n"
             "result_fmt = %%p %%v\ninstall = %%e install %%p\ninstall_version = %%e install %%p==%%v\n\n"
-            % (key, note, exec_name, PIP_SEARCH.replace("%", "%%").replace("%%e", "%e").replace("%%s", "%s")))
+            % (key, note, exec_name, PIP_SEARCH))
 
 
 BUILTIN_MANAGERS = """
@@ -1671,19 +1670,21 @@ def parse_search_output(text, pattern):
     return found
 
 
-def builtin_values(key):
+@functools.lru_cache(maxsize=None)
+def builtin_sections():
+    """The built-in package-manager sections: key -> values (parsed once)."""
     parser = configparser.ConfigParser(interpolation=None)
     parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
-    return dict(parser[key])
+    return dict((key, dict(parser[key])) for key in parser.sections())
+
+
+def builtin_values(key):
+    return dict(builtin_sections()[key])
 
 
 def load_managers(paths=()):
     """Built-ins, then the store's config/package-managers.ini, then each file given; later wins."""
-    sections = {}
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
-    for key in parser.sections():
-        sections[key] = (dict(parser[key]), "<built-in>")
+    sections = dict((key, (dict(values), "<built-in>")) for key, values in builtin_sections().items())
     user_file = os.path.join(store_home(), "config", "package-managers.ini")
     for path in ([user_file] if os.path.isfile(user_file) else []) + list(paths):
         if not os.path.isfile(path):
@@ -1726,8 +1727,9 @@ class Candidate(object):
             return None
         return sorted(known, key=lambda v: version_distance(v, wanted))[0]
 
-    def spec(self):
-        return "%s:%s" % (self.manager.key, self.package)
+    def choice(self, wanted):
+        """This candidate as what to install: its version closest to the base machine's."""
+        return Choice(self.manager.key, self.package, self.best_version(wanted))
 
 
 def version_parts(version):
@@ -1853,7 +1855,11 @@ def find_candidates(req, managers, log=None):
             searches += variants
         elif search_base(req.name) != req.name:
             searches.append(search_base(req.name))
+        searched = []
         for expr in searches:
+            if expr in searched:  # the mapping or a variant can repeat the name
+                continue
+            searched.append(expr)
             for package, version in manager.search(expr, log):
                 found.setdefault(package, []).append(version)
         for package, versions in found.items():
@@ -2136,12 +2142,12 @@ def conda_env_prefix(conda, env_name):
 
 def create_conda_env(attempt, conda, env_name, env, min_deps, force):
     """Create the environment, falling back level by level; return (level, prefix)."""
-    existing = conda_env_prefix(conda, env_name)
-    if existing and not force:
-        raise PmError("a conda environment named %s already exists (%s)" % (env_name, existing),
+    prefix = conda_env_prefix(conda, env_name)
+    if prefix and not force:
+        raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
                       "pass --force to replace it, or --env-name to choose another name")
     for level, env_file in migration_levels(env, min_deps):
-        if conda_env_prefix(conda, env_name):
+        if prefix:  # there before, or left by the level that failed
             attempt.run([conda, "env", "remove", "-n", env_name, "-y"])
         env_file.name = env_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
@@ -2157,12 +2163,11 @@ def create_conda_env(attempt, conda, env_name, env, min_deps, force):
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
 
 
-def activated_env(prefix, env_name, extra):
+def activated_env(prefix, env_name):
     env = dict(os.environ)
     env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
     env["CONDA_PREFIX"] = prefix
     env["CONDA_DEFAULT_ENV"] = env_name
-    env.update(extra)
     return env
 
 
@@ -2269,8 +2274,7 @@ def choose_package(req, candidates, remembered, options):
         if remembered:
             return remembered, "remembered"
         if candidates:
-            top = candidates[0]
-            return Choice(top.manager.key, top.package, top.best_version(req.version)), "top candidate"
+            return candidates[0].choice(req.version), "top candidate"
         return Choice(), "nothing found"
     say("%s (on the base machine%s):" % (req.name, " " + req.version if req.version else ""))
     for number, cand in enumerate(candidates, 1):
@@ -2290,8 +2294,7 @@ def choose_package(req, candidates, remembered, options):
         if answer == "0" or answer == "skip":
             return Choice(), "skipped"
         if answer.isdigit() and 1 <= int(answer) <= len(candidates):
-            cand = candidates[int(answer) - 1]
-            return Choice(cand.manager.key, cand.package, cand.best_version(req.version)), "chosen"
+            return candidates[int(answer) - 1].choice(req.version), "chosen"
         try:
             return Choice.parse(answer, "your answer"), "typed"
         except PmError:
@@ -2464,7 +2467,7 @@ def run_attempt(attempt, config, bundle, manifest, options):
         level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         attempt.save(level=level, env_name=env_name, env_prefix=prefix)
-        test_env = activated_env(prefix, env_name, {})
+        test_env = activated_env(prefix, env_name)
     else:
         attempt.base_python = base_python_version(bundle)
         packages, test_env = provision_with_managers(attempt, config, requirements_of(min_deps, env), options)
@@ -2529,41 +2532,54 @@ def incoming_dir(home):
     return folder
 
 
-def drain(stream, left):
-    """Read and drop the rest of a request body."""
-    while left > 0:
-        block = stream.read(min(CHUNK, left))
+class RequestBody(object):
+    """A request's body as a stream of exactly Content-Length bytes (checked against --max-bytes);
+    a client that stops early is a 400, whoever reads."""
+
+    def __init__(self, handler, config):
+        if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raise HttpError(411, "chunked bodies are not accepted: send a Content-Length")
+        length = handler.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            raise HttpError(411, "a Content-Length header is required")
+        self.length = self.left = int(length)
+        if self.length > config.max_bytes:
+            raise HttpError(413, "body of %d bytes exceeds the limit of %d (--max-bytes)"
+                            % (self.length, config.max_bytes))
+        self.stream = handler.rfile
+
+    def read(self, size=CHUNK):
+        if not self.left:
+            return b""
+        block = self.stream.read(min(size, self.left))
         if not block:
-            return
-        left -= len(block)
+            raise HttpError(400, "the body ended after %d of %d bytes" % (self.length - self.left, self.length))
+        self.left -= len(block)
+        return block
+
+    def drain(self):
+        """Read and drop the rest, so the client reads the answer instead of a reset."""
+        while self.left:
+            block = self.stream.read(min(CHUNK, self.left))
+            if not block:
+                return
+            self.left -= len(block)
 
 
 def receive_body(handler, config, expected_sha256=None):
     """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
-    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        raise HttpError(411, "chunked bodies are not accepted: send a Content-Length")
-    length = handler.headers.get("Content-Length")
-    if length is None or not length.strip().isdigit():
-        raise HttpError(411, "a Content-Length header is required")
-    length = int(length)
-    if length > config.max_bytes:
-        raise HttpError(413, "body of %d bytes exceeds the limit of %d (--max-bytes)" % (length, config.max_bytes))
+    body = RequestBody(handler, config)
     handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=incoming_dir(config.home))
     hasher = BackgroundHasher()
     try:
         with os.fdopen(handle, "wb") as out:
-            left = length
-            while left:
-                block = handler.rfile.read(min(CHUNK, left))
-                if not block:
-                    raise HttpError(400, "the body ended after %d of %d bytes" % (length - left, length))
+            for block in iter(body.read, b""):
                 hasher.update(block)
-                left -= len(block)
                 try:
                     out.write(block)
                 except OSError as exc:
                     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        drain(handler.rfile, left)  # so the client reads the answer, not a reset
+                        body.drain()
                     raise
         digest = hasher.hexdigest()
         if expected_sha256 and digest != expected_sha256.strip().lower():
@@ -2590,8 +2606,8 @@ def accept_bundle(temp, name, home):
 
 
 class LegacyBody(object):
-    """Reads the original probe's body {"name": "...", "data": "<urlsafe base64>"} from a file,
-    decoding data into another file as it goes, so memory stays bounded whatever the size."""
+    """Reads the original probe's body {"name": "...", "data": "<urlsafe base64>"} from a stream,
+    decoding data into a file as it goes, so memory stays bounded whatever the size."""
 
     def __init__(self, source):
         self.source, self.buffer, self.at = source, b"", 0
@@ -2687,16 +2703,26 @@ class LegacyBody(object):
         return fields
 
 
-def legacy_part(temp, part, folder_for):
-    """Decode one of the original probe's posts into its place in the store; return the name."""
-    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=os.path.dirname(temp))
+def legacy_folder(home, name):
+    return os.path.join(home, name, "legacy")
+
+
+def legacy_part(body, part, home):
+    """Decode one of the original probe's posts, straight from the request, into its place in the
+    store; return the software's name."""
+    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=incoming_dir(home))
     try:
-        with open(temp, "rb") as source, os.fdopen(handle, "wb") as sink:
-            fields = LegacyBody(source).read(sink, part != "software.zip")
+        with os.fdopen(handle, "wb") as sink:
+            try:
+                fields = LegacyBody(body).read(sink, part != "software.zip")
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    body.drain()
+                raise
         name = fields["name"]
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % name)
-        folder = folder_for(name)
+        folder = legacy_folder(home, name)
         os.makedirs(folder, exist_ok=True)
         os.chmod(decoded, 0o644)
         os.replace(decoded, os.path.join(folder, part))
@@ -2724,12 +2750,8 @@ def assemble_legacy_bundle(name, parts, home):
 
 
 def receive_legacy(handler, config, path):
-    temp, _ = receive_body(handler, config)
-    try:
-        name = legacy_part(temp, LEGACY_PARTS[path], lambda n: os.path.join(config.home, n, "legacy"))
-    finally:
-        os.remove(temp)
-    folder = os.path.join(config.home, name, "legacy")
+    name = legacy_part(RequestBody(handler, config), LEGACY_PARTS[path], config.home)
+    folder = legacy_folder(config.home, name)
     parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
                  if os.path.isfile(os.path.join(folder, part)))
     result = {"name": name, "stored": LEGACY_PARTS[path]}
@@ -2911,13 +2933,17 @@ def process_alive(pid):
     return True
 
 
+def refuse_a_second_server(home):
+    running = read_pidfile(home)
+    if running:
+        raise PmError("a server already runs for %s (PID %d, port %d)" % (home, running["pid"], running["port"]),
+                      "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
+
+
 def run_server(config):
     """Serve in the foreground until Ctrl-C or SIGTERM; own the PIDFILE while running."""
     os.makedirs(config.home, exist_ok=True)
-    running = read_pidfile(config.home)
-    if running:
-        raise PmError("a server already runs for %s (PID %d, port %d)" % (config.home, running["pid"], running["port"]),
-                      "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
+    refuse_a_second_server(config.home)
     if os.path.exists(pid_path(config.home)):
         say("note: replacing a stale PIDFILE left by a server that is gone")
     for stale in os.listdir(incoming_dir(config.home)):
@@ -2958,24 +2984,21 @@ def remove_quietly(path):
 
 def start_server(config, self_path):
     """Run the server in the background and return once it answers."""
-    running = read_pidfile(config.home)
-    if running:
-        raise PmError("a server already runs for %s (PID %d, port %d)" % (config.home, running["pid"], running["port"]),
-                      "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
+    refuse_a_second_server(config.home)
     if not config.token:
         config.token = secrets.token_urlsafe(18)
     os.makedirs(config.home, exist_ok=True)
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
                "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
     env = dict(os.environ, PM_HOME=config.home, PM_SERVER_TOKEN=config.token)
-    with open(os.path.join(config.home, "server.log"), "ab") as log:  # the child keeps its own copy
+    log_path = os.path.join(config.home, "server.log")
+    with open(log_path, "ab") as log:  # the child keeps its own copy
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                  start_new_session=True)
     deadline = time.time() + 15
     while time.time() < deadline:
         if child.poll() is not None:
-            raise PmError("the server exited at once (code %d)" % child.returncode,
-                          "read %s" % os.path.join(config.home, "server.log"))
+            raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % log_path)
         record = read_pidfile(config.home)
         if record and record["pid"] == child.pid:
             local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
@@ -2992,7 +3015,7 @@ def start_server(config, self_path):
                 pass
         time.sleep(0.1)
     child.terminate()
-    raise PmError("the server did not answer within 15 s", "read %s" % os.path.join(config.home, "server.log"))
+    raise PmError("the server did not answer within 15 s", "read %s" % log_path)
 
 
 def stop_server(home):

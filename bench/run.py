@@ -97,10 +97,10 @@ def upload(port, method, path, body_path, headers):
     return response.status, time.time() - started
 
 
-def run_pm_server(work, bundle, python):
+def run_pm_server(work, bundle, python, pyz):
     home = os.path.join(work, "pm-home")
     port = free_port()
-    proc = subprocess.Popen([python, os.path.join(ROOT, "pm.pyz"), "serve", "--port", str(port)],
+    proc = subprocess.Popen([python, pyz, "serve", "--port", str(port)],
                             env=dict(os.environ, PM_HOME=home), stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -140,12 +140,12 @@ def legacy_body(bundle, body_path):
     return body_path
 
 
-def run_pm_legacy(work, bundle, python):
+def run_pm_legacy(work, bundle, python, pyz):
     """pm's server taking the original protocol's POST /zip."""
     home = os.path.join(work, "pm-home")
     body_path = legacy_body(bundle, os.path.join(work, "orig-body.json"))
     port = free_port()
-    proc = subprocess.Popen([python, os.path.join(ROOT, "pm.pyz"), "serve", "--port", str(port)],
+    proc = subprocess.Popen([python, pyz, "serve", "--port", str(port)],
                             env=dict(os.environ, PM_HOME=home), stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -183,21 +183,24 @@ def main():
     parser.add_argument("--python", default=sys.executable, help="interpreter for pm's server")
     parser.add_argument("--pm-only", action="store_true", help="skip the original (quick checks while tuning)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per server, alternating; medians reported")
+    parser.add_argument("--baseline-pyz", metavar="PYZ",
+                        help="also run another build of pm.pyz (e.g. the previous commit's) side by side")
     args = parser.parse_args()
+    pyz = os.path.join(ROOT, "pm.pyz")
     work = tempfile.mkdtemp(prefix="pm-bench-")
     try:
         bundle = os.path.join(work, "big.zip")
         make_bundle(bundle, args.mib)
         mib = os.path.getsize(bundle) / 1048576.0
         original = None if args.pm_only else install_original(work)
-        pm_runs, legacy_runs, orig_runs = [], [], []
+        pm_runs, legacy_runs, orig_runs, base_runs, base_legacy_runs = [], [], [], [], []
         for _ in range(args.repeat):
-            os.sync()
-            pm_runs.append(run_pm_server(work, bundle, args.python))
-            shutil.rmtree(os.path.join(work, "pm-home"), ignore_errors=True)
-            os.sync()
-            legacy_runs.append(run_pm_legacy(work, bundle, args.python))
-            shutil.rmtree(os.path.join(work, "pm-home"), ignore_errors=True)
+            for runs, run, build in [(pm_runs, run_pm_server, pyz), (legacy_runs, run_pm_legacy, pyz)] + \
+                    ([(base_runs, run_pm_server, args.baseline_pyz), (base_legacy_runs, run_pm_legacy,
+                                                                       args.baseline_pyz)] if args.baseline_pyz else []):
+                os.sync()
+                runs.append(run(work, bundle, args.python, build))
+                shutil.rmtree(os.path.join(work, "pm-home"), ignore_errors=True)
             if original:
                 os.sync()
                 orig_runs.append(run_original_server(work, bundle, *original))
@@ -206,6 +209,8 @@ def main():
         print("%-31s %9s %11s %14s   %s" % ("server", "seconds", "MiB/s", "peak RSS MiB", "all runs (s)"))
         rows = [("pm (PUT /bundles)", pm_runs), ("pm (POST /zip, original's way)", legacy_runs)]
         rows += [("platform-migrator 1.1.0", orig_runs)] if original else []
+        if args.baseline_pyz:
+            rows += [("baseline pm (PUT /bundles)", base_runs), ("baseline pm (POST /zip)", base_legacy_runs)]
         medians = []
         for label, runs in rows:
             seconds = median([r[0] for r in runs])
@@ -213,8 +218,11 @@ def main():
             medians.append((seconds, rss))
             print("%-31s %9.2f %11.1f %14.1f   %s" % (label, seconds, mib / seconds, rss,
                                                      " ".join("%.2f" % r[0] for r in runs)))
+        if args.baseline_pyz:
+            print("this build against the baseline: PUT %.2fx, POST /zip %.2fx the speed"
+                  % (medians[-2][0] / medians[0][0], medians[-1][0] / medians[1][0]))
         if original:
-            (pm_s, pm_rss), _, (orig_s, orig_rss) = medians
+            (pm_s, pm_rss), _, (orig_s, orig_rss) = medians[:3]
             print("throughput ratio pm/original: %.1fx; peak RSS ratio original/pm: %.1fx"
                   % (orig_s / pm_s, orig_rss / pm_rss))
     finally:
