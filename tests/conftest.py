@@ -1,10 +1,13 @@
 """Shared fixtures: real interpreters, a freshly built pm.pyz, and conda stand-in set-ups."""
 import functools
 import glob
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -124,6 +127,32 @@ def example_software(tmp_path):
     target = str(tmp_path / "src" / "heatsim")
     shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), target, symlinks=True)
     return target
+
+
+def attempt_dirs(home, name):
+    """A software's migration attempts in a store, oldest first."""
+    return sorted(glob.glob(os.path.join(home, name, "2*")))
+
+
+def read_result(attempt):
+    with open(os.path.join(attempt, "result.json")) as handle:
+        return json.load(handle)
+
+
+def rewrite_bundle(bundle, out, edit):
+    """A copy of a bundle after edit(members, manifest) changed members' bytes or the manifest;
+    the sums are computed anew, so the copy verifies (tests that need another bundle)."""
+    with zipfile.ZipFile(bundle) as old:
+        members = dict((info.filename, old.read(info)) for info in old.infolist())
+    manifest = json.loads(members.pop("manifest.json").decode())
+    edit(members, manifest)
+    for name in manifest["members"]:
+        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for name, data in members.items():
+            new.writestr(name, data)
+        new.writestr("manifest.json", json.dumps(manifest))
+    return out
 
 
 def read_bytes(path):

@@ -1,7 +1,6 @@
 """`pm.pyz migrate` with real apt: a C example needing zlib and make, compiled against what apt installs.
 
 Runs as root (CI is root; .ci/run runs 'apt-get update' once)."""
-import json
 import os
 import shutil
 import subprocess
@@ -10,7 +9,7 @@ import tempfile
 import pytest
 
 import channels
-from conftest import ROOT, CondaSite, find_python, run_pm
+from conftest import ROOT, CondaSite, attempt_dirs, find_python, read_result, run_pm
 
 C_CONFIG = """[csim]
 output_dir = {out}
@@ -48,10 +47,7 @@ def test_apt_finds_zlib1g_dev_installs_it_and_the_c_example_builds_against_it(py
                   timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "ok: zlib" in proc.stderr and "needs root" not in proc.stderr
-    folder = os.path.join(site.home, "csim")
-    attempt = sorted(d for d in os.listdir(folder) if d.startswith("2"))[-1]
-    with open(os.path.join(folder, attempt, "result.json")) as handle:
-        result = json.load(handle)
+    result = read_result(attempt_dirs(site.home, "csim")[-1])
     packages = dict((r["requirement"], r) for r in result["packages"])
     assert packages["zlib"]["package"].startswith("apt:zlib1g-dev") and packages["zlib"]["status"] == "installed"
     assert packages["make"]["package"].startswith("apt:make") and packages["make"]["status"] == "installed"

@@ -1,16 +1,14 @@
 """`pm.pyz migrate` without conda: package-manager configs, real pip against a local index."""
-import hashlib
 import json
 import os
 import subprocess
-import zipfile
 
 import pytest
 
 import channels
 import pm
 import wheels
-from conftest import ROOT, CondaSite, find_python, run_pm
+from conftest import ROOT, CondaSite, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
 
 PIP_CONFIG = """[pysim]
 output_dir = {out}
@@ -45,10 +43,8 @@ def migrate(pyz, pysim, *extra, **kwargs):
 
 
 def last_result(pysim):
-    folder = os.path.join(pysim["home"], "pysim")
-    attempt = sorted(d for d in os.listdir(folder) if d.startswith("2"))[-1]
-    with open(os.path.join(folder, attempt, "result.json")) as handle:
-        return json.load(handle), os.path.join(folder, attempt)
+    attempt = attempt_dirs(pysim["home"], "pysim")[-1]
+    return read_result(attempt), attempt
 
 
 @pytest.mark.parametrize("version, source", [("3.6", "http index"), ("newest", "wheel folder"),
@@ -248,27 +244,14 @@ def test_python_requirements_match_only_python_packages_of_system_managers():
     assert "libpanel-dev" in [c.package for c in pm.find_candidates(pm.Requirement("panel", "6.4"), [Fake()])]
 
 
-def with_member(bundle, out, name, change):
-    """A copy of a bundle with one member's bytes changed by change(data), the manifest's sums kept right."""
-    with zipfile.ZipFile(bundle) as old:
-        members = dict((info.filename, old.read(info)) for info in old.infolist())
-    members[name] = change(members[name])
-    manifest = json.loads(members.pop("manifest.json").decode())
-    manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
-        for member, data in members.items():
-            new.writestr(member, data)
-        new.writestr("manifest.json", json.dumps(manifest))
-    return out
-
-
 def with_pip_section(bundle, out, entries):
     """env.yml listing packages pip installed (real conda exports them as a 'pip:' list; the
     conda stand-in has no pip), before its closing 'prefix:' line."""
-    def add(data):
-        text, prefix = data.decode().split("prefix:")
-        return (text + "  - pip:\n" + "".join("    - %s\n" % e for e in entries) + "prefix:" + prefix).encode()
-    return with_member(bundle, out, "env.yml", add)
+    def add(members, manifest):
+        text, prefix = members["env.yml"].decode().split("prefix:")
+        members["env.yml"] = (text + "  - pip:\n" + "".join("    - %s\n" % e for e in entries) + "prefix:"
+                              + prefix).encode()
+    return rewrite_bundle(bundle, out, add)
 
 
 def test_what_pip_installed_on_the_base_is_required_too(pyz, pysim):
@@ -284,9 +267,9 @@ def test_what_pip_installed_on_the_base_is_required_too(pyz, pysim):
 
 
 def test_without_the_bases_python_here_the_venv_uses_pms_own_and_says_so(pyz, pysim):
-    def python_399(data):
-        return data.replace(b'"version": "3.11.7"', b'"version": "3.99.1"')
-    bundle = with_member(pysim["bundle"], str(pysim["tmp"] / "py399.zip"), "conda-list.json", python_399)
+    def python_399(members, manifest):
+        members["conda-list.json"] = members["conda-list.json"].replace(b'"version": "3.11.7"', b'"version": "3.99.1"')
+    bundle = rewrite_bundle(pysim["bundle"], str(pysim["tmp"] / "py399.zip"), python_399)
     proc = migrate(pyz, dict(pysim, bundle=bundle), "--yes", version="3.6")
     assert proc.returncode == 0, proc.stderr
     assert "note: the base ran Python 3.99.1 and there is no python3.99 on PATH here: the software's virtual " \

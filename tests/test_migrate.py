@@ -1,5 +1,4 @@
 """`pm.pyz migrate` with conda: the conda stand-in creates environments, tests really run in them."""
-import glob
 import hashlib
 import json
 import os
@@ -12,7 +11,8 @@ import pytest
 
 import channels
 import pm
-from conftest import ROOT, CondaSite, find_python, read_bytes, run_pm
+from conftest import (ROOT, CondaSite, attempt_dirs, find_python, read_bytes, read_result, rewrite_bundle,
+                      run_pm)
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
@@ -33,12 +33,7 @@ def pack(pyz, site, software, out, python="2.7"):
 
 
 def attempts(site, name="heatsim"):
-    return sorted(glob.glob(os.path.join(site.home, name, "2*")))
-
-
-def result_of(path):
-    with open(os.path.join(path, "result.json")) as handle:
-        return json.load(handle)
+    return attempt_dirs(site.home, name)
 
 
 @pytest.mark.parametrize("version", ["3.6", "newest"])
@@ -54,7 +49,7 @@ def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, 
     assert (installed / "heatsim.sh").exists()
     assert stat.S_IMODE(os.stat(str(installed / "heatsim.sh")).st_mode) == 0o755
     (attempt,) = attempts(conda_site)
-    result = result_of(attempt)
+    result = read_result(attempt)
     with open(os.path.join(attempt, "commands.log")) as handle:
         assert result["status"] == "passed" and result["level"] == "exact", handle.read()
     assert [t["status"] for t in result["tests"]] == ["passed", "passed"]
@@ -72,7 +67,7 @@ def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site,
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
                   conda_site.env())
     assert proc.returncode == 1, proc.stderr
-    result = result_of(attempts(conda_site)[0])
+    result = read_result(attempts(conda_site)[0])
     assert [(t["name"], t["status"], t["exit_code"]) for t in result["tests"]] == \
         [("broken", "failed", 3), ("smooth", "passed", 0), ("tools", "passed", 0)]
     assert result["status"] == "failed" and not (tmp_path / "installed").exists()
@@ -88,7 +83,7 @@ def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_p
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
                   target.env())
     assert proc.returncode == 0, proc.stderr
-    result = result_of(attempts(target)[0])
+    result = read_result(attempts(target)[0])
     assert result["level"] == "no-builds"
     assert os.path.exists(os.path.join(attempts(target)[0], "env-exact.yml"))
 
@@ -100,7 +95,7 @@ def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_
     proc = run_pm(find_python("newest"), pyz, args, conda_site.env())
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert os.path.isdir(conda_site.prefix("heatsim-env"))
-    assert result_of(attempts(conda_site)[0])["status"] == "error"
+    assert read_result(attempts(conda_site)[0])["status"] == "error"
     proc = run_pm(find_python("newest"), pyz, args + ["--force"], conda_site.env())
     assert proc.returncode == 0, proc.stderr
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
@@ -241,7 +236,7 @@ def test_pack_py27_to_server_then_migrate_from_the_store(pyz, conda_site, exampl
         run_pm(python, pyz, ["serve", "stop"], env)
     proc = run_pm(find_python("3.6"), pyz, ["migrate", "heatsim", write_config(tmp_path)], env)
     assert proc.returncode == 0, proc.stderr
-    assert result_of(attempts(conda_site)[0])["bundle"].endswith(os.path.join("bundles", "0001.zip"))
+    assert read_result(attempts(conda_site)[0])["bundle"].endswith(os.path.join("bundles", "0001.zip"))
     assert (tmp_path / "installed" / "heatsim" / "tests" / "test_smooth.sh").exists()
 
 
@@ -251,7 +246,7 @@ def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_so
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
                   conda_site.env(), timeout=50)
     assert proc.returncode == 1
-    tests = result_of(attempts(conda_site)[0])["tests"]
+    tests = read_result(attempts(conda_site)[0])["tests"]
     assert [(t["name"], t["status"]) for t in tests] == [("hang", "timeout"), ("smooth", "passed")]
     assert tests[0]["seconds"] < 20
 
@@ -269,15 +264,7 @@ def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, example_so
 
 def with_source(bundle, out, **source):
     """A copy of a bundle whose manifest says it was packed on another machine."""
-    with zipfile.ZipFile(bundle) as old, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
-        for info in old.infolist():
-            data = old.read(info)
-            if info.filename == "manifest.json":
-                manifest = json.loads(data.decode())
-                manifest["source"].update(source)
-                data = json.dumps(manifest).encode()
-            new.writestr(info, data)
-    return out
+    return rewrite_bundle(bundle, out, lambda members, manifest: manifest["source"].update(source))
 
 
 def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migrating(pyz, conda_site,
@@ -290,7 +277,7 @@ def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migratin
     here = os.confstr("CS_GNU_LIBC_VERSION").split()[1]
     assert "note: the bundle comes from glibc 9.1, this machine has glibc %s" % here in proc.stderr
     assert "note: the bundle comes from processor aarch64??2J, this machine has x86_64" in proc.stderr
-    assert result_of(attempts(conda_site)[0])["platform"]["libc"] == "glibc " + here
+    assert read_result(attempts(conda_site)[0])["platform"]["libc"] == "glibc " + here
 
     same = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
                                                "--force"], conda_site.env())
