@@ -1176,7 +1176,7 @@ def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
             for info in files:
                 copy_member(source, info, bundle, prefix + info.filename, members)
             software = sorted(tops)[0] if prefix == "software/" else name
-            manifest = {"format": BUNDLE_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            manifest = {"format": BUNDLE_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "probe_version": "platform-migrator 1.1.0", "source": {}, "env": {},
                         "software": {"dir": software, "files": len(files)}, "minimal": [],
                         "requested_specs": [], "members": members}

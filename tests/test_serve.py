@@ -1,5 +1,6 @@
 """`pm.pyz serve`: a real server on 127.0.0.1, real clients (pm probe, urllib as the original, curl)."""
 import base64
+import calendar
 import hashlib
 import json
 import os
@@ -289,11 +290,14 @@ def test_unpack_converts_the_original_tools_carried_zip(pyz, tmp_path):
         archive.writestr("env.yml", "name: oldsim\ndependencies:\n  - numpy=1.26.4\n")
         archive.writestr("min-deps.json", json.dumps([{"name": "numpy", "version": "1.26.4"}]))
         archive.writestr("oldsim/run.sh", "echo hi\n")
-    env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
+    env = dict(os.environ, PM_HOME=str(tmp_path / "store"), TZ="Etc/GMT+5")  # a machine 5 hours behind UTC
     proc = run_pm(find_python("newest"), pyz, ["unpack", carried], env)
     assert proc.returncode == 0, proc.stderr
     stored = pm.latest_bundle("oldsim", str(tmp_path / "store"))
-    assert pm.verify_bundle(stored).software_dir() == "oldsim"
+    manifest = pm.verify_bundle(stored)
+    assert manifest.software_dir() == "oldsim"
+    created = calendar.timegm(time.strptime(manifest.created, "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(created - time.time()) < 120, manifest.created  # UTC, as its Z says
     with zipfile.ZipFile(stored) as bundle:
         assert bundle.read("software/oldsim/run.sh") == b"echo hi\n"
 
