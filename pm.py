@@ -246,10 +246,14 @@ def find_conda():
                     "activate your conda environment or set CONDA_EXE=/path/to/conda")
 
 
-def run_conda(conda, args, check=True):
+def run_conda(conda, args, check=True, extra_env=None):
     """Run conda; return its stdout as text, or None when check is False and it failed."""
+    env = None
+    if extra_env:
+        env = dict(os.environ)
+        env.update(extra_env)
     try:
-        proc = subprocess.Popen([conda] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen([conda] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
         raise PackError("cannot run %s: %s" % (conda, exc), "set CONDA_EXE to a working conda")
     out, err = proc.communicate()
@@ -272,11 +276,54 @@ def run_conda_json(conda, args):
                         "update conda, or set CONDA_EXE to another conda")
 
 
+def conda_version(info):
+    """conda info's version as a tuple of numbers: '4.3.16' -> (4, 3, 16)."""
+    numbers = re.findall(r"\d+", str(info.get("conda_version", "")))[:3]
+    return tuple(int(n) for n in numbers)
+
+
+def envs_dirs(info):
+    """Where conda looks for environments by name, in its order (conda info --json)."""
+    return [str(d) for d in info.get("envs_dirs") or []]
+
+
+def named_env_prefix(info, name):
+    """The prefix conda means by '-n NAME': base/root, else the first envs dir holding NAME."""
+    if name in ("base", "root"):
+        return str(info.get("root_prefix") or "") or None
+    for folder in envs_dirs(info):
+        prefix = os.path.join(folder, name)
+        if is_env_prefix(prefix):
+            return prefix
+    return None
+
+
+def export_args(conda_info, prefix):
+    """Arguments and environment for 'conda env export' of a prefix, as this conda takes them.
+    conda 4.3 knows only '-n NAME' (no -p): the prefix's folder goes first in CONDA_ENVS_PATH,
+    so that NAME means this prefix even outside envs_dirs."""
+    if conda_version(conda_info) >= (4, 4):
+        return ["env", "export", "-p", prefix], None
+    parent, name = os.path.split(prefix.rstrip(os.sep))
+    paths = [parent] + [d for d in os.environ.get("CONDA_ENVS_PATH", "").split(os.pathsep) if d]
+    return ["env", "export", "-n", name], {"CONDA_ENVS_PATH": os.pathsep.join(paths)}
+
+
+def export_env(conda, conda_info, prefix):
+    """(env.yml, its --from-history form or None): what this conda writes for the prefix."""
+    args, extra_env = export_args(conda_info, prefix)
+    env_yml = run_conda(conda, args, extra_env=extra_env)
+    history_yml = None
+    if conda_version(conda_info) >= (4, 7, 12):  # the first conda with --from-history
+        history_yml = run_conda(conda, args + ["--from-history"], check=False, extra_env=extra_env)
+    return env_yml, history_yml
+
+
 def is_env_prefix(path):
     return os.path.isdir(os.path.join(path, "conda-meta"))
 
 
-def find_env(conda, wanted, assume_yes):
+def find_env(conda, conda_info, wanted, assume_yes):
     """Return the prefix of the environment to pack: -e, the active one, or a choice."""
     if wanted:
         if os.sep in wanted or wanted.startswith("."):
@@ -285,26 +332,30 @@ def find_env(conda, wanted, assume_yes):
                 return prefix
             raise PackError("%s is not a conda environment (no conda-meta folder)" % prefix,
                             "pass an environment name or prefix listed by 'conda env list'")
-        for prefix in list_envs(conda):
-            if os.path.basename(prefix) == wanted or (wanted == "base" and is_base(prefix)):
+        prefix = named_env_prefix(conda_info, wanted)
+        if prefix:
+            return prefix
+        for prefix in list_envs(conda, conda_info):
+            if os.path.basename(prefix) == wanted:
                 return prefix
         raise PackError("unknown conda environment '%s'" % wanted,
                         "run 'conda env list' to see the names, or pass a prefix path with -e")
     active = os.environ.get("CONDA_PREFIX")
     if active and is_env_prefix(active):
         return active
-    envs = list_envs(conda)
+    envs = list_envs(conda, conda_info)
     if not envs:
         raise PackError("conda knows no environments", "create one, or pass its prefix with -e")
     return choose("Which conda environment runs the software?", envs, "-e ENV", assume_yes)
 
 
-def is_base(prefix):
-    return os.path.isdir(os.path.join(prefix, "envs")) or os.path.isfile(os.path.join(prefix, "bin", "conda"))
-
-
-def list_envs(conda):
-    return [str(p) for p in run_conda_json(conda, ["env", "list", "--json"]).get("envs", [])]
+def list_envs(conda, conda_info):
+    """The environments conda lists, base first (conda 4.3 leaves base out of 'env list')."""
+    envs = [str(p) for p in run_conda_json(conda, ["env", "list", "--json"]).get("envs", [])]
+    root = str(conda_info.get("root_prefix") or "")
+    if root and root not in envs and is_env_prefix(root):
+        envs.insert(0, root)
+    return envs
 
 
 # -- Environment records and the minimal set ------------------------------
@@ -339,6 +390,27 @@ def read_conda_meta(prefix):
     return records
 
 
+HISTORY_SPECS = re.compile(r"#\s*(\w+)\s+specs:\s*(.*?)\s*$")
+
+
+def history_specs(text):
+    """The specs of a conda-meta/history line's value, in either format conda writes:
+    "['a', 'b >=2']" (4.4 and later) or "a,b >=2,<3" (4.3 and older, joined with commas)."""
+    if text.startswith("["):
+        try:
+            return [str(s) for s in ast.literal_eval(text)]
+        except (ValueError, SyntaxError):
+            return []
+    specs = []
+    for part in text.split(","):
+        part = part.strip()
+        if specs and (not part or not re.match(r"[A-Za-z0-9_]", part)):
+            specs[-1] += "," + part  # '<3' continues 'b >=2'
+        elif part:
+            specs.append(part)
+    return specs
+
+
 def read_requested_specs(prefix):
     """What the user asked for, replayed from conda-meta/history: name -> spec."""
     path = os.path.join(prefix, "conda-meta", "history")
@@ -348,18 +420,15 @@ def read_requested_specs(prefix):
     with open(path, "rb") as handle:
         lines = handle.read().decode("utf-8", "replace").splitlines()
     for line in lines:
-        match = re.match(r"#\s*(update|remove|neutered) specs:\s*(\[.*\])\s*$", line)
+        match = HISTORY_SPECS.match(line)
         if not match:
             continue
-        try:
-            listed = ast.literal_eval(match.group(2))
-        except (ValueError, SyntaxError):
-            continue
-        for spec in listed:
+        action = match.group(1)
+        for spec in history_specs(match.group(2)):
             name = spec_name(spec)
-            if match.group(1) == "remove":
+            if action == "remove":
                 specs.pop(name, None)
-            elif match.group(1) == "update":
+            elif action in ("create", "install", "update"):
                 specs[name] = spec
     return specs
 
@@ -712,23 +781,24 @@ def text_bytes(text):
     return text.encode("utf-8") if not isinstance(text, bytes) else text
 
 
-def gather_environment(conda, prefix):
+def gather_environment(conda, conda_info, prefix):
     """Everything the bundle says about the environment, before anything is written."""
     records = read_conda_meta(prefix)
     requested = read_requested_specs(prefix)
     graph = dependency_graph(records)
     minimal = minimal_set(graph, requested)
-    say("asking conda for the environment (list, env export, info)...")
+    say("asking conda for the environment (list, env export)...")
     listed = run_conda_json(conda, ["list", "--json", "-p", prefix])
+    env_yml, history_yml = export_env(conda, conda_info, prefix)
     env = {
         "prefix": prefix,
         "records": records,
         "requested": requested,
         "minimal": minimal,
         "listed": listed,
-        "env_yml": run_conda(conda, ["env", "export", "-p", prefix]),
-        "history_yml": run_conda(conda, ["env", "export", "-p", prefix, "--from-history"], check=False),
-        "info": run_conda_json(conda, ["info", "--json"]),
+        "env_yml": env_yml,
+        "history_yml": history_yml,
+        "info": conda_info,
     }
     say("environment %s: %d packages, %d directly required (%d asked for in its history)"
         % (prefix, len(records), len(minimal), len(requested)))
@@ -911,9 +981,10 @@ def resolve_answers(args):
 def pack(args):
     conda = find_conda()
     name, software_dir, output, server = resolve_answers(args)
-    prefix = find_env(conda, args.env, args.yes)
+    conda_info = run_conda_json(conda, ["info", "--json"])
+    prefix = find_env(conda, conda_info, args.env, args.yes)
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
-    env = gather_environment(conda, prefix)
+    env = gather_environment(conda, conda_info, prefix)
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     if output:
         write_bundle(output, name, software_dir, env, patterns)
@@ -1282,8 +1353,10 @@ class EnvFile(object):
         self.variables = dict(variables or {})
 
     def to_yaml(self):
-        lines = ["name: %s" % yaml_scalar(self.name or "env"), "channels:"]
-        lines += ["  - %s" % yaml_scalar(c) for c in self.channels]
+        lines = ["name: %s" % yaml_scalar(self.name or "env")]
+        if self.channels:  # an empty 'channels:' crashes conda 25's env create
+            lines.append("channels:")
+            lines += ["  - %s" % yaml_scalar(c) for c in self.channels]
         lines.append("dependencies:")
         lines += ["  - %s" % yaml_scalar(d) for d in self.dependencies]
         if self.pip:
@@ -1315,8 +1388,15 @@ def strip_comment(line):
     return line
 
 
+# Tags that only say "a string": PyYAML on Python 2 writes !!python/unicode (conda 4.3 does).
+STRING_TAGS = ("!!python/unicode", "!!python/str", "!!str")
+
+
 def parse_scalar(text, where):
     text = text.strip()
+    tag = text.split(None, 1)[0] if text.startswith("!!") else None
+    if tag in STRING_TAGS:
+        text = text[len(tag):].strip()
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
         inner = text[1:-1]
         return inner.replace("''", "'") if text[0] == "'" else inner.replace('\\"', '"').replace("\\\\", "\\")
@@ -1326,20 +1406,35 @@ def parse_scalar(text, where):
     return text
 
 
-def parse_env_yml(text, source="env.yml"):
-    """Parse conda's env-file subset: name, channels, dependencies (with a pip: list), prefix, variables."""
-    doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
-    key, pip_indent = None, None
+def logical_lines(text, source):
+    """(line number, indent, text) of the lines that say something, comments dropped, with YAML's
+    folded continuations joined: a deeper line that is neither a list item nor 'key:' continues the
+    value above it (ruamel.yaml wraps long values so: conda 25 writes 'name:' and a path below)."""
+    lines = []
     for number, raw in enumerate(text.splitlines(), 1):
-        where = "%s line %d" % (source, number)
         line = strip_comment(raw).rstrip()
         if not line.strip() or line.strip() in ("---", "..."):
             continue
         indent = len(line) - len(line.lstrip(" "))
         if line[indent:indent + 1] == "\t":
-            raise PmError("%s: tab indentation" % where, "indent with spaces")
+            raise PmError("%s line %d: tab indentation" % (source, number), "indent with spaces")
         body = line.strip()
-        if indent == 0:
+        is_item = body == "-" or body.startswith("- ")
+        if lines and indent > lines[-1][1] and not is_item and not re.match(r"^[A-Za-z_][\w-]*\s*:(\s|$)", body):
+            lines[-1][2] = lines[-1][2] + " " + body
+            continue
+        lines.append([number, indent, body])
+    return lines
+
+
+def parse_env_yml(text, source="env.yml"):
+    """Parse conda's env-file subset: name, channels, dependencies (with a pip: list), prefix, variables."""
+    doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
+    key, pip_indent = None, None
+    for number, indent, body in logical_lines(text, source):
+        where = "%s line %d" % (source, number)
+        unindented_item = key in ("channels", "dependencies") and (body == "-" or body.startswith("- "))
+        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
             match = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", body)
             if not match:
                 raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body),
@@ -1403,6 +1498,16 @@ def direct_specs(min_deps, env):
         if isinstance(record, dict) and record.get("name"):
             specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
     return without_conda_itself(specs) or [conda_spec_name(s) for s in without_conda_itself(env.dependencies)]
+
+
+def local_channels_missing_here(channels):
+    """The env file's local channels (file://) that do not exist on this machine. conda 25 refuses
+    an env file naming one (4.3 passes over it); the channels of this conda's condarc serve instead."""
+    missing = []
+    for channel in channels:
+        if channel.startswith("file://") and not os.path.isdir(unquote(urlsplit(channel).path)):
+            missing.append(channel)
+    return missing
 
 
 def migration_levels(env, min_deps):
@@ -2119,46 +2224,122 @@ class Attempt(object):
         write_json(os.path.join(self.path, "result.json"), self.result)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_probe():
+    """The probe, loaded once: what pack and migrate share about conda lives there."""
+    return load_probe()
+
+
 def find_conda_here():
-    exe = os.environ.get("CONDA_EXE") or shutil.which("conda")
-    if not exe:
-        raise PmError("no conda found on this machine (CONDA_EXE, PATH)",
-                      "install conda, or list other package managers in the test configuration")
-    return exe
-
-
-def conda_env_prefix(conda, env_name):
-    proc = subprocess.run([conda, "env", "list", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          encoding="utf-8", errors="replace")
+    """This machine's conda, found as the probe finds it ($CONDA_EXE, PATH, the usual prefixes)."""
+    probe = shared_probe()
     try:
-        envs = json.loads(proc.stdout).get("envs", []) if proc.returncode == 0 else []
-    except ValueError:
-        envs = []
-    for prefix in envs:
-        if os.path.basename(prefix) == env_name:
-            return prefix
-    return None
+        return probe.find_conda()
+    except probe.PackError as exc:
+        raise PmError(exc.what, "install conda, set CONDA_EXE, or list other package managers in the "
+                                "test configuration")
+
+
+class CondaHere(object):
+    """The target's conda: its executable, and what 'conda info --json' says about it."""
+
+    def __init__(self, exe):
+        self.exe = exe
+        proc = subprocess.run([exe, "info", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.info = json.loads(proc.stdout.decode("utf-8", "replace")) if proc.returncode == 0 else None
+        except ValueError:
+            self.info = None
+        if not isinstance(self.info, dict):
+            raise PmError("'%s info --json' failed (exit %d)" % (exe, proc.returncode),
+                          "check that this conda works ('conda info'), or set CONDA_EXE to another one")
+        self.version = shared_probe().conda_version(self.info)
+
+    def env_prefix(self, env_name):
+        """The prefix of the environment conda means by '-n env_name', if there is one."""
+        return shared_probe().named_env_prefix(self.info, env_name)
+
+
+# conda's "not found" errors: 4.3 names the first missing package only (NoPackagesFoundError,
+# PackageNotFoundError), current conda all of them (ResolvePackageNotFound, PackagesNotFoundError).
+NOT_FOUND_ERRORS = re.compile(r"(NoPackagesFoundError|PackageNotFoundError|PackagesNotFoundError|"
+                              r"ResolvePackageNotFound)\b")
+
+
+def missing_packages(output):
+    """The specs a failed conda command says it cannot find, as it lists them ('  - name version')."""
+    missing, listing = [], False
+    for line in output.splitlines():
+        if NOT_FOUND_ERRORS.search(line):
+            listing = True
+            continue
+        item = re.match(r"^\s+- (\S.*?)\s*$", line)
+        if listing and item:
+            missing.append(item.group(1))
+        elif listing and missing and line.strip():
+            listing = False
+    return missing
+
+
+def conda_error_line(output, code):
+    """The line of a failed conda command that names its error (the last such), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z.]*(Error|Exception)\b.*:", line)]
+    return (named or lines or ["exit %d" % code])[-1]
+
+
+def all_missing(attempt, conda, env_name, specs, first_missing):
+    """Every spec of a level that the channels lack, not only the first that conda 4.3 names:
+    dry runs without what was found missing, until conda finds the rest (at most one per spec)."""
+    missing = list(first_missing)
+    while missing and len(missing) < len(specs):
+        missing_names = set(conda_spec_name(m) for m in missing)
+        rest = [s for s in specs if conda_spec_name(s) not in missing_names]
+        code, output = attempt.run([conda.exe, "create", "--dry-run", "-n", env_name] + rest)
+        more = [m for m in missing_packages(output) if conda_spec_name(m) not in missing_names]
+        if code == 0 or not more:
+            break
+        missing += more
+    return missing
 
 
 def create_conda_env(attempt, conda, env_name, env, min_deps, force):
     """Create the environment, falling back level by level; return (level, prefix)."""
-    prefix = conda_env_prefix(conda, env_name)
+    prefix = conda.env_prefix(env_name)
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
                       "pass --force to replace it, or --env-name to choose another name")
+    gone = local_channels_missing_here(env.channels)
+    if gone:
+        say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
+            % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
+        env = EnvFile(env.name, [c for c in env.channels if c not in gone], env.dependencies, env.pip,
+                      env.variables)
+    missing = []
     for level, env_file in migration_levels(env, min_deps):
         if prefix:  # there before, or left by the level that failed
-            attempt.run([conda, "env", "remove", "-n", env_name, "-y"])
+            attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
         env_file.name = env_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
         write_atomic(path, env_file.to_yaml())
         say("creating conda environment %s (%s, %d packages)..." % (env_name, level, len(env_file.dependencies)))
-        code, output = attempt.run([conda, "env", "create", "-f", path, "-n", env_name])
-        prefix = conda_env_prefix(conda, env_name)
+        code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", env_name])
+        prefix = conda.env_prefix(env_name)
         if code == 0 and prefix:
             shutil.copyfile(path, os.path.join(attempt.path, "env.yml"))
             return level, prefix
-        say("  failed at level %s: %s" % (level, (output.strip().splitlines() or ["exit %d" % code])[-1]))
+        missing = missing_packages(output)
+        if missing:
+            say("  failed at level %s: the channels lack %s" % (level, ", ".join(missing)))
+        else:
+            say("  failed at level %s: %s" % (level, conda_error_line(output, code)))
+    if missing:
+        missing = all_missing(attempt, conda, env_name, env_file.dependencies, missing)
+        attempt.save(missing=missing)
+        raise PmError("conda could not create the environment at any level (exact, no-builds, direct): "
+                      "its channels lack %d package%s: %s" % (len(missing), "s" * (len(missing) != 1),
+                                                               ", ".join(missing)),
+                      "add a channel or mirror that has them to this conda's condarc", code=1)
     raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
 
@@ -2462,7 +2643,7 @@ def run_attempt(attempt, config, bundle, manifest, options):
     min_deps = json.loads(read_member_text(bundle, "min-deps.json"))
     packages = None
     if "conda" in config.package_managers:
-        conda = find_conda_here()
+        conda = CondaHere(find_conda_here())
         env_name = options.env_name or attempt.name
         level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))

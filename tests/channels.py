@@ -145,3 +145,53 @@ def packages_channel(channel, packages):
     for name, version, build, depends, files in packages:
         make_package(channel, "noarch", name, version, build, depends, files)
     return index_channel(channel)
+
+
+# -- Channels for real conda ----------------------------------------------------
+# Real conda 4.3.16 reads <subdir>/repodata.json.bz2, wants noarch/ and linux-64/, and knows no
+# virtual packages (__unix): these channels are indexed with the standard library, as conda-index would.
+
+# A root dependency cycle beside the example, so that the minimal set has one to handle.
+CYCLE_PACKAGES = [
+    ("cycle-a", "1.0", "h5_0", ["cycle-b"], {}),
+    ("cycle-b", "1.0", "h5_0", ["cycle-a"], {}),
+]
+REAL_SPECS = EXAMPLE_SPECS + ["cycle-b"]
+
+
+def write_repodata(channel):
+    """repodata.json and repodata.json.bz2 for every subdir, from the packages' info/index.json."""
+    import bz2
+    for subdir in ("noarch", "linux-64"):
+        folder = os.path.join(channel, subdir)
+        os.makedirs(folder, exist_ok=True)
+        packages = {}
+        for filename in sorted(os.listdir(folder)):
+            if not filename.endswith(".tar.bz2"):
+                continue
+            path = os.path.join(folder, filename)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            with tarfile.open(path) as tar:
+                record = json.load(tar.extractfile("info/index.json"))
+            record.update(md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+            packages[filename] = record
+        text = json.dumps({"info": {"subdir": subdir}, "packages": packages}, indent=1, sort_keys=True).encode()
+        with open(os.path.join(folder, "repodata.json"), "wb") as handle:
+            handle.write(text)
+        with open(os.path.join(folder, "repodata.json.bz2"), "wb") as handle:
+            handle.write(bz2.compress(text))
+    return channel
+
+
+def real_example_channel(channel, builds=None, versions=None, leave_out=()):
+    """The example's packages and a root cycle, for real conda. builds and versions override build
+    strings and versions (name -> value), to imitate another platform or an older mirror;
+    leave_out names packages the channel lacks."""
+    for name, version, build, depends, files in EXAMPLE_PACKAGES + CYCLE_PACKAGES:
+        if name in leave_out:
+            continue
+        depends = [d for d in depends if not d.startswith("__")]
+        make_package(channel, "noarch", name, (versions or {}).get(name, version),
+                     (builds or {}).get(name, build), depends, files)
+    return write_repodata(channel)

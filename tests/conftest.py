@@ -13,6 +13,7 @@ import pytest
 
 import channels
 import condastandin
+import realconda
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -119,6 +120,27 @@ def conda_site(tmp_path, example_channel):
     site = CondaSite(str(tmp_path), [example_channel], str(tmp_path / "pm-home"))
     site.create("heatsim-env", channels.EXAMPLE_SPECS)
     return site
+
+
+@pytest.fixture(scope="session")
+def real_condas():
+    """key ('4.3.16-py2.7', '4.3.16-py3.6', '25.11.1') -> a real conda command, built once per run."""
+    return realconda.build_all(find_python)
+
+
+@pytest.fixture(scope="session")
+def real_channel(tmp_path_factory):
+    """The example's packages and a root cycle, indexed for real conda (4.3.16 and 25.11.1)."""
+    return channels.real_example_channel(str(tmp_path_factory.mktemp("real-channel")))
+
+
+@pytest.fixture
+def real_site(tmp_path, real_condas, real_channel):
+    """make(key, label='site', channels=None): a real conda site of its own under tmp_path/label."""
+    def make(key, label="site", channel_dirs=None, home=None):
+        return realconda.RealCondaSite(real_condas[key], str(tmp_path / label), channel_dirs or [real_channel],
+                                       home)
+    return make
 
 
 @pytest.fixture

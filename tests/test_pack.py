@@ -142,7 +142,8 @@ def test_failed_write_leaves_no_partial_bundle(tmp_path, conda_site, example_sof
     probe = pm.load_probe()
     monkeypatch.setenv("PM_STANDIN_ROOT", conda_site.root)
     monkeypatch.setenv("PATH", conda_site.env()["PATH"])
-    env = probe.gather_environment(probe.find_conda(), conda_site.prefix("heatsim-env"))
+    conda = probe.find_conda()
+    env = probe.gather_environment(conda, probe.run_conda_json(conda, ["info", "--json"]), conda_site.prefix("heatsim-env"))
 
     def broken_add_file(*args):
         raise probe.PackError("cannot read a file", "fix it")

@@ -1,0 +1,101 @@
+"""Real conda for tests: 4.3.16 (on Python 2.7 and 3.6) and 25.11.1, built offline by the shared
+real-conda/setup.sh, once per machine into .real-conda/ (reused by later runs), and a site per test:
+its own HOME, condarc, envs and package caches, with a local file:// channel and no network."""
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SHARED = os.environ.get("PM_SHARED") or os.path.join(ROOT, "..", "shared")
+SETUP = os.path.join(SHARED, "real-conda", "setup.sh")
+CACHE = os.environ.get("PM_REAL_CONDA") or os.path.join(ROOT, ".real-conda")
+
+# key -> (conda version, Python it runs on)
+CONDAS = {
+    "4.3.16-py2.7": ("4.3.16", "2.7"),
+    "4.3.16-py3.6": ("4.3.16", "3.6"),
+    "25.11.1": ("25.11.1", "3.12"),
+}
+
+
+def build_all(find_python):
+    """Build (or reuse) every real conda, in parallel; return key -> path of its conda command."""
+    if not os.path.isfile(SETUP):
+        raise RuntimeError("no %s: put the shared folder beside the repo, or set PM_SHARED" % SETUP)
+    started, procs = time.time(), {}
+    for key, (version, python) in CONDAS.items():
+        env = dict(os.environ, PYTHON=find_python(python))
+        for name in ("CONDA_EXE", "CONDA_PREFIX", "CONDARC", "PYTHONPATH"):
+            env.pop(name, None)
+        procs[key] = subprocess.Popen(["bash", SETUP, os.path.join(CACHE, key), version], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    built = {}
+    for key, proc in procs.items():
+        out, err = proc.communicate(timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError("building real conda %s failed: %s" % (key, err.strip()[-2000:]))
+        built[key] = out.strip().splitlines()[-1]
+    sys.stderr.write("real condas ready in %.1f s\n" % (time.time() - started))
+    return built
+
+
+class RealCondaSite(object):
+    """One real conda as a user has it: conda on PATH, a condarc with local channels, and its own
+    HOME, envs dir and package cache (conda writes ~/.conda and ~/.cache whatever the condarc says)."""
+
+    def __init__(self, conda, base, channel_dirs, home=None):
+        self.conda_exe = conda
+        self.version = subprocess.run([conda, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      universal_newlines=True).stdout.split()[-1]
+        self.base = base
+        self.root = os.path.dirname(os.path.dirname(conda))  # conda's base prefix (the venv)
+        self.bin = os.path.join(base, "bin")
+        self.envs = os.path.join(base, "envs")
+        self.user_home = os.path.join(base, "home")
+        self.home = home or os.path.join(base, "pm-home")
+        self.channels = list(channel_dirs)
+        self.condarc = os.path.join(base, "condarc")
+        for folder in (self.bin, self.envs, self.user_home):
+            os.makedirs(folder, exist_ok=True)
+        os.symlink(conda, os.path.join(self.bin, "conda"))
+        with open(self.condarc, "w") as handle:
+            handle.write("channels:\n%s" % "".join("  - file://%s\n" % c for c in self.channels))
+            handle.write("default_channels: []\nenvs_dirs:\n  - %s\npkgs_dirs:\n  - %s\n"
+                         "solver: classic\nregister_envs: false\n"
+                         % (self.envs, os.path.join(base, "pkgs")))
+
+    def env(self, **extra):
+        env = dict(os.environ)
+        for key in ("CONDA_EXE", "CONDA_PREFIX", "CONDA_DEFAULT_ENV", "CONDA_ENVS_PATH", "PM_TOKEN",
+                    "CONDA_SHLVL", "PYTHONPATH"):
+            env.pop(key, None)
+        env["PATH"] = self.bin + os.pathsep + env.get("PATH", "")
+        env.update(HOME=self.user_home, CONDARC=self.condarc, PM_HOME=self.home, CONDA_SOLVER="classic")
+        env.update(extra)
+        return env
+
+    def activated(self, prefix, **extra):
+        """The environment that activation gives (4.3 installed by pip has no activate script):
+        the env's bin first on PATH, CONDA_PREFIX and CONDA_DEFAULT_ENV set."""
+        env = self.env(**extra)
+        env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env["PATH"]
+        env.update(CONDA_PREFIX=prefix, CONDA_DEFAULT_ENV=os.path.basename(prefix), CONDA_SHLVL="1")
+        return env
+
+    def conda(self, *args, check=True, env=None):
+        proc = subprocess.run([self.conda_exe] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env or self.env(), universal_newlines=True, timeout=600)
+        if check and proc.returncode != 0:
+            raise AssertionError("conda %s failed: %s%s" % (" ".join(args), proc.stdout, proc.stderr))
+        return proc
+
+    def create(self, name, specs, requested=None):
+        """conda create -n NAME (or -p PATH when name is a path)."""
+        where = ["-p", name] if os.sep in name else ["-n", name]
+        self.conda("create", "-y", "-q", *(where + list(specs)))
+        return self.prefix(name)
+
+    def prefix(self, name):
+        return name if os.sep in name else os.path.join(self.envs, name)

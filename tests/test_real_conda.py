@@ -1,0 +1,181 @@
+"""Real conda on both sides: 4.3.16 (on Python 2.7 and 3.6) and 25.11.1, from ../shared/real-conda.
+
+Each round trip creates the base environment with real conda, packs it with pm.pyz under a real
+interpreter, migrates it on a target with another real conda, runs the example's own tests there
+and installs it. Every site has its own HOME, condarc, envs dir and package cache.
+"""
+import json
+import os
+import shutil
+import zipfile
+
+import pytest
+
+import channels
+import realconda
+from conftest import ROOT, attempt_dirs, find_python, read_result, run_pm
+
+with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
+    CONFIG = _handle.read()
+
+# base conda, how the environment is given to pack, the Python that packs, target conda
+MATRIX = [
+    ("4.3.16-py2.7", "name", "2.7", "25.11.1"),
+    ("4.3.16-py2.7", "active", "2.7", "4.3.16-py3.6"),
+    ("4.3.16-py3.6", "prefix-outside", "newest", "25.11.1"),
+    ("4.3.16-py3.6", "prefix-inside", "2.7", "4.3.16-py2.7"),
+    ("25.11.1", "prefix-outside", "2.7", "4.3.16-py3.6"),
+    ("25.11.1", "name", "newest", "25.11.1"),
+    ("25.11.1", "active", "3.6", "4.3.16-py2.7"),
+]
+
+
+def write_config(tmp_path, text=CONFIG):
+    path = tmp_path / "tests.ini"
+    path.write_text(text.format(out=str(tmp_path / "installed")))
+    return str(path)
+
+
+def make_base_env(site, how, tmp_path):
+    """The example environment on the base; returns (pack's -e argument or None, env for pack, prefix)."""
+    if how == "prefix-outside":
+        prefix = site.create(str(tmp_path / "elsewhere" / "heatsim-env"), channels.REAL_SPECS)
+        return prefix, site.env(), prefix
+    prefix = site.create("heatsim-env", channels.REAL_SPECS)
+    if how == "name":
+        return "heatsim-env", site.env(), prefix
+    if how == "prefix-inside":
+        return prefix, site.env(), prefix
+    return None, site.activated(prefix), prefix
+
+
+def conda_meta(prefix):
+    """name -> (version, build) of an environment's conda-meta records."""
+    found = {}
+    for filename in os.listdir(os.path.join(prefix, "conda-meta")):
+        if filename.endswith(".json"):
+            with open(os.path.join(prefix, "conda-meta", filename)) as handle:
+                record = json.load(handle)
+            found[record["name"]] = (record["version"], record["build"])
+    return found
+
+
+def export_as_conda_writes_it(site, prefix):
+    """What this conda's own 'conda env export' prints for the prefix (4.3 takes only -n NAME)."""
+    if site.version.startswith("4."):
+        parent, name = os.path.split(prefix)
+        return site.conda("env", "export", "-n", name, env=site.env(CONDA_ENVS_PATH=parent)).stdout
+    return site.conda("env", "export", "-p", prefix).stdout
+
+
+def pack(pyz, site, software, bundle, how, python, tmp_path):
+    wanted, env, prefix = make_base_env(site, how, tmp_path)
+    args = ["pack", "-d", software, "-o", bundle, "--yes"] + (["-e", wanted] if wanted else [])
+    proc = run_pm(find_python(python), pyz, args, env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return prefix, proc
+
+
+@pytest.mark.parametrize("base_key, how, python, target_key", MATRIX,
+                         ids=["%s-%s-pack%s-to-%s" % case for case in MATRIX])
+def test_round_trip_between_real_condas(base_key, how, python, target_key, pyz, real_site, example_software,
+                                        tmp_path):
+    base = real_site(base_key, "base")
+    bundle = str(tmp_path / "heatsim.zip")
+    prefix, packed = pack(pyz, base, example_software, bundle, how, python, tmp_path)
+    assert "1 asked for" not in packed.stderr and "(3 asked for in its history)" in packed.stderr, packed.stderr
+
+    with zipfile.ZipFile(bundle) as archive:
+        manifest = json.loads(archive.read("manifest.json").decode())
+        env_yml = archive.read("env.yml").decode()
+        min_deps = json.loads(archive.read("min-deps.json").decode())
+    assert manifest["source"]["conda"] == base.version
+    assert manifest["minimal"] == ["cycle-b", "heatplot"], "one member stands for the root cycle"
+    assert sorted(manifest["requested_specs"])[0].startswith("cycle-b")
+    assert set(s.split("[")[0].split(" ")[0] for s in manifest["requested_specs"]) == \
+        {"heatplot", "gridtools", "cycle-b"}, "the history's specs, in this conda's format"
+    assert env_yml == export_as_conda_writes_it(base, prefix), "env.yml is what that conda wrote"
+    listed = dict((row["name"], row) for row in json.loads(base.conda("list", "--json", "-p", prefix).stdout))
+    for row in min_deps:
+        expected = dict(listed[row["name"]], requested=True)
+        assert row == expected, "min-deps.json rows are that conda's own 'conda list --json' rows"
+
+    target = real_site(target_key, "target")
+    python3 = find_python("newest")
+    proc = run_pm(python3, pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  target.env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "ok: smoothing step" in proc.stderr and "heatplot 0.3" in proc.stderr
+    (attempt,) = attempt_dirs(target.home, "heatsim")
+    result = read_result(attempt)
+    assert result["status"] == "passed" and result["level"] == "exact"
+    assert result["env_prefix"] == target.prefix("heatsim")
+    assert conda_meta(result["env_prefix"]) == conda_meta(prefix), "the same packages, versions and builds"
+    assert os.path.isfile(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"))
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory, real_condas, pyz):
+    """One bundle packed on each base conda (4.3.16 under Python 2.7, and 25.11.1), from a channel
+    that is taken away after packing, as the base's mirror is not on the target."""
+    out = {}
+    for key in ("4.3.16-py2.7", "25.11.1"):
+        folder = tmp_path_factory.mktemp("base-" + key)
+        base_channel = channels.real_example_channel(str(folder / "base-channel"))
+        site = realconda.RealCondaSite(real_condas[key], str(folder / "site"), [base_channel])
+        site.create("heatsim-env", channels.REAL_SPECS)
+        software = str(folder / "heatsim")
+        shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software)
+        bundle = str(folder / "heatsim.zip")
+        proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", bundle, "--yes"],
+                      site.env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        shutil.rmtree(base_channel)
+        out[key] = bundle
+    return out
+
+
+TARGETS = ["4.3.16-py3.6", "25.11.1"]
+
+
+def migrate_on(pyz, target, bundle, tmp_path):
+    return run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  target.env(), timeout=600)
+
+
+@pytest.mark.parametrize("target_key", TARGETS)
+def test_a_build_the_target_channel_lacks_falls_back_to_no_builds(target_key, pyz, bundles, real_site, tmp_path):
+    other = channels.real_example_channel(str(tmp_path / "other-builds"),
+                                          builds={"gridtools": "h9_9", "libgrid": "h9_9"})
+    target = real_site(target_key, "target", [other])
+    proc = migrate_on(pyz, target, bundles["4.3.16-py2.7"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "gridtools" in proc.stderr, "the missing build is named"
+    result = read_result(attempt_dirs(target.home, "heatsim")[0])
+    assert result["level"] == "no-builds"
+    assert conda_meta(result["env_prefix"])["gridtools"] == ("2.0", "h9_9")
+
+
+@pytest.mark.parametrize("target_key", TARGETS)
+def test_a_version_the_target_channel_lacks_falls_back_to_direct_requirements(target_key, pyz, bundles,
+                                                                                real_site, tmp_path):
+    older = channels.real_example_channel(str(tmp_path / "older"), versions={"libgrid": "1.1"})
+    target = real_site(target_key, "target", [older])
+    proc = migrate_on(pyz, target, bundles["25.11.1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(attempt_dirs(target.home, "heatsim")[0])
+    assert result["level"] == "direct"
+    assert conda_meta(result["env_prefix"])["libgrid"] == ("1.1", "h0_0")
+
+
+@pytest.mark.parametrize("target_key", TARGETS)
+def test_every_package_the_channel_lacks_is_named_at_once(target_key, pyz, bundles, real_site, tmp_path):
+    poor = channels.real_example_channel(str(tmp_path / "poor"), leave_out=("heatplot", "cycle-a", "cycle-b"))
+    target = real_site(target_key, "target", [poor])
+    proc = migrate_on(pyz, target, bundles["4.3.16-py2.7"], tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "lack 2 packages" in last and "heatplot" in last and "cycle-b" in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    result = read_result(attempt_dirs(target.home, "heatsim")[0])
+    assert result["status"] == "error" and not os.path.isdir(target.prefix("heatsim"))
