@@ -353,8 +353,8 @@ def list_envs(conda, conda_info):
     """The environments conda lists, base first (conda 4.3 leaves base out of 'env list')."""
     envs = [str(p) for p in run_conda_json(conda, ["env", "list", "--json"]).get("envs", [])]
     root = str(conda_info.get("root_prefix") or "")
-    if root and root not in envs and is_env_prefix(root):
-        envs.insert(0, root)
+    if root and is_env_prefix(root):
+        envs = [root] + [p for p in envs if p != root]
     return envs
 
 

@@ -1,16 +1,15 @@
 """Build local conda channels for tests: tiny hand-made packages and the real graphs in tests/fixtures.
 
 A package is a real .tar.bz2 with info/index.json, info/paths.json and its files; the channel is
-indexed with py-rattler, so the stand-in conda solves and installs from it exactly as from a mirror.
+indexed with the standard library as conda-index does (repodata.json and the repodata.json.bz2 that
+conda 4.3 reads, in noarch/ and linux-64/), so real conda and the stand-in install from it as from a mirror.
 """
-import asyncio
+import bz2
 import hashlib
 import io
 import json
 import os
 import tarfile
-
-from rattler.index import index_fs
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Copied from the shared fixtures (see its README); PM_SHARED=/path/to/shared reads the originals.
@@ -50,9 +49,27 @@ def add_member(tar, name, data, mode=0o644):
 
 
 def index_channel(channel):
+    """repodata.json and repodata.json.bz2 for every subdir, from the packages' info/index.json."""
     for subdir in ("noarch", "linux-64"):
-        os.makedirs(os.path.join(channel, subdir), exist_ok=True)
-    asyncio.run(index_fs(channel, write_zst=False, write_shards=False, force=True))
+        folder = os.path.join(channel, subdir)
+        os.makedirs(folder, exist_ok=True)
+        packages = {}
+        for filename in sorted(os.listdir(folder)):
+            if not filename.endswith(".tar.bz2"):
+                continue
+            path = os.path.join(folder, filename)
+            with open(path, "rb") as handle:
+                data = handle.read()
+            with tarfile.open(path) as tar:
+                record = json.load(tar.extractfile("info/index.json"))
+            record.update(md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+            packages[filename] = record
+        text = json.dumps({"info": {"subdir": subdir}, "packages": packages, "repodata_version": 1},
+                          indent=1, sort_keys=True).encode()
+        with open(os.path.join(folder, "repodata.json"), "wb") as handle:
+            handle.write(text)
+        with open(os.path.join(folder, "repodata.json.bz2"), "wb") as handle:
+            handle.write(bz2.compress(text))
     return channel
 
 
@@ -113,19 +130,27 @@ EXAMPLE_PACKAGES = [
     ("corelang", "3.1", "h1_0", ["corelang-pip"], {}),
     ("corelang-pip", "24.0", "h1_0", ["corelang >=3"], {}),
     ("gridtools", "2.0", "h2_0", ["libgrid >=1.0", "corelang >=3"], {"bin/gridcalc": GRIDCALC}),
-    ("heatplot", "0.3", "h3_0", ["gridtools >=2", "__unix"], {"bin/heatplot": HEATPLOT}),
+    ("heatplot", "0.3", "h3_0", ["gridtools >=2"], {"bin/heatplot": HEATPLOT}),
     ("conda", "24.11.3", "h4_0", ["corelang"], {}),
+    # a root dependency cycle, for environments whose minimal set has one to handle
+    ("cycle-a", "1.0", "h5_0", ["cycle-b"], {}),
+    ("cycle-b", "1.0", "h5_0", ["cycle-a"], {}),
 ]
 EXAMPLE_SPECS = ["heatplot", "gridtools >=2"]
+CYCLE_SPECS = EXAMPLE_SPECS + ["cycle-b"]
 
 
-def example_channel(channel, builds=None):
-    """The channel the example project's environment comes from.
+def example_channel(channel, builds=None, versions=None, leave_out=()):
+    """The channel the example project's environment comes from. No package depends on a virtual
+    package (__unix): conda 4.3 knows none.
 
-    builds overrides build strings (name -> build), to imitate another platform's builds.
+    builds and versions override build strings and versions (name -> value), to imitate another
+    platform or an older mirror; leave_out names packages the channel lacks.
     """
     for name, version, build, depends, files in EXAMPLE_PACKAGES:
-        make_package(channel, "noarch", name, version, (builds or {}).get(name, build), depends, files)
+        if name not in leave_out:
+            make_package(channel, "noarch", name, (versions or {}).get(name, version),
+                         (builds or {}).get(name, build), depends, files)
     return index_channel(channel)
 
 
@@ -146,52 +171,3 @@ def packages_channel(channel, packages):
         make_package(channel, "noarch", name, version, build, depends, files)
     return index_channel(channel)
 
-
-# -- Channels for real conda ----------------------------------------------------
-# Real conda 4.3.16 reads <subdir>/repodata.json.bz2, wants noarch/ and linux-64/, and knows no
-# virtual packages (__unix): these channels are indexed with the standard library, as conda-index would.
-
-# A root dependency cycle beside the example, so that the minimal set has one to handle.
-CYCLE_PACKAGES = [
-    ("cycle-a", "1.0", "h5_0", ["cycle-b"], {}),
-    ("cycle-b", "1.0", "h5_0", ["cycle-a"], {}),
-]
-REAL_SPECS = EXAMPLE_SPECS + ["cycle-b"]
-
-
-def write_repodata(channel):
-    """repodata.json and repodata.json.bz2 for every subdir, from the packages' info/index.json."""
-    import bz2
-    for subdir in ("noarch", "linux-64"):
-        folder = os.path.join(channel, subdir)
-        os.makedirs(folder, exist_ok=True)
-        packages = {}
-        for filename in sorted(os.listdir(folder)):
-            if not filename.endswith(".tar.bz2"):
-                continue
-            path = os.path.join(folder, filename)
-            with open(path, "rb") as handle:
-                data = handle.read()
-            with tarfile.open(path) as tar:
-                record = json.load(tar.extractfile("info/index.json"))
-            record.update(md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-            packages[filename] = record
-        text = json.dumps({"info": {"subdir": subdir}, "packages": packages}, indent=1, sort_keys=True).encode()
-        with open(os.path.join(folder, "repodata.json"), "wb") as handle:
-            handle.write(text)
-        with open(os.path.join(folder, "repodata.json.bz2"), "wb") as handle:
-            handle.write(bz2.compress(text))
-    return channel
-
-
-def real_example_channel(channel, builds=None, versions=None, leave_out=()):
-    """The example's packages and a root cycle, for real conda. builds and versions override build
-    strings and versions (name -> value), to imitate another platform or an older mirror;
-    leave_out names packages the channel lacks."""
-    for name, version, build, depends, files in EXAMPLE_PACKAGES + CYCLE_PACKAGES:
-        if name in leave_out:
-            continue
-        depends = [d for d in depends if not d.startswith("__")]
-        make_package(channel, "noarch", name, (versions or {}).get(name, version),
-                     (builds or {}).get(name, build), depends, files)
-    return write_repodata(channel)

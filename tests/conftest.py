@@ -115,9 +115,9 @@ def example_channel(tmp_path_factory):
 
 
 @pytest.fixture
-def conda_site(tmp_path, example_channel):
-    """A stand-in conda with the example channel and the example project's environment 'heatsim-env'."""
-    site = CondaSite(str(tmp_path), [example_channel], str(tmp_path / "pm-home"))
+def conda_site(real_site, tmp_path):
+    """A real conda 25.11.1 with the example channel and the example project's environment 'heatsim-env'."""
+    site = real_site("25.11.1", "conda", home=str(tmp_path / "pm-home"))
     site.create("heatsim-env", channels.EXAMPLE_SPECS)
     return site
 
@@ -128,17 +128,11 @@ def real_condas():
     return realconda.build_all(find_python)
 
 
-@pytest.fixture(scope="session")
-def real_channel(tmp_path_factory):
-    """The example's packages and a root cycle, indexed for real conda (4.3.16 and 25.11.1)."""
-    return channels.real_example_channel(str(tmp_path_factory.mktemp("real-channel")))
-
-
 @pytest.fixture
-def real_site(tmp_path, real_condas, real_channel):
+def real_site(tmp_path, real_condas, example_channel):
     """make(key, label='site', channels=None): a real conda site of its own under tmp_path/label."""
     def make(key, label="site", channel_dirs=None, home=None):
-        return realconda.RealCondaSite(real_condas[key], str(tmp_path / label), channel_dirs or [real_channel],
+        return realconda.RealCondaSite(real_condas[key], str(tmp_path / label), channel_dirs or [example_channel],
                                        home)
     return make
 

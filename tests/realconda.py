@@ -63,7 +63,7 @@ class RealCondaSite(object):
         with open(self.condarc, "w") as handle:
             handle.write("channels:\n%s" % "".join("  - file://%s\n" % c for c in self.channels))
             handle.write("default_channels: []\nenvs_dirs:\n  - %s\npkgs_dirs:\n  - %s\n"
-                         "solver: classic\nregister_envs: false\n"
+                         "solver: classic\nregister_envs: false\nadd_pip_as_python_dependency: false\n"
                          % (self.envs, os.path.join(base, "pkgs")))
 
     def env(self, **extra):

@@ -9,7 +9,7 @@ import tempfile
 import pytest
 
 import channels
-from conftest import ROOT, CondaSite, attempt_dirs, find_python, read_result, run_pm
+from conftest import ROOT, attempt_dirs, find_python, read_result, run_pm
 
 C_CONFIG = """[csim]
 output_dir = {out}
@@ -25,10 +25,10 @@ def need_root_and_apt():
         pytest.fail("this test needs apt-get and root: run it in CI (root) or as root on a Debian machine")
 
 
-def csim_bundle(pyz, tmp_path):
-    """The C example packed under Python 2.7 from a stand-in env holding conda's zlib and make."""
+def csim_bundle(pyz, tmp_path, real_site):
+    """The C example packed under Python 2.7 from a real conda 25.11.1 env holding conda's zlib and make."""
     channel = channels.packages_channel(str(tmp_path / "cchannel"), channels.C_PACKAGES)
-    site = CondaSite(str(tmp_path), [channel], str(tmp_path / "home"))
+    site = real_site("25.11.1", "conda", [channel], str(tmp_path / "home"))
     site.create("csim-env", ["zlib", "make"])
     bundle = str(tmp_path / "csim.zip")
     proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", os.path.join(ROOT, "examples", "csim"), "-e", "csim-env",
@@ -37,9 +37,9 @@ def csim_bundle(pyz, tmp_path):
     return site, bundle
 
 
-def test_apt_finds_zlib1g_dev_installs_it_and_the_c_example_builds_against_it(pyz, tmp_path):
+def test_apt_finds_zlib1g_dev_installs_it_and_the_c_example_builds_against_it(pyz, tmp_path, real_site):
     need_root_and_apt()
-    site, bundle = csim_bundle(pyz, tmp_path)
+    site, bundle = csim_bundle(pyz, tmp_path, real_site)
     config = tmp_path / "csim.ini"
     config.write_text(C_CONFIG.format(out=str(tmp_path / "installed")))
     env = site.env(DEBIAN_FRONTEND="noninteractive")
@@ -54,13 +54,13 @@ def test_apt_finds_zlib1g_dev_installs_it_and_the_c_example_builds_against_it(py
     assert (tmp_path / "installed" / "csim" / "csim.c").exists()
 
 
-def test_without_root_apt_is_named_up_front_and_its_installs_fail_cleanly(pyz, tmp_path):
+def test_without_root_apt_is_named_up_front_and_its_installs_fail_cleanly(pyz, tmp_path, real_site):
     """pm runs as the real user 'nobody' (setpriv), with Debian's own python3: pyenv's live under
     /root, which nobody cannot enter."""
     need_root_and_apt()
     python, setpriv = "/usr/bin/python3", shutil.which("setpriv")
     assert os.path.exists(python) and setpriv, "this test needs /usr/bin/python3 and setpriv (util-linux)"
-    site, bundle = csim_bundle(pyz, tmp_path)
+    site, bundle = csim_bundle(pyz, tmp_path, real_site)
     shared = tempfile.mkdtemp(prefix="pm-nobody-")  # outside pytest's root-only folders
     try:
         os.chmod(shared, 0o777)

@@ -8,7 +8,7 @@ import pytest
 import channels
 import pm
 import wheels
-from conftest import ROOT, CondaSite, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
+from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
 
 PIP_CONFIG = """[pysim]
 output_dir = {out}
@@ -20,10 +20,11 @@ exec = python check.py
 
 
 @pytest.fixture
-def pysim(tmp_path, pyz):
-    """A bundle of examples/pysim packed (under Python 2.7) from an env with python, tinycalc 1.0, oddlib."""
+def pysim(tmp_path, pyz, real_site):
+    """A bundle of examples/pysim packed (under Python 2.7) from a real conda 25.11.1 env with python,
+    tinycalc 1.0, oddlib."""
     channel = channels.packages_channel(str(tmp_path / "pychannel"), channels.PY_PACKAGES)
-    site = CondaSite(str(tmp_path), [channel], str(tmp_path / "home"))
+    site = real_site("25.11.1", "conda", [channel], str(tmp_path / "home"))
     site.create("pysim-env", ["tinycalc", "oddlib"])
     bundle = str(tmp_path / "pysim.zip")
     proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", os.path.join(ROOT, "examples", "pysim"),

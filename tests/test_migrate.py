@@ -1,7 +1,8 @@
-"""`pm.pyz migrate` with conda: the conda stand-in creates environments, tests really run in them."""
+"""`pm.pyz migrate` with conda: real conda 25.11.1 creates environments, tests really run in them."""
 import hashlib
 import json
 import os
+import shutil
 import stat
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 
 import channels
 import pm
-from conftest import (ROOT, CondaSite, attempt_dirs, find_python, read_bytes, read_result, rewrite_bundle,
+from conftest import (ROOT, attempt_dirs, find_python, read_bytes, read_result, rewrite_bundle,
                       run_pm)
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
@@ -73,13 +74,15 @@ def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site,
     assert result["status"] == "failed" and not (tmp_path / "installed").exists()
 
 
-def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_path, example_channel, example_software):
-    base = CondaSite(str(tmp_path / "base"), [example_channel], str(tmp_path / "base-home"))
+def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_path, real_site, example_software):
+    base_channel = channels.example_channel(str(tmp_path / "base-channel"))
+    base = real_site("25.11.1", "base", [base_channel])
     base.create("heatsim-env", channels.EXAMPLE_SPECS)
     bundle = pack(pyz, base, example_software, str(tmp_path / "b.zip"))
+    shutil.rmtree(base_channel)  # the base's mirror is not on the target
     other_builds = channels.example_channel(str(tmp_path / "other-channel"),
                                             builds=dict((p[0], "linux_aarch64_1") for p in channels.EXAMPLE_PACKAGES))
-    target = CondaSite(str(tmp_path / "target"), [other_builds], str(tmp_path / "target-home"))
+    target = real_site("25.11.1", "target", [other_builds])
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
                   target.env())
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""`pm.pyz pack`: the probe under real interpreters, with the conda stand-in."""
+"""`pm.pyz pack`: the probe under real interpreters, with real conda 25.11.1 (4.3.16: test_real_conda.py)."""
 import glob
 import hashlib
 import json
@@ -46,7 +46,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     assert manifest.name == "heatsim"
     assert manifest.minimal == ["heatplot"]
     assert manifest.env["name"] == "heatsim-env"
-    assert manifest.source["conda"] == "24.11.3"
+    assert manifest.source["conda"] == "25.11.1"
     assert manifest.source["python"].startswith(version if version != "newest" else "3.")
     assert manifest.source["libc"] == os.confstr("CS_GNU_LIBC_VERSION")  # the running glibc, not the build's
     with zipfile.ZipFile(out) as bundle:
@@ -72,7 +72,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
         assert bundle.getinfo("software/heatsim/built-at-epoch.dat").date_time[:3] == (1980, 1, 2)
         assert bundle.getinfo("software/heatsim/built-at-epoch.dat").compress_type == zipfile.ZIP_DEFLATED
         assert bundle.getinfo("software/heatsim/results.tar.gz").compress_type == zipfile.ZIP_STORED
-    assert sorted(manifest.requested_specs) == ["gridtools >=2", "heatplot"]
+    assert sorted(manifest.requested_specs) == ["gridtools[version='>=2']", "heatplot"], "as conda 25 wrote them"
 
 
 def test_pack_asks_missing_answers_on_stdin(pyz, conda_site, example_software, tmp_path):
@@ -140,10 +140,14 @@ def test_failed_write_leaves_no_partial_bundle(tmp_path, conda_site, example_sof
     """A read error in the middle of zipping cannot be caused for real here (tests run as root, who
     reads every file), so a stand-in add_file raises one; the probe itself runs unchanged."""
     probe = pm.load_probe()
-    monkeypatch.setenv("PM_STANDIN_ROOT", conda_site.root)
-    monkeypatch.setenv("PATH", conda_site.env()["PATH"])
+    site_env = conda_site.env()
+    for key in set(os.environ) - set(site_env):
+        monkeypatch.delenv(key)
+    for key, value in site_env.items():
+        monkeypatch.setenv(key, value)
     conda = probe.find_conda()
-    env = probe.gather_environment(conda, probe.run_conda_json(conda, ["info", "--json"]), conda_site.prefix("heatsim-env"))
+    conda_info = probe.run_conda_json(conda, ["info", "--json"])
+    env = probe.gather_environment(conda, conda_info, conda_site.prefix("heatsim-env"))
 
     def broken_add_file(*args):
         raise probe.PackError("cannot read a file", "fix it")

@@ -39,9 +39,9 @@ def write_config(tmp_path, text=CONFIG):
 def make_base_env(site, how, tmp_path):
     """The example environment on the base; returns (pack's -e argument or None, env for pack, prefix)."""
     if how == "prefix-outside":
-        prefix = site.create(str(tmp_path / "elsewhere" / "heatsim-env"), channels.REAL_SPECS)
+        prefix = site.create(str(tmp_path / "elsewhere" / "heatsim-env"), channels.CYCLE_SPECS)
         return prefix, site.env(), prefix
-    prefix = site.create("heatsim-env", channels.REAL_SPECS)
+    prefix = site.create("heatsim-env", channels.CYCLE_SPECS)
     if how == "name":
         return "heatsim-env", site.env(), prefix
     if how == "prefix-inside":
@@ -121,9 +121,9 @@ def bundles(tmp_path_factory, real_condas, pyz):
     out = {}
     for key in ("4.3.16-py2.7", "25.11.1"):
         folder = tmp_path_factory.mktemp("base-" + key)
-        base_channel = channels.real_example_channel(str(folder / "base-channel"))
+        base_channel = channels.example_channel(str(folder / "base-channel"))
         site = realconda.RealCondaSite(real_condas[key], str(folder / "site"), [base_channel])
-        site.create("heatsim-env", channels.REAL_SPECS)
+        site.create("heatsim-env", channels.CYCLE_SPECS)
         software = str(folder / "heatsim")
         shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software)
         bundle = str(folder / "heatsim.zip")
@@ -145,7 +145,7 @@ def migrate_on(pyz, target, bundle, tmp_path):
 
 @pytest.mark.parametrize("target_key", TARGETS)
 def test_a_build_the_target_channel_lacks_falls_back_to_no_builds(target_key, pyz, bundles, real_site, tmp_path):
-    other = channels.real_example_channel(str(tmp_path / "other-builds"),
+    other = channels.example_channel(str(tmp_path / "other-builds"),
                                           builds={"gridtools": "h9_9", "libgrid": "h9_9"})
     target = real_site(target_key, "target", [other])
     proc = migrate_on(pyz, target, bundles["4.3.16-py2.7"], tmp_path)
@@ -159,7 +159,7 @@ def test_a_build_the_target_channel_lacks_falls_back_to_no_builds(target_key, py
 @pytest.mark.parametrize("target_key", TARGETS)
 def test_a_version_the_target_channel_lacks_falls_back_to_direct_requirements(target_key, pyz, bundles,
                                                                                 real_site, tmp_path):
-    older = channels.real_example_channel(str(tmp_path / "older"), versions={"libgrid": "1.1"})
+    older = channels.example_channel(str(tmp_path / "older"), versions={"libgrid": "1.1"})
     target = real_site(target_key, "target", [older])
     proc = migrate_on(pyz, target, bundles["25.11.1"], tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -170,7 +170,7 @@ def test_a_version_the_target_channel_lacks_falls_back_to_direct_requirements(ta
 
 @pytest.mark.parametrize("target_key", TARGETS)
 def test_every_package_the_channel_lacks_is_named_at_once(target_key, pyz, bundles, real_site, tmp_path):
-    poor = channels.real_example_channel(str(tmp_path / "poor"), leave_out=("heatplot", "cycle-a", "cycle-b"))
+    poor = channels.example_channel(str(tmp_path / "poor"), leave_out=("heatplot", "cycle-a", "cycle-b"))
     target = real_site(target_key, "target", [poor])
     proc = migrate_on(pyz, target, bundles["4.3.16-py2.7"], tmp_path)
     assert proc.returncode == 1, proc.stderr
