@@ -20,12 +20,14 @@ CONDAS = {
 }
 
 
-def build_all(find_python):
-    """Build (or reuse) every real conda, in parallel; return key -> path of its conda command."""
+def build_all(find_python, keys=None):
+    """Build (or reuse) the real condas (keys of CONDAS, default all), in parallel; return key -> path
+    of its conda command."""
     if not os.path.isfile(SETUP):
         raise RuntimeError("no %s: put the shared folder beside the repo, or set PM_SHARED" % SETUP)
     started, procs = time.time(), {}
-    for key, (version, python) in CONDAS.items():
+    for key in keys or sorted(CONDAS):
+        version, python = CONDAS[key]
         env = dict(os.environ, PYTHON=find_python(python))
         for name in ("CONDA_EXE", "CONDA_PREFIX", "CONDARC", "PYTHONPATH"):
             env.pop(name, None)

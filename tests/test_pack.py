@@ -181,7 +181,12 @@ def test_every_verb_has_help_under_python3(version, pyz):
 
 
 def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_path):
-    """CryoInTheCloud's hub image: 915 real package records (names, versions, builds, depends)."""
+    """CryoInTheCloud's hub image: 915 real package records (names, versions, builds, depends).
+
+    The environment is made by the conda stand-in (tests/condastandin.py): real conda 25.11.1's
+    classic solver took 37 s here to create the same 915 packages from the same channel, against
+    4.2 s for this whole test. What is tested is pack's graph over many records; how pack reads real
+    conda's records, history and exports is tested in test_real_conda.py."""
     import channels
     from conftest import CondaSite
     env_name = "CryoInTheCloud__hub-image"

@@ -179,3 +179,32 @@ def test_every_package_the_channel_lacks_is_named_at_once(target_key, pyz, bundl
     assert "Traceback" not in proc.stderr
     result = read_result(attempt_dirs(target.home, "heatsim")[0])
     assert result["status"] == "error" and not os.path.isdir(target.prefix("heatsim"))
+
+
+@pytest.mark.parametrize("target_key", TARGETS)
+def test_env_name_and_force_drive_a_real_conda(target_key, pyz, bundles, real_site, tmp_path):
+    target = real_site(target_key, "target")
+    args = ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundles["4.3.16-py2.7"], "--env-name", "sim"]
+    first = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert read_result(attempt_dirs(target.home, "heatsim")[0])["env_prefix"] == target.prefix("sim")
+    again = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
+    assert again.returncode == 2 and "a conda environment named sim already exists" in again.stderr
+    forced = run_pm(find_python("newest"), pyz, args + ["--force"], target.env(), timeout=600)
+    assert forced.returncode == 0, forced.stderr
+    assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "passed"
+    assert "heatplot" in conda_meta(target.prefix("sim"))
+
+
+@pytest.mark.parametrize("base_key", ["4.3.16-py2.7", "25.11.1"])
+def test_pack_lists_a_real_condas_environments_base_first_and_asks(base_key, pyz, real_site, example_software,
+                                                                    tmp_path):
+    base = real_site(base_key, "base")
+    prefix = base.create("heatsim-env", channels.EXAMPLE_SPECS)
+    out = str(tmp_path / "chosen.zip")
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", example_software, "-n", "heatsim", "-o", out],
+                  base.env(), stdin="2\n", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "1) %s" % base.root in proc.stderr and "2) %s" % prefix in proc.stderr, proc.stderr
+    with zipfile.ZipFile(out) as archive:
+        assert json.loads(archive.read("manifest.json").decode())["env"]["prefix"] == prefix
