@@ -49,10 +49,9 @@ class RealCondaSite(object):
 
     def __init__(self, conda, base, channel_dirs, home=None):
         self.conda_exe = conda
-        self.version = subprocess.run([conda, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      universal_newlines=True).stdout.split()[-1]
+        self.root = os.path.dirname(os.path.dirname(conda))  # conda's base prefix: CACHE/<key>/venv
+        self.version = CONDAS[os.path.basename(os.path.dirname(self.root))][0]
         self.base = base
-        self.root = os.path.dirname(os.path.dirname(conda))  # conda's base prefix (the venv)
         self.bin = os.path.join(base, "bin")
         self.envs = os.path.join(base, "envs")
         self.user_home = os.path.join(base, "home")

@@ -7,6 +7,7 @@ import pytest
 
 import channels
 import pm
+import realconda
 import wheels
 from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
 
@@ -19,23 +20,31 @@ exec = python check.py
 """
 
 
-@pytest.fixture
-def pysim(tmp_path, pyz, real_site):
-    """A bundle of examples/pysim packed (under Python 2.7) from a real conda 25.11.1 env with python,
-    tinycalc 1.0, oddlib."""
-    channel = channels.packages_channel(str(tmp_path / "pychannel"), channels.PY_PACKAGES)
-    site = real_site("25.11.1", "conda", [channel], str(tmp_path / "home"))
+@pytest.fixture(scope="session")
+def pysim_bundle(tmp_path_factory, pyz, real_condas):
+    """examples/pysim packed once (under Python 2.7) from a real conda 25.11.1 env with python,
+    tinycalc 1.0, oddlib; tests only read it."""
+    work = tmp_path_factory.mktemp("pysim-base")
+    channel = channels.packages_channel(str(work / "pychannel"), channels.PY_PACKAGES)
+    site = realconda.RealCondaSite(real_condas["25.11.1"], str(work / "conda"), [channel])
     site.create("pysim-env", ["tinycalc", "oddlib"])
-    bundle = str(tmp_path / "pysim.zip")
+    bundle = str(work / "pysim.zip")
     proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", os.path.join(ROOT, "examples", "pysim"),
                                             "-e", "pysim-env", "-o", bundle, "--yes"], site.env())
     assert proc.returncode == 0, proc.stderr
+    return bundle
+
+
+@pytest.fixture
+def pysim(tmp_path, pysim_bundle, real_site):
+    """The pysim bundle, a store of its own, a local wheel index and a test configuration for pip."""
+    site = real_site("25.11.1", "conda", home=str(tmp_path / "home"))
     index = wheels.local_index(str(tmp_path / "wheels"))
     env = site.env(**wheels.pip_env(index))
     env["PATH"] = "/usr/bin:/bin:" + os.path.dirname(find_python("newest")) + ":" + env["PATH"]
     config = tmp_path / "pysim.ini"
     config.write_text(PIP_CONFIG.format(out=str(tmp_path / "installed")))
-    return {"bundle": bundle, "env": env, "config": str(config), "home": site.home, "tmp": tmp_path}
+    return {"bundle": pysim_bundle, "env": env, "config": str(config), "home": site.home, "tmp": tmp_path}
 
 
 def migrate(pyz, pysim, *extra, **kwargs):
