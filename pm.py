@@ -43,37 +43,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 # == Constants and errors =====================================================
 
 VERSION = "1.0.0"
-BUNDLE_FORMAT = 1
-CHUNK = 1 << 20
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-DASH = "\u2014"
 STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
-
-
-class PmError(Exception):
-    """A problem the user can fix: what went wrong, what to do, and the exit code."""
-
-    def __init__(self, what, fix, code=2):
-        Exception.__init__(self, what)
-        self.what = what
-        self.fix = fix
-        self.code = code
-
-    def line(self):
-        return "pm: error: %s %s %s" % (self.what, DASH, self.fix)
-
-
-def say(text):
-    """Progress and diagnostics go to stderr."""
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-def check_name(name, what="software name"):
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise PmError("bad %s %r" % (what, name),
-                      "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
-    return name
 
 
 def write_atomic(path, data, mode=0o644):
@@ -149,6 +119,7 @@ STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", 
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 PY2 = sys.version_info[0] == 2
+TEXT_TYPES = (str, unicode) if PY2 else (str,)  # noqa: F821 (Python 2 only)
 ZIP_FIRST = time.mktime((1980, 1, 2, 0, 0, 0, 0, 0, -1))  # zip cannot date files before 1980
 ZIP_LAST = time.mktime((2107, 12, 30, 0, 0, 0, 0, 0, -1))  # nor after 2107
 DASH = u"\u2014"
@@ -160,13 +131,17 @@ CONDA_PLACES = ["~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge",
 # -- Messages ---------------------------------------------------------------
 
 
-class PackError(Exception):
-    """A problem the user can fix: what went wrong and what to do."""
+class PmError(Exception):
+    """A problem the user can fix: what went wrong, what to do, and the exit code."""
 
-    def __init__(self, what, fix):
+    def __init__(self, what, fix, code=2):
         Exception.__init__(self, what)
         self.what = what
         self.fix = fix
+        self.code = code
+
+    def line(self):
+        return u"pm: error: %s %s %s" % (self.what, DASH, self.fix)
 
 
 def say(text):
@@ -177,8 +152,12 @@ def say(text):
     sys.stderr.flush()
 
 
-def error_line(what, fix):
-    return u"pm: error: %s %s %s" % (what, DASH, fix)
+def check_name(name, what="software name"):
+    """A software name is one safe path component: NAME_RE."""
+    if not isinstance(name, TEXT_TYPES) or not NAME_RE.match(name):
+        raise PmError("bad %s '%s'" % (what, name),
+                      "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+    return name
 
 
 # -- Asking -----------------------------------------------------------------
@@ -188,18 +167,18 @@ def ask(question, default, flag, assume_yes):
     """Ask on stdin (a TTY or a pipe); with --yes take the default or fail naming the flag."""
     if assume_yes:
         if default is None:
-            raise PackError("no value for %s" % flag, "pass %s, or drop --yes to be asked" % flag)
+            raise PmError("no value for %s" % flag, "pass %s, or drop --yes to be asked" % flag)
         return default
     shown = " [%s]" % default if default is not None else ""
     sys.stderr.write("%s%s: " % (question, shown))
     sys.stderr.flush()
     line = sys.stdin.readline()
     if not line:
-        raise PackError("no answer on stdin for: %s" % question, "pass %s" % flag)
+        raise PmError("no answer on stdin for: %s" % question, "pass %s" % flag)
     answer = line.strip()
     if not answer:
         if default is None:
-            raise PackError("an answer is needed for: %s" % question, "pass %s" % flag)
+            raise PmError("an answer is needed for: %s" % question, "pass %s" % flag)
         return default
     return answer
 
@@ -207,13 +186,13 @@ def ask(question, default, flag, assume_yes):
 def choose(title, options, flag, assume_yes):
     """Show numbered options and return the chosen one."""
     if assume_yes:
-        raise PackError("no value for %s" % flag, "pass %s, or drop --yes to choose" % flag)
+        raise PmError("no value for %s" % flag, "pass %s, or drop --yes to choose" % flag)
     say(title)
     for number, option in enumerate(options, 1):
         say("  %d) %s" % (number, option))
     answer = ask("Number", None, flag, False)
     if not answer.isdigit() or not 1 <= int(answer) <= len(options):
-        raise PackError("'%s' is not one of the numbers 1-%d" % (answer, len(options)),
+        raise PmError("'%s' is not one of the numbers 1-%d" % (answer, len(options)),
                         "run again and type a listed number, or pass %s" % flag)
     return options[int(answer) - 1]
 
@@ -242,7 +221,7 @@ def find_conda():
         candidate = os.path.join(os.path.expanduser(place), "bin", "conda")
         if os.access(candidate, os.X_OK):
             return candidate
-    raise PackError("no conda found (looked at $CONDA_EXE, PATH and %s)" % ", ".join(CONDA_PLACES[:4]),
+    raise PmError("no conda found (looked at $CONDA_EXE, PATH and %s)" % ", ".join(CONDA_PLACES[:4]),
                     "activate your conda environment or set CONDA_EXE=/path/to/conda")
 
 
@@ -255,14 +234,14 @@ def run_conda(conda, args, check=True, extra_env=None):
     try:
         proc = subprocess.Popen([conda] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except OSError as exc:
-        raise PackError("cannot run %s: %s" % (conda, exc), "set CONDA_EXE to a working conda")
+        raise PmError("cannot run %s: %s" % (conda, exc), "set CONDA_EXE to a working conda")
     out, err = proc.communicate()
     out = out.decode("utf-8", "replace")
     if proc.returncode != 0:
         if not check:
             return None
         last = (err.decode("utf-8", "replace").strip().splitlines() or ["exit %d" % proc.returncode])[-1]
-        raise PackError("'conda %s' failed: %s" % (" ".join(args), last),
+        raise PmError("'conda %s' failed: %s" % (" ".join(args), last),
                         "check that the environment is healthy with 'conda list'")
     return out
 
@@ -272,7 +251,7 @@ def run_conda_json(conda, args):
     try:
         return json.loads(out)
     except ValueError:
-        raise PackError("'conda %s' did not print JSON" % " ".join(args),
+        raise PmError("'conda %s' did not print JSON" % " ".join(args),
                         "update conda, or set CONDA_EXE to another conda")
 
 
@@ -330,7 +309,7 @@ def find_env(conda, conda_info, wanted, assume_yes):
             prefix = os.path.abspath(os.path.expanduser(wanted))
             if is_env_prefix(prefix):
                 return prefix
-            raise PackError("%s is not a conda environment (no conda-meta folder)" % prefix,
+            raise PmError("%s is not a conda environment (no conda-meta folder)" % prefix,
                             "pass an environment name or prefix listed by 'conda env list'")
         prefix = named_env_prefix(conda_info, wanted)
         if prefix:
@@ -338,14 +317,14 @@ def find_env(conda, conda_info, wanted, assume_yes):
         for prefix in list_envs(conda, conda_info):
             if os.path.basename(prefix) == wanted:
                 return prefix
-        raise PackError("unknown conda environment '%s'" % wanted,
+        raise PmError("unknown conda environment '%s'" % wanted,
                         "run 'conda env list' to see the names, or pass a prefix path with -e")
     active = os.environ.get("CONDA_PREFIX")
     if active and is_env_prefix(active):
         return active
     envs = list_envs(conda, conda_info)
     if not envs:
-        raise PackError("conda knows no environments", "create one, or pass its prefix with -e")
+        raise PmError("conda knows no environments", "create one, or pass its prefix with -e")
     return choose("Which conda environment runs the software?", envs, "-e ENV", assume_yes)
 
 
@@ -371,7 +350,7 @@ def read_conda_meta(prefix):
     """The package records of an environment, from its conda-meta/*.json files."""
     meta = os.path.join(prefix, "conda-meta")
     if not os.path.isdir(meta):
-        raise PackError("%s has no conda-meta folder" % prefix, "pass a real conda environment with -e")
+        raise PmError("%s has no conda-meta folder" % prefix, "pass a real conda environment with -e")
     records = []
     for filename in sorted(os.listdir(meta)):
         if not filename.endswith(".json"):
@@ -381,10 +360,10 @@ def read_conda_meta(prefix):
             with open(path, "rb") as handle:
                 record = json.loads(handle.read().decode("utf-8"))
         except (IOError, OSError, ValueError) as exc:
-            raise PackError("broken conda record %s: %s" % (path, exc),
+            raise PmError("broken conda record %s: %s" % (path, exc),
                             "repair the environment ('conda install --force-reinstall') or recreate it")
         if not isinstance(record, dict) or not record.get("name") or not record.get("version"):
-            raise PackError("broken conda record %s: no name or version" % path,
+            raise PmError("broken conda record %s: no name or version" % path,
                             "repair the environment ('conda install --force-reinstall') or recreate it")
         records.append(record)
     return records
@@ -549,7 +528,59 @@ def channel_name(url):
     return url.rsplit("/", 1)[-1] if url else ""
 
 
-# -- Zipping the software -------------------------------------------------
+# -- Hashing, time and the manifest (pm.py uses these too) --------------------
+
+
+def utc_time(seconds=None):
+    """'2026-12-01T19:00:00Z': the one time format of manifests and listings."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def copy_hashing(reader, writer=None, digest=None):
+    """Read reader to its end in CHUNK blocks, hashing each and writing it to writer if given;
+    return (sha256 hex, size). digest may be any object with update/hexdigest."""
+    digest = digest or hashlib.sha256()
+    size = 0
+    while True:
+        block = reader.read(CHUNK)
+        if not block:
+            break
+        digest.update(block)
+        if writer is not None:
+            writer.write(block)
+        size += len(block)
+    return digest.hexdigest(), size
+
+
+def file_digest(path):
+    with open(path, "rb") as handle:
+        return copy_hashing(handle)
+
+
+# A bundle is one zip: manifest.json (last), env.yml, env-history.yml, conda-list.json, min-deps.json
+# and software/<dir>/...; the manifest holds these fields, with the sha256 and size of every member.
+MANIFEST_FIELDS = ("format", "name", "created", "probe_version", "source", "env", "software",
+                   "minimal", "requested_specs", "members")
+
+
+def make_manifest(name, members, software, **fields):
+    """The manifest of a bundle: every field of MANIFEST_FIELDS, defaults for those not given."""
+    manifest = {"format": BUNDLE_FORMAT, "name": name, "created": utc_time(), "probe_version": PROBE_VERSION,
+                "source": {}, "env": {}, "software": software, "minimal": [], "requested_specs": [],
+                "members": members}
+    manifest.update(fields)
+    return manifest
+
+
+def to_json_bytes(data):
+    return json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
+
+
+def text_bytes(text):
+    return text.encode("utf-8") if not isinstance(text, bytes) else text
+
+
+# -- Writing a bundle ----------------------------------------------------------
 
 
 def excluded(relpath, patterns):
@@ -592,64 +623,6 @@ class Progress(object):
         say("%s: %d files, %.1f MiB" % (self.label, self.files, self.size / 1048576.0))
 
 
-def file_digest(path):
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while True:
-            block = handle.read(CHUNK)
-            if not block:
-                break
-            digest.update(block)
-            size += len(block)
-    return digest.hexdigest(), size
-
-
-def add_bytes(bundle, members, arcname, data, mode=0o644):
-    info = zipfile.ZipInfo(arcname, date_time=time.gmtime()[:6])
-    info.external_attr = (mode & 0xFFFF) << 16
-    info.compress_type = zipfile.ZIP_DEFLATED
-    bundle.writestr(info, data)
-    if not stat.S_ISDIR(mode):
-        members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-
-def add_software(bundle, members, root, patterns):
-    """Stream the directory into the bundle under software/<dir>/, keeping modes and in-tree links."""
-    root = os.path.abspath(root)
-    real_root = os.path.realpath(root)
-    top = "software/" + arc_text(os.path.basename(root))
-    progress = Progress("zipping " + os.path.basename(root))
-    add_bytes(bundle, members, top + "/", b"", stat.S_IFDIR | 0o755)
-    for folder, dirs, files in os.walk(root):
-        rel_folder = os.path.relpath(folder, root)
-        rel_folder = "" if rel_folder == "." else rel_folder
-        kept = []
-        for name in sorted(dirs):
-            rel = os.path.join(rel_folder, name)
-            if excluded(rel, patterns):
-                continue
-            path = os.path.join(folder, name)
-            if os.path.islink(path):
-                add_link(bundle, members, path, top + "/" + arc_text(rel), real_root, progress)
-                continue
-            kept.append(name)
-            mode = os.lstat(path).st_mode
-            add_bytes(bundle, members, top + "/" + arc_text(rel) + "/", b"", mode)
-        dirs[:] = kept
-        for name in sorted(files):
-            rel = os.path.join(rel_folder, name)
-            if excluded(rel, patterns):
-                continue
-            path = os.path.join(folder, name)
-            arcname = top + "/" + arc_text(rel)
-            if os.path.islink(path):
-                add_link(bundle, members, path, arcname, real_root, progress)
-            elif os.path.isfile(path):
-                add_file(bundle, members, path, arcname, progress)
-    progress.done()
-    return progress
-
-
 def arc_text(relpath):
     """A path as zip entry text: '/'-separated, UTF-8 when the name is, else read as Latin-1."""
     raw = relpath if isinstance(relpath, bytes) else relpath.encode("utf-8", "surrogateescape") \
@@ -661,86 +634,151 @@ def arc_text(relpath):
     return text.replace(os.sep, "/")
 
 
-def add_file(bundle, members, path, arcname, progress):
-    try:
-        method = zipfile.ZIP_STORED if arcname.lower().endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
-        if PY2:
-            digest, size = write_file_py2(bundle, path, arcname, method)
-        else:
-            digest, size = copy_hashing(bundle, path, arcname, method)
-    except (IOError, OSError) as exc:
-        if exc.errno in WRITE_ERRNOS:
-            raise  # write_bundle names the bundle's disk
-        raise PackError("cannot read %s: %s" % (path, exc), "fix its permissions or leave it out with --exclude")
-    members[arcname] = {"sha256": digest, "size": size}
-    progress.add(size)
-
-
 def zip_mtime(mtime):
     """The nearest time a zip entry can hold (files dated 1970 are common in built trees)."""
     return min(max(mtime, ZIP_FIRST), ZIP_LAST)
 
 
-def copy_hashing(bundle, path, arcname, method):
-    """Python 3: one read per file, hashed as it is compressed, so the sum always fits the bytes."""
-    st = os.stat(path)
-    info = zipfile.ZipInfo(arcname, time.localtime(zip_mtime(st.st_mtime))[:6])
-    info.external_attr = (st.st_mode & 0xFFFF) << 16
-    info.file_size = st.st_size
-    info.compress_type = method
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as source:
-        with bundle.open(info, "w") as target:
-            while True:
-                block = source.read(CHUNK)
-                if not block:
-                    break
-                digest.update(block)
-                target.write(block)
-                size += len(block)
-    return digest.hexdigest(), size
+class BundleWriter(object):
+    """The one bundle writer (pack, and pm.py's converter of the original tool's uploads): members
+    are streamed into a temp zip beside the target, each hashed on the way; finish() adds the
+    manifest and renames the zip into place, abort() removes it."""
 
-
-def write_file_py2(bundle, path, arcname, method):
-    """Python 2.7: zipfile.write dates the entry from the file itself, so a file it cannot date
-    goes in through a re-dated temporary copy (streamed, never held in memory)."""
-    mtime = os.stat(path).st_mtime
-    source = path
-    if zip_mtime(mtime) != mtime:
-        handle, source = tempfile.mkstemp(prefix="pm-pack-")
+    def __init__(self, path):
+        self.path = path
+        handle, self.temp = tempfile.mkstemp(prefix=".pm-", suffix=".part",
+                                             dir=os.path.dirname(os.path.abspath(path)))
         os.close(handle)
-        shutil.copyfile(path, source)
-        shutil.copymode(path, source)
-        os.utime(source, (zip_mtime(mtime), zip_mtime(mtime)))
-    try:
-        digest, size = file_digest(source)
-        bundle.write(source, arcname, method)
-    finally:
-        if source != path:
-            os.remove(source)
-    return digest, size
+        self.archive = zipfile.ZipFile(self.temp, "w", zipfile.ZIP_DEFLATED, True)
+        self.members = {}
+
+    def write_bytes(self, arcname, data, mode=0o644):
+        info = zipfile.ZipInfo(arcname, date_time=time.gmtime()[:6])
+        info.external_attr = (mode & 0xFFFF) << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        self.archive.writestr(info, data)
+
+    def add_bytes(self, arcname, data, mode=0o644):
+        self.write_bytes(arcname, data, mode)
+        if not stat.S_ISDIR(mode):
+            self.members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+    def add_stream(self, info, reader):
+        """Python 3: a member from a stream (a file, another zip's member), hashed as it is written."""
+        with self.archive.open(info, "w", force_zip64=info.file_size > (1 << 31)) as target:
+            digest, size = copy_hashing(reader, target)
+        self.members[info.filename] = {"sha256": digest, "size": size}
+        return size
+
+    def add_file(self, path, arcname, progress):
+        try:
+            method = zipfile.ZIP_STORED if arcname.lower().endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
+            if PY2:
+                size = self.add_file_py2(path, arcname, method)
+            else:
+                st = os.stat(path)
+                info = zipfile.ZipInfo(arcname, time.localtime(zip_mtime(st.st_mtime))[:6])
+                info.external_attr = (st.st_mode & 0xFFFF) << 16
+                info.file_size = st.st_size
+                info.compress_type = method
+                with open(path, "rb") as source:  # one read per file: the sum always fits the bytes
+                    size = self.add_stream(info, source)
+        except (IOError, OSError) as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise  # write_bundle names the bundle's disk
+            raise PmError("cannot read %s: %s" % (path, exc), "fix its permissions or leave it out with --exclude")
+        progress.add(size)
+
+    def add_file_py2(self, path, arcname, method):
+        """Python 2.7: zipfile.write dates the entry from the file itself, so a file it cannot date
+        goes in through a re-dated temporary copy (streamed, never held in memory)."""
+        mtime = os.stat(path).st_mtime
+        source = path
+        if zip_mtime(mtime) != mtime:
+            handle, source = tempfile.mkstemp(prefix="pm-pack-")
+            os.close(handle)
+            shutil.copyfile(path, source)
+            shutil.copymode(path, source)
+            os.utime(source, (zip_mtime(mtime), zip_mtime(mtime)))
+        try:
+            digest, size = file_digest(source)
+            self.archive.write(source, arcname, method)
+        finally:
+            if source != path:
+                os.remove(source)
+        self.members[arcname] = {"sha256": digest, "size": size}
+        return size
+
+    def add_link(self, path, arcname, real_root, progress):
+        """In-tree links stay links; a link leading out of the tree is copied if it is a file."""
+        target = os.readlink(path)
+        real = os.path.realpath(path)
+        if real == real_root or real.startswith(real_root + os.sep):
+            data = target.encode("utf-8") if not isinstance(target, bytes) else target
+            self.add_bytes(arcname, data, stat.S_IFLNK | 0o777)
+            progress.add(0)
+        elif os.path.isfile(real):
+            say("note: %s points outside the directory; its file is copied" % path)
+            self.add_file(real, arcname, progress)
+        else:
+            say("note: %s points outside the directory to %s; left out" % (path, target))
+
+    def add_software(self, root, patterns):
+        """Stream the directory in under software/<dir>/, keeping modes and in-tree links."""
+        root = os.path.abspath(root)
+        real_root = os.path.realpath(root)
+        top = "software/" + arc_text(os.path.basename(root))
+        progress = Progress("zipping " + os.path.basename(root))
+        self.add_bytes(top + "/", b"", stat.S_IFDIR | 0o755)
+        for folder, dirs, files in os.walk(root):
+            rel_folder = os.path.relpath(folder, root)
+            rel_folder = "" if rel_folder == "." else rel_folder
+            kept = []
+            for name in sorted(dirs):
+                rel = os.path.join(rel_folder, name)
+                if excluded(rel, patterns):
+                    continue
+                path = os.path.join(folder, name)
+                if os.path.islink(path):
+                    self.add_link(path, top + "/" + arc_text(rel), real_root, progress)
+                    continue
+                kept.append(name)
+                self.add_bytes(top + "/" + arc_text(rel) + "/", b"", os.lstat(path).st_mode)
+            dirs[:] = kept
+            for name in sorted(files):
+                rel = os.path.join(rel_folder, name)
+                if excluded(rel, patterns):
+                    continue
+                path = os.path.join(folder, name)
+                arcname = top + "/" + arc_text(rel)
+                if os.path.islink(path):
+                    self.add_link(path, arcname, real_root, progress)
+                elif os.path.isfile(path):
+                    self.add_file(path, arcname, progress)
+        progress.done()
+        return progress
+
+    def finish(self, manifest):
+        """Add manifest.json (its members are this writer's), close, and rename into place."""
+        manifest["members"] = self.members
+        self.write_bytes("manifest.json", to_json_bytes(manifest))
+        self.archive.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.temp, 0o666 & ~umask)  # a file to carry: readable as the user's umask says, not mkstemp's 0600
+        os.rename(self.temp, self.path)
+        return manifest
+
+    def abort(self):
+        try:
+            self.archive.close()
+        except (IOError, OSError):
+            pass  # a full disk: the temp file goes anyway
+        if os.path.exists(self.temp):
+            os.remove(self.temp)
 
 
-def add_link(bundle, members, path, arcname, real_root, progress):
-    """In-tree links stay links; a link leading out of the tree is copied if it is a file."""
-    target = os.readlink(path)
-    real = os.path.realpath(path)
-    if real == real_root or real.startswith(real_root + os.sep):
-        data = target.encode("utf-8") if not isinstance(target, bytes) else target
-        add_bytes(bundle, members, arcname, data, stat.S_IFLNK | 0o777)
-        progress.add(0)
-    elif os.path.isfile(real):
-        say("note: %s points outside the directory; its file is copied" % path)
-        add_file(bundle, members, real, arcname, progress)
-    else:
-        say("note: %s points outside the directory to %s; left out" % (path, target))
-
-
-# -- The bundle -----------------------------------------------------------
-
-
-def utc_now():
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+# -- Capturing the environment --------------------------------------------------
 
 
 def libc_version():
@@ -773,14 +811,6 @@ def source_platform(conda_info):
     }
 
 
-def to_json_bytes(data):
-    return json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
-
-
-def text_bytes(text):
-    return text.encode("utf-8") if not isinstance(text, bytes) else text
-
-
 def gather_environment(conda, conda_info, prefix):
     """Everything the bundle says about the environment, before anything is written."""
     records = read_conda_meta(prefix)
@@ -790,7 +820,7 @@ def gather_environment(conda, conda_info, prefix):
     say("asking conda for the environment (list, env export)...")
     listed = run_conda_json(conda, ["list", "--json", "-p", prefix])
     env_yml, history_yml = export_env(conda, conda_info, prefix)
-    env = {
+    captured = {
         "prefix": prefix,
         "records": records,
         "requested": requested,
@@ -802,52 +832,33 @@ def gather_environment(conda, conda_info, prefix):
     }
     say("environment %s: %d packages, %d directly required (%d asked for in its history)"
         % (prefix, len(records), len(minimal), len(requested)))
-    return env
+    return captured
 
 
-def write_bundle(path, name, software_dir, env, patterns):
-    """Write the bundle to a temp file beside path, then rename it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(prefix=".pm-", suffix=".part", dir=folder)
-    os.close(handle)
+def write_bundle(path, name, software_dir, captured, patterns):
+    """Write the bundle: a temp file beside path, renamed into place once complete."""
+    writer = BundleWriter(path)
     try:
-        members = {}
-        bundle = zipfile.ZipFile(temp, "w", zipfile.ZIP_DEFLATED, True)
-        try:
-            add_bytes(bundle, members, "env.yml", text_bytes(env["env_yml"]))
-            if env["history_yml"]:
-                add_bytes(bundle, members, "env-history.yml", text_bytes(env["history_yml"]))
-            add_bytes(bundle, members, "conda-list.json", to_json_bytes(env["listed"]))
-            min_records = min_dep_records(env["minimal"], env["records"], env["listed"], env["requested"])
-            add_bytes(bundle, members, "min-deps.json", to_json_bytes(min_records))
-            progress = add_software(bundle, members, software_dir, patterns)
-            manifest = {
-                "format": BUNDLE_FORMAT,
-                "name": name,
-                "created": utc_now(),
-                "probe_version": PROBE_VERSION,
-                "source": source_platform(env["info"]),
-                "env": {"name": os.path.basename(env["prefix"]), "prefix": env["prefix"],
-                        "packages": len(env["records"])},
-                "software": {"dir": os.path.basename(os.path.abspath(software_dir)),
-                             "files": progress.files, "bytes": progress.size},
-                "minimal": env["minimal"],
-                "requested_specs": sorted(env["requested"].values()),
-                "members": members,
-            }
-            add_bytes(bundle, {}, "manifest.json", to_json_bytes(manifest))
-        finally:
-            bundle.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)  # a file to carry: readable as the user's umask says, not mkstemp's 0600
-        os.rename(temp, path)
+        writer.add_bytes("env.yml", text_bytes(captured["env_yml"]))
+        if captured["history_yml"]:
+            writer.add_bytes("env-history.yml", text_bytes(captured["history_yml"]))
+        writer.add_bytes("conda-list.json", to_json_bytes(captured["listed"]))
+        min_records = min_dep_records(captured["minimal"], captured["records"], captured["listed"],
+                                      captured["requested"])
+        writer.add_bytes("min-deps.json", to_json_bytes(min_records))
+        progress = writer.add_software(software_dir, patterns)
+        software = {"dir": os.path.basename(os.path.abspath(software_dir)), "files": progress.files,
+                    "bytes": progress.size}
+        writer.finish(make_manifest(
+            name, None, software, source=source_platform(captured["info"]),
+            env={"name": os.path.basename(captured["prefix"]), "prefix": captured["prefix"],
+                 "packages": len(captured["records"])},
+            minimal=captured["minimal"], requested_specs=sorted(captured["requested"].values())))
     except BaseException as exc:
-        if os.path.exists(temp):
-            os.remove(temp)
+        writer.abort()
         if isinstance(exc, (IOError, OSError)):
-            raise PackError("cannot write the bundle %s: %s" % (path, exc.strerror or exc),
-                            "free some space there, or save it elsewhere with -o")
+            raise PmError("cannot write the bundle %s: %s" % (path, exc.strerror or exc),
+                          "free some space there, or save it elsewhere with -o")
         raise
     return path
 
@@ -865,7 +876,7 @@ def send_bundle(path, server, name, token):
         from urllib.parse import urlsplit
     parts = urlsplit(server if "://" in server else "http://" + server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PackError("bad server address '%s'" % server, "use --server http://HOST:PORT")
+        raise PmError("bad server address '%s'" % server, "use --server http://HOST:PORT")
     digest, size = file_digest(path)
     connection_class = http_client.HTTPSConnection if parts.scheme == "https" else http_client.HTTPConnection
     connection = connection_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
@@ -890,7 +901,7 @@ def send_bundle(path, server, name, token):
         response = connection.getresponse()
         body = response.read().decode("utf-8", "replace")
     except (IOError, OSError, http_client.HTTPException) as exc:
-        raise PackError("cannot send the bundle to %s: %s" % (server, exc),
+        raise PmError("cannot send the bundle to %s: %s" % (server, exc),
                         "check that 'pm.pyz serve' runs there, or save with -o and carry the file")
     finally:
         progress.clear()
@@ -900,7 +911,7 @@ def send_bundle(path, server, name, token):
             reason = json.loads(body).get("error", body)
         except ValueError:
             reason = body.strip() or response.reason
-        raise PackError("the server refused the bundle (%d): %s" % (response.status, reason),
+        raise PmError("the server refused the bundle (%d): %s" % (response.status, reason),
                         "fix what it names, or save with -o and carry the file")
     say("sent %s (%.1f MiB) to %s" % (name, size / 1048576.0, server))
     return body
@@ -951,9 +962,9 @@ def build_parser():
 def check_output_path(path):
     folder = os.path.dirname(os.path.abspath(path)) or "."
     if os.path.isdir(path):
-        raise PackError("output %s is a directory" % path, "give a file name with -o, e.g. -o %s/bundle.zip" % path)
+        raise PmError("output %s is a directory" % path, "give a file name with -o, e.g. -o %s/bundle.zip" % path)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise PackError("cannot write the output file %s (folder missing or read-only)" % path,
+        raise PmError("cannot write the output file %s (folder missing or read-only)" % path,
                         "choose a writable place with -o")
 
 
@@ -962,13 +973,10 @@ def resolve_answers(args):
     software_dir = args.dir or ask("Software directory", None, "-d DIR", args.yes)
     software_dir = os.path.abspath(os.path.expanduser(software_dir))
     if not os.path.isdir(software_dir):
-        raise PackError("software directory %s does not exist" % software_dir, "pass an existing folder with -d")
+        raise PmError("software directory %s does not exist" % software_dir, "pass an existing folder with -d")
     if not os.access(software_dir, os.R_OK | os.X_OK):
-        raise PackError("software directory %s is not readable" % software_dir, "fix its permissions")
-    name = args.name or ask("Software name", os.path.basename(software_dir), "-n NAME", args.yes)
-    if not NAME_RE.match(name):
-        raise PackError("bad software name '%s'" % name,
-                        "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+        raise PmError("software directory %s is not readable" % software_dir, "fix its permissions")
+    name = check_name(args.name or ask("Software name", os.path.basename(software_dir), "-n NAME", args.yes))
     output = args.output or (name + ".zip" if args.zip else None)
     server = args.server or (SERVER_URL if not output else None)
     if not server and not output:
@@ -984,10 +992,10 @@ def pack(args):
     conda_info = run_conda_json(conda, ["info", "--json"])
     prefix = find_env(conda, conda_info, args.env, args.yes)
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
-    env = gather_environment(conda, conda_info, prefix)
+    captured = gather_environment(conda, conda_info, prefix)
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     if output:
-        write_bundle(output, name, software_dir, env, patterns)
+        write_bundle(output, name, software_dir, captured, patterns)
         say("saved %s" % output)
         print(os.path.abspath(output))
     if server:
@@ -995,10 +1003,10 @@ def pack(args):
         path = output
         if not path:
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
-            write_bundle(path, name, software_dir, env, patterns)
+            write_bundle(path, name, software_dir, captured, patterns)
         try:
             send_bundle(path, server, name, token)
-        except PackError:
+        except PmError:
             if not output:
                 say("the bundle is kept at %s" % path)
             raise
@@ -1013,9 +1021,9 @@ def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return pack(args)
-    except PackError as exc:
-        say(error_line(exc.what, exc.fix))
-        return 2
+    except PmError as exc:
+        say(exc.line())
+        return exc.code
     except KeyboardInterrupt:
         say("pm: interrupted")
         return 130
@@ -1027,11 +1035,19 @@ if __name__ == "__main__":
 
 
 def load_probe():
-    """The probe as a module, compiled from PROBE_SOURCE (the one source of truth)."""
+    """The probe as a new module, compiled from PROBE_SOURCE (the one source of truth)."""
     module = types.ModuleType("pm_probe")
     module.__file__ = "<pm_probe>"
     exec(compile(PROBE_SOURCE, "pm_probe.py", "exec"), module.__dict__)
     return module
+
+
+# What pm and the probe share lives in the probe, once: pm.pyz's __main__ loads pm_probe first;
+# from the source tree it is compiled here.
+PROBE = sys.modules.get("pm_probe") or load_probe()
+PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
+NAME_RE, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_RE, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
+spec_name, copy_hashing, utc_time = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time
 
 
 def probe_script(server_url, token=""):
@@ -1045,10 +1061,9 @@ def probe_script(server_url, token=""):
 # min-deps.json and software/<dir>/...; the manifest holds sha256 and size of every member.
 
 class Manifest(object):
-    """What a bundle says about itself (manifest.json)."""
+    """What a bundle says about itself (manifest.json; its layout: the probe's MANIFEST_FIELDS)."""
 
-    FIELDS = ("format", "name", "created", "probe_version", "source", "env", "software",
-              "minimal", "requested_specs", "members")
+    FIELDS = PROBE.MANIFEST_FIELDS
 
     def __init__(self, **values):
         for field in self.FIELDS:
@@ -1140,120 +1155,139 @@ class BackgroundHasher(object):
 def member_digest(archive, name):
     """sha256 and size of one member; large members hash on a second thread while zip reads."""
     big = archive.getinfo(name).file_size > 8 * CHUNK
-    digest, size = BackgroundHasher() if big else hashlib.sha256(), 0
+    digest = BackgroundHasher() if big else hashlib.sha256()
     try:
         with archive.open(name) as handle:
-            while True:
-                block = handle.read(CHUNK)
-                if not block:
-                    break
-                digest.update(block)
-                size += len(block)
+            return copy_hashing(handle, digest=digest)
     finally:
-        result = digest.hexdigest()  # also ends the hashing thread when reading failed
-    return result, size
+        digest.hexdigest()  # ends the hashing thread, also when reading failed
 
 
-def verify_bundle(path, label=None):
-    """Check every member against the manifest (names, sizes, sha256); return the manifest."""
-    archive, manifest = open_bundle(path, label)
-    with archive:
-        listed = set(manifest.members)
-        for info in archive.infolist():
-            safe_member_path(info.filename)
-            if info.filename == "manifest.json" or info.filename.endswith("/"):
-                continue
-            if info.filename not in listed:
-                raise PmError("%s is in the bundle but not in its manifest" % info.filename, "pack the software again")
-            try:
-                digest, size = member_digest(archive, info.filename)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                raise PmError("bundle member %s is damaged (%s)" % (info.filename, exc), "send or copy the bundle again")
-            entry = manifest.members[info.filename]
-            if digest != entry["sha256"] or size != entry["size"]:
-                raise PmError("bundle member %s does not match its sha256 in the manifest" % info.filename,
-                              "send or copy the bundle again")
-            listed.discard(info.filename)
-        if listed:
-            raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0], "pack the software again")
-        for required in ("env.yml", "min-deps.json"):
-            if required not in manifest.members:
-                raise PmError("the bundle has no %s" % required, "pack the software again")
-    return manifest
+class Bundle(object):
+    """The one bundle reader: Bundle.open checks every member against the manifest (names, sizes,
+    sha256) before anything is used; read_text, read_json and extract_software read from it."""
 
+    def __init__(self, path, manifest):
+        self.path, self.manifest = path, manifest
 
-def read_member_text(path, name):
-    with zipfile.ZipFile(path) as archive:
-        return archive.read(name).decode("utf-8")
+    @classmethod
+    def open(cls, path, label=None):
+        """A bundle checked member by member; label names it in messages (an upload's temp path
+        means nothing to its sender)."""
+        archive, manifest = open_bundle(path, label)
+        with archive:
+            listed = set(manifest.members)
+            for info in archive.infolist():
+                safe_member_path(info.filename)
+                if info.filename == "manifest.json" or info.filename.endswith("/"):
+                    continue
+                if info.filename not in listed:
+                    raise PmError("%s is in the bundle but not in its manifest" % info.filename,
+                                  "pack the software again")
+                try:
+                    digest, size = member_digest(archive, info.filename)
+                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                    raise PmError("bundle member %s is damaged (%s)" % (info.filename, exc),
+                                  "send or copy the bundle again")
+                entry = manifest.members[info.filename]
+                if digest != entry["sha256"] or size != entry["size"]:
+                    raise PmError("bundle member %s does not match its sha256 in the manifest" % info.filename,
+                                  "send or copy the bundle again")
+                listed.discard(info.filename)
+            if listed:
+                raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0],
+                              "pack the software again")
+            for required in ("env.yml", "min-deps.json"):
+                if required not in manifest.members:
+                    raise PmError("the bundle has no %s" % required, "pack the software again")
+        return cls(path, manifest)
 
+    @classmethod
+    def stored(cls, path):
+        """A bundle of the store, checked when it was stored: only its manifest is read."""
+        archive, manifest = open_bundle(path)
+        archive.close()
+        return cls(path, manifest)
 
-def extract_software(path, dest):
-    """Unzip software/<dir>/ into dest (zip-slip safe, modes and in-tree links kept); return dest/<dir>."""
-    real_dest = os.path.realpath(dest)
-    top = None
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            name = safe_member_path(info.filename)
-            if not name.startswith("software/") or name == "software/":
-                continue
-            relative = name[len("software/"):]
-            top = top or relative.split("/")[0]
-            target = os.path.join(dest, *relative.rstrip("/").split("/"))
-            real_parent = os.path.realpath(os.path.dirname(target))
-            if not (real_parent + os.sep).startswith(real_dest + os.sep):
-                raise PmError("bundle entry %s leads outside %s" % (name, dest), "do not use this bundle")
-            mode = info.external_attr >> 16
-            if name.endswith("/"):
-                os.makedirs(target, exist_ok=True)
-                if mode & 0o777:
-                    os.chmod(target, (mode & 0o777) | 0o700)
-            elif stat.S_ISLNK(mode):
-                link = archive.read(info).decode("utf-8")
-                resolved = os.path.realpath(os.path.join(os.path.dirname(target), link))
-                if os.path.isabs(link) or not (resolved + os.sep).startswith(real_dest + os.sep):
-                    raise PmError("bundle link %s points outside the software (%s)" % (name, link),
-                                  "do not use this bundle")
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                os.symlink(link, target)
-            else:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with archive.open(info) as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out, CHUNK)
-                if mode & 0o777:
-                    os.chmod(target, mode & 0o777)
-    if top is None:
-        raise PmError("the bundle holds no software files", "pack the software directory again")
-    return os.path.join(dest, top)
+    def read_text(self, member):
+        with zipfile.ZipFile(self.path) as archive:
+            return archive.read(member).decode("utf-8")
+
+    def read_json(self, member):
+        return json.loads(self.read_text(member))
+
+    def extract_software(self, dest):
+        """Unzip software/<dir>/ into dest (zip-slip safe, modes and in-tree links kept); return dest/<dir>."""
+        real_dest = os.path.realpath(dest)
+        top = None
+        with zipfile.ZipFile(self.path) as archive:
+            for info in archive.infolist():
+                name = safe_member_path(info.filename)
+                if not name.startswith("software/") or name == "software/":
+                    continue
+                relative = name[len("software/"):]
+                top = top or relative.split("/")[0]
+                target = os.path.join(dest, *relative.rstrip("/").split("/"))
+                real_parent = os.path.realpath(os.path.dirname(target))
+                if not (real_parent + os.sep).startswith(real_dest + os.sep):
+                    raise PmError("bundle entry %s leads outside %s" % (name, dest), "do not use this bundle")
+                mode = info.external_attr >> 16
+                if name.endswith("/"):
+                    os.makedirs(target, exist_ok=True)
+                    if mode & 0o777:
+                        os.chmod(target, (mode & 0o777) | 0o700)
+                elif stat.S_ISLNK(mode):
+                    link = archive.read(info).decode("utf-8")
+                    resolved = os.path.realpath(os.path.join(os.path.dirname(target), link))
+                    if os.path.isabs(link) or not (resolved + os.sep).startswith(real_dest + os.sep):
+                        raise PmError("bundle link %s points outside the software (%s)" % (name, link),
+                                      "do not use this bundle")
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.symlink(link, target)
+                else:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    with archive.open(info) as source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
+                    if mode & 0o777:
+                        os.chmod(target, mode & 0o777)
+        if top is None:
+            raise PmError("the bundle holds no software files", "pack the software directory again")
+        return os.path.join(dest, top)
 
 
 def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
     """Write a pm bundle from platform-migrator 1.1.0's pieces: env.yml, min-deps.json and its zip
     of the software (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
-    members = {}
+    writer = None
     try:
-        with zipfile.ZipFile(software_zip) as source, \
-                zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as bundle:
+        with zipfile.ZipFile(software_zip) as source:
             env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
             min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
             if env_yml is None:
                 raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
-            for arcname, data in (("env.yml", env_yml), ("min-deps.json", min_deps or b"[]\n")):
-                bundle.writestr(arcname, data)
-                members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
             files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
                      and not i.filename.endswith("/")]
             tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
             prefix = "software/" if len(tops) == 1 and all("/" in i.filename for i in files) else "software/%s/" % name
+            writer = PROBE.BundleWriter(target)
+            writer.add_bytes("env.yml", env_yml)
+            writer.add_bytes("min-deps.json", min_deps or b"[]\n")
             for info in files:
-                copy_member(source, info, bundle, prefix + info.filename, members)
+                out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
+                out_info.external_attr = info.external_attr or (0o644 << 16)
+                out_info.compress_type = zipfile.ZIP_DEFLATED
+                out_info.file_size = info.file_size
+                with source.open(info) as reader:
+                    writer.add_stream(out_info, reader)
             software = sorted(tops)[0] if prefix == "software/" else name
-            manifest = {"format": BUNDLE_FORMAT, "name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "probe_version": "platform-migrator 1.1.0", "source": {}, "env": {},
-                        "software": {"dir": software, "files": len(files)}, "minimal": [],
-                        "requested_specs": [], "members": members}
-            bundle.writestr("manifest.json", json.dumps(manifest, indent=1, sort_keys=True))
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
+            writer.finish(PROBE.make_manifest(name, None, {"dir": software, "files": len(files)},
+                                              probe_version="platform-migrator 1.1.0"))
+    except BaseException as exc:
+        if writer:
+            writer.abort()
+        if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
+            raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
+        raise
 
 
 def read_optional(archive, name):
@@ -1263,74 +1297,106 @@ def read_optional(archive, name):
         return None
 
 
-def copy_member(source, info, bundle, arcname, members):
-    """Stream one zip member into the bundle, hashing it on the way (memory stays flat)."""
-    out_info = zipfile.ZipInfo(arcname, info.date_time)
-    out_info.external_attr = info.external_attr or (0o644 << 16)
-    out_info.compress_type = zipfile.ZIP_DEFLATED
-    digest, size = hashlib.sha256(), 0
-    with source.open(info) as reader, bundle.open(out_info, "w", force_zip64=info.file_size > (1 << 31)) as writer:
-        while True:
-            block = reader.read(CHUNK)
-            if not block:
-                break
-            digest.update(block)
-            writer.write(block)
-            size += len(block)
-    members[arcname] = {"sha256": digest.hexdigest(), "size": size}
-
-
 # == Store ====================================================================
-# ~/.platform_migrator (or $PM_HOME): NAME/bundles/NNNN.zip (revisions),
-# NAME/<attempt id>/ (migrations), server.pid and the served probe copy.
+# One object owns every path of the store (~/.platform_migrator, or $PM_HOME).
+
+_attempt_counter = [0]
 
 
-def store_home():
-    return os.path.abspath(os.environ.get("PM_HOME") or os.path.expanduser("~/.platform_migrator"))
+class Store(object):
+    """The store and every path in it: NAME/bundles/NNNN.zip (revisions), NAME/<attempt id>/
+    (migrations), NAME/legacy/ (the original protocol's parts), NAME/choices.json (remembered
+    package choices), config/package-managers.ini, .incoming/ (uploads being received), and the
+    server's server.pid, server.log and migrate.py (the probe it serves)."""
 
+    def __init__(self, home):
+        self.home = os.path.abspath(home)
+        self.pidfile = os.path.join(self.home, "server.pid")
+        self.server_log = os.path.join(self.home, "server.log")
+        self.probe_copy = os.path.join(self.home, "migrate.py")
+        self.managers_config = os.path.join(self.home, "config", "package-managers.ini")
 
-def bundle_dir(name, home=None):
-    return os.path.join(home or store_home(), check_name(name), "bundles")
+    @classmethod
+    def default(cls):
+        return cls(os.environ.get("PM_HOME") or os.path.expanduser("~/.platform_migrator"))
 
+    def software(self, name):
+        return os.path.join(self.home, check_name(name))
 
-def bundle_revisions(name, home=None):
-    """Stored revisions of a software's bundle, oldest first."""
-    folder = bundle_dir(name, home)
-    if not os.path.isdir(folder):
-        return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if re.match(r"^\d{4,}\.zip$", f))
+    def bundles_dir(self, name):
+        return os.path.join(self.software(name), "bundles")
 
+    def legacy_dir(self, name):
+        return os.path.join(self.software(name), "legacy")
 
-def latest_bundle(name, home=None):
-    revisions = bundle_revisions(name, home)
-    if not revisions:
-        raise PmError("no bundle stored for '%s'" % name,
-                      "send one with 'pm.pyz pack --server', import one with 'pm.pyz unpack', or pass --bundle")
-    return revisions[-1]
+    def choices_path(self, name):
+        return os.path.join(self.software(name), "choices.json")
 
+    def incoming(self):
+        folder = os.path.join(self.home, ".incoming")
+        os.makedirs(folder, exist_ok=True)
+        return folder
 
-def store_bundle(temp_path, name, home=None):
-    """Move a verified bundle into the store as the next revision (atomic; never overwrites)."""
-    folder = bundle_dir(name, home)
-    os.makedirs(folder, exist_ok=True)
-    while True:
-        revisions = bundle_revisions(name, home)
-        number = int(os.path.basename(revisions[-1])[:-4]) + 1 if revisions else 1
-        target = os.path.join(folder, "%04d.zip" % number)
-        try:
-            os.link(temp_path, target)  # fails if another upload took this number
-        except FileExistsError:
-            continue
-        os.remove(temp_path)
-        return target
+    def names(self, with_bundles=False):
+        """The software kept here (folders named as software is), sorted."""
+        if not os.path.isdir(self.home):
+            return []
+        return sorted(n for n in os.listdir(self.home) if NAME_RE.match(n) and os.path.isdir(
+            os.path.join(self.home, n, "bundles") if with_bundles else os.path.join(self.home, n)))
 
+    def revisions(self, name):
+        """Stored revisions of a software's bundle, oldest first."""
+        folder = self.bundles_dir(name)
+        if not os.path.isdir(folder):
+            return []
+        return sorted(os.path.join(folder, f) for f in os.listdir(folder) if re.match(r"^\d{4,}\.zip$", f))
 
-def stored_software(home=None):
-    home = home or store_home()
-    if not os.path.isdir(home):
-        return []
-    return sorted(n for n in os.listdir(home) if NAME_RE.match(n) and os.path.isdir(os.path.join(home, n, "bundles")))
+    def latest_bundle(self, name):
+        revisions = self.revisions(name)
+        if not revisions:
+            raise PmError("no bundle stored for '%s'" % name,
+                          "send one with 'pm.pyz pack --server', import one with 'pm.pyz unpack', or pass --bundle")
+        return revisions[-1]
 
+    def add_revision(self, temp_path, name):
+        """Move a checked bundle into the store as the next revision (atomic; never overwrites)."""
+        folder = self.bundles_dir(name)
+        os.makedirs(folder, exist_ok=True)
+        while True:
+            revisions = self.revisions(name)
+            number = int(os.path.basename(revisions[-1])[:-4]) + 1 if revisions else 1
+            target = os.path.join(folder, "%04d.zip" % number)
+            try:
+                os.link(temp_path, target)  # fails if another upload took this number
+            except FileExistsError:
+                continue
+            os.remove(temp_path)
+            return target
+
+    def new_attempt_dir(self, name):
+        """A fresh, never reused attempt directory: time to the microsecond plus a counter."""
+        folder = self.software(name)
+        while True:
+            now = time.time()
+            _attempt_counter[0] += 1
+            attempt = "%s.%06d-%03d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)), int(now % 1 * 1e6),
+                                        _attempt_counter[0] % 1000)
+            path = os.path.join(folder, attempt)
+            try:
+                os.makedirs(path)
+                return path
+            except FileExistsError:
+                continue
+
+    def attempts(self, name):
+        """A software's attempts, oldest first: result.json with its id, or just the id."""
+        folder = self.software(name)
+        attempts = []
+        for entry in sorted(os.listdir(folder)):
+            result = os.path.join(folder, entry, "result.json")
+            if re.match(r"^\d{8}T", entry):
+                attempts.append(dict(read_json(result), id=entry) if os.path.isfile(result) else {"id": entry})
+        return attempts
 
 
 # == Resolver =================================================================
@@ -1474,13 +1540,8 @@ def parse_env_yml(text, source="env.yml"):
     return EnvFile(doc.get("name"), doc["channels"], doc["dependencies"], doc["pip"], doc["variables"])
 
 
-def conda_spec_name(spec):
-    spec = spec.strip().split("::")[-1]
-    return re.split(r"[\s=<>!~\[;,]", spec, maxsplit=1)[0].strip()
-
-
 def without_conda_itself(specs):
-    return [s for s in specs if conda_spec_name(s) not in CONDA_OWN_PACKAGES]
+    return [s for s in specs if spec_name(s) not in CONDA_OWN_PACKAGES]
 
 
 def strip_build(spec):
@@ -1497,7 +1558,7 @@ def direct_specs(min_deps, env):
     for record in min_deps or []:
         if isinstance(record, dict) and record.get("name"):
             specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
-    return without_conda_itself(specs) or [conda_spec_name(s) for s in without_conda_itself(env.dependencies)]
+    return without_conda_itself(specs) or [spec_name(s) for s in without_conda_itself(env.dependencies)]
 
 
 def local_channels_missing_here(channels):
@@ -1787,10 +1848,10 @@ def builtin_values(key):
     return dict(builtin_sections()[key])
 
 
-def load_managers(paths=()):
+def load_managers(store, paths=()):
     """Built-ins, then the store's config/package-managers.ini, then each file given; later wins."""
     sections = dict((key, (dict(values), "<built-in>")) for key, values in builtin_sections().items())
-    user_file = os.path.join(store_home(), "config", "package-managers.ini")
+    user_file = store.managers_config
     for path in ([user_file] if os.path.isfile(user_file) else []) + list(paths):
         if not os.path.isfile(path):
             raise PmError("package-manager configuration %s does not exist" % path, "pass an existing INI file")
@@ -1867,7 +1928,7 @@ def requirements_of(min_deps, env):
     if not reqs:
         for spec in env.dependencies:
             parts = spec.split("=")
-            reqs.append(Requirement(conda_spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
+            reqs.append(Requirement(spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
     known = set(pip_name(r.name) for r in reqs)
     for spec in env.pip:
         match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([A-Za-z0-9.+!_-]+))?\s*$", spec)
@@ -2016,7 +2077,6 @@ class Choice(object):
 
 TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
 SOFTWARE_KEYS = ("output_dir", "package_managers", "tests")
-_attempt_counter = [0]
 
 
 class TestSpec(object):
@@ -2153,29 +2213,14 @@ def platform_notes(source, here):
     return notes
 
 
-def new_attempt_dir(name, home=None):
-    """A fresh, never reused attempt directory: time to the microsecond plus a counter."""
-    folder = os.path.join(home or store_home(), check_name(name))
-    while True:
-        now = time.time()
-        _attempt_counter[0] += 1
-        attempt = "%s.%06d-%03d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)), int(now % 1 * 1e6),
-                                    _attempt_counter[0] % 1000)
-        path = os.path.join(folder, attempt)
-        try:
-            os.makedirs(path)
-            return path
-        except FileExistsError:
-            continue
-
-
 class Attempt(object):
     """The record of one migration attempt, kept in its directory."""
 
-    def __init__(self, name, path):
-        self.name, self.path = name, path
-        self.id = os.path.basename(path)
-        self.log_path = os.path.join(path, "commands.log")
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+        self.path = store.new_attempt_dir(name)
+        self.id = os.path.basename(self.path)
+        self.log_path = os.path.join(self.path, "commands.log")
         self.started = time.time()
         self.base_python = None  # the base environment's Python version, for the software's venv
         self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
@@ -2224,18 +2269,11 @@ class Attempt(object):
         write_json(os.path.join(self.path, "result.json"), self.result)
 
 
-@functools.lru_cache(maxsize=None)
-def shared_probe():
-    """The probe, loaded once: what pack and migrate share about conda lives there."""
-    return load_probe()
-
-
 def find_conda_here():
     """This machine's conda, found as the probe finds it ($CONDA_EXE, PATH, the usual prefixes)."""
-    probe = shared_probe()
     try:
-        return probe.find_conda()
-    except probe.PackError as exc:
+        return PROBE.find_conda()
+    except PmError as exc:
         raise PmError(exc.what, "install conda, set CONDA_EXE, or list other package managers in the "
                                 "test configuration")
 
@@ -2253,11 +2291,11 @@ class CondaHere(object):
         if not isinstance(self.info, dict):
             raise PmError("'%s info --json' failed (exit %d)" % (exe, proc.returncode),
                           "check that this conda works ('conda info'), or set CONDA_EXE to another one")
-        self.version = shared_probe().conda_version(self.info)
+        self.version = PROBE.conda_version(self.info)
 
     def env_prefix(self, env_name):
         """The prefix of the environment conda means by '-n env_name', if there is one."""
-        return shared_probe().named_env_prefix(self.info, env_name)
+        return PROBE.named_env_prefix(self.info, env_name)
 
 
 # conda's "not found" errors: 4.3 names the first missing package only (NoPackagesFoundError,
@@ -2293,10 +2331,10 @@ def all_missing(attempt, conda, env_name, specs, first_missing):
     dry runs without what was found missing, until conda finds the rest (at most one per spec)."""
     missing = list(first_missing)
     while missing and len(missing) < len(specs):
-        missing_names = set(conda_spec_name(m) for m in missing)
-        rest = [s for s in specs if conda_spec_name(s) not in missing_names]
+        missing_names = set(spec_name(m) for m in missing)
+        rest = [s for s in specs if spec_name(s) not in missing_names]
         code, output = attempt.run([conda.exe, "create", "--dry-run", "-n", env_name] + rest)
-        more = [m for m in missing_packages(output) if conda_spec_name(m) not in missing_names]
+        more = [m for m in missing_packages(output) if spec_name(m) not in missing_names]
         if code == 0 or not more:
             break
         missing += more
@@ -2344,12 +2382,13 @@ def create_conda_env(attempt, conda, env_name, env, min_deps, force):
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
 
 
-def activated_env(prefix, env_name):
-    env = dict(os.environ)
-    env["PATH"] = os.path.join(prefix, "bin") + os.pathsep + env.get("PATH", "")
-    env["CONDA_PREFIX"] = prefix
-    env["CONDA_DEFAULT_ENV"] = env_name
-    return env
+def activated_environ(prefix, env_name):
+    """This process's environment with the conda environment active (PATH, CONDA_PREFIX)."""
+    environ = dict(os.environ)
+    environ["PATH"] = os.path.join(prefix, "bin") + os.pathsep + environ.get("PATH", "")
+    environ["CONDA_PREFIX"] = prefix
+    environ["CONDA_DEFAULT_ENV"] = env_name
+    return environ
 
 
 ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
@@ -2397,8 +2436,8 @@ def run_test(attempt, test, software, env):
     return TestResult(test.name, status, code, seconds, log)
 
 
-def install_software(bundle, output_dir, software_dir, force):
-    target = os.path.join(output_dir, software_dir)
+def install_software(bundle, output_dir, force):
+    target = os.path.join(output_dir, bundle.manifest.software_dir())
     if os.path.isdir(target) and os.listdir(target):
         if not force:
             raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
@@ -2406,25 +2445,14 @@ def install_software(bundle, output_dir, software_dir, force):
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
     try:
-        extracted = extract_software(bundle, staging)
+        extracted = bundle.extract_software(staging)
         os.replace(extracted, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def print_summary(results, attempt):
-    print("%-20s %-8s %8s" % ("test", "status", "seconds"))
-    for result in results:
-        print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
-    print("attempt: %s" % attempt.path)
-
-
 # -- Migrating with the system's package managers ------------------------------
-
-def choices_path(name):
-    return os.path.join(store_home(), name, "choices.json")
-
 
 def read_answers(path):
     if not path:
@@ -2449,8 +2477,8 @@ def ask_line(prompt):
 
 def choose_package(req, candidates, remembered, options):
     """Pick what to install for one requirement: answers file, --yes, remembered, or a prompt."""
-    if req.name in options.answer_map:
-        return options.answer_map[req.name], "answers file"
+    if req.name in options.answers:
+        return options.answers[req.name], "answers file"
     if options.yes:
         if remembered:
             return remembered, "remembered"
@@ -2485,7 +2513,7 @@ def choose_package(req, candidates, remembered, options):
 def base_python_version(bundle):
     """The Python version of the base environment (conda-list.json), or None."""
     try:
-        listed = json.loads(read_member_text(bundle, "conda-list.json"))
+        listed = bundle.read_json("conda-list.json")
     except (KeyError, ValueError):
         return None
     for record in listed if isinstance(listed, list) else []:
@@ -2556,7 +2584,7 @@ def root_needed_but_missing(manager):
 
 def provision_with_managers(attempt, config, reqs, options):
     """Resolve and install every requirement; return (summary rows, environment for the tests)."""
-    managers = load_managers(options.pck_mgr_configs)
+    managers = load_managers(attempt.store, options.pck_mgr_configs)
     chosen = []
     for key in config.package_managers:
         if key not in managers:
@@ -2573,9 +2601,9 @@ def provision_with_managers(attempt, config, reqs, options):
         raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
                       "install one, or list another in package_managers")
     remembered = {}
-    if os.path.isfile(choices_path(attempt.name)):
-        remembered = dict((k, Choice.parse(v, choices_path(attempt.name)))
-                          for k, v in read_json(choices_path(attempt.name)).items())
+    choices_path = attempt.store.choices_path(attempt.name)
+    if os.path.isfile(choices_path):
+        remembered = dict((k, Choice.parse(v, choices_path)) for k, v in read_json(choices_path).items())
     rows, decisions = [], {}
     for req in reqs:
         say("resolving %s ..." % req.label())
@@ -2595,82 +2623,112 @@ def provision_with_managers(attempt, config, reqs, options):
             continue
         status = install_choice(attempt, manager, choice, req, candidates)
         rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source})
-    write_json(choices_path(attempt.name), decisions)
+    write_json(choices_path, decisions)
     write_json(os.path.join(attempt.path, "choices.json"), decisions)
-    env = dict(os.environ)
+    environ = dict(os.environ)
     venv = os.path.join(attempt.path, "venv")
     if os.path.isdir(venv):
-        env["PATH"] = os.path.join(venv, "bin") + os.pathsep + env.get("PATH", "")
-        env["VIRTUAL_ENV"] = venv
-    return rows, env
+        environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + environ.get("PATH", "")
+        environ["VIRTUAL_ENV"] = venv
+    return rows, environ
 
 
-def print_packages(rows):
-    for status in ("installed", "skipped", "failed"):
-        names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
-                 for r in rows if r["status"] == status]
-        print("%-9s %d%s" % (status, len(names), ": " + ", ".join(names) if names else ""))
+class MigrateOptions(object):
+    """What the caller asks of a migration (the command line's flags, as plain values)."""
+
+    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=()):
+        self.env_name = env_name
+        self.force = force
+        self.skip_tests = skip_tests
+        self.yes = yes
+        self.answers = dict(answers or {})  # requirement -> Choice, from --answers
+        self.pck_mgr_configs = list(pck_mgr_configs)
 
 
-def migrate(name, config, bundle, manifest, options):
-    """Recreate the software with conda, run its tests, install it; return the exit code."""
-    attempt = Attempt(name, new_attempt_dir(name))
+class MigrationResult(object):
+    """What an attempt came to: passed or failed, its tests, packages and where the software went."""
+
+    def __init__(self, attempt, tests, packages=None, installed=None):
+        self.attempt = attempt
+        self.tests = tests
+        self.packages = packages
+        self.installed = installed
+        self.passed = all(t.status == "passed" for t in tests)
+
+    def exit_code(self):
+        return 0 if self.passed else 1
+
+    def print_summary(self):
+        if self.packages is not None:
+            for status in ("installed", "skipped", "failed"):
+                names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
+                         for r in self.packages if r["status"] == status]
+                print("%-9s %d%s" % (status, len(names), ": " + ", ".join(names) if names else ""))
+        print("%-20s %-8s %8s" % ("test", "status", "seconds"))
+        for result in self.tests:
+            print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
+        print("attempt: %s" % self.attempt.path)
+
+
+def migrate(store, name, config, bundle, options):
+    """One attempt in its own directory: recreate the environment, test, install; return a
+    MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
+    attempt = Attempt(store, name)
     say("migrating %s (attempt %s)" % (name, attempt.id))
     here = this_platform()
-    for note in platform_notes(manifest.source, here):
+    for note in platform_notes(bundle.manifest.source, here):
         say("note: " + note)
-    attempt.save(bundle=bundle, package_managers=config.package_managers, platform=here)
+    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here)
     try:
         try:
-            return run_attempt(attempt, config, bundle, manifest, options)
+            return recreate_test_install(attempt, config, bundle, options)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            where = exc.filename or "the store %s or output_dir %s" % (store_home(), config.output_dir)
+            where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
             raise PmError("the disk is full (writing %s)" % where,
                           "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
     except PmError as exc:
         try:
             attempt.save(status="error", error=exc.what, finished=time.time())
         except OSError:
-            pass  # the disk may be the problem; the error line below still tells
+            pass  # the disk may be the problem; the error line still tells
         say("attempt: %s" % attempt.path)
         raise
 
 
-def run_attempt(attempt, config, bundle, manifest, options):
-    env = parse_env_yml(read_member_text(bundle, "env.yml"), "env.yml in %s" % bundle)
-    min_deps = json.loads(read_member_text(bundle, "min-deps.json"))
+def recreate_test_install(attempt, config, bundle, options):
+    """The steps of an attempt: the environment (conda, or the package managers), the tests on an
+    unzipped copy, and the install when every test passed."""
+    env_file = parse_env_yml(bundle.read_text("env.yml"), "env.yml in %s" % bundle.path)
+    min_deps = bundle.read_json("min-deps.json")
     packages = None
     if "conda" in config.package_managers:
         conda = CondaHere(find_conda_here())
         env_name = options.env_name or attempt.name
-        level, prefix = create_conda_env(attempt, conda, env_name, env, min_deps, options.force)
+        level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         attempt.save(level=level, env_name=env_name, env_prefix=prefix)
-        test_env = activated_env(prefix, env_name)
+        test_environ = activated_environ(prefix, env_name)
     else:
         attempt.base_python = base_python_version(bundle)
-        packages, test_env = provision_with_managers(attempt, config, requirements_of(min_deps, env), options)
+        packages, test_environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
         attempt.save(packages=packages)
-    results = []
+    tests = []
     if not options.skip_tests:
         work = os.path.join(attempt.path, "work")
-        software = extract_software(bundle, work)
+        software = bundle.extract_software(work)
         for test in config.tests:
-            results.append(run_test(attempt, test, software, test_env))
+            tests.append(run_test(attempt, test, software, test_environ))
         shutil.rmtree(work, ignore_errors=True)
-    passed = all(r.status == "passed" for r in results)
-    installed = None
-    if passed:
-        installed = install_software(bundle, config.output_dir, manifest.software_dir(), options.force)
-        say("installed %s into %s" % (attempt.name, installed))
-    attempt.save(status="passed" if passed else "failed", tests=[r.to_json() for r in results],
-                 installed_to=installed, finished=time.time(), seconds=round(time.time() - attempt.started, 3))
-    if packages is not None:
-        print_packages(packages)
-    print_summary(results, attempt)
-    return 0 if passed else 1
+    result = MigrationResult(attempt, tests, packages)
+    if result.passed:
+        result.installed = install_software(bundle, config.output_dir, options.force)
+        say("installed %s into %s" % (attempt.name, result.installed))
+    attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
+                 installed_to=result.installed, finished=time.time(),
+                 seconds=round(time.time() - attempt.started, 3))
+    return result
 
 
 # == Server ===================================================================
@@ -2693,8 +2751,8 @@ class HttpError(Exception):
 class ServerConfig(object):
     """What a running server needs to know."""
 
-    def __init__(self, home, host, port, token, max_bytes, timeout):
-        self.home = home
+    def __init__(self, store, host, port, token, max_bytes, timeout):
+        self.store = store
         self.host = host
         self.port = port
         self.token = token
@@ -2705,12 +2763,6 @@ class ServerConfig(object):
     def url(self):
         host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
         return "http://%s:%d" % (host, self.port)
-
-
-def incoming_dir(home):
-    folder = os.path.join(home, ".incoming")
-    os.makedirs(folder, exist_ok=True)
-    return folder
 
 
 class RequestBody(object):
@@ -2750,19 +2802,16 @@ class RequestBody(object):
 def receive_body(handler, config, expected_sha256=None):
     """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
     body = RequestBody(handler, config)
-    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=incoming_dir(config.home))
+    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=config.store.incoming())
     hasher = BackgroundHasher()
     try:
         with os.fdopen(handle, "wb") as out:
-            for block in iter(body.read, b""):
-                hasher.update(block)
-                try:
-                    out.write(block)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                        body.drain()
-                    raise
-        digest = hasher.hexdigest()
+            try:
+                digest, _ = copy_hashing(body, out, hasher)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    body.drain()
+                raise
         if expected_sha256 and digest != expected_sha256.strip().lower():
             raise HttpError(400, "the body does not match its X-Content-SHA256")
     except BaseException:
@@ -2772,13 +2821,13 @@ def receive_body(handler, config, expected_sha256=None):
     return temp, digest
 
 
-def accept_bundle(temp, name, home):
-    """Verify an uploaded bundle and store it as the next revision; the temp file is consumed."""
+def accept_bundle(temp, name, store):
+    """Check an uploaded bundle and store it as the next revision; the temp file is consumed."""
     try:
-        manifest = verify_bundle(temp, "the upload")
+        manifest = Bundle.open(temp, "the upload").manifest
         if manifest.name != name:
             raise HttpError(400, "the bundle is named %r in its manifest, not %r" % (manifest.name, name))
-        return store_bundle(temp, name, home), manifest
+        return store.add_revision(temp, name), manifest
     except PmError as exc:
         raise HttpError(400, exc.what)
     finally:
@@ -2884,14 +2933,10 @@ class LegacyBody(object):
         return fields
 
 
-def legacy_folder(home, name):
-    return os.path.join(home, name, "legacy")
-
-
-def legacy_part(body, part, home):
+def legacy_part(body, part, store):
     """Decode one of the original probe's posts, straight from the request, into its place in the
     store; return the software's name."""
-    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=incoming_dir(home))
+    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
     try:
         with os.fdopen(handle, "wb") as sink:
             try:
@@ -2900,10 +2945,8 @@ def legacy_part(body, part, home):
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     body.drain()
                 raise
-        name = fields["name"]
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % name)
-        folder = legacy_folder(home, name)
+        name = name_or_400(fields["name"])
+        folder = store.legacy_dir(name)
         os.makedirs(folder, exist_ok=True)
         os.chmod(decoded, 0o644)
         os.replace(decoded, os.path.join(folder, part))
@@ -2913,9 +2956,9 @@ def legacy_part(body, part, home):
             os.remove(decoded)
 
 
-def assemble_legacy_bundle(name, parts, home):
+def assemble_legacy_bundle(name, parts, store):
     """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle."""
-    handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=incoming_dir(home))
+    handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
     os.close(handle)
     texts = {}
     for meta in ("env.yml", "min-deps.json"):
@@ -2927,28 +2970,36 @@ def assemble_legacy_bundle(name, parts, home):
     except PmError as exc:
         os.remove(temp)
         raise HttpError(400, exc.what)
-    return accept_bundle(temp, name, home)
+    return accept_bundle(temp, name, store)
 
 
 def receive_legacy(handler, config, path):
-    name = legacy_part(RequestBody(handler, config), LEGACY_PARTS[path], config.home)
-    folder = legacy_folder(config.home, name)
+    name = legacy_part(RequestBody(handler, config), LEGACY_PARTS[path], config.store)
+    folder = config.store.legacy_dir(name)
     parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
                  if os.path.isfile(os.path.join(folder, part)))
     result = {"name": name, "stored": LEGACY_PARTS[path]}
     if "env.yml" in parts and "software.zip" in parts:
-        target, _ = assemble_legacy_bundle(name, parts, config.home)
+        target, _ = assemble_legacy_bundle(name, parts, config.store)
         result["bundle"] = os.path.basename(target)
     return 200, result
 
 
-def bundle_listing(home):
+def bundle_listing(store):
     listing = {}
-    for name in stored_software(home):
-        revisions = bundle_revisions(name, home)
+    for name in store.names(with_bundles=True):
+        revisions = store.revisions(name)
         listing[name] = {"revisions": len(revisions), "latest": os.path.basename(revisions[-1]),
-                         "stored": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(revisions[-1])))}
+                         "stored": utc_time(os.path.getmtime(revisions[-1]))}
     return listing
+
+
+def name_or_400(name):
+    """A software name from the network, checked as every name is (check_name), or a 400."""
+    try:
+        return check_name(name)
+    except PmError as exc:
+        raise HttpError(400, "%s: %s" % (exc.what, exc.fix))
 
 
 def make_handler(config):
@@ -3029,14 +3080,13 @@ def make_handler(config):
                 url = "http://" + host if re.match(r"^[A-Za-z0-9.:\[\]-]+$", host) else config.url()
                 return 200, probe_script(url, config.token or "").encode("utf-8")
             if path == "/bundles":
-                return 200, bundle_listing(config.home)
+                return 200, bundle_listing(config.store)
             if path.startswith("/bundles/"):
                 name = self.name_from(path)
-                revisions = bundle_revisions(name, config.home)
+                revisions = config.store.revisions(name)
                 if not revisions:
                     raise HttpError(404, "no bundle named %r" % name)
-                archive, manifest = open_bundle(revisions[-1])
-                archive.close()
+                manifest = Bundle.stored(revisions[-1]).manifest
                 return 200, dict(manifest.to_json(), revision=os.path.basename(revisions[-1]))
             raise HttpError(404, "no such path %r: try /migrate or /bundles" % path)
 
@@ -3045,7 +3095,7 @@ def make_handler(config):
                 raise HttpError(404, "upload with PUT /bundles/NAME")
             name = self.name_from(path)
             temp, digest = receive_body(self, config, self.headers.get("X-Content-SHA256"))
-            target, manifest = accept_bundle(temp, name, config.home)
+            target, manifest = accept_bundle(temp, name, config.store)
             self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
             return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
                          "members": len(manifest.members)}
@@ -3056,10 +3106,7 @@ def make_handler(config):
             return receive_legacy(self, config, path)
 
         def name_from(self, path):
-            name = unquote(path[len("/bundles/"):])
-            if not NAME_RE.match(name):
-                raise HttpError(400, "bad software name %r: use letters, digits, '.', '_' and '-'" % name)
-            return name
+            return name_or_400(unquote(path[len("/bundles/"):]))
 
     return Handler
 
@@ -3079,21 +3126,12 @@ def make_server(config):
     return server
 
 
-def pid_path(home):
-    return os.path.join(home, "server.pid")
-
-
-def script_copy_path(home):
-    return os.path.join(home, "migrate.py")
-
-
-def read_pidfile(home):
+def read_pidfile(store):
     """The running server's record, or None; a PIDFILE whose process is dead counts as None."""
-    path = pid_path(home)
-    if not os.path.isfile(path):
+    if not os.path.isfile(store.pidfile):
         return None
     try:
-        record = read_json(path)
+        record = read_json(store.pidfile)
         pid = int(record["pid"])
     except (ValueError, KeyError, TypeError, OSError):
         return None
@@ -3114,21 +3152,22 @@ def process_alive(pid):
     return True
 
 
-def refuse_a_second_server(home):
-    running = read_pidfile(home)
+def refuse_a_second_server(store):
+    running = read_pidfile(store)
     if running:
-        raise PmError("a server already runs for %s (PID %d, port %d)" % (home, running["pid"], running["port"]),
+        raise PmError("a server already runs for %s (PID %d, port %d)" % (store.home, running["pid"], running["port"]),
                       "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
 
 
 def run_server(config):
     """Serve in the foreground until Ctrl-C or SIGTERM; own the PIDFILE while running."""
-    os.makedirs(config.home, exist_ok=True)
-    refuse_a_second_server(config.home)
-    if os.path.exists(pid_path(config.home)):
+    store = config.store
+    os.makedirs(store.home, exist_ok=True)
+    refuse_a_second_server(store)
+    if os.path.exists(store.pidfile):
         say("note: replacing a stale PIDFILE left by a server that is gone")
-    for stale in os.listdir(incoming_dir(config.home)):
-        os.remove(os.path.join(config.home, ".incoming", stale))
+    for stale in os.listdir(store.incoming()):
+        os.remove(os.path.join(store.incoming(), stale))
     server = make_server(config)
 
     def stop(signum, frame):
@@ -3141,17 +3180,17 @@ def run_server(config):
                 % config.host)
         record = {"pid": os.getpid(), "host": config.host, "port": config.port, "started": config.started,
                   "token": config.token, "url": "http://%s:%d" % (config.host, config.port)}
-        write_json(pid_path(config.home), record, 0o600)  # it holds the token
-        write_atomic(script_copy_path(config.home), probe_script(config.url(), config.token or ""), 0o600)
-        say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, config.home))
+        write_json(store.pidfile, record, 0o600)  # it holds the token
+        write_atomic(store.probe_copy, probe_script(config.url(), config.token or ""), 0o600)
+        say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, store.home))
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
-        if (read_pidfile(config.home) or {}).get("pid") == os.getpid():
-            remove_quietly(pid_path(config.home))
-            remove_quietly(script_copy_path(config.home))
+        if (read_pidfile(store) or {}).get("pid") == os.getpid():
+            remove_quietly(store.pidfile)
+            remove_quietly(store.probe_copy)
         say("pm server stopped")
     return 0
 
@@ -3165,22 +3204,22 @@ def remove_quietly(path):
 
 def start_server(config, self_path):
     """Run the server in the background and return once it answers."""
-    refuse_a_second_server(config.home)
+    store = config.store
+    refuse_a_second_server(store)
     if not config.token:
         config.token = secrets.token_urlsafe(18)
-    os.makedirs(config.home, exist_ok=True)
+    os.makedirs(store.home, exist_ok=True)
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
                "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
-    env = dict(os.environ, PM_HOME=config.home, PM_SERVER_TOKEN=config.token)
-    log_path = os.path.join(config.home, "server.log")
-    with open(log_path, "ab") as log:  # the child keeps its own copy
+    env = dict(os.environ, PM_HOME=store.home, PM_SERVER_TOKEN=config.token)
+    with open(store.server_log, "ab") as log:  # the child keeps its own copy
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                  start_new_session=True)
     deadline = time.time() + 15
     while time.time() < deadline:
         if child.poll() is not None:
-            raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % log_path)
-        record = read_pidfile(config.home)
+            raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % store.server_log)
+        record = read_pidfile(store)
         if record and record["pid"] == child.pid:
             local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
             request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + config.token})
@@ -3196,37 +3235,37 @@ def start_server(config, self_path):
                 pass
         time.sleep(0.1)
     child.terminate()
-    raise PmError("the server did not answer within 15 s", "read %s" % log_path)
+    raise PmError("the server did not answer within 15 s", "read %s" % store.server_log)
 
 
-def stop_server(home):
-    record = read_pidfile(home)
+def stop_server(store):
+    record = read_pidfile(store)
     if not record:
-        remove_quietly(pid_path(home))
-        remove_quietly(script_copy_path(home))
-        raise PmError("no server runs for %s" % home, "start one with 'pm.pyz serve start'", code=1)
+        remove_quietly(store.pidfile)
+        remove_quietly(store.probe_copy)
+        raise PmError("no server runs for %s" % store.home, "start one with 'pm.pyz serve start'", code=1)
     os.kill(record["pid"], signal.SIGTERM)
     deadline = time.time() + 10
     while time.time() < deadline and process_alive(record["pid"]):
         time.sleep(0.1)
     if process_alive(record["pid"]):
         os.kill(record["pid"], signal.SIGKILL)
-    remove_quietly(pid_path(home))
-    remove_quietly(script_copy_path(home))
+    remove_quietly(store.pidfile)
+    remove_quietly(store.probe_copy)
     print("pm server (PID %d) stopped" % record["pid"])
     return 0
 
 
-def server_status(home):
-    record = read_pidfile(home)
+def server_status(store):
+    record = read_pidfile(store)
     if not record:
-        print("no server runs for %s" % home)
+        print("no server runs for %s" % store.home)
         return 1
     uptime = int(time.time() - record["started"])
     print("running  %s" % record["url"])
     print("PID      %d" % record["pid"])
     print("uptime   %dh%02dm%02ds" % (uptime // 3600, uptime // 60 % 60, uptime % 60))
-    listing = bundle_listing(home)
+    listing = bundle_listing(store)
     print("bundles  %d" % len(listing))
     for name, info in sorted(listing.items()):
         print("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
@@ -3253,13 +3292,13 @@ def cmd_serve(args):
     $PM_HOME). GET /migrate hands out the probe; PUT /bundles/NAME takes a bundle; the original
     tool's POST /yml, /min and /zip work too. One server per store (server.pid)."""
     token = args.token or os.environ.get("PM_SERVER_TOKEN") or None
-    config = ServerConfig(store_home(), args.host, args.port, token, args.max_bytes, args.timeout)
+    config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout)
     if args.action == "start":
         return start_server(config, SELF_PATH)
     if args.action == "stop":
-        return stop_server(config.home)
+        return stop_server(config.store)
     if args.action == "status":
-        return server_status(config.home)
+        return server_status(config.store)
     return run_server(config)
 
 
@@ -3287,22 +3326,25 @@ def cmd_migrate(args):
     by one (pip into the software's own virtual environment), then the tests run.
     Exit code 0 when every test passed, 1 when one failed, 2 for bad input."""
     check_name(args.name)
+    store = Store.default()
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
-    args.answer_map = read_answers(args.answers)
+    options = MigrateOptions(args.env_name, args.force, args.skip_tests, args.yes, read_answers(args.answers),
+                             args.pck_mgr_configs)
     if args.bundle:
         if not os.path.isfile(args.bundle):
             raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
-        bundle = os.path.abspath(args.bundle)
+        path = os.path.abspath(args.bundle)
     else:
-        bundle = latest_bundle(args.name)
-    manifest = verify_bundle(bundle)
-    return migrate(args.name, config, bundle, manifest, args)
+        path = store.latest_bundle(args.name)
+    result = migrate(store, args.name, config, Bundle.open(path), options)
+    result.print_summary()
+    return result.exit_code()
 
 
 def cmd_managers(args):
     """List the configured package managers (built-in, ~/.platform_migrator/config/package-managers.ini,
     --pck-mgr-configs) and whether each one's executable is on this machine."""
-    managers = load_managers(args.pck_mgr_configs)
+    managers = load_managers(Store.default(), args.pck_mgr_configs)
     rows = [{"key": k, "name": m.name, "exec": m.exec, "available": m.available(), "source": m.source}
             for k, m in sorted(managers.items())]
     if args.json:
@@ -3321,9 +3363,8 @@ def cmd_unpack(args):
     """Import a carried bundle into the store, with the same checks as an upload."""
     if not os.path.isfile(args.bundle):
         raise PmError("no such file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
-    incoming = os.path.join(store_home(), ".incoming")
-    os.makedirs(incoming, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix="unpack-", suffix=".zip", dir=incoming)
+    store = Store.default()
+    handle, temp = tempfile.mkstemp(prefix="unpack-", suffix=".zip", dir=store.incoming())
     os.close(handle)
     try:
         if is_original_zip(args.bundle):
@@ -3332,9 +3373,9 @@ def cmd_unpack(args):
             bundle_from_legacy(name, None, None, args.bundle, temp)
         else:
             shutil.copyfile(args.bundle, temp)
-        manifest = verify_bundle(temp, args.bundle)
+        manifest = Bundle.open(temp, args.bundle).manifest
         name = check_name(args.name or manifest.name)
-        target = store_bundle(temp, name)
+        target = store.add_revision(temp, name)
     finally:
         if os.path.exists(temp):
             os.remove(temp)
@@ -3356,18 +3397,16 @@ def is_original_zip(path):
 def cmd_list(args):
     """Show stored software, bundle revisions and migration attempts."""
     rows = []
-    home = store_home()
-    names = sorted(n for n in (os.listdir(home) if os.path.isdir(home) else [])
-                   if NAME_RE.match(n) and os.path.isdir(os.path.join(home, n)))
-    for name in names:
-        revisions = bundle_revisions(name)
+    store = Store.default()
+    for name in store.names():
+        revisions = store.revisions(name)
         rows.append({"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
-                     "attempts": list_attempts(name)})
+                     "attempts": store.attempts(name)})
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     if not rows:
-        say("nothing stored in %s yet" % store_home())
+        say("nothing stored in %s yet" % store.home)
         return 0
     for row in rows:
         print("%s  (%d bundle revision%s)" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s"))
@@ -3375,16 +3414,6 @@ def cmd_list(args):
             print("    %s  %-9s %s" % (attempt["id"], attempt.get("status", "unfinished"),
                                      attempt.get("level") or attempt.get("error") or ""))
     return 0
-
-
-def list_attempts(name):
-    folder = os.path.join(store_home(), name)
-    attempts = []
-    for entry in sorted(os.listdir(folder)):
-        result = os.path.join(folder, entry, "result.json")
-        if re.match(r"^\d{8}T", entry):
-            attempts.append(dict(read_json(result), id=entry) if os.path.isfile(result) else {"id": entry})
-    return attempts
 
 
 def build_parser():

@@ -30,7 +30,7 @@ def classify(candidate):
 
 def main():
     probe = pm.load_probe()
-    managers = pm.load_managers()
+    managers = pm.load_managers(pm.Store.default())
     for env_name in channels.real_env_names():
         records = channels.load_graph(env_name)
         graph = probe.dependency_graph(records)

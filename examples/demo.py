@@ -66,7 +66,7 @@ def main():
                        env=base.env(), check=True)
         step("target: what the server stored")
         subprocess.run([python3, pyz, "serve", "status"], env=env, check=True)
-        bundle = subprocess.run([python3, "-c", "import pm; print(pm.latest_bundle('heatsim'))"], env=dict(
+        bundle = subprocess.run([python3, "-c", "import pm; print(pm.Store.default().latest_bundle('heatsim'))"], env=dict(
             env, PYTHONPATH=ROOT), stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.strip()
         with zipfile.ZipFile(bundle) as archive:
             manifest = json.loads(archive.read("manifest.json").decode())

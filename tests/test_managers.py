@@ -188,11 +188,11 @@ def test_a_malformed_section_names_file_section_and_key(tmp_path):
     path = tmp_path / "bad.ini"
     path.write_text("[mine]\nname = mine\nsearch = mine find %s\nresult_fmt = %p\n")
     with pytest.raises(pm.PmError) as caught:
-        pm.load_managers([str(path)])
+        pm.load_managers(pm.Store.default(), [str(path)])
     assert "no 'install' in [mine] of %s" % path in caught.value.what
     path.write_text("[mine]\nname = mine\nsearch = x\ninstall = x\nresult_fmt = %v\n")
     with pytest.raises(pm.PmError) as caught:
-        pm.load_managers([str(path)])
+        pm.load_managers(pm.Store.default(), [str(path)])
     assert "result_fmt in [mine]" in caught.value.what
 
 
@@ -215,7 +215,7 @@ def test_requirements_from_the_bundle_are_never_trusted_as_shell_text():
                                {"name": "conda", "version": "24"}, {"name": "_libgcc_mutex"}],
                               pm.EnvFile(pip=["pipped==2", "y==1; rm -rf /", "$(reboot)"]))
     assert [r.name for r in reqs] == ["ok-name", "pipped"]
-    manager = pm.load_managers()["pip"]
+    manager = pm.load_managers(pm.Store.default())["pip"]
     assert "'a b'" in manager.command(manager.install_cmd, "a b")
 
 
@@ -234,7 +234,7 @@ def test_the_stores_own_config_file_overrides_builtins(tmp_path, monkeypatch):
     own.write_text("[pip]\nname = our pip\nexec = pip3\nsearch = %e index versions %s\nresult_fmt = %p (%v)\n"
                    "install = %e install\n[site-mirror]\nname = site mirror\nexec = mirror-get\nsearch = mirror-get find\n"
                    "result_fmt = %p %v\ninstall = mirror-get install\n")
-    managers = pm.load_managers()
+    managers = pm.load_managers(pm.Store.default())
     assert managers["pip"].name == "our pip" and managers["pip"].source == str(own)
     assert managers["site-mirror"].command(managers["site-mirror"].install_cmd, "zlib") == "mirror-get install zlib"
     assert not managers["site-mirror"].available()

@@ -135,7 +135,7 @@ def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_
     assert proc.returncode == 2 and "no bundle stored for 'heatsim'" in proc.stderr
     bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
     assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
-    stored = pm.latest_bundle("heatsim", conda_site.home)
+    stored = pm.Store(conda_site.home).latest_bundle("heatsim")
     before = hashlib.sha256(read_bytes(stored)).hexdigest()
     corrupt = tmp_path / "corrupt.zip"
     data = bytearray(read_bytes(bundle))
@@ -179,7 +179,7 @@ def test_hostile_zip_entries_are_refused(entries, pyz, conda_site, tmp_path):
 def test_extract_refuses_a_link_leading_outside(tmp_path):
     bundle = hostile_bundle(str(tmp_path / "evil.zip"), [("software/heatsim/up", b"../..", stat.S_IFLNK | 0o777)])
     with pytest.raises(pm.PmError) as caught:
-        pm.extract_software(bundle, str(tmp_path / "dest"))
+        pm.Bundle(bundle, None).extract_software(str(tmp_path / "dest"))
     assert "points outside" in caught.value.what
 
 
@@ -219,7 +219,7 @@ def test_yaml_beyond_the_subset_is_an_error(text):
 
 
 def test_attempt_ids_are_unique_and_ordered(tmp_path):
-    made = [pm.new_attempt_dir("sim", str(tmp_path)) for _ in range(50)]
+    made = [pm.Store(str(tmp_path)).new_attempt_dir("sim") for _ in range(50)]
     assert len(set(made)) == 50 and made == sorted(made)
 
 
@@ -290,7 +290,7 @@ def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migratin
 def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, monkeypatch, capsys):
     """In-process, so the 30 s interval can be shortened; the command itself is a real shell."""
     monkeypatch.setattr(pm, "STILL_RUNNING_SECONDS", 0.2)
-    attempt = pm.Attempt("heatsim", pm.new_attempt_dir("heatsim", str(tmp_path)))
+    attempt = pm.Attempt(pm.Store(str(tmp_path)), "heatsim")
     gate = tmp_path / "gate"
     script = "echo first; while [ ! -e '%s' ]; do sleep 0.05; done; echo second" % gate
     outcome = {}

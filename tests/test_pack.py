@@ -42,7 +42,7 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
     assert "5 packages, 1 directly required" in proc.stderr
     assert "zipping heatsim: 8 files" in proc.stderr
 
-    manifest = pm.verify_bundle(out)
+    manifest = pm.Bundle.open(out).manifest
     assert manifest.name == "heatsim"
     assert manifest.minimal == ["heatplot"]
     assert manifest.env["name"] == "heatsim-env"
@@ -81,7 +81,7 @@ def test_pack_asks_missing_answers_on_stdin(pyz, conda_site, example_software, t
     proc = run_pm(find_python("2.7"), pyz, ["pack"], conda_site.env(), stdin=answers)
     assert proc.returncode == 0, proc.stderr
     assert "Which conda environment" in proc.stderr and "heatsim-env" in proc.stderr
-    assert pm.verify_bundle(out).name == "heat2"
+    assert pm.Bundle.open(out).manifest.name == "heat2"
 
 
 def test_pack_uses_the_active_environment(pyz, conda_site, example_software, tmp_path):
@@ -89,7 +89,7 @@ def test_pack_uses_the_active_environment(pyz, conda_site, example_software, tmp
     env = conda_site.env(CONDA_PREFIX=conda_site.prefix("heatsim-env"))
     proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-o", out, "--yes"], env)
     assert proc.returncode == 0, proc.stderr
-    assert pm.verify_bundle(out).env["prefix"] == conda_site.prefix("heatsim-env")
+    assert pm.Bundle.open(out).manifest.env["prefix"] == conda_site.prefix("heatsim-env")
 
 
 def test_pack_with_yes_names_the_missing_flag(pyz, conda_site, example_software, tmp_path):
@@ -150,12 +150,12 @@ def test_failed_write_leaves_no_partial_bundle(tmp_path, conda_site, example_sof
     env = probe.gather_environment(conda, conda_info, conda_site.prefix("heatsim-env"))
 
     def broken_add_file(*args):
-        raise probe.PackError("cannot read a file", "fix it")
+        raise probe.PmError("cannot read a file", "fix it")
 
-    monkeypatch.setattr(probe, "add_file", broken_add_file)
+    monkeypatch.setattr(probe.BundleWriter, "add_file", broken_add_file)
     out = str(tmp_path / "out" / "b.zip")
     os.makedirs(os.path.dirname(out))
-    with pytest.raises(probe.PackError):
+    with pytest.raises(probe.PmError):
         probe.write_bundle(out, "heatsim", example_software, env, probe.DEFAULT_EXCLUDES)
     assert os.listdir(os.path.dirname(out)) == []
 
@@ -199,7 +199,7 @@ def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_p
     out = str(tmp_path / "cryo.zip")
     proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", str(software), "-e", "cryo", "-o", out, "--yes"], site.env())
     assert proc.returncode == 0, proc.stderr
-    manifest = pm.verify_bundle(out)
+    manifest = pm.Bundle.open(out).manifest
     probe = pm.load_probe()
     graph = probe.dependency_graph(channels.load_graph(env_name))
     assert manifest.env["packages"] == len(graph) == 915

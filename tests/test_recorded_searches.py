@@ -56,12 +56,12 @@ def stand_in_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("exe", sorted(SAMPLES))
 def test_builtin_search_reads_recorded_output(exe, stand_in_path):
-    manager = pm.load_managers()[MANAGER_OF[exe]]
+    manager = pm.load_managers(pm.Store.default())[MANAGER_OF[exe]]
     assert manager.search("zlib") == SAMPLES[exe][1]
 
 
 def test_mapping_and_ranking_pick_the_development_package_on_rpm_systems(stand_in_path):
-    manager = pm.load_managers()["yum"]
+    manager = pm.load_managers(pm.Store.default())["yum"]
     best = pm.find_candidates(pm.Requirement("zlib", "1.2.13"), [manager])
     assert [c.package for c in best][:2] == ["zlib-devel", "zlib"]
     assert best[0].why.startswith("mapping table") and best[1].why == "exact name"

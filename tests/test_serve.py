@@ -116,7 +116,7 @@ def test_the_served_probe_uploads_a_bundle(version, server, conda_site, example_
                           universal_newlines=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     stored = os.path.join(server.home, "heatsim", "bundles", "0001.zip")
-    manifest = pm.verify_bundle(stored)
+    manifest = pm.Bundle.open(stored).manifest
     assert manifest.source["python"].startswith("2.7" if version == "2.7" else "3.")
     status, body = server.request("GET", "/bundles/heatsim")
     assert status == 200 and json.loads(body.decode())["minimal"] == ["heatplot"]
@@ -129,7 +129,7 @@ def test_pm_pack_server_flag_sends_and_second_upload_is_a_new_revision(pyz, serv
         assert proc.returncode == 0, proc.stderr
     status, body = server.request("GET", "/bundles")
     assert json.loads(body.decode())["heatsim"]["revisions"] == 2
-    assert pm.bundle_revisions("heatsim", server.home)[-1].endswith("0002.zip")
+    assert pm.Store(server.home).revisions("heatsim")[-1].endswith("0002.zip")
 
 
 def legacy_post(server, path, name, data):
@@ -148,8 +148,8 @@ def test_the_original_probe_protocol_builds_a_bundle(server, tmp_path):
     assert legacy_post(server, "/yml", "oldsim", env_yml)[0] == 200
     assert legacy_post(server, "/zip", "oldsim", software_zip.read_bytes())[0] == 200
     assert legacy_post(server, "/min", "oldsim", min_deps)[0] == 200
-    latest = pm.latest_bundle("oldsim", server.home)
-    manifest = pm.verify_bundle(latest)
+    latest = pm.Store(server.home).latest_bundle("oldsim")
+    manifest = pm.Bundle.open(latest).manifest
     assert manifest.software_dir() == "oldsim"
     with zipfile.ZipFile(latest) as bundle:
         assert bundle.read("env.yml") == env_yml
@@ -168,7 +168,7 @@ def test_curl_uploads_with_a_sha256_header(server, pyz, conda_site, example_soft
                            "-H", "X-Content-SHA256: " + digest, server.url + "/bundles/heatsim"],
                           stdout=subprocess.PIPE, universal_newlines=True, timeout=30)
     assert json.loads(proc.stdout)["sha256"] == digest
-    with open(pm.latest_bundle("heatsim", server.home), "rb") as handle:
+    with open(pm.Store(server.home).latest_bundle("heatsim"), "rb") as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == digest
 
 
@@ -248,10 +248,10 @@ def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, c
     for thread in threads:
         thread.join()
     assert results == [201] * 6
-    revisions = pm.bundle_revisions("heatsim", server.home)
+    revisions = pm.Store(server.home).revisions("heatsim")
     assert [os.path.basename(r) for r in revisions] == ["%04d.zip" % n for n in range(1, 7)]
     for revision in revisions:
-        assert pm.verify_bundle(revision).name == "heatsim"
+        assert pm.Bundle.open(revision).manifest.name == "heatsim"
 
 
 def test_binding_beyond_loopback_without_token_warns(pyz, tmp_path):
@@ -272,7 +272,7 @@ def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example
     env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
     proc = run_pm(find_python("3.6"), pyz, ["unpack", bundle], env)
     assert proc.returncode == 0, proc.stderr
-    assert pm.latest_bundle("heatsim", str(tmp_path / "store")).endswith("0001.zip")
+    assert pm.Store(str(tmp_path / "store")).latest_bundle("heatsim").endswith("0001.zip")
     listing = run_pm(find_python("3.6"), pyz, ["list"], env)
     assert "heatsim" in listing.stdout
     with open(str(tmp_path / "bad.zip"), "wb") as handle:
@@ -280,7 +280,7 @@ def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example
     proc = run_pm(find_python("newest"), pyz, ["unpack", str(tmp_path / "bad.zip")], env)
     assert proc.returncode == 2 and proc.stderr.startswith("pm: error:") and "Traceback" not in proc.stderr
     assert str(tmp_path / "bad.zip") in proc.stderr and ".incoming" not in proc.stderr
-    assert len(pm.bundle_revisions("heatsim", str(tmp_path / "store"))) == 1
+    assert len(pm.Store(str(tmp_path / "store")).revisions("heatsim")) == 1
 
 
 def test_unpack_converts_the_original_tools_carried_zip(pyz, tmp_path):
@@ -293,8 +293,8 @@ def test_unpack_converts_the_original_tools_carried_zip(pyz, tmp_path):
     env = dict(os.environ, PM_HOME=str(tmp_path / "store"), TZ="Etc/GMT+5")  # a machine 5 hours behind UTC
     proc = run_pm(find_python("newest"), pyz, ["unpack", carried], env)
     assert proc.returncode == 0, proc.stderr
-    stored = pm.latest_bundle("oldsim", str(tmp_path / "store"))
-    manifest = pm.verify_bundle(stored)
+    stored = pm.Store(str(tmp_path / "store")).latest_bundle("oldsim")
+    manifest = pm.Bundle.open(stored).manifest
     assert manifest.software_dir() == "oldsim"
     created = calendar.timegm(time.strptime(manifest.created, "%Y-%m-%dT%H:%M:%SZ"))
     assert abs(created - time.time()) < 120, manifest.created  # UTC, as its Z says
