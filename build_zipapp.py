@@ -18,24 +18,60 @@ MAIN = '''# pm.pyz entry point: Python 2.7 and 3.x compatible.
 import sys
 
 
+def _load(name):
+    """Import NAME.py from this archive. zipimport compiles the source on every run, so the code
+    object is kept in ~/.cache/pm/<python>/ (keyed by the source's CRC and size), written unless
+    Python is told not to write bytecode (-B, PYTHONDONTWRITEBYTECODE)."""
+    import marshal
+    import os
+    import zlib
+    source = __loader__.get_data(name + ".py")
+    where = os.path.join(os.path.dirname(__file__), name + ".py")
+    tag = "%s-%d%d" % ((getattr(sys, "implementation", None) and sys.implementation.name or "cpython"),
+                       sys.version_info[0], sys.version_info[1])
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pm", tag)
+    cached = os.path.join(folder, "%s-%08x-%d.code" % (name, zlib.crc32(source) & 0xffffffff, len(source)))
+    code = None
+    try:
+        with open(cached, "rb") as handle:
+            code = marshal.loads(handle.read())
+    except (IOError, OSError, ValueError, EOFError, TypeError):
+        pass
+    if code is None:
+        code = compile(source, where, "exec")
+        if not sys.dont_write_bytecode:
+            try:
+                if not os.path.isdir(folder):
+                    os.makedirs(folder)
+                temp = "%s.%d.part" % (cached, os.getpid())
+                with open(temp, "wb") as handle:
+                    handle.write(marshal.dumps(code))
+                os.rename(temp, cached)
+            except (IOError, OSError):
+                pass  # no cache here: compile again next time
+    module = type(sys)(name)
+    module.__file__ = where
+    sys.modules[name] = module
+    exec(code, module.__dict__)
+    return module
+
+
 def _main():
     args = sys.argv[1:]
     verb = args[0] if args else None
     if verb == "pack":
-        import pm_probe
-        return pm_probe.main(args[1:])
+        return _load("pm_probe").main(args[1:])
     if sys.version_info < (3, 6):
         if verb in (None, "-h", "--help", "help"):
-            import pm_probe
-            print(pm_probe.TOP_HELP)
+            print(_load("pm_probe").TOP_HELP)
             print("This is Python %d.%d: only 'pack' works here; the other verbs need Python 3.6 or newer."
                   % sys.version_info[:2])
             return 0
         sys.stderr.write("pm: error: '%s' needs Python 3.6 or newer (this is Python %d.%d) -- "
                          "run it with python3, or use 'pack' here\\n" % ((verb,) + tuple(sys.version_info[:2])))
         return 2
-    import pm
-    return pm.main(args)
+    _load("pm_probe")  # pm uses this one (sys.modules) instead of compiling its own
+    return _load("pm").main(args)
 
 
 sys.exit(_main())

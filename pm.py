@@ -1,46 +1,42 @@
 #!/usr/bin/env python3
 """pm: move scientific software to another machine and prove it works there.
 
-One module, read top to bottom in the order the data travels:
-constants and errors -> probe (a Python 2/3 program kept in a string) -> bundle format ->
-resolver -> package managers -> migrator -> server -> command line.
-Standard library only; runs under Python 3.6 and newer (the probe also under 2.7).
+One module, read top to bottom in the order the data travels (standard library only; Python 3.6
+and newer, the probe also 2.7):
+
+  Helpers            version, atomic writes, JSON files
+  Probe              the base machine's program (pack), kept in a string; also the one home of what
+                     pm and the probe share: PmError, names, the hash loop, time, the manifest layout,
+                     the bundle writer, conda's flags and outputs across versions
+  Bundle             the one reader: open, check every member, read, extract safely
+  Store              every path of ~/.platform_migrator ($PM_HOME)
+  Environment file   conda's env.yml, in every shape real conda writes
+  Resolver           the levels conda tries; requirements, candidates and choices for the managers
+  Package managers   INI sections (apt, dnf, pip, spack, ...), built in and from files
+  Running commands   one runner: log, echo, timeout, process group, kill on any exit
+  Migrator           one attempt: environment (with conda, or with the package managers), tests, install
+  Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
+  Server (process)   one server per store: foreground, start, stop, status
+  platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
+  Command line       verbs, help, exit codes
 """
+# Start-up imports only what every verb needs; the server's and the original protocol's modules
+# (http.server, urllib.request, hmac, base64, ...) are imported where they are used.
 import argparse
-import base64
-import binascii
-import codecs
-import configparser
 import errno
-import functools
-import hashlib
-import hmac
-import inspect
 import json
 import os
-import platform
-import queue
 import re
-import secrets
 import shlex
-import shutil
 import signal
-import socket
-import socketserver
 import stat
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import types
-import urllib.request
-import zipfile
-import zlib
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
 
-# == Constants and errors =====================================================
+
+# == Helpers ==================================================================
+# Small pieces every section uses: pm's version, atomic writes, JSON files.
 
 VERSION = "1.0.0"
 STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
@@ -48,6 +44,7 @@ STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install
 
 def write_atomic(path, data, mode=0o644):
     """Write bytes or text to a temp file beside path, then rename it into place."""
+    import tempfile
     if isinstance(data, str):
         data = data.encode("utf-8")
     folder = os.path.dirname(os.path.abspath(path))
@@ -75,8 +72,9 @@ def read_json(path):
 
 
 # == Probe ====================================================================
-# The probe runs on base machines (Python 2.7 and up, no packages, maybe no TTY).
-# It is written out into pm.pyz as pm_probe.py and served at GET /migrate.
+# The probe runs on base machines (Python 2.7 and up, no packages, maybe no TTY). It is written
+# out into pm.pyz as pm_probe.py and served at GET /migrate. It is also the one home of what pm and
+# the probe share: names, errors, the hash loop, time stamps, the manifest layout, the bundle writer.
 
 PROBE_SOURCE = r'''
 # -*- coding: utf-8 -*-
@@ -89,21 +87,13 @@ Written out of pm.py (PROBE_SOURCE) into pm.pyz as pm_probe.py and served by
 from __future__ import print_function
 
 import argparse
-import ast
 import errno
-import fnmatch
-import hashlib
 import json
 import os
-import platform
 import re
-import shutil
 import stat
-import subprocess
 import sys
-import tempfile
 import time
-import zipfile
 
 SERVER_URL = ""    # filled in by GET /migrate
 SERVER_TOKEN = ""  # filled in by GET /migrate when the server has a token
@@ -117,7 +107,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 # Already compressed: stored as they are (deflating them again costs time and gains nothing).
 STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar",
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # patterns stay text: re compiles on first use
 PY2 = sys.version_info[0] == 2
 TEXT_TYPES = (str, unicode) if PY2 else (str,)  # noqa: F821 (Python 2 only)
 ZIP_FIRST = time.mktime((1980, 1, 2, 0, 0, 0, 0, 0, -1))  # zip cannot date files before 1980
@@ -153,8 +143,8 @@ def say(text):
 
 
 def check_name(name, what="software name"):
-    """A software name is one safe path component: NAME_RE."""
-    if not isinstance(name, TEXT_TYPES) or not NAME_RE.match(name):
+    """A software name is one safe path component: NAME_PATTERN."""
+    if not isinstance(name, TEXT_TYPES) or not re.match(NAME_PATTERN, name):
         raise PmError("bad %s '%s'" % (what, name),
                       "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
     return name
@@ -227,6 +217,7 @@ def find_conda():
 
 def run_conda(conda, args, check=True, extra_env=None):
     """Run conda; return its stdout as text, or None when check is False and it failed."""
+    import subprocess
     env = None
     if extra_env:
         env = dict(os.environ)
@@ -369,12 +360,13 @@ def read_conda_meta(prefix):
     return records
 
 
-HISTORY_SPECS = re.compile(r"#\s*(\w+)\s+specs:\s*(.*?)\s*$")
+HISTORY_SPECS = r"#\s*(\w+)\s+specs:\s*(.*?)\s*$"
 
 
 def history_specs(text):
     """The specs of a conda-meta/history line's value, in either format conda writes:
     "['a', 'b >=2']" (4.4 and later) or "a,b >=2,<3" (4.3 and older, joined with commas)."""
+    import ast
     if text.startswith("["):
         try:
             return [str(s) for s in ast.literal_eval(text)]
@@ -399,7 +391,7 @@ def read_requested_specs(prefix):
     with open(path, "rb") as handle:
         lines = handle.read().decode("utf-8", "replace").splitlines()
     for line in lines:
-        match = HISTORY_SPECS.match(line)
+        match = re.match(HISTORY_SPECS, line)
         if not match:
             continue
         action = match.group(1)
@@ -539,6 +531,7 @@ def utc_time(seconds=None):
 def copy_hashing(reader, writer=None, digest=None):
     """Read reader to its end in CHUNK blocks, hashing each and writing it to writer if given;
     return (sha256 hex, size). digest may be any object with update/hexdigest."""
+    import hashlib
     digest = digest or hashlib.sha256()
     size = 0
     while True:
@@ -584,6 +577,7 @@ def text_bytes(text):
 
 
 def excluded(relpath, patterns):
+    import fnmatch
     name = os.path.basename(relpath)
     for pattern in patterns:
         if fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(relpath, pattern):
@@ -645,6 +639,8 @@ class BundleWriter(object):
     manifest and renames the zip into place, abort() removes it."""
 
     def __init__(self, path):
+        import tempfile
+        import zipfile
         self.path = path
         handle, self.temp = tempfile.mkstemp(prefix=".pm-", suffix=".part",
                                              dir=os.path.dirname(os.path.abspath(path)))
@@ -653,12 +649,14 @@ class BundleWriter(object):
         self.members = {}
 
     def write_bytes(self, arcname, data, mode=0o644):
+        import zipfile
         info = zipfile.ZipInfo(arcname, date_time=time.gmtime()[:6])
         info.external_attr = (mode & 0xFFFF) << 16
         info.compress_type = zipfile.ZIP_DEFLATED
         self.archive.writestr(info, data)
 
     def add_bytes(self, arcname, data, mode=0o644):
+        import hashlib
         self.write_bytes(arcname, data, mode)
         if not stat.S_ISDIR(mode):
             self.members[arcname] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -671,6 +669,7 @@ class BundleWriter(object):
         return size
 
     def add_file(self, path, arcname, progress):
+        import zipfile
         try:
             method = zipfile.ZIP_STORED if arcname.lower().endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
             if PY2:
@@ -692,6 +691,8 @@ class BundleWriter(object):
     def add_file_py2(self, path, arcname, method):
         """Python 2.7: zipfile.write dates the entry from the file itself, so a file it cannot date
         goes in through a re-dated temporary copy (streamed, never held in memory)."""
+        import shutil
+        import tempfile
         mtime = os.stat(path).st_mtime
         source = path
         if zip_mtime(mtime) != mtime:
@@ -784,6 +785,7 @@ class BundleWriter(object):
 def libc_version():
     """The running C library, e.g. 'glibc 2.36'. (platform.libc_ver reads the interpreter's own
     binary instead: it names the newest glibc symbol the build links to, often an older one.)"""
+    import platform
     try:
         return os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (AttributeError, ValueError, OSError):
@@ -799,6 +801,7 @@ def libc_version():
 
 
 def source_platform(conda_info):
+    import platform
     return {
         "os": platform.system(),
         "os_release": platform.release(),
@@ -987,6 +990,7 @@ def resolve_answers(args):
 
 
 def pack(args):
+    import tempfile
     conda = find_conda()
     name, software_dir, output, server = resolve_answers(args)
     conda_info = run_conda_json(conda, ["info", "--json"])
@@ -1046,7 +1050,7 @@ def load_probe():
 # from the source tree it is compiled here.
 PROBE = sys.modules.get("pm_probe") or load_probe()
 PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
-NAME_RE, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_RE, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
+NAME_PATTERN, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_PATTERN, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
 spec_name, copy_hashing, utc_time = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time
 
 
@@ -1056,9 +1060,10 @@ def probe_script(server_url, token=""):
     return text.replace('SERVER_TOKEN = ""', "SERVER_TOKEN = %r" % token, 1)
 
 
-# == Bundle format ============================================================
-# A bundle is one zip: manifest.json, env.yml, env-history.yml, conda-list.json,
-# min-deps.json and software/<dir>/...; the manifest holds sha256 and size of every member.
+# == Bundle ===================================================================
+# Reading a bundle (the probe writes them): open it, check every member against the manifest,
+# read members, extract the software safely. Every consumer goes through Bundle.
+
 
 class Manifest(object):
     """What a bundle says about itself (manifest.json; its layout: the probe's MANIFEST_FIELDS)."""
@@ -1104,6 +1109,7 @@ def open_bundle(path, label=None):
     """Open a bundle and read its manifest; one clear error for anything that is not a bundle.
 
     label names the bundle in messages (an upload's temp path means nothing to its sender)."""
+    import zipfile
     label = label or path
     try:
         archive = zipfile.ZipFile(path)
@@ -1130,7 +1136,10 @@ class BackgroundHasher(object):
     At most a few blocks wait in the queue, so memory stays bounded."""
 
     def __init__(self):
+        import hashlib
+        import threading
         self.digest = hashlib.sha256()
+        import queue
         self.blocks = queue.Queue(maxsize=8)
         self.thread = threading.Thread(target=self.work, daemon=True)
         self.thread.start()
@@ -1154,6 +1163,7 @@ class BackgroundHasher(object):
 
 def member_digest(archive, name):
     """sha256 and size of one member; large members hash on a second thread while zip reads."""
+    import hashlib
     big = archive.getinfo(name).file_size > 8 * CHUNK
     digest = BackgroundHasher() if big else hashlib.sha256()
     try:
@@ -1174,6 +1184,8 @@ class Bundle(object):
     def open(cls, path, label=None):
         """A bundle checked member by member; label names it in messages (an upload's temp path
         means nothing to its sender)."""
+        import zipfile
+        import zlib
         archive, manifest = open_bundle(path, label)
         with archive:
             listed = set(manifest.members)
@@ -1210,6 +1222,7 @@ class Bundle(object):
         return cls(path, manifest)
 
     def read_text(self, member):
+        import zipfile
         with zipfile.ZipFile(self.path) as archive:
             return archive.read(member).decode("utf-8")
 
@@ -1218,6 +1231,8 @@ class Bundle(object):
 
     def extract_software(self, dest):
         """Unzip software/<dir>/ into dest (zip-slip safe, modes and in-tree links kept); return dest/<dir>."""
+        import shutil
+        import zipfile
         real_dest = os.path.realpath(dest)
         top = None
         with zipfile.ZipFile(self.path) as archive:
@@ -1253,48 +1268,6 @@ class Bundle(object):
         if top is None:
             raise PmError("the bundle holds no software files", "pack the software directory again")
         return os.path.join(dest, top)
-
-
-def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
-    """Write a pm bundle from platform-migrator 1.1.0's pieces: env.yml, min-deps.json and its zip
-    of the software (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
-    writer = None
-    try:
-        with zipfile.ZipFile(software_zip) as source:
-            env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
-            min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
-            if env_yml is None:
-                raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
-            files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
-                     and not i.filename.endswith("/")]
-            tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
-            prefix = "software/" if len(tops) == 1 and all("/" in i.filename for i in files) else "software/%s/" % name
-            writer = PROBE.BundleWriter(target)
-            writer.add_bytes("env.yml", env_yml)
-            writer.add_bytes("min-deps.json", min_deps or b"[]\n")
-            for info in files:
-                out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
-                out_info.external_attr = info.external_attr or (0o644 << 16)
-                out_info.compress_type = zipfile.ZIP_DEFLATED
-                out_info.file_size = info.file_size
-                with source.open(info) as reader:
-                    writer.add_stream(out_info, reader)
-            software = sorted(tops)[0] if prefix == "software/" else name
-            writer.finish(PROBE.make_manifest(name, None, {"dir": software, "files": len(files)},
-                                              probe_version="platform-migrator 1.1.0"))
-    except BaseException as exc:
-        if writer:
-            writer.abort()
-        if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
-            raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
-        raise
-
-
-def read_optional(archive, name):
-    try:
-        return archive.read(name)
-    except KeyError:
-        return None
 
 
 # == Store ====================================================================
@@ -1341,7 +1314,7 @@ class Store(object):
         """The software kept here (folders named as software is), sorted."""
         if not os.path.isdir(self.home):
             return []
-        return sorted(n for n in os.listdir(self.home) if NAME_RE.match(n) and os.path.isdir(
+        return sorted(n for n in os.listdir(self.home) if re.match(NAME_PATTERN, n) and os.path.isdir(
             os.path.join(self.home, n, "bundles") if with_bundles else os.path.join(self.home, n)))
 
     def revisions(self, name):
@@ -1399,9 +1372,8 @@ class Store(object):
         return attempts
 
 
-# == Resolver =================================================================
-# conda's env-file YAML subset, read with the standard library, and the requirement lists
-# each migration level uses: exact builds, builds stripped, direct requirements only.
+# == Environment file =========================================================
+# conda's env-file YAML, read with the standard library in every shape real conda writes.
 
 CONDA_OWN_PACKAGES = frozenset(["conda", "conda-env", "conda-build", "conda-libmamba-solver",
                                 "conda-package-handling", "conda-package-streaming", "conda-content-trust",
@@ -1552,6 +1524,22 @@ def strip_build(spec):
     return spec
 
 
+def local_channels_missing_here(channels):
+    """The env file's local channels (file://) that do not exist on this machine. conda 25 refuses
+    an env file naming one (4.3 passes over it); the channels of this conda's condarc serve instead."""
+    from urllib.parse import unquote, urlsplit
+    missing = []
+    for channel in channels:
+        if channel.startswith("file://") and not os.path.isdir(unquote(urlsplit(channel).path)):
+            missing.append(channel)
+    return missing
+
+
+# == Resolver =================================================================
+# What a migration asks for: the levels conda tries (exact builds, builds stripped, direct
+# requirements), and for the package managers each requirement's candidates and the choice made.
+
+
 def direct_specs(min_deps, env):
     """Direct requirements as specs: min-deps.json records (name=version), else env.yml's names."""
     specs = []
@@ -1559,16 +1547,6 @@ def direct_specs(min_deps, env):
         if isinstance(record, dict) and record.get("name"):
             specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
     return without_conda_itself(specs) or [spec_name(s) for s in without_conda_itself(env.dependencies)]
-
-
-def local_channels_missing_here(channels):
-    """The env file's local channels (file://) that do not exist on this machine. conda 25 refuses
-    an env file naming one (4.3 passes over it); the channels of this conda's condarc serve instead."""
-    missing = []
-    for channel in channels:
-        if channel.startswith("file://") and not os.path.isdir(unquote(urlsplit(channel).path)):
-            missing.append(channel)
-    return missing
 
 
 def migration_levels(env, min_deps):
@@ -1583,290 +1561,6 @@ def migration_levels(env, min_deps):
             out.append((name, EnvFile(env.name, env.channels, deps, env.pip, env.variables)))
     return out
 
-
-# == Package managers =========================================================
-# Sections of INI files (the original tool's format): name, exec, search, install,
-# install_version, result_fmt; %e exec, %p package, %v version, %s search expression, %% a '%'.
-# Built-ins below; ~/.platform_migrator/config/package-managers.ini and --pck-mgr-configs add or override.
-
-PIP_SEARCH = ("{ %e index versions %s 2>/dev/null || %e install --no-deps %s== 2>&1; } | awk -v n=%s "
-              "'/^Available versions:/ {sub(/^Available versions: /, \"\"); k = split($0, v, \", \"); "
-              "for (i = 1; i <= k; i++) print n, v[i]} "
-              "/from versions:/ {s = $0; sub(/.*from versions: /, \"\", s); sub(/\\).*/, \"\", s); "
-              "k = split(s, v, \", \"); for (i = 1; i <= k; i++) if (v[i] != \"none\") print n, v[i]}'")
-APT_SEARCH = ("{ echo %s; apt-cache search --names-only -- %s | cut -d' ' -f1 | head -n 60; } | "
-              "xargs -r apt-cache show --no-all-versions 2>/dev/null | "
-              "awk '/^Package:/ {p = $2} /^Version:/ {print p, $2}'")
-
-
-def pip_section(key, exec_name, note):
-    return ("[%s]\nname = %s (into the software's own virtual environment)\nexec = %s\nsearch = %s\n"
-            "result_fmt = %%p %%v\ninstall = %%e install %%p\ninstall_version = %%e install %%p==%%v\n\n"
-            % (key, note, exec_name, PIP_SEARCH))
-
-
-BUILTIN_MANAGERS = """
-[apt]
-name = APT (Debian, Ubuntu)
-exec = apt-get
-search = APT_SEARCH
-result_fmt = %p %v
-install = %e install -y --no-install-recommends %p
-install_version = %e install -y --no-install-recommends %p=%v
-
-[apt-get]
-name = apt-get (Debian, Ubuntu)
-exec = apt-get
-search = APT_SEARCH
-result_fmt = %p %v
-install = %e install -y --no-install-recommends %p
-install_version = %e install -y --no-install-recommends %p=%v
-
-[aptitude]
-name = Aptitude (Debian, Ubuntu)
-exec = aptitude
-search = %e search --disable-columns -F '%%p %%V' -- %s
-result_fmt = %p %v
-install = %e -y install %p
-install_version = %e -y install %p=%v
-
-[dnf]
-name = DNF (Fedora, RHEL 8+)
-exec = dnf
-search = %e repoquery -q --qf '%%{name} %%{version}\\n' '*'%s'*'
-result_fmt = %p %v
-install = %e install -y %p
-install_version = %e install -y %p-%v
-
-[yum]
-name = YUM (RHEL/CentOS 7)
-exec = yum
-search = repoquery -q --qf '%%{name} %%{version}' '*'%s'*'
-result_fmt = %p %v
-install = %e install -y %p
-install_version = %e install -y %p-%v
-
-[zypper]
-name = Zypper (openSUSE, SLES)
-exec = zypper
-search = %e --quiet search -s %s | awk -F'|' 'NF > 4 && $3 ~ /package/ {gsub(/ /, "", $2); gsub(/ /, "", $4); print $2, $4}'
-result_fmt = %p %v
-install = %e --non-interactive install %p
-install_version = %e --non-interactive install %p=%v
-
-[pacman]
-name = Pacman (Arch Linux)
-exec = pacman
-search = %e -Ss -- %s | awk '/^[^ ]/ {sub(/^[^\\/]*\\//, "", $1); print $1, $2}'
-result_fmt = %p %v
-install = %e -S --noconfirm %p
-
-[brew]
-name = Homebrew (macOS, Linux)
-exec = brew
-search = %e search -- %s 2>/dev/null | grep -v '^==>' | tr ' ' '\\n' | grep -v '^$'
-result_fmt = %p
-install = %e install %p
-install_version = %e install %p@%v
-
-[spack]
-name = Spack (HPC)
-exec = spack
-search = %e list %s | tr -s ' ' '\\n'
-result_fmt = %p
-install = %e install %p
-install_version = %e install %p@%v
-
-""".replace("APT_SEARCH", APT_SEARCH) + "".join(pip_section(k, e, n) for k, e, n in [
-    ("pip", "pip", "pip"), ("pip-root", "pip", "pip"), ("pip2", "pip2", "pip2"), ("pip2-root", "pip2", "pip2"),
-    ("pip3", "pip3", "pip3"), ("pip3-root", "pip3", "pip3")])
-
-# platform-migrator 1.1.0's searches that cannot work today (pip search is switched off at PyPI;
-# its apt-get awk prints descriptions): pm answers them with its own built-in search.
-BROKEN_ORIGINAL_SEARCHES = {
-    "%e search %s | grep '^%s' | cut -d ' ' -f 1,2": "pip",
-    "apt-cache search -n %s | awk -F ' - ' '{print $2}'": "apt-get",
-}
-
-# conda name -> other managers' names, for common scientific packages
-NAME_MAP = {
-    "zlib": {"apt": "zlib1g-dev", "rpm": "zlib-devel", "brew": "zlib", "spack": "zlib", "pacman": "zlib"},
-    "libzlib": {"apt": "zlib1g-dev", "rpm": "zlib-devel", "brew": "zlib", "spack": "zlib", "pacman": "zlib"},
-    "bzip2": {"apt": "libbz2-dev", "rpm": "bzip2-devel", "brew": "bzip2", "spack": "bzip2"},
-    "xz": {"apt": "liblzma-dev", "rpm": "xz-devel", "brew": "xz", "spack": "xz"},
-    "zstd": {"apt": "libzstd-dev", "rpm": "libzstd-devel", "brew": "zstd", "spack": "zstd"},
-    "lz4-c": {"apt": "liblz4-dev", "rpm": "lz4-devel", "brew": "lz4", "spack": "lz4"},
-    "openssl": {"apt": "libssl-dev", "rpm": "openssl-devel", "brew": "openssl@3", "spack": "openssl"},
-    "libffi": {"apt": "libffi-dev", "rpm": "libffi-devel", "brew": "libffi", "spack": "libffi"},
-    "libcurl": {"apt": "libcurl4-openssl-dev", "rpm": "libcurl-devel", "brew": "curl", "spack": "curl"},
-    "libpng": {"apt": "libpng-dev", "rpm": "libpng-devel", "brew": "libpng", "spack": "libpng"},
-    "libjpeg-turbo": {"apt": "libjpeg-dev", "rpm": "libjpeg-turbo-devel", "brew": "jpeg-turbo", "spack": "libjpeg-turbo"},
-    "jpeg": {"apt": "libjpeg-dev", "rpm": "libjpeg-turbo-devel", "brew": "jpeg", "spack": "libjpeg"},
-    "libtiff": {"apt": "libtiff-dev", "rpm": "libtiff-devel", "brew": "libtiff", "spack": "libtiff"},
-    "freetype": {"apt": "libfreetype-dev", "rpm": "freetype-devel", "brew": "freetype", "spack": "freetype"},
-    "libxml2": {"apt": "libxml2-dev", "rpm": "libxml2-devel", "brew": "libxml2", "spack": "libxml2"},
-    "sqlite": {"apt": "libsqlite3-dev", "rpm": "sqlite-devel", "brew": "sqlite", "spack": "sqlite"},
-    "hdf5": {"apt": "libhdf5-dev", "rpm": "hdf5-devel", "brew": "hdf5", "spack": "hdf5", "pip": "h5py"},
-    "libnetcdf": {"apt": "libnetcdf-dev", "rpm": "netcdf-devel", "brew": "netcdf", "spack": "netcdf-c"},
-    "netcdf4": {"apt": "python3-netcdf4", "rpm": "python3-netcdf4", "pip": "netCDF4", "spack": "py-netcdf4"},
-    "fftw": {"apt": "libfftw3-dev", "rpm": "fftw-devel", "brew": "fftw", "spack": "fftw"},
-    "gsl": {"apt": "libgsl-dev", "rpm": "gsl-devel", "brew": "gsl", "spack": "gsl"},
-    "openblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
-    "libopenblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
-    "libblas": {"apt": "libblas-dev", "rpm": "blas-devel", "brew": "openblas", "spack": "openblas"},
-    "liblapack": {"apt": "liblapack-dev", "rpm": "lapack-devel", "brew": "lapack", "spack": "netlib-lapack"},
-    "boost": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
-    "boost-cpp": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
-    "eigen": {"apt": "libeigen3-dev", "rpm": "eigen3-devel", "brew": "eigen", "spack": "eigen"},
-    "gdal": {"apt": "gdal-bin", "rpm": "gdal", "brew": "gdal", "spack": "gdal", "pip": "GDAL"},
-    "libgdal": {"apt": "libgdal-dev", "rpm": "gdal-devel", "brew": "gdal", "spack": "gdal"},
-    "proj": {"apt": "libproj-dev", "rpm": "proj-devel", "brew": "proj", "spack": "proj"},
-    "geos": {"apt": "libgeos-dev", "rpm": "geos-devel", "brew": "geos", "spack": "geos"},
-    "cairo": {"apt": "libcairo2-dev", "rpm": "cairo-devel", "brew": "cairo", "spack": "cairo"},
-    "pkg-config": {"apt": "pkg-config", "rpm": "pkgconf-pkg-config", "brew": "pkg-config", "spack": "pkgconf"},
-    "make": {"apt": "make", "rpm": "make", "brew": "make", "spack": "gmake"},
-    "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake", "pip": "cmake"},
-    "gcc": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
-    "compilers": {"apt": "build-essential", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
-    "c-compiler": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
-    "cxx-compiler": {"apt": "g++", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
-    "fortran-compiler": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},
-    "gfortran": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},
-    "openmpi": {"apt": "libopenmpi-dev", "rpm": "openmpi-devel", "brew": "open-mpi", "spack": "openmpi"},
-    "mpich": {"apt": "libmpich-dev", "rpm": "mpich-devel", "brew": "mpich", "spack": "mpich"},
-    "r-base": {"apt": "r-base", "rpm": "R", "brew": "r", "spack": "r"},
-    "python": {"apt": "python3", "rpm": "python3", "brew": "python", "spack": "python"},
-    "pip": {"apt": "python3-pip", "rpm": "python3-pip", "brew": "python", "spack": "py-pip", "pip": "pip"},
-    "git": {"apt": "git", "rpm": "git", "brew": "git", "spack": "git"},
-    "nodejs": {"apt": "nodejs", "rpm": "nodejs", "brew": "node", "spack": "node-js"},
-    "pytables": {"apt": "python3-tables", "rpm": "python3-tables", "pip": "tables", "spack": "py-tables"},
-    "matplotlib-base": {"apt": "python3-matplotlib", "rpm": "python3-matplotlib", "pip": "matplotlib",
-                        "spack": "py-matplotlib"},
-    "pytorch": {"apt": "python3-torch", "pip": "torch", "spack": "py-torch"},
-    "scikit-learn": {"apt": "python3-sklearn", "rpm": "python3-scikit-learn", "pip": "scikit-learn",
-                     "spack": "py-scikit-learn"},
-    "pyyaml": {"apt": "python3-yaml", "rpm": "python3-pyyaml", "pip": "PyYAML", "spack": "py-pyyaml"},
-    "msgpack-python": {"apt": "python3-msgpack", "pip": "msgpack", "spack": "py-msgpack"},
-    "scikit-image": {"apt": "python3-skimage", "rpm": "python3-scikit-image", "pip": "scikit-image",
-                     "spack": "py-scikit-image"},
-    "pillow": {"apt": "python3-pil", "rpm": "python3-pillow", "pip": "Pillow", "spack": "py-pillow"},
-    "beautifulsoup4": {"apt": "python3-bs4", "rpm": "python3-beautifulsoup4", "pip": "beautifulsoup4",
-                       "spack": "py-beautifulsoup4"},
-    "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "pip": "opencv-python", "spack": "opencv"},
-}
-MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
-                    "pacman": "pacman", "brew": "brew", "spack": "spack"}
-
-
-def manager_family(key, exec_name):
-    if re.match(r"^pip[0-9.]*$", os.path.basename(exec_name or "")) or key.startswith("pip"):
-        return "pip"
-    return MANAGER_FAMILIES.get(key, MANAGER_FAMILIES.get(os.path.basename(exec_name or ""), key))
-
-
-class PackageManager(object):
-    """One configured package manager: how to search, parse results and install."""
-
-    REQUIRED = ("name", "search", "install", "result_fmt")
-
-    def __init__(self, key, values, source):
-        self.key, self.source = key, source
-        for option in self.REQUIRED:
-            if not values.get(option, "").strip():
-                raise PmError("no '%s' in [%s] of %s" % (option, key, source), "add '%s = ...' to that section" % option)
-        self.name = values["name"]
-        self.exec = values.get("exec", "").strip() or values["name"]
-        self.search_cmd = values["search"]
-        if self.search_cmd.strip() in BROKEN_ORIGINAL_SEARCHES:
-            self.search_cmd = builtin_values(BROKEN_ORIGINAL_SEARCHES[self.search_cmd.strip()])["search"]
-            self.result_fmt = "%p %v"
-        else:
-            self.result_fmt = values["result_fmt"]
-        self.install_cmd = values["install"]
-        self.install_version_cmd = values.get("install_version", "").strip() or None
-        if "%p" not in self.result_fmt:
-            raise PmError("result_fmt in [%s] of %s has no %%p" % (key, source), "describe a search line, e.g. %p %v")
-        if self.install_version_cmd and ("%p" not in self.install_version_cmd or "%v" not in self.install_version_cmd):
-            raise PmError("install_version in [%s] of %s needs both %%p and %%v" % (key, source),
-                          "e.g. install_version = %e install %p==%v")
-        self.family = manager_family(key, self.exec.split()[0] if self.exec.split() else "")
-        self.pattern = result_regex(self.result_fmt)
-
-    def available(self):
-        return bool(shutil.which(self.exec.split()[0])) if self.exec.split() else False
-
-    def command(self, template, package=None, version=None, expr=None, exec_override=None):
-        """Fill in %e, %p, %v, %s (values shell-quoted) and %% in a template."""
-        values = {"e": exec_override or self.exec, "p": shlex.quote(package or ""),
-                  "v": shlex.quote(version or ""), "s": shlex.quote(expr or ""), "%": "%"}
-        text = re.sub(r"%([epvs%])", lambda m: values[m.group(1)], template)
-        if "%p" not in template and package is not None:
-            text += " " + values["p"]
-        if "%s" not in template and expr is not None:
-            text += " " + values["s"]
-        return text
-
-    def search(self, expr, runner=None):
-        """Run the search; return [(package, version or None)] from lines matching result_fmt."""
-        command = self.command(self.search_cmd, expr=expr)
-        if runner:
-            runner("search: " + command)
-        try:
-            proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace", timeout=300)
-        except subprocess.TimeoutExpired:
-            say("note: %s search for %s took over 300 s; counted as nothing found" % (self.key, expr))
-            return []
-        return parse_search_output(proc.stdout, self.pattern)
-
-
-def result_regex(fmt):
-    pattern = re.escape(fmt.strip()).replace(re.escape("%p"), r"(?P<pck>\S+)").replace(re.escape("%v"), r"(?P<ver>\S+)")
-    return re.compile("^" + pattern.replace(r"\ ", r"\s+") + "$")
-
-
-def parse_search_output(text, pattern):
-    found = []
-    for line in text.splitlines():
-        match = pattern.match(line.strip())
-        if match:
-            item = (match.group("pck"), match.groupdict().get("ver"))
-            if item not in found:
-                found.append(item)
-    return found
-
-
-@functools.lru_cache(maxsize=None)
-def builtin_sections():
-    """The built-in package-manager sections: key -> values (parsed once)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
-    return dict((key, dict(parser[key])) for key in parser.sections())
-
-
-def builtin_values(key):
-    return dict(builtin_sections()[key])
-
-
-def load_managers(store, paths=()):
-    """Built-ins, then the store's config/package-managers.ini, then each file given; later wins."""
-    sections = dict((key, (dict(values), "<built-in>")) for key, values in builtin_sections().items())
-    user_file = store.managers_config
-    for path in ([user_file] if os.path.isfile(user_file) else []) + list(paths):
-        if not os.path.isfile(path):
-            raise PmError("package-manager configuration %s does not exist" % path, "pass an existing INI file")
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle, source=path)
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
-        for key in parser.sections():
-            sections[key] = (dict(parser[key]), path)
-    return dict((key, PackageManager(key, values, source)) for key, (values, source) in sections.items())
-
-
-# -- Resolving requirements ------------------------------------------------------
 
 class Requirement(object):
     """A direct requirement from the base machine: conda name, version, and whether it is a
@@ -1980,7 +1674,7 @@ def name_variants(name, family):
 
 
 AFFIX_PREFIXES = ("", "lib", "python3-", "python-", "py3-", "py-", "r-cran-", "r-")
-AFFIX_SUFFIX = re.compile(r"^(\d+[a-z]?)?(-(dev|devel|bin|tools|utils|libs|common|static|headers|runtime|\d+))*$")
+AFFIX_SUFFIX = r"^(\d+[a-z]?)?(-(dev|devel|bin|tools|utils|libs|common|static|headers|runtime|\d+))*$"
 
 
 def name_inside(name, package):
@@ -1988,7 +1682,7 @@ def name_inside(name, package):
     'python3-numpy', not in 'libcoq-zlib' or 'zlib-server'."""
     name, package = name.lower().replace("_", "-"), package.lower()
     for prefix in AFFIX_PREFIXES:
-        if package.startswith(prefix + name) and AFFIX_SUFFIX.match(package[len(prefix + name):]):
+        if package.startswith(prefix + name) and re.match(AFFIX_SUFFIX, package[len(prefix + name):]):
             return True
     return False
 
@@ -2071,6 +1765,353 @@ class Choice(object):
         return "%s:%s%s" % (self.manager_key, self.package, "=" + self.version if self.version else "")
 
 
+# == Package managers =========================================================
+# Sections of INI files (the original tool's format): name, exec, search, install,
+# install_version, result_fmt; %e exec, %p package, %v version, %s search expression, %% a '%'.
+# Built-ins below; the store's config/package-managers.ini and --pck-mgr-configs add or override.
+
+PIP_SEARCH = ("{ %e index versions %s 2>/dev/null || %e install --no-deps %s== 2>&1; } | awk -v n=%s "
+              "'/^Available versions:/ {sub(/^Available versions: /, \"\"); k = split($0, v, \", \"); "
+              "for (i = 1; i <= k; i++) print n, v[i]} "
+              "/from versions:/ {s = $0; sub(/.*from versions: /, \"\", s); sub(/\\).*/, \"\", s); "
+              "k = split(s, v, \", \"); for (i = 1; i <= k; i++) if (v[i] != \"none\") print n, v[i]}'")
+APT_SEARCH = ("{ echo %s; apt-cache search --names-only -- %s | cut -d' ' -f1 | head -n 60; } | "
+              "xargs -r apt-cache show --no-all-versions 2>/dev/null | "
+              "awk '/^Package:/ {p = $2} /^Version:/ {print p, $2}'")
+
+
+def pip_section(key, exec_name, note):
+    return ("[%s]\nname = %s (into the software's own virtual environment)\nexec = %s\nsearch = %s\n"
+            "result_fmt = %%p %%v\ninstall = %%e install %%p\ninstall_version = %%e install %%p==%%v\n\n"
+            % (key, note, exec_name, PIP_SEARCH))
+
+
+BUILTIN_MANAGERS = """
+[apt]
+name = APT (Debian, Ubuntu)
+exec = apt-get
+search = APT_SEARCH
+result_fmt = %p %v
+install = %e install -y --no-install-recommends %p
+install_version = %e install -y --no-install-recommends %p=%v
+
+[apt-get]
+name = apt-get (Debian, Ubuntu)
+exec = apt-get
+search = APT_SEARCH
+result_fmt = %p %v
+install = %e install -y --no-install-recommends %p
+install_version = %e install -y --no-install-recommends %p=%v
+
+[aptitude]
+name = Aptitude (Debian, Ubuntu)
+exec = aptitude
+search = %e search --disable-columns -F '%%p %%V' -- %s
+result_fmt = %p %v
+install = %e -y install %p
+install_version = %e -y install %p=%v
+
+[dnf]
+name = DNF (Fedora, RHEL 8+)
+exec = dnf
+search = %e repoquery -q --qf '%%{name} %%{version}\\n' '*'%s'*'
+result_fmt = %p %v
+install = %e install -y %p
+install_version = %e install -y %p-%v
+
+[yum]
+name = YUM (RHEL/CentOS 7)
+exec = yum
+search = repoquery -q --qf '%%{name} %%{version}' '*'%s'*'
+result_fmt = %p %v
+install = %e install -y %p
+install_version = %e install -y %p-%v
+
+[zypper]
+name = Zypper (openSUSE, SLES)
+exec = zypper
+search = %e --quiet search -s %s | awk -F'|' 'NF > 4 && $3 ~ /package/ {gsub(/ /, "", $2); gsub(/ /, "", $4); print $2, $4}'
+result_fmt = %p %v
+install = %e --non-interactive install %p
+install_version = %e --non-interactive install %p=%v
+
+[pacman]
+name = Pacman (Arch Linux)
+exec = pacman
+search = %e -Ss -- %s | awk '/^[^ ]/ {sub(/^[^\\/]*\\//, "", $1); print $1, $2}'
+result_fmt = %p %v
+install = %e -S --noconfirm %p
+
+[brew]
+name = Homebrew (macOS, Linux)
+exec = brew
+search = %e search -- %s 2>/dev/null | grep -v '^==>' | tr ' ' '\\n' | grep -v '^$'
+result_fmt = %p
+install = %e install %p
+install_version = %e install %p@%v
+
+[spack]
+name = Spack (HPC)
+exec = spack
+search = %e list %s | tr -s ' ' '\\n'
+result_fmt = %p
+install = %e install %p
+install_version = %e install %p@%v
+
+""".replace("APT_SEARCH", APT_SEARCH) + "".join(pip_section(k, e, n) for k, e, n in [
+    ("pip", "pip", "pip"), ("pip-root", "pip", "pip"), ("pip2", "pip2", "pip2"), ("pip2-root", "pip2", "pip2"),
+    ("pip3", "pip3", "pip3"), ("pip3-root", "pip3", "pip3")])
+
+
+# conda name -> other managers' names, for common scientific packages
+NAME_MAP = {
+    "zlib": {"apt": "zlib1g-dev", "rpm": "zlib-devel", "brew": "zlib", "spack": "zlib", "pacman": "zlib"},
+    "libzlib": {"apt": "zlib1g-dev", "rpm": "zlib-devel", "brew": "zlib", "spack": "zlib", "pacman": "zlib"},
+    "bzip2": {"apt": "libbz2-dev", "rpm": "bzip2-devel", "brew": "bzip2", "spack": "bzip2"},
+    "xz": {"apt": "liblzma-dev", "rpm": "xz-devel", "brew": "xz", "spack": "xz"},
+    "zstd": {"apt": "libzstd-dev", "rpm": "libzstd-devel", "brew": "zstd", "spack": "zstd"},
+    "lz4-c": {"apt": "liblz4-dev", "rpm": "lz4-devel", "brew": "lz4", "spack": "lz4"},
+    "openssl": {"apt": "libssl-dev", "rpm": "openssl-devel", "brew": "openssl@3", "spack": "openssl"},
+    "libffi": {"apt": "libffi-dev", "rpm": "libffi-devel", "brew": "libffi", "spack": "libffi"},
+    "libcurl": {"apt": "libcurl4-openssl-dev", "rpm": "libcurl-devel", "brew": "curl", "spack": "curl"},
+    "libpng": {"apt": "libpng-dev", "rpm": "libpng-devel", "brew": "libpng", "spack": "libpng"},
+    "libjpeg-turbo": {"apt": "libjpeg-dev", "rpm": "libjpeg-turbo-devel", "brew": "jpeg-turbo", "spack": "libjpeg-turbo"},
+    "jpeg": {"apt": "libjpeg-dev", "rpm": "libjpeg-turbo-devel", "brew": "jpeg", "spack": "libjpeg"},
+    "libtiff": {"apt": "libtiff-dev", "rpm": "libtiff-devel", "brew": "libtiff", "spack": "libtiff"},
+    "freetype": {"apt": "libfreetype-dev", "rpm": "freetype-devel", "brew": "freetype", "spack": "freetype"},
+    "libxml2": {"apt": "libxml2-dev", "rpm": "libxml2-devel", "brew": "libxml2", "spack": "libxml2"},
+    "sqlite": {"apt": "libsqlite3-dev", "rpm": "sqlite-devel", "brew": "sqlite", "spack": "sqlite"},
+    "hdf5": {"apt": "libhdf5-dev", "rpm": "hdf5-devel", "brew": "hdf5", "spack": "hdf5", "pip": "h5py"},
+    "libnetcdf": {"apt": "libnetcdf-dev", "rpm": "netcdf-devel", "brew": "netcdf", "spack": "netcdf-c"},
+    "netcdf4": {"apt": "python3-netcdf4", "rpm": "python3-netcdf4", "pip": "netCDF4", "spack": "py-netcdf4"},
+    "fftw": {"apt": "libfftw3-dev", "rpm": "fftw-devel", "brew": "fftw", "spack": "fftw"},
+    "gsl": {"apt": "libgsl-dev", "rpm": "gsl-devel", "brew": "gsl", "spack": "gsl"},
+    "openblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
+    "libopenblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
+    "libblas": {"apt": "libblas-dev", "rpm": "blas-devel", "brew": "openblas", "spack": "openblas"},
+    "liblapack": {"apt": "liblapack-dev", "rpm": "lapack-devel", "brew": "lapack", "spack": "netlib-lapack"},
+    "boost": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
+    "boost-cpp": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
+    "eigen": {"apt": "libeigen3-dev", "rpm": "eigen3-devel", "brew": "eigen", "spack": "eigen"},
+    "gdal": {"apt": "gdal-bin", "rpm": "gdal", "brew": "gdal", "spack": "gdal", "pip": "GDAL"},
+    "libgdal": {"apt": "libgdal-dev", "rpm": "gdal-devel", "brew": "gdal", "spack": "gdal"},
+    "proj": {"apt": "libproj-dev", "rpm": "proj-devel", "brew": "proj", "spack": "proj"},
+    "geos": {"apt": "libgeos-dev", "rpm": "geos-devel", "brew": "geos", "spack": "geos"},
+    "cairo": {"apt": "libcairo2-dev", "rpm": "cairo-devel", "brew": "cairo", "spack": "cairo"},
+    "pkg-config": {"apt": "pkg-config", "rpm": "pkgconf-pkg-config", "brew": "pkg-config", "spack": "pkgconf"},
+    "make": {"apt": "make", "rpm": "make", "brew": "make", "spack": "gmake"},
+    "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake", "pip": "cmake"},
+    "gcc": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
+    "compilers": {"apt": "build-essential", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
+    "c-compiler": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
+    "cxx-compiler": {"apt": "g++", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
+    "fortran-compiler": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},
+    "gfortran": {"apt": "gfortran", "rpm": "gcc-gfortran", "brew": "gcc", "spack": "gcc"},
+    "openmpi": {"apt": "libopenmpi-dev", "rpm": "openmpi-devel", "brew": "open-mpi", "spack": "openmpi"},
+    "mpich": {"apt": "libmpich-dev", "rpm": "mpich-devel", "brew": "mpich", "spack": "mpich"},
+    "r-base": {"apt": "r-base", "rpm": "R", "brew": "r", "spack": "r"},
+    "python": {"apt": "python3", "rpm": "python3", "brew": "python", "spack": "python"},
+    "pip": {"apt": "python3-pip", "rpm": "python3-pip", "brew": "python", "spack": "py-pip", "pip": "pip"},
+    "git": {"apt": "git", "rpm": "git", "brew": "git", "spack": "git"},
+    "nodejs": {"apt": "nodejs", "rpm": "nodejs", "brew": "node", "spack": "node-js"},
+    "pytables": {"apt": "python3-tables", "rpm": "python3-tables", "pip": "tables", "spack": "py-tables"},
+    "matplotlib-base": {"apt": "python3-matplotlib", "rpm": "python3-matplotlib", "pip": "matplotlib",
+                        "spack": "py-matplotlib"},
+    "pytorch": {"apt": "python3-torch", "pip": "torch", "spack": "py-torch"},
+    "scikit-learn": {"apt": "python3-sklearn", "rpm": "python3-scikit-learn", "pip": "scikit-learn",
+                     "spack": "py-scikit-learn"},
+    "pyyaml": {"apt": "python3-yaml", "rpm": "python3-pyyaml", "pip": "PyYAML", "spack": "py-pyyaml"},
+    "msgpack-python": {"apt": "python3-msgpack", "pip": "msgpack", "spack": "py-msgpack"},
+    "scikit-image": {"apt": "python3-skimage", "rpm": "python3-scikit-image", "pip": "scikit-image",
+                     "spack": "py-scikit-image"},
+    "pillow": {"apt": "python3-pil", "rpm": "python3-pillow", "pip": "Pillow", "spack": "py-pillow"},
+    "beautifulsoup4": {"apt": "python3-bs4", "rpm": "python3-beautifulsoup4", "pip": "beautifulsoup4",
+                       "spack": "py-beautifulsoup4"},
+    "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "pip": "opencv-python", "spack": "opencv"},
+}
+MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
+                    "pacman": "pacman", "brew": "brew", "spack": "spack"}
+
+
+def manager_family(key, exec_name):
+    if re.match(r"^pip[0-9.]*$", os.path.basename(exec_name or "")) or key.startswith("pip"):
+        return "pip"
+    return MANAGER_FAMILIES.get(key, MANAGER_FAMILIES.get(os.path.basename(exec_name or ""), key))
+
+
+class PackageManager(object):
+    """One configured package manager: how to search, parse results and install."""
+
+    REQUIRED = ("name", "search", "install", "result_fmt")
+
+    def __init__(self, key, values, source):
+        self.key, self.source = key, source
+        for option in self.REQUIRED:
+            if not values.get(option, "").strip():
+                raise PmError("no '%s' in [%s] of %s" % (option, key, source), "add '%s = ...' to that section" % option)
+        self.name = values["name"]
+        self.exec = values.get("exec", "").strip() or values["name"]
+        self.search_cmd = values["search"]
+        if self.search_cmd.strip() in BROKEN_ORIGINAL_SEARCHES:
+            self.search_cmd = builtin_values(BROKEN_ORIGINAL_SEARCHES[self.search_cmd.strip()])["search"]
+            self.result_fmt = "%p %v"
+        else:
+            self.result_fmt = values["result_fmt"]
+        self.install_cmd = values["install"]
+        self.install_version_cmd = values.get("install_version", "").strip() or None
+        if "%p" not in self.result_fmt:
+            raise PmError("result_fmt in [%s] of %s has no %%p" % (key, source), "describe a search line, e.g. %p %v")
+        if self.install_version_cmd and ("%p" not in self.install_version_cmd or "%v" not in self.install_version_cmd):
+            raise PmError("install_version in [%s] of %s needs both %%p and %%v" % (key, source),
+                          "e.g. install_version = %e install %p==%v")
+        self.family = manager_family(key, self.exec.split()[0] if self.exec.split() else "")
+        self.pattern = result_regex(self.result_fmt)
+
+    def available(self):
+        import shutil
+        return bool(shutil.which(self.exec.split()[0])) if self.exec.split() else False
+
+    def command(self, template, package=None, version=None, expr=None, exec_override=None):
+        """Fill in %e, %p, %v, %s (values shell-quoted) and %% in a template."""
+        values = {"e": exec_override or self.exec, "p": shlex.quote(package or ""),
+                  "v": shlex.quote(version or ""), "s": shlex.quote(expr or ""), "%": "%"}
+        text = re.sub(r"%([epvs%])", lambda m: values[m.group(1)], template)
+        if "%p" not in template and package is not None:
+            text += " " + values["p"]
+        if "%s" not in template and expr is not None:
+            text += " " + values["s"]
+        return text
+
+    def search(self, expr, runner=None):
+        """Run the search; return [(package, version or None)] from lines matching result_fmt."""
+        import subprocess
+        command = self.command(self.search_cmd, expr=expr)
+        if runner:
+            runner("search: " + command)
+        try:
+            proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace", timeout=300)
+        except subprocess.TimeoutExpired:
+            say("note: %s search for %s took over 300 s; counted as nothing found" % (self.key, expr))
+            return []
+        return parse_search_output(proc.stdout, self.pattern)
+
+
+def result_regex(fmt):
+    pattern = re.escape(fmt.strip()).replace(re.escape("%p"), r"(?P<pck>\S+)").replace(re.escape("%v"), r"(?P<ver>\S+)")
+    return re.compile("^" + pattern.replace(r"\ ", r"\s+") + "$")
+
+
+def parse_search_output(text, pattern):
+    found = []
+    for line in text.splitlines():
+        match = pattern.match(line.strip())
+        if match:
+            item = (match.group("pck"), match.groupdict().get("ver"))
+            if item not in found:
+                found.append(item)
+    return found
+
+
+def builtin_sections():
+    """The built-in package-manager sections: key -> values (parsed once)."""
+    import configparser
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(BUILTIN_MANAGERS, source="<built-in>")
+    return dict((key, dict(parser[key])) for key in parser.sections())
+
+
+def builtin_values(key):
+    return dict(builtin_sections()[key])
+
+
+def load_managers(store, paths=()):
+    """Built-ins, then the store's config/package-managers.ini, then each file given; later wins."""
+    import configparser
+    sections = dict((key, (dict(values), "<built-in>")) for key, values in builtin_sections().items())
+    user_file = store.managers_config
+    for path in ([user_file] if os.path.isfile(user_file) else []) + list(paths):
+        if not os.path.isfile(path):
+            raise PmError("package-manager configuration %s does not exist" % path, "pass an existing INI file")
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        for key in parser.sections():
+            sections[key] = (dict(parser[key]), path)
+    return dict((key, PackageManager(key, values, source)) for key, (values, source) in sections.items())
+
+
+# == Running commands =========================================================
+# One way to run a command, for conda, the package managers and the tests alike.
+
+
+def kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=False, heartbeat=None,
+                capture=True):
+    """The one way pm runs a command (conda, package managers, tests): in a process group of its own,
+    stdin closed, output appended to log_path as it comes (`tail -f` shows it) and echoed to stderr
+    with echo; a line every STILL_RUNNING_SECONDS naming heartbeat while it lasts; the whole group
+    killed at timeout seconds and on any exception (Ctrl-C, a full disk).
+    Returns (exit code, or None when it cannot start; output if capture else ""; timed out)."""
+    import subprocess
+    import threading
+    try:
+        proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write("cannot start: %s\n" % exc)
+        return None, str(exc), False
+    started, finished, timed_out = time.time(), threading.Event(), []
+
+    def watch():
+        next_note = started + STILL_RUNNING_SECONDS
+        while True:
+            ends = ([next_note] if heartbeat else []) + ([started + timeout] if timeout else [])
+            if not ends or finished.wait(max(0.0, min(ends) - time.time())):
+                return
+            now = time.time()
+            if timeout and now >= started + timeout:
+                timed_out.append(now)
+                kill_group(proc.pid)
+                return
+            if heartbeat and now >= next_note:
+                say("    ... %s still running after %d s (output: %s)" % (heartbeat, now - started, log_path))
+                next_note += STILL_RUNNING_SECONDS
+
+    threading.Thread(target=watch, daemon=True).start()
+    lines = []
+    try:
+        with open(log_path, "a", encoding="utf-8") as log, proc.stdout:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                if capture:
+                    lines.append(line)
+                log.write(line)
+                log.flush()
+                if echo:
+                    sys.stderr.write("    " + line)
+            code = proc.wait()
+            if timed_out:
+                log.write("\npm: timeout after %s s\n" % timeout)
+    except BaseException:
+        kill_group(proc.pid)
+        proc.wait()
+        raise
+    finally:
+        finished.set()
+    return code, "".join(lines), bool(timed_out)
+
+
 # == Migrator =================================================================
 # One attempt: a unique directory NAME/<id>/ holding the env file used, the command log,
 # every test's output, result.json. Recreate the environment, unzip, run every test, install.
@@ -2107,6 +2148,7 @@ class MigrationConfig(object):
 
 def read_test_config(paths, name):
     """Merge INI test configurations in order; one clear error naming file, section and key."""
+    import configparser
     parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
     origin = {}
     for path in paths:
@@ -2143,7 +2185,7 @@ def read_test_config(paths, name):
         section = "test_" + test
         warn_unknown(parser, section, TEST_KEYS, origin)
         tests.append(TestSpec(test, need(section, "exec"), test_timeout(parser, section, origin),
-                              test_env(parser[section].get("env", ""), section),
+                              test_env_vars(parser[section].get("env", ""), section),
                               parser[section].get("workdir"), parser[section].get("runner")))
     return MigrationConfig(os.path.expanduser(output_dir), managers, tests)
 
@@ -2170,7 +2212,7 @@ def test_timeout(parser, section, origin):
     return seconds
 
 
-def test_env(text, section):
+def test_env_vars(text, section):
     env = {}
     for item in re.split(r"[,\n]", text):
         if item.strip():
@@ -2184,6 +2226,7 @@ def test_env(text, section):
 
 def this_platform():
     """This machine's OS, processor and C library, recorded with each attempt."""
+    import platform
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (ValueError, OSError):
@@ -2229,44 +2272,162 @@ class Attempt(object):
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
 
-    def run(self, command, env=None):
-        """Run a command, its output going into the log as it comes (`tail -f` shows it) and a
-        line on the console every STILL_RUNNING_SECONDS while it lasts; return (exit code, output)."""
+    def run(self, command, environ=None):
+        """Run a command (conda, an install) through run_command, logged here; (exit code, output)."""
         self.log("$ " + " ".join(command))
-        try:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                    stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            self.log("cannot run: %s" % exc)
-            return 127, str(exc)
-        finished = threading.Event()
-        started = time.time()
-
-        def say_still_running():
-            while not finished.wait(STILL_RUNNING_SECONDS):
-                say("    ... %s still running after %d s (output: %s)"
-                    % (os.path.basename(command[0]), time.time() - started, self.log_path))
-        threading.Thread(target=say_still_running, daemon=True).start()
-        lines = []
-        try:
-            with open(self.log_path, "a", encoding="utf-8") as handle, proc.stdout:
-                for raw in iter(proc.stdout.readline, b""):
-                    lines.append(raw.decode("utf-8", "replace"))
-                    handle.write(lines[-1])
-                    handle.flush()
-            code = proc.wait()
-        except BaseException:  # Ctrl-C or a full disk: do not leave the command running
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            finished.set()
+        code, output, _ = run_command(command, self.log_path, environ=environ,
+                                      heartbeat=os.path.basename(command[0]))
+        code = 127 if code is None else code
         self.log("exit %d" % code)
-        return code, "".join(lines)
+        return code, output
 
     def save(self, **values):
         self.result.update(values)
         write_json(os.path.join(self.path, "result.json"), self.result)
+
+
+class MigrateOptions(object):
+    """What the caller asks of a migration (the command line's flags, as plain values)."""
+
+    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=()):
+        self.env_name = env_name
+        self.force = force
+        self.skip_tests = skip_tests
+        self.yes = yes
+        self.answers = dict(answers or {})  # requirement -> Choice, from --answers
+        self.pck_mgr_configs = list(pck_mgr_configs)
+
+
+class MigrationResult(object):
+    """What an attempt came to: passed or failed, its tests, packages and where the software went."""
+
+    def __init__(self, attempt, tests, packages=None, installed=None):
+        self.attempt = attempt
+        self.tests = tests
+        self.packages = packages
+        self.installed = installed
+        self.passed = all(t.status == "passed" for t in tests)
+
+    def exit_code(self):
+        return 0 if self.passed else 1
+
+    def print_summary(self):
+        if self.packages is not None:
+            for status in ("installed", "skipped", "failed"):
+                names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
+                         for r in self.packages if r["status"] == status]
+                print("%-9s %d%s" % (status, len(names), ": " + ", ".join(names) if names else ""))
+        print("%-20s %-8s %8s" % ("test", "status", "seconds"))
+        for result in self.tests:
+            print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
+        print("attempt: %s" % self.attempt.path)
+
+
+def migrate(store, name, config, bundle, options):
+    """One attempt in its own directory: recreate the environment, test, install; return a
+    MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
+    attempt = Attempt(store, name)
+    say("migrating %s (attempt %s)" % (name, attempt.id))
+    here = this_platform()
+    for note in platform_notes(bundle.manifest.source, here):
+        say("note: " + note)
+    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here)
+    try:
+        try:
+            return recreate_test_install(attempt, config, bundle, options)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
+            raise PmError("the disk is full (writing %s)" % where,
+                          "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
+    except PmError as exc:
+        try:
+            attempt.save(status="error", error=exc.what, finished=time.time())
+        except OSError:
+            pass  # the disk may be the problem; the error line still tells
+        say("attempt: %s" % attempt.path)
+        raise
+    except KeyboardInterrupt:
+        attempt.save(status="interrupted", finished=time.time())
+        raise
+
+
+def recreate_test_install(attempt, config, bundle, options):
+    """The steps of an attempt: the environment (conda, or the package managers), the tests on an
+    unzipped copy, and the install when every test passed."""
+    import shutil
+    env_file = parse_env_yml(bundle.read_text("env.yml"), "env.yml in %s" % bundle.path)
+    min_deps = bundle.read_json("min-deps.json")
+    packages = None
+    if "conda" in config.package_managers:
+        conda = CondaHere(find_conda_here())
+        env_name = options.env_name or attempt.name
+        level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force)
+        say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
+        attempt.save(level=level, env_name=env_name, env_prefix=prefix)
+        test_environ = activated_environ(prefix, env_name)
+    else:
+        attempt.base_python = base_python_version(bundle)
+        packages, test_environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
+        attempt.save(packages=packages)
+    tests = []
+    if not options.skip_tests:
+        work = os.path.join(attempt.path, "work")
+        try:
+            software = bundle.extract_software(work)
+            for test in config.tests:
+                tests.append(run_test(attempt, test, software, test_environ))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
+    result = MigrationResult(attempt, tests, packages)
+    if result.passed:
+        result.installed = install_software(bundle, config.output_dir, options.force)
+        say("installed %s into %s" % (attempt.name, result.installed))
+    attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
+                 installed_to=result.installed, finished=time.time(),
+                 seconds=round(time.time() - attempt.started, 3))
+    return result
+
+
+def run_test(attempt, test, software, environ):
+    """Run one test in its own shell, streaming output to the console and its log file."""
+    log = os.path.join(attempt.path, "test-%s.log" % test.name)
+    script = (ACTIVATE_SCRIPTS if environ.get("CONDA_PREFIX") else "") + test.command
+    command = (shlex.split(test.runner) if test.runner else []) + ["/bin/sh", "-c", script]
+    workdir = os.path.join(software, test.workdir) if test.workdir else software
+    attempt.log("test %s: %s (in %s)" % (test.name, test.command, workdir))
+    say("--- test %s: %s" % (test.name, test.command))
+    started = time.time()
+    open(log, "w").close()
+    code, _, timed_out = run_command(command, log, cwd=workdir, environ=dict(environ, **test.env),
+                                     timeout=test.timeout, echo=True, capture=False)
+    status = "error" if code is None else "timeout" if timed_out else "passed" if code == 0 else "failed"
+    code = 127 if code is None else code
+    seconds = time.time() - started
+    attempt.log("test %s: %s, exit %d, %.2f s" % (test.name, status, code, seconds))
+    return TestResult(test.name, status, code, seconds, log)
+
+
+def install_software(bundle, output_dir, force):
+    import shutil
+    import tempfile
+    target = os.path.join(output_dir, bundle.manifest.software_dir())
+    if os.path.isdir(target) and os.listdir(target):
+        if not force:
+            raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
+        shutil.rmtree(target)
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
+    try:
+        extracted = bundle.extract_software(staging)
+        os.replace(extracted, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# -- With conda ---------------------------------------------------------------
 
 
 def find_conda_here():
@@ -2282,6 +2443,7 @@ class CondaHere(object):
     """The target's conda: its executable, and what 'conda info --json' says about it."""
 
     def __init__(self, exe):
+        import subprocess
         self.exe = exe
         proc = subprocess.run([exe, "info", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -2300,15 +2462,15 @@ class CondaHere(object):
 
 # conda's "not found" errors: 4.3 names the first missing package only (NoPackagesFoundError,
 # PackageNotFoundError), current conda all of them (ResolvePackageNotFound, PackagesNotFoundError).
-NOT_FOUND_ERRORS = re.compile(r"(NoPackagesFoundError|PackageNotFoundError|PackagesNotFoundError|"
-                              r"ResolvePackageNotFound)\b")
+NOT_FOUND_ERRORS = (r"(NoPackagesFoundError|PackageNotFoundError|PackagesNotFoundError|"
+                    r"ResolvePackageNotFound)\b")
 
 
 def missing_packages(output):
     """The specs a failed conda command says it cannot find, as it lists them ('  - name version')."""
     missing, listing = [], False
     for line in output.splitlines():
-        if NOT_FOUND_ERRORS.search(line):
+        if re.search(NOT_FOUND_ERRORS, line):
             listing = True
             continue
         item = re.match(r"^\s+- (\S.*?)\s*$", line)
@@ -2343,6 +2505,7 @@ def all_missing(attempt, conda, env_name, specs, first_missing):
 
 def create_conda_env(attempt, conda, env_name, env, min_deps, force):
     """Create the environment, falling back level by level; return (level, prefix)."""
+    import shutil
     prefix = conda.env_prefix(env_name)
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
@@ -2394,65 +2557,8 @@ def activated_environ(prefix, env_name):
 ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
 
 
-def run_test(attempt, test, software, env):
-    """Run one test in its own shell, streaming output to the console and its log file."""
-    log = os.path.join(attempt.path, "test-%s.log" % test.name)
-    script = (ACTIVATE_SCRIPTS if env.get("CONDA_PREFIX") else "") + test.command
-    command = (shlex.split(test.runner) if test.runner else []) + ["/bin/sh", "-c", script]
-    workdir = os.path.join(software, test.workdir) if test.workdir else software
-    attempt.log("test %s: %s (in %s)" % (test.name, test.command, workdir))
-    say("--- test %s: %s" % (test.name, test.command))
-    started = time.time()
-    status = "passed"
-    with open(log, "w", encoding="utf-8") as out:
-        try:
-            proc = subprocess.Popen(command, cwd=workdir, env=dict(env, **test.env), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        except OSError as exc:
-            out.write("cannot start: %s\n" % exc)
-            return TestResult(test.name, "error", 127, 0.0, log)
-        timer = None
-        if test.timeout:
+# -- With the system's package managers ---------------------------------------
 
-            def kill():
-                out.write("\npm: timeout after %s s\n" % test.timeout)
-                os.killpg(proc.pid, signal.SIGKILL)
-            timer = threading.Timer(test.timeout, kill)
-            timer.start()
-        with proc.stdout:
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace")
-                out.write(line)
-                sys.stderr.write("    " + line)
-        code = proc.wait()
-        if timer:
-            timer.cancel()
-            if code == -signal.SIGKILL:
-                status = "timeout"
-        if code != 0 and status == "passed":
-            status = "failed"
-    seconds = time.time() - started
-    attempt.log("test %s: %s, exit %d, %.2f s" % (test.name, status, code, seconds))
-    return TestResult(test.name, status, code, seconds, log)
-
-
-def install_software(bundle, output_dir, force):
-    target = os.path.join(output_dir, bundle.manifest.software_dir())
-    if os.path.isdir(target) and os.listdir(target):
-        if not force:
-            raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
-        shutil.rmtree(target)
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
-    try:
-        extracted = bundle.extract_software(staging)
-        os.replace(extracted, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-# -- Migrating with the system's package managers ------------------------------
 
 def read_answers(path):
     if not path:
@@ -2526,6 +2632,8 @@ def base_python_version(bundle):
 def venv_python(base_version):
     """The interpreter for the software's venv: pythonX.Y of the base's version when this
     machine has it on PATH (e.g. after 'module load python/3.11'), else pm's own."""
+    import platform
+    import shutil
     own = "%d.%d" % sys.version_info[:2]
     wanted = ".".join(base_version.split(".")[:2]) if base_version else own
     found = shutil.which("python" + wanted) if wanted != own else None
@@ -2539,6 +2647,8 @@ def venv_python(base_version):
 
 def software_venv(attempt):
     """The software's own virtual environment, in the attempt's store, made on first use."""
+    import platform
+    import shutil
     venv = os.path.join(attempt.path, "venv")
     if not os.path.isdir(venv):
         python, note = venv_python(attempt.base_python)
@@ -2633,112 +2743,12 @@ def provision_with_managers(attempt, config, reqs, options):
     return rows, environ
 
 
-class MigrateOptions(object):
-    """What the caller asks of a migration (the command line's flags, as plain values)."""
-
-    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=()):
-        self.env_name = env_name
-        self.force = force
-        self.skip_tests = skip_tests
-        self.yes = yes
-        self.answers = dict(answers or {})  # requirement -> Choice, from --answers
-        self.pck_mgr_configs = list(pck_mgr_configs)
-
-
-class MigrationResult(object):
-    """What an attempt came to: passed or failed, its tests, packages and where the software went."""
-
-    def __init__(self, attempt, tests, packages=None, installed=None):
-        self.attempt = attempt
-        self.tests = tests
-        self.packages = packages
-        self.installed = installed
-        self.passed = all(t.status == "passed" for t in tests)
-
-    def exit_code(self):
-        return 0 if self.passed else 1
-
-    def print_summary(self):
-        if self.packages is not None:
-            for status in ("installed", "skipped", "failed"):
-                names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
-                         for r in self.packages if r["status"] == status]
-                print("%-9s %d%s" % (status, len(names), ": " + ", ".join(names) if names else ""))
-        print("%-20s %-8s %8s" % ("test", "status", "seconds"))
-        for result in self.tests:
-            print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
-        print("attempt: %s" % self.attempt.path)
-
-
-def migrate(store, name, config, bundle, options):
-    """One attempt in its own directory: recreate the environment, test, install; return a
-    MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
-    attempt = Attempt(store, name)
-    say("migrating %s (attempt %s)" % (name, attempt.id))
-    here = this_platform()
-    for note in platform_notes(bundle.manifest.source, here):
-        say("note: " + note)
-    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here)
-    try:
-        try:
-            return recreate_test_install(attempt, config, bundle, options)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
-            raise PmError("the disk is full (writing %s)" % where,
-                          "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
-    except PmError as exc:
-        try:
-            attempt.save(status="error", error=exc.what, finished=time.time())
-        except OSError:
-            pass  # the disk may be the problem; the error line still tells
-        say("attempt: %s" % attempt.path)
-        raise
-
-
-def recreate_test_install(attempt, config, bundle, options):
-    """The steps of an attempt: the environment (conda, or the package managers), the tests on an
-    unzipped copy, and the install when every test passed."""
-    env_file = parse_env_yml(bundle.read_text("env.yml"), "env.yml in %s" % bundle.path)
-    min_deps = bundle.read_json("min-deps.json")
-    packages = None
-    if "conda" in config.package_managers:
-        conda = CondaHere(find_conda_here())
-        env_name = options.env_name or attempt.name
-        level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force)
-        say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
-        attempt.save(level=level, env_name=env_name, env_prefix=prefix)
-        test_environ = activated_environ(prefix, env_name)
-    else:
-        attempt.base_python = base_python_version(bundle)
-        packages, test_environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
-        attempt.save(packages=packages)
-    tests = []
-    if not options.skip_tests:
-        work = os.path.join(attempt.path, "work")
-        software = bundle.extract_software(work)
-        for test in config.tests:
-            tests.append(run_test(attempt, test, software, test_environ))
-        shutil.rmtree(work, ignore_errors=True)
-    result = MigrationResult(attempt, tests, packages)
-    if result.passed:
-        result.installed = install_software(bundle, config.output_dir, options.force)
-        say("installed %s into %s" % (attempt.name, result.installed))
-    attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
-                 installed_to=result.installed, finished=time.time(),
-                 seconds=round(time.time() - attempt.started, 3))
-    return result
-
-
-# == Server ===================================================================
+# == Server (HTTP) ============================================================
 # A store-and-forward HTTP server on the standard library: GET /migrate hands out the probe,
-# PUT /bundles/NAME receives bundles (streamed, verified, renamed into place), and the original
-# tool's POST /yml, /min, /zip keep working.
+# PUT /bundles/NAME receives bundles (streamed, checked, renamed into place).
 
 DEFAULT_PORT = 9001
 DEFAULT_MAX_BYTES = 4 << 30
-LEGACY_PARTS = {"/yml": "env.yml", "/min": "min-deps.json", "/zip": "software.zip"}
 
 
 class HttpError(Exception):
@@ -2761,6 +2771,7 @@ class ServerConfig(object):
         self.started = time.time()
 
     def url(self):
+        import socket
         host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
         return "http://%s:%d" % (host, self.port)
 
@@ -2801,6 +2812,7 @@ class RequestBody(object):
 
 def receive_body(handler, config, expected_sha256=None):
     """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
+    import tempfile
     body = RequestBody(handler, config)
     handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=config.store.incoming())
     hasher = BackgroundHasher()
@@ -2835,156 +2847,6 @@ def accept_bundle(temp, name, store):
             os.remove(temp)
 
 
-class LegacyBody(object):
-    """Reads the original probe's body {"name": "...", "data": "<urlsafe base64>"} from a stream,
-    decoding data into a file as it goes, so memory stays bounded whatever the size."""
-
-    def __init__(self, source):
-        self.source, self.buffer, self.at = source, b"", 0
-
-    def char(self):
-        if self.at >= len(self.buffer):
-            self.buffer, self.at = self.source.read(CHUNK), 0
-            if not self.buffer:
-                raise HttpError(400, "the body is not JSON: it ends too early")
-        self.at += 1
-        return self.buffer[self.at - 1:self.at]
-
-    def token(self):
-        char = self.char()
-        while char in b" \t\r\n":
-            char = self.char()
-        return char
-
-    def small_string(self):
-        """The rest of a JSON string whose opening quote was read: at most a few KiB, escapes and all."""
-        raw = b'"'
-        while True:
-            char = self.char()
-            raw += char
-            if char == b"\\":
-                raw += self.char()
-            elif char == b'"':
-                break
-            if len(raw) > 4096:
-                raise HttpError(400, "a JSON string in the body is too long")
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise HttpError(400, "the body is not JSON")
-
-    def base64_to(self, sink, text):
-        """Stream the data string's base64 into sink, decoded; text parts are checked as UTF-8."""
-        utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
-        pending = b""
-        while True:
-            if self.at >= len(self.buffer):
-                self.buffer, self.at = self.source.read(CHUNK), 0
-                if not self.buffer:
-                    raise HttpError(400, "the body is not JSON: the data string never ends")
-            end = self.buffer.find(b'"', self.at)
-            piece = self.buffer[self.at:end if end >= 0 else len(self.buffer)]
-            self.at = end + 1 if end >= 0 else len(self.buffer)
-            pending += piece
-            usable = len(pending) if end >= 0 else len(pending) - len(pending) % 4
-            try:
-                data = base64.b64decode(pending[:usable], altchars=b"-_", validate=True)
-                if utf8:
-                    utf8.decode(data, final=end >= 0)
-            except UnicodeDecodeError:  # a ValueError too: caught first
-                raise HttpError(400, "the posted text is not UTF-8")
-            except (binascii.Error, ValueError):
-                raise HttpError(400, "attribute data is not urlsafe base64")
-            sink.write(data)
-            pending = pending[usable:]
-            if end >= 0:
-                return
-
-    def read(self, sink, text):
-        """Parse the flat object; return its fields other than data (decoded into sink)."""
-        fields, seen_data = {}, False
-        if self.token() != b"{":
-            raise HttpError(400, "the body is not a JSON object")
-        while True:
-            char = self.token()
-            if char == b"}" and not fields and not seen_data:
-                break
-            if char != b'"':
-                raise HttpError(400, "the body is not JSON")
-            key = self.small_string()
-            if self.token() != b":":
-                raise HttpError(400, "the body is not JSON")
-            if self.token() != b'"':
-                raise HttpError(400, "attribute %s must be a string" % key)
-            if key == "data":
-                self.base64_to(sink, text)
-                seen_data = True
-            else:
-                fields[key] = self.small_string()
-            char = self.token()
-            if char == b"}":
-                break
-            if char != b",":
-                raise HttpError(400, "the body is not JSON")
-        if "name" not in fields:
-            raise HttpError(400, "attribute name not present in JSON")
-        if not seen_data:
-            raise HttpError(400, "attribute data not present in JSON")
-        return fields
-
-
-def legacy_part(body, part, store):
-    """Decode one of the original probe's posts, straight from the request, into its place in the
-    store; return the software's name."""
-    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
-    try:
-        with os.fdopen(handle, "wb") as sink:
-            try:
-                fields = LegacyBody(body).read(sink, part != "software.zip")
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    body.drain()
-                raise
-        name = name_or_400(fields["name"])
-        folder = store.legacy_dir(name)
-        os.makedirs(folder, exist_ok=True)
-        os.chmod(decoded, 0o644)
-        os.replace(decoded, os.path.join(folder, part))
-        return name
-    finally:
-        if os.path.exists(decoded):
-            os.remove(decoded)
-
-
-def assemble_legacy_bundle(name, parts, store):
-    """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle."""
-    handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
-    os.close(handle)
-    texts = {}
-    for meta in ("env.yml", "min-deps.json"):
-        if meta in parts:
-            with open(parts[meta], "rb") as part:
-                texts[meta] = part.read()
-    try:
-        bundle_from_legacy(name, texts.get("env.yml"), texts.get("min-deps.json"), parts["software.zip"], temp)
-    except PmError as exc:
-        os.remove(temp)
-        raise HttpError(400, exc.what)
-    return accept_bundle(temp, name, store)
-
-
-def receive_legacy(handler, config, path):
-    name = legacy_part(RequestBody(handler, config), LEGACY_PARTS[path], config.store)
-    folder = config.store.legacy_dir(name)
-    parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
-                 if os.path.isfile(os.path.join(folder, part)))
-    result = {"name": name, "stored": LEGACY_PARTS[path]}
-    if "env.yml" in parts and "software.zip" in parts:
-        target, _ = assemble_legacy_bundle(name, parts, config.store)
-        result["bundle"] = os.path.basename(target)
-    return 200, result
-
-
 def bundle_listing(store):
     listing = {}
     for name in store.names(with_bundles=True):
@@ -3003,6 +2865,9 @@ def name_or_400(name):
 
 
 def make_handler(config):
+    from urllib.parse import parse_qs, unquote, urlsplit
+    import hmac
+    from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pm/" + VERSION
@@ -3113,6 +2978,9 @@ def make_handler(config):
 
 def make_server(config):
 
+    import socketserver
+    from http.server import HTTPServer
+
     class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         daemon_threads = True
         allow_reuse_address = True
@@ -3124,6 +2992,10 @@ def make_server(config):
                       "choose another --port, or stop what uses it")
     config.port = server.server_address[1]
     return server
+
+
+# == Server (process) =========================================================
+# One server per store: the PIDFILE, the foreground server, start, stop and status.
 
 
 def read_pidfile(store):
@@ -3161,6 +3033,7 @@ def refuse_a_second_server(store):
 
 def run_server(config):
     """Serve in the foreground until Ctrl-C or SIGTERM; own the PIDFILE while running."""
+    import threading
     store = config.store
     os.makedirs(store.home, exist_ok=True)
     refuse_a_second_server(store)
@@ -3204,6 +3077,9 @@ def remove_quietly(path):
 
 def start_server(config, self_path):
     """Run the server in the background and return once it answers."""
+    import subprocess
+    import secrets
+    import urllib.request
     store = config.store
     refuse_a_second_server(store)
     if not config.token:
@@ -3270,6 +3146,233 @@ def server_status(store):
     for name, info in sorted(listing.items()):
         print("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
     return 0
+
+
+# == platform-migrator 1.1.0 compatibility ====================================
+# The original tool's probe protocol (POST /yml, /min, /zip), its carried zip, and its
+# package-manager searches that no longer work.
+
+LEGACY_PARTS = {"/yml": "env.yml", "/min": "min-deps.json", "/zip": "software.zip"}
+
+
+def decode_base64(data):
+    import base64
+    return base64.b64decode(data, altchars=b"-_", validate=True)
+
+
+class LegacyBody(object):
+    """Reads the original probe's body {"name": "...", "data": "<urlsafe base64>"} from a stream,
+    decoding data into a file as it goes, so memory stays bounded whatever the size."""
+
+    def __init__(self, source):
+        self.source, self.buffer, self.at = source, b"", 0
+
+    def char(self):
+        if self.at >= len(self.buffer):
+            self.buffer, self.at = self.source.read(CHUNK), 0
+            if not self.buffer:
+                raise HttpError(400, "the body is not JSON: it ends too early")
+        self.at += 1
+        return self.buffer[self.at - 1:self.at]
+
+    def token(self):
+        char = self.char()
+        while char in b" \t\r\n":
+            char = self.char()
+        return char
+
+    def small_string(self):
+        """The rest of a JSON string whose opening quote was read: at most a few KiB, escapes and all."""
+        raw = b'"'
+        while True:
+            char = self.char()
+            raw += char
+            if char == b"\\":
+                raw += self.char()
+            elif char == b'"':
+                break
+            if len(raw) > 4096:
+                raise HttpError(400, "a JSON string in the body is too long")
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "the body is not JSON")
+
+    def base64_to(self, sink, text):
+        """Stream the data string's base64 into sink, decoded; text parts are checked as UTF-8."""
+        import codecs
+        utf8 = codecs.getincrementaldecoder("utf-8")() if text else None
+        pending = b""
+        while True:
+            if self.at >= len(self.buffer):
+                self.buffer, self.at = self.source.read(CHUNK), 0
+                if not self.buffer:
+                    raise HttpError(400, "the body is not JSON: the data string never ends")
+            end = self.buffer.find(b'"', self.at)
+            piece = self.buffer[self.at:end if end >= 0 else len(self.buffer)]
+            self.at = end + 1 if end >= 0 else len(self.buffer)
+            pending += piece
+            usable = len(pending) if end >= 0 else len(pending) - len(pending) % 4
+            try:
+                data = decode_base64(pending[:usable])
+                if utf8:
+                    utf8.decode(data, final=end >= 0)
+            except UnicodeDecodeError:  # a ValueError too: caught first
+                raise HttpError(400, "the posted text is not UTF-8")
+            except ValueError:  # binascii.Error is one
+                raise HttpError(400, "attribute data is not urlsafe base64")
+            sink.write(data)
+            pending = pending[usable:]
+            if end >= 0:
+                return
+
+    def read(self, sink, text):
+        """Parse the flat object; return its fields other than data (decoded into sink)."""
+        fields, seen_data = {}, False
+        if self.token() != b"{":
+            raise HttpError(400, "the body is not a JSON object")
+        while True:
+            char = self.token()
+            if char == b"}" and not fields and not seen_data:
+                break
+            if char != b'"':
+                raise HttpError(400, "the body is not JSON")
+            key = self.small_string()
+            if self.token() != b":":
+                raise HttpError(400, "the body is not JSON")
+            if self.token() != b'"':
+                raise HttpError(400, "attribute %s must be a string" % key)
+            if key == "data":
+                self.base64_to(sink, text)
+                seen_data = True
+            else:
+                fields[key] = self.small_string()
+            char = self.token()
+            if char == b"}":
+                break
+            if char != b",":
+                raise HttpError(400, "the body is not JSON")
+        if "name" not in fields:
+            raise HttpError(400, "attribute name not present in JSON")
+        if not seen_data:
+            raise HttpError(400, "attribute data not present in JSON")
+        return fields
+
+
+def legacy_part(body, part, store):
+    """Decode one of the original probe's posts, straight from the request, into its place in the
+    store; return the software's name."""
+    import tempfile
+    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
+    try:
+        with os.fdopen(handle, "wb") as sink:
+            try:
+                fields = LegacyBody(body).read(sink, part != "software.zip")
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    body.drain()
+                raise
+        name = name_or_400(fields["name"])
+        folder = store.legacy_dir(name)
+        os.makedirs(folder, exist_ok=True)
+        os.chmod(decoded, 0o644)
+        os.replace(decoded, os.path.join(folder, part))
+        return name
+    finally:
+        if os.path.exists(decoded):
+            os.remove(decoded)
+
+
+def assemble_legacy_bundle(name, parts, store):
+    """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle."""
+    import tempfile
+    handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
+    os.close(handle)
+    texts = {}
+    for meta in ("env.yml", "min-deps.json"):
+        if meta in parts:
+            with open(parts[meta], "rb") as part:
+                texts[meta] = part.read()
+    try:
+        bundle_from_legacy(name, texts.get("env.yml"), texts.get("min-deps.json"), parts["software.zip"], temp)
+    except PmError as exc:
+        os.remove(temp)
+        raise HttpError(400, exc.what)
+    return accept_bundle(temp, name, store)
+
+
+def receive_legacy(handler, config, path):
+    name = legacy_part(RequestBody(handler, config), LEGACY_PARTS[path], config.store)
+    folder = config.store.legacy_dir(name)
+    parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
+                 if os.path.isfile(os.path.join(folder, part)))
+    result = {"name": name, "stored": LEGACY_PARTS[path]}
+    if "env.yml" in parts and "software.zip" in parts:
+        target, _ = assemble_legacy_bundle(name, parts, config.store)
+        result["bundle"] = os.path.basename(target)
+    return 200, result
+
+
+def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
+    """Write a pm bundle from platform-migrator 1.1.0's pieces: env.yml, min-deps.json and its zip
+    of the software (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
+    import zipfile
+    writer = None
+    try:
+        with zipfile.ZipFile(software_zip) as source:
+            env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
+            min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
+            if env_yml is None:
+                raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
+            files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
+                     and not i.filename.endswith("/")]
+            tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
+            prefix = "software/" if len(tops) == 1 and all("/" in i.filename for i in files) else "software/%s/" % name
+            writer = PROBE.BundleWriter(target)
+            writer.add_bytes("env.yml", env_yml)
+            writer.add_bytes("min-deps.json", min_deps or b"[]\n")
+            for info in files:
+                out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
+                out_info.external_attr = info.external_attr or (0o644 << 16)
+                out_info.compress_type = zipfile.ZIP_DEFLATED
+                out_info.file_size = info.file_size
+                with source.open(info) as reader:
+                    writer.add_stream(out_info, reader)
+            software = sorted(tops)[0] if prefix == "software/" else name
+            writer.finish(PROBE.make_manifest(name, None, {"dir": software, "files": len(files)},
+                                              probe_version="platform-migrator 1.1.0"))
+    except BaseException as exc:
+        if writer:
+            writer.abort()
+        if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
+            raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
+        raise
+
+
+def read_optional(archive, name):
+    try:
+        return archive.read(name)
+    except KeyError:
+        return None
+
+
+def is_original_zip(path):
+    """A zip from platform-migrator 1.1.0's 'pack' (env.yml and the software, no manifest)."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return "manifest.json" not in names and "env.yml" in names
+
+
+# platform-migrator 1.1.0's searches that cannot work today (pip search is switched off at PyPI;
+# its apt-get awk prints descriptions): pm answers them with its own built-in search.
+BROKEN_ORIGINAL_SEARCHES = {
+    "%e search %s | grep '^%s' | cut -d ' ' -f 1,2": "pip",
+    "apt-cache search -n %s | awk -F ' - ' '{print $2}'": "apt-get",
+}
 
 
 # == Command line =============================================================
@@ -3361,6 +3464,8 @@ def cmd_managers(args):
 
 def cmd_unpack(args):
     """Import a carried bundle into the store, with the same checks as an upload."""
+    import shutil
+    import tempfile
     if not os.path.isfile(args.bundle):
         raise PmError("no such file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
     store = Store.default()
@@ -3382,16 +3487,6 @@ def cmd_unpack(args):
     say("stored %s (%d members) as %s" % (name, len(manifest.members), target))
     print(target)
     return 0
-
-
-def is_original_zip(path):
-    """A zip from platform-migrator 1.1.0's 'pack' (env.yml and the software, no manifest)."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return "manifest.json" not in names and "env.yml" in names
 
 
 def cmd_list(args):
@@ -3416,6 +3511,14 @@ def cmd_list(args):
     return 0
 
 
+def clean_doc(text):
+    """A docstring as help text: the first line, then the rest without its common indent."""
+    first, _, rest = text.strip("\n").partition("\n")
+    lines = rest.split("\n")
+    indent = min([len(line) - len(line.lstrip()) for line in lines if line.strip()] or [0])
+    return "\n".join([first.strip()] + [line[indent:].rstrip() for line in lines]).strip()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="pm.pyz",
@@ -3434,7 +3537,7 @@ def build_parser():
                      add_help=False)
 
     def verb(name, help_text, function):
-        sub = verbs.add_parser(name, help=help_text, description=inspect.cleandoc(function.__doc__),
+        sub = verbs.add_parser(name, help=help_text, description=clean_doc(function.__doc__),
                                epilog=EXAMPLES.get(name),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(function=function)
