@@ -27,8 +27,8 @@ def _load(name):
     import zlib
     source = __loader__.get_data(name + ".py")
     where = os.path.join(os.path.dirname(__file__), name + ".py")
-    tag = "%s-%d%d" % ((getattr(sys, "implementation", None) and sys.implementation.name or "cpython"),
-                       sys.version_info[0], sys.version_info[1])
+    tag = "%s-%d%d" % ("pypy" if hasattr(sys, "pypy_version_info") else "cpython", sys.version_info[0],
+                       sys.version_info[1])
     folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pm", tag)
     cached = os.path.join(folder, "%s-%08x-%d.code" % (name, zlib.crc32(source) & 0xffffffff, len(source)))
     code = None

@@ -183,7 +183,7 @@ def choose(title, options, flag, assume_yes):
     answer = ask("Number", None, flag, False)
     if not answer.isdigit() or not 1 <= int(answer) <= len(options):
         raise PmError("'%s' is not one of the numbers 1-%d" % (answer, len(options)),
-                        "run again and type a listed number, or pass %s" % flag)
+                      "run again and type a listed number, or pass %s" % flag)
     return options[int(answer) - 1]
 
 
@@ -212,7 +212,7 @@ def find_conda():
         if os.access(candidate, os.X_OK):
             return candidate
     raise PmError("no conda found (looked at $CONDA_EXE, PATH and %s)" % ", ".join(CONDA_PLACES[:4]),
-                    "activate your conda environment or set CONDA_EXE=/path/to/conda")
+                  "activate your conda environment or set CONDA_EXE=/path/to/conda")
 
 
 def run_conda(conda, args, check=True, extra_env=None):
@@ -233,7 +233,7 @@ def run_conda(conda, args, check=True, extra_env=None):
             return None
         last = (err.decode("utf-8", "replace").strip().splitlines() or ["exit %d" % proc.returncode])[-1]
         raise PmError("'conda %s' failed: %s" % (" ".join(args), last),
-                        "check that the environment is healthy with 'conda list'")
+                      "check that the environment is healthy with 'conda list'")
     return out
 
 
@@ -243,7 +243,7 @@ def run_conda_json(conda, args):
         return json.loads(out)
     except ValueError:
         raise PmError("'conda %s' did not print JSON" % " ".join(args),
-                        "update conda, or set CONDA_EXE to another conda")
+                      "update conda, or set CONDA_EXE to another conda")
 
 
 def conda_version(info):
@@ -301,7 +301,7 @@ def find_env(conda, conda_info, wanted, assume_yes):
             if is_env_prefix(prefix):
                 return prefix
             raise PmError("%s is not a conda environment (no conda-meta folder)" % prefix,
-                            "pass an environment name or prefix listed by 'conda env list'")
+                          "pass an environment name or prefix listed by 'conda env list'")
         prefix = named_env_prefix(conda_info, wanted)
         if prefix:
             return prefix
@@ -309,7 +309,7 @@ def find_env(conda, conda_info, wanted, assume_yes):
             if os.path.basename(prefix) == wanted:
                 return prefix
         raise PmError("unknown conda environment '%s'" % wanted,
-                        "run 'conda env list' to see the names, or pass a prefix path with -e")
+                      "run 'conda env list' to see the names, or pass a prefix path with -e")
     active = os.environ.get("CONDA_PREFIX")
     if active and is_env_prefix(active):
         return active
@@ -352,10 +352,10 @@ def read_conda_meta(prefix):
                 record = json.loads(handle.read().decode("utf-8"))
         except (IOError, OSError, ValueError) as exc:
             raise PmError("broken conda record %s: %s" % (path, exc),
-                            "repair the environment ('conda install --force-reinstall') or recreate it")
+                          "repair the environment ('conda install --force-reinstall') or recreate it")
         if not isinstance(record, dict) or not record.get("name") or not record.get("version"):
             raise PmError("broken conda record %s: no name or version" % path,
-                            "repair the environment ('conda install --force-reinstall') or recreate it")
+                          "repair the environment ('conda install --force-reinstall') or recreate it")
         records.append(record)
     return records
 
@@ -905,7 +905,7 @@ def send_bundle(path, server, name, token):
         body = response.read().decode("utf-8", "replace")
     except (IOError, OSError, http_client.HTTPException) as exc:
         raise PmError("cannot send the bundle to %s: %s" % (server, exc),
-                        "check that 'pm.pyz serve' runs there, or save with -o and carry the file")
+                      "check that 'pm.pyz serve' runs there, or save with -o and carry the file")
     finally:
         progress.clear()
         connection.close()
@@ -915,7 +915,7 @@ def send_bundle(path, server, name, token):
         except ValueError:
             reason = body.strip() or response.reason
         raise PmError("the server refused the bundle (%d): %s" % (response.status, reason),
-                        "fix what it names, or save with -o and carry the file")
+                      "fix what it names, or save with -o and carry the file")
     say("sent %s (%.1f MiB) to %s" % (name, size / 1048576.0, server))
     return body
 
@@ -968,7 +968,7 @@ def check_output_path(path):
         raise PmError("output %s is a directory" % path, "give a file name with -o, e.g. -o %s/bundle.zip" % path)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise PmError("cannot write the output file %s (folder missing or read-only)" % path,
-                        "choose a writable place with -o")
+                      "choose a writable place with -o")
 
 
 def resolve_answers(args):

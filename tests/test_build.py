@@ -46,3 +46,29 @@ def test_probe_and_entry_point_run_on_python27(tmp_path):
     entry.write_text(build_zipapp.MAIN)
     proc = vermin("2.7-", str(entry))
     assert proc.returncode == 0, proc.stdout
+
+
+def run_help(pyz, python, cache, *flags):
+    env = dict(os.environ, XDG_CACHE_HOME=cache)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return subprocess.run([python] + list(flags) + [pyz, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, env=env, timeout=60)
+
+
+def test_pm_pyz_keeps_its_compiled_code_and_survives_a_broken_cache(pyz, tmp_path):
+    """zipimport compiles pm.py on every start; pm.pyz keeps the code objects in ~/.cache/pm instead."""
+    from conftest import find_python
+    for version in ("2.7", "newest"):
+        python = find_python(version)
+        cache = str(tmp_path / ("cache-" + version))
+        assert run_help(pyz, python, cache, "-B").returncode == 0
+        assert not os.path.exists(os.path.join(cache, "pm")), "-B: no bytecode written"
+        assert run_help(pyz, python, cache).returncode == 0
+        (tag,) = os.listdir(os.path.join(cache, "pm"))
+        kept = sorted(os.listdir(os.path.join(cache, "pm", tag)))
+        assert [name.split("-")[0] for name in kept] == (["pm_probe"] if version == "2.7" else ["pm", "pm_probe"])
+        for name in kept:
+            with open(os.path.join(cache, "pm", tag, name), "wb") as handle:
+                handle.write(b"not a code object")
+        proc = run_help(pyz, python, cache)
+        assert proc.returncode == 0 and "pack" in proc.stdout, proc.stderr

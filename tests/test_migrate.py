@@ -3,7 +3,9 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
 import threading
 import time
 import zipfile
@@ -323,4 +325,33 @@ def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, c
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert last.startswith("pm: error: the disk is full (writing the store %s" % tiny_disk) and "free some" in last
+    assert not (tmp_path / "installed").exists()
+
+
+def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_attempt(pyz, conda_site,
+                                                                                       example_software, tmp_path):
+    """SIGINT, as Ctrl-C sends it to pm (the test's shell runs in a process group of its own)."""
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    marker = tmp_path / "grandchild.pid"
+    text = CONFIG.replace("tests = smooth, tools", "tests = slow") + \
+        "[test_slow]\nexec = sleep 300 & echo $! > %s; wait\ntimeout = 120\n" % marker
+    proc = subprocess.Popen([find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path, text),
+                             "--bundle", bundle], env=conda_site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (marker.exists() and marker.read_text().strip()):
+        time.sleep(0.1)
+    assert marker.exists(), "the test never started"
+    started = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and time.time() - started < 5, err
+    assert "Traceback" not in err and "ValueError" not in err
+    grandchild = int(marker.read_text())
+    time.sleep(0.2)
+    assert not os.path.exists("/proc/%d" % grandchild) or \
+        open("/proc/%d/stat" % grandchild).read().split()[2] == "Z", "the test's processes are killed"
+    (attempt,) = attempts(conda_site)
+    assert read_result(attempt)["status"] == "interrupted"
+    assert not os.path.exists(os.path.join(attempt, "work")), "the unzipped copy is removed"
     assert not (tmp_path / "installed").exists()
