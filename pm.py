@@ -1540,25 +1540,25 @@ def local_channels_missing_here(channels):
 # requirements), and for the package managers each requirement's candidates and the choice made.
 
 
-def direct_specs(min_deps, env):
+def direct_specs(min_deps, env_file):
     """Direct requirements as specs: min-deps.json records (name=version), else env.yml's names."""
     specs = []
     for record in min_deps or []:
         if isinstance(record, dict) and record.get("name"):
             specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
-    return without_conda_itself(specs) or [spec_name(s) for s in without_conda_itself(env.dependencies)]
+    return without_conda_itself(specs) or [spec_name(s) for s in without_conda_itself(env_file.dependencies)]
 
 
-def migration_levels(env, min_deps):
+def migration_levels(env_file, min_deps):
     """The environment files to try, in order: (level name, EnvFile)."""
-    exact = without_conda_itself(env.dependencies)
+    exact = without_conda_itself(env_file.dependencies)
     levels = [("exact", exact), ("no-builds", [strip_build(s) for s in exact]),
-              ("direct", direct_specs(min_deps, env))]
+              ("direct", direct_specs(min_deps, env_file))]
     out, seen = [], []
     for name, deps in levels:
         if deps not in seen:
             seen.append(deps)
-            out.append((name, EnvFile(env.name, env.channels, deps, env.pip, env.variables)))
+            out.append((name, EnvFile(env_file.name, env_file.channels, deps, env_file.pip, env_file.variables)))
     return out
 
 
@@ -1612,7 +1612,7 @@ def version_distance(version, wanted):
     return (1, -common, [gap])
 
 
-def requirements_of(min_deps, env):
+def requirements_of(min_deps, env_file):
     """Direct requirements: min-deps.json records (else env.yml's conda entries), then what pip
     installed into the environment (env.yml's pip: list; conda's records do not hold it)."""
     reqs = []
@@ -1620,11 +1620,11 @@ def requirements_of(min_deps, env):
         if isinstance(record, dict) and record.get("name"):
             reqs.append(Requirement(record["name"], record.get("version"), record.get("build_string", "")))
     if not reqs:
-        for spec in env.dependencies:
+        for spec in env_file.dependencies:
             parts = spec.split("=")
             reqs.append(Requirement(spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
     known = set(pip_name(r.name) for r in reqs)
-    for spec in env.pip:
+    for spec in env_file.pip:
         match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([A-Za-z0-9.+!_-]+))?\s*$", spec)
         if not match:
             say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % spec)
@@ -2503,27 +2503,27 @@ def all_missing(attempt, conda, env_name, specs, first_missing):
     return missing
 
 
-def create_conda_env(attempt, conda, env_name, env, min_deps, force):
+def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
     """Create the environment, falling back level by level; return (level, prefix)."""
     import shutil
     prefix = conda.env_prefix(env_name)
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
                       "pass --force to replace it, or --env-name to choose another name")
-    gone = local_channels_missing_here(env.channels)
+    gone = local_channels_missing_here(env_file.channels)
     if gone:
         say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
             % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
-        env = EnvFile(env.name, [c for c in env.channels if c not in gone], env.dependencies, env.pip,
-                      env.variables)
+        env_file = EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
+                           env_file.pip, env_file.variables)
     missing = []
-    for level, env_file in migration_levels(env, min_deps):
+    for level, level_file in migration_levels(env_file, min_deps):
         if prefix:  # there before, or left by the level that failed
             attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
-        env_file.name = env_name
+        level_file.name = env_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
-        write_atomic(path, env_file.to_yaml())
-        say("creating conda environment %s (%s, %d packages)..." % (env_name, level, len(env_file.dependencies)))
+        write_atomic(path, level_file.to_yaml())
+        say("creating conda environment %s (%s, %d packages)..." % (env_name, level, len(level_file.dependencies)))
         code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", env_name])
         prefix = conda.env_prefix(env_name)
         if code == 0 and prefix:
@@ -2535,7 +2535,7 @@ def create_conda_env(attempt, conda, env_name, env, min_deps, force):
         else:
             say("  failed at level %s: %s" % (level, conda_error_line(output, code)))
     if missing:
-        missing = all_missing(attempt, conda, env_name, env_file.dependencies, missing)
+        missing = all_missing(attempt, conda, env_name, level_file.dependencies, missing)
         attempt.save(missing=missing)
         raise PmError("conda could not create the environment at any level (exact, no-builds, direct): "
                       "its channels lack %d package%s: %s" % (len(missing), "s" * (len(missing) != 1),
