@@ -1082,6 +1082,10 @@ class Manifest(object):
             raise PmError("bundle format %r is newer than this pm understands" % data.get("format"),
                           "use a newer pm.pyz on this machine")
         check_name(data.get("name"), "software name in the manifest")
+        software_dir = (data.get("software") or {}).get("dir") if isinstance(data.get("software"), dict) else None
+        if software_dir is not None and not is_one_path_component(software_dir):
+            raise PmError("the manifest's software dir %r is not one plain folder name" % (software_dir,),
+                          "do not use this bundle; pack the software again")
         for name, entry in data["members"].items():
             safe_member_path(name)
             if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
@@ -1094,6 +1098,10 @@ class Manifest(object):
 
     def software_dir(self):
         return (self.software or {}).get("dir") or self.name
+
+
+def is_one_path_component(name):
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 def safe_member_path(name):
@@ -1230,44 +1238,97 @@ class Bundle(object):
         return json.loads(self.read_text(member))
 
     def extract_software(self, dest):
-        """Unzip software/<dir>/ into dest (zip-slip safe, modes and in-tree links kept); return dest/<dir>."""
+        """Unzip software/<dir>/ into dest; return dest/<dir>. Safe against crafted entries: every
+        name is one tree of plain components; directories and files are written first, through real
+        directories only and never onto an existing path; links come last, and every link must
+        resolve (through the links before it) strictly inside the tree. Anything else removes what
+        was written and is refused."""
         import shutil
         import zipfile
-        real_dest = os.path.realpath(dest)
-        top = None
+        top = self.manifest.software_dir() if self.manifest else None
+        os.makedirs(dest, exist_ok=True)
         with zipfile.ZipFile(self.path) as archive:
-            for info in archive.infolist():
-                name = safe_member_path(info.filename)
-                if not name.startswith("software/") or name == "software/":
-                    continue
-                relative = name[len("software/"):]
-                top = top or relative.split("/")[0]
-                target = os.path.join(dest, *relative.rstrip("/").split("/"))
-                real_parent = os.path.realpath(os.path.dirname(target))
-                if not (real_parent + os.sep).startswith(real_dest + os.sep):
-                    raise PmError("bundle entry %s leads outside %s" % (name, dest), "do not use this bundle")
-                mode = info.external_attr >> 16
-                if name.endswith("/"):
-                    os.makedirs(target, exist_ok=True)
-                    if mode & 0o777:
-                        os.chmod(target, (mode & 0o777) | 0o700)
-                elif stat.S_ISLNK(mode):
-                    link = archive.read(info).decode("utf-8")
-                    resolved = os.path.realpath(os.path.join(os.path.dirname(target), link))
-                    if os.path.isabs(link) or not (resolved + os.sep).startswith(real_dest + os.sep):
-                        raise PmError("bundle link %s points outside the software (%s)" % (name, link),
-                                      "do not use this bundle")
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    os.symlink(link, target)
-                else:
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    with archive.open(info) as source, open(target, "wb") as out:
-                        shutil.copyfileobj(source, out, CHUNK)
-                    if mode & 0o777:
-                        os.chmod(target, mode & 0o777)
-        if top is None:
-            raise PmError("the bundle holds no software files", "pack the software directory again")
-        return os.path.join(dest, top)
+            entries = software_entries(archive, top)
+            if not entries:
+                raise PmError("the bundle holds no software files", "pack the software directory again")
+            top = entries[0][0][0]
+            root = os.path.join(dest, top)
+            try:
+                links = write_entries(archive, entries, dest)
+                for parts, link in links:
+                    try:
+                        os.symlink(link, os.path.join(dest, *parts))
+                    except FileExistsError:
+                        raise PmError("bundle entry software/%s is a link and also a file or folder" % "/".join(parts),
+                                      "do not use this bundle; pack the software again")
+                real_root = os.path.realpath(root)
+                for parts, link in links:
+                    resolved = os.path.realpath(os.path.join(dest, *parts))
+                    if not resolved.startswith(real_root + os.sep):
+                        raise PmError("bundle link %s points outside the software (%s)"
+                                      % ("software/" + "/".join(parts), link), "do not use this bundle")
+            except BaseException:
+                if os.path.lexists(root):
+                    shutil.rmtree(root, ignore_errors=True)
+                raise
+        return root
+
+
+def software_entries(archive, top):
+    """The software/ entries as (path components, ZipInfo), checked: plain components only (no '',
+    '.', '..'), one tree named top (the manifest's software dir), no name twice."""
+    entries, seen = [], set()
+    for info in archive.infolist():
+        name = safe_member_path(info.filename)
+        if not name.startswith("software/") or name == "software/":
+            continue
+        parts = tuple(name[len("software/"):].rstrip("/").split("/"))
+        if any(part in ("", ".", "..") for part in parts):
+            raise PmError("unsafe path %r in the bundle (an empty, '.' or '..' part)" % name,
+                          "do not use this bundle; pack the software again")
+        top = top or parts[0]
+        if parts[0] != top:
+            raise PmError("bundle entry %s is outside the software directory %s" % (name, top),
+                          "do not use this bundle; pack the software again")
+        if parts in seen:
+            raise PmError("bundle entry %s appears twice" % name, "do not use this bundle; pack the software again")
+        seen.add(parts)
+        entries.append((parts, info))
+    return entries
+
+
+def write_entries(archive, entries, dest):
+    """Write the directories and files of entries under dest, through real directories only and
+    onto no existing path; return the links, (parts, target), for the caller to make last."""
+    import shutil
+    links = []
+    for parts, info in entries:
+        mode = info.external_attr >> 16
+        target = os.path.join(dest, *parts)
+        for depth in range(1, len(parts)):
+            parent = os.path.join(dest, *parts[:depth])
+            if os.path.islink(parent):
+                raise PmError("bundle entry %s goes through a link" % info.filename, "do not use this bundle")
+            if not os.path.isdir(parent):
+                os.mkdir(parent)
+        if stat.S_ISLNK(mode):
+            link = archive.read(info).decode("utf-8")
+            if os.path.isabs(link) or "\0" in link:
+                raise PmError("bundle link %s points outside the software (%s)" % (info.filename, link),
+                              "do not use this bundle")
+            links.append((parts, link))
+        elif info.filename.endswith("/"):
+            if not os.path.isdir(target) or os.path.islink(target):
+                os.mkdir(target)
+            if mode & 0o777:
+                os.chmod(target, (mode & 0o777) | 0o700)
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with archive.open(info) as source, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
+                shutil.copyfileobj(source, out, CHUNK)
+            if mode & 0o777:
+                os.chmod(target, mode & 0o777)
+    return links
 
 
 # == Store ====================================================================

@@ -148,8 +148,8 @@ def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_
     assert hashlib.sha256(read_bytes(stored)).hexdigest() == before
 
 
-def hostile_bundle(path, entries):
-    """A bundle whose manifest is consistent but whose software entries try to escape."""
+def hostile_bundle(path, entries, **manifest):
+    """A bundle whose manifest is consistent but whose software entries (or manifest fields) try to escape."""
     members = {}
     with zipfile.ZipFile(path, "w") as archive:
         for name, data, mode in [("env.yml", b"name: x\ndependencies:\n  - heatplot\n", 0o644),
@@ -158,7 +158,8 @@ def hostile_bundle(path, entries):
             info.external_attr = mode << 16
             archive.writestr(info, data)
             members[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        archive.writestr("manifest.json", json.dumps({"format": 1, "name": "heatsim", "members": members}))
+        archive.writestr("manifest.json", json.dumps(dict({"format": 1, "name": "heatsim", "members": members},
+                                                          **manifest)))
     return path
 
 
@@ -176,6 +177,43 @@ def test_hostile_zip_entries_are_refused(entries, pyz, conda_site, tmp_path):
     assert "Traceback" not in proc.stderr
     assert not os.path.exists(str(tmp_path / "escaped.txt")) and not os.path.exists("/tmp/absolute-escape.txt")
     assert not (tmp_path / "installed").exists()
+
+
+LINK = stat.S_IFLNK | 0o777
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("entries, message", [
+    # a later link moves where an earlier one points, then a file is written through the first
+    ([("software/heatsim/a", b"b/../../victim", LINK), ("software/heatsim/b", b"..", LINK),
+      ("software/heatsim/./a", b"x", 0o644)], "unsafe path"),
+    ([("software/heatsim/a", b"b/../../victim", LINK), ("software/heatsim/b", b"..", LINK)], "points outside"),
+    ([("software/heatsim/here", b".", LINK)], "points outside"),
+    ([("software/heatsim//x", b"x", 0o644)], "unsafe path"),
+    ([("software/heatsim/x", b"one", 0o644), ("software/heatsim/x", b"two", 0o644)], "appears twice"),
+    ([("software/heatsim/x", b"x", 0o644), ("software/other/y", b"y", 0o644)], "outside the software directory"),
+])
+def test_link_chains_and_odd_names_cannot_escape_extraction(entries, message, tmp_path):
+    bundle = hostile_bundle(str(tmp_path / "evil.zip"), entries)
+    dest = tmp_path / "attempt" / "work"
+    with pytest.raises(pm.PmError) as caught:
+        pm.Bundle(bundle, None).extract_software(str(dest))
+    assert message in caught.value.what
+    assert not list(tmp_path.glob("**/victim")) and not os.path.lexists(str(dest / "heatsim")), "nothing stays"
+
+
+def test_a_manifest_software_dir_that_is_not_one_folder_is_refused_before_anything(pyz, conda_site, tmp_path):
+    victim = tmp_path / "victim-dir"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious\n")
+    for evil in ("../../victim-dir", str(victim), ".."):
+        bundle = hostile_bundle(str(tmp_path / "evil.zip"), [("software/heatsim/x", b"x", 0o644)],
+                                software={"dir": evil})
+        proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
+                                                   "--force"], conda_site.env())
+        assert proc.returncode == 2 and "not one plain folder name" in proc.stderr, proc.stderr
+        assert (victim / "keep.txt").read_text() == "precious\n"
+    assert not attempts(conda_site), "refused before an attempt starts"
 
 
 def test_extract_refuses_a_link_leading_outside(tmp_path):
