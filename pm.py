@@ -108,6 +108,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar",
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # patterns stay text: re compiles on first use
+STORE_NAMES = ("config", "server.pid", "server.log", "migrate.py")  # files of the store, never software
 PY2 = sys.version_info[0] == 2
 TEXT_TYPES = (str, unicode) if PY2 else (str,)  # noqa: F821 (Python 2 only)
 ZIP_FIRST = time.mktime((1980, 1, 2, 0, 0, 0, 0, 0, -1))  # zip cannot date files before 1980
@@ -143,10 +144,12 @@ def say(text):
 
 
 def check_name(name, what="software name"):
-    """A software name is one safe path component: NAME_PATTERN."""
+    """A software name is one safe path component (NAME_PATTERN) that the store does not use itself."""
     if not isinstance(name, TEXT_TYPES) or not re.match(NAME_PATTERN, name):
         raise PmError("bad %s '%s'" % (what, name),
                       "use letters, digits, '.', '_' and '-' (at most 100, starting with a letter or digit)")
+    if name.lower() in STORE_NAMES:
+        raise PmError("bad %s '%s': the store uses that name itself" % (what, name), "choose another name")
     return name
 
 
@@ -1375,15 +1378,17 @@ class Store(object):
         """The software kept here (folders named as software is), sorted."""
         if not os.path.isdir(self.home):
             return []
-        return sorted(n for n in os.listdir(self.home) if re.match(NAME_PATTERN, n) and os.path.isdir(
-            os.path.join(self.home, n, "bundles") if with_bundles else os.path.join(self.home, n)))
+        return sorted(n for n in os.listdir(self.home) if re.match(NAME_PATTERN, n) and n.lower() not in
+                      PROBE.STORE_NAMES and os.path.isdir(os.path.join(self.home, n, "bundles") if with_bundles
+                                                          else os.path.join(self.home, n)))
 
     def revisions(self, name):
         """Stored revisions of a software's bundle, oldest first."""
         folder = self.bundles_dir(name)
         if not os.path.isdir(folder):
             return []
-        return sorted(os.path.join(folder, f) for f in os.listdir(folder) if re.match(r"^\d{4,}\.zip$", f))
+        numbered = [(int(f[:-4]), f) for f in os.listdir(folder) if re.match(r"^\d{4,}\.zip$", f)]
+        return [os.path.join(folder, f) for _, f in sorted(numbered)]  # 10000.zip comes after 9999.zip
 
     def latest_bundle(self, name):
         revisions = self.revisions(name)
@@ -3363,14 +3368,24 @@ def assemble_legacy_bundle(name, parts, store):
 
 
 def receive_legacy(handler, config, path):
-    name = legacy_part(RequestBody(handler, config), LEGACY_PARTS[path], config.store)
+    """One of the original probe's posts. It sends /yml, /zip, /min in turn: /yml starts a sequence
+    (the parts of an earlier one are dropped), a revision is built once env.yml and the zip are in,
+    and again with min-deps.json, which ends the sequence (its parts are cleared)."""
+    part = LEGACY_PARTS[path]
+    name = legacy_part(RequestBody(handler, config), part, config.store)
     folder = config.store.legacy_dir(name)
-    parts = dict((part, os.path.join(folder, part)) for part in LEGACY_PARTS.values()
-                 if os.path.isfile(os.path.join(folder, part)))
-    result = {"name": name, "stored": LEGACY_PARTS[path]}
+    if part == "env.yml":
+        for other in ("software.zip", "min-deps.json"):
+            remove_quietly(os.path.join(folder, other))
+    parts = dict((piece, os.path.join(folder, piece)) for piece in LEGACY_PARTS.values()
+                 if os.path.isfile(os.path.join(folder, piece)))
+    result = {"name": name, "stored": part}
     if "env.yml" in parts and "software.zip" in parts:
         target, _ = assemble_legacy_bundle(name, parts, config.store)
         result["bundle"] = os.path.basename(target)
+        if "min-deps.json" in parts:
+            for piece in parts.values():
+                remove_quietly(piece)
     return 200, result
 
 

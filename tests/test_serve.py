@@ -357,3 +357,56 @@ def test_a_full_store_disk_is_a_507_and_the_server_keeps_serving(pyz, conda_site
         assert os.listdir(os.path.join(srv.home, ".incoming")) == []
     finally:
         srv.stop()
+
+
+def test_revisions_are_ordered_by_number_past_9999(tmp_path):
+    store = pm.Store(str(tmp_path / "store"))
+    folder = store.bundles_dir("sim")
+    os.makedirs(folder)
+    for number in ("9999", "10000"):
+        with open(os.path.join(folder, number + ".zip"), "wb") as handle:
+            handle.write(b"revision " + number.encode())
+    assert store.latest_bundle("sim").endswith("10000.zip")
+    temp = str(tmp_path / "new.zip")
+    with open(temp, "wb") as handle:
+        handle.write(b"next")
+    stored = []
+    worker = threading.Thread(target=lambda: stored.append(store.add_revision(temp, "sim")), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert stored and stored[0].endswith("10001.zip"), "the next revision is 10001, found at once"
+
+
+def test_the_stores_own_file_names_are_never_software_names(server, pyz, conda_site, example_software, tmp_path):
+    for name in ("server.pid", "config", "migrate.py", "Server.log"):
+        proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-n", name,
+                                                "-o", str(tmp_path / "b.zip"), "--yes"], conda_site.env())
+        assert proc.returncode == 2 and "the store uses that name itself" in proc.stderr, proc.stderr
+        status, body = server.request("PUT", "/bundles/" + name, b"x")
+        assert status == 400 and b"the store uses that name itself" in body
+    os.makedirs(os.path.join(server.home, "config"), exist_ok=True)
+    listed = run_pm(find_python("newest"), pyz, ["list", "--json"], dict(conda_site.env(), PM_HOME=server.home))
+    assert "config" not in [row["name"] for row in json.loads(listed.stdout)]
+
+
+def test_the_original_protocol_never_mixes_parts_of_two_uploads(server, tmp_path):
+    def software_zip(text):
+        path = tmp_path / "pkg.zip"
+        with zipfile.ZipFile(str(path), "w") as archive:
+            archive.writestr("oldsim/run.sh", text)
+        return path.read_bytes()
+    first_yml = b"name: oldsim\ndependencies:\n  - numpy=1.26.4\n"
+    first_min = json.dumps([{"name": "numpy", "version": "1.26.4"}]).encode()
+    for path, data in (("/yml", first_yml), ("/zip", software_zip("echo one\n")), ("/min", first_min)):
+        assert legacy_post(server, path, "oldsim", data)[0] == 200
+    store = pm.Store(server.home)
+    assert len(store.revisions("oldsim")) == 2
+    second_yml = b"name: oldsim\ndependencies:\n  - numpy=2.0.0\n"
+    status, body = legacy_post(server, "/yml", "oldsim", second_yml)
+    assert status == 200 and "bundle" not in json.loads(body.decode()), "a new env.yml alone makes no revision"
+    assert len(store.revisions("oldsim")) == 2
+    assert legacy_post(server, "/zip", "oldsim", software_zip("echo two\n"))[0] == 200
+    with zipfile.ZipFile(store.latest_bundle("oldsim")) as bundle:
+        assert bundle.read("env.yml") == second_yml
+        assert bundle.read("software/oldsim/run.sh") == b"echo two\n"
+        assert bundle.read("min-deps.json") != first_min, "the first upload's min-deps.json is not reused"
