@@ -54,12 +54,24 @@ def write_atomic(path, data, mode=0o644):
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             os.fchmod(out.fileno(), mode)
+            out.flush()
+            os.fsync(out.fileno())
         os.replace(temp, path)
+        fsync_folder(folder)
     except BaseException:
         if os.path.exists(temp):
             os.remove(temp)
         raise
     return path
+
+
+def fsync_folder(folder):
+    """Make a rename in folder last through a power cut."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_json(path, data, mode=0o644):
@@ -993,6 +1005,7 @@ def resolve_answers(args):
 
 
 def pack(args):
+    import shutil
     import tempfile
     conda = find_conda()
     name, software_dir, output, server = resolve_answers(args)
@@ -1010,12 +1023,19 @@ def pack(args):
         path = output
         if not path:
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
-            write_bundle(path, name, software_dir, captured, patterns)
         try:
+            if not output:
+                write_bundle(path, name, software_dir, captured, patterns)
             send_bundle(path, server, name, token)
         except PmError:
-            if not output:
+            if not output and os.path.exists(path):
                 say("the bundle is kept at %s" % path)
+            elif not output:
+                os.rmdir(os.path.dirname(path))
+            raise
+        except BaseException:  # Ctrl-C: a bundle nobody asked to keep goes
+            if not output:
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
         if not output:
             os.remove(path)
@@ -2476,18 +2496,21 @@ def run_test(attempt, test, software, environ):
 
 
 def install_software(bundle, output_dir, force):
+    """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
+    install (replaced with --force) stays whole until the new one is complete."""
     import shutil
     import tempfile
     target = os.path.join(output_dir, bundle.manifest.software_dir())
-    if os.path.isdir(target) and os.listdir(target):
-        if not force:
-            raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
-        shutil.rmtree(target)
+    replacing = os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target))
+    if replacing and not force:
+        raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
     try:
-        extracted = bundle.extract_software(staging)
-        os.replace(extracted, target)
+        extracted = bundle.extract_software(os.path.join(staging, "new"))
+        if os.path.lexists(target):
+            os.rename(target, os.path.join(staging, "old"))
+        os.rename(extracted, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -393,3 +393,21 @@ def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_a
     assert read_result(attempt)["status"] == "interrupted"
     assert not os.path.exists(os.path.join(attempt, "work")), "the unzipped copy is removed"
     assert not (tmp_path / "installed").exists()
+
+
+def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(pyz, conda_site, example_software,
+                                                                              tmp_path, tiny_disk):
+    with open(os.path.join(example_software, "field.dat"), "wb") as handle:
+        handle.write(os.urandom(200000))  # more than the 64 KiB disk of output_dir holds
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    old = os.path.join(tiny_disk, "out", "heatsim")
+    os.makedirs(old)
+    with open(os.path.join(old, "old.txt"), "w") as handle:
+        handle.write("the install that works\n")
+    config = write_config(tmp_path, out=os.path.join(tiny_disk, "out"))
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle, "--force"],
+                  conda_site.env())
+    assert proc.returncode == 1 and "the disk is full" in proc.stderr, proc.stderr
+    with open(os.path.join(old, "old.txt")) as handle:
+        assert handle.read() == "the install that works\n"
+    assert os.listdir(os.path.join(tiny_disk, "out")) == ["heatsim"], "nothing half-written beside it"

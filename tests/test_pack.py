@@ -218,3 +218,38 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(version, pyz, conda_si
     assert "cannot write the bundle %s" % os.path.join(tiny_disk, "b.zip") in line, line
     assert "No space left on device" in line and "free some space there" in line
     assert os.listdir(tiny_disk) == []
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, example_software, tmp_path):
+    """The server is a loopback socket that takes the upload and never answers."""
+    import signal
+    import socket
+    import subprocess
+    import threading
+    import time
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    received = []
+
+    def swallow():
+        connection, _ = listener.accept()
+        while connection.recv(65536):
+            received.append(1)
+    threading.Thread(target=swallow, daemon=True).start()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    proc = subprocess.Popen([find_python(version), pyz, "pack", "-d", example_software, "-e", "heatsim-env",
+                             "--server", url, "--yes"], env=conda_site.env(TMPDIR=str(temp)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not received:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    listener.close()
+    assert received and proc.returncode == 130, err
+    assert os.listdir(str(temp)) == [], "the bundle made for sending is gone"
