@@ -134,13 +134,24 @@ CONDA_PLACES = ["~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge",
 # -- Messages ---------------------------------------------------------------
 
 
+def touni(text):
+    """Text from text or bytes (Python 2 paths are bytes): UTF-8, undecodable bytes replaced."""
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+def native_path(text):
+    """A path from conda's JSON as this Python's os functions take it: UTF-8 bytes on Python 2,
+    whose os functions would encode text with the locale's codec (ASCII under LANG=C)."""
+    return text.encode("utf-8") if PY2 and not isinstance(text, bytes) else text
+
+
 class PmError(Exception):
     """A problem the user can fix: what went wrong, what to do, and the exit code."""
 
     def __init__(self, what, fix, code=2):
-        Exception.__init__(self, what)
-        self.what = what
-        self.fix = fix
+        Exception.__init__(self, touni(what))
+        self.what = touni(what)
+        self.fix = touni(fix)
         self.code = code
 
     def line(self):
@@ -269,13 +280,13 @@ def conda_version(info):
 
 def envs_dirs(info):
     """Where conda looks for environments by name, in its order (conda info --json)."""
-    return [str(d) for d in info.get("envs_dirs") or []]
+    return [native_path(d) for d in info.get("envs_dirs") or []]
 
 
 def named_env_prefix(info, name):
     """The prefix conda means by '-n NAME': base/root, else the first envs dir holding NAME."""
     if name in ("base", "root"):
-        return str(info.get("root_prefix") or "") or None
+        return native_path(info.get("root_prefix") or "") or None
     for folder in envs_dirs(info):
         prefix = os.path.join(folder, name)
         if is_env_prefix(prefix):
@@ -336,8 +347,8 @@ def find_env(conda, conda_info, wanted, assume_yes):
 
 def list_envs(conda, conda_info):
     """The environments conda lists, base first (conda 4.3 leaves base out of 'env list')."""
-    envs = [str(p) for p in run_conda_json(conda, ["env", "list", "--json"]).get("envs", [])]
-    root = str(conda_info.get("root_prefix") or "")
+    envs = [native_path(p) for p in run_conda_json(conda, ["env", "list", "--json"]).get("envs", [])]
+    root = native_path(conda_info.get("root_prefix") or "")
     if root and is_env_prefix(root):
         envs = [root] + [p for p in envs if p != root]
     return envs
@@ -726,12 +737,15 @@ class BundleWriter(object):
         return size
 
     def add_link(self, path, arcname, real_root, progress):
-        """In-tree links stay links; a link leading out of the tree is copied if it is a file."""
+        """In-tree links stay links (an absolute one is written relative, as the target would
+        refuse it); a link leading out of the tree is copied if it is a file."""
         target = os.readlink(path)
         real = os.path.realpath(path)
-        if real == real_root or real.startswith(real_root + os.sep):
-            data = target.encode("utf-8") if not isinstance(target, bytes) else target
-            self.add_bytes(arcname, data, stat.S_IFLNK | 0o777)
+        if real.startswith(real_root + os.sep):
+            if os.path.isabs(target):
+                target = os.path.relpath(real, os.path.realpath(os.path.dirname(path)))
+                say("note: %s points inside the directory by an absolute path; it is kept as %s" % (path, target))
+            self.add_bytes(arcname, arc_text(target).encode("utf-8"), stat.S_IFLNK | 0o777)
             progress.add(0)
         elif os.path.isfile(real):
             say("note: %s points outside the directory; its file is copied" % path)
@@ -739,38 +753,45 @@ class BundleWriter(object):
         else:
             say("note: %s points outside the directory to %s; left out" % (path, target))
 
-    def add_software(self, root, patterns):
-        """Stream the directory in under software/<dir>/, keeping modes and in-tree links."""
+    def add_software(self, root, patterns, skip_unreadable=False):
+        """Stream the directory in under software/<dir>/, keeping modes and in-tree links. The
+        bundle itself is left out when it is written inside the tree; two names that are one
+        entry once decoded, and folders that cannot be read (unless skip_unreadable), are errors."""
         root = os.path.abspath(root)
         real_root = os.path.realpath(root)
         top = "software/" + arc_text(os.path.basename(root))
         progress = Progress("zipping " + os.path.basename(root))
+        own_files = set(os.path.realpath(p) for p in (self.path, self.temp))
+        unreadable, claimed = [], {}
         self.add_bytes(top + "/", b"", stat.S_IFDIR | 0o755)
-        for folder, dirs, files in os.walk(root):
+        for folder, dirs, files in os.walk(root, onerror=unreadable.append):
             rel_folder = os.path.relpath(folder, root)
             rel_folder = "" if rel_folder == "." else rel_folder
             kept = []
-            for name in sorted(dirs):
+            for name in sorted(dirs) + sorted(files):
                 rel = os.path.join(rel_folder, name)
-                if excluded(rel, patterns):
-                    continue
                 path = os.path.join(folder, name)
-                if os.path.islink(path):
-                    self.add_link(path, top + "/" + arc_text(rel), real_root, progress)
+                if excluded(rel, patterns) or os.path.realpath(path) in own_files:
                     continue
-                kept.append(name)
-                self.add_bytes(top + "/" + arc_text(rel) + "/", b"", os.lstat(path).st_mode)
-            dirs[:] = kept
-            for name in sorted(files):
-                rel = os.path.join(rel_folder, name)
-                if excluded(rel, patterns):
-                    continue
-                path = os.path.join(folder, name)
                 arcname = top + "/" + arc_text(rel)
+                if arcname in claimed:
+                    raise PmError("%r and %r are both %s once their names are decoded" % (claimed[arcname], path,
+                                                                                          arcname),
+                                  "rename one of them, or leave one out with --exclude")
+                claimed[arcname] = path
                 if os.path.islink(path):
                     self.add_link(path, arcname, real_root, progress)
+                elif name in dirs:
+                    kept.append(name)
+                    self.add_bytes(arcname + "/", b"", os.lstat(path).st_mode)
                 elif os.path.isfile(path):
                     self.add_file(path, arcname, progress)
+            dirs[:] = kept
+        for error in unreadable:
+            if not skip_unreadable:
+                raise PmError("cannot read the folder %s: %s" % (error.filename, error.strerror),
+                              "fix its permissions, leave it out with --exclude, or pass --skip-unreadable")
+            say("note: the folder %s cannot be read (%s); it is left out" % (error.filename, error.strerror))
         progress.done()
         return progress
 
@@ -853,7 +874,7 @@ def gather_environment(conda, conda_info, prefix):
     return captured
 
 
-def write_bundle(path, name, software_dir, captured, patterns):
+def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=False):
     """Write the bundle: a temp file beside path, renamed into place once complete."""
     writer = BundleWriter(path)
     try:
@@ -864,7 +885,7 @@ def write_bundle(path, name, software_dir, captured, patterns):
         min_records = min_dep_records(captured["minimal"], captured["records"], captured["listed"],
                                       captured["requested"])
         writer.add_bytes("min-deps.json", to_json_bytes(min_records))
-        progress = writer.add_software(software_dir, patterns)
+        progress = writer.add_software(software_dir, patterns, skip_unreadable)
         software = {"dir": os.path.basename(os.path.abspath(software_dir)), "files": progress.files,
                     "bytes": progress.size}
         writer.finish(make_manifest(
@@ -971,6 +992,8 @@ def build_parser():
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="leave out files or folders matching PATTERN (repeatable; "
                              "__pycache__ and *.pyc are always left out)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out folders that cannot be read, with a note (default: stop)")
     parser.add_argument("-y", "--yes", action="store_true",
                         help="never ask: take defaults, fail naming the flag when there is none")
     parser.add_argument("--version", action="version", version="pm probe " + PROBE_VERSION)
@@ -1015,7 +1038,7 @@ def pack(args):
     captured = gather_environment(conda, conda_info, prefix)
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     if output:
-        write_bundle(output, name, software_dir, captured, patterns)
+        write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable)
         say("saved %s" % output)
         print(os.path.abspath(output))
     if server:
@@ -1025,7 +1048,7 @@ def pack(args):
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
         try:
             if not output:
-                write_bundle(path, name, software_dir, captured, patterns)
+                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable)
             send_bundle(path, server, name, token)
         except PmError:
             if not output and os.path.exists(path):

@@ -253,3 +253,73 @@ def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, 
     listener.close()
     assert received and proc.returncode == 130, err
     assert os.listdir(str(temp)) == [], "the bundle made for sending is gone"
+
+
+def test_pack_under_python27_and_lang_c_takes_non_ascii_paths(pyz, conda_site, tmp_path):
+    software = tmp_path / "donn\u00e9es"
+    software.mkdir()
+    (software / "f\u00e9.txt").write_text("x\n")
+    prefix = conda_site.create(str(tmp_path / "env\u00e9"), ["heatplot"])
+    env = conda_site.env(LANG="C", LC_ALL="C")
+    out = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", str(software), "-n", "donnees", "-e", prefix, "-o", out,
+                                            "--yes"], env)
+    assert proc.returncode == 0, proc.stderr
+    manifest = pm.Bundle.open(out).manifest
+    assert manifest.env["prefix"] == prefix and "software/donn\u00e9es/f\u00e9.txt" in manifest.members
+    missing = run_pm(find_python("2.7"), pyz, ["pack", "-d", str(tmp_path / "nowhere-\u00e9"), "-o", out, "--yes"],
+                     env)
+    assert "software directory %s does not exist" % (tmp_path / "nowhere-\u00e9") in one_error_line(missing)
+
+
+def test_pack_keeps_in_tree_links_relative_and_leaves_its_own_bundle_out(pyz, conda_site, example_software, tmp_path):
+    os.symlink(os.path.join(example_software, "heatsim.sh"), os.path.join(example_software, "abs-link"))
+    out = os.path.join(example_software, "heatsim.zip")  # saved inside the tree it packs
+    for python in ("2.7", "newest"):
+        proc = run_pm(find_python(python), pyz, pack_args(example_software, out), conda_site.env())
+        assert proc.returncode == 0, proc.stderr
+        with zipfile.ZipFile(out) as bundle:
+            names = bundle.namelist()
+            assert bundle.read("software/heatsim/abs-link") == b"heatsim.sh"
+        assert not [n for n in names if n.endswith(".zip") or n.endswith(".part")], names
+        dest = tmp_path / ("unzipped-" + python)
+        software = pm.Bundle.open(out).extract_software(str(dest))
+        assert os.readlink(os.path.join(software, "abs-link")) == "heatsim.sh"
+
+
+def test_two_names_that_decode_alike_are_named_at_pack_time(pyz, conda_site, example_software, tmp_path):
+    folder = os.fsencode(example_software)
+    for raw in (b"caf\xc3\xa9.txt", b"caf\xe9.txt"):  # UTF-8 and Latin-1 spellings of the same name
+        with open(os.path.join(folder, raw), "wb") as handle:
+            handle.write(raw)
+    for python in ("2.7", "newest"):
+        line = one_error_line(run_pm(find_python(python), pyz, pack_args(example_software, str(tmp_path / "b.zip")),
+                                     conda_site.env()))
+        assert "once their names are decoded" in line and "caf" in line, line
+        assert not os.path.exists(str(tmp_path / "b.zip"))
+
+
+def test_an_unreadable_folder_stops_pack_unless_skipped(tmp_path, monkeypatch, capsys):
+    """Tests run as root, who reads every folder, so a stand-in os.scandir refuses one folder; the
+    probe's writer runs unchanged."""
+    probe = pm.load_probe()
+    software = tmp_path / "sim"
+    (software / "secret").mkdir(parents=True)
+    (software / "run.sh").write_text("echo\n")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("secret"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    writer = probe.BundleWriter(str(tmp_path / "b.zip"))
+    with pytest.raises(probe.PmError) as caught:
+        writer.add_software(str(software), [])
+    writer.abort()
+    assert "cannot read the folder %s" % (software / "secret") in caught.value.what
+    assert "--skip-unreadable" in caught.value.fix
+    writer = probe.BundleWriter(str(tmp_path / "b.zip"))
+    writer.add_software(str(software), [], skip_unreadable=True)
+    writer.abort()
+    assert "cannot be read (Permission denied); it is left out" in capsys.readouterr().err
