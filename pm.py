@@ -2256,9 +2256,19 @@ class MigrationConfig(object):
 
 
 def read_test_config(paths, name):
-    """Merge INI test configurations in order; one clear error naming file, section and key."""
+    """Merge INI test configurations in order; one clear error naming file, section and key.
+    Read as platform-migrator 1.1.0 reads them, with ConfigParser's defaults: '%(key)s' and '%%'
+    interpolate, and ';' or '#' start a comment only at the start of a line (`exec = a ; b` runs both)."""
     import configparser
-    parser = configparser.ConfigParser(inline_comment_prefixes=(";", "#"), interpolation=None)
+    try:
+        return read_test_config_values(configparser.ConfigParser(), paths, name)
+    except configparser.InterpolationError as exc:
+        raise PmError("cannot read %s: %s" % (", ".join(paths), " ".join(str(exc).split())),
+                      "write a literal '%' as '%%'")
+
+
+def read_test_config_values(parser, paths, name):
+    import configparser
     origin = {}
     for path in paths:
         if not os.path.isfile(path):
@@ -2290,7 +2300,7 @@ def read_test_config(paths, name):
     warn_unknown(parser, name, SOFTWARE_KEYS, origin)
     managers = [m.strip() for m in parser[name].get("package_managers", "conda").split(",") if m.strip()]
     tests = []
-    for test in [t.strip() for t in parser[name].get("tests", "").split(",") if t.strip()]:
+    for test in [t.strip() for t in need(name, "tests").split(",") if t.strip()]:
         section = "test_" + test
         warn_unknown(parser, section, TEST_KEYS, origin)
         tests.append(TestSpec(test, need(section, "exec"), test_timeout(parser, section, origin),
@@ -3534,17 +3544,20 @@ def cmd_migrate(args):
     the environment active, and install into output_dir when all pass. Each attempt keeps its
     env file, command log, test outputs and result.json in ~/.platform_migrator/NAME/<id>/.
 
-    Test configuration (INI; several files merge in order):
+    Test configuration (INI, read as the original tool reads it: comments are whole lines,
+    %(key)s interpolates, %% is a '%'; several files merge in order):
       [NAME]
-      output_dir = /abs/path          ; where the software goes on success
+      output_dir = /abs/path
       package_managers = conda
-      tests = unit, smoke             ; each names a [test_X] section
+      # each names a [test_X] section
+      tests = unit, smoke
       [test_unit]
-      exec = sh tests/run.sh          ; run in the software's directory
-      timeout = 600                   ; optional: seconds
-      env = OMP_NUM_THREADS=1         ; optional: NAME=VALUE, ...
-      workdir = tests                 ; optional: relative to the software
-      runner = srun -n1               ; optional: prefix, e.g. for HPC
+      # run in the software's directory; timeout (s), env, workdir and runner are optional
+      exec = sh tests/run.sh
+      timeout = 600
+      env = OMP_NUM_THREADS=1
+      workdir = tests
+      runner = srun -n1
     Without conda in package_managers, each direct requirement is searched with the listed
     package managers (built-in sections, ~/.platform_migrator/config/package-managers.ini,
     --pck-mgr-configs), offered as numbered choices (or --yes / --answers FILE), installed one
@@ -3658,14 +3671,15 @@ def build_parser():
     verbs.add_parser("pack", help="capture a conda environment and a software directory (Python 2.7+)",
                      add_help=False)
 
-    def verb(name, help_text, function):
-        sub = verbs.add_parser(name, help=help_text, description=clean_doc(function.__doc__),
+    def verb(name, help_text, function, aliases=()):
+        sub = verbs.add_parser(name, help=help_text, description=clean_doc(function.__doc__), aliases=list(aliases),
                                epilog=EXAMPLES.get(name),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.set_defaults(function=function)
         return sub
 
-    sub = verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve)
+    sub = verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve,
+               aliases=["server"])
     sub.add_argument("action", nargs="?", choices=["start", "stop", "status"],
                      help="start in the background, stop, or show status (default: run in the foreground)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

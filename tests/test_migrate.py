@@ -116,6 +116,9 @@ def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_
     ("[heatsim]\noutput_dir = /x\ntests = a\n[test_a]\ntimeout = 5\n", "no 'exec' in [test_a]"),
     ("[heatsim]\noutput_dir = /x\ntests = a\n[test_a]\nexec = true\ntimeout = soon\n", "not a positive number"),
     ("[heatsim\n", "cannot read"),
+    ("[heatsim]\noutput_dir = /x\n", "no 'tests' in [heatsim]"),
+    ("[heatsim]\noutput_dir = /x\ntest = a\n[test_a]\nexec = true\n", "no 'tests' in [heatsim]"),
+    ("[heatsim]\noutput_dir = /x/%(nowhere)s\ntests = a\n[test_a]\nexec = true\n", "cannot read"),
 ])
 def test_broken_configs_give_one_clear_line(text, message, pyz, conda_site, tmp_path):
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text)], conda_site.env())
@@ -411,3 +414,26 @@ def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(py
     with open(os.path.join(old, "old.txt")) as handle:
         assert handle.read() == "the install that works\n"
     assert os.listdir(os.path.join(tiny_disk, "out")) == ["heatsim"], "nothing half-written beside it"
+
+
+def test_test_configs_are_read_as_the_original_reads_them(pyz, conda_site, example_software, tmp_path):
+    """ConfigParser's defaults: a ';' inside a value is not a comment, %(key)s and %% interpolate."""
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    text = ("[DEFAULT]\nroot = %s\n[heatsim]\noutput_dir = %%(root)s/installed\ntests = semicolon, percent\n"
+            "[test_semicolon]\nexec = echo first ; false\n"
+            "[test_percent]\nexec = echo 100%%%%\n" % tmp_path)
+    config = tmp_path / "tests.ini"
+    config.write_text(text)
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", str(config), "--bundle", bundle],
+                  conda_site.env())
+    assert proc.returncode == 1, proc.stderr
+    tests = dict((t["name"], t["status"]) for t in read_result(attempts(conda_site)[0])["tests"])
+    assert tests == {"semicolon": "failed", "percent": "passed"}, "the whole line ran"
+    assert "    100%\n" in proc.stderr
+    assert not (tmp_path / "installed").exists()
+
+
+def test_server_is_an_alias_of_serve(pyz, tmp_path):
+    env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
+    proc = run_pm(find_python("newest"), pyz, ["server", "status"], env)
+    assert proc.returncode == 1 and "no server runs for" in proc.stdout, proc.stderr
