@@ -226,10 +226,15 @@ def which(program):
 
 
 def find_conda():
-    """$CONDA_EXE, then conda on PATH, then the usual install prefixes."""
+    """$CONDA_EXE, then $CONDA_HOME/bin/conda and $CONDA_ROOT_DIR/bin/conda (platform-migrator
+    1.1.0's variables), then conda on PATH, then the usual install prefixes."""
     exe = os.environ.get("CONDA_EXE")
     if exe and os.access(exe, os.X_OK):
         return exe
+    for variable in ("CONDA_HOME", "CONDA_ROOT_DIR"):
+        home = os.environ.get(variable)
+        if home and os.access(os.path.join(home, "bin", "conda"), os.X_OK):
+            return os.path.join(home, "bin", "conda")
     exe = which("conda")
     if exe:
         return exe
@@ -237,8 +242,8 @@ def find_conda():
         candidate = os.path.join(os.path.expanduser(place), "bin", "conda")
         if os.access(candidate, os.X_OK):
             return candidate
-    raise PmError("no conda found (looked at $CONDA_EXE, PATH and %s)" % ", ".join(CONDA_PLACES[:4]),
-                  "activate your conda environment or set CONDA_EXE=/path/to/conda")
+    raise PmError("no conda found (looked at $CONDA_EXE, $CONDA_HOME, $CONDA_ROOT_DIR, PATH and %s)"
+                  % ", ".join(CONDA_PLACES[:4]), "activate your conda environment or set CONDA_EXE=/path/to/conda")
 
 
 def run_conda(conda, args, check=True, extra_env=None):
@@ -1020,6 +1025,9 @@ def resolve_answers(args):
     name = check_name(args.name or ask("Software name", os.path.basename(software_dir), "-n NAME", args.yes))
     output = args.output or (name + ".zip" if args.zip else None)
     server = args.server or (SERVER_URL if not output else None)
+    if not server and not output and args.name and args.dir:  # as the original did: NAME.zip beside the folder
+        output = os.path.join(os.path.dirname(software_dir), name + ".zip")
+        say("saving the bundle beside the software directory (-o FILE saves it elsewhere)")
     if not server and not output:
         output = ask("Save the bundle to", name + ".bundle.zip", "-o FILE", args.yes)
     if output:
@@ -2491,7 +2499,10 @@ def recreate_test_install(attempt, config, bundle, options):
         packages, test_environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
         attempt.save(packages=packages)
     tests = []
-    if not options.skip_tests:
+    if options.skip_tests:
+        say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
+            "it works here")
+    else:
         work = os.path.join(attempt.path, "work")
         try:
             software = bundle.extract_software(work)
@@ -3730,6 +3741,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         say("pm: interrupted")
         return 130
+    except BrokenPipeError:  # the reader went away (`pm.pyz list | head -2`): stop quietly, as git does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         if args.verbose:
             raise

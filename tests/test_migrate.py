@@ -437,3 +437,19 @@ def test_server_is_an_alias_of_serve(pyz, tmp_path):
     env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
     proc = run_pm(find_python("newest"), pyz, ["server", "status"], env)
     assert proc.returncode == 1 and "no server runs for" in proc.stdout, proc.stderr
+
+
+def test_skip_tests_warns_that_nothing_was_proven(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
+                                               "--skip-tests"], conda_site.env())
+    assert proc.returncode == 0 and "warning: --skip-tests" in proc.stderr, proc.stderr
+
+
+def test_a_reader_that_goes_away_is_no_error(pyz, tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `| head -1` once it has its line
+    proc = subprocess.run([find_python("newest"), pyz, "managers"], stdout=write_end, stderr=subprocess.PIPE,
+                          universal_newlines=True, env=dict(os.environ, PM_HOME=str(tmp_path)), timeout=60)
+    os.close(write_end)
+    assert "BrokenPipe" not in proc.stderr and "unexpected" not in proc.stderr and proc.stderr == "", proc.stderr

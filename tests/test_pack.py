@@ -323,3 +323,20 @@ def test_an_unreadable_folder_stops_pack_unless_skipped(tmp_path, monkeypatch, c
     writer.add_software(str(software), [], skip_unreadable=True)
     writer.abort()
     assert "cannot be read (Permission denied); it is left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable", ["CONDA_HOME", "CONDA_ROOT_DIR"])
+def test_pack_finds_conda_through_the_original_tools_variables(variable, pyz, conda_site, example_software, tmp_path):
+    env = conda_site.env(PATH="/usr/bin:/bin", **{variable: conda_site.root})
+    out = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("2.7"), pyz, pack_args(example_software, out), env)
+    assert proc.returncode == 0, proc.stderr
+    assert pm.Bundle.open(out).manifest.source["conda"] == "25.11.1"
+
+
+def test_pack_with_name_and_dir_saves_beside_the_folder_without_asking(pyz, conda_site, example_software):
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-n", "heatsim", "-d", example_software, "-e", "heatsim-env"],
+                  conda_site.env(), stdin="")
+    beside = os.path.join(os.path.dirname(example_software), "heatsim.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == beside and pm.Bundle.open(beside).manifest.name == "heatsim"
