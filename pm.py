@@ -1545,6 +1545,7 @@ def strip_comment(line):
 
 # Tags that only say "a string": PyYAML on Python 2 writes !!python/unicode (conda 4.3 does).
 STRING_TAGS = ("!!python/unicode", "!!python/str", "!!str")
+LIST_TAGS = ("!!python/tuple", "!!python/list", "!!seq")  # a list follows, whatever Python type it was
 
 
 def parse_scalar(text, where):
@@ -1582,42 +1583,80 @@ def logical_lines(text, source):
     return lines
 
 
+def flow_list(text, where):
+    """The items of a one-line YAML flow list, '[a, "b", c]' (quotes kept together)."""
+    inner = text.strip()[1:-1]
+    items, current, quote = [], "", None
+    for char in inner:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    items.append(current)
+    return [parse_scalar(item, where) for item in items if item.strip()]
+
+
+def list_value(value, where):
+    """A key's value that opens a list: empty or a list tag (the items follow), or a flow list."""
+    if not value or value in LIST_TAGS:
+        return []
+    if value.startswith("[") and value.endswith("]"):
+        return flow_list(value, where)
+    raise PmError("%s: expected a list, got %r" % (where, value), "write one '  - item' per line")
+
+
 def parse_env_yml(text, source="env.yml"):
-    """Parse conda's env-file subset: name, channels, dependencies (with a pip: list), prefix, variables."""
+    """Parse conda's env-file YAML: name, channels, dependencies (with a pip: list), prefix,
+    variables; block or flow lists, indented or not, quotes, comments, CRLF, a BOM, Python 2's
+    tags. Other installers' lists (- npm: ...) are left out with a warning."""
     doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
-    key, pip_indent = None, None
-    for number, indent, body in logical_lines(text, source):
+    key, sub_list, sub_indent = None, None, None  # sub_list: the installer whose items follow (- pip:)
+    for number, indent, body in logical_lines(text.lstrip("\ufeff"), source):
         where = "%s line %d" % (source, number)
-        unindented_item = key in ("channels", "dependencies") and (body == "-" or body.startswith("- "))
+        is_item = body == "-" or body.startswith("- ")
+        if sub_list and is_item and indent > sub_indent:
+            if sub_list == "pip":
+                doc["pip"].append(parse_scalar(body[1:].strip(), where))
+            continue
+        sub_list = None
+        unindented_item = key in ("channels", "dependencies", "") and is_item
         if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
             match = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", body)
             if not match:
                 raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body),
                               "use an environment file written by 'conda env export'")
             key, value = match.group(1), (match.group(2) or "").strip()
-            pip_indent = None
             if key in ("name", "prefix"):
                 doc[key] = parse_scalar(value, where)
-            elif key in ("channels", "dependencies", "variables") and not value:
-                continue
-            elif key in ("channels", "dependencies", "variables"):
-                raise PmError("%s: %s must be a block list, not %r" % (where, key, value),
-                              "write one '  - item' per line")
-            else:
+            elif key in ("channels", "dependencies"):
+                doc[key].extend(list_value(value, where))
+            elif key == "variables" and value and value != "{}":
+                raise PmError("%s: variables must be a block of NAME: value lines" % where,
+                              "write one '  NAME: value' per line")
+            elif key != "variables":
                 say("warning: %s: ignoring the unknown key %r" % (where, key))
-                key = None
-        elif key is None:
+                key = ""  # its lines are passed over
+        elif not key:
             continue
-        elif body == "-" or body.startswith("- "):
+        elif is_item:
             item = body[1:].strip()
             if key not in ("channels", "dependencies"):
                 raise PmError("%s: a list item under %r" % (where, key), "only channels and dependencies are lists")
-            if pip_indent is not None and indent > pip_indent:
-                doc["pip"].append(parse_scalar(item, where))
-            elif key == "dependencies" and re.match(r"^pip\s*:$", item):
-                pip_indent = indent
+            installer = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", item) if key == "dependencies" else None
+            if installer:
+                sub_list, sub_indent = installer.group(1), indent
+                items = list_value((installer.group(2) or "").strip(), where)
+                if sub_list == "pip":
+                    doc["pip"].extend(items)
+                else:
+                    say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)"
+                        % (where, sub_list))
             else:
-                pip_indent = None
                 doc[key].append(parse_scalar(item, where))
         elif key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
             name, value = body.split(":", 1)

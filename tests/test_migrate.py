@@ -255,7 +255,7 @@ prefix: /opt/conda/envs/sim
     assert again.dependencies == levels["exact"].dependencies and again.pip == env.pip
 
 
-@pytest.mark.parametrize("text", ["dependencies: [a, b]\n", "dependencies:\n  - &anchor a\n", "name: x\n\tdependencies:\n"])
+@pytest.mark.parametrize("text", ["dependencies: {a: b}\n", "dependencies:\n  - &anchor a\n", "name: x\n\tdependencies:\n"])
 def test_yaml_beyond_the_subset_is_an_error(text):
     with pytest.raises(pm.PmError):
         pm.parse_env_yml(text)
@@ -453,3 +453,44 @@ def test_a_reader_that_goes_away_is_no_error(pyz, tmp_path):
                           universal_newlines=True, env=dict(os.environ, PM_HOME=str(tmp_path)), timeout=60)
     os.close(write_end)
     assert "BrokenPipe" not in proc.stderr and "unexpected" not in proc.stderr and proc.stderr == "", proc.stderr
+
+
+def as_pyyaml_reads_it(text):
+    """name, channels, conda entries and pip entries of an env file, read by PyYAML (tests only)."""
+    import yaml
+    doc = yaml.safe_load(text)
+    deps = doc.get("dependencies") or []
+    pip = [str(p) for d in deps if isinstance(d, dict) for p in (d.get("pip") or [])]
+    return (doc.get("name"), [str(c) for c in doc.get("channels") or []],
+            [str(d) for d in deps if not isinstance(d, dict)], pip)
+
+
+def env_file_shapes(text):
+    """The same environment in the shapes conda and people write: as found, PyYAML's block dump
+    (lists at the key's indent, as conda <= 4.5), its flow dump of leaf lists, CRLF with a BOM."""
+    import yaml
+    doc = yaml.safe_load(text)
+    yield "as found", text
+    yield "block, unindented", yaml.safe_dump(doc, default_flow_style=False)
+    yield "flow leaves", yaml.safe_dump(doc, default_flow_style=None)
+    yield "crlf and bom", "\ufeff" + text.replace("\n", "\r\n")
+
+
+@pytest.mark.parametrize("env_name", channels.real_env_names())
+def test_every_shape_of_the_real_env_files_reads_as_pyyaml_reads_it(env_name):
+    with open(os.path.join(channels.REAL_ENVS, env_name, "environment.yml")) as handle:
+        original = handle.read()
+    for shape, text in env_file_shapes(original):
+        env = pm.parse_env_yml(text, "%s (%s)" % (env_name, shape))
+        assert (env.name, env.channels, env.dependencies, env.pip) == as_pyyaml_reads_it(text), shape
+
+
+def test_flow_lists_tags_and_other_installers_read_as_pyyaml_reads_them(capsys):
+    text = ("name: sim\nchannels: [conda-forge, 'bioconda']\ndependencies: !!python/tuple\n- python=3.6\n"
+            "- pip: []\n- nodejs\n- npm:\n  - left-pad\n- pip: [requests==2.0, \"six\"]\n")
+    env = pm.parse_env_yml(text)
+    assert env.channels == ["conda-forge", "bioconda"] and env.dependencies == ["python=3.6", "nodejs"]
+    assert env.pip == ["requests==2.0", "six"]
+    assert "ignoring the npm: entries" in capsys.readouterr().err
+    plain = text.replace(" !!python/tuple", "")
+    assert (env.name, env.channels, env.dependencies, env.pip) == as_pyyaml_reads_it(plain)
