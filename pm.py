@@ -2121,7 +2121,11 @@ class PackageManager(object):
             raise PmError("install_version in [%s] of %s needs both %%p and %%v" % (key, source),
                           "e.g. install_version = %e install %p==%v")
         self.family = manager_family(key, self.exec.split()[0] if self.exec.split() else "")
-        self.pattern = result_regex(self.result_fmt)
+        try:
+            self.pattern = result_regex(self.result_fmt)
+        except re.error as exc:
+            raise PmError("result_fmt in [%s] of %s is not a regexp: %s" % (key, source, exc),
+                          "write a Python regexp in which %p and %v stand for the package and its version")
 
     def available(self):
         import shutil
@@ -2154,8 +2158,11 @@ class PackageManager(object):
 
 
 def result_regex(fmt):
-    pattern = re.escape(fmt.strip()).replace(re.escape("%p"), r"(?P<pck>\S+)").replace(re.escape("%v"), r"(?P<ver>\S+)")
-    return re.compile("^" + pattern.replace(r"\ ", r"\s+") + "$")
+    """result_fmt as platform-migrator 1.1.0 documents it: a Python regexp in which %p and %v stand
+    for the package and its version ('(' and ')' are literal, as they were there); a space matches
+    any run of blanks. The whole (stripped) search line must match."""
+    pattern = fmt.strip().replace("(", r"\(").replace(")", r"\)").replace(" ", r"\s+")
+    return re.compile("^" + pattern.replace("%p", r"(?P<pck>\S+)").replace("%v", r"(?P<ver>\S+)") + "$")
 
 
 def parse_search_output(text, pattern):

@@ -286,3 +286,21 @@ def test_without_the_bases_python_here_the_venv_uses_pms_own_and_says_so(pyz, py
            "environment uses Python 3.6" in proc.stderr
     result, attempt = last_result(pysim)
     assert result["venv_python"] == find_python("3.6")
+
+
+def test_result_fmt_is_the_regexp_the_original_documents(tmp_path):
+    """A real shell search (printf) read through each documented form of result_fmt."""
+    config = tmp_path / "mine.ini"
+    sections = {"spaced": r"%p\s+%v", "plain": "%p %v", "parens": "%p (%v)", "bad": "%p [%v"}
+    config.write_text("".join(
+        "[%s]\nname = %s\nexec = sh\nsearch = printf 'tinycalc   1.0\\ntinycalc (1.1)\\n'\nresult_fmt = %s\n"
+        "install = true\n" % (key, key, fmt) for key, fmt in sections.items()
+        if key != "bad"))
+    managers = pm.load_managers(pm.Store(str(tmp_path)), [str(config)])
+    assert managers["spaced"].search("tinycalc") == [("tinycalc", "1.0"), ("tinycalc", "(1.1)")]
+    assert managers["plain"].search("tinycalc") == [("tinycalc", "1.0"), ("tinycalc", "(1.1)")]
+    assert managers["parens"].search("tinycalc") == [("tinycalc", "1.1")]
+    config.write_text("[bad]\nname = bad\nexec = sh\nsearch = true\nresult_fmt = %p [%v\ninstall = true\n")
+    with pytest.raises(pm.PmError) as caught:
+        pm.load_managers(pm.Store(str(tmp_path)), [str(config)])
+    assert "is not a regexp" in caught.value.what
