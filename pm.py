@@ -3043,6 +3043,15 @@ def name_or_400(name):
         raise HttpError(400, "%s: %s" % (exc.what, exc.fix))
 
 
+def refusal_script(url):
+    """What GET /migrate answers without the token: a Python 2/3 program that says why and fails,
+    so that `curl URL/migrate > probe.py; python probe.py` never looks like it worked."""
+    return ("# -*- coding: utf-8 -*-\nimport sys\nsys.stderr.write(%r)\nsys.exit(2)\n" % (
+        "pm: error: the pm server at %s needs its token to hand out the probe %s fetch "
+        "'%s/migrate?token=TOKEN' (the token is printed by 'pm.pyz serve start' on the target)\n"
+        % (url, DASH, url))).encode("utf-8")
+
+
 def make_handler(config):
     from urllib.parse import parse_qs, unquote, urlsplit
     import hmac
@@ -3087,6 +3096,8 @@ def make_handler(config):
             parts = urlsplit(self.path)
             try:
                 if not self.authorized(parse_qs(parts.query)):
+                    if self.command == "GET" and parts.path == "/migrate":  # `curl .../migrate > probe.py`
+                        return self.send_script(401, refusal_script(config.url()))
                     raise HttpError(401, "a valid token is required: send 'Authorization: Bearer TOKEN'")
                 status, data = route(parts.path)
             except HttpError as exc:
@@ -3101,13 +3112,16 @@ def make_handler(config):
                                                          "admin to free some, or carry the bundle by hand"})
                 return self.send_json(500, {"error": "internal error: %s" % exc})
             if isinstance(data, bytes):
-                self.send_response(status)
-                self.send_header("Content-Type", "text/x-python; charset=utf-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send_script(status, data)
             else:
                 self.send_json(status, data)
+
+        def send_script(self, status, data):
+            self.send_response(status)
+            self.send_header("Content-Type", "text/x-python; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def do_GET(self):
             self.handle_safely(self.route_get)
@@ -3261,8 +3275,10 @@ def start_server(config, self_path):
     import urllib.request
     store = config.store
     refuse_a_second_server(store)
-    if not config.token:
+    if config.token is None:  # --no-token (or --token "") serves without one
         config.token = secrets.token_urlsafe(18)
+    elif not config.token and config.host not in ("127.0.0.1", "localhost", "::1"):
+        say("warning: listening on %s without a token: anyone who can reach it may upload" % config.host)
     os.makedirs(store.home, exist_ok=True)
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
                "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
@@ -3277,14 +3293,19 @@ def start_server(config, self_path):
         record = read_pidfile(store)
         if record and record["pid"] == child.pid:
             local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
-            request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + config.token})
+            headers = {"Authorization": "Bearer " + config.token} if config.token else {}
+            request = urllib.request.Request(local + "/bundles", headers=headers)
             try:
                 with urllib.request.urlopen(request, timeout=2) as response:
                     response.read()
                 print("pm server running: %s (PID %d)" % (record["url"], child.pid))
-                print("token: %s" % config.token)
-                print("on a base machine: curl -s '%s/migrate?token=%s' > probe.py && python probe.py"
-                      % (record["url"], config.token))
+                if config.token:
+                    print("token: %s" % config.token)
+                    print("on a base machine: curl -s '%s/migrate?token=%s' > probe.py && python probe.py"
+                          % (record["url"], config.token))
+                else:
+                    print("no token: anyone who reaches it may upload")
+                    print("on a base machine: curl -s '%s/migrate' > probe.py && python probe.py" % record["url"])
                 return 0
             except OSError:
                 pass
@@ -3583,7 +3604,7 @@ def cmd_serve(args):
     """Receive bundles from base machines and keep them in the store (~/.platform_migrator or
     $PM_HOME). GET /migrate hands out the probe; PUT /bundles/NAME takes a bundle; the original
     tool's POST /yml, /min and /zip work too. One server per store (server.pid)."""
-    token = args.token or os.environ.get("PM_SERVER_TOKEN") or None
+    token = "" if args.no_token else args.token if args.token is not None else os.environ.get("PM_SERVER_TOKEN")
     config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout)
     if args.action == "start":
         return start_server(config, SELF_PATH)
@@ -3741,7 +3762,10 @@ def build_parser():
                      help="start in the background, stop, or show status (default: run in the foreground)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     sub.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %d)" % DEFAULT_PORT)
-    sub.add_argument("--token", help="require this token (default for 'start': a new random one)")
+    sub.add_argument("--token", help="require this token (default for 'start': a new random one; '' for none)")
+    sub.add_argument("--no-token", action="store_true",
+                     help="serve without a token, as platform-migrator 1.1.0 did (its probe and docs then work "
+                          "unchanged); warned about beyond loopback")
     sub.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest accepted body (4 GiB)")
     sub.add_argument("--timeout", type=float, default=60.0, help="seconds a client may stay silent (60)")
     sub = verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate)

@@ -199,7 +199,9 @@ def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_
     for method, path, body, headers, token, expected in cases:
         status, answer = server.request(method, path, body, headers, token)
         assert status == expected, (method, path, status, answer)
-        if method != "HEAD":  # a HEAD answer has no body
+        if path == "/migrate":  # a program that says why (see test_the_probe_without_a_token_...)
+            assert b"needs its token" in answer and server.home.encode() not in answer
+        elif method != "HEAD":  # a HEAD answer has no body
             assert error_of(answer) and server.home not in error_of(answer)  # no server paths leak out
     for raw in (b"GARBAGE\r\n\r\n", b"GET /bundles HTTP/9.9\r\n\r\n"):
         with socket.create_connection(("127.0.0.1", server.record["port"]), timeout=10) as sock:
@@ -410,3 +412,28 @@ def test_the_original_protocol_never_mixes_parts_of_two_uploads(server, tmp_path
         assert bundle.read("env.yml") == second_yml
         assert bundle.read("software/oldsim/run.sh") == b"echo two\n"
         assert bundle.read("min-deps.json") != first_min, "the first upload's min-deps.json is not reused"
+
+
+def test_the_probe_without_a_token_is_a_program_that_says_why(server, tmp_path):
+    status, script = server.request("GET", "/migrate", token=False)
+    assert status == 401
+    saved = tmp_path / "script.py"  # what `curl .../migrate > script.py` leaves
+    saved.write_bytes(script)
+    for version in ("2.7", "newest"):
+        proc = subprocess.run([find_python(version), str(saved)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=30)
+        assert proc.returncode != 0 and "needs its token" in proc.stderr and "/migrate?token=" in proc.stderr
+
+
+@pytest.mark.parametrize("flags", [["--no-token"], ["--token", ""]])
+def test_no_token_serves_the_original_tools_way(flags, pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), None, *flags)
+    srv.token = None
+    try:
+        assert "no token" in srv.started.stdout
+        assert not [line for line in srv.started.stdout.splitlines() if line.startswith("token:")]
+        status, script = srv.request("GET", "/migrate")
+        assert status == 200 and b"SERVER_TOKEN = ''" in script
+        assert srv.request("GET", "/bundles")[0] == 200
+    finally:
+        srv.stop()
