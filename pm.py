@@ -1442,11 +1442,36 @@ class Store(object):
         return [os.path.join(folder, f) for _, f in sorted(numbered)]  # 10000.zip comes after 9999.zip
 
     def latest_bundle(self, name):
-        revisions = self.revisions(name)
+        revisions = self.revisions(name) or self.import_original(name)
         if not revisions:
             raise PmError("no bundle stored for '%s'" % name,
                           "send one with 'pm.pyz pack --server', import one with 'pm.pyz unpack', or pass --bundle")
         return revisions[-1]
+
+    def import_original(self, name):
+        """platform-migrator 1.1.0 kept NAME/env.yml, NAME/min-deps.json and NAME/pkg.zip: turn them
+        into a first revision, checked as an upload is; return the revisions."""
+        import tempfile
+        folder = self.software(name)
+        parts = dict((part, os.path.join(folder, part)) for part in ("env.yml", "min-deps.json", "pkg.zip"))
+        if self.revisions(name) or not (os.path.isfile(parts["env.yml"]) and os.path.isfile(parts["pkg.zip"])):
+            return self.revisions(name)
+        texts = {}
+        for part in ("env.yml", "min-deps.json"):
+            if os.path.isfile(parts[part]):
+                with open(parts[part], "rb") as handle:
+                    texts[part] = handle.read()
+        handle, temp = tempfile.mkstemp(prefix="original-", suffix=".part", dir=self.incoming())
+        os.close(handle)
+        try:
+            bundle_from_legacy(name, texts["env.yml"], texts.get("min-deps.json"), parts["pkg.zip"], temp)
+            Bundle.open(temp, "the original tool's store entry %s" % folder)
+            target = self.add_revision(temp, name)
+        finally:
+            if os.path.exists(temp):
+                os.remove(temp)
+        say("note: %s holds platform-migrator 1.1.0's files: they are now its bundle %s" % (folder, target))
+        return self.revisions(name)
 
     def add_revision(self, temp_path, name):
         """Move a checked bundle into the store as the next revision (atomic; never overwrites)."""
@@ -3707,7 +3732,7 @@ def cmd_list(args):
     rows = []
     store = Store.default()
     for name in store.names():
-        revisions = store.revisions(name)
+        revisions = store.import_original(name)
         rows.append({"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
                      "attempts": store.attempts(name)})
     if args.json:

@@ -494,3 +494,25 @@ def test_flow_lists_tags_and_other_installers_read_as_pyyaml_reads_them(capsys):
     assert "ignoring the npm: entries" in capsys.readouterr().err
     plain = text.replace(" !!python/tuple", "")
     assert (env.name, env.channels, env.dependencies, env.pip) == as_pyyaml_reads_it(plain)
+
+
+def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site, example_software, tmp_path):
+    """NAME/env.yml, NAME/min-deps.json and NAME/pkg.zip (entries 'heatsim/...'), as platform-migrator
+    1.1.0 stores an upload."""
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    folder = os.path.join(conda_site.home, "heatsim")
+    os.makedirs(folder)
+    with zipfile.ZipFile(bundle) as packed:
+        for name in ("env.yml", "min-deps.json"):
+            with open(os.path.join(folder, name), "wb") as handle:
+                handle.write(packed.read(name))
+    with zipfile.ZipFile(os.path.join(folder, "pkg.zip"), "w") as original:
+        for root, _, files in os.walk(example_software):
+            for name in files:
+                path = os.path.join(root, name)
+                original.write(path, os.path.join("heatsim", os.path.relpath(path, example_software)))
+    listed = run_pm(find_python("newest"), pyz, ["list", "--json"], conda_site.env())
+    assert [(r["name"], r["revisions"]) for r in json.loads(listed.stdout)] == [("heatsim", 1)], listed.stderr
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path)], conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert os.access(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"), os.X_OK)
