@@ -1015,21 +1015,32 @@ def check_output_path(path):
 
 
 def resolve_answers(args):
-    """Fill in name, directory and destination, asking where allowed."""
+    """Fill in name, directory and destination, asking where allowed, in platform-migrator 1.1.0's
+    order (so answers piped for it work): the name, the directory, then whether to save the zip."""
+    name = args.name
+    if not name and not args.yes:
+        default = os.path.basename(os.path.abspath(args.dir)) if args.dir else None
+        name = ask("Software name", default, "-n NAME", False)
     software_dir = args.dir or ask("Software directory", None, "-d DIR", args.yes)
     software_dir = os.path.abspath(os.path.expanduser(software_dir))
     if not os.path.isdir(software_dir):
         raise PmError("software directory %s does not exist" % software_dir, "pass an existing folder with -d")
     if not os.access(software_dir, os.R_OK | os.X_OK):
         raise PmError("software directory %s is not readable" % software_dir, "fix its permissions")
-    name = check_name(args.name or ask("Software name", os.path.basename(software_dir), "-n NAME", args.yes))
+    name = check_name(name or os.path.basename(software_dir))
     output = args.output or (name + ".zip" if args.zip else None)
     server = args.server or (SERVER_URL if not output else None)
-    if not server and not output and args.name and args.dir:  # as the original did: NAME.zip beside the folder
-        output = os.path.join(os.path.dirname(software_dir), name + ".zip")
+    beside = os.path.join(os.path.dirname(software_dir), name + ".zip")  # where the original saved it
+    if not output and not args.server and not (args.name and args.dir and not server):
+        keep = ask("Save the zip file for emailing later? (y/n)", "n" if server else "y", "-o FILE", args.yes)
+        if keep.strip().lower().startswith("y"):
+            output, server = beside, None
+        elif not server:
+            raise PmError("there is no server to send the bundle to", "answer y to save it, or pass --server URL")
+    if not server and not output:  # -n and -d given: saved without asking, as the original did
+        output = beside
+    if output == beside:
         say("saving the bundle beside the software directory (-o FILE saves it elsewhere)")
-    if not server and not output:
-        output = ask("Save the bundle to", name + ".bundle.zip", "-o FILE", args.yes)
     if output:
         check_output_path(output)
     return name, software_dir, output, server

@@ -76,8 +76,9 @@ def test_pack_saves_a_bundle_that_checks_member_by_member(version, pyz, conda_si
 
 
 def test_pack_asks_missing_answers_on_stdin(pyz, conda_site, example_software, tmp_path):
-    out = str(tmp_path / "asked.zip")
-    answers = "%s\nheat2\n%s\n2\n" % (example_software, out)
+    """In platform-migrator 1.1.0's order: name, directory, save the zip (y/n); then the environment."""
+    out = os.path.join(os.path.dirname(example_software), "heat2.zip")
+    answers = "heat2\n%s\ny\n2\n" % example_software
     proc = run_pm(find_python("2.7"), pyz, ["pack"], conda_site.env(), stdin=answers)
     assert proc.returncode == 0, proc.stderr
     assert "Which conda environment" in proc.stderr and "heatsim-env" in proc.stderr

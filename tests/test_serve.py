@@ -437,3 +437,18 @@ def test_no_token_serves_the_original_tools_way(flags, pyz, tmp_path):
         assert srv.request("GET", "/bundles")[0] == 200
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_the_served_probe_takes_the_original_tools_piped_answers(version, server, conda_site, example_software,
+                                                                 tmp_path):
+    """printf 'heatsim\\nheatsim\\nn\\n' | python probe.py: name, directory, do not save the zip (send it)."""
+    status, script = server.request("GET", "/migrate?token=" + TOKEN, token=False)
+    probe = tmp_path / "probe.py"
+    probe.write_bytes(script)
+    env = conda_site.env(CONDA_PREFIX=conda_site.prefix("heatsim-env"))
+    proc = subprocess.run([find_python(version), str(probe)], input="myheat\nheatsim\nn\n", env=env,
+                          cwd=os.path.dirname(example_software), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert pm.Bundle.open(pm.Store(server.home).latest_bundle("myheat")).manifest.software_dir() == "heatsim"
