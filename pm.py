@@ -2566,6 +2566,7 @@ def recreate_test_install(attempt, config, bundle, options):
     """The steps of an attempt: the environment (conda, or the package managers), the tests on an
     unzipped copy, and the install when every test passed."""
     import shutil
+    install_target(bundle, config.output_dir, options.force)
     env_file = parse_env_yml(bundle.read_text("env.yml"), "env.yml in %s" % bundle.path)
     min_deps = bundle.read_json("min-deps.json")
     packages = None
@@ -2621,15 +2622,22 @@ def run_test(attempt, test, software, environ):
     return TestResult(test.name, status, code, seconds, log)
 
 
+def install_target(bundle, output_dir, force):
+    """output_dir/<dir>, which must be free unless --force: checked before an attempt starts, and
+    again when it installs."""
+    target = os.path.join(output_dir, bundle.manifest.software_dir())
+    replacing = os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target))
+    if replacing and not force:
+        raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
+    return target
+
+
 def install_software(bundle, output_dir, force):
     """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
     install (replaced with --force) stays whole until the new one is complete."""
     import shutil
     import tempfile
-    target = os.path.join(output_dir, bundle.manifest.software_dir())
-    replacing = os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target))
-    if replacing and not force:
-        raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
+    target = install_target(bundle, output_dir, force)
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
     try:

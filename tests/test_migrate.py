@@ -516,3 +516,15 @@ def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site,
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path)], conda_site.env())
     assert proc.returncode == 0, proc.stderr
     assert os.access(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"), os.X_OK)
+
+
+def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    taken = tmp_path / "installed" / "heatsim"
+    taken.mkdir(parents=True)
+    (taken / "mine.txt").write_text("keep\n")
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  conda_site.env())
+    assert proc.returncode == 2 and "%s exists and is not empty" % taken in proc.stderr
+    assert "creating conda environment" not in proc.stderr and "--- test" not in proc.stderr
+    assert (taken / "mine.txt").read_text() == "keep\n"
