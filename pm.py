@@ -2726,6 +2726,9 @@ def all_missing(attempt, conda, env_name, specs, first_missing):
     return missing
 
 
+PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those --force replaces
+
+
 def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
     """Create the environment, falling back level by level; return (level, prefix)."""
     import shutil
@@ -2733,6 +2736,9 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
                       "pass --force to replace it, or --env-name to choose another name")
+    if prefix and not os.path.isfile(os.path.join(prefix, PM_MADE)):
+        raise PmError("the conda environment %s (%s) was not made by pm, and pm never removes one it did not make"
+                      % (env_name, prefix), "choose another name with --env-name")
     gone = local_channels_missing_here(env_file.channels)
     if gone:
         say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
@@ -2751,6 +2757,7 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
         prefix = conda.env_prefix(env_name)
         if code == 0 and prefix:
             shutil.copyfile(path, os.path.join(attempt.path, "env.yml"))
+            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
             return level, prefix
         missing = missing_packages(output)
         if missing:

@@ -102,10 +102,13 @@ def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_
     assert os.path.isdir(conda_site.prefix("heatsim-env"))
     assert read_result(attempts(conda_site)[0])["status"] == "error"
     proc = run_pm(find_python("newest"), pyz, args + ["--force"], conda_site.env())
+    assert proc.returncode == 2 and "was not made by pm, and pm never removes one" in proc.stderr, proc.stderr
+    assert os.path.isdir(conda_site.prefix("heatsim-env")), "the user's environment stays"
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
     assert proc.returncode == 0, proc.stderr
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
     assert proc.returncode == 2 and "not empty" in proc.stderr
-    assert len(attempts(conda_site)) == 3, "earlier attempts stay"
+    assert len(attempts(conda_site)) == 4, "earlier attempts stay"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -188,6 +188,7 @@ def test_env_name_and_force_drive_a_real_conda(target_key, pyz, bundles, real_si
     first = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
     assert first.returncode == 0, first.stderr
     assert read_result(attempt_dirs(target.home, "heatsim")[0])["env_prefix"] == target.prefix("sim")
+    shutil.rmtree(str(tmp_path / "installed"))  # the install target is free: the environment is what is taken
     again = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
     assert again.returncode == 2 and "a conda environment named sim already exists" in again.stderr
     forced = run_pm(find_python("newest"), pyz, args + ["--force"], target.env(), timeout=600)
