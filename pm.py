@@ -3000,10 +3000,10 @@ class ServerConfig(object):
         self.timeout = timeout
         self.started = time.time()
 
-    def url(self):
+    def url(self, host=None):
         import socket
-        host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
-        return "http://%s:%d" % (host, self.port)
+        host = host or (self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname())
+        return "http://%s:%d" % ("[%s]" % host if ":" in host else host, self.port)
 
 
 class RequestBody(object):
@@ -3113,7 +3113,10 @@ def make_handler(config):
         timeout = config.timeout
 
         def log_message(self, fmt, *args):
-            say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], fmt % args))
+            text = fmt % args
+            if config.token:
+                text = text.replace(config.token, "***")  # GET /migrate?token=... must not land in server.log
+            say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], text))
 
         def send_json(self, status, data):
             body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
@@ -3221,13 +3224,14 @@ def make_handler(config):
 
 
 def make_server(config):
-
+    import socket
     import socketserver
     from http.server import HTTPServer
 
     class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         daemon_threads = True
         allow_reuse_address = True
+        address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host ::1
 
     try:
         server = ThreadingServer((config.host, config.port), make_handler(config))
@@ -3296,7 +3300,7 @@ def run_server(config):
             say("warning: listening on %s without a token: anyone who can reach it may upload; use --token"
                 % config.host)
         record = {"pid": os.getpid(), "host": config.host, "port": config.port, "started": config.started,
-                  "token": config.token, "url": "http://%s:%d" % (config.host, config.port)}
+                  "token": config.token, "url": config.url(config.host)}
         write_json(store.pidfile, record, 0o600)  # it holds the token
         write_atomic(store.probe_copy, probe_script(config.url(), config.token or ""), 0o600)
         say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, store.home))

@@ -452,3 +452,23 @@ def test_the_served_probe_takes_the_original_tools_piped_answers(version, server
                           universal_newlines=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert pm.Bundle.open(pm.Store(server.home).latest_bundle("myheat")).manifest.software_dir() == "heatsim"
+
+
+def test_the_token_never_lands_in_the_server_log(server):
+    assert server.request("GET", "/migrate?token=" + TOKEN, token=False)[0] == 200
+    assert server.request("GET", "/migrate?token=wrong", token=False)[0] == 401
+    server.stop()
+    with open(os.path.join(server.home, "server.log")) as handle:
+        log = handle.read()
+    assert "/migrate?token=***" in log and TOKEN not in log
+
+
+def test_serve_listens_on_ipv6_loopback(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), TOKEN, "--host", "::1")
+    try:
+        assert srv.record["url"].startswith("http://[::1]:")
+        srv.url = srv.record["url"]
+        status, script = srv.request("GET", "/migrate?token=" + TOKEN, token=False)
+        assert status == 200 and ("SERVER_URL = 'http://[::1]:%d'" % srv.record["port"]).encode() in script
+    finally:
+        srv.stop()
