@@ -42,7 +42,7 @@ VERSION = "1.0.0"
 STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
 
 
-def write_atomic(path, data, mode=0o644):
+def write_atomic(path, data, mode=0o600):
     """Write bytes or text to a temp file beside path, then rename it into place."""
     import tempfile
     if isinstance(data, str):
@@ -74,7 +74,13 @@ def fsync_folder(folder):
         os.close(handle)
 
 
-def write_json(path, data, mode=0o644):
+def append_private(path, binary=False):
+    """A file opened for appending, created owner-only (0600) whatever the umask: logs of the store."""
+    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(handle, "ab") if binary else os.fdopen(handle, "a", encoding="utf-8")
+
+
+def write_json(path, data, mode=0o600):
     return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
 
 
@@ -1431,9 +1437,22 @@ class Store(object):
     def choices_path(self, name):
         return os.path.join(self.software(name), "choices.json")
 
+    def make_folder(self, path):
+        """A folder in the store, owner-only (0700) like everything in it, with the ones above it."""
+        missing = []
+        while not os.path.isdir(path):
+            missing.append(path)
+            path = os.path.dirname(path)
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                pass
+        return missing[0] if missing else path
+
     def incoming(self):
         folder = os.path.join(self.home, ".incoming")
-        os.makedirs(folder, exist_ok=True)
+        self.make_folder(folder)
         return folder
 
     def names(self, with_bundles=False):
@@ -1487,7 +1506,8 @@ class Store(object):
     def add_revision(self, temp_path, name):
         """Move a checked bundle into the store as the next revision (atomic; never overwrites)."""
         folder = self.bundles_dir(name)
-        os.makedirs(folder, exist_ok=True)
+        self.make_folder(folder)
+        os.chmod(temp_path, 0o600)
         while True:
             revisions = self.revisions(name)
             number = int(os.path.basename(revisions[-1])[:-4]) + 1 if revisions else 1
@@ -1508,8 +1528,9 @@ class Store(object):
             attempt = "%s.%06d-%03d" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)), int(now % 1 * 1e6),
                                         _attempt_counter[0] % 1000)
             path = os.path.join(folder, attempt)
+            self.make_folder(folder)
             try:
-                os.makedirs(path)
+                os.mkdir(path, 0o700)
                 return path
             except FileExistsError:
                 continue
@@ -2267,7 +2288,7 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
         proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
-        with open(log_path, "a", encoding="utf-8") as log:
+        with append_private(log_path) as log:
             log.write("cannot start: %s\n" % exc)
         return None, str(exc), False
     started, finished, timed_out = time.time(), threading.Event(), []
@@ -2290,7 +2311,7 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
     threading.Thread(target=watch, daemon=True).start()
     lines = []
     try:
-        with open(log_path, "a", encoding="utf-8") as log, proc.stdout:
+        with append_private(log_path) as log, proc.stdout:
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", "replace")
                 if capture:
@@ -2478,7 +2499,7 @@ class Attempt(object):
         self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
 
     def log(self, text):
-        with open(self.log_path, "a", encoding="utf-8") as handle:
+        with append_private(self.log_path) as handle:
             handle.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
 
     def run(self, command, environ=None):
@@ -2612,7 +2633,7 @@ def run_test(attempt, test, software, environ):
     attempt.log("test %s: %s (in %s)" % (test.name, test.command, workdir))
     say("--- test %s: %s" % (test.name, test.command))
     started = time.time()
-    open(log, "w").close()
+    append_private(log).close()
     code, _, timed_out = run_command(command, log, cwd=workdir, environ=dict(environ, **test.env),
                                      timeout=test.timeout, echo=True, capture=False)
     status = "error" if code is None else "timeout" if timed_out else "passed" if code == 0 else "failed"
@@ -2731,7 +2752,6 @@ PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: 
 
 def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
     """Create the environment, falling back level by level; return (level, prefix)."""
-    import shutil
     prefix = conda.env_prefix(env_name)
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
@@ -2756,7 +2776,7 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
         code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", env_name])
         prefix = conda.env_prefix(env_name)
         if code == 0 and prefix:
-            shutil.copyfile(path, os.path.join(attempt.path, "env.yml"))
+            write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
             write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
             return level, prefix
         missing = missing_packages(output)
@@ -3283,7 +3303,7 @@ def run_server(config):
     """Serve in the foreground until Ctrl-C or SIGTERM; own the PIDFILE while running."""
     import threading
     store = config.store
-    os.makedirs(store.home, exist_ok=True)
+    store.make_folder(store.home)
     refuse_a_second_server(store)
     if os.path.exists(store.pidfile):
         say("note: replacing a stale PIDFILE left by a server that is gone")
@@ -3334,11 +3354,11 @@ def start_server(config, self_path):
         config.token = secrets.token_urlsafe(18)
     elif not config.token and config.host not in ("127.0.0.1", "localhost", "::1"):
         say("warning: listening on %s without a token: anyone who can reach it may upload" % config.host)
-    os.makedirs(store.home, exist_ok=True)
+    store.make_folder(store.home)
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
                "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
     env = dict(os.environ, PM_HOME=store.home, PM_SERVER_TOKEN=config.token)
-    with open(store.server_log, "ab") as log:  # the child keeps its own copy
+    with append_private(store.server_log, binary=True) as log:  # the child keeps its own copy
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                  start_new_session=True)
     deadline = time.time() + 15
@@ -3529,8 +3549,7 @@ def legacy_part(body, part, store):
                 raise
         name = name_or_400(fields["name"])
         folder = store.legacy_dir(name)
-        os.makedirs(folder, exist_ok=True)
-        os.chmod(decoded, 0o644)
+        store.make_folder(folder)
         os.replace(decoded, os.path.join(folder, part))
         return name
     finally:

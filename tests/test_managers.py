@@ -129,7 +129,7 @@ def test_a_manager_not_on_path_is_left_out_with_a_note(pyz, pysim):
     assert proc.returncode == 0, proc.stderr
     assert "spack (spack) is not on PATH here" in proc.stderr
     with open(pysim["config"], "w") as handle:
-        handle.write(text.replace("spack, pip", "spack").format(out=str(pysim["tmp"] / "installed")))
+        handle.write(text.replace("spack, pip", "spack").format(out=str(pysim["tmp"] / "installed-again")))
     proc = migrate(pyz, pysim, "--yes")
     assert proc.returncode == 2 and "none of the package managers spack" in proc.stderr
 

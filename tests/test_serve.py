@@ -472,3 +472,26 @@ def test_serve_listens_on_ipv6_loopback(pyz, tmp_path):
         assert status == 200 and ("SERVER_URL = 'http://[::1]:%d'" % srv.record["port"]).encode() in script
     finally:
         srv.stop()
+
+
+def test_the_store_and_everything_in_it_is_owner_only(server, pyz, conda_site, example_software, tmp_path):
+    args = ["pack", "-d", example_software, "-e", "heatsim-env", "--server", server.url, "--token", TOKEN, "--yes"]
+    assert run_pm(find_python("2.7"), pyz, args, conda_site.env()).returncode == 0
+    software_zip = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(str(software_zip), "w") as archive:
+        archive.writestr("oldsim/run.sh", "echo hi\n")
+    for path, data in (("/yml", b"name: oldsim\ndependencies:\n  - numpy\n"), ("/zip", software_zip.read_bytes())):
+        assert legacy_post(server, path, "oldsim", data)[0] == 200
+    config = tmp_path / "tests.ini"
+    config.write_text("[heatsim]\noutput_dir = %s\ntests = smoke\n[test_smoke]\nexec = heatplot --version\n"
+                      % (tmp_path / "installed"))
+    migrated = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", str(config)],
+                      dict(conda_site.env(), PM_HOME=server.home))
+    assert migrated.returncode == 0, migrated.stderr
+    opened = []
+    for folder, dirs, files in os.walk(server.home):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if os.lstat(path).st_mode & 0o077:
+                opened.append((os.path.relpath(path, server.home), oct(os.lstat(path).st_mode & 0o777)))
+    assert opened == [] and os.stat(server.home).st_mode & 0o077 == 0, opened
