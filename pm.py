@@ -2259,8 +2259,16 @@ def load_managers(store, paths=()):
                 parser.read_file(handle, source=path)
         except (configparser.Error, UnicodeDecodeError) as exc:
             raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        as_shipped = []
         for key in parser.sections():
-            sections[key] = (dict(parser[key]), path)
+            if key in sections and is_original_shipped_section(parser[key]):
+                as_shipped.append(key)  # the built-in of that name works where the shipped one no longer does
+            else:
+                sections[key] = (dict(parser[key]), path)
+        if as_shipped:
+            say("note: %s holds platform-migrator 1.1.0's sections %s as it shipped them, which no longer work "
+                "(pip search is off, apt-get versions are no package names): pm uses its own of those names; "
+                "edit a section to have yours used" % (path, ", ".join(as_shipped)))
     return dict((key, PackageManager(key, values, source)) for key, (values, source) in sections.items())
 
 
@@ -3649,6 +3657,21 @@ def is_original_zip(path):
     except (OSError, zipfile.BadZipFile):
         return False
     return "manifest.json" not in names and "env.yml" in names
+
+
+# sha256 (first 16 hex digits) of exec, install, install_version, search and result_fmt, one per line,
+# of each section of the package-managers.ini that platform-migrator 1.1.0 ships (and its pip install
+# writes into the store's config/): pacman, pip, pip-root, pip2, pip2-root, pip3, pip3-root, aptitude, apt-get.
+ORIGINAL_SHIPPED_SECTIONS = frozenset(["9aac5f3a6b23b66f", "175143cb437d217c", "195e23d977386682",
+                                       "3c348d720e56f5f8", "1785fdb90b44cdf8", "671426c7aa2256ae",
+                                       "b974d52fb442de1a", "f3072b8169404767", "31f6332aa3187a0d"])
+
+
+def is_original_shipped_section(values):
+    import hashlib
+    text = "\n".join(values.get(field, "").strip() for field in ("exec", "install", "install_version", "search",
+                                                                 "result_fmt"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16] in ORIGINAL_SHIPPED_SECTIONS
 
 
 # platform-migrator 1.1.0's searches that cannot work today (pip search is switched off at PyPI;

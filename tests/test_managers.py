@@ -304,3 +304,32 @@ def test_result_fmt_is_the_regexp_the_original_documents(tmp_path):
     with pytest.raises(pm.PmError) as caught:
         pm.load_managers(pm.Store(str(tmp_path)), [str(config)])
     assert "is not a regexp" in caught.value.what
+
+
+def test_the_original_tools_shipped_config_gives_way_to_pms_own_sections(pyz, pysim):
+    """platform-migrator 1.1.0's pip install writes its package-managers.ini into the store's config/.
+    As shipped, its pip2 section installs with coreutils `install`; an edited section still wins."""
+    os.makedirs(os.path.join(pysim["home"], "config"))
+    shipped = original_config(pysim["tmp"] / "shipped.ini")
+    store_file = os.path.join(pysim["home"], "config", "package-managers.ini")
+    with open(shipped) as source, open(store_file, "w") as target:
+        target.write(source.read())
+    tools = pysim["tmp"] / "tools"
+    tools.mkdir()
+    os.symlink(os.path.join(os.path.dirname(find_python("newest")), "pip3"), str(tools / "pip2"))
+    env = dict(pysim["env"], PATH=str(tools) + os.pathsep + pysim["env"]["PATH"], PM_HOME=pysim["home"])
+    with open(pysim["config"], "w") as handle:
+        handle.write(PIP_CONFIG.replace("= pip\n", "= pip2\n").format(out=str(pysim["tmp"] / "installed")))
+    args = ["migrate", "pysim", pysim["config"], "--bundle", pysim["bundle"], "--yes"]
+    proc = run_pm(find_python("newest"), pyz, args, env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("holds platform-migrator 1.1.0's sections") == 1
+    result, _ = last_result(pysim)
+    assert {"tinycalc": "pip2:tinycalc=1.0"} == dict((r["requirement"], r["package"]) for r in result["packages"]
+                                                     if r["status"] == "installed")
+    with open(store_file) as handle:
+        edited = handle.read().replace("install_version = install --user %p==%v", "install_version = %e install %p==%v")
+    with open(store_file, "w") as handle:
+        handle.write(edited)
+    listed = json.loads(run_pm(find_python("newest"), pyz, ["managers", "--json"], env).stdout)
+    assert dict((r["key"], r["source"]) for r in listed)["pip2"] == store_file, "the edited section is used"
