@@ -3131,10 +3131,30 @@ def refusal_script(url):
         % (url, DASH, url))).encode("utf-8")
 
 
+def host_part(netloc):
+    """'Name:9001' -> 'name', '[::1]:9001' -> '::1'."""
+    netloc = netloc.strip().lower().rsplit("@", 1)[-1]
+    if netloc.startswith("["):
+        return netloc[1:netloc.find("]")] if "]" in netloc else netloc
+    return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+
+def machine_names():
+    """The names and loopback addresses a request to this machine may carry as its Host."""
+    import socket
+    names = set(["localhost", "127.0.0.1", "::1", socket.gethostname().lower()])
+    try:
+        names.add(socket.getfqdn().lower())
+    except OSError:
+        pass
+    return names
+
+
 def make_handler(config):
     from urllib.parse import parse_qs, unquote, urlsplit
     import hmac
     from http.server import BaseHTTPRequestHandler
+    this_machine = machine_names() if not config.token else set()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "pm/" + VERSION
@@ -3174,9 +3194,20 @@ def make_handler(config):
             return self.command == "GET" and urlsplit(self.path).path == "/migrate" and \
                 hmac.compare_digest(query.get("token", [""])[0], config.token)
 
+        def addressed_here(self):
+            """Without a token, a request must be addressed to this machine: its Host (and Origin, if
+            sent) a name of this machine or the address it reached, so that no web page can post to a
+            local server (cross-origin POSTs, DNS rebinding)."""
+            here = set(this_machine) | set([self.connection.getsockname()[0].replace("::ffff:", "")])
+            named = [self.headers.get("Host", "")] + [urlsplit(o).netloc for o in self.headers.get_all("Origin") or []]
+            return all(not name or host_part(name) in here for name in named)
+
         def handle_safely(self, route):
             parts = urlsplit(self.path)
             try:
+                if not config.token and not self.addressed_here():
+                    raise HttpError(403, "without a token this server answers only requests addressed to this "
+                                         "machine (its name or address): use that URL, or start it with --token")
                 if not self.authorized(parse_qs(parts.query)):
                     if self.command == "GET" and parts.path == "/migrate":  # `curl .../migrate > probe.py`
                         return self.send_script(401, refusal_script(config.url()))

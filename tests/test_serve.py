@@ -495,3 +495,25 @@ def test_the_store_and_everything_in_it_is_owner_only(server, pyz, conda_site, e
             if os.lstat(path).st_mode & 0o077:
                 opened.append((os.path.relpath(path, server.home), oct(os.lstat(path).st_mode & 0o777)))
     assert opened == [] and os.stat(server.home).st_mode & 0o077 == 0, opened
+
+
+def test_without_a_token_only_requests_addressed_here_are_answered(pyz, tmp_path):
+    """A web page's cross-origin POST or a DNS-rebinding name must not reach a server without a token."""
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), None, "--no-token")
+    srv.token = None
+    try:
+        assert srv.request("GET", "/bundles")[0] == 200
+        assert srv.request("GET", "/bundles", headers={"Host": "localhost:%d" % srv.record["port"]})[0] == 200
+        status, body = srv.request("GET", "/bundles", headers={"Host": "rebound.example:%d" % srv.record["port"]})
+        assert status == 403 and "addressed to this machine" in error_of(body)
+        yml = json.dumps({"name": "evil", "data": base64.urlsafe_b64encode(b"x").decode()}).encode()
+        status, body = srv.request("POST", "/yml", yml, {"Origin": "http://evil.example", "Content-Type": "text/plain"})
+        assert status == 403
+        assert not os.path.exists(os.path.join(srv.home, "evil"))
+    finally:
+        srv.stop()
+    with_token = Server(pyz, str(tmp_path / "store2"), find_python("newest"))
+    try:
+        assert with_token.request("GET", "/bundles", headers={"Host": "any.name:80"})[0] == 200, "the token decides"
+    finally:
+        with_token.stop()
