@@ -1,6 +1,8 @@
-"""Real conda for tests: 4.3.16 (on Python 2.7 and 3.6) and 25.11.1, built offline by the shared
-real-conda/setup.sh, once per machine into .real-conda/ (reused by later runs), and a site per test:
-its own HOME, condarc, envs and package caches, with a local file:// channel and no network."""
+"""Real conda for tests: 4.3.16 (on Python 2.7 and 3.6) and 25.11.1, built offline by real-conda/setup.sh
+(copied here from the shared folder with its README, conda's license and the 25.11.1 wheel, so a plain
+clone tests; PM_SHARED=/path/to/shared uses the shared original), once per machine into .real-conda/
+(reused by later runs), and a site per test: its own HOME, condarc, envs and package caches, with a
+local file:// channel and no network."""
 import os
 import subprocess
 import sys
@@ -8,8 +10,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-SHARED = os.environ.get("PM_SHARED") or os.path.join(ROOT, "..", "shared")
-SETUP = os.path.join(SHARED, "real-conda", "setup.sh")
+SETUP = os.path.join(os.environ["PM_SHARED"], "real-conda", "setup.sh") if os.environ.get("PM_SHARED") \
+    else os.path.join(HERE, "real-conda", "setup.sh")
 CACHE = os.environ.get("PM_REAL_CONDA") or os.path.join(ROOT, ".real-conda")
 
 # key -> (conda version, Python it runs on)
@@ -24,7 +26,7 @@ def build_all(find_python, keys=None):
     """Build (or reuse) the real condas (keys of CONDAS, default all), in parallel; return key -> path
     of its conda command."""
     if not os.path.isfile(SETUP):
-        raise RuntimeError("no %s: put the shared folder beside the repo, or set PM_SHARED" % SETUP)
+        raise RuntimeError("no %s: unset PM_SHARED to use tests/real-conda, or point it at the shared folder" % SETUP)
     started, procs = time.time(), {}
     for key in keys or sorted(CONDAS):
         version, python = CONDAS[key]
