@@ -1484,17 +1484,13 @@ class Store(object):
         import tempfile
         folder = self.software(name)
         parts = dict((part, os.path.join(folder, part)) for part in ("env.yml", "min-deps.json", "pkg.zip"))
-        if self.revisions(name) or not (os.path.isfile(parts["env.yml"]) and os.path.isfile(parts["pkg.zip"])):
-            return self.revisions(name)
-        texts = {}
-        for part in ("env.yml", "min-deps.json"):
-            if os.path.isfile(parts[part]):
-                with open(parts[part], "rb") as handle:
-                    texts[part] = handle.read()
+        revisions = self.revisions(name)
+        if revisions or not (os.path.isfile(parts["env.yml"]) and os.path.isfile(parts["pkg.zip"])):
+            return revisions
         handle, temp = tempfile.mkstemp(prefix="original-", suffix=".part", dir=self.incoming())
         os.close(handle)
         try:
-            bundle_from_legacy(name, texts["env.yml"], texts.get("min-deps.json"), parts["pkg.zip"], temp)
+            bundle_from_legacy(name, parts, parts["pkg.zip"], temp)
             Bundle.open(temp, "the original tool's store entry %s" % folder)
             target = self.add_revision(temp, name)
         finally:
@@ -2695,17 +2691,8 @@ class CondaHere(object):
     """The target's conda: its executable, and what 'conda info --json' says about it."""
 
     def __init__(self, exe):
-        import subprocess
         self.exe = exe
-        proc = subprocess.run([exe, "info", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            self.info = json.loads(proc.stdout.decode("utf-8", "replace")) if proc.returncode == 0 else None
-        except ValueError:
-            self.info = None
-        if not isinstance(self.info, dict):
-            raise PmError("'%s info --json' failed (exit %d)" % (exe, proc.returncode),
-                          "check that this conda works ('conda info'), or set CONDA_EXE to another one")
-        self.version = PROBE.conda_version(self.info)
+        self.info = PROBE.run_conda_json(exe, ["info", "--json"])  # pack asks conda the same way
 
     def env_prefix(self, env_name):
         """The prefix of the environment conda means by '-n env_name', if there is one."""
@@ -3601,13 +3588,8 @@ def assemble_legacy_bundle(name, parts, store):
     import tempfile
     handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
     os.close(handle)
-    texts = {}
-    for meta in ("env.yml", "min-deps.json"):
-        if meta in parts:
-            with open(parts[meta], "rb") as part:
-                texts[meta] = part.read()
     try:
-        bundle_from_legacy(name, texts.get("env.yml"), texts.get("min-deps.json"), parts["software.zip"], temp)
+        bundle_from_legacy(name, parts, parts["software.zip"], temp)
     except PmError as exc:
         os.remove(temp)
         raise HttpError(400, exc.what)
@@ -3636,13 +3618,15 @@ def receive_legacy(handler, config, path):
     return 200, result
 
 
-def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
-    """Write a pm bundle from platform-migrator 1.1.0's pieces: env.yml, min-deps.json and its zip
-    of the software (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
+def bundle_from_legacy(name, parts, software_zip, target):
+    """Write a pm bundle from platform-migrator 1.1.0's pieces: parts maps env.yml and min-deps.json
+    to the files that hold them (those missing are read from the zip), and its zip of the software
+    (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
     import zipfile
     writer = None
     try:
         with zipfile.ZipFile(software_zip) as source:
+            env_yml, min_deps = [read_part(parts.get(piece)) for piece in ("env.yml", "min-deps.json")]
             env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
             min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
             if env_yml is None:
@@ -3670,6 +3654,14 @@ def bundle_from_legacy(name, env_yml, min_deps, software_zip, target):
         if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
             raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
         raise
+
+
+def read_part(path):
+    """The bytes of one of the original tool's files, or None when there is none."""
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def read_optional(archive, name):
@@ -3816,7 +3808,7 @@ def cmd_unpack(args):
         if is_original_zip(args.bundle):
             name = check_name(args.name or os.path.basename(args.bundle).rsplit(".", 1)[0])
             say("%s is the original tool's zip: converting it to a bundle" % args.bundle)
-            bundle_from_legacy(name, None, None, args.bundle, temp)
+            bundle_from_legacy(name, {}, args.bundle, temp)
         else:
             shutil.copyfile(args.bundle, temp)
         manifest = Bundle.open(temp, args.bundle).manifest
