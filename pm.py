@@ -126,7 +126,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar",
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # patterns stay text: re compiles on first use
-STORE_NAMES = ("config", "server.pid", "server.log", "migrate.py")  # files of the store, never software
+STORE_NAMES = ("config", "server.pid", "server.lock", "server.log", "migrate.py")  # files of the store, never software
 PY2 = sys.version_info[0] == 2
 TEXT_TYPES = (str, unicode) if PY2 else (str,)  # noqa: F821 (Python 2 only)
 ZIP_FIRST = time.mktime((1980, 1, 2, 0, 0, 0, 0, 0, -1))  # zip cannot date files before 1980
@@ -1417,6 +1417,7 @@ class Store(object):
     def __init__(self, home):
         self.home = os.path.abspath(home)
         self.pidfile = os.path.join(self.home, "server.pid")
+        self.lockfile = os.path.join(self.home, "server.lock")
         self.server_log = os.path.join(self.home, "server.log")
         self.probe_copy = os.path.join(self.home, "migrate.py")
         self.managers_config = os.path.join(self.home, "config", "package-managers.ini")
@@ -2994,6 +2995,8 @@ def provision_with_managers(attempt, config, reqs, options):
 
 DEFAULT_PORT = 9001
 DEFAULT_MAX_BYTES = 4 << 30
+DEFAULT_MAX_CONNECTIONS = 100
+MIN_BODY_RATE = 256 << 10  # bytes per second a body must at least arrive at, beyond --timeout
 
 
 class HttpError(Exception):
@@ -3006,8 +3009,9 @@ class HttpError(Exception):
 class ServerConfig(object):
     """What a running server needs to know."""
 
-    def __init__(self, store, host, port, token, max_bytes, timeout):
+    def __init__(self, store, host, port, token, max_bytes, timeout, max_connections=DEFAULT_MAX_CONNECTIONS):
         self.store = store
+        self.max_connections = max_connections
         self.host = host
         self.port = port
         self.token = token
@@ -3036,6 +3040,7 @@ class RequestBody(object):
             raise HttpError(413, "body of %d bytes exceeds the limit of %d (--max-bytes)"
                             % (self.length, config.max_bytes))
         self.stream = handler.rfile
+        handler.server.connections.head_read(handler.connection, self.length)
 
     def read(self, size=CHUNK):
         if not self.left:
@@ -3140,6 +3145,9 @@ def machine_names():
 def make_handler(config):
     from urllib.parse import parse_qs, unquote, urlsplit
     import hmac
+    import random
+    import socket
+    import traceback
     from http.server import BaseHTTPRequestHandler
     this_machine = machine_names() if not config.token else set()
 
@@ -3190,6 +3198,7 @@ def make_handler(config):
             return all(not name or host_part(name) in here for name in named)
 
         def handle_safely(self, route):
+            self.server.connections.head_read(self.connection)
             parts = urlsplit(self.path)
             try:
                 if not config.token and not self.addressed_here():
@@ -3205,12 +3214,19 @@ def make_handler(config):
                 self.close_connection = True
                 return self.send_json(exc.status, {"error": exc.reason})
             except Exception as exc:  # keep serving whatever one request does
-                self.log_message("error in %s %s: %r", self.command, parts.path, exc)
                 self.close_connection = True
                 if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    self.log_message("refused %s %s: the store's disk is full", self.command, parts.path)
                     return self.send_json(507, {"error": "the server's store is out of disk space: ask its "
                                                          "admin to free some, or carry the bundle by hand"})
-                return self.send_json(500, {"error": "internal error: %s" % exc})
+                if isinstance(exc, (ConnectionError, socket.timeout)):  # the client went, or was cut off
+                    return self.log_message("%s %s: the connection ended (%s)", self.command, parts.path,
+                                            type(exc).__name__)
+                incident = "%x" % random.getrandbits(32)
+                self.log_message("internal error %s in %s %s:\n%s", incident, self.command, parts.path,
+                                 traceback.format_exc().rstrip())
+                return self.send_json(500, {"error": "internal error %s: the server's log has the details"
+                                                     % incident})
             if isinstance(data, bytes):
                 self.send_script(status, data)
             else:
@@ -3269,6 +3285,71 @@ def make_handler(config):
     return Handler
 
 
+class Connections(object):
+    """The connections being served, each with the time it must be done by: --timeout bounds a whole
+    request (its head, and its body at MIN_BODY_RATE beyond that), and at most --max-connections are
+    served at once. One watcher thread cuts off whatever runs past its deadline."""
+
+    def __init__(self, config):
+        import threading
+        self.config = config
+        self.lock = threading.Lock()
+        self.deadlines = {}  # socket -> [deadline, still reading its head]
+        self.peak = 0
+        threading.Thread(target=self.watch, daemon=True).start()
+
+    def admit(self, sock):
+        """Take a new connection, or return False when all are busy. A full house lets go of the
+        connection that has waited longest on its head (a client too slow to send one is not a client)."""
+        with self.lock:
+            if len(self.deadlines) >= self.config.max_connections:
+                waiting = [(d[0], s) for s, d in self.deadlines.items() if d[1]]
+                if not waiting:
+                    return False
+                oldest = min(waiting, key=lambda pair: pair[0])[1]
+                del self.deadlines[oldest]
+                cut_off(oldest)
+            self.deadlines[sock] = [time.time() + self.config.timeout, True]
+            self.peak = max(self.peak, len(self.deadlines))
+            return True
+
+    def head_read(self, sock, body_bytes=0):
+        """The head is in; a body of body_bytes adds the time it takes at MIN_BODY_RATE."""
+        with self.lock:
+            if sock in self.deadlines:
+                self.deadlines[sock] = [self.deadlines[sock][0] + body_bytes / float(MIN_BODY_RATE), False]
+
+    def done(self, sock):
+        with self.lock:
+            self.deadlines.pop(sock, None)
+
+    def watch(self):
+        while True:
+            time.sleep(0.2)
+            now = time.time()
+            with self.lock:
+                late = [s for s, d in self.deadlines.items() if d[0] < now]
+                for sock in late:
+                    self.deadlines[sock][0] = float("inf")  # cut off once
+            for sock in late:
+                cut_off(sock)
+
+
+def cut_off(sock):
+    """End a connection's reads and writes; its thread sees the end and finishes."""
+    import socket
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def busy_answer():
+    body = json.dumps({"error": "the server is busy: try again in a few seconds"}).encode("utf-8") + b"\n"
+    return (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 2\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
 def make_server(config):
     import socket
     import socketserver
@@ -3277,7 +3358,30 @@ def make_server(config):
     class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
         daemon_threads = True
         allow_reuse_address = True
+        request_queue_size = 128
         address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host ::1
+        connections = Connections(config)
+
+        def process_request(self, request, client_address):
+            if self.connections.admit(request):
+                return socketserver.ThreadingMixIn.process_request(self, request, client_address)
+            try:
+                request.settimeout(1)
+                request.sendall(busy_answer())
+            except OSError:
+                pass
+            HTTPServer.shutdown_request(self, request)
+
+        def shutdown_request(self, request):
+            self.connections.done(request)
+            HTTPServer.shutdown_request(self, request)
+
+        def handle_error(self, request, client_address):
+            """One line in server.log, not a traceback: a client that hangs up is no news."""
+            kind, exc = sys.exc_info()[:2]
+            if not isinstance(exc, (ConnectionError, socket.timeout)):
+                say("%s %s - error outside a request: %s" % (time.strftime("%H:%M:%S"), client_address[0],
+                                                           kind.__name__))
 
     try:
         server = ThreadingServer((config.host, config.port), make_handler(config))
@@ -3292,36 +3396,62 @@ def make_server(config):
 # One server per store: the PIDFILE, the foreground server, start, stop and status.
 
 
-def read_pidfile(store):
-    """The running server's record, or None; a PIDFILE whose process is dead counts as None."""
-    if not os.path.isfile(store.pidfile):
+def process_start_time(pid):
+    """When a process started (clock ticks since boot, from /proc), or None where /proc cannot say."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def hold_serving_lock(store):
+    """Take the store's server.lock (flock) for this process's life, or raise: exactly one server
+    per store, whoever starts first; the kernel lets go when the process ends, even by kill -9."""
+    import fcntl
+    handle = os.open(store.lockfile, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        refuse_a_second_server(store, certain=True)
+    return handle
+
+
+def serving_lock_held(store):
+    import fcntl
+    try:
+        handle = os.open(store.lockfile, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+
+
+def running_server(store):
+    """The running server's PIDFILE record, or None. A record is believed only while a server holds
+    server.lock and its PID is still the same process (the start time it recorded), so a stale
+    PIDFILE whose PID now names another process is never signalled."""
+    if not serving_lock_held(store):
         return None
     try:
         record = read_json(store.pidfile)
         pid = int(record["pid"])
     except (ValueError, KeyError, TypeError, OSError):
         return None
-    return record if process_alive(pid) else None
+    return record if process_start_time(pid) == record.get("proc_start") else None
 
 
-def process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = "/proc/%d/cmdline" % pid
-    if os.path.exists(cmdline):
-        with open(cmdline, "rb") as handle:
-            return b"serve" in handle.read()
-    return True
-
-
-def refuse_a_second_server(store):
-    running = read_pidfile(store)
-    if running:
-        raise PmError("a server already runs for %s (PID %d, port %d)" % (store.home, running["pid"], running["port"]),
+def refuse_a_second_server(store, certain=False):
+    if certain or serving_lock_held(store):
+        running = running_server(store) or {}
+        raise PmError("a server already runs for %s (PID %s, port %s)" % (store.home, running.get("pid", "?"),
+                                                                          running.get("port", "?")),
                       "stop it with 'pm.pyz serve stop', or set PM_HOME to another store")
 
 
@@ -3330,12 +3460,16 @@ def run_server(config):
     import threading
     store = config.store
     store.make_folder(store.home)
-    refuse_a_second_server(store)
+    lock = hold_serving_lock(store)
     if os.path.exists(store.pidfile):
         say("note: replacing a stale PIDFILE left by a server that is gone")
-    for stale in os.listdir(store.incoming()):
+    for stale in os.listdir(store.incoming()):  # uploads cut off when the last server died
         os.remove(os.path.join(store.incoming(), stale))
-    server = make_server(config)
+    try:
+        server = make_server(config)
+    except BaseException:
+        os.close(lock)
+        raise
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -3345,8 +3479,9 @@ def run_server(config):
         if config.host not in ("127.0.0.1", "localhost", "::1") and not config.token:
             say("warning: listening on %s without a token: anyone who can reach it may upload; use --token"
                 % config.host)
-        record = {"pid": os.getpid(), "host": config.host, "port": config.port, "started": config.started,
-                  "token": config.token, "url": config.url(config.host)}
+        record = {"pid": os.getpid(), "proc_start": process_start_time(os.getpid()), "host": config.host,
+                  "port": config.port, "started": config.started, "token": config.token,
+                  "url": config.url(config.host)}
         write_json(store.pidfile, record, 0o600)  # it holds the token
         write_atomic(store.probe_copy, probe_script(config.url(), config.token or ""), 0o600)
         say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, store.home))
@@ -3355,9 +3490,9 @@ def run_server(config):
         pass
     finally:
         server.server_close()
-        if (read_pidfile(store) or {}).get("pid") == os.getpid():
-            remove_quietly(store.pidfile)
-            remove_quietly(store.probe_copy)
+        remove_quietly(store.pidfile)
+        remove_quietly(store.probe_copy)
+        os.close(lock)
         say("pm server stopped")
     return 0
 
@@ -3382,7 +3517,8 @@ def start_server(config, self_path):
         say("warning: listening on %s without a token: anyone who can reach it may upload" % config.host)
     store.make_folder(store.home)
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
-               "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout)]
+               "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout),
+               "--max-connections", str(config.max_connections)]
     env = dict(os.environ, PM_HOME=store.home, PM_SERVER_TOKEN=config.token)
     with append_private(store.server_log, binary=True) as log:  # the child keeps its own copy
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
@@ -3390,8 +3526,9 @@ def start_server(config, self_path):
     deadline = time.time() + 15
     while time.time() < deadline:
         if child.poll() is not None:
+            refuse_a_second_server(store)  # another start won the race
             raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % store.server_log)
-        record = read_pidfile(store)
+        record = running_server(store)
         if record and record["pid"] == child.pid:
             local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
             headers = {"Authorization": "Bearer " + config.token} if config.token else {}
@@ -3416,16 +3553,16 @@ def start_server(config, self_path):
 
 
 def stop_server(store):
-    record = read_pidfile(store)
+    record = running_server(store)
     if not record:
         remove_quietly(store.pidfile)
         remove_quietly(store.probe_copy)
         raise PmError("no server runs for %s" % store.home, "start one with 'pm.pyz serve start'", code=1)
     os.kill(record["pid"], signal.SIGTERM)
     deadline = time.time() + 10
-    while time.time() < deadline and process_alive(record["pid"]):
+    while time.time() < deadline and serving_lock_held(store):
         time.sleep(0.1)
-    if process_alive(record["pid"]):
+    if serving_lock_held(store) and running_server(store):
         os.kill(record["pid"], signal.SIGKILL)
     remove_quietly(store.pidfile)
     remove_quietly(store.probe_copy)
@@ -3434,7 +3571,7 @@ def stop_server(store):
 
 
 def server_status(store):
-    record = read_pidfile(store)
+    record = running_server(store)
     if not record:
         print("no server runs for %s" % store.home)
         return 1
@@ -3725,7 +3862,10 @@ def cmd_serve(args):
     $PM_HOME). GET /migrate hands out the probe; PUT /bundles/NAME takes a bundle; the original
     tool's POST /yml, /min and /zip work too. One server per store (server.pid)."""
     token = "" if args.no_token else args.token if args.token is not None else os.environ.get("PM_SERVER_TOKEN")
-    config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout)
+    if args.max_connections < 1 or args.timeout <= 0:
+        raise PmError("--max-connections and --timeout must be positive", "pass e.g. --max-connections 100 --timeout 60")
+    config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout,
+                          args.max_connections)
     if args.action == "start":
         return start_server(config, SELF_PATH)
     if args.action == "stop":
@@ -3887,7 +4027,12 @@ def build_parser():
                      help="serve without a token, as platform-migrator 1.1.0 did (its probe and docs then work "
                           "unchanged); warned about beyond loopback")
     sub.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest accepted body (4 GiB)")
-    sub.add_argument("--timeout", type=float, default=60.0, help="seconds a client may stay silent (60)")
+    sub.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds a whole request may take, plus 1 s per %d KiB of its body (60)"
+                          % (MIN_BODY_RATE >> 10))
+    sub.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                     help="connections served at once; more wait for none: they get 503, or the one that "
+                          "waited longest on its head is dropped (%d)" % DEFAULT_MAX_CONNECTIONS)
     sub = verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate)
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")

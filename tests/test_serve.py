@@ -9,45 +9,13 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import zipfile
 
 import pytest
 
 import pm
 from conftest import find_python, read_bytes, run_pm
-
-TOKEN = "test-token-123"
-
-
-class Server(object):
-    """A pm.pyz server started in the background with 'serve start', stopped at teardown."""
-
-    def __init__(self, pyz, home, python, token=TOKEN, *extra):
-        self.pyz, self.home, self.python, self.token = pyz, home, python, token
-        self.env = dict(os.environ, PM_HOME=home)
-        args = ["serve", "start", "--port", "0"] + (["--token", token] if token else []) + list(extra)
-        self.started = run_pm(python, pyz, args, self.env)
-        assert self.started.returncode == 0, self.started.stderr
-        with open(os.path.join(home, "server.pid")) as handle:
-            self.record = json.load(handle)
-        self.url = "http://127.0.0.1:%d" % self.record["port"]
-
-    def request(self, method, path, body=None, headers=None, token=True):
-        headers = dict(headers or {})
-        if token and self.token:
-            headers["Authorization"] = "Bearer " + (self.token if token is True else token)
-        request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    def stop(self):
-        return run_pm(self.python, self.pyz, ["serve", "stop"], self.env)
-
+from servers import TOKEN, Server
 
 @pytest.fixture
 def server(pyz, tmp_path):
