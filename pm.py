@@ -3154,6 +3154,7 @@ def make_handler(config):
     class Handler(BaseHTTPRequestHandler):
         server_version = "pm/" + VERSION
         timeout = config.timeout
+        default_request_version = "HTTP/1.0"  # never HTTP/0.9, whose answers have no status line
 
         def log_message(self, fmt, *args):
             text = fmt % args
@@ -3161,7 +3162,13 @@ def make_handler(config):
                 text = text.replace(config.token, "***")  # GET /migrate?token=... must not land in server.log
             say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], text))
 
+        def finish(self):
+            BaseHTTPRequestHandler.finish(self)
+            if getattr(self, "refused", False):
+                linger(self.connection)
+
         def send_json(self, status, data):
+            self.refused = status >= 400  # the client may still be sending: read it out after answering
             body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -3175,6 +3182,8 @@ def make_handler(config):
             """http.server's own errors (bad request line, unknown method, ...) as JSON too."""
             self.log_message("refused %r: %d %s", self.requestline, code, message or "")
             self.close_connection = True
+            if self.request_version == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"
             if code == 501 and self.command:
                 return self.send_json(405, {"error": "method %s is not supported: use GET, PUT or POST"
                                                      % re.sub(r"[^A-Z]", "?", self.command)[:20]})
@@ -3333,6 +3342,22 @@ class Connections(object):
                     self.deadlines[sock][0] = float("inf")  # cut off once
             for sock in late:
                 cut_off(sock)
+
+
+def linger(sock, limit=1 << 20):
+    """After refusing a request: stop writing, then read (and drop) what the client still sends, for
+    half a second at most, so that it reads the answer instead of a connection reset."""
+    import socket
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.5)
+        while limit > 0:
+            block = sock.recv(CHUNK)
+            if not block:
+                return
+            limit -= len(block)
+    except OSError:
+        pass
 
 
 def cut_off(sock):
