@@ -773,7 +773,7 @@ class BundleWriter(object):
         top = "software/" + arc_text(os.path.basename(root))
         progress = Progress("zipping " + os.path.basename(root))
         own_files = set(os.path.realpath(p) for p in (self.path, self.temp))
-        unreadable, claimed = [], {}
+        unreadable, claimed, folded = [], {}, {}
         self.add_bytes(top + "/", b"", stat.S_IFDIR | 0o755)
         for folder, dirs, files in os.walk(root, onerror=unreadable.append):
             rel_folder = os.path.relpath(folder, root)
@@ -790,6 +790,12 @@ class BundleWriter(object):
                                                                                           arcname),
                                   "rename one of them, or leave one out with --exclude")
                 claimed[arcname] = path
+                if arcname.lower() in folded:
+                    raise PmError("%r and %r differ only in case, and the target refuses such bundles (on a "
+                                  "case-insensitive disk one would overwrite the other)"
+                                  % (folded[arcname.lower()], path),
+                                  "rename one of them, or leave one out with --exclude")
+                folded[arcname.lower()] = path
                 if os.path.islink(path):
                     self.add_link(path, arcname, real_root, progress)
                 elif name in dirs:
@@ -797,6 +803,8 @@ class BundleWriter(object):
                     self.add_bytes(arcname + "/", b"", os.lstat(path).st_mode)
                 elif os.path.isfile(path):
                     self.add_file(path, arcname, progress)
+                else:
+                    say("note: %s is not a file, folder or link (a device, fifo or socket); left out" % path)
             dirs[:] = kept
         for error in unreadable:
             if not skip_unreadable:
@@ -1135,6 +1143,9 @@ def probe_script(server_url, token=""):
 # Reading a bundle (the probe writes them): open it, check every member against the manifest,
 # read members, extract the software safely. Every consumer goes through Bundle.
 
+MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its size (--max-ratio) ...
+UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
+
 
 class Manifest(object):
     """What a bundle says about itself (manifest.json; its layout: the probe's MANIFEST_FIELDS)."""
@@ -1260,13 +1271,15 @@ class Bundle(object):
         self.path, self.manifest = path, manifest
 
     @classmethod
-    def open(cls, path, label=None):
+    def open(cls, path, label=None, max_ratio=None):
         """A bundle checked member by member; label names it in messages (an upload's temp path
-        means nothing to its sender)."""
+        means nothing to its sender); max_ratio bounds its unpacked size (check_unpacked_size)."""
         import zipfile
         import zlib
         archive, manifest = open_bundle(path, label)
         with archive:
+            check_entry_kinds_and_names(archive.infolist())
+            check_unpacked_size(archive.infolist(), os.path.getsize(path), label or path, max_ratio)
             listed = set(manifest.members)
             for info in archive.infolist():
                 safe_member_path(info.filename)
@@ -1343,6 +1356,39 @@ class Bundle(object):
                     shutil.rmtree(root, ignore_errors=True)
                 raise
         return root
+
+
+def check_entry_kinds_and_names(infos):
+    """Refuse device files, fifos and sockets, and two names that differ only in case (one would
+    overwrite the other on a case-insensitive disk), naming the entries."""
+    kinds = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a fifo",
+             stat.S_IFSOCK: "a socket"}
+    seen = {}
+    for info in infos:
+        kind = kinds.get(stat.S_IFMT(info.external_attr >> 16))
+        if kind:
+            raise PmError("bundle entry %s is %s, which pm never unpacks" % (info.filename, kind),
+                          "do not use this bundle; pack the software again")
+        folded = info.filename.rstrip("/").lower()
+        if folded in seen and seen[folded] != info.filename.rstrip("/"):
+            raise PmError("bundle entries %s and %s differ only in case: on a case-insensitive disk one "
+                          "would overwrite the other" % (seen[folded], info.filename),
+                          "rename one of them on the base machine and pack again")
+        seen[folded] = info.filename.rstrip("/")
+
+
+def check_unpacked_size(infos, packed_bytes, label, max_ratio=None):
+    """Refuse a zip bomb: a bundle of more than UNPACKED_FLOOR unpacked bytes whose unpacked size is
+    over max_ratio (default MAX_UNPACK_RATIO; 0: no limit) times its own. The sizes are the ones
+    the entries declare, which zip reading holds them to."""
+    max_ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
+    unpacked = sum(info.file_size for info in infos)
+    if max_ratio and unpacked > UNPACKED_FLOOR and unpacked > max_ratio * max(packed_bytes, 1):
+        raise PmError("%s unpacks to %.0f MiB, %d times its %.1f MiB: over the limit of %d times (a zip bomb, "
+                      "or very repetitive data)" % (label, unpacked / 1048576.0, unpacked // max(packed_bytes, 1),
+                                                   packed_bytes / 1048576.0, max_ratio),
+                      "if you trust it, pass --max-ratio %d (or 0 for no limit)"
+                      % (unpacked // max(packed_bytes, 1) + 1))
 
 
 def software_entries(archive, top):
@@ -3009,8 +3055,10 @@ class HttpError(Exception):
 class ServerConfig(object):
     """What a running server needs to know."""
 
-    def __init__(self, store, host, port, token, max_bytes, timeout, max_connections=DEFAULT_MAX_CONNECTIONS):
+    def __init__(self, store, host, port, token, max_bytes, timeout, max_connections=DEFAULT_MAX_CONNECTIONS,
+                 max_ratio=None):
         self.store = store
+        self.max_ratio = max_ratio
         self.max_connections = max_connections
         self.host = host
         self.port = port
@@ -3083,10 +3131,10 @@ def receive_body(handler, config, expected_sha256=None):
     return temp, digest
 
 
-def accept_bundle(temp, name, store):
+def accept_bundle(temp, name, store, max_ratio=None):
     """Check an uploaded bundle and store it as the next revision; the temp file is consumed."""
     try:
-        manifest = Bundle.open(temp, "the upload").manifest
+        manifest = Bundle.open(temp, "the upload", max_ratio).manifest
         if manifest.name != name:
             raise HttpError(400, "the bundle is named %r in its manifest, not %r" % (manifest.name, name))
         return store.add_revision(temp, name), manifest
@@ -3278,7 +3326,7 @@ def make_handler(config):
                 raise HttpError(404, "upload with PUT /bundles/NAME")
             name = self.name_from(path)
             temp, digest = receive_body(self, config, self.headers.get("X-Content-SHA256"))
-            target, manifest = accept_bundle(temp, name, config.store)
+            target, manifest = accept_bundle(temp, name, config.store, config.max_ratio)
             self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
             return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
                          "members": len(manifest.members)}
@@ -3543,7 +3591,8 @@ def start_server(config, self_path):
     store.make_folder(store.home)
     command = [sys.executable, self_path, "serve", "--host", config.host, "--port", str(config.port),
                "--max-bytes", str(config.max_bytes), "--timeout", str(config.timeout),
-               "--max-connections", str(config.max_connections)]
+               "--max-connections", str(config.max_connections)] + \
+        (["--max-ratio", str(config.max_ratio)] if config.max_ratio is not None else [])
     env = dict(os.environ, PM_HOME=store.home, PM_SERVER_TOKEN=config.token)
     with append_private(store.server_log, binary=True) as log:  # the child keeps its own copy
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
@@ -3890,7 +3939,7 @@ def cmd_serve(args):
     if args.max_connections < 1 or args.timeout <= 0:
         raise PmError("--max-connections and --timeout must be positive", "pass e.g. --max-connections 100 --timeout 60")
     config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout,
-                          args.max_connections)
+                          args.max_connections, args.max_ratio)
     if args.action == "start":
         return start_server(config, SELF_PATH)
     if args.action == "stop":
@@ -3937,7 +3986,7 @@ def cmd_migrate(args):
         path = os.path.abspath(args.bundle)
     else:
         path = store.latest_bundle(args.name)
-    result = migrate(store, args.name, config, Bundle.open(path), options)
+    result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
     result.print_summary()
     return result.exit_code()
 
@@ -3976,7 +4025,7 @@ def cmd_unpack(args):
             bundle_from_legacy(name, {}, args.bundle, temp)
         else:
             shutil.copyfile(args.bundle, temp)
-        manifest = Bundle.open(temp, args.bundle).manifest
+        manifest = Bundle.open(temp, args.bundle, args.max_ratio).manifest
         name = check_name(args.name or manifest.name)
         target = store.add_revision(temp, name)
     finally:
@@ -4015,6 +4064,12 @@ def clean_doc(text):
     lines = rest.split("\n")
     indent = min([len(line) - len(line.lstrip()) for line in lines if line.strip()] or [0])
     return "\n".join([first.strip()] + [line[indent:].rstrip() for line in lines]).strip()
+
+
+def add_max_ratio(sub):
+    sub.add_argument("--max-ratio", type=int, metavar="N",
+                     help="refuse a bundle that unpacks to over N times its size, once past %d MiB "
+                          "(default %d; 0: no limit)" % (UNPACKED_FLOOR >> 20, MAX_UNPACK_RATIO))
 
 
 def build_parser():
@@ -4058,6 +4113,7 @@ def build_parser():
     sub.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
                      help="connections served at once; more wait for none: they get 503, or the one that "
                           "waited longest on its head is dropped (%d)" % DEFAULT_MAX_CONNECTIONS)
+    add_max_ratio(sub)
     sub = verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate)
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")
@@ -4072,6 +4128,7 @@ def build_parser():
                      help="JSON answers ahead of time: requirement -> \"manager:package[=version]\" or \"skip\"")
     sub.add_argument("-y", "--yes", action="store_true",
                      help="never ask: take remembered choices, else the top candidate")
+    add_max_ratio(sub)
     sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
                      help="extra package-manager configuration(s)")
@@ -4079,6 +4136,7 @@ def build_parser():
     sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
+    add_max_ratio(sub)
     sub = verb("list", "show stored software and migration attempts", cmd_list)
     sub.add_argument("--json", action="store_true", help="print JSON for machines")
     return parser

@@ -341,3 +341,21 @@ def test_pack_with_name_and_dir_saves_beside_the_folder_without_asking(pyz, cond
     beside = os.path.join(os.path.dirname(example_software), "heatsim.zip")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == beside and pm.Bundle.open(beside).manifest.name == "heatsim"
+
+
+def test_names_that_differ_only_in_case_stop_pack_and_a_fifo_is_left_out_with_a_note(pyz, conda_site,
+                                                                                      example_software, tmp_path):
+    os.mkfifo(os.path.join(example_software, "pipe"))
+    out = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("2.7"), pyz, pack_args(example_software, out), conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "pipe is not a file, folder or link" in proc.stderr
+    with open(os.path.join(example_software, "ReadMe"), "w") as handle:
+        handle.write("a\n")
+    with open(os.path.join(example_software, "README"), "w") as handle:
+        handle.write("b\n")
+    for python in ("2.7", "newest"):
+        line = one_error_line(run_pm(find_python(python), pyz, pack_args(example_software, str(tmp_path / "c.zip")),
+                                     conda_site.env()))
+        assert "differ only in case" in line and "ReadMe" in line and "README" in line, line
+        assert not os.path.exists(str(tmp_path / "c.zip"))

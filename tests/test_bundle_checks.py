@@ -1,0 +1,113 @@
+"""Bundles refused before anything is written: device files, names that differ only in case, zip
+bombs, truncated files and members that do not match their sha256. Real pm.pyz unpack and a real
+server on 127.0.0.1; the store is compared before and after."""
+import hashlib
+import json
+import os
+import stat
+import zipfile
+
+import pytest
+
+from conftest import find_python, read_bytes, run_pm
+from servers import Server, synthetic_bundle
+
+
+def unpack(pyz, home, bundle, *extra):
+    return run_pm(find_python("newest"), pyz, ["unpack", bundle] + list(extra), dict(os.environ, PM_HOME=home))
+
+
+def store_snapshot(home):
+    found = {}
+    for root, _, files in os.walk(home):
+        for name in files:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, home)] = hashlib.sha256(read_bytes(path)).hexdigest()
+    return found
+
+
+def with_entry(bundle, out, name, data, mode):
+    """A copy of bundle with one more software entry of the given mode, in its manifest too."""
+    with zipfile.ZipFile(bundle) as old:
+        members = [(info, old.read(info)) for info in old.infolist() if info.filename != "manifest.json"]
+        manifest = json.loads(old.read("manifest.json").decode())
+    manifest["members"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    with zipfile.ZipFile(out, "w") as new:
+        for info, member in members:
+            new.writestr(info, member)
+        info = zipfile.ZipInfo(name)
+        info.external_attr = mode << 16
+        new.writestr(info, data)
+        new.writestr("manifest.json", json.dumps(manifest))
+    return out
+
+
+@pytest.fixture
+def stored(pyz, tmp_path):
+    """A store holding one good revision of 'ok', to show that refusals leave it as it was."""
+    home = str(tmp_path / "store")
+    good = synthetic_bundle(str(tmp_path / "good.zip"), "ok", b"good")
+    assert unpack(pyz, home, good).returncode == 0
+    return home, store_snapshot(home)
+
+
+@pytest.mark.parametrize("mode, kind", [(stat.S_IFCHR | 0o644, "a character device"),
+                                        (stat.S_IFBLK | 0o644, "a block device"),
+                                        (stat.S_IFIFO | 0o644, "a fifo"), (stat.S_IFSOCK | 0o644, "a socket")],
+                         ids=["chr", "blk", "fifo", "sock"])
+def test_device_files_fifos_and_sockets_are_refused_by_name(mode, kind, pyz, stored, tmp_path):
+    home, before = stored
+    good = synthetic_bundle(str(tmp_path / "base.zip"), "ok", b"x")
+    bundle = with_entry(good, str(tmp_path / "dev.zip"), "software/ok/null", b"", mode)
+    proc = unpack(pyz, home, bundle)
+    assert proc.returncode == 2 and "software/ok/null is %s" % kind in proc.stderr, proc.stderr
+    assert store_snapshot(home) == before
+
+
+def test_names_that_differ_only_in_case_are_refused_naming_both(pyz, stored, tmp_path):
+    home, before = stored
+    bundle = synthetic_bundle(str(tmp_path / "case.zip"), "ok", b"x",
+                              {"software/ok/README": b"a", "software/ok/ReadMe": b"b"})
+    proc = unpack(pyz, home, bundle)
+    assert proc.returncode == 2, proc.stderr
+    assert "software/ok/README and software/ok/ReadMe differ only in case" in proc.stderr
+    assert store_snapshot(home) == before
+
+
+def test_a_zip_bomb_is_refused_unless_its_ratio_is_allowed(pyz, stored, tmp_path):
+    home, before = stored
+    bomb = synthetic_bundle(str(tmp_path / "bomb.zip"), "ok", bytes(256 << 20))
+    assert os.path.getsize(bomb) < 1 << 20, "256 MiB of zeros packs to under 1 MiB"
+    proc = unpack(pyz, home, bomb)
+    assert proc.returncode == 2 and "unpacks to 256 MiB" in proc.stderr and "--max-ratio" in proc.stderr
+    assert store_snapshot(home) == before
+    srv = Server(pyz, home, find_python("newest"))
+    try:
+        status, body = srv.request("PUT", "/bundles/ok", read_bytes(bomb))
+        assert status == 400 and b"over the limit" in body
+        assert store_snapshot(home) == dict(before, **{k: v for k, v in store_snapshot(home).items()
+                                                       if k.startswith("server.") or k == "migrate.py"})
+    finally:
+        srv.stop()
+    allowed = unpack(pyz, home, bomb, "--max-ratio", "0")
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_a_truncated_bundle_and_a_member_that_does_not_match_its_sha256_are_refused(pyz, stored, tmp_path):
+    home, before = stored
+    good = synthetic_bundle(str(tmp_path / "base.zip"), "ok", os.urandom(100000))
+    truncated = tmp_path / "truncated.zip"
+    truncated.write_bytes(read_bytes(good)[:60000])
+    proc = unpack(pyz, home, str(truncated))
+    assert proc.returncode == 2 and "not a readable bundle" in proc.stderr, proc.stderr
+
+    liar = str(tmp_path / "liar.zip")
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(liar, "w") as new:
+        manifest = json.loads(old.read("manifest.json").decode())
+        manifest["members"]["software/ok/data.bin"]["sha256"] = "0" * 64
+        for info in old.infolist():
+            new.writestr(info, json.dumps(manifest) if info.filename == "manifest.json" else old.read(info))
+    proc = unpack(pyz, home, liar)
+    assert proc.returncode == 2, proc.stderr
+    assert "software/ok/data.bin does not match its sha256 in the manifest" in proc.stderr
+    assert store_snapshot(home) == before
