@@ -2326,22 +2326,68 @@ def kill_group(pid):
         pass
 
 
+class CommandRun(object):
+    """What a command came to: its exit code (None: it could not start), its output (when
+    captured), whether it ran out of time, and the processes it left running (stopped by pm)."""
+
+    def __init__(self, code, output="", timed_out=False, leftovers=()):
+        self.code, self.output, self.timed_out, self.leftovers = code, output, timed_out, list(leftovers)
+
+
+def leftover_processes(group, marker):
+    """Processes still running from a command that has ended: those of its process group, and (where
+    /proc tells) any that carry its marker in their environment, such as a daemon that left the group.
+    Returns 'PID command' lines."""
+    found = []
+    if not os.path.isdir("/proc"):
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                ours = marker in handle.read().split(b"\0")
+            if not ours and os.getpgid(int(entry)) != group:
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                found.append("%s %s" % (entry, handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def stop_leftovers(leftovers):
+    """SIGTERM, a second to go, then SIGKILL."""
+    pids = [int(line.split()[0]) for line in leftovers]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + 1
+        while sig == signal.SIGTERM and time.time() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
+            time.sleep(0.05)
+
+
 def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=False, heartbeat=None,
                 capture=True):
     """The one way pm runs a command (conda, package managers, tests): in a process group of its own,
     stdin closed, output appended to log_path as it comes (`tail -f` shows it) and echoed to stderr
     with echo; a line every STILL_RUNNING_SECONDS naming heartbeat while it lasts; the whole group
-    killed at timeout seconds and on any exception (Ctrl-C, a full disk).
-    Returns (exit code, or None when it cannot start; output if capture else ""; timed out)."""
+    killed at timeout seconds and on any exception (Ctrl-C, a full disk); processes it leaves
+    running when it ends are named in the log and stopped. Returns a CommandRun."""
     import subprocess
     import threading
+    run_id = "%d-%s" % (os.getpid(), os.urandom(6).hex())
+    environ = dict(os.environ if environ is None else environ, PM_RUN_ID=run_id)
     try:
         proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     except OSError as exc:
         with append_private(log_path) as log:
             log.write("cannot start: %s\n" % exc)
-        return None, str(exc), False
+        return CommandRun(None, str(exc))
     started, finished, timed_out = time.time(), threading.Event(), []
 
     def watch():
@@ -2359,7 +2405,17 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
                 say("    ... %s still running after %d s (output: %s)" % (heartbeat, now - started, log_path))
                 next_note += STILL_RUNNING_SECONDS
 
+    marker, leftovers = ("PM_RUN_ID=" + run_id).encode(), []
+
+    def reap():
+        """Once the command ends, stop what it left running: a daemon would hold its output open."""
+        proc.wait()
+        leftovers.extend(leftover_processes(proc.pid, marker))
+        stop_leftovers(leftovers)
+
     threading.Thread(target=watch, daemon=True).start()
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
     lines = []
     try:
         with append_private(log_path) as log, proc.stdout:
@@ -2372,15 +2428,20 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
                 if echo:
                     sys.stderr.write("    " + line)
             code = proc.wait()
+            reaper.join()
             if timed_out:
                 log.write("\npm: timeout after %s s\n" % timeout)
+            if leftovers:
+                log.write("\npm: the command left %d process%s running; pm stopped them:\n%s\n"
+                          % (len(leftovers), "es" * (len(leftovers) > 1), "\n".join(leftovers)))
     except BaseException:
         kill_group(proc.pid)
         proc.wait()
+        stop_leftovers(leftover_processes(proc.pid, marker))
         raise
     finally:
         finished.set()
-    return code, "".join(lines), bool(timed_out)
+    return CommandRun(code, "".join(lines), bool(timed_out), leftovers)
 
 
 # == Migrator =================================================================
@@ -2402,12 +2463,13 @@ class TestSpec(object):
 class TestResult(object):
     """How one test went."""
 
-    def __init__(self, name, status, exit_code, seconds, log):
+    def __init__(self, name, status, exit_code, seconds, log, leftovers=()):
         self.name, self.status, self.exit_code, self.seconds, self.log = name, status, exit_code, seconds, log
+        self.leftovers = list(leftovers)  # 'PID command' of processes it left running, stopped by pm
 
     def to_json(self):
         return {"name": self.name, "status": self.status, "exit_code": self.exit_code,
-                "seconds": round(self.seconds, 3), "log": self.log}
+                "seconds": round(self.seconds, 3), "log": self.log, "left_running": self.leftovers}
 
 
 class MigrationConfig(object):
@@ -2556,11 +2618,14 @@ class Attempt(object):
     def run(self, command, environ=None):
         """Run a command (conda, an install) through run_command, logged here; (exit code, output)."""
         self.log("$ " + " ".join(command))
-        code, output, _ = run_command(command, self.log_path, environ=environ,
-                                      heartbeat=os.path.basename(command[0]))
-        code = 127 if code is None else code
+        run = run_command(command, self.log_path, environ=environ, heartbeat=os.path.basename(command[0]))
+        code = 127 if run.code is None else run.code
         self.log("exit %d" % code)
-        return code, output
+        if run.leftovers:
+            say("warning: %s left %d process%s running; pm stopped %s (see %s)" % (
+                os.path.basename(command[0]), len(run.leftovers), "es" * (len(run.leftovers) > 1),
+                "them" if len(run.leftovers) > 1 else "it", self.log_path))
+        return code, run.output
 
     def save(self, **values):
         self.result.update(values)
@@ -2685,13 +2750,18 @@ def run_test(attempt, test, software, environ):
     say("--- test %s: %s" % (test.name, test.command))
     started = time.time()
     append_private(log).close()
-    code, _, timed_out = run_command(command, log, cwd=workdir, environ=dict(environ, **test.env),
-                                     timeout=test.timeout, echo=True, capture=False)
-    status = "error" if code is None else "timeout" if timed_out else "passed" if code == 0 else "failed"
-    code = 127 if code is None else code
+    run = run_command(command, log, cwd=workdir, environ=dict(environ, **test.env), timeout=test.timeout,
+                      echo=True, capture=False)
+    status = "error" if run.code is None else "timeout" if run.timed_out else "passed" if run.code == 0 else "failed"
+    code = 127 if run.code is None else run.code
     seconds = time.time() - started
     attempt.log("test %s: %s, exit %d, %.2f s" % (test.name, status, code, seconds))
-    return TestResult(test.name, status, code, seconds, log)
+    if run.leftovers:
+        say("warning: test %s left %d process%s running (%s); pm stopped %s" % (
+            test.name, len(run.leftovers), "es" * (len(run.leftovers) > 1),
+            "; ".join(run.leftovers), "them" if len(run.leftovers) > 1 else "it"))
+        attempt.log("test %s left running: %s" % (test.name, "; ".join(run.leftovers)))
+    return TestResult(test.name, status, code, seconds, log, run.leftovers)
 
 
 def install_target(bundle, output_dir, force):

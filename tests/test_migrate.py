@@ -300,6 +300,23 @@ def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_so
     assert tests[0]["seconds"] < 20
 
 
+def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz, conda_site, example_software,
+                                                                             tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    text = CONFIG.replace("tests = smooth, tools", "tests = daemon, smooth") + (
+        "[test_daemon]\nexec = sleep 31415926 & setsid sleep 31415927 & sleep 0.5\n")
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
+                  conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "test daemon left 2 processes running" in proc.stderr
+    tests = read_result(attempts(conda_site)[0])["tests"]
+    assert sorted(line.split(" ", 1)[1] for line in tests[0]["left_running"]) == ["sleep 31415926", "sleep 31415927"]
+    assert tests[1]["left_running"] == []
+    time.sleep(0.2)
+    still = subprocess.run(["pgrep", "-f", "sleep 3141592[67]"], stdout=subprocess.PIPE, universal_newlines=True).stdout
+    assert still == "", "processes a test left are still running: %s" % still
+
+
 def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, example_software, tmp_path):
     bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = knobs") + (
