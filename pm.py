@@ -80,6 +80,27 @@ def append_private(path, binary=False):
     return os.fdopen(handle, "ab") if binary else os.fdopen(handle, "a", encoding="utf-8")
 
 
+class FolderLock(object):
+    """An exclusive flock on a folder, for what two pm processes must not do at once (a software's
+    remembered choices and conda environment, an install into output_dir); waits, and says so."""
+
+    def __init__(self, folder, what):
+        self.folder, self.what, self.handle = folder, what, None
+
+    def __enter__(self):
+        import fcntl
+        self.handle = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            say("waiting for another pm that is busy with %s ..." % self.what)
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.handle)
+
+
 def write_json(path, data, mode=0o600):
     return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
 
@@ -1484,6 +1505,16 @@ class Store(object):
     def choices_path(self, name):
         return os.path.join(self.software(name), "choices.json")
 
+    def read_choices(self, name):
+        path = self.choices_path(name)
+        return read_json(path) if os.path.isfile(path) else {}
+
+    def remember_choices(self, name, decisions):
+        """Add this attempt's choices to the remembered ones, under the software's lock, so that two
+        migrations at once lose neither's choices (nor those of requirements neither had)."""
+        with FolderLock(self.software(name), "the remembered choices of %s" % name):
+            write_json(self.choices_path(name), dict(self.read_choices(name), **decisions))
+
     def make_folder(self, path):
         """A folder in the store, owner-only (0700) like everything in it, with the ones above it."""
         missing = []
@@ -2710,7 +2741,8 @@ def recreate_test_install(attempt, config, bundle, options):
     if "conda" in config.package_managers:
         conda = CondaHere(find_conda_here())
         env_name = options.env_name or attempt.name
-        level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force)
+        with FolderLock(attempt.store.software(attempt.name), "the conda environment of %s" % attempt.name):
+            level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         attempt.save(level=level, env_name=env_name, env_prefix=prefix)
         test_environ = activated_environ(prefix, env_name)
@@ -2779,14 +2811,15 @@ def install_software(bundle, output_dir, force):
     install (replaced with --force) stays whole until the new one is complete."""
     import shutil
     import tempfile
-    target = install_target(bundle, output_dir, force)
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
     try:
         extracted = bundle.extract_software(os.path.join(staging, "new"))
-        if os.path.lexists(target):
-            os.rename(target, os.path.join(staging, "old"))
-        os.rename(extracted, target)
+        with FolderLock(output_dir, "an install into %s" % output_dir):  # a second migrate checks after the swap
+            target = install_target(bundle, output_dir, force)
+            if os.path.lexists(target):
+                os.rename(target, os.path.join(staging, "old"))
+            os.rename(extracted, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -3072,10 +3105,8 @@ def provision_with_managers(attempt, config, reqs, options):
     if not chosen:
         raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
                       "install one, or list another in package_managers")
-    remembered = {}
-    choices_path = attempt.store.choices_path(attempt.name)
-    if os.path.isfile(choices_path):
-        remembered = dict((k, Choice.parse(v, choices_path)) for k, v in read_json(choices_path).items())
+    remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
+                      for k, v in attempt.store.read_choices(attempt.name).items())
     rows, decisions = [], {}
     for req in reqs:
         say("resolving %s ..." % req.label())
@@ -3095,7 +3126,7 @@ def provision_with_managers(attempt, config, reqs, options):
             continue
         status = install_choice(attempt, manager, choice, req, candidates)
         rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source})
-    write_json(choices_path, decisions)
+    attempt.store.remember_choices(attempt.name, decisions)
     write_json(os.path.join(attempt.path, "choices.json"), decisions)
     environ = dict(os.environ)
     venv = os.path.join(attempt.path, "venv")

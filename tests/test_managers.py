@@ -333,3 +333,38 @@ def test_the_original_tools_shipped_config_gives_way_to_pms_own_sections(pyz, py
         handle.write(edited)
     listed = json.loads(run_pm(find_python("newest"), pyz, ["managers", "--json"], env).stdout)
     assert dict((r["key"], r["source"]) for r in listed)["pip2"] == store_file, "the edited section is used"
+
+
+def test_concurrent_migrations_keep_their_own_attempts_and_every_remembered_choice(pyz, pysim):
+    """Four migrations of one software at once: three into their own output_dir, the fourth into the
+    first's; each attempt whole, exactly one install per target, no remembered choice lost."""
+    store_folder = os.path.join(pysim["home"], "pysim")
+    os.makedirs(store_folder)
+    with open(os.path.join(store_folder, "choices.json"), "w") as handle:
+        json.dump({"otherlib": "skip"}, handle)  # a requirement of an older revision
+    configs = []
+    for n in range(4):
+        config = pysim["tmp"] / ("pysim-%d.ini" % n)
+        config.write_text(PIP_CONFIG.format(out=str(pysim["tmp"] / ("out-%d" % min(n, 2)))))
+        configs.append(str(config))
+    args = lambda config: [find_python("newest"), pyz, "migrate", "pysim", config, "--bundle", pysim["bundle"],
+                           "--yes"]
+    runs = [subprocess.Popen(args(config), env=pysim["env"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, universal_newlines=True) for config in configs]
+    outcomes = [(run.wait(300), run.stderr.read()) for run in runs]
+    for run in runs:
+        run.stdout.close()
+        run.stderr.close()
+    codes = sorted(code for code, _ in outcomes)
+    assert codes == [0, 0, 0, 2], outcomes
+    assert [err for code, err in outcomes if code == 2][0].strip().endswith(
+        "exists and is not empty %s pass --force to replace it, or change output_dir" % pm.DASH)
+    results = [read_result(a) for a in attempt_dirs(pysim["home"], "pysim")]
+    assert len(results) == 4 and len(set(r["id"] for r in results)) == 4
+    assert sorted(r["status"] for r in results) == ["error", "passed", "passed", "passed"]
+    for n in range(3):
+        assert os.path.isfile(str(pysim["tmp"] / ("out-%d" % n) / "pysim" / "check.py"))
+        assert [f for f in os.listdir(str(pysim["tmp"] / ("out-%d" % n))) if f.startswith(".pm-")] == []
+    with open(os.path.join(store_folder, "choices.json")) as handle:
+        choices = json.load(handle)
+    assert choices["otherlib"] == "skip" and choices["tinycalc"] == "pip:tinycalc=1.0"
