@@ -2896,7 +2896,8 @@ PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: 
 
 
 def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
-    """Create the environment, falling back level by level; return (level, prefix)."""
+    """Create the environment, falling back level by level; return (level, prefix). With --force the
+    new one is built beside the old (as NAME-pm-new), which stays whole unless the new one is made."""
     prefix = conda.env_prefix(env_name)
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
@@ -2910,27 +2911,39 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
             % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
         env_file = EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
                            env_file.pip, env_file.variables)
+    build_name = env_name + "-pm-new" if prefix else env_name
+    built = conda.env_prefix(build_name) if prefix else None  # left by a --force that was cut off
+    if built and not os.path.isfile(os.path.join(built, PM_MADE)):
+        raise PmError("pm builds the replacement of %s as %s, and a conda environment of that name exists that "
+                      "pm did not make (%s)" % (env_name, build_name, built), "remove or rename it, then run again")
     missing = []
     for level, level_file in migration_levels(env_file, min_deps):
-        if prefix:  # there before, or left by the level that failed
-            attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
-        level_file.name = env_name
+        if built:  # left by the level that failed, or by an earlier --force
+            attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
+        level_file.name = build_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
         write_atomic(path, level_file.to_yaml())
-        say("creating conda environment %s (%s, %d packages)..." % (env_name, level, len(level_file.dependencies)))
-        code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", env_name])
-        prefix = conda.env_prefix(env_name)
-        if code == 0 and prefix:
+        say("creating conda environment %s (%s, %d packages)..." % (build_name, level, len(level_file.dependencies)))
+        code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
+        built = conda.env_prefix(build_name)
+        if code == 0 and built:
+            write_json(os.path.join(built, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
+            final = replace_conda_env(attempt, conda, env_name, build_name) if prefix else built
+            level_file.name = env_name
             write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
-            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
-            return level, prefix
+            write_json(os.path.join(final, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
+            return level, final
         missing = missing_packages(output)
         if missing:
             say("  failed at level %s: the channels lack %s" % (level, ", ".join(missing)))
         else:
             say("  failed at level %s: %s" % (level, conda_error_line(output, code)))
+    if built:
+        attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
+    if prefix:
+        say("the environment %s is left as it was" % env_name)
     if missing:
-        missing = all_missing(attempt, conda, env_name, level_file.dependencies, missing)
+        missing = all_missing(attempt, conda, build_name, level_file.dependencies, missing)
         attempt.save(missing=missing)
         raise PmError("conda could not create the environment at any level (exact, no-builds, direct): "
                       "its channels lack %d package%s: %s" % (len(missing), "s" * (len(missing) != 1),
@@ -2938,6 +2951,22 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
                       "add a channel or mirror that has them to this conda's condarc", code=1)
     raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+
+
+def replace_conda_env(attempt, conda, env_name, build_name):
+    """Put the environment built as build_name in env_name's place. A conda prefix cannot be moved
+    (its files name it), so the old one is removed and the new one cloned in (from the package
+    cache, offline), then the built one goes."""
+    say("replacing conda environment %s with the one just built" % env_name)
+    attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
+    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", build_name, "--offline", "-y"])
+    prefix = conda.env_prefix(env_name)
+    if code != 0 or not prefix:
+        raise PmError("the new environment is built as %s, but cloning it to %s failed (%s)"
+                      % (build_name, env_name, conda_error_line(output, code)),
+                      "use it with --env-name %s, or read %s" % (build_name, attempt.log_path), code=1)
+    attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
+    return prefix
 
 
 def activated_environ(prefix, env_name):

@@ -13,7 +13,7 @@ import pytest
 
 import channels
 import realconda
-from conftest import ROOT, attempt_dirs, find_python, read_result, run_pm
+from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
@@ -195,6 +195,23 @@ def test_env_name_and_force_drive_a_real_conda(target_key, pyz, bundles, real_si
     assert forced.returncode == 0, forced.stderr
     assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "passed"
     assert "heatplot" in conda_meta(target.prefix("sim"))
+    assert not os.path.exists(target.prefix("sim-pm-new")), "the built environment is gone after the swap"
+    # a replacement that cannot be built leaves the old environment as it was
+    unbuildable = rewrite_bundle(bundles["4.3.16-py2.7"], str(tmp_path / "unbuildable.zip"), needs_nosuchpkg)
+    before = conda_meta(target.prefix("sim"))
+    failed = run_pm(find_python("newest"), pyz, args[:3] + ["--bundle", unbuildable] + args[5:] + ["--force"],
+                    target.env(), timeout=600)
+    assert failed.returncode == 1 and "nosuchpkg" in failed.stderr, failed.stderr
+    assert "the environment sim is left as it was" in failed.stderr
+    assert conda_meta(target.prefix("sim")) == before
+    assert not os.path.exists(target.prefix("sim-pm-new"))
+
+
+def needs_nosuchpkg(members, manifest):
+    """A bundle whose environment needs a package no channel has."""
+    members["env.yml"] = members["env.yml"].replace(b"dependencies:", b"dependencies:\n- nosuchpkg=1.0=0", 1)
+    records = json.loads(members["min-deps.json"].decode()) + [{"name": "nosuchpkg", "version": "1.0"}]
+    members["min-deps.json"] = json.dumps(records).encode()
 
 
 @pytest.mark.parametrize("base_key", ["4.3.16-py2.7", "25.11.1"])
