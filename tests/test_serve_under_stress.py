@@ -223,3 +223,24 @@ def test_a_stale_pidfile_naming_another_serve_process_is_never_signalled(pyz, tm
     finally:
         decoy.kill()
         decoy.wait()
+
+
+def test_an_internal_error_answers_an_incident_number_and_only_the_log_has_the_details(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"))
+    try:
+        os.makedirs(os.path.join(srv.home, "broken"))
+        with open(os.path.join(srv.home, "broken", "bundles"), "w") as handle:
+            handle.write("a file where the revisions folder belongs\n")
+        bundle = synthetic_bundle(str(tmp_path / "broken.zip"), "broken", b"x")
+        with open(bundle, "rb") as handle:
+            status, body = put(srv.record["port"], "/bundles/broken", handle.read())
+        assert get(srv.record["port"], "/bundles")[0] == 200, "the server keeps serving"
+    finally:
+        srv.stop()
+    error = json.loads(body.decode())["error"]
+    assert status == 500 and error.startswith("internal error ") and error.endswith("the server's log has the details")
+    assert srv.home not in error and "Error" not in error
+    incident = error.split()[2].rstrip(":")
+    with open(os.path.join(srv.home, "server.log")) as handle:
+        log = handle.read()
+    assert "internal error %s in PUT /bundles/broken" % incident in log and "NotADirectoryError" in log
