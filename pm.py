@@ -2683,6 +2683,7 @@ class MigrationResult(object):
         self.tests = tests
         self.packages = packages
         self.installed = installed
+        self.activate = None  # the shell command that gives the installed software the packages its tests had
         self.passed = all(t.status == "passed" for t in tests)
 
     def exit_code(self):
@@ -2698,6 +2699,8 @@ class MigrationResult(object):
         for result in self.tests:
             print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
         print("attempt: %s" % self.attempt.path)
+        if self.installed and self.activate:
+            print("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
 
 
 def migrate(store, name, config, bundle, options):
@@ -2746,10 +2749,13 @@ def recreate_test_install(attempt, config, bundle, options):
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         attempt.save(level=level, env_name=env_name, env_prefix=prefix)
         test_environ = activated_environ(prefix, env_name)
+        activate = conda_activation(conda, env_name, prefix)
     else:
         attempt.base_python = base_python_version(bundle)
         packages, test_environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
         attempt.save(packages=packages)
+        venv = test_environ.get("VIRTUAL_ENV")  # pip's installs stay in the attempt, with its record
+        activate = ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
     tests = []
     if options.skip_tests:
         say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
@@ -2765,9 +2771,10 @@ def recreate_test_install(attempt, config, bundle, options):
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
         result.installed = install_software(bundle, config.output_dir, options.force)
+        result.activate = activate
         say("installed %s into %s" % (attempt.name, result.installed))
     attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
-                 installed_to=result.installed, finished=time.time(),
+                 installed_to=result.installed, activate=result.activate, finished=time.time(),
                  seconds=round(time.time() - attempt.started, 3))
     return result
 
@@ -2969,6 +2976,14 @@ def replace_conda_env(attempt, conda, env_name, build_name):
     return prefix
 
 
+def conda_activation(conda, env_name, prefix):
+    """A shell command that activates the environment in a new shell: conda's hook from 4.4 on; for
+    4.3 (whose activate script a pip-installed conda lacks) what the tests had, PATH and CONDA_PREFIX."""
+    if PROBE.conda_version(conda.info) >= (4, 4):
+        return 'eval "$(%s shell.posix hook)" && conda activate %s' % (shlex.quote(conda.exe), shlex.quote(env_name))
+    return 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
+
+
 def activated_environ(prefix, env_name):
     """This process's environment with the conda environment active (PATH, CONDA_PREFIX)."""
     environ = dict(os.environ)
@@ -3140,7 +3155,12 @@ def provision_with_managers(attempt, config, reqs, options):
     for req in reqs:
         say("resolving %s ..." % req.label())
         candidates = find_candidates(req, chosen, attempt.log)
-        choice, source = choose_package(req, candidates, remembered.get(req.name), options)
+        earlier = remembered.get(req.name)
+        if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
+            say("  note: the earlier choice %s is for %s, which this configuration does not use here; choosing anew"
+                % (earlier.to_text(), earlier.manager_key))
+            earlier = None
+        choice, source = choose_package(req, candidates, earlier, options)
         decisions[req.name] = choice.to_text()
         if source == "remembered":
             say("  reusing the earlier choice %s" % choice.to_text())
@@ -3924,38 +3944,54 @@ def legacy_part(body, part, store):
             os.remove(decoded)
 
 
-def assemble_legacy_bundle(name, parts, store):
-    """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle."""
+def assemble_legacy_bundle(name, parts, store, completes=None):
+    """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle:
+    a new revision, or the revision completes (this sequence's, made before its min-deps.json came)
+    replaced whole. Returns the revision's path."""
     import tempfile
     handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
     os.close(handle)
     try:
         bundle_from_legacy(name, parts, parts["software.zip"], temp)
+        if not (completes and os.path.isfile(completes)):
+            return accept_bundle(temp, name, store)[0]
+        Bundle.open(temp, "the upload")
+        os.chmod(temp, 0o600)
+        os.replace(temp, completes)
+        return completes
     except PmError as exc:
-        os.remove(temp)
         raise HttpError(400, exc.what)
-    return accept_bundle(temp, name, store)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
 
 
 def receive_legacy(handler, config, path):
-    """One of the original probe's posts. It sends /yml, /zip, /min in turn: /yml starts a sequence
-    (the parts of an earlier one are dropped), a revision is built once env.yml and the zip are in,
-    and again with min-deps.json, which ends the sequence (its parts are cleared)."""
+    """One of the original probe's posts. It sends /yml, /zip and, when it has one, /min: /yml starts
+    a sequence (the parts of an earlier one are dropped); a revision is made once env.yml and the zip
+    are in, and min-deps.json, arriving after, completes that same revision and ends the sequence."""
     part = LEGACY_PARTS[path]
     name = legacy_part(RequestBody(handler, config), part, config.store)
     folder = config.store.legacy_dir(name)
+    made = os.path.join(folder, "revision")  # the revision this sequence made, before its min-deps.json
     if part == "env.yml":
-        for other in ("software.zip", "min-deps.json"):
+        for other in ("software.zip", "min-deps.json", "revision"):
             remove_quietly(os.path.join(folder, other))
     parts = dict((piece, os.path.join(folder, piece)) for piece in LEGACY_PARTS.values()
                  if os.path.isfile(os.path.join(folder, piece)))
     result = {"name": name, "stored": part}
     if "env.yml" in parts and "software.zip" in parts:
-        target, _ = assemble_legacy_bundle(name, parts, config.store)
+        completes = None
+        recorded = (read_part(made) or b"").decode("ascii", "replace").strip()
+        if part == "min-deps.json" and re.match(r"^\d{4,}\.zip$", recorded):
+            completes = os.path.join(config.store.bundles_dir(name), recorded)
+        target = assemble_legacy_bundle(name, parts, config.store, completes)
         result["bundle"] = os.path.basename(target)
         if "min-deps.json" in parts:
-            for piece in parts.values():
+            for piece in list(parts.values()) + [made]:
                 remove_quietly(piece)
+        else:
+            write_atomic(made, os.path.basename(target))
     return 200, result
 
 

@@ -196,3 +196,25 @@ def tiny_disk(tmp_path):
         yield str(mount)
     finally:
         subprocess.run(["umount", "-l", str(mount)])
+
+
+@pytest.fixture(scope="session")
+def original_tool(tmp_path_factory):
+    """platform-migrator 1.1.0 itself, installed offline from its PyPI sdist (tests/fixtures/original,
+    with PyYAML 5.3.1) into a throwaway Python 3.6 venv, once per run. Its setup.py writes its
+    package-managers.ini into HOME/.platform_migrator/config, as its pip install did for users."""
+    work = tmp_path_factory.mktemp("original")
+    venv, home = work / "venv", work / "home"
+    home.mkdir()
+    subprocess.run([find_python("3.6"), "-m", "venv", str(venv)], check=True)
+    env = dict(os.environ, HOME=str(home), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-index", "--find-links",
+                           os.path.join(HERE, "fixtures", "original"), "platform-migrator==1.1.0"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout
+    probe = glob.glob(str(venv / "lib" / "python3.6" / "site-packages" / "platform_migrator" / "base_sys_script.py"))
+    config = home / ".platform_migrator" / "config" / "package-managers.ini"
+    assert probe and config.is_file(), "the original's install did not go as its users saw it"
+    return {"command": str(venv / "bin" / "platform-migrator"), "probe": probe[0], "config": str(config)}

@@ -368,3 +368,36 @@ def test_concurrent_migrations_keep_their_own_attempts_and_every_remembered_choi
     with open(os.path.join(store_folder, "choices.json")) as handle:
         choices = json.load(handle)
     assert choices["otherlib"] == "skip" and choices["tinycalc"] == "pip:tinycalc=1.0"
+
+
+def test_the_installed_software_runs_with_its_tests_packages_by_the_one_command_printed(pyz, pysim):
+    """The original pip-installed with --user, so the software ran after a migration; pm's packages
+    stay in the attempt's venv, and the summary gives the command that uses them."""
+    proc = migrate(pyz, pysim, "--yes")
+    assert proc.returncode == 0, proc.stderr
+    result, attempt = last_result(pysim)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("to run it: ")]
+    assert len(lines) == 1, proc.stdout
+    command = lines[0][len("to run it: "):]
+    assert command == ". %s && cd %s" % (os.path.join(attempt, "venv", "bin", "activate"),
+                                         os.path.join(str(pysim["tmp"]), "installed", "pysim"))
+    assert result["activate"] == command.split(" && cd ")[0]
+    clean = {"PATH": "/usr/bin:/bin", "HOME": pysim["env"]["HOME"]}
+    ran = subprocess.run(["/bin/sh", "-c", command + " && python check.py"], env=clean, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+    assert ran.returncode == 0 and "tinycalc 1.0 from %s" % os.path.join(attempt, "venv") in ran.stdout, ran.stdout
+
+
+def test_a_remembered_choice_for_a_manager_not_used_here_is_not_the_default(pyz, pysim):
+    store_folder = os.path.join(pysim["home"], "pysim")
+    os.makedirs(store_folder)
+    with open(os.path.join(store_folder, "choices.json"), "w") as handle:
+        json.dump({"tinycalc": "apt:tinycalc=1.0", "oddlib": "skip"}, handle)  # from a run that listed apt
+    proc = migrate(pyz, pysim, stdin="s\n\n")  # oddlib: found nowhere, skip; tinycalc: the default
+    assert proc.returncode == 0, proc.stderr
+    assert "the earlier choice apt:tinycalc=1.0 is for apt, which this configuration does not use here" in proc.stderr
+    assert "choice [1]:" in proc.stderr and "choice [apt:" not in proc.stderr
+    result, _ = last_result(pysim)
+    assert dict((r["requirement"], r.get("package")) for r in result["packages"])["tinycalc"] == "pip:tinycalc=1.0"
+    again = migrate(pyz, pysim, "--yes", "--force")
+    assert again.returncode == 0 and "reusing the earlier choice pip:tinycalc=1.0" in again.stderr, again.stderr

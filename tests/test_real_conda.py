@@ -7,6 +7,7 @@ and installs it. Every site has its own HOME, condarc, envs dir and package cach
 import json
 import os
 import shutil
+import subprocess
 import zipfile
 
 import pytest
@@ -112,6 +113,11 @@ def test_round_trip_between_real_condas(base_key, how, python, target_key, pyz, 
     assert result["env_prefix"] == target.prefix("heatsim")
     assert conda_meta(result["env_prefix"]) == conda_meta(prefix), "the same packages, versions and builds"
     assert os.path.isfile(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"))
+    (command,) = [line[len("to run it: "):] for line in proc.stdout.splitlines() if line.startswith("to run it: ")]
+    clean = dict(target.env(), PATH="/usr/bin:/bin")
+    ran = subprocess.run(["/bin/sh", "-c", command + " && sh heatsim.sh 1 && heatplot --version"], env=clean,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+    assert ran.returncode == 0 and "heatplot 0.3" in ran.stdout, command + "\n" + ran.stdout
 
 
 @pytest.fixture(scope="module")
