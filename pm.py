@@ -1325,7 +1325,9 @@ class Bundle(object):
             for required in ("env.yml", "min-deps.json"):
                 if required not in manifest.members:
                     raise PmError("the bundle has no %s" % required, "pack the software again")
-        return cls(path, manifest)
+        bundle = cls(path, manifest)
+        bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
+        return bundle
 
     @classmethod
     def stored(cls, path):
@@ -1341,6 +1343,21 @@ class Bundle(object):
 
     def read_json(self, member):
         return json.loads(self.read_text(member))
+
+    def environment(self, label=None):
+        """(EnvFile, min-deps records): env.yml read by the one env-file reader, and min-deps.json."""
+        where = label or self.path
+        try:
+            min_deps = self.read_json("min-deps.json")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), "pack the software again")
+        if not isinstance(min_deps, list):
+            raise PmError("min-deps.json in %s is not a list" % where, "pack the software again")
+        try:
+            env_text = self.read_text("env.yml")
+        except UnicodeDecodeError:
+            raise PmError("env.yml in %s is not UTF-8" % where, "pack the software again")
+        return parse_env_yml(env_text, "env.yml in %s" % where), min_deps
 
     def extract_software(self, dest):
         """Unzip software/<dir>/ into dest; return dest/<dir>. Safe against crafted entries: every
@@ -2738,8 +2755,7 @@ def recreate_test_install(attempt, config, bundle, options):
     unzipped copy, and the install when every test passed."""
     import shutil
     install_target(bundle, config.output_dir, options.force)
-    env_file = parse_env_yml(bundle.read_text("env.yml"), "env.yml in %s" % bundle.path)
-    min_deps = bundle.read_json("min-deps.json")
+    env_file, min_deps = bundle.environment()
     packages = None
     if "conda" in config.package_managers:
         conda = CondaHere(find_conda_here())

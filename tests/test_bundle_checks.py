@@ -111,3 +111,17 @@ def test_a_truncated_bundle_and_a_member_that_does_not_match_its_sha256_are_refu
     assert proc.returncode == 2, proc.stderr
     assert "software/ok/data.bin does not match its sha256 in the manifest" in proc.stderr
     assert store_snapshot(home) == before
+
+
+@pytest.mark.parametrize("member, data, message", [
+    ("env.yml", b"dependencies: {a: b}\n", "env.yml in"),
+    ("min-deps.json", b"{not json", "min-deps.json in"),
+    ("min-deps.json", b'{"a": 1}', "is not a list"),
+], ids=["env.yml-mapping", "min-deps-not-json", "min-deps-not-a-list"])
+def test_an_environment_that_migrate_could_not_read_is_refused_at_unpack_and_upload(member, data, message, pyz,
+                                                                                    stored, tmp_path):
+    home, before = stored
+    bundle = synthetic_bundle(str(tmp_path / "env.zip"), "ok", b"x", {member: data})
+    proc = unpack(pyz, home, bundle)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert store_snapshot(home) == before
