@@ -144,7 +144,7 @@ DEFAULT_EXCLUDES = ["__pycache__", "*.pyc", "*.pyo"]
 # errors of the disk the bundle goes to, not of the file being read
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 # Already compressed: stored as they are (deflating them again costs time and gains nothing).
-STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar",
+STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar", ".conda",
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # patterns stay text: re compiles on first use
 STORE_NAMES = ("config", "server.pid", "server.lock", "server.log", "migrate.py")  # files of the store, never software
@@ -611,7 +611,7 @@ def file_digest(path):
 # A bundle is one zip: manifest.json (last), env.yml, env-history.yml, conda-list.json, min-deps.json
 # and software/<dir>/...; the manifest holds these fields, with the sha256 and size of every member.
 MANIFEST_FIELDS = ("format", "name", "created", "probe_version", "source", "env", "software",
-                   "minimal", "requested_specs", "members")
+                   "minimal", "requested_specs", "packages", "members")
 
 
 def make_manifest(name, members, software, **fields):
@@ -914,8 +914,9 @@ def gather_environment(conda, conda_info, prefix):
     return captured
 
 
-def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=False):
-    """Write the bundle: a temp file beside path, renamed into place once complete."""
+def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=False, plan=None):
+    """Write the bundle: a temp file beside path, renamed into place once complete; plan (from
+    plan_packages) carries the packages too."""
     writer = BundleWriter(path)
     try:
         writer.add_bytes("env.yml", text_bytes(captured["env_yml"]))
@@ -928,11 +929,12 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
         progress = writer.add_software(software_dir, patterns, skip_unreadable)
         software = {"dir": os.path.basename(os.path.abspath(software_dir)), "files": progress.files,
                     "bytes": progress.size}
+        packages = carry_packages(writer, plan, captured["info"].get("platform") or "noarch") if plan else None
         writer.finish(make_manifest(
             name, None, software, source=source_platform(captured["info"]),
             env={"name": os.path.basename(captured["prefix"]), "prefix": captured["prefix"],
                  "packages": len(captured["records"])},
-            minimal=captured["minimal"], requested_specs=sorted(captured["requested"].values())))
+            minimal=captured["minimal"], requested_specs=sorted(captured["requested"].values()), packages=packages))
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, (IOError, OSError)):
@@ -940,6 +942,168 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
                           "free some space there, or save it elsewhere with -o")
         raise
     return path
+
+
+# -- Carrying the packages ----------------------------------------------------
+# pack --with-packages: every package's archive from conda's caches (checked against its record,
+# or rebuilt from the extracted copy) goes into the bundle under channel/<subdir>/, indexed as a
+# channel, so that a target with no network creates the environment from the bundle alone.
+
+REPODATA_KEYS = ("name", "version", "build", "build_number", "depends", "constrains", "subdir", "noarch",
+                 "license", "timestamp", "track_features", "features")
+
+
+def archive_sums(path):
+    """md5, sha256 and size of a file, in one read."""
+    import hashlib
+    md5, sha256, size = hashlib.md5(), hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while True:
+            block = handle.read(CHUNK)
+            if not block:
+                return md5.hexdigest(), sha256.hexdigest(), size
+            md5.update(block)
+            sha256.update(block)
+            size += len(block)
+
+
+def record_subdir(record):
+    """The channel subdir a record came from: its own field, else its url's folder."""
+    if record.get("subdir"):
+        return record["subdir"]
+    url = record.get("url") or ""
+    return url.rsplit("/", 2)[-2] if url.count("/") >= 2 else "noarch"
+
+
+def record_fn(record):
+    return record.get("fn") or "%s-%s-%s.tar.bz2" % (record["name"], record["version"], record.get("build", ""))
+
+
+class CarriedPackage(object):
+    """One package of the environment and where its archive comes from: 'archive' (the cache's file,
+    checked), 'rebuild' (a .tar.bz2 made from the cache's extracted copy) or 'missing' (why)."""
+
+    def __init__(self, record, kind, source, why=""):
+        self.record, self.kind, self.source, self.why = record, kind, source, why
+        self.fn = record_fn(record)
+        if kind == "rebuild" and not self.fn.endswith(".tar.bz2"):
+            self.fn = self.fn[:-len(".conda")] + ".tar.bz2"
+        self.subdir = record_subdir(record)
+
+    def label(self):
+        return "%s %s %s" % (self.record["name"], self.record["version"], self.record.get("build", ""))
+
+
+def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
+    """Where each record's archive comes from (CarriedPackage), looking through pkgs_dirs in order."""
+    plan = []
+    for record in records:
+        fn = record_fn(record)
+        stem = fn[:-len(".tar.bz2")] if fn.endswith(".tar.bz2") else fn[:-len(".conda")] if fn.endswith(".conda") else fn
+        found, why = None, "not in conda's package caches (%s)" % ", ".join(pkgs_dirs)
+        for folder in pkgs_dirs:
+            archive = os.path.join(folder, fn)
+            if os.path.isfile(archive) and not (as_tar_bz2 and fn.endswith(".conda")):
+                md5, sha256, _ = archive_sums(archive)
+                if md5 == record.get("md5", md5) and sha256 == record.get("sha256", sha256):
+                    found = CarriedPackage(record, "archive", archive)
+                    break
+                why = "%s does not match its record's md5/sha256" % archive
+            extracted = os.path.join(folder, stem)
+            if os.path.isfile(os.path.join(extracted, "info", "index.json")):
+                found = CarriedPackage(record, "rebuild", extracted)
+                break
+        plan.append(found or CarriedPackage(record, "missing", None, why))
+    return plan
+
+
+def rebuild_tarball(folder, out):
+    """A .tar.bz2 with the contents of an extracted package folder (links kept as links); the
+    record conda added at extraction (info/repodata_record.json) is left out."""
+    import tarfile
+    with tarfile.open(out, "w:bz2") as tar:
+        for root, dirs, files in os.walk(folder):
+            dirs.sort()
+            for name in sorted(dirs) + sorted(files):
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, folder).replace(os.sep, "/")
+                if rel == "info/repodata_record.json" or (name in dirs and not os.path.islink(path)):
+                    continue
+                tar.add(path, arcname=rel, recursive=False)
+    return out
+
+
+def repodata_entry(package, sums):
+    entry = dict((key, package.record[key]) for key in REPODATA_KEYS if package.record.get(key) is not None)
+    entry["subdir"] = package.subdir
+    entry.setdefault("depends", [])
+    entry["md5"], entry["sha256"], entry["size"] = sums
+    return entry
+
+
+def carry_packages(writer, plan, platform):
+    """Write the archives into the bundle under channel/<subdir>/ with each subdir's repodata.json
+    (and .bz2, which conda 4.3 reads); return the manifest's 'packages' field."""
+    import bz2
+    import shutil
+    import tempfile
+    indexes = {"noarch": {}, platform: {}}
+    carried = []
+    total = sum(os.path.getsize(p.source) for p in plan if p.kind == "archive")
+    progress = Progress("carrying %d packages" % len(plan), None if any(p.kind == "rebuild" for p in plan) else total)
+    scratch = tempfile.mkdtemp(prefix="pm-rebuild-")
+    try:
+        for package in plan:
+            if package.kind == "missing":
+                continue
+            source = package.source
+            if package.kind == "rebuild":
+                source = rebuild_tarball(package.source, os.path.join(scratch, package.fn))
+            sums = archive_sums(source)
+            arcname = "channel/%s/%s" % (package.subdir, package.fn)
+            writer.add_file(source, arcname, progress)
+            key = "packages.conda" if package.fn.endswith(".conda") else "packages"
+            indexes.setdefault(package.subdir, {}).setdefault(key, {})[package.fn] = repodata_entry(package, sums)
+            carried.append({"file": arcname, "name": package.record["name"], "version": package.record["version"],
+                            "build": package.record.get("build", ""), "rebuilt": package.kind == "rebuild"})
+            if package.kind == "rebuild":
+                os.remove(source)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    progress.done()
+    for subdir, index in sorted(indexes.items()):
+        repodata = to_json_bytes({"info": {"subdir": subdir}, "packages": index.get("packages", {}),
+                                  "packages.conda": index.get("packages.conda", {}), "repodata_version": 1})
+        writer.add_bytes("channel/%s/repodata.json" % subdir, repodata)
+        writer.add_bytes("channel/%s/repodata.json.bz2" % subdir, bz2.compress(repodata))
+    return {"platform": platform, "carried": carried,
+            "missing": [{"name": p.record["name"], "version": p.record["version"], "build": p.record.get("build", ""),
+                         "why": p.why} for p in plan if p.kind == "missing"]}
+
+
+def check_package_plan(plan, allow_missing):
+    missing = [p for p in plan if p.kind == "missing"]
+    for package in plan:
+        if package.kind == "rebuild":
+            say("note: %s has no archive in the cache: its .tar.bz2 is rebuilt from %s" % (package.label(), package.source))
+    if missing and not allow_missing:
+        raise PmError("%d package%s of the environment cannot be carried: %s" % (
+            len(missing), "s" * (len(missing) > 1), "; ".join("%s (%s)" % (p.label(), p.why) for p in missing)),
+            "download them again on this machine (conda install --force-reinstall NAME), or pass --allow-missing")
+    for package in missing:
+        say("warning: %s is not carried (%s); the target needs a channel that has it" % (package.label(), package.why))
+
+
+def print_package_plan(plan):
+    """--dry-run: what --with-packages would carry, and the total size."""
+    total = 0
+    for package in plan:
+        size = os.path.getsize(package.source) if package.kind == "archive" else 0
+        total += size
+        print("%-10s %-50s %10s  %s" % (package.kind, package.subdir + "/" + package.fn,
+                                        "%.1f MiB" % (size / 1048576.0) if size else "-", package.why or package.source))
+    print("%d packages, %.1f MiB in archives (rebuilt ones not counted), %d missing"
+          % (len(plan), total / 1048576.0, len([p for p in plan if p.kind == "missing"])))
 
 
 # -- Sending --------------------------------------------------------------
@@ -1032,6 +1196,16 @@ def build_parser():
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="leave out files or folders matching PATTERN (repeatable; "
                              "__pycache__ and *.pyc are always left out)")
+    parser.add_argument("--with-packages", action="store_true",
+                        help="carry every package's archive (from conda's caches) in the bundle, so that a "
+                             "target with no network creates the environment from it")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="with --with-packages: carry what can be found, and record the rest as missing")
+    parser.add_argument("--as-tar-bz2", action="store_true",
+                        help="with --with-packages: carry .conda packages as .tar.bz2 rebuilt from conda's extracted "
+                             "copies (for a target conda older than 4.7)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="with --with-packages: list what would be carried and the total size; write nothing")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out folders that cannot be read, with a note (default: stop)")
     parser.add_argument("-y", "--yes", action="store_true",
@@ -1091,8 +1265,17 @@ def pack(args):
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
     captured = gather_environment(conda, conda_info, prefix)
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
+    plan = None
+    if args.with_packages:
+        plan = plan_packages(captured["records"], conda_info.get("pkgs_dirs") or [], args.as_tar_bz2)
+        if args.dry_run:
+            print_package_plan(plan)
+            return 0
+        check_package_plan(plan, args.allow_missing)
+    elif args.dry_run or args.allow_missing or args.as_tar_bz2:
+        raise PmError("--dry-run, --allow-missing and --as-tar-bz2 go with --with-packages", "add --with-packages")
     if output:
-        write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable)
+        write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable, plan)
         say("saved %s" % output)
         print(os.path.abspath(output))
     if server:
@@ -1102,7 +1285,7 @@ def pack(args):
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
         try:
             if not output:
-                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable)
+                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan)
             send_bundle(path, server, name, token)
         except PmError:
             if not output and os.path.exists(path):
@@ -1358,6 +1541,29 @@ class Bundle(object):
         except UnicodeDecodeError:
             raise PmError("env.yml in %s is not UTF-8" % where, "pack the software again")
         return parse_env_yml(env_text, "env.yml in %s" % where), min_deps
+
+    def extract_channel(self, dest):
+        """Unzip the carried packages (channel/<subdir>/<file>, plain files only) into dest, a new folder."""
+        import shutil
+        import zipfile
+        os.mkdir(dest, 0o700)
+        with zipfile.ZipFile(self.path) as archive:
+            for info in archive.infolist():
+                parts = info.filename.split("/")
+                if parts[0] != "channel" or info.filename.endswith("/"):
+                    continue
+                if len(parts) != 3 or not all(is_one_path_component(p) for p in parts[1:]) \
+                        or stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG):
+                    raise PmError("bundle entry %s is not a package of the carried channel" % info.filename,
+                                  "do not use this bundle; pack the software again")
+                folder = os.path.join(dest, parts[1])
+                if not os.path.isdir(folder):
+                    os.mkdir(folder, 0o700)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                with archive.open(info) as source, os.fdopen(os.open(os.path.join(folder, parts[2]), flags, 0o600),
+                                                             "wb") as out:
+                    shutil.copyfileobj(source, out, CHUNK)
+        return dest
 
     def extract_software(self, dest):
         """Unzip software/<dir>/ into dest; return dest/<dir>. Safe against crafted entries: every
@@ -2761,7 +2967,12 @@ def recreate_test_install(attempt, config, bundle, options):
         conda = CondaHere(find_conda_here())
         env_name = options.env_name or attempt.name
         with FolderLock(attempt.store.software(attempt.name), "the conda environment of %s" % attempt.name):
-            level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force)
+            channel = carried_channel(attempt, conda, bundle)
+            try:
+                level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force, channel)
+            finally:
+                if channel:
+                    shutil.rmtree(channel.folder, ignore_errors=True)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         attempt.save(level=level, env_name=env_name, env_prefix=prefix)
         test_environ = activated_environ(prefix, env_name)
@@ -2900,14 +3111,14 @@ def conda_error_line(output, code):
     return (named or lines or ["exit %d" % code])[-1]
 
 
-def all_missing(attempt, conda, env_name, specs, first_missing):
+def all_missing(attempt, conda, env_name, specs, first_missing, channel_args=()):
     """Every spec of a level that the channels lack, not only the first that conda 4.3 names:
     dry runs without what was found missing, until conda finds the rest (at most one per spec)."""
     missing = list(first_missing)
     while missing and len(missing) < len(specs):
         missing_names = set(spec_name(m) for m in missing)
         rest = [s for s in specs if spec_name(s) not in missing_names]
-        code, output = attempt.run([conda.exe, "create", "--dry-run", "-n", env_name] + rest)
+        code, output = attempt.run([conda.exe, "create", "--dry-run", "-n", env_name] + list(channel_args) + rest)
         more = [m for m in missing_packages(output) if spec_name(m) not in missing_names]
         if code == 0 or not more:
             break
@@ -2918,9 +3129,47 @@ def all_missing(attempt, conda, env_name, specs, first_missing):
 PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those --force replaces
 
 
-def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
+class CarriedChannel(object):
+    """The bundle's own packages, unzipped as a local channel; args are conda's flags to use it
+    (alone and offline, when nothing is missing from it)."""
+
+    def __init__(self, folder, complete):
+        from urllib.request import pathname2url
+        self.folder = folder
+        self.url = "file://" + pathname2url(folder)
+        self.args = ["--offline", "--override-channels", "-c", self.url] if complete else ["-c", self.url]
+
+
+def carried_channel(attempt, conda, bundle):
+    """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
+    (a note says why); a .conda archive that this conda cannot read stops before anything is made."""
+    packages = bundle.manifest.packages or {}
+    carried = packages.get("carried") or []
+    if not carried:
+        return None
+    here = conda.info.get("platform") or ""
+    if packages.get("platform") != here:
+        say("note: the bundle carries its packages for %s, and this conda is %s: they cannot serve here, so "
+            "this conda's own channels are used" % (packages.get("platform"), here or "of an unknown platform"))
+        return None
+    newer = [c["file"].rsplit("/", 1)[-1] for c in carried if c["file"].endswith(".conda")]
+    if newer and PROBE.conda_version(conda.info) < (4, 7):
+        raise PmError("conda %s reads no .conda packages, and the bundle carries %d: %s" % (
+            conda.info.get("conda_version", "?"), len(newer), ", ".join(newer)),
+            "use conda 4.7 or newer here, or pack again on the base with --with-packages --as-tar-bz2")
+    missing = packages.get("missing") or []
+    if missing:
+        say("note: the bundle lacks %d of its packages (%s): this conda's channels must provide them"
+            % (len(missing), ", ".join(m["name"] for m in missing)))
+    channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
+    say("using the %d packages the bundle carries%s" % (len(carried), "" if missing else ", offline"))
+    return channel
+
+
+def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channel=None):
     """Create the environment, falling back level by level; return (level, prefix). With --force the
-    new one is built beside the old (as NAME-pm-new), which stays whole unless the new one is made."""
+    new one is built beside the old (as NAME-pm-new), which stays whole unless the new one is made.
+    With channel (a CarriedChannel) every level installs from the bundle's packages."""
     prefix = conda.env_prefix(env_name)
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
@@ -2928,7 +3177,10 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
     if prefix and not os.path.isfile(os.path.join(prefix, PM_MADE)):
         raise PmError("the conda environment %s (%s) was not made by pm, and pm never removes one it did not make"
                       % (env_name, prefix), "choose another name with --env-name")
-    gone = local_channels_missing_here(env_file.channels)
+    gone = [] if channel else local_channels_missing_here(env_file.channels)
+    if channel and env_file.pip:
+        say("note: the packages pip installed on the base (%s) are not carried; they are left out"
+            % ", ".join(env_file.pip))
     if gone:
         say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
             % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
@@ -2947,7 +3199,11 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
         path = os.path.join(attempt.path, "env-%s.yml" % level)
         write_atomic(path, level_file.to_yaml())
         say("creating conda environment %s (%s, %d packages)..." % (build_name, level, len(level_file.dependencies)))
-        code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
+        if channel:
+            code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
+                                       level_file.dependencies)
+        else:
+            code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
         built = conda.env_prefix(build_name)
         if code == 0 and built:
             write_json(os.path.join(built, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
@@ -2966,7 +3222,8 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force):
     if prefix:
         say("the environment %s is left as it was" % env_name)
     if missing:
-        missing = all_missing(attempt, conda, build_name, level_file.dependencies, missing)
+        missing = all_missing(attempt, conda, build_name, level_file.dependencies, missing,
+                              channel.args if channel else [])
         attempt.save(missing=missing)
         raise PmError("conda could not create the environment at any level (exact, no-builds, direct): "
                       "its channels lack %d package%s: %s" % (len(missing), "s" * (len(missing) != 1),

@@ -1,0 +1,157 @@
+"""pack --with-packages carries every package of the environment, and migrate creates the
+environment from the bundle alone: real conda 4.3.16 and 25.11.1 on both sides, the base's channel
+taken away after pack, the target with no channel configured and (unshare -n, as root) no network."""
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+
+import pytest
+
+import channels
+import realconda
+from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
+
+with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
+    CONFIG = _handle.read()
+
+
+def write_config(tmp_path):
+    path = tmp_path / "tests.ini"
+    path.write_text(CONFIG.format(out=str(tmp_path / "installed")))
+    return str(path)
+
+
+def conda_meta(prefix):
+    found = {}
+    for name in os.listdir(os.path.join(prefix, "conda-meta")):
+        if name.endswith(".json"):
+            with open(os.path.join(prefix, "conda-meta", name)) as handle:
+                record = json.load(handle)
+            found[record["name"]] = (record["version"], record["build"])
+    return found
+
+
+def base_site(real_condas, key, tmp_path, channel=None):
+    """A base conda with the example environment, from a channel of its own."""
+    channel = channel or channels.example_channel(str(tmp_path / "base-channel"))
+    site = realconda.RealCondaSite(real_condas[key], str(tmp_path / "base"), [channel])
+    site.create("heatsim-env", channels.EXAMPLE_SPECS)
+    return site, channel
+
+
+def pkgs_dir(site):
+    return os.path.join(site.base, "pkgs")
+
+
+def pack(pyz, site, software, out, *extra, python="2.7"):
+    return run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes",
+                                             "--with-packages"] + list(extra), site.env(), timeout=300)
+
+
+def migrate_offline(pyz, target, bundle, tmp_path):
+    """migrate in a network namespace with no network at all: any leak fails."""
+    command = ["unshare", "-n", find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path),
+               "--bundle", bundle]
+    return subprocess.run(command, env=target.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+
+
+@pytest.mark.parametrize("base_key, python, target_key", [("25.11.1", "newest", "4.3.16-py3.6"),
+                                                          ("4.3.16-py2.7", "2.7", "25.11.1")])
+def test_a_target_with_no_channel_and_no_network_gets_the_bases_environment(base_key, python, target_key, pyz,
+                                                                           real_condas, example_software, tmp_path):
+    base, channel = base_site(real_condas, base_key, tmp_path)
+    os.remove(os.path.join(pkgs_dir(base), "libgrid-1.2-h0_0.tar.bz2"))  # as after 'conda clean --tarballs'
+    bundle = str(tmp_path / "heatsim.zip")
+    packed = pack(pyz, base, example_software, bundle, python=python)
+    assert packed.returncode == 0, packed.stderr
+    assert "libgrid 1.2 h0_0 has no archive in the cache: its .tar.bz2 is rebuilt" in packed.stderr
+    with zipfile.ZipFile(bundle) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("manifest.json").decode())
+    carried = dict((c["name"], c) for c in manifest["packages"]["carried"])
+    assert set(carried) == set(conda_meta(base.prefix("heatsim-env")))
+    assert carried["libgrid"]["rebuilt"] and not carried["heatplot"]["rebuilt"]
+    assert {"channel/noarch/repodata.json", "channel/noarch/repodata.json.bz2", "channel/linux-64/repodata.json",
+            "channel/noarch/heatplot-0.3-h3_0.tar.bz2"} <= names
+    shutil.rmtree(channel)  # the base's mirror is not on the target
+    target = realconda.RealCondaSite(real_condas[target_key], str(tmp_path / "target"), [])
+    proc = migrate_offline(pyz, target, bundle, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "using the %d packages the bundle carries, offline" % len(carried) in proc.stderr
+    result = read_result(attempt_dirs(target.home, "heatsim")[-1])
+    assert result["status"] == "passed" and result["level"] == "exact"
+    assert conda_meta(result["env_prefix"]) == conda_meta(base.prefix("heatsim-env"))
+    assert not os.path.exists(os.path.join(attempt_dirs(target.home, "heatsim")[-1], "channel"))
+
+
+def test_dry_run_lists_what_would_be_carried_and_writes_nothing(pyz, real_condas, example_software, tmp_path):
+    base, _ = base_site(real_condas, "25.11.1", tmp_path)
+    out = str(tmp_path / "never.zip")
+    proc = pack(pyz, base, example_software, out, "--dry-run", python="newest")
+    assert proc.returncode == 0, proc.stderr
+    assert "archive    noarch/heatplot-0.3-h3_0.tar.bz2" in proc.stdout
+    assert "5 packages" in proc.stdout and "0 missing" in proc.stdout
+    assert not os.path.exists(out) and [f for f in os.listdir(str(tmp_path)) if f.startswith(".pm-")] == []
+
+
+def test_a_missing_or_corrupt_archive_is_named_and_nothing_is_written(pyz, real_condas, example_software, tmp_path):
+    base, _ = base_site(real_condas, "25.11.1", tmp_path)
+    cache = pkgs_dir(base)
+    with open(os.path.join(cache, "heatplot-0.3-h3_0.tar.bz2"), "r+b") as handle:
+        handle.seek(20)
+        handle.write(b"corrupt!")
+    shutil.rmtree(os.path.join(cache, "heatplot-0.3-h3_0"))
+    os.remove(os.path.join(cache, "libgrid-1.2-h0_0.tar.bz2"))
+    shutil.rmtree(os.path.join(cache, "libgrid-1.2-h0_0"))
+    out = str(tmp_path / "b.zip")
+    proc = pack(pyz, base, example_software, out, python="newest")
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "2 packages of the environment cannot be carried" in line and "does not match its record's md5" in line
+    assert "libgrid 1.2 h0_0 (not in conda's package caches" in line and "--allow-missing" in line
+    assert not os.path.exists(out)
+    allowed = pack(pyz, base, example_software, out, "--allow-missing", python="newest")
+    assert allowed.returncode == 0, allowed.stderr
+    with zipfile.ZipFile(out) as archive:
+        manifest = json.loads(archive.read("manifest.json").decode())
+    assert sorted(m["name"] for m in manifest["packages"]["missing"]) == ["heatplot", "libgrid"]
+
+
+def test_a_bundle_packed_for_another_platform_says_so_and_takes_this_condas_channels(pyz, real_condas, real_site,
+                                                                                      example_software, tmp_path):
+    base, _ = base_site(real_condas, "25.11.1", tmp_path)
+    bundle = str(tmp_path / "b.zip")
+    assert pack(pyz, base, example_software, bundle, python="newest").returncode == 0
+    other = rewrite_bundle(bundle, str(tmp_path / "osx.zip"),
+                           lambda members, manifest: manifest["packages"].update(platform="osx-arm64"))
+    target = real_site("25.11.1", "target")  # with the example channel, as a mirror would be
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", other],
+                  target.env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "the bundle carries its packages for osx-arm64, and this conda is linux-64" in proc.stderr
+
+
+def test_conda_43_is_told_it_cannot_read_carried_conda_files_and_as_tar_bz2_serves_it(pyz, real_condas,
+                                                                                     example_software, tmp_path):
+    python = os.path.join(os.path.dirname(real_condas["25.11.1"]), "python")
+    channel = channels.conda_format_channel(str(tmp_path / "conda-channel"), python)
+    base, _ = base_site(real_condas, "25.11.1", tmp_path, channel)
+    assert any(f.endswith(".conda") for f in os.listdir(pkgs_dir(base)))
+    bundle = str(tmp_path / "conda-files.zip")
+    assert pack(pyz, base, example_software, bundle, python="newest").returncode == 0
+    target = realconda.RealCondaSite(real_condas["4.3.16-py3.6"], str(tmp_path / "target"), [])
+    proc = migrate_offline(pyz, target, bundle, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "conda 4.3.16 reads no .conda packages, and the bundle carries 5: " in line and "--as-tar-bz2" in line
+    assert not os.listdir(target.envs), "nothing is created"
+    rebuilt = str(tmp_path / "tar-bz2.zip")
+    packed = pack(pyz, base, example_software, rebuilt, "--as-tar-bz2", python="newest")
+    assert packed.returncode == 0, packed.stderr
+    proc = migrate_offline(pyz, target, rebuilt, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(attempt_dirs(target.home, "heatsim")[-1])
+    assert conda_meta(result["env_prefix"]) == conda_meta(base.prefix("heatsim-env"))
