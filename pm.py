@@ -2610,6 +2610,9 @@ def leftover_processes(group, marker):
     return found
 
 
+LEFTOVER_GRACE = 2.0
+
+
 def stop_leftovers(leftovers):
     """SIGTERM, a second to go, then SIGKILL."""
     pids = [int(line.split()[0]) for line in leftovers]
@@ -2662,9 +2665,15 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
     marker, leftovers = ("PM_RUN_ID=" + run_id).encode(), []
 
     def reap():
-        """Once the command ends, stop what it left running: a daemon would hold its output open."""
+        """Once the command ends, stop what it left running: a daemon would hold its output open. What
+        ends by itself within LEFTOVER_GRACE seconds (a multiprocessing helper) is no leftover."""
         proc.wait()
-        leftovers.extend(leftover_processes(proc.pid, marker))
+        deadline = time.time() + LEFTOVER_GRACE
+        found = leftover_processes(proc.pid, marker)
+        while found and time.time() < deadline:
+            time.sleep(0.05)
+            found = leftover_processes(proc.pid, marker)
+        leftovers.extend(found)
         stop_leftovers(leftovers)
 
     threading.Thread(target=watch, daemon=True).start()
