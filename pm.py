@@ -2898,7 +2898,11 @@ class Attempt(object):
 class MigrateOptions(object):
     """What the caller asks of a migration (the command line's flags, as plain values)."""
 
-    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=()):
+    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=(),
+                 no_conda=False, allow_scripts=False, prefix=None):
+        self.no_conda = no_conda  # install the bundle's carried packages without conda
+        self.allow_scripts = allow_scripts
+        self.prefix = prefix
         self.env_name = env_name
         self.force = force
         self.skip_tests = skip_tests
@@ -2972,7 +2976,11 @@ def recreate_test_install(attempt, config, bundle, options):
     install_target(bundle, config.output_dir, options.force)
     env_file, min_deps = bundle.environment()
     packages = None
-    if "conda" in config.package_managers:
+    carried = (bundle.manifest.packages or {}).get("carried")
+    if "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here()):
+        packages, test_environ, activate = environment_without_conda(attempt, config, bundle, options,
+                                                                     env_file, min_deps)
+    elif "conda" in config.package_managers:
         conda = CondaHere(find_conda_here())
         env_name = options.env_name or attempt.name
         with FolderLock(attempt.store.software(attempt.name), "the conda environment of %s" % attempt.name):
@@ -3007,6 +3015,8 @@ def recreate_test_install(attempt, config, bundle, options):
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
         result.installed = install_software(bundle, config.output_dir, options.force)
+        if attempt.result.get("level") == "carried" and not options.prefix:
+            remove_older_carried_envs(attempt.result["env_prefix"])
         result.activate = activate
         say("installed %s into %s" % (attempt.name, result.installed))
     attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
@@ -3069,6 +3079,42 @@ def install_software(bundle, output_dir, force):
 
 
 # -- With conda ---------------------------------------------------------------
+
+
+def conda_is_here():
+    try:
+        PROBE.find_conda()
+        return True
+    except PmError:
+        return False
+
+
+def environment_without_conda(attempt, config, bundle, options, env_file, min_deps):
+    """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
+    when the platform is the base's; else the test configuration's other package managers serve.
+    Returns (summary rows or None, environment for the tests, activation command)."""
+    here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
+    if here != there:
+        others = [m for m in config.package_managers if m != "conda"]
+        say("note: the bundle carries its packages for %s, and this machine is %s: pm cannot install them here"
+            % (there, here or "of a platform conda does not name"))
+        if not others:
+            raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
+                          "install conda, or list other package managers in the test configuration")
+        config = MigrationConfig(config.output_dir, others, config.tests)
+        attempt.base_python = base_python_version(bundle)
+        packages, environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
+        attempt.save(packages=packages)
+        venv = environ.get("VIRTUAL_ENV")
+        return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
+    prefix = os.path.abspath(options.prefix) if options.prefix else carried_env_prefix(attempt.store, attempt.name,
+                                                                                      attempt)
+    say("no conda %s: pm installs the %d packages the bundle carries into %s"
+        % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
+    install_without_conda(attempt, bundle, prefix, options.allow_scripts)
+    attempt.save(level="carried", env_prefix=prefix)
+    activate = 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
+    return None, activated_environ(prefix, os.path.basename(prefix)), activate
 
 
 def find_conda_here():
@@ -3276,6 +3322,292 @@ def activated_environ(prefix, env_name):
 
 
 ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
+
+
+# -- Without conda: the carried packages, installed by pm ----------------------
+# A bundle packed --with-packages on a machine of the same platform: pm links its .tar.bz2
+# archives into a new prefix itself, as conda's linker does (prefix placeholders in text and
+# binary files, noarch: python relocation and entry points, conda-meta records and history).
+
+CONDA_PLATFORMS = {("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
+                   ("Linux", "ppc64le"): "linux-ppc64le", ("Darwin", "arm64"): "osx-arm64",
+                   ("Darwin", "x86_64"): "osx-64"}
+OLD_PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # packages without info/paths.json
+PM_INCOMPLETE = os.path.join("conda-meta", "pm-incomplete")  # until the last record is written
+
+
+def this_conda_platform():
+    import platform
+    return CONDA_PLATFORMS.get((platform.system(), platform.machine()), "")
+
+
+class CarriedArchive(object):
+    """One carried .tar.bz2: its repodata entry, and what its info/ folder says."""
+
+    def __init__(self, path, fn, entry):
+        import tarfile
+        self.path, self.fn, self.entry = path, fn, entry
+        self.dist = fn[:-len(".tar.bz2")]
+        self.info = {}
+        try:
+            with tarfile.open(path, "r:bz2") as tar:
+                for name in ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix",
+                             "info/files"):
+                    try:
+                        self.info[name] = tar.extractfile(name).read()
+                    except (KeyError, AttributeError):
+                        pass
+        except (OSError, EOFError, tarfile.TarError) as exc:
+            raise PmError("the carried package %s cannot be read (%s)" % (fn, exc), "pack the software again")
+        self.placeholders = self.read_placeholders()
+
+    def read_json(self, name):
+        return json.loads(self.info[name].decode("utf-8")) if name in self.info else None
+
+    def read_placeholders(self):
+        """path -> (placeholder, 'text' or 'binary'), from info/paths.json or old info/has_prefix."""
+        found = {}
+        paths = self.read_json("info/paths.json")
+        if paths:
+            for item in paths.get("paths", []):
+                if item.get("prefix_placeholder"):
+                    found[item["_path"]] = (item["prefix_placeholder"], item.get("file_mode", "text"))
+            return found
+        for line in self.info.get("info/has_prefix", b"").decode("utf-8").splitlines():
+            words = shlex.split(line)
+            if len(words) == 3:
+                found[words[2]] = (words[0], words[1])
+            elif words:
+                found[words[0]] = (OLD_PLACEHOLDER, "text")
+        return found
+
+    def noarch_python(self):
+        link = self.read_json("info/link.json") or {}
+        return self.entry.get("noarch") == "python" or (link.get("noarch") or {}).get("type") == "python"
+
+    def has_post_link(self):
+        script = "bin/.%s-post-link.sh" % self.entry["name"]
+        listed = [p["_path"] for p in (self.read_json("info/paths.json") or {}).get("paths", [])]
+        return script in listed or script in self.info.get("info/files", b"").decode("utf-8").splitlines()
+
+    def entry_points(self):
+        return ((self.read_json("info/link.json") or {}).get("noarch") or {}).get("entry_points") or []
+
+
+def install_order(archives):
+    """Dependencies before what needs them (a cycle is broken in name order)."""
+    by_name = dict((a.entry["name"], a) for a in archives)
+    order, state = [], {}
+    for name in sorted(by_name):
+        stack = [(name, iter(sorted(spec_name(d) for d in by_name[name].entry.get("depends", []))))]
+        state[name] = "open"
+        while stack:
+            current, deps = stack[-1]
+            for dep in deps:
+                if dep in by_name and dep not in state:
+                    state[dep] = "open"
+                    stack.append((dep, iter(sorted(spec_name(d) for d in by_name[dep].entry.get("depends", [])))))
+                    break
+            else:
+                stack.pop()
+                state[current] = "done"
+                order.append(by_name[current])
+        state[name] = "done"
+    return order
+
+
+def replace_prefix(data, placeholder, prefix, mode, where):
+    """conda's prefix replacement: text replaces every occurrence; binary rewrites each NUL-ended
+    string that holds the placeholder and pads it with NULs to its old length."""
+    old, new = placeholder.encode("utf-8"), prefix.encode("utf-8")
+    if mode != "binary":
+        return data.replace(old, new)
+    if len(new) > len(old):
+        raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled into %s"
+                      % (prefix, len(new), len(old), where), "choose a shorter --prefix")
+    return re.sub(re.escape(old) + b"([^\0]*?)\0",
+                  lambda m: new + m.group(1) + b"\0" * (len(old) - len(new)) + b"\0", data)
+
+
+def python_site(archives):
+    """lib/pythonX.Y/site-packages of the environment's python package."""
+    for archive in archives:
+        if archive.entry["name"] == "python":
+            return "lib/python%s/site-packages" % ".".join(archive.entry["version"].split(".")[:2])
+    raise PmError("a noarch: python package needs a python package in the environment, and there is none",
+                  "pack an environment that has python")
+
+
+def relocated(name, site):
+    """Where a noarch: python package's file goes."""
+    if name.startswith("site-packages/"):
+        return site + name[len("site-packages"):]
+    if name.startswith("python-scripts/"):
+        return "bin" + name[len("python-scripts"):]
+    return name
+
+
+def link_archive(archive, prefix, site):
+    """Write one package's files into prefix; return the prefix-relative paths written."""
+    import tarfile
+    written = []
+    with tarfile.open(archive.path, "r:bz2") as tar:
+        for member in tar:
+            name = member.name.lstrip("./") if member.name.startswith("./") else member.name
+            if name.startswith("info/") or name == "info" or member.isdir():
+                continue
+            parts = name.split("/")
+            if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+                raise PmError("unsafe path %r in the carried package %s" % (name, archive.fn), "pack the software again")
+            rel = relocated(name, site) if archive.noarch_python() else name
+            dest = os.path.join(prefix, *rel.split("/"))
+            real_parent = os.path.realpath(os.path.dirname(dest))
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            if not (real_parent + os.sep).startswith(os.path.realpath(prefix) + os.sep):
+                raise PmError("%s of %s would be written outside the prefix" % (name, archive.fn), "pack the software again")
+            if os.path.lexists(dest):
+                os.remove(dest)  # a later package's file wins, as with conda's clobbering
+            if member.issym():
+                target = os.path.normpath(os.path.join(os.path.dirname(rel), member.linkname))
+                if os.path.isabs(member.linkname) or target.startswith(".."):
+                    raise PmError("the link %s of %s leads outside the prefix" % (name, archive.fn),
+                                  "pack the software again")
+                os.symlink(member.linkname, dest)
+            elif member.isfile() or member.islnk():
+                data = tar.extractfile(member).read()
+                if name in archive.placeholders:
+                    placeholder, mode = archive.placeholders[name]
+                    data = replace_prefix(data, placeholder, prefix, mode, "%s of %s" % (name, archive.fn))
+                with open(dest, "wb") as out:
+                    out.write(data)
+                os.chmod(dest, member.mode & 0o7777 or 0o644)
+            else:
+                raise PmError("%s in the carried package %s is not a file or link" % (name, archive.fn),
+                              "pack the software again")
+            written.append(rel)
+    for point in archive.entry_points():
+        command, _, target = point.partition("=")
+        module, _, function = target.strip().partition(":")
+        rel = "bin/" + command.strip()
+        path = os.path.join(prefix, "bin", command.strip())
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as out:
+            out.write("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
+                      "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
+                      "    sys.exit(%s())\n" % (prefix, module.strip(), function.split(".")[0].strip(), function.strip()))
+        os.chmod(path, 0o755)
+        written.append(rel)
+    return written
+
+
+def conda_meta_record(archive, files, requested):
+    record = dict(archive.entry)
+    record.update(fn=archive.fn, channel="pm-carried", url="file://pm-carried/%s/%s" % (archive.entry.get("subdir", ""),
+                                                                                      archive.fn),
+                  files=files, paths_data={"paths_version": 1, "paths": [{"_path": f, "path_type": "hardlink"}
+                                                                        for f in files]},
+                  link={"source": "", "type": 1})
+    if archive.entry["name"] in requested:
+        record["requested_spec"] = requested[archive.entry["name"]]
+    return record
+
+
+def carried_archives(bundle, channel_dir):
+    """The bundle's carried packages as CarriedArchives, checked before anything is installed."""
+    archives, unreadable = [], []
+    for subdir in sorted(os.listdir(channel_dir)):
+        repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
+        for key in ("packages", "packages.conda"):
+            for fn, entry in sorted((repodata.get(key) or {}).items()):
+                if fn.endswith(".conda"):
+                    unreadable.append(fn)
+                    continue
+                archives.append(CarriedArchive(os.path.join(channel_dir, subdir, fn), fn, entry))
+    if unreadable:
+        raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
+                      "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),
+                      "pack again on the base with --with-packages --as-tar-bz2")
+    return archives
+
+
+def install_without_conda(attempt, bundle, prefix, allow_scripts=False):
+    """Create the environment at prefix from the bundle's carried packages, with no conda: in
+    dependency order, linked as conda links them. The prefix is marked incomplete until its last
+    record is written, and removed on any failure or interruption."""
+    import shutil
+    channel_dir = bundle.extract_channel(os.path.join(attempt.path, "channel"))
+    try:
+        archives = install_order(carried_archives(bundle, channel_dir))
+        for archive in archives:
+            for name, (placeholder, mode) in sorted(archive.placeholders.items()):
+                if mode == "binary" and len(prefix.encode("utf-8")) > len(placeholder.encode("utf-8")):
+                    raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled "
+                                  "into %s of %s" % (prefix, len(prefix.encode("utf-8")), len(placeholder), name,
+                                                     archive.fn), "choose a shorter --prefix")
+        scripts = [a.entry["name"] for a in archives if a.has_post_link()]
+        if scripts and not allow_scripts:
+            say("note: %s %s post-link script%s, which pm does not run (--allow-scripts runs them)"
+                % (", ".join(scripts), "has a" if len(scripts) == 1 else "have", "" if len(scripts) == 1 else "s"))
+        if os.path.lexists(prefix):
+            raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+        os.makedirs(os.path.join(prefix, "conda-meta"))
+        write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
+        try:
+            site = python_site(archives) if any(a.noarch_python() for a in archives) else None
+            requested = dict((spec_name(s), s) for s in bundle.manifest.minimal or [])
+            history = ["==> %s <==" % time.strftime("%Y-%m-%d %H:%M:%S"), "# cmd: pm.pyz migrate %s" % attempt.name]
+            for number, archive in enumerate(archives, 1):
+                say("  [%d/%d] %s" % (number, len(archives), archive.dist))
+                attempt.log("linking %s into %s" % (archive.fn, prefix))
+                files = link_archive(archive, prefix, site)
+                if allow_scripts and archive.entry["name"] in scripts:
+                    run_post_link(attempt, prefix, archive)
+                write_json(os.path.join(prefix, "conda-meta", archive.dist + ".json"),
+                           conda_meta_record(archive, files, requested), 0o644)
+                history.append("+pm-carried::%s" % archive.dist)
+            history.append("# update specs: %r" % sorted(requested.values()))
+            write_atomic(os.path.join(prefix, "conda-meta", "history"), "\n".join(history) + "\n", 0o644)
+            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
+            os.remove(os.path.join(prefix, PM_INCOMPLETE))
+        except BaseException:
+            shutil.rmtree(prefix, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(channel_dir, ignore_errors=True)
+    return prefix
+
+
+def run_post_link(attempt, prefix, archive):
+    script = os.path.join(prefix, "bin", ".%s-post-link.sh" % archive.entry["name"])
+    environ = dict(os.environ, PREFIX=prefix, PKG_NAME=archive.entry["name"], PKG_VERSION=archive.entry["version"],
+                   PKG_BUILDNUM=str(archive.entry.get("build_number", 0)))
+    code, output = attempt.run(["/bin/sh", script], environ)
+    if code != 0:
+        raise PmError("the post-link script of %s failed (exit %d)" % (archive.dist, code), "read %s" % attempt.log_path,
+                      code=1)
+
+
+def carried_env_prefix(store, name, attempt):
+    """Where pm installs an environment without conda: the software's envs/ in the store, one per
+    attempt; prefixes left incomplete by an interrupted attempt are removed first."""
+    import shutil
+    folder = os.path.join(store.software(name), "envs")
+    store.make_folder(folder)
+    for entry in os.listdir(folder):
+        if os.path.isfile(os.path.join(folder, entry, PM_INCOMPLETE)):
+            say("note: removing %s, left incomplete by an earlier attempt" % os.path.join(folder, entry))
+            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+    return os.path.join(folder, attempt.id)
+
+
+def remove_older_carried_envs(prefix):
+    """After a pass: the software's earlier environments pm made without conda are no longer used."""
+    import shutil
+    folder = os.path.dirname(prefix)
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if path != prefix and os.path.isfile(os.path.join(path, PM_MADE)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- With the system's package managers ---------------------------------------
@@ -4427,7 +4759,7 @@ def cmd_migrate(args):
     store = Store.default()
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
     options = MigrateOptions(args.env_name, args.force, args.skip_tests, args.yes, read_answers(args.answers),
-                             args.pck_mgr_configs)
+                             args.pck_mgr_configs, args.no_conda, args.allow_scripts, args.prefix)
     if args.bundle:
         if not os.path.isfile(args.bundle):
             raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
@@ -4576,6 +4908,13 @@ def build_parser():
                      help="JSON answers ahead of time: requirement -> \"manager:package[=version]\" or \"skip\"")
     sub.add_argument("-y", "--yes", action="store_true",
                      help="never ask: take remembered choices, else the top candidate")
+    sub.add_argument("--no-conda", action="store_true",
+                     help="install a bundle's carried packages (pack --with-packages) without conda, even if "
+                          "this machine has one (pm does so by itself when it has none)")
+    sub.add_argument("--prefix", metavar="DIR",
+                     help="without conda: where the environment goes (default: the store's NAME/envs/<attempt>)")
+    sub.add_argument("--allow-scripts", action="store_true",
+                     help="without conda: run the packages' post-link scripts (default: name them, run none)")
     add_max_ratio(sub)
     sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",

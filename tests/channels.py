@@ -204,3 +204,103 @@ def conda_format_channel(channel, python):
         with open(os.path.join(channel, subdir, "repodata.json.bz2"), "wb") as handle:
             handle.write(bz2.compress(text))
     return channel
+
+
+# A channel of packages that exercise a linker (pm's own, when the target has no conda): a prefix
+# placeholder in a text file and one compiled into a binary, a noarch: python package with an entry
+# point, a dependency cycle, a post-link script, and a package carried as .conda.
+PLACEHOLDER = "/opt/conda-bld/pm_test_placehold" + "_placehold" * 20  # 232 characters, as conda-build's are long
+HELLO_C = b'#include <stdio.h>\nstatic const char where[] = PREFIX "/share/hello";\n' \
+          b'int main(void) { puts(where); return 0; }\n'
+
+
+def make_linked_package(channel, subdir, name, version, build, depends, files, placeholders=None, noarch=None,
+                        entry_points=None):
+    """A .tar.bz2 with info/paths.json naming its placeholders (path -> mode) and, for noarch: python,
+    info/link.json with its entry points."""
+    folder = os.path.join(channel, subdir)
+    os.makedirs(folder, exist_ok=True)
+    index = {"name": name, "version": version, "build": build, "build_number": 0, "depends": list(depends),
+             "subdir": subdir, "license": "BSD-3-Clause", "timestamp": 1700000000000}
+    if noarch:
+        index["noarch"] = noarch
+    paths = []
+    for path, content in sorted(files.items()):
+        item = {"_path": path, "path_type": "hardlink", "sha256": hashlib.sha256(content).hexdigest(),
+                "size_in_bytes": len(content)}
+        if path in (placeholders or {}):
+            item.update(prefix_placeholder=PLACEHOLDER, file_mode=placeholders[path])
+        paths.append(item)
+    out = os.path.join(folder, "%s-%s-%s.tar.bz2" % (name, version, build))
+    with tarfile.open(out, "w:bz2") as tar:
+        add_member(tar, "info/index.json", json.dumps(index).encode())
+        add_member(tar, "info/paths.json", json.dumps({"paths_version": 1, "paths": paths}).encode())
+        add_member(tar, "info/files", "".join(p + "\n" for p in sorted(files)).encode())
+        if noarch == "python":
+            add_member(tar, "info/link.json", json.dumps({"noarch": {"type": "python", "entry_points": entry_points or []},
+                                                          "package_metadata_version": 1}).encode())
+        for path, content in sorted(files.items()):
+            add_member(tar, path, content, 0o755 if path.startswith("bin/") else 0o644)
+    return out
+
+
+def linker_channel(channel, python, cc="cc"):
+    """The linker's channel, indexed; python is the interpreter its 'python' package wraps (its
+    version is the package's), cc builds the binary with the placeholder compiled in."""
+    import subprocess
+    version = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             stdout=subprocess.PIPE, universal_newlines=True, check=True).stdout.strip()
+    short = ".".join(version.split(".")[:2])
+    wrapper = ('#!/bin/sh\nPYTHONPATH="%s/lib/python%s/site-packages${PYTHONPATH:+:$PYTHONPATH}" exec %s "$@"\n'
+               % (PLACEHOLDER, short, python)).encode()
+    build = os.path.join(channel, "build")
+    os.makedirs(build)
+    with open(os.path.join(build, "hello.c"), "wb") as handle:
+        handle.write(HELLO_C)
+    subprocess.run([cc, "-O0", "-DPREFIX=\"%s\"" % PLACEHOLDER, "-o", os.path.join(build, "hello"),
+                    os.path.join(build, "hello.c")], check=True)
+    with open(os.path.join(build, "hello"), "rb") as handle:
+        hello = handle.read()
+    make_linked_package(channel, "linux-64", "python", version, "h0_0", [], {"bin/python": wrapper},
+                        {"bin/python": "text"})
+    make_linked_package(channel, "linux-64", "hello", "1.0", "h1_0", ["cyc-a"],
+                        {"bin/hello": hello, "share/hello": b"hello data\n"}, {"bin/hello": "binary"})
+    make_linked_package(channel, "noarch", "tinycli", "0.1", "py_0", ["python"],
+                        {"site-packages/tinycli/__init__.py": b"def main():\n    print('tinycli ok')\n    return 0\n"},
+                        noarch="python", entry_points=["tinycli = tinycli:main"])
+    make_linked_package(channel, "noarch", "cyc-a", "1.0", "0", ["cyc-b"], {"share/cyc-a": b"a\n"}, noarch="generic")
+    make_linked_package(channel, "noarch", "cyc-b", "1.0", "0", ["cyc-a"], {"share/cyc-b": b"b\n"}, noarch="generic")
+    make_linked_package(channel, "noarch", "postlink", "1.0", "0", [],
+                        {"bin/.postlink-post-link.sh": b'echo ran > "$PREFIX/postlink-ran"; sleep ${PM_TEST_POSTLINK_SLEEP:-0}\n'}, noarch="generic")
+    make_linked_package(channel, "noarch", "zdata", "1.0", "0", [], {"share/zdata.txt": b"carried as .conda\n"},
+                        noarch="generic")
+    import shutil
+    shutil.rmtree(build)
+    index_channel(channel)
+    return channel
+
+
+LINKER_SPECS = ["hello", "tinycli", "postlink", "zdata"]
+
+
+def as_conda_format(channel, subdir, stem, python):
+    """Turn one package of an indexed channel into .conda (conda_package_handling under python, real
+    conda 25's interpreter), moving its repodata entry to packages.conda."""
+    import subprocess
+    folder = os.path.join(channel, subdir)
+    subprocess.run([python, "-c", "import sys\nfrom conda_package_handling.api import transmute\n"
+                    "transmute(sys.argv[1], '.conda', out_folder=sys.argv[2])",
+                    os.path.join(folder, stem + ".tar.bz2"), folder], check=True)
+    os.remove(os.path.join(folder, stem + ".tar.bz2"))
+    with open(os.path.join(folder, "repodata.json")) as handle:
+        repodata = json.load(handle)
+    entry = repodata["packages"].pop(stem + ".tar.bz2")
+    with open(os.path.join(folder, stem + ".conda"), "rb") as handle:
+        data = handle.read()
+    entry.update(md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    repodata.setdefault("packages.conda", {})[stem + ".conda"] = entry
+    text = json.dumps(repodata, indent=1, sort_keys=True).encode()
+    with open(os.path.join(folder, "repodata.json"), "wb") as handle:
+        handle.write(text)
+    with open(os.path.join(folder, "repodata.json.bz2"), "wb") as handle:
+        handle.write(bz2.compress(text))

@@ -1,0 +1,146 @@
+"""A target with neither conda nor network: pm links the bundle's carried packages itself. The base
+is real conda 25.11.1 building the environment from a local channel (tests/channels.linker_channel:
+a text and a compiled-in binary placeholder, noarch: python with an entry point, a .conda package,
+a cycle, a post-link script); the target has no conda on PATH and runs under unshare -n (no
+network); real conda 25.11.1 then reads the environment pm made."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+import channels
+import realconda
+from conftest import attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
+
+CHECK = """set -e
+out=$(hello)
+echo "hello says $out"
+[ "$out" = "$CONDA_PREFIX/share/hello" ]
+tinycli | grep "tinycli ok"
+python -c "import tinycli"
+cat "$CONDA_PREFIX/share/zdata.txt"
+[ ! -e "$CONDA_PREFIX/postlink-ran" ]
+"""
+CONFIG = "[nativesim]\noutput_dir = {out}\npackage_managers = conda\ntests = check\n[test_check]\nexec = sh check.sh\n"
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory, real_condas, pyz):
+    """The base: its environment from the linker channel, packed --with-packages --as-tar-bz2 (and
+    without, to show a .conda stops pm); the channel is then taken away."""
+    work = tmp_path_factory.mktemp("linker-base")
+    conda_python = os.path.join(os.path.dirname(real_condas["25.11.1"]), "python")
+    channel = channels.linker_channel(str(work / "channel"), find_python("newest"))
+    channels.as_conda_format(channel, "noarch", "zdata-1.0-0", conda_python)
+    base = realconda.RealCondaSite(real_condas["25.11.1"], str(work / "base"), [channel])
+    prefix = base.create("native-env", channels.LINKER_SPECS)
+    software = work / "src" / "nativesim"
+    software.mkdir(parents=True)
+    (software / "check.sh").write_text(CHECK)
+    bundles = {}
+    for label, extra in (("tar.bz2", ["--as-tar-bz2"]), ("conda", [])):
+        bundles[label] = str(work / ("nativesim-%s.zip" % label))
+        proc = run_pm(find_python("newest"), pyz, ["pack", "-d", str(software), "-e", "native-env", "-o",
+                                                   bundles[label], "--yes", "--with-packages"] + extra,
+                      base.env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        bundles[label + "-stderr"] = proc.stderr
+    shutil.rmtree(channel)
+    listed = json.loads(base.conda("list", "--json", "-p", prefix).stdout)
+    return dict(bundles, base=base, listing=sorted((r["name"], r["version"], r["build_string"]) for r in listed))
+
+
+def no_conda_env(tmp_path):
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
+            "LANG": "C.UTF-8"}
+
+
+def config(tmp_path):
+    path = tmp_path / "nativesim.ini"
+    path.write_text(CONFIG.format(out=str(tmp_path / "installed")))
+    return str(path)
+
+
+def migrate(pyz, bundle, tmp_path, *extra, env=None):
+    command = ["unshare", "-n", find_python("newest"), pyz, "migrate", "nativesim", config(tmp_path), "--bundle",
+               bundle] + list(extra)
+    return subprocess.run(command, env=env or no_conda_env(tmp_path), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+
+
+def envs_left(tmp_path):
+    folder = tmp_path / "store" / "nativesim" / "envs"
+    return sorted(os.listdir(str(folder))) if folder.is_dir() else []
+
+
+def test_without_conda_pm_links_the_carried_packages_and_real_conda_sees_a_normal_environment(pyz, linked, tmp_path):
+    assert "zdata 1.0 0 has no archive in the cache: its .tar.bz2 is rebuilt" in linked["tar.bz2-stderr"]
+    proc = migrate(pyz, linked["tar.bz2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "no conda here: pm installs the 7 packages the bundle carries" in proc.stderr
+    assert "postlink has a post-link script, which pm does not run" in proc.stderr
+    result = read_result(attempt_dirs(str(tmp_path / "store"), "nativesim")[-1])
+    prefix = result["env_prefix"]
+    assert result["status"] == "passed" and result["level"] == "carried"
+    assert "hello says %s/share/hello" % prefix in proc.stderr, "the binary prints the new prefix"
+    assert not os.path.exists(os.path.join(prefix, "conda-meta", "pm-incomplete"))
+    listed = json.loads(linked["base"].conda("list", "--json", "-p", prefix).stdout)
+    assert sorted((r["name"], r["version"], r["build_string"]) for r in listed) == linked["listing"]
+    (command,) = [l[len("to run it: "):] for l in proc.stdout.splitlines() if l.startswith("to run it: ")]
+    ran = subprocess.run(["/bin/sh", "-c", command + " && hello && tinycli"], env=no_conda_env(tmp_path),
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert ran.stdout == "%s/share/hello\ntinycli ok\n" % prefix
+
+
+def test_a_carried_conda_file_stops_pm_before_anything_is_made(pyz, linked, tmp_path):
+    proc = migrate(pyz, linked["conda"], tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "carries 1 .conda: zdata-1.0-0.conda" in line and "--as-tar-bz2" in line
+    assert envs_left(tmp_path) == []
+
+
+def test_a_prefix_too_long_for_a_binary_placeholder_is_refused_and_nothing_is_left(pyz, linked, tmp_path):
+    long_prefix = str(tmp_path / ("p" * 240))
+    proc = migrate(pyz, linked["tar.bz2"], tmp_path, "--prefix", long_prefix)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "is longer than the 232-character placeholder compiled into bin/hello of hello-1.0-h1_0.tar.bz2" in line
+    assert not os.path.exists(long_prefix)
+
+
+def test_a_corrupt_carried_archive_is_named_and_nothing_is_left(pyz, linked, tmp_path):
+    def spoil(members, manifest):
+        members["channel/linux-64/hello-1.0-h1_0.tar.bz2"] = b"BZh9 not really bzip2"
+    spoilt = rewrite_bundle(linked["tar.bz2"], str(tmp_path / "spoilt.zip"), spoil)
+    proc = migrate(pyz, spoilt, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "the carried package hello-1.0-h1_0.tar.bz2 cannot be read" in proc.stderr.strip().splitlines()[-1]
+    assert envs_left(tmp_path) == []
+
+
+def test_ctrl_c_mid_install_leaves_no_prefix_and_the_next_attempt_runs(pyz, linked, tmp_path):
+    env = dict(no_conda_env(tmp_path), PM_TEST_POSTLINK_SLEEP="60")
+    command = [find_python("newest"), pyz, "migrate", "nativesim", config(tmp_path), "--bundle", linked["tar.bz2"],
+               "--allow-scripts"]
+    proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    deadline = time.time() + 60
+    ran = []
+    while not ran and time.time() < deadline:
+        ran = [p for p in (tmp_path / "store" / "nativesim" / "envs").glob("*/postlink-ran")] \
+            if (tmp_path / "store" / "nativesim" / "envs").is_dir() else []
+        time.sleep(0.1)
+    assert ran, "the post-link script never ran"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert envs_left(tmp_path) == []
+    assert read_result(attempt_dirs(str(tmp_path / "store"), "nativesim")[-1])["status"] == "interrupted"
+    again = migrate(pyz, linked["tar.bz2"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(envs_left(tmp_path)) == 1
