@@ -144,3 +144,13 @@ def test_ctrl_c_mid_install_leaves_no_prefix_and_the_next_attempt_runs(pyz, link
     again = migrate(pyz, linked["tar.bz2"], tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(envs_left(tmp_path)) == 1
+
+
+def test_packages_carried_for_another_platform_are_named_before_anything_is_written(pyz, linked, tmp_path):
+    other = rewrite_bundle(linked["tar.bz2"], str(tmp_path / "osx.zip"),
+                           lambda members, manifest: manifest["packages"].update(platform="osx-arm64"))
+    proc = migrate(pyz, other, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "the bundle carries its packages for osx-arm64, and this machine is linux-64" in proc.stderr
+    assert "there is no conda here, and the bundle's packages are for osx-arm64" in proc.stderr
+    assert envs_left(tmp_path) == []
