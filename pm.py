@@ -14,7 +14,9 @@ and newer, the probe also 2.7):
   Resolver           the levels conda tries; requirements, candidates and choices for the managers
   Package managers   INI sections (apt, dnf, pip, spack, ...), built in and from files
   Running commands   one runner: log, echo, timeout, process group, kill on any exit
-  Migrator           one attempt: environment (with conda, or with the package managers), tests, install
+  Migrator           one attempt: environment (with conda, with pm's own linker from the carried
+                     packages, or with the package managers), tests, install
+  Reports            report, history and report.html of the attempts; --json for scripts
   Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
   Server (process)   one server per store: foreground, start, stop, status
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
@@ -2837,8 +2839,8 @@ def this_platform():
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
     except (ValueError, OSError):
         libc = ""  # not glibc (macOS, musl)
-    return {"os": platform.system(), "machine": platform.machine(), "libc": libc,
-            "python": platform.python_version()}
+    return {"os": platform.system(), "os_release": platform.release(), "machine": platform.machine(), "libc": libc,
+            "python": platform.python_version(), "hostname": platform.node()}
 
 
 def glibc_version(text):
@@ -2947,7 +2949,8 @@ def migrate(store, name, config, bundle, options):
     here = this_platform()
     for note in platform_notes(bundle.manifest.source, here):
         say("note: " + note)
-    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here)
+    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here,
+                 source=bundle.manifest.source)
     try:
         try:
             return recreate_test_install(attempt, config, bundle, options)
@@ -2967,6 +2970,8 @@ def migrate(store, name, config, bundle, options):
     except KeyboardInterrupt:
         attempt.save(status="interrupted", finished=time.time())
         raise
+    finally:
+        write_report_html(store, name, attempt)
 
 
 def recreate_test_install(attempt, config, bundle, options):
@@ -2982,6 +2987,7 @@ def recreate_test_install(attempt, config, bundle, options):
                                                                      env_file, min_deps)
     elif "conda" in config.package_managers:
         conda = CondaHere(find_conda_here())
+        attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
         with FolderLock(attempt.store.software(attempt.name), "the conda environment of %s" % attempt.name):
             channel = carried_channel(attempt, conda, bundle)
@@ -2991,7 +2997,7 @@ def recreate_test_install(attempt, config, bundle, options):
                 if channel:
                     shutil.rmtree(channel.folder, ignore_errors=True)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
-        attempt.save(level=level, env_name=env_name, env_prefix=prefix)
+        attempt.save(level=level, env_name=env_name, env_prefix=prefix, environment=env_packages(prefix))
         test_environ = activated_environ(prefix, env_name)
         activate = conda_activation(conda, env_name, prefix)
     else:
@@ -3112,7 +3118,7 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
     install_without_conda(attempt, bundle, prefix, options.allow_scripts)
-    attempt.save(level="carried", env_prefix=prefix)
+    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix))
     activate = 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
     return None, activated_environ(prefix, os.path.basename(prefix)), activate
 
@@ -3799,6 +3805,172 @@ def provision_with_managers(attempt, config, reqs, options):
     return rows, environ
 
 
+# == Reports ==================================================================
+# What an attempt came to, for people (report, history, report.html in the attempt) and for
+# scripts (--json): the platforms, each requirement and how it was met, the tests, the history.
+
+STATUS_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#c62828", "timeout": "#ef6c00",
+                  "interrupted": "#757575", "running": "#1565c0"}
+
+
+def env_packages(prefix):
+    """name, version and build of every package in a prefix (its conda-meta records)."""
+    rows = []
+    meta = os.path.join(prefix, "conda-meta")
+    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
+        if filename.endswith(".json"):
+            record = read_json(os.path.join(meta, filename))
+            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build")})
+    return rows
+
+
+def log_tail(path, limit=64 << 10):
+    """The last limit bytes of a log, as text."""
+    if not path or not os.path.isfile(path):
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - limit))
+        return handle.read().decode("utf-8", "replace")
+
+
+def requirement_rows(result):
+    """Each requirement and how it was met: conda's package (level), a package manager's, skipped."""
+    if result.get("packages") is not None:
+        return [{"requirement": r["requirement"], "status": r["status"],
+                 "how": r.get("package") or r.get("why") or ""} for r in result["packages"]]
+    how = "pm, from the bundle's packages" if result.get("level") == "carried" else "conda (level %s)" % result.get("level")
+    return [{"requirement": p["name"], "status": "installed", "how": "%s %s %s, %s" % (p["name"], p["version"],
+                                                                                      p["build"], how)}
+            for p in result.get("environment") or []]
+
+
+def attempt_report(store, name, attempt_id=None):
+    """The report of one attempt (the latest by default) as plain data: what --json prints."""
+    attempts = store.attempts(name) if os.path.isdir(store.software(name)) else []
+    if not attempts:
+        raise PmError("no migration attempts of %s in %s" % (name, store.home),
+                      "run 'pm.pyz migrate %s TEST_CONFIG' first" % name)
+    chosen = [a for a in attempts if a["id"].startswith(attempt_id)] if attempt_id else attempts[-1:]
+    if len(chosen) != 1:
+        raise PmError("%s attempt of %s matches %r" % ("no" if not chosen else "more than one", name, attempt_id),
+                      "pass an id from 'pm.pyz history %s'" % name)
+    result = chosen[0]
+    tests = [dict(t, output=log_tail(t.get("log"))) for t in result.get("tests") or []]
+    return {"name": name, "id": result["id"], "status": result.get("status", "unfinished"),
+            "level": result.get("level"), "error": result.get("error"), "seconds": result.get("seconds"),
+            "installed_to": result.get("installed_to"), "activate": result.get("activate"),
+            "path": os.path.join(store.software(name), result["id"]),
+            "source": result.get("source") or {}, "target": result.get("platform") or {},
+            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts)}
+
+
+def attempt_history(attempts):
+    """Attempts as rows, newest first."""
+    return [{"id": a["id"], "status": a.get("status", "unfinished"), "level": a.get("level"),
+             "seconds": a.get("seconds"), "error": a.get("error"),
+             "tests": len(a.get("tests") or []),
+             "tests_passed": len([t for t in a.get("tests") or [] if t.get("status") == "passed"])}
+            for a in reversed(attempts)]
+
+
+PLATFORM_ROWS = [("os", "os"), ("release", "os_release"), ("machine", "machine"), ("libc", "libc"),
+                 ("python", "python"), ("conda", "conda"), ("host", "hostname")]
+
+
+def print_report(report):
+    print("%s, attempt %s: %s%s%s" % (report["name"], report["id"], report["status"],
+                                       " (level %s)" % report["level"] if report["level"] else "",
+                                       ", %.1f s" % report["seconds"] if report["seconds"] else ""))
+    if report["error"]:
+        print("error: %s" % report["error"])
+    print("\n%-10s %-32s %s" % ("", "base machine", "this machine"))
+    for label, key in PLATFORM_ROWS:
+        print("%-10s %-32s %s" % (label, report["source"].get(key) or "-", report["target"].get(key) or "-"))
+    print("\nrequirements (%d)" % len(report["requirements"]))
+    for row in report["requirements"]:
+        print("  %-24s %-10s %s" % (row["requirement"], row["status"], row["how"]))
+    print("\ntests (%d)" % len(report["tests"]))
+    for test in report["tests"]:
+        print("  %-20s %-8s %8.2f s  %s" % (test["name"], test["status"], test["seconds"], test["log"]))
+    print("\nhistory (%d attempts, newest first)" % len(report["history"]))
+    for row in report["history"]:
+        print("  %s  %-11s %-9s %s" % (row["id"], row["status"], row["level"] or "",
+                                       "%d/%d tests passed" % (row["tests_passed"], row["tests"])))
+    if report["installed_to"]:
+        print("\ninstalled to %s" % report["installed_to"])
+
+
+def history_chart(history):
+    """An inline SVG bar per attempt, oldest left: height the share of tests passed, colour the status."""
+    import html
+    rows = list(reversed(history))[-30:]
+    width, height = 24 * max(len(rows), 1) + 8, 80
+    bars = []
+    for number, row in enumerate(rows):
+        share = row["tests_passed"] / float(row["tests"]) if row["tests"] else 0.0
+        bar = 6 + int(60 * share)
+        bars.append('<rect class="attempt %s" x="%d" y="%d" width="18" height="%d" fill="%s"><title>%s: %s, %d/%d '
+                    'tests passed</title></rect>' % (html.escape(row["status"]), 8 + 24 * number, 70 - bar, bar,
+                                                     STATUS_COLOURS.get(row["status"], "#9e9e9e"),
+                                                     html.escape(row["id"]), html.escape(row["status"]),
+                                                     row["tests_passed"], row["tests"]))
+    return ('<svg width="%d" height="%d" role="img" aria-label="attempts">'
+            '<line x1="4" y1="70" x2="%d" y2="70" stroke="#bbb"/>%s</svg>' % (width, height, width - 4, "".join(bars)))
+
+
+REPORT_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:62em;color:#222;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25em .6em;border-bottom:1px solid #eee}
+th{background:#f5f5f5}.status{font-weight:600}.passed,.installed{color:#2e7d32}.failed,.error{color:#c62828}
+.timeout{color:#ef6c00}.skipped,.interrupted{color:#757575}pre{background:#f7f7f7;padding:.8em;overflow:auto;
+max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}"""
+
+
+def report_html(report):
+    """One self-contained page (inline CSS and SVG, nothing fetched) of an attempt's report."""
+    import html
+    e = html.escape
+
+    def table(headers, rows):
+        return "<table><tr>%s</tr>%s</table>" % ("".join("<th>%s</th>" % e(h) for h in headers), "".join(
+            "<tr>%s</tr>" % "".join(cell for cell in row) for row in rows))
+
+    def status(text):
+        return '<td class="status %s">%s</td>' % (e(text), e(text))
+    platforms = table(["", "base machine", "this machine"], [
+        ["<th>%s</th>" % e(label), "<td>%s</td>" % e(str(report["source"].get(key) or "-")),
+         "<td>%s</td>" % e(str(report["target"].get(key) or "-"))] for label, key in PLATFORM_ROWS])
+    requirements = table(["requirement", "status", "how"], [
+        ["<td>%s</td>" % e(r["requirement"]), status(r["status"]), "<td>%s</td>" % e(r["how"])]
+        for r in report["requirements"]]) if report["requirements"] else "<p>none recorded</p>"
+    tests = "".join('<details class="test" id="test-%s"><summary><b>%s</b> <span class="status %s">%s</span> '
+                    '<span class="meta">%.2f s, exit %s</span></summary><pre>%s</pre></details>'
+                    % (e(t["name"]), e(t["name"]), e(t["status"]), e(t["status"]), t["seconds"], t["exit_code"],
+                       e(t["output"]) or "(no output)") for t in report["tests"]) or "<p>no tests ran</p>"
+    history = table(["attempt", "status", "level", "tests passed", "seconds"], [
+        ["<td>%s</td>" % e(h["id"]), status(h["status"]), "<td>%s</td>" % e(h["level"] or ""),
+         "<td>%d/%d</td>" % (h["tests_passed"], h["tests"]),
+         "<td>%s</td>" % ("%.1f" % h["seconds"] if h["seconds"] else "")] for h in report["history"]])
+    summary = "%s%s%s" % (report["status"], " at level %s" % report["level"] if report["level"] else "",
+                          ", %.1f s" % report["seconds"] if report["seconds"] else "")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pm: %s, attempt %s</title>"
+            "<style>%s</style></head><body>\n<h1>%s</h1><p class=\"meta\">attempt %s: <span id=\"status\" "
+            "class=\"status %s\">%s</span>%s%s</p>\n<h2>Platforms</h2>%s\n<h2>Requirements</h2>%s\n<h2>Tests</h2>%s\n"
+            "<h2>History</h2>%s%s\n<p class=\"meta\">written by pm %s</p></body></html>\n" % (
+                e(report["name"]), e(report["id"]), REPORT_CSS, e(report["name"]), e(report["id"]),
+                e(report["status"]), e(summary), "<br>error: %s" % e(report["error"]) if report["error"] else "",
+                "<br>installed to %s" % e(report["installed_to"]) if report["installed_to"] else "",
+                platforms, requirements, tests, history_chart(report["history"]), history, VERSION))
+
+
+def write_report_html(store, name, attempt):
+    """report.html in the attempt's folder; a report that cannot be written never hides the result."""
+    try:
+        write_atomic(os.path.join(attempt.path, "report.html"), report_html(attempt_report(store, name, attempt.id)))
+    except (OSError, PmError, ValueError) as exc:
+        say("note: the attempt's report.html could not be written (%s)" % exc)
+
+
 # == Server (HTTP) ============================================================
 # A store-and-forward HTTP server on the standard library: GET /migrate hands out the probe,
 # PUT /bundles/NAME receives bundles (streamed, checked, renamed into place).
@@ -4408,8 +4580,15 @@ def stop_server(store):
     return 0
 
 
-def server_status(store):
+def server_status(store, as_json=False):
     record = running_server(store)
+    if as_json:
+        status = {"running": bool(record), "store": store.home}
+        if record:
+            status.update(url=record["url"], pid=record["pid"], started=utc_time(record["started"]),
+                          uptime_seconds=int(time.time() - record["started"]), bundles=bundle_listing(store))
+        print(json.dumps(status, indent=1, sort_keys=True))
+        return 0 if record else 1
     if not record:
         print("no server runs for %s" % store.home)
         return 1
@@ -4725,7 +4904,7 @@ def cmd_serve(args):
     if args.action == "stop":
         return stop_server(config.store)
     if args.action == "status":
-        return server_status(config.store)
+        return server_status(config.store, args.json)
     return run_server(config)
 
 
@@ -4767,7 +4946,12 @@ def cmd_migrate(args):
     else:
         path = store.latest_bundle(args.name)
     result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
-    result.print_summary()
+    if args.json:
+        report = attempt_report(store, args.name, result.attempt.id)
+        report.pop("history")
+        print(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        result.print_summary()
     return result.exit_code()
 
 
@@ -4813,6 +4997,38 @@ def cmd_unpack(args):
             os.remove(temp)
     say("stored %s (%d members) as %s" % (name, len(manifest.members), target))
     print(target)
+    return 0
+
+
+def cmd_report(args):
+    """Show what an attempt came to (the latest, or ATTEMPT: an id or its start): the base and this
+    machine side by side, each requirement and how it was met, each test, the earlier attempts.
+    Every attempt also keeps this as report.html in its folder: one page, nothing fetched."""
+    report = attempt_report(Store.default(), check_name(args.name), args.attempt)
+    if args.json:
+        print(json.dumps(report, indent=1, sort_keys=True))
+    else:
+        print_report(report)
+        print("\npage: %s" % os.path.join(report["path"], "report.html"))
+    return 0
+
+
+def cmd_history(args):
+    """List a software's migration attempts, newest first."""
+    store = Store.default()
+    name = check_name(args.name)
+    history = attempt_history(store.attempts(name)) if os.path.isdir(store.software(name)) else []
+    if args.json:
+        print(json.dumps(history, indent=1, sort_keys=True))
+        return 0
+    if not history:
+        say("no migration attempts of %s in %s" % (name, store.home))
+        return 0
+    print("%-28s %-11s %-9s %-7s %s" % ("attempt", "status", "level", "tests", "seconds"))
+    for row in history:
+        print("%-28s %-11s %-9s %-7s %s" % (row["id"], row["status"], row["level"] or "-",
+                                            "%d/%d" % (row["tests_passed"], row["tests"]),
+                                            "%.1f" % row["seconds"] if row["seconds"] else "-"))
     return 0
 
 
@@ -4878,6 +5094,7 @@ def build_parser():
 
     sub = verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve,
                aliases=["server"])
+    sub.add_argument("--json", action="store_true", help="with status: print JSON for machines")
     sub.add_argument("action", nargs="?", choices=["start", "stop", "status"],
                      help="start in the background, stop, or show status (default: run in the foreground)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -4915,6 +5132,8 @@ def build_parser():
                      help="without conda: where the environment goes (default: the store's NAME/envs/<attempt>)")
     sub.add_argument("--allow-scripts", action="store_true",
                      help="without conda: run the packages' post-link scripts (default: name them, run none)")
+    sub.add_argument("--json", action="store_true",
+                     help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
     add_max_ratio(sub)
     sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
@@ -4925,6 +5144,13 @@ def build_parser():
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
     add_max_ratio(sub)
     sub = verb("list", "show stored software and migration attempts", cmd_list)
+    sub.add_argument("--json", action="store_true", help="print JSON for machines")
+    sub = verb("report", "show what a migration attempt came to", cmd_report)
+    sub.add_argument("name", help="the software's name in the store")
+    sub.add_argument("attempt", nargs="?", help="an attempt id, or its start (default: the latest)")
+    sub.add_argument("--json", action="store_true", help="print JSON for machines (schema in the README)")
+    sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
+    sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("--json", action="store_true", help="print JSON for machines")
     return parser
 

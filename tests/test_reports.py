@@ -1,0 +1,152 @@
+"""What users see after a migration: report (terminal, --json, report.html in real headless
+Chromium), history, and the --json of migrate and serve status. Real conda 25.11.1 migrations."""
+import json
+import os
+import struct
+import subprocess
+import zlib
+
+import pytest
+
+from conftest import ROOT, attempt_dirs, find_python, run_pm
+from servers import Server
+
+with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
+    CONFIG = _handle.read()
+
+
+def write_config(tmp_path, text):
+    path = tmp_path / "tests.ini"
+    path.write_text(text.format(out=str(tmp_path / "installed")))
+    return str(path)
+
+
+@pytest.fixture
+def two_attempts(pyz, conda_site, example_software, tmp_path):
+    """heatsim migrated twice: first with a failing extra test, then passing (--json)."""
+    bundle = str(tmp_path / "b.zip")
+    packed = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
+                                                 "--yes"], conda_site.env())
+    assert packed.returncode == 0, packed.stderr
+    failing = CONFIG.replace("tests = smooth, tools", "tests = smooth, broken") + \
+        "[test_broken]\nexec = echo 'the answer is not 42' && exit 3\n"
+    first = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, failing), "--bundle",
+                                                bundle, "--yes"], conda_site.env(), timeout=600)
+    assert first.returncode == 1, first.stderr
+    second = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, CONFIG), "--bundle",
+                                                 bundle, "--yes", "--force", "--json"], conda_site.env(), timeout=600)
+    assert second.returncode == 0, second.stderr
+    return {"site": conda_site, "migrate_json": json.loads(second.stdout), "tmp": tmp_path}
+
+
+def pm_run(pyz, site, *args):
+    proc = run_pm(find_python("newest"), pyz, list(args), site.env())
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+REPORT_KEYS = {"name", "id", "status", "level", "error", "seconds", "installed_to", "activate", "path", "source",
+               "target", "requirements", "tests", "history"}
+
+
+def test_report_shows_platforms_requirements_tests_and_history_in_the_terminal_and_as_json(pyz, two_attempts):
+    site = two_attempts["site"]
+    text = pm_run(pyz, site, "report", "heatsim")
+    assert "passed (level exact)" in text.splitlines()[0]
+    assert "base machine" in text and "this machine" in text and "python" in text and "25.11.1" in text
+    assert "heatplot 0.3 h3_0, conda (level exact)" in text
+    assert "smooth" in text and "tools" in text and "history (2 attempts, newest first)" in text
+    report = json.loads(pm_run(pyz, site, "report", "heatsim", "--json"))
+    assert set(report) == REPORT_KEYS
+    assert [(t["name"], t["status"]) for t in report["tests"]] == [("smooth", "passed"), ("tools", "passed")]
+    assert "ok: smoothing step" in report["tests"][0]["output"]
+    assert [h["status"] for h in report["history"]] == ["passed", "failed"]
+    assert report["source"]["conda"] == "25.11.1" and report["target"]["python"]
+    first = report["history"][1]["id"]
+    older = json.loads(pm_run(pyz, site, "report", "heatsim", first[:20], "--json"))
+    assert older["status"] == "failed" and older["tests"][1]["exit_code"] == 3
+    assert "the answer is not 42" in older["tests"][1]["output"]
+    migrated = two_attempts["migrate_json"]
+    assert set(migrated) == REPORT_KEYS - {"history"} and migrated["id"] == report["id"]
+    history = json.loads(pm_run(pyz, site, "history", "heatsim", "--json"))
+    assert [h["id"] for h in history] == [report["id"], first]
+    assert set(history[0]) == {"id", "status", "level", "seconds", "error", "tests", "tests_passed"}
+    assert pm_run(pyz, site, "history", "heatsim").splitlines()[1].startswith(report["id"])
+
+
+def chromium(*args):
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                           "--user-data-dir=" + args[0]] + list(args[1:]), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def png_colours(path):
+    """The number of distinct pixel colours of an 8-bit RGB(A) PNG, decoded with zlib."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    at, chunks, width, height, kind = 8, b"", 0, 0, 0
+    while at < len(data):
+        length, tag = struct.unpack(">I4s", data[at:at + 8])
+        body = data[at + 8:at + 8 + length]
+        if tag == b"IHDR":
+            width, height, depth, kind = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and kind in (2, 6)
+        elif tag == b"IDAT":
+            chunks += body
+        at += 12 + length
+    pixels, size = zlib.decompress(chunks), 3 if kind == 2 else 4
+    stride, previous, colours = width * size, bytearray(width * size), set()
+    for row in range(height):
+        line = pixels[row * (stride + 1):(row + 1) * (stride + 1)]
+        kind_of_filter, raw = line[0], bytearray(line[1:])
+        for i in range(stride):
+            left = raw[i - size] if i >= size else 0
+            up, up_left = previous[i], previous[i - size] if i >= size else 0
+            if kind_of_filter == 1:
+                raw[i] = (raw[i] + left) & 255
+            elif kind_of_filter == 2:
+                raw[i] = (raw[i] + up) & 255
+            elif kind_of_filter == 3:
+                raw[i] = (raw[i] + (left + up) // 2) & 255
+            elif kind_of_filter == 4:
+                p = left + up - up_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - up_left)
+                raw[i] = (raw[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else up_left)) & 255
+        previous = raw
+        if row % 4 == 0:
+            colours.update(bytes(raw[i:i + 3]) for i in range(0, stride, size * 4))
+    return colours
+
+
+def test_report_html_is_one_page_that_chromium_renders_with_its_content(pyz, two_attempts, tmp_path):
+    site = two_attempts["site"]
+    attempt = attempt_dirs(site.home, "heatsim")[-1]
+    page = os.path.join(attempt, "report.html")
+    with open(page) as handle:
+        source = handle.read()
+    assert "http://" not in source and "https://" not in source and "<link" not in source \
+        and "<script" not in source, "one page: nothing is fetched from anywhere"
+    dom = chromium(str(tmp_path / "profile"), "--dump-dom", "file://" + page)
+    assert "<h1>heatsim</h1>" in dom and 'id="status" class="status passed">passed at level exact' in dom
+    assert dom.count('<details class="test"') == 2 and "ok: smoothing step" in dom
+    assert dom.count('<rect class="attempt') == 2 and '<rect class="attempt failed"' in dom
+    assert "heatplot 0.3 h3_0, conda (level exact)" in dom
+    failed_page = os.path.join(attempt_dirs(site.home, "heatsim")[0], "report.html")
+    assert "the answer is not 42" in chromium(str(tmp_path / "profile"), "--dump-dom", "file://" + failed_page)
+    shot = str(tmp_path / "report.png")
+    chromium(str(tmp_path / "profile"), "--window-size=1000,900", "--screenshot=" + shot, "file://" + page)
+    assert len(png_colours(shot)) > 8, "the screenshot is blank"
+
+
+def test_serve_status_json_names_the_server_and_its_bundles(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"))
+    try:
+        status = json.loads(run_pm(find_python("newest"), pyz, ["serve", "status", "--json"], srv.env).stdout)
+    finally:
+        srv.stop()
+    assert status["running"] and status["pid"] == srv.record["pid"] and status["bundles"] == {}
+    stopped = run_pm(find_python("newest"), pyz, ["serve", "status", "--json"], srv.env)
+    assert stopped.returncode == 1 and json.loads(stopped.stdout) == {"running": False, "store": srv.home}
