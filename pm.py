@@ -16,7 +16,7 @@ and newer, the probe also 2.7):
   Running commands   one runner: log, echo, timeout, process group, kill on any exit
   Migrator           one attempt: environment (with conda, with pm's own linker from the carried
                      packages, or with the package managers), tests, install
-  Reports            report, history and report.html of the attempts; --json for scripts
+  Reports            report, history and report.html of the attempts; --json for scripts; doctor
   Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
   Server (process)   one server per store: foreground, start, stop, status
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
@@ -3971,6 +3971,95 @@ def write_report_html(store, name, attempt):
         say("note: the attempt's report.html could not be written (%s)" % exc)
 
 
+# -- Doctor ----------------------------------------------------------------------
+# What this machine offers for a migration, each finding with the fix where something is missing.
+
+
+def doctor_findings(store):
+    """(area, ok, what, fix) rows about this machine, for 'pm.pyz doctor'."""
+    import platform
+    import shutil
+    import subprocess
+    import glob
+    rows = []
+    found = {}
+    candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
+                  ["python3.%d" % n for n in range(6, 15)]]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python")))
+    for path in candidates:
+        if path and os.path.realpath(path) not in found:
+            try:
+                version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
+                                         universal_newlines=True).stdout.strip()
+            except (OSError, subprocess.SubprocessError):
+                continue
+            if version:
+                found[os.path.realpath(path)] = (version, path)
+    for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])]):
+        rows.append(("python", True, "%s (%s)" % (version, path), ""))
+    if not any(v.startswith("2.7") for v, _ in found.values()):
+        rows.append(("python", None, "no Python 2.7 here (needed only to pack on an old base)", ""))
+    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
+    try:
+        exe = PROBE.find_conda()
+        info = PROBE.run_conda_json(exe, ["info", "--json"])
+        rows.append(("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")),
+                     ""))
+    except PmError as exc:
+        rows.append(("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
+                                               "(pack --with-packages), or uses the package managers below"))
+    for key, manager in sorted(load_managers(store).items()):
+        if not manager.available():
+            continue
+        if root_needed_but_missing(manager):
+            rows.append(("manager", False, "%s (%s): installs need root, and pm runs as uid %d" % (
+                key, manager.exec.split()[0], os.geteuid()), "run pm as root, or list pip or spack first"))
+        else:
+            rows.append(("manager", True, "%s (%s)" % (key, shutil.which(manager.exec.split()[0])), ""))
+    place = store.home
+    while not os.path.isdir(place):
+        place = os.path.dirname(place)
+    free = shutil.disk_usage(place).free
+    rows.append(("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
+                 "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk"))
+    rows.append(server_finding(store))
+    here = this_platform()
+    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
+                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
+                                                                cpu_model()), ""))
+    return rows
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return " (%s)" % line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def server_finding(store):
+    import urllib.request
+    record = running_server(store)
+    if not record:
+        return ("server", None, "no pm server runs for %s" % store.home, "start one with 'pm.pyz serve start'")
+    local = "http://127.0.0.1:%d" % record["port"] if record["host"] in ("0.0.0.0", "::", "") else record["url"]
+    request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + record["token"]}
+                                     if record.get("token") else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
+        return ("server", True, "the pm server at %s answers (PID %d)" % (record["url"], record["pid"]), "")
+    except OSError as exc:
+        return ("server", False, "the pm server at %s does not answer (%s)" % (record["url"], exc),
+                "read %s, or restart it: pm.pyz serve stop; pm.pyz serve start" % store.server_log)
+
+
 # == Server (HTTP) ============================================================
 # A store-and-forward HTTP server on the standard library: GET /migrate hands out the probe,
 # PUT /bundles/NAME receives bundles (streamed, checked, renamed into place).
@@ -5013,6 +5102,21 @@ def cmd_report(args):
     return 0
 
 
+def cmd_doctor(args):
+    """Say what this machine offers for a migration: Python versions, conda, the package managers
+    pm can use as this user, free disk in the store, the server, the platform; with the fix for what
+    is missing. Exit 0, or 1 when no way to make an environment is here (no conda, no manager)."""
+    rows = doctor_findings(Store.default())
+    if args.json:
+        print(json.dumps([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], indent=1))
+    else:
+        for area, ok, what, fix in rows:
+            mark = "ok" if ok else "--" if ok is None else "!!"
+            print("%-3s %-9s %s%s" % (mark, area, what, (" %s %s" % (DASH, fix)) if fix else ""))
+    usable = [r for r in rows if r[0] in ("conda", "manager") and r[1]]
+    return 0 if usable else 1
+
+
 def cmd_history(args):
     """List a software's migration attempts, newest first."""
     store = Store.default()
@@ -5149,6 +5253,8 @@ def build_parser():
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("attempt", nargs="?", help="an attempt id, or its start (default: the latest)")
     sub.add_argument("--json", action="store_true", help="print JSON for machines (schema in the README)")
+    sub = verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor)
+    sub.add_argument("--json", action="store_true", help="print JSON for machines")
     sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("--json", action="store_true", help="print JSON for machines")

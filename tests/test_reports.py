@@ -150,3 +150,29 @@ def test_serve_status_json_names_the_server_and_its_bundles(pyz, tmp_path):
     assert status["running"] and status["pid"] == srv.record["pid"] and status["bundles"] == {}
     stopped = run_pm(find_python("newest"), pyz, ["serve", "status", "--json"], srv.env)
     assert stopped.returncode == 1 and json.loads(stopped.stdout) == {"running": False, "store": srv.home}
+
+
+def test_doctor_says_what_this_machine_offers_and_how_to_fix_what_is_missing(pyz, conda_site, tmp_path):
+    env = conda_site.env()
+    text = run_pm(find_python("newest"), pyz, ["doctor"], env)
+    assert text.returncode == 0, text.stderr
+    assert "conda 25.11.1 (%s" % os.path.join(conda_site.bin, "conda") in text.stdout
+    assert "ok  python    2.7." in text.stdout and "GiB free for the store %s" % conda_site.home in text.stdout
+    assert "no pm server runs for %s %s start one with 'pm.pyz serve start'" % (conda_site.home, "\u2014") in text.stdout
+    rows = json.loads(run_pm(find_python("newest"), pyz, ["doctor", "--json"], env).stdout)
+    assert all(set(r) == {"area", "ok", "what", "fix"} for r in rows)
+    areas = dict((r["area"], r) for r in rows)
+    assert {"python", "pm", "conda", "manager", "disk", "server", "platform"} <= set(areas)
+    assert "glibc" in areas["platform"]["what"] and "CPUs" in areas["platform"]["what"]
+    srv = Server(pyz, conda_site.home, find_python("newest"))
+    try:
+        rows = json.loads(run_pm(find_python("newest"), pyz, ["doctor", "--json"], env).stdout)
+    finally:
+        srv.stop()
+    server = [r for r in rows if r["area"] == "server"][0]
+    assert server["ok"] and "answers (PID %d)" % srv.record["pid"] in server["what"]
+    bare = dict(env, PATH="/usr/bin:/bin")
+    bare.pop("CONDA_EXE", None)
+    rows = json.loads(run_pm(find_python("newest"), pyz, ["doctor", "--json"], bare).stdout)
+    conda = [r for r in rows if r["area"] == "conda"][0]
+    assert conda["ok"] is False and "pack --with-packages" in conda["fix"]
