@@ -3405,6 +3405,8 @@ def install_order(archives):
     by_name = dict((a.entry["name"], a) for a in archives)
     order, state = [], {}
     for name in sorted(by_name):
+        if name in state:
+            continue
         stack = [(name, iter(sorted(spec_name(d) for d in by_name[name].entry.get("depends", []))))]
         state[name] = "open"
         while stack:

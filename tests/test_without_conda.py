@@ -83,6 +83,7 @@ def test_without_conda_pm_links_the_carried_packages_and_real_conda_sees_a_norma
     assert proc.returncode == 0, proc.stderr
     assert "no conda here: pm installs the 7 packages the bundle carries" in proc.stderr
     assert "postlink has a post-link script, which pm does not run" in proc.stderr
+    assert "  [7/7] " in proc.stderr and proc.stderr.count("  [") == 7, "each package is linked once"
     result = read_result(attempt_dirs(str(tmp_path / "store"), "nativesim")[-1])
     prefix = result["env_prefix"]
     assert result["status"] == "passed" and result["level"] == "carried"
