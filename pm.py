@@ -187,8 +187,13 @@ class PmError(Exception):
         return u"pm: error: %s %s %s" % (self.what, DASH, self.fix)
 
 
+QUIET = [False]  # -q: only warnings and errors
+
+
 def say(text):
-    """Write one line of progress or diagnostics to stderr."""
+    """Write one line of progress or diagnostics to stderr (with -q, only warnings and errors)."""
+    if QUIET[0] and not text.lstrip().startswith(("warning", "error", "pm: error")):
+        return
     if PY2 and isinstance(text, unicode):  # noqa: F821 (Python 2 only)
         text = text.encode("utf-8", "replace")
     sys.stderr.write(text + "\n")
@@ -646,35 +651,55 @@ def excluded(relpath, patterns):
 
 
 class Progress(object):
-    """A one-line counter on a TTY, silent otherwise: files and MiB, or MiB of a known total."""
+    """On a TTY, one line redrawn in place: MiB done (of the total when known), the rate and, with a
+    total, the time left. Elsewhere (a pipe, a log) nothing until done() says it in one line."""
 
     def __init__(self, label, total=None):
         self.label = label
         self.total = total
         self.files = 0
         self.size = 0
+        self.started = time.time()
         self.shown = 0.0
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr.isatty() and not QUIET[0]
 
     def add(self, size):
         self.files += 1
         self.size += size
-        if self.tty and time.time() - self.shown > 0.3:
-            self.shown = time.time()
+        now = time.time()
+        if self.tty and now - self.shown > 0.3:
+            self.shown = now
+            rate = self.size / max(now - self.started, 1e-3) / 1048576.0
             if self.total:
-                sys.stderr.write("\r%s: %.1f of %.1f MiB (%d%%) " % (self.label, self.size / 1048576.0,
-                                                                     self.total / 1048576.0, 100 * self.size // self.total))
+                left = (self.total - self.size) / 1048576.0 / rate if rate else 0
+                line = "%s: %.1f of %.1f MiB (%d%%), %.1f MiB/s, ETA %d:%02d" % (
+                    self.label, self.size / 1048576.0, self.total / 1048576.0, 100 * self.size // self.total, rate,
+                    left // 60, left % 60)
             else:
-                sys.stderr.write("\r%s: %d files, %.1f MiB " % (self.label, self.files, self.size / 1048576.0))
+                line = "%s: %d files, %.1f MiB, %.1f MiB/s" % (self.label, self.files, self.size / 1048576.0, rate)
+            sys.stderr.write("\r" + line[:100].ljust(78) + " ")
             sys.stderr.flush()
 
     def clear(self):
         if self.tty:
-            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.write("\r" + " " * 80 + "\r")
 
     def done(self):
         self.clear()
-        say("%s: %d files, %.1f MiB" % (self.label, self.files, self.size / 1048576.0))
+        seconds = time.time() - self.started
+        say("%s: %d files, %.1f MiB in %.1f s" % (self.label, self.files, self.size / 1048576.0, seconds))
+
+
+def tree_size(root):
+    """The bytes of the files under root, for the progress line's total (links not followed)."""
+    total = 0
+    for folder, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total or None
 
 
 def arc_text(relpath):
@@ -794,7 +819,7 @@ class BundleWriter(object):
         root = os.path.abspath(root)
         real_root = os.path.realpath(root)
         top = "software/" + arc_text(os.path.basename(root))
-        progress = Progress("zipping " + os.path.basename(root))
+        progress = Progress("zipping " + os.path.basename(root), tree_size(root) if sys.stderr.isatty() else None)
         own_files = set(os.path.realpath(p) for p in (self.path, self.temp))
         unreadable, claimed, folded = [], {}, {}
         self.add_bytes(top + "/", b"", stat.S_IFDIR | 0o755)
@@ -1212,6 +1237,7 @@ def build_parser():
                         help="leave out folders that cannot be read, with a note (default: stop)")
     parser.add_argument("-y", "--yes", action="store_true",
                         help="never ask: take defaults, fail naming the flag when there is none")
+    parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
     parser.add_argument("--version", action="version", version="pm probe " + PROBE_VERSION)
     return parser
 
@@ -1308,6 +1334,7 @@ def pack(args):
 
 def main(argv=None):
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    QUIET[0] = args.quiet
     try:
         return pack(args)
     except PmError as exc:
@@ -1665,6 +1692,7 @@ def write_entries(archive, entries, dest):
     onto no existing path; return the links, (parts, target), for the caller to make last."""
     import shutil
     links = []
+    progress = PROBE.Progress("unzipping %s" % entries[0][0][0], sum(info.file_size for _, info in entries) or None)
     for parts, info in entries:
         mode = info.external_attr >> 16
         target = os.path.join(dest, *parts)
@@ -1691,6 +1719,8 @@ def write_entries(archive, entries, dest):
                 shutil.copyfileobj(source, out, CHUNK)
             if mode & 0o777:
                 os.chmod(target, mode & 0o777)
+            progress.add(info.file_size)
+    progress.clear()
     return links
 
 
@@ -2913,6 +2943,17 @@ class MigrateOptions(object):
         self.pck_mgr_configs = list(pck_mgr_configs)
 
 
+COLOURS = {"passed": "32", "installed": "32", "failed": "31", "error": "31", "timeout": "33", "skipped": "90"}
+
+
+def paint(word, stream=None):
+    """A status word in colour, on a TTY only and never with NO_COLOR set."""
+    stream = stream or sys.stdout
+    if word in COLOURS and stream.isatty() and not os.environ.get("NO_COLOR"):
+        return "\033[%sm%s\033[0m" % (COLOURS[word], word)
+    return word
+
+
 class MigrationResult(object):
     """What an attempt came to: passed or failed, its tests, packages and where the software went."""
 
@@ -2932,10 +2973,12 @@ class MigrationResult(object):
             for status in ("installed", "skipped", "failed"):
                 names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
                          for r in self.packages if r["status"] == status]
-                print("%-9s %d%s" % (status, len(names), ": " + ", ".join(names) if names else ""))
+                print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
+                                     ": " + ", ".join(names) if names else ""))
         print("%-20s %-8s %8s" % ("test", "status", "seconds"))
         for result in self.tests:
-            print("%-20s %-8s %8.2f" % (result.name, result.status, result.seconds))
+            print("%-20s %s%s %8.2f" % (result.name, paint(result.status), " " * (8 - len(result.status)),
+                                        result.seconds))
         print("attempt: %s" % self.attempt.path)
         if self.installed and self.activate:
             print("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
@@ -3774,8 +3817,8 @@ def provision_with_managers(attempt, config, reqs, options):
     remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
                       for k, v in attempt.store.read_choices(attempt.name).items())
     rows, decisions = [], {}
-    for req in reqs:
-        say("resolving %s ..." % req.label())
+    for number, req in enumerate(reqs, 1):
+        say("[%d/%d] resolving %s ..." % (number, len(reqs), req.label()))
         candidates = find_candidates(req, chosen, attempt.log)
         earlier = remembered.get(req.name)
         if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
@@ -5187,6 +5230,7 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="pm " + VERSION)
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs.add_parser("pack", help="capture a conda environment and a software directory (Python 2.7+)",
                      add_help=False)
@@ -5272,6 +5316,7 @@ def main(argv=None):
     if not getattr(args, "function", None):
         parser.print_help()
         return 2
+    PROBE.QUIET[0] = args.quiet
     try:
         return args.function(args)
     except PmError as exc:
