@@ -83,8 +83,8 @@ def main():
     with open(config, "w") as handle:
         handle.write(example_config(os.path.join(work, "installed")))
     code = subprocess.run([python3, pyz, "migrate", "heatsim", config], env=env).returncode
-    step("report")
-    subprocess.run([python3, pyz, "list"], env=env)
+    step("report (also report.html in the attempt's folder)")
+    subprocess.run([python3, pyz, "report", "heatsim"], env=env)
     print("round trip %s in %.1f s; installed in %s" % ("passed" if code == 0 else "FAILED", time.time() - started,
                                                        os.path.join(work, "installed", "heatsim")))
     return code
