@@ -22,9 +22,7 @@ demo: $(VENV)/ok pm.pyz
 	$(VPY) examples/demo.py
 
 bench: $(VENV)/ok pm.pyz
-	$(VPY) bench/run.py
-	$(VPY) bench/pack_bench.py
-	$(VPY) bench/zip_bench.py
+	$(VPY) bench/all.py
 
 clean:
 	rm -rf pm.pyz $(VENV) .pytest_cache tests/__pycache__ demo-work

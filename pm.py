@@ -2913,9 +2913,10 @@ class Attempt(object):
     def run(self, command, environ=None):
         """Run a command (conda, an install) through run_command, logged here; (exit code, output)."""
         self.log("$ " + " ".join(command))
+        started = time.time()
         run = run_command(command, self.log_path, environ=environ, heartbeat=os.path.basename(command[0]))
         code = 127 if run.code is None else run.code
-        self.log("exit %d" % code)
+        self.log("exit %d after %.3f s" % (code, time.time() - started))
         if run.leftovers:
             say("warning: %s left %d process%s running; pm stopped %s (see %s)" % (
                 os.path.basename(command[0]), len(run.leftovers), "es" * (len(run.leftovers) > 1),
