@@ -3045,11 +3045,8 @@ def recreate_test_install(attempt, config, bundle, options):
         test_environ = activated_environ(prefix, env_name)
         activate = conda_activation(conda, env_name, prefix)
     else:
-        attempt.base_python = base_python_version(bundle)
-        packages, test_environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
-        attempt.save(packages=packages)
-        venv = test_environ.get("VIRTUAL_ENV")  # pip's installs stay in the attempt, with its record
-        activate = ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
+        packages, test_environ, activate = environment_with_managers(attempt, config, bundle, options, env_file,
+                                                                     min_deps)
     tests = []
     if options.skip_tests:
         say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
@@ -3131,6 +3128,16 @@ def install_software(bundle, output_dir, force):
 # -- With conda ---------------------------------------------------------------
 
 
+def environment_with_managers(attempt, config, bundle, options, env_file, min_deps):
+    """The system's package managers provide each requirement; returns (summary rows, environment
+    for the tests, activation command: pip's venv stays in the attempt, with its record)."""
+    attempt.base_python = base_python_version(bundle)
+    packages, environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
+    attempt.save(packages=packages)
+    venv = environ.get("VIRTUAL_ENV")
+    return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
+
+
 def conda_is_here():
     try:
         PROBE.find_conda()
@@ -3152,19 +3159,14 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
             raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
                           "install conda, or list other package managers in the test configuration")
         config = MigrationConfig(config.output_dir, others, config.tests)
-        attempt.base_python = base_python_version(bundle)
-        packages, environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
-        attempt.save(packages=packages)
-        venv = environ.get("VIRTUAL_ENV")
-        return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
+        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps)
     prefix = os.path.abspath(options.prefix) if options.prefix else carried_env_prefix(attempt.store, attempt.name,
                                                                                       attempt)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
     install_without_conda(attempt, bundle, prefix, options.allow_scripts)
     attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix))
-    activate = 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
-    return None, activated_environ(prefix, os.path.basename(prefix)), activate
+    return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
 
 
 def find_conda_here():
@@ -3359,6 +3361,11 @@ def conda_activation(conda, env_name, prefix):
     4.3 (whose activate script a pip-installed conda lacks) what the tests had, PATH and CONDA_PREFIX."""
     if PROBE.conda_version(conda.info) >= (4, 4):
         return 'eval "$(%s shell.posix hook)" && conda activate %s' % (shlex.quote(conda.exe), shlex.quote(env_name))
+    return path_activation(prefix)
+
+
+def path_activation(prefix):
+    """What activation does that the tests had: the prefix's bin first on PATH, CONDA_PREFIX set."""
     return 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
 
 

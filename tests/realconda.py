@@ -3,6 +3,7 @@
 clone tests; PM_SHARED=/path/to/shared uses the shared original), once per machine into .real-conda/
 (reused by later runs), and a site per test: its own HOME, condarc, envs and package caches, with a
 local file:// channel and no network."""
+import json
 import os
 import subprocess
 import sys
@@ -102,3 +103,14 @@ class RealCondaSite(object):
 
     def prefix(self, name):
         return name if os.sep in name else os.path.join(self.envs, name)
+
+
+def conda_meta(prefix):
+    """name -> (version, build) of an environment's conda-meta records."""
+    found = {}
+    for filename in os.listdir(os.path.join(prefix, "conda-meta")):
+        if filename.endswith(".json"):
+            with open(os.path.join(prefix, "conda-meta", filename)) as handle:
+                record = json.load(handle)
+            found[record["name"]] = (record["version"], record["build"])
+    return found

@@ -11,6 +11,7 @@ import pytest
 
 import channels
 import realconda
+from realconda import conda_meta
 from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
@@ -21,16 +22,6 @@ def write_config(tmp_path):
     path = tmp_path / "tests.ini"
     path.write_text(CONFIG.format(out=str(tmp_path / "installed")))
     return str(path)
-
-
-def conda_meta(prefix):
-    found = {}
-    for name in os.listdir(os.path.join(prefix, "conda-meta")):
-        if name.endswith(".json"):
-            with open(os.path.join(prefix, "conda-meta", name)) as handle:
-                record = json.load(handle)
-            found[record["name"]] = (record["version"], record["build"])
-    return found
 
 
 def base_site(real_condas, key, tmp_path, channel=None):

@@ -14,6 +14,7 @@ import pytest
 
 import channels
 import realconda
+from realconda import conda_meta
 from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
@@ -48,17 +49,6 @@ def make_base_env(site, how, tmp_path):
     if how == "prefix-inside":
         return prefix, site.env(), prefix
     return None, site.activated(prefix), prefix
-
-
-def conda_meta(prefix):
-    """name -> (version, build) of an environment's conda-meta records."""
-    found = {}
-    for filename in os.listdir(os.path.join(prefix, "conda-meta")):
-        if filename.endswith(".json"):
-            with open(os.path.join(prefix, "conda-meta", filename)) as handle:
-                record = json.load(handle)
-            found[record["name"]] = (record["version"], record["build"])
-    return found
 
 
 def export_as_conda_writes_it(site, prefix):
