@@ -223,7 +223,7 @@ def curl_limit(bundle, work):
     while not ready:
         time.sleep(0.01)
     started = time.time()
-    subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "Expect:", "--data-binary", "@" + bundle,
+    subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", "Expect:", "-T", bundle,
                     "http://127.0.0.1:%d/sink" % ready[0]], check=True)
     thread.join()
     seconds = time.time() - started
