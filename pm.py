@@ -3030,7 +3030,10 @@ def recreate_test_install(attempt, config, bundle, options):
         packages, test_environ, activate = environment_without_conda(attempt, config, bundle, options,
                                                                      env_file, min_deps)
     elif "conda" in config.package_managers:
+        started = time.time()
         conda = CondaHere(find_conda_here())
+        attempt.log("$ %s info --json" % conda.exe)  # the one conda call outside attempt.run, timed as its calls are
+        attempt.log("exit 0 after %.3f s" % (time.time() - started))
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
         with FolderLock(attempt.store.software(attempt.name), "the conda environment of %s" % attempt.name):
