@@ -174,35 +174,11 @@ def packages_channel(channel, packages):
 
 
 def conda_format_channel(channel, python):
-    """The example channel with its packages as .conda archives only (zstd tarballs in a zip), made
-    with conda_package_handling under python (real conda 25's own interpreter), and indexed under
-    repodata's packages.conda as conda-index does."""
-    import subprocess
+    """The example channel with its packages as .conda archives only (as_conda_format for each)."""
     example_channel(channel)
-    folder = os.path.join(channel, "noarch")
-    records = {}
-    for filename in sorted(os.listdir(folder)):
+    for filename in sorted(os.listdir(os.path.join(channel, "noarch"))):
         if filename.endswith(".tar.bz2"):
-            with tarfile.open(os.path.join(folder, filename)) as tar:
-                records[filename[:-len(".tar.bz2")] + ".conda"] = json.load(tar.extractfile("info/index.json"))
-    subprocess.run([python, "-c", "import sys, glob\nfrom conda_package_handling.api import transmute\n"
-                    "for p in glob.glob(sys.argv[1] + '/*.tar.bz2'): transmute(p, '.conda', out_folder=sys.argv[1])",
-                    folder], check=True)
-    packages = {}
-    for filename, record in records.items():
-        os.remove(os.path.join(folder, filename[:-len(".conda")] + ".tar.bz2"))
-        with open(os.path.join(folder, filename), "rb") as handle:
-            data = handle.read()
-        record.update(md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-        packages[filename] = record
-    for subdir in ("noarch", "linux-64"):
-        text = json.dumps({"info": {"subdir": subdir}, "packages": {},
-                           "packages.conda": packages if subdir == "noarch" else {}, "repodata_version": 1},
-                          indent=1, sort_keys=True).encode()
-        with open(os.path.join(channel, subdir, "repodata.json"), "wb") as handle:
-            handle.write(text)
-        with open(os.path.join(channel, subdir, "repodata.json.bz2"), "wb") as handle:
-            handle.write(bz2.compress(text))
+            as_conda_format(channel, "noarch", filename[:-len(".tar.bz2")], python)
     return channel
 
 
