@@ -1502,6 +1502,7 @@ class Bundle(object):
 
     def __init__(self, path, manifest):
         self.path, self.manifest = path, manifest
+        self._environment = None  # (EnvFile, min-deps), once read
 
     @classmethod
     def open(cls, path, label=None, max_ratio=None):
@@ -1557,8 +1558,13 @@ class Bundle(object):
         return json.loads(self.read_text(member))
 
     def environment(self, label=None):
-        """(EnvFile, min-deps records): env.yml read by the one env-file reader, and min-deps.json."""
-        where = label or self.path
+        """(EnvFile, min-deps records): env.yml read by the one env-file reader, and min-deps.json;
+        read once (Bundle.open reads them to check the bundle, migrate uses what it read)."""
+        if self._environment is None:
+            self._environment = self.read_environment(label or self.path)
+        return self._environment
+
+    def read_environment(self, where):
         try:
             min_deps = self.read_json("min-deps.json")
         except (ValueError, UnicodeDecodeError) as exc:
