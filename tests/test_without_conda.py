@@ -155,3 +155,36 @@ def test_packages_carried_for_another_platform_are_named_before_anything_is_writ
     assert "the bundle carries its packages for osx-arm64, and this machine is linux-64" in proc.stderr
     assert "there is no conda here, and the bundle's packages are for osx-arm64" in proc.stderr
     assert envs_left(tmp_path) == []
+
+
+@pytest.mark.parametrize("member, kind", [("../../escaped.txt", "file"), ("bin/evil", "link")], ids=["dotdot", "link"])
+def test_a_carried_archive_that_reaches_outside_the_prefix_is_refused_and_nothing_is_left(member, kind, pyz, linked,
+                                                                                         tmp_path):
+    import io
+    import tarfile
+
+    def craft(members, manifest):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:bz2") as tar:
+            info = tarfile.TarInfo("info/index.json")
+            data = json.dumps({"name": "hello", "version": "1.0", "build": "h1_0"}).encode()
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+            info = tarfile.TarInfo(member)
+            if kind == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc"
+                tar.addfile(info)
+            else:
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"x\n"))
+        members["channel/linux-64/hello-1.0-h1_0.tar.bz2"] = buffer.getvalue()
+        repodata = json.loads(members["channel/linux-64/repodata.json"].decode())
+        entry = repodata["packages"]["hello-1.0-h1_0.tar.bz2"]
+        entry.update(size=len(buffer.getvalue()))
+        members["channel/linux-64/repodata.json"] = json.dumps(repodata).encode()
+    crafted = rewrite_bundle(linked["tar.bz2"], str(tmp_path / "crafted.zip"), craft)
+    proc = migrate(pyz, crafted, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "hello-1.0-h1_0.tar.bz2" in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+    assert envs_left(tmp_path) == [] and not (tmp_path / "store" / "nativesim" / "escaped.txt").exists()
+    assert not list(tmp_path.glob("**/escaped.txt"))
