@@ -585,6 +585,186 @@ def channel_name(url):
     return url.rsplit("/", 1)[-1] if url else ""
 
 
+# -- Python distributions -------------------------------------------------------
+# What each package puts on the Python path, read from the environment itself: every *.dist-info
+# and *.egg-info of its site-packages (name, version, the conda package that owns it) and, for what
+# pip installed, how it got there (INSTALLER, direct_url.json: an index, a local path, editable, a
+# VCS). A distribution installed from the software's own folder is the software.
+
+
+def site_packages(prefix):
+    """The environment's lib/pythonX.Y/site-packages folders."""
+    lib = os.path.join(prefix, "lib")
+    found = []
+    for name in sorted(os.listdir(lib)) if os.path.isdir(lib) else []:
+        folder = os.path.join(lib, name, "site-packages")
+        if re.match(r"^python\d+\.\d+$", name) and os.path.isdir(folder):
+            found.append(folder)
+    return found
+
+
+def read_small(path, limit=1 << 20):
+    """A small text file's text (UTF-8, errors replaced), or None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except (IOError, OSError):
+        return None
+
+
+def metadata_fields(text):
+    """Name and Version from a METADATA or PKG-INFO header."""
+    fields = {}
+    for line in (text or "").splitlines():
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        if key in ("Name", "Version") and key not in fields:
+            fields[key] = value.strip()
+    return fields.get("Name"), fields.get("Version")
+
+
+def conda_owned_dirs(records, site_rel):
+    """site-packages entry (a dist-info or egg-info name) -> the conda package whose files hold it."""
+    owned = {}
+    for record in records:
+        for path in record.get("files") or []:
+            if not path.startswith(site_rel + "/"):
+                continue
+            entry = path[len(site_rel) + 1:].split("/")[0]
+            if entry.endswith((".dist-info", ".egg-info")):
+                owned[entry] = record["name"]
+    return owned
+
+
+def inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def url_path(url):
+    """The local path of a file:// URL, else None."""
+    try:
+        from urllib.parse import unquote
+    except ImportError:
+        from urllib import unquote
+    if not url.startswith("file://"):
+        return None
+    return unquote(url[len("file://"):])
+
+
+def dist_source(direct_url, installer, owner):
+    """How a distribution got there: conda, index, editable, local, vcs or url."""
+    if owner:
+        return "conda"
+    if not direct_url:
+        return "index" if installer else "unknown"
+    if direct_url.get("vcs_info"):
+        return "vcs"
+    if (direct_url.get("dir_info") or {}).get("editable"):
+        return "editable"
+    return "local" if str(direct_url.get("url", "")).startswith("file://") else "url"
+
+
+def import_roots(site, files, software_dir, fallback):
+    """Where an editable install of the software puts the import path, relative to the software
+    folder: the paths inside it that its .pth files or editable finder name (a package folder or
+    module counts as its parent)."""
+    roots = []
+    for rel in files:
+        if not (rel.endswith(".pth") or (rel.startswith("__editable__") and rel.endswith(".py"))):
+            continue
+        text = read_small(os.path.normpath(os.path.join(site, rel))) or ""
+        for found in re.findall(r"(/[^'\"\n\r]+)", text):
+            found = found.strip()
+            if not os.path.exists(found) or not inside(found, software_dir):
+                continue
+            if os.path.isfile(found) or os.path.isfile(os.path.join(found, "__init__.py")):
+                found = os.path.dirname(found)
+            rel_root = os.path.relpath(os.path.realpath(found), os.path.realpath(software_dir))
+            if rel_root not in roots:
+                roots.append(rel_root)
+    return roots or [fallback]
+
+
+def record_files(dist_path):
+    """The paths a dist-info's RECORD lists (relative to site-packages)."""
+    import csv
+    text = read_small(os.path.join(dist_path, "RECORD"), 64 << 20)
+    if text is None:
+        return None
+    rows = []
+    for row in csv.reader(text.splitlines()):
+        if row and row[0]:
+            rows.append(row)
+    return rows
+
+
+def python_distributions(prefix, records, software_dir):
+    """Every Python distribution of the environment: a list of dicts (name, version, site, entry,
+    owner, installer, source, url, software, import_roots, metadata)."""
+    dists = []
+    for site in site_packages(prefix):
+        site_rel = os.path.relpath(site, prefix).replace(os.sep, "/")
+        owned = conda_owned_dirs(records, site_rel)
+        for entry in sorted(os.listdir(site)):
+            path = os.path.join(site, entry)
+            link_target = None
+            if entry.endswith(".egg-link"):  # 'setup.py develop': the egg-info lives in the source folder
+                link_target = (read_small(path) or "").splitlines()[:1]
+                link_target = link_target[0].strip() if link_target else ""
+                infos = [n for n in (os.listdir(link_target) if os.path.isdir(link_target) else [])
+                         if n.endswith(".egg-info")]
+                if not infos:
+                    continue
+                path = os.path.join(link_target, infos[0])
+            elif not entry.endswith((".dist-info", ".egg-info")):
+                continue
+            meta_file = os.path.join(path, "METADATA" if path.endswith(".dist-info") else "PKG-INFO") \
+                if os.path.isdir(path) else path
+            name, version = metadata_fields(read_small(meta_file))
+            if not name or not version:
+                continue
+            installer = (read_small(os.path.join(path, "INSTALLER")) or "").strip() if os.path.isdir(path) else ""
+            direct_url = None
+            if link_target is not None:
+                direct_url = {"url": "file://" + link_target, "dir_info": {"editable": True}}
+            elif os.path.isfile(os.path.join(path, "direct_url.json")):
+                try:
+                    direct_url = json.loads(read_small(os.path.join(path, "direct_url.json")) or "")
+                except ValueError:
+                    direct_url = None
+            owner = owned.get(entry) or (installer == "conda" and "(conda)") or None
+            source = dist_source(direct_url if isinstance(direct_url, dict) else None, installer, owner)
+            dist = {"name": touni(name), "version": touni(version), "site": site_rel, "entry": touni(entry),
+                    "owner": owner, "installer": touni(installer), "source": source, "software": False}
+            if isinstance(direct_url, dict) and isinstance(direct_url.get("url"), TEXT_TYPES):
+                dist["url"] = touni(direct_url["url"])
+                if direct_url.get("vcs_info"):
+                    dist["vcs"] = direct_url["vcs_info"]
+            local = url_path(dist.get("url", ""))
+            if source in ("editable", "local") and local and inside(local, software_dir):
+                dist["software"] = True
+                rel = os.path.relpath(os.path.realpath(local), os.path.realpath(software_dir))
+                rows = record_files(path) if path.endswith(".dist-info") else None
+                files = [r[0] for r in rows or []] + ([entry] if link_target is not None else [])
+                dist["import_roots"] = import_roots(site, files, software_dir, rel) \
+                    if source == "editable" else [rel]
+                dist["metadata"] = read_small(meta_file, 1 << 20) if os.path.isfile(meta_file) else None
+                dist["entry_points"] = read_small(os.path.join(path, "entry_points.txt")) \
+                    if os.path.isdir(path) else None
+            dists.append(dist)
+    return dists
+
+
+def describe_distributions(dists):
+    """One line: how many distributions, from where."""
+    counts = {}
+    for dist in dists:
+        counts[dist["source"]] = counts.get(dist["source"], 0) + 1
+    return ", ".join("%d %s" % (counts[k], k) for k in sorted(counts))
+
+
 # -- Hashing, time and the manifest (pm.py uses these too) --------------------
 
 
@@ -615,8 +795,8 @@ def file_digest(path):
         return copy_hashing(handle)
 
 
-# A bundle is one zip: manifest.json (last), env.yml, env-history.yml, conda-list.json, min-deps.json
-# and software/<dir>/...; the manifest holds these fields, with the sha256 and size of every member.
+# A bundle is one zip: manifest.json (last), env.yml, env-history.yml, conda-list.json, min-deps.json,
+# python-dists.json, software/<dir>/..., and with --with-packages channel/<subdir>/... and wheels/...; the manifest holds these fields, with the sha256 and size of every member.
 MANIFEST_FIELDS = ("format", "name", "created", "probe_version", "source", "env", "software",
                    "minimal", "requested_specs", "packages", "members")
 
@@ -917,9 +1097,10 @@ def source_platform(conda_info):
     }
 
 
-def gather_environment(conda, conda_info, prefix):
+def gather_environment(conda, conda_info, prefix, software_dir):
     """Everything the bundle says about the environment, before anything is written."""
     records = read_conda_meta(prefix)
+    dists = python_distributions(prefix, records, software_dir)
     requested = read_requested_specs(prefix)
     graph = dependency_graph(records)
     minimal = minimal_set(graph, requested)
@@ -935,9 +1116,16 @@ def gather_environment(conda, conda_info, prefix):
         "env_yml": env_yml,
         "history_yml": history_yml,
         "info": conda_info,
+        "dists": dists,
     }
     say("environment %s: %d packages, %d directly required (%d asked for in its history)"
         % (prefix, len(records), len(minimal), len(requested)))
+    if dists:
+        say("Python distributions: %d (%s)" % (len(dists), describe_distributions(dists)))
+    for dist in dists:
+        if dist["software"]:
+            say("%s %s is the software itself (installed %s from %s): the target installs the migrated copy, "
+                "never a release" % (dist["name"], dist["version"], dist["source"], dist.get("url")))
     return captured
 
 
@@ -957,6 +1145,9 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
         software = {"dir": os.path.basename(os.path.abspath(software_dir)), "files": progress.files,
                     "bytes": progress.size}
         packages = carry_packages(writer, plan, captured["info"].get("platform") or "noarch") if plan else None
+        if plan:
+            carry_wheels(writer, captured["prefix"], captured["dists"])
+        writer.add_bytes("python-dists.json", to_json_bytes({"dists": captured["dists"]}))
         writer.finish(make_manifest(
             name, None, software, source=source_platform(captured["info"]),
             env={"name": os.path.basename(captured["prefix"]), "prefix": captured["prefix"],
@@ -1121,8 +1312,14 @@ def check_package_plan(plan, allow_missing):
         say("warning: %s is not carried (%s); the target needs a channel that has it" % (package.label(), package.why))
 
 
-def print_package_plan(plan):
+def print_package_plan(plan, dists=()):
     """--dry-run: what --with-packages would carry, and the total size."""
+    carry, left = carried_wheel_plan(dists)
+    for dist in carry:
+        print("%-10s %-50s %10s  %s" % ("wheel", "%s %s" % (dist["name"], dist["version"]), "-",
+                                        "rebuilt from %s/%s/RECORD" % (dist["site"], dist["entry"])))
+    for dist, why in left:
+        print("%-10s %-50s %10s  %s" % ("missing", "%s %s" % (dist["name"], dist["version"]), "-", why))
     total = 0
     for package in plan:
         size = os.path.getsize(package.source) if package.kind == "archive" else 0
@@ -1131,6 +1328,131 @@ def print_package_plan(plan):
                                         "%.1f MiB" % (size / 1048576.0) if size else "-", package.why or package.source))
     print("%d packages, %.1f MiB in archives (rebuilt ones not counted), %d missing"
           % (len(plan), total / 1048576.0, len([p for p in plan if p.kind == "missing"])))
+
+
+# -- Carrying what pip installed --------------------------------------------------
+# pack --with-packages also carries every distribution pip installed: a wheel rebuilt from the
+# files its RECORD lists (console scripts are left to the installer, which makes them again from
+# entry_points.txt), under wheels/ in the bundle. python-dists.json names each one's wheel.
+
+
+def wheel_escape(text, version=False):
+    """A name or version as a wheel file name writes it (PEP 427: runs of other characters become '_')."""
+    return re.sub(r"[^\w\d.+]+" if version else r"[^\w\d.]+", "_", text)
+
+
+def entry_point_names(text):
+    """The console and GUI script names of an entry_points.txt."""
+    names, section = [], None
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]").strip()
+        elif section in ("console_scripts", "gui_scripts") and "=" in line:
+            names.append(line.split("=", 1)[0].strip())
+    return names
+
+
+def carried_wheel_plan(dists):
+    """(the distributions pip installed that can be carried, [(dist, why not)] for the rest)."""
+    carry, left = [], []
+    for dist in dists:
+        if dist["owner"] or dist["software"]:
+            continue
+        if dist["source"] == "editable":
+            left.append((dist, "an editable install from %s, which is not the software" % dist.get("url", "?")))
+        elif not dist["entry"].endswith(".dist-info"):
+            left.append((dist, "installed as an egg, with no RECORD to rebuild it from"))
+        else:
+            carry.append(dist)
+    return carry, left
+
+
+def record_hash(data):
+    import base64
+    import hashlib
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+
+
+def rebuild_wheel(prefix, dist, folder):
+    """A wheel of an installed distribution, from the files its RECORD lists; return (path, notes)."""
+    import zipfile
+    site = os.path.join(prefix, dist["site"])
+    info_dir = os.path.join(site, dist["entry"])
+    rows = record_files(info_dir)
+    if rows is None:
+        raise PmError("%s %s has no RECORD to rebuild its wheel from" % (dist["name"], dist["version"]),
+                      "reinstall it with pip, or pass --allow-missing")
+    tags = [line.split(":", 1)[1].strip() for line in (read_small(os.path.join(info_dir, "WHEEL")) or "").splitlines()
+            if line.startswith("Tag:")]
+    scripts = entry_point_names(read_small(os.path.join(info_dir, "entry_points.txt")))
+    stem = "%s-%s" % (wheel_escape(dist["name"]), wheel_escape(dist["version"], True))
+    path = os.path.join(folder, "%s-%s.whl" % (stem, tags[0] if tags else "py3-none-any"))
+    notes, written = [], []
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for row in rows:
+            rel = row[0]
+            full = os.path.normpath(os.path.join(site, rel))
+            base = os.path.basename(rel)
+            if rel.endswith((".pyc", ".pyo")) or "__pycache__" in rel.split("/"):
+                continue
+            if os.path.dirname(full) == info_dir and base in ("INSTALLER", "REQUESTED", "RECORD", "direct_url.json"):
+                continue
+            if not inside(full, prefix) or not os.path.isfile(full):
+                notes.append("%s is listed in its RECORD but not installed" % rel)
+                continue
+            if inside(full, site):
+                arcname = os.path.relpath(full, site).replace(os.sep, "/")
+            else:
+                in_prefix = os.path.relpath(full, prefix).replace(os.sep, "/")
+                if in_prefix.startswith("bin/") and base in scripts:
+                    continue
+                kind = "scripts/" + base if in_prefix.startswith("bin/") else "data/" + in_prefix
+                arcname = "%s.data/%s" % (stem, kind)
+            with open(full, "rb") as handle:
+                data = handle.read()
+            if len(row) > 1 and row[1] and row[1] != record_hash(data):
+                notes.append("%s changed since it was installed" % rel)
+            if arcname.startswith(stem + ".data/scripts/") and data.startswith(b"#!") \
+                    and b"python" in data.split(b"\n", 1)[0]:
+                data = b"#!python\n" + data.split(b"\n", 1)[1] if b"\n" in data else b"#!python\n"
+            st = os.stat(full)
+            info = zipfile.ZipInfo(arcname, time.localtime(zip_mtime(st.st_mtime))[:6])
+            info.external_attr = (st.st_mode & 0o777 | stat.S_IFREG) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            out.writestr(info, data)
+            written.append("%s,%s,%d" % (arcname, record_hash(data), len(data)))
+        record = "%s.dist-info/RECORD" % dist["entry"][:-len(".dist-info")]
+        written.append("%s,," % record)
+        out.writestr(zipfile.ZipInfo(record, time.localtime()[:6]), ("\n".join(written) + "\n").encode("utf-8"))
+    return path, notes
+
+
+def carry_wheels(writer, prefix, dists, progress_label="carrying what pip installed"):
+    """Rebuild and add the wheel of every distribution pip installed; mark each dist with its
+    wheel (bundle member) or why it is not carried."""
+    import shutil
+    import tempfile
+    carry, left = carried_wheel_plan(dists)
+    for dist, why in left:
+        dist["not_carried"] = why
+        say("warning: %s %s is not carried (%s)" % (dist["name"], dist["version"], why))
+    if not carry:
+        return
+    progress = Progress("%s: %d wheels" % (progress_label, len(carry)))
+    scratch = tempfile.mkdtemp(prefix="pm-wheels-")
+    try:
+        for dist in carry:
+            path, notes = rebuild_wheel(prefix, dist, scratch)
+            for note in notes:
+                say("note: %s %s: %s" % (dist["name"], dist["version"], note))
+            arcname = "wheels/" + os.path.basename(path)
+            writer.add_file(path, arcname, progress)
+            dist["wheel"] = arcname
+            os.remove(path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    progress.done()
 
 
 # -- Sending --------------------------------------------------------------
@@ -1291,13 +1613,13 @@ def pack(args):
     conda_info = run_conda_json(conda, ["info", "--json"])
     prefix = find_env(conda, conda_info, args.env, args.yes)
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
-    captured = gather_environment(conda, conda_info, prefix)
+    captured = gather_environment(conda, conda_info, prefix, software_dir)
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     plan = None
     if args.with_packages:
         plan = plan_packages(captured["records"], conda_info.get("pkgs_dirs") or [], args.as_tar_bz2)
         if args.dry_run:
-            print_package_plan(plan)
+            print_package_plan(plan, captured["dists"])
             return 0
         check_package_plan(plan, args.allow_missing)
     elif args.dry_run or args.allow_missing or args.as_tar_bz2:
@@ -1579,23 +1901,29 @@ class Bundle(object):
 
     def extract_channel(self, dest):
         """Unzip the carried packages (channel/<subdir>/<file>, plain files only) into dest, a new folder."""
+        return self.extract_folder("channel", dest)
+
+    def extract_folder(self, top, dest):
+        """Unzip the carried files under top/ (channel/<subdir>/<file> or wheels/<file>, plain files
+        only) into dest, a new folder."""
         import shutil
         import zipfile
         os.mkdir(dest, 0o700)
+        depth = 3 if top == "channel" else 2
         with zipfile.ZipFile(self.path) as archive:
             for info in archive.infolist():
                 parts = info.filename.split("/")
-                if parts[0] != "channel" or info.filename.endswith("/"):
+                if parts[0] != top or info.filename.endswith("/"):
                     continue
-                if len(parts) != 3 or not all(is_one_path_component(p) for p in parts[1:]) \
+                if len(parts) != depth or not all(is_one_path_component(p) for p in parts[1:]) \
                         or stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG):
-                    raise PmError("bundle entry %s is not a package of the carried channel" % info.filename,
+                    raise PmError("bundle entry %s is not a carried package" % info.filename,
                                   "do not use this bundle; pack the software again")
-                folder = os.path.join(dest, parts[1])
+                folder = os.path.join(dest, *parts[1:-1])
                 if not os.path.isdir(folder):
                     os.mkdir(folder, 0o700)
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-                with archive.open(info) as source, os.fdopen(os.open(os.path.join(folder, parts[2]), flags, 0o600),
+                with archive.open(info) as source, os.fdopen(os.open(os.path.join(folder, parts[-1]), flags, 0o600),
                                                              "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK)
         return dest
@@ -2978,10 +3306,14 @@ class MigrationResult(object):
     def print_summary(self):
         if self.packages is not None:
             for status in ("installed", "skipped", "failed"):
-                names = [r.get("package", r["requirement"]) if status != "skipped" else r["requirement"]
+                names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
                          for r in self.packages if r["status"] == status]
                 print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
                                      ": " + ", ".join(names) if names else ""))
+        drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
+        if drifted:
+            print("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
+                "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
         print("%-20s %-8s %8s" % ("test", "status", "seconds"))
         for result in self.tests:
             print("%-20s %s%s %8.2f" % (result.name, paint(result.status), " " * (8 - len(result.status)),
@@ -3030,11 +3362,18 @@ def recreate_test_install(attempt, config, bundle, options):
     import shutil
     install_target(bundle, config.output_dir, options.force)
     env_file, min_deps = bundle.environment()
-    packages = None
+    dists = base_distributions(bundle)
+    env_file = pip_entries_from_an_index(env_file, dists)
+    packages, site, python_rows = None, None, []
     carried = (bundle.manifest.packages or {}).get("carried")
     if "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here()):
         packages, test_environ, activate = environment_without_conda(attempt, config, bundle, options,
-                                                                     env_file, min_deps)
+                                                                     env_file, min_deps, dists)
+        prefix = attempt.result.get("env_prefix")
+        if prefix:
+            site = env_site_packages(prefix, dists)
+            python_rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle")
+                           for d, _ in carried_wheels(bundle, dists)]
     elif "conda" in config.package_managers:
         started = time.time()
         conda = CondaHere(find_conda_here())
@@ -3050,12 +3389,16 @@ def recreate_test_install(attempt, config, bundle, options):
                 if channel:
                     shutil.rmtree(channel.folder, ignore_errors=True)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
+        python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
+        site = env_site_packages(prefix, dists)
         attempt.save(level=level, env_name=env_name, env_prefix=prefix, environment=env_packages(prefix))
         test_environ = activated_environ(prefix, env_name)
         activate = conda_activation(conda, env_name, prefix)
     else:
         packages, test_environ, activate = environment_with_managers(attempt, config, bundle, options, env_file,
                                                                      min_deps)
+        if test_environ.get("VIRTUAL_ENV"):
+            site = env_site_packages(test_environ["VIRTUAL_ENV"], ())
     tests = []
     if options.skip_tests:
         say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
@@ -3064,6 +3407,8 @@ def recreate_test_install(attempt, config, bundle, options):
         work = os.path.join(attempt.path, "work")
         try:
             software = bundle.extract_software(work)
+            python_rows += link_software_dists(attempt, site, dists, software, "tested copy")
+            attempt.save(python=python_rows)
             for test in config.tests:
                 tests.append(run_test(attempt, test, software, test_environ))
         finally:
@@ -3071,6 +3416,10 @@ def recreate_test_install(attempt, config, bundle, options):
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
         result.installed = install_software(bundle, config.output_dir, options.force)
+        installed_rows = link_software_dists(attempt, site, dists, result.installed, "installed copy")
+        if options.skip_tests:
+            python_rows += installed_rows
+            attempt.save(python=python_rows)
         if attempt.result.get("level") == "carried" and not options.prefix:
             remove_older_carried_envs(attempt.result["env_prefix"])
         result.activate = activate
@@ -3141,7 +3490,7 @@ def environment_with_managers(attempt, config, bundle, options, env_file, min_de
     """The system's package managers provide each requirement; returns (summary rows, environment
     for the tests, activation command: pip's venv stays in the attempt, with its record)."""
     attempt.base_python = base_python_version(bundle)
-    packages, environ = provision_with_managers(attempt, config, requirements_of(min_deps, env_file), options)
+    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options)
     attempt.save(packages=packages)
     venv = environ.get("VIRTUAL_ENV")
     return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
@@ -3155,7 +3504,7 @@ def conda_is_here():
         return False
 
 
-def environment_without_conda(attempt, config, bundle, options, env_file, min_deps):
+def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists=None):
     """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
     when the platform is the base's; else the test configuration's other package managers serve.
     Returns (summary rows or None, environment for the tests, activation command)."""
@@ -3173,7 +3522,7 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
                                                                                       attempt)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
-    install_without_conda(attempt, bundle, prefix, options.allow_scripts)
+    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists)
     attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix))
     return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
 
@@ -3295,8 +3644,8 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
                       % (env_name, prefix), "choose another name with --env-name")
     gone = [] if channel else local_channels_missing_here(env_file.channels)
     if channel and env_file.pip:
-        say("note: the packages pip installed on the base (%s) are not carried; they are left out"
-            % ", ".join(env_file.pip))
+        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm); they "
+            "are left out" % ", ".join(env_file.pip))
     if gone:
         say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
             % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
@@ -3598,7 +3947,7 @@ def carried_archives(bundle, channel_dir):
     return archives
 
 
-def install_without_conda(attempt, bundle, prefix, allow_scripts=False):
+def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None):
     """Create the environment at prefix from the bundle's carried packages, with no conda: in
     dependency order, linked as conda links them. The prefix is marked incomplete until its last
     record is written, and removed on any failure or interruption."""
@@ -3633,6 +3982,7 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False):
                 write_json(os.path.join(prefix, "conda-meta", archive.dist + ".json"),
                            conda_meta_record(archive, files, requested), 0o644)
                 history.append("+pm-carried::%s" % archive.dist)
+            install_carried_wheels(attempt, bundle, prefix, dists)
             history.append("# update specs: %r" % sorted(requested.values()))
             write_atomic(os.path.join(prefix, "conda-meta", "history"), "\n".join(history) + "\n", 0o644)
             write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
@@ -3676,6 +4026,300 @@ def remove_older_carried_envs(prefix):
         path = os.path.join(folder, entry)
         if path != prefix and os.path.isfile(os.path.join(path, PM_MADE)):
             shutil.rmtree(path, ignore_errors=True)
+
+
+# -- What pip installed, and the software itself, on the target ----------------------
+# The bundle's python-dists.json says what each package puts on the Python path. Every route
+# installs the wheels pack carried for what pip installed (pm's own wheel installer into a conda
+# or carried prefix, pip's --find-links into the venv), and the software from the migrated tree
+# the way the base had it (editable: a .pth naming its import roots and a dist-info), never a release.
+
+SCRIPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
+ENTRY_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z"
+
+
+def base_distributions(bundle):
+    """python-dists.json's records (checked), or None for a bundle packed before pm recorded them."""
+    if "python-dists.json" not in bundle.manifest.members:
+        return None
+    try:
+        data = bundle.read_json("python-dists.json")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PmError("python-dists.json in %s is not JSON (%s)" % (bundle.path, exc), "pack the software again")
+    dists = []
+    for dist in (data.get("dists") if isinstance(data, dict) else None) or []:
+        if not isinstance(dist, dict) or not all(isinstance(dist.get(k), str) for k in ("name", "version", "site")):
+            raise PmError("python-dists.json in %s has a record without name, version or site" % bundle.path,
+                          "pack the software again")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z", dist["name"]) or \
+                not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z", dist["version"]):
+            raise PmError("python-dists.json in %s names %r %r, which is not a distribution name and version"
+                          % (bundle.path, dist["name"][:60], dist["version"][:60]), "pack the software again")
+        dists.append(dist)
+    return dists
+
+
+def contained_path(prefix, rel, where):
+    """prefix/rel, ready to be written: every part plain, every folder on the way made one at a time
+    and never reached through a link that leads out of the prefix; what is at rel goes."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
+        raise PmError("unsafe path %r in %s" % (rel, where), "do not use this bundle; pack the software again")
+    real_prefix = os.path.realpath(prefix)
+    folder = prefix
+    for part in parts[:-1]:
+        folder = os.path.join(folder, part)
+        if os.path.islink(folder) and not PROBE.inside(folder, real_prefix):
+            raise PmError("%s of %s would be written outside the prefix" % (rel, where), "do not use this bundle")
+        if not os.path.isdir(folder):
+            os.mkdir(folder)
+    dest = os.path.join(folder, parts[-1])
+    if os.path.lexists(dest):
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            raise PmError("%s of %s is a folder in the prefix" % (rel, where), "do not use this bundle")
+        os.remove(dest)  # a later package's file wins, as with conda's clobbering
+    return dest
+
+
+def write_entry_point(prefix, command, target, where):
+    """bin/COMMAND running module:function with the prefix's python; names checked first."""
+    command, target = command.strip(), target.strip().split()[0] if target.strip() else ""
+    if not re.match(SCRIPT_NAME, command) or not re.match(ENTRY_TARGET, target):
+        raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
+                      "do not use this bundle; pack the software again")
+    module, function = target.split(":")
+    path = contained_path(prefix, "bin/" + command, where)
+    with open(path, "w") as out:
+        out.write("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
+                  "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
+                  "    sys.exit(%s())\n" % (prefix, module, function.split(".")[0], function))
+    os.chmod(path, 0o755 & ~current_umask())
+    return "bin/" + command
+
+
+def current_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def entry_points_of(text):
+    """[(command, module:function)] of an entry_points.txt's console and GUI scripts."""
+    points, section = [], None
+    for line in (text or "").splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line.strip("[]").strip()
+        elif section in ("console_scripts", "gui_scripts") and "=" in line:
+            command, target = line.split("=", 1)
+            points.append((command, target))
+    return points
+
+
+def wheel_destination(name, site_rel):
+    """Where a wheel member goes in a prefix (PEP 427's .data folders included)."""
+    parts = name.split("/")
+    if parts[0].endswith(".data") and len(parts) > 2:
+        kind, rest = parts[1], "/".join(parts[2:])
+        if kind in ("purelib", "platlib"):
+            return site_rel + "/" + rest
+        if kind in ("scripts", "headers"):
+            return ("bin/" if kind == "scripts" else "include/") + rest
+        if kind == "data":
+            return rest
+        raise PmError("wheel member %s is in an unknown .data folder" % name, "pack the software again")
+    return site_rel + "/" + name
+
+
+def install_wheel(wheel, prefix, site_rel):
+    """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
+    points, INSTALLER and RECORD, so that pip sees it); modes follow the umask, times are kept."""
+    import calendar
+    import shutil
+    import zipfile
+    where = os.path.basename(wheel)
+    umask = current_umask()
+    written = []
+    with zipfile.ZipFile(wheel) as archive:
+        infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
+        info_dirs = set(i.filename.split("/")[0] for i in infos if i.filename.split("/")[0].endswith(".dist-info"))
+        if len(info_dirs) != 1:
+            raise PmError("the carried wheel %s has %d .dist-info folders" % (where, len(info_dirs)),
+                          "pack the software again")
+        info_dir = info_dirs.pop()
+        for info in infos:
+            rel = wheel_destination(safe_member_path(info.filename), site_rel)
+            if info.filename.split("/")[-1] in ("RECORD", "INSTALLER") and info.filename.startswith(info_dir + "/"):
+                continue
+            dest = contained_path(prefix, rel, where)
+            script = rel.startswith("bin/") and info.filename.split("/")[0].endswith(".data")
+            with archive.open(info) as source, open(dest, "wb") as out:
+                first = source.readline() if script else b""
+                if first.startswith(b"#!python"):
+                    first = ("#!%s/bin/python" % prefix).encode("utf-8") + first[len(b"#!python"):]
+                out.write(first)
+                shutil.copyfileobj(source, out, CHUNK)
+            mode = (info.external_attr >> 16) & 0o777
+            os.chmod(dest, ((0o755 if mode & 0o111 or script else 0o644)) & ~umask)
+            stamp = calendar.timegm(info.date_time + (0, 0, -1))
+            os.utime(dest, (stamp, stamp))
+            written.append(rel)
+        points = entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
+                                 if info_dir + "/entry_points.txt" in archive.namelist() else "")
+    for command, target in points:
+        written.append(write_entry_point(prefix, command, target, where))
+    finish_dist_info(prefix, site_rel, info_dir, written)
+    return info_dir
+
+
+def finish_dist_info(prefix, site_rel, info_dir, written):
+    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages."""
+    site = os.path.join(prefix, site_rel)
+    write_atomic(os.path.join(site, info_dir, "INSTALLER"), "pm\n", 0o644 & ~current_umask())
+    lines = [os.path.relpath(os.path.join(prefix, rel), site) + ",," for rel in written]
+    lines += ["%s/INSTALLER,," % info_dir, "%s/RECORD,," % info_dir]
+    write_atomic(os.path.join(site, info_dir, "RECORD"), "\n".join(lines) + "\n", 0o644 & ~current_umask())
+
+
+def carried_wheels(bundle, dists):
+    """The dists that pack carried as wheels: [(dist, member name)], platforms checked first."""
+    machine = os.uname().machine
+    carried = []
+    for dist in dists or []:
+        member = dist.get("wheel")
+        if not member:
+            continue
+        parts = member.split("/") if isinstance(member, str) else []
+        if len(parts) != 2 or parts[0] != "wheels" or not parts[1].endswith(".whl") \
+                or not is_one_path_component(parts[1]) or member not in bundle.manifest.members:
+            raise PmError("python-dists.json names the wheel %r, which the bundle does not hold" % (member,),
+                          "pack the software again")
+        platform_tag = parts[1][:-len(".whl")].split("-")[-1]
+        if platform_tag != "any" and not any(p.endswith(machine) for p in platform_tag.split(".")):
+            raise PmError("the bundle carries %s, built for %s, and this machine is %s" % (
+                parts[1], platform_tag, machine), "migrate on a machine like the base, or pack on one like this")
+        carried.append((dist, member))
+    return carried
+
+
+def extract_wheels(attempt, bundle, carried):
+    """Unzip the carried wheels into the attempt's wheels/ folder; return it."""
+    folder = os.path.join(attempt.path, "wheels")
+    bundle.extract_folder("wheels", folder)
+    return folder
+
+
+def install_carried_wheels(attempt, bundle, prefix, dists):
+    """Into a conda or carried prefix: every wheel the bundle carries, offline, by pm's installer."""
+    import shutil
+    carried = carried_wheels(bundle, dists)
+    if not carried:
+        return []
+    folder = extract_wheels(attempt, bundle, carried)
+    rows = []
+    try:
+        for dist, member in carried:
+            attempt.log("installing %s into %s" % (member, prefix))
+            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"])
+            rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base)"
+                                 % dist.get("source")))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    say("installed the %d distribution%s pip had installed on the base, from the wheels the bundle carries"
+        % (len(rows), "s" * (len(rows) != 1)))
+    return rows
+
+
+def pip_entries_from_an_index(env_file, dists):
+    """env.yml with only the pip entries an index serves: the software itself, what pip installed from a
+    path, a URL or a VCS, and what the bundle carries as wheels are never asked of an index."""
+    if not dists or not env_file.pip:
+        return env_file
+    dropped = set(pip_name(d["name"]) for d in dists
+                  if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
+    kept = [s for s in env_file.pip if pip_name(spec_name(s)) not in dropped]
+    if len(kept) == len(env_file.pip):
+        return env_file
+    return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
+
+
+def dist_row(dist, installed, status, why):
+    """A requirements row for a Python distribution: the base's version beside the one installed."""
+    return {"requirement": dist["name"], "status": status, "base_version": dist["version"], "version": installed,
+            "package": "pip:%s=%s" % (dist["name"], installed) if installed else None, "why": why,
+            "drift": bool(installed) and installed != dist["version"]}
+
+
+def software_dists(dists):
+    return [d for d in dists or [] if d.get("software")]
+
+
+def link_software(site, dist, tree):
+    """The software as the base had it installed, from the migrated tree: a .pth that puts its
+    import roots on the path and a dist-info (metadata, entry points) naming the tree."""
+    roots = []
+    for root in dist.get("import_roots") or ["."]:
+        parts = [p for p in str(root).split("/") if p not in ("", ".")]
+        if any(p == ".." for p in parts):
+            raise PmError("the software's import root %r leads out of its tree" % root, "pack the software again")
+        roots.append(os.path.join(tree, *parts))
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))
+    site_rel = os.path.relpath(site, prefix)
+    name = PROBE.wheel_escape(dist["name"])
+    info_dir = "%s-%s.dist-info" % (name, PROBE.wheel_escape(dist["version"], True))
+    for entry in os.listdir(site):  # an earlier link of the software (the tested tree, before the install)
+        if entry == "__pm_software__%s.pth" % name or entry == info_dir:
+            path = os.path.join(site, entry)
+            shutil_remove(path)
+    pth = "__pm_software__%s.pth" % name
+    write_atomic(os.path.join(site, pth), "".join(r + "\n" for r in roots), 0o644 & ~current_umask())
+    metadata = dist.get("metadata") if isinstance(dist.get("metadata"), str) else None
+    metadata = metadata or "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist["name"], dist["version"])
+    write_atomic(os.path.join(site, info_dir, "METADATA"), metadata, 0o644 & ~current_umask())
+    from urllib.request import pathname2url
+    write_json(os.path.join(site, info_dir, "direct_url.json"),
+               {"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, 0o644 & ~current_umask())
+    written = [site_rel + "/" + pth, site_rel + "/%s/METADATA" % info_dir, site_rel + "/%s/direct_url.json" % info_dir]
+    points = entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
+    if points:
+        write_atomic(os.path.join(site, info_dir, "entry_points.txt"), dist["entry_points"], 0o644 & ~current_umask())
+        written.append(site_rel + "/%s/entry_points.txt" % info_dir)
+    for command, target in points:
+        written.append(write_entry_point(prefix, command, target, "the software's entry points"))
+    finish_dist_info(prefix, site_rel, info_dir, written)
+
+
+def shutil_remove(path):
+    import shutil
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def link_software_dists(attempt, site, dists, tree, when):
+    """Link every distribution of the software to tree (the tested copy, then the installed one)."""
+    rows = []
+    for dist in software_dists(dists):
+        if not site:
+            say("warning: %s %s is the software, and this environment has no site-packages to install it into"
+                % (dist["name"], dist["version"]))
+            continue
+        link_software(site, dist, tree)
+        attempt.log("linked the software %s %s to %s" % (dist["name"], dist["version"], tree))
+        say("%s %s is the software: installed editable from the %s %s (never from an index)"
+            % (dist["name"], dist["version"], when, tree))
+        rows.append(dist_row(dist, dist["version"], "installed", "the software itself, editable from the migrated tree"))
+    return rows
+
+
+def env_site_packages(prefix, dists):
+    """The site-packages folder of a prefix or venv: the base's when it exists here, else the one there is."""
+    for dist in dists or []:
+        if os.path.isdir(os.path.join(prefix, dist["site"])):
+            return os.path.join(prefix, dist["site"])
+    found = PROBE.site_packages(prefix)
+    return found[0] if found else None
 
 
 # -- With the system's package managers ---------------------------------------
@@ -3750,42 +4394,208 @@ def base_python_version(bundle):
     return None
 
 
-def venv_python(base_version):
-    """The interpreter for the software's venv: pythonX.Y of the base's version when this
-    machine has it on PATH (e.g. after 'module load python/3.11'), else pm's own."""
-    import platform
+PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling", "conda-package-streaming",
+                          "conda-libmamba-solver", "libmambapy", "menuinst", "conda-index"])
+
+
+def python_requirements(bundle, env_file):
+    """The base's Python distributions for pip (the software and pip itself left out), and the conda
+    packages they stand for. From python-dists.json, exact; for a bundle without it, guessed from
+    conda-list.json (Python builds, through the name table) and env.yml's pip entries."""
+    dists = base_distributions(bundle)
+    if dists is not None:
+        wanted = []
+        for dist in dists:
+            if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
+                continue
+            how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
+                "pip installed it (%s)" % dist.get("source", "index")
+            wanted.append(dict(dist, why="recorded on the base: " + how))
+        return wanted, set(d["owner"] for d in dists if d.get("owner"))
+    wanted, owners = [], set()
+    try:
+        listed = bundle.read_json("conda-list.json")
+    except (KeyError, ValueError):
+        listed = []
+    for record in listed if isinstance(listed, list) else []:
+        if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+            continue
+        req = Requirement(record["name"], str(record.get("version") or ""), str(record.get("build_string") or ""))
+        mapped = NAME_MAP.get(req.name, {}).get("pip")
+        if (req.python or mapped) and req.name not in CONDA_OWN_PACKAGES and req.version and \
+                pip_name(mapped or req.name) not in PIP_LEFT_OUT:
+            wanted.append({"name": mapped or req.name, "version": req.version, "owner": req.name, "site": "",
+                           "why": "name table (this bundle records no Python distributions)"})
+            owners.add(req.name)
+    known = set(pip_name(d["name"]) for d in wanted)
+    for spec in env_file.pip:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
+        if match and pip_name(match.group(1)) not in known | PIP_LEFT_OUT:
+            known.add(pip_name(match.group(1)))
+            wanted.append({"name": match.group(1), "version": match.group(2), "owner": None, "site": "",
+                           "why": "env.yml's pip entry"})
+    return wanted, owners
+
+
+PIP_NOT_FOUND = (r"satisfies the requirement ([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*\S+)?\s*"
+                 r"\(from versions: ([^)]*)\)")
+
+
+def pip_not_found(output):
+    """(name, versions the index has) of the requirement pip says it cannot find, else None."""
+    match = re.search(PIP_NOT_FOUND, output)
+    if not match:
+        return None
+    return match.group(1), [v.strip() for v in match.group(2).split(",") if v.strip() and v.strip() != "none"]
+
+
+def pip_installed(attempt, python):
+    """pip's own list of what is installed in the venv: PEP 503 name -> version."""
+    code, output = attempt.run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"])
+    start = output.find("[")
+    try:
+        listed = json.loads(output[start:output.rfind("]") + 1]) if code == 0 and start >= 0 else []
+    except ValueError:
+        listed = []
+    return dict((pip_name(d["name"]), d["version"]) for d in listed if isinstance(d, dict) and "name" in d)
+
+
+def install_with_pip(attempt, bundle, dists, options):
+    """Every Python distribution of the base in one pip install into the software's venv, pinned to the
+    base's versions (the bundle's wheels offered first); a version this index or Python lacks is relaxed
+    to the nearest one there, package by package. Returns requirement rows read back from pip."""
     import shutil
-    own = "%d.%d" % sys.version_info[:2]
-    wanted = ".".join(base_version.split(".")[:2]) if base_version else own
-    found = shutil.which("python" + wanted) if wanted != own else None
-    if found:
-        return found, "the base ran Python %s: the software's virtual environment uses %s" % (base_version, found)
-    if wanted != own:
-        return sys.executable, ("note: the base ran Python %s and there is no python%s on PATH here: the software's "
-                                "virtual environment uses Python %s" % (base_version, wanted, platform.python_version()))
-    return sys.executable, None
+    venv = software_venv(attempt)
+    python = os.path.join(venv, "bin", "python")
+    pins, rows, failed = {}, [], []
+    for dist in dists:
+        answer = options.answers.get(dist["name"]) or options.answers.get(dist.get("owner") or "")
+        if answer and not answer.manager_key:
+            rows.append(dist_row(dist, None, "skipped", "answers file"))
+            continue
+        if answer and not answer.manager_key.startswith("pip"):
+            continue  # answered for another manager: the package managers' loop installs it
+        name, version = (answer.package, answer.version) if answer else (dist["name"], dist["version"])
+        pins[pip_name(name)] = {"dist": dist, "name": name, "version": version, "fixed": bool(answer),
+                                "why": "answers file" if answer else dist.get("why", "")}
+    if not pins:
+        return rows
+    find_links, folder = [], None
+    if carried_wheels(bundle, dists):
+        folder = extract_wheels(attempt, bundle, None)
+        find_links = ["--find-links", folder]
+    requirements = os.path.join(attempt.path, "pip-requirements.txt")
+    try:
+        for _ in range(len(pins) + 1):
+            if not pins:
+                break
+            write_atomic(requirements, "".join("%s==%s\n" % (p["name"], p["version"]) if p["version"] else p["name"] + "\n"
+                                               for key, p in sorted(pins.items())))
+            say("installing %d Python distributions with pip in one resolve, pinned to the base's versions..."
+                % len(pins))
+            code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check",
+                                        "-r", requirements] + find_links)
+            if code == 0:
+                break
+            missing = pip_not_found(output)
+            key = pip_name(missing[0]) if missing else None
+            if key not in pins:
+                last = (output.strip().splitlines() or ["exit %d" % code])[-1]
+                for pin in pins.values():
+                    failed.append((pin, "pip failed: %s" % last[:300]))
+                say("  pip failed: %s" % last)
+                pins = {}
+                break
+            pin = pins.pop(key)
+            versions = missing[1]
+            if pin["fixed"] or not versions or pin.get("relaxed"):
+                why = "pip finds no %s==%s here%s" % (pin["name"], pin["version"],
+                                                       " (it has %s)" % ", ".join(versions[-5:]) if versions else "")
+                failed.append((pin, why))
+                say("  " + why)
+                continue
+            pins[key] = pin
+            nearest = sorted(versions, key=lambda v: version_distance(v, pin["version"]))[0]
+            say("  %s %s is not on the index for this Python and platform: relaxed to %s" % (
+                pin["name"], pin["version"], nearest))
+            attempt.log("relaxed %s %s to %s" % (pin["name"], pin["version"], nearest))
+            pin.update(version=nearest, relaxed=True,
+                       why="relaxed: %s is not on the index here, %s is the nearest" % (pin["version"], nearest))
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    got = pip_installed(attempt, python) if pins else {}
+    for key, pin in sorted(pins.items()):
+        have = got.get(key)
+        rows.append(dist_row(pin["dist"], have, "installed" if have else "failed",
+                             pin["why"] if have else "pip did not install it"))
+    for pin, why in failed:
+        rows.append(dict(dist_row(pin["dist"], None, "failed", why),
+                         package="pip:%s=%s" % (pin["name"], pin["version"]) if pin["version"] else "pip:" + pin["name"]))
+    drifted = [r for r in rows if r.get("drift")]
+    say("pip: %d distributions installed, %d at the base's version, %d differ%s" % (
+        len([r for r in rows if r["status"] == "installed"]),
+        len([r for r in rows if r["status"] == "installed" and not r["drift"]]), len(drifted),
+        ": " + ", ".join("%s %s -> %s" % (r["requirement"], r["base_version"], r["version"]) for r in drifted)
+        if drifted else ""))
+    return rows
+
+
+def base_interpreter(base_version):
+    """(an interpreter of the base's Python minor version that runs here, or None): pythonX.Y on
+    PATH (e.g. after 'module load python/3.11'), then pyenv's and uv's installs."""
+    import glob
+    import shutil
+    import subprocess
+    wanted = ".".join(base_version.split(".")[:2])
+    places = [shutil.which("python" + wanted)]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    places += sorted(glob.glob(os.path.join(pyenv_root, "versions", wanted + ".*", "bin", "python" + wanted)),
+                     reverse=True)
+    uv_root = os.environ.get("UV_PYTHON_INSTALL_DIR") or os.path.expanduser("~/.local/share/uv/python")
+    places += sorted(glob.glob(os.path.join(uv_root, "cpython-%s.*" % wanted, "bin", "python" + wanted)), reverse=True)
+    for place in places:
+        if not place:
+            continue
+        try:
+            proc = subprocess.run([place, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  universal_newlines=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0 and proc.stdout.strip() == wanted:
+            return place
+    return None
 
 
 def software_venv(attempt):
-    """The software's own virtual environment, in the attempt's store, made on first use."""
+    """The software's own virtual environment, in the attempt's store, made on first use with an
+    interpreter of the base's Python version when this machine has one, else pm's own."""
     import platform
     import shutil
     venv = os.path.join(attempt.path, "venv")
-    if not os.path.isdir(venv):
-        python, note = venv_python(attempt.base_python)
-        if note:
-            say(note)
-        say("creating the software's virtual environment %s" % venv)
+    if os.path.isdir(venv):
+        return venv
+    base = attempt.base_python
+    python = base_interpreter(base) if base else None
+    say("creating the software's virtual environment %s" % venv)
+    code, output = attempt.run([python, "-m", "venv", venv]) if python else (1, "")
+    if python and code != 0:
+        attempt.log("%s cannot make a virtual environment: %s" % (python, output.strip()[-200:]))
+        shutil.rmtree(venv, ignore_errors=True)
+    if not python or code != 0:
+        python = sys.executable
         code, output = attempt.run([python, "-m", "venv", venv])
-        if code != 0 and python != sys.executable:
-            say("note: %s cannot make a virtual environment; using Python %s" % (python, platform.python_version()))
-            shutil.rmtree(venv, ignore_errors=True)
-            python = sys.executable
-            code, output = attempt.run([python, "-m", "venv", venv])
-        if code != 0:
-            raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
-                          "install the venv module (e.g. apt install python3-venv)", code=1)
-        attempt.save(venv_python=python)
+    if code != 0:
+        raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
+                      "install the venv module (e.g. apt install python3-venv)", code=1)
+    if base and python != sys.executable:
+        say("the base ran Python %s: the software's virtual environment uses %s" % (base, python))
+    elif base and ".".join(base.split(".")[:2]) != "%d.%d" % sys.version_info[:2]:
+        say("note: the base ran Python %s and this machine has no working python%s (PATH, pyenv, uv): the "
+            "software's virtual environment uses Python %s" % (base, ".".join(base.split(".")[:2]),
+                                                               platform.python_version()))
+    attempt.save(venv_python=python)
     return venv
 
 
@@ -3813,8 +4623,8 @@ def root_needed_but_missing(manager):
         and not re.match(r"^\s*sudo\b", manager.install_cmd)
 
 
-def provision_with_managers(attempt, config, reqs, options):
-    """Resolve and install every requirement; return (summary rows, environment for the tests)."""
+def usable_managers(attempt, config, options):
+    """The configured package managers that are on this machine, in the configuration's order."""
     managers = load_managers(attempt.store, options.pck_mgr_configs)
     chosen = []
     for key in config.package_managers:
@@ -3831,10 +4641,30 @@ def provision_with_managers(attempt, config, reqs, options):
     if not chosen:
         raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
                       "install one, or list another in package_managers")
+    return managers, chosen
+
+
+def provision_with_managers(attempt, config, bundle, env_file, min_deps, options):
+    """With pip among the managers, every Python distribution of the base goes to pip in one pinned
+    resolve (install_with_pip); the direct requirements that are not Python distributions go, one by
+    one, to the other managers. Returns (summary rows, environment for the tests)."""
+    managers, chosen = usable_managers(attempt, config, options)
+    pip = [m for m in chosen if m.family == "pip"]
+    rows, python_owners = [], set()
+    if pip:
+        dists, python_owners = python_requirements(bundle, env_file)
+        rows += install_with_pip(attempt, bundle, dists, options)
+        chosen = [m for m in chosen if m.family != "pip"]
+    reqs = [r for r in requirements_of(min_deps, env_file)
+            if not pip or (r.name not in python_owners and r.name != "python" and not r.python)]
     remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
                       for k, v in attempt.store.read_choices(attempt.name).items())
-    rows, decisions = [], {}
+    decisions = {}
     for number, req in enumerate(reqs, 1):
+        if not chosen:
+            rows.append({"requirement": req.name, "status": "skipped", "base_version": req.version,
+                         "why": "installs no Python distribution, and no system package manager is configured"})
+            continue
         say("[%d/%d] resolving %s ..." % (number, len(reqs), req.label()))
         candidates = find_candidates(req, chosen, attempt.log)
         earlier = remembered.get(req.name)
@@ -3847,18 +4677,21 @@ def provision_with_managers(attempt, config, reqs, options):
         if source == "remembered":
             say("  reusing the earlier choice %s" % choice.to_text())
         if not choice.manager_key:
-            rows.append({"requirement": req.name, "status": "skipped", "why": source})
+            rows.append({"requirement": req.name, "status": "skipped", "base_version": req.version, "why": source})
             continue
         manager = managers.get(choice.manager_key)
         if manager is None or not manager.available():
             say("  %s is not available here" % choice.manager_key)
             rows.append({"requirement": req.name, "status": "failed", "package": choice.to_text(),
-                         "why": "manager %s not available" % choice.manager_key})
+                         "base_version": req.version, "why": "manager %s not available" % choice.manager_key})
             continue
         status = install_choice(attempt, manager, choice, req, candidates)
-        rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source})
-    attempt.store.remember_choices(attempt.name, decisions)
-    write_json(os.path.join(attempt.path, "choices.json"), decisions)
+        rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source,
+                     "base_version": req.version, "version": choice.version,
+                     "drift": bool(choice.version and req.version and choice.version != req.version)})
+    if decisions:
+        attempt.store.remember_choices(attempt.name, decisions)
+        write_json(os.path.join(attempt.path, "choices.json"), decisions)
     environ = dict(os.environ)
     venv = os.path.join(attempt.path, "venv")
     if os.path.isdir(venv):
@@ -3896,14 +4729,19 @@ def log_tail(path, limit=64 << 10):
 
 
 def requirement_rows(result):
-    """Each requirement and how it was met: conda's package (level), a package manager's, skipped."""
+    """Each requirement and how it was met: conda's package (level), a package manager's, skipped;
+    the base's version beside the one installed, and why that one."""
+    rows = []
+    for r in (result.get("packages") or []) + (result.get("python") or []):
+        how = ", ".join(p for p in (r.get("package"), r.get("why")) if p)
+        rows.append({"requirement": r["requirement"], "status": r["status"], "base_version": r.get("base_version"),
+                     "version": r.get("version"), "drift": bool(r.get("drift")), "how": how})
     if result.get("packages") is not None:
-        return [{"requirement": r["requirement"], "status": r["status"],
-                 "how": r.get("package") or r.get("why") or ""} for r in result["packages"]]
+        return rows
     how = "pm, from the bundle's packages" if result.get("level") == "carried" else "conda (level %s)" % result.get("level")
-    return [{"requirement": p["name"], "status": "installed", "how": "%s %s %s, %s" % (p["name"], p["version"],
-                                                                                      p["build"], how)}
-            for p in result.get("environment") or []]
+    return [{"requirement": p["name"], "status": "installed", "base_version": None, "version": p["version"],
+             "drift": False, "how": "%s %s %s, %s" % (p["name"], p["version"], p["build"], how)}
+            for p in result.get("environment") or []] + rows
 
 
 def attempt_report(store, name, attempt_id=None):
@@ -3948,9 +4786,12 @@ def print_report(report):
     print("\n%-10s %-32s %s" % ("", "base machine", "this machine"))
     for label, key in PLATFORM_ROWS:
         print("%-10s %-32s %s" % (label, report["source"].get(key) or "-", report["target"].get(key) or "-"))
-    print("\nrequirements (%d)" % len(report["requirements"]))
+    drifted = [r for r in report["requirements"] if r.get("drift")]
+    print("\nrequirements (%d, %d at another version than the base's)" % (len(report["requirements"]), len(drifted)))
     for row in report["requirements"]:
-        print("  %-24s %-10s %s" % (row["requirement"], row["status"], row["how"]))
+        versions = "%s -> %s" % (row.get("base_version") or "?", row.get("version") or "-") \
+            if row.get("base_version") else ""
+        print("  %-24s %-10s %-20s %s" % (row["requirement"], row["status"], versions, row["how"]))
     print("\ntests (%d)" % len(report["tests"]))
     for test in report["tests"]:
         print("  %-20s %-8s %8.2f s  %s" % (test["name"], test["status"], test["seconds"], test["log"]))
@@ -4002,8 +4843,10 @@ def report_html(report):
     platforms = table(["", "base machine", "this machine"], [
         ["<th>%s</th>" % e(label), "<td>%s</td>" % e(str(report["source"].get(key) or "-")),
          "<td>%s</td>" % e(str(report["target"].get(key) or "-"))] for label, key in PLATFORM_ROWS])
-    requirements = table(["requirement", "status", "how"], [
-        ["<td>%s</td>" % e(r["requirement"]), status(r["status"]), "<td>%s</td>" % e(r["how"])]
+    requirements = table(["requirement", "status", "base", "installed", "how"], [
+        ["<td>%s</td>" % e(r["requirement"]), status(r["status"]), "<td>%s</td>" % e(r.get("base_version") or ""),
+         "<td%s>%s</td>" % (' class="drift"' if r.get("drift") else "", e(r.get("version") or "")),
+         "<td>%s</td>" % e(r["how"])]
         for r in report["requirements"]]) if report["requirements"] else "<p>none recorded</p>"
     tests = "".join('<details class="test" id="test-%s"><summary><b>%s</b> <span class="status %s">%s</span> '
                     '<span class="meta">%.2f s, exit %s</span></summary><pre>%s</pre></details>'
