@@ -2599,12 +2599,12 @@ def find_candidates(req, managers, log=None):
             for package, version in manager.search(expr, log):
                 found.setdefault(package, []).append(version)
         for package, versions in found.items():
-            if package.lower() == req.name.lower():
-                why, rank = "exact name", 0 if package.lower() == (mapped or "").lower() else 1
-            elif mapped and package.lower() == mapped.lower():
+            if mapped and package.lower() == mapped.lower():
                 why, rank = "mapping table (conda %s)" % req.name, 0
             elif not fits_python(req, manager, package):
                 continue
+            elif package.lower() == req.name.lower():
+                why, rank = "exact name", 1
             elif package.lower() in variants:
                 why, rank = "naming pattern", 2 + variants.index(package.lower()) / 100.0
             elif name_inside(req.name, package) or (req.name != search_base(req.name)
@@ -2776,6 +2776,8 @@ NAME_MAP = {
     "cairo": {"apt": "libcairo2-dev", "rpm": "cairo-devel", "brew": "cairo", "spack": "cairo"},
     "pkg-config": {"apt": "pkg-config", "rpm": "pkgconf-pkg-config", "brew": "pkg-config", "spack": "pkgconf"},
     "make": {"apt": "make", "rpm": "make", "brew": "make", "spack": "gmake"},
+    "python-build": {"apt": "python3-build", "rpm": "python3-build", "pip": "build", "spack": "py-build"},
+    "dask-core": {"apt": "python3-dask", "rpm": "python3-dask", "pip": "dask", "spack": "py-dask"},
     "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake", "pip": "cmake"},
     "gcc": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
     "compilers": {"apt": "build-essential", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
@@ -4243,10 +4245,10 @@ def pip_entries_from_an_index(env_file, dists):
     return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
 
 
-def dist_row(dist, installed, status, why):
+def dist_row(dist, installed, status, why, manager="pip"):
     """A requirements row for a Python distribution: the base's version beside the one installed."""
     return {"requirement": dist["name"], "status": status, "base_version": dist["version"], "version": installed,
-            "package": "pip:%s=%s" % (dist["name"], installed) if installed else None, "why": why,
+            "package": "%s:%s=%s" % (manager, dist["name"], installed) if installed else None, "why": why,
             "drift": bool(installed) and installed != dist["version"]}
 
 
@@ -4460,7 +4462,7 @@ def pip_installed(attempt, python):
     return dict((pip_name(d["name"]), d["version"]) for d in listed if isinstance(d, dict) and "name" in d)
 
 
-def install_with_pip(attempt, bundle, dists, options):
+def install_with_pip(attempt, bundle, dists, options, manager="pip"):
     """Every Python distribution of the base in one pip install into the software's venv, pinned to the
     base's versions (the bundle's wheels offered first); a version this index or Python lacks is relaxed
     to the nearest one there, package by package. Returns requirement rows read back from pip."""
@@ -4471,7 +4473,7 @@ def install_with_pip(attempt, bundle, dists, options):
     for dist in dists:
         answer = options.answers.get(dist["name"]) or options.answers.get(dist.get("owner") or "")
         if answer and not answer.manager_key:
-            rows.append(dist_row(dist, None, "skipped", "answers file"))
+            rows.append(dist_row(dist, None, "skipped", "answers file", manager))
             continue
         if answer and not answer.manager_key.startswith("pip"):
             continue  # answered for another manager: the package managers' loop installs it
@@ -4480,21 +4482,24 @@ def install_with_pip(attempt, bundle, dists, options):
                                 "why": "answers file" if answer else dist.get("why", "")}
     if not pins:
         return rows
-    find_links, folder = [], None
-    if carried_wheels(bundle, dists):
+    folder = None
+    carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
+    if carried:
         folder = extract_wheels(attempt, bundle, None)
-        find_links = ["--find-links", folder]
+        for key, member in carried.items():
+            if key in pins and not pins[key]["fixed"]:  # the very file the base had, never the index's namesake
+                pins[key]["file"] = os.path.join(folder, member.split("/")[1])
+                pins[key]["why"] += "; its wheel carried in the bundle"
     requirements = os.path.join(attempt.path, "pip-requirements.txt")
     try:
         for _ in range(len(pins) + 1):
             if not pins:
                 break
-            write_atomic(requirements, "".join("%s==%s\n" % (p["name"], p["version"]) if p["version"] else p["name"] + "\n"
-                                               for key, p in sorted(pins.items())))
+            write_atomic(requirements, "".join(pin_line(p) + "\n" for key, p in sorted(pins.items())))
             say("installing %d Python distributions with pip in one resolve, pinned to the base's versions..."
                 % len(pins))
             code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check",
-                                        "-r", requirements] + find_links)
+                                        "-r", requirements])
             if code == 0:
                 break
             missing = pip_not_found(output)
@@ -4528,10 +4533,10 @@ def install_with_pip(attempt, bundle, dists, options):
     for key, pin in sorted(pins.items()):
         have = got.get(key)
         rows.append(dist_row(pin["dist"], have, "installed" if have else "failed",
-                             pin["why"] if have else "pip did not install it"))
+                             pin["why"] if have else "pip did not install it", manager))
     for pin, why in failed:
-        rows.append(dict(dist_row(pin["dist"], None, "failed", why),
-                         package="pip:%s=%s" % (pin["name"], pin["version"]) if pin["version"] else "pip:" + pin["name"]))
+        rows.append(dict(dist_row(pin["dist"], None, "failed", why, manager),
+                         package="%s:%s%s" % (manager, pin["name"], "=" + pin["version"] if pin["version"] else "")))
     drifted = [r for r in rows if r.get("drift")]
     say("pip: %d distributions installed, %d at the base's version, %d differ%s" % (
         len([r for r in rows if r["status"] == "installed"]),
@@ -4539,6 +4544,13 @@ def install_with_pip(attempt, bundle, dists, options):
         ": " + ", ".join("%s %s -> %s" % (r["requirement"], r["base_version"], r["version"]) for r in drifted)
         if drifted else ""))
     return rows
+
+
+def pin_line(pin):
+    """A requirements line: the carried wheel's path, else NAME==VERSION (NAME alone with no version)."""
+    if pin.get("file"):
+        return pin["file"]
+    return "%s==%s" % (pin["name"], pin["version"]) if pin["version"] else pin["name"]
 
 
 def base_interpreter(base_version):
@@ -4653,7 +4665,7 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
     rows, python_owners = [], set()
     if pip:
         dists, python_owners = python_requirements(bundle, env_file)
-        rows += install_with_pip(attempt, bundle, dists, options)
+        rows += install_with_pip(attempt, bundle, dists, options, pip[0].key)
         chosen = [m for m in chosen if m.family != "pip"]
     reqs = [r for r in requirements_of(min_deps, env_file)
             if not pip or (r.name not in python_owners and r.name != "python" and not r.python)]

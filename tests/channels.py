@@ -157,7 +157,11 @@ def example_channel(channel, builds=None, versions=None, leave_out=()):
 # A Python project's environment (for pip) and a C project's (for apt).
 PY_PACKAGES = [
     ("python", "3.11.7", "h1_0", [], {}),
-    ("tinycalc", "1.0", "py_0", ["python >=3"], {}),
+    ("tinycalc", "1.0", "py_0", ["python >=3"], {  # as conda-built Python packages are: with their dist-info
+        "lib/python3.11/site-packages/tinycalc/__init__.py": b"VERSION = '1.0'\n",
+        "lib/python3.11/site-packages/tinycalc-1.0.dist-info/METADATA":
+            b"Metadata-Version: 2.1\nName: tinycalc\nVersion: 1.0\n",
+        "lib/python3.11/site-packages/tinycalc-1.0.dist-info/INSTALLER": b"conda\n"}),
     ("oddlib", "0.1", "h0_0", [], {}),
 ]
 C_PACKAGES = [

@@ -87,16 +87,43 @@ def test_pip_installs_the_base_version_into_the_softwares_own_venv(version, sour
     assert system.returncode != 0, "the system Python must stay untouched"
 
 
-def test_prompts_offer_numbered_candidates_and_choices_are_remembered(pyz, pysim):
-    proc = migrate(pyz, pysim, stdin="s\nwhat\n1\n")  # oddlib: found nowhere, skip; tinycalc: a typo, then 1
+SITE_SECTION = """[site]
+name = the site's software tree (a folder of NAME-VERSION entries)
+exec = sh
+search = ls {tree} | grep -i -- %s | sed 's/-\\([^-]*\\)$/ \\1/'
+result_fmt = %p %v
+install = touch {tree}/installed-%p
+install_version = touch {tree}/installed-%p-%v
+"""
+
+
+def with_site_manager(pysim, entries):
+    """A site's own package manager (an INI section, as the original tool lets users define one) over a
+    real folder of NAME-VERSION entries, listed before pip in the test configuration."""
+    tree = pysim["tmp"] / "site-tree"
+    tree.mkdir(exist_ok=True)
+    for entry in entries:
+        (tree / entry).mkdir()
+    ini = pysim["tmp"] / "site.ini"
+    ini.write_text(SITE_SECTION.format(tree=str(tree)))
+    with open(pysim["config"], "w") as handle:
+        handle.write(PIP_CONFIG.replace("= pip\n", "= site, pip\n").format(out=str(pysim["tmp"] / "installed")))
+    return ["--pck-mgr-configs", str(ini)], tree
+
+
+def test_prompts_offer_numbered_candidates_for_what_is_no_python_package_and_choices_are_remembered(pyz, pysim):
+    flags, tree = with_site_manager(pysim, ["oddlib-0.1", "oddlib-dev-0.1"])
+    proc = migrate(pyz, pysim, *flags, stdin="what\n1\n")  # oddlib: a typo, then 1
     assert proc.returncode == 0, proc.stderr
-    assert "1) pip" in proc.stderr and "exact name" in proc.stderr and "[s]kip" in proc.stderr
-    assert "type a number from 0 to 1" in proc.stderr
+    assert "1) site" in proc.stderr and "exact name" in proc.stderr and "0) skip" in proc.stderr
+    assert "type a number from 0 to 2" in proc.stderr
+    assert "tinycalc (on the base" not in proc.stderr, "a Python distribution is pip's, never a prompt"
+    assert (tree / "installed-oddlib-0.1").exists()
     with open(os.path.join(pysim["home"], "pysim", "choices.json")) as handle:
-        assert json.load(handle)["tinycalc"] == "pip:tinycalc=1.0"
-    again = migrate(pyz, pysim, "--yes", "--force")
+        assert json.load(handle) == {"oddlib": "site:oddlib=0.1"}
+    again = migrate(pyz, pysim, "--yes", "--force", *flags)
     assert again.returncode == 0, again.stderr
-    assert "reusing the earlier choice pip:tinycalc=1.0" in again.stderr
+    assert "reusing the earlier choice site:oddlib=0.1" in again.stderr
 
 
 def test_answers_file_overrides_and_a_failed_install_is_reported(pyz, pysim):
@@ -181,7 +208,7 @@ def test_the_original_tools_config_loads_and_its_pip3_section_works(pyz, pysim):
         {"tinycalc": "pip3:tinycalc=1.0"}
     with open(os.path.join(attempt, "commands.log")) as handle:
         log = handle.read()
-    assert "--user" not in log and "sudo" not in log and os.path.join(attempt, "venv", "bin", "pip") in log
+    assert "--user" not in log and "sudo" not in log and os.path.join(attempt, "venv", "bin", "python") + " -m pip" in log
 
 
 def test_a_malformed_section_names_file_section_and_key(tmp_path):
@@ -220,7 +247,8 @@ def test_requirements_from_the_bundle_are_never_trusted_as_shell_text():
 
 
 def test_a_requirement_found_nowhere_can_abort_the_migration(pyz, pysim):
-    proc = migrate(pyz, pysim, stdin="a\n")
+    flags, _ = with_site_manager(pysim, [])
+    proc = migrate(pyz, pysim, *flags, stdin="a\n")
     assert proc.returncode == 1
     assert "migration aborted: nothing provides oddlib" in proc.stderr
     result, _ = last_result(pysim)
@@ -250,8 +278,14 @@ def test_python_requirements_match_only_python_packages_of_system_managers():
     python_req = pm.Requirement("panel", "1.2.3", "pyhd8ed1ab_0")
     assert python_req.python and pm.Requirement("numpy", "1.26", "py312h8753938_0").python
     assert not pm.Requirement("zlib", "1.2.13", "h4ab18f5_6").python
-    assert [c.package for c in pm.find_candidates(python_req, [Fake()])] == ["panel", "python3-panel"]
+    assert [c.package for c in pm.find_candidates(python_req, [Fake()])] == ["python3-panel"], \
+        "apt's 'panel' (like its Perl 'markdown') is no Python package, however exact the name"
     assert "libpanel-dev" in [c.package for c in pm.find_candidates(pm.Requirement("panel", "6.4"), [Fake()])]
+
+
+def without_records(members, manifest):
+    del members["python-dists.json"]
+    del manifest["members"]["python-dists.json"]
 
 
 def with_pip_section(bundle, out, entries):
@@ -264,9 +298,11 @@ def with_pip_section(bundle, out, entries):
     return rewrite_bundle(bundle, out, add)
 
 
-def test_what_pip_installed_on_the_base_is_required_too(pyz, pysim):
+def test_what_pip_installed_on_the_base_is_required_too_in_a_bundle_without_records(pyz, pysim):
+    """A bundle packed before pm recorded the Python distributions: env.yml's pip list is read."""
     bundle = with_pip_section(pysim["bundle"], str(pysim["tmp"] / "with-pip.zip"),
                               ["gridkit==0.5", "TinyCalc==1.0", "git+https://example.org/x.git"])
+    bundle = rewrite_bundle(bundle, str(pysim["tmp"] / "older.zip"), without_records)
     proc = migrate(pyz, dict(pysim, bundle=bundle), "--yes")
     assert proc.returncode == 0, proc.stderr
     assert "the pip entry 'git+https://example.org/x.git' is not NAME==VERSION" in proc.stderr
@@ -282,8 +318,8 @@ def test_without_the_bases_python_here_the_venv_uses_pms_own_and_says_so(pyz, py
     bundle = rewrite_bundle(pysim["bundle"], str(pysim["tmp"] / "py399.zip"), python_399)
     proc = migrate(pyz, dict(pysim, bundle=bundle), "--yes", version="3.6")
     assert proc.returncode == 0, proc.stderr
-    assert "note: the base ran Python 3.99.1 and there is no python3.99 on PATH here: the software's virtual " \
-           "environment uses Python 3.6" in proc.stderr
+    assert "note: the base ran Python 3.99.1 and this machine has no working python3.99 (PATH, pyenv, uv): the " \
+           "software's virtual environment uses Python 3.6" in proc.stderr
     result, attempt = last_result(pysim)
     assert result["venv_python"] == find_python("3.6")
 
@@ -367,7 +403,7 @@ def test_concurrent_migrations_keep_their_own_attempts_and_every_remembered_choi
         assert [f for f in os.listdir(str(pysim["tmp"] / ("out-%d" % n))) if f.startswith(".pm-")] == []
     with open(os.path.join(store_folder, "choices.json")) as handle:
         choices = json.load(handle)
-    assert choices["otherlib"] == "skip" and choices["tinycalc"] == "pip:tinycalc=1.0"
+    assert choices == {"otherlib": "skip"}, "pip's pins are the base's versions, no choice to remember"
 
 
 def test_the_installed_software_runs_with_its_tests_packages_by_the_one_command_printed(pyz, pysim):
@@ -389,15 +425,16 @@ def test_the_installed_software_runs_with_its_tests_packages_by_the_one_command_
 
 
 def test_a_remembered_choice_for_a_manager_not_used_here_is_not_the_default(pyz, pysim):
+    flags, _ = with_site_manager(pysim, ["oddlib-0.1"])
     store_folder = os.path.join(pysim["home"], "pysim")
     os.makedirs(store_folder)
     with open(os.path.join(store_folder, "choices.json"), "w") as handle:
-        json.dump({"tinycalc": "apt:tinycalc=1.0", "oddlib": "skip"}, handle)  # from a run that listed apt
-    proc = migrate(pyz, pysim, stdin="s\n\n")  # oddlib: found nowhere, skip; tinycalc: the default
+        json.dump({"oddlib": "apt:oddlib=0.1"}, handle)  # from a run that listed apt
+    proc = migrate(pyz, pysim, *flags, stdin="\n")  # oddlib: the default
     assert proc.returncode == 0, proc.stderr
-    assert "the earlier choice apt:tinycalc=1.0 is for apt, which this configuration does not use here" in proc.stderr
+    assert "the earlier choice apt:oddlib=0.1 is for apt, which this configuration does not use here" in proc.stderr
     assert "choice [1]:" in proc.stderr and "choice [apt:" not in proc.stderr
     result, _ = last_result(pysim)
-    assert dict((r["requirement"], r.get("package")) for r in result["packages"])["tinycalc"] == "pip:tinycalc=1.0"
-    again = migrate(pyz, pysim, "--yes", "--force")
-    assert again.returncode == 0 and "reusing the earlier choice pip:tinycalc=1.0" in again.stderr, again.stderr
+    assert dict((r["requirement"], r.get("package")) for r in result["packages"])["oddlib"] == "site:oddlib=0.1"
+    again = migrate(pyz, pysim, "--yes", "--force", *flags)
+    assert again.returncode == 0 and "reusing the earlier choice site:oddlib=0.1" in again.stderr, again.stderr

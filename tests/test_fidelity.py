@@ -1,0 +1,236 @@
+"""The environment that arrives is the one that left: a base environment with conda packages and
+what real pip installed on top (from an index, a local wheel, a git checkout, and the software
+itself editable; tests/pipbase.py) is packed under Python 2.7 and 3.x, and migrated by every route:
+real conda 25.11.1 and 4.3.16, pm's own linker, and pip. The offline routes run with no network at
+all (unshare -n); the software's own test imports every package at the base's version, and the
+software from the migrated tree."""
+import json
+import os
+import subprocess
+import zipfile
+
+import pytest
+
+import pipbase
+import pm
+import realconda
+import wheels
+from conftest import attempt_dirs, find_python, read_result, run_pm
+
+CONFIG = """[pipsim]
+output_dir = {out}
+package_managers = {managers}
+tests = check
+[test_check]
+exec = python check.py
+"""
+
+
+@pytest.fixture(scope="session")
+def pip_base(tmp_path_factory, pyz, real_condas):
+    """The base, built once: its software folder, its wheel mirror, and bundles packed with
+    --with-packages under Python 2.7 and the newest 3.x, and without under 3.x."""
+    work = str(tmp_path_factory.mktemp("pip-base"))
+    python = find_python("3.11")
+    channel = pipbase.python_channel(os.path.join(work, "channel"), python)
+    site = realconda.RealCondaSite(real_condas["25.11.1"], os.path.join(work, "conda"), [channel])
+    software = pipbase.build_base(work, site, python)
+    bundles, outputs = {}, {}
+    for label, interpreter, extra in (("carried-2.7", "2.7", ["--with-packages"]),
+                                      ("carried-3", "newest", ["--with-packages"]), ("plain-3", "newest", [])):
+        bundles[label] = os.path.join(work, label + ".zip")
+        proc = run_pm(find_python(interpreter), pyz, ["pack", "-d", software, "-e", "pipsim-env", "-o", bundles[label],
+                                                      "--yes"] + extra, site.env(), timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outputs[label] = proc.stderr
+    return {"work": work, "software": software, "index": os.path.join(work, "index"), "bundles": bundles,
+            "pack_output": outputs, "prefix": site.prefix("pipsim-env")}
+
+
+def dists_of(bundle):
+    with zipfile.ZipFile(bundle) as archive:
+        return dict((d["name"], d) for d in json.loads(archive.read("python-dists.json").decode())["dists"]), \
+            set(archive.namelist())
+
+
+@pytest.mark.parametrize("label", ["carried-2.7", "carried-3"])
+def test_pack_records_each_python_distribution_and_carries_what_pip_installed(label, pip_base):
+    dists, names = dists_of(pip_base["bundles"][label])
+    assert dict((n, (d["version"], d["source"])) for n, d in dists.items()) == {
+        "numlite": ("2.0", "conda"), "tinycalc": ("1.0", "index"), "localkit": ("0.2", "local"),
+        "gitkit": ("0.3", "vcs"), "pipsim": ("0.6.0.post16", "editable")}
+    assert dists["numlite"]["owner"] == "numlite" and dists["tinycalc"]["owner"] is None
+    assert dists["gitkit"]["vcs"]["vcs"] == "git" and len(dists["gitkit"]["vcs"]["commit_id"]) == 40
+    assert dists["pipsim"]["software"] and dists["pipsim"]["import_roots"] == ["src"]
+    assert not any(d["software"] for n, d in dists.items() if n != "pipsim")
+    carried = sorted(d.get("wheel") for d in dists.values() if d.get("wheel"))
+    assert carried == ["wheels/gitkit-0.3-py3-none-any.whl", "wheels/localkit-0.2-py3-none-any.whl",
+                       "wheels/tinycalc-1.0-py3-none-any.whl"]
+    assert set(carried) <= names
+    assert "pipsim 0.6.0.post16 is the software itself (installed editable" in pip_base["pack_output"][label]
+    with zipfile.ZipFile(pip_base["bundles"][label]) as archive:
+        with archive.open("wheels/gitkit-0.3-py3-none-any.whl") as member:
+            with zipfile.ZipFile(member) as wheel:
+                listed = sorted(wheel.namelist())
+                record = wheel.read("gitkit-0.3.dist-info/RECORD").decode()
+    assert "gitkit-0.3.dist-info/entry_points.txt" in listed and "gitkit/__init__.py" in listed
+    assert not any(n.endswith(("INSTALLER", "direct_url.json")) or "bin/" in n for n in listed)
+    assert "gitkit/__init__.py,sha256=" in record
+
+
+def test_dry_run_lists_the_wheels_it_would_rebuild(pip_base, pyz, real_condas, tmp_path):
+    site = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "again"), [])
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", pip_base["software"], "-e", pip_base["prefix"], "-o",
+                                               str(tmp_path / "x.zip"), "--yes", "--with-packages", "--dry-run"],
+                  site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "wheel      tinycalc 1.0" in proc.stdout and "rebuilt from lib/python3.11/site-packages/" in proc.stdout
+    assert not os.path.exists(str(tmp_path / "x.zip"))
+
+
+def write_config(tmp_path, managers):
+    path = tmp_path / "pipsim.ini"
+    path.write_text(CONFIG.format(out=str(tmp_path / "installed"), managers=managers))
+    return str(path)
+
+
+def migrate(pyz, bundle, config, env, *extra, offline=True):
+    command = (["unshare", "-n"] if offline else []) + [find_python("newest"), pyz, "migrate", "pipsim", config,
+                                                        "--bundle", bundle, "--yes"] + list(extra)
+    return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=600)
+
+
+ROUTES = {"conda 25.11.1": ("25.11.1", "conda", []), "conda 4.3.16": ("4.3.16-py3.6", "conda", []),
+          "pm's linker": ("25.11.1", "conda", ["--no-conda"]), "pip": ("25.11.1", "pip", [])}
+
+
+@pytest.mark.parametrize("route, label", [("conda 25.11.1", "carried-2.7"), ("conda 4.3.16", "carried-3"),
+                                          ("pm's linker", "carried-2.7"), ("pip", "carried-3")])
+def test_with_no_network_every_route_brings_what_pip_installed_and_the_software_from_its_tree(
+        route, label, pip_base, pyz, real_condas, tmp_path):
+    key, managers, extra = ROUTES[route]
+    target = realconda.RealCondaSite(real_condas[key], str(tmp_path / "target"), [])  # no channel at all
+    env = target.env(**wheels.pip_env(pip_base["index"]))  # pip's route: the site's wheel mirror, a folder
+    proc = migrate(pyz, pip_base["bundles"][label], write_config(tmp_path, managers), env, *extra)
+    assert proc.returncode == 0, proc.stderr
+    assert "all packages as on the base" in proc.stderr
+    assert "pipsim 0.6.0.post16 is the software: installed editable from the tested copy" in proc.stderr
+    attempt = attempt_dirs(target.home, "pipsim")[-1]
+    result = read_result(attempt)
+    assert result["status"] == "passed"
+    report = json.loads(run_pm(find_python("newest"), pyz, ["report", "pipsim", "--json"], target.env()).stdout)
+    rows = dict((r["requirement"], r) for r in report["requirements"])
+    for name, version in (("tinycalc", "1.0"), ("localkit", "0.2"), ("gitkit", "0.3"), ("pipsim", "0.6.0.post16")):
+        assert (rows[name]["status"], rows[name]["base_version"], rows[name]["version"]) == \
+            ("installed", version, version), rows[name]
+    assert "the software itself, editable from the migrated tree" in rows["pipsim"]["how"]
+    assert not any(r["drift"] for r in report["requirements"])
+    installed = str(tmp_path / "installed" / "pipsim")
+    prefix = os.path.join(attempt, "venv") if managers == "pip" else result["env_prefix"]
+    pth = os.path.join(prefix, "lib", "python3.11", "site-packages", "__pm_software__pipsim.pth")
+    with open(pth) as handle:
+        assert handle.read() == os.path.join(installed, "src") + "\n", "after the install the software is the installed copy"
+    again = subprocess.run(["/bin/sh", "-c", result["activate"] + " && cd " + installed + " && python check.py"],
+                           env=target.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert again.returncode == 0 and "pipsim from %s/src" % installed in again.stdout, again.stdout
+
+
+def test_online_pip_pins_every_distribution_in_one_resolve_and_never_asks_the_index_for_the_software(
+        pip_base, pyz, real_condas, tmp_path):
+    """The index has newer releases of everything, and a release of the software itself: pm installs the
+    base's versions in one pip install, never looks for pipsim or for oddlib (a conda package with no
+    Python in it) there, and installs pipsim from the migrated tree."""
+    folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    for name, version in (("pipsim", "0.6.0"), ("oddlib", "0.1"), ("localkit", "0.3"), ("gitkit", "0.4")):
+        wheels.make_wheel(folder, name, version, {"%s/__init__.py" % name: "VALUE = 'a release'\n"})
+    index = wheels.SimpleIndex(folder)
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    try:
+        proc = migrate(pyz, pip_base["bundles"]["carried-3"], write_config(tmp_path, "pip"),
+                       target.env(**index.pip_env()), offline=False)
+    finally:
+        index.close()
+    assert proc.returncode == 0, proc.stderr
+    assert "pip: 4 distributions installed, 4 at the base's version, 0 differ" in proc.stderr
+    assert not any(r.startswith(("/simple/pipsim", "/simple/oddlib")) for r in index.requests), index.requests
+    assert not any(r.startswith(("/files/tinycalc", "/files/localkit", "/files/gitkit")) for r in index.requests), \
+        "the carried wheels are the ones installed"
+    attempt = attempt_dirs(target.home, "pipsim")[-1]
+    with open(os.path.join(attempt, "commands.log")) as handle:
+        log = handle.read()
+    assert log.count("-m pip install") == 1 and " index versions " not in log
+    listed = subprocess.run([os.path.join(attempt, "venv", "bin", "python"), "-m", "pip", "list", "--format=json"],
+                            stdout=subprocess.PIPE, universal_newlines=True).stdout
+    got = dict((d["name"].lower(), d["version"]) for d in json.loads(listed))
+    assert (got["numlite"], got["tinycalc"], got["pipsim"]) == ("2.0", "1.0", "0.6.0.post16")
+
+
+def test_a_version_the_index_lacks_is_relaxed_to_the_nearest_and_reported_as_drift(pip_base, pyz, real_condas,
+                                                                                   tmp_path):
+    folder = pipbase.index_folder(str(tmp_path / "mirror"), numlite_versions=("1.0", "2.1", "3.0"))
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, pip_base["bundles"]["carried-3"], write_config(tmp_path, "pip"),
+                   target.env(**wheels.pip_env(folder)))
+    assert proc.returncode == 1, proc.stderr  # the software's own test sees numlite 2.1, not 2.0
+    assert "numlite 2.0 is not on the index for this Python and platform: relaxed to 2.1" in proc.stderr
+    assert "pip: 4 distributions installed, 3 at the base's version, 1 differ: numlite 2.0 -> 2.1" in proc.stderr
+    assert "differs    1: numlite 2.0 -> 2.1" in proc.stdout
+    result = read_result(attempt_dirs(target.home, "pipsim")[-1])
+    row = [r for r in result["packages"] if r["requirement"] == "numlite"][0]
+    assert (row["base_version"], row["version"], row["drift"]) == ("2.0", "2.1", True)
+    assert row["why"].startswith("relaxed: 2.0 is not on the index here, 2.1 is the nearest")
+    report = run_pm(find_python("newest"), pyz, ["report", "pipsim"], target.env()).stdout
+    assert "1 at another version than the base's" in report and "2.0 -> 2.1" in report
+
+
+def test_a_bundle_without_records_still_maps_names_and_pins_every_python_package(pip_base, pyz, real_condas,
+                                                                                  tmp_path):
+    """An older bundle (no python-dists.json): conda's list, read through the name table, and env.yml's
+    pip entries are pinned in one resolve; the software is still never asked of the index (it has no
+    wheel here, so its entry is named and left to fail visibly)."""
+    from conftest import rewrite_bundle
+
+    def older(members, manifest):
+        for name in [n for n in members if n == "python-dists.json" or n.startswith("wheels/")]:
+            del members[name]
+            del manifest["members"][name]
+    bundle = rewrite_bundle(pip_base["bundles"]["plain-3"], str(tmp_path / "older.zip"), older)
+    folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(folder)))
+    result = read_result(attempt_dirs(target.home, "pipsim")[-1])
+    rows = dict((r["requirement"], r) for r in result["packages"])
+    assert rows["numlite"]["version"] == "2.0" and "name table" in rows["numlite"]["why"]
+    assert rows["tinycalc"]["version"] == "1.0" and rows["oddlib"]["status"] == "skipped"
+    assert proc.returncode == 1
+
+
+def test_the_name_table_no_longer_sends_tools_to_unrelated_pypi_projects():
+    assert pm.NAME_MAP["python-build"]["pip"] == "build" and pm.NAME_MAP["dask-core"]["pip"] == "dask"
+    assert not pm.Requirement("make", "4.3", "hd18ef5c_1").python and "pip" not in pm.NAME_MAP["make"]
+
+    class Apt(object):
+        key, family = "apt", "apt"
+
+        def search(self, expr, log=None):
+            return [("markdown", "1.0.1-12"), ("python3-markdown", "3.4.1-2")]
+
+    found = pm.find_candidates(pm.Requirement("markdown", "3.4.1", "pyhd8ed1ab_0"), [Apt()])
+    assert [c.package for c in found] == ["python3-markdown"], "a Perl tool is no Python package"
+
+
+def test_the_bases_python_is_found_through_pyenv_when_the_one_on_path_does_not_run(tmp_path, monkeypatch):
+    """A broken pythonX.Y first on PATH (a stand-in for a pyenv shim whose version is not installed:
+    a script that fails as such shims do) is passed over for pyenv's real interpreter."""
+    shim = tmp_path / "bin" / "python3.11"
+    shim.parent.mkdir()
+    shim.write_text("#!/bin/sh\necho \"pyenv: python3.11: command not found\" >&2\nexit 127\n")
+    shim.chmod(0o755)
+    real = find_python("3.11")
+    monkeypatch.setenv("PATH", str(shim.parent) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("PYENV_ROOT", os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(real)))))
+    found = pm.base_interpreter("3.11.7")
+    assert found and found != str(shim)
+    assert subprocess.run([found, "-c", "import sys; assert sys.version_info[:2] == (3, 11)"]).returncode == 0
+    assert pm.base_interpreter("3.99.1") is None
