@@ -148,7 +148,7 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 # Already compressed: stored as they are (deflating them again costs time and gains nothing).
 STORED_SUFFIXES = (".gz", ".tgz", ".bz2", ".xz", ".zst", ".lz4", ".zip", ".7z", ".whl", ".jar", ".conda",
                    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".mkv", ".pdf")
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # patterns stay text: re compiles on first use
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z"  # patterns stay text: re compiles on first use
 STORE_NAMES = ("config", "server.pid", "server.lock", "server.log", "migrate.py")  # files of the store, never software
 PY2 = sys.version_info[0] == 2
 TEXT_TYPES = (str, unicode) if PY2 else (str,)  # noqa: F821 (Python 2 only)
@@ -188,10 +188,19 @@ class PmError(Exception):
 
 
 QUIET = [False]  # -q: only warnings and errors
+CONTROL_CHARS = u"[\x00-\x08\x0b-\x1f\x7f-\x9f]"
+
+
+def printable(text):
+    """Text safe for a terminal: control characters (ESC, BEL, ..., from a bundle or the network)
+    shown as \\xNN, never executed."""
+    return re.sub(CONTROL_CHARS, lambda m: u"\\x%02x" % ord(m.group()), touni(text))
 
 
 def say(text):
-    """Write one line of progress or diagnostics to stderr (with -q, only warnings and errors)."""
+    """Write one line of progress or diagnostics to stderr (with -q, only warnings and errors);
+    control characters are shown, never sent."""
+    text = printable(text)
     if QUIET[0] and not text.lstrip().startswith(("warning", "error", "pm: error")):
         return
     if PY2 and isinstance(text, unicode):  # noqa: F821 (Python 2 only)
@@ -1685,7 +1694,7 @@ def load_probe():
 PROBE = sys.modules.get("pm_probe") or load_probe()
 PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
 NAME_PATTERN, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_PATTERN, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
-spec_name, copy_hashing, utc_time = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time
+spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time, PROBE.printable
 
 
 def probe_script(server_url, token=""):
@@ -2022,37 +2031,27 @@ def software_entries(archive, top):
 
 
 def write_entries(archive, entries, dest):
-    """Write the directories and files of entries under dest, through real directories only and
+    """Write the directories and files of entries under dest by the containment writer (Contained),
     onto no existing path; return the links, (parts, target), for the caller to make last."""
-    import shutil
-    links = []
+    writer = Contained(dest)
+    links, seen = [], set()
     progress = PROBE.Progress("unzipping %s" % entries[0][0][0], sum(info.file_size for _, info in entries) or None)
     for parts, info in entries:
         mode = info.external_attr >> 16
-        target = os.path.join(dest, *parts)
-        for depth in range(1, len(parts)):
-            parent = os.path.join(dest, *parts[:depth])
-            if os.path.islink(parent):
-                raise PmError("bundle entry %s goes through a link" % info.filename, "do not use this bundle")
-            if not os.path.isdir(parent):
-                os.mkdir(parent)
+        where = "bundle entry " + info.filename
         if stat.S_ISLNK(mode):
-            link = archive.read(info).decode("utf-8")
-            if os.path.isabs(link) or "\0" in link:
-                raise PmError("bundle link %s points outside the software (%s)" % (info.filename, link),
-                              "do not use this bundle")
-            links.append((parts, link))
+            writer.folder(parts[:-1], where)
+            links.append((parts, archive.read(info).decode("utf-8", "replace")))
         elif info.filename.endswith("/"):
-            if not os.path.isdir(target) or os.path.islink(target):
-                os.mkdir(target)
+            folder = writer.folder(parts, where)
             if mode & 0o777:
-                os.chmod(target, (mode & 0o777) | 0o700)
+                os.chmod(folder, ((mode & 0o777) | 0o700) & ~writer.umask)
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            with archive.open(info) as source, os.fdopen(os.open(target, flags, 0o600), "wb") as out:
-                shutil.copyfileobj(source, out, CHUNK)
-            if mode & 0o777:
-                os.chmod(target, mode & 0o777)
+            if os.path.lexists(os.path.join(dest, *parts)):
+                raise PmError("%s is written twice" % where, "do not use this bundle; pack the software again")
+            stamp = time.mktime(info.date_time + (0, 0, -1))
+            with archive.open(info) as source:
+                writer.write("/".join(parts), source, mode & 0o777 or 0o644, stamp, where)
             progress.add(info.file_size)
     progress.clear()
     return links
@@ -2511,7 +2510,7 @@ def requirements_of(min_deps, env_file):
     for req in reqs:
         if req.name in CONDA_OWN_PACKAGES or req.name.startswith("_"):
             continue
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", req.name):
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z", req.name):
             say("warning: ignoring the requirement %r: not a package name" % req.name)
             continue
         safe.append(req)
@@ -3270,6 +3269,7 @@ class MigrateOptions(object):
     def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=(),
                  no_conda=False, allow_scripts=False, prefix=None):
         self.no_conda = no_conda  # install the bundle's carried packages without conda
+        self.max_ratio = None  # --max-ratio: also bounds what pm's linker unpacks
         self.allow_scripts = allow_scripts
         self.prefix = prefix
         self.env_name = env_name
@@ -3365,6 +3365,7 @@ def recreate_test_install(attempt, config, bundle, options):
     install_target(bundle, config.output_dir, options.force)
     env_file, min_deps = bundle.environment()
     dists = base_distributions(bundle)
+    carried_wheels(bundle, dists)  # a compiled wheel for another platform is named before anything is made
     env_file = pip_entries_from_an_index(env_file, dists)
     packages, site, python_rows = None, None, []
     carried = (bundle.manifest.packages or {}).get("carried")
@@ -3393,7 +3394,7 @@ def recreate_test_install(attempt, config, bundle, options):
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
         site = env_site_packages(prefix, dists)
-        attempt.save(level=level, env_name=env_name, env_prefix=prefix, environment=env_packages(prefix))
+        attempt.save(level=level, env_name=env_name, env_prefix=prefix, environment=env_packages(prefix, bundle))
         test_environ = activated_environ(prefix, env_name)
         activate = conda_activation(conda, env_name, prefix)
     else:
@@ -3524,8 +3525,8 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
                                                                                       attempt)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
-    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists)
-    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix))
+    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio)
+    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
     return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
 
 
@@ -3758,40 +3759,199 @@ def this_conda_platform():
     return CONDA_PLATFORMS.get((platform.system(), platform.machine()), "")
 
 
+class Contained(object):
+    """The one containment writer: members of something pm did not make (a carried package, a wheel,
+    the software tree) written under root. Every name is plain parts (no absolute name, '..', '.' or
+    empty part, no NUL); folders are made one at a time and never reached through a link that leads
+    out of root; files are created O_EXCL|O_NOFOLLOW and streamed in CHUNKs; links are checked after
+    the fact against the real tree; modes follow the umask, never setuid/setgid; bytes and files are
+    capped. Thread-safe: archives are linked by several workers at once."""
+
+    def __init__(self, root, max_bytes=None, max_files=None):
+        import threading
+        self.root, self.real_root = root, os.path.realpath(root)
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes = self.files = 0
+        self.umask = current_umask()
+        self.lock = threading.Lock()
+        self.failed = False  # set when one worker fails: the others stop at their next member
+
+    def parts(self, rel, where):
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise PmError("unsafe path %r in %s" % (rel, where), "do not use this bundle; pack the software again")
+        return parts
+
+    def is_inside(self, path):
+        real = os.path.realpath(path)
+        return real == self.real_root or real.startswith(self.real_root + os.sep)
+
+    def folder(self, parts, where):
+        """root/parts..., made one folder at a time; a link on the way must stay inside root."""
+        folder = self.root
+        for part in parts:
+            folder = os.path.join(folder, part)
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(folder, 0o777 & ~self.umask)
+                except FileExistsError:
+                    pass  # another worker made it
+                st = os.lstat(folder)
+            if stat.S_ISLNK(st.st_mode):
+                if not self.is_inside(folder) or not os.path.isdir(folder):
+                    raise PmError("%s goes through the link %s, which leads out of %s" % (
+                        where, os.path.relpath(folder, self.root), self.root), "do not use this bundle")
+            elif not stat.S_ISDIR(st.st_mode):
+                raise PmError("%s needs %s to be a folder, and it is a file" % (
+                    where, os.path.relpath(folder, self.root)), "do not use this bundle")
+        return folder
+
+    def count(self, size=0, files=0, where=""):
+        if self.failed:
+            raise PmError("stopped: another package failed", "read the error above")
+        with self.lock:
+            self.bytes += size
+            self.files += files
+            if self.max_bytes is not None and self.bytes > self.max_bytes:
+                raise PmError("%s unpacks to more than %d MiB, over %d times what was carried (a bomb, or --max-ratio "
+                              "too low)" % (where, self.max_bytes >> 20, MAX_UNPACK_RATIO),
+                              "do not use this bundle, or pass --max-ratio 0 if you trust it")
+            if self.max_files is not None and self.files > self.max_files:
+                raise PmError("%s holds more than %d files for its size (a bomb)" % (where, self.max_files),
+                              "do not use this bundle; pack the software again")
+
+    def target(self, rel, where):
+        """The path to write rel at: its folder made safely; what was there (not a folder) goes."""
+        parts = self.parts(rel, where)
+        dest = os.path.join(self.folder(parts[:-1], where), parts[-1])
+        try:
+            st = os.lstat(dest)
+        except FileNotFoundError:
+            return dest
+        if stat.S_ISDIR(st.st_mode):
+            raise PmError("%s would replace the folder %s" % (where, rel), "do not use this bundle")
+        os.remove(dest)  # a later package's file wins, as with conda's clobbering
+        return dest
+
+    def write(self, rel, source, mode=0o644, mtime=None, where="", transform=None):
+        """Stream source (a file object) into root/rel; transform (feed(block, final) -> bytes) may
+        rewrite it on the way. Returns the bytes written."""
+        self.count(files=1, where=where)
+        dest = self.target(rel, where)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        handle = os.open(dest, flags, 0o600)
+        written = 0
+        with os.fdopen(handle, "wb") as out:
+            while True:
+                block = source.read(CHUNK)
+                data = transform.feed(block, not block) if transform else block
+                if data:
+                    self.count(len(data), where=where)
+                    out.write(data)
+                    written += len(data)
+                if not block:
+                    break
+            os.fchmod(out.fileno(), (mode & 0o777 or 0o644) & ~self.umask)
+            if mtime is not None:
+                out.flush()
+                os.utime(out.fileno(), (mtime, mtime))
+        return written
+
+    def symlink(self, rel, link, where):
+        """root/rel -> link, which must resolve inside root (through the links made before it)."""
+        self.count(files=1, where=where)
+        if os.path.isabs(link) or "\0" in link or not link:
+            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
+        dest = self.target(rel, where)
+        os.symlink(link, dest)
+        if not self.is_inside(dest):
+            os.remove(dest)
+            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
+
+
+class PrefixReplacer(object):
+    """conda's prefix replacement, streamed in bounded blocks: text replaces every occurrence; binary
+    rewrites each NUL-ended string holding the placeholder and pads it with NULs to its old length."""
+
+    MAX_STRING = 1 << 20  # a binary placeholder string longer than this is no path
+
+    def __init__(self, placeholder, prefix, mode, where):
+        self.old, self.new = placeholder.encode("utf-8"), prefix.encode("utf-8")
+        self.binary, self.where = mode == "binary", where
+        if len(self.old) < 8:
+            raise PmError("%s names the prefix placeholder %r, too short to be a build prefix" % (where, placeholder),
+                          "do not use this bundle; pack the software again")
+        if self.binary and len(self.new) > len(self.old):
+            raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled into %s"
+                          % (prefix, len(self.new), len(self.old), where), "choose a shorter --prefix")
+        self.pending = b""
+
+    def feed(self, block, final):
+        data, out, pos = self.pending + block, [], 0
+        while True:
+            found = data.find(self.old, pos)
+            if found < 0 or (not final and found > len(data) - len(self.old)):
+                break
+            if not self.binary:
+                out += [data[pos:found], self.new]
+                pos = found + len(self.old)
+                continue
+            end = data.find(b"\0", found + len(self.old))
+            if end < 0 and final:
+                break
+            if end < 0:
+                if len(data) - found > self.MAX_STRING:
+                    raise PmError("%s holds a placeholder string over 1 MiB long" % self.where, "do not use this bundle")
+                out.append(data[pos:found])
+                self.pending = data[found:]
+                return b"".join(out)
+            out += [data[pos:found], self.new, data[found + len(self.old):end],
+                    b"\0" * (len(self.old) - len(self.new) + 1)]
+            pos = end + 1
+        keep = len(data) if final else max(pos, len(data) - len(self.old) + 1)
+        out.append(data[pos:keep])
+        self.pending = data[keep:]
+        return b"".join(out)
+
+
+CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,250}\.(tar\.bz2|conda)\Z"
+
+
 class CarriedArchive(object):
-    """One carried .tar.bz2: its repodata entry, and what its info/ folder says."""
+    """One carried .tar.bz2 and its repodata entry; what its info/ folder says is read while it is
+    linked, in the same pass (link_archive)."""
 
     def __init__(self, path, fn, entry):
-        import tarfile
         self.path, self.fn, self.entry = path, fn, entry
         self.dist = fn[:-len(".tar.bz2")]
         self.info = {}
-        try:
-            with tarfile.open(path, "r:bz2") as tar:
-                for name in ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix",
-                             "info/files"):
-                    try:
-                        self.info[name] = tar.extractfile(name).read()
-                    except (KeyError, AttributeError):
-                        pass
-        except (OSError, EOFError, tarfile.TarError) as exc:
-            raise PmError("the carried package %s cannot be read (%s)" % (fn, exc), "pack the software again")
-        self.placeholders = self.read_placeholders()
+        self.placeholders = {}
+        self.files = []
 
     def read_json(self, name):
-        return json.loads(self.info[name].decode("utf-8")) if name in self.info else None
+        try:
+            data = json.loads(self.info[name].decode("utf-8")) if name in self.info else None
+        except (ValueError, UnicodeDecodeError):
+            raise PmError("%s of the carried package %s is not JSON" % (name, self.fn), "pack the software again")
+        return data if isinstance(data, dict) or data is None else {}
 
     def read_placeholders(self):
         """path -> (placeholder, 'text' or 'binary'), from info/paths.json or old info/has_prefix."""
         found = {}
         paths = self.read_json("info/paths.json")
         if paths:
-            for item in paths.get("paths", []):
-                if item.get("prefix_placeholder"):
-                    found[item["_path"]] = (item["prefix_placeholder"], item.get("file_mode", "text"))
+            for item in paths.get("paths") or []:
+                if isinstance(item, dict) and isinstance(item.get("prefix_placeholder"), str) \
+                        and isinstance(item.get("_path"), str):
+                    found[item["_path"]] = (item["prefix_placeholder"], str(item.get("file_mode", "text")))
             return found
-        for line in self.info.get("info/has_prefix", b"").decode("utf-8").splitlines():
-            words = shlex.split(line)
+        for line in self.info.get("info/has_prefix", b"").decode("utf-8", "replace").splitlines():
+            try:
+                words = shlex.split(line)
+            except ValueError:
+                words = []
             if len(words) == 3:
                 found[words[2]] = (words[0], words[1])
             elif words:
@@ -3799,16 +3959,92 @@ class CarriedArchive(object):
         return found
 
     def noarch_python(self):
-        link = self.read_json("info/link.json") or {}
-        return self.entry.get("noarch") == "python" or (link.get("noarch") or {}).get("type") == "python"
+        return self.entry.get("noarch") == "python"
 
     def has_post_link(self):
-        script = "bin/.%s-post-link.sh" % self.entry["name"]
-        listed = [p["_path"] for p in (self.read_json("info/paths.json") or {}).get("paths", [])]
-        return script in listed or script in self.info.get("info/files", b"").decode("utf-8").splitlines()
+        return "bin/.%s-post-link.sh" % self.entry["name"] in self.files
 
     def entry_points(self):
-        return ((self.read_json("info/link.json") or {}).get("noarch") or {}).get("entry_points") or []
+        link = self.read_json("info/link.json") or {}
+        points = ((link.get("noarch") or {}) if isinstance(link.get("noarch"), dict) else {}).get("entry_points")
+        return [p for p in points if isinstance(p, str)] if isinstance(points, list) else []
+
+
+INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
+
+
+def link_archive(archive, writer, site, claims, order):
+    """Link one archive into writer's root in one streamed pass: files and links written as they come
+    (a later package in install order wins a path two packages share), info/ read on the way; files
+    written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
+    import tarfile
+    where = archive.fn
+    later = []
+    try:
+        with tarfile.open(archive.path, "r|bz2") as tar:
+            for member in tar:
+                name = member.name[2:] if member.name.startswith("./") else member.name
+                if name == "info" or name.startswith("info/"):
+                    if name in INFO_READ and member.isfile():
+                        if member.size > 64 << 20:
+                            raise PmError("%s of %s is over 64 MiB" % (name, where), "do not use this bundle")
+                        archive.info[name] = tar.extractfile(member).read()
+                        if name in ("info/paths.json", "info/has_prefix"):
+                            archive.placeholders = archive.read_placeholders()
+                    continue
+                if member.isdir():
+                    continue
+                rel = relocated(name, site) if archive.noarch_python() else name
+                with writer.lock:
+                    if claims.get(rel, -1) > order:
+                        archive.files.append(rel)
+                        continue  # a later package's file wins
+                    claims[rel] = order
+                if member.issym():
+                    writer.symlink(rel, member.linkname, where)
+                elif member.isfile():
+                    replacer = None
+                    if name in archive.placeholders:
+                        placeholder, mode = archive.placeholders[name]
+                        replacer = PrefixReplacer(placeholder, writer.root, mode, "%s of %s" % (name, where))
+                    writer.write(rel, tar.extractfile(member), member.mode, member.mtime, where, replacer)
+                    later.append((name, rel, member.mtime))
+                else:
+                    raise PmError("%s in the carried package %s is not a file or link" % (name, where),
+                                  "do not use this bundle; pack the software again")
+                archive.files.append(rel)
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PmError("the carried package %s cannot be read (%s)" % (where, exc), "pack the software again")
+    for name, rel, mtime in later:  # info/ came after the files it describes (pm's own older rebuilds)
+        if name in archive.placeholders and claims.get(rel) == order:
+            placeholder, mode = archive.placeholders[name]
+            path = os.path.join(writer.root, *rel.split("/"))
+            rewrite_in_place(writer, rel, path, PrefixReplacer(placeholder, writer.root, mode, "%s of %s" % (name, where)),
+                             mtime)
+    return archive.files
+
+
+def rewrite_in_place(writer, rel, path, replacer, mtime):
+    """Replace the placeholder in a file already written: streamed into a temp file, renamed over it."""
+    import tempfile
+    mode = os.lstat(path).st_mode
+    handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pm-")
+    try:
+        with open(path, "rb") as source, os.fdopen(handle, "wb") as out:
+            while True:
+                block = source.read(CHUNK)
+                out.write(replacer.feed(block, not block))
+                if not block:
+                    break
+            os.fchmod(out.fileno(), stat.S_IMODE(mode))
+        os.utime(temp, (mtime, mtime))
+        os.rename(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
 
 
 def install_order(archives):
@@ -3835,24 +4071,11 @@ def install_order(archives):
     return order
 
 
-def replace_prefix(data, placeholder, prefix, mode, where):
-    """conda's prefix replacement: text replaces every occurrence; binary rewrites each NUL-ended
-    string that holds the placeholder and pads it with NULs to its old length."""
-    old, new = placeholder.encode("utf-8"), prefix.encode("utf-8")
-    if mode != "binary":
-        return data.replace(old, new)
-    if len(new) > len(old):
-        raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled into %s"
-                      % (prefix, len(new), len(old), where), "choose a shorter --prefix")
-    return re.sub(re.escape(old) + b"([^\0]*?)\0",
-                  lambda m: new + m.group(1) + b"\0" * (len(old) - len(new)) + b"\0", data)
-
-
 def python_site(archives):
     """lib/pythonX.Y/site-packages of the environment's python package."""
     for archive in archives:
         if archive.entry["name"] == "python":
-            return "lib/python%s/site-packages" % ".".join(archive.entry["version"].split(".")[:2])
+            return "lib/python%s/site-packages" % ".".join(str(archive.entry["version"]).split(".")[:2])
     raise PmError("a noarch: python package needs a python package in the environment, and there is none",
                   "pack an environment that has python")
 
@@ -3864,59 +4087,6 @@ def relocated(name, site):
     if name.startswith("python-scripts/"):
         return "bin" + name[len("python-scripts"):]
     return name
-
-
-def link_archive(archive, prefix, site):
-    """Write one package's files into prefix; return the prefix-relative paths written."""
-    import tarfile
-    written = []
-    with tarfile.open(archive.path, "r:bz2") as tar:
-        for member in tar:
-            name = member.name.lstrip("./") if member.name.startswith("./") else member.name
-            if name.startswith("info/") or name == "info" or member.isdir():
-                continue
-            parts = name.split("/")
-            if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-                raise PmError("unsafe path %r in the carried package %s" % (name, archive.fn), "pack the software again")
-            rel = relocated(name, site) if archive.noarch_python() else name
-            dest = os.path.join(prefix, *rel.split("/"))
-            real_parent = os.path.realpath(os.path.dirname(dest))
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            if not (real_parent + os.sep).startswith(os.path.realpath(prefix) + os.sep):
-                raise PmError("%s of %s would be written outside the prefix" % (name, archive.fn), "pack the software again")
-            if os.path.lexists(dest):
-                os.remove(dest)  # a later package's file wins, as with conda's clobbering
-            if member.issym():
-                target = os.path.normpath(os.path.join(os.path.dirname(rel), member.linkname))
-                if os.path.isabs(member.linkname) or target.startswith(".."):
-                    raise PmError("the link %s of %s leads outside the prefix" % (name, archive.fn),
-                                  "pack the software again")
-                os.symlink(member.linkname, dest)
-            elif member.isfile() or member.islnk():
-                data = tar.extractfile(member).read()
-                if name in archive.placeholders:
-                    placeholder, mode = archive.placeholders[name]
-                    data = replace_prefix(data, placeholder, prefix, mode, "%s of %s" % (name, archive.fn))
-                with open(dest, "wb") as out:
-                    out.write(data)
-                os.chmod(dest, member.mode & 0o7777 or 0o644)
-            else:
-                raise PmError("%s in the carried package %s is not a file or link" % (name, archive.fn),
-                              "pack the software again")
-            written.append(rel)
-    for point in archive.entry_points():
-        command, _, target = point.partition("=")
-        module, _, function = target.strip().partition(":")
-        rel = "bin/" + command.strip()
-        path = os.path.join(prefix, "bin", command.strip())
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as out:
-            out.write("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
-                      "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
-                      "    sys.exit(%s())\n" % (prefix, module.strip(), function.split(".")[0].strip(), function.strip()))
-        os.chmod(path, 0o755)
-        written.append(rel)
-    return written
 
 
 def conda_meta_record(archive, files, requested):
@@ -3932,16 +4102,29 @@ def conda_meta_record(archive, files, requested):
 
 
 def carried_archives(bundle, channel_dir):
-    """The bundle's carried packages as CarriedArchives, checked before anything is installed."""
+    """The bundle's carried packages as CarriedArchives, their repodata checked before anything is
+    installed: every file name one plain .tar.bz2 name of the folder it is listed in."""
     archives, unreadable = [], []
     for subdir in sorted(os.listdir(channel_dir)):
-        repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
+        try:
+            repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
+        except (OSError, ValueError) as exc:
+            raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
+                          "pack the software again")
         for key in ("packages", "packages.conda"):
-            for fn, entry in sorted((repodata.get(key) or {}).items()):
+            for fn, entry in sorted(((repodata.get(key) if isinstance(repodata, dict) else None) or {}).items()):
+                if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
+                        not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
+                    raise PmError("the carried channel's repodata names %r, which is not a package file" % fn[:100],
+                                  "do not use this bundle; pack the software again")
                 if fn.endswith(".conda"):
                     unreadable.append(fn)
                     continue
-                archives.append(CarriedArchive(os.path.join(channel_dir, subdir, fn), fn, entry))
+                path = os.path.join(channel_dir, subdir, fn)
+                if not os.path.isfile(path) or os.path.islink(path):
+                    raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
+                                  "pack the software again")
+                archives.append(CarriedArchive(path, fn, entry))
     if unreadable:
         raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
                       "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),
@@ -3949,40 +4132,88 @@ def carried_archives(bundle, channel_dir):
     return archives
 
 
-def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None):
-    """Create the environment at prefix from the bundle's carried packages, with no conda: in
-    dependency order, linked as conda links them. The prefix is marked incomplete until its last
-    record is written, and removed on any failure or interruption."""
+LINK_WORKERS = 4  # bz2 and zlib release the GIL: archives are linked by a few threads at once
+
+
+def link_all(archives, writer, site):
+    """Link every archive, by a few workers at once, in install order where paths meet; say each."""
+    from concurrent.futures import ThreadPoolExecutor
+    claims, done, first = {}, [0], [None]
+    lock = writer.lock
+
+    def one(numbered):
+        order, archive = numbered
+        try:
+            files = link_archive(archive, writer, site, claims, order)
+        except BaseException as exc:
+            with lock:
+                if not writer.failed:
+                    writer.failed, first[0] = True, exc
+            raise
+        with lock:
+            done[0] += 1
+            say("  [%d/%d] %s" % (done[0], len(archives), archive.dist))
+        return files
+
+    workers = max(1, min(LINK_WORKERS, os.cpu_count() or 1, len(archives)))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            try:
+                return list(pool.map(one, enumerate(archives)))
+            except BaseException:  # Ctrl-C or a failure: the other workers stop before the prefix goes
+                writer.failed = True
+                raise
+    except PmError:
+        raise first[0] or PmError("linking stopped", "read commands.log")
+
+
+def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None, max_ratio=None):
+    """Create the environment at prefix from the bundle's carried packages, with no conda: each archive
+    linked in one streamed pass by the containment writer, a few at once, as conda links them; then
+    entry points, post-link scripts (only with --allow-scripts) and conda-meta. The prefix is marked
+    incomplete until its last record is written, and removed on any failure or interruption."""
     import shutil
     channel_dir = bundle.extract_channel(os.path.join(attempt.path, "channel"))
     try:
         archives = install_order(carried_archives(bundle, channel_dir))
-        for archive in archives:
-            for name, (placeholder, mode) in sorted(archive.placeholders.items()):
-                if mode == "binary" and len(prefix.encode("utf-8")) > len(placeholder.encode("utf-8")):
-                    raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled "
-                                  "into %s of %s" % (prefix, len(prefix.encode("utf-8")), len(placeholder), name,
-                                                     archive.fn), "choose a shorter --prefix")
-        scripts = [a.entry["name"] for a in archives if a.has_post_link()]
-        if scripts and not allow_scripts:
-            say("note: %s %s post-link script%s, which pm does not run (--allow-scripts runs them)"
-                % (", ".join(scripts), "has a" if len(scripts) == 1 else "have", "" if len(scripts) == 1 else "s"))
         if os.path.lexists(prefix):
             raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+        carried_bytes = sum(os.path.getsize(a.path) for a in archives)
+        ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
+        writer = Contained(prefix, max(ratio * carried_bytes, UNPACKED_FLOOR) if ratio else None,
+                           max(100000, carried_bytes // 64))
         os.makedirs(os.path.join(prefix, "conda-meta"))
         write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
         try:
             site = python_site(archives) if any(a.noarch_python() for a in archives) else None
             requested = dict((spec_name(s), s) for s in bundle.manifest.minimal or [])
             history = ["==> %s <==" % time.strftime("%Y-%m-%d %H:%M:%S"), "# cmd: pm.pyz migrate %s" % attempt.name]
-            for number, archive in enumerate(archives, 1):
-                say("  [%d/%d] %s" % (number, len(archives), archive.dist))
-                attempt.log("linking %s into %s" % (archive.fn, prefix))
-                files = link_archive(archive, prefix, site)
-                if allow_scripts and archive.entry["name"] in scripts:
+            attempt.log("linking %d packages into %s" % (len(archives), prefix))
+            started = time.time()
+            files = link_all(archives, writer, site)
+            attempt.log("linked %d files, %.1f MiB in %.1f s" % (writer.files, writer.bytes / 1048576.0,
+                                                                 time.time() - started))
+            for archive, archive_files in zip(archives, files):
+                for point in archive.entry_points():
+                    command, _, target = point.partition("=")
+                    archive_files.append(write_entry_point(prefix, command, target, archive.fn))
+            compile_noarch_python(attempt, prefix, archives, site)
+            scripts = [a for a in archives if a.has_post_link()]
+            if scripts and not allow_scripts:
+                say("note: %s %s post-link script%s, which pm does not run (--allow-scripts runs them)"
+                    % (", ".join(a.entry["name"] for a in scripts), "has a" if len(scripts) == 1 else "have",
+                       "" if len(scripts) == 1 else "s"))
+            activation = [a.entry["name"] for a in archives if any(f.startswith("etc/conda/activate.d/")
+                                                                    for f in a.files)]
+            if activation:
+                say("note: %s %s activation scripts (etc/conda/activate.d), which run whenever the environment is "
+                    "activated, the tests' shells included, as with conda" % (", ".join(activation),
+                                                                            "has" if len(activation) == 1 else "have"))
+            for archive, archive_files in zip(archives, files):
+                if allow_scripts and archive in scripts:
                     run_post_link(attempt, prefix, archive)
                 write_json(os.path.join(prefix, "conda-meta", archive.dist + ".json"),
-                           conda_meta_record(archive, files, requested), 0o644)
+                           conda_meta_record(archive, archive_files, requested), 0o644)
                 history.append("+pm-carried::%s" % archive.dist)
             install_carried_wheels(attempt, bundle, prefix, dists)
             history.append("# update specs: %r" % sorted(requested.values()))
@@ -3995,6 +4226,26 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
     finally:
         shutil.rmtree(channel_dir, ignore_errors=True)
     return prefix
+
+
+def compile_noarch_python(attempt, prefix, archives, site):
+    """Bytecode for the noarch: python packages (they ship none), as conda writes it: by pm's own
+    interpreter when it is the environment's Python version (no code of the bundle runs), in parallel."""
+    import py_compile
+    from concurrent.futures import ThreadPoolExecutor
+    if not site or site != "lib/python%d.%d/site-packages" % sys.version_info[:2]:
+        return
+    sources = [os.path.join(prefix, *f.split("/")) for a in archives if a.noarch_python() for f in a.files
+               if f.endswith(".py") and f.startswith(site + "/")]
+
+    def one(path):
+        try:
+            py_compile.compile(path, doraise=True)
+        except (py_compile.PyCompileError, OSError, ValueError):
+            pass  # conda, too, leaves a file it cannot compile to compile on import
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        list(pool.map(one, sources))
+    attempt.log("compiled %d noarch: python sources" % len(sources))
 
 
 def run_post_link(attempt, prefix, archive):
@@ -4062,25 +4313,8 @@ def base_distributions(bundle):
 
 
 def contained_path(prefix, rel, where):
-    """prefix/rel, ready to be written: every part plain, every folder on the way made one at a time
-    and never reached through a link that leads out of the prefix; what is at rel goes."""
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
-        raise PmError("unsafe path %r in %s" % (rel, where), "do not use this bundle; pack the software again")
-    real_prefix = os.path.realpath(prefix)
-    folder = prefix
-    for part in parts[:-1]:
-        folder = os.path.join(folder, part)
-        if os.path.islink(folder) and not PROBE.inside(folder, real_prefix):
-            raise PmError("%s of %s would be written outside the prefix" % (rel, where), "do not use this bundle")
-        if not os.path.isdir(folder):
-            os.mkdir(folder)
-    dest = os.path.join(folder, parts[-1])
-    if os.path.lexists(dest):
-        if os.path.isdir(dest) and not os.path.islink(dest):
-            raise PmError("%s of %s is a folder in the prefix" % (rel, where), "do not use this bundle")
-        os.remove(dest)  # a later package's file wins, as with conda's clobbering
-    return dest
+    """prefix/rel, ready to be written by the one containment rule (Contained.target)."""
+    return Contained(prefix).target(rel, where)
 
 
 def write_entry_point(prefix, command, target, where):
@@ -4133,14 +4367,27 @@ def wheel_destination(name, site_rel):
     return site_rel + "/" + name
 
 
-def install_wheel(wheel, prefix, site_rel):
+class ShebangFix(object):
+    """A wheel script's '#!python' made the prefix's python (a transform for Contained.write)."""
+
+    def __init__(self, prefix):
+        self.python, self.first = ("#!%s/bin/python" % prefix).encode("utf-8"), True
+
+    def feed(self, block, final):
+        if self.first and block:
+            self.first = False
+            if block.startswith(b"#!python"):
+                return self.python + block[len(b"#!python"):]
+        return block
+
+
+def install_wheel(wheel, prefix, site_rel, writer=None):
     """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
-    points, INSTALLER and RECORD, so that pip sees it); modes follow the umask, times are kept."""
-    import calendar
-    import shutil
+    points, INSTALLER and RECORD, so that pip sees it), through the containment writer; modes follow
+    the umask, times are kept."""
     import zipfile
     where = os.path.basename(wheel)
-    umask = current_umask()
+    writer = writer or Contained(prefix)
     written = []
     with zipfile.ZipFile(wheel) as archive:
         infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
@@ -4151,20 +4398,13 @@ def install_wheel(wheel, prefix, site_rel):
         info_dir = info_dirs.pop()
         for info in infos:
             rel = wheel_destination(safe_member_path(info.filename), site_rel)
-            if info.filename.split("/")[-1] in ("RECORD", "INSTALLER") and info.filename.startswith(info_dir + "/"):
+            if info.filename in (info_dir + "/RECORD", info_dir + "/INSTALLER"):
                 continue
-            dest = contained_path(prefix, rel, where)
             script = rel.startswith("bin/") and info.filename.split("/")[0].endswith(".data")
-            with archive.open(info) as source, open(dest, "wb") as out:
-                first = source.readline() if script else b""
-                if first.startswith(b"#!python"):
-                    first = ("#!%s/bin/python" % prefix).encode("utf-8") + first[len(b"#!python"):]
-                out.write(first)
-                shutil.copyfileobj(source, out, CHUNK)
-            mode = (info.external_attr >> 16) & 0o777
-            os.chmod(dest, ((0o755 if mode & 0o111 or script else 0o644)) & ~umask)
-            stamp = calendar.timegm(info.date_time + (0, 0, -1))
-            os.utime(dest, (stamp, stamp))
+            mode = (info.external_attr >> 16) & 0o777 or 0o644
+            with archive.open(info) as source:
+                writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
+                             where, ShebangFix(prefix) if script else None)
             written.append(rel)
         points = entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
                                  if info_dir + "/entry_points.txt" in archive.namelist() else "")
@@ -4720,14 +4960,24 @@ STATUS_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#c62828", 
                   "interrupted": "#757575", "running": "#1565c0"}
 
 
-def env_packages(prefix):
-    """name, version and build of every package in a prefix (its conda-meta records)."""
+def env_packages(prefix, bundle=None):
+    """name, version and build of every package in a prefix (its conda-meta records), with the base's
+    version (the bundle's conda-list.json) beside each."""
+    base = {}
+    try:
+        listed = bundle.read_json("conda-list.json") if bundle else []
+    except (KeyError, ValueError):
+        listed = []
+    for record in listed if isinstance(listed, list) else []:
+        if isinstance(record, dict) and isinstance(record.get("name"), str):
+            base[record["name"]] = str(record.get("version"))
     rows = []
     meta = os.path.join(prefix, "conda-meta")
     for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
         if filename.endswith(".json"):
             record = read_json(os.path.join(meta, filename))
-            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build")})
+            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
+                         "base_version": base.get(record.get("name"))})
     return rows
 
 
@@ -4751,8 +5001,9 @@ def requirement_rows(result):
     if result.get("packages") is not None:
         return rows
     how = "pm, from the bundle's packages" if result.get("level") == "carried" else "conda (level %s)" % result.get("level")
-    return [{"requirement": p["name"], "status": "installed", "base_version": None, "version": p["version"],
-             "drift": False, "how": "%s %s %s, %s" % (p["name"], p["version"], p["build"], how)}
+    return [{"requirement": p["name"], "status": "installed", "base_version": p.get("base_version"),
+             "version": p["version"], "drift": bool(p.get("base_version")) and p.get("base_version") != p["version"],
+             "how": "%s %s %s, %s" % (p["name"], p["version"], p["build"], how)}
             for p in result.get("environment") or []] + rows
 
 
@@ -4789,30 +5040,35 @@ PLATFORM_ROWS = [("os", "os"), ("release", "os_release"), ("machine", "machine")
                  ("python", "python"), ("conda", "conda"), ("host", "hostname")]
 
 
+def show(line):
+    """print for what a bundle or the network may have written: control characters shown, not sent."""
+    print(printable(line))
+
+
 def print_report(report):
-    print("%s, attempt %s: %s%s%s" % (report["name"], report["id"], report["status"],
+    show("%s, attempt %s: %s%s%s" % (report["name"], report["id"], report["status"],
                                        " (level %s)" % report["level"] if report["level"] else "",
                                        ", %.1f s" % report["seconds"] if report["seconds"] else ""))
     if report["error"]:
-        print("error: %s" % report["error"])
-    print("\n%-10s %-32s %s" % ("", "base machine", "this machine"))
+        show("error: %s" % report["error"])
+    show("\n%-10s %-32s %s" % ("", "base machine", "this machine"))
     for label, key in PLATFORM_ROWS:
-        print("%-10s %-32s %s" % (label, report["source"].get(key) or "-", report["target"].get(key) or "-"))
+        show("%-10s %-32s %s" % (label, report["source"].get(key) or "-", report["target"].get(key) or "-"))
     drifted = [r for r in report["requirements"] if r.get("drift")]
-    print("\nrequirements (%d, %d at another version than the base's)" % (len(report["requirements"]), len(drifted)))
+    show("\nrequirements (%d, %d at another version than the base's)" % (len(report["requirements"]), len(drifted)))
     for row in report["requirements"]:
         versions = "%s -> %s" % (row.get("base_version") or "?", row.get("version") or "-") \
             if row.get("base_version") else ""
-        print("  %-24s %-10s %-20s %s" % (row["requirement"], row["status"], versions, row["how"]))
-    print("\ntests (%d)" % len(report["tests"]))
+        show("  %-24s %-10s %-20s %s" % (row["requirement"], row["status"], versions, row["how"]))
+    show("\ntests (%d)" % len(report["tests"]))
     for test in report["tests"]:
-        print("  %-20s %-8s %8.2f s  %s" % (test["name"], test["status"], test["seconds"], test["log"]))
-    print("\nhistory (%d attempts, newest first)" % len(report["history"]))
+        show("  %-20s %-8s %8.2f s  %s" % (test["name"], test["status"], test["seconds"], test["log"]))
+    show("\nhistory (%d attempts, newest first)" % len(report["history"]))
     for row in report["history"]:
-        print("  %s  %-11s %-9s %s" % (row["id"], row["status"], row["level"] or "",
+        show("  %s  %-11s %-9s %s" % (row["id"], row["status"], row["level"] or "",
                                        "%d/%d tests passed" % (row["tests_passed"], row["tests"])))
     if report["installed_to"]:
-        print("\ninstalled to %s" % report["installed_to"])
+        show("\ninstalled to %s" % report["installed_to"])
 
 
 def history_chart(history):
@@ -4837,6 +5093,7 @@ REPORT_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-wid
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25em .6em;border-bottom:1px solid #eee}
 th{background:#f5f5f5}.status{font-weight:600}.passed,.installed{color:#2e7d32}.failed,.error{color:#c62828}
+.drift{color:#ef6c00;font-weight:600}
 .timeout{color:#ef6c00}.skipped,.interrupted{color:#757575}pre{background:#f7f7f7;padding:.8em;overflow:auto;
 max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}"""
 
@@ -5113,6 +5370,12 @@ def refusal_script(url):
         % (url, DASH, url))).encode("utf-8")
 
 
+def same_secret(given, token):
+    """A constant-time comparison of a token as bytes (any text, non-ASCII too)."""
+    import hmac
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass"))
+
+
 def host_part(netloc):
     """'Name:9001' -> 'name', '[::1]:9001' -> '::1'."""
     netloc = netloc.strip().lower().rsplit("@", 1)[-1]
@@ -5183,18 +5446,29 @@ def make_handler(config):
             if not config.token:
                 return True
             given = self.headers.get("Authorization", "")
-            if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip(), config.token):
+            if given.startswith("Bearer ") and same_secret(given[7:].strip(), config.token):
                 return True
             return self.command == "GET" and urlsplit(self.path).path == "/migrate" and \
-                hmac.compare_digest(query.get("token", [""])[0], config.token)
+                same_secret(query.get("token", [""])[0], config.token)
 
         def addressed_here(self):
             """Without a token, a request must be addressed to this machine: its Host (and Origin, if
             sent) a name of this machine or the address it reached, so that no web page can post to a
             local server (cross-origin POSTs, DNS rebinding)."""
             here = set(this_machine) | set([self.connection.getsockname()[0].replace("::ffff:", "")])
-            named = [self.headers.get("Host", "")] + [urlsplit(o).netloc for o in self.headers.get_all("Origin") or []]
-            return all(not name or host_part(name) in here for name in named)
+            host = self.headers.get("Host", "")
+            if host and host_part(host) not in here:
+                return False
+            for origin in self.headers.get_all("Origin") or []:  # only this server's own scheme, host and port
+                parts = urlsplit(origin.strip())
+                try:
+                    port = parts.port or 80
+                except ValueError:
+                    return False
+                if parts.scheme != "http" or host_part(parts.netloc) not in here or \
+                        port != self.connection.getsockname()[1]:
+                    return False
+            return True
 
         def handle_safely(self, route):
             self.server.connections.head_read(self.connection)
@@ -5593,19 +5867,19 @@ def server_status(store, as_json=False):
         if record:
             status.update(url=record["url"], pid=record["pid"], started=utc_time(record["started"]),
                           uptime_seconds=int(time.time() - record["started"]), bundles=bundle_listing(store))
-        print(json.dumps(status, indent=1, sort_keys=True))
+        show(json.dumps(status, indent=1, sort_keys=True))
         return 0 if record else 1
     if not record:
-        print("no server runs for %s" % store.home)
+        show("no server runs for %s" % store.home)
         return 1
     uptime = int(time.time() - record["started"])
-    print("running  %s" % record["url"])
-    print("PID      %d" % record["pid"])
-    print("uptime   %dh%02dm%02ds" % (uptime // 3600, uptime // 60 % 60, uptime % 60))
+    show("running  %s" % record["url"])
+    show("PID      %d" % record["pid"])
+    show("uptime   %dh%02dm%02ds" % (uptime // 3600, uptime // 60 % 60, uptime % 60))
     listing = bundle_listing(store)
-    print("bundles  %d" % len(listing))
+    show("bundles  %d" % len(listing))
     for name, info in sorted(listing.items()):
-        print("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
+        show("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
     return 0
 
 
@@ -5945,6 +6219,7 @@ def cmd_migrate(args):
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
     options = MigrateOptions(args.env_name, args.force, args.skip_tests, args.yes, read_answers(args.answers),
                              args.pck_mgr_configs, args.no_conda, args.allow_scripts, args.prefix)
+    options.max_ratio = args.max_ratio
     if args.bundle:
         if not os.path.isfile(args.bundle):
             raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
@@ -6040,14 +6315,14 @@ def cmd_history(args):
     name = check_name(args.name)
     history = attempt_history(store.attempts(name)) if os.path.isdir(store.software(name)) else []
     if args.json:
-        print(json.dumps(history, indent=1, sort_keys=True))
+        show(json.dumps(history, indent=1, sort_keys=True))
         return 0
     if not history:
         say("no migration attempts of %s in %s" % (name, store.home))
         return 0
-    print("%-28s %-11s %-9s %-7s %s" % ("attempt", "status", "level", "tests", "seconds"))
+    show("%-28s %-11s %-9s %-7s %s" % ("attempt", "status", "level", "tests", "seconds"))
     for row in history:
-        print("%-28s %-11s %-9s %-7s %s" % (row["id"], row["status"], row["level"] or "-",
+        show("%-28s %-11s %-9s %-7s %s" % (row["id"], row["status"], row["level"] or "-",
                                             "%d/%d" % (row["tests_passed"], row["tests"]),
                                             "%.1f" % row["seconds"] if row["seconds"] else "-"))
     return 0
@@ -6062,15 +6337,15 @@ def cmd_list(args):
         rows.append({"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
                      "attempts": store.attempts(name)})
     if args.json:
-        print(json.dumps(rows, indent=1))
+        show(json.dumps(rows, indent=1))
         return 0
     if not rows:
         say("nothing stored in %s yet" % store.home)
         return 0
     for row in rows:
-        print("%s  (%d bundle revision%s)" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s"))
+        show("%s  (%d bundle revision%s)" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s"))
         for attempt in row["attempts"]:
-            print("    %s  %-9s %s" % (attempt["id"], attempt.get("status", "unfinished"),
+            show("    %s  %-9s %s" % (attempt["id"], attempt.get("status", "unfinished"),
                                      attempt.get("level") or attempt.get("error") or ""))
     return 0
 

@@ -185,13 +185,13 @@ def run_pm(python, pyz_path, args, env, stdin=None, timeout=120):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A real 64 KiB filesystem (tmpfs) to fill up; mounting it needs root, as CI has."""
+    """A real 256 KiB filesystem (tmpfs) to fill up (the store's copy of the probe must fit); mounting it needs root, as CI has."""
     mount = tmp_path / "tiny-disk"
     mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     if proc.returncode != 0:
-        pytest.fail("cannot mount a 64 KiB tmpfs (root needed): %s" % proc.stdout.strip())
+        pytest.fail("cannot mount a 256 KiB tmpfs (root needed): %s" % proc.stdout.strip())
     try:
         yield str(mount)
     finally:

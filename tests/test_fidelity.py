@@ -121,7 +121,8 @@ def test_with_no_network_every_route_brings_what_pip_installed_and_the_software_
     assert result["status"] == "passed"
     report = json.loads(run_pm(find_python("newest"), pyz, ["report", "pipsim", "--json"], target.env()).stdout)
     rows = dict((r["requirement"], r) for r in report["requirements"])
-    for name, version in (("tinycalc", "1.0"), ("localkit", "0.2"), ("gitkit", "0.3"), ("pipsim", "0.6.0.post16")):
+    for name, version in (("tinycalc", "1.0"), ("localkit", "0.2"), ("gitkit", "0.3"), ("pipsim", "0.6.0.post16"),
+                          ("numlite", "2.0")):
         assert (rows[name]["status"], rows[name]["base_version"], rows[name]["version"]) == \
             ("installed", version, version), rows[name]
     assert "the software itself, editable from the migrated tree" in rows["pipsim"]["how"]
@@ -182,6 +183,9 @@ def test_a_version_the_index_lacks_is_relaxed_to_the_nearest_and_reported_as_dri
     assert row["why"].startswith("relaxed: 2.0 is not on the index here, 2.1 is the nearest")
     report = run_pm(find_python("newest"), pyz, ["report", "pipsim"], target.env()).stdout
     assert "1 at another version than the base's" in report and "2.0 -> 2.1" in report
+    with open(os.path.join(attempt_dirs(target.home, "pipsim")[-1], "report.html")) as handle:
+        page = handle.read()
+    assert "<th>base</th>" in page and '<td class="drift">2.1</td>' in page
 
 
 def test_a_bundle_without_records_still_maps_names_and_pins_every_python_package(pip_base, pyz, real_condas,

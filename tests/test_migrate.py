@@ -378,7 +378,7 @@ def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, m
 def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, conda_site, example_software,
                                                                           tmp_path, tiny_disk):
     with open(os.path.join(example_software, "field.dat"), "wb") as handle:
-        handle.write(os.urandom(200000))  # unzipped for the tests: more than the 64 KiB disk holds
+        handle.write(os.urandom(600000))  # unzipped for the tests: more than the 256 KiB disk holds
     bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
     env = conda_site.env(PM_HOME=os.path.join(tiny_disk, "home"))
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
@@ -421,7 +421,7 @@ def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_a
 def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(pyz, conda_site, example_software,
                                                                               tmp_path, tiny_disk):
     with open(os.path.join(example_software, "field.dat"), "wb") as handle:
-        handle.write(os.urandom(200000))  # more than the 64 KiB disk of output_dir holds
+        handle.write(os.urandom(600000))  # more than the 256 KiB disk of output_dir holds
     bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
     old = os.path.join(tiny_disk, "out", "heatsim")
     os.makedirs(old)

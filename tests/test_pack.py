@@ -148,7 +148,7 @@ def test_failed_write_leaves_no_partial_bundle(tmp_path, conda_site, example_sof
         monkeypatch.setenv(key, value)
     conda = probe.find_conda()
     conda_info = probe.run_conda_json(conda, ["info", "--json"])
-    env = probe.gather_environment(conda, conda_info, conda_site.prefix("heatsim-env"))
+    env = probe.gather_environment(conda, conda_info, conda_site.prefix("heatsim-env"), example_software)
 
     def broken_add_file(*args):
         raise probe.PmError("cannot read a file", "fix it")
@@ -212,7 +212,7 @@ def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_p
 @pytest.mark.parametrize("version", ["2.7", "newest"])
 def test_a_full_disk_is_one_clear_line_and_leaves_nothing(version, pyz, conda_site, example_software, tiny_disk):
     with open(os.path.join(example_software, "field.dat"), "wb") as handle:
-        handle.write(os.urandom(200000))  # more than the 64 KiB disk holds
+        handle.write(os.urandom(600000))  # more than the 256 KiB disk holds
     proc = run_pm(find_python(version), pyz, pack_args(example_software, os.path.join(tiny_disk, "b.zip")),
                   conda_site.env())
     line = one_error_line(proc)

@@ -313,7 +313,7 @@ def test_original_json_bodies_stream_through_a_small_parser(body, text, expected
 def test_a_full_store_disk_is_a_507_and_the_server_keeps_serving(pyz, conda_site, example_software, tmp_path,
                                                                  tiny_disk):
     with open(os.path.join(example_software, "field.dat"), "wb") as handle:
-        handle.write(os.urandom(200000))  # more than the 64 KiB disk holds
+        handle.write(os.urandom(600000))  # more than the 256 KiB disk holds
     bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
     srv = Server(pyz, os.path.join(tiny_disk, "store"), find_python("newest"))
     try:
