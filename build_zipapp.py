@@ -18,37 +18,79 @@ MAIN = '''# pm.pyz entry point: Python 2.7 and 3.x compatible.
 import sys
 
 
+def _private_folder(folder):
+    """folder (and its parent pm-UID), made 0700 if missing; True only when each is a real folder
+    owned by this user and writable by no one else, so no other user can plant code in it."""
+    import os
+    import stat
+    try:
+        os.makedirs(os.path.dirname(os.path.dirname(folder)), 0o700)  # ~/.cache itself, on a new account
+    except OSError:
+        pass
+    for path in (os.path.dirname(folder), folder):
+        try:
+            os.mkdir(path, 0o700)
+        except OSError:
+            pass  # there already, or cannot be made: lstat says which
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return False
+    return True
+
+
 def _load(name):
     """Import NAME.py from this archive. zipimport compiles the source on every run, so the code
-    object is kept in ~/.cache/pm/<python>/ (keyed by the source's CRC and size), written unless
-    Python is told not to write bytecode (-B, PYTHONDONTWRITEBYTECODE)."""
+    object is kept in ~/.cache/pm-UID/<python>/ (named by the source's sha256, which the file also
+    holds and which is checked before it runs), only in folders and files of this user that no one
+    else can write, created 0700/0600 without following links; never when Python is told not to
+    write bytecode (-B, PYTHONDONTWRITEBYTECODE)."""
+    import hashlib
     import marshal
     import os
-    import zlib
+    import stat
     source = __loader__.get_data(name + ".py")
+    digest = hashlib.sha256(source).digest()
     where = os.path.join(os.path.dirname(__file__), name + ".py")
     tag = "%s-%d%d" % ("pypy" if hasattr(sys, "pypy_version_info") else "cpython", sys.version_info[0],
                        sys.version_info[1])
-    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "pm", tag)
-    cached = os.path.join(folder, "%s-%08x-%d.code" % (name, zlib.crc32(source) & 0xffffffff, len(source)))
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                          "pm-%d" % os.getuid(), tag)
+    cached = os.path.join(folder, "%s-%s.code" % (name, hashlib.sha256(source).hexdigest()[:32]))
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
     code = None
-    try:
-        with open(cached, "rb") as handle:
-            code = marshal.loads(handle.read())
-    except (IOError, OSError, ValueError, EOFError, TypeError):
-        pass
+    usable = not sys.dont_write_bytecode and _private_folder(folder)
+    if usable:
+        try:
+            handle = os.open(cached, os.O_RDONLY | nofollow)
+            try:
+                st = os.fstat(handle)
+                data = os.read(handle, st.st_size + 1) if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() \
+                    and not st.st_mode & 0o022 else b""
+            finally:
+                os.close(handle)
+            if data[:32] == digest:
+                code = marshal.loads(data[32:])
+        except (IOError, OSError, ValueError, EOFError, TypeError):
+            code = None
     if code is None:
         code = compile(source, where, "exec")
-        if not sys.dont_write_bytecode:
+        if usable:
+            temp = "%s.%d.part" % (cached, os.getpid())
             try:
-                if not os.path.isdir(folder):
-                    os.makedirs(folder)
-                temp = "%s.%d.part" % (cached, os.getpid())
-                with open(temp, "wb") as handle:
-                    handle.write(marshal.dumps(code))
+                handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
+                try:
+                    os.write(handle, digest + marshal.dumps(code))
+                finally:
+                    os.close(handle)
                 os.rename(temp, cached)
             except (IOError, OSError):
-                pass  # no cache here: compile again next time
+                try:
+                    os.remove(temp)
+                except (IOError, OSError):
+                    pass  # no cache here: compile again next time
     module = type(sys)(name)
     module.__file__ = where
     sys.modules[name] = module

@@ -1248,15 +1248,17 @@ def rebuild_tarball(folder, out):
     """A .tar.bz2 with the contents of an extracted package folder (links kept as links); the
     record conda added at extraction (info/repodata_record.json) is left out."""
     import tarfile
+    members = []
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs) + sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            if rel == "info/repodata_record.json" or (name in dirs and not os.path.islink(path)):
+                continue
+            members.append((not rel.startswith("info/"), rel, path))
     with tarfile.open(out, "w:bz2") as tar:
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            for name in sorted(dirs) + sorted(files):
-                path = os.path.join(root, name)
-                rel = os.path.relpath(path, folder).replace(os.sep, "/")
-                if rel == "info/repodata_record.json" or (name in dirs and not os.path.islink(path)):
-                    continue
-                tar.add(path, arcname=rel, recursive=False)
+        for _, rel, path in sorted(members):  # info/ first, as conda-build writes it: a linker reads it first
+            tar.add(path, arcname=rel, recursive=False)
     return out
 
 
@@ -1707,6 +1709,8 @@ def probe_script(server_url, token=""):
 # Reading a bundle (the probe writes them): open it, check every member against the manifest,
 # read members, extract the software safely. Every consumer goes through Bundle.
 
+CONTROL_OR_NEWLINE = r"[\x00-\x1f\x7f]"
+PARSED_LIMITS = {"env.yml": 2 << 20, "env-history.yml": 2 << 20}  # bytes; other parsed members: 16 MiB
 MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its size (--max-ratio) ...
 UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
 
@@ -1770,6 +1774,8 @@ def open_bundle(path, label=None):
     except (OSError, zipfile.BadZipFile) as exc:
         raise PmError("%s is not a readable bundle (%s)" % (label, exc), "pass a file written by 'pm.pyz pack'")
     try:
+        if archive.getinfo("manifest.json").file_size > 64 << 20:
+            raise ValueError("over 64 MiB")
         data = json.loads(archive.read("manifest.json").decode("utf-8"))
     except KeyError:
         archive.close()
@@ -1881,8 +1887,13 @@ class Bundle(object):
         return cls(path, manifest)
 
     def read_text(self, member):
+        """A member pm parses, bounded (PARSED_LIMITS): real ones are far smaller."""
         import zipfile
         with zipfile.ZipFile(self.path) as archive:
+            limit = PARSED_LIMITS.get(member, 16 << 20)
+            if archive.getinfo(member).file_size > limit:
+                raise PmError("%s in %s is over %d MiB, far more than any real one" % (member, self.path, limit >> 20),
+                              "do not use this bundle; pack the software again")
             return archive.read(member).decode("utf-8")
 
     def read_json(self, member):
@@ -1906,7 +1917,12 @@ class Bundle(object):
             env_text = self.read_text("env.yml")
         except UnicodeDecodeError:
             raise PmError("env.yml in %s is not UTF-8" % where, "pack the software again")
-        return parse_env_yml(env_text, "env.yml in %s" % where), min_deps
+        env_file = parse_env_yml(env_text, "env.yml in %s" % where)
+        for spec in env_file.dependencies:
+            if not re.match(r"^[A-Za-z0-9_]", spec) or re.search(CONTROL_OR_NEWLINE, spec):
+                raise PmError("env.yml in %s lists %r, which is not a package spec" % (where, spec[:80]),
+                              "do not use this bundle; pack the software again")
+        return env_file, min_deps
 
     def extract_channel(self, dest):
         """Unzip the carried packages (channel/<subdir>/<file>, plain files only) into dest, a new folder."""
@@ -2034,7 +2050,7 @@ def write_entries(archive, entries, dest):
     """Write the directories and files of entries under dest by the containment writer (Contained),
     onto no existing path; return the links, (parts, target), for the caller to make last."""
     writer = Contained(dest)
-    links, seen = [], set()
+    links = []
     progress = PROBE.Progress("unzipping %s" % entries[0][0][0], sum(info.file_size for _, info in entries) or None)
     for parts, info in entries:
         mode = info.external_attr >> 16
@@ -3157,9 +3173,16 @@ def read_test_config_values(parser, paths, name):
     for test in [t.strip() for t in need(name, "tests").split(",") if t.strip()]:
         section = "test_" + test
         warn_unknown(parser, section, TEST_KEYS, origin)
+        runner = parser[section].get("runner")
+        try:
+            shlex.split(runner or "")
+        except ValueError as exc:
+            raise PmError("runner %r in [%s] of %s is not shell words (%s)" % (runner, section,
+                                                                             origin.get((section, "runner")), exc),
+                          "close the quote, e.g. runner = srun -n1")
         tests.append(TestSpec(test, need(section, "exec"), test_timeout(parser, section, origin),
                               test_env_vars(parser[section].get("env", ""), section),
-                              parser[section].get("workdir"), parser[section].get("runner")))
+                              parser[section].get("workdir"), runner))
     return MigrationConfig(os.path.expanduser(output_dir), managers, tests)
 
 
@@ -3344,14 +3367,17 @@ def migrate(store, name, config, bundle, options):
             where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
             raise PmError("the disk is full (writing %s)" % where,
                           "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
-    except PmError as exc:
+    except Exception as exc:  # one boundary: whatever happens, the attempt ends with its reason
+        exc.attempt = attempt
+        what = exc.what if isinstance(exc, PmError) else "internal error: %s: %s" % (type(exc).__name__, exc)
         try:
-            attempt.save(status="error", error=exc.what, finished=time.time())
+            attempt.save(status="error", error=what, finished=time.time())
         except OSError:
             pass  # the disk may be the problem; the error line still tells
         say("attempt: %s" % attempt.path)
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        exc.attempt = attempt
         attempt.save(status="interrupted", finished=time.time())
         raise
     finally:
@@ -3393,6 +3419,8 @@ def recreate_test_install(attempt, config, bundle, options):
                     shutil.rmtree(channel.folder, ignore_errors=True)
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
+        if carried:
+            note_activation_scripts(packages_with_activation_scripts(prefix))
         site = env_site_packages(prefix, dists)
         attempt.save(level=level, env_name=env_name, env_prefix=prefix, environment=env_packages(prefix, bundle))
         test_environ = activated_environ(prefix, env_name)
@@ -3464,7 +3492,15 @@ def install_target(bundle, output_dir, force):
     replacing = os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target))
     if replacing and not force:
         raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
+    if replacing and not os.path.isfile(install_mark(target)):
+        raise PmError("%s was not installed by pm, and --force replaces only what pm installed" % target,
+                      "move it away yourself, or change output_dir")
     return target
+
+
+def install_mark(target):
+    """The file beside an install that says pm made it (so --force may replace it): output_dir/.pm-installed-DIR."""
+    return os.path.join(os.path.dirname(target), ".pm-installed-" + os.path.basename(target))
 
 
 def install_software(bundle, output_dir, force):
@@ -3481,6 +3517,7 @@ def install_software(bundle, output_dir, force):
             if os.path.lexists(target):
                 os.rename(target, os.path.join(staging, "old"))
             os.rename(extracted, target)
+            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time()}, 0o644)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -3779,7 +3816,10 @@ class Contained(object):
     def parts(self, rel, where):
         parts = rel.split("/")
         if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
-            raise PmError("unsafe path %r in %s" % (rel, where), "do not use this bundle; pack the software again")
+            raise PmError("unsafe path %r in %s" % (rel[:200], where), "do not use this bundle; pack the software again")
+        if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(rel) > 4000:
+            raise PmError("a name in %s is longer than a file system takes (%r...)" % (where, rel[:80]),
+                          "do not use this bundle; pack the software again")
         return parts
 
     def is_inside(self, path):
@@ -3838,8 +3878,8 @@ class Contained(object):
     def write(self, rel, source, mode=0o644, mtime=None, where="", transform=None):
         """Stream source (a file object) into root/rel; transform (feed(block, final) -> bytes) may
         rewrite it on the way. Returns the bytes written."""
-        self.count(files=1, where=where)
         dest = self.target(rel, where)
+        self.count(files=1, where=where)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         handle = os.open(dest, flags, 0o600)
         written = 0
@@ -3859,12 +3899,21 @@ class Contained(object):
                 os.utime(out.fileno(), (mtime, mtime))
         return written
 
+    def check_links(self, root, rels):
+        """After the fact: every link among rels still resolves inside root (links made later can move
+        where an earlier one leads)."""
+        for rel in rels:
+            path = os.path.join(root, *rel.split("/"))
+            if os.path.islink(path) and not self.is_inside(path):
+                raise PmError("the link %s leads out of %s once every package is linked" % (rel, root),
+                              "do not use this bundle")
+
     def symlink(self, rel, link, where):
         """root/rel -> link, which must resolve inside root (through the links made before it)."""
-        self.count(files=1, where=where)
         if os.path.isabs(link) or "\0" in link or not link:
             raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
         dest = self.target(rel, where)
+        self.count(files=1, where=where)
         os.symlink(link, dest)
         if not self.is_inside(dest):
             os.remove(dest)
@@ -3977,11 +4026,14 @@ def link_archive(archive, writer, site, claims, order):
     """Link one archive into writer's root in one streamed pass: files and links written as they come
     (a later package in install order wins a path two packages share), info/ read on the way; files
     written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
+    import bz2
     import tarfile
     where = archive.fn
     later = []
     try:
-        with tarfile.open(archive.path, "r|bz2") as tar:
+        # BZ2File inflates in bounded steps; tarfile's own "r|bz2" inflates a whole read at once (a bomb's
+        # few bytes of zeros would be hundreds of MiB in memory)
+        with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 name = member.name[2:] if member.name.startswith("./") else member.name
                 if name == "info" or name.startswith("info/"):
@@ -4107,6 +4159,8 @@ def carried_archives(bundle, channel_dir):
     archives, unreadable = [], []
     for subdir in sorted(os.listdir(channel_dir)):
         try:
+            if os.path.getsize(os.path.join(channel_dir, subdir, "repodata.json")) > 64 << 20:
+                raise ValueError("over 64 MiB")
             repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
         except (OSError, ValueError) as exc:
             raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
@@ -4167,6 +4221,24 @@ def link_all(archives, writer, site):
         raise first[0] or PmError("linking stopped", "read commands.log")
 
 
+def link_environment(archives, prefix, max_ratio=None):
+    """Link the archives (in install order) into prefix, whose conda-meta exists: every member through
+    one containment writer, bounded to max_ratio (default MAX_UNPACK_RATIO) times what was carried and
+    to a number of files for that size; then their entry points. Returns (writer, site, files)."""
+    carried_bytes = sum(os.path.getsize(a.path) for a in archives)
+    ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
+    writer = Contained(prefix, max(ratio * carried_bytes, UNPACKED_FLOOR) if ratio else None,
+                       max(10000, carried_bytes // 16) if ratio else None)
+    site = python_site(archives) if any(a.noarch_python() for a in archives) else None
+    files = link_all(archives, writer, site)
+    for archive, archive_files in zip(archives, files):
+        for point in archive.entry_points():
+            command, _, target = point.partition("=")
+            archive_files.append(write_entry_point(prefix, command, target, archive.fn))
+    writer.check_links(prefix, [f for archive_files in files for f in archive_files])
+    return writer, site, files
+
+
 def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None, max_ratio=None):
     """Create the environment at prefix from the bundle's carried packages, with no conda: each archive
     linked in one streamed pass by the containment writer, a few at once, as conda links them; then
@@ -4178,37 +4250,23 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
         archives = install_order(carried_archives(bundle, channel_dir))
         if os.path.lexists(prefix):
             raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
-        carried_bytes = sum(os.path.getsize(a.path) for a in archives)
-        ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
-        writer = Contained(prefix, max(ratio * carried_bytes, UNPACKED_FLOOR) if ratio else None,
-                           max(100000, carried_bytes // 64))
         os.makedirs(os.path.join(prefix, "conda-meta"))
         write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
         try:
-            site = python_site(archives) if any(a.noarch_python() for a in archives) else None
             requested = dict((spec_name(s), s) for s in bundle.manifest.minimal or [])
             history = ["==> %s <==" % time.strftime("%Y-%m-%d %H:%M:%S"), "# cmd: pm.pyz migrate %s" % attempt.name]
-            attempt.log("linking %d packages into %s" % (len(archives), prefix))
             started = time.time()
-            files = link_all(archives, writer, site)
-            attempt.log("linked %d files, %.1f MiB in %.1f s" % (writer.files, writer.bytes / 1048576.0,
-                                                                 time.time() - started))
-            for archive, archive_files in zip(archives, files):
-                for point in archive.entry_points():
-                    command, _, target = point.partition("=")
-                    archive_files.append(write_entry_point(prefix, command, target, archive.fn))
+            writer, site, files = link_environment(archives, prefix, max_ratio)
+            attempt.log("linked %d packages, %d files, %.1f MiB into %s in %.1f s" % (
+                len(archives), writer.files, writer.bytes / 1048576.0, prefix, time.time() - started))
             compile_noarch_python(attempt, prefix, archives, site)
             scripts = [a for a in archives if a.has_post_link()]
             if scripts and not allow_scripts:
                 say("note: %s %s post-link script%s, which pm does not run (--allow-scripts runs them)"
                     % (", ".join(a.entry["name"] for a in scripts), "has a" if len(scripts) == 1 else "have",
                        "" if len(scripts) == 1 else "s"))
-            activation = [a.entry["name"] for a in archives if any(f.startswith("etc/conda/activate.d/")
-                                                                    for f in a.files)]
-            if activation:
-                say("note: %s %s activation scripts (etc/conda/activate.d), which run whenever the environment is "
-                    "activated, the tests' shells included, as with conda" % (", ".join(activation),
-                                                                            "has" if len(activation) == 1 else "have"))
+            note_activation_scripts([a.entry["name"] for a in archives
+                                     if any(f.startswith("etc/conda/activate.d/") for f in a.files)])
             for archive, archive_files in zip(archives, files):
                 if allow_scripts and archive in scripts:
                     run_post_link(attempt, prefix, archive)
@@ -4226,6 +4284,29 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
     finally:
         shutil.rmtree(channel_dir, ignore_errors=True)
     return prefix
+
+
+def note_activation_scripts(names):
+    """Say once which carried packages have activation scripts: they run in the tests' shells."""
+    if names:
+        say("note: %s %s activation scripts (etc/conda/activate.d), which run whenever the environment is "
+            "activated, the tests' shells included, as with conda" % (", ".join(names),
+                                                                    "has" if len(names) == 1 else "have"))
+
+
+def packages_with_activation_scripts(prefix):
+    """The packages of a conda prefix whose files include etc/conda/activate.d scripts."""
+    names = []
+    meta = os.path.join(prefix, "conda-meta")
+    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
+        if filename.endswith(".json"):
+            try:
+                record = read_json(os.path.join(meta, filename))
+            except (OSError, ValueError):
+                continue
+            if any(str(f).startswith("etc/conda/activate.d/") for f in record.get("files") or []):
+                names.append(str(record.get("name")))
+    return names
 
 
 def compile_noarch_python(attempt, prefix, archives, site):
@@ -4319,7 +4400,7 @@ def contained_path(prefix, rel, where):
 
 def write_entry_point(prefix, command, target, where):
     """bin/COMMAND running module:function with the prefix's python; names checked first."""
-    command, target = command.strip(), target.strip().split()[0] if target.strip() else ""
+    command, target = command.strip(), target.strip()
     if not re.match(SCRIPT_NAME, command) or not re.match(ENTRY_TARGET, target):
         raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
                       "do not use this bundle; pack the software again")
@@ -4472,14 +4553,21 @@ def install_carried_wheels(attempt, bundle, prefix, dists):
     return rows
 
 
+PIP_ENTRY = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[A-Za-z0-9.+!_-]+\Z"
+
+
 def pip_entries_from_an_index(env_file, dists):
-    """env.yml with only the pip entries an index serves: the software itself, what pip installed from a
-    path, a URL or a VCS, and what the bundle carries as wheels are never asked of an index."""
-    if not dists or not env_file.pip:
+    """env.yml with only the pip entries an index serves, as NAME==VERSION (never an option such as
+    --index-url or -e for pip to obey): the software itself, what pip installed from a path, a URL or a
+    VCS, and what the bundle carries as wheels are never asked of an index."""
+    if not env_file.pip:
         return env_file
-    dropped = set(pip_name(d["name"]) for d in dists
+    dropped = set(pip_name(d["name"]) for d in dists or ()
                   if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
-    kept = [s for s in env_file.pip if pip_name(spec_name(s)) not in dropped]
+    for entry in env_file.pip:
+        if not re.match(PIP_ENTRY, entry):
+            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % entry[:100])
+    kept = [s for s in env_file.pip if re.match(PIP_ENTRY, s) and pip_name(spec_name(s)) not in dropped]
     if len(kept) == len(env_file.pip):
         return env_file
     return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
@@ -5287,15 +5375,18 @@ class RequestBody(object):
             raise HttpError(413, "body of %d bytes exceeds the limit of %d (--max-bytes)"
                             % (self.length, config.max_bytes))
         self.stream = handler.rfile
-        handler.server.connections.head_read(handler.connection, self.length)
+        self.connections, self.sock = handler.server.connections, handler.connection
+        self.connections.head_read(self.sock, self.length)
 
     def read(self, size=CHUNK):
         if not self.left:
             return b""
-        block = self.stream.read(min(size, self.left))
+        block = self.stream.read1(min(size, self.left)) if hasattr(self.stream, "read1") else \
+            self.stream.read(min(size, self.left))
         if not block:
             raise HttpError(400, "the body ended after %d of %d bytes" % (self.length - self.left, self.length))
         self.left -= len(block)
+        self.connections.received(self.sock, len(block))
         return block
 
     def drain(self):
@@ -5397,7 +5488,6 @@ def machine_names():
 
 def make_handler(config):
     from urllib.parse import parse_qs, unquote, urlsplit
-    import hmac
     import random
     import socket
     import traceback
@@ -5587,10 +5677,20 @@ class Connections(object):
             return True
 
     def head_read(self, sock, body_bytes=0):
-        """The head is in; a body of body_bytes adds the time it takes at MIN_BODY_RATE."""
+        """The head is in: from now on the deadline moves only as body bytes arrive (received)."""
         with self.lock:
             if sock in self.deadlines:
-                self.deadlines[sock] = [self.deadlines[sock][0] + body_bytes / float(MIN_BODY_RATE), False]
+                deadline = self.deadlines[sock][0]
+                self.deadlines[sock] = [deadline, False, deadline, 0]
+
+    def received(self, sock, size):
+        """size body bytes arrived: the deadline moves on by the time they take at MIN_BODY_RATE, never by
+        what a client only declares (a body that trickles is cut off at --timeout)."""
+        with self.lock:
+            entry = self.deadlines.get(sock)
+            if entry and len(entry) == 4 and entry[0] != float("inf"):
+                entry[3] += size
+                entry[0] = entry[2] + entry[3] / float(MIN_BODY_RATE)
 
     def done(self, sock):
         with self.lock:
@@ -6017,7 +6117,7 @@ def legacy_part(body, part, store):
             os.remove(decoded)
 
 
-def assemble_legacy_bundle(name, parts, store, completes=None):
+def assemble_legacy_bundle(name, parts, store, completes=None, max_ratio=None):
     """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle:
     a new revision, or the revision completes (this sequence's, made before its min-deps.json came)
     replaced whole. Returns the revision's path."""
@@ -6025,10 +6125,10 @@ def assemble_legacy_bundle(name, parts, store, completes=None):
     handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
     os.close(handle)
     try:
-        bundle_from_legacy(name, parts, parts["software.zip"], temp)
+        bundle_from_legacy(name, parts, parts["software.zip"], temp, max_ratio)
         if not (completes and os.path.isfile(completes)):
-            return accept_bundle(temp, name, store)[0]
-        Bundle.open(temp, "the upload")
+            return accept_bundle(temp, name, store, max_ratio)[0]
+        Bundle.open(temp, "the upload", max_ratio)
         os.chmod(temp, 0o600)
         os.replace(temp, completes)
         return completes
@@ -6058,7 +6158,7 @@ def receive_legacy(handler, config, path):
         recorded = (read_part(made) or b"").decode("ascii", "replace").strip()
         if part == "min-deps.json" and re.match(r"^\d{4,}\.zip$", recorded):
             completes = os.path.join(config.store.bundles_dir(name), recorded)
-        target = assemble_legacy_bundle(name, parts, config.store, completes)
+        target = assemble_legacy_bundle(name, parts, config.store, completes, config.max_ratio)
         result["bundle"] = os.path.basename(target)
         if "min-deps.json" in parts:
             for piece in list(parts.values()) + [made]:
@@ -6068,7 +6168,7 @@ def receive_legacy(handler, config, path):
     return 200, result
 
 
-def bundle_from_legacy(name, parts, software_zip, target):
+def bundle_from_legacy(name, parts, software_zip, target, max_ratio=None):
     """Write a pm bundle from platform-migrator 1.1.0's pieces: parts maps env.yml and min-deps.json
     to the files that hold them (those missing are read from the zip), and its zip of the software
     (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
@@ -6076,6 +6176,11 @@ def bundle_from_legacy(name, parts, software_zip, target):
     writer = None
     try:
         with zipfile.ZipFile(software_zip) as source:
+            # the sizes its entries declare, which reading holds them to, before a byte is inflated
+            check_unpacked_size(source.infolist(), os.path.getsize(software_zip), "the original tool's zip", max_ratio)
+            for piece in ("env.yml", "min-deps.json"):
+                if piece in source.namelist() and source.getinfo(piece).file_size > 16 << 20:
+                    raise PmError("the original tool's zip holds a %s over 16 MiB" % piece, "do not use this zip")
             env_yml, min_deps = [read_part(parts.get(piece)) for piece in ("env.yml", "min-deps.json")]
             env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
             min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
@@ -6213,7 +6318,7 @@ def cmd_migrate(args):
     package managers (built-in sections, ~/.platform_migrator/config/package-managers.ini,
     --pck-mgr-configs), offered as numbered choices (or --yes / --answers FILE), installed one
     by one (pip into the software's own virtual environment), then the tests run.
-    Exit code 0 when every test passed, 1 when one failed, 2 for bad input."""
+    Exit code 0 when every test passed, 1 when one failed, 2 for bad input, 3 when pm itself failed."""
     check_name(args.name)
     store = Store.default()
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
@@ -6226,7 +6331,16 @@ def cmd_migrate(args):
         path = os.path.abspath(args.bundle)
     else:
         path = store.latest_bundle(args.name)
-    result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
+    try:
+        result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.json:  # scripts always get the result object, also when the attempt ended in an error
+            attempt = getattr(exc, "attempt", None)
+            report = attempt_report(store, args.name, attempt.id) if attempt else {
+                "name": args.name, "status": "error", "error": exc.what if isinstance(exc, PmError) else str(exc)}
+            report.pop("history", None)
+            print(json.dumps(report, indent=1, sort_keys=True))
+        raise
     if args.json:
         report = attempt_report(store, args.name, result.attempt.id)
         report.pop("history")
@@ -6267,7 +6381,7 @@ def cmd_unpack(args):
         if is_original_zip(args.bundle):
             name = check_name(args.name or os.path.basename(args.bundle).rsplit(".", 1)[0])
             say("%s is the original tool's zip: converting it to a bundle" % args.bundle)
-            bundle_from_legacy(name, {}, args.bundle, temp)
+            bundle_from_legacy(name, {}, args.bundle, temp, args.max_ratio)
         else:
             shutil.copyfile(args.bundle, temp)
         manifest = Bundle.open(temp, args.bundle, args.max_ratio).manifest
@@ -6454,6 +6568,9 @@ def build_parser():
     return parser
 
 
+INTERNAL_ERROR = 3  # pm itself failed (a bug): not "the job ran and failed" (1) nor bad input (2)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "pack":
@@ -6480,7 +6597,7 @@ def main(argv=None):
             raise
         say("pm: error: unexpected %s: %s %s run again with -v for the traceback, and report it"
             % (type(exc).__name__, exc, DASH))
-        return 1
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

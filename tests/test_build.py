@@ -2,6 +2,8 @@
 import os
 import shutil
 import subprocess
+
+import pytest
 import sys
 import zipfile
 
@@ -56,19 +58,66 @@ def run_help(pyz, python, cache, *flags):
 
 
 def test_pm_pyz_keeps_its_compiled_code_and_survives_a_broken_cache(pyz, tmp_path):
-    """zipimport compiles pm.py on every start; pm.pyz keeps the code objects in ~/.cache/pm instead."""
+    """zipimport compiles pm.py on every start; pm.pyz keeps the code objects in ~/.cache/pm-UID instead."""
     from conftest import find_python
+    mine = "pm-%d" % os.getuid()
     for version in ("2.7", "newest"):
         python = find_python(version)
         cache = str(tmp_path / ("cache-" + version))
         assert run_help(pyz, python, cache, "-B").returncode == 0
-        assert not os.path.exists(os.path.join(cache, "pm")), "-B: no bytecode written"
+        assert not os.path.exists(os.path.join(cache, mine)), "-B: no bytecode written"
         assert run_help(pyz, python, cache).returncode == 0
-        (tag,) = os.listdir(os.path.join(cache, "pm"))
-        kept = sorted(os.listdir(os.path.join(cache, "pm", tag)))
+        (tag,) = os.listdir(os.path.join(cache, mine))
+        folder = os.path.join(cache, mine, tag)
+        kept = sorted(os.listdir(folder))
         assert [name.split("-")[0] for name in kept] == (["pm_probe"] if version == "2.7" else ["pm", "pm_probe"])
+        assert oct(os.stat(folder).st_mode & 0o777) == oct(0o700)
+        assert all(os.stat(os.path.join(folder, n)).st_mode & 0o777 == 0o600 for n in kept)
         for name in kept:
-            with open(os.path.join(cache, "pm", tag, name), "wb") as handle:
+            with open(os.path.join(folder, name), "wb") as handle:
                 handle.write(b"not a code object")
         proc = run_help(pyz, python, cache)
         assert proc.returncode == 0 and "pack" in proc.stdout, proc.stderr
+
+
+PLANTED = "import os\nopen(os.environ['PLANT_MARK'], 'w').write('ran')\n"
+
+
+@pytest.mark.parametrize("how", ["a cache writable by others", "a cache file without the source's hash",
+                                 "a link planted at the temp name"])
+def test_code_planted_in_the_cache_never_runs(how, pyz, tmp_path):
+    """Another user sharing XDG_CACHE_HOME (HPC sites set it so) plants code where pm.pyz keeps its own:
+    it must never run, and nothing is written through a planted link."""
+    import hashlib
+    import marshal
+    import zipfile
+    from conftest import find_python
+    python = find_python("newest")
+    cache = tmp_path / "cache"
+    assert run_help(pyz, python, str(cache)).returncode == 0
+    (tag,) = os.listdir(str(cache / ("pm-%d" % os.getuid())))
+    folder = cache / ("pm-%d" % os.getuid()) / tag
+    (kept,) = [n for n in os.listdir(str(folder)) if n.startswith("pm-")]
+    with zipfile.ZipFile(pyz) as archive:
+        source = archive.read("pm.py")
+    evil = marshal.dumps(compile(PLANTED, "evil", "exec"))
+    mark = tmp_path / "mark"
+    if how == "a cache writable by others":
+        (folder / kept).write_bytes(hashlib.sha256(source).digest() + evil)
+        os.chmod(str(folder), 0o777)
+    elif how == "a cache file without the source's hash":
+        (folder / kept).write_bytes(b"\0" * 32 + evil)
+    else:
+        os.remove(str(folder / kept))
+        victim = tmp_path / "victim"
+        victim.write_text("precious\n")
+        for pid in range(1, 200):  # the next pm's pid is not known: plant for many
+            os.symlink(str(victim), str(folder / ("%s.%d.part" % (kept, pid))))
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache), PLANT_MARK=str(mark))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    proc = subprocess.run([python, pyz, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, env=env, timeout=60)
+    assert proc.returncode == 0 and "pack" in proc.stdout, proc.stderr
+    assert not mark.exists(), "planted code ran"
+    if how == "a link planted at the temp name":
+        assert (tmp_path / "victim").read_text() == "precious\n"

@@ -427,13 +427,16 @@ def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(py
     os.makedirs(old)
     with open(os.path.join(old, "old.txt"), "w") as handle:
         handle.write("the install that works\n")
+    with open(os.path.join(tiny_disk, "out", ".pm-installed-heatsim"), "w") as handle:
+        handle.write("{}\n")  # pm installed it: --force may replace it
     config = write_config(tmp_path, out=os.path.join(tiny_disk, "out"))
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle, "--force"],
                   conda_site.env())
     assert proc.returncode == 1 and "the disk is full" in proc.stderr, proc.stderr
     with open(os.path.join(old, "old.txt")) as handle:
         assert handle.read() == "the install that works\n"
-    assert os.listdir(os.path.join(tiny_disk, "out")) == ["heatsim"], "nothing half-written beside it"
+    assert sorted(os.listdir(os.path.join(tiny_disk, "out"))) == [".pm-installed-heatsim", "heatsim"], \
+        "nothing half-written beside it"
 
 
 def test_test_configs_are_read_as_the_original_reads_them(pyz, conda_site, example_software, tmp_path):
@@ -548,3 +551,28 @@ def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, e
     assert proc.returncode == 2 and "%s exists and is not empty" % taken in proc.stderr
     assert "creating conda environment" not in proc.stderr and "--- test" not in proc.stderr
     assert (taken / "mine.txt").read_text() == "keep\n"
+
+
+def test_every_attempt_ends_in_a_true_record_and_json_always_prints_the_result(pyz, conda_site, example_software,
+                                                                             tmp_path):
+    """An output_dir below a file makes pm's own install step fail with an error it does not expect:
+    the attempt ends as 'error' with that reason (never 'running'), --json still prints the result
+    object, and the exit code says pm failed (3), not that the tests failed (1)."""
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    (tmp_path / "a-file").write_text("not a folder\n")
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, out=str(
+        tmp_path / "a-file" / "installed")), "--bundle", bundle, "--json"], conda_site.env())
+    assert proc.returncode == 3, proc.stderr
+    printed = json.loads(proc.stdout)
+    result = read_result(attempts(conda_site)[-1])
+    assert printed["status"] == result["status"] == "error" and printed["id"] == result["id"]
+    assert result["error"].startswith("internal error: NotADirectoryError")
+    history = run_pm(find_python("newest"), pyz, ["history", "heatsim"], conda_site.env()).stdout
+    assert "running" not in history and "error" in history
+
+
+def test_a_runner_that_is_not_shell_words_is_bad_input_named_before_anything(pyz, conda_site, tmp_path):
+    text = CONFIG.replace("exec = sh tests/test_smooth.sh", "exec = sh tests/test_smooth.sh\nrunner = srun 'n1")
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text)], conda_site.env())
+    assert proc.returncode == 2 and "runner \"srun 'n1\" in [test_smooth]" in proc.stderr, proc.stderr
+    assert not attempts(conda_site)

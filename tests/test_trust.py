@@ -1,0 +1,478 @@
+"""What a bundle, a web page or a shared machine can make pm do (the trust model): crafted carried
+packages, bundles, requests and terminal text, each driven through pm.pyz; the containment writer hit
+directly; and a seeded fuzz of carried packages through pm's linker. Nothing may be written outside the
+prefix, the attempt or the store, no bundle code may run, and memory stays bounded."""
+import base64
+import bz2
+import hashlib
+import io
+import json
+import os
+import random
+import resource
+import socket
+import stat
+import subprocess
+import tarfile
+import time
+import zipfile
+
+import pytest
+
+import pm
+from conftest import attempt_dirs, find_python, read_result, run_pm
+from servers import Server, TOKEN, synthetic_bundle
+
+
+def tarball(members):
+    """A .tar.bz2 of members: (name, data bytes | ('link', target) | ('dir',), mode)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:bz2") as tar:
+        for name, data, mode in members:
+            info = tarfile.TarInfo(name)
+            info.mode, info.mtime = mode, 1700000000
+            if isinstance(data, tuple) and data[0] == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, data[1]
+                tar.addfile(info)
+            elif isinstance(data, tuple):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def package(name, members, info=None):
+    """(file name, archive bytes, repodata entry) of a carried package with info/index.json first."""
+    index = {"name": name, "version": "1.0", "build": "0", "build_number": 0, "depends": [], "subdir": "linux-64"}
+    head = [("info/index.json", json.dumps(index).encode(), 0o644)]
+    head += [("info/" + key, value if isinstance(value, bytes) else json.dumps(value).encode(), 0o644)
+             for key, value in sorted((info or {}).items())]
+    data = tarball(head + list(members))
+    entry = dict(index, md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    return "%s-1.0-0.tar.bz2" % name, data, entry
+
+
+def carried_bundle(path, packages, files=None, env_yml=None, repodata_names=None):
+    """A bundle packed --with-packages for linux-64 (pm's own BundleWriter): software/trust/check.sh and
+    the packages as its channel; repodata_names renames entries (a crafted repodata)."""
+    writer = pm.PROBE.BundleWriter(path)
+    members = {"env.yml": env_yml or b"name: trust\ndependencies:\n  - p=1.0=0\n", "min-deps.json": b"[]",
+               "software/trust/check.sh": b"echo checked\n"}
+    members.update(files or {})
+    entries = {}
+    for fn, data, entry in packages:
+        members["channel/linux-64/" + fn] = data
+        entries[(repodata_names or {}).get(fn, fn)] = entry
+    repodata = json.dumps({"info": {"subdir": "linux-64"}, "packages": entries}).encode()
+    members["channel/linux-64/repodata.json"] = repodata
+    members["channel/linux-64/repodata.json.bz2"] = bz2.compress(repodata)
+    empty = json.dumps({"info": {"subdir": "noarch"}, "packages": {}}).encode()
+    members["channel/noarch/repodata.json"] = empty
+    for member, data in members.items():
+        writer.add_bytes(member, data, 0o755 if member.endswith(".sh") else 0o644)
+    carried = [{"file": "channel/linux-64/" + fn, "name": e["name"], "version": "1.0", "build": "0"}
+               for fn, _, e in packages]
+    writer.finish(pm.PROBE.make_manifest("trust", None, {"dir": "trust"},
+                                         packages={"platform": "linux-64", "carried": carried, "missing": []}))
+    return path
+
+
+def migrate_measured(pyz, bundle, tmp_path, *extra):
+    """pm.pyz migrate --no-conda with no conda and no network; (exit code, stderr, peak RSS in MiB)."""
+    config = tmp_path / "trust.ini"
+    config.write_text("[trust]\noutput_dir = %s\npackage_managers = conda\ntests = check\n[test_check]\n"
+                      "exec = sh check.sh\n" % (tmp_path / "installed"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
+           "LANG": "C.UTF-8"}
+    with open(str(tmp_path / "out.txt"), "w+") as out, open(str(tmp_path / "err.txt"), "w+") as err:
+        proc = subprocess.Popen(["unshare", "-n", find_python("newest"), pyz, "migrate", "trust", str(config),
+                                 "--bundle", bundle, "--no-conda"] + list(extra), env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # this one process's peak RSS (unshare execs python)
+        proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else \
+            (status >> 8)
+        out.seek(0)
+        err.seek(0)
+        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024.0
+
+
+def outside_writes(tmp_path):
+    """Files anywhere under tmp_path but the store, the bundle and the config: what escaped."""
+    found = []
+    for root, dirs, files in os.walk(str(tmp_path)):
+        rel = os.path.relpath(root, str(tmp_path))
+        if rel == "." :
+            found += [f for f in files if not f.endswith((".zip", ".ini", ".txt"))] + [d for d in dirs if d not in ("store",
+                                                                                                      "home")]
+            dirs[:] = [d for d in dirs if d in ("store",)]
+    return found
+
+
+def envs_left(tmp_path):
+    folder = tmp_path / "store" / "trust" / "envs"
+    return sorted(os.listdir(str(folder))) if folder.is_dir() else []
+
+
+CRAFTED = {
+    "an entry point named ../../../../escaped": ("noarch", [("site-packages/ok/__init__.py", b"", 0o644)],
+                                                 {"link.json": {"noarch": {"type": "python", "entry_points": [
+                                                     "../../../../escaped = ok:main"]}}}, "is not NAME = module:function"),
+    "an entry point with an absolute name": ("noarch", [("site-packages/ok/__init__.py", b"", 0o644)],
+                                             {"link.json": {"noarch": {"type": "python", "entry_points": [
+                                                 "/tmp/escaped = ok:main"]}}}, "is not NAME = module:function"),
+    "shell lines in an entry point's target": ("noarch", [("site-packages/ok/__init__.py", b"", 0o644)],
+                                               {"link.json": {"noarch": {"type": "python", "entry_points": [
+                                                   "ok = os:system\nimport os; os.system('touch escaped')"]}}},
+                                               "is not NAME = module:function"),
+    "a chain of links out of the prefix": ("plain", [("a/b/up", ("link", ".."), 0o777),
+                                                     ("a/b/up/bin", ("link", "../../../escaped-dir"), 0o777),
+                                                     ("a/b/up/bin/x", b"x\n", 0o644)], {}, "leads out"),
+    "a '..' member": ("plain", [("../../escaped", b"x\n", 0o644)], {}, "unsafe path"),
+    "an absolute link": ("plain", [("bin/evil", ("link", "/etc"), 0o777)], {}, "leads outside"),
+    "an empty prefix placeholder": ("plain", [("share/data", b"x" * 4096, 0o644)],
+                                    {"has_prefix": b"'' text share/data\n"}, "too short to be a build prefix"),
+    "a hundred MiB of zeros": ("plain", [("share/zeros", b"\0" * (100 << 20), 0o644)], {}, "(a bomb"),
+    "twenty thousand files": ("plain", [("f/%05d" % n, b"", 0o644) for n in range(20000)], {}, "files for its size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_a_crafted_carried_package_writes_nothing_outside_and_nothing_stays(case, pyz, tmp_path):
+    kind, members, info, message = CRAFTED[case]
+    packages = []
+    if kind == "noarch":
+        packages.append(package("python", [("bin/python", b"#!/bin/sh\n", 0o755)]))
+        fn, data, entry = package("p", members, info)
+        entry["noarch"] = "python"
+        packages.append((fn, data, entry))
+    else:
+        packages.append(package("p", members, info))
+    bundle = carried_bundle(str(tmp_path / "crafted.zip"), packages)
+    code, out, err, rss = migrate_measured(pyz, bundle, tmp_path)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in err, last
+    assert envs_left(tmp_path) == [] and outside_writes(tmp_path) == []
+    assert not list(tmp_path.glob("**/escaped*")) and not os.path.exists("/tmp/escaped")
+    assert rss < 256, "peak RSS %.0f MiB" % rss
+
+
+def test_repodata_file_names_are_plain_names_of_the_channel(pyz, tmp_path):
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "crafted.zip"), [(fn, data, entry)],
+                            repodata_names={fn: "../../../../../../tmp/p-1.0-0.tar.bz2"})
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path)
+    assert code == 2 and "which is not a package file" in err.strip().splitlines()[-1], err
+    assert envs_left(tmp_path) == [] and outside_writes(tmp_path) == []
+
+
+def test_modes_follow_the_umask_and_never_keep_setuid_and_dot_names_keep_their_dot(pyz, tmp_path):
+    fn, data, entry = package("p", [("./.nonadmin", b"", 0o644), ("bin/tool", b"#!/bin/sh\necho tool\n", 0o4777),
+                                    ("share/open", b"x\n", 0o666)])
+    bundle = carried_bundle(str(tmp_path / "modes.zip"), [(fn, data, entry)])
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path)
+    assert code == 0, err
+    prefix = read_result(attempt_dirs(str(tmp_path / "store"), "trust")[-1])["env_prefix"]
+    assert os.path.isfile(os.path.join(prefix, ".nonadmin")) and not os.path.exists(os.path.join(prefix, "nonadmin"))
+    assert stat.S_IMODE(os.stat(os.path.join(prefix, "bin", "tool")).st_mode) == 0o755, "no setuid, umask applied"
+    assert stat.S_IMODE(os.stat(os.path.join(prefix, "share", "open")).st_mode) == 0o644
+
+
+def test_a_software_tree_that_says_0777_is_installed_as_the_umask_says(pyz, tmp_path):
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    path = str(tmp_path / "open.zip")
+    writer = pm.PROBE.BundleWriter(path)
+    for member, body, mode in (("env.yml", b"name: trust\ndependencies:\n  - p=1.0=0\n", 0o644),
+                               ("min-deps.json", b"[]", 0o644), ("software/trust/check.sh", b"echo ok\n", 0o777),
+                               ("channel/linux-64/" + fn, data, 0o644)):
+        writer.add_bytes(member, body, mode)
+    repodata = json.dumps({"info": {"subdir": "linux-64"}, "packages": {fn: entry}}).encode()
+    writer.add_bytes("channel/linux-64/repodata.json", repodata)
+    writer.finish(pm.PROBE.make_manifest("trust", None, {"dir": "trust"}, packages={
+        "platform": "linux-64", "carried": [{"file": "channel/linux-64/" + fn, "name": "p"}], "missing": []}))
+    code, out, err, _ = migrate_measured(pyz, path, tmp_path)
+    assert code == 0, err
+    assert stat.S_IMODE(os.stat(str(tmp_path / "installed" / "trust" / "check.sh")).st_mode) == 0o755
+
+
+def test_force_replaces_only_what_pm_installed(pyz, tmp_path):
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+    precious = tmp_path / "installed" / "trust"
+    precious.mkdir(parents=True)
+    (precious / "thesis.tex").write_text("years of work\n")
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--force")
+    assert code == 2 and "was not installed by pm" in err.strip().splitlines()[-1], err
+    assert (precious / "thesis.tex").read_text() == "years of work\n"
+    (precious / "thesis.tex").unlink()
+    precious.rmdir()
+    assert migrate_measured(pyz, bundle, tmp_path)[0] == 0
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--force")
+    assert code == 0, "what pm installed, --force replaces: %s" % err
+
+
+@pytest.mark.parametrize("spec", ["--file=/etc/hostname", "--channel=http://evil.example", "-c"])
+def test_env_yml_specs_are_package_specs_never_options(spec, pyz, tmp_path):
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    env_yml = ("name: trust\ndependencies:\n  - %s\n" % json.dumps(spec)).encode()
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)], env_yml=env_yml)
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path)
+    assert code == 2 and "which is not a package spec" in err.strip().splitlines()[-1], err
+    assert not (tmp_path / "store" / "trust").exists() or attempt_dirs(str(tmp_path / "store"), "trust") == []
+
+
+def test_pip_is_given_only_name_equals_version():
+    env = pm.EnvFile("x", [], ["python=3.12"], ["numpy==1.26.4", "--index-url http://evil.example/simple",
+                                                 "-e git+https://evil.example/x.git", "ok[extra]==1.0",
+                                                 "-r /etc/shadow"])
+    assert pm.pip_entries_from_an_index(env, None).pip == ["numpy==1.26.4", "ok[extra]==1.0"]
+
+
+def raw_request(port, head, body=b"", wait=5.0):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=wait)
+    try:
+        sock.sendall(head + body)
+        answer = b""
+        while True:
+            try:
+                block = sock.recv(65536)
+            except socket.timeout:
+                break
+            if not block:
+                break
+            answer += block
+        return answer
+    finally:
+        sock.close()
+
+
+def status_of(answer):
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else None
+
+
+def test_the_server_refuses_names_with_a_newline_odd_origins_and_odd_tokens(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"))
+    try:
+        bundle = synthetic_bundle(str(tmp_path / "victim.zip"), "victim")
+        with open(bundle, "rb") as handle:
+            data = handle.read()
+        status, body = srv.request("PUT", "/bundles/victim%0A", data)
+        assert status == 400 and not any("\n" in n for n in os.listdir(srv.home))
+        answer = raw_request(srv.record["port"], "GET /bundles HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                             "t\u00e9st-\u20ac\r\nConnection: close\r\n\r\n".encode("utf-8"))
+        assert status_of(answer) == 401, "a non-ASCII token is a refusal, not an internal error: %r" % answer[:200]
+        with open(os.path.join(srv.home, "server.log")) as handle:
+            assert "Traceback" not in handle.read()
+    finally:
+        srv.stop()
+    open_server = Server(pyz, str(tmp_path / "open-store"), find_python("newest"), None, "--no-token")
+    open_server.token = None
+    port = open_server.record["port"]
+    yml = json.dumps({"name": "evil", "data": base64.urlsafe_b64encode(b"name: evil\n").decode()}).encode()
+    try:
+        for origin in ("null", "http://127.0.0.1:%d" % (port + 1), "https://127.0.0.1:%d" % port,
+                       "http://localhost:notaport"):
+            status, _ = open_server.request("POST", "/yml", yml, {"Origin": origin, "Content-Type": "text/plain"})
+            assert status == 403, origin
+        assert not os.path.exists(os.path.join(open_server.home, "evil"))
+        status, _ = open_server.request("POST", "/yml", yml, {"Origin": "http://127.0.0.1:%d" % port})
+        assert status == 200, "this server's own origin is this machine"
+    finally:
+        open_server.stop()
+
+
+def test_a_body_that_trickles_is_cut_off_and_real_clients_are_still_served(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), TOKEN, "--timeout", "2", "--max-connections", "3")
+    port = srv.record["port"]
+    socks = []
+    try:
+        for _ in range(3):  # each declares 4 GiB and sends a byte now and then
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"PUT /bundles/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (TOKEN.encode(), 4 << 30))
+            socks.append(sock)
+        started = time.time()
+        cut = []
+        while time.time() - started < 8 and len(cut) < 3:
+            for sock in socks:
+                if sock in cut:
+                    continue
+                try:
+                    sock.sendall(b"x")
+                except OSError:
+                    cut.append(sock)
+            time.sleep(0.5)
+        assert len(cut) == 3, "a trickling body holds its slot for as long as it declares"
+        assert srv.request("GET", "/bundles")[0] == 200
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+
+
+def test_bundle_text_reaches_the_terminal_with_its_control_characters_shown(pyz, tmp_path):
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+
+    def evil(members, manifest):
+        manifest["source"] = {"hostname": "base\x1b]52;c;ZXZpbA==\x07\x1b[2J", "os": "Linux\x1b[31m"}
+    from conftest import rewrite_bundle
+    bundle = rewrite_bundle(bundle, str(tmp_path / "evil.zip"), evil)
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    report = run_pm(find_python("newest"), pyz, ["report", "trust"], env)
+    listed = run_pm(find_python("newest"), pyz, ["list"], env)
+    for text in (report.stdout, listed.stdout, err):
+        assert "\x1b" not in text and "\x07" not in text
+    assert "base\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J" in report.stdout
+
+
+def test_a_small_upload_that_parses_into_gigabytes_is_refused_before_parsing(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"))
+    try:
+        bundle = synthetic_bundle(str(tmp_path / "amp.zip"), "amp", extra={
+            "env.yml": b"name: amp\ndependencies:\n" + b"  - a\n" * (3 << 20)})
+        assert os.path.getsize(bundle) < 200 << 10
+        with open(bundle, "rb") as handle:
+            status, body = srv.request("PUT", "/bundles/amp", handle.read())
+        assert status == 400 and b"far more than any real one" in body, body
+    finally:
+        srv.stop()
+
+
+def test_the_original_protocols_zip_is_measured_before_it_is_inflated(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), TOKEN, "--max-ratio", "50")
+    try:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("bomb/zeros", b"\0" * (80 << 20))
+        body = json.dumps({"name": "bomb", "data": base64.urlsafe_b64encode(buffer.getvalue()).decode()}).encode()
+        yml = json.dumps({"name": "bomb", "data": base64.urlsafe_b64encode(b"name: bomb\n").decode()}).encode()
+        assert srv.request("POST", "/yml", yml)[0] == 200
+        status, answer = srv.request("POST", "/zip", body)
+        assert status == 400 and b"over the limit of 50 times" in answer, answer
+    finally:
+        srv.stop()
+
+
+def test_the_containment_writer_refuses_every_way_out(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    writer = pm.Contained(str(root), max_bytes=1000, max_files=5)
+    for rel in ("/abs", "../x", "a/../../x", "a//b", "./a", "a/.", "", "a\0b"):
+        with pytest.raises(pm.PmError):
+            writer.write(rel, io.BytesIO(b"x"), 0o644)
+    os.symlink(str(tmp_path / "outside"), str(root / "out"))
+    with pytest.raises(pm.PmError):
+        writer.write("out/x", io.BytesIO(b"x"), 0o644)
+    with pytest.raises(pm.PmError):
+        writer.symlink("up", "..", "test")
+    writer.symlink("in", "a", "test")
+    writer.write("a/ok", io.BytesIO(b"x"), 0o4755)
+    assert stat.S_IMODE(os.stat(str(root / "a" / "ok")).st_mode) & 0o7000 == 0
+    with pytest.raises(pm.PmError):
+        writer.write("big", io.BytesIO(b"x" * 2000), 0o644)
+    assert os.listdir(str(tmp_path / "outside")) == []
+
+
+def test_prefix_replacement_streams_and_matches_whole_file_replacement():
+    rng = random.Random(7)
+    old, new = "/opt/placeholder_" + "p" * 40, "/short/prefix"
+    for _ in range(200):
+        parts = [rng.choice([old.encode(), b"\0", b"abc", b"/opt/place", bytes([rng.randrange(256)])])
+                 for _ in range(rng.randrange(1, 60))]
+        data = b"".join(parts)
+        for mode in ("text", "binary"):
+            replacer = pm.PrefixReplacer(old, new, mode, "test")
+            out, pos = [], 0
+            while pos < len(data):
+                step = rng.randrange(1, 40)
+                out.append(replacer.feed(data[pos:pos + step], False))
+                pos += step
+            out.append(replacer.feed(b"", True))
+            if mode == "text":
+                expected = data.replace(old.encode(), new.encode())
+            else:
+                import re
+                expected = re.sub(re.escape(old.encode()) + b"([^\0]*?)\0",
+                                  lambda m: new.encode() + m.group(1) + b"\0" * (len(old) - len(new)) + b"\0", data)
+            assert b"".join(out) == expected
+
+
+FUZZ_NAMES = ["bin/x", "lib/a.so", "share/d/e", "../x", "/abs", "a/../../x", "./.hidden", ".", "a//b", "lib",
+              "lib/up", "lib/up/x", "bin", "x" * 300, "dir/", "info/../../x", "site-packages/p/__init__.py",
+              "python-scripts/s", "c/\u00e9", "LIB/A.SO"]
+
+
+def fuzz_package(rng, number):
+    members = []
+    for _ in range(rng.randrange(1, 8)):
+        name = rng.choice(FUZZ_NAMES)
+        roll = rng.random()
+        if roll < 0.3:
+            members.append((name, ("link", rng.choice(["..", "../..", "/etc", "x", "lib", "up/../..", "../../outside",
+                                                        "a/b"])), 0o777))
+        elif roll < 0.35:
+            members.append((name, ("dir",), 0o755))
+        else:
+            members.append((name, rng.choice([b"", b"x", b"/opt/placeholder_" + b"p" * 40 + b"\0tail\0",
+                                              b"\0" * rng.choice([10, 5000])]), rng.choice([0o644, 0o4755, 0o777])))
+    info = {}
+    if rng.random() < 0.4:
+        info["paths.json"] = {"paths": [{"_path": rng.choice(FUZZ_NAMES), "prefix_placeholder":
+                              rng.choice(["", "/x", "/opt/placeholder_" + "p" * 40]),
+                              "file_mode": rng.choice(["text", "binary"])}]}
+    if rng.random() < 0.3:
+        info["has_prefix"] = rng.choice([b"'' text bin/x\n", b"bin/x\n", b"/p text\n", b"\"unclosed\n"])
+    if rng.random() < 0.3:
+        info["link.json"] = rng.choice([{"noarch": {"type": "python", "entry_points": [
+            rng.choice(["ok = a:b", "../x = a:b", "x = a:b\nrm", "=", "y = :"])]}}, {"noarch": "bad"}, [1, 2]])
+    fn, data, entry = package("f%d" % number, members, info)
+    if rng.random() < 0.2:
+        entry["noarch"] = "python"
+    return fn, data, entry
+
+
+def test_fuzzed_carried_packages_never_write_outside_the_prefix(tmp_path):
+    """2,000 seeded crafted packages (tar members, link.json, paths.json, has_prefix) linked by pm's
+    linker in-process: after each, nothing exists outside the prefix, and memory stays bounded."""
+    rng = random.Random(20261202)
+    python_fn, python_data, python_entry = package("python", [("bin/python", b"#!/bin/sh\n", 0o755)])
+    refused = linked = 0
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for number in range(2000):
+        case = tmp_path / ("c%d" % (number % 50))
+        channel = case / "channel" / "linux-64"
+        channel.mkdir(parents=True)
+        packages = [fuzz_package(rng, number), (python_fn, python_data, python_entry)]
+        repodata = {}
+        for fn, data, entry in packages:
+            (channel / fn).write_bytes(data)
+            repodata[fn] = entry
+        (channel / "repodata.json").write_text(json.dumps({"packages": repodata}))
+        prefix = case / "prefix"
+        (prefix / "conda-meta").mkdir(parents=True)
+        try:
+            archives = pm.install_order(pm.carried_archives(None, str(case / "channel")))
+            pm.link_environment(archives, str(prefix), 100)
+            linked += 1
+        except pm.PmError:
+            refused += 1
+        inside = str(prefix.resolve())
+        for root, dirs, files in os.walk(str(case)):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                assert path == str(prefix) or path.startswith((str(prefix) + os.sep, str(case / "channel"))), \
+                    "case %d wrote %s" % (number, path)
+                real = os.path.realpath(path)
+                assert path.startswith(str(case / "channel")) or real == inside or \
+                    real.startswith(inside + os.sep), "case %d: %s leads to %s" % (number, path, real)
+        assert not (tmp_path / "outside").exists() and not list(tmp_path.glob("escaped*"))
+        import shutil
+        shutil.rmtree(str(case))
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
+    assert refused > 500 and linked > 100, (refused, linked)
+    assert grown < 256, "peak RSS grew %.0f MiB" % grown
