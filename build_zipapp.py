@@ -100,9 +100,12 @@ def _load(name):
 
 def _main():
     args = sys.argv[1:]
+    flags = []
+    while args and args[0] in ("-q", "--quiet", "-v", "--verbose"):  # before the verb: pack takes them too
+        flags.append(args.pop(0))
     verb = args[0] if args else None
     if verb == "pack":
-        return _load("pm_probe").main(args[1:])
+        return _load("pm_probe").main(args[1:] + flags)
     if sys.version_info < (3, 6):
         if verb in (None, "-h", "--help", "help"):
             print(_load("pm_probe").TOP_HELP)
@@ -113,7 +116,7 @@ def _main():
                          "run it with python3, or use 'pack' here\\n" % ((verb,) + tuple(sys.version_info[:2])))
         return 2
     _load("pm_probe")  # pm uses this one (sys.modules) instead of compiling its own
-    return _load("pm").main(args)
+    return _load("pm").main(flags + args)
 
 
 sys.exit(_main())

@@ -15,7 +15,8 @@ and newer, the probe also 2.7):
   Package managers   INI sections (apt, dnf, pip, spack, ...), built in and from files
   Running commands   one runner: log, echo, timeout, process group, kill on any exit
   Migrator           one attempt: environment (with conda, with pm's own linker from the carried
-                     packages, or with the package managers), tests, install
+                     packages, or with the package managers), the base's Python distributions (pinned
+                     in one resolve, carried wheels, the software from its migrated tree), tests, install
   Reports            report, history and report.html of the attempts; --json for scripts; doctor
   Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
   Server (process)   one server per store: foreground, start, stop, status
@@ -963,24 +964,21 @@ class BundleWriter(object):
         progress.add(size)
 
     def add_file_py2(self, path, arcname, method):
-        """Python 2.7: zipfile.write dates the entry from the file itself, so a file it cannot date
-        goes in through a re-dated temporary copy (streamed, never held in memory)."""
+        """Python 2.7 (whose zipfile cannot stream into a member): the file is copied, hashed on the
+        way, beside the bundle, and that copy, which nothing else changes, goes in; so the sum is of
+        the bytes written even if the file changes meanwhile, and a full disk is the bundle's disk."""
         import shutil
         import tempfile
         mtime = os.stat(path).st_mtime
-        source = path
-        if zip_mtime(mtime) != mtime:
-            handle, source = tempfile.mkstemp(prefix="pm-pack-")
-            os.close(handle)
-            shutil.copyfile(path, source)
+        handle, source = tempfile.mkstemp(prefix=".pm-pack-", dir=os.path.dirname(os.path.abspath(self.temp)))
+        try:
+            with open(path, "rb") as reader, os.fdopen(handle, "wb") as copy:
+                digest, size = copy_hashing(reader, copy)
             shutil.copymode(path, source)
             os.utime(source, (zip_mtime(mtime), zip_mtime(mtime)))
-        try:
-            digest, size = file_digest(source)
             self.archive.write(source, arcname, method)
         finally:
-            if source != path:
-                os.remove(source)
+            os.remove(source)
         self.members[arcname] = {"sha256": digest, "size": size}
         return size
 
@@ -1151,7 +1149,7 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
                                       captured["requested"])
         writer.add_bytes("min-deps.json", to_json_bytes(min_records))
         progress = writer.add_software(software_dir, patterns, skip_unreadable)
-        software = {"dir": os.path.basename(os.path.abspath(software_dir)), "files": progress.files,
+        software = {"dir": arc_text(os.path.basename(os.path.abspath(software_dir))), "files": progress.files,
                     "bytes": progress.size}
         packages = carry_packages(writer, plan, captured["info"].get("platform") or "noarch") if plan else None
         if plan:
@@ -1528,10 +1526,14 @@ pm moves scientific software to another machine and proves it works there.
 
 verbs:
   pack      capture a conda environment and a software directory (any Python 2.7+)
-  serve     receive bundles from base machines            (Python 3.6+)
-  unpack    import a carried bundle into the store        (Python 3.6+)
-  list      show stored software and migration attempts   (Python 3.6+)
+  serve     receive bundles from base machines              (Python 3.6+)
+  unpack    import a carried bundle into the store          (Python 3.6+)
+  list      show stored software and migration attempts     (Python 3.6+)
   migrate   recreate stored software here and run its tests (Python 3.6+)
+  report    show what a migration attempt came to           (Python 3.6+)
+  history   list a software's migration attempts            (Python 3.6+)
+  managers  list configured package managers                (Python 3.6+)
+  doctor    say what this machine offers for a migration    (Python 3.6+)
 
 Run 'pm.pyz VERB --help' for the options of a verb."""
 
@@ -1571,6 +1573,7 @@ def build_parser():
     parser.add_argument("-y", "--yes", action="store_true",
                         help="never ask: take defaults, fail naming the flag when there is none")
     parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show a traceback on an unexpected error")
     parser.add_argument("--version", action="version", version="pm probe " + PROBE_VERSION)
     return parser
 
@@ -1613,7 +1616,27 @@ def resolve_answers(args):
         say("saving the bundle beside the software directory (-o FILE saves it elsewhere)")
     if output:
         check_output_path(output)
+    if server:
+        check_server_url(server)
     return name, software_dir, output, server
+
+
+def check_server_url(url):
+    """A server address pm can send to, checked before anything is zipped."""
+    try:
+        from urllib.parse import urlsplit
+    except ImportError:
+        from urlparse import urlsplit
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise PmError("the server address %r is not a URL (%s)" % (url, exc), "pass e.g. --server http://target:9001")
+    if parts.scheme not in ("http", "https") or not host:
+        raise PmError("the server address %r is not an http:// or https:// URL with a host" % url,
+                      "pass e.g. --server http://target:9001")
+    return url
 
 
 def pack(args):
@@ -1676,6 +1699,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         say("pm: interrupted")
         return 130
+    except Exception as exc:  # one line, never a traceback, unless -v
+        if args.verbose:
+            raise
+        say("pm: error: unexpected %s: %s %s run again with -v for the traceback, and report it"
+            % (type(exc).__name__, exc, DASH))
+        return 3
 
 
 if __name__ == "__main__":
@@ -1837,9 +1866,13 @@ class Bundle(object):
     """The one bundle reader: Bundle.open checks every member against the manifest (names, sizes,
     sha256) before anything is used; read_text, read_json and extract_software read from it."""
 
-    def __init__(self, path, manifest):
+    def __init__(self, path, manifest, handle=None):
         self.path, self.manifest = path, manifest
+        self.handle = handle  # the file Bundle.open checked: every later read is of it, even if path is replaced
         self._environment = None  # (EnvFile, min-deps), once read
+
+    def source(self):
+        return self.handle if self.handle is not None else self.path
 
     @classmethod
     def open(cls, path, label=None, max_ratio=None):
@@ -1847,10 +1880,15 @@ class Bundle(object):
         means nothing to its sender); max_ratio bounds its unpacked size (check_unpacked_size)."""
         import zipfile
         import zlib
-        archive, manifest = open_bundle(path, label)
+        try:
+            handle = open(path, "rb")
+        except OSError as exc:
+            raise PmError("%s is not a readable bundle (%s)" % (label or path, exc.strerror),
+                          "pass a file written by 'pm.pyz pack'")
+        archive, manifest = open_bundle(handle, label or path)
         with archive:
             check_entry_kinds_and_names(archive.infolist())
-            check_unpacked_size(archive.infolist(), os.path.getsize(path), label or path, max_ratio)
+            check_unpacked_size(archive.infolist(), os.fstat(handle.fileno()).st_size, label or path, max_ratio)
             listed = set(manifest.members)
             for info in archive.infolist():
                 safe_member_path(info.filename)
@@ -1875,7 +1913,7 @@ class Bundle(object):
             for required in ("env.yml", "min-deps.json"):
                 if required not in manifest.members:
                     raise PmError("the bundle has no %s" % required, "pack the software again")
-        bundle = cls(path, manifest)
+        bundle = cls(path, manifest, handle)
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
         return bundle
 
@@ -1889,7 +1927,7 @@ class Bundle(object):
     def read_text(self, member):
         """A member pm parses, bounded (PARSED_LIMITS): real ones are far smaller."""
         import zipfile
-        with zipfile.ZipFile(self.path) as archive:
+        with zipfile.ZipFile(self.source()) as archive:
             limit = PARSED_LIMITS.get(member, 16 << 20)
             if archive.getinfo(member).file_size > limit:
                 raise PmError("%s in %s is over %d MiB, far more than any real one" % (member, self.path, limit >> 20),
@@ -1935,7 +1973,7 @@ class Bundle(object):
         import zipfile
         os.mkdir(dest, 0o700)
         depth = 3 if top == "channel" else 2
-        with zipfile.ZipFile(self.path) as archive:
+        with zipfile.ZipFile(self.source()) as archive:
             for info in archive.infolist():
                 parts = info.filename.split("/")
                 if parts[0] != top or info.filename.endswith("/"):
@@ -1963,7 +2001,7 @@ class Bundle(object):
         import zipfile
         top = self.manifest.software_dir() if self.manifest else None
         os.makedirs(dest, exist_ok=True)
-        with zipfile.ZipFile(self.path) as archive:
+        with zipfile.ZipFile(self.source()) as archive:
             entries = software_entries(archive, top)
             if not entries:
                 raise PmError("the bundle holds no software files", "pack the software directory again")
@@ -2081,7 +2119,7 @@ _attempt_counter = [0]
 
 class Store(object):
     """The store and every path in it: NAME/bundles/NNNN.zip (revisions), NAME/<attempt id>/
-    (migrations), NAME/legacy/ (the original protocol's parts), NAME/choices.json (remembered
+    (migrations), NAME/original-parts/ (the original protocol's parts), NAME/choices.json (remembered
     package choices), config/package-managers.ini, .incoming/ (uploads being received), and the
     server's server.pid, server.log and migrate.py (the probe it serves)."""
 
@@ -2103,8 +2141,8 @@ class Store(object):
     def bundles_dir(self, name):
         return os.path.join(self.software(name), "bundles")
 
-    def legacy_dir(self, name):
-        return os.path.join(self.software(name), "legacy")
+    def original_parts_dir(self, name):
+        return os.path.join(self.software(name), "original-parts")
 
     def choices_path(self, name):
         return os.path.join(self.software(name), "choices.json")
@@ -2172,7 +2210,7 @@ class Store(object):
         handle, temp = tempfile.mkstemp(prefix="original-", suffix=".part", dir=self.incoming())
         os.close(handle)
         try:
-            bundle_from_legacy(name, parts, parts["pkg.zip"], temp)
+            bundle_from_original(name, parts, parts["pkg.zip"], temp)
             Bundle.open(temp, "the original tool's store entry %s" % folder)
             target = self.add_revision(temp, name)
         finally:
@@ -2219,9 +2257,19 @@ class Store(object):
         attempts = []
         for entry in sorted(os.listdir(folder)):
             result = os.path.join(folder, entry, "result.json")
-            if re.match(r"^\d{8}T", entry):
-                attempts.append(dict(read_json(result), id=entry) if os.path.isfile(result) else {"id": entry})
+            if not re.match(r"^\d{8}T", entry):
+                continue
+            try:
+                record = read_json(result) if os.path.isfile(result) else {}
+            except (OSError, ValueError) as exc:
+                record = {"status": "unreadable", "error": "result.json cannot be read (%s)" % exc}
+            attempts.append(dict(record if isinstance(record, dict) else {}, id=entry))
         return attempts
+
+    def has_original_files(self, name):
+        """platform-migrator 1.1.0's NAME/env.yml and NAME/pkg.zip, not yet converted (import_original)."""
+        folder = self.software(name)
+        return os.path.isfile(os.path.join(folder, "env.yml")) and os.path.isfile(os.path.join(folder, "pkg.zip"))
 
 
 # == Environment file =========================================================
@@ -2591,7 +2639,7 @@ def fits_python(req, manager, package):
     return package.startswith(("python3-", "python-", "py3-")) or package == search_base(req.name) + "3"
 
 
-def find_candidates(req, managers, log=None):
+def find_candidates(req, managers, log_path=None):
     """Search strictly (exact name), then relaxed (naming patterns, the name inside longer names), and the
     mapping table; rank the curated mapping first, then exact, pattern, inside; then the closest version."""
     candidates = []
@@ -2611,7 +2659,7 @@ def find_candidates(req, managers, log=None):
             if expr in searched:  # the mapping or a variant can repeat the name
                 continue
             searched.append(expr)
-            for package, version in manager.search(expr, log):
+            for package, version in manager.search(expr, log_path):
                 found.setdefault(package, []).append(version)
         for package, versions in found.items():
             if mapped and package.lower() == mapped.lower():
@@ -2879,19 +2927,22 @@ class PackageManager(object):
             text += " " + values["s"]
         return text
 
-    def search(self, expr, runner=None):
-        """Run the search; return [(package, version or None)] from lines matching result_fmt."""
-        import subprocess
+    def search(self, expr, log_path=None):
+        """Run the search through the one runner (logged to log_path, its whole process group stopped
+        after SEARCH_SECONDS); return [(package, version or None)] from stdout lines matching result_fmt."""
         command = self.command(self.search_cmd, expr=expr)
-        if runner:
-            runner("search: " + command)
-        try:
-            proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace", timeout=300)
-        except subprocess.TimeoutExpired:
-            say("note: %s search for %s took over 300 s; counted as nothing found" % (self.key, expr))
+        log_path = log_path or os.devnull
+        with append_private(log_path) as log:
+            log.write("%s search: %s\n" % (time.strftime("%H:%M:%S"), command))
+        stderr_to = shlex.quote(log_path)
+        run = run_command(["/bin/sh", "-c", "{ %s\n} 2>>%s" % (command, stderr_to)], log_path, timeout=SEARCH_SECONDS)
+        if run.timed_out:
+            say("note: %s search for %s took over %d s; counted as nothing found" % (self.key, expr, SEARCH_SECONDS))
             return []
-        return parse_search_output(proc.stdout, self.pattern)
+        return parse_search_output(run.output, self.pattern)
+
+
+SEARCH_SECONDS = 300
 
 
 def result_regex(fmt):
@@ -3221,14 +3272,10 @@ def test_env_vars(text, section):
 
 
 def this_platform():
-    """This machine's OS, processor and C library, recorded with each attempt."""
-    import platform
-    try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):
-        libc = ""  # not glibc (macOS, musl)
-    return {"os": platform.system(), "os_release": platform.release(), "machine": platform.machine(), "libc": libc,
-            "python": platform.python_version(), "hostname": platform.node()}
+    """This machine's OS, processor and C library, recorded with each attempt (the probe's own reading,
+    without conda's fields)."""
+    here = PROBE.source_platform({})
+    return dict((key, value) for key, value in here.items() if key not in ("conda", "conda_platform"))
 
 
 def glibc_version(text):
@@ -3262,6 +3309,8 @@ class Attempt(object):
         self.log_path = os.path.join(self.path, "commands.log")
         self.started = time.time()
         self.base_python = None  # the base environment's Python version, for the software's venv
+        self.holds = []  # open files whose locks say what this attempt uses (released when it ends)
+        self.env_lock = None  # the one of them that locks its conda environment
         self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
 
     def log(self, text):
@@ -3303,14 +3352,17 @@ class MigrateOptions(object):
         self.pck_mgr_configs = list(pck_mgr_configs)
 
 
-COLOURS = {"passed": "32", "installed": "32", "failed": "31", "error": "31", "timeout": "33", "skipped": "90"}
+# status -> (terminal colour, colour on the report page): the one colour table
+COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
+           "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
+           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0")}
 
 
 def paint(word, stream=None):
     """A status word in colour, on a TTY only and never with NO_COLOR set."""
     stream = stream or sys.stdout
     if word in COLOURS and stream.isatty() and not os.environ.get("NO_COLOR"):
-        return "\033[%sm%s\033[0m" % (COLOURS[word], word)
+        return "\033[%sm%s\033[0m" % (COLOURS[word][0], word)
     return word
 
 
@@ -3351,6 +3403,7 @@ class MigrationResult(object):
 def migrate(store, name, config, bundle, options):
     """One attempt in its own directory: recreate the environment, test, install; return a
     MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
+    check_options(bundle, config, options)
     attempt = Attempt(store, name)
     say("migrating %s (attempt %s)" % (name, attempt.id))
     here = this_platform()
@@ -3381,7 +3434,29 @@ def migrate(store, name, config, bundle, options):
         attempt.save(status="interrupted", finished=time.time())
         raise
     finally:
+        for handle in attempt.holds:
+            os.close(handle)
         write_report_html(store, name, attempt)
+
+
+def check_options(bundle, config, options):
+    """Every flag acts, or pm says in one line why it cannot, before anything runs."""
+    carried = (bundle.manifest.packages or {}).get("carried")
+    if options.no_conda and not carried:
+        raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
+                      "pack it again with --with-packages, or leave out --no-conda")
+    if options.no_conda and "conda" not in config.package_managers:
+        raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
+                      "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
+    by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
+    unused = [flag for flag, given in (("--prefix", options.prefix), ("--allow-scripts", options.allow_scripts))
+              if given]
+    if unused and not by_pm:
+        say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
+            "this migration uses %s, so %s nothing" % (" and ".join(unused), "applies" if len(unused) == 1 else "apply",
+                                                       "conda" if "conda" in config.package_managers else
+                                                       "the package managers", "it does" if len(unused) == 1 else
+                                                       "they do"))
 
 
 def recreate_test_install(attempt, config, bundle, options):
@@ -3404,19 +3479,17 @@ def recreate_test_install(attempt, config, bundle, options):
             python_rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle")
                            for d, _ in carried_wheels(bundle, dists)]
     elif "conda" in config.package_managers:
-        started = time.time()
-        conda = CondaHere(find_conda_here())
-        attempt.log("$ %s info --json" % conda.exe)  # the one conda call outside attempt.run, timed as its calls are
-        attempt.log("exit 0 after %.3f s" % (time.time() - started))
+        conda = CondaHere(find_conda_here(), attempt)
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
-        with FolderLock(attempt.store.software(attempt.name), "the conda environment of %s" % attempt.name):
-            channel = carried_channel(attempt, conda, bundle)
-            try:
-                level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force, channel)
-            finally:
-                if channel:
-                    shutil.rmtree(channel.folder, ignore_errors=True)
+        hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
+        channel = carried_channel(attempt, conda, bundle)
+        try:
+            level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force, channel)
+        finally:
+            if channel:
+                shutil.rmtree(channel.folder, ignore_errors=True)
+        hold_conda_env(attempt, env_name, exclusive=False)  # used by this attempt's tests: no --force swaps it
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
         if carried:
@@ -3526,45 +3599,25 @@ def install_software(bundle, output_dir, force):
 # -- With conda ---------------------------------------------------------------
 
 
-def environment_with_managers(attempt, config, bundle, options, env_file, min_deps):
-    """The system's package managers provide each requirement; returns (summary rows, environment
-    for the tests, activation command: pip's venv stays in the attempt, with its record)."""
-    attempt.base_python = base_python_version(bundle)
-    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options)
-    attempt.save(packages=packages)
-    venv = environ.get("VIRTUAL_ENV")
-    return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
-
-
-def conda_is_here():
+def env_packages(prefix, bundle=None):
+    """name, version and build of every package in a prefix (its conda-meta records), with the base's
+    version (the bundle's conda-list.json) beside each."""
+    base = {}
     try:
-        PROBE.find_conda()
-        return True
-    except PmError:
-        return False
-
-
-def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists=None):
-    """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
-    when the platform is the base's; else the test configuration's other package managers serve.
-    Returns (summary rows or None, environment for the tests, activation command)."""
-    here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
-    if here != there:
-        others = [m for m in config.package_managers if m != "conda"]
-        say("note: the bundle carries its packages for %s, and this machine is %s: pm cannot install them here"
-            % (there, here or "of a platform conda does not name"))
-        if not others:
-            raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
-                          "install conda, or list other package managers in the test configuration")
-        config = MigrationConfig(config.output_dir, others, config.tests)
-        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps)
-    prefix = os.path.abspath(options.prefix) if options.prefix else carried_env_prefix(attempt.store, attempt.name,
-                                                                                      attempt)
-    say("no conda %s: pm installs the %d packages the bundle carries into %s"
-        % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
-    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio)
-    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
-    return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
+        listed = bundle.read_json("conda-list.json") if bundle else []
+    except (KeyError, ValueError):
+        listed = []
+    for record in listed if isinstance(listed, list) else []:
+        if isinstance(record, dict) and isinstance(record.get("name"), str):
+            base[record["name"]] = str(record.get("version"))
+    rows = []
+    meta = os.path.join(prefix, "conda-meta")
+    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
+        if filename.endswith(".json"):
+            record = read_json(os.path.join(meta, filename))
+            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
+                         "base_version": base.get(record.get("name"))})
+    return rows
 
 
 def find_conda_here():
@@ -3577,11 +3630,17 @@ def find_conda_here():
 
 
 class CondaHere(object):
-    """The target's conda: its executable, and what 'conda info --json' says about it."""
+    """The target's conda: its executable, and what 'conda info --json' says about it (asked through
+    the attempt's runner, logged and timed as every conda call)."""
 
-    def __init__(self, exe):
+    def __init__(self, exe, attempt):
         self.exe = exe
-        self.info = PROBE.run_conda_json(exe, ["info", "--json"])  # pack asks conda the same way
+        code, output = attempt.run([exe, "info", "--json"])
+        try:
+            self.info = json.loads(output[output.index("{"):output.rindex("}") + 1])
+        except ValueError:
+            raise PmError("'%s info --json' %s" % (exe, "failed (exit %d)" % code if code else "did not print JSON"),
+                          "check this conda with 'conda info', or set CONDA_EXE to another conda")
 
     def env_prefix(self, env_name):
         """The prefix of the environment conda means by '-n env_name', if there is one."""
@@ -3754,6 +3813,22 @@ def replace_conda_env(attempt, conda, env_name, build_name):
     return prefix
 
 
+def hold_conda_env(attempt, env_name, exclusive):
+    """A lock on the conda environment env_name for the rest of the attempt: exclusive while it is made
+    or replaced, then shared while the tests use it; another attempt's --force waits for the tests."""
+    import fcntl
+    path = os.path.join(attempt.store.software(attempt.name), ".conda-env-%s.lock" % re.sub(r"[^\w.-]", "_", env_name))
+    if getattr(attempt, "env_lock", None) is None:
+        attempt.env_lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        attempt.holds.append(attempt.env_lock)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(attempt.env_lock, mode | fcntl.LOCK_NB)
+    except OSError:
+        say("waiting for another pm whose attempt uses the conda environment %s ..." % env_name)
+        fcntl.flock(attempt.env_lock, mode)
+
+
 def conda_activation(conda, env_name, prefix):
     """A shell command that activates the environment in a new shell: conda's hook from 4.4 on; for
     4.3 (whose activate script a pip-installed conda lacks) what the tests had, PATH and CONDA_PREFIX."""
@@ -3783,6 +3858,38 @@ ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r 
 # A bundle packed --with-packages on a machine of the same platform: pm links its .tar.bz2
 # archives into a new prefix itself, as conda's linker does (prefix placeholders in text and
 # binary files, noarch: python relocation and entry points, conda-meta records and history).
+
+
+def conda_is_here():
+    try:
+        PROBE.find_conda()
+        return True
+    except PmError:
+        return False
+
+
+def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists=None):
+    """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
+    when the platform is the base's; else the test configuration's other package managers serve.
+    Returns (summary rows or None, environment for the tests, activation command)."""
+    here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
+    if here != there:
+        others = [m for m in config.package_managers if m != "conda"]
+        say("note: the bundle carries its packages for %s, and this machine is %s: pm cannot install them here"
+            % (there, here or "of a platform conda does not name"))
+        if not others:
+            raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
+                          "install conda, or list other package managers in the test configuration")
+        config = MigrationConfig(config.output_dir, others, config.tests)
+        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps)
+    prefix = os.path.abspath(options.prefix) if options.prefix else carried_env_prefix(attempt.store, attempt.name,
+                                                                                      attempt)
+    say("no conda %s: pm installs the %d packages the bundle carries into %s"
+        % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
+    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio)
+    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
+    return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
+
 
 CONDA_PLATFORMS = {("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
                    ("Linux", "ppc64le"): "linux-ppc64le", ("Darwin", "arm64"): "osx-arm64",
@@ -3979,7 +4086,7 @@ class CarriedArchive(object):
         self.placeholders = {}
         self.files = []
 
-    def read_json(self, name):
+    def info_json(self, name):
         try:
             data = json.loads(self.info[name].decode("utf-8")) if name in self.info else None
         except (ValueError, UnicodeDecodeError):
@@ -3989,7 +4096,7 @@ class CarriedArchive(object):
     def read_placeholders(self):
         """path -> (placeholder, 'text' or 'binary'), from info/paths.json or old info/has_prefix."""
         found = {}
-        paths = self.read_json("info/paths.json")
+        paths = self.info_json("info/paths.json")
         if paths:
             for item in paths.get("paths") or []:
                 if isinstance(item, dict) and isinstance(item.get("prefix_placeholder"), str) \
@@ -4014,7 +4121,7 @@ class CarriedArchive(object):
         return "bin/.%s-post-link.sh" % self.entry["name"] in self.files
 
     def entry_points(self):
-        link = self.read_json("info/link.json") or {}
+        link = self.info_json("info/link.json") or {}
         points = ((link.get("noarch") or {}) if isinstance(link.get("noarch"), dict) else {}).get("entry_points")
         return [p for p in points if isinstance(p, str)] if isinstance(points, list) else []
 
@@ -4100,27 +4207,13 @@ def rewrite_in_place(writer, rel, path, replacer, mtime):
 
 
 def install_order(archives):
-    """Dependencies before what needs them (a cycle is broken in name order)."""
+    """Dependencies before what needs them: the probe's one graph walk (Tarjan's components come out
+    dependencies first); the members of a cycle in name order."""
     by_name = dict((a.entry["name"], a) for a in archives)
-    order, state = [], {}
-    for name in sorted(by_name):
-        if name in state:
-            continue
-        stack = [(name, iter(sorted(spec_name(d) for d in by_name[name].entry.get("depends", []))))]
-        state[name] = "open"
-        while stack:
-            current, deps = stack[-1]
-            for dep in deps:
-                if dep in by_name and dep not in state:
-                    state[dep] = "open"
-                    stack.append((dep, iter(sorted(spec_name(d) for d in by_name[dep].entry.get("depends", [])))))
-                    break
-            else:
-                stack.pop()
-                state[current] = "done"
-                order.append(by_name[current])
-        state[name] = "done"
-    return order
+    graph = dict((name, sorted(set(spec_name(d) for d in archive.entry.get("depends") or [] if isinstance(d, str))
+                               & set(by_name) - set([name])))
+                 for name, archive in by_name.items())
+    return [by_name[name] for component in PROBE.strongly_connected(graph) for name in sorted(component)]
 
 
 def python_site(archives):
@@ -4251,6 +4344,7 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
         if os.path.lexists(prefix):
             raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
         os.makedirs(os.path.join(prefix, "conda-meta"))
+        hold_prefix(attempt, prefix)
         write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
         try:
             requested = dict((spec_name(s), s) for s in bundle.manifest.minimal or [])
@@ -4339,6 +4433,33 @@ def run_post_link(attempt, prefix, archive):
                       code=1)
 
 
+PM_IN_USE = os.path.join("conda-meta", "pm-in-use")  # locked (shared) by every attempt that uses the prefix
+
+
+def hold_prefix(attempt, prefix):
+    """This attempt uses prefix until it ends: a shared lock on its pm-in-use file."""
+    import fcntl
+    handle = os.open(os.path.join(prefix, PM_IN_USE), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    attempt.holds.append(handle)
+
+
+def prefix_in_use(prefix):
+    """True when a running attempt holds prefix (so no other attempt may remove it)."""
+    import fcntl
+    try:
+        handle = os.open(os.path.join(prefix, PM_IN_USE), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+
+
 def carried_env_prefix(store, name, attempt):
     """Where pm installs an environment without conda: the software's envs/ in the store, one per
     attempt; prefixes left incomplete by an interrupted attempt are removed first."""
@@ -4346,9 +4467,10 @@ def carried_env_prefix(store, name, attempt):
     folder = os.path.join(store.software(name), "envs")
     store.make_folder(folder)
     for entry in os.listdir(folder):
-        if os.path.isfile(os.path.join(folder, entry, PM_INCOMPLETE)):
-            say("note: removing %s, left incomplete by an earlier attempt" % os.path.join(folder, entry))
-            shutil.rmtree(os.path.join(folder, entry), ignore_errors=True)
+        left = os.path.join(folder, entry)
+        if os.path.isfile(os.path.join(left, PM_INCOMPLETE)) and not prefix_in_use(left):  # not one being made
+            say("note: removing %s, left incomplete by an earlier attempt" % left)
+            shutil.rmtree(left, ignore_errors=True)
     return os.path.join(folder, attempt.id)
 
 
@@ -4358,7 +4480,7 @@ def remove_older_carried_envs(prefix):
     folder = os.path.dirname(prefix)
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
-        if path != prefix and os.path.isfile(os.path.join(path, PM_MADE)):
+        if path != prefix and os.path.isfile(os.path.join(path, PM_MADE)) and not prefix_in_use(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -4655,6 +4777,16 @@ def env_site_packages(prefix, dists):
 # -- With the system's package managers ---------------------------------------
 
 
+def environment_with_managers(attempt, config, bundle, options, env_file, min_deps):
+    """The system's package managers provide each requirement; returns (summary rows, environment
+    for the tests, activation command: pip's venv stays in the attempt, with its record)."""
+    attempt.base_python = base_python_version(bundle)
+    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options)
+    attempt.save(packages=packages)
+    venv = environ.get("VIRTUAL_ENV")
+    return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
+
+
 def read_answers(path):
     if not path:
         return {}
@@ -4665,15 +4797,6 @@ def read_answers(path):
     if not isinstance(data, dict):
         raise PmError("the answers file %s is not a JSON object" % path, "write {\"zlib\": \"apt:zlib1g-dev\", ...}")
     return dict((key, Choice.parse(value, "%s, %s" % (path, key))) for key, value in data.items())
-
-
-def ask_line(prompt):
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
-    line = sys.stdin.readline()
-    if not line:
-        raise PmError("no answer on stdin for: %s" % prompt.strip(), "pass --yes or --answers FILE")
-    return line.strip()
 
 
 def choose_package(req, candidates, remembered, options):
@@ -4692,7 +4815,7 @@ def choose_package(req, candidates, remembered, options):
                                            cand.best_version(req.version) or "-", cand.why))
     if not candidates:
         say("  no package manager offers it")
-        answer = ask_line("  [s]kip it or [a]bort the migration? [s] ")
+        answer = PROBE.ask("  [s]kip it or [a]bort the migration?", "s", "--yes or --answers FILE", False)
         if answer.lower().startswith("a"):
             raise PmError("migration aborted: nothing provides %s" % req.name,
                           "add a package-manager section that has it, or skip it", code=1)
@@ -4700,7 +4823,7 @@ def choose_package(req, candidates, remembered, options):
     say("  0) skip")
     default = remembered.to_text() if remembered else "1"
     while True:
-        answer = ask_line("  choice [%s]: " % default) or default
+        answer = PROBE.ask("  choice", default, "--yes or --answers FILE", False)
         if answer == "0" or answer == "skip":
             return Choice(), "skipped"
         if answer.isdigit() and 1 <= int(answer) <= len(candidates):
@@ -5006,17 +5129,18 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
                          "why": "installs no Python distribution, and no system package manager is configured"})
             continue
         say("[%d/%d] resolving %s ..." % (number, len(reqs), req.label()))
-        candidates = find_candidates(req, chosen, attempt.log)
+        candidates = find_candidates(req, chosen, attempt.log_path)
         earlier = remembered.get(req.name)
         if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
             say("  note: the earlier choice %s is for %s, which this configuration does not use here; choosing anew"
                 % (earlier.to_text(), earlier.manager_key))
             earlier = None
         choice, source = choose_package(req, candidates, earlier, options)
-        decisions[req.name] = choice.to_text()
         if source == "remembered":
             say("  reusing the earlier choice %s" % choice.to_text())
         if not choice.manager_key:
+            if source in ("skipped", "remembered"):  # a person's skip is remembered; "nothing found" is not
+                decisions[req.name] = choice.to_text()
             rows.append({"requirement": req.name, "status": "skipped", "base_version": req.version, "why": source})
             continue
         manager = managers.get(choice.manager_key)
@@ -5026,6 +5150,8 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
                          "base_version": req.version, "why": "manager %s not available" % choice.manager_key})
             continue
         status = install_choice(attempt, manager, choice, req, candidates)
+        if status == "installed":  # only what installed is remembered: a failing choice is not offered again
+            decisions[req.name] = choice.to_text()
         rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source,
                      "base_version": req.version, "version": choice.version,
                      "drift": bool(choice.version and req.version and choice.version != req.version)})
@@ -5043,30 +5169,6 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
 # == Reports ==================================================================
 # What an attempt came to, for people (report, history, report.html in the attempt) and for
 # scripts (--json): the platforms, each requirement and how it was met, the tests, the history.
-
-STATUS_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#c62828", "timeout": "#ef6c00",
-                  "interrupted": "#757575", "running": "#1565c0"}
-
-
-def env_packages(prefix, bundle=None):
-    """name, version and build of every package in a prefix (its conda-meta records), with the base's
-    version (the bundle's conda-list.json) beside each."""
-    base = {}
-    try:
-        listed = bundle.read_json("conda-list.json") if bundle else []
-    except (KeyError, ValueError):
-        listed = []
-    for record in listed if isinstance(listed, list) else []:
-        if isinstance(record, dict) and isinstance(record.get("name"), str):
-            base[record["name"]] = str(record.get("version"))
-    rows = []
-    meta = os.path.join(prefix, "conda-meta")
-    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
-        if filename.endswith(".json"):
-            record = read_json(os.path.join(meta, filename))
-            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
-                         "base_version": base.get(record.get("name"))})
-    return rows
 
 
 def log_tail(path, limit=64 << 10):
@@ -5170,7 +5272,7 @@ def history_chart(history):
         bar = 6 + int(60 * share)
         bars.append('<rect class="attempt %s" x="%d" y="%d" width="18" height="%d" fill="%s"><title>%s: %s, %d/%d '
                     'tests passed</title></rect>' % (html.escape(row["status"]), 8 + 24 * number, 70 - bar, bar,
-                                                     STATUS_COLOURS.get(row["status"], "#9e9e9e"),
+                                                     COLOURS.get(row["status"], ("", "#9e9e9e"))[1],
                                                      html.escape(row["id"]), html.escape(row["status"]),
                                                      row["tests_passed"], row["tests"]))
     return ('<svg width="%d" height="%d" role="img" aria-label="attempts">'
@@ -5638,9 +5740,9 @@ def make_handler(config):
                          "members": len(manifest.members)}
 
         def route_post(self, path):
-            if path not in LEGACY_PARTS:
+            if path not in ORIGINAL_PARTS:
                 raise HttpError(404, "no such path %r: POST /yml, /min or /zip, or PUT /bundles/NAME" % path)
-            return receive_legacy(self, config, path)
+            return receive_original(self, config, path)
 
         def name_from(self, path):
             return name_or_400(unquote(path[len("/bundles/"):]))
@@ -5987,7 +6089,7 @@ def server_status(store, as_json=False):
 # The original tool's probe protocol (POST /yml, /min, /zip), its carried zip, and its
 # package-manager searches that no longer work.
 
-LEGACY_PARTS = {"/yml": "env.yml", "/min": "min-deps.json", "/zip": "software.zip"}
+ORIGINAL_PARTS = {"/yml": "env.yml", "/min": "min-deps.json", "/zip": "software.zip"}
 
 
 def decode_base64(data):
@@ -5995,7 +6097,7 @@ def decode_base64(data):
     return base64.b64decode(data, altchars=b"-_", validate=True)
 
 
-class LegacyBody(object):
+class OriginalBody(object):
     """Reads the original probe's body {"name": "...", "data": "<urlsafe base64>"} from a stream,
     decoding data into a file as it goes, so memory stays bounded whatever the size."""
 
@@ -6094,21 +6196,21 @@ class LegacyBody(object):
         return fields
 
 
-def legacy_part(body, part, store):
+def original_part(body, part, store):
     """Decode one of the original probe's posts, straight from the request, into its place in the
     store; return the software's name."""
     import tempfile
-    handle, decoded = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
+    handle, decoded = tempfile.mkstemp(prefix="original-", suffix=".part", dir=store.incoming())
     try:
         with os.fdopen(handle, "wb") as sink:
             try:
-                fields = LegacyBody(body).read(sink, part != "software.zip")
+                fields = OriginalBody(body).read(sink, part != "software.zip")
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     body.drain()
                 raise
         name = name_or_400(fields["name"])
-        folder = store.legacy_dir(name)
+        folder = store.original_parts_dir(name)
         store.make_folder(folder)
         os.replace(decoded, os.path.join(folder, part))
         return name
@@ -6117,15 +6219,15 @@ def legacy_part(body, part, store):
             os.remove(decoded)
 
 
-def assemble_legacy_bundle(name, parts, store, completes=None, max_ratio=None):
+def assemble_original_bundle(name, parts, store, completes=None, max_ratio=None):
     """Turn the original tool's parts (env.yml, software zip, min-deps.json) into a stored bundle:
     a new revision, or the revision completes (this sequence's, made before its min-deps.json came)
     replaced whole. Returns the revision's path."""
     import tempfile
-    handle, temp = tempfile.mkstemp(prefix="legacy-", suffix=".part", dir=store.incoming())
+    handle, temp = tempfile.mkstemp(prefix="original-", suffix=".part", dir=store.incoming())
     os.close(handle)
     try:
-        bundle_from_legacy(name, parts, parts["software.zip"], temp, max_ratio)
+        bundle_from_original(name, parts, parts["software.zip"], temp, max_ratio)
         if not (completes and os.path.isfile(completes)):
             return accept_bundle(temp, name, store, max_ratio)[0]
         Bundle.open(temp, "the upload", max_ratio)
@@ -6139,18 +6241,18 @@ def assemble_legacy_bundle(name, parts, store, completes=None, max_ratio=None):
             os.remove(temp)
 
 
-def receive_legacy(handler, config, path):
+def receive_original(handler, config, path):
     """One of the original probe's posts. It sends /yml, /zip and, when it has one, /min: /yml starts
     a sequence (the parts of an earlier one are dropped); a revision is made once env.yml and the zip
     are in, and min-deps.json, arriving after, completes that same revision and ends the sequence."""
-    part = LEGACY_PARTS[path]
-    name = legacy_part(RequestBody(handler, config), part, config.store)
-    folder = config.store.legacy_dir(name)
+    part = ORIGINAL_PARTS[path]
+    name = original_part(RequestBody(handler, config), part, config.store)
+    folder = config.store.original_parts_dir(name)
     made = os.path.join(folder, "revision")  # the revision this sequence made, before its min-deps.json
     if part == "env.yml":
         for other in ("software.zip", "min-deps.json", "revision"):
             remove_quietly(os.path.join(folder, other))
-    parts = dict((piece, os.path.join(folder, piece)) for piece in LEGACY_PARTS.values()
+    parts = dict((piece, os.path.join(folder, piece)) for piece in ORIGINAL_PARTS.values()
                  if os.path.isfile(os.path.join(folder, piece)))
     result = {"name": name, "stored": part}
     if "env.yml" in parts and "software.zip" in parts:
@@ -6158,7 +6260,7 @@ def receive_legacy(handler, config, path):
         recorded = (read_part(made) or b"").decode("ascii", "replace").strip()
         if part == "min-deps.json" and re.match(r"^\d{4,}\.zip$", recorded):
             completes = os.path.join(config.store.bundles_dir(name), recorded)
-        target = assemble_legacy_bundle(name, parts, config.store, completes, config.max_ratio)
+        target = assemble_original_bundle(name, parts, config.store, completes, config.max_ratio)
         result["bundle"] = os.path.basename(target)
         if "min-deps.json" in parts:
             for piece in list(parts.values()) + [made]:
@@ -6168,7 +6270,7 @@ def receive_legacy(handler, config, path):
     return 200, result
 
 
-def bundle_from_legacy(name, parts, software_zip, target, max_ratio=None):
+def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
     """Write a pm bundle from platform-migrator 1.1.0's pieces: parts maps env.yml and min-deps.json
     to the files that hold them (those missing are read from the zip), and its zip of the software
     (entries 'dir/...'; a carried zip also holds env.yml and min-deps.json)."""
@@ -6381,7 +6483,7 @@ def cmd_unpack(args):
         if is_original_zip(args.bundle):
             name = check_name(args.name or os.path.basename(args.bundle).rsplit(".", 1)[0])
             say("%s is the original tool's zip: converting it to a bundle" % args.bundle)
-            bundle_from_legacy(name, {}, args.bundle, temp, args.max_ratio)
+            bundle_from_original(name, {}, args.bundle, temp, args.max_ratio)
         else:
             shutil.copyfile(args.bundle, temp)
         manifest = Bundle.open(temp, args.bundle, args.max_ratio).manifest
@@ -6446,10 +6548,16 @@ def cmd_list(args):
     """Show stored software, bundle revisions and migration attempts."""
     rows = []
     store = Store.default()
-    for name in store.names():
-        revisions = store.import_original(name)
-        rows.append({"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
-                     "attempts": store.attempts(name)})
+    for name in store.names():  # read only: the original tool's files are converted by migrate or unpack
+        try:
+            revisions = store.revisions(name)
+            row = {"name": name, "revisions": len(revisions), "latest": revisions[-1] if revisions else None,
+                   "attempts": store.attempts(name)}
+            if not revisions and store.has_original_files(name):
+                row["note"] = "platform-migrator 1.1.0's files, converted to a bundle by its first migrate"
+        except (OSError, ValueError) as exc:
+            row = {"name": name, "revisions": 0, "latest": None, "attempts": [], "error": "cannot be read (%s)" % exc}
+        rows.append(row)
     if args.json:
         show(json.dumps(rows, indent=1))
         return 0
@@ -6457,7 +6565,9 @@ def cmd_list(args):
         say("nothing stored in %s yet" % store.home)
         return 0
     for row in rows:
-        show("%s  (%d bundle revision%s)" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s"))
+        show("%s  (%d bundle revision%s)%s" % (row["name"], row["revisions"], "" if row["revisions"] == 1 else "s",
+                                            "  " + (row.get("error") or row.get("note")) if row.get("error") or
+                                            row.get("note") else ""))
         for attempt in row["attempts"]:
             show("    %s  %-9s %s" % (attempt["id"], attempt.get("status", "unfinished"),
                                      attempt.get("level") or attempt.get("error") or ""))
@@ -6571,10 +6681,17 @@ def build_parser():
 INTERNAL_ERROR = 3  # pm itself failed (a bug): not "the job ran and failed" (1) nor bad input (2)
 
 
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose")  # before the verb; pack takes them too
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    flags = []
+    while argv and argv[0] in GLOBAL_FLAGS:
+        flags.append(argv.pop(0))
     if argv and argv[0] == "pack":
-        return load_probe().main(argv[1:])
+        return load_probe().main(argv[1:] + flags)
+    argv = flags + argv
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "function", None):

@@ -27,6 +27,15 @@ def pytest_configure(config):
                     returncode=2)
 
 
+@pytest.fixture(autouse=True)
+def own_store(tmp_path, monkeypatch):
+    """Every test has its own PM_HOME and TMPDIR: none reads or writes the developer's
+    ~/.platform_migrator, and what pm keeps in TMPDIR (a bundle it could not send) goes with the test."""
+    monkeypatch.setenv("PM_HOME", str(tmp_path / "own-store"))
+    (tmp_path / "own-tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "own-tmp"))
+
+
 @functools.lru_cache(maxsize=None)
 def find_python(version):
     """The interpreter for a version ('2.7', '3.6', 'newest'), from pyenv or PATH; fail if missing."""

@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+import pm
 from conftest import find_python, read_bytes, run_pm
 from servers import Server, synthetic_bundle
 
@@ -125,3 +126,18 @@ def test_an_environment_that_migrate_could_not_read_is_refused_at_unpack_and_upl
     proc = unpack(pyz, home, bundle)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert store_snapshot(home) == before
+
+
+def test_a_bundle_once_opened_is_read_whole_even_when_its_revision_is_replaced(tmp_path):
+    """The original protocol's /min completes a stored revision by renaming a new file over it: a
+    migration that opened the old one goes on reading the old one, never a mix of the two."""
+    from servers import synthetic_bundle
+    path = synthetic_bundle(str(tmp_path / "0001.zip"), "sim", payload=b"first")
+    bundle = pm.Bundle.open(path)
+    synthetic_bundle(str(tmp_path / "next.zip"), "sim", payload=b"second",
+                     extra={"env.yml": b"name: sim\ndependencies:\n  - python=3.13\n"})
+    os.replace(str(tmp_path / "next.zip"), path)
+    assert "python=3.12" in bundle.read_text("env.yml")
+    software = bundle.extract_software(str(tmp_path / "work"))
+    with open(os.path.join(software, "data.bin"), "rb") as handle:
+        assert handle.read() == b"first"

@@ -238,3 +238,24 @@ def test_the_bases_python_is_found_through_pyenv_when_the_one_on_path_does_not_r
     assert found and found != str(shim)
     assert subprocess.run([found, "-c", "import sys; assert sys.version_info[:2] == (3, 11)"]).returncode == 0
     assert pm.base_interpreter("3.99.1") is None
+
+
+def test_a_conda_43_base_under_python_27_records_its_distributions_too(pyz, real_condas, tmp_path):
+    """conda 4.3.16's records (its own conda-meta layout) and real pip's installs on top, read by the probe
+    under Python 2.7: the conda-owned distribution, the one from an index and the software, editable."""
+    python = find_python("3.11")
+    channel = pipbase.python_channel(str(tmp_path / "channel"), python)
+    site = realconda.RealCondaSite(real_condas["4.3.16-py2.7"], str(tmp_path / "conda"), [channel])
+    prefix = site.create("pipsim-env", ["python ==%s" % pipbase.short_version(python), "numlite"])
+    index = pipbase.index_folder(str(tmp_path / "index"))
+    software = pipbase.software(str(tmp_path / "src" / "pipsim"))
+    pipbase.pip_into(python, prefix, ["--find-links", index, "tinycalc==1.0"])
+    pipbase.pip_into(python, prefix, ["-e", software])
+    bundle = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("2.7"), pyz, ["pack", "-d", software, "-e", "pipsim-env", "-o", bundle, "--yes",
+                                            "--with-packages"], site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dists, names = dists_of(bundle)
+    assert dict((n, (d["source"], d["owner"])) for n, d in dists.items()) == {
+        "numlite": ("conda", "numlite"), "tinycalc": ("index", None), "pipsim": ("editable", None)}
+    assert dists["pipsim"]["software"] and "wheels/tinycalc-1.0-py3-none-any.whl" in names

@@ -576,3 +576,27 @@ def test_a_runner_that_is_not_shell_words_is_bad_input_named_before_anything(pyz
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text)], conda_site.env())
     assert proc.returncode == 2 and "runner \"srun 'n1\" in [test_smooth]" in proc.stderr, proc.stderr
     assert not attempts(conda_site)
+
+
+def test_flags_that_cannot_act_are_refused_or_named_before_anything(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    args = ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle]
+    proc = run_pm(find_python("newest"), pyz, args + ["--no-conda"], conda_site.env())
+    assert proc.returncode == 2 and "this bundle carries none" in proc.stderr, proc.stderr
+    assert not attempts(conda_site)
+    proc = run_pm(find_python("newest"), pyz, args + ["--prefix", str(tmp_path / "p"), "--allow-scripts"],
+                  conda_site.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "note: --prefix and --allow-scripts apply only when pm installs the bundle's packages itself" in proc.stderr
+    assert not os.path.exists(str(tmp_path / "p"))
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_quiet_and_verbose_before_the_verb_reach_pack(version, pyz, conda_site, example_software, tmp_path):
+    out = str(tmp_path / "b.zip")
+    proc = run_pm(find_python(version), pyz, ["-q", "pack", "-d", example_software, "-e", "heatsim-env", "-o", out,
+                                              "--yes"], conda_site.env())
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    proc = run_pm(find_python(version), pyz, ["-v", "pack", "--server", "http://host:notaport", "-d", example_software,
+                                              "-e", "heatsim-env", "--yes"], conda_site.env())
+    assert proc.returncode == 2 and "is not a URL" in proc.stderr and "zipping" not in proc.stderr, proc.stderr

@@ -95,7 +95,9 @@ def test_pm_migrates_a_store_that_the_original_server_wrote(pyz, conda_site, ori
     written = sorted(os.listdir(str(home / ".platform_migrator" / "heatsim")))
     assert written == ["env.yml", "min-deps.json", "pkg.zip"], written
     listed = run_pm(find_python("newest"), pyz, ["list"], env)
-    assert listed.returncode == 0 and "heatsim  (1 bundle revision)" in listed.stdout, listed.stdout + listed.stderr
+    assert listed.returncode == 0 and "heatsim  (0 bundle revisions)  platform-migrator 1.1.0's files" in \
+        listed.stdout, listed.stdout + listed.stderr
+    assert sorted(os.listdir(str(home / ".platform_migrator" / "heatsim"))) == written, "list only reads"
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path)], env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = read_result(attempt_dirs(str(home / ".platform_migrator"), "heatsim")[-1])

@@ -359,3 +359,20 @@ def test_names_that_differ_only_in_case_stop_pack_and_a_fifo_is_left_out_with_a_
                                      conda_site.env()))
         assert "differ only in case" in line and "ReadMe" in line and "README" in line, line
         assert not os.path.exists(str(tmp_path / "c.zip"))
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_a_software_folder_whose_name_is_not_utf8_packs_unpacks_and_extracts(version, pyz, conda_site,
+                                                                             example_software, tmp_path):
+    odd = os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9-sim")
+    os.rename(os.fsencode(example_software), odd)
+    out = str(tmp_path / "b.zip")
+    proc = run_pm(find_python(version), pyz, ["pack", "-n", "cafesim", "-d", os.fsdecode(odd), "-e", "heatsim-env",
+                                              "-o", out, "--yes"], conda_site.env())
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", out], conda_site.env())
+    assert unpacked.returncode == 0, unpacked.stderr
+    bundle = pm.Bundle.open(out)
+    software = bundle.extract_software(str(tmp_path / "work"))
+    assert os.path.basename(software) == bundle.manifest.software_dir() == "caf\u00e9-sim"
+    assert os.path.isfile(os.path.join(software, "heatsim.sh"))

@@ -100,7 +100,7 @@ def test_pm_pack_server_flag_sends_and_second_upload_is_a_new_revision(pyz, serv
     assert pm.Store(server.home).revisions("heatsim")[-1].endswith("0002.zip")
 
 
-def legacy_post(server, path, name, data):
+def original_post(server, path, name, data):
     """Exactly what platform-migrator 1.1.0's probe sends: JSON {name, data: urlsafe base64}, no auth."""
     body = json.dumps({"name": name, "data": base64.urlsafe_b64encode(data).decode("utf-8")}).encode("utf-8")
     return server.request("POST", path, body)
@@ -113,9 +113,9 @@ def test_the_original_probe_protocol_builds_a_bundle(server, tmp_path):
         archive.writestr("oldsim/data/in.txt", "1 2 3\n")
     env_yml = b"name: oldsim\nchannels:\n  - conda-forge\ndependencies:\n  - numpy=1.26.4=py312h\n"
     min_deps = json.dumps([{"name": "numpy", "version": "1.26.4"}]).encode()
-    assert legacy_post(server, "/yml", "oldsim", env_yml)[0] == 200
-    assert legacy_post(server, "/zip", "oldsim", software_zip.read_bytes())[0] == 200
-    assert legacy_post(server, "/min", "oldsim", min_deps)[0] == 200
+    assert original_post(server, "/yml", "oldsim", env_yml)[0] == 200
+    assert original_post(server, "/zip", "oldsim", software_zip.read_bytes())[0] == 200
+    assert original_post(server, "/min", "oldsim", min_deps)[0] == 200
     latest = pm.Store(server.home).latest_bundle("oldsim")
     manifest = pm.Bundle.open(latest).manifest
     assert manifest.software_dir() == "oldsim"
@@ -304,10 +304,10 @@ def test_original_json_bodies_stream_through_a_small_parser(body, text, expected
     sink = io.BytesIO()
     if isinstance(expected, str):
         with pytest.raises(pm.HttpError) as caught:
-            pm.LegacyBody(io.BytesIO(body)).read(sink, text)
+            pm.OriginalBody(io.BytesIO(body)).read(sink, text)
         assert expected in caught.value.reason and caught.value.status == 400
     else:
-        assert (pm.LegacyBody(io.BytesIO(body)).read(sink, text), sink.getvalue()) == expected
+        assert (pm.OriginalBody(io.BytesIO(body)).read(sink, text), sink.getvalue()) == expected
 
 
 def test_a_full_store_disk_is_a_507_and_the_server_keeps_serving(pyz, conda_site, example_software, tmp_path,
@@ -368,16 +368,16 @@ def test_the_original_protocol_never_mixes_parts_of_two_uploads(server, tmp_path
     first_yml = b"name: oldsim\ndependencies:\n  - numpy=1.26.4\n"
     first_min = json.dumps([{"name": "numpy", "version": "1.26.4"}]).encode()
     for path, data in (("/yml", first_yml), ("/zip", software_zip("echo one\n")), ("/min", first_min)):
-        assert legacy_post(server, path, "oldsim", data)[0] == 200
+        assert original_post(server, path, "oldsim", data)[0] == 200
     store = pm.Store(server.home)
     assert len(store.revisions("oldsim")) == 1, "min-deps.json completes the revision that /zip made"
     with zipfile.ZipFile(store.latest_bundle("oldsim")) as bundle:
         assert bundle.read("min-deps.json") == first_min
     second_yml = b"name: oldsim\ndependencies:\n  - numpy=2.0.0\n"
-    status, body = legacy_post(server, "/yml", "oldsim", second_yml)
+    status, body = original_post(server, "/yml", "oldsim", second_yml)
     assert status == 200 and "bundle" not in json.loads(body.decode()), "a new env.yml alone makes no revision"
     assert len(store.revisions("oldsim")) == 1
-    assert legacy_post(server, "/zip", "oldsim", software_zip("echo two\n"))[0] == 200
+    assert original_post(server, "/zip", "oldsim", software_zip("echo two\n"))[0] == 200
     with zipfile.ZipFile(store.latest_bundle("oldsim")) as bundle:
         assert bundle.read("env.yml") == second_yml
         assert bundle.read("software/oldsim/run.sh") == b"echo two\n"
@@ -451,7 +451,7 @@ def test_the_store_and_everything_in_it_is_owner_only(server, pyz, conda_site, e
     with zipfile.ZipFile(str(software_zip), "w") as archive:
         archive.writestr("oldsim/run.sh", "echo hi\n")
     for path, data in (("/yml", b"name: oldsim\ndependencies:\n  - numpy\n"), ("/zip", software_zip.read_bytes())):
-        assert legacy_post(server, path, "oldsim", data)[0] == 200
+        assert original_post(server, path, "oldsim", data)[0] == 200
     config = tmp_path / "tests.ini"
     config.write_text("[heatsim]\noutput_dir = %s\ntests = smoke\n[test_smoke]\nexec = heatplot --version\n"
                       % (tmp_path / "installed"))

@@ -30,7 +30,7 @@ def random_bytes(rng, most=200):
     return bytes(rng.getrandbits(8) for _ in range(rng.randint(0, most)))
 
 
-def legacy_body(rng, bundle_bytes):
+def original_body(rng, bundle_bytes):
     """A body as the original probe posts it, {"name": ..., "data": base64}, often spoilt."""
     data = rng.choice([b"name: fz\ndependencies:\n  - python\n", b'["python"]', bundle_bytes[:300],
                        random_bytes(rng), "caf\u00e9".encode("latin-1")])
@@ -76,7 +76,7 @@ def make_case(rng, bundle_bytes):
     if method in ("PUT",) and rng.random() < 0.6:
         body = mutated_bundle(rng, bundle_bytes) if rng.random() < 0.8 else bundle_bytes
     elif method == "POST" and rng.random() < 0.8:
-        body = legacy_body(rng, bundle_bytes)
+        body = original_body(rng, bundle_bytes)
     else:
         body = random_bytes(rng) if rng.random() < 0.3 else b""
     headers = [("Host", rng.choice(["127.0.0.1", "localhost", "evil.example", "", "127.0.0.1:1", "[::1]", "a" * 300]))]

@@ -99,15 +99,11 @@ def migrate_measured(pyz, bundle, tmp_path, *extra):
 
 
 def outside_writes(tmp_path):
-    """Files anywhere under tmp_path but the store, the bundle and the config: what escaped."""
-    found = []
-    for root, dirs, files in os.walk(str(tmp_path)):
-        rel = os.path.relpath(root, str(tmp_path))
-        if rel == "." :
-            found += [f for f in files if not f.endswith((".zip", ".ini", ".txt"))] + [d for d in dirs if d not in ("store",
-                                                                                                      "home")]
-            dirs[:] = [d for d in dirs if d in ("store",)]
-    return found
+    """What is in tmp_path besides the store, HOME, TMPDIR, the bundles, the config and the output
+    logs: what escaped (the walk does not enter the store, where pm may write)."""
+    kept = ("store", "home", "own-store", "own-tmp")
+    return sorted(name for name in os.listdir(str(tmp_path))
+                  if name not in kept and not name.endswith((".zip", ".ini", ".txt")))
 
 
 def envs_left(tmp_path):
