@@ -1208,8 +1208,9 @@ class CarriedPackage(object):
     """One package of the environment and where its archive comes from: 'archive' (the cache's file,
     checked), 'rebuild' (a .tar.bz2 made from the cache's extracted copy) or 'missing' (why)."""
 
-    def __init__(self, record, kind, source, why=""):
+    def __init__(self, record, kind, source, why="", sums=None):
         self.record, self.kind, self.source, self.why = record, kind, source, why
+        self.sums = sums  # (md5, sha256, size) of the cache's archive, read once when it was checked
         self.fn = record_fn(record)
         if kind == "rebuild" and not self.fn.endswith(".tar.bz2"):
             self.fn = self.fn[:-len(".conda")] + ".tar.bz2"
@@ -1228,15 +1229,17 @@ def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
         found, why = None, "not in conda's package caches (%s)" % ", ".join(pkgs_dirs)
         for folder in pkgs_dirs:
             archive = os.path.join(folder, fn)
-            if os.path.isfile(archive) and not (as_tar_bz2 and fn.endswith(".conda")):
-                md5, sha256, _ = archive_sums(archive)
-                if md5 == record.get("md5", md5) and sha256 == record.get("sha256", sha256):
-                    found = CarriedPackage(record, "archive", archive)
+            converted = as_tar_bz2 and fn.endswith(".conda") and os.path.isfile(archive)
+            if os.path.isfile(archive) and not converted:
+                sums = archive_sums(archive)
+                if sums[0] == record.get("md5", sums[0]) and sums[1] == record.get("sha256", sums[1]):
+                    found = CarriedPackage(record, "archive", archive, sums=sums)
                     break
                 why = "%s does not match its record's md5/sha256" % archive
             extracted = os.path.join(folder, stem)
             if os.path.isfile(os.path.join(extracted, "info", "index.json")):
-                found = CarriedPackage(record, "rebuild", extracted)
+                found = CarriedPackage(record, "rebuild", extracted, "its .conda is carried as .tar.bz2 (--as-tar-bz2)"
+                                       if converted else "it has no archive in the cache")
                 break
         plan.append(found or CarriedPackage(record, "missing", None, why))
     return plan
@@ -1286,7 +1289,7 @@ def carry_packages(writer, plan, platform):
             source = package.source
             if package.kind == "rebuild":
                 source = rebuild_tarball(package.source, os.path.join(scratch, package.fn))
-            sums = archive_sums(source)
+            sums = package.sums or archive_sums(source)
             arcname = "channel/%s/%s" % (package.subdir, package.fn)
             writer.add_file(source, arcname, progress)
             key = "packages.conda" if package.fn.endswith(".conda") else "packages"
@@ -1312,7 +1315,7 @@ def check_package_plan(plan, allow_missing):
     missing = [p for p in plan if p.kind == "missing"]
     for package in plan:
         if package.kind == "rebuild":
-            say("note: %s has no archive in the cache: its .tar.bz2 is rebuilt from %s" % (package.label(), package.source))
+            say("note: %s: %s; its .tar.bz2 is rebuilt from %s" % (package.label(), package.why, package.source))
     if missing and not allow_missing:
         raise PmError("%d package%s of the environment cannot be carried: %s" % (
             len(missing), "s" * (len(missing) > 1), "; ".join("%s (%s)" % (p.label(), p.why) for p in missing)),
@@ -1334,7 +1337,9 @@ def print_package_plan(plan, dists=()):
         size = os.path.getsize(package.source) if package.kind == "archive" else 0
         total += size
         print("%-10s %-50s %10s  %s" % (package.kind, package.subdir + "/" + package.fn,
-                                        "%.1f MiB" % (size / 1048576.0) if size else "-", package.why or package.source))
+                                        "%.1f MiB" % (size / 1048576.0) if size else "-",
+                                        package.why if package.kind == "missing" else
+                                        "%s (%s)" % (package.source, package.why) if package.why else package.source))
     print("%d packages, %.1f MiB in archives (rebuilt ones not counted), %d missing"
           % (len(plan), total / 1048576.0, len([p for p in plan if p.kind == "missing"])))
 
@@ -3224,6 +3229,7 @@ def read_test_config_values(parser, paths, name):
     for test in [t.strip() for t in need(name, "tests").split(",") if t.strip()]:
         section = "test_" + test
         warn_unknown(parser, section, TEST_KEYS, origin)
+        command = need(section, "exec")
         runner = parser[section].get("runner")
         try:
             shlex.split(runner or "")
@@ -3231,7 +3237,7 @@ def read_test_config_values(parser, paths, name):
             raise PmError("runner %r in [%s] of %s is not shell words (%s)" % (runner, section,
                                                                              origin.get((section, "runner")), exc),
                           "close the quote, e.g. runner = srun -n1")
-        tests.append(TestSpec(test, need(section, "exec"), test_timeout(parser, section, origin),
+        tests.append(TestSpec(test, command, test_timeout(parser, section, origin),
                               test_env_vars(parser[section].get("env", ""), section),
                               parser[section].get("workdir"), runner))
     return MigrationConfig(os.path.expanduser(output_dir), managers, tests)
@@ -3572,8 +3578,8 @@ def install_target(bundle, output_dir, force):
 
 
 def install_mark(target):
-    """The file beside an install that says pm made it (so --force may replace it): output_dir/.pm-installed-DIR."""
-    return os.path.join(os.path.dirname(target), ".pm-installed-" + os.path.basename(target))
+    """The file beside an install that says pm made it (so --force may replace it): output_dir/.DIR.pm-installed."""
+    return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
 
 
 def install_software(bundle, output_dir, force):

@@ -58,7 +58,7 @@ def test_a_target_with_no_channel_and_no_network_gets_the_bases_environment(base
     bundle = str(tmp_path / "heatsim.zip")
     packed = pack(pyz, base, example_software, bundle, python=python)
     assert packed.returncode == 0, packed.stderr
-    assert "libgrid 1.2 h0_0 has no archive in the cache: its .tar.bz2 is rebuilt" in packed.stderr
+    assert "libgrid 1.2 h0_0: it has no archive in the cache; its .tar.bz2 is rebuilt" in packed.stderr
     with zipfile.ZipFile(bundle) as archive:
         names = set(archive.namelist())
         manifest = json.loads(archive.read("manifest.json").decode())

@@ -427,7 +427,7 @@ def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(py
     os.makedirs(old)
     with open(os.path.join(old, "old.txt"), "w") as handle:
         handle.write("the install that works\n")
-    with open(os.path.join(tiny_disk, "out", ".pm-installed-heatsim"), "w") as handle:
+    with open(os.path.join(tiny_disk, "out", ".heatsim.pm-installed"), "w") as handle:
         handle.write("{}\n")  # pm installed it: --force may replace it
     config = write_config(tmp_path, out=os.path.join(tiny_disk, "out"))
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle, "--force"],
@@ -435,7 +435,7 @@ def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(py
     assert proc.returncode == 1 and "the disk is full" in proc.stderr, proc.stderr
     with open(os.path.join(old, "old.txt")) as handle:
         assert handle.read() == "the install that works\n"
-    assert sorted(os.listdir(os.path.join(tiny_disk, "out"))) == [".pm-installed-heatsim", "heatsim"], \
+    assert sorted(os.listdir(os.path.join(tiny_disk, "out"))) == [".heatsim.pm-installed", "heatsim"], \
         "nothing half-written beside it"
 
 

@@ -79,23 +79,27 @@ def carried_bundle(path, packages, files=None, env_yml=None, repodata_names=None
     return path
 
 
+# Runs a command as its child and prints the child's peak RSS: measured from a small parent, as Linux
+# counts a forked child's peak from its parent's size at the fork (pytest's, hundreds of MiB).
+PEAK_RSS = ("import resource, subprocess, sys\n"
+            "code = subprocess.call(sys.argv[1:])\n"
+            "sys.stderr.write('PEAK_RSS_KIB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.exit(code)\n")
+
+
 def migrate_measured(pyz, bundle, tmp_path, *extra):
-    """pm.pyz migrate --no-conda with no conda and no network; (exit code, stderr, peak RSS in MiB)."""
+    """pm.pyz migrate --no-conda with no conda and no network; (exit code, stdout, stderr, peak RSS in MiB)."""
     config = tmp_path / "trust.ini"
     config.write_text("[trust]\noutput_dir = %s\npackage_managers = conda\ntests = check\n[test_check]\n"
                       "exec = sh check.sh\n" % (tmp_path / "installed"))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
            "LANG": "C.UTF-8"}
-    with open(str(tmp_path / "out.txt"), "w+") as out, open(str(tmp_path / "err.txt"), "w+") as err:
-        proc = subprocess.Popen(["unshare", "-n", find_python("newest"), pyz, "migrate", "trust", str(config),
-                                 "--bundle", bundle, "--no-conda"] + list(extra), env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)  # this one process's peak RSS (unshare execs python)
-        proc.returncode = os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else \
-            (status >> 8)
-        out.seek(0)
-        err.seek(0)
-        return proc.returncode, out.read(), err.read(), usage.ru_maxrss / 1024.0
+    python = find_python("newest")
+    proc = subprocess.run([python, "-c", PEAK_RSS, "unshare", "-n", python, pyz, "migrate", "trust", str(config),
+                           "--bundle", bundle, "--no-conda"] + list(extra), env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    err, _, peak = proc.stderr.rpartition("PEAK_RSS_KIB=")
+    return proc.returncode, proc.stdout, err, int(peak.strip()) / 1024.0
 
 
 def outside_writes(tmp_path):

@@ -78,7 +78,7 @@ def envs_left(tmp_path):
 
 
 def test_without_conda_pm_links_the_carried_packages_and_real_conda_sees_a_normal_environment(pyz, linked, tmp_path):
-    assert "zdata 1.0 0 has no archive in the cache: its .tar.bz2 is rebuilt" in linked["tar.bz2-stderr"]
+    assert "zdata 1.0 0: its .conda is carried as .tar.bz2 (--as-tar-bz2); its .tar.bz2 is rebuilt" in linked["tar.bz2-stderr"]
     proc = migrate(pyz, linked["tar.bz2"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "no conda here: pm installs the 7 packages the bundle carries" in proc.stderr
