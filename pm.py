@@ -1717,6 +1717,9 @@ if __name__ == "__main__":
 '''.lstrip("\n")
 
 
+# -- The probe, as pm loads it --------------------------------------------------
+
+
 def load_probe():
     """The probe as a new module, compiled from PROBE_SOURCE (the one source of truth)."""
     module = types.ModuleType("pm_probe")
@@ -2196,14 +2199,14 @@ class Store(object):
         numbered = [(int(f[:-4]), f) for f in os.listdir(folder) if re.match(r"^\d{4,}\.zip$", f)]
         return [os.path.join(folder, f) for _, f in sorted(numbered)]  # 10000.zip comes after 9999.zip
 
-    def latest_bundle(self, name):
-        revisions = self.revisions(name) or self.import_original(name)
+    def latest_bundle(self, name, max_ratio=None):
+        revisions = self.revisions(name) or self.import_original(name, max_ratio)
         if not revisions:
             raise PmError("no bundle stored for '%s'" % name,
                           "send one with 'pm.pyz pack --server', import one with 'pm.pyz unpack', or pass --bundle")
         return revisions[-1]
 
-    def import_original(self, name):
+    def import_original(self, name, max_ratio=None):
         """platform-migrator 1.1.0 kept NAME/env.yml, NAME/min-deps.json and NAME/pkg.zip: turn them
         into a first revision, checked as an upload is; return the revisions."""
         import tempfile
@@ -2215,8 +2218,8 @@ class Store(object):
         handle, temp = tempfile.mkstemp(prefix="original-", suffix=".part", dir=self.incoming())
         os.close(handle)
         try:
-            bundle_from_original(name, parts, parts["pkg.zip"], temp)
-            Bundle.open(temp, "the original tool's store entry %s" % folder)
+            bundle_from_original(name, parts, parts["pkg.zip"], temp, max_ratio)
+            Bundle.open(temp, "the original tool's store entry %s" % folder, max_ratio)
             target = self.add_revision(temp, name)
         finally:
             if os.path.exists(temp):
@@ -6438,7 +6441,7 @@ def cmd_migrate(args):
             raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
         path = os.path.abspath(args.bundle)
     else:
-        path = store.latest_bundle(args.name)
+        path = store.latest_bundle(args.name, args.max_ratio)
     try:
         result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
     except (Exception, KeyboardInterrupt) as exc:

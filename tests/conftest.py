@@ -30,10 +30,14 @@ def pytest_configure(config):
 @pytest.fixture(autouse=True)
 def own_store(tmp_path, monkeypatch):
     """Every test has its own PM_HOME and TMPDIR: none reads or writes the developer's
-    ~/.platform_migrator, and what pm keeps in TMPDIR (a bundle it could not send) goes with the test."""
+    ~/.platform_migrator, and what pm keeps in TMPDIR (a bundle it could not send) goes with the test.
+    TMPDIR is short (Chromium's socket path must fit in 108 bytes) and removed after the test."""
+    import tempfile
     monkeypatch.setenv("PM_HOME", str(tmp_path / "own-store"))
-    (tmp_path / "own-tmp").mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "own-tmp"))
+    own_tmp = tempfile.mkdtemp(prefix="pm-t")
+    monkeypatch.setenv("TMPDIR", own_tmp)
+    yield
+    shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)

@@ -438,3 +438,18 @@ def test_a_remembered_choice_for_a_manager_not_used_here_is_not_the_default(pyz,
     assert dict((r["requirement"], r.get("package")) for r in result["packages"])["oddlib"] == "site:oddlib=0.1"
     again = migrate(pyz, pysim, "--yes", "--force", *flags)
     assert again.returncode == 0 and "reusing the earlier choice site:oddlib=0.1" in again.stderr, again.stderr
+
+
+def test_a_choice_whose_install_failed_is_not_remembered(pyz, pysim):
+    flags, tree = with_site_manager(pysim, ["oddlib-0.1"])
+    ini = pysim["tmp"] / "site.ini"
+    ini.write_text(ini.read_text().replace("install = touch", "install = false && touch")
+                   .replace("install_version = touch", "install_version = false && touch"))
+    proc = migrate(pyz, pysim, "--yes", *flags)
+    assert proc.returncode == 0, proc.stderr  # the tests need tinycalc only
+    result, _ = last_result(pysim)
+    assert dict((r["requirement"], r["status"]) for r in result["packages"])["oddlib"] == "failed"
+    choices = os.path.join(pysim["home"], "pysim", "choices.json")
+    assert not os.path.exists(choices) or "oddlib" not in json.load(open(choices))
+    again = migrate(pyz, pysim, "--yes", "--force", *flags)
+    assert "reusing the earlier choice" not in again.stderr, again.stderr

@@ -535,9 +535,14 @@ def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site,
                 path = os.path.join(root, name)
                 original.write(path, os.path.join("heatsim", os.path.relpath(path, example_software)))
     listed = run_pm(find_python("newest"), pyz, ["list", "--json"], conda_site.env())
-    assert [(r["name"], r["revisions"]) for r in json.loads(listed.stdout)] == [("heatsim", 1)], listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["name"], r["revisions"]) for r in rows] == [("heatsim", 0)], listed.stderr
+    assert "platform-migrator 1.1.0's files" in rows[0]["note"] and sorted(os.listdir(folder)) == [
+        "env.yml", "min-deps.json", "pkg.zip"], "list only reads"
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path)], conda_site.env())
     assert proc.returncode == 0, proc.stderr
+    listed = run_pm(find_python("newest"), pyz, ["list", "--json"], conda_site.env())
+    assert [(r["name"], r["revisions"]) for r in json.loads(listed.stdout)] == [("heatsim", 1)], "migrate converted it"
     assert os.access(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"), os.X_OK)
 
 
