@@ -104,6 +104,23 @@ class FolderLock(object):
         os.close(self.handle)
 
 
+def locked_elsewhere(path, exclusive):
+    """True when another process holds a lock on path that keeps this one from taking it (exclusive:
+    any lock at all; else an exclusive one); False when path is not there."""
+    import fcntl
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+
+
 def write_json(path, data, mode=0o600):
     return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
 
@@ -1355,16 +1372,17 @@ def wheel_escape(text, version=False):
     return re.sub(r"[^\w\d.+]+" if version else r"[^\w\d.]+", "_", text)
 
 
-def entry_point_names(text):
-    """The console and GUI script names of an entry_points.txt."""
-    names, section = [], None
+def entry_points_of(text):
+    """[(command, module:function)] of an entry_points.txt's console and GUI scripts."""
+    points, section = [], None
     for line in (text or "").splitlines():
         line = line.strip()
         if line.startswith("["):
             section = line.strip("[]").strip()
         elif section in ("console_scripts", "gui_scripts") and "=" in line:
-            names.append(line.split("=", 1)[0].strip())
-    return names
+            command, target = line.split("=", 1)
+            points.append((command.strip(), target.strip()))
+    return points
 
 
 def carried_wheel_plan(dists):
@@ -1399,7 +1417,7 @@ def rebuild_wheel(prefix, dist, folder):
                       "reinstall it with pip, or pass --allow-missing")
     tags = [line.split(":", 1)[1].strip() for line in (read_small(os.path.join(info_dir, "WHEEL")) or "").splitlines()
             if line.startswith("Tag:")]
-    scripts = entry_point_names(read_small(os.path.join(info_dir, "entry_points.txt")))
+    scripts = [command for command, _ in entry_points_of(read_small(os.path.join(info_dir, "entry_points.txt")))]
     stem = "%s-%s" % (wheel_escape(dist["name"]), wheel_escape(dist["version"], True))
     path = os.path.join(folder, "%s-%s.whl" % (stem, tags[0] if tags else "py3-none-any"))
     notes, written = [], []
@@ -4455,18 +4473,7 @@ def hold_prefix(attempt, prefix):
 
 def prefix_in_use(prefix):
     """True when a running attempt holds prefix (so no other attempt may remove it)."""
-    import fcntl
-    try:
-        handle = os.open(os.path.join(prefix, PM_IN_USE), os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(handle)
+    return locked_elsewhere(os.path.join(prefix, PM_IN_USE), exclusive=True)
 
 
 def carried_env_prefix(store, name, attempt):
@@ -4551,19 +4558,6 @@ def current_umask():
     return umask
 
 
-def entry_points_of(text):
-    """[(command, module:function)] of an entry_points.txt's console and GUI scripts."""
-    points, section = [], None
-    for line in (text or "").splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line.strip("[]").strip()
-        elif section in ("console_scripts", "gui_scripts") and "=" in line:
-            command, target = line.split("=", 1)
-            points.append((command, target))
-    return points
-
-
 def wheel_destination(name, site_rel):
     """Where a wheel member goes in a prefix (PEP 427's .data folders included)."""
     parts = name.split("/")
@@ -4618,7 +4612,7 @@ def install_wheel(wheel, prefix, site_rel, writer=None):
                 writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
                              where, ShebangFix(prefix) if script else None)
             written.append(rel)
-        points = entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
+        points = PROBE.entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
                                  if info_dir + "/entry_points.txt" in archive.namelist() else "")
     for command, target in points:
         written.append(write_entry_point(prefix, command, target, where))
@@ -4741,7 +4735,7 @@ def link_software(site, dist, tree):
     write_json(os.path.join(site, info_dir, "direct_url.json"),
                {"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, 0o644 & ~current_umask())
     written = [site_rel + "/" + pth, site_rel + "/%s/METADATA" % info_dir, site_rel + "/%s/direct_url.json" % info_dir]
-    points = entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
+    points = PROBE.entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
     if points:
         write_atomic(os.path.join(site, info_dir, "entry_points.txt"), dist["entry_points"], 0o644 & ~current_umask())
         written.append(site_rel + "/%s/entry_points.txt" % info_dir)
@@ -5919,18 +5913,7 @@ def hold_serving_lock(store):
 
 
 def serving_lock_held(store):
-    import fcntl
-    try:
-        handle = os.open(store.lockfile, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(handle)
+    return locked_elsewhere(store.lockfile, exclusive=False)
 
 
 def running_server(store):

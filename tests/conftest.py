@@ -28,15 +28,23 @@ def pytest_configure(config):
 
 
 @pytest.fixture(autouse=True)
-def own_store(tmp_path, monkeypatch):
+def own_store(tmp_path):
     """Every test has its own PM_HOME and TMPDIR: none reads or writes the developer's
     ~/.platform_migrator, and what pm keeps in TMPDIR (a bundle it could not send) goes with the test.
-    TMPDIR is short (Chromium's socket path must fit in 108 bytes) and removed after the test."""
+    TMPDIR is short (Chromium's socket path must fit in 108 bytes) and removed after the test. (No
+    monkeypatch here: a test's own monkeypatching is undone before this teardown runs.)"""
     import tempfile
-    monkeypatch.setenv("PM_HOME", str(tmp_path / "own-store"))
+    saved = dict((key, os.environ.get(key)) for key in ("PM_HOME", "TMPDIR"))
     own_tmp = tempfile.mkdtemp(prefix="pm-t")
-    monkeypatch.setenv("TMPDIR", own_tmp)
+    os.environ.update(PM_HOME=str(tmp_path / "own-store"), TMPDIR=own_tmp)
+    tempfile.tempdir = None  # tempfile reads TMPDIR anew
     yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    tempfile.tempdir = None
     shutil.rmtree(own_tmp, ignore_errors=True)
 
 

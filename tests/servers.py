@@ -3,6 +3,7 @@ real HTTP on 127.0.0.1, stopped at teardown; and bundles made to measure."""
 import hashlib
 import json
 import os
+import socket
 import urllib.error
 import urllib.request
 
@@ -58,3 +59,26 @@ def synthetic_bundle(path, name="load", payload=b"", extra=None):
 def sha256_of(path):
     with open(path, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
+
+
+def exchange(port, raw):
+    """Send a request, close the sending side, and read the whole answer."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    try:
+        try:
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server answered and closed before the whole request went
+        answer = b""
+        while True:
+            try:
+                block = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not block:
+                break
+            answer += block
+        return answer
+    finally:
+        sock.close()

@@ -6,14 +6,13 @@ import json
 import os
 import random
 import re
-import socket
 import subprocess
 
 import pytest
 
 import pm
 from conftest import find_python, run_pm
-from servers import TOKEN, synthetic_bundle
+from servers import TOKEN, exchange, synthetic_bundle
 
 CASES = 5000
 SEED = 20261201
@@ -112,29 +111,6 @@ def make_case(rng, bundle_bytes):
     if rng.random() < 0.03:
         raw_head = random_bytes(rng, 300).replace(b"\r\n\r\n", b"")
     return raw_head + b"\r\n\r\n" + body
-
-
-def exchange(port, raw):
-    """Send a request, close the sending side, and read the whole answer."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    try:
-        try:
-            sock.sendall(raw)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # the server answered and closed before the whole request went
-        answer = b""
-        while True:
-            try:
-                block = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not block:
-                break
-            answer += block
-        return answer
-    finally:
-        sock.close()
 
 
 ANSWER = re.compile(rb"^HTTP/1\.[01] (\d{3}) [^\r\n]*\r\n")

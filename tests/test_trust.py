@@ -21,7 +21,7 @@ import pytest
 
 import pm
 from conftest import attempt_dirs, find_python, read_result, run_pm
-from servers import Server, TOKEN, synthetic_bundle
+from servers import Server, TOKEN, exchange, synthetic_bundle
 
 
 def tarball(members):
@@ -230,24 +230,6 @@ def test_pip_is_given_only_name_equals_version():
     assert pm.pip_entries_from_an_index(env, None).pip == ["numpy==1.26.4", "ok[extra]==1.0"]
 
 
-def raw_request(port, head, body=b"", wait=5.0):
-    sock = socket.create_connection(("127.0.0.1", port), timeout=wait)
-    try:
-        sock.sendall(head + body)
-        answer = b""
-        while True:
-            try:
-                block = sock.recv(65536)
-            except socket.timeout:
-                break
-            if not block:
-                break
-            answer += block
-        return answer
-    finally:
-        sock.close()
-
-
 def status_of(answer):
     return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else None
 
@@ -260,7 +242,7 @@ def test_the_server_refuses_names_with_a_newline_odd_origins_and_odd_tokens(pyz,
             data = handle.read()
         status, body = srv.request("PUT", "/bundles/victim%0A", data)
         assert status == 400 and not any("\n" in n for n in os.listdir(srv.home))
-        answer = raw_request(srv.record["port"], "GET /bundles HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+        answer = exchange(srv.record["port"], "GET /bundles HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
                              "t\u00e9st-\u20ac\r\nConnection: close\r\n\r\n".encode("utf-8"))
         assert status_of(answer) == 401, "a non-ASCII token is a refusal, not an internal error: %r" % answer[:200]
         with open(os.path.join(srv.home, "server.log")) as handle:
