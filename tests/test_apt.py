@@ -61,7 +61,7 @@ def test_without_root_apt_is_named_up_front_and_its_installs_fail_cleanly(pyz, t
     python, setpriv = "/usr/bin/python3", shutil.which("setpriv")
     assert os.path.exists(python) and setpriv, "this test needs /usr/bin/python3 and setpriv (util-linux)"
     site, bundle = csim_bundle(pyz, tmp_path, real_site)
-    shared = tempfile.mkdtemp(prefix="pm-nobody-")  # outside pytest's root-only folders
+    shared = tempfile.mkdtemp(prefix="pm-nobody-", dir="/tmp")  # outside root-only folders (pytest's, TMPDIR)
     try:
         os.chmod(shared, 0o777)
         for source in (pyz, bundle):
