@@ -4689,6 +4689,11 @@ def pip_entries_from_an_index(env_file, dists):
         return env_file
     dropped = set(pip_name(d["name"]) for d in dists or ()
                   if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
+    for dist in dists or ():
+        if not dist.get("software") and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown"):
+            say("note: %s %s was installed from %s on the base, not from an index, and the bundle does not carry "
+                "it: it is left out (pack with --with-packages to carry it)" % (dist["name"], dist["version"],
+                                                                             dist.get("url") or dist.get("source")))
     for entry in env_file.pip:
         if not re.match(PIP_ENTRY, entry):
             say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % entry[:100])
@@ -4931,6 +4936,11 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip"):
             continue
         if answer and not answer.manager_key.startswith("pip"):
             continue  # answered for another manager: the package managers' loop installs it
+        if not answer and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown", None):
+            rows.append(dist_row(dist, None, "failed", "installed from %s on the base, not from an index, and not "
+                                 "carried: pack with --with-packages to carry it" % (dist.get("url") or dist["source"]),
+                                 manager))
+            continue  # an index's project of that name is another thing
         name, version = (answer.package, answer.version) if answer else (dist["name"], dist["version"])
         pins[pip_name(name)] = {"dist": dist, "name": name, "version": version, "fixed": bool(answer),
                                 "why": "answers file" if answer else dist.get("why", "")}

@@ -259,3 +259,23 @@ def test_a_conda_43_base_under_python_27_records_its_distributions_too(pyz, real
     assert dict((n, (d["source"], d["owner"])) for n, d in dists.items()) == {
         "numlite": ("conda", "numlite"), "tinycalc": ("index", None), "pipsim": ("editable", None)}
     assert dists["pipsim"]["software"] and "wheels/tinycalc-1.0-py3-none-any.whl" in names
+
+
+def test_what_pip_installed_from_a_path_or_a_vcs_is_never_taken_from_an_index_by_name(pip_base, pyz, real_condas,
+                                                                                     tmp_path):
+    """Packed without --with-packages, localkit (a local wheel) and gitkit (a git checkout) cannot come
+    from anywhere: the index's projects of those names are other things, so they are named, not installed."""
+    folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    for name, version in (("localkit", "0.2"), ("gitkit", "0.3")):
+        wheels.make_wheel(folder, name, version, {"%s/__init__.py" % name: "VALUE = 'a namesake'\n"})
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, pip_base["bundles"]["plain-3"], write_config(tmp_path, "pip"),
+                   target.env(**wheels.pip_env(folder)))
+    assert proc.returncode == 1, proc.stderr
+    result = read_result(attempt_dirs(target.home, "pipsim")[-1])
+    rows = dict((r["requirement"], r) for r in result["packages"])
+    for name in ("localkit", "gitkit"):
+        assert rows[name]["status"] == "failed" and "pack with --with-packages" in rows[name]["why"], rows[name]
+    assert "gitkit 0.3 was installed from git+file://" in proc.stderr or "gitkit 0.3 was installed from file://" in \
+        proc.stderr
+    assert rows["tinycalc"]["version"] == "1.0" and rows["numlite"]["version"] == "2.0"
