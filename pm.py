@@ -714,6 +714,30 @@ def import_roots(site, files, software_dir, fallback):
     return roots or [fallback]
 
 
+def tree_roots(files, software_dir, fallback):
+    """Where the top-level packages and modules that a (non-editable) install of the software put in
+    site-packages live in its tree ('src' for a src layout), shallowest first; build/ copies passed over."""
+    tops = set()
+    for rel in files:
+        first = rel.split("/")[0]
+        if rel.startswith("..") or first.endswith((".dist-info", ".egg-info", ".pth")) or first == "__pycache__":
+            continue
+        tops.add(first[:-3] if first.endswith(".py") and "/" not in rel else first)
+    found = []
+    for folder, dirs, names in os.walk(software_dir):
+        depth = os.path.relpath(folder, software_dir).count(os.sep)
+        dirs[:] = [d for d in sorted(dirs) if not d.startswith(".") and d not in ("build", "dist", "__pycache__")
+                   and depth < 3]
+        for top in tops:
+            if (top in dirs and os.path.isfile(os.path.join(folder, top, "__init__.py"))) or top + ".py" in names:
+                root = os.path.relpath(folder, software_dir)
+                if root not in found:
+                    found.append(root)
+    if not found:
+        return [fallback]
+    return sorted(found, key=lambda root: (root.count(os.sep), root))
+
+
 def record_files(dist_path):
     """The paths a dist-info's RECORD lists (relative to site-packages)."""
     import csv
@@ -776,7 +800,7 @@ def python_distributions(prefix, records, software_dir):
                 rows = record_files(path) if path.endswith(".dist-info") else None
                 files = [r[0] for r in rows or []] + ([entry] if link_target is not None else [])
                 dist["import_roots"] = import_roots(site, files, software_dir, rel) \
-                    if source == "editable" else [rel]
+                    if source == "editable" else tree_roots(files, software_dir, rel)
                 dist["metadata"] = read_small(meta_file, 1 << 20) if os.path.isfile(meta_file) else None
                 dist["entry_points"] = read_small(os.path.join(path, "entry_points.txt")) \
                     if os.path.isdir(path) else None

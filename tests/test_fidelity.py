@@ -279,3 +279,24 @@ def test_what_pip_installed_from_a_path_or_a_vcs_is_never_taken_from_an_index_by
     assert "gitkit 0.3 was installed from git+file://" in proc.stderr or "gitkit 0.3 was installed from file://" in \
         proc.stderr
     assert rows["tinycalc"]["version"] == "1.0" and rows["numlite"]["version"] == "2.0"
+
+
+def test_software_installed_from_its_folder_as_a_copy_is_the_migrated_tree_on_the_target(pyz, real_condas, tmp_path):
+    """`pip install .` (no -e) of a src-layout project: pack finds where its package lives in the tree
+    (src/), and the target puts that on the path: the tests import the migrated code, no release."""
+    python = find_python("3.11")
+    channel = pipbase.python_channel(str(tmp_path / "channel"), python)
+    site = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "conda"), [channel])
+    software = pipbase.build_base(str(tmp_path / "base"), site, python, editable=False)
+    bundle = str(tmp_path / "copy.zip")
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", software, "-e", "pipsim-env", "-o", bundle, "--yes",
+                                               "--with-packages"], site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dists, _ = dists_of(bundle)
+    assert (dists["pipsim"]["source"], dists["pipsim"]["software"], dists["pipsim"]["import_roots"]) == \
+        ("local", True, ["src"])
+    assert not dists["pipsim"].get("wheel"), "the software travels as software/, never as a wheel"
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    done = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(str(tmp_path / "base" /
+                                                                                                 "index"))))
+    assert done.returncode == 0 and "all packages as on the base" in done.stderr, done.stderr
