@@ -3517,7 +3517,7 @@ def recreate_test_install(attempt, config, bundle, options):
     install_target(bundle, config.output_dir, options.force)
     env_file, min_deps = bundle.environment()
     dists = base_distributions(bundle)
-    carried_wheels(bundle, dists)  # a compiled wheel for another platform is named before anything is made
+    drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
     env_file = pip_entries_from_an_index(env_file, dists)
     packages, site, python_rows = None, None, []
     carried = (bundle.manifest.packages or {}).get("carried")
@@ -4666,12 +4666,28 @@ def carried_wheels(bundle, dists):
                 or not is_one_path_component(parts[1]) or member not in bundle.manifest.members:
             raise PmError("python-dists.json names the wheel %r, which the bundle does not hold" % (member,),
                           "pack the software again")
-        platform_tag = parts[1][:-len(".whl")].split("-")[-1]
-        if platform_tag != "any" and not any(p.endswith(machine) for p in platform_tag.split(".")):
-            raise PmError("the bundle carries %s, built for %s, and this machine is %s" % (
-                parts[1], platform_tag, machine), "migrate on a machine like the base, or pack on one like this")
+        if not wheel_fits_here(parts[1], machine):
+            continue  # named by drop_foreign_wheels before anything was made
         carried.append((dist, member))
     return carried
+
+
+def wheel_fits_here(filename, machine=None):
+    """A wheel's platform tag is 'any' or names this machine's processor."""
+    platform_tag = filename[:-len(".whl")].split("-")[-1]
+    return platform_tag == "any" or any(p.endswith(machine or os.uname().machine) for p in platform_tag.split("."))
+
+
+def drop_foreign_wheels(dists):
+    """Before anything is made: the carried wheels compiled for another machine are named, and their
+    distributions treated as not carried (an index, where there is one, may serve them)."""
+    foreign = [d for d in dists or () if isinstance(d.get("wheel"), str) and not wheel_fits_here(d["wheel"])]
+    if foreign:
+        say("note: the bundle carries %s, compiled for another machine than this %s: %s not used here"
+            % (", ".join(d["wheel"].rsplit("/", 1)[-1] for d in foreign), os.uname().machine,
+               "it is" if len(foreign) == 1 else "they are"))
+    for dist in foreign:
+        del dist["wheel"]
 
 
 def extract_wheels(attempt, bundle, carried):

@@ -300,3 +300,22 @@ def test_software_installed_from_its_folder_as_a_copy_is_the_migrated_tree_on_th
     done = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(str(tmp_path / "base" /
                                                                                                  "index"))))
     assert done.returncode == 0 and "all packages as on the base" in done.stderr, done.stderr
+
+
+def test_a_wheel_compiled_for_another_machine_is_named_first_and_the_index_serves_instead(pip_base, pyz, real_condas,
+                                                                                       tmp_path):
+    from conftest import rewrite_bundle
+    old, new = "wheels/tinycalc-1.0-py3-none-any.whl", "wheels/tinycalc-1.0-cp311-cp311-macosx_11_0_arm64.whl"
+
+    def foreign(members, manifest):
+        members[new] = members.pop(old)
+        manifest["members"][new] = manifest["members"].pop(old)  # its sums are computed anew
+        members["python-dists.json"] = members["python-dists.json"].replace(old.encode(), new.encode())
+    bundle = rewrite_bundle(pip_base["bundles"]["carried-3"], str(tmp_path / "foreign.zip"), foreign)
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(pip_base["index"])))
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the bundle carries tinycalc-1.0-cp311-cp311-macosx_11_0_arm64.whl, compiled for another machine" \
+        in proc.stderr.split("installing")[0], "named before anything is installed"
+    rows = dict((r["requirement"], r) for r in read_result(attempt_dirs(target.home, "pipsim")[-1])["packages"])
+    assert rows["tinycalc"]["version"] == "1.0" and "carried" not in rows["tinycalc"]["why"]
