@@ -1920,6 +1920,7 @@ class Bundle(object):
         self.path, self.manifest = path, manifest
         self.handle = handle  # the file Bundle.open checked: every later read is of it, even if path is replaced
         self._environment = None  # (EnvFile, min-deps), once read
+        self.dists, self.dists_read = None, False  # python-dists.json's records, once read (base_distributions)
 
     def source(self):
         return self.handle if self.handle is not None else self.path
@@ -3869,7 +3870,7 @@ def hold_conda_env(attempt, env_name, exclusive):
     or replaced, then shared while the tests use it; another attempt's --force waits for the tests."""
     import fcntl
     path = os.path.join(attempt.store.software(attempt.name), ".conda-env-%s.lock" % re.sub(r"[^\w.-]", "_", env_name))
-    if getattr(attempt, "env_lock", None) is None:
+    if attempt.env_lock is None:
         attempt.env_lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         attempt.holds.append(attempt.env_lock)
     mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -4535,7 +4536,14 @@ ENTRY_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z"
 
 
 def base_distributions(bundle):
-    """python-dists.json's records (checked), or None for a bundle packed before pm recorded them."""
+    """python-dists.json's records (checked), or None for a bundle packed before pm recorded them; read
+    once per bundle (every route, and drop_foreign_wheels, use the one list)."""
+    if not bundle.dists_read:
+        bundle.dists, bundle.dists_read = read_distributions(bundle), True
+    return bundle.dists
+
+
+def read_distributions(bundle):
     if "python-dists.json" not in bundle.manifest.members:
         return None
     try:
@@ -4654,8 +4662,7 @@ def finish_dist_info(prefix, site_rel, info_dir, written):
 
 
 def carried_wheels(bundle, dists):
-    """The dists that pack carried as wheels: [(dist, member name)], platforms checked first."""
-    machine = os.uname().machine
+    """The dists that pack carried as wheels and that serve here: [(dist, member name)]."""
     carried = []
     for dist in dists or []:
         member = dist.get("wheel")
@@ -4666,16 +4673,14 @@ def carried_wheels(bundle, dists):
                 or not is_one_path_component(parts[1]) or member not in bundle.manifest.members:
             raise PmError("python-dists.json names the wheel %r, which the bundle does not hold" % (member,),
                           "pack the software again")
-        if not wheel_fits_here(parts[1], machine):
-            continue  # named by drop_foreign_wheels before anything was made
         carried.append((dist, member))
     return carried
 
 
-def wheel_fits_here(filename, machine=None):
+def wheel_fits_here(filename):
     """A wheel's platform tag is 'any' or names this machine's processor."""
     platform_tag = filename[:-len(".whl")].split("-")[-1]
-    return platform_tag == "any" or any(p.endswith(machine or os.uname().machine) for p in platform_tag.split("."))
+    return platform_tag == "any" or any(p.endswith(os.uname().machine) for p in platform_tag.split("."))
 
 
 def drop_foreign_wheels(dists):
@@ -4690,7 +4695,7 @@ def drop_foreign_wheels(dists):
         del dist["wheel"]
 
 
-def extract_wheels(attempt, bundle, carried):
+def extract_wheels(attempt, bundle):
     """Unzip the carried wheels into the attempt's wheels/ folder; return it."""
     folder = os.path.join(attempt.path, "wheels")
     bundle.extract_folder("wheels", folder)
@@ -4703,7 +4708,7 @@ def install_carried_wheels(attempt, bundle, prefix, dists):
     carried = carried_wheels(bundle, dists)
     if not carried:
         return []
-    folder = extract_wheels(attempt, bundle, carried)
+    folder = extract_wheels(attempt, bundle)
     rows = []
     try:
         for dist, member in carried:
@@ -4989,7 +4994,7 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip"):
     folder = None
     carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
     if carried:
-        folder = extract_wheels(attempt, bundle, None)
+        folder = extract_wheels(attempt, bundle)
         for key, member in carried.items():
             if key in pins and not pins[key]["fixed"]:  # the very file the base had, never the index's namesake
                 pins[key]["file"] = os.path.join(folder, member.split("/")[1])
