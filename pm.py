@@ -1211,9 +1211,12 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
 
 
 # -- Carrying the packages ----------------------------------------------------
-# pack --with-packages: every package's archive from conda's caches (checked against its record,
-# or rebuilt from the extracted copy) goes into the bundle under channel/<subdir>/, indexed as a
-# channel, so that a target with no network creates the environment from the bundle alone.
+# pack --with-packages: every package of the environment goes into the bundle under channel/<subdir>/,
+# indexed as a channel, so that a target with no network creates the environment from the bundle
+# alone. A package conda keeps extracted in its cache is carried unpacked: its files as one zip
+# (<dist>.zip, made by a few threads at once), which every target reads fast with the standard library:
+# pm's linker links from it, and a conda target gets the package already extracted in its cache. A
+# package with only its archive in the cache is carried as that archive, checked against its record.
 
 REPODATA_KEYS = ("name", "version", "build", "build_number", "depends", "constrains", "subdir", "noarch",
                  "license", "timestamp", "track_features", "features")
@@ -1246,15 +1249,17 @@ def record_fn(record):
 
 
 class CarriedPackage(object):
-    """One package of the environment and where its archive comes from: 'archive' (the cache's file,
-    checked), 'rebuild' (a .tar.bz2 made from the cache's extracted copy) or 'missing' (why)."""
+    """One package of the environment and how it is carried: 'unpacked' (the cache's extracted copy,
+    as a zip), 'archive' (the cache's file, checked), 'rebuild' (a .tar.bz2 made from the extracted
+    copy, --as-tar-bz2) or 'missing' (why)."""
 
     def __init__(self, record, kind, source, why="", sums=None):
         self.record, self.kind, self.source, self.why = record, kind, source, why
         self.sums = sums  # (md5, sha256, size) of the cache's archive, read once when it was checked
         self.fn = record_fn(record)
-        if kind == "rebuild" and not self.fn.endswith(".tar.bz2"):
-            self.fn = self.fn[:-len(".conda")] + ".tar.bz2"
+        if kind in ("rebuild", "unpacked") and not self.fn.endswith(".tar.bz2"):
+            self.fn = self.fn[:-len(".conda")] + ".tar.bz2"  # the name every conda reads
+        self.dist = self.fn[:-len(".tar.bz2")] if self.fn.endswith(".tar.bz2") else self.fn[:-len(".conda")]
         self.subdir = record_subdir(record)
 
     def label(self):
@@ -1262,7 +1267,8 @@ class CarriedPackage(object):
 
 
 def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
-    """Where each record's archive comes from (CarriedPackage), looking through pkgs_dirs in order."""
+    """How each record is carried (CarriedPackage), looking through pkgs_dirs in order: its extracted
+    copy unpacked, else its archive; with as_tar_bz2, archives only (.conda ones rebuilt as .tar.bz2)."""
     plan = []
     for record in records:
         fn = record_fn(record)
@@ -1270,6 +1276,10 @@ def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
         found, why = None, "not in conda's package caches (%s)" % ", ".join(pkgs_dirs)
         for folder in pkgs_dirs:
             archive = os.path.join(folder, fn)
+            extracted = os.path.join(folder, stem)
+            if not as_tar_bz2 and os.path.isfile(os.path.join(extracted, "info", "index.json")):
+                found = CarriedPackage(record, "unpacked", extracted)
+                break
             converted = as_tar_bz2 and fn.endswith(".conda") and os.path.isfile(archive)
             if os.path.isfile(archive) and not converted:
                 sums = archive_sums(archive)
@@ -1277,7 +1287,6 @@ def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
                     found = CarriedPackage(record, "archive", archive, sums=sums)
                     break
                 why = "%s does not match its record's md5/sha256" % archive
-            extracted = os.path.join(folder, stem)
             if os.path.isfile(os.path.join(extracted, "info", "index.json")):
                 found = CarriedPackage(record, "rebuild", extracted, "its .conda is carried as .tar.bz2 (--as-tar-bz2)"
                                        if converted else "it has no archive in the cache")
@@ -1305,39 +1314,133 @@ def rebuild_tarball(folder, out):
 
 
 def repodata_entry(package, sums):
+    """A package's repodata entry: with the sums of its archive, or for an unpacked one the zip that
+    holds it (pm_file) and no sums (the zip's sha256 is in the manifest; conda then takes the extracted
+    copy pm puts in its cache for what the entry names)."""
     entry = dict((key, package.record[key]) for key in REPODATA_KEYS if package.record.get(key) is not None)
     entry["subdir"] = package.subdir
     entry.setdefault("depends", [])
-    entry["md5"], entry["sha256"], entry["size"] = sums
+    if sums:
+        entry["md5"], entry["sha256"], entry["size"] = sums
+    else:
+        entry["pm_file"] = package.dist + ".zip"
     return entry
 
 
+PACK_LEVEL = 1  # deflate level of unpacked packages: fastest, and within 10% of gzip -4's size on real packages
+PACK_WORKERS = 4  # zlib releases the GIL: packages are zipped by a few threads at once
+ZIP_LINK = stat.S_IFLNK | 0o777
+BIG_FILE = 8 << 20  # files over this are streamed into the zip (their time to 2 s); smaller ones keep it exactly
+
+
+def unix_time_field(mtime):
+    """A zip 'UT' extra field holding mtime to the second (a zip's own date is local time to 2 s, and a
+    shipped .pyc is valid only for its source's exact mtime)."""
+    import struct
+    return struct.pack("<HHBl", 0x5455, 5, 1, int(min(max(mtime, 0), 0x7FFFFFFF)))
+
+
+def zip_package(folder, out):
+    """An extracted package folder as one zip at out: info/ first, files deflated (PACK_LEVEL) with their
+    modes and mtimes, links as links; the record conda added at extraction (info/repodata_record.json)
+    is left out. Returns out."""
+    import zipfile
+    members = []
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(dirs) + sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            if rel == "info/repodata_record.json" or (name in dirs and not os.path.islink(path)):
+                continue
+            members.append((not rel.startswith("info/"), rel, path))
+    level = {} if sys.version_info < (3, 7) else {"compresslevel": PACK_LEVEL}  # 2.7 and 3.6: zlib's default
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, True, **level) as archive:
+        for _, rel, path in sorted(members):
+            st = os.lstat(path)
+            info = zipfile.ZipInfo(rel, time.localtime(zip_mtime(st.st_mtime))[:6])
+            info.extra = unix_time_field(st.st_mtime)
+            if stat.S_ISLNK(st.st_mode):
+                info.external_attr = ZIP_LINK << 16
+                archive.writestr(info, os.readlink(path).encode("utf-8") if not PY2 else os.readlink(path),
+                                 zipfile.ZIP_STORED)
+            elif st.st_size > BIG_FILE:
+                archive.write(path, rel)
+            else:
+                info.external_attr = (st.st_mode & 0xFFFF) << 16
+                with open(path, "rb") as source:
+                    archive.writestr(info, source.read(), zipfile.ZIP_DEFLATED, **level)
+    return out
+
+
+def in_threads(func, items, workers):
+    """func(item) for every item by a few threads; yields (item, result) in items' order. Python 2.7
+    has no concurrent.futures; a failure stops the rest and is raised here."""
+    import threading
+    results, ready, lock, left = {}, [threading.Event() for _ in items], threading.Lock(), list(enumerate(items))
+    left.reverse()
+
+    def work():
+        while True:
+            with lock:
+                if not left:
+                    return
+                index, item = left.pop()
+            try:
+                results[index] = (True, func(item))
+            except BaseException as exc:
+                results[index] = (False, exc)
+                with lock:
+                    del left[:]
+            ready[index].set()
+
+    threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(items))))]
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    try:
+        for index, item in enumerate(items):
+            while not ready[index].wait(0.2):  # a timed wait: Ctrl-C is seen in Python 2.7 too
+                pass
+            ok, value = results.pop(index)
+            if not ok:
+                raise value
+            yield item, value
+    finally:
+        with lock:
+            del left[:]
+
+
 def carry_packages(writer, plan, platform):
-    """Write the archives into the bundle under channel/<subdir>/ with each subdir's repodata.json
-    (and .bz2, which conda 4.3 reads); return the manifest's 'packages' field."""
+    """Write the packages into the bundle under channel/<subdir>/ with each subdir's repodata.json
+    (and .bz2, which conda 4.3 reads); return the manifest's 'packages' field. Unpacked packages are
+    zipped beside the bundle by a few threads while the finished ones go in, in order."""
     import bz2
     import shutil
     import tempfile
     indexes = {"noarch": {}, platform: {}}
     carried = []
     total = sum(os.path.getsize(p.source) for p in plan if p.kind == "archive")
-    progress = Progress("carrying %d packages" % len(plan), None if any(p.kind == "rebuild" for p in plan) else total)
-    scratch = tempfile.mkdtemp(prefix="pm-rebuild-")
+    progress = Progress("carrying %d packages" % len(plan), None if any(p.kind != "archive" for p in plan) else total)
+    scratch = tempfile.mkdtemp(prefix=".pm-packages-", dir=os.path.dirname(os.path.abspath(writer.temp)))
+
+    def prepare(package):
+        out = os.path.join(scratch, package.dist + ".zip")
+        if package.kind == "unpacked":
+            return zip_package(package.source, out)
+        return rebuild_tarball(package.source, out[:-4] + ".tar.bz2") if package.kind == "rebuild" else package.source
+
     try:
-        for package in plan:
-            if package.kind == "missing":
-                continue
-            source = package.source
-            if package.kind == "rebuild":
-                source = rebuild_tarball(package.source, os.path.join(scratch, package.fn))
-            sums = package.sums or archive_sums(source)
-            arcname = "channel/%s/%s" % (package.subdir, package.fn)
+        for package, source in in_threads(prepare, [p for p in plan if p.kind != "missing"], PACK_WORKERS):
+            name = package.dist + ".zip" if package.kind == "unpacked" else package.fn
+            arcname = "channel/%s/%s" % (package.subdir, name)
             writer.add_file(source, arcname, progress)
             key = "packages.conda" if package.fn.endswith(".conda") else "packages"
-            indexes.setdefault(package.subdir, {}).setdefault(key, {})[package.fn] = repodata_entry(package, sums)
+            indexes.setdefault(package.subdir, {}).setdefault(key, {})[package.fn] = repodata_entry(
+                package, None if package.kind == "unpacked" else package.sums or archive_sums(source))
             carried.append({"file": arcname, "name": package.record["name"], "version": package.record["version"],
-                            "build": package.record.get("build", ""), "rebuilt": package.kind == "rebuild"})
-            if package.kind == "rebuild":
+                            "build": package.record.get("build", ""), "rebuilt": package.kind == "rebuild",
+                            "form": "unpacked" if package.kind == "unpacked" else "archive"})
+            if source.startswith(scratch + os.sep):
                 os.remove(source)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -1377,11 +1480,12 @@ def print_package_plan(plan, dists=()):
     for package in plan:
         size = os.path.getsize(package.source) if package.kind == "archive" else 0
         total += size
-        print("%-10s %-50s %10s  %s" % (package.kind, package.subdir + "/" + package.fn,
+        carried = package.dist + ".zip" if package.kind == "unpacked" else package.fn
+        print("%-10s %-50s %10s  %s" % (package.kind, package.subdir + "/" + carried,
                                         "%.1f MiB" % (size / 1048576.0) if size else "-",
                                         package.why if package.kind == "missing" else
                                         "%s (%s)" % (package.source, package.why) if package.why else package.source))
-    print("%d packages, %.1f MiB in archives (rebuilt ones not counted), %d missing"
+    print("%d packages, %.1f MiB in archives (unpacked and rebuilt ones not counted), %d missing"
           % (len(plan), total / 1048576.0, len([p for p in plan if p.kind == "missing"])))
 
 
@@ -3535,7 +3639,7 @@ def recreate_test_install(attempt, config, bundle, options):
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
         hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
-        channel = carried_channel(attempt, conda, bundle)
+        channel = carried_channel(attempt, conda, bundle, options.max_ratio)
         try:
             level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force, channel)
         finally:
@@ -3746,17 +3850,20 @@ PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: 
 
 
 class CarriedChannel(object):
-    """The bundle's own packages, unzipped as a local channel; args are conda's flags to use it
-    (alone and offline, when nothing is missing from it)."""
+    """The bundle's own packages, unzipped as a local channel, with its unpacked packages extracted
+    into a package cache of its own (pkgs/, as if conda had downloaded them); args are conda's flags to
+    use it (alone and offline, when nothing is missing from it), environ points conda at that cache."""
 
     def __init__(self, folder, complete):
         from urllib.request import pathname2url
         self.folder = folder
         self.url = "file://" + pathname2url(folder)
         self.args = ["--offline", "--override-channels", "-c", self.url] if complete else ["-c", self.url]
+        self.pkgs = os.path.join(folder, "pkgs")
+        self.environ = dict(os.environ, CONDA_PKGS_DIRS=self.pkgs)
 
 
-def carried_channel(attempt, conda, bundle):
+def carried_channel(attempt, conda, bundle, max_ratio=None):
     """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
     (a note says why); a .conda archive that this conda cannot read stops before anything is made."""
     packages = bundle.manifest.packages or {}
@@ -3778,8 +3885,58 @@ def carried_channel(attempt, conda, bundle):
         say("note: the bundle lacks %d of its packages (%s): this conda's channels must provide them"
             % (len(missing), ", ".join(m["name"] for m in missing)))
     channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
+    unpacked = [a for a in carried_archives(channel.folder, conda_reads=True) if a.path.endswith(".zip")]
+    if unpacked:
+        started = time.time()
+        extract_into_cache(unpacked, channel, max_ratio)
+        attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
+                                                                        time.time() - started))
     say("using the %d packages the bundle carries%s" % (len(carried), "" if missing else ", offline"))
     return channel
+
+
+def extract_into_cache(archives, channel, max_ratio=None):
+    """Extract unpacked packages into the channel's own package cache, as conda leaves a package it
+    downloaded: pkgs/<dist>/ (each through a containment writer of its own, a few at once), its
+    info/repodata_record.json naming the channel, and urls.txt (conda 4.3 finds a package by it). The
+    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy."""
+    import bz2
+    from concurrent.futures import ThreadPoolExecutor
+    os.mkdir(channel.pkgs, 0o700)
+    ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
+
+    def one(archive):
+        size = os.path.getsize(archive.path)
+        writer = Contained(os.path.join(channel.pkgs, archive.dist), max(ratio * size, UNPACKED_FLOOR) if ratio
+                           else None, max(10000, size // 16) if ratio else None)
+        os.mkdir(writer.root, 0o755)
+        written = []
+        for name, kind, mode, mtime, content in zip_members(archive, writer.max_files, with_info=True):
+            if kind == "link":
+                writer.symlink(name, content, archive.fn)
+            else:
+                writer.write(name, content, mode, mtime, archive.fn)
+            written.append(name)
+        writer.check_links(writer.root, written)
+        entry = dict((k, v) for k, v in archive.entry.items() if k != "pm_file")
+        entry.update(fn=archive.fn, url="%s/%s/%s" % (channel.url, entry.get("subdir", ""), archive.fn),
+                     channel=channel.url)
+        write_json(os.path.join(writer.root, "info", "repodata_record.json"), entry, 0o644)
+        return entry["url"]
+
+    with ThreadPoolExecutor(max_workers=max(1, min(LINK_WORKERS, os.cpu_count() or 1, len(archives)))) as pool:
+        urls = list(pool.map(one, archives))
+    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url in urls), 0o644)
+    for archive in archives:
+        os.remove(archive.path)
+    for subdir in sorted(set(a.entry.get("subdir", "") for a in archives)):
+        path = os.path.join(channel.folder, subdir, "repodata.json")
+        repodata = read_json(path)
+        for entry in (repodata.get("packages") or {}).values():
+            entry.pop("pm_file", None)
+        data = json.dumps(repodata, sort_keys=True).encode("utf-8")
+        write_atomic(path, data, 0o644)
+        write_atomic(path + ".bz2", bz2.compress(data), 0o644)
 
 
 def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channel=None):
@@ -3817,13 +3974,13 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
         say("creating conda environment %s (%s, %d packages)..." % (build_name, level, len(level_file.dependencies)))
         if channel:
             code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
-                                       level_file.dependencies)
+                                       level_file.dependencies, channel.environ)
         else:
             code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
         built = conda.env_prefix(build_name)
         if code == 0 and built:
             write_json(os.path.join(built, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
-            final = replace_conda_env(attempt, conda, env_name, build_name) if prefix else built
+            final = replace_conda_env(attempt, conda, env_name, build_name, channel) if prefix else built
             level_file.name = env_name
             write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
             write_json(os.path.join(final, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
@@ -3849,13 +4006,14 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
 
 
-def replace_conda_env(attempt, conda, env_name, build_name):
+def replace_conda_env(attempt, conda, env_name, build_name, channel=None):
     """Put the environment built as build_name in env_name's place. A conda prefix cannot be moved
     (its files name it), so the old one is removed and the new one cloned in (from the package
     cache, offline), then the built one goes."""
     say("replacing conda environment %s with the one just built" % env_name)
     attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
-    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", build_name, "--offline", "-y"])
+    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", build_name, "--offline", "-y"],
+                               channel.environ if channel else None)  # the carried packages' own cache
     prefix = conda.env_prefix(env_name)
     if code != 0 or not prefix:
         raise PmError("the new environment is built as %s, but cloning it to %s failed (%s)"
@@ -4128,8 +4286,8 @@ CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,250}\.(tar\.bz2|conda)\Z"
 
 
 class CarriedArchive(object):
-    """One carried .tar.bz2 and its repodata entry; what its info/ folder says is read while it is
-    linked, in the same pass (link_archive)."""
+    """One carried package, a .tar.bz2 or an unpacked package's .zip, and its repodata entry; what its
+    info/ folder says is read while it is linked, in the same pass (link_archive)."""
 
     def __init__(self, path, fn, entry):
         self.path, self.fn, self.entry = path, fn, entry
@@ -4137,6 +4295,20 @@ class CarriedArchive(object):
         self.info = {}
         self.placeholders = {}
         self.files = []
+
+    def members(self, limit=None):
+        """(name, 'file' or 'link', mode, mtime, file object or link text) of each member outside
+        info/, info/ read on the way."""
+        return zip_members(self, limit) if self.path.endswith(".zip") else tar_members(self)
+
+    def keep_info(self, name, size, read):
+        """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
+        if name in INFO_READ:
+            if size > 64 << 20:
+                raise PmError("%s of %s is over 64 MiB" % (name, self.fn), "do not use this bundle")
+            self.info[name] = read()
+            if name in ("info/paths.json", "info/has_prefix"):
+                self.placeholders = self.read_placeholders()
 
     def info_json(self, name):
         try:
@@ -4181,50 +4353,99 @@ class CarriedArchive(object):
 INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
 
 
+def tar_members(archive):
+    """The members of a .tar.bz2 in one streamed pass (BZ2File inflates in bounded steps; tarfile's own
+    "r|bz2" would inflate a whole read at once, and a bomb's few bytes of zeros are hundreds of MiB)."""
+    import bz2
+    import tarfile
+    with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if name == "info" or name.startswith("info/"):
+                if member.isfile():
+                    archive.keep_info(name, member.size, tar.extractfile(member).read)
+            elif member.issym():
+                yield name, "link", 0o777, member.mtime, member.linkname
+            elif member.isfile():
+                yield name, "file", member.mode, member.mtime, tar.extractfile(member)
+            elif not member.isdir():
+                raise PmError("%s in the carried package %s is not a file or link" % (name, archive.fn),
+                              "do not use this bundle; pack the software again")
+
+
+def zip_member_mtime(info):
+    """A zip member's mtime: its 'UT' extra field (to the second, as pack writes it), else its date."""
+    import struct
+    extra, pos = info.extra, 0
+    while pos + 4 <= len(extra):
+        kind, size = struct.unpack("<HH", extra[pos:pos + 4])
+        if kind == 0x5455 and size >= 5 and extra[pos + 4] & 1:
+            return struct.unpack("<l", extra[pos + 5:pos + 9])[0]
+        pos += 4 + size
+    return time.mktime(info.date_time + (0, 0, -1))
+
+
+def zip_members(archive, limit=None, with_info=False):
+    """The members of an unpacked package's zip: info/ read first (random access), then the rest (and
+    with_info, info/ too) as streams. No more than limit entries, only stored or deflated, never
+    encrypted."""
+    import zipfile
+    with zipfile.ZipFile(archive.path) as package:
+        entries = package.infolist()
+        if limit is not None and len(entries) > limit:
+            raise PmError("the carried package %s holds %d entries, more than its size allows (a bomb)"
+                          % (archive.fn, len(entries)), "do not use this bundle; pack the software again")
+        for info in entries:
+            if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise PmError("%s in the carried package %s is encrypted or compressed in a way pm does not read"
+                              % (info.filename[:200], archive.fn), "do not use this bundle; pack the software again")
+            if info.filename.startswith("info/") and not info.filename.endswith("/"):
+                archive.keep_info(info.filename, info.file_size, lambda: package.read(info))
+        for info in entries:
+            name, kind = info.filename, stat.S_IFMT(info.external_attr >> 16)
+            if (name.startswith("info/") and not with_info) or name.endswith("/"):
+                continue
+            if kind == stat.S_IFLNK:
+                if info.file_size > 4096:
+                    raise PmError("the link %s in %s is over 4 KiB long" % (name[:200], archive.fn),
+                                  "do not use this bundle")
+                yield name, "link", 0o777, 0, package.read(info).decode("utf-8", "surrogateescape")
+            elif kind in (0, stat.S_IFREG):
+                with package.open(info) as source:
+                    yield name, "file", (info.external_attr >> 16) & 0o777, zip_member_mtime(info), source
+            else:
+                raise PmError("%s in the carried package %s is not a file or link" % (name[:200], archive.fn),
+                              "do not use this bundle; pack the software again")
+
+
 def link_archive(archive, writer, site, claims, order):
     """Link one archive into writer's root in one streamed pass: files and links written as they come
     (a later package in install order wins a path two packages share), info/ read on the way; files
     written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
-    import bz2
     import tarfile
+    import zipfile
+    import zlib
     where = archive.fn
     later = []
     try:
-        # BZ2File inflates in bounded steps; tarfile's own "r|bz2" inflates a whole read at once (a bomb's
-        # few bytes of zeros would be hundreds of MiB in memory)
-        with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = member.name[2:] if member.name.startswith("./") else member.name
-                if name == "info" or name.startswith("info/"):
-                    if name in INFO_READ and member.isfile():
-                        if member.size > 64 << 20:
-                            raise PmError("%s of %s is over 64 MiB" % (name, where), "do not use this bundle")
-                        archive.info[name] = tar.extractfile(member).read()
-                        if name in ("info/paths.json", "info/has_prefix"):
-                            archive.placeholders = archive.read_placeholders()
-                    continue
-                if member.isdir():
-                    continue
-                rel = relocated(name, site) if archive.noarch_python() else name
-                with writer.lock:
-                    if claims.get(rel, -1) > order:
-                        archive.files.append(rel)
-                        continue  # a later package's file wins
-                    claims[rel] = order
-                if member.issym():
-                    writer.symlink(rel, member.linkname, where)
-                elif member.isfile():
-                    replacer = None
-                    if name in archive.placeholders:
-                        placeholder, mode = archive.placeholders[name]
-                        replacer = PrefixReplacer(placeholder, writer.root, mode, "%s of %s" % (name, where))
-                    writer.write(rel, tar.extractfile(member), member.mode, member.mtime, where, replacer)
-                    later.append((name, rel, member.mtime))
-                else:
-                    raise PmError("%s in the carried package %s is not a file or link" % (name, where),
-                                  "do not use this bundle; pack the software again")
-                archive.files.append(rel)
-    except (OSError, EOFError, tarfile.TarError) as exc:
+        for name, kind, mode, mtime, content in archive.members(writer.max_files):
+            rel = relocated(name, site) if archive.noarch_python() else name
+            with writer.lock:
+                if claims.get(rel, -1) > order:
+                    archive.files.append(rel)
+                    continue  # a later package's file wins
+                claims[rel] = order
+            if kind == "link":
+                writer.symlink(rel, content, where)
+            else:
+                replacer = None
+                if name in archive.placeholders:
+                    placeholder, placeholder_mode = archive.placeholders[name]
+                    replacer = PrefixReplacer(placeholder, writer.root, placeholder_mode, "%s of %s" % (name, where))
+                writer.write(rel, content, mode, mtime, where, replacer)
+                later.append((name, rel, mtime))
+            archive.files.append(rel)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise PmError("the carried package %s cannot be read (%s)" % (where, exc), "pack the software again")
@@ -4298,9 +4519,10 @@ def conda_meta_record(archive, files, requested):
     return record
 
 
-def carried_archives(bundle, channel_dir):
-    """The bundle's carried packages as CarriedArchives, their repodata checked before anything is
-    installed: every file name one plain .tar.bz2 name of the folder it is listed in."""
+def carried_archives(channel_dir, conda_reads=False):
+    """The bundle's carried packages (unzipped at channel_dir) as CarriedArchives, their repodata checked
+    before anything is installed: every file name one plain .tar.bz2 name of the folder it is listed in,
+    or that name's unpacked package (<dist>.zip)."""
     archives, unreadable = [], []
     for subdir in sorted(os.listdir(channel_dir)):
         try:
@@ -4316,10 +4538,15 @@ def carried_archives(bundle, channel_dir):
                         not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
                     raise PmError("the carried channel's repodata names %r, which is not a package file" % fn[:100],
                                   "do not use this bundle; pack the software again")
+                unpacked = entry.get("pm_file")
+                if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
+                    raise PmError("the carried channel's repodata holds %r for %r, which is not its unpacked package"
+                                  % (str(unpacked)[:100], fn[:100]), "do not use this bundle; pack the software again")
                 if fn.endswith(".conda"):
-                    unreadable.append(fn)
+                    if not conda_reads:
+                        unreadable.append(fn)
                     continue
-                path = os.path.join(channel_dir, subdir, fn)
+                path = os.path.join(channel_dir, subdir, unpacked or fn)
                 if not os.path.isfile(path) or os.path.islink(path):
                     raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
                                   "pack the software again")
@@ -4392,7 +4619,7 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
     import shutil
     channel_dir = bundle.extract_channel(os.path.join(attempt.path, "channel"))
     try:
-        archives = install_order(carried_archives(bundle, channel_dir))
+        archives = install_order(carried_archives(channel_dir))
         if os.path.lexists(prefix):
             raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
         os.makedirs(os.path.join(prefix, "conda-meta"))

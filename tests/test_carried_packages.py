@@ -55,18 +55,21 @@ def test_a_target_with_no_channel_and_no_network_gets_the_bases_environment(base
                                                                            real_condas, example_software, tmp_path):
     base, channel = base_site(real_condas, base_key, tmp_path)
     os.remove(os.path.join(pkgs_dir(base), "libgrid-1.2-h0_0.tar.bz2"))  # as after 'conda clean --tarballs'
+    shutil.rmtree(os.path.join(pkgs_dir(base), "heatplot-0.3-h3_0"))  # only its archive is left
     bundle = str(tmp_path / "heatsim.zip")
     packed = pack(pyz, base, example_software, bundle, python=python)
     assert packed.returncode == 0, packed.stderr
-    assert "libgrid 1.2 h0_0: it has no archive in the cache; its .tar.bz2 is rebuilt" in packed.stderr
+    assert "rebuilt" not in packed.stderr
     with zipfile.ZipFile(bundle) as archive:
         names = set(archive.namelist())
         manifest = json.loads(archive.read("manifest.json").decode())
+        with archive.open("channel/noarch/libgrid-1.2-h0_0.zip") as inner, zipfile.ZipFile(inner) as package:
+            assert package.namelist()[0].startswith("info/") and "info/repodata_record.json" not in package.namelist()
     carried = dict((c["name"], c) for c in manifest["packages"]["carried"])
     assert set(carried) == set(conda_meta(base.prefix("heatsim-env")))
-    assert carried["libgrid"]["rebuilt"] and not carried["heatplot"]["rebuilt"]
+    assert carried["libgrid"]["form"] == "unpacked" and carried["heatplot"]["form"] == "archive"
     assert {"channel/noarch/repodata.json", "channel/noarch/repodata.json.bz2", "channel/linux-64/repodata.json",
-            "channel/noarch/heatplot-0.3-h3_0.tar.bz2"} <= names
+            "channel/noarch/heatplot-0.3-h3_0.tar.bz2", "channel/noarch/libgrid-1.2-h0_0.zip"} <= names
     shutil.rmtree(channel)  # the base's mirror is not on the target
     target = realconda.RealCondaSite(real_condas[target_key], str(tmp_path / "target"), [])
     proc = migrate_offline(pyz, target, bundle, tmp_path)
@@ -83,7 +86,7 @@ def test_dry_run_lists_what_would_be_carried_and_writes_nothing(pyz, real_condas
     out = str(tmp_path / "never.zip")
     proc = pack(pyz, base, example_software, out, "--dry-run", python="newest")
     assert proc.returncode == 0, proc.stderr
-    assert "archive    noarch/heatplot-0.3-h3_0.tar.bz2" in proc.stdout
+    assert "unpacked   noarch/heatplot-0.3-h3_0.zip" in proc.stdout
     assert "5 packages" in proc.stdout and "0 missing" in proc.stdout
     assert not os.path.exists(out) and [f for f in os.listdir(str(tmp_path)) if f.startswith(".pm-")] == []
 
@@ -125,24 +128,30 @@ def test_a_bundle_packed_for_another_platform_says_so_and_takes_this_condas_chan
     assert "the bundle carries its packages for osx-arm64, and this conda is linux-64" in proc.stderr
 
 
-def test_conda_43_is_told_it_cannot_read_carried_conda_files_and_as_tar_bz2_serves_it(pyz, real_condas,
-                                                                                     example_software, tmp_path):
+def test_conda_43_gets_a_conda_format_base_unpacked_and_is_told_when_only_conda_files_are_left(
+        pyz, real_condas, example_software, tmp_path):
     python = os.path.join(os.path.dirname(real_condas["25.11.1"]), "python")
     channel = channels.conda_format_channel(str(tmp_path / "conda-channel"), python)
     base, _ = base_site(real_condas, "25.11.1", tmp_path, channel)
     assert any(f.endswith(".conda") for f in os.listdir(pkgs_dir(base)))
+    target = realconda.RealCondaSite(real_condas["4.3.16-py3.6"], str(tmp_path / "target"), [])
+    for label, extra in (("unpacked", []), ("tar-bz2", ["--as-tar-bz2"])):
+        bundle = str(tmp_path / (label + ".zip"))
+        packed = pack(pyz, base, example_software, bundle, *extra, python="newest")
+        assert packed.returncode == 0, packed.stderr
+        proc = migrate_offline(pyz, target, bundle, tmp_path)
+        assert proc.returncode == 0, (label, proc.stderr)
+        result = read_result(attempt_dirs(target.home, "heatsim")[-1])
+        assert conda_meta(result["env_prefix"]) == conda_meta(base.prefix("heatsim-env"))
+        shutil.rmtree(result["env_prefix"])
+        shutil.rmtree(str(tmp_path / "installed"))
+    for entry in os.listdir(pkgs_dir(base)):  # only the .conda archives are left in the cache
+        if os.path.isdir(os.path.join(pkgs_dir(base), entry, "info")):
+            shutil.rmtree(os.path.join(pkgs_dir(base), entry))
     bundle = str(tmp_path / "conda-files.zip")
     assert pack(pyz, base, example_software, bundle, python="newest").returncode == 0
-    target = realconda.RealCondaSite(real_condas["4.3.16-py3.6"], str(tmp_path / "target"), [])
     proc = migrate_offline(pyz, target, bundle, tmp_path)
     assert proc.returncode == 2, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "conda 4.3.16 reads no .conda packages, and the bundle carries 5: " in line and "--as-tar-bz2" in line
     assert not os.listdir(target.envs), "nothing is created"
-    rebuilt = str(tmp_path / "tar-bz2.zip")
-    packed = pack(pyz, base, example_software, rebuilt, "--as-tar-bz2", python="newest")
-    assert packed.returncode == 0, packed.stderr
-    proc = migrate_offline(pyz, target, rebuilt, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    result = read_result(attempt_dirs(target.home, "heatsim")[-1])
-    assert conda_meta(result["env_prefix"]) == conda_meta(base.prefix("heatsim-env"))

@@ -438,7 +438,7 @@ def test_fuzzed_carried_packages_never_write_outside_the_prefix(tmp_path):
         prefix = case / "prefix"
         (prefix / "conda-meta").mkdir(parents=True)
         try:
-            archives = pm.install_order(pm.carried_archives(None, str(case / "channel")))
+            archives = pm.install_order(pm.carried_archives(str(case / "channel")))
             pm.link_environment(archives, str(prefix), 100)
             linked += 1
         except pm.PmError:

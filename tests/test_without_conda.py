@@ -30,8 +30,9 @@ CONFIG = "[nativesim]\noutput_dir = {out}\npackage_managers = conda\ntests = che
 
 @pytest.fixture(scope="module")
 def linked(tmp_path_factory, real_condas, pyz):
-    """The base: its environment from the linker channel, packed --with-packages --as-tar-bz2 (and
-    without, to show a .conda stops pm); the channel is then taken away."""
+    """The base: its environment from the linker channel, packed --with-packages --as-tar-bz2, then
+    --with-packages (packages unpacked from conda's cache), then once zdata's extracted copy is gone
+    from the cache (to show its .conda stops pm); the channel is then taken away."""
     work = tmp_path_factory.mktemp("linker-base")
     conda_python = os.path.join(os.path.dirname(real_condas["25.11.1"]), "python")
     channel = channels.linker_channel(str(work / "channel"), find_python("newest"))
@@ -42,7 +43,9 @@ def linked(tmp_path_factory, real_condas, pyz):
     software.mkdir(parents=True)
     (software / "check.sh").write_text(CHECK)
     bundles = {}
-    for label, extra in (("tar.bz2", ["--as-tar-bz2"]), ("conda", [])):
+    for label, extra in (("tar.bz2", ["--as-tar-bz2"]), ("unpacked", []), ("conda", [])):
+        if label == "conda":
+            shutil.rmtree(os.path.join(base.base, "pkgs", "zdata-1.0-0"))
         bundles[label] = str(work / ("nativesim-%s.zip" % label))
         proc = run_pm(find_python("newest"), pyz, ["pack", "-d", str(software), "-e", "native-env", "-o",
                                                    bundles[label], "--yes", "--with-packages"] + extra,
@@ -77,9 +80,11 @@ def envs_left(tmp_path):
     return sorted(os.listdir(str(folder))) if folder.is_dir() else []
 
 
-def test_without_conda_pm_links_the_carried_packages_and_real_conda_sees_a_normal_environment(pyz, linked, tmp_path):
+@pytest.mark.parametrize("form", ["tar.bz2", "unpacked"])
+def test_without_conda_pm_links_the_carried_packages_and_real_conda_sees_a_normal_environment(form, pyz, linked,
+                                                                                              tmp_path):
     assert "zdata 1.0 0: its .conda is carried as .tar.bz2 (--as-tar-bz2); its .tar.bz2 is rebuilt" in linked["tar.bz2-stderr"]
-    proc = migrate(pyz, linked["tar.bz2"], tmp_path)
+    proc = migrate(pyz, linked[form], tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "no conda here: pm installs the 7 packages the bundle carries" in proc.stderr
     assert "postlink has a post-link script, which pm does not run" in proc.stderr
@@ -114,10 +119,16 @@ def test_a_prefix_too_long_for_a_binary_placeholder_is_refused_and_nothing_is_le
     assert not os.path.exists(long_prefix)
 
 
-def test_a_corrupt_carried_archive_is_named_and_nothing_is_left(pyz, linked, tmp_path):
+@pytest.mark.parametrize("form", ["tar.bz2", "unpacked"])
+def test_a_corrupt_carried_archive_is_named_and_nothing_is_left(form, pyz, linked, tmp_path):
     def spoil(members, manifest):
-        members["channel/linux-64/hello-1.0-h1_0.tar.bz2"] = b"BZh9 not really bzip2"
-    spoilt = rewrite_bundle(linked["tar.bz2"], str(tmp_path / "spoilt.zip"), spoil)
+        if form == "unpacked":  # a deflated member whose bytes changed: its CRC no longer holds
+            data = bytearray(members["channel/linux-64/hello-1.0-h1_0.zip"])
+            data[data.index(b"bin/hello") + 40] ^= 0xFF
+            members["channel/linux-64/hello-1.0-h1_0.zip"] = bytes(data)
+        else:
+            members["channel/linux-64/hello-1.0-h1_0.tar.bz2"] = b"BZh9 not really bzip2"
+    spoilt = rewrite_bundle(linked[form], str(tmp_path / "spoilt.zip"), spoil)
     proc = migrate(pyz, spoilt, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "the carried package hello-1.0-h1_0.tar.bz2 cannot be read" in proc.stderr.strip().splitlines()[-1]
@@ -157,32 +168,44 @@ def test_packages_carried_for_another_platform_are_named_before_anything_is_writ
     assert envs_left(tmp_path) == []
 
 
-@pytest.mark.parametrize("member, kind", [("../../escaped.txt", "file"), ("bin/evil", "link")], ids=["dotdot", "link"])
-def test_a_carried_archive_that_reaches_outside_the_prefix_is_refused_and_nothing_is_left(member, kind, pyz, linked,
-                                                                                         tmp_path):
+def crafted_member(form, member, kind):
+    """A package 'hello' holding one crafted member, as a .tar.bz2 or as an unpacked package's zip."""
     import io
     import tarfile
+    import zipfile
+    index = json.dumps({"name": "hello", "version": "1.0", "build": "h1_0"}).encode()
+    buffer = io.BytesIO()
+    if form == "unpacked":
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as package:
+            package.writestr("info/index.json", index)
+            info = zipfile.ZipInfo(member)
+            info.external_attr = ((0o120777 if kind == "link" else 0o100644) << 16)
+            package.writestr(info, b"../../../../etc" if kind == "link" else b"x\n")
+        return buffer.getvalue()
+    with tarfile.open(fileobj=buffer, mode="w:bz2") as tar:
+        info = tarfile.TarInfo("info/index.json")
+        info.size = len(index)
+        tar.addfile(info, io.BytesIO(index))
+        info = tarfile.TarInfo(member)
+        if kind == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc"
+            tar.addfile(info)
+        else:
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"x\n"))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("form", ["tar.bz2", "unpacked"])
+@pytest.mark.parametrize("member, kind", [("../../escaped.txt", "file"), ("bin/evil", "link")], ids=["dotdot", "link"])
+def test_a_carried_archive_that_reaches_outside_the_prefix_is_refused_and_nothing_is_left(member, kind, form, pyz,
+                                                                                         linked, tmp_path):
+    name = "hello-1.0-h1_0.zip" if form == "unpacked" else "hello-1.0-h1_0.tar.bz2"
 
     def craft(members, manifest):
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:bz2") as tar:
-            info = tarfile.TarInfo("info/index.json")
-            data = json.dumps({"name": "hello", "version": "1.0", "build": "h1_0"}).encode()
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-            info = tarfile.TarInfo(member)
-            if kind == "link":
-                info.type, info.linkname = tarfile.SYMTYPE, "../../../../etc"
-                tar.addfile(info)
-            else:
-                info.size = 2
-                tar.addfile(info, io.BytesIO(b"x\n"))
-        members["channel/linux-64/hello-1.0-h1_0.tar.bz2"] = buffer.getvalue()
-        repodata = json.loads(members["channel/linux-64/repodata.json"].decode())
-        entry = repodata["packages"]["hello-1.0-h1_0.tar.bz2"]
-        entry.update(size=len(buffer.getvalue()))
-        members["channel/linux-64/repodata.json"] = json.dumps(repodata).encode()
-    crafted = rewrite_bundle(linked["tar.bz2"], str(tmp_path / "crafted.zip"), craft)
+        assert "channel/linux-64/" + name in members
+        members["channel/linux-64/" + name] = crafted_member(form, member, kind)
+    crafted = rewrite_bundle(linked[form], str(tmp_path / "crafted.zip"), craft)
     proc = migrate(pyz, crafted, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "hello-1.0-h1_0.tar.bz2" in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
