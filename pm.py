@@ -371,16 +371,6 @@ def export_args(conda_info, prefix):
     return ["env", "export", "-n", name], {"CONDA_ENVS_PATH": os.pathsep.join(paths)}
 
 
-def export_env(conda, conda_info, prefix):
-    """(env.yml, its --from-history form or None): what this conda writes for the prefix."""
-    args, extra_env = export_args(conda_info, prefix)
-    env_yml = run_conda(conda, args, extra_env=extra_env)
-    history_yml = None
-    if conda_version(conda_info) >= (4, 7, 12):  # the first conda with --from-history
-        history_yml = run_conda(conda, args + ["--from-history"], check=False, extra_env=extra_env)
-    return env_yml, history_yml
-
-
 def is_env_prefix(path):
     return os.path.isdir(os.path.join(path, "conda-meta"))
 
@@ -1153,8 +1143,13 @@ def gather_environment(conda, conda_info, prefix, software_dir):
     graph = dependency_graph(records)
     minimal = minimal_set(graph, requested)
     say("asking conda for the environment (list, env export)...")
-    listed = run_conda_json(conda, ["list", "--json", "-p", prefix])
-    env_yml, history_yml = export_env(conda, conda_info, prefix)
+    args, extra_env = export_args(conda_info, prefix)
+    calls = [lambda: run_conda_json(conda, ["list", "--json", "-p", prefix]),
+             lambda: run_conda(conda, args, extra_env=extra_env)]
+    if conda_version(conda_info) >= (4, 7, 12):  # the first conda with --from-history
+        calls.append(lambda: run_conda(conda, args + ["--from-history"], check=False, extra_env=extra_env))
+    answers = [answer for _, answer in in_threads(lambda call: call(), calls, len(calls))]  # conda starts slowly
+    listed, env_yml, history_yml = (answers + [None])[:3]
     captured = {
         "prefix": prefix,
         "records": records,

@@ -9,11 +9,14 @@
      original server and against curl into a plain file sink (the limit); MiB/s and peak RSS;
   4. start-up: `python pm.pyz --help` against `python -c pass`, under 2.7, 3.6 and the newest 3.x;
   5. migration overhead: a migration whose tests are `true`, minus the time inside conda;
-  6. the size of pm.pyz.
+  6. the size of pm.pyz;
+  7. the air-gapped round trip of a realistic environment, pm against conda-pack 0.9.2 (roundtrip.py):
+     pack, bundle size, install with the tests on every route, peak RSS.
 
 Prints one table and writes bench/results.json, or $BENCH_RESULTS (both sides, the ratio, the
 machine, the commit).
-Nothing asserts on timings. BENCH_QUICK=1 runs a one-minute version (CI runs it to keep this alive).
+Nothing asserts on timings. BENCH_QUICK=1 runs a one-minute version (CI runs it to keep this alive);
+BENCH_ONLY=WORDS runs only the sections whose name holds WORDS (e.g. "round trip").
 """
 import glob
 import json
@@ -36,6 +39,7 @@ sys.path.insert(0, HERE)
 import channels  # noqa: E402
 import pm  # noqa: E402
 import realconda  # noqa: E402
+import roundtrip  # noqa: E402
 import run as upload_bench  # noqa: E402
 from conftest import find_python  # noqa: E402
 
@@ -57,9 +61,9 @@ def figure(name, pm_value, anchor_name, anchor_value, unit, target, better="lowe
 def timed_child(command, env=None, cwd=None):
     """Wall seconds and peak RSS (MiB) of one command: its VmHWM, read from /proc every 10 ms (the
     kernel's rusage would count the forking Python's memory too)."""
+    output = tempfile.TemporaryFile()
     started = time.time()
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
     peak = 0
     while proc.poll() is None:
         try:
@@ -71,7 +75,10 @@ def timed_child(command, env=None, cwd=None):
             pass
         time.sleep(0.01)
     if proc.returncode != 0:
-        raise SystemExit("%s failed (exit %d)" % (" ".join(command), proc.returncode))
+        output.seek(0)
+        raise SystemExit("%s failed (exit %d):\n%s" % (" ".join(command), proc.returncode,
+                                                       output.read()[-3000:].decode("utf-8", "replace")))
+    output.close()
     return time.time() - started, peak / 1024.0
 
 
@@ -330,11 +337,15 @@ def main():
     started = time.time()
     work = tempfile.mkdtemp(prefix="pm-bench-all-")
     try:
-        condas = realconda.build_all(find_python, ["25.11.1"])
+        condas = realconda.build_all(find_python, ["25.11.1", "4.3.16-py3.6"])
         rows = []
         for label, step in (("minimal dependencies", lambda: minimal_deps(condas, work)),
                             ("packing", lambda: packing(condas, work)), ("uploading", lambda: uploading(work)),
-                            ("start-up", startup), ("migration overhead", lambda: migration_overhead(condas, work))):
+                            ("start-up", startup), ("migration overhead", lambda: migration_overhead(condas, work)),
+                            ("the air-gapped round trip", lambda: roundtrip.roundtrip(
+                                condas, work, timed_child, median, figure, QUICK, PYZ))):
+            if os.environ.get("BENCH_ONLY", label) not in label:
+                continue
             print("measuring %s ..." % label, file=sys.stderr, flush=True)
             rows += step()
         rows.append(figure("pm.pyz size", os.path.getsize(PYZ) / 1024.0, "", None, "KiB", "",
