@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -198,28 +197,56 @@ def tree_size(prefix):
     return total, files
 
 
+def baseline_pyz(commit, work):
+    """pm.pyz as it was at commit (BENCH_BASELINE), built from that commit's own files."""
+    folder = os.path.join(work, "baseline-" + commit)
+    os.makedirs(folder)
+    for name in ("pm.py", "build_zipapp.py"):
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(subprocess.run(["git", "show", "%s:%s" % (commit, name)], cwd=ROOT, check=True,
+                                        stdout=subprocess.PIPE).stdout)
+    subprocess.run([sys.executable, "build_zipapp.py", "-o", "pm.pyz"], cwd=folder, check=True,
+                   stdout=subprocess.DEVNULL)
+    return os.path.join(folder, "pm.pyz")
+
+
 def roundtrip(condas, work, timed_child, median, figure, quick, pyz):
     """Pack, bundle size and install for each route, pm beside conda-pack; rows for the table."""
     import realconda
     channel, specs = realistic_channel(work, quick)
     base = realconda.RealCondaSite(condas["25.11.1"], os.path.join(work, "rt-base"), [channel])
     prefix = base.create("realenv", specs)
-    size, files = tree_size(prefix)
     software = os.path.join(work, "rt-src", "realsim")
     os.makedirs(software)
     with open(os.path.join(software, "check.py"), "w") as handle:
         handle.write(QUICK_CHECK if quick else CHECK)
+    tools = (timed_child, median, figure)
+    rows = []
+    if os.environ.get("BENCH_BASELINE"):
+        commit = os.environ["BENCH_BASELINE"]
+        rows += measure(condas, work, tools, base, prefix, software, specs, baseline_pyz(commit, work), 1,
+                        "pm %s: " % commit)
+    return rows + measure(condas, work, tools, base, prefix, software, specs, pyz, 1 if quick else 3, "")
+
+
+def measure(condas, work, tools, base, prefix, software, specs, pyz, rounds, prefix_label):
+    """rounds of pack and install on every route by pyz, and by conda-pack; the rows (medians)."""
+    import realconda
+    timed_child, median, figure = tools
+    size, files = tree_size(prefix)
     conda_pack = os.path.join(os.path.dirname(sys.executable), "conda-pack")
     newest = find_python("newest")
-    rounds = 1 if quick else 3
-    times = dict((key, []) for key in ("pm pack", "cp pack", "pm none", "pm 25", "pm 4.3", "cp install"))
+    times = dict((key, []) for key in ("pm pack", "cp pack", "cp pack 2", "pm none", "pm 25", "pm 4.3", "cp install"))
     sizes = {}
     for number in range(rounds):
-        run = os.path.join(work, "rt-%d" % number)
+        run = os.path.join(work, "rt-%s%d" % (prefix_label.split(":")[0].replace(" ", "-"), number))
         os.makedirs(run)
         bundle, packed = os.path.join(run, "realsim.zip"), os.path.join(run, "realenv.tar.gz")
         times["pm pack"].append(timed_child([newest, pyz, "pack", "-d", software, "-e", "realenv", "-o", bundle,
                                              "--yes", "--with-packages"], base.env()))
+        times["cp pack 2"].append(timed_child([conda_pack, "-p", prefix, "-o", packed, "-q", "--n-threads", "2"],
+                                              base.env()))
+        os.remove(packed)
         times["cp pack"].append(timed_child([conda_pack, "-p", prefix, "-o", packed, "-q"], base.env()))
         sizes = {"pm": os.path.getsize(bundle), "cp": os.path.getsize(packed)}
         for key, where in (("pm none", None), ("pm 25", "25.11.1"), ("pm 4.3", "4.3.16-py3.6")):
@@ -243,15 +270,16 @@ def roundtrip(condas, work, timed_child, median, figure, quick, pyz):
         shutil.rmtree(run)
     seconds = dict((key, median([t[0] for t in values])) for key, values in times.items())
     rss = dict((key, max(t[1] for t in values)) for key, values in times.items())
-    label = "%d packages, %d files, %.0f MiB" % (len(specs), files, size / 1048576.0)
+    label = prefix_label + "%d packages, %d files, %.0f MiB" % (len(specs), files, size / 1048576.0)
     rows = [figure("round trip pack (%s)" % label, seconds["pm pack"], "conda-pack", seconds["cp pack"], "s",
-                   "fastest", note="peak RSS pm %.0f MiB, conda-pack %.0f MiB" % (rss["pm pack"], rss["cp pack"])),
-            figure("round trip bundle size", sizes["pm"] / 1048576.0, "conda-pack's .tar.gz", sizes["cp"] / 1048576.0,
+                   "fastest", note="peak RSS pm %.0f MiB, conda-pack %.0f MiB; conda-pack --n-threads 2: %.1f s, "
+                   "%.0f MiB" % (rss["pm pack"], rss["cp pack"], seconds["cp pack 2"], rss["cp pack 2"])),
+            figure(prefix_label + "round trip bundle size", sizes["pm"] / 1048576.0, "conda-pack's .tar.gz", sizes["cp"] / 1048576.0,
                    "MiB", "<= 1.1x conda-pack's")]
     for key, route in (("pm none", "no conda"), ("pm 25", "conda 25.11.1"), ("pm 4.3", "conda 4.3.16")):
-        rows.append(figure("install + tests, %s" % route, seconds[key], "tar -x + conda-unpack + tests",
+        rows.append(figure(prefix_label + "install + tests, %s" % route, seconds[key], "tar -x + conda-unpack + tests",
                            seconds["cp install"], "s", "fastest",
                            note="peak RSS pm %.0f MiB, conda-pack's side %.0f MiB" % (rss[key], rss["cp install"])))
-        rows.append(figure("whole round trip, %s" % route, seconds["pm pack"] + seconds[key], "conda-pack + unpack",
+        rows.append(figure(prefix_label + "whole round trip, %s" % route, seconds["pm pack"] + seconds[key], "conda-pack + unpack",
                            seconds["cp pack"] + seconds["cp install"], "s", ">= 2x conda-pack"))
     return rows

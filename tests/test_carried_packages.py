@@ -89,6 +89,10 @@ def test_dry_run_lists_what_would_be_carried_and_writes_nothing(pyz, real_condas
     assert "unpacked   noarch/heatplot-0.3-h3_0.zip" in proc.stdout
     assert "5 packages" in proc.stdout and "0 missing" in proc.stdout
     assert not os.path.exists(out) and [f for f in os.listdir(str(tmp_path)) if f.startswith(".pm-")] == []
+    alone = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", out,
+                                                "--yes", "--level", "9"], base.env(), timeout=300)
+    assert alone.returncode == 2 and "--level go with --with-packages" in alone.stderr.strip().splitlines()[-1]
+    assert not os.path.exists(out)
 
 
 def test_a_missing_or_corrupt_archive_is_named_and_nothing_is_written(pyz, real_condas, example_software, tmp_path):

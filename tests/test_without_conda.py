@@ -100,6 +100,13 @@ def test_without_conda_pm_links_the_carried_packages_and_real_conda_sees_a_norma
     ran = subprocess.run(["/bin/sh", "-c", command + " && hello && tinycli"], env=no_conda_env(tmp_path),
                          stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
     assert ran.stdout == "%s/share/hello\ntinycli ok\n" % prefix
+    base_prefix = linked["base"].prefix("native-env")  # what conda linked: the packages' own member times
+    for top in ("share", "lib"):
+        for root, dirs, files in os.walk(os.path.join(base_prefix, top)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in files:
+                rel = os.path.relpath(os.path.join(root, name), base_prefix)
+                assert int(os.lstat(os.path.join(prefix, rel)).st_mtime) == int(os.lstat(os.path.join(root, name)).st_mtime), rel
 
 
 def test_a_carried_conda_file_stops_pm_before_anything_is_made(pyz, linked, tmp_path):
