@@ -3904,14 +3904,11 @@ def extract_into_cache(archives, channel, max_ratio=None):
     info/repodata_record.json naming the channel, and urls.txt (conda 4.3 finds a package by it). The
     channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy."""
     import bz2
-    from concurrent.futures import ThreadPoolExecutor
     os.mkdir(channel.pkgs, 0o700)
-    ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
 
     def one(archive):
-        size = os.path.getsize(archive.path)
-        writer = Contained(os.path.join(channel.pkgs, archive.dist), max(ratio * size, UNPACKED_FLOOR) if ratio
-                           else None, max(10000, size // 16) if ratio else None)
+        writer = Contained.for_carried(os.path.join(channel.pkgs, archive.dist), os.path.getsize(archive.path),
+                                       max_ratio)
         os.mkdir(writer.root, 0o755)
         written = []
         for name, kind, mode, mtime, content in zip_members(archive, writer.max_files, with_info=True):
@@ -3927,8 +3924,7 @@ def extract_into_cache(archives, channel, max_ratio=None):
         write_json(os.path.join(writer.root, "info", "repodata_record.json"), entry, 0o644)
         return entry["url"]
 
-    with ThreadPoolExecutor(max_workers=max(1, min(LINK_WORKERS, os.cpu_count() or 1, len(archives)))) as pool:
-        urls = list(pool.map(one, archives))
+    urls = [url for _, url in PROBE.in_threads(one, archives, LINK_WORKERS)]
     write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url in urls), 0o644)
     for archive in archives:
         os.remove(archive.path)
@@ -4133,6 +4129,15 @@ class Contained(object):
         self.lock = threading.Lock()
         self.failed = False  # set when one worker fails: the others stop at their next member
         self.known = set()  # folders (tuples of parts) made or checked: a folder is never replaced by a link
+
+    @classmethod
+    def for_carried(cls, root, carried_bytes, max_ratio=None):
+        """A writer for what carried_bytes of packages unpack to: at most max_ratio (default
+        MAX_UNPACK_RATIO; 0: no limit) times as many bytes, and a number of files for that size."""
+        ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
+        if not ratio:
+            return cls(root)
+        return cls(root, max(ratio * carried_bytes, UNPACKED_FLOOR), max(10000, carried_bytes // 16))
 
     def parts(self, rel, where):
         parts = rel.split("/")
@@ -4615,10 +4620,7 @@ def link_environment(archives, prefix, max_ratio=None):
     """Link the archives (in install order) into prefix, whose conda-meta exists: every member through
     one containment writer, bounded to max_ratio (default MAX_UNPACK_RATIO) times what was carried and
     to a number of files for that size; then their entry points. Returns (writer, site, files)."""
-    carried_bytes = sum(os.path.getsize(a.path) for a in archives)
-    ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
-    writer = Contained(prefix, max(ratio * carried_bytes, UNPACKED_FLOOR) if ratio else None,
-                       max(10000, carried_bytes // 16) if ratio else None)
+    writer = Contained.for_carried(prefix, sum(os.path.getsize(a.path) for a in archives), max_ratio)
     site = python_site(archives) if any(a.noarch_python() for a in archives) else None
     files = link_all(archives, writer, site)
     for archive, archive_files in zip(archives, files):
