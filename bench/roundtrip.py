@@ -13,7 +13,8 @@ For each round it measures, as whole processes with their peak RSS:
            no conda (unshare -n), conda 25.11.1
            and conda 4.3.16 on the target
 The software's one test imports numpy, scipy, pandas and matplotlib and does a little with each.
-BENCH_BASELINE=<commit> also runs the pm.pyz of that commit (one round), for a before/after table.
+BENCH_BASELINE=<commit> also runs the pm.pyz of that commit (one round), for a before/after table;
+BENCH_SCALE=N makes the environment about N times as large (copies of the wheels' packages; one round).
 """
 import glob
 import json
@@ -143,11 +144,16 @@ def python_package(channel, work, quick):
     add_package(channel, "python", "3.11.7", stage, [], placeholders)
 
 
-def wheel_package(channel, work, name, version, path, depends):
+def wheel_package(channel, work, name, version, path, depends, copy=0):
     """One wheel as a conda package of its files under lib/python3.11/site-packages, with a small
-    config file naming the prefix (a text placeholder, as many real packages have)."""
+    config file naming the prefix (a text placeholder, as many real packages have). copy N > 0: the
+    same files as package NAME-copyN under site-packages/pmcopyN/ (BENCH_SCALE)."""
+    if copy:
+        name = "%s-copy%d" % (name, copy)
     stage = os.path.join(work, "stage-" + name)
     site = os.path.join(stage, "lib", "python3.11", "site-packages")
+    if copy:
+        site = os.path.join(site, "pmcopy%d" % copy)
     os.makedirs(site)
     with zipfile.ZipFile(path) as wheel:
         wheel.extractall(site)
@@ -163,20 +169,25 @@ def wheel_package(channel, work, name, version, path, depends):
     add_package(channel, name.lower(), version, stage, ["python 3.11.*"] + depends, ["etc/%s.conf" % name])
 
 
-def realistic_channel(work, quick):
-    """The channel (built once, kept in .bench-cache) and the specs of the environment."""
+def realistic_channel(work, quick, scale=1):
+    """The channel (built once, kept in .bench-cache) and the specs of the environment; scale N > 1
+    adds N - 1 copies of every wheel's package (BENCH_SCALE=10: about 4 GiB), built in parallel."""
     import channels
+    from concurrent.futures import ProcessPoolExecutor
     found = wheels(quick)
-    channel = os.path.join(CACHE, "realenv-quick" if quick else "realenv")
-    specs = ["python 3.11.7"] + ["%s %s" % (name.lower(), version) for name, version, _ in found]
+    channel = os.path.join(CACHE, "realenv-quick" if quick else "realenv" if scale == 1 else "realenv-x%d" % scale)
+    specs = ["python 3.11.7"] + ["%s%s %s" % (name.lower(), "-copy%d" % copy if copy else "", version)
+                                 for copy in range(scale) for name, version, _ in found]
     if os.path.isfile(os.path.join(channel, "linux-64", "repodata.json")):
         return channel, specs
     shutil.rmtree(channel, ignore_errors=True)
     os.makedirs(os.path.join(channel, "linux-64"))
     sys.stderr.write("building the realistic environment's channel (once) ...\n")
     python_package(channel, work, quick)
-    for name, version, path in found:
-        wheel_package(channel, work, name, version, path, [])
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for done in [pool.submit(wheel_package, channel, work, name, version, path, [], copy)
+                     for copy in range(scale) for name, version, path in found]:
+            done.result()
     channels.index_channel(channel)
     return channel, specs
 
@@ -213,7 +224,8 @@ def baseline_pyz(commit, work):
 def roundtrip(condas, work, timed_child, median, figure, quick, pyz):
     """Pack, bundle size and install for each route, pm beside conda-pack; rows for the table."""
     import realconda
-    channel, specs = realistic_channel(work, quick)
+    scale = int(os.environ.get("BENCH_SCALE") or 1)
+    channel, specs = realistic_channel(work, quick, scale)
     base = realconda.RealCondaSite(condas["25.11.1"], os.path.join(work, "rt-base"), [channel])
     prefix = base.create("realenv", specs)
     software = os.path.join(work, "rt-src", "realsim")
@@ -226,7 +238,8 @@ def roundtrip(condas, work, timed_child, median, figure, quick, pyz):
         commit = os.environ["BENCH_BASELINE"]
         rows += measure(condas, work, tools, base, prefix, software, specs, baseline_pyz(commit, work), 1,
                         "pm %s: " % commit)
-    return rows + measure(condas, work, tools, base, prefix, software, specs, pyz, 1 if quick else 3, "")
+    return rows + measure(condas, work, tools, base, prefix, software, specs, pyz, 1 if quick or scale > 1 else 3,
+                          "x%d: " % scale if scale > 1 else "")
 
 
 def measure(condas, work, tools, base, prefix, software, specs, pyz, rounds, prefix_label):
