@@ -3869,6 +3869,7 @@ class CarriedChannel(object):
 def carried_channel(attempt, conda, bundle, max_ratio=None):
     """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
     (a note says why); a .conda archive that this conda cannot read stops before anything is made."""
+    import shutil
     packages = bundle.manifest.packages or {}
     carried = packages.get("carried") or []
     if not carried:
@@ -3888,12 +3889,16 @@ def carried_channel(attempt, conda, bundle, max_ratio=None):
         say("note: the bundle lacks %d of its packages (%s): this conda's channels must provide them"
             % (len(missing), ", ".join(m["name"] for m in missing)))
     channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
-    unpacked = [a for a in carried_archives(channel.folder, conda_reads=True) if a.path.endswith(".zip")]
-    if unpacked:
-        started = time.time()
-        extract_into_cache(unpacked, channel, max_ratio)
-        attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
-                                                                        time.time() - started))
+    try:
+        unpacked = [a for a in carried_archives(channel.folder, conda_reads=True) if a.path.endswith(".zip")]
+        if unpacked:
+            started = time.time()
+            extract_into_cache(unpacked, channel, max_ratio)
+            attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
+                                                                            time.time() - started))
+    except BaseException:
+        shutil.rmtree(channel.folder, ignore_errors=True)
+        raise
     say("using the %d packages the bundle carries%s" % (len(carried), "" if missing else ", offline"))
     return channel
 

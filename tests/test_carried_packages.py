@@ -159,3 +159,32 @@ def test_conda_43_gets_a_conda_format_base_unpacked_and_is_told_when_only_conda_
     line = proc.stderr.strip().splitlines()[-1]
     assert "conda 4.3.16 reads no .conda packages, and the bundle carries 5: " in line and "--as-tar-bz2" in line
     assert not os.listdir(target.envs), "nothing is created"
+
+
+@pytest.mark.parametrize("member, kind", [("../../escaped.txt", "file"), ("lib/evil", "link")], ids=["dotdot", "link"])
+def test_a_crafted_unpacked_package_is_refused_on_a_conda_target_and_nothing_is_left(member, kind, pyz, real_condas,
+                                                                                    example_software, tmp_path):
+    """The conda route extracts unpacked packages into the channel's own cache: a member leading out of
+    its package is refused there, before conda runs, and the channel and its cache go."""
+    import io
+    base, _ = base_site(real_condas, "25.11.1", tmp_path)
+    bundle = str(tmp_path / "heatsim.zip")
+    assert pack(pyz, base, example_software, bundle, python="newest").returncode == 0
+
+    def craft(members, manifest):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as package:
+            package.writestr("info/index.json", json.dumps({"name": "libgrid", "version": "1.2", "build": "h0_0"}))
+            info = zipfile.ZipInfo(member)
+            info.external_attr = (0o120777 if kind == "link" else 0o100644) << 16
+            package.writestr(info, b"../../../../etc" if kind == "link" else b"x\n")
+        assert "channel/noarch/libgrid-1.2-h0_0.zip" in members
+        members["channel/noarch/libgrid-1.2-h0_0.zip"] = buffer.getvalue()
+    crafted = rewrite_bundle(bundle, str(tmp_path / "crafted.zip"), craft)
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate_offline(pyz, target, crafted, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "libgrid-1.2-h0_0.tar.bz2" in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+    assert not [e for e in os.listdir(target.envs) if not e.startswith(".")], "no environment is made"
+    assert not os.path.exists(os.path.join(attempt_dirs(target.home, "heatsim")[-1], "channel"))
+    assert not list(tmp_path.glob("**/escaped.txt"))
