@@ -1173,9 +1173,9 @@ def gather_environment(conda, conda_info, prefix, software_dir):
     return captured
 
 
-def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=False, plan=None):
+def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=False, plan=None, level=PACK_LEVEL):
     """Write the bundle: a temp file beside path, renamed into place once complete; plan (from
-    plan_packages) carries the packages too."""
+    plan_packages) carries the packages too, unpacked ones deflated at level."""
     writer = BundleWriter(path)
     try:
         writer.add_bytes("env.yml", text_bytes(captured["env_yml"]))
@@ -1188,7 +1188,7 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
         progress = writer.add_software(software_dir, patterns, skip_unreadable)
         software = {"dir": arc_text(os.path.basename(os.path.abspath(software_dir))), "files": progress.files,
                     "bytes": progress.size}
-        packages = carry_packages(writer, plan, captured["info"].get("platform") or "noarch") if plan else None
+        packages = carry_packages(writer, plan, captured["info"].get("platform") or "noarch", level) if plan else None
         if plan:
             carry_wheels(writer, captured["prefix"], captured["dists"])
         writer.add_bytes("python-dists.json", to_json_bytes({"dists": captured["dists"]}))
@@ -1257,13 +1257,12 @@ class CarriedPackage(object):
             self.fn = self.fn[:-len(".conda")] + ".tar.bz2"  # the name every conda reads
         self.dist = self.fn[:-len(".tar.bz2")] if self.fn.endswith(".tar.bz2") else self.fn[:-len(".conda")]
         self.subdir = record_subdir(record)
-        self.level = PACK_LEVEL
 
     def label(self):
         return "%s %s %s" % (self.record["name"], self.record["version"], self.record.get("build", ""))
 
 
-def plan_packages(records, pkgs_dirs, as_tar_bz2=False, level=PACK_LEVEL):
+def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
     """How each record is carried (CarriedPackage), looking through pkgs_dirs in order: its extracted
     copy unpacked, else its archive; with as_tar_bz2, archives only (.conda ones rebuilt as .tar.bz2)."""
     plan = []
@@ -1289,14 +1288,13 @@ def plan_packages(records, pkgs_dirs, as_tar_bz2=False, level=PACK_LEVEL):
                                        if converted else "it has no archive in the cache")
                 break
         plan.append(found or CarriedPackage(record, "missing", None, why))
-        plan[-1].level = level
     return plan
 
 
-def rebuild_tarball(folder, out):
-    """A .tar.bz2 with the contents of an extracted package folder (links kept as links); the
-    record conda added at extraction (info/repodata_record.json) is left out."""
-    import tarfile
+def package_members(folder):
+    """[(rel, path)] of an extracted package folder's files and links, info/ first (as conda-build
+    writes it: a linker reads it first); the record conda added at extraction
+    (info/repodata_record.json) is left out."""
     members = []
     for root, dirs, files in os.walk(folder):
         for name in sorted(dirs) + sorted(files):
@@ -1305,8 +1303,14 @@ def rebuild_tarball(folder, out):
             if rel == "info/repodata_record.json" or (name in dirs and not os.path.islink(path)):
                 continue
             members.append((not rel.startswith("info/"), rel, path))
+    return [(rel, path) for _, rel, path in sorted(members)]
+
+
+def rebuild_tarball(folder, out):
+    """A .tar.bz2 with the contents of an extracted package folder (links kept as links)."""
+    import tarfile
     with tarfile.open(out, "w:bz2") as tar:
-        for _, rel, path in sorted(members):  # info/ first, as conda-build writes it: a linker reads it first
+        for rel, path in package_members(folder):
             tar.add(path, arcname=rel, recursive=False)
     return out
 
@@ -1338,21 +1342,12 @@ def unix_time_field(mtime):
 
 
 def zip_package(folder, out, level=PACK_LEVEL):
-    """An extracted package folder as one zip at out: info/ first, files deflated (at level) with their
-    modes and mtimes, links as links; the record conda added at extraction (info/repodata_record.json)
-    is left out. Returns out."""
+    """An extracted package folder as one zip at out (package_members): files deflated (at level) with
+    their modes and mtimes, links as links. Returns out."""
     import zipfile
-    members = []
-    for root, dirs, files in os.walk(folder):
-        for name in sorted(dirs) + sorted(files):
-            path = os.path.join(root, name)
-            rel = os.path.relpath(path, folder).replace(os.sep, "/")
-            if rel == "info/repodata_record.json" or (name in dirs and not os.path.islink(path)):
-                continue
-            members.append((not rel.startswith("info/"), rel, path))
     level = {} if sys.version_info < (3, 7) else {"compresslevel": level}  # 2.7 and 3.6: zlib's default (6)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, True, **level) as archive:
-        for _, rel, path in sorted(members):
+        for rel, path in package_members(folder):
             st = os.lstat(path)
             info = zipfile.ZipInfo(rel, time.localtime(zip_mtime(st.st_mtime))[:6])
             info.extra = unix_time_field(st.st_mtime)
@@ -1407,7 +1402,7 @@ def in_threads(func, items, workers):
             del left[:]
 
 
-def carry_packages(writer, plan, platform):
+def carry_packages(writer, plan, platform, level=PACK_LEVEL):
     """Write the packages into the bundle under channel/<subdir>/ with each subdir's repodata.json
     (and .bz2, which conda 4.3 reads); return the manifest's 'packages' field. Unpacked packages are
     zipped beside the bundle by a few threads while the finished ones go in, in order."""
@@ -1423,7 +1418,7 @@ def carry_packages(writer, plan, platform):
     def prepare(package):
         out = os.path.join(scratch, package.dist + ".zip")
         if package.kind == "unpacked":
-            return zip_package(package.source, out, package.level)
+            return zip_package(package.source, out, level)
         return rebuild_tarball(package.source, out[:-4] + ".tar.bz2") if package.kind == "rebuild" else package.source
 
     largest_first = sorted((p for p in plan if p.kind != "missing"), key=lambda p: -(p.record.get("size") or 0))
@@ -1804,7 +1799,7 @@ def pack(args):
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     plan = None
     if args.with_packages:
-        plan = plan_packages(captured["records"], conda_info.get("pkgs_dirs") or [], args.as_tar_bz2, args.level)
+        plan = plan_packages(captured["records"], conda_info.get("pkgs_dirs") or [], args.as_tar_bz2)
         if args.dry_run:
             print_package_plan(plan, captured["dists"])
             return 0
@@ -1813,7 +1808,7 @@ def pack(args):
         raise PmError("--dry-run, --allow-missing, --as-tar-bz2 and --level go with --with-packages",
                       "add --with-packages")
     if output:
-        write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable, plan)
+        write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
         say("saved %s" % output)
         print(os.path.abspath(output))
     if server:
@@ -1823,7 +1818,7 @@ def pack(args):
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
         try:
             if not output:
-                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan)
+                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
             send_bundle(path, server, name, token)
         except PmError:
             if not output and os.path.exists(path):
@@ -4200,17 +4195,12 @@ class Contained(object):
                 raise PmError("%s holds more than %d files for its size (a bomb)" % (where, self.max_files),
                               "do not use this bundle; pack the software again")
 
-    def target(self, rel, where):
-        """The path to write rel at: its folder made safely; what was there (not a folder) goes."""
-        return self.create(rel, where, fail_if_there, counted=False)[0]
-
-    def create(self, rel, where, make, counted=True):
+    def create(self, rel, where, make):
         """(path, make(path)) for rel: its folder made safely, then make creates it exclusively (O_EXCL,
         a link); when something is there already (not a folder), it goes and make runs again."""
         parts = self.parts(rel, where)
         dest = os.path.join(self.folder(parts[:-1], where), parts[-1])
-        if counted:
-            self.count(files=1, where=where)
+        self.count(files=1, where=where)
         try:
             return dest, make(dest)
         except FileExistsError:
@@ -4258,11 +4248,6 @@ class Contained(object):
         if not self.is_inside(dest):
             os.remove(dest)
             raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
-
-
-def fail_if_there(path):
-    if os.path.lexists(path):
-        raise FileExistsError(errno.EEXIST, "exists", path)
 
 
 class PrefixReplacer(object):
@@ -4631,7 +4616,7 @@ def link_environment(archives, prefix, max_ratio=None):
     for archive, archive_files in zip(archives, files):
         for point in archive.entry_points():
             command, _, target = point.partition("=")
-            archive_files.append(write_entry_point(prefix, command, target, archive.fn))
+            archive_files.append(write_entry_point(writer, command, target, archive.fn))
     writer.check_links(prefix, [f for archive_files in files for f in archive_files])
     return writer, site, files
 
@@ -4815,24 +4800,19 @@ def read_distributions(bundle):
     return dists
 
 
-def contained_path(prefix, rel, where):
-    """prefix/rel, ready to be written by the one containment rule (Contained.target)."""
-    return Contained(prefix).target(rel, where)
-
-
-def write_entry_point(prefix, command, target, where):
-    """bin/COMMAND running module:function with the prefix's python; names checked first."""
+def write_entry_point(writer, command, target, where):
+    """bin/COMMAND running module:function with the prefix's python, through writer (the prefix's
+    Contained); names checked first."""
+    import io
     command, target = command.strip(), target.strip()
     if not re.match(SCRIPT_NAME, command) or not re.match(ENTRY_TARGET, target):
         raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
                       "do not use this bundle; pack the software again")
     module, function = target.split(":")
-    path = contained_path(prefix, "bin/" + command, where)
-    with open(path, "w") as out:
-        out.write("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
-                  "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
-                  "    sys.exit(%s())\n" % (prefix, module, function.split(".")[0], function))
-    os.chmod(path, 0o755 & ~current_umask())
+    script = ("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
+              "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
+              "    sys.exit(%s())\n" % (writer.root, module, function.split(".")[0], function))
+    writer.write("bin/" + command, io.BytesIO(script.encode("utf-8")), 0o755, None, where)
     return "bin/" + command
 
 
@@ -4871,13 +4851,13 @@ class ShebangFix(object):
         return block
 
 
-def install_wheel(wheel, prefix, site_rel, writer=None):
+def install_wheel(wheel, prefix, site_rel):
     """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
     points, INSTALLER and RECORD, so that pip sees it), through the containment writer; modes follow
     the umask, times are kept."""
     import zipfile
     where = os.path.basename(wheel)
-    writer = writer or Contained(prefix)
+    writer = Contained(prefix)
     written = []
     with zipfile.ZipFile(wheel) as archive:
         infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
@@ -4899,7 +4879,7 @@ def install_wheel(wheel, prefix, site_rel, writer=None):
         points = PROBE.entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
                                  if info_dir + "/entry_points.txt" in archive.namelist() else "")
     for command, target in points:
-        written.append(write_entry_point(prefix, command, target, where))
+        written.append(write_entry_point(writer, command, target, where))
     finish_dist_info(prefix, site_rel, info_dir, written)
     return info_dir
 
@@ -5042,7 +5022,7 @@ def link_software(site, dist, tree):
         write_atomic(os.path.join(site, info_dir, "entry_points.txt"), dist["entry_points"], 0o644 & ~current_umask())
         written.append(site_rel + "/%s/entry_points.txt" % info_dir)
     for command, target in points:
-        written.append(write_entry_point(prefix, command, target, "the software's entry points"))
+        written.append(write_entry_point(Contained(prefix), command, target, "the software's entry points"))
     finish_dist_info(prefix, site_rel, info_dir, written)
 
 
