@@ -2654,14 +2654,54 @@ def migration_levels(env_file, min_deps):
     return out
 
 
+# Conda packages that carry Python but install no distribution pip knows of, whatever their metadata.
+NOT_DISTRIBUTIONS = frozenset(["python", "python_abi", "python-gil", "python-freethreading", "cpython", "pypy",
+                               "pypy3.9", "pypy3.10", "backports"])
+# conda name -> PyPI name, only where the two differ beyond case and punctuation.
+PIP_RENAMES = {"pyqt": "PyQt5", "pyqt5-sip": "PyQt5-sip", "pyqtwebengine": "PyQtWebEngine",
+               "python-build": "build", "dask-core": "dask", "pytables": "tables", "matplotlib-base": "matplotlib",
+               "pytorch": "torch", "msgpack-python": "msgpack", "py-opencv": "opencv-python",
+               "opencv": "opencv-python", "numpy-base": "numpy", "python-tzdata": "tzdata",
+               "python-fastjsonschema": "fastjsonschema", "python-gmsh": "gmsh", "python-kaleido": "kaleido",
+               "python-lmdb": "lmdb", "python-xxhash": "xxhash", "python-flatbuffers": "flatbuffers",
+               "python-graphviz": "graphviz", "brotli-python": "Brotli", "ruamel_yaml": "ruamel.yaml",
+               "py-xgboost": "xgboost", "py-lief": "lief", "tensorflow-base": "tensorflow",
+               "importlib_resources": "importlib-resources", "prompt_toolkit": "prompt-toolkit",
+               "typing_extensions": "typing-extensions", "geopandas-base": "geopandas", "nbconvert-core": "nbconvert",
+               "pyct-core": "pyct", "cachecontrol-with-filecache": "CacheControl", "python-installer": "installer",
+               "antlr-python-runtime": "antlr4-python3-runtime", "python-stratify": "stratify",
+               "geoviews-core": "geoviews", "googleapis-common-protos-grpc": "googleapis-common-protos",
+               "jupyterhub-base": "jupyterhub", "pyarrow-core": "pyarrow", "python-duckdb": "duckdb",
+               "redis-py": "redis", "qscintilla2": "QScintilla"}
+
+
+def python_build(build):
+    """True for a build string conda gives Python packages: 'py312h...', 'pyhd8ed1ab_0', 'py_0',
+    'pymin310_h...', 'np2py312h...', 'cpu_py312h...' (a hash is hex, so 'py' is never part of one)."""
+    return bool(re.search(r"py(min)?(\d|h[0-9a-f]|_)", build or ""))
+
+
+def conda_pypi_name(name, build="", depends=None, noarch=None, channel=None):
+    """The PyPI name of a conda package that installs a Python distribution, else None. Decided from
+    conda's own metadata: pip's own entries (channel 'pypi'), 'noarch: python', a Python build string,
+    or (when its dependencies are known) a dependency on python with a Python package's name
+    ('petsc4py', 'python-gmsh'); never from a name alone ('hdf5' is a C library, 'glib' has tools)."""
+    if not name or name in NOT_DISTRIBUTIONS or name in CONDA_OWN_PACKAGES or name.startswith("_"):
+        return None
+    depends_on_python = depends is not None and any(str(d).split()[0] == "python" for d in depends if str(d).strip())
+    if channel == "pypi" or str(build or "").startswith("pypi") or noarch == "python" or python_build(build) or \
+            (depends_on_python and re.search(r"(^py|4py$|^python-)", name)):
+        return PIP_RENAMES.get(name, name)
+    return None
+
+
 class Requirement(object):
     """A direct requirement from the base machine: conda name, version, and whether it is a
-    Python package (conda builds them as 'py...' or 'py3..._0'), which steers relaxed matches."""
+    Python package (conda_pypi_name: from its build string), which steers relaxed matches."""
 
-    def __init__(self, name, version=None, build="", python=None):
+    def __init__(self, name, version=None, build="", python=None, channel=None):
         self.name, self.version = name, version
-        self.python = python if python is not None else \
-            bool(re.match(r"^py[h0-9_]", build or "")) or "_py" in (build or "")
+        self.python = python if python is not None else conda_pypi_name(name, build, channel=channel) is not None
 
     def label(self):
         return "%s %s" % (self.name, self.version) if self.version else self.name
@@ -2710,7 +2750,8 @@ def requirements_of(min_deps, env_file):
     reqs = []
     for record in min_deps or []:
         if isinstance(record, dict) and record.get("name"):
-            reqs.append(Requirement(record["name"], record.get("version"), record.get("build_string", "")))
+            reqs.append(Requirement(record["name"], record.get("version"), str(record.get("build_string") or ""),
+                                    channel=record.get("channel")))
     if not reqs:
         for spec in env_file.dependencies:
             parts = spec.split("=")
@@ -2799,7 +2840,7 @@ def find_candidates(req, managers, log_path=None):
     for manager in managers:
         found = {}
         searches = [req.name]
-        mapped = NAME_MAP.get(req.name, {}).get(manager.family)
+        mapped = PIP_RENAMES.get(req.name) if manager.family == "pip" else NAME_MAP.get(req.name, {}).get(manager.family)
         if mapped:
             searches.append(mapped)
         variants = name_variants(req.name, manager.family)
@@ -2973,9 +3014,9 @@ NAME_MAP = {
     "freetype": {"apt": "libfreetype-dev", "rpm": "freetype-devel", "brew": "freetype", "spack": "freetype"},
     "libxml2": {"apt": "libxml2-dev", "rpm": "libxml2-devel", "brew": "libxml2", "spack": "libxml2"},
     "sqlite": {"apt": "libsqlite3-dev", "rpm": "sqlite-devel", "brew": "sqlite", "spack": "sqlite"},
-    "hdf5": {"apt": "libhdf5-dev", "rpm": "hdf5-devel", "brew": "hdf5", "spack": "hdf5", "pip": "h5py"},
+    "hdf5": {"apt": "libhdf5-dev", "rpm": "hdf5-devel", "brew": "hdf5", "spack": "hdf5"},
     "libnetcdf": {"apt": "libnetcdf-dev", "rpm": "netcdf-devel", "brew": "netcdf", "spack": "netcdf-c"},
-    "netcdf4": {"apt": "python3-netcdf4", "rpm": "python3-netcdf4", "pip": "netCDF4", "spack": "py-netcdf4"},
+    "netcdf4": {"apt": "python3-netcdf4", "rpm": "python3-netcdf4", "spack": "py-netcdf4"},
     "fftw": {"apt": "libfftw3-dev", "rpm": "fftw-devel", "brew": "fftw", "spack": "fftw"},
     "gsl": {"apt": "libgsl-dev", "rpm": "gsl-devel", "brew": "gsl", "spack": "gsl"},
     "openblas": {"apt": "libopenblas-dev", "rpm": "openblas-devel", "brew": "openblas", "spack": "openblas"},
@@ -2985,16 +3026,16 @@ NAME_MAP = {
     "boost": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
     "boost-cpp": {"apt": "libboost-all-dev", "rpm": "boost-devel", "brew": "boost", "spack": "boost"},
     "eigen": {"apt": "libeigen3-dev", "rpm": "eigen3-devel", "brew": "eigen", "spack": "eigen"},
-    "gdal": {"apt": "gdal-bin", "rpm": "gdal", "brew": "gdal", "spack": "gdal", "pip": "GDAL"},
+    "gdal": {"apt": "gdal-bin", "rpm": "gdal", "brew": "gdal", "spack": "gdal"},
     "libgdal": {"apt": "libgdal-dev", "rpm": "gdal-devel", "brew": "gdal", "spack": "gdal"},
     "proj": {"apt": "libproj-dev", "rpm": "proj-devel", "brew": "proj", "spack": "proj"},
     "geos": {"apt": "libgeos-dev", "rpm": "geos-devel", "brew": "geos", "spack": "geos"},
     "cairo": {"apt": "libcairo2-dev", "rpm": "cairo-devel", "brew": "cairo", "spack": "cairo"},
     "pkg-config": {"apt": "pkg-config", "rpm": "pkgconf-pkg-config", "brew": "pkg-config", "spack": "pkgconf"},
     "make": {"apt": "make", "rpm": "make", "brew": "make", "spack": "gmake"},
-    "python-build": {"apt": "python3-build", "rpm": "python3-build", "pip": "build", "spack": "py-build"},
-    "dask-core": {"apt": "python3-dask", "rpm": "python3-dask", "pip": "dask", "spack": "py-dask"},
-    "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake", "pip": "cmake"},
+    "python-build": {"apt": "python3-build", "rpm": "python3-build", "spack": "py-build"},
+    "dask-core": {"apt": "python3-dask", "rpm": "python3-dask", "spack": "py-dask"},
+    "cmake": {"apt": "cmake", "rpm": "cmake", "brew": "cmake", "spack": "cmake"},
     "gcc": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
     "compilers": {"apt": "build-essential", "rpm": "gcc-c++", "brew": "gcc", "spack": "gcc"},
     "c-compiler": {"apt": "gcc", "rpm": "gcc", "brew": "gcc", "spack": "gcc"},
@@ -3005,23 +3046,23 @@ NAME_MAP = {
     "mpich": {"apt": "libmpich-dev", "rpm": "mpich-devel", "brew": "mpich", "spack": "mpich"},
     "r-base": {"apt": "r-base", "rpm": "R", "brew": "r", "spack": "r"},
     "python": {"apt": "python3", "rpm": "python3", "brew": "python", "spack": "python"},
-    "pip": {"apt": "python3-pip", "rpm": "python3-pip", "brew": "python", "spack": "py-pip", "pip": "pip"},
+    "pip": {"apt": "python3-pip", "rpm": "python3-pip", "brew": "python", "spack": "py-pip"},
     "git": {"apt": "git", "rpm": "git", "brew": "git", "spack": "git"},
     "nodejs": {"apt": "nodejs", "rpm": "nodejs", "brew": "node", "spack": "node-js"},
-    "pytables": {"apt": "python3-tables", "rpm": "python3-tables", "pip": "tables", "spack": "py-tables"},
-    "matplotlib-base": {"apt": "python3-matplotlib", "rpm": "python3-matplotlib", "pip": "matplotlib",
+    "pytables": {"apt": "python3-tables", "rpm": "python3-tables", "spack": "py-tables"},
+    "matplotlib-base": {"apt": "python3-matplotlib", "rpm": "python3-matplotlib",
                         "spack": "py-matplotlib"},
-    "pytorch": {"apt": "python3-torch", "pip": "torch", "spack": "py-torch"},
-    "scikit-learn": {"apt": "python3-sklearn", "rpm": "python3-scikit-learn", "pip": "scikit-learn",
+    "pytorch": {"apt": "python3-torch", "spack": "py-torch"},
+    "scikit-learn": {"apt": "python3-sklearn", "rpm": "python3-scikit-learn",
                      "spack": "py-scikit-learn"},
-    "pyyaml": {"apt": "python3-yaml", "rpm": "python3-pyyaml", "pip": "PyYAML", "spack": "py-pyyaml"},
-    "msgpack-python": {"apt": "python3-msgpack", "pip": "msgpack", "spack": "py-msgpack"},
-    "scikit-image": {"apt": "python3-skimage", "rpm": "python3-scikit-image", "pip": "scikit-image",
+    "pyyaml": {"apt": "python3-yaml", "rpm": "python3-pyyaml", "spack": "py-pyyaml"},
+    "msgpack-python": {"apt": "python3-msgpack", "spack": "py-msgpack"},
+    "scikit-image": {"apt": "python3-skimage", "rpm": "python3-scikit-image",
                      "spack": "py-scikit-image"},
-    "pillow": {"apt": "python3-pil", "rpm": "python3-pillow", "pip": "Pillow", "spack": "py-pillow"},
-    "beautifulsoup4": {"apt": "python3-bs4", "rpm": "python3-beautifulsoup4", "pip": "beautifulsoup4",
+    "pillow": {"apt": "python3-pil", "rpm": "python3-pillow", "spack": "py-pillow"},
+    "beautifulsoup4": {"apt": "python3-bs4", "rpm": "python3-beautifulsoup4",
                        "spack": "py-beautifulsoup4"},
-    "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "pip": "opencv-python", "spack": "opencv"},
+    "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "spack": "opencv"},
 }
 MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
                     "pacman": "pacman", "brew": "brew", "spack": "spack"}
@@ -3509,7 +3550,8 @@ class MigrateOptions(object):
 # status -> (terminal colour, colour on the report page): the one colour table
 COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
            "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
-           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0")}
+           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0"),
+           "missing": ("31", "#c62828")}
 
 
 def paint(word, stream=None):
@@ -3540,7 +3582,12 @@ class MigrationResult(object):
                 names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
                          for r in self.packages if r["status"] == status]
                 print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
-                                     ": " + ", ".join(names) if names else ""))
+                                     printable(": " + ", ".join(names)) if names else ""))
+        by_why = {}
+        for row in self.attempt.result.get("missing") or []:
+            by_why.setdefault(row["why"], []).append(row["requirement"])
+        for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
+            print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
         drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
         if drifted:
             print("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
@@ -3630,8 +3677,8 @@ def recreate_test_install(attempt, config, bundle, options):
         prefix = attempt.result.get("env_prefix")
         if prefix:
             site = env_site_packages(prefix, dists)
-            python_rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle")
-                           for d, _ in carried_wheels(bundle, dists)]
+            python_rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle, installed by pm's "
+                                    "own wheel installer", "pm") for d, _ in carried_wheels(bundle, dists)]
     elif "conda" in config.package_managers:
         conda = CondaHere(find_conda_here(), attempt)
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
@@ -3646,6 +3693,7 @@ def recreate_test_install(attempt, config, bundle, options):
         hold_conda_env(attempt, env_name, exclusive=False)  # used by this attempt's tests: no --force swaps it
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
+        python_rows += target_dist_rows(prefix, dists, python_rows)
         if carried:
             note_activation_scripts(packages_with_activation_scripts(prefix))
         site = env_site_packages(prefix, dists)
@@ -3657,6 +3705,15 @@ def recreate_test_install(attempt, config, bundle, options):
                                                                      min_deps)
         if test_environ.get("VIRTUAL_ENV"):
             site = env_site_packages(test_environ["VIRTUAL_ENV"], ())
+    software_of_base = software_dists(dists) if dists is not None else \
+        python_requirements(bundle, env_file, min_deps)[2]
+    for dist in software_of_base if dists is None else ():
+        say("%s %s is the software itself: it comes from the migrated tree, never from an index"
+            % (dist["name"], dist["version"]))
+    attempt.result["python"] = python_rows
+    record_env_pythons(attempt, bundle, test_environ)
+    attempt.save(missing=missing_rows(bundle, env_file, min_deps, attempt.result, software_of_base,
+                                      route_why_missing(attempt.result, config.package_managers)))
     tests = []
     if options.skip_tests:
         say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
@@ -3665,7 +3722,7 @@ def recreate_test_install(attempt, config, bundle, options):
         work = os.path.join(attempt.path, "work")
         try:
             software = bundle.extract_software(work)
-            python_rows += link_software_dists(attempt, site, dists, software, "tested copy")
+            python_rows += link_software_dists(attempt, site, software_of_base, software, "tested copy")
             attempt.save(python=python_rows)
             for test in config.tests:
                 tests.append(run_test(attempt, test, software, test_environ))
@@ -3674,7 +3731,7 @@ def recreate_test_install(attempt, config, bundle, options):
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
         result.installed = install_software(bundle, config.output_dir, options.force)
-        installed_rows = link_software_dists(attempt, site, dists, result.installed, "installed copy")
+        installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
         if options.skip_tests:
             python_rows += installed_rows
             attempt.save(python=python_rows)
@@ -4946,8 +5003,8 @@ def install_carried_wheels(attempt, bundle, prefix, dists):
         for dist, member in carried:
             attempt.log("installing %s into %s" % (member, prefix))
             install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"])
-            rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base)"
-                                 % dist.get("source")))
+            rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base), "
+                                 "installed by pm's own wheel installer" % dist.get("source"), "pm"))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     say("installed the %d distribution%s pip had installed on the base, from the wheels the bundle carries"
@@ -4981,10 +5038,84 @@ def pip_entries_from_an_index(env_file, dists):
 
 
 def dist_row(dist, installed, status, why, manager="pip"):
-    """A requirements row for a Python distribution: the base's version beside the one installed."""
+    """A requirements row for a Python distribution: the base's version beside the one installed, the
+    installer that really ran, and the conda package it stands for (if any)."""
     return {"requirement": dist["name"], "status": status, "base_version": dist["version"], "version": installed,
             "package": "%s:%s=%s" % (manager, dist["name"], installed) if installed else None, "why": why,
-            "drift": bool(installed) and installed != dist["version"]}
+            "drift": bool(installed) and installed != dist["version"], "conda": dist.get("owner")}
+
+
+def missing_rows(bundle, env_file, min_deps, result, software, why_missing):
+    """A row for every package of the base that no row of the route accounts for (status 'missing', with
+    why_missing(name, version, python) saying why), so each base package ends in exactly one row."""
+    covered = set(pip_name(d["name"]) for d in software)
+    for row in (result.get("packages") or []) + (result.get("python") or []):
+        covered.add(pip_name(row["requirement"]))
+        covered.add(pip_name(row.get("conda") or "-"))
+    covered |= set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
+    rows = []
+    base = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
+            for r in base_conda_records(bundle, min_deps, env_file)]
+    base += [(d["name"], d["version"], d["name"]) for d in base_distributions(bundle) or []
+             if not d.get("owner") or pip_name(d["owner"]) not in covered]
+    for name, version, pypi in base:
+        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
+            continue
+        covered.add(pip_name(name))
+        here = (result.get("platform") or {}).get("env_python")
+        if name == "python" and here:
+            rows.append({"requirement": name, "status": "installed", "base_version": version or None, "version": here,
+                         "why": "the environment's own Python", "drift": bool(version) and version != here})
+            continue
+        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
+            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
+        rows.append({"requirement": name, "status": "missing", "base_version": version or None, "version": None,
+                     "why": why, "drift": False})
+    return rows
+
+
+def record_env_pythons(attempt, bundle, environ):
+    """The environment's own Python here beside the base environment's (not the ones pm ran under)."""
+    code, output = attempt.run(["/bin/sh", "-c", "python -c 'import platform; print(platform.python_version())'"],
+                               environ=environ) if environ else (1, "")
+    here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
+    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here),
+                 source=dict(attempt.result.get("source") or {}, env_python=base_python_version(bundle)))
+
+
+def route_why_missing(result, managers):
+    """why_missing for missing_rows: what the route that ran did, for a package it did not bring."""
+    level = result.get("level")
+    if level == "carried":
+        return lambda name, version, pypi: "not among the packages the bundle carries"
+    if level:
+        return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
+            level, "" if level == "exact" else ": the base's exact set did not solve here")
+    systems = [m for m in managers if m not in ("pip", "conda")]
+
+    def why(name, version, pypi):
+        if pypi:
+            return "a Python package that pip was not given (its records hold no version)"
+        if systems:
+            return "not a Python package and not directly required: left to what %s installs for the direct " \
+                   "requirements" % ", ".join(systems)
+        return "not a Python package, and pip cannot install it: add a system package manager (apt, dnf, brew, " \
+               "spack) to package_managers for it"
+    return why
+
+
+def target_dist_rows(prefix, dists, rows):
+    """Rows for what pip installed on the base and the conda route brought through env.yml's pip list:
+    read back from the environment's own site-packages."""
+    done = set(pip_name(r["requirement"]) for r in rows)
+    here = dict((pip_name(d["name"]), d["version"]) for d in PROBE.python_distributions(prefix, [], "/nonexistent"))
+    found = []
+    for dist in dists or []:
+        key = pip_name(dist["name"])
+        if dist.get("owner") or dist.get("software") or key in done or key not in here:
+            continue
+        found.append(dist_row(dist, here[key], "installed", "env.yml's pip list, installed by conda's run of pip"))
+    return found
 
 
 def software_dists(dists):
@@ -5042,6 +5173,9 @@ def link_software_dists(attempt, site, dists, tree, when):
             say("warning: %s %s is the software, and this environment has no site-packages to install it into"
                 % (dist["name"], dist["version"]))
             continue
+        if not dist.get("import_roots"):  # an older bundle: where its package lives in the tree
+            module = re.sub(r"[-.]+", "_", dist["name"]).lower()
+            dist = dict(dist, import_roots=PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "."))
         link_software(site, dist, tree)
         attempt.log("linked the software %s %s to %s" % (dist["name"], dist["version"], tree))
         say("%s %s is the software: installed editable from the %s %s (never from an index)"
@@ -5136,43 +5270,113 @@ PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling
                           "conda-libmamba-solver", "libmambapy", "menuinst", "conda-index"])
 
 
-def python_requirements(bundle, env_file):
-    """The base's Python distributions for pip (the software and pip itself left out), and the conda
-    packages they stand for. From python-dists.json, exact; for a bundle without it, guessed from
-    conda-list.json (Python builds, through the name table) and env.yml's pip entries."""
+def base_conda_records(bundle, min_deps, env_file):
+    """The base's conda packages as records (name, version, build_string, channel): conda-list.json,
+    else min-deps.json (the original tool's store lists them there), else env.yml's conda entries.
+    Names and versions that are not plain package names and versions are left out (they would become
+    requirement lines)."""
+    try:
+        listed = bundle.read_json("conda-list.json") if "conda-list.json" in bundle.manifest.members else None
+    except (KeyError, ValueError):
+        listed = None
+    if not isinstance(listed, list) or not listed:
+        listed = min_deps if isinstance(min_deps, list) and min_deps else None
+    if listed is None:
+        listed = []
+        for spec in env_file.dependencies:
+            parts = (spec.split("=") + ["", ""])[:3]
+            listed.append({"name": spec_name(spec), "version": parts[1], "build_string": parts[2]})
+    records = []
+    for record in listed:
+        if not isinstance(record, dict):
+            continue
+        name, version = str(record.get("name") or ""), str(record.get("version") or "")
+        if not re.match(PACKAGE_NAME, name) or (version and not re.match(PACKAGE_VERSION, version)):
+            say("warning: the base's package %r %r is not a package name and version; it is left out"
+                % (printable(name[:60]), printable(version[:60])))
+            continue
+        records.append({"name": name, "version": version, "build_string": str(record.get("build_string") or ""),
+                        "channel": str(record.get("channel") or "")})
+    return records
+
+
+PACKAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z"
+PACKAGE_VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z"
+
+
+def software_names(bundle):
+    """What the software is called as a Python distribution: the bundle's name, its folder's, and the
+    project name its pyproject.toml, setup.cfg or setup.py gives (PEP 503 forms)."""
+    names = set([pip_name(bundle.manifest.name), pip_name(bundle.manifest.software_dir())])
+    top = "software/%s/" % bundle.manifest.software_dir()
+    patterns = {"pyproject.toml": r"(?m)^\s*name\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']",
+                "setup.cfg": r"(?m)^\s*name\s*=\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$",
+                "setup.py": r"\bname\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']"}
+    for member, pattern in patterns.items():
+        if top + member not in bundle.manifest.members:
+            continue
+        try:
+            found = re.search(pattern, bundle.read_text(top + member))
+        except (KeyError, UnicodeDecodeError, PmError):
+            continue
+        if found:
+            names.add(pip_name(found.group(1)))
+    return names
+
+
+def python_requirements(bundle, env_file, min_deps):
+    """(what pip installs, the conda names it stands for, the software's distributions). From
+    python-dists.json, exact; for an older bundle or the original tool's store, from the conda records
+    (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
+    packages that are Python but whose files the base did not list go to pip too. The software is
+    never pinned: it comes from the migrated tree."""
+    records = base_conda_records(bundle, min_deps, env_file)
+    direct = set(r.get("name") for r in min_deps or [] if isinstance(r, dict)) | \
+        set(spec_name(s) for s in env_file.dependencies)
     dists = base_distributions(bundle)
+    wanted, owners, software = [], set(), software_dists(dists)
     if dists is not None:
-        wanted = []
         for dist in dists:
+            owners.add(dist.get("owner"))
             if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
                 continue
             how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
                 "pip installed it (%s)" % dist.get("source", "index")
-            wanted.append(dict(dist, why="recorded on the base: " + how))
-        return wanted, set(d["owner"] for d in dists if d.get("owner"))
-    wanted, owners = [], set()
-    try:
-        listed = bundle.read_json("conda-list.json")
-    except (KeyError, ValueError):
-        listed = []
-    for record in listed if isinstance(listed, list) else []:
-        if not isinstance(record, dict) or not isinstance(record.get("name"), str):
+            wanted.append(dict(dist, why="recorded on the base: " + how,
+                               direct=not dist.get("owner") or dist.get("owner") in direct))
+    names = software_names(bundle) if dists is None else set()
+    known = set(pip_name(d["name"]) for d in wanted) | set(pip_name(d["name"]) for d in software)
+    for record in records:
+        if record["name"] in owners:
             continue
-        req = Requirement(record["name"], str(record.get("version") or ""), str(record.get("build_string") or ""))
-        mapped = NAME_MAP.get(req.name, {}).get("pip")
-        if (req.python or mapped) and req.name not in CONDA_OWN_PACKAGES and req.version and \
-                pip_name(mapped or req.name) not in PIP_LEFT_OUT:
-            wanted.append({"name": mapped or req.name, "version": req.version, "owner": req.name, "site": "",
-                           "why": "name table (this bundle records no Python distributions)"})
-            owners.add(req.name)
-    known = set(pip_name(d["name"]) for d in wanted)
-    for spec in env_file.pip:
+        pypi = conda_pypi_name(record["name"], record["build_string"], channel=record["channel"])
+        if not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
+            continue
+        known.add(pip_name(pypi))
+        if pip_name(pypi) in names:
+            software.append({"name": pypi, "version": record["version"], "site": "", "software": True,
+                             "owner": None, "source": "editable"})
+            continue
+        why = "pip installed it on the base" if record["channel"] == "pypi" else \
+            "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
+                                                                 record["build_string"] if record["build_string"]
+                                                                 else "its records")
+        if dists is not None:
+            why += "; the base listed no files of it"
+        wanted.append({"name": pypi, "version": record["version"], "owner": record["name"], "site": "",
+                       "why": why, "direct": record["name"] in direct or record["channel"] == "pypi"})
+        owners.add(record["name"])
+    for spec in env_file.pip if dists is None else ():
         match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
-        if match and pip_name(match.group(1)) not in known | PIP_LEFT_OUT:
-            known.add(pip_name(match.group(1)))
-            wanted.append({"name": match.group(1), "version": match.group(2), "owner": None, "site": "",
-                           "why": "env.yml's pip entry"})
-    return wanted, owners
+        if not match or pip_name(match.group(1)) in known | PIP_LEFT_OUT:
+            continue
+        known.add(pip_name(match.group(1)))
+        entry = {"name": match.group(1), "version": match.group(2), "owner": None, "site": "", "direct": True}
+        if pip_name(match.group(1)) in names:
+            software.append(dict(entry, software=True, source="editable"))
+        else:
+            wanted.append(dict(entry, why="env.yml's pip entry"))
+    return wanted, owners - set([None]), software
 
 
 PIP_NOT_FOUND = (r"satisfies the requirement ([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*\S+)?\s*"
@@ -5187,6 +5391,121 @@ def pip_not_found(output):
     return match.group(1), [v.strip() for v in match.group(2).split(",") if v.strip() and v.strip() != "none"]
 
 
+def pip_build_failure(output):
+    """The names of what pip could not build (its metadata or its wheel), from pip's own words, else []."""
+    names = re.findall(r"(?:Failed building wheel for|Failed to build|Could not build wheels for) "
+                       r"([A-Za-z0-9][A-Za-z0-9._-]*)", output)
+    first_error = output.find("subprocess-exited-with-error")
+    if not names and first_error >= 0:
+        fetched = re.findall(r"(?m)^\s*(?:Collecting|Processing|Downloading|Obtaining) (\S+)", output[:first_error])
+        if fetched:
+            last = fetched[-1].rstrip("/").rsplit("/", 1)[-1]
+            archive = re.match(r"^(.+?)-(\d[^-]*)\.(tar\.gz|tar\.bz2|zip|tgz)$", last)
+            names = [archive.group(1) if archive else spec_name(re.split(r"[=<>!~\[;]", last)[0])]
+    return [n for n in names if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z", n)]
+
+
+def pip_conflict(output):
+    """(the names the user requested that pip's conflict report names, its lines), else ([], [])."""
+    start = output.find("The conflict is caused by:")
+    if start < 0:
+        return [], []
+    lines = []
+    for line in output[start:].splitlines()[1:]:
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    requested = [m.group(1) for m in (re.match(r"^The user requested ([A-Za-z0-9][A-Za-z0-9._-]*)", l) for l in lines)
+                 if m]
+    return requested, lines
+
+
+def pip_diagnosis(output, pins):
+    """What pip's failure names, as (key, kind, detail) for pins it names: 'build' (cannot be built here),
+    'notfound' (detail: the versions there are), 'conflict' (detail: pip's lines); [] when it names none."""
+    built = [pip_name(n) for n in pip_build_failure(output)]
+    if built:
+        return [(key, "build", None) for key in built if key in pins]
+    missing = pip_not_found(output)
+    if missing:
+        return [(pip_name(missing[0]), "notfound", missing[1])] if pip_name(missing[0]) in pins else []
+    requested, lines = pip_conflict(output)
+    return [(pip_name(name), "conflict", lines) for name in requested if pip_name(name) in pins]
+
+
+def relax_pin(attempt, pin, kind, detail):
+    """Relax one pin after pip named it; return False when nothing is left to try (it is dropped)."""
+    pin["steps"] = pin.get("steps", 0) + 1
+    if pin["fixed"] or pin["steps"] > 4:
+        return False
+    base = pin["dist"]["version"]
+    if kind == "build":
+        if pin.get("binary"):
+            return False
+        pin["binary"] = True  # its wheels only: pip then lists the versions that have one
+        pin["failure"] = "pip cannot build %s %s here and finds no wheel of it for this Python" % (pin["name"],
+                                                                                                   pin["version"])
+        note = "%s %s cannot be built here: trying its wheels only" % (pin["name"], pin["version"])
+    elif kind == "notfound":
+        if pin.get("binary") and not detail and pin.get("listed"):
+            pin["binary"] = False  # no wheel at all: the nearest version, as pip can get it
+            detail = pin["listed"]
+        if not detail:
+            pin["failure"] = "pip finds no %s==%s here and no other version" % (pin["name"], pin["version"])
+            return False
+        if not pin.get("listed"):
+            pin["listed"], pin["binary"] = detail, pin.get("binary") or True
+        nearest = sorted(detail, key=lambda v: version_distance(v, base))[0]
+        note = "%s %s is not on the index for this Python and platform: relaxed to %s" % (pin["name"], pin["version"],
+                                                                                         nearest)
+        pin["why"] = "relaxed: %s is not on the index here, %s is the nearest%s" % (
+            base, nearest, " with a wheel" if pin.get("binary") else "")
+        pin["version"] = nearest
+    else:
+        if not pin["version"]:
+            return False
+        note = "%s %s conflicts with what the other pins need (%s): relaxed to any version pip finds" % (
+            pin["name"], pin["version"], "; ".join(detail)[:300])
+        pin["why"] = "relaxed for a conflict: %s" % "; ".join(detail)[:300]
+        pin["version"], pin["binary"] = None, True
+    say("  " + note)
+    attempt.log("pip: " + note)
+    return True
+
+
+PIP_ROUNDS = 8
+
+
+def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS):
+    """One pip install of pins (key -> pin), relaxing what pip names (relax_pin) and trying again, at most
+    rounds times; pins pip names and that cannot be relaxed are dropped (their 'failure' says why).
+    Returns (True when pip succeeded, pip's last words)."""
+    requirements = os.path.join(attempt.path, "pip-requirements.txt")
+    last = ""
+    for _ in range(rounds):
+        if not pins:
+            return True, ""
+        write_atomic(requirements, "".join(pin_line(p) + "\n" for key, p in sorted(pins.items())))
+        binary = sorted(key for key, p in pins.items() if p.get("binary") and not p.get("file"))
+        say("installing %d Python distribution%s with pip (%s)..." % (len(pins), "s" * (len(pins) != 1), label))
+        code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", requirements]
+                                   + (["--only-binary", ",".join(binary)] if binary else []))
+        if code == 0:
+            return True, ""
+        last = (output.strip().splitlines() or ["exit %d" % code])[-1][:300]
+        named = pip_diagnosis(output, pins)
+        if not named:
+            say("  pip failed: %s" % last)
+            return False, last
+        for key, kind, detail in named:
+            if not relax_pin(attempt, pins[key], kind, detail):
+                pin = pins.pop(key)
+                pin.setdefault("failure", "pip failed on it: %s" % last)
+                say("  %s: %s" % (pin["name"], pin["failure"]))
+                attempt.log("pip: dropped %s: %s" % (pin["name"], pin["failure"]))
+    return False, last
+
+
 def pip_installed(attempt, python):
     """pip's own list of what is installed in the venv: PEP 503 name -> version."""
     code, output = attempt.run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"])
@@ -5198,14 +5517,10 @@ def pip_installed(attempt, python):
     return dict((pip_name(d["name"]), d["version"]) for d in listed if isinstance(d, dict) and "name" in d)
 
 
-def install_with_pip(attempt, bundle, dists, options, manager="pip"):
-    """Every Python distribution of the base in one pip install into the software's venv, pinned to the
-    base's versions (the bundle's wheels offered first); a version this index or Python lacks is relaxed
-    to the nearest one there, package by package. Returns requirement rows read back from pip."""
-    import shutil
-    venv = software_venv(attempt)
-    python = os.path.join(venv, "bin", "python")
-    pins, rows, failed = {}, [], []
+def pip_pins(attempt, bundle, dists, options, manager):
+    """(pins: key -> pin for what pip installs, rows for what it does not): answers applied, the carried
+    wheels offered first (the very file the base had, never the index's namesake)."""
+    pins, rows = {}, []
     for dist in dists:
         answer = options.answers.get(dist["name"]) or options.answers.get(dist.get("owner") or "")
         if answer and not answer.manager_key:
@@ -5220,64 +5535,60 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip"):
             continue  # an index's project of that name is another thing
         name, version = (answer.package, answer.version) if answer else (dist["name"], dist["version"])
         pins[pip_name(name)] = {"dist": dist, "name": name, "version": version, "fixed": bool(answer),
-                                "why": "answers file" if answer else dist.get("why", "")}
+                                "why": "answers file" if answer else dist.get("why", ""),
+                                "direct": bool(answer) or dist.get("direct", True)}
+    return pins, rows
+
+
+def install_with_pip(attempt, bundle, dists, options, manager="pip"):
+    """Every Python distribution of the base into the software's venv, level by level: all of them
+    pinned to the base's versions in one resolve (what pip names relaxed, resolve_pins); if that fails,
+    the direct requirements alone; then each remaining one on its own, so one failing pin never
+    empties the environment. Returns requirement rows read back from pip."""
+    import shutil
+    venv = software_venv(attempt)
+    python = os.path.join(venv, "bin", "python")
+    pins, rows = pip_pins(attempt, bundle, dists, options, manager)
     if not pins:
         return rows
-    folder = None
+    everything, folder = dict(pins), None
     carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
     if carried:
         folder = extract_wheels(attempt, bundle)
         for key, member in carried.items():
-            if key in pins and not pins[key]["fixed"]:  # the very file the base had, never the index's namesake
+            if key in pins and not pins[key]["fixed"]:
                 pins[key]["file"] = os.path.join(folder, member.split("/")[1])
                 pins[key]["why"] += "; its wheel carried in the bundle"
-    requirements = os.path.join(attempt.path, "pip-requirements.txt")
     try:
-        for _ in range(len(pins) + 1):
-            if not pins:
-                break
-            write_atomic(requirements, "".join(pin_line(p) + "\n" for key, p in sorted(pins.items())))
-            say("installing %d Python distributions with pip in one resolve, pinned to the base's versions..."
-                % len(pins))
-            code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check",
-                                        "-r", requirements])
-            if code == 0:
-                break
-            missing = pip_not_found(output)
-            key = pip_name(missing[0]) if missing else None
-            if key not in pins:
-                last = (output.strip().splitlines() or ["exit %d" % code])[-1]
-                for pin in pins.values():
-                    failed.append((pin, "pip failed: %s" % last[:300]))
-                say("  pip failed: %s" % last)
-                pins = {}
-                break
-            pin = pins.pop(key)
-            versions = missing[1]
-            if pin["fixed"] or not versions or pin.get("relaxed"):
-                why = "pip finds no %s==%s here%s" % (pin["name"], pin["version"],
-                                                       " (it has %s)" % ", ".join(versions[-5:]) if versions else "")
-                failed.append((pin, why))
-                say("  " + why)
-                continue
-            pins[key] = pin
-            nearest = sorted(versions, key=lambda v: version_distance(v, pin["version"]))[0]
-            say("  %s %s is not on the index for this Python and platform: relaxed to %s" % (
-                pin["name"], pin["version"], nearest))
-            attempt.log("relaxed %s %s to %s" % (pin["name"], pin["version"], nearest))
-            pin.update(version=nearest, relaxed=True,
-                       why="relaxed: %s is not on the index here, %s is the nearest" % (pin["version"], nearest))
+        done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve")
+        if not done:
+            direct = dict((k, p) for k, p in pins.items() if p["direct"])
+            if direct and len(direct) < len(pins):
+                say("pip could not install the whole set: trying the direct requirements alone")
+                attempt.log("pip: level direct (%d of %d)" % (len(direct), len(pins)))
+                for key in set(pins) - set(direct):
+                    pins[key]["level"] = "left to pip's resolve of the direct requirements"
+                done, last = resolve_pins(attempt, python, direct, "the direct requirements")
+            if not done:
+                say("pip could not install them together: trying each on its own")
+                attempt.log("pip: level each")
+                for key in sorted(pins):
+                    resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key]["name"], rounds=3)
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
-    got = pip_installed(attempt, python) if pins else {}
-    for key, pin in sorted(pins.items()):
+    got = pip_installed(attempt, python)
+    for key, pin in sorted(everything.items()):
         have = got.get(key)
-        rows.append(dist_row(pin["dist"], have, "installed" if have else "failed",
-                             pin["why"] if have else "pip did not install it", manager))
-    for pin, why in failed:
-        rows.append(dict(dist_row(pin["dist"], None, "failed", why, manager),
-                         package="%s:%s%s" % (manager, pin["name"], "=" + pin["version"] if pin["version"] else "")))
+        if have:
+            why = pin["why"]
+            if have != pin["dist"]["version"] and not why.startswith("relaxed"):
+                why = "%s; pip chose %s (%s)" % (why, have, pin.get("level") or "the base's version did not install")
+            rows.append(dist_row(pin["dist"], have, "installed", why, manager))
+        else:
+            why = pin.get("failure") or ("not installed: %s" % last if last else "pip did not install it")
+            rows.append(dict(dist_row(pin["dist"], None, "failed", why, manager),
+                             package="%s:%s%s" % (manager, pin["name"], "=" + pin["version"] if pin["version"] else "")))
     drifted = [r for r in rows if r.get("drift")]
     say("pip: %d distributions installed, %d at the base's version, %d differ%s" % (
         len([r for r in rows if r["status"] == "installed"]),
@@ -5405,7 +5716,7 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
     pip = [m for m in chosen if m.family == "pip"]
     rows, python_owners = [], set()
     if pip:
-        dists, python_owners = python_requirements(bundle, env_file)
+        dists, python_owners, _ = python_requirements(bundle, env_file, min_deps)
         rows += install_with_pip(attempt, bundle, dists, options, pip[0].key)
         chosen = [m for m in chosen if m.family != "pip"]
     reqs = [r for r in requirements_of(min_deps, env_file)
@@ -5474,10 +5785,10 @@ def requirement_rows(result):
     """Each requirement and how it was met: conda's package (level), a package manager's, skipped;
     the base's version beside the one installed, and why that one."""
     rows = []
-    for r in (result.get("packages") or []) + (result.get("python") or []):
+    for r in (result.get("packages") or []) + (result.get("python") or []) + (result.get("missing") or []):
         how = ", ".join(p for p in (r.get("package"), r.get("why")) if p)
         rows.append({"requirement": r["requirement"], "status": r["status"], "base_version": r.get("base_version"),
-                     "version": r.get("version"), "drift": bool(r.get("drift")), "how": how})
+                     "version": r.get("version"), "drift": bool(r.get("drift")), "how": how, "conda": r.get("conda")})
     if result.get("packages") is not None:
         return rows
     how = "pm, from the bundle's packages" if result.get("level") == "carried" else "conda (level %s)" % result.get("level")
@@ -5517,7 +5828,7 @@ def attempt_history(attempts):
 
 
 PLATFORM_ROWS = [("os", "os"), ("release", "os_release"), ("machine", "machine"), ("libc", "libc"),
-                 ("python", "python"), ("conda", "conda"), ("host", "hostname")]
+                 ("env python", "env_python"), ("pm python", "python"), ("conda", "conda"), ("host", "hostname")]
 
 
 def show(line):
@@ -5572,7 +5883,7 @@ def history_chart(history):
 REPORT_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:62em;color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25em .6em;border-bottom:1px solid #eee}
-th{background:#f5f5f5}.status{font-weight:600}.passed,.installed{color:#2e7d32}.failed,.error{color:#c62828}
+th{background:#f5f5f5}.status{font-weight:600}.passed,.installed{color:#2e7d32}.failed,.error,.missing{color:#c62828}
 .drift{color:#ef6c00;font-weight:600}
 .timeout{color:#ef6c00}.skipped,.interrupted{color:#757575}pre{background:#f7f7f7;padding:.8em;overflow:auto;
 max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}"""

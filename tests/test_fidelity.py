@@ -120,7 +120,12 @@ def test_with_no_network_every_route_brings_what_pip_installed_and_the_software_
     result = read_result(attempt)
     assert result["status"] == "passed"
     report = json.loads(run_pm(find_python("newest"), pyz, ["report", "pipsim", "--json"], target.env()).stdout)
-    rows = dict((r["requirement"], r) for r in report["requirements"])
+    rows = assert_every_base_package_has_one_row(pip_base["bundles"][label], report)
+    assert report["source"]["env_python"] == report["target"]["env_python"] == pipbase.short_version(
+        find_python("3.11")), "the environments' own Pythons, not the ones pm ran under"
+    if managers == "conda":  # carried wheels: pm's own installer ran, not pip
+        assert rows["tinycalc"]["how"].startswith("pm:tinycalc=1.0") and "pm's own wheel installer" in \
+            rows["tinycalc"]["how"], rows["tinycalc"]
     for name, version in (("tinycalc", "1.0"), ("localkit", "0.2"), ("gitkit", "0.3"), ("pipsim", "0.6.0.post16"),
                           ("numlite", "2.0")):
         assert (rows[name]["status"], rows[name]["base_version"], rows[name]["version"]) == \
@@ -188,11 +193,12 @@ def test_a_version_the_index_lacks_is_relaxed_to_the_nearest_and_reported_as_dri
     assert "<th>base</th>" in page and '<td class="drift">2.1</td>' in page
 
 
-def test_a_bundle_without_records_still_maps_names_and_pins_every_python_package(pip_base, pyz, real_condas,
-                                                                                  tmp_path):
-    """An older bundle (no python-dists.json): conda's list, read through the name table, and env.yml's
-    pip entries are pinned in one resolve; the software is still never asked of the index (it has no
-    wheel here, so its entry is named and left to fail visibly)."""
+def test_a_bundle_without_records_pins_every_python_package_and_takes_the_software_from_its_tree(
+        pip_base, pyz, real_condas, tmp_path):
+    """An older bundle (no python-dists.json): conda's list, read through conda's own metadata (a Python
+    build string, pip's own entries), is pinned in one resolve; the software (pipsim 0.6.0.post16, a
+    pip entry of conda's list) is never pinned or relaxed to a release: it comes from the migrated tree.
+    What the index does not have is named in its row; every base package ends in one row."""
     from conftest import rewrite_bundle
 
     def older(members, manifest):
@@ -201,18 +207,28 @@ def test_a_bundle_without_records_still_maps_names_and_pins_every_python_package
             del manifest["members"][name]
     bundle = rewrite_bundle(pip_base["bundles"]["plain-3"], str(tmp_path / "older.zip"), older)
     folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    wheels.make_wheel(folder, "pipsim", "0.6.0", {"pipsim/__init__.py": "VERSION = 'a release'\n"})
     target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
     proc = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(folder)))
-    result = read_result(attempt_dirs(target.home, "pipsim")[-1])
-    rows = dict((r["requirement"], r) for r in result["packages"])
-    assert rows["numlite"]["version"] == "2.0" and "name table" in rows["numlite"]["why"]
+    assert "pipsim 0.6.0.post16 is the software itself: it comes from the migrated tree" in proc.stderr
+    assert "pipsim 0.6.0.post16 is the software: installed editable from the tested copy" in proc.stderr
+    rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
+    assert rows["numlite"]["version"] == "2.0" and "is a Python package (its build py311_0)" in rows["numlite"]["how"]
     assert rows["tinycalc"]["version"] == "1.0" and rows["oddlib"]["status"] == "skipped"
-    assert proc.returncode == 1
+    assert "no system package manager is configured" in rows["oddlib"]["how"]
+    assert (rows["pipsim"]["status"], rows["pipsim"]["version"]) == ("installed", "0.6.0.post16")
+    assert "from the migrated tree" in rows["pipsim"]["how"]
+    for name in ("localkit", "gitkit"):
+        assert rows[name]["status"] == "failed" and "pip finds no %s==" % name in rows[name]["how"], rows[name]
+    with open(os.path.join(attempt_dirs(target.home, "pipsim")[-1], "pip-requirements.txt")) as handle:
+        assert "pipsim" not in handle.read()
+    assert proc.returncode == 1  # check.py imports localkit, which nothing here has
 
 
 def test_the_name_table_no_longer_sends_tools_to_unrelated_pypi_projects():
-    assert pm.NAME_MAP["python-build"]["pip"] == "build" and pm.NAME_MAP["dask-core"]["pip"] == "dask"
-    assert not pm.Requirement("make", "4.3", "hd18ef5c_1").python and "pip" not in pm.NAME_MAP["make"]
+    assert pm.PIP_RENAMES["python-build"] == "build" and pm.PIP_RENAMES["dask-core"] == "dask"
+    assert not pm.Requirement("make", "4.3", "hd18ef5c_1").python and "make" not in pm.PIP_RENAMES
+    assert not any("pip" in names for names in pm.NAME_MAP.values()), "one table for PyPI names: PIP_RENAMES"
 
     class Apt(object):
         key, family = "apt", "apt"
@@ -319,3 +335,158 @@ def test_a_wheel_compiled_for_another_machine_is_named_first_and_the_index_serve
         in proc.stderr.split("installing")[0], "named before anything is installed"
     rows = dict((r["requirement"], r) for r in read_result(attempt_dirs(target.home, "pipsim")[-1])["packages"])
     assert rows["tinycalc"]["version"] == "1.0" and "carried" not in rows["tinycalc"]["why"]
+
+
+def assert_every_base_package_has_one_row(bundle, report):
+    """The account: each conda package and each Python distribution of the base ends in exactly one row
+    (installed at the base's version, at another with why, or not installed with why)."""
+    with zipfile.ZipFile(bundle) as archive:
+        names = archive.namelist()
+        listed = json.loads(archive.read("conda-list.json").decode()) if "conda-list.json" in names else \
+            json.loads(archive.read("min-deps.json").decode())
+        dists = json.loads(archive.read("python-dists.json").decode())["dists"] if "python-dists.json" in names \
+            else []
+    rows, by_conda = {}, {}
+    for row in report["requirements"]:
+        key = pm.pip_name(row["requirement"])
+        assert key not in rows, "two rows for %s: %s and %s" % (key, rows.get(key), row)
+        rows[key] = row
+        if row.get("conda"):
+            by_conda[row["conda"]] = row
+        assert row["status"] in ("installed", "failed", "skipped", "missing"), row
+        if row["status"] != "installed" or row["version"] != row["base_version"]:
+            assert row["how"], "a row that is not the base's version says why: %s" % row
+    for record in listed:
+        assert pm.pip_name(record["name"]) in rows or record["name"] in by_conda, \
+            "conda package %s has no row" % record["name"]
+    for dist in dists:
+        assert pm.pip_name(dist["name"]) in rows or dist.get("owner") in rows, "distribution %s has no row" % dist
+    return rows
+
+
+def migrate_report(pyz, env):
+    proc = run_pm(find_python("newest"), pyz, ["report", "pipsim", "--json"], env)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)
+
+
+def index_with_a_conflict_and_a_build_failure(folder):
+    """alpha 1.0 needs beta>=2 (PyPI's metadata) though the base ran beta 1.0; gamma 1.0 is only an
+    sdist that cannot build here (its build needs what this index lacks), gamma 0.9 has a wheel."""
+    import io
+    import tarfile
+    pipbase.index_folder(folder)
+    wheels.make_wheel(folder, "alpha", "1.0", {"alpha/__init__.py": "VERSION = '1.0'\n"}, ["beta>=2"])
+    for version in ("1.0", "2.0"):
+        wheels.make_wheel(folder, "beta", version, {"beta/__init__.py": "VERSION = %r\n" % version})
+    wheels.make_wheel(folder, "gamma", "0.9", {"gamma/__init__.py": "VERSION = '0.9'\n"})
+    files = {"gamma-1.0/setup.py": "raise SystemExit('gamma cannot be built here')\n",
+             "gamma-1.0/PKG-INFO": "Metadata-Version: 2.1\nName: gamma\nVersion: 1.0\n"}
+    with tarfile.open(os.path.join(folder, "gamma-1.0.tar.gz"), "w:gz") as archive:
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            archive.addfile(info, io.BytesIO(text.encode()))
+    return folder
+
+
+def test_one_failing_pin_is_relaxed_by_what_pip_names_and_never_empties_the_environment(pip_base, pyz, real_condas,
+                                                                                       tmp_path):
+    """The base's exact set is not consistent under the index's metadata (alpha 1.0 needs beta>=2), and
+    one pinned sdist cannot be built here: pm relaxes only what pip names (beta to a version that fits,
+    gamma to the nearest version with a wheel), installs everything else at the base's version, and
+    says so in each row."""
+    from conftest import rewrite_bundle
+
+    def more_dists(members, manifest):
+        data = json.loads(members["python-dists.json"].decode())
+        for name in ("alpha", "beta", "gamma"):
+            data["dists"].append({"name": name, "version": "1.0", "site": "lib/python3.11/site-packages",
+                                  "entry": "%s-1.0.dist-info" % name, "owner": None, "installer": "pip",
+                                  "source": "index", "software": False})
+        members["python-dists.json"] = json.dumps(data).encode()
+    bundle = rewrite_bundle(pip_base["bundles"]["carried-3"], str(tmp_path / "more.zip"), more_dists)
+    folder = index_with_a_conflict_and_a_build_failure(str(tmp_path / "mirror"))
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(folder)))
+    assert proc.returncode == 0, proc.stderr
+    assert "gamma 1.0 cannot be built here: trying its wheels only" in proc.stderr
+    assert "beta 1.0 conflicts with what the other pins need" in proc.stderr
+    rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
+    assert (rows["alpha"]["version"], rows["beta"]["version"], rows["gamma"]["version"]) == ("1.0", "2.0", "0.9")
+    assert "relaxed for a conflict" in rows["beta"]["how"] and "alpha 1.0 depends on beta>=2" in rows["beta"]["how"]
+    assert "with a wheel" in rows["gamma"]["how"]
+    for name in ("tinycalc", "numlite", "localkit", "gitkit"):
+        assert rows[name]["status"] == "installed" and not rows[name]["drift"], rows[name]
+    assert rows["oddlib"]["status"] == "skipped" and "installs no Python distribution" in rows["oddlib"]["how"]
+    assert (rows["python"]["status"], rows["python"]["version"]) == ("installed", pipbase.short_version(
+        find_python("3.11"))), "the venv's own Python, the base's minor version"
+
+
+def test_an_unsolvable_set_falls_back_to_each_package_on_its_own(pip_base, pyz, real_condas, tmp_path):
+    """pip fails in a way that names no requirement (a pin whose only file is a broken wheel): the
+    levels after the one resolve still install every other package."""
+    from conftest import rewrite_bundle
+
+    def broken(members, manifest):
+        data = json.loads(members["python-dists.json"].decode())
+        data["dists"].append({"name": "brokenkit", "version": "1.0", "site": "lib/python3.11/site-packages",
+                              "entry": "brokenkit-1.0.dist-info", "owner": None, "installer": "pip",
+                              "source": "index", "software": False})
+        members["python-dists.json"] = json.dumps(data).encode()
+    bundle = rewrite_bundle(pip_base["bundles"]["carried-3"], str(tmp_path / "broken.zip"), broken)
+    folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    with open(os.path.join(folder, "brokenkit-1.0-py3-none-any.whl"), "wb") as handle:
+        handle.write(b"this is not a zip file")
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(folder)))
+    assert "trying each on its own" in proc.stderr, proc.stderr
+    rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
+    assert rows["brokenkit"]["status"] == "failed" and rows["brokenkit"]["how"]
+    for name in ("tinycalc", "numlite", "localkit", "gitkit"):
+        assert rows[name]["status"] == "installed" and not rows[name]["drift"], rows[name]
+    assert proc.returncode == 0, "the software's own test needs none of brokenkit: " + proc.stderr
+
+
+def test_a_python_conda_package_whose_files_the_base_did_not_list_still_goes_to_pip(pip_base, pyz, real_condas,
+                                                                                  tmp_path):
+    """numlite is a conda package built for Python (py311_0) and python-dists.json has no record of it
+    (its files were not listed): it is pinned for pip from conda's own record, not lost."""
+    from conftest import rewrite_bundle
+
+    def unlisted(members, manifest):
+        data = json.loads(members["python-dists.json"].decode())
+        data["dists"] = [d for d in data["dists"] if d["name"] != "numlite"]
+        members["python-dists.json"] = json.dumps(data).encode()
+    bundle = rewrite_bundle(pip_base["bundles"]["carried-3"], str(tmp_path / "unlisted.zip"), unlisted)
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate(pyz, bundle, write_config(tmp_path, "pip"), target.env(**wheels.pip_env(pip_base["index"])))
+    assert proc.returncode == 0, proc.stderr
+    rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
+    assert rows["numlite"]["version"] == "2.0" and "is a Python package (its build py311_0)" in rows["numlite"]["how"]
+
+
+def test_name_matching_comes_from_conda_metadata_on_every_real_environment():
+    """Every conda package of the real environments is either a Python package with a name PyPI has
+    (tests/fixtures/pypi-names.txt, from PyPI's project list) or not a Python package at all; C
+    libraries and tools never become PyPI names."""
+    import glob
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "pypi-names.txt")) as handle:
+        on_pypi = set(line.strip() for line in handle if line.strip() and not line.startswith("#"))
+    not_on_pypi = {"esmpy", "qgis", "fenics-dolfinx"}  # Python packages that only conda distributes
+    seen = {}
+    for path in glob.glob(os.path.join(os.path.dirname(__file__), "fixtures", "real-envs", "*", "graph.json")):
+        with open(path) as handle:
+            for platform in json.load(handle)["platforms"].values():
+                for record in platform.get("conda", []):
+                    seen[record["name"]] = pm.conda_pypi_name(record["name"], record["build"], record["depends"])
+    assert len(seen) > 1000
+    python = dict((name, pypi) for name, pypi in seen.items() if pypi)
+    assert 500 < len(python) < len(seen)
+    for name, pypi in python.items():
+        assert pm.pip_name(pypi) in on_pypi or name in not_on_pypi, "conda %s -> %s, which PyPI lacks" % (name, pypi)
+    for name in ("hdf5", "libnetcdf", "openssl", "glib", "python", "python_abi", "libgcc-ng", "cmake", "qt-main"):
+        assert seen.get(name, None) is None, name
+    assert (seen["pyqt"], seen["numpy"], seen["petsc4py"], seen["python-gmsh"]) == ("PyQt5", "numpy", "petsc4py", "gmsh")
+    assert pm.conda_pypi_name("hdf5", "nompi_h2d575fe_109") is None and pm.conda_pypi_name("h5py", "nompi_py311h_0")
+    assert pm.conda_pypi_name("boule", "pypi_0", channel="pypi") == "boule"
