@@ -3584,7 +3584,7 @@ class MigrationResult(object):
                 print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
                                      printable(": " + ", ".join(names)) if names else ""))
         by_why = {}
-        for row in self.attempt.result.get("missing") or []:
+        for row in self.attempt.result.get("unmet") or []:
             by_why.setdefault(row["why"], []).append(row["requirement"])
         for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
             print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
@@ -3685,15 +3685,20 @@ def recreate_test_install(attempt, config, bundle, options):
         env_name = options.env_name or attempt.name
         hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
         channel = carried_channel(attempt, conda, bundle, options.max_ratio)
-        try:
-            level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force, channel)
+        conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
+        try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
+            level, prefix = create_conda_env(attempt, conda, env_name, conda_part, min_deps, options.force, channel)
+        except PmError as exc:
+            failure = "not installed: %s" % exc.what
+            attempt.save(unmet=missing_rows(bundle, env_file, min_deps, {}, [], lambda name, version, pypi: failure))
+            raise
         finally:
             if channel:
                 shutil.rmtree(channel.folder, ignore_errors=True)
         hold_conda_env(attempt, env_name, exclusive=False)  # used by this attempt's tests: no --force swaps it
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
-        python_rows += target_dist_rows(prefix, dists, python_rows)
+        python_rows += conda_env_pip_part(attempt, bundle, prefix, env_file, min_deps, options, bool(channel))
         if carried:
             note_activation_scripts(packages_with_activation_scripts(prefix))
         site = env_site_packages(prefix, dists)
@@ -3712,7 +3717,7 @@ def recreate_test_install(attempt, config, bundle, options):
             % (dist["name"], dist["version"]))
     attempt.result["python"] = python_rows
     record_env_pythons(attempt, bundle, test_environ)
-    attempt.save(missing=missing_rows(bundle, env_file, min_deps, attempt.result, software_of_base,
+    attempt.save(unmet=missing_rows(bundle, env_file, min_deps, attempt.result, software_of_base,
                                       route_why_missing(attempt.result, config.package_managers)))
     tests = []
     if options.skip_tests:
@@ -4007,9 +4012,6 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
         raise PmError("the conda environment %s (%s) was not made by pm, and pm never removes one it did not make"
                       % (env_name, prefix), "choose another name with --env-name")
     gone = [] if channel else local_channels_missing_here(env_file.channels)
-    if channel and env_file.pip:
-        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm); they "
-            "are left out" % ", ".join(env_file.pip))
     if gone:
         say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
             % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
@@ -5104,18 +5106,30 @@ def route_why_missing(result, managers):
     return why
 
 
-def target_dist_rows(prefix, dists, rows):
-    """Rows for what pip installed on the base and the conda route brought through env.yml's pip list:
-    read back from the environment's own site-packages."""
-    done = set(pip_name(r["requirement"]) for r in rows)
-    here = dict((pip_name(d["name"]), d["version"]) for d in PROBE.python_distributions(prefix, [], "/nonexistent"))
-    found = []
-    for dist in dists or []:
-        key = pip_name(dist["name"])
-        if dist.get("owner") or dist.get("software") or key in done or key not in here:
-            continue
-        found.append(dist_row(dist, here[key], "installed", "env.yml's pip list, installed by conda's run of pip"))
-    return found
+def conda_env_pip_part(attempt, bundle, prefix, env_file, min_deps, options, carried):
+    """What pip installed on the base (and the bundle does not carry), into a conda environment as on
+    the pip route (install_with_pip, with the environment's own Python; its pip from ensurepip when
+    conda's channels had none). Returns its rows."""
+    wanted = [d for d in python_requirements(bundle, env_file, min_deps)[0] if not d.get("owner") and
+              not d.get("wheel")]
+    python = os.path.join(prefix, "bin", "python")
+    if not wanted:
+        return []
+    if carried:  # from the bundle's own packages: an air-gapped target, no index to ask
+        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm or without "
+            "--with-packages); they are left out" % ", ".join(d["name"] for d in wanted))
+        return [dist_row(d, None, "failed", "pip installed it on the base and the bundle does not carry it: pack "
+                         "with --with-packages to carry it") for d in wanted]
+    if not os.path.isfile(python):
+        return [dist_row(d, None, "failed", "the environment has no Python for pip to install it into")
+                for d in wanted]
+    if attempt.run([python, "-m", "pip", "--version"])[0] != 0:
+        say("the environment has no pip: adding it from its own Python (ensurepip)")
+        code, output = attempt.run([python, "-m", "ensurepip"])
+        if code != 0:
+            return [dist_row(d, None, "failed", "the environment has no pip, and ensurepip failed: %s"
+                             % (output.strip().splitlines() or [""])[-1][:200]) for d in wanted]
+    return install_with_pip(attempt, bundle, wanted, options, prefix=prefix)
 
 
 def software_dists(dists):
@@ -5363,8 +5377,9 @@ def python_requirements(bundle, env_file, min_deps):
                                                                  else "its records")
         if dists is not None:
             why += "; the base listed no files of it"
-        wanted.append({"name": pypi, "version": record["version"], "owner": record["name"], "site": "",
-                       "why": why, "direct": record["name"] in direct or record["channel"] == "pypi"})
+        wanted.append({"name": pypi, "version": record["version"], "site": "", "why": why,
+                       "owner": None if record["channel"] == "pypi" else record["name"],
+                       "direct": record["name"] in direct or record["channel"] == "pypi"})
         owners.add(record["name"])
     for spec in env_file.pip if dists is None else ():
         match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
@@ -5476,7 +5491,7 @@ def relax_pin(attempt, pin, kind, detail):
 PIP_ROUNDS = 8
 
 
-def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS):
+def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
     """One pip install of pins (key -> pin), relaxing what pip names (relax_pin) and trying again, at most
     rounds times; pins pip names and that cannot be relaxed are dropped (their 'failure' says why).
     Returns (True when pip succeeded, pip's last words)."""
@@ -5489,7 +5504,7 @@ def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS):
         binary = sorted(key for key, p in pins.items() if p.get("binary") and not p.get("file"))
         say("installing %d Python distribution%s with pip (%s)..." % (len(pins), "s" * (len(pins) != 1), label))
         code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", requirements]
-                                   + (["--only-binary", ",".join(binary)] if binary else []))
+                                   + (["--only-binary", ",".join(binary)] if binary else []) + list(extra))
         if code == 0:
             return True, ""
         last = (output.strip().splitlines() or ["exit %d" % code])[-1][:300]
@@ -5540,14 +5555,14 @@ def pip_pins(attempt, bundle, dists, options, manager):
     return pins, rows
 
 
-def install_with_pip(attempt, bundle, dists, options, manager="pip"):
+def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None):
     """Every Python distribution of the base into the software's venv, level by level: all of them
     pinned to the base's versions in one resolve (what pip names relaxed, resolve_pins); if that fails,
     the direct requirements alone; then each remaining one on its own, so one failing pin never
     empties the environment. Returns requirement rows read back from pip."""
     import shutil
-    venv = software_venv(attempt)
-    python = os.path.join(venv, "bin", "python")
+    python = os.path.join(prefix or software_venv(attempt), "bin", "python")
+    extra = ["--prefix", prefix] if prefix else []  # a conda environment: pip installs into it, whatever its Python
     pins, rows = pip_pins(attempt, bundle, dists, options, manager)
     if not pins:
         return rows
@@ -5560,7 +5575,8 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip"):
                 pins[key]["file"] = os.path.join(folder, member.split("/")[1])
                 pins[key]["why"] += "; its wheel carried in the bundle"
     try:
-        done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve")
+        done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve",
+                                  extra=extra)
         if not done:
             direct = dict((k, p) for k, p in pins.items() if p["direct"])
             if direct and len(direct) < len(pins):
@@ -5568,12 +5584,13 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip"):
                 attempt.log("pip: level direct (%d of %d)" % (len(direct), len(pins)))
                 for key in set(pins) - set(direct):
                     pins[key]["level"] = "left to pip's resolve of the direct requirements"
-                done, last = resolve_pins(attempt, python, direct, "the direct requirements")
+                done, last = resolve_pins(attempt, python, direct, "the direct requirements", extra=extra)
             if not done:
                 say("pip could not install them together: trying each on its own")
                 attempt.log("pip: level each")
                 for key in sorted(pins):
-                    resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key]["name"], rounds=3)
+                    resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key]["name"], rounds=3,
+                                 extra=extra)
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
@@ -5785,7 +5802,7 @@ def requirement_rows(result):
     """Each requirement and how it was met: conda's package (level), a package manager's, skipped;
     the base's version beside the one installed, and why that one."""
     rows = []
-    for r in (result.get("packages") or []) + (result.get("python") or []) + (result.get("missing") or []):
+    for r in (result.get("packages") or []) + (result.get("python") or []) + (result.get("unmet") or []):
         how = ", ".join(p for p in (r.get("package"), r.get("why")) if p)
         rows.append({"requirement": r["requirement"], "status": r["status"], "base_version": r.get("base_version"),
                      "version": r.get("version"), "drift": bool(r.get("drift")), "how": how, "conda": r.get("conda")})

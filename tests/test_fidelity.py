@@ -490,3 +490,56 @@ def test_name_matching_comes_from_conda_metadata_on_every_real_environment():
     assert (seen["pyqt"], seen["numpy"], seen["petsc4py"], seen["python-gmsh"]) == ("PyQt5", "numpy", "petsc4py", "gmsh")
     assert pm.conda_pypi_name("hdf5", "nompi_h2d575fe_109") is None and pm.conda_pypi_name("h5py", "nompi_py311h_0")
     assert pm.conda_pypi_name("boule", "pypi_0", channel="pypi") == "boule"
+
+
+def test_the_original_tools_store_with_a_python_package_in_min_deps_migrates_with_pip(pip_base, pyz, real_condas,
+                                                                                      tmp_path):
+    """platform-migrator 1.1.0's store (NAME/env.yml, min-deps.json of conda-list records, pkg.zip: the
+    files its server writes, written here by hand from the base's own exports) and package_managers =
+    pip: numlite, a Python package by its conda build, is installed by pip and the test imports it."""
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    store = os.path.join(target.home, "pipsim")
+    os.makedirs(store)
+    with zipfile.ZipFile(pip_base["bundles"]["plain-3"]) as archive:
+        listed = json.loads(archive.read("conda-list.json").decode())
+        with open(os.path.join(store, "env.yml"), "wb") as handle:
+            handle.write(archive.read("env.yml"))
+        with zipfile.ZipFile(os.path.join(store, "pkg.zip"), "w") as pkg:
+            for name in archive.namelist():
+                if name.startswith("software/pipsim/"):
+                    pkg.writestr(name[len("software/"):], archive.read(name))
+    with open(os.path.join(store, "min-deps.json"), "w") as handle:
+        json.dump([r for r in listed if r["name"] in ("numlite", "oddlib")], handle)
+    config = tmp_path / "original.ini"
+    config.write_text("[pipsim]\noutput_dir = %s\npackage_managers = pip\ntests = numlite\n[test_numlite]\n"
+                      "exec = python -c \"import numlite; assert numlite.VERSION == '2.0'; print('numlite', "
+                      "numlite.VERSION)\"\n" % (tmp_path / "installed"))
+    folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    proc = subprocess.run([find_python("newest"), pyz, "migrate", "pipsim", str(config), "--yes"],
+                          env=target.env(**wheels.pip_env(folder)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "numlite 2.0" in proc.stderr
+    bundle = os.path.join(store, "bundles", "0001.zip")
+    rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
+    assert (rows["numlite"]["status"], rows["numlite"]["version"]) == ("installed", "2.0")
+
+
+def test_the_conda_route_installs_the_pip_part_itself_when_the_channels_have_no_pip(pip_base, pyz, real_condas,
+                                                                                    tmp_path):
+    """The base's pip was no conda package and this conda's channel has none: conda makes the environment
+    at the exact level (pm does not let it add a pip), and the pip part is installed and reported as on
+    the pip route, with the environment's own Python."""
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"),
+                                     [os.path.join(pip_base["work"], "channel")])
+    folder = pipbase.index_folder(str(tmp_path / "mirror"))
+    proc = migrate(pyz, pip_base["bundles"]["plain-3"], write_config(tmp_path, "conda"),
+                   target.env(**wheels.pip_env(folder)))
+    assert "lack 1 package: pip" not in proc.stderr, proc.stderr
+    report = migrate_report(pyz, target.env())
+    assert report["level"] == "exact", proc.stderr
+    rows = assert_every_base_package_has_one_row(pip_base["bundles"]["plain-3"], report)
+    assert (rows["tinycalc"]["status"], rows["tinycalc"]["version"]) == ("installed", "1.0")
+    assert rows["tinycalc"]["how"].startswith("pip:tinycalc=1.0")
+    assert rows["numlite"]["version"] == "2.0" and rows["localkit"]["status"] == "failed"
+    assert proc.returncode == 1  # check.py imports localkit, which only --with-packages carries
