@@ -705,6 +705,21 @@ def import_roots(site, files, software_dir, fallback):
     return roots or [fallback]
 
 
+def editable_packages(site, files, software_dir):
+    """The top-level packages and modules that an editable finder (setuptools' __editable___*_finder.py,
+    its MAPPING) maps into the software folder: on the base only these were importable, not the folder
+    around them. [] when no finder names any."""
+    names = []
+    for rel in files:
+        if not (rel.startswith("__editable__") and rel.endswith(".py")):
+            continue
+        text = read_small(os.path.normpath(os.path.join(site, rel))) or ""
+        for key, found in re.findall(r"['\"]([A-Za-z_][A-Za-z0-9_]*)['\"]\s*:\s*['\"](/[^'\"\n]+)['\"]", text):
+            if inside(found, software_dir) and key not in names:
+                names.append(key)
+    return names
+
+
 def tree_roots(files, software_dir, fallback):
     """Where the top-level packages and modules that a (non-editable) install of the software put in
     site-packages live in its tree ('src' for a src layout), shallowest first; build/ copies passed over."""
@@ -792,6 +807,7 @@ def python_distributions(prefix, records, software_dir):
                 files = [r[0] for r in rows or []] + ([entry] if link_target is not None else [])
                 dist["import_roots"] = import_roots(site, files, software_dir, rel) \
                     if source == "editable" else tree_roots(files, software_dir, rel)
+                dist["import_packages"] = editable_packages(site, files, software_dir) if source == "editable" else []
                 dist["metadata"] = read_small(meta_file, 1 << 20) if os.path.isfile(meta_file) else None
                 dist["entry_points"] = read_small(os.path.join(path, "entry_points.txt")) \
                     if os.path.isdir(path) else None
@@ -799,12 +815,16 @@ def python_distributions(prefix, records, software_dir):
     return dists
 
 
+SOURCE_WORDS = {"index": "from an index or a wheel folder (pip records no URL for either)", "local": "from a path",
+                "vcs": "from a VCS", "url": "from a URL", "unknown": "installer unknown"}
+
+
 def describe_distributions(dists):
-    """One line: how many distributions, from where."""
+    """One line: how many distributions, from where, in the words of what pip really recorded."""
     counts = {}
     for dist in dists:
         counts[dist["source"]] = counts.get(dist["source"], 0) + 1
-    return ", ".join("%d %s" % (counts[k], k) for k in sorted(counts))
+    return ", ".join("%d %s" % (counts[k], SOURCE_WORDS.get(k, k)) for k in sorted(counts))
 
 
 # -- Hashing, time and the manifest (pm.py uses these too) --------------------
@@ -5154,7 +5174,16 @@ def link_software(site, dist, tree):
             path = os.path.join(site, entry)
             shutil_remove(path)
     pth = "__pm_software__%s.pth" % name
-    write_atomic(os.path.join(site, pth), "".join(r + "\n" for r in roots), 0o644 & ~current_umask())
+    finder = software_finder(dist, roots)
+    if finder:  # only the packages the base's editable finder exposed, not the folder around them
+        module = "__pm_software__%s_finder" % name.replace(".", "_")
+        for entry in os.listdir(site):
+            if entry == module + ".py":
+                os.remove(os.path.join(site, entry))
+        write_atomic(os.path.join(site, module + ".py"), finder, 0o644 & ~current_umask())
+        write_atomic(os.path.join(site, pth), "import %s\n" % module, 0o644 & ~current_umask())
+    else:
+        write_atomic(os.path.join(site, pth), "".join(r + "\n" for r in roots), 0o644 & ~current_umask())
     metadata = dist.get("metadata") if isinstance(dist.get("metadata"), str) else None
     metadata = metadata or "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist["name"], dist["version"])
     write_atomic(os.path.join(site, info_dir, "METADATA"), metadata, 0o644 & ~current_umask())
@@ -5169,6 +5198,53 @@ def link_software(site, dist, tree):
     for command, target in points:
         written.append(write_entry_point(Contained(prefix), command, target, "the software's entry points"))
     finish_dist_info(prefix, site_rel, info_dir, written)
+
+
+SOFTWARE_FINDER = '''"""Written by pm: the software's own packages from its migrated tree, and nothing else of it."""
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+MAPPING = %r
+
+
+class PmSoftwareFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        where = MAPPING.get(name)
+        if where is None:
+            return None
+        if not os.path.isdir(where):
+            return importlib.util.spec_from_file_location(name, where)
+        init = os.path.join(where, "__init__.py")
+        if os.path.isfile(init):
+            return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[where])
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [where]
+        return spec
+
+
+if not any(getattr(finder, "pm_mapping", None) == MAPPING for finder in sys.meta_path):
+    FINDER = PmSoftwareFinder()
+    FINDER.pm_mapping = MAPPING
+    sys.meta_path.append(FINDER)
+'''
+
+
+def software_finder(dist, roots):
+    """The source of a finder module exposing just the packages the base's editable finder mapped
+    (import_packages), found under the import roots in the migrated tree; None when there are none."""
+    mapping = {}
+    for package in dist.get("import_packages") or []:
+        if not isinstance(package, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", package):
+            raise PmError("python-dists.json names the import package %r, which is not a Python name"
+                          % str(package)[:60], "do not use this bundle; pack the software again")
+        for root in roots:
+            for where in (os.path.join(root, package), os.path.join(root, package + ".py")):
+                if package not in mapping and os.path.exists(where):
+                    mapping[package] = where
+    return SOFTWARE_FINDER % (mapping,) if mapping else None
 
 
 def shutil_remove(path):
@@ -5355,7 +5431,7 @@ def python_requirements(bundle, env_file, min_deps):
             if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
                 continue
             how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
-                "pip installed it (%s)" % dist.get("source", "index")
+                "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
             wanted.append(dict(dist, why="recorded on the base: " + how,
                                direct=not dist.get("owner") or dist.get("owner") in direct))
     names = software_names(bundle) if dists is None else set()

@@ -17,8 +17,24 @@ import base64, hashlib, os, zipfile
 
 def _meta():
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta.txt")) as handle:
-        name, version, root, script = handle.read().split()
+        name, version, root, script = handle.read().split()[:4]
     return name, version, os.path.join(os.path.dirname(os.path.abspath(__file__)), root), script
+
+def _finder():
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta.txt")) as handle:
+        return handle.read().split()[4:] == ["finder"]
+
+# setuptools' way for a flat layout: a finder that maps the package alone, never the folder around it
+FINDER = """import importlib.abc, importlib.util, os, sys
+MAPPING = {%r: %r}
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name in MAPPING:
+            return importlib.util.spec_from_file_location(name, os.path.join(MAPPING[name], "__init__.py"),
+                                                          submodule_search_locations=[MAPPING[name]])
+def install():
+    sys.meta_path.append(_Finder())
+"""
 
 def _hash(data):
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
@@ -56,17 +72,23 @@ def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
     name, version, root, script = _meta()
+    if _finder():
+        return _wheel(wheel_directory, {
+            "__editable___%s_finder.py" % name: (FINDER % (name, os.path.join(root, name))).encode(),
+            "__editable__.%s.pth" % name: ("import __editable___%s_finder; __editable___%s_finder.install()\n"
+                                           % (name, name)).encode()})
     return _wheel(wheel_directory, {"__editable__.%s.pth" % name: (root + "\n").encode()})
 '''
 
 PYPROJECT = '[build-system]\nrequires = []\nbuild-backend = "pm_test_backend"\nbackend-path = ["."]\n'
 
 
-def python_project(folder, name, version, root, code, script="-"):
-    """A project pip builds with the in-tree backend: root/name/__init__.py holding code."""
+def python_project(folder, name, version, root, code, script="-", finder=False):
+    """A project pip builds with the in-tree backend: root/name/__init__.py holding code (editable
+    through a finder mapping the package alone when finder, as setuptools does for a flat layout)."""
     os.makedirs(os.path.join(folder, root, name), exist_ok=True)
     files = {"pyproject.toml": PYPROJECT, "pm_test_backend.py": BACKEND,
-             "meta.txt": "%s %s %s %s\n" % (name, version, root, script),
+             "meta.txt": "%s %s %s %s%s\n" % (name, version, root, script, " finder" if finder else ""),
              os.path.join(root, name, "__init__.py"): code}
     for path, text in files.items():
         with open(os.path.join(folder, path), "w") as handle:

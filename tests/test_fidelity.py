@@ -543,3 +543,49 @@ def test_the_conda_route_installs_the_pip_part_itself_when_the_channels_have_no_
     assert rows["tinycalc"]["how"].startswith("pip:tinycalc=1.0")
     assert rows["numlite"]["version"] == "2.0" and rows["localkit"]["status"] == "failed"
     assert proc.returncode == 1  # check.py imports localkit, which only --with-packages carries
+
+
+FLAT_CHECK = """import importlib.util, os  # run with python -P: the script's own folder is not put on the path
+import flatsim
+here = os.path.dirname(os.path.abspath(__file__))
+assert os.path.abspath(flatsim.__file__).startswith(here + os.sep), flatsim.__file__
+assert importlib.util.find_spec("docs") is None, "the tree's loose folders were not importable on the base"
+print("flatsim from the tree alone")
+"""
+
+
+def test_a_flat_layout_editable_install_exposes_the_package_alone_as_on_the_base(pyz, real_condas, tmp_path):
+    """A flat-layout project installed editable through a finder that maps the package alone (as
+    setuptools does): on the target too only the package is importable, not its folder's docs/."""
+    python = find_python("3.11")
+    channel = pipbase.python_channel(str(tmp_path / "channel"), python)
+    site = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "conda"), [channel])
+    prefix = site.create("flat-env", ["python"])
+    software = pipbase.python_project(str(tmp_path / "src" / "flatsim"), "flatsim", "1.2", ".", "X = 1\n",
+                                      finder=True)
+    os.makedirs(os.path.join(software, "docs"))
+    with open(os.path.join(software, "docs", "conf.py"), "w") as handle:
+        handle.write("project = 'flatsim'\n")
+    with open(os.path.join(software, "check.py"), "w") as handle:
+        handle.write(FLAT_CHECK)
+    pipbase.pip_into(python, prefix, ["-e", software])
+    base = subprocess.run([os.path.join(prefix, "bin", "python"), "-P", os.path.join(software, "check.py")],
+                          cwd=str(tmp_path), env=site.activated(prefix), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True)
+    assert base.returncode == 0, "the base itself must pass: " + base.stdout
+    bundle = str(tmp_path / "flat.zip")
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", software, "-e", "flat-env", "-o", bundle, "--yes"],
+                  site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dists, _ = dists_of(bundle)
+    assert dists["flatsim"]["import_packages"] == ["flatsim"]
+    config = tmp_path / "flat.ini"
+    config.write_text("[flatsim]\noutput_dir = %s\npackage_managers = pip\ntests = check\n[test_check]\n"
+                      "exec = python -P check.py\n" % (tmp_path / "installed"))  # -P: not the script's folder
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    done = subprocess.run(["unshare", "-n", find_python("newest"), pyz, "migrate", "flatsim", str(config), "--bundle",
+                           bundle, "--yes"], env=target.env(**wheels.pip_env(str(tmp_path / "empty"))),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "flatsim from the tree alone" in done.stdout + done.stderr
