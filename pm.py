@@ -4816,10 +4816,23 @@ def write_entry_point(writer, command, target, where):
     return "bin/" + command
 
 
+UMASK = []  # the process umask, read once: setting it to 0 and back races with the threads that create files
+
+
 def current_umask():
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    """The process umask, read once (main() asks before any thread starts): from /proc/self/status,
+    which changes nothing, else by setting it and back that one time."""
+    if not UMASK:
+        try:
+            with open("/proc/self/status") as status:
+                found = [int(line.split()[1], 8) for line in status if line.startswith("Umask:")]
+        except (OSError, ValueError, IndexError):
+            found = []
+        if not found:
+            found = [os.umask(0o077)]
+            os.umask(found[0])
+        UMASK[:] = found[:1]
+    return UMASK[0]
 
 
 def wheel_destination(name, site_rel):
@@ -6977,6 +6990,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     PROBE.QUIET[0] = args.quiet
+    current_umask()  # read once, before any thread starts
     try:
         return args.function(args)
     except PmError as exc:

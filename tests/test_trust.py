@@ -458,3 +458,17 @@ def test_fuzzed_carried_packages_never_write_outside_the_prefix(tmp_path):
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
     assert refused > 500 and linked > 100, (refused, linked)
     assert grown < 256, "peak RSS grew %.0f MiB" % grown
+
+
+def test_the_umask_is_read_without_ever_setting_it_to_zero(monkeypatch, tmp_path):
+    """Contained is made in the worker threads of extract_into_cache: reading the umask must not open a
+    moment in which another thread's files are created group- and world-writable."""
+    set_to = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or real_umask(mask))
+    for _ in range(3):
+        writer = pm.Contained(str(tmp_path))
+        assert writer.umask == pm.current_umask()
+    assert 0 not in set_to, "the umask was set to 0 while reading it"
+    with open("/proc/self/status") as status:
+        assert [int(line.split()[1], 8) for line in status if line.startswith("Umask:")] == [pm.current_umask()]
