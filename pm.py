@@ -3540,18 +3540,18 @@ class MigrationResult(object):
                 names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
                          for r in self.packages if r["status"] == status]
                 print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
-                                     ": " + ", ".join(names) if names else ""))
+                                     printable(": " + ", ".join(names)) if names else ""))
         drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
-        if drifted:
-            print("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
+        if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
+            show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
                 "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
         print("%-20s %-8s %8s" % ("test", "status", "seconds"))
         for result in self.tests:
-            print("%-20s %s%s %8.2f" % (result.name, paint(result.status), " " * (8 - len(result.status)),
+            print("%-20s %s%s %8.2f" % (printable(result.name), paint(result.status), " " * (8 - len(result.status)),
                                         result.seconds))
-        print("attempt: %s" % self.attempt.path)
+        show("attempt: %s" % self.attempt.path)
         if self.installed and self.activate:
-            print("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
+            show("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
 
 
 def migrate(store, name, config, bundle, options):

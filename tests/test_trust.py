@@ -472,3 +472,19 @@ def test_the_umask_is_read_without_ever_setting_it_to_zero(monkeypatch, tmp_path
     assert 0 not in set_to, "the umask was set to 0 while reading it"
     with open("/proc/self/status") as status:
         assert [int(line.split()[1], 8) for line in status if line.startswith("Umask:")] == [pm.current_umask()]
+
+
+def test_migrates_summary_shows_the_bundles_text_with_its_control_characters(capsys, tmp_path):
+    """migrate's own summary (stdout): rows named by the bundle (min-deps.json, python-dists.json) reach the
+    terminal with their escape sequences shown, never sent."""
+    import types
+    evil = "zlib\x1b]52;c;ZXZpbA==\x07\x1b[2J"
+    attempt = types.SimpleNamespace(path=str(tmp_path / "attempt"), result={"python": [
+        {"requirement": "numpy\x1b[31m", "base_version": "1.0\x1b[0m", "version": "2.0", "drift": True}]})
+    rows = [{"requirement": evil, "status": "skipped", "package": None},
+            {"requirement": "x", "status": "installed", "package": "apt:" + evil}]
+    result = pm.MigrationResult(attempt, [pm.TestResult("t\x1b[1m", "passed", 0, 0.5, "log", [])], rows)
+    result.print_summary()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert "zlib\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J" in out and "numpy\\x1b[31m" in out
