@@ -2050,6 +2050,9 @@ class Bundle(object):
                 if info.filename not in listed:
                     raise PmError("%s is in the bundle but not in its manifest" % info.filename,
                                   "pack the software again")
+                if info.filename.startswith("wheels/") and not re.match(WHEEL_FN, info.filename[len("wheels/"):]):
+                    raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                                  "PLATFORM.whl)" % info.filename[:200], "do not use this bundle; pack the software again")
                 try:
                     digest, size = member_digest(archive, info.filename)
                 except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
@@ -2068,6 +2071,7 @@ class Bundle(object):
                     raise PmError("the bundle has no %s" % required, "pack the software again")
         bundle = cls(path, manifest, handle)
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
+        base_distributions(bundle)
         return bundle
 
     @classmethod
@@ -4770,6 +4774,10 @@ def remove_older_carried_envs(prefix):
 
 SCRIPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
 ENTRY_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z"
+SITE_REL = r"^lib/python[0-9]{1,2}\.[0-9]{1,3}/site-packages\Z"  # as the probe's site_packages finds it
+# NAME-VERSION(-BUILD)?-PYTHON-ABI-PLATFORM.whl (PEP 427), one plain file name under wheels/
+WHEEL_FN = r"^[A-Za-z0-9][A-Za-z0-9_.]{0,199}-[A-Za-z0-9_.!+]{1,100}(-[0-9][A-Za-z0-9_.]{0,50})?" \
+           r"(-[A-Za-z0-9_.]{1,200}){3}\.whl\Z"
 
 
 def base_distributions(bundle):
@@ -4796,8 +4804,33 @@ def read_distributions(bundle):
                 not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z", dist["version"]):
             raise PmError("python-dists.json in %s names %r %r, which is not a distribution name and version"
                           % (bundle.path, dist["name"][:60], dist["version"][:60]), "pack the software again")
+        check_dist_paths(dist, "python-dists.json in %s" % bundle.path)
         dists.append(dist)
     return dists
+
+
+def check_dist_paths(dist, where):
+    """The fields of a python-dists.json record that become paths or lines: site (where pm writes its
+    dist-info, .pth and wheels), the software's import roots (lines of its .pth) and the carried wheel."""
+    if not re.match(SITE_REL, dist["site"]):
+        raise PmError("%s gives %s the site %r, which is not lib/pythonX.Y/site-packages" % (
+            where, dist["name"], dist["site"][:100]), "do not use this bundle; pack the software again")
+    roots = dist.get("import_roots")
+    if roots is not None and not isinstance(roots, list):
+        raise PmError("%s gives %s import_roots that are not a list" % (where, dist["name"]),
+                      "do not use this bundle; pack the software again")
+    for root in roots or []:
+        parts = root.split("/") if isinstance(root, str) else [".."]
+        if not root or root.startswith("/") or ".." in parts or len(root) > 1000 or re.search(CONTROL_OR_NEWLINE, root):
+            raise PmError("%s gives %s the import root %r, which is not a plain relative path inside its tree" % (
+                where, dist["name"], root if not isinstance(root, str) else root[:100]),
+                "do not use this bundle; pack the software again")
+    wheel = dist.get("wheel")
+    if wheel is not None and wheel != "" and not (isinstance(wheel, str) and wheel.startswith("wheels/")
+                                                  and re.match(WHEEL_FN, wheel[len("wheels/"):])):
+        raise PmError("%s gives %s the wheel %r, which is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                      "PLATFORM.whl)" % (where, dist["name"], wheel if not isinstance(wheel, str) else wheel[:100]),
+                      "do not use this bundle; pack the software again")
 
 
 def write_entry_point(writer, command, target, where):
@@ -4893,17 +4926,19 @@ def install_wheel(wheel, prefix, site_rel):
                                  if info_dir + "/entry_points.txt" in archive.namelist() else "")
     for command, target in points:
         written.append(write_entry_point(writer, command, target, where))
-    finish_dist_info(prefix, site_rel, info_dir, written)
+    finish_dist_info(writer, site_rel, info_dir, written)
     return info_dir
 
 
-def finish_dist_info(prefix, site_rel, info_dir, written):
-    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages."""
-    site = os.path.join(prefix, site_rel)
-    write_atomic(os.path.join(site, info_dir, "INSTALLER"), "pm\n", 0o644 & ~current_umask())
-    lines = [os.path.relpath(os.path.join(prefix, rel), site) + ",," for rel in written]
+def finish_dist_info(writer, site_rel, info_dir, written):
+    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages, through
+    writer (the prefix's Contained)."""
+    import io
+    site = os.path.join(writer.root, site_rel)
+    lines = [os.path.relpath(os.path.join(writer.root, rel), site) + ",," for rel in written]
     lines += ["%s/INSTALLER,," % info_dir, "%s/RECORD,," % info_dir]
-    write_atomic(os.path.join(site, info_dir, "RECORD"), "\n".join(lines) + "\n", 0o644 & ~current_umask())
+    for name, text in (("INSTALLER", "pm\n"), ("RECORD", "\n".join(lines) + "\n")):
+        writer.write("%s/%s/%s" % (site_rel, info_dir, name), io.BytesIO(text.encode("utf-8")), 0o644, None, info_dir)
 
 
 def carried_wheels(bundle, dists):
@@ -5006,37 +5041,44 @@ def software_dists(dists):
 
 def link_software(site, dist, tree):
     """The software as the base had it installed, from the migrated tree: a .pth that puts its
-    import roots on the path and a dist-info (metadata, entry points) naming the tree."""
+    import roots on the path and a dist-info (metadata, entry points) naming the tree, written by the
+    prefix's containment writer (site is PREFIX/lib/pythonX.Y/site-packages; entry points go to PREFIX/bin)."""
+    import io
+    where = "the software %s" % dist["name"]
+    check_dist_paths(dist, where)
     roots = []
     for root in dist.get("import_roots") or ["."]:
-        parts = [p for p in str(root).split("/") if p not in ("", ".")]
-        if any(p == ".." for p in parts):
-            raise PmError("the software's import root %r leads out of its tree" % root, "pack the software again")
-        roots.append(os.path.join(tree, *parts))
+        roots.append(os.path.join(tree, *[p for p in root.split("/") if p not in ("", ".")]))
+        if re.search(CONTROL_OR_NEWLINE, roots[-1]):  # a line of the .pth: a newline would add another
+            raise PmError("the software's folder %r holds a control character or newline" % tree,
+                          "move it to a plain folder name")
     prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))
     site_rel = os.path.relpath(site, prefix)
+    if not re.match(SITE_REL, site_rel):
+        raise PmError("%s would go to %s, which is not PREFIX/lib/pythonX.Y/site-packages" % (where, site),
+                      "report it")
+    writer = Contained(prefix)
     name = PROBE.wheel_escape(dist["name"])
     info_dir = "%s-%s.dist-info" % (name, PROBE.wheel_escape(dist["version"], True))
-    for entry in os.listdir(site):  # an earlier link of the software (the tested tree, before the install)
-        if entry == "__pm_software__%s.pth" % name or entry == info_dir:
-            path = os.path.join(site, entry)
-            shutil_remove(path)
     pth = "__pm_software__%s.pth" % name
-    write_atomic(os.path.join(site, pth), "".join(r + "\n" for r in roots), 0o644 & ~current_umask())
+    for entry in (pth, info_dir):  # an earlier link of the software (the tested tree, before the install)
+        if os.path.lexists(os.path.join(site, entry)):
+            shutil_remove(os.path.join(site, entry))
+    from urllib.request import pathname2url
     metadata = dist.get("metadata") if isinstance(dist.get("metadata"), str) else None
     metadata = metadata or "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist["name"], dist["version"])
-    write_atomic(os.path.join(site, info_dir, "METADATA"), metadata, 0o644 & ~current_umask())
-    from urllib.request import pathname2url
-    write_json(os.path.join(site, info_dir, "direct_url.json"),
-               {"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, 0o644 & ~current_umask())
-    written = [site_rel + "/" + pth, site_rel + "/%s/METADATA" % info_dir, site_rel + "/%s/direct_url.json" % info_dir]
+    direct_url = json.dumps({"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, sort_keys=True)
     points = PROBE.entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
-    if points:
-        write_atomic(os.path.join(site, info_dir, "entry_points.txt"), dist["entry_points"], 0o644 & ~current_umask())
-        written.append(site_rel + "/%s/entry_points.txt" % info_dir)
+    files = [(pth, "".join(r + "\n" for r in roots)), (info_dir + "/METADATA", metadata),
+             (info_dir + "/direct_url.json", direct_url)] + ([(info_dir + "/entry_points.txt", dist["entry_points"])]
+                                                            if points else [])
+    written = []
+    for rel, text in files:
+        writer.write(site_rel + "/" + rel, io.BytesIO(text.encode("utf-8", "surrogateescape")), 0o644, None, where)
+        written.append(site_rel + "/" + rel)
     for command, target in points:
-        written.append(write_entry_point(Contained(prefix), command, target, "the software's entry points"))
-    finish_dist_info(prefix, site_rel, info_dir, written)
+        written.append(write_entry_point(writer, command, target, "the software's entry points"))
+    finish_dist_info(writer, site_rel, info_dir, written)
 
 
 def shutil_remove(path):

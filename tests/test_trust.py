@@ -488,3 +488,77 @@ def test_migrates_summary_shows_the_bundles_text_with_its_control_characters(cap
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out, out
     assert "zlib\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J" in out and "numpy\\x1b[31m" in out
+
+
+def python_dists_bundle(tmp_path, dist, files=None):
+    """A carried bundle (python with its site-packages) whose python-dists.json holds dist."""
+    python = package("python", [("bin/python", b"#!/bin/sh\n", 0o755),
+                                ("lib/python3.11/site-packages/keep.txt", b"", 0o644)])
+    members = {"python-dists.json": json.dumps({"dists": [dist]}).encode()}
+    members.update(files or {})
+    return carried_bundle(str(tmp_path / "dists.zip"), [python], files=members,
+                          env_yml=b"name: trust\ndependencies:\n  - python=1.0=0\n")
+
+
+SOFTWARE = {"name": "trust", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "editable",
+            "software": True, "import_roots": ["."], "entry_points": "[console_scripts]\ntrust-run = os:getcwd\n"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("site", "VICTIM", "which is not lib/pythonX.Y/site-packages"),
+    ("site", "DOTDOT", "which is not lib/pythonX.Y/site-packages"),
+    ("import_roots", [".\nimport os; os.system('touch ESCAPED')"], "which is not a plain relative path"),
+    ("import_roots", ["/etc"], "which is not a plain relative path"),
+    ("import_roots", ["src/../../.."], "which is not a plain relative path"),
+    ("import_roots", "src", "import_roots that are not a list"),
+], ids=["absolute site", "dotdot site", "newline root", "absolute root", "dotdot root", "roots not a list"])
+def test_python_dists_site_and_import_roots_are_plain_paths_inside_the_prefix_and_tree(field, value, message, pyz,
+                                                                                      tmp_path):
+    """python-dists.json's site chose where pm wrote the software's .pth, dist-info and entry points
+    (aimed at ~/.local/lib/pythonX.Y/site-packages, code that runs at every Python start); an import
+    root with a newline became an import line of the .pth. Refused with one line, exit 2."""
+    victim = tmp_path / "victim" / "lib" / "python3.11" / "site-packages"
+    victim.mkdir(parents=True)
+    (tmp_path / "victim" / "bin").mkdir()
+    if value == "VICTIM":
+        value = str(victim)
+    elif value == "DOTDOT":
+        value = "lib/python3.11/site-packages/" + "../" * 20 + os.path.relpath(str(victim), "/")
+    bundle = python_dists_bundle(tmp_path, dict(SOFTWARE, **{field: value}))
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "python-dists.json" in last and message in last and "unexpected" not in err, err
+    assert os.listdir(str(victim)) == [] and os.listdir(str(tmp_path / "victim" / "bin")) == []
+    assert not list(tmp_path.glob("**/ESCAPED")) and not list(tmp_path.glob("**/__pm_software__*"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", bundle], env)
+    assert unpacked.returncode == 2 and message in unpacked.stderr.strip().splitlines()[-1], unpacked.stderr
+
+
+def test_the_softwares_pth_dist_info_and_entry_points_go_into_the_prefix(pyz, tmp_path):
+    bundle = python_dists_bundle(tmp_path, SOFTWARE)
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    assert code == 0, err
+    prefix = read_result(attempt_dirs(str(tmp_path / "store"), "trust")[-1])["env_prefix"]
+    site = os.path.join(prefix, "lib", "python3.11", "site-packages")
+    with open(os.path.join(site, "__pm_software__trust.pth")) as handle:
+        assert handle.read() == str(tmp_path / "installed" / "trust") + "\n"
+    assert sorted(os.listdir(os.path.join(site, "trust-1.0.dist-info"))) == [
+        "INSTALLER", "METADATA", "RECORD", "direct_url.json", "entry_points.txt"]
+    assert os.path.isfile(os.path.join(prefix, "bin", "trust-run"))
+
+
+@pytest.mark.parametrize("wheel", ["wheels/\nevil.whl", "wheels/tinycalc-1.0-py3-none-any.whl\n.whl",
+                                   "wheels/tinycalc.whl"], ids=["newline", "newline inside", "no tags"])
+def test_a_carried_wheels_file_name_is_a_plain_wheel_name(wheel, pyz, tmp_path):
+    """A wheel named with a newline became the requirements line <attempt>/wheels/, which pip built as
+    a project (the bundle's own pyproject.toml): the name, in python-dists.json and as a member, is
+    NAME-VERSION(-BUILD)-PY-ABI-PLATFORM.whl, or the bundle is refused."""
+    dist = {"name": "tinycalc", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "index",
+            "software": False, "wheel": wheel}
+    bundle = python_dists_bundle(tmp_path, dist, {wheel: b"PK\x05\x06" + b"\0" * 18,
+                                                  "wheels/pyproject.toml": b"[build-system]\n"})
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "not a plain wheel file name" in last and "unexpected" not in err, err
+    assert envs_left(tmp_path) == []
