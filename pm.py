@@ -3607,8 +3607,9 @@ def check_options(bundle, config, options):
         raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
     by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
-    unused = [flag for flag, given in (("--prefix", options.prefix), ("--allow-scripts", options.allow_scripts))
-              if given]
+    by_conda = "conda" in config.package_managers and carried and not by_pm  # conda links pm's cache
+    unused = [flag for flag, given in (("--prefix", options.prefix),
+                                       ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
     if unused and not by_pm:
         say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
             "this migration uses %s, so %s nothing" % (" and ".join(unused), "applies" if len(unused) == 1 else "apply",
@@ -3641,7 +3642,7 @@ def recreate_test_install(attempt, config, bundle, options):
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
         hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
-        channel = carried_channel(attempt, conda, bundle, options.max_ratio)
+        channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts)
         try:
             level, prefix = create_conda_env(attempt, conda, env_name, env_file, min_deps, options.force, channel)
         finally:
@@ -3865,9 +3866,11 @@ class CarriedChannel(object):
         self.environ = dict(os.environ, CONDA_PKGS_DIRS=self.pkgs)
 
 
-def carried_channel(attempt, conda, bundle, max_ratio=None):
+def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False):
     """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
-    (a note says why); a .conda archive that this conda cannot read stops before anything is made."""
+    (a note says why); a .conda archive that this conda cannot read stops before anything is made.
+    Unpacked packages and .tar.bz2 archives are extracted by pm into the cache conda links from,
+    checked there (extract_into_cache); .conda archives conda extracts itself."""
     import shutil
     packages = bundle.manifest.packages or {}
     carried = packages.get("carried") or []
@@ -3889,10 +3892,10 @@ def carried_channel(attempt, conda, bundle, max_ratio=None):
             % (len(missing), ", ".join(m["name"] for m in missing)))
     channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
     try:
-        unpacked = [a for a in carried_archives(channel.folder, conda_reads=True) if a.path.endswith(".zip")]
+        unpacked = carried_archives(channel.folder, conda_reads=True)  # all but the .conda archives
         if unpacked:
             started = time.time()
-            extract_into_cache(unpacked, channel, max_ratio)
+            extract_into_cache(unpacked, channel, max_ratio, allow_scripts)
             attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
                                                                             time.time() - started))
     except BaseException:
@@ -3902,44 +3905,122 @@ def carried_channel(attempt, conda, bundle, max_ratio=None):
     return channel
 
 
-def extract_into_cache(archives, channel, max_ratio=None):
-    """Extract unpacked packages into the channel's own package cache, as conda leaves a package it
+NOT_CACHED = ("pm_file", "md5", "sha256", "size")  # an extracted package's entry: conda takes the cache's copy
+LINK_SCRIPT = r"^bin/\.[^/]+-(pre-link|post-link|pre-unlink)\.sh\Z"  # conda runs these when it links
+
+
+def extract_into_cache(archives, channel, max_ratio=None, allow_scripts=False):
+    """Extract carried packages into the channel's own package cache, as conda leaves a package it
     downloaded: pkgs/<dist>/ (each through a containment writer of its own, a few at once), its
     info/repodata_record.json naming the channel, and urls.txt (conda 4.3 finds a package by it). The
-    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy."""
+    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy.
+    What conda reads to link a package is checked against its own members first (check_conda_index);
+    link scripts are left out unless allow_scripts, and named."""
     import bz2
+    import io
     os.mkdir(channel.pkgs, 0o700)
 
     def one(archive):
         writer = Contained.for_carried(os.path.join(channel.pkgs, archive.dist), os.path.getsize(archive.path),
                                        max_ratio)
         os.mkdir(writer.root, 0o755)
-        written = []
-        for name, kind, mode, mtime, content in zip_members(archive, writer.max_files, with_info=True):
+        written, left_out = [], []
+        for name, kind, mode, mtime, content in archive.members(writer.max_files, with_info=True):
+            if not allow_scripts and re.match(LINK_SCRIPT, name):
+                left_out.append(name)
+                continue
             if kind == "link":
                 writer.symlink(name, content, archive.fn)
             else:
                 writer.write(name, content, mode, mtime, archive.fn)
             written.append(name)
         writer.check_links(writer.root, written)
-        entry = dict((k, v) for k, v in archive.entry.items() if k != "pm_file")
+        check_conda_index(writer, archive.fn, set(written), set(left_out))
+        entry = dict((k, v) for k, v in archive.entry.items() if k not in NOT_CACHED)
         entry.update(fn=archive.fn, url="%s/%s/%s" % (channel.url, entry.get("subdir", ""), archive.fn),
                      channel=channel.url)
-        write_json(os.path.join(writer.root, "info", "repodata_record.json"), entry, 0o644)
-        return entry["url"]
+        writer.write("info/repodata_record.json", io.BytesIO(json.dumps(entry, sort_keys=True).encode("utf-8")),
+                     0o644, None, archive.fn)
+        return entry["url"], left_out
 
-    urls = [url for _, url in PROBE.in_threads(one, archives, LINK_WORKERS)]
-    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url in urls), 0o644)
+    done = [result for _, result in PROBE.in_threads(one, archives, LINK_WORKERS)]
+    scripts = sorted(set(a.entry["name"] for a, (_, left_out) in zip(archives, done) if left_out))
+    if scripts:
+        say("note: %s %s link scripts (post-link, pre-unlink), which pm leaves out of what conda links, so none "
+            "runs (--allow-scripts runs them)" % (", ".join(scripts), "has" if len(scripts) == 1 else "have"))
+    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url, _ in done), 0o644)
     for archive in archives:
         os.remove(archive.path)
     for subdir in sorted(set(a.entry.get("subdir", "") for a in archives)):
         path = os.path.join(channel.folder, subdir, "repodata.json")
         repodata = read_json(path)
-        for entry in (repodata.get("packages") or {}).values():
-            entry.pop("pm_file", None)
+        extracted = set(a.fn for a in archives if a.entry.get("subdir", "") == subdir)
+        for fn, entry in (repodata.get("packages") or {}).items():
+            for key in NOT_CACHED if fn in extracted else ("pm_file",):
+                entry.pop(key, None)
         data = json.dumps(repodata, sort_keys=True).encode("utf-8")
         write_atomic(path, data, 0o644)
         write_atomic(path + ".bz2", bz2.compress(data), 0o644)
+
+
+def check_conda_index(writer, fn, members, left_out):
+    """What conda reads to link an extracted package (info/paths.json's paths, info/files, link.json's
+    entry points), checked before conda sees it: every path one of the package's own members (which the
+    writer made: plain names inside it), every entry point NAME = module:function; the link scripts
+    left out (left_out) are taken out of both lists."""
+    import io
+
+    def read(name):
+        path = os.path.join(writer.root, "info", name)
+        if not os.path.isfile(path):
+            return None
+        if os.path.getsize(path) > 64 << 20:
+            raise PmError("info/%s of %s is over 64 MiB" % (name, fn), "do not use this bundle")
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+    def refuse(member, field, value):
+        raise PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
+                      % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
+
+    text = read("paths.json")
+    if text is not None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
+        items = data.get("paths") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            refuse("info/paths.json", "paths", items)
+        for item in items:
+            path = item.get("_path") if isinstance(item, dict) else None
+            if not isinstance(path, str) or (path not in members and path not in left_out and not (
+                    item.get("path_type") == "directory" and path and not path.startswith("/")
+                    and not re.search(CONTROL_OR_NEWLINE, path) and not set(path.split("/")) & set(["", ".", ".."]))):
+                refuse("info/paths.json", "_path", path)
+        if left_out:
+            data["paths"] = [i for i in items if i["_path"] not in left_out]
+            writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
+    text = read("files")
+    if text is not None:
+        listed = [line.strip() for line in text.splitlines()]
+        for line in listed:
+            if line and not line.startswith("#") and line not in members and line not in left_out:
+                refuse("info/files", "a line", line)
+        if left_out:
+            kept = "".join(line + "\n" for line in listed if line not in left_out)
+            writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+    try:
+        link = json.loads(read("link.json") or "{}")
+    except ValueError:
+        link = {}
+    noarch = link.get("noarch") if isinstance(link, dict) else None
+    points = noarch.get("entry_points") if isinstance(noarch, dict) else None
+    for point in points if isinstance(points, list) else []:
+        command, _, target = str(point).partition("=")
+        if not re.match(SCRIPT_NAME, command.strip()) or not re.match(ENTRY_TARGET, target.strip()):
+            raise PmError("info/link.json of the carried package %s names the entry point %r, which is not NAME = "
+                          "module:function" % (fn, str(point)[:100]), "do not use this bundle; pack the software again")
 
 
 def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channel=None):
@@ -4313,10 +4394,10 @@ class CarriedArchive(object):
         self.placeholders = {}
         self.files = []
 
-    def members(self, limit=None):
+    def members(self, limit=None, with_info=False):
         """(name, 'file' or 'link', mode, mtime, file object or link text) of each member outside
-        info/, info/ read on the way."""
-        return zip_members(self, limit) if self.path.endswith(".zip") else tar_members(self)
+        info/ (with_info: and in it), info/ read on the way."""
+        return zip_members(self, limit, with_info) if self.path.endswith(".zip") else tar_members(self, with_info)
 
     def keep_info(self, name, size, read):
         """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
@@ -4370,17 +4451,21 @@ class CarriedArchive(object):
 INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
 
 
-def tar_members(archive):
+def tar_members(archive, with_info=False):
     """The members of a .tar.bz2 in one streamed pass (BZ2File inflates in bounded steps; tarfile's own
     "r|bz2" would inflate a whole read at once, and a bomb's few bytes of zeros are hundreds of MiB)."""
     import bz2
+    import io
     import tarfile
     with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             name = member.name[2:] if member.name.startswith("./") else member.name
-            if name == "info" or name.startswith("info/"):
-                if member.isfile():
-                    archive.keep_info(name, member.size, tar.extractfile(member).read)
+            if (name == "info" or name.startswith("info/")) and member.isfile() and name in INFO_READ:
+                archive.keep_info(name, member.size, tar.extractfile(member).read)
+                if with_info:
+                    yield name, "file", member.mode, member.mtime, io.BytesIO(archive.info[name])
+            elif (name == "info" or name.startswith("info/")) and not with_info:
+                continue
             elif member.issym():
                 yield name, "link", 0o777, member.mtime, member.linkname
             elif member.isfile():
@@ -6986,7 +7071,8 @@ def build_parser():
     sub.add_argument("--prefix", metavar="DIR",
                      help="without conda: where the environment goes (default: the store's NAME/envs/<attempt>)")
     sub.add_argument("--allow-scripts", action="store_true",
-                     help="without conda: run the packages' post-link scripts (default: name them, run none)")
+                     help="run the carried packages' post-link scripts (pm's linker runs them, or conda "
+                          "from the cache pm builds; default: name them, run none)")
     sub.add_argument("--json", action="store_true",
                      help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
     add_max_ratio(sub)

@@ -562,3 +562,143 @@ def test_a_carried_wheels_file_name_is_a_plain_wheel_name(wheel, pyz, tmp_path):
     last = err.strip().splitlines()[-1]
     assert code == 2 and "not a plain wheel file name" in last and "unexpected" not in err, err
     assert envs_left(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def packed_with_packages(tmp_path_factory, pyz, real_condas):
+    """examples/heatsim packed --with-packages from a real conda 25.11.1 (libgrid carried unpacked,
+    heatplot as its .tar.bz2), once for the crafted bundles below; tests only read it."""
+    import shutil
+    from test_carried_packages import base_site, pack, pkgs_dir
+    from conftest import ROOT
+    work = tmp_path_factory.mktemp("carried-base")
+    software = str(work / "heatsim")
+    shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software, symlinks=True)
+    base, _ = base_site(real_condas, "25.11.1", work)
+    shutil.rmtree(os.path.join(pkgs_dir(base), "heatplot-0.3-h3_0"))  # only its archive is left
+    bundle = str(work / "heatsim.zip")
+    packed = pack(pyz, base, software, bundle, python="newest")
+    assert packed.returncode == 0, packed.stderr
+    return bundle
+
+
+def edit_carried(members, dist, edit):
+    """Rewrite the carried package dist (its unpacked .zip or its .tar.bz2, whose repodata sums are
+    computed anew) after edit(files) changed its {name: bytes}."""
+    unpacked = "channel/noarch/%s.zip" % dist
+    if unpacked in members:
+        with zipfile.ZipFile(io.BytesIO(members[unpacked])) as package:
+            files = dict((i.filename, (package.read(i), i.external_attr)) for i in package.infolist())
+        edit(files)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as package:
+            for name, (data, attr) in sorted(files.items(), key=lambda item: not item[0].startswith("info/")):
+                info = zipfile.ZipInfo(name)
+                info.external_attr = attr or (0o100644 << 16)
+                package.writestr(info, data)
+        members[unpacked] = buffer.getvalue()
+        return
+    archive = "channel/noarch/%s.tar.bz2" % dist
+    with tarfile.open(fileobj=io.BytesIO(members[archive]), mode="r:bz2") as tar:
+        files = dict((m.name, (tar.extractfile(m).read(), m.mode)) for m in tar.getmembers() if m.isfile())
+    edit(files)
+    members[archive] = tarball([(n, d, m if isinstance(m, int) and m < 0o10000 else 0o644)
+                                for n, (d, m) in sorted(files.items())])
+    repodata = json.loads(members["channel/noarch/repodata.json"].decode())
+    repodata["packages"][dist + ".tar.bz2"].update(md5=hashlib.md5(members[archive]).hexdigest(),
+                                                   sha256=hashlib.sha256(members[archive]).hexdigest(),
+                                                   size=len(members[archive]))
+    members["channel/noarch/repodata.json"] = json.dumps(repodata).encode()
+    members["channel/noarch/repodata.json.bz2"] = bz2.compress(members["channel/noarch/repodata.json"])
+
+
+def add_listed(files, path, data=None, mode=0o644):
+    """A member (data not None) and its line in info/paths.json and info/files."""
+    if data is not None:
+        files[path] = (data, (0o100000 | mode) << 16)
+    paths = json.loads(files["info/paths.json"][0].decode())
+    paths["paths"].append({"_path": path, "path_type": "hardlink", "sha256": "0" * 64, "size_in_bytes": 1})
+    files["info/paths.json"] = (json.dumps(paths).encode(), files["info/paths.json"][1])
+    if "info/files" in files:
+        files["info/files"] = (files["info/files"][0] + path.encode() + b"\n", files["info/files"][1])
+
+
+def fix_tar_modes(files):
+    return dict((n, (d, a >> 16 & 0o777 if a > 0o7777 else a)) for n, (d, a) in files.items())
+
+
+@pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
+def test_a_carried_paths_json_naming_a_path_out_of_its_package_is_refused_before_conda_links(dist, pyz, real_condas,
+                                                                                             packed_with_packages,
+                                                                                             tmp_path):
+    """conda follows '..' in info/paths.json from the cache pm builds (a bundle overwrote conda's own
+    bin/python): every path there is one of the package's own members, checked before conda runs."""
+    from conftest import rewrite_bundle
+    from test_carried_packages import migrate_offline
+    import realconda
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    out_of_env = "../../noarch/repodata.json"  # from pkgs/<dist>/ to the channel's repodata, from the env to the site
+
+    def craft(members, manifest):
+        edit_carried(members, dist, lambda files: add_listed(files, out_of_env))
+    crafted = rewrite_bundle(packed_with_packages, str(tmp_path / "crafted.zip"), craft)
+    proc = migrate_offline(pyz, target, crafted, tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "info/paths.json of the carried package %s.tar.bz2" % dist in last, proc.stderr
+    assert "_path" in last and "unexpected" not in proc.stderr
+    assert not os.path.exists(os.path.join(target.base, "noarch")), "conda linked a path out of the environment"
+    assert not [e for e in os.listdir(target.envs) if not e.startswith(".")], "no environment is made"
+    assert not os.path.exists(os.path.join(attempt_dirs(target.home, "heatsim")[-1], "channel"))
+
+
+@pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
+def test_carried_post_link_scripts_stay_out_of_what_conda_links_unless_allow_scripts(dist, pyz, real_condas,
+                                                                                     packed_with_packages, tmp_path):
+    from conftest import rewrite_bundle
+    from test_carried_packages import migrate_offline
+    import realconda
+    name = dist.split("-")[0]
+    marker = tmp_path / "post-link-ran"
+    script = "bin/.%s-post-link.sh" % name
+
+    def craft(members, manifest):
+        edit_carried(members, dist, lambda files: add_listed(files, script, b"echo ran > %s\n" % str(marker).encode(),
+                                                             0o755))
+    crafted = rewrite_bundle(packed_with_packages, str(tmp_path / "scripts.zip"), craft)
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate_offline(pyz, target, crafted, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: %s has link scripts (post-link, pre-unlink), which pm leaves out" % name in proc.stderr
+    prefix = read_result(attempt_dirs(target.home, "heatsim")[-1])["env_prefix"]
+    assert not marker.exists() and not os.path.exists(os.path.join(prefix, *script.split("/")))
+    command = ["unshare", "-n", find_python("newest"), pyz, "migrate", "heatsim", str(tmp_path / "tests.ini"),
+               "--bundle", crafted, "--force", "--allow-scripts"]
+    proc = subprocess.run(command, env=target.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists(), "--allow-scripts: conda runs the post-link script"
+
+
+def test_info_files_and_link_json_of_an_extracted_package_name_only_its_own_members(tmp_path):
+    """conda 4.3 and packages without paths.json link what info/files lists; conda writes link.json's
+    entry points into bin/: each is checked against the package's own members before conda sees it."""
+    def extracted(files_text, link=None):
+        root = tmp_path / ("pkg%d" % len(os.listdir(str(tmp_path))))
+        (root / "info").mkdir(parents=True)
+        (root / "lib").mkdir()
+        (root / "lib" / "ok.so").write_bytes(b"x")
+        (root / "info" / "files").write_text(files_text)
+        if link is not None:
+            (root / "info" / "link.json").write_text(json.dumps(link))
+        return pm.Contained(str(root))
+    pm.check_conda_index(extracted("lib/ok.so\n# a comment\n\n"), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+    for text in ("lib/ok.so\n../../../etc/passwd\n", "/etc/passwd\n", "lib/missing.so\n"):
+        with pytest.raises(pm.PmError, match=r"info/files of the carried package p-1.0-0.tar.bz2 names"):
+            pm.check_conda_index(extracted(text), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+    writer = extracted("lib/ok.so\nbin/.p-post-link.sh\n")
+    pm.check_conda_index(writer, "p-1.0-0.tar.bz2", {"lib/ok.so"}, {"bin/.p-post-link.sh"})
+    assert (tmp_path / os.path.basename(writer.root) / "info" / "files").read_text() == "lib/ok.so\n"
+    for point in ("../../escaped = a:b", "x = os:system\nimport os"):
+        with pytest.raises(pm.PmError, match="is not NAME = module:function"):
+            pm.check_conda_index(extracted("lib/ok.so\n", {"noarch": {"type": "python", "entry_points": [point]}}),
+                                 "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
