@@ -2070,6 +2070,9 @@ class Bundle(object):
                 if info.filename not in listed:
                     raise PmError("%s is in the bundle but not in its manifest" % info.filename,
                                   "pack the software again")
+                if info.filename.startswith("wheels/") and not re.match(WHEEL_FN, info.filename[len("wheels/"):]):
+                    raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                                  "PLATFORM.whl)" % info.filename[:200], "do not use this bundle; pack the software again")
                 try:
                     digest, size = member_digest(archive, info.filename)
                 except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
@@ -2088,6 +2091,7 @@ class Bundle(object):
                     raise PmError("the bundle has no %s" % required, "pack the software again")
         bundle = cls(path, manifest, handle)
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
+        base_distributions(bundle)
         return bundle
 
     @classmethod
@@ -3609,16 +3613,16 @@ class MigrationResult(object):
         for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
             print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
         drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
-        if drifted:
-            print("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
+        if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
+            show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
                 "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
         print("%-20s %-8s %8s" % ("test", "status", "seconds"))
         for result in self.tests:
-            print("%-20s %s%s %8.2f" % (result.name, paint(result.status), " " * (8 - len(result.status)),
+            print("%-20s %s%s %8.2f" % (printable(result.name), paint(result.status), " " * (8 - len(result.status)),
                                         result.seconds))
-        print("attempt: %s" % self.attempt.path)
+        show("attempt: %s" % self.attempt.path)
         if self.installed and self.activate:
-            print("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
+            show("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
 
 
 def migrate(store, name, config, bundle, options):
@@ -3670,8 +3674,9 @@ def check_options(bundle, config, options):
         raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
     by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
-    unused = [flag for flag, given in (("--prefix", options.prefix), ("--allow-scripts", options.allow_scripts))
-              if given]
+    by_conda = "conda" in config.package_managers and carried and not by_pm  # conda links pm's cache
+    unused = [flag for flag, given in (("--prefix", options.prefix),
+                                       ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
     if unused and not by_pm:
         say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
             "this migration uses %s, so %s nothing" % (" and ".join(unused), "applies" if len(unused) == 1 else "apply",
@@ -3704,7 +3709,7 @@ def recreate_test_install(attempt, config, bundle, options):
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
         hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
-        channel = carried_channel(attempt, conda, bundle, options.max_ratio)
+        channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts)
         conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
         try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
             level, prefix = create_conda_env(attempt, conda, env_name, conda_part, min_deps, options.force, channel)
@@ -3943,9 +3948,11 @@ class CarriedChannel(object):
         self.environ = dict(os.environ, CONDA_PKGS_DIRS=self.pkgs)
 
 
-def carried_channel(attempt, conda, bundle, max_ratio=None):
+def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False):
     """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
-    (a note says why); a .conda archive that this conda cannot read stops before anything is made."""
+    (a note says why); a .conda archive that this conda cannot read stops before anything is made.
+    Unpacked packages and .tar.bz2 archives are extracted by pm into the cache conda links from,
+    checked there (extract_into_cache); .conda archives conda extracts itself."""
     import shutil
     packages = bundle.manifest.packages or {}
     carried = packages.get("carried") or []
@@ -3967,10 +3974,10 @@ def carried_channel(attempt, conda, bundle, max_ratio=None):
             % (len(missing), ", ".join(m["name"] for m in missing)))
     channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
     try:
-        unpacked = [a for a in carried_archives(channel.folder, conda_reads=True) if a.path.endswith(".zip")]
+        unpacked = carried_archives(channel.folder, conda_reads=True)  # all but the .conda archives
         if unpacked:
             started = time.time()
-            extract_into_cache(unpacked, channel, max_ratio)
+            extract_into_cache(unpacked, channel, max_ratio, allow_scripts)
             attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
                                                                             time.time() - started))
     except BaseException:
@@ -3980,44 +3987,122 @@ def carried_channel(attempt, conda, bundle, max_ratio=None):
     return channel
 
 
-def extract_into_cache(archives, channel, max_ratio=None):
-    """Extract unpacked packages into the channel's own package cache, as conda leaves a package it
+NOT_CACHED = ("pm_file", "md5", "sha256", "size")  # an extracted package's entry: conda takes the cache's copy
+LINK_SCRIPT = r"^bin/\.[^/]+-(pre-link|post-link|pre-unlink)\.sh\Z"  # conda runs these when it links
+
+
+def extract_into_cache(archives, channel, max_ratio=None, allow_scripts=False):
+    """Extract carried packages into the channel's own package cache, as conda leaves a package it
     downloaded: pkgs/<dist>/ (each through a containment writer of its own, a few at once), its
     info/repodata_record.json naming the channel, and urls.txt (conda 4.3 finds a package by it). The
-    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy."""
+    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy.
+    What conda reads to link a package is checked against its own members first (check_conda_index);
+    link scripts are left out unless allow_scripts, and named."""
     import bz2
+    import io
     os.mkdir(channel.pkgs, 0o700)
 
     def one(archive):
         writer = Contained.for_carried(os.path.join(channel.pkgs, archive.dist), os.path.getsize(archive.path),
                                        max_ratio)
         os.mkdir(writer.root, 0o755)
-        written = []
-        for name, kind, mode, mtime, content in zip_members(archive, writer.max_files, with_info=True):
+        written, left_out = [], []
+        for name, kind, mode, mtime, content in archive.members(writer.max_files, with_info=True):
+            if not allow_scripts and re.match(LINK_SCRIPT, name):
+                left_out.append(name)
+                continue
             if kind == "link":
                 writer.symlink(name, content, archive.fn)
             else:
                 writer.write(name, content, mode, mtime, archive.fn)
             written.append(name)
         writer.check_links(writer.root, written)
-        entry = dict((k, v) for k, v in archive.entry.items() if k != "pm_file")
+        check_conda_index(writer, archive.fn, set(written), set(left_out))
+        entry = dict((k, v) for k, v in archive.entry.items() if k not in NOT_CACHED)
         entry.update(fn=archive.fn, url="%s/%s/%s" % (channel.url, entry.get("subdir", ""), archive.fn),
                      channel=channel.url)
-        write_json(os.path.join(writer.root, "info", "repodata_record.json"), entry, 0o644)
-        return entry["url"]
+        writer.write("info/repodata_record.json", io.BytesIO(json.dumps(entry, sort_keys=True).encode("utf-8")),
+                     0o644, None, archive.fn)
+        return entry["url"], left_out
 
-    urls = [url for _, url in PROBE.in_threads(one, archives, LINK_WORKERS)]
-    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url in urls), 0o644)
+    done = [result for _, result in PROBE.in_threads(one, archives, LINK_WORKERS)]
+    scripts = sorted(set(a.entry["name"] for a, (_, left_out) in zip(archives, done) if left_out))
+    if scripts:
+        say("note: %s %s link scripts (post-link, pre-unlink), which pm leaves out of what conda links, so none "
+            "runs (--allow-scripts runs them)" % (", ".join(scripts), "has" if len(scripts) == 1 else "have"))
+    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url, _ in done), 0o644)
     for archive in archives:
         os.remove(archive.path)
     for subdir in sorted(set(a.entry.get("subdir", "") for a in archives)):
         path = os.path.join(channel.folder, subdir, "repodata.json")
         repodata = read_json(path)
-        for entry in (repodata.get("packages") or {}).values():
-            entry.pop("pm_file", None)
+        extracted = set(a.fn for a in archives if a.entry.get("subdir", "") == subdir)
+        for fn, entry in (repodata.get("packages") or {}).items():
+            for key in NOT_CACHED if fn in extracted else ("pm_file",):
+                entry.pop(key, None)
         data = json.dumps(repodata, sort_keys=True).encode("utf-8")
         write_atomic(path, data, 0o644)
         write_atomic(path + ".bz2", bz2.compress(data), 0o644)
+
+
+def check_conda_index(writer, fn, members, left_out):
+    """What conda reads to link an extracted package (info/paths.json's paths, info/files, link.json's
+    entry points), checked before conda sees it: every path one of the package's own members (which the
+    writer made: plain names inside it), every entry point NAME = module:function; the link scripts
+    left out (left_out) are taken out of both lists."""
+    import io
+
+    def read(name):
+        path = os.path.join(writer.root, "info", name)
+        if not os.path.isfile(path):
+            return None
+        if os.path.getsize(path) > 64 << 20:
+            raise PmError("info/%s of %s is over 64 MiB" % (name, fn), "do not use this bundle")
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8", "replace")
+
+    def refuse(member, field, value):
+        raise PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
+                      % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
+
+    text = read("paths.json")
+    if text is not None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
+        items = data.get("paths") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            refuse("info/paths.json", "paths", items)
+        for item in items:
+            path = item.get("_path") if isinstance(item, dict) else None
+            if not isinstance(path, str) or (path not in members and path not in left_out and not (
+                    item.get("path_type") == "directory" and path and not path.startswith("/")
+                    and not re.search(CONTROL_OR_NEWLINE, path) and not set(path.split("/")) & set(["", ".", ".."]))):
+                refuse("info/paths.json", "_path", path)
+        if left_out:
+            data["paths"] = [i for i in items if i["_path"] not in left_out]
+            writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
+    text = read("files")
+    if text is not None:
+        listed = [line.strip() for line in text.splitlines()]
+        for line in listed:
+            if line and not line.startswith("#") and line not in members and line not in left_out:
+                refuse("info/files", "a line", line)
+        if left_out:
+            kept = "".join(line + "\n" for line in listed if line not in left_out)
+            writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+    try:
+        link = json.loads(read("link.json") or "{}")
+    except ValueError:
+        link = {}
+    noarch = link.get("noarch") if isinstance(link, dict) else None
+    points = noarch.get("entry_points") if isinstance(noarch, dict) else None
+    for point in points if isinstance(points, list) else []:
+        command, _, target = str(point).partition("=")
+        if not re.match(SCRIPT_NAME, command.strip()) or not re.match(ENTRY_TARGET, target.strip()):
+            raise PmError("info/link.json of the carried package %s names the entry point %r, which is not NAME = "
+                          "module:function" % (fn, str(point)[:100]), "do not use this bundle; pack the software again")
 
 
 def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channel=None):
@@ -4388,10 +4473,10 @@ class CarriedArchive(object):
         self.placeholders = {}
         self.files = []
 
-    def members(self, limit=None):
+    def members(self, limit=None, with_info=False):
         """(name, 'file' or 'link', mode, mtime, file object or link text) of each member outside
-        info/, info/ read on the way."""
-        return zip_members(self, limit) if self.path.endswith(".zip") else tar_members(self)
+        info/ (with_info: and in it), info/ read on the way."""
+        return zip_members(self, limit, with_info) if self.path.endswith(".zip") else tar_members(self, with_info)
 
     def keep_info(self, name, size, read):
         """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
@@ -4445,17 +4530,21 @@ class CarriedArchive(object):
 INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
 
 
-def tar_members(archive):
+def tar_members(archive, with_info=False):
     """The members of a .tar.bz2 in one streamed pass (BZ2File inflates in bounded steps; tarfile's own
     "r|bz2" would inflate a whole read at once, and a bomb's few bytes of zeros are hundreds of MiB)."""
     import bz2
+    import io
     import tarfile
     with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             name = member.name[2:] if member.name.startswith("./") else member.name
-            if name == "info" or name.startswith("info/"):
-                if member.isfile():
-                    archive.keep_info(name, member.size, tar.extractfile(member).read)
+            if (name == "info" or name.startswith("info/")) and member.isfile() and name in INFO_READ:
+                archive.keep_info(name, member.size, tar.extractfile(member).read)
+                if with_info:
+                    yield name, "file", member.mode, member.mtime, io.BytesIO(archive.info[name])
+            elif (name == "info" or name.startswith("info/")) and not with_info:
+                continue
             elif member.issym():
                 yield name, "link", 0o777, member.mtime, member.linkname
             elif member.isfile():
@@ -4849,6 +4938,10 @@ def remove_older_carried_envs(prefix):
 
 SCRIPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
 ENTRY_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z"
+SITE_REL = r"^lib/python[0-9]{1,2}\.[0-9]{1,3}/site-packages\Z"  # as the probe's site_packages finds it
+# NAME-VERSION(-BUILD)?-PYTHON-ABI-PLATFORM.whl (PEP 427), one plain file name under wheels/
+WHEEL_FN = r"^[A-Za-z0-9][A-Za-z0-9_.]{0,199}-[A-Za-z0-9_.!+]{1,100}(-[0-9][A-Za-z0-9_.]{0,50})?" \
+           r"(-[A-Za-z0-9_.]{1,200}){3}\.whl\Z"
 
 
 def base_distributions(bundle):
@@ -4875,8 +4968,38 @@ def read_distributions(bundle):
                 not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z", dist["version"]):
             raise PmError("python-dists.json in %s names %r %r, which is not a distribution name and version"
                           % (bundle.path, dist["name"][:60], dist["version"][:60]), "pack the software again")
+        check_dist_paths(dist, "python-dists.json in %s" % bundle.path)
         dists.append(dist)
     return dists
+
+
+def check_dist_paths(dist, where):
+    """The fields of a python-dists.json record that become paths or lines: site (where pm writes its
+    dist-info, .pth and wheels), the software's import roots (lines of its .pth) and the carried wheel."""
+    if not re.match(SITE_REL, dist["site"]):
+        raise PmError("%s gives %s the site %r, which is not lib/pythonX.Y/site-packages" % (
+            where, dist["name"], dist["site"][:100]), "do not use this bundle; pack the software again")
+    roots = dist.get("import_roots")
+    if roots is not None and not isinstance(roots, list):
+        raise PmError("%s gives %s import_roots that are not a list" % (where, dist["name"]),
+                      "do not use this bundle; pack the software again")
+    for root in roots or []:
+        parts = root.split("/") if isinstance(root, str) else [".."]
+        if not root or root.startswith("/") or ".." in parts or len(root) > 1000 or re.search(CONTROL_OR_NEWLINE, root):
+            raise PmError("%s gives %s the import root %r, which is not a plain relative path inside its tree" % (
+                where, dist["name"], root if not isinstance(root, str) else root[:100]),
+                "do not use this bundle; pack the software again")
+    packages = dist.get("import_packages")
+    if packages is not None and not (isinstance(packages, list) and all(
+            isinstance(p, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,199}\Z", p) for p in packages)):
+        raise PmError("%s gives %s import_packages that are not Python names" % (where, dist["name"]),
+                      "do not use this bundle; pack the software again")
+    wheel = dist.get("wheel")
+    if wheel is not None and wheel != "" and not (isinstance(wheel, str) and wheel.startswith("wheels/")
+                                                  and re.match(WHEEL_FN, wheel[len("wheels/"):])):
+        raise PmError("%s gives %s the wheel %r, which is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                      "PLATFORM.whl)" % (where, dist["name"], wheel if not isinstance(wheel, str) else wheel[:100]),
+                      "do not use this bundle; pack the software again")
 
 
 def write_entry_point(writer, command, target, where):
@@ -4895,10 +5018,23 @@ def write_entry_point(writer, command, target, where):
     return "bin/" + command
 
 
+UMASK = []  # the process umask, read once: setting it to 0 and back races with the threads that create files
+
+
 def current_umask():
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+    """The process umask, read once (main() asks before any thread starts): from /proc/self/status,
+    which changes nothing, else by setting it and back that one time."""
+    if not UMASK:
+        try:
+            with open("/proc/self/status") as status:
+                found = [int(line.split()[1], 8) for line in status if line.startswith("Umask:")]
+        except (OSError, ValueError, IndexError):
+            found = []
+        if not found:
+            found = [os.umask(0o077)]
+            os.umask(found[0])
+        UMASK[:] = found[:1]
+    return UMASK[0]
 
 
 def wheel_destination(name, site_rel):
@@ -4959,17 +5095,19 @@ def install_wheel(wheel, prefix, site_rel):
                                  if info_dir + "/entry_points.txt" in archive.namelist() else "")
     for command, target in points:
         written.append(write_entry_point(writer, command, target, where))
-    finish_dist_info(prefix, site_rel, info_dir, written)
+    finish_dist_info(writer, site_rel, info_dir, written)
     return info_dir
 
 
-def finish_dist_info(prefix, site_rel, info_dir, written):
-    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages."""
-    site = os.path.join(prefix, site_rel)
-    write_atomic(os.path.join(site, info_dir, "INSTALLER"), "pm\n", 0o644 & ~current_umask())
-    lines = [os.path.relpath(os.path.join(prefix, rel), site) + ",," for rel in written]
+def finish_dist_info(writer, site_rel, info_dir, written):
+    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages, through
+    writer (the prefix's Contained)."""
+    import io
+    site = os.path.join(writer.root, site_rel)
+    lines = [os.path.relpath(os.path.join(writer.root, rel), site) + ",," for rel in written]
     lines += ["%s/INSTALLER,," % info_dir, "%s/RECORD,," % info_dir]
-    write_atomic(os.path.join(site, info_dir, "RECORD"), "\n".join(lines) + "\n", 0o644 & ~current_umask())
+    for name, text in (("INSTALLER", "pm\n"), ("RECORD", "\n".join(lines) + "\n")):
+        writer.write("%s/%s/%s" % (site_rel, info_dir, name), io.BytesIO(text.encode("utf-8")), 0o644, None, info_dir)
 
 
 def carried_wheels(bundle, dists):
@@ -5158,46 +5296,47 @@ def software_dists(dists):
 
 def link_software(site, dist, tree):
     """The software as the base had it installed, from the migrated tree: a .pth that puts its
-    import roots on the path and a dist-info (metadata, entry points) naming the tree."""
+    import roots on the path and a dist-info (metadata, entry points) naming the tree, written by the
+    prefix's containment writer (site is PREFIX/lib/pythonX.Y/site-packages; entry points go to PREFIX/bin)."""
+    import io
+    where = "the software %s" % dist["name"]
+    check_dist_paths(dist, where)
     roots = []
     for root in dist.get("import_roots") or ["."]:
-        parts = [p for p in str(root).split("/") if p not in ("", ".")]
-        if any(p == ".." for p in parts):
-            raise PmError("the software's import root %r leads out of its tree" % root, "pack the software again")
-        roots.append(os.path.join(tree, *parts))
+        roots.append(os.path.join(tree, *[p for p in root.split("/") if p not in ("", ".")]))
+        if re.search(CONTROL_OR_NEWLINE, roots[-1]):  # a line of the .pth: a newline would add another
+            raise PmError("the software's folder %r holds a control character or newline" % tree,
+                          "move it to a plain folder name")
     prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))
     site_rel = os.path.relpath(site, prefix)
+    if not re.match(SITE_REL, site_rel):
+        raise PmError("%s would go to %s, which is not PREFIX/lib/pythonX.Y/site-packages" % (where, site),
+                      "report it")
+    writer = Contained(prefix)
     name = PROBE.wheel_escape(dist["name"])
     info_dir = "%s-%s.dist-info" % (name, PROBE.wheel_escape(dist["version"], True))
-    for entry in os.listdir(site):  # an earlier link of the software (the tested tree, before the install)
-        if entry == "__pm_software__%s.pth" % name or entry == info_dir:
-            path = os.path.join(site, entry)
-            shutil_remove(path)
     pth = "__pm_software__%s.pth" % name
-    finder = software_finder(dist, roots)
-    if finder:  # only the packages the base's editable finder exposed, not the folder around them
-        module = "__pm_software__%s_finder" % name.replace(".", "_")
-        for entry in os.listdir(site):
-            if entry == module + ".py":
-                os.remove(os.path.join(site, entry))
-        write_atomic(os.path.join(site, module + ".py"), finder, 0o644 & ~current_umask())
-        write_atomic(os.path.join(site, pth), "import %s\n" % module, 0o644 & ~current_umask())
-    else:
-        write_atomic(os.path.join(site, pth), "".join(r + "\n" for r in roots), 0o644 & ~current_umask())
+    module = "__pm_software__%s_finder" % name.replace(".", "_")
+    for entry in (pth, info_dir, module + ".py"):  # an earlier link of the software (the tested tree, before the install)
+        if os.path.lexists(os.path.join(site, entry)):
+            shutil_remove(os.path.join(site, entry))
+    from urllib.request import pathname2url
+    finder = software_finder(dist, roots)  # only the packages the base's editable finder exposed, not their folder
     metadata = dist.get("metadata") if isinstance(dist.get("metadata"), str) else None
     metadata = metadata or "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist["name"], dist["version"])
-    write_atomic(os.path.join(site, info_dir, "METADATA"), metadata, 0o644 & ~current_umask())
-    from urllib.request import pathname2url
-    write_json(os.path.join(site, info_dir, "direct_url.json"),
-               {"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, 0o644 & ~current_umask())
-    written = [site_rel + "/" + pth, site_rel + "/%s/METADATA" % info_dir, site_rel + "/%s/direct_url.json" % info_dir]
+    direct_url = json.dumps({"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, sort_keys=True)
     points = PROBE.entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
-    if points:
-        write_atomic(os.path.join(site, info_dir, "entry_points.txt"), dist["entry_points"], 0o644 & ~current_umask())
-        written.append(site_rel + "/%s/entry_points.txt" % info_dir)
+    files = [(module + ".py", finder), (pth, "import %s\n" % module)] if finder else [(pth, "".join(r + "\n" for r in roots))]
+    files += [(info_dir + "/METADATA", metadata),
+             (info_dir + "/direct_url.json", direct_url)] + ([(info_dir + "/entry_points.txt", dist["entry_points"])]
+                                                            if points else [])
+    written = []
+    for rel, text in files:
+        writer.write(site_rel + "/" + rel, io.BytesIO(text.encode("utf-8", "surrogateescape")), 0o644, None, where)
+        written.append(site_rel + "/" + rel)
     for command, target in points:
-        written.append(write_entry_point(Contained(prefix), command, target, "the software's entry points"))
-    finish_dist_info(prefix, site_rel, info_dir, written)
+        written.append(write_entry_point(writer, command, target, "the software's entry points"))
+    finish_dist_info(writer, site_rel, info_dir, written)
 
 
 SOFTWARE_FINDER = '''"""Written by pm: the software's own packages from its migrated tree, and nothing else of it."""
@@ -5263,9 +5402,10 @@ def link_software_dists(attempt, site, dists, tree, when):
             say("warning: %s %s is the software, and this environment has no site-packages to install it into"
                 % (dist["name"], dist["version"]))
             continue
-        if not dist.get("import_roots"):  # an older bundle: where its package lives in the tree
+        if not dist.get("import_roots"):  # an older bundle: where its package lives in the tree, and its site here
             module = re.sub(r"[-.]+", "_", dist["name"]).lower()
-            dist = dict(dist, import_roots=PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "."))
+            dist = dict(dist, import_roots=PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "."),
+                        site=os.path.relpath(site, os.path.dirname(os.path.dirname(os.path.dirname(site)))))
         link_software(site, dist, tree)
         attempt.log("linked the software %s %s to %s" % (dist["name"], dist["version"], tree))
         say("%s %s is the software: installed editable from the %s %s (never from an index)"
@@ -7335,7 +7475,8 @@ def build_parser():
     sub.add_argument("--prefix", metavar="DIR",
                      help="without conda: where the environment goes (default: the store's NAME/envs/<attempt>)")
     sub.add_argument("--allow-scripts", action="store_true",
-                     help="without conda: run the packages' post-link scripts (default: name them, run none)")
+                     help="run the carried packages' post-link scripts (pm's linker runs them, or conda "
+                          "from the cache pm builds; default: name them, run none)")
     sub.add_argument("--json", action="store_true",
                      help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
     add_max_ratio(sub)
@@ -7381,6 +7522,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     PROBE.QUIET[0] = args.quiet
+    current_umask()  # read once, before any thread starts
     try:
         return args.function(args)
     except PmError as exc:

@@ -458,3 +458,247 @@ def test_fuzzed_carried_packages_never_write_outside_the_prefix(tmp_path):
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0
     assert refused > 500 and linked > 100, (refused, linked)
     assert grown < 256, "peak RSS grew %.0f MiB" % grown
+
+
+def test_the_umask_is_read_without_ever_setting_it_to_zero(monkeypatch, tmp_path):
+    """Contained is made in the worker threads of extract_into_cache: reading the umask must not open a
+    moment in which another thread's files are created group- and world-writable."""
+    set_to = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda mask: set_to.append(mask) or real_umask(mask))
+    for _ in range(3):
+        writer = pm.Contained(str(tmp_path))
+        assert writer.umask == pm.current_umask()
+    assert 0 not in set_to, "the umask was set to 0 while reading it"
+    with open("/proc/self/status") as status:
+        assert [int(line.split()[1], 8) for line in status if line.startswith("Umask:")] == [pm.current_umask()]
+
+
+def test_migrates_summary_shows_the_bundles_text_with_its_control_characters(capsys, tmp_path):
+    """migrate's own summary (stdout): rows named by the bundle (min-deps.json, python-dists.json) reach the
+    terminal with their escape sequences shown, never sent."""
+    import types
+    evil = "zlib\x1b]52;c;ZXZpbA==\x07\x1b[2J"
+    attempt = types.SimpleNamespace(path=str(tmp_path / "attempt"), result={"python": [
+        {"requirement": "numpy\x1b[31m", "base_version": "1.0\x1b[0m", "version": "2.0", "drift": True}]})
+    rows = [{"requirement": evil, "status": "skipped", "package": None},
+            {"requirement": "x", "status": "installed", "package": "apt:" + evil}]
+    result = pm.MigrationResult(attempt, [pm.TestResult("t\x1b[1m", "passed", 0, 0.5, "log", [])], rows)
+    result.print_summary()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out, out
+    assert "zlib\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J" in out and "numpy\\x1b[31m" in out
+
+
+def python_dists_bundle(tmp_path, dist, files=None):
+    """A carried bundle (python with its site-packages) whose python-dists.json holds dist."""
+    python = package("python", [("bin/python", b"#!/bin/sh\n", 0o755),
+                                ("lib/python3.11/site-packages/keep.txt", b"", 0o644)])
+    members = {"python-dists.json": json.dumps({"dists": [dist]}).encode()}
+    members.update(files or {})
+    return carried_bundle(str(tmp_path / "dists.zip"), [python], files=members,
+                          env_yml=b"name: trust\ndependencies:\n  - python=1.0=0\n")
+
+
+SOFTWARE = {"name": "trust", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "editable",
+            "software": True, "import_roots": ["."], "entry_points": "[console_scripts]\ntrust-run = os:getcwd\n"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("site", "VICTIM", "which is not lib/pythonX.Y/site-packages"),
+    ("site", "DOTDOT", "which is not lib/pythonX.Y/site-packages"),
+    ("import_roots", [".\nimport os; os.system('touch ESCAPED')"], "which is not a plain relative path"),
+    ("import_roots", ["/etc"], "which is not a plain relative path"),
+    ("import_roots", ["src/../../.."], "which is not a plain relative path"),
+    ("import_roots", "src", "import_roots that are not a list"),
+], ids=["absolute site", "dotdot site", "newline root", "absolute root", "dotdot root", "roots not a list"])
+def test_python_dists_site_and_import_roots_are_plain_paths_inside_the_prefix_and_tree(field, value, message, pyz,
+                                                                                      tmp_path):
+    """python-dists.json's site chose where pm wrote the software's .pth, dist-info and entry points
+    (aimed at ~/.local/lib/pythonX.Y/site-packages, code that runs at every Python start); an import
+    root with a newline became an import line of the .pth. Refused with one line, exit 2."""
+    victim = tmp_path / "victim" / "lib" / "python3.11" / "site-packages"
+    victim.mkdir(parents=True)
+    (tmp_path / "victim" / "bin").mkdir()
+    if value == "VICTIM":
+        value = str(victim)
+    elif value == "DOTDOT":
+        value = "lib/python3.11/site-packages/" + "../" * 20 + os.path.relpath(str(victim), "/")
+    bundle = python_dists_bundle(tmp_path, dict(SOFTWARE, **{field: value}))
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "python-dists.json" in last and message in last and "unexpected" not in err, err
+    assert os.listdir(str(victim)) == [] and os.listdir(str(tmp_path / "victim" / "bin")) == []
+    assert not list(tmp_path.glob("**/ESCAPED")) and not list(tmp_path.glob("**/__pm_software__*"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", bundle], env)
+    assert unpacked.returncode == 2 and message in unpacked.stderr.strip().splitlines()[-1], unpacked.stderr
+
+
+def test_the_softwares_pth_dist_info_and_entry_points_go_into_the_prefix(pyz, tmp_path):
+    bundle = python_dists_bundle(tmp_path, SOFTWARE)
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    assert code == 0, err
+    prefix = read_result(attempt_dirs(str(tmp_path / "store"), "trust")[-1])["env_prefix"]
+    site = os.path.join(prefix, "lib", "python3.11", "site-packages")
+    with open(os.path.join(site, "__pm_software__trust.pth")) as handle:
+        assert handle.read() == str(tmp_path / "installed" / "trust") + "\n"
+    assert sorted(os.listdir(os.path.join(site, "trust-1.0.dist-info"))) == [
+        "INSTALLER", "METADATA", "RECORD", "direct_url.json", "entry_points.txt"]
+    assert os.path.isfile(os.path.join(prefix, "bin", "trust-run"))
+
+
+@pytest.mark.parametrize("wheel", ["wheels/\nevil.whl", "wheels/tinycalc-1.0-py3-none-any.whl\n.whl",
+                                   "wheels/tinycalc.whl"], ids=["newline", "newline inside", "no tags"])
+def test_a_carried_wheels_file_name_is_a_plain_wheel_name(wheel, pyz, tmp_path):
+    """A wheel named with a newline became the requirements line <attempt>/wheels/, which pip built as
+    a project (the bundle's own pyproject.toml): the name, in python-dists.json and as a member, is
+    NAME-VERSION(-BUILD)-PY-ABI-PLATFORM.whl, or the bundle is refused."""
+    dist = {"name": "tinycalc", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "index",
+            "software": False, "wheel": wheel}
+    bundle = python_dists_bundle(tmp_path, dist, {wheel: b"PK\x05\x06" + b"\0" * 18,
+                                                  "wheels/pyproject.toml": b"[build-system]\n"})
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "not a plain wheel file name" in last and "unexpected" not in err, err
+    assert envs_left(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def packed_with_packages(tmp_path_factory, pyz, real_condas):
+    """examples/heatsim packed --with-packages from a real conda 25.11.1 (libgrid carried unpacked,
+    heatplot as its .tar.bz2), once for the crafted bundles below; tests only read it."""
+    import shutil
+    from test_carried_packages import base_site, pack, pkgs_dir
+    from conftest import ROOT
+    work = tmp_path_factory.mktemp("carried-base")
+    software = str(work / "heatsim")
+    shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software, symlinks=True)
+    base, _ = base_site(real_condas, "25.11.1", work)
+    shutil.rmtree(os.path.join(pkgs_dir(base), "heatplot-0.3-h3_0"))  # only its archive is left
+    bundle = str(work / "heatsim.zip")
+    packed = pack(pyz, base, software, bundle, python="newest")
+    assert packed.returncode == 0, packed.stderr
+    return bundle
+
+
+def edit_carried(members, dist, edit):
+    """Rewrite the carried package dist (its unpacked .zip or its .tar.bz2, whose repodata sums are
+    computed anew) after edit(files) changed its {name: bytes}."""
+    unpacked = "channel/noarch/%s.zip" % dist
+    if unpacked in members:
+        with zipfile.ZipFile(io.BytesIO(members[unpacked])) as package:
+            files = dict((i.filename, (package.read(i), i.external_attr)) for i in package.infolist())
+        edit(files)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as package:
+            for name, (data, attr) in sorted(files.items(), key=lambda item: not item[0].startswith("info/")):
+                info = zipfile.ZipInfo(name)
+                info.external_attr = attr or (0o100644 << 16)
+                package.writestr(info, data)
+        members[unpacked] = buffer.getvalue()
+        return
+    archive = "channel/noarch/%s.tar.bz2" % dist
+    with tarfile.open(fileobj=io.BytesIO(members[archive]), mode="r:bz2") as tar:
+        files = dict((m.name, (tar.extractfile(m).read(), m.mode)) for m in tar.getmembers() if m.isfile())
+    edit(files)
+    members[archive] = tarball([(n, d, m if isinstance(m, int) and m < 0o10000 else 0o644)
+                                for n, (d, m) in sorted(files.items())])
+    repodata = json.loads(members["channel/noarch/repodata.json"].decode())
+    repodata["packages"][dist + ".tar.bz2"].update(md5=hashlib.md5(members[archive]).hexdigest(),
+                                                   sha256=hashlib.sha256(members[archive]).hexdigest(),
+                                                   size=len(members[archive]))
+    members["channel/noarch/repodata.json"] = json.dumps(repodata).encode()
+    members["channel/noarch/repodata.json.bz2"] = bz2.compress(members["channel/noarch/repodata.json"])
+
+
+def add_listed(files, path, data=None, mode=0o644):
+    """A member (data not None) and its line in info/paths.json and info/files."""
+    if data is not None:
+        files[path] = (data, (0o100000 | mode) << 16)
+    paths = json.loads(files["info/paths.json"][0].decode())
+    paths["paths"].append({"_path": path, "path_type": "hardlink", "sha256": "0" * 64, "size_in_bytes": 1})
+    files["info/paths.json"] = (json.dumps(paths).encode(), files["info/paths.json"][1])
+    if "info/files" in files:
+        files["info/files"] = (files["info/files"][0] + path.encode() + b"\n", files["info/files"][1])
+
+
+def fix_tar_modes(files):
+    return dict((n, (d, a >> 16 & 0o777 if a > 0o7777 else a)) for n, (d, a) in files.items())
+
+
+@pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
+def test_a_carried_paths_json_naming_a_path_out_of_its_package_is_refused_before_conda_links(dist, pyz, real_condas,
+                                                                                             packed_with_packages,
+                                                                                             tmp_path):
+    """conda follows '..' in info/paths.json from the cache pm builds (a bundle overwrote conda's own
+    bin/python): every path there is one of the package's own members, checked before conda runs."""
+    from conftest import rewrite_bundle
+    from test_carried_packages import migrate_offline
+    import realconda
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    out_of_env = "../../noarch/repodata.json"  # from pkgs/<dist>/ to the channel's repodata, from the env to the site
+
+    def craft(members, manifest):
+        edit_carried(members, dist, lambda files: add_listed(files, out_of_env))
+    crafted = rewrite_bundle(packed_with_packages, str(tmp_path / "crafted.zip"), craft)
+    proc = migrate_offline(pyz, target, crafted, tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "info/paths.json of the carried package %s.tar.bz2" % dist in last, proc.stderr
+    assert "_path" in last and "unexpected" not in proc.stderr
+    assert not os.path.exists(os.path.join(target.base, "noarch")), "conda linked a path out of the environment"
+    assert not [e for e in os.listdir(target.envs) if not e.startswith(".")], "no environment is made"
+    assert not os.path.exists(os.path.join(attempt_dirs(target.home, "heatsim")[-1], "channel"))
+
+
+@pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
+def test_carried_post_link_scripts_stay_out_of_what_conda_links_unless_allow_scripts(dist, pyz, real_condas,
+                                                                                     packed_with_packages, tmp_path):
+    from conftest import rewrite_bundle
+    from test_carried_packages import migrate_offline
+    import realconda
+    name = dist.split("-")[0]
+    marker = tmp_path / "post-link-ran"
+    script = "bin/.%s-post-link.sh" % name
+
+    def craft(members, manifest):
+        edit_carried(members, dist, lambda files: add_listed(files, script, b"echo ran > %s\n" % str(marker).encode(),
+                                                             0o755))
+    crafted = rewrite_bundle(packed_with_packages, str(tmp_path / "scripts.zip"), craft)
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    proc = migrate_offline(pyz, target, crafted, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "note: %s has link scripts (post-link, pre-unlink), which pm leaves out" % name in proc.stderr
+    prefix = read_result(attempt_dirs(target.home, "heatsim")[-1])["env_prefix"]
+    assert not marker.exists() and not os.path.exists(os.path.join(prefix, *script.split("/")))
+    command = ["unshare", "-n", find_python("newest"), pyz, "migrate", "heatsim", str(tmp_path / "tests.ini"),
+               "--bundle", crafted, "--force", "--allow-scripts"]
+    proc = subprocess.run(command, env=target.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert marker.exists(), "--allow-scripts: conda runs the post-link script"
+
+
+def test_info_files_and_link_json_of_an_extracted_package_name_only_its_own_members(tmp_path):
+    """conda 4.3 and packages without paths.json link what info/files lists; conda writes link.json's
+    entry points into bin/: each is checked against the package's own members before conda sees it."""
+    def extracted(files_text, link=None):
+        root = tmp_path / ("pkg%d" % len(os.listdir(str(tmp_path))))
+        (root / "info").mkdir(parents=True)
+        (root / "lib").mkdir()
+        (root / "lib" / "ok.so").write_bytes(b"x")
+        (root / "info" / "files").write_text(files_text)
+        if link is not None:
+            (root / "info" / "link.json").write_text(json.dumps(link))
+        return pm.Contained(str(root))
+    pm.check_conda_index(extracted("lib/ok.so\n# a comment\n\n"), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+    for text in ("lib/ok.so\n../../../etc/passwd\n", "/etc/passwd\n", "lib/missing.so\n"):
+        with pytest.raises(pm.PmError, match=r"info/files of the carried package p-1.0-0.tar.bz2 names"):
+            pm.check_conda_index(extracted(text), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+    writer = extracted("lib/ok.so\nbin/.p-post-link.sh\n")
+    pm.check_conda_index(writer, "p-1.0-0.tar.bz2", {"lib/ok.so"}, {"bin/.p-post-link.sh"})
+    assert (tmp_path / os.path.basename(writer.root) / "info" / "files").read_text() == "lib/ok.so\n"
+    for point in ("../../escaped = a:b", "x = os:system\nimport os"):
+        with pytest.raises(pm.PmError, match="is not NAME = module:function"):
+            pm.check_conda_index(extracted("lib/ok.so\n", {"noarch": {"type": "python", "entry_points": [point]}}),
+                                 "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
