@@ -492,12 +492,15 @@ def test_name_matching_comes_from_conda_metadata_on_every_real_environment():
     assert pm.conda_pypi_name("boule", "pypi_0", channel="pypi") == "boule"
 
 
-def test_the_original_tools_store_with_a_python_package_in_min_deps_migrates_with_pip(pip_base, pyz, real_condas,
-                                                                                      tmp_path):
+@pytest.mark.parametrize("managers", ["pip", "conda"])
+def test_the_original_tools_store_with_a_python_package_in_min_deps_migrates(managers, pip_base, pyz, real_condas,
+                                                                             tmp_path):
     """platform-migrator 1.1.0's store (NAME/env.yml, min-deps.json of conda-list records, pkg.zip: the
-    files its server writes, written here by hand from the base's own exports) and package_managers =
-    pip: numlite, a Python package by its conda build, is installed by pip and the test imports it."""
-    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    files its server writes, written here by hand from the base's own exports), with pip and with conda:
+    numlite, a Python package by its conda build, is installed and the test imports it; every package
+    of the base ends in one row."""
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"),
+                                     [os.path.join(pip_base["work"], "channel")] if managers == "conda" else [])
     store = os.path.join(target.home, "pipsim")
     os.makedirs(store)
     with zipfile.ZipFile(pip_base["bundles"]["plain-3"]) as archive:
@@ -511,9 +514,9 @@ def test_the_original_tools_store_with_a_python_package_in_min_deps_migrates_wit
     with open(os.path.join(store, "min-deps.json"), "w") as handle:
         json.dump([r for r in listed if r["name"] in ("numlite", "oddlib")], handle)
     config = tmp_path / "original.ini"
-    config.write_text("[pipsim]\noutput_dir = %s\npackage_managers = pip\ntests = numlite\n[test_numlite]\n"
+    config.write_text("[pipsim]\noutput_dir = %s\npackage_managers = %s\ntests = numlite\n[test_numlite]\n"
                       "exec = python -c \"import numlite; assert numlite.VERSION == '2.0'; print('numlite', "
-                      "numlite.VERSION)\"\n" % (tmp_path / "installed"))
+                      "numlite.VERSION)\"\n" % (tmp_path / "installed", managers))
     folder = pipbase.index_folder(str(tmp_path / "mirror"))
     proc = subprocess.run([find_python("newest"), pyz, "migrate", "pipsim", str(config), "--yes"],
                           env=target.env(**wheels.pip_env(folder)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -589,3 +592,31 @@ def test_a_flat_layout_editable_install_exposes_the_package_alone_as_on_the_base
                           universal_newlines=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "flatsim from the tree alone" in done.stdout + done.stderr
+
+
+def older_bundle(bundle, out):
+    """A copy of a bundle as pm packed it before python-dists.json (no records, no wheels)."""
+    from conftest import rewrite_bundle
+
+    def older(members, manifest):
+        for name in [n for n in members if n == "python-dists.json" or n.startswith("wheels/")]:
+            del members[name]
+            del manifest["members"][name]
+    return rewrite_bundle(bundle, out, older)
+
+
+@pytest.mark.parametrize("route", ["conda 25.11.1", "pm's linker", "apt and pip"])
+def test_every_base_package_of_an_older_bundle_ends_in_one_row_on_every_route(route, pip_base, pyz, real_condas,
+                                                                            tmp_path):
+    """pm's older bundle format (carried packages, no python-dists.json) with no network: each package
+    of the base ends in one row, and the software is linked from the migrated tree, never pinned."""
+    key, managers, extra = dict(ROUTES, **{"apt and pip": ("25.11.1", "apt, pip", [])})[route]
+    bundle = older_bundle(pip_base["bundles"]["carried-3"], str(tmp_path / "older.zip"))
+    target = realconda.RealCondaSite(real_condas[key], str(tmp_path / "target"), [])
+    proc = migrate(pyz, bundle, write_config(tmp_path, managers), target.env(**wheels.pip_env(pip_base["index"])),
+                   *extra)
+    assert proc.returncode == 1, proc.stderr  # check.py imports what pip installed, which this bundle lacks
+    assert "pipsim 0.6.0.post16 is the software itself: it comes from the migrated tree" in proc.stderr
+    rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
+    assert (rows["pipsim"]["status"], rows["pipsim"]["version"]) == ("installed", "0.6.0.post16"), rows["pipsim"]
+    assert rows["numlite"]["version"] == "2.0"
