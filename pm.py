@@ -5404,13 +5404,15 @@ def link_software_dists(attempt, site, dists, tree, when):
             continue
         if not dist.get("import_roots"):  # an older bundle: where its package lives in the tree, and its site here
             module = re.sub(r"[-.]+", "_", dist["name"]).lower()
-            dist = dict(dist, import_roots=PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "."),
+            roots = PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "")
+            dist = dict(dist, import_roots=[roots[0] or "."], import_packages=[module] if roots[0] else [],
                         site=os.path.relpath(site, os.path.dirname(os.path.dirname(os.path.dirname(site)))))
         link_software(site, dist, tree)
         attempt.log("linked the software %s %s to %s" % (dist["name"], dist["version"], tree))
         say("%s %s is the software: installed editable from the %s %s (never from an index)"
             % (dist["name"], dist["version"], when, tree))
-        rows.append(dist_row(dist, dist["version"], "installed", "the software itself, editable from the migrated tree"))
+        rows.append(dist_row(dist, dist["version"], "installed", "the software itself, editable from the migrated tree",
+                             "pm"))
     return rows
 
 

@@ -619,4 +619,9 @@ def test_every_base_package_of_an_older_bundle_ends_in_one_row_on_every_route(ro
     assert "pipsim 0.6.0.post16 is the software itself: it comes from the migrated tree" in proc.stderr
     rows = assert_every_base_package_has_one_row(bundle, migrate_report(pyz, target.env()))
     assert (rows["pipsim"]["status"], rows["pipsim"]["version"]) == ("installed", "0.6.0.post16"), rows["pipsim"]
+    assert rows["pipsim"]["how"].startswith("pm:pipsim="), "pm linked it; no pip ran for it"
     assert rows["numlite"]["version"] == "2.0"
+    attempt = attempt_dirs(target.home, "pipsim")[-1]
+    prefix = os.path.join(attempt, "venv") if "pip" in managers else read_result(attempt)["env_prefix"]
+    with open(os.path.join(prefix, "lib", "python3.11", "site-packages", "__pm_software__pipsim.pth")) as handle:
+        assert handle.read() == "import __pm_software__pipsim_finder\n", "the package alone, not the tree's folder"
