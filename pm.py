@@ -5707,12 +5707,14 @@ def relax_pin(attempt, pin, kind, detail):
 
 
 PIP_ROUNDS = 8
+PIP_UNREACHABLE = (r"(NewConnectionError|Network is unreachable|Temporary failure in name resolution|Name or service "
+                   r"not known|ProxyError|SSLError|Could not fetch URL)")
 
 
 def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
     """One pip install of pins (key -> pin), relaxing what pip names (relax_pin) and trying again, at most
     rounds times; pins pip names and that cannot be relaxed are dropped (their 'failure' says why).
-    Returns (True when pip succeeded, pip's last words)."""
+    Returns (True when pip succeeded, pip's last words; None when pip cannot reach its index)."""
     requirements = os.path.join(attempt.path, "pip-requirements.txt")
     last = ""
     for _ in range(rounds):
@@ -5726,6 +5728,13 @@ def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
         if code == 0:
             return True, ""
         last = (output.strip().splitlines() or ["exit %d" % code])[-1][:300]
+        unreachable = re.search(r"(?m)^.*%s.*$" % PIP_UNREACHABLE, output)
+        if unreachable:  # no later level can do better: each would wait for the index again
+            reason = "pip cannot reach its index (%s)" % unreachable.group(0).strip()[:200]
+            for pin in pins.values():
+                pin.setdefault("failure", reason)
+            say("  " + reason)
+            return False, None
         named = pip_diagnosis(output, pins)
         if not named:
             say("  pip failed: %s" % last)
@@ -5773,6 +5782,23 @@ def pip_pins(attempt, bundle, dists, options, manager):
     return pins, rows
 
 
+def install_each(attempt, python, pins, extra):
+    """The last level: each pin on its own, so what can install does; when pip fails the same way for
+    three in a row (an index that answers nothing), the rest are not tried and say so."""
+    same, previous = 0, None
+    for key in sorted(pins):
+        if same >= 3:
+            pins[key].setdefault("failure", "not tried on its own: pip failed the same way for three before it "
+                                            "(%s)" % previous)
+            continue
+        done, last = resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key]["name"], rounds=3,
+                                  extra=extra)
+        if last is None:
+            previous, same = "pip cannot reach its index", 3
+            continue
+        same, previous = (same + 1, last) if not done and last == previous else (int(not done), last)
+
+
 def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None):
     """Every Python distribution of the base into the software's venv, level by level: all of them
     pinned to the base's versions in one resolve (what pip names relaxed, resolve_pins); if that fails,
@@ -5795,7 +5821,7 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None
     try:
         done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve",
                                   extra=extra)
-        if not done:
+        if not done and last is not None:
             direct = dict((k, p) for k, p in pins.items() if p["direct"])
             if direct and len(direct) < len(pins):
                 say("pip could not install the whole set: trying the direct requirements alone")
@@ -5803,12 +5829,10 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None
                 for key in set(pins) - set(direct):
                     pins[key]["level"] = "left to pip's resolve of the direct requirements"
                 done, last = resolve_pins(attempt, python, direct, "the direct requirements", extra=extra)
-            if not done:
+            if not done and last is not None:
                 say("pip could not install them together: trying each on its own")
                 attempt.log("pip: level each")
-                for key in sorted(pins):
-                    resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key]["name"], rounds=3,
-                                 extra=extra)
+                install_each(attempt, python, pins, extra)
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
@@ -5821,7 +5845,8 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None
                 why = "%s; pip chose %s (%s)" % (why, have, pin.get("level") or "the base's version did not install")
             rows.append(dist_row(pin["dist"], have, "installed", why, manager))
         else:
-            why = pin.get("failure") or ("not installed: %s" % last if last else "pip did not install it")
+            why = pin.get("failure") or ("%s, which did not bring it" % pin["level"] if pin.get("level") else
+                                         "not installed: %s" % last if last else "pip did not install it")
             rows.append(dict(dist_row(pin["dist"], None, "failed", why, manager),
                              package="%s:%s%s" % (manager, pin["name"], "=" + pin["version"] if pin["version"] else "")))
     drifted = [r for r in rows if r.get("drift")]

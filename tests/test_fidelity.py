@@ -625,3 +625,20 @@ def test_every_base_package_of_an_older_bundle_ends_in_one_row_on_every_route(ro
     prefix = os.path.join(attempt, "venv") if "pip" in managers else read_result(attempt)["env_prefix"]
     with open(os.path.join(prefix, "lib", "python3.11", "site-packages", "__pm_software__pipsim.pth")) as handle:
         assert handle.read() == "import __pm_software__pipsim_finder\n", "the package alone, not the tree's folder"
+
+
+def test_an_index_pip_cannot_reach_is_named_once_and_not_asked_again_level_by_level(pip_base, pyz, real_condas,
+                                                                                   tmp_path):
+    """The index is a closed port on 127.0.0.1: pip's own words say it cannot reach it, so pm stops after
+    that one install (no level would do better) and every row says why."""
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    env = target.env(PIP_INDEX_URL="http://127.0.0.1:9/simple/", PIP_CONFIG_FILE=os.devnull, PIP_RETRIES="1",
+                     PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PIP_FIND_LINKS", None)
+    proc = migrate(pyz, pip_base["bundles"]["plain-3"], write_config(tmp_path, "pip"), env, offline=False)
+    assert proc.returncode == 1 and "pip cannot reach its index" in proc.stderr, proc.stderr
+    attempt = attempt_dirs(target.home, "pipsim")[-1]
+    with open(os.path.join(attempt, "commands.log")) as handle:
+        assert handle.read().count("-m pip install") == 1
+    rows = assert_every_base_package_has_one_row(pip_base["bundles"]["plain-3"], migrate_report(pyz, target.env()))
+    assert rows["tinycalc"]["status"] == "failed" and "pip cannot reach its index" in rows["tinycalc"]["how"]
