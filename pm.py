@@ -1912,6 +1912,7 @@ def probe_script(server_url, token=""):
 
 CONTROL_OR_NEWLINE = r"[\x00-\x1f\x7f]"
 PARSED_LIMITS = {"env.yml": 2 << 20, "env-history.yml": 2 << 20}  # bytes; other parsed members: 16 MiB
+MANIFEST_LIMIT = 8 << 20  # manifest.json, read before anything is checked: 2,000 members make ~300 KB
 MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its size (--max-ratio) ...
 UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
 
@@ -1933,6 +1934,7 @@ class Manifest(object):
             raise PmError("bundle format %r is newer than this pm understands" % data.get("format"),
                           "use a newer pm.pyz on this machine")
         check_name(data.get("name"), "software name in the manifest")
+        check_manifest_fields(data)
         software_dir = (data.get("software") or {}).get("dir") if isinstance(data.get("software"), dict) else None
         if software_dir is not None and not is_one_path_component(software_dir):
             raise PmError("the manifest's software dir %r is not one plain folder name" % (software_dir,),
@@ -1949,6 +1951,32 @@ class Manifest(object):
 
     def software_dir(self):
         return (self.software or {}).get("dir") or self.name
+
+
+def check_manifest_fields(data):
+    """The manifest's fields that migrate and report read, each of the type they expect: source, env,
+    software and packages objects; minimal and requested_specs lists of text; each carried package a
+    file under channel/ and a name."""
+    def refuse(field, what):
+        raise PmError("the manifest's %s is not %s" % (field, what), "do not use this bundle; pack the software again")
+    for field in ("source", "env", "software", "packages"):
+        if data.get(field) is not None and not isinstance(data[field], dict):
+            refuse(field, "an object")
+    for field in ("minimal", "requested_specs"):
+        value = data.get(field)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            refuse(field, "a list of specs")
+    packages = data.get("packages") or {}
+    if packages.get("platform") is not None and not isinstance(packages["platform"], str):
+        refuse("packages.platform", "a platform name")
+    for field in ("carried", "missing"):
+        value = packages.get(field)
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(v, dict) and isinstance(v.get("name"), str) for v in value)):
+            refuse("packages.%s" % field, "a list of packages with names")
+    for carried in packages.get("carried") or []:
+        if not isinstance(carried.get("file"), str) or not carried["file"].startswith("channel/"):
+            refuse("packages.carried file %r" % (carried.get("file"),), "a member under channel/")
 
 
 def is_one_path_component(name):
@@ -1975,8 +2003,15 @@ def open_bundle(path, label=None):
     except (OSError, zipfile.BadZipFile) as exc:
         raise PmError("%s is not a readable bundle (%s)" % (label, exc), "pass a file written by 'pm.pyz pack'")
     try:
-        if archive.getinfo("manifest.json").file_size > 64 << 20:
-            raise ValueError("over 64 MiB")
+        size = archive.getinfo("manifest.json").file_size
+    except KeyError:
+        archive.close()
+        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
+    if size > MANIFEST_LIMIT:
+        archive.close()
+        raise PmError("the manifest.json of %s is %.1f MiB, over the %d MiB no real one reaches" % (
+            label, size / 1048576.0, MANIFEST_LIMIT >> 20), "do not use this bundle; pack the software again")
+    try:
         data = json.loads(archive.read("manifest.json").decode("utf-8"))
     except KeyError:
         archive.close()
@@ -2070,6 +2105,12 @@ class Bundle(object):
                 if info.filename not in listed:
                     raise PmError("%s is in the bundle but not in its manifest" % info.filename,
                                   "pack the software again")
+                parts = info.filename.split("/")
+                if parts[0] == "channel" and (len(parts) != 3 or not re.match(CONDA_SUBDIR, parts[1])
+                                              or not is_one_path_component(parts[2])):
+                    raise PmError("bundle member %r is not channel/SUBDIR/FILE of a carried package (SUBDIR as "
+                                  "linux-64 or noarch)" % info.filename[:200],
+                                  "do not use this bundle; pack the software again")
                 if info.filename.startswith("wheels/") and not re.match(WHEEL_FN, info.filename[len("wheels/"):]):
                     raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
                                   "PLATFORM.whl)" % info.filename[:200], "do not use this bundle; pack the software again")
@@ -2092,6 +2133,15 @@ class Bundle(object):
         bundle = cls(path, manifest, handle)
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
         base_distributions(bundle)
+        for member in sorted(manifest.members):
+            parts = member.split("/")
+            if parts[0] == "channel" and parts[2] == "repodata.json":
+                try:
+                    repodata = bundle.read_json(member)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise PmError("%s in %s is not JSON (%s)" % (member, label or path, exc),
+                                  "do not use this bundle; pack the software again")
+                carried_entries(parts[1], repodata)
         return bundle
 
     @classmethod
@@ -2128,6 +2178,19 @@ class Bundle(object):
             raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), "pack the software again")
         if not isinstance(min_deps, list):
             raise PmError("min-deps.json in %s is not a list" % where, "pack the software again")
+        for record in min_deps:  # names and versions become conda's words (the direct level, its dry runs)
+            if isinstance(record, dict):
+                name, version = record.get("name"), record.get("version")
+                bad = not (isinstance(name, str) and re.match(PACKAGE_NAME, name)) or not (
+                    version in (None, "") or isinstance(version, str) and re.match(PACKAGE_VERSION, version))
+                shown = (name, version)
+            else:
+                bad = not isinstance(record, str) or not re.match(r"^[A-Za-z0-9_]", record) \
+                    or re.search(CONTROL_OR_NEWLINE, record)
+                shown = record
+            if bad:
+                raise PmError("min-deps.json in %s lists %r, which is not a package name and version"
+                              % (where, str(shown)[:100]), "do not use this bundle; pack the software again")
         try:
             env_text = self.read_text("env.yml")
         except UnicodeDecodeError:
@@ -4459,7 +4522,8 @@ class PrefixReplacer(object):
         return b"".join(out)
 
 
-CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,250}\.(tar\.bz2|conda)\Z"
+CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,200}-[A-Za-z0-9._+!]{1,100}-[A-Za-z0-9._+!]{1,100}\.(tar\.bz2|conda)\Z"
+CONDA_SUBDIR = r"^([a-z0-9]+-[a-z0-9_]+|noarch)\Z"  # linux-64, osx-arm64, noarch, ...: a channel's folders
 
 
 class CarriedArchive(object):
@@ -4700,6 +4764,34 @@ def conda_meta_record(archive, files, requested):
     return record
 
 
+def carried_entries(subdir, repodata):
+    """The (file name, entry) pairs of a carried channel/<subdir>/repodata.json, checked (Bundle.open
+    and carried_archives): every file name a plain package file name NAME-VERSION-BUILD.tar.bz2 or
+    .conda, its entry's name and version text, its subdir the folder it sits in, its unpacked package
+    (pm_file) <dist>.zip."""
+    def refuse(fn, what):
+        raise PmError("channel/%s/repodata.json lists %r, %s" % (subdir, str(fn)[:100], what),
+                      "do not use this bundle; pack the software again")
+    if not isinstance(repodata, dict):
+        refuse("", "and is not a repodata object")
+    entries = []
+    for key in ("packages", "packages.conda"):
+        packages = repodata.get(key) or {}
+        if not isinstance(packages, dict):
+            refuse(key, "which is not an object of packages")
+        for fn, entry in sorted(packages.items()):
+            if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
+                    not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
+                refuse(fn, "which is not a package file (NAME-VERSION-BUILD.tar.bz2 or .conda)")
+            if entry.get("subdir") != subdir or not re.match(CONDA_SUBDIR, subdir):
+                refuse(fn, "whose subdir %r is not the folder it is in" % (str(entry.get("subdir"))[:60],))
+            unpacked = entry.get("pm_file")
+            if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
+                refuse(fn, "with %r, which is not its unpacked package (pm_file)" % (str(unpacked)[:100],))
+            entries.append((fn, entry))
+    return entries
+
+
 def carried_archives(channel_dir, conda_reads=False):
     """The bundle's carried packages (unzipped at channel_dir) as CarriedArchives, their repodata checked
     before anything is installed: every file name one plain .tar.bz2 name of the folder it is listed in,
@@ -4713,25 +4805,16 @@ def carried_archives(channel_dir, conda_reads=False):
         except (OSError, ValueError) as exc:
             raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
                           "pack the software again")
-        for key in ("packages", "packages.conda"):
-            for fn, entry in sorted(((repodata.get(key) if isinstance(repodata, dict) else None) or {}).items()):
-                if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
-                        not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
-                    raise PmError("the carried channel's repodata names %r, which is not a package file" % fn[:100],
-                                  "do not use this bundle; pack the software again")
-                unpacked = entry.get("pm_file")
-                if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
-                    raise PmError("the carried channel's repodata holds %r for %r, which is not its unpacked package"
-                                  % (str(unpacked)[:100], fn[:100]), "do not use this bundle; pack the software again")
-                if fn.endswith(".conda"):
-                    if not conda_reads:
-                        unreadable.append(fn)
-                    continue
-                path = os.path.join(channel_dir, subdir, unpacked or fn)
-                if not os.path.isfile(path) or os.path.islink(path):
-                    raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
-                                  "pack the software again")
-                archives.append(CarriedArchive(path, fn, entry))
+        for fn, entry in carried_entries(subdir, repodata):
+            if fn.endswith(".conda"):
+                if not conda_reads:
+                    unreadable.append(fn)
+                continue
+            path = os.path.join(channel_dir, subdir, entry.get("pm_file") or fn)
+            if not os.path.isfile(path) or os.path.islink(path):
+                raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
+                              "pack the software again")
+            archives.append(CarriedArchive(path, fn, entry))
     if unreadable:
         raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
                       "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),

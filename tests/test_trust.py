@@ -702,3 +702,99 @@ def test_info_files_and_link_json_of_an_extracted_package_name_only_its_own_memb
         with pytest.raises(pm.PmError, match="is not NAME = module:function"):
             pm.check_conda_index(extracted("lib/ok.so\n", {"noarch": {"type": "python", "entry_points": [point]}}),
                                  "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+
+
+def refused_everywhere(pyz, bundle, tmp_path, message):
+    """bundle is refused with one line holding message, exit 2 (never 'unexpected'), by unpack, by the
+    server (400) and by migrate --skip-tests; no environment is left."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", bundle], env)
+    assert unpacked.returncode == 2 and message in unpacked.stderr.strip().splitlines()[-1], unpacked.stderr
+    srv = Server(pyz, str(tmp_path / "server-store"), find_python("newest"))
+    try:
+        with open(bundle, "rb") as handle:
+            status, body = srv.request("PUT", "/bundles/trust", handle.read())
+        assert status == 400 and message.encode() in body, (status, body)
+    finally:
+        srv.stop()
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    assert code == 2 and message in err.strip().splitlines()[-1] and "unexpected" not in err, err
+    assert envs_left(tmp_path) == []
+
+
+def test_a_manifest_over_8_mib_is_refused_before_it_is_parsed(pyz, tmp_path):
+    """manifest.json was parsed up to 64 MiB before any check, on every PUT, unpack, GET /bundles and
+    list; a real one with 2,000 members is a few hundred KB."""
+    members = dict(("software/trust/f%04d" % n, {"sha256": "0" * 64, "size": 123456}) for n in range(2000))
+    real = len(json.dumps(pm.PROBE.make_manifest("trust", members, {"dir": "trust"})))
+    assert real < pm.MANIFEST_LIMIT // 16, real
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+
+    def pad(members, manifest):
+        manifest["source"] = {"pad": ["x" * 1000] * (9 << 10)}
+    from conftest import rewrite_bundle
+    bundle = rewrite_bundle(bundle, str(tmp_path / "padded.zip"), pad)
+    assert os.path.getsize(bundle) < 1 << 20
+    refused_everywhere(pyz, bundle, tmp_path, "over the 8 MiB no real one reaches")
+
+
+@pytest.mark.parametrize("record", [
+    "--file=/etc/passwd", {"name": "--channel=http://evil.example", "version": "1.0"},
+    {"name": "numpy", "version": "--file=/etc/passwd"}, {"name": "numpy\n--offline", "version": "1.0"}, 7,
+], ids=["option spec", "option name", "option version", "newline name", "not a record"])
+def test_min_deps_names_and_versions_are_package_names_never_options(record, pyz, tmp_path):
+    """min-deps.json's names and versions became conda's words at the direct level and in its dry runs
+    (--file=, --channel=): each is a package name and version, or the bundle is refused at the door."""
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)],
+                            files={"min-deps.json": json.dumps([{"name": "p", "version": "1.0"}, record]).encode()})
+    refused_everywhere(pyz, bundle, tmp_path, "which is not a package name and version")
+
+
+def crafted_door(case, members, manifest):
+    if case == "source not an object":
+        manifest["source"] = "Linux"
+    elif case == "packages not an object":
+        manifest["packages"] = ["linux-64"]
+    elif case == "a carried entry without a file":
+        manifest["packages"]["carried"] = [{"name": "p"}]
+    elif case == "a member under channel/pkgs":
+        members["channel/pkgs/urls.txt"] = b"file:///etc\n"
+        manifest["members"]["channel/pkgs/urls.txt"] = {}
+    else:
+        repodata = json.loads(members["channel/linux-64/repodata.json"].decode())
+        entry = repodata["packages"].pop("p-1.0-0.tar.bz2")
+        if case == "a package named urls.txt.tar.bz2":
+            members["channel/linux-64/urls.txt.tar.bz2"] = members.pop("channel/linux-64/p-1.0-0.tar.bz2")
+            manifest["members"]["channel/linux-64/urls.txt.tar.bz2"] = manifest["members"].pop(
+                "channel/linux-64/p-1.0-0.tar.bz2")
+            repodata["packages"]["urls.txt.tar.bz2"] = entry
+        elif case == "a missing subdir":
+            del entry["subdir"]
+            repodata["packages"]["p-1.0-0.tar.bz2"] = entry
+        else:
+            entry["subdir"] = "../../../tmp" if case == "a subdir with '..'" else "noarch"
+            repodata["packages"]["p-1.0-0.tar.bz2"] = entry
+        members["channel/linux-64/repodata.json"] = json.dumps(repodata).encode()
+        members["channel/linux-64/repodata.json.bz2"] = bz2.compress(members["channel/linux-64/repodata.json"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("source not an object", "the manifest's source is not an object"),
+    ("packages not an object", "the manifest's packages is not an object"),
+    ("a carried entry without a file", "is not a member under channel/"),
+    ("a package named urls.txt.tar.bz2", "'urls.txt.tar.bz2', which is not a package file"),
+    ("a missing subdir", "whose subdir 'None' is not the folder it is in"),
+    ("a subdir with '..'", "whose subdir '../../../tmp' is not the folder it is in"),
+    ("a subdir of another folder", "whose subdir 'noarch' is not the folder it is in"),
+    ("a member under channel/pkgs", "is not channel/SUBDIR/FILE of a carried package"),
+])
+def test_a_bundle_migrate_could_not_read_is_refused_at_the_door_naming_the_member(case, message, pyz, tmp_path):
+    """Bundles that unpack and the server accepted ended migrate in 'unexpected ..., report it' (exit 3);
+    a repodata entry's subdir became a path: each is refused where the bundle is opened, exit 2."""
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+    from conftest import rewrite_bundle
+    bundle = rewrite_bundle(bundle, str(tmp_path / "crafted.zip"), lambda m, mf: crafted_door(case, m, mf))
+    refused_everywhere(pyz, bundle, tmp_path, message)
