@@ -4119,8 +4119,7 @@ def check_conda_index(writer, fn, members, left_out):
         path = os.path.join(writer.root, "info", name)
         if not os.path.isfile(path):
             return None
-        if os.path.getsize(path) > 64 << 20:
-            raise PmError("info/%s of %s is over 64 MiB" % (name, fn), "do not use this bundle")
+        check_info_size("info/" + name, os.path.getsize(path), fn)
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
 
@@ -4545,8 +4544,7 @@ class CarriedArchive(object):
     def keep_info(self, name, size, read):
         """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
         if name in INFO_READ:
-            if size > 64 << 20:
-                raise PmError("%s of %s is over 64 MiB" % (name, self.fn), "do not use this bundle")
+            check_info_size(name, size, self.fn)
             self.info[name] = read()
             if name in ("info/paths.json", "info/has_prefix"):
                 self.placeholders = self.read_placeholders()
@@ -4592,6 +4590,16 @@ class CarriedArchive(object):
 
 
 INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
+INFO_LIMITS = {"info/paths.json": 16 << 20}  # bytes, before it is read; the other members of INFO_READ: 1 MiB
+
+
+def check_info_size(name, size, fn):
+    """A member of a carried package's info/ that pm reads and parses, bounded before it is read (real
+    ones are far smaller: paths.json of 20,000 files is a few MiB)."""
+    limit = INFO_LIMITS.get(name, 1 << 20)
+    if size > limit:
+        raise PmError("%s of the carried package %s is %.1f MiB, over the %d MiB no real one reaches" % (
+            name, fn, size / 1048576.0, limit >> 20), "do not use this bundle; pack the software again")
 
 
 def tar_members(archive, with_info=False):

@@ -798,3 +798,33 @@ def test_a_bundle_migrate_could_not_read_is_refused_at_the_door_naming_the_membe
     from conftest import rewrite_bundle
     bundle = rewrite_bundle(bundle, str(tmp_path / "crafted.zip"), lambda m, mf: crafted_door(case, m, mf))
     refused_everywhere(pyz, bundle, tmp_path, message)
+
+
+@pytest.mark.parametrize("member, data", [
+    ("paths.json", b'{"paths": [' + b'{},' * (6 << 20) + b'{}]}'),
+    ("has_prefix", b"/opt/placeholder text share/x\n" * (80 << 10)),
+    ("link.json", b'{"noarch": {"type": "python", "entry_points": [' + b'"a = b:c",' * (200 << 10) + b'"a = b:c"]}}'),
+    ("files", b"share/x\n" * (300 << 10)),
+], ids=["paths.json", "has_prefix", "link.json", "files"])
+def test_a_carried_packages_info_members_are_bounded_before_they_are_read(member, data, pyz, tmp_path):
+    """Each info/ file of a carried package was read and parsed up to 64 MiB, outside every cap (66 KB
+    of bundle, 1.7 GiB of memory per package, four at once): paths.json is bounded to 16 MiB, the rest
+    to 1 MiB, before they are read; the refusal names the package and the member."""
+    packages = [package("big%d" % n, [("share/x", b"x\n", 0o644)], {member: data}) for n in range(4)]
+    bundle = carried_bundle(str(tmp_path / "b.zip"), packages,
+                            env_yml=b"name: trust\ndependencies:\n" + b"".join(b"  - big%d=1.0=0\n" % n
+                                                                                 for n in range(4)))
+    assert os.path.getsize(bundle) < 1 << 20
+    code, out, err, peak = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "info/%s of the carried package big" % member in last and "no real one reaches" in last, err
+    assert peak < 256, "peak RSS %.0f MiB" % peak
+    assert envs_left(tmp_path) == []
+
+
+def test_info_members_conda_reads_in_the_cache_are_bounded_before_they_are_read(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "info").mkdir(parents=True)
+    (root / "info" / "files").write_bytes(b"lib/ok.so\n" * (200 << 10))
+    with pytest.raises(pm.PmError, match=r"info/files of the carried package p-1.0-0.tar.bz2 is 2.0 MiB, over the 1"):
+        pm.check_conda_index(pm.Contained(str(root)), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
