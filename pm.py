@@ -2078,6 +2078,7 @@ class Bundle(object):
         self.handle = handle  # the file Bundle.open checked: every later read is of it, even if path is replaced
         self._environment = None  # (EnvFile, min-deps), once read
         self.dists, self.dists_read = None, False  # python-dists.json's records, once read (base_distributions)
+        self.max_ratio = None  # --max-ratio, as Bundle.open was given it: also bounds what its wheels unpack to
 
     def source(self):
         return self.handle if self.handle is not None else self.path
@@ -2131,6 +2132,7 @@ class Bundle(object):
                 if required not in manifest.members:
                     raise PmError("the bundle has no %s" % required, "pack the software again")
         bundle = cls(path, manifest, handle)
+        bundle.max_ratio = max_ratio
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
         base_distributions(bundle)
         for member in sorted(manifest.members):
@@ -5157,13 +5159,13 @@ class ShebangFix(object):
         return block
 
 
-def install_wheel(wheel, prefix, site_rel):
+def install_wheel(wheel, prefix, site_rel, writer=None):
     """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
-    points, INSTALLER and RECORD, so that pip sees it), through the containment writer; modes follow
-    the umask, times are kept."""
+    points, INSTALLER and RECORD, so that pip sees it), through the containment writer (writer: the
+    prefix's, with the carried wheels' caps); modes follow the umask, times are kept."""
     import zipfile
     where = os.path.basename(wheel)
-    writer = Contained(prefix)
+    writer = writer or Contained(prefix)
     written = []
     with zipfile.ZipFile(wheel) as archive:
         infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
@@ -5182,8 +5184,12 @@ def install_wheel(wheel, prefix, site_rel):
                 writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
                              where, ShebangFix(prefix) if script else None)
             written.append(rel)
-        points = PROBE.entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
-                                 if info_dir + "/entry_points.txt" in archive.namelist() else "")
+        points_member = info_dir + "/entry_points.txt"
+        if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
+            raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
+                          "do not use this bundle; pack the software again")
+        points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
+                                       if points_member in archive.namelist() else "")
     for command, target in points:
         written.append(write_entry_point(writer, command, target, where))
     finish_dist_info(writer, site_rel, info_dir, written)
@@ -5236,9 +5242,28 @@ def drop_foreign_wheels(dists):
 
 
 def extract_wheels(attempt, bundle):
-    """Unzip the carried wheels into the attempt's wheels/ folder; return it."""
+    """Unzip the carried wheels into the attempt's wheels/ folder, and check what they unpack to (as
+    each says, which zip reading holds it to) against the caps of carried packages: at most --max-ratio
+    times their size, and a number of files for that size; return the folder."""
+    import shutil
+    import zipfile
     folder = os.path.join(attempt.path, "wheels")
     bundle.extract_folder("wheels", folder)
+    try:
+        names = sorted(os.listdir(folder))
+        caps = Contained.for_carried(folder, sum(os.path.getsize(os.path.join(folder, n)) for n in names),
+                                     bundle.max_ratio)
+        for name in names:
+            try:
+                with zipfile.ZipFile(os.path.join(folder, name)) as wheel:
+                    infos = wheel.infolist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
+                              "do not use this bundle; pack the software again")
+            caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder
 
 
@@ -5251,9 +5276,11 @@ def install_carried_wheels(attempt, bundle, prefix, dists):
     folder = extract_wheels(attempt, bundle)
     rows = []
     try:
+        writer = Contained.for_carried(prefix, sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)),
+                                       bundle.max_ratio)
         for dist, member in carried:
             attempt.log("installing %s into %s" % (member, prefix))
-            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"])
+            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"], writer)
             rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base), "
                                  "installed by pm's own wheel installer" % dist.get("source"), "pm"))
     finally:

@@ -828,3 +828,36 @@ def test_info_members_conda_reads_in_the_cache_are_bounded_before_they_are_read(
     (root / "info" / "files").write_bytes(b"lib/ok.so\n" * (200 << 10))
     with pytest.raises(pm.PmError, match=r"info/files of the carried package p-1.0-0.tar.bz2 is 2.0 MiB, over the 1"):
         pm.check_conda_index(pm.Contained(str(root)), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+
+
+def bomb_wheel(files):
+    """A wheel bomb-1.0-py3-none-any.whl of files (name -> bytes) and its dist-info, deflated."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
+        wheel.writestr("bomb-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: bomb\nVersion: 1.0\n")
+        wheel.writestr("bomb-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr("bomb-1.0.dist-info/RECORD", "")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"bomb/zeros": b"\0" * (160 << 20)}, "unpacks to more than 64 MiB"),
+    ({"bomb-1.0.dist-info/entry_points.txt": b"[console_scripts]\n" + b"#" * (40 << 20)},
+     "entry_points.txt of the carried wheel bomb-1.0-py3-none-any.whl is over 1 MiB"),
+], ids=["bytes", "entry_points.txt"])
+def test_carried_wheels_are_under_the_caps_of_carried_packages(files, message, pyz, tmp_path):
+    """Carried wheels were outside every cap (a 590 KB bundle wrote 512 MiB) and entry_points.txt was
+    read whole: they are extracted and installed under carried packages' byte and file caps."""
+    wheel = "wheels/bomb-1.0-py3-none-any.whl"
+    data = bomb_wheel(files)
+    assert len(data) < 1 << 20
+    dist = {"name": "bomb", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "index",
+            "software": False, "wheel": wheel}
+    bundle = python_dists_bundle(tmp_path, dist, {wheel: data})
+    code, out, err, peak = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and message in last and "unexpected" not in err, err
+    assert peak < 256, "peak RSS %.0f MiB" % peak
+    assert envs_left(tmp_path) == []
