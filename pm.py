@@ -4953,24 +4953,51 @@ def packages_with_activation_scripts(prefix):
     return names
 
 
+COMPILE_FILE_LIMIT = 4 << 20  # a noarch: python source over this is left to compile on import
+COMPILE_MEMORY = 512 << 20  # the address space of the process that compiles them
+COMPILER = """import os, py_compile, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
+done = 0
+for path in sys.stdin.buffer.read().split(b"\\0"):
+    try:
+        path = os.fsdecode(path)
+        py_compile.compile(path, doraise=True)
+        done += 1
+    except (py_compile.PyCompileError, OSError, ValueError, MemoryError, RecursionError, SyntaxError):
+        pass
+print(done)
+"""
+
+
 def compile_noarch_python(attempt, prefix, archives, site):
     """Bytecode for the noarch: python packages (they ship none), as conda writes it: by pm's own
-    interpreter when it is the environment's Python version (no code of the bundle runs), in parallel."""
-    import py_compile
-    from concurrent.futures import ThreadPoolExecutor
+    interpreter when it is the environment's Python version (no code of the bundle runs), in a process
+    of its own whose memory is bounded (COMPILE_MEMORY), only the files the packages list, each under
+    COMPILE_FILE_LIMIT; what is not compiled is compiled on import, as conda leaves it."""
+    import subprocess
     if not site or site != "lib/python%d.%d/site-packages" % sys.version_info[:2]:
         return
-    sources = [os.path.join(prefix, *f.split("/")) for a in archives if a.noarch_python() for f in a.files
-               if f.endswith(".py") and f.startswith(site + "/")]
-
-    def one(path):
-        try:
-            py_compile.compile(path, doraise=True)
-        except (py_compile.PyCompileError, OSError, ValueError):
-            pass  # conda, too, leaves a file it cannot compile to compile on import
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(pool.map(one, sources))
-    attempt.log("compiled %d noarch: python sources" % len(sources))
+    sources, large = [], []
+    for archive in archives:
+        for rel in archive.files if archive.noarch_python() else ():
+            path = os.path.join(prefix, *rel.split("/"))
+            if rel.endswith(".py") and rel.startswith(site + "/") and os.path.isfile(path) \
+                    and not os.path.islink(path):
+                (large if os.path.getsize(path) > COMPILE_FILE_LIMIT else sources).append(path)
+    if large:
+        say("note: %d noarch: python source%s over %d MiB left to compile on import: %s" % (
+            len(large), "s" * (len(large) != 1), COMPILE_FILE_LIMIT >> 20,
+            ", ".join(printable(os.path.relpath(p, prefix)) for p in large[:5])))
+    if not sources:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", COMPILER % (COMPILE_MEMORY, COMPILE_MEMORY)],
+                              input=b"\0".join(os.fsencode(p) for p in sources), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=3600)
+        done = proc.stdout.decode("utf-8", "replace").strip() or "0"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = "0 (%s)" % exc
+    attempt.log("compiled %s of %d noarch: python sources" % (done, len(sources)))
 
 
 def run_post_link(attempt, prefix, archive):

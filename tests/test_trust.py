@@ -861,3 +861,28 @@ def test_carried_wheels_are_under_the_caps_of_carried_packages(files, message, p
     assert code == 2 and message in last and "unexpected" not in err, err
     assert peak < 256, "peak RSS %.0f MiB" % peak
     assert envs_left(tmp_path) == []
+
+
+def test_noarch_python_sources_are_compiled_with_bounded_memory(pyz, tmp_path):
+    """Without conda, pm's own Python compiled carried noarch: python sources with no bound (a 7 KB bundle
+    took 1.7 GiB): they are compiled in a process of their own with bounded memory, each file under a
+    size limit (the larger ones are named and left to compile on import), and the plain ones still are."""
+    version = subprocess.run([find_python("newest"), "-c", "import sys; print('%d.%d.0' % sys.version_info[:2])"],
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    python_fn, python_data, python_entry = package("python", [("bin/python", b"#!/bin/sh\n", 0o755)])
+    python_entry["version"] = version
+    fn, data, entry = package("evil", [("site-packages/evil/__init__.py", b"VALUE = 1\n", 0o644),
+                                       ("site-packages/evil/big.py", b"x = [" + b"1," * (1 << 20) + b"]\n", 0o644),
+                                       ("site-packages/evil/huge.py", b"x = [" + b"1," * (3 << 20) + b"]\n", 0o644)],
+                              {"link.json": {"noarch": {"type": "python"}}})
+    entry["noarch"] = "python"
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(python_fn, python_data, python_entry), (fn, data, entry)],
+                            env_yml=b"name: trust\ndependencies:\n  - evil=1.0=0\n")
+    assert os.path.getsize(bundle) < 64 << 10
+    code, out, err, peak = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    assert code == 0, err
+    assert peak < 600, "peak RSS %.0f MiB" % peak
+    assert "1 noarch: python source over 4 MiB left to compile on import" in err and "evil/huge.py" in err, err
+    prefix = read_result(attempt_dirs(str(tmp_path / "store"), "trust")[-1])["env_prefix"]
+    cache = os.path.join(prefix, "lib", "python" + version.rsplit(".", 1)[0], "site-packages", "evil", "__pycache__")
+    assert [n for n in os.listdir(cache) if n.startswith("__init__.")], os.listdir(cache)
