@@ -84,15 +84,19 @@ def append_private(path, binary=False):
 
 
 class FolderLock(object):
-    """An exclusive flock on a folder, for what two pm processes must not do at once (a software's
-    remembered choices and conda environment, an install into output_dir); waits, and says so."""
+    """An exclusive flock on a folder of the store, or a lock file pm owns there (made owner-only), for
+    what two pm processes must not do at once (a software's remembered choices and conda environment,
+    an install into output_dir); waits, and says so."""
 
     def __init__(self, folder, what):
         self.folder, self.what, self.handle = folder, what, None
 
     def __enter__(self):
         import fcntl
-        self.handle = os.open(self.folder, os.O_RDONLY)
+        if os.path.isdir(self.folder):
+            self.handle = os.open(self.folder, os.O_RDONLY)
+        else:
+            self.handle = os.open(self.folder, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -2380,6 +2384,15 @@ class Store(object):
     def software(self, name):
         return os.path.join(self.home, check_name(name))
 
+    def install_lock(self, output_dir):
+        """The lock file of installs into output_dir, in the store (.locks/<sha256 of its real path>):
+        pm's own, which no one who can only read output_dir can hold."""
+        import hashlib
+        folder = os.path.join(self.home, ".locks")
+        os.makedirs(folder, 0o700, exist_ok=True)
+        key = hashlib.sha256(os.fsencode(os.path.realpath(output_dir))).hexdigest()
+        return os.path.join(folder, key + ".lock")
+
     def bundles_dir(self, name):
         return os.path.join(self.software(name), "bundles")
 
@@ -3825,7 +3838,7 @@ def recreate_test_install(attempt, config, bundle, options):
             shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
-        result.installed = install_software(bundle, config.output_dir, options.force)
+        result.installed = install_software(bundle, config.output_dir, options.force, attempt.store)
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
         if options.skip_tests:
             python_rows += installed_rows
@@ -3882,16 +3895,17 @@ def install_mark(target):
     return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
 
 
-def install_software(bundle, output_dir, force):
+def install_software(bundle, output_dir, force, store):
     """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
-    install (replaced with --force) stays whole until the new one is complete."""
+    install (replaced with --force) stays whole until the new one is complete; one install into
+    output_dir at a time (the store's lock file for it, never output_dir itself)."""
     import shutil
     import tempfile
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
     try:
         extracted = bundle.extract_software(os.path.join(staging, "new"))
-        with FolderLock(output_dir, "an install into %s" % output_dir):  # a second migrate checks after the swap
+        with FolderLock(store.install_lock(output_dir), "an install into %s" % output_dir):  # a second migrate checks after the swap
             target = install_target(bundle, output_dir, force)
             if os.path.lexists(target):
                 os.rename(target, os.path.join(staging, "old"))

@@ -886,3 +886,30 @@ def test_noarch_python_sources_are_compiled_with_bounded_memory(pyz, tmp_path):
     prefix = read_result(attempt_dirs(str(tmp_path / "store"), "trust")[-1])["env_prefix"]
     cache = os.path.join(prefix, "lib", "python" + version.rsplit(".", 1)[0], "site-packages", "evil", "__pycache__")
     assert [n for n in os.listdir(cache) if n.startswith("__init__.")], os.listdir(cache)
+
+
+def test_an_install_is_not_held_up_by_someone_else_locking_output_dir(pyz, tmp_path):
+    """pm locked output_dir itself: anyone who can read it (/opt) could hold that lock, and pm waited
+    forever after its tests passed. The lock is a file of pm's own store."""
+    import fcntl
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+    (tmp_path / "installed").mkdir()
+    holder = os.open(str(tmp_path / "installed"), os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        config = tmp_path / "trust.ini"
+        config.write_text("[trust]\noutput_dir = %s\npackage_managers = conda\ntests = check\n[test_check]\n"
+                          "exec = sh check.sh\n" % (tmp_path / "installed"))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+        try:
+            proc = run_pm(find_python("newest"), pyz, ["migrate", "trust", str(config), "--bundle", bundle,
+                                                       "--no-conda"], env, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("pm waited for a lock on output_dir that another user held")
+    finally:
+        os.close(holder)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "installed" / "trust" / "check.sh").is_file()
+    locks = os.listdir(str(tmp_path / "store" / ".locks"))
+    assert len(locks) == 1 and stat.S_IMODE(os.stat(str(tmp_path / "store" / ".locks" / locks[0])).st_mode) == 0o600
