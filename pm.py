@@ -84,15 +84,19 @@ def append_private(path, binary=False):
 
 
 class FolderLock(object):
-    """An exclusive flock on a folder, for what two pm processes must not do at once (a software's
-    remembered choices and conda environment, an install into output_dir); waits, and says so."""
+    """An exclusive flock on a folder of the store, or a lock file pm owns there (made owner-only), for
+    what two pm processes must not do at once (a software's remembered choices and conda environment,
+    an install into output_dir); waits, and says so."""
 
     def __init__(self, folder, what):
         self.folder, self.what, self.handle = folder, what, None
 
     def __enter__(self):
         import fcntl
-        self.handle = os.open(self.folder, os.O_RDONLY)
+        if os.path.isdir(self.folder):
+            self.handle = os.open(self.folder, os.O_RDONLY)
+        else:
+            self.handle = os.open(self.folder, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -1912,6 +1916,7 @@ def probe_script(server_url, token=""):
 
 CONTROL_OR_NEWLINE = r"[\x00-\x1f\x7f]"
 PARSED_LIMITS = {"env.yml": 2 << 20, "env-history.yml": 2 << 20}  # bytes; other parsed members: 16 MiB
+MANIFEST_LIMIT = 8 << 20  # manifest.json, read before anything is checked: 2,000 members make ~300 KB
 MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its size (--max-ratio) ...
 UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
 
@@ -1933,6 +1938,7 @@ class Manifest(object):
             raise PmError("bundle format %r is newer than this pm understands" % data.get("format"),
                           "use a newer pm.pyz on this machine")
         check_name(data.get("name"), "software name in the manifest")
+        check_manifest_fields(data)
         software_dir = (data.get("software") or {}).get("dir") if isinstance(data.get("software"), dict) else None
         if software_dir is not None and not is_one_path_component(software_dir):
             raise PmError("the manifest's software dir %r is not one plain folder name" % (software_dir,),
@@ -1949,6 +1955,32 @@ class Manifest(object):
 
     def software_dir(self):
         return (self.software or {}).get("dir") or self.name
+
+
+def check_manifest_fields(data):
+    """The manifest's fields that migrate and report read, each of the type they expect: source, env,
+    software and packages objects; minimal and requested_specs lists of text; each carried package a
+    file under channel/ and a name."""
+    def refuse(field, what):
+        raise PmError("the manifest's %s is not %s" % (field, what), "do not use this bundle; pack the software again")
+    for field in ("source", "env", "software", "packages"):
+        if data.get(field) is not None and not isinstance(data[field], dict):
+            refuse(field, "an object")
+    for field in ("minimal", "requested_specs"):
+        value = data.get(field)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            refuse(field, "a list of specs")
+    packages = data.get("packages") or {}
+    if packages.get("platform") is not None and not isinstance(packages["platform"], str):
+        refuse("packages.platform", "a platform name")
+    for field in ("carried", "missing"):
+        value = packages.get(field)
+        if value is not None and not (isinstance(value, list) and all(
+                isinstance(v, dict) and isinstance(v.get("name"), str) for v in value)):
+            refuse("packages.%s" % field, "a list of packages with names")
+    for carried in packages.get("carried") or []:
+        if not isinstance(carried.get("file"), str) or not carried["file"].startswith("channel/"):
+            refuse("packages.carried file %r" % (carried.get("file"),), "a member under channel/")
 
 
 def is_one_path_component(name):
@@ -1975,8 +2007,15 @@ def open_bundle(path, label=None):
     except (OSError, zipfile.BadZipFile) as exc:
         raise PmError("%s is not a readable bundle (%s)" % (label, exc), "pass a file written by 'pm.pyz pack'")
     try:
-        if archive.getinfo("manifest.json").file_size > 64 << 20:
-            raise ValueError("over 64 MiB")
+        size = archive.getinfo("manifest.json").file_size
+    except KeyError:
+        archive.close()
+        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
+    if size > MANIFEST_LIMIT:
+        archive.close()
+        raise PmError("the manifest.json of %s is %.1f MiB, over the %d MiB no real one reaches" % (
+            label, size / 1048576.0, MANIFEST_LIMIT >> 20), "do not use this bundle; pack the software again")
+    try:
         data = json.loads(archive.read("manifest.json").decode("utf-8"))
     except KeyError:
         archive.close()
@@ -2043,6 +2082,7 @@ class Bundle(object):
         self.handle = handle  # the file Bundle.open checked: every later read is of it, even if path is replaced
         self._environment = None  # (EnvFile, min-deps), once read
         self.dists, self.dists_read = None, False  # python-dists.json's records, once read (base_distributions)
+        self.max_ratio = None  # --max-ratio, as Bundle.open was given it: also bounds what its wheels unpack to
 
     def source(self):
         return self.handle if self.handle is not None else self.path
@@ -2070,6 +2110,12 @@ class Bundle(object):
                 if info.filename not in listed:
                     raise PmError("%s is in the bundle but not in its manifest" % info.filename,
                                   "pack the software again")
+                parts = info.filename.split("/")
+                if parts[0] == "channel" and (len(parts) != 3 or not re.match(CONDA_SUBDIR, parts[1])
+                                              or not is_one_path_component(parts[2])):
+                    raise PmError("bundle member %r is not channel/SUBDIR/FILE of a carried package (SUBDIR as "
+                                  "linux-64 or noarch)" % info.filename[:200],
+                                  "do not use this bundle; pack the software again")
                 if info.filename.startswith("wheels/") and not re.match(WHEEL_FN, info.filename[len("wheels/"):]):
                     raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
                                   "PLATFORM.whl)" % info.filename[:200], "do not use this bundle; pack the software again")
@@ -2090,8 +2136,18 @@ class Bundle(object):
                 if required not in manifest.members:
                     raise PmError("the bundle has no %s" % required, "pack the software again")
         bundle = cls(path, manifest, handle)
+        bundle.max_ratio = max_ratio
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
         base_distributions(bundle)
+        for member in sorted(manifest.members):
+            parts = member.split("/")
+            if parts[0] == "channel" and parts[2] == "repodata.json":
+                try:
+                    repodata = bundle.read_json(member)
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise PmError("%s in %s is not JSON (%s)" % (member, label or path, exc),
+                                  "do not use this bundle; pack the software again")
+                carried_entries(parts[1], repodata)
         return bundle
 
     @classmethod
@@ -2128,6 +2184,19 @@ class Bundle(object):
             raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), "pack the software again")
         if not isinstance(min_deps, list):
             raise PmError("min-deps.json in %s is not a list" % where, "pack the software again")
+        for record in min_deps:  # names and versions become conda's words (the direct level, its dry runs)
+            if isinstance(record, dict):
+                name, version = record.get("name"), record.get("version")
+                bad = not (isinstance(name, str) and re.match(PACKAGE_NAME, name)) or not (
+                    version in (None, "") or isinstance(version, str) and re.match(PACKAGE_VERSION, version))
+                shown = (name, version)
+            else:
+                bad = not isinstance(record, str) or not re.match(r"^[A-Za-z0-9_]", record) \
+                    or re.search(CONTROL_OR_NEWLINE, record)
+                shown = record
+            if bad:
+                raise PmError("min-deps.json in %s lists %r, which is not a package name and version"
+                              % (where, str(shown)[:100]), "do not use this bundle; pack the software again")
         try:
             env_text = self.read_text("env.yml")
         except UnicodeDecodeError:
@@ -2314,6 +2383,15 @@ class Store(object):
 
     def software(self, name):
         return os.path.join(self.home, check_name(name))
+
+    def install_lock(self, output_dir):
+        """The lock file of installs into output_dir, in the store (.locks/<sha256 of its real path>):
+        pm's own, which no one who can only read output_dir can hold."""
+        import hashlib
+        folder = os.path.join(self.home, ".locks")
+        os.makedirs(folder, 0o700, exist_ok=True)
+        key = hashlib.sha256(os.fsencode(os.path.realpath(output_dir))).hexdigest()
+        return os.path.join(folder, key + ".lock")
 
     def bundles_dir(self, name):
         return os.path.join(self.software(name), "bundles")
@@ -3760,7 +3838,7 @@ def recreate_test_install(attempt, config, bundle, options):
             shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
-        result.installed = install_software(bundle, config.output_dir, options.force)
+        result.installed = install_software(bundle, config.output_dir, options.force, attempt.store)
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
         if options.skip_tests:
             python_rows += installed_rows
@@ -3817,16 +3895,17 @@ def install_mark(target):
     return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
 
 
-def install_software(bundle, output_dir, force):
+def install_software(bundle, output_dir, force, store):
     """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
-    install (replaced with --force) stays whole until the new one is complete."""
+    install (replaced with --force) stays whole until the new one is complete; one install into
+    output_dir at a time (the store's lock file for it, never output_dir itself)."""
     import shutil
     import tempfile
     os.makedirs(output_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
     try:
         extracted = bundle.extract_software(os.path.join(staging, "new"))
-        with FolderLock(output_dir, "an install into %s" % output_dir):  # a second migrate checks after the swap
+        with FolderLock(store.install_lock(output_dir), "an install into %s" % output_dir):  # a second migrate checks after the swap
             target = install_target(bundle, output_dir, force)
             if os.path.lexists(target):
                 os.rename(target, os.path.join(staging, "old"))
@@ -4056,8 +4135,7 @@ def check_conda_index(writer, fn, members, left_out):
         path = os.path.join(writer.root, "info", name)
         if not os.path.isfile(path):
             return None
-        if os.path.getsize(path) > 64 << 20:
-            raise PmError("info/%s of %s is over 64 MiB" % (name, fn), "do not use this bundle")
+        check_info_size("info/" + name, os.path.getsize(path), fn)
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
 
@@ -4459,7 +4537,8 @@ class PrefixReplacer(object):
         return b"".join(out)
 
 
-CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,250}\.(tar\.bz2|conda)\Z"
+CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,200}-[A-Za-z0-9._+!]{1,100}-[A-Za-z0-9._+!]{1,100}\.(tar\.bz2|conda)\Z"
+CONDA_SUBDIR = r"^([a-z0-9]+-[a-z0-9_]+|noarch)\Z"  # linux-64, osx-arm64, noarch, ...: a channel's folders
 
 
 class CarriedArchive(object):
@@ -4481,8 +4560,7 @@ class CarriedArchive(object):
     def keep_info(self, name, size, read):
         """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
         if name in INFO_READ:
-            if size > 64 << 20:
-                raise PmError("%s of %s is over 64 MiB" % (name, self.fn), "do not use this bundle")
+            check_info_size(name, size, self.fn)
             self.info[name] = read()
             if name in ("info/paths.json", "info/has_prefix"):
                 self.placeholders = self.read_placeholders()
@@ -4528,6 +4606,16 @@ class CarriedArchive(object):
 
 
 INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
+INFO_LIMITS = {"info/paths.json": 16 << 20}  # bytes, before it is read; the other members of INFO_READ: 1 MiB
+
+
+def check_info_size(name, size, fn):
+    """A member of a carried package's info/ that pm reads and parses, bounded before it is read (real
+    ones are far smaller: paths.json of 20,000 files is a few MiB)."""
+    limit = INFO_LIMITS.get(name, 1 << 20)
+    if size > limit:
+        raise PmError("%s of the carried package %s is %.1f MiB, over the %d MiB no real one reaches" % (
+            name, fn, size / 1048576.0, limit >> 20), "do not use this bundle; pack the software again")
 
 
 def tar_members(archive, with_info=False):
@@ -4700,6 +4788,34 @@ def conda_meta_record(archive, files, requested):
     return record
 
 
+def carried_entries(subdir, repodata):
+    """The (file name, entry) pairs of a carried channel/<subdir>/repodata.json, checked (Bundle.open
+    and carried_archives): every file name a plain package file name NAME-VERSION-BUILD.tar.bz2 or
+    .conda, its entry's name and version text, its subdir the folder it sits in, its unpacked package
+    (pm_file) <dist>.zip."""
+    def refuse(fn, what):
+        raise PmError("channel/%s/repodata.json lists %r, %s" % (subdir, str(fn)[:100], what),
+                      "do not use this bundle; pack the software again")
+    if not isinstance(repodata, dict):
+        refuse("", "and is not a repodata object")
+    entries = []
+    for key in ("packages", "packages.conda"):
+        packages = repodata.get(key) or {}
+        if not isinstance(packages, dict):
+            refuse(key, "which is not an object of packages")
+        for fn, entry in sorted(packages.items()):
+            if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
+                    not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
+                refuse(fn, "which is not a package file (NAME-VERSION-BUILD.tar.bz2 or .conda)")
+            if entry.get("subdir") != subdir or not re.match(CONDA_SUBDIR, subdir):
+                refuse(fn, "whose subdir %r is not the folder it is in" % (str(entry.get("subdir"))[:60],))
+            unpacked = entry.get("pm_file")
+            if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
+                refuse(fn, "with %r, which is not its unpacked package (pm_file)" % (str(unpacked)[:100],))
+            entries.append((fn, entry))
+    return entries
+
+
 def carried_archives(channel_dir, conda_reads=False):
     """The bundle's carried packages (unzipped at channel_dir) as CarriedArchives, their repodata checked
     before anything is installed: every file name one plain .tar.bz2 name of the folder it is listed in,
@@ -4713,25 +4829,16 @@ def carried_archives(channel_dir, conda_reads=False):
         except (OSError, ValueError) as exc:
             raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
                           "pack the software again")
-        for key in ("packages", "packages.conda"):
-            for fn, entry in sorted(((repodata.get(key) if isinstance(repodata, dict) else None) or {}).items()):
-                if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
-                        not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
-                    raise PmError("the carried channel's repodata names %r, which is not a package file" % fn[:100],
-                                  "do not use this bundle; pack the software again")
-                unpacked = entry.get("pm_file")
-                if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
-                    raise PmError("the carried channel's repodata holds %r for %r, which is not its unpacked package"
-                                  % (str(unpacked)[:100], fn[:100]), "do not use this bundle; pack the software again")
-                if fn.endswith(".conda"):
-                    if not conda_reads:
-                        unreadable.append(fn)
-                    continue
-                path = os.path.join(channel_dir, subdir, unpacked or fn)
-                if not os.path.isfile(path) or os.path.islink(path):
-                    raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
-                                  "pack the software again")
-                archives.append(CarriedArchive(path, fn, entry))
+        for fn, entry in carried_entries(subdir, repodata):
+            if fn.endswith(".conda"):
+                if not conda_reads:
+                    unreadable.append(fn)
+                continue
+            path = os.path.join(channel_dir, subdir, entry.get("pm_file") or fn)
+            if not os.path.isfile(path) or os.path.islink(path):
+                raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
+                              "pack the software again")
+            archives.append(CarriedArchive(path, fn, entry))
     if unreadable:
         raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
                       "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),
@@ -4860,24 +4967,51 @@ def packages_with_activation_scripts(prefix):
     return names
 
 
+COMPILE_FILE_LIMIT = 4 << 20  # a noarch: python source over this is left to compile on import
+COMPILE_MEMORY = 512 << 20  # the address space of the process that compiles them
+COMPILER = """import os, py_compile, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
+done = 0
+for path in sys.stdin.buffer.read().split(b"\\0"):
+    try:
+        path = os.fsdecode(path)
+        py_compile.compile(path, doraise=True)
+        done += 1
+    except (py_compile.PyCompileError, OSError, ValueError, MemoryError, RecursionError, SyntaxError):
+        pass
+print(done)
+"""
+
+
 def compile_noarch_python(attempt, prefix, archives, site):
     """Bytecode for the noarch: python packages (they ship none), as conda writes it: by pm's own
-    interpreter when it is the environment's Python version (no code of the bundle runs), in parallel."""
-    import py_compile
-    from concurrent.futures import ThreadPoolExecutor
+    interpreter when it is the environment's Python version (no code of the bundle runs), in a process
+    of its own whose memory is bounded (COMPILE_MEMORY), only the files the packages list, each under
+    COMPILE_FILE_LIMIT; what is not compiled is compiled on import, as conda leaves it."""
+    import subprocess
     if not site or site != "lib/python%d.%d/site-packages" % sys.version_info[:2]:
         return
-    sources = [os.path.join(prefix, *f.split("/")) for a in archives if a.noarch_python() for f in a.files
-               if f.endswith(".py") and f.startswith(site + "/")]
-
-    def one(path):
-        try:
-            py_compile.compile(path, doraise=True)
-        except (py_compile.PyCompileError, OSError, ValueError):
-            pass  # conda, too, leaves a file it cannot compile to compile on import
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        list(pool.map(one, sources))
-    attempt.log("compiled %d noarch: python sources" % len(sources))
+    sources, large = [], []
+    for archive in archives:
+        for rel in archive.files if archive.noarch_python() else ():
+            path = os.path.join(prefix, *rel.split("/"))
+            if rel.endswith(".py") and rel.startswith(site + "/") and os.path.isfile(path) \
+                    and not os.path.islink(path):
+                (large if os.path.getsize(path) > COMPILE_FILE_LIMIT else sources).append(path)
+    if large:
+        say("note: %d noarch: python source%s over %d MiB left to compile on import: %s" % (
+            len(large), "s" * (len(large) != 1), COMPILE_FILE_LIMIT >> 20,
+            ", ".join(printable(os.path.relpath(p, prefix)) for p in large[:5])))
+    if not sources:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", COMPILER % (COMPILE_MEMORY, COMPILE_MEMORY)],
+                              input=b"\0".join(os.fsencode(p) for p in sources), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=3600)
+        done = proc.stdout.decode("utf-8", "replace").strip() or "0"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = "0 (%s)" % exc
+    attempt.log("compiled %s of %d noarch: python sources" % (done, len(sources)))
 
 
 def run_post_link(attempt, prefix, archive):
@@ -5066,13 +5200,13 @@ class ShebangFix(object):
         return block
 
 
-def install_wheel(wheel, prefix, site_rel):
+def install_wheel(wheel, prefix, site_rel, writer=None):
     """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
-    points, INSTALLER and RECORD, so that pip sees it), through the containment writer; modes follow
-    the umask, times are kept."""
+    points, INSTALLER and RECORD, so that pip sees it), through the containment writer (writer: the
+    prefix's, with the carried wheels' caps); modes follow the umask, times are kept."""
     import zipfile
     where = os.path.basename(wheel)
-    writer = Contained(prefix)
+    writer = writer or Contained(prefix)
     written = []
     with zipfile.ZipFile(wheel) as archive:
         infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
@@ -5091,8 +5225,12 @@ def install_wheel(wheel, prefix, site_rel):
                 writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
                              where, ShebangFix(prefix) if script else None)
             written.append(rel)
-        points = PROBE.entry_points_of(archive.read(info_dir + "/entry_points.txt").decode("utf-8", "replace")
-                                 if info_dir + "/entry_points.txt" in archive.namelist() else "")
+        points_member = info_dir + "/entry_points.txt"
+        if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
+            raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
+                          "do not use this bundle; pack the software again")
+        points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
+                                       if points_member in archive.namelist() else "")
     for command, target in points:
         written.append(write_entry_point(writer, command, target, where))
     finish_dist_info(writer, site_rel, info_dir, written)
@@ -5145,9 +5283,28 @@ def drop_foreign_wheels(dists):
 
 
 def extract_wheels(attempt, bundle):
-    """Unzip the carried wheels into the attempt's wheels/ folder; return it."""
+    """Unzip the carried wheels into the attempt's wheels/ folder, and check what they unpack to (as
+    each says, which zip reading holds it to) against the caps of carried packages: at most --max-ratio
+    times their size, and a number of files for that size; return the folder."""
+    import shutil
+    import zipfile
     folder = os.path.join(attempt.path, "wheels")
     bundle.extract_folder("wheels", folder)
+    try:
+        names = sorted(os.listdir(folder))
+        caps = Contained.for_carried(folder, sum(os.path.getsize(os.path.join(folder, n)) for n in names),
+                                     bundle.max_ratio)
+        for name in names:
+            try:
+                with zipfile.ZipFile(os.path.join(folder, name)) as wheel:
+                    infos = wheel.infolist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
+                              "do not use this bundle; pack the software again")
+            caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return folder
 
 
@@ -5160,9 +5317,11 @@ def install_carried_wheels(attempt, bundle, prefix, dists):
     folder = extract_wheels(attempt, bundle)
     rows = []
     try:
+        writer = Contained.for_carried(prefix, sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)),
+                                       bundle.max_ratio)
         for dist, member in carried:
             attempt.log("installing %s into %s" % (member, prefix))
-            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"])
+            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"], writer)
             rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base), "
                                  "installed by pm's own wheel installer" % dist.get("source"), "pm"))
     finally:

@@ -702,3 +702,214 @@ def test_info_files_and_link_json_of_an_extracted_package_name_only_its_own_memb
         with pytest.raises(pm.PmError, match="is not NAME = module:function"):
             pm.check_conda_index(extracted("lib/ok.so\n", {"noarch": {"type": "python", "entry_points": [point]}}),
                                  "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+
+
+def refused_everywhere(pyz, bundle, tmp_path, message):
+    """bundle is refused with one line holding message, exit 2 (never 'unexpected'), by unpack, by the
+    server (400) and by migrate --skip-tests; no environment is left."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", bundle], env)
+    assert unpacked.returncode == 2 and message in unpacked.stderr.strip().splitlines()[-1], unpacked.stderr
+    srv = Server(pyz, str(tmp_path / "server-store"), find_python("newest"))
+    try:
+        with open(bundle, "rb") as handle:
+            status, body = srv.request("PUT", "/bundles/trust", handle.read())
+        assert status == 400 and message.encode() in body, (status, body)
+    finally:
+        srv.stop()
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    assert code == 2 and message in err.strip().splitlines()[-1] and "unexpected" not in err, err
+    assert envs_left(tmp_path) == []
+
+
+def test_a_manifest_over_8_mib_is_refused_before_it_is_parsed(pyz, tmp_path):
+    """manifest.json was parsed up to 64 MiB before any check, on every PUT, unpack, GET /bundles and
+    list; a real one with 2,000 members is a few hundred KB."""
+    members = dict(("software/trust/f%04d" % n, {"sha256": "0" * 64, "size": 123456}) for n in range(2000))
+    real = len(json.dumps(pm.PROBE.make_manifest("trust", members, {"dir": "trust"})))
+    assert real < pm.MANIFEST_LIMIT // 16, real
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+
+    def pad(members, manifest):
+        manifest["source"] = {"pad": ["x" * 1000] * (9 << 10)}
+    from conftest import rewrite_bundle
+    bundle = rewrite_bundle(bundle, str(tmp_path / "padded.zip"), pad)
+    assert os.path.getsize(bundle) < 1 << 20
+    refused_everywhere(pyz, bundle, tmp_path, "over the 8 MiB no real one reaches")
+
+
+@pytest.mark.parametrize("record", [
+    "--file=/etc/passwd", {"name": "--channel=http://evil.example", "version": "1.0"},
+    {"name": "numpy", "version": "--file=/etc/passwd"}, {"name": "numpy\n--offline", "version": "1.0"}, 7,
+], ids=["option spec", "option name", "option version", "newline name", "not a record"])
+def test_min_deps_names_and_versions_are_package_names_never_options(record, pyz, tmp_path):
+    """min-deps.json's names and versions became conda's words at the direct level and in its dry runs
+    (--file=, --channel=): each is a package name and version, or the bundle is refused at the door."""
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)],
+                            files={"min-deps.json": json.dumps([{"name": "p", "version": "1.0"}, record]).encode()})
+    refused_everywhere(pyz, bundle, tmp_path, "which is not a package name and version")
+
+
+def crafted_door(case, members, manifest):
+    if case == "source not an object":
+        manifest["source"] = "Linux"
+    elif case == "packages not an object":
+        manifest["packages"] = ["linux-64"]
+    elif case == "a carried entry without a file":
+        manifest["packages"]["carried"] = [{"name": "p"}]
+    elif case == "a member under channel/pkgs":
+        members["channel/pkgs/urls.txt"] = b"file:///etc\n"
+        manifest["members"]["channel/pkgs/urls.txt"] = {}
+    else:
+        repodata = json.loads(members["channel/linux-64/repodata.json"].decode())
+        entry = repodata["packages"].pop("p-1.0-0.tar.bz2")
+        if case == "a package named urls.txt.tar.bz2":
+            members["channel/linux-64/urls.txt.tar.bz2"] = members.pop("channel/linux-64/p-1.0-0.tar.bz2")
+            manifest["members"]["channel/linux-64/urls.txt.tar.bz2"] = manifest["members"].pop(
+                "channel/linux-64/p-1.0-0.tar.bz2")
+            repodata["packages"]["urls.txt.tar.bz2"] = entry
+        elif case == "a missing subdir":
+            del entry["subdir"]
+            repodata["packages"]["p-1.0-0.tar.bz2"] = entry
+        else:
+            entry["subdir"] = "../../../tmp" if case == "a subdir with '..'" else "noarch"
+            repodata["packages"]["p-1.0-0.tar.bz2"] = entry
+        members["channel/linux-64/repodata.json"] = json.dumps(repodata).encode()
+        members["channel/linux-64/repodata.json.bz2"] = bz2.compress(members["channel/linux-64/repodata.json"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("source not an object", "the manifest's source is not an object"),
+    ("packages not an object", "the manifest's packages is not an object"),
+    ("a carried entry without a file", "is not a member under channel/"),
+    ("a package named urls.txt.tar.bz2", "'urls.txt.tar.bz2', which is not a package file"),
+    ("a missing subdir", "whose subdir 'None' is not the folder it is in"),
+    ("a subdir with '..'", "whose subdir '../../../tmp' is not the folder it is in"),
+    ("a subdir of another folder", "whose subdir 'noarch' is not the folder it is in"),
+    ("a member under channel/pkgs", "is not channel/SUBDIR/FILE of a carried package"),
+])
+def test_a_bundle_migrate_could_not_read_is_refused_at_the_door_naming_the_member(case, message, pyz, tmp_path):
+    """Bundles that unpack and the server accepted ended migrate in 'unexpected ..., report it' (exit 3);
+    a repodata entry's subdir became a path: each is refused where the bundle is opened, exit 2."""
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+    from conftest import rewrite_bundle
+    bundle = rewrite_bundle(bundle, str(tmp_path / "crafted.zip"), lambda m, mf: crafted_door(case, m, mf))
+    refused_everywhere(pyz, bundle, tmp_path, message)
+
+
+@pytest.mark.parametrize("member, data", [
+    ("paths.json", b'{"paths": [' + b'{},' * (6 << 20) + b'{}]}'),
+    ("has_prefix", b"/opt/placeholder text share/x\n" * (80 << 10)),
+    ("link.json", b'{"noarch": {"type": "python", "entry_points": [' + b'"a = b:c",' * (200 << 10) + b'"a = b:c"]}}'),
+    ("files", b"share/x\n" * (300 << 10)),
+], ids=["paths.json", "has_prefix", "link.json", "files"])
+def test_a_carried_packages_info_members_are_bounded_before_they_are_read(member, data, pyz, tmp_path):
+    """Each info/ file of a carried package was read and parsed up to 64 MiB, outside every cap (66 KB
+    of bundle, 1.7 GiB of memory per package, four at once): paths.json is bounded to 16 MiB, the rest
+    to 1 MiB, before they are read; the refusal names the package and the member."""
+    packages = [package("big%d" % n, [("share/x", b"x\n", 0o644)], {member: data}) for n in range(4)]
+    bundle = carried_bundle(str(tmp_path / "b.zip"), packages,
+                            env_yml=b"name: trust\ndependencies:\n" + b"".join(b"  - big%d=1.0=0\n" % n
+                                                                                 for n in range(4)))
+    assert os.path.getsize(bundle) < 1 << 20
+    code, out, err, peak = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "info/%s of the carried package big" % member in last and "no real one reaches" in last, err
+    assert peak < 256, "peak RSS %.0f MiB" % peak
+    assert envs_left(tmp_path) == []
+
+
+def test_info_members_conda_reads_in_the_cache_are_bounded_before_they_are_read(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "info").mkdir(parents=True)
+    (root / "info" / "files").write_bytes(b"lib/ok.so\n" * (200 << 10))
+    with pytest.raises(pm.PmError, match=r"info/files of the carried package p-1.0-0.tar.bz2 is 2.0 MiB, over the 1"):
+        pm.check_conda_index(pm.Contained(str(root)), "p-1.0-0.tar.bz2", {"lib/ok.so"}, set())
+
+
+def bomb_wheel(files):
+    """A wheel bomb-1.0-py3-none-any.whl of files (name -> bytes) and its dist-info, deflated."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
+        wheel.writestr("bomb-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: bomb\nVersion: 1.0\n")
+        wheel.writestr("bomb-1.0.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        for name, data in files.items():
+            wheel.writestr(name, data)
+        wheel.writestr("bomb-1.0.dist-info/RECORD", "")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"bomb/zeros": b"\0" * (160 << 20)}, "unpacks to more than 64 MiB"),
+    ({"bomb-1.0.dist-info/entry_points.txt": b"[console_scripts]\n" + b"#" * (40 << 20)},
+     "entry_points.txt of the carried wheel bomb-1.0-py3-none-any.whl is over 1 MiB"),
+], ids=["bytes", "entry_points.txt"])
+def test_carried_wheels_are_under_the_caps_of_carried_packages(files, message, pyz, tmp_path):
+    """Carried wheels were outside every cap (a 590 KB bundle wrote 512 MiB) and entry_points.txt was
+    read whole: they are extracted and installed under carried packages' byte and file caps."""
+    wheel = "wheels/bomb-1.0-py3-none-any.whl"
+    data = bomb_wheel(files)
+    assert len(data) < 1 << 20
+    dist = {"name": "bomb", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "index",
+            "software": False, "wheel": wheel}
+    bundle = python_dists_bundle(tmp_path, dist, {wheel: data})
+    code, out, err, peak = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and message in last and "unexpected" not in err, err
+    assert peak < 256, "peak RSS %.0f MiB" % peak
+    assert envs_left(tmp_path) == []
+
+
+def test_noarch_python_sources_are_compiled_with_bounded_memory(pyz, tmp_path):
+    """Without conda, pm's own Python compiled carried noarch: python sources with no bound (a 7 KB bundle
+    took 1.7 GiB): they are compiled in a process of their own with bounded memory, each file under a
+    size limit (the larger ones are named and left to compile on import), and the plain ones still are."""
+    version = subprocess.run([find_python("newest"), "-c", "import sys; print('%d.%d.0' % sys.version_info[:2])"],
+                             stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    python_fn, python_data, python_entry = package("python", [("bin/python", b"#!/bin/sh\n", 0o755)])
+    python_entry["version"] = version
+    fn, data, entry = package("evil", [("site-packages/evil/__init__.py", b"VALUE = 1\n", 0o644),
+                                       ("site-packages/evil/big.py", b"x = [" + b"1," * (1 << 20) + b"]\n", 0o644),
+                                       ("site-packages/evil/huge.py", b"x = [" + b"1," * (3 << 20) + b"]\n", 0o644)],
+                              {"link.json": {"noarch": {"type": "python"}}})
+    entry["noarch"] = "python"
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(python_fn, python_data, python_entry), (fn, data, entry)],
+                            env_yml=b"name: trust\ndependencies:\n  - evil=1.0=0\n")
+    assert os.path.getsize(bundle) < 64 << 10
+    code, out, err, peak = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    assert code == 0, err
+    assert peak < 600, "peak RSS %.0f MiB" % peak
+    assert "1 noarch: python source over 4 MiB left to compile on import" in err and "evil/huge.py" in err, err
+    prefix = read_result(attempt_dirs(str(tmp_path / "store"), "trust")[-1])["env_prefix"]
+    cache = os.path.join(prefix, "lib", "python" + version.rsplit(".", 1)[0], "site-packages", "evil", "__pycache__")
+    assert [n for n in os.listdir(cache) if n.startswith("__init__.")], os.listdir(cache)
+
+
+def test_an_install_is_not_held_up_by_someone_else_locking_output_dir(pyz, tmp_path):
+    """pm locked output_dir itself: anyone who can read it (/opt) could hold that lock, and pm waited
+    forever after its tests passed. The lock is a file of pm's own store."""
+    import fcntl
+    fn, data, entry = package("p", [("share/x", b"x\n", 0o644)])
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+    (tmp_path / "installed").mkdir()
+    holder = os.open(str(tmp_path / "installed"), os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        config = tmp_path / "trust.ini"
+        config.write_text("[trust]\noutput_dir = %s\npackage_managers = conda\ntests = check\n[test_check]\n"
+                          "exec = sh check.sh\n" % (tmp_path / "installed"))
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+        try:
+            proc = run_pm(find_python("newest"), pyz, ["migrate", "trust", str(config), "--bundle", bundle,
+                                                       "--no-conda"], env, timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail("pm waited for a lock on output_dir that another user held")
+    finally:
+        os.close(holder)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "installed" / "trust" / "check.sh").is_file()
+    locks = os.listdir(str(tmp_path / "store" / ".locks"))
+    assert len(locks) == 1 and stat.S_IMODE(os.stat(str(tmp_path / "store" / ".locks" / locks[0])).st_mode) == 0o600
