@@ -4570,13 +4570,19 @@ class CarriedArchive(object):
             data = json.loads(self.info[name].decode("utf-8")) if name in self.info else None
         except (ValueError, UnicodeDecodeError):
             raise PmError("%s of the carried package %s is not JSON" % (name, self.fn), "pack the software again")
-        return data if isinstance(data, dict) or data is None else {}
+        if data is not None and not isinstance(data, dict):
+            raise PmError("%s of the carried package %s is not a JSON object" % (name, self.fn),
+                          "do not use this bundle; pack the software again")
+        return data
 
     def read_placeholders(self):
         """path -> (placeholder, 'text' or 'binary'), from info/paths.json or old info/has_prefix."""
         found = {}
         paths = self.info_json("info/paths.json")
         if paths:
+            if not isinstance(paths.get("paths") or [], list):
+                raise PmError("info/paths.json of the carried package %s: its paths are not a list" % self.fn,
+                              "do not use this bundle; pack the software again")
             for item in paths.get("paths") or []:
                 if isinstance(item, dict) and isinstance(item.get("prefix_placeholder"), str) \
                         and isinstance(item.get("_path"), str):

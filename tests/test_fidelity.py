@@ -26,27 +26,6 @@ exec = python check.py
 """
 
 
-@pytest.fixture(scope="session")
-def pip_base(tmp_path_factory, pyz, real_condas):
-    """The base, built once: its software folder, its wheel mirror, and bundles packed with
-    --with-packages under Python 2.7 and the newest 3.x, and without under 3.x."""
-    work = str(tmp_path_factory.mktemp("pip-base"))
-    python = find_python("3.11")
-    channel = pipbase.python_channel(os.path.join(work, "channel"), python)
-    site = realconda.RealCondaSite(real_condas["25.11.1"], os.path.join(work, "conda"), [channel])
-    software = pipbase.build_base(work, site, python)
-    bundles, outputs = {}, {}
-    for label, interpreter, extra in (("carried-2.7", "2.7", ["--with-packages"]),
-                                      ("carried-3", "newest", ["--with-packages"]), ("plain-3", "newest", [])):
-        bundles[label] = os.path.join(work, label + ".zip")
-        proc = run_pm(find_python(interpreter), pyz, ["pack", "-d", software, "-e", "pipsim-env", "-o", bundles[label],
-                                                      "--yes"] + extra, site.env(), timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        outputs[label] = proc.stderr
-    return {"work": work, "software": software, "index": os.path.join(work, "index"), "bundles": bundles,
-            "pack_output": outputs, "prefix": site.prefix("pipsim-env")}
-
-
 def dists_of(bundle):
     with zipfile.ZipFile(bundle) as archive:
         return dict((d["name"], d) for d in json.loads(archive.read("python-dists.json").decode())["dists"]), \
