@@ -5125,7 +5125,7 @@ def check_dist_paths(dist, where):
                       "do not use this bundle; pack the software again")
     for root in roots or []:
         parts = root.split("/") if isinstance(root, str) else [".."]
-        if not root or root.startswith("/") or ".." in parts or len(root) > 1000 or re.search(CONTROL_OR_NEWLINE, root):
+        if not isinstance(root, str) or not root or root.startswith("/") or ".." in parts or len(root) > 1000 or re.search(CONTROL_OR_NEWLINE, root):
             raise PmError("%s gives %s the import root %r, which is not a plain relative path inside its tree" % (
                 where, dist["name"], root if not isinstance(root, str) else root[:100]),
                 "do not use this bundle; pack the software again")

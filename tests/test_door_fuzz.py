@@ -28,7 +28,7 @@ import wheels
 from conftest import find_python, rewrite_bundle, run_pm
 from servers import Server
 
-SEED = 20261206
+SEED = int(os.environ.get("PM_FUZZ_SEED", 20261206))  # another seed explores other cases
 CASES = {"unpack": int(os.environ.get("PM_FUZZ_UNPACK", 2640)), "server": 240, "linker": 120, "pip": 8, "conda": 6}
 
 
