@@ -1629,6 +1629,252 @@ def carry_wheels(writer, prefix, dists, progress_label="carrying what pip instal
     progress.done()
 
 
+# -- What the binaries need ------------------------------------------------------
+# The ELF reader (struct only, every read bounds-checked against the file, a bounded number of
+# entries): the glibc and libstdc++ versions a binary needs (.gnu.version_r), the versions a library
+# defines (.gnu.version_d) and the x86-64 ISA level of its GNU property note. pack records per package
+# (and for the software tree and the carried wheels) the highest needs with the file that needs them;
+# the target compares them with what it has before anything is written (pm's preflight).
+
+ELF_MAX_SECTIONS = 32768  # more section headers than any library has: the file is not read
+ELF_MAX_ENTRIES = 65536  # version entries (needed and defined) read at most per file
+ELF_MAX_TABLE = 64 << 20  # a string table or version section larger than this is not read
+SHT_NOTE, SHT_GNU_VERDEF, SHT_GNU_VERNEED = 7, 0x6ffffffd, 0x6ffffffe
+GNU_PROPERTY_X86_ISA_1_NEEDED = 0xc0008002
+EM_X86_64 = 62
+
+
+class ElfBroken(Exception):
+    """Raised inside the reader only: the file is read as 'not ELF'."""
+
+
+def elf_read(handle, size):
+    """What the ELF file open in handle (seek/read, size bytes) needs and defines: {'needs': {library:
+    [version names]}, 'defines': [version names], 'isa': 0 or the x86-64 level 1-4, 'machine': e_machine};
+    None when it is not ELF or cannot be read as ELF (nothing beyond size is read, and no exception)."""
+    import struct
+    try:
+        return elf_parse(handle, size)
+    except (ElfBroken, struct.error, IOError, OSError, ValueError, OverflowError, MemoryError):
+        return None
+
+
+def elf_parse(handle, size):
+    import struct
+
+    def at(offset, length):
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ElfBroken()
+        handle.seek(offset)
+        data = handle.read(length)
+        if len(data) != length:
+            raise ElfBroken()
+        return data
+
+    if size < 64:
+        return None
+    ident = bytearray(at(0, 16))
+    if bytes(ident[:4]) != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        return None
+    wide, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
+    header = struct.unpack(order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"), at(16, 48 if wide else 36))
+    machine, shoff, shentsize, shnum = header[1], header[5], header[10], header[11]
+    section_format = order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII")
+    entry_size = struct.calcsize(section_format)
+    if not shoff:
+        return {"needs": {}, "defines": [], "isa": 0, "machine": machine}
+    if shentsize < entry_size:
+        raise ElfBroken()
+    if shnum == 0:  # more sections than the header holds: section 0's size says how many
+        shnum = struct.unpack(section_format, at(shoff, entry_size))[5]
+    if shnum > ELF_MAX_SECTIONS:
+        raise ElfBroken()
+    table = at(shoff, shnum * shentsize)
+    sections = [struct.unpack(section_format, table[i * shentsize:i * shentsize + entry_size]) for i in range(shnum)]
+    # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+    strings = {}
+    counted = [0]
+
+    def section_bytes(index):
+        if index >= len(sections) or sections[index][5] > ELF_MAX_TABLE:
+            raise ElfBroken()
+        return at(sections[index][4], sections[index][5])
+
+    def name_in(link, offset):
+        if link not in strings:
+            strings[link] = section_bytes(link)
+        data = strings[link]
+        end = data.find(b"\0", offset)
+        if offset >= len(data) or end < 0:
+            raise ElfBroken()
+        return data[offset:end].decode("ascii", "replace")
+
+    def count():
+        counted[0] += 1
+        if counted[0] > ELF_MAX_ENTRIES:
+            raise ElfBroken()
+
+    def chain(data, first, number, fmt, next_field):
+        """The entries of a vn_next/vna_next-style chain: at most number (or the bound), ending at 0."""
+        pos, length = first, struct.calcsize(fmt)
+        for _ in range(number if number else ELF_MAX_ENTRIES):
+            count()
+            if pos < 0 or pos + length > len(data):
+                raise ElfBroken()
+            entry = struct.unpack(order + fmt, data[pos:pos + length])
+            yield pos, entry
+            if not entry[next_field]:
+                return
+            pos += entry[next_field]
+
+    needs, defines, isa = {}, [], 0
+    for _, kind, _, _, offset, length, link, info, align, _ in sections:
+        if kind == SHT_GNU_VERNEED:
+            if length > ELF_MAX_TABLE:
+                raise ElfBroken()
+            data = at(offset, length)
+            for pos, need in chain(data, 0, info, "HHIII", 4):  # vn_version, vn_cnt, vn_file, vn_aux, vn_next
+                names = needs.setdefault(name_in(link, need[2]), [])
+                if need[1]:
+                    for _, aux in chain(data, pos + need[3], need[1], "IHHII", 4):  # hash, flags, other, name, next
+                        names.append(name_in(link, aux[3]))
+        elif kind == SHT_GNU_VERDEF:
+            if length > ELF_MAX_TABLE:
+                raise ElfBroken()
+            data = at(offset, length)
+            for pos, define in chain(data, 0, info, "HHHHIII", 6):  # version, flags, ndx, cnt, hash, aux, next
+                if define[3]:
+                    for _, aux in chain(data, pos + define[5], 1, "II", 1):  # the first verdaux names it
+                        defines.append(name_in(link, aux[0]))
+        elif kind == SHT_NOTE and machine == EM_X86_64 and 0 < length <= 1 << 16:
+            isa = max(isa, note_isa_level(at(offset, length), order, 8 if align == 8 else 4, wide))
+    return {"needs": needs, "defines": defines, "isa": isa, "machine": machine}
+
+
+def note_isa_level(data, order, align, wide):
+    """The x86-64 ISA level (1 baseline .. 4 for v4) a GNU property note says is needed, else 0."""
+    import struct
+    pos, level = 0, 0
+    for _ in range(256):
+        if pos + 12 > len(data):
+            break
+        namesz, descsz, kind = struct.unpack(order + "III", data[pos:pos + 12])
+        name_end = pos + 12 + namesz
+        desc = name_end + (-name_end % align)  # padded to the note's alignment from the section's start
+        end = desc + descsz
+        if end > len(data):
+            break
+        if kind == 5 and data[pos + 12:name_end] == b"GNU\0":  # NT_GNU_PROPERTY_TYPE_0
+            prop = desc
+            for _ in range(256):
+                if prop + 8 > end:
+                    break
+                pr_type, pr_size = struct.unpack(order + "II", data[prop:prop + 8])
+                if pr_type == GNU_PROPERTY_X86_ISA_1_NEEDED and pr_size >= 4 and prop + 12 <= end:
+                    bits = struct.unpack(order + "I", data[prop + 8:prop + 12])[0] & 0xf
+                    level = max([level] + [n + 1 for n in range(4) if bits >> n & 1])
+                prop += 8 + pr_size + (-pr_size % (8 if wide else 4))
+        pos = end + (-end % align)
+    return level
+
+
+ELF_MAX_READ = 1 << 30  # a member of a zip or tar is read into memory to be parsed up to this size
+
+
+def version_key(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+def highest_version(names, prefix):
+    """The highest PREFIX_x.y[.z] among version names ('2.34' for GLIBC), else None."""
+    best = None
+    for name in names:
+        rest = name[len(prefix) + 1:] if name.startswith(prefix + "_") else ""
+        if re.match(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$", rest) and (best is None or version_key(rest) > version_key(best)):
+            best = rest
+    return best
+
+
+def elf_file(path):
+    """elf_read of a file on disk (None for links, other kinds and what is not ELF)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        with open(path, "rb") as handle:
+            return elf_read(handle, os.fstat(handle.fileno()).st_size)
+    except (IOError, OSError):
+        return None
+
+
+def elf_stream(stream, size):
+    """elf_read of a stream that cannot seek (a zip or tar member): the first bytes say whether it is
+    ELF; only then is it read, up to ELF_MAX_READ."""
+    import io
+    head = stream.read(4)
+    if head != b"\x7fELF" or size > ELF_MAX_READ:
+        return None
+    return elf_read(io.BytesIO(head + stream.read(size - 4)), size)
+
+
+class BinaryNeeds(object):
+    """What the ELF files of one package (or the software, or a wheel) need at most, each need with the
+    file that needs it: the manifest's 'binaries' rows."""
+
+    def __init__(self, kind, name, version=""):
+        self.kind, self.name, self.version = kind, name, version
+        self.files = 0
+        self.needs = {}  # 'glibc', 'glibcxx', 'isa' -> (value, file)
+        self.glibcxx_defined = None  # the highest GLIBCXX version a libstdc++ among the files defines
+
+    def add(self, rel, found):
+        if not found:
+            return
+        self.files += 1
+        names = [n for names in found["needs"].values() for n in names]
+        for key, prefix in (("glibc", "GLIBC"), ("glibcxx", "GLIBCXX")):
+            version = highest_version(names, prefix)
+            if version and (key not in self.needs or version_key(version) > version_key(self.needs[key][0])):
+                self.needs[key] = (version, rel)
+        if found["isa"] > 1 and found["isa"] > self.needs.get("isa", (1, ""))[0]:
+            self.needs["isa"] = (found["isa"], rel)
+        defined = highest_version(found["defines"], "GLIBCXX")
+        if defined and (not self.glibcxx_defined or version_key(defined) > version_key(self.glibcxx_defined)):
+            self.glibcxx_defined = defined
+
+    def add_folder(self, folder, members=None):
+        for rel, path in members if members is not None else folder_files(folder):
+            self.add(rel, elf_file(path))
+        return self
+
+    def add_zip(self, path):
+        import zipfile
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist()[:1 << 20]:
+                if info.file_size >= 64 and stat.S_IFMT(info.external_attr >> 16) in (0, stat.S_IFREG):
+                    with archive.open(info) as stream:
+                        self.add(info.filename, elf_stream(stream, info.file_size))
+        return self
+
+    def to_json(self):
+        row = {"kind": self.kind, "name": self.name, "version": self.version, "elf_files": self.files}
+        for key, (value, rel) in self.needs.items():
+            row[key], row[key + "_file"] = value, rel
+        if self.glibcxx_defined:
+            row["glibcxx_defined"] = self.glibcxx_defined
+        return row
+
+
+def folder_files(folder, patterns=()):
+    """(rel, path) of the regular files under folder (links are not followed)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not excluded(d, patterns)]
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            if not excluded(rel, patterns):
+                yield rel, path
+
+
 # -- Sending --------------------------------------------------------------
 
 
