@@ -117,7 +117,6 @@ def test_a_truncated_or_scrambled_elf_file_is_not_elf_and_raises_nothing():
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
-import shutil  # noqa: E402
 
 import channels  # noqa: E402
 import realconda  # noqa: E402
