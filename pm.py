@@ -864,7 +864,7 @@ def file_digest(path):
 # A bundle is one zip: manifest.json (last), env.yml, env-history.yml, conda-list.json, min-deps.json,
 # python-dists.json, software/<dir>/..., and with --with-packages channel/<subdir>/... and wheels/...; the manifest holds these fields, with the sha256 and size of every member.
 MANIFEST_FIELDS = ("format", "name", "created", "probe_version", "source", "env", "software",
-                   "minimal", "requested_specs", "packages", "members")
+                   "minimal", "requested_specs", "packages", "members", "binaries")
 
 
 def make_manifest(name, members, software, **fields):
@@ -1212,15 +1212,18 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
         progress = writer.add_software(software_dir, patterns, skip_unreadable)
         software = {"dir": arc_text(os.path.basename(os.path.abspath(software_dir))), "files": progress.files,
                     "bytes": progress.size}
-        packages = carry_packages(writer, plan, captured["info"].get("platform") or "noarch", level) if plan else None
+        packages, binaries = carry_packages(writer, plan, captured["info"].get("platform") or "noarch", level) \
+            if plan else (None, [])
         if plan:
-            carry_wheels(writer, captured["prefix"], captured["dists"])
+            binaries += carry_wheels(writer, captured["prefix"], captured["dists"])
+        binaries.append(BinaryNeeds("software", name).add_folder(software_dir, folder_files(software_dir, patterns)))
         writer.add_bytes("python-dists.json", to_json_bytes({"dists": captured["dists"]}))
         writer.finish(make_manifest(
             name, None, software, source=source_platform(captured["info"]),
             env={"name": os.path.basename(captured["prefix"]), "prefix": captured["prefix"],
                  "packages": len(captured["records"])},
-            minimal=captured["minimal"], requested_specs=sorted(captured["requested"].values()), packages=packages))
+            minimal=captured["minimal"], requested_specs=sorted(captured["requested"].values()), packages=packages,
+            binaries={"rows": [b.to_json() for b in binaries if b.files]}))
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, (IOError, OSError)):
@@ -1429,18 +1432,20 @@ def in_threads(func, items, workers):
 def carry_packages(writer, plan, platform, level=PACK_LEVEL):
     """Write the packages into the bundle under channel/<subdir>/ with each subdir's repodata.json
     (and .bz2, which conda 4.3 reads); return the manifest's 'packages' field. Unpacked packages are
-    zipped beside the bundle by a few threads while the finished ones go in, in order."""
+    zipped beside the bundle by a few threads while the finished ones go in, in order. Returns that
+    field and the BinaryNeeds of each package carried (what its ELF files need)."""
     import bz2
     import shutil
     import tempfile
     indexes = {"noarch": {}, platform: {}}
-    carried = []
+    carried, binaries = [], []
     total = sum(os.path.getsize(p.source) for p in plan if p.kind == "archive")
     progress = Progress("carrying %d packages" % len(plan), None if any(p.kind != "archive" for p in plan) else total)
     scratch = tempfile.mkdtemp(prefix=".pm-packages-", dir=os.path.dirname(os.path.abspath(writer.temp)))
 
     def prepare(package):
         out = os.path.join(scratch, package.dist + ".zip")
+        package.binaries = package_binaries(package)
         if package.kind == "unpacked":
             return zip_package(package.source, out, level)
         return rebuild_tarball(package.source, out[:-4] + ".tar.bz2") if package.kind == "rebuild" else package.source
@@ -1454,6 +1459,7 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
             key = "packages.conda" if package.fn.endswith(".conda") else "packages"
             indexes.setdefault(package.subdir, {}).setdefault(key, {})[package.fn] = repodata_entry(
                 package, None if package.kind == "unpacked" else package.sums or archive_sums(source))
+            binaries.append(package.binaries)
             carried.append({"file": arcname, "name": package.record["name"], "version": package.record["version"],
                             "build": package.record.get("build", ""), "rebuilt": package.kind == "rebuild",
                             "form": "unpacked" if package.kind == "unpacked" else "archive"})
@@ -1470,7 +1476,22 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
         writer.add_bytes("channel/%s/repodata.json.bz2" % subdir, bz2.compress(repodata))
     return {"platform": platform, "carried": carried,
             "missing": [{"name": p.record["name"], "version": p.record["version"], "build": p.record.get("build", ""),
-                         "why": p.why} for p in plan if p.kind == "missing"]}
+                         "why": p.why} for p in plan if p.kind == "missing"]}, binaries
+
+
+def package_binaries(package):
+    """The BinaryNeeds of a carried package: its extracted copy's files, or its .tar.bz2's members
+    (a .conda archive is not read: zstd)."""
+    import tarfile
+    needs = BinaryNeeds("conda", package.record["name"], package.record["version"])
+    if package.kind in ("unpacked", "rebuild"):
+        return needs.add_folder(package.source, package_members(package.source))
+    if package.source.endswith(".tar.bz2"):
+        with tarfile.open(package.source, "r:bz2") as tar:
+            for member in tar:
+                if member.isfile() and member.size >= 64:
+                    needs.add(member.name, elf_stream(tar.extractfile(member), member.size))
+    return needs
 
 
 def check_package_plan(plan, allow_missing):
@@ -1608,15 +1629,16 @@ def rebuild_wheel(prefix, dist, folder):
 
 def carry_wheels(writer, prefix, dists, progress_label="carrying what pip installed"):
     """Rebuild and add the wheel of every distribution pip installed; mark each dist with its
-    wheel (bundle member) or why it is not carried."""
+    wheel (bundle member) or why it is not carried. Returns the BinaryNeeds of the wheels."""
     import shutil
     import tempfile
     carry, left = carried_wheel_plan(dists)
     for dist, why in left:
         dist["not_carried"] = why
         say("warning: %s %s is not carried (%s)" % (dist["name"], dist["version"], why))
+    binaries = []
     if not carry:
-        return
+        return binaries
     progress = Progress("%s: %d wheels" % (progress_label, len(carry)))
     scratch = tempfile.mkdtemp(prefix="pm-wheels-")
     try:
@@ -1627,10 +1649,259 @@ def carry_wheels(writer, prefix, dists, progress_label="carrying what pip instal
             arcname = "wheels/" + os.path.basename(path)
             writer.add_file(path, arcname, progress)
             dist["wheel"] = arcname
+            binaries.append(BinaryNeeds("wheel", dist["name"], dist["version"]).add_zip(path))
             os.remove(path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     progress.done()
+    return binaries
+
+
+# -- What the binaries need ------------------------------------------------------
+# The ELF reader (struct only, every read bounds-checked against the file, a bounded number of
+# entries): the glibc and libstdc++ versions a binary needs (.gnu.version_r), the versions a library
+# defines (.gnu.version_d) and the x86-64 ISA level of its GNU property note. pack records per package
+# (and for the software tree and the carried wheels) the highest needs with the file that needs them;
+# the target compares them with what it has before anything is written (pm's preflight).
+
+ELF_MAX_SECTIONS = 32768  # more section headers than any library has: the file is not read
+ELF_MAX_ENTRIES = 65536  # version entries (needed and defined) read at most per file
+ELF_MAX_TABLE = 64 << 20  # a string table or version section larger than this is not read
+SHT_NOTE, SHT_GNU_VERDEF, SHT_GNU_VERNEED = 7, 0x6ffffffd, 0x6ffffffe
+GNU_PROPERTY_X86_ISA_1_NEEDED = 0xc0008002
+EM_X86_64 = 62
+
+
+class ElfBroken(Exception):
+    """Raised inside the reader only: the file is read as 'not ELF'."""
+
+
+def elf_read(handle, size):
+    """What the ELF file open in handle (seek/read, size bytes) needs and defines: {'needs': {library:
+    [version names]}, 'defines': [version names], 'isa': 0 or the x86-64 level 1-4, 'machine': e_machine};
+    None when it is not ELF or cannot be read as ELF (nothing beyond size is read, and no exception)."""
+    import struct
+    try:
+        return elf_parse(handle, size)
+    except (ElfBroken, struct.error, IOError, OSError, ValueError, OverflowError, MemoryError):
+        return None
+
+
+def elf_parse(handle, size):
+    import struct
+
+    def at(offset, length):
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ElfBroken()
+        handle.seek(offset)
+        data = handle.read(length)
+        if len(data) != length:
+            raise ElfBroken()
+        return data
+
+    if size < 64:
+        return None
+    ident = bytearray(at(0, 16))
+    if bytes(ident[:4]) != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        return None
+    wide, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
+    header = struct.unpack(order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"), at(16, 48 if wide else 36))
+    machine, shoff, shentsize, shnum = header[1], header[5], header[10], header[11]
+    section_format = order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII")
+    entry_size = struct.calcsize(section_format)
+    if not shoff:
+        return {"needs": {}, "defines": [], "isa": 0, "machine": machine}
+    if shentsize < entry_size:
+        raise ElfBroken()
+    if shnum == 0:  # more sections than the header holds: section 0's size says how many
+        shnum = struct.unpack(section_format, at(shoff, entry_size))[5]
+    if shnum > ELF_MAX_SECTIONS:
+        raise ElfBroken()
+    table = at(shoff, shnum * shentsize)
+    sections = [struct.unpack(section_format, table[i * shentsize:i * shentsize + entry_size]) for i in range(shnum)]
+    # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+    strings = {}
+    counted = [0]
+
+    def section_bytes(index):
+        if index >= len(sections) or sections[index][5] > ELF_MAX_TABLE:
+            raise ElfBroken()
+        return at(sections[index][4], sections[index][5])
+
+    def name_in(link, offset):
+        if link not in strings:
+            strings[link] = section_bytes(link)
+        data = strings[link]
+        end = data.find(b"\0", offset)
+        if offset >= len(data) or end < 0:
+            raise ElfBroken()
+        return data[offset:end].decode("ascii", "replace")
+
+    def count():
+        counted[0] += 1
+        if counted[0] > ELF_MAX_ENTRIES:
+            raise ElfBroken()
+
+    def chain(data, first, number, fmt, next_field):
+        """The entries of a vn_next/vna_next-style chain: at most number (or the bound), ending at 0."""
+        pos, length = first, struct.calcsize(fmt)
+        for _ in range(number if number else ELF_MAX_ENTRIES):
+            count()
+            if pos < 0 or pos + length > len(data):
+                raise ElfBroken()
+            entry = struct.unpack(order + fmt, data[pos:pos + length])
+            yield pos, entry
+            if not entry[next_field]:
+                return
+            pos += entry[next_field]
+
+    needs, defines, isa = {}, [], 0
+    for _, kind, _, _, offset, length, link, info, align, _ in sections:
+        if kind == SHT_GNU_VERNEED:
+            if length > ELF_MAX_TABLE:
+                raise ElfBroken()
+            data = at(offset, length)
+            for pos, need in chain(data, 0, info, "HHIII", 4):  # vn_version, vn_cnt, vn_file, vn_aux, vn_next
+                names = needs.setdefault(name_in(link, need[2]), [])
+                if need[1]:
+                    for _, aux in chain(data, pos + need[3], need[1], "IHHII", 4):  # hash, flags, other, name, next
+                        names.append(name_in(link, aux[3]))
+        elif kind == SHT_GNU_VERDEF:
+            if length > ELF_MAX_TABLE:
+                raise ElfBroken()
+            data = at(offset, length)
+            for pos, define in chain(data, 0, info, "HHHHIII", 6):  # version, flags, ndx, cnt, hash, aux, next
+                if define[3]:
+                    for _, aux in chain(data, pos + define[5], 1, "II", 1):  # the first verdaux names it
+                        defines.append(name_in(link, aux[0]))
+        elif kind == SHT_NOTE and machine == EM_X86_64 and 0 < length <= 1 << 16:
+            isa = max(isa, note_isa_level(at(offset, length), order, 8 if align == 8 else 4, wide))
+    return {"needs": needs, "defines": defines, "isa": isa, "machine": machine}
+
+
+def note_isa_level(data, order, align, wide):
+    """The x86-64 ISA level (1 baseline .. 4 for v4) a GNU property note says is needed, else 0."""
+    import struct
+    pos, level = 0, 0
+    for _ in range(256):
+        if pos + 12 > len(data):
+            break
+        namesz, descsz, kind = struct.unpack(order + "III", data[pos:pos + 12])
+        name_end = pos + 12 + namesz
+        desc = name_end + (-name_end % align)  # padded to the note's alignment from the section's start
+        end = desc + descsz
+        if end > len(data):
+            break
+        if kind == 5 and data[pos + 12:name_end] == b"GNU\0":  # NT_GNU_PROPERTY_TYPE_0
+            prop = desc
+            for _ in range(256):
+                if prop + 8 > end:
+                    break
+                pr_type, pr_size = struct.unpack(order + "II", data[prop:prop + 8])
+                if pr_type == GNU_PROPERTY_X86_ISA_1_NEEDED and pr_size >= 4 and prop + 12 <= end:
+                    bits = struct.unpack(order + "I", data[prop + 8:prop + 12])[0] & 0xf
+                    level = max([level] + [n + 1 for n in range(4) if bits >> n & 1])
+                prop += 8 + pr_size + (-pr_size % (8 if wide else 4))
+        pos = end + (-end % align)
+    return level
+
+
+ELF_MAX_READ = 1 << 30  # a member of a zip or tar is read into memory to be parsed up to this size
+
+
+def version_key(text):
+    return tuple(int(part) for part in text.split("."))
+
+
+def highest_version(names, prefix):
+    """The highest PREFIX_x.y[.z] among version names ('2.34' for GLIBC), else None."""
+    best = None
+    for name in names:
+        rest = name[len(prefix) + 1:] if name.startswith(prefix + "_") else ""
+        if re.match(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$", rest) and (best is None or version_key(rest) > version_key(best)):
+            best = rest
+    return best
+
+
+def elf_file(path):
+    """elf_read of a file on disk (None for links, other kinds and what is not ELF)."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        with open(path, "rb") as handle:
+            return elf_read(handle, os.fstat(handle.fileno()).st_size)
+    except (IOError, OSError):
+        return None
+
+
+def elf_stream(stream, size):
+    """elf_read of a stream that cannot seek (a zip or tar member): the first bytes say whether it is
+    ELF; only then is it read, up to ELF_MAX_READ."""
+    import io
+    head = stream.read(4)
+    if head != b"\x7fELF" or size > ELF_MAX_READ:
+        return None
+    data = head + stream.read(size - 4)
+    return elf_read(io.BytesIO(data), len(data))
+
+
+class BinaryNeeds(object):
+    """What the ELF files of one package (or the software, or a wheel) need at most, each need with the
+    file that needs it: the manifest's 'binaries' rows."""
+
+    def __init__(self, kind, name, version=""):
+        self.kind, self.name, self.version = kind, name, version
+        self.files = 0
+        self.needs = {}  # 'glibc', 'glibcxx', 'isa' -> (value, file)
+        self.glibcxx_defined = None  # the highest GLIBCXX version a libstdc++ among the files defines
+
+    def add(self, rel, found):
+        if not found:
+            return
+        self.files += 1
+        names = [n for names in found["needs"].values() for n in names]
+        for key, prefix in (("glibc", "GLIBC"), ("glibcxx", "GLIBCXX")):
+            version = highest_version(names, prefix)
+            if version and (key not in self.needs or version_key(version) > version_key(self.needs[key][0])):
+                self.needs[key] = (version, rel)
+        if found["isa"] > 1 and found["isa"] > self.needs.get("isa", (1, ""))[0]:
+            self.needs["isa"] = (found["isa"], rel)
+        defined = highest_version(found["defines"], "GLIBCXX")
+        if defined and (not self.glibcxx_defined or version_key(defined) > version_key(self.glibcxx_defined)):
+            self.glibcxx_defined = defined
+
+    def add_folder(self, folder, members=None):
+        for rel, path in members if members is not None else folder_files(folder):
+            self.add(rel, elf_file(path))
+        return self
+
+    def add_zip(self, path):
+        import zipfile
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist()[:1 << 20]:
+                if info.file_size >= 64 and stat.S_IFMT(info.external_attr >> 16) in (0, stat.S_IFREG):
+                    with archive.open(info) as stream:
+                        self.add(info.filename, elf_stream(stream, info.file_size))
+        return self
+
+    def to_json(self):
+        row = {"kind": self.kind, "name": self.name, "version": self.version, "elf_files": self.files}
+        for key, (value, rel) in self.needs.items():
+            row[key], row[key + "_file"] = value, rel
+        if self.glibcxx_defined:
+            row["glibcxx_defined"] = self.glibcxx_defined
+        return row
+
+
+def folder_files(folder, patterns=()):
+    """(rel, path) of the regular files under folder (links are not followed)."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not excluded(d, patterns)]
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder).replace(os.sep, "/")
+            if not excluded(rel, patterns):
+                yield rel, path
 
 
 # -- Sending --------------------------------------------------------------
@@ -3647,6 +3918,8 @@ class MigrateOptions(object):
         self.yes = yes
         self.answers = dict(answers or {})  # requirement -> Choice, from --answers
         self.pck_mgr_configs = list(pck_mgr_configs)
+        self.force_preflight = False  # --force-preflight: go on when this machine cannot run the binaries
+        self.preflight = None  # the problems the preflight found (None: the bundle has no record of its binaries)
 
 
 # status -> (terminal colour, colour on the report page): the one colour table
@@ -3714,6 +3987,9 @@ def migrate(store, name, config, bundle, options):
         say("note: " + note)
     attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here,
                  source=bundle.manifest.source)
+    if options.preflight is not None:
+        attempt.save(preflight={"problems": options.preflight, "forced": bool(options.preflight),
+                                "checked": "the binaries pack recorded"})
     try:
         try:
             return recreate_test_install(attempt, config, bundle, options)
@@ -3739,6 +4015,7 @@ def migrate(store, name, config, bundle, options):
     finally:
         for handle in attempt.holds:
             os.close(handle)
+        write_sbom(bundle, attempt)
         write_report_html(store, name, attempt)
 
 
@@ -3787,7 +4064,8 @@ def recreate_test_install(attempt, config, bundle, options):
         attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
         env_name = options.env_name or attempt.name
         hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
-        channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts)
+        channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
+                                  options.force_preflight)
         conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
         try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
             level, prefix = create_conda_env(attempt, conda, env_name, conda_part, min_deps, options.force, channel)
@@ -4027,7 +4305,7 @@ class CarriedChannel(object):
         self.environ = dict(os.environ, CONDA_PKGS_DIRS=self.pkgs)
 
 
-def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False):
+def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False, force_preflight=False):
     """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
     (a note says why); a .conda archive that this conda cannot read stops before anything is made.
     Unpacked packages and .tar.bz2 archives are extracted by pm into the cache conda links from,
@@ -4059,6 +4337,9 @@ def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False)
             extract_into_cache(unpacked, channel, max_ratio, allow_scripts)
             attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
                                                                             time.time() - started))
+            if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before conda links them
+                check_carried_files(attempt, [PROBE.BinaryNeeds("conda", a.entry["name"], a.entry["version"]).add_folder(
+                    os.path.join(channel.pkgs, a.dist)) for a in unpacked], force_preflight)
     except BaseException:
         shutil.rmtree(channel.folder, ignore_errors=True)
         raise
@@ -4337,7 +4618,8 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
                                                                                       attempt)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
-    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio)
+    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio,
+                          options.force_preflight)
     attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
     return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
 
@@ -4902,7 +5184,8 @@ def link_environment(archives, prefix, max_ratio=None):
     return writer, site, files
 
 
-def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None, max_ratio=None):
+def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None, max_ratio=None,
+                          force_preflight=False):
     """Create the environment at prefix from the bundle's carried packages, with no conda: each archive
     linked in one streamed pass by the containment writer, a few at once, as conda links them; then
     entry points, post-link scripts (only with --allow-scripts) and conda-meta. The prefix is marked
@@ -4911,6 +5194,8 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
     channel_dir = bundle.extract_channel(os.path.join(attempt.path, "channel"))
     try:
         archives = install_order(carried_archives(channel_dir))
+        if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before any is linked
+            check_carried_files(attempt, [archive_binaries(a) for a in archives], force_preflight)
         if os.path.lexists(prefix):
             raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
         os.makedirs(os.path.join(prefix, "conda-meta"))
@@ -6192,6 +6477,345 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
     return rows, environ
 
 
+# == Preflight ================================================================
+# Before anything is written: can this machine run the bundle's binaries? pack recorded, per package
+# (and for the software tree and the carried wheels), the highest GLIBC and GLIBCXX version its ELF
+# files need and the x86-64 ISA level they are built for (the probe's ELF reader, BinaryNeeds); here
+# they are compared with this machine's glibc, the libstdc++ the environment gets (the bundle's own
+# when it carries one, else the system's) and the processor's flags. A bundle without that record
+# (older ones) has its carried files read the same way once they are unpacked, before they are linked.
+
+# x86-64 micro-architecture levels: the /proc/cpuinfo flags each adds (psABI; 'pni' is SSE3, 'abm' LZCNT)
+ISA_FLAGS = ((2, ("cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3")),
+             (3, ("avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave")),
+             (4, ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl")))
+LIBSTDCXX_PACKAGES = ("libstdcxx-ng", "libstdcxx")
+
+
+def cpu_isa_level(cpuinfo="/proc/cpuinfo"):
+    """(level 1-4, the flags the next level lacks) of this x86-64 processor; (None, []) elsewhere."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return None, []
+    try:
+        with open(cpuinfo) as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        return None, []
+    level = 1
+    for number, needed in ISA_FLAGS:
+        lacking = [flag for flag in needed if flag not in flags]
+        if lacking:
+            return level, lacking
+        level = number
+    return level, []
+
+
+def system_libstdcxx():
+    """The path of the system's libstdc++.so.6: ldconfig's cache (as ctypes.util.find_library reads it),
+    else the usual folders; None when there is none."""
+    import glob
+    import subprocess
+    for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", PROBE.which("ldconfig")):
+        if ldconfig and os.path.isfile(ldconfig):
+            try:
+                listing = subprocess.run([ldconfig, "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         universal_newlines=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError):
+                continue
+            found = sorted(("64" not in name, path) for name, _, path in (
+                line.strip().partition(" => ") for line in listing.splitlines())
+                if name.startswith("libstdc++.so.6 ") and os.path.isfile(path))  # 64-bit first
+            if found:
+                return found[0][1]
+            break
+    for pattern in ("/lib64/libstdc++.so.6", "/usr/lib64/libstdc++.so.6", "/usr/lib/*-linux-gnu*/libstdc++.so.6",
+                    "/lib/*-linux-gnu*/libstdc++.so.6", "/usr/lib/libstdc++.so.6"):
+        for path in sorted(glob.glob(pattern)):
+            return path
+    return None
+
+
+class ThisMachine(object):
+    """What this machine offers the bundle's binaries: its glibc, the libstdc++ they get, its ISA level."""
+
+    def __init__(self, glibc, libstdcxx, libstdcxx_where, isa, isa_lacking):
+        self.glibc, self.libstdcxx, self.libstdcxx_where = glibc, libstdcxx, libstdcxx_where
+        self.isa, self.isa_lacking = isa, isa_lacking
+
+    @classmethod
+    def for_rows(cls, rows, listed_names=()):
+        """This machine for the given BinaryNeeds rows: the libstdc++ a carried package defines, else (when
+        the environment lists no libstdc++ package of its own) the system's."""
+        text = PROBE.libc_version()
+        glibc = text.split()[-1] if text.startswith("glibc ") else None
+        carried = [(PROBE.version_key(r["glibcxx_defined"]), r) for r in rows if r.get("glibcxx_defined")]
+        if carried:
+            version, row = max(carried, key=lambda item: item[0])
+            libstdcxx, where = row["glibcxx_defined"], "the bundle's %s %s" % (row["name"], row.get("version", ""))
+        elif set(listed_names) & set(LIBSTDCXX_PACKAGES):
+            libstdcxx, where = None, "the environment's own, from its channel"
+        else:
+            path = system_libstdcxx()
+            found = PROBE.elf_file(os.path.realpath(path)) if path else None
+            libstdcxx = PROBE.highest_version(found["defines"], "GLIBCXX") if found else None
+            where = "this machine's %s" % path if path else "none found on this machine"
+        isa, lacking = cpu_isa_level()
+        return cls(glibc, libstdcxx, where, isa, lacking)
+
+    def describe(self):
+        return "glibc %s; libstdc++ %s (%s); processor %s" % (
+            self.glibc or "unknown", "up to GLIBCXX_%s" % self.libstdcxx if self.libstdcxx else "not checked",
+            self.libstdcxx_where, "x86-64-v%d" % self.isa if self.isa else "not x86-64")
+
+
+def binaries_rows(value):
+    """The manifest's 'binaries' rows that are well formed (what a bundle says is checked before use)."""
+    rows = (value or {}).get("rows") if isinstance(value, dict) else None
+    good = []
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            continue
+        clean = {"kind": str(row.get("kind"))[:20], "name": row["name"][:200], "version": str(row.get("version", ""))[:100]}
+        for key in ("glibc", "glibcxx", "glibcxx_defined"):
+            if isinstance(row.get(key), str) and re.match(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$", row[key]):
+                clean[key], clean[key + "_file"] = row[key], str(row.get(key + "_file", ""))[:300]
+        if isinstance(row.get("isa"), int) and 1 < row["isa"] <= 4:
+            clean["isa"], clean["isa_file"] = row["isa"], str(row.get("isa_file", ""))[:300]
+        good.append(clean)
+    return good
+
+
+def preflight_problems(rows, here):
+    """One line per binary this machine cannot run (the one that needs the most in each package)."""
+    problems = []
+    for row in rows:
+        where = {"conda": "in package %s", "wheel": "in the wheel %s", "software": "in the software %s"}.get(
+            row["kind"], "in %s") % row["name"]
+        if row.get("glibc") and here.glibc and PROBE.version_key(row["glibc"]) > PROBE.version_key(here.glibc):
+            problems.append("%s %s needs GLIBC_%s; this machine has glibc %s" % (row["glibc_file"], where,
+                                                                                  row["glibc"], here.glibc))
+        if row.get("glibcxx") and here.libstdcxx and \
+                PROBE.version_key(row["glibcxx"]) > PROBE.version_key(here.libstdcxx):
+            problems.append("%s %s needs GLIBCXX_%s; the libstdc++ it gets (%s) has GLIBCXX_%s at most" % (
+                row["glibcxx_file"], where, row["glibcxx"], here.libstdcxx_where, here.libstdcxx))
+        if row.get("isa") and here.isa and row["isa"] > here.isa:
+            problems.append("%s %s is built for x86-64-v%d; this processor is x86-64-v%d (it lacks %s)" % (
+                row["isa_file"], where, row["isa"], here.isa, ", ".join(here.isa_lacking)))
+    return [printable(line) for line in problems]
+
+
+def listed_package_names(bundle):
+    try:
+        listed = bundle.read_json("conda-list.json")
+    except (KeyError, ValueError, PmError):
+        return []
+    return [r.get("name") for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
+
+
+def bundle_preflight(bundle, uses_conda=True):
+    """(problems, ThisMachine, checked) for a bundle's recorded binaries; checked is False for a bundle
+    packed without the record (its carried files are read when they are unpacked)."""
+    rows = binaries_rows(bundle.manifest.binaries)
+    if not uses_conda:  # the carried conda packages are not installed on this route
+        rows = [r for r in rows if r["kind"] != "conda"]
+    here = ThisMachine.for_rows(rows, listed_package_names(bundle))
+    return preflight_problems(rows, here), here, bundle.manifest.binaries is not None
+
+
+def refuse_or_record(problems, force, attempt=None, what="the bundle's binaries"):
+    """Say each problem on its own line; stop (exit 2) unless --force-preflight, which records them."""
+    for line in problems:
+        say("preflight: %s" % line)
+    if attempt is not None:
+        attempt.save(preflight={"problems": problems, "forced": bool(force and problems), "checked": what})
+    if problems and not force:
+        raise PmError("this machine cannot run %d of %s (above)" % (len(problems), what),
+                      "migrate on a machine with a newer glibc/processor, or pass --force-preflight to go on "
+                      "anyway (the problems are recorded)")
+    if problems:
+        say("warning: --force-preflight: going on with %d preflight problem%s" % (len(problems), "s" * (len(problems) > 1)))
+
+
+def check_migration(bundle, config, force):
+    """The preflight at the start of migrate, before anything is written: the problems (empty when
+    none) or None when the bundle has no record; refuses unless force."""
+    problems, here, checked = bundle_preflight(bundle, "conda" in config.package_managers)
+    if not checked:
+        return None
+    refuse_or_record(problems, force)
+    return problems
+
+
+def check_carried_files(attempt, rows, force):
+    """The preflight of a bundle packed without the record, on its carried files once unpacked, before
+    any is linked (rows: the BinaryNeeds of each package)."""
+    rows = binaries_rows({"rows": [r.to_json() for r in rows if r.files]})
+    refuse_or_record(preflight_problems(rows, ThisMachine.for_rows(rows)), force, attempt,
+                     "the carried packages' binaries (read as they were unpacked: the bundle has no record)")
+
+
+def archive_binaries(archive):
+    """The BinaryNeeds of a carried package as pm's linker reads it (an unpacked package's zip or a
+    .tar.bz2), before it is linked."""
+    needs = PROBE.BinaryNeeds("conda", archive.entry["name"], archive.entry["version"])
+    if archive.path.endswith(".zip"):
+        return needs.add_zip(archive.path)
+    for name, kind, _, _, content in archive.members():
+        if kind == "file":
+            needs.add(name, PROBE.elf_stream(content, PROBE.ELF_MAX_READ))
+    return needs
+
+
+# == SBOM =====================================================================
+# Each attempt writes sbom.cdx.json, a CycloneDX 1.5 JSON SBOM: the software as the root component (its
+# version, its git commit when the tree carried one), every conda package and Python distribution the
+# environment got (with a purl, and the sha256 of what the bundle carried), the dependency graph from
+# the carried repodata, and the tests run with their result and their log's sha256 (as properties).
+
+SBOM_FILE = "sbom.cdx.json"
+
+
+def purl(kind, name, version, qualifiers=()):
+    """A package URL (pkg:conda/..., pkg:pypi/...): name and values percent-encoded, qualifiers sorted."""
+    from urllib.parse import quote
+    text = "pkg:%s/%s@%s" % (kind, quote(name, safe=""), quote(str(version), safe=""))
+    pairs = sorted((key, value) for key, value in qualifiers if value)
+    return text + ("?" + "&".join("%s=%s" % (key, quote(str(value), safe="")) for key, value in pairs) if pairs else "")
+
+
+def sbom_property(name, value):
+    return {"name": name, "value": str(value)}
+
+
+def software_commit(bundle):
+    """The git commit of the software's tree when the bundle carried its .git (HEAD, its ref, packed-refs)."""
+    top = "software/%s/.git/" % bundle.manifest.software_dir()
+    try:
+        head = bundle.read_text(top + "HEAD").strip()
+        if not head.startswith("ref: "):
+            return head if re.match(r"^[0-9a-f]{40,64}$", head) else None
+        ref = head[5:].strip()
+        if top + ref in bundle.manifest.members:
+            commit = bundle.read_text(top + ref).strip()
+        else:
+            commit = next((line.split()[0] for line in bundle.read_text(top + "packed-refs").splitlines()
+                           if line.endswith(" " + ref)), "")
+        return commit if re.match(r"^[0-9a-f]{40,64}$", commit) else None
+    except (KeyError, ValueError, PmError, UnicodeDecodeError):
+        return None
+
+
+def carried_depends(bundle):
+    """name -> [dependency names] from the carried channel's repodata, where the bundle carries one."""
+    depends = {}
+    for member in sorted(bundle.manifest.members):
+        if re.match(r"^channel/[^/]+/repodata\.json$", member):
+            try:
+                repodata = bundle.read_json(member)
+            except (KeyError, ValueError, PmError):
+                continue
+            for key in ("packages", "packages.conda"):
+                for entry in ((repodata.get(key) if isinstance(repodata, dict) else None) or {}).values():
+                    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                        depends[entry["name"]] = [spec_name(d) for d in entry.get("depends") or [] if isinstance(d, str)]
+    return depends
+
+
+def sbom_document(bundle, result):
+    """The CycloneDX 1.5 document of an attempt (result: its result.json) as plain data."""
+    import uuid
+    members = bundle.manifest.members or {}
+    sums = dict((name, entry.get("sha256")) for name, entry in members.items() if isinstance(entry, dict))
+    try:
+        listed = dict((r["name"], r) for r in bundle.read_json("conda-list.json")
+                      if isinstance(r, dict) and isinstance(r.get("name"), str))
+    except (KeyError, ValueError, PmError, TypeError):
+        listed = {}
+    carried = dict((c.get("name"), c) for c in (bundle.manifest.packages or {}).get("carried") or []
+                   if isinstance(c, dict))
+    dists = read_distributions(bundle) or []
+    name = bundle.manifest.name
+    software_dist = next((d for d in dists if d.get("software")), None)
+    commit = software_commit(bundle)
+    root = {"type": "application", "bom-ref": "software:%s" % name, "name": name,
+            "version": (software_dist or {}).get("version") or (commit[:12] if commit else "unknown")}
+    properties = [sbom_property("pm:attempt", result.get("id")), sbom_property("pm:status", result.get("status")),
+                  sbom_property("pm:bundle:created", bundle.manifest.created or "")]
+    if commit:
+        properties.append(sbom_property("pm:git:commit", commit))
+    if result.get("installed_to"):
+        properties.append(sbom_property("pm:installed_to", result["installed_to"]))
+    for test in result.get("tests") or []:
+        properties += [sbom_property("pm:test:%s:status" % test["name"], test["status"]),
+                       sbom_property("pm:test:%s:exit_code" % test["name"], test.get("exit_code")),
+                       sbom_property("pm:test:%s:seconds" % test["name"], test.get("seconds"))]
+        if test.get("log") and os.path.isfile(test["log"]):
+            properties.append(sbom_property("pm:test:%s:log:sha256" % test["name"], PROBE.file_digest(test["log"])[0]))
+    for problem in (result.get("preflight") or {}).get("problems") or []:
+        properties.append(sbom_property("pm:preflight:problem", problem))
+    root["properties"] = properties
+    components, refs = [], {}
+    for row in result.get("environment") or []:
+        if not isinstance(row.get("name"), str):
+            continue
+        base = listed.get(row["name"]) or {}
+        channel = base.get("channel") if row.get("version") == base.get("version") else None
+        ref = "conda:%s" % row["name"]
+        component = {"type": "library", "bom-ref": ref, "name": row["name"], "version": str(row.get("version")),
+                     "purl": purl("conda", row["name"], row.get("version"), (
+                         ("build", row.get("build")), ("channel", channel), ("subdir", base.get("platform"))))}
+        package = carried.get(row["name"])
+        if package and package.get("version") == row.get("version") and sums.get(package.get("file")):
+            component["hashes"] = [{"alg": "SHA-256", "content": sums[package["file"]]}]
+            component["properties"] = [sbom_property("pm:carried", package["file"])]
+        components.append(component)
+        refs[row["name"]] = ref
+    installed = dict((r["requirement"], r.get("version")) for r in result.get("python") or []
+                     if r.get("status") == "installed" and r.get("version"))
+    seen = set()
+    for dist in dists:
+        key = pip_name(dist.get("name") or "")
+        version = installed.get(dist["name"]) or (dist.get("version") if dist.get("owner") in refs else None)
+        if dist.get("software") or not version or key in seen:
+            continue
+        seen.add(key)
+        component = {"type": "library", "bom-ref": "pypi:%s" % key, "name": dist["name"], "version": str(version),
+                     "purl": purl("pypi", key, version)}
+        if dist.get("wheel") and sums.get(dist["wheel"]):
+            component["hashes"] = [{"alg": "SHA-256", "content": sums[dist["wheel"]]}]
+            component["properties"] = [sbom_property("pm:carried", dist["wheel"])]
+        if dist.get("owner") in refs:
+            component.setdefault("properties", []).append(sbom_property("pm:conda_package", dist["owner"]))
+        components.append(component)
+    for requirement, version in sorted(installed.items()):
+        if pip_name(requirement) not in seen:
+            seen.add(pip_name(requirement))
+            components.append({"type": "library", "bom-ref": "pypi:%s" % pip_name(requirement), "name": requirement,
+                               "version": str(version), "purl": purl("pypi", pip_name(requirement), version)})
+    depends = carried_depends(bundle)
+    dependencies = [{"ref": root["bom-ref"], "dependsOn": sorted(c["bom-ref"] for c in components)}]
+    for package, ref in sorted(refs.items()):
+        on = sorted(set(refs[d] for d in depends.get(package, []) if d in refs and d != package))
+        dependencies.append({"ref": ref, "dependsOn": on} if on else {"ref": ref})
+    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
+            "serialNumber": "urn:uuid:%s" % uuid.uuid4(),
+            "metadata": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "tools": {"components": [{"type": "application", "name": "pm", "version": VERSION}]},
+                         "component": root},
+            "components": components, "dependencies": dependencies}
+
+
+def write_sbom(bundle, attempt):
+    """sbom.cdx.json in the attempt's folder; an SBOM that cannot be written never hides the result."""
+    try:
+        write_json(os.path.join(attempt.path, SBOM_FILE), sbom_document(bundle, attempt.result))
+    except (OSError, PmError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        say("note: the attempt's %s could not be written (%s)" % (SBOM_FILE, exc))
+
+
 # == Reports ==================================================================
 # What an attempt came to, for people (report, history, report.html in the attempt) and for
 # scripts (--json): the platforms, each requirement and how it was met, the tests, the history.
@@ -6346,11 +6970,13 @@ def report_html(report):
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pm: %s, attempt %s</title>"
             "<style>%s</style></head><body>\n<h1>%s</h1><p class=\"meta\">attempt %s: <span id=\"status\" "
             "class=\"status %s\">%s</span>%s%s</p>\n<h2>Platforms</h2>%s\n<h2>Requirements</h2>%s\n<h2>Tests</h2>%s\n"
-            "<h2>History</h2>%s%s\n<p class=\"meta\">written by pm %s</p></body></html>\n" % (
+            "<h2>History</h2>%s%s\n<p class=\"meta\">written by pm %s%s</p></body></html>\n" % (
                 e(report["name"]), e(report["id"]), REPORT_CSS, e(report["name"]), e(report["id"]),
                 e(report["status"]), e(summary), "<br>error: %s" % e(report["error"]) if report["error"] else "",
                 "<br>installed to %s" % e(report["installed_to"]) if report["installed_to"] else "",
-                platforms, requirements, tests, history_chart(report["history"]), history, VERSION))
+                platforms, requirements, tests, history_chart(report["history"]), history, VERSION,
+                ' &middot; <a id="sbom" href="%s">SBOM (CycloneDX 1.5)</a>' % SBOM_FILE
+                if os.path.isfile(os.path.join(report["path"], SBOM_FILE)) else ""))
 
 
 def write_report_html(store, name, attempt):
@@ -7442,6 +8068,7 @@ def cmd_migrate(args):
     options = MigrateOptions(args.env_name, args.force, args.skip_tests, args.yes, read_answers(args.answers),
                              args.pck_mgr_configs, args.no_conda, args.allow_scripts, args.prefix)
     options.max_ratio = args.max_ratio
+    options.force_preflight = args.force_preflight
     if args.bundle:
         if not os.path.isfile(args.bundle):
             raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
@@ -7449,7 +8076,9 @@ def cmd_migrate(args):
     else:
         path = store.latest_bundle(args.name, args.max_ratio)
     try:
-        result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
+        bundle = Bundle.open(path, max_ratio=args.max_ratio)
+        options.preflight = check_migration(bundle, config, args.force_preflight)  # before anything is written
+        result = migrate(store, args.name, config, bundle, options)
     except (Exception, KeyboardInterrupt) as exc:
         if args.json:  # scripts always get the result object, also when the attempt ended in an error
             attempt = getattr(exc, "attempt", None)
@@ -7517,6 +8146,14 @@ def cmd_report(args):
     machine side by side, each requirement and how it was met, each test, the earlier attempts.
     Every attempt also keeps this as report.html in its folder: one page, nothing fetched."""
     report = attempt_report(Store.default(), check_name(args.name), args.attempt)
+    if args.sbom:
+        path = os.path.join(report["path"], SBOM_FILE)
+        if not os.path.isfile(path):
+            raise PmError("attempt %s of %s has no %s" % (report["id"], args.name, SBOM_FILE),
+                          "migrate it again with this pm (attempts before it wrote none)")
+        with open(path) as handle:
+            sys.stdout.write(handle.read() + "\n")
+        return 0
     if args.json:
         print(json.dumps(report, indent=1, sort_keys=True))
     else:
@@ -7528,7 +8165,11 @@ def cmd_report(args):
 def cmd_doctor(args):
     """Say what this machine offers for a migration: Python versions, conda, the package managers
     pm can use as this user, free disk in the store, the server, the platform; with the fix for what
-    is missing. Exit 0, or 1 when no way to make an environment is here (no conda, no manager)."""
+    is missing. Exit 0, or 1 when no way to make an environment is here (no conda, no manager).
+    With --bundle FILE: the preflight migrate runs first (the bundle's binaries against this machine's
+    glibc, libstdc++ and processor), one line per problem; exit 1 when there is one."""
+    if args.bundle:
+        return doctor_bundle(args.bundle, args.json)
     rows = doctor_findings(Store.default())
     if args.json:
         print(json.dumps([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], indent=1))
@@ -7538,6 +8179,31 @@ def cmd_doctor(args):
             print("%-3s %-9s %s%s" % (mark, area, what, (" %s %s" % (DASH, fix)) if fix else ""))
     usable = [r for r in rows if r[0] in ("conda", "manager") and r[1]]
     return 0 if usable else 1
+
+
+def doctor_bundle(path, as_json=False):
+    """doctor --bundle: the preflight of a bundle, without migrating it."""
+    if not os.path.isfile(path):
+        raise PmError("no such bundle file: %s" % path, "pass the path of a bundle written by 'pm.pyz pack'")
+    bundle = Bundle.open(os.path.abspath(path))
+    problems, here, checked = bundle_preflight(bundle)
+    if as_json:
+        print(json.dumps({"problems": problems, "checked": checked, "machine": here.describe(),
+                          "binaries": binaries_rows(bundle.manifest.binaries)}, indent=1, sort_keys=True))
+    else:
+        print("this machine: %s" % here.describe())
+        if not checked:
+            print("-- preflight the bundle was packed without a record of its binaries: migrate reads its carried "
+                  "files when it unpacks them")
+        for row in binaries_rows(bundle.manifest.binaries):
+            show("    %-8s %-24s %s" % (row["kind"], row["name"], ", ".join(
+                "%s %s (%s)" % (key, row[key] if key != "isa" else "x86-64-v%d" % row[key], row[key + "_file"])
+                for key in ("glibc", "glibcxx", "isa") if key in row) or "no version needs"))
+        for line in problems:
+            print("!!  preflight %s" % line)
+        if checked and not problems:
+            print("ok  preflight this machine can run the bundle's binaries")
+    return 1 if problems else 0
 
 
 def cmd_history(args):
@@ -7671,6 +8337,9 @@ def build_parser():
                           "from the cache pm builds; default: name them, run none)")
     sub.add_argument("--json", action="store_true",
                      help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
+    sub.add_argument("--force-preflight", action="store_true",
+                     help="go on when the preflight finds binaries this machine cannot run (a newer glibc or "
+                          "libstdc++, another processor level), recording them in the attempt's result.json")
     add_max_ratio(sub)
     sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
@@ -7686,8 +8355,13 @@ def build_parser():
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("attempt", nargs="?", help="an attempt id, or its start (default: the latest)")
     sub.add_argument("--json", action="store_true", help="print JSON for machines (schema in the README)")
+    sub.add_argument("--sbom", action="store_true",
+                     help="print the attempt's SBOM instead (sbom.cdx.json: CycloneDX 1.5 JSON)")
     sub = verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor)
     sub.add_argument("--json", action="store_true", help="print JSON for machines")
+    sub.add_argument("--bundle", metavar="FILE",
+                     help="the preflight of a bundle instead: can this machine run its binaries (glibc, "
+                          "libstdc++, processor level)? Exit 1 when it cannot")
     sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("--json", action="store_true", help="print JSON for machines")
