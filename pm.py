@@ -413,6 +413,10 @@ def find_env(conda, conda_info, wanted, software_dir, assume_yes):
     active = active_env()
     if active:
         return active
+    pixi = pixi_envs(software_dir)
+    if pixi and (len(pixi) == 1 or os.path.basename(pixi[0]) == "default"):
+        say("the software is a pixi project: its environment %s (-e PREFIX packs another)" % pixi[0])
+        return pixi[0]
     envs = known_envs(conda, conda_info, software_dir)
     if not envs:
         raise PmError("no environment found (none active, none beside the software, and %s)" % (
