@@ -421,7 +421,7 @@ def find_env(conda, conda_info, wanted, software_dir, assume_yes):
     if not envs:
         raise PmError("no environment found (none active, none beside the software, and %s)" % (
             "conda knows none" if conda else NO_CONDA), "pass the environment's prefix with -e")
-    return choose("Which environment runs the software?", envs, "-e ENV", assume_yes)
+    return choose("Which %senvironment runs the software?" % ("conda " if conda else ""), envs, "-e ENV", assume_yes)
 
 
 def active_env():
@@ -1257,15 +1257,18 @@ def read_prefix(prefix, software_dir):
             "dists": python_distributions(prefix, records, software_dir)}
 
 
+def environment_line(prefix, kind):
+    """'environment PREFIX: KIND, made by TOOL; read HOW' (text)."""
+    return u"environment %s: %s%s; read %s" % (touni(prefix), kind["env_kind"], u", made by %s" % kind["env_made_by"]
+                                               if kind.get("env_made_by") else u"", kind["env_read"])
+
+
 def tell_environment(captured):
     """Say what was read (stderr); return captured."""
-    kind = captured["kind"]
-    say("environment %s: %s%s; read %s" % (captured["prefix"], kind["env_kind"],
-                                           ", made by %s" % kind["env_made_by"] if kind.get("env_made_by") else "",
-                                           kind["env_read"]))
+    say(environment_line(captured["prefix"], captured["kind"]))
     if captured["records"] or not captured["dists"]:
-        say("environment %s: %d packages, %d directly required (%d asked for in its history)"
-            % (captured["prefix"], len(captured["records"]), len(captured["minimal"]), len(captured["requested"])))
+        say(u"environment %s: %d packages, %d directly required (%d asked for in its history)"
+            % (touni(captured["prefix"]), len(captured["records"]), len(captured["minimal"]), len(captured["requested"])))
     dists = captured["dists"]
     if dists:
         say("Python distributions: %d (%s)" % (len(dists), describe_distributions(dists)))
@@ -1419,23 +1422,23 @@ def index_pins(dists):
             if not d["owner"] and not d["software"] and d["source"] == "index" and d["name"].lower() != "pip"]
 
 
-YAML_PLAIN = r"^[A-Za-z0-9_./:@+<>=!~,-][A-Za-z0-9_./:@+<>=!~,*\- ]*$"
+def yaml_scalar(text):
+    """A YAML scalar of an environment file: plain when it can be, else double-quoted."""
+    text = touni(text)
+    if re.match(r"^[A-Za-z0-9_./:@+<>=!~,-][A-Za-z0-9_./:@+<>=!~,*\- ]*$", text) and not text.endswith(" "):
+        return text
+    return u'"%s"' % text.replace(u"\\", u"\\\\").replace(u'"', u'\\"')
 
 
 def env_file_text(name, prefix, channels, deps, pip):
     """An environment file as 'conda env export' writes it."""
-    def scalar(text):
-        text = touni(text)
-        if re.match(YAML_PLAIN, text) and not text.endswith(" "):
-            return text
-        return u'"%s"' % text.replace(u"\\", u"\\\\").replace(u'"', u'\\"')
-    lines = [u"name: %s" % scalar(name)]
+    lines = [u"name: %s" % yaml_scalar(name)]
     if channels:
-        lines += [u"channels:"] + [u"  - %s" % scalar(c) for c in channels]
-    lines += [u"dependencies:"] + [u"  - %s" % scalar(d) for d in deps]
+        lines += [u"channels:"] + [u"  - %s" % yaml_scalar(c) for c in channels]
+    lines += [u"dependencies:"] + [u"  - %s" % yaml_scalar(d) for d in deps]
     if pip:
-        lines += [u"  - pip:"] + [u"    - %s" % scalar(p) for p in pip]
-    lines.append(u"prefix: %s" % scalar(prefix))
+        lines += [u"  - pip:"] + [u"    - %s" % yaml_scalar(p) for p in pip]
+    lines.append(u"prefix: %s" % yaml_scalar(prefix))
     return u"\n".join(lines) + u"\n"
 
 
@@ -2113,9 +2116,8 @@ def pack(args):
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     plan = None
     if args.dry_run:
-        kind = captured["kind"]
-        print("environment %s: %s%s; read %s" % (prefix, kind["env_kind"], ", made by %s" % kind["env_made_by"]
-                                                 if kind.get("env_made_by") else "", kind["env_read"]))
+        line = printable(environment_line(prefix, captured["kind"]))
+        print(line.encode("utf-8", "replace") if PY2 else line)
     if args.with_packages:
         plan = plan_packages(captured["records"], captured["info"].get("pkgs_dirs") or [], args.as_tar_bz2)
         if args.dry_run:
@@ -2197,6 +2199,7 @@ PROBE = sys.modules.get("pm_probe") or load_probe()
 PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
 NAME_PATTERN, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_PATTERN, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
 spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time, PROBE.printable
+yaml_scalar = PROBE.yaml_scalar  # the one writer of an environment file's scalars (pack's env.yml, migrate's)
 
 
 def probe_script(server_url, token=""):
@@ -2780,12 +2783,6 @@ class EnvFile(object):
             lines.append("variables:")
             lines += ["  %s: %s" % (k, yaml_scalar(v)) for k, v in sorted(self.variables.items())]
         return "\n".join(lines) + "\n"
-
-
-def yaml_scalar(text):
-    if re.match(r"^[A-Za-z0-9_./:@+<>=!~,-][A-Za-z0-9_./:@+<>=!~,*\- ]*$", text) and not text.endswith(" "):
-        return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def strip_comment(line):
