@@ -291,9 +291,10 @@ def which(program):
     return None
 
 
-def find_conda():
+def find_conda(required=True):
     """$CONDA_EXE, then $CONDA_HOME/bin/conda and $CONDA_ROOT_DIR/bin/conda (platform-migrator
-    1.1.0's variables), then conda on PATH, then the usual install prefixes."""
+    1.1.0's variables), then conda on PATH, then the usual install prefixes. None when there is none
+    and required is False (pack then reads the environment itself)."""
     exe = os.environ.get("CONDA_EXE")
     if exe and os.access(exe, os.X_OK):
         return exe
@@ -308,8 +309,12 @@ def find_conda():
         candidate = os.path.join(os.path.expanduser(place), "bin", "conda")
         if os.access(candidate, os.X_OK):
             return candidate
-    raise PmError("no conda found (looked at $CONDA_EXE, $CONDA_HOME, $CONDA_ROOT_DIR, PATH and %s)"
-                  % ", ".join(CONDA_PLACES[:4]), "activate your conda environment or set CONDA_EXE=/path/to/conda")
+    if not required:
+        return None
+    raise PmError(NO_CONDA, "activate your conda environment or set CONDA_EXE=/path/to/conda")
+
+
+NO_CONDA = "no conda found (looked at $CONDA_EXE, $CONDA_HOME, $CONDA_ROOT_DIR, PATH and %s)" % ", ".join(CONDA_PLACES[:4])
 
 
 def run_conda(conda, args, check=True, extra_env=None):
@@ -380,30 +385,97 @@ def is_env_prefix(path):
     return os.path.isdir(os.path.join(path, "conda-meta"))
 
 
-def find_env(conda, conda_info, wanted, assume_yes):
-    """Return the prefix of the environment to pack: -e, the active one, or a choice."""
+def is_venv(path):
+    """A virtual environment (venv, virtualenv, uv): its pyvenv.cfg."""
+    return os.path.isfile(os.path.join(path, "pyvenv.cfg"))
+
+
+def find_env(conda, conda_info, wanted, software_dir, assume_yes):
+    """Return the prefix of the environment to pack: -e (a prefix with conda-meta/ or pyvenv.cfg, or a
+    name conda, micromamba or pixi knows), the active one, or a choice among those known."""
     if wanted:
         if os.sep in wanted or wanted.startswith("."):
             prefix = os.path.abspath(os.path.expanduser(wanted))
-            if is_env_prefix(prefix):
+            if is_env_prefix(prefix) or is_venv(prefix):
                 return prefix
-            raise PmError("%s is not a conda environment (no conda-meta folder)" % prefix,
-                          "pass an environment name or prefix listed by 'conda env list'")
-        prefix = named_env_prefix(conda_info, wanted)
+            raise PmError("%s is neither a conda environment (no conda-meta folder) nor a virtual environment "
+                          "(no pyvenv.cfg)" % prefix,
+                          "pass an environment's prefix, or a name listed by 'conda env list'")
+        prefix = named_env_prefix(conda_info, wanted) if conda else None
         if prefix:
             return prefix
-        for prefix in list_envs(conda, conda_info):
+        for prefix in known_envs(conda, conda_info, software_dir):
             if os.path.basename(prefix) == wanted:
                 return prefix
+        if is_env_prefix(wanted) or is_venv(wanted):  # a folder here of that name, e.g. -e venv
+            return os.path.abspath(wanted)
+        if not conda:
+            raise PmError("unknown environment '%s', and %s" % (wanted, NO_CONDA),
+                          "pass the environment's prefix with -e, or set CONDA_EXE=/path/to/conda")
         raise PmError("unknown conda environment '%s'" % wanted,
                       "run 'conda env list' to see the names, or pass a prefix path with -e")
-    active = os.environ.get("CONDA_PREFIX")
-    if active and is_env_prefix(active):
+    active = active_env()
+    if active:
         return active
-    envs = list_envs(conda, conda_info)
+    pixi = pixi_envs(software_dir)
+    if pixi and (len(pixi) == 1 or os.path.basename(pixi[0]) == "default"):
+        say("the software is a pixi project: its environment %s (-e PREFIX packs another)" % pixi[0])
+        return pixi[0]
+    envs = known_envs(conda, conda_info, software_dir)
     if not envs:
-        raise PmError("conda knows no environments", "create one, or pass its prefix with -e")
-    return choose("Which conda environment runs the software?", envs, "-e ENV", assume_yes)
+        raise PmError("no environment found (none active, none beside the software, and %s)" % (
+            "conda knows none" if conda else NO_CONDA), "pass the environment's prefix with -e")
+    return choose("Which %senvironment runs the software?" % ("conda " if conda else ""), envs, "-e ENV", assume_yes)
+
+
+def active_env():
+    """The active environment: $VIRTUAL_ENV (a venv) or $CONDA_PREFIX; when both are set, the one
+    whose bin comes first on PATH (activated last)."""
+    found = []
+    venv, conda_prefix = os.environ.get("VIRTUAL_ENV"), os.environ.get("CONDA_PREFIX")
+    if venv and is_venv(venv):
+        found.append(venv)
+    if conda_prefix and is_env_prefix(conda_prefix):
+        found.append(conda_prefix)
+    path = [os.path.realpath(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+
+    def place(prefix):
+        folder = os.path.realpath(os.path.join(prefix, "bin"))
+        return path.index(folder) if folder in path else len(path)
+    return sorted(found, key=place)[0] if found else None
+
+
+def known_envs(conda, conda_info, software_dir):
+    """The environments conda lists, micromamba's ($MAMBA_ROOT_PREFIX, $MAMBA_EXE) and pixi's
+    (.pixi/envs/* beside a pixi.toml in the software folder), each once."""
+    envs = list_envs(conda, conda_info) if conda else []
+    roots = [os.environ.get("MAMBA_ROOT_PREFIX") or ""]
+    mamba = os.environ.get("MAMBA_EXE")
+    if mamba and os.access(mamba, os.X_OK):
+        try:
+            envs += [native_path(p) for p in run_conda_json(mamba, ["env", "list", "--json"]).get("envs", [])]
+        except PmError:
+            pass
+    for root in [r for r in roots if r]:
+        envs.append(root)
+        folder = os.path.join(root, "envs")
+        envs += [os.path.join(folder, n) for n in sorted(os.listdir(folder))] if os.path.isdir(folder) else []
+    envs += pixi_envs(software_dir)
+    out, seen = [], set()
+    for prefix in envs:
+        if (is_env_prefix(prefix) or is_venv(prefix)) and os.path.realpath(prefix) not in seen:
+            seen.add(os.path.realpath(prefix))
+            out.append(prefix)
+    return out
+
+
+def pixi_envs(software_dir):
+    """pixi's environments of the software: .pixi/envs/* beside its pixi.toml."""
+    folder = os.path.join(software_dir or "", ".pixi", "envs")
+    if not software_dir or not os.path.isfile(os.path.join(software_dir, "pixi.toml")) or not os.path.isdir(folder):
+        return []
+    names = sorted(os.listdir(folder), key=lambda n: (n != "default", n))
+    return [os.path.join(folder, n) for n in names if is_env_prefix(os.path.join(folder, n))]
 
 
 def list_envs(conda, conda_info):
@@ -1161,12 +1233,9 @@ def source_platform(conda_info):
 
 
 def gather_environment(conda, conda_info, prefix, software_dir):
-    """Everything the bundle says about the environment, before anything is written."""
-    records = read_conda_meta(prefix)
-    dists = python_distributions(prefix, records, software_dir)
-    requested = read_requested_specs(prefix)
-    graph = dependency_graph(records)
-    minimal = minimal_set(graph, requested)
+    """Everything the bundle says about the environment, before anything is written: what conda
+    says of it (list, env export), and the records, the minimal set and the distributions read here."""
+    captured = read_prefix(prefix, software_dir)
     say("asking conda for the environment (list, env export)...")
     args, extra_env = export_args(conda_info, prefix)
     calls = [lambda: run_conda_json(conda, ["list", "--json", "-p", prefix]),
@@ -1175,19 +1244,36 @@ def gather_environment(conda, conda_info, prefix, software_dir):
         calls.append(lambda: run_conda(conda, args + ["--from-history"], check=False, extra_env=extra_env))
     answers = [answer for _, answer in in_threads(lambda call: call(), calls, len(calls))]  # conda starts slowly
     listed, env_yml, history_yml = (answers + [None])[:3]
-    captured = {
-        "prefix": prefix,
-        "records": records,
-        "requested": requested,
-        "minimal": minimal,
-        "listed": listed,
-        "env_yml": env_yml,
-        "history_yml": history_yml,
-        "info": conda_info,
-        "dists": dists,
-    }
-    say("environment %s: %d packages, %d directly required (%d asked for in its history)"
-        % (prefix, len(records), len(minimal), len(requested)))
+    captured.update(listed=listed, env_yml=env_yml, history_yml=history_yml, info=conda_info,
+                    kind={"env_kind": "conda %s" % conda_info.get("conda_version", "?"),
+                          "env_read": "with conda (list --json, env export) and from conda-meta/*.json"})
+    return tell_environment(captured)
+
+
+def read_prefix(prefix, software_dir):
+    """A conda-style prefix read here, with no conda: its conda-meta records, what the user asked for
+    (conda-meta/history), the minimal set and the Python distributions."""
+    records = read_conda_meta(prefix)
+    requested = read_requested_specs(prefix)
+    python = [r["version"] for r in records if r["name"] == "python"]
+    return {"prefix": prefix, "records": records, "requested": requested, "python": (python or [""])[0],
+            "minimal": minimal_set(dependency_graph(records), requested),
+            "dists": python_distributions(prefix, records, software_dir)}
+
+
+def environment_line(prefix, kind):
+    """'environment PREFIX: KIND, made by TOOL; read HOW' (text)."""
+    return u"environment %s: %s%s; read %s" % (touni(prefix), kind["env_kind"], u", made by %s" % kind["env_made_by"]
+                                               if kind.get("env_made_by") else u"", kind["env_read"])
+
+
+def tell_environment(captured):
+    """Say what was read (stderr); return captured."""
+    say(environment_line(captured["prefix"], captured["kind"]))
+    if captured["records"] or not captured["dists"]:
+        say(u"environment %s: %d packages, %d directly required (%d asked for in its history)"
+            % (touni(captured["prefix"]), len(captured["records"]), len(captured["minimal"]), len(captured["requested"])))
+    dists = captured["dists"]
     if dists:
         say("Python distributions: %d (%s)" % (len(dists), describe_distributions(dists)))
     for dist in dists:
@@ -1195,6 +1281,204 @@ def gather_environment(conda, conda_info, prefix, software_dir):
             say("%s %s is the software itself (installed %s from %s): the target installs the migrated copy, "
                 "never a release" % (dist["name"], dist["version"], dist["source"], dist.get("url")))
     return captured
+
+
+# -- Environments read without conda ---------------------------------------------
+# A conda-style prefix (conda-meta/: micromamba, mamba, pixi, rattler, or conda itself when it is not
+# here) is read from its records: conda-list.json and env.yml are written as conda would print them.
+# A virtual environment (pyvenv.cfg: venv, virtualenv, uv) has no conda records at all: its Python
+# version from pyvenv.cfg, every distribution from its site-packages.
+
+
+def gather_without_conda(prefix, software_dir):
+    """A conda-style prefix, read with no conda: what 'conda list --json', 'conda env export' and its
+    --from-history form would say, written from the records."""
+    captured = read_prefix(prefix, software_dir)
+    records, dists, name = captured["records"], captured["dists"], os.path.basename(prefix.rstrip(os.sep))
+    channels = []
+    for record in records:
+        channel = export_channel(record)
+        if channel and channel not in channels:
+            channels.append(channel)
+    deps = ["%s=%s=%s" % (r["name"], r["version"], r.get("build", "")) for r in sorted(records, key=lambda r: r["name"])]
+    history = None
+    if captured["requested"]:
+        history = env_file_text(name, prefix, channels, sorted(captured["requested"].values()), [])
+    subdirs = [r.get("subdir") for r in records if r.get("subdir") and r.get("subdir") != "noarch"]
+    captured.update(listed=listed_from_records(records, dists), history_yml=history,
+                    env_yml=env_file_text(name, prefix, channels, deps, index_pins(dists)),
+                    info={"platform": (subdirs or [this_subdir()])[0], "pkgs_dirs": package_caches(prefix, records)},
+                    kind={"env_kind": "conda-style prefix read without conda",
+                          "env_read": "from conda-meta/*.json and site-packages (no conda here)"})
+    maker = conda_style_maker(prefix)
+    if maker:
+        captured["kind"]["env_made_by"] = maker
+    lock = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(prefix))), "pixi.lock")
+    if os.sep + os.path.join(".pixi", "envs") + os.sep in prefix and os.path.isfile(lock):
+        captured["kind"]["pixi_lock"] = lock
+        say("note: pixi's lockfile %s is recorded in the manifest (the bundle holds the environment as "
+            "installed)" % lock)
+    return tell_environment(captured)
+
+
+def gather_venv(prefix, software_dir):
+    """A virtual environment: its Python version from pyvenv.cfg, every distribution of its
+    site-packages; no conda records (env.yml asks for that Python and pip's part)."""
+    cfg = read_pyvenv_cfg(prefix)
+    python = venv_python_version(prefix, cfg)
+    dists = python_distributions(prefix, [], software_dir)
+    tool = "uv" if cfg.get("uv") else "virtualenv" if cfg.get("virtualenv") else "venv"
+    kind = {"env_kind": tool, "env_read": "from pyvenv.cfg and site-packages (Python %s)" % (python or "unknown")}
+    if tool != "venv":
+        kind["env_made_by"] = "%s %s" % (tool, cfg[tool])
+    if cfg.get("include-system-site-packages", "").lower() == "true":
+        say("note: %s also sees the system's site-packages (%s): only its own distributions are packed"
+            % (prefix, cfg.get("home", "?")))
+    name = os.path.basename(prefix.rstrip(os.sep))
+    captured = {"prefix": prefix, "records": [], "requested": {}, "minimal": [], "dists": dists, "python": python,
+                "listed": [], "history_yml": None, "kind": kind, "info": {"platform": this_subdir()},
+                "env_yml": env_file_text(name, prefix, [], ["python=%s" % python] if python else [],
+                                         index_pins(dists))}
+    return tell_environment(captured)
+
+
+def read_pyvenv_cfg(prefix):
+    """pyvenv.cfg's KEY = VALUE lines (keys in lower case)."""
+    values = {}
+    for line in (read_small(os.path.join(prefix, "pyvenv.cfg")) or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip().lower()] = value.strip()
+    return values
+
+
+def venv_python_version(prefix, cfg):
+    """'3.11.7': pyvenv.cfg's version (venv) or version_info (virtualenv, uv: '3.11.7.final.0'), else
+    the X.Y of its lib/pythonX.Y."""
+    for key in ("version", "version_info"):
+        match = re.match(r"^(\d+\.\d+(?:\.\d+)?)", cfg.get(key, ""))
+        if match:
+            return match.group(1)
+    for site in site_packages(prefix):
+        return os.path.basename(os.path.dirname(site))[len("python"):]
+    return ""
+
+
+def conda_style_maker(prefix):
+    """The tool that made a conda-style prefix, when it says: pixi (its .pixi/envs or conda-meta/pixi),
+    else the command of conda-meta/history's first '# cmd:' (micromamba, mamba, conda N.N), else None."""
+    if os.path.exists(os.path.join(prefix, "conda-meta", "pixi")) or \
+            os.sep + os.path.join(".pixi", "envs") + os.sep in prefix:
+        return "pixi"
+    text = read_small(os.path.join(prefix, "conda-meta", "history")) or ""
+    cmd = re.search(r"(?m)^#\s*cmd:\s*(\S+)", text)
+    if not cmd:
+        return None
+    tool = os.path.basename(cmd.group(1))
+    tool = "conda" if tool in ("__main__.py", "conda-script.py") else tool
+    version = re.search(r"(?m)^#\s*conda version:\s*(\S+)", text)
+    return "%s (conda %s)" % (tool, version.group(1)) if version and tool != "conda" else \
+        "conda %s" % version.group(1) if version else tool
+
+
+def export_channel(record):
+    """The channel as 'conda env export' names it: conda.anaconda.org's by name, others by URL."""
+    url = record_base_url(record)
+    if url.startswith(("https://conda.anaconda.org/", "http://conda.anaconda.org/")):
+        return channel_name(url)
+    return url
+
+
+def record_base_url(record):
+    """A record's channel URL without its subdir (conda records write either form, or a name)."""
+    url = str(record.get("channel") or "").rstrip("/")
+    if not url and record.get("url"):
+        url = str(record["url"]).rsplit("/", 1)[0]
+    subdir = record.get("subdir") or ""
+    if subdir and url.endswith("/" + subdir):
+        url = url[:-len(subdir) - 1]
+    return url
+
+
+def listed_from_records(records, dists):
+    """What 'conda list --json' prints, from the records: name, version, build_string, build_number,
+    channel, base_url, platform, dist_name; and what pip installed, as conda lists it (channel pypi)."""
+    listed = []
+    for record in records:
+        base_url = record_base_url(record)
+        listed.append({"base_url": base_url, "build_number": record.get("build_number", 0),
+                       "build_string": record.get("build", ""), "channel": channel_name(base_url),
+                       "dist_name": "%s-%s-%s" % (record["name"], record["version"], record.get("build", "")),
+                       "name": record["name"], "platform": record.get("subdir", ""), "version": record["version"]})
+    for dist in dists:
+        if not dist["owner"]:
+            name = re.sub(r"[-_.]+", "-", dist["name"]).lower()
+            listed.append({"base_url": "https://pypi.org/", "build_number": 0, "build_string": "pypi_0",
+                           "channel": "pypi", "dist_name": "%s-%s-pypi_0" % (name, dist["version"]),
+                           "name": name, "platform": "pypi", "version": dist["version"]})
+    return sorted(listed, key=lambda r: r["name"])
+
+
+def index_pins(dists):
+    """env.yml's pip part: NAME==VERSION of what pip installed from an index (the rest is carried or
+    is the software; an index's namesake of a path or VCS install is another thing)."""
+    return ["%s==%s" % (d["name"], d["version"]) for d in dists
+            if not d["owner"] and not d["software"] and d["source"] == "index" and d["name"].lower() != "pip"]
+
+
+def yaml_scalar(text):
+    """A YAML scalar of an environment file: plain when it can be, else double-quoted."""
+    text = touni(text)
+    if re.match(r"^[A-Za-z0-9_./:@+<>=!~,-][A-Za-z0-9_./:@+<>=!~,*\- ]*$", text) and not text.endswith(" "):
+        return text
+    return u'"%s"' % text.replace(u"\\", u"\\\\").replace(u'"', u'\\"')
+
+
+def env_file_text(name, prefix, channels, deps, pip):
+    """An environment file as 'conda env export' writes it."""
+    lines = [u"name: %s" % yaml_scalar(name)]
+    if channels:
+        lines += [u"channels:"] + [u"  - %s" % yaml_scalar(c) for c in channels]
+    lines += [u"dependencies:"] + [u"  - %s" % yaml_scalar(d) for d in deps]
+    if pip:
+        lines += [u"  - pip:"] + [u"    - %s" % yaml_scalar(p) for p in pip]
+    lines.append(u"prefix: %s" % yaml_scalar(prefix))
+    return u"\n".join(lines) + u"\n"
+
+
+def this_subdir():
+    """This machine's conda platform (linux-64, osx-arm64, ...)."""
+    import platform
+    system = {"Linux": "linux", "Darwin": "osx", "Windows": "win"}.get(platform.system(), platform.system().lower())
+    machine = platform.machine().lower()
+    arch = {"x86_64": "64", "amd64": "64", "i686": "32", "i386": "32", "arm64": "arm64"}.get(machine, machine)
+    return "%s-%s" % (system, "arm64" if system == "osx" and machine == "aarch64" else arch)
+
+
+def package_caches(prefix, records=()):
+    """Where the packages of a prefix made without conda may be kept extracted: where its records say
+    (extracted_package_dir, as rattler and pixi write it), $CONDA_PKGS_DIRS, the root's pkgs/
+    (micromamba's $MAMBA_ROOT_PREFIX, or the folder above envs/), rattler's and pixi's caches, ~/.conda/pkgs."""
+    places = [os.path.dirname(native_path(r["extracted_package_dir"]).rstrip(os.sep)) for r in records
+              if isinstance(r.get("extracted_package_dir"), TEXT_TYPES) and r["extracted_package_dir"]]
+    places += [p for p in os.environ.get("CONDA_PKGS_DIRS", "").split(",") if p]
+    for root in (os.environ.get("MAMBA_ROOT_PREFIX"), prefix):
+        if root:
+            places.append(os.path.join(root, "pkgs"))
+    parent = os.path.dirname(prefix.rstrip(os.sep))
+    if os.path.basename(parent) == "envs":
+        places.append(os.path.join(os.path.dirname(parent), "pkgs"))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    for variable, default in (("PIXI_CACHE_DIR", None), ("RATTLER_CACHE_DIR", os.path.join(cache, "rattler", "cache"))):
+        folder = os.environ.get(variable) or default
+        if folder:
+            places.append(os.path.join(folder, "pkgs"))
+    places.append(os.path.expanduser("~/.conda/pkgs"))
+    out = []
+    for place in places:
+        if os.path.isdir(place) and place not in out:
+            out.append(place)
+    return out
 
 
 def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=False, plan=None, level=PACK_LEVEL):
@@ -1214,14 +1498,17 @@ def write_bundle(path, name, software_dir, captured, patterns, skip_unreadable=F
                     "bytes": progress.size}
         packages, binaries = carry_packages(writer, plan, captured["info"].get("platform") or "noarch", level) \
             if plan else (None, [])
-        if plan:
+        if plan is not None:  # a venv's plan is empty: its wheels are all it carries
             binaries += carry_wheels(writer, captured["prefix"], captured["dists"])
         binaries.append(BinaryNeeds("software", name).add_folder(software_dir, folder_files(software_dir, patterns)))
         writer.add_bytes("python-dists.json", to_json_bytes({"dists": captured["dists"]}))
+        source = source_platform(captured["info"])
+        source.update(captured["kind"])
         writer.finish(make_manifest(
-            name, None, software, source=source_platform(captured["info"]),
+            name, None, software, source=source,
             env={"name": os.path.basename(captured["prefix"]), "prefix": captured["prefix"],
-                 "packages": len(captured["records"])},
+                 "packages": len(captured["records"]), "python": captured["python"],
+                 "kind": captured["kind"]["env_kind"]},
             minimal=captured["minimal"], requested_specs=sorted(captured["requested"].values()), packages=packages,
             binaries={"rows": [b.to_json() for b in binaries if b.files]}))
     except BaseException as exc:
@@ -1556,7 +1843,7 @@ def carried_wheel_plan(dists):
     """(the distributions pip installed that can be carried, [(dist, why not)] for the rest)."""
     carry, left = [], []
     for dist in dists:
-        if dist["owner"] or dist["software"]:
+        if dist["owner"] or dist["software"] or dist["name"].lower() == "pip":  # every target has its own pip
             continue
         if dist["source"] == "editable":
             left.append((dist, "an editable install from %s, which is not the software" % dist.get("url", "?")))
@@ -1988,7 +2275,9 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--name", help="software name (default: the directory's name)")
     parser.add_argument("-d", "--dir", help="the software directory to pack")
-    parser.add_argument("-e", "--env", help="conda environment name or prefix (default: the active one)")
+    parser.add_argument("-e", "--env", help="the environment: a conda-style prefix (conda, mamba, micromamba, pixi), "
+                                             "a virtual environment (venv, virtualenv, uv), or a name conda or "
+                                             "micromamba knows (default: the active one)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("-o", "--output", metavar="FILE", help="save the bundle to FILE, to carry by hand")
     target.add_argument("-z", "--zip", action="store_true",
@@ -2010,7 +2299,8 @@ def build_parser():
                         help="with --with-packages: how hard to deflate the packages carried unpacked (default %d: "
                              "fast; 9: smallest, for a slow link; Python 2.7 and 3.6 always use 6)" % PACK_LEVEL)
     parser.add_argument("--dry-run", action="store_true",
-                        help="with --with-packages: list what would be carried and the total size; write nothing")
+                        help="say what kind of environment would leave and how it is read (with --with-packages: "
+                             "what would be carried and the total size); write nothing")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="leave out folders that cannot be read, with a note (default: stop)")
     parser.add_argument("-y", "--yes", action="store_true",
@@ -2085,23 +2375,34 @@ def check_server_url(url):
 def pack(args):
     import shutil
     import tempfile
-    conda = find_conda()
+    if not args.with_packages and (args.allow_missing or args.as_tar_bz2 or args.level != PACK_LEVEL):
+        raise PmError("--allow-missing, --as-tar-bz2 and --level go with --with-packages", "add --with-packages")
+    conda = find_conda(required=False)  # none: pack reads the environment itself
     name, software_dir, output, server = resolve_answers(args)
-    conda_info = run_conda_json(conda, ["info", "--json"])
-    prefix = find_env(conda, conda_info, args.env, args.yes)
+    conda_info = run_conda_json(conda, ["info", "--json"]) if conda else {}
+    prefix = find_env(conda, conda_info, args.env, software_dir, args.yes)
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
-    captured = gather_environment(conda, conda_info, prefix, software_dir)
+    if is_venv(prefix):
+        captured = gather_venv(prefix, software_dir)
+    elif conda:
+        captured = gather_environment(conda, conda_info, prefix, software_dir)
+    else:
+        captured = gather_without_conda(prefix, software_dir)
     patterns = DEFAULT_EXCLUDES + list(args.exclude)
     plan = None
+    if args.dry_run:
+        line = printable(environment_line(prefix, captured["kind"]))
+        print(line.encode("utf-8", "replace") if PY2 else line)
     if args.with_packages:
-        plan = plan_packages(captured["records"], conda_info.get("pkgs_dirs") or [], args.as_tar_bz2)
+        plan = plan_packages(captured["records"], captured["info"].get("pkgs_dirs") or [], args.as_tar_bz2)
         if args.dry_run:
             print_package_plan(plan, captured["dists"])
             return 0
         check_package_plan(plan, args.allow_missing)
-    elif args.dry_run or args.allow_missing or args.as_tar_bz2 or args.level != PACK_LEVEL:
-        raise PmError("--dry-run, --allow-missing, --as-tar-bz2 and --level go with --with-packages",
-                      "add --with-packages")
+    elif args.dry_run:
+        print("%d packages, %d Python distributions; nothing written (--dry-run)"
+              % (len(captured["records"]), len(captured["dists"])))
+        return 0
     if output:
         write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
         say("saved %s" % output)
@@ -2173,6 +2474,7 @@ PROBE = sys.modules.get("pm_probe") or load_probe()
 PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
 NAME_PATTERN, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_PATTERN, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
 spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time, PROBE.printable
+yaml_scalar = PROBE.yaml_scalar  # the one writer of an environment file's scalars (pack's env.yml, migrate's)
 
 
 def probe_script(server_url, token=""):
@@ -2830,12 +3132,6 @@ class EnvFile(object):
             lines.append("variables:")
             lines += ["  %s: %s" % (k, yaml_scalar(v)) for k, v in sorted(self.variables.items())]
         return "\n".join(lines) + "\n"
-
-
-def yaml_scalar(text):
-    if re.match(r"^[A-Za-z0-9_./:@+<>=!~,-][A-Za-z0-9_./:@+<>=!~,*\- ]*$", text) and not text.endswith(" "):
-        return text
-    return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def strip_comment(line):
@@ -5936,16 +6232,18 @@ def choose_package(req, candidates, remembered, options):
 
 
 def base_python_version(bundle):
-    """The Python version of the base environment (conda-list.json), or None."""
+    """The Python version of the base environment: conda-list.json's python record, else the manifest's
+    env python (a virtual environment's, from its pyvenv.cfg), or None."""
     try:
         listed = bundle.read_json("conda-list.json")
     except (KeyError, ValueError):
-        return None
+        listed = None
     for record in listed if isinstance(listed, list) else []:
         if isinstance(record, dict) and record.get("name") == "python" \
                 and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
             return record["version"]
-    return None
+    python = (bundle.manifest.env or {}).get("python") if isinstance(bundle.manifest.env, dict) else None
+    return python if isinstance(python, str) and re.match(r"^\d+\.\d+(\.\d+)?$", python) else None
 
 
 PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling", "conda-package-streaming",
