@@ -6530,6 +6530,47 @@ def pip_pins(attempt, bundle, dists, options, manager):
     return pins, rows
 
 
+def uv_here(python):
+    """uv (on PATH, or beside the environment's Python) and pip's index settings as uv's flags, when
+    pip's settings are all in the environment (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
+    PIP_NO_INDEX) and no pip configuration file is in force that uv would not read; else None."""
+    import shutil
+    uv = shutil.which("uv") or (os.path.join(os.path.dirname(python), "uv")
+                                if os.access(os.path.join(os.path.dirname(python), "uv"), os.X_OK) else None)
+    if not uv:
+        return None
+    config = os.environ.get("PIP_CONFIG_FILE")
+    if config != os.devnull and (config or any(os.path.isfile(p) for p in (
+            "/etc/pip.conf", os.path.expanduser("~/.pip/pip.conf"), os.path.expanduser("~/.config/pip/pip.conf")))):
+        return None
+    flags = []
+    if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes"):
+        flags.append("--no-index")
+    if os.environ.get("PIP_INDEX_URL"):
+        flags += ["--index-url", os.environ["PIP_INDEX_URL"]]
+    for url in os.environ.get("PIP_EXTRA_INDEX_URL", "").split():
+        flags += ["--extra-index-url", url]
+    for place in os.environ.get("PIP_FIND_LINKS", "").split():
+        flags += ["--find-links", place]
+    return [uv] + flags
+
+
+def install_with_uv(attempt, python, pins, extra):
+    """The exact set in one resolve by uv, where it is here (uv_here): True when it installed it all."""
+    uv = uv_here(python)
+    if not uv or not pins:
+        return False
+    requirements = os.path.join(attempt.path, "pip-requirements.txt")
+    write_atomic(requirements, "".join(pin_line(p) + "\n" for key, p in sorted(pins.items())))
+    say("installing %d Python distribution%s with uv (every one pinned to the base's version, one resolve)..."
+        % (len(pins), "s" * (len(pins) != 1)))
+    code, output = attempt.run([uv[0], "pip", "install", "--python", python, "-r", requirements] + uv[1:] + extra)
+    if code != 0:
+        say("  uv could not install them all (%s): pip tries, relaxing what it names"
+            % (output.strip().splitlines() or ["exit %d" % code])[-1][:200])
+    return code == 0
+
+
 def install_each(attempt, python, pins, extra):
     """The last level: each pin on its own, so what can install does; when pip fails the same way for
     three in a row (an index that answers nothing), the rest are not tried and say so."""
@@ -6567,8 +6608,9 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None
                 pins[key]["file"] = os.path.join(folder, member.split("/")[1])
                 pins[key]["why"] += "; its wheel carried in the bundle"
     try:
-        done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve",
-                                  extra=extra)
+        installer = "uv" if install_with_uv(attempt, python, pins, extra) else manager
+        done, last = (True, "") if installer == "uv" else \
+            resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve", extra=extra)
         if not done and last is not None:
             direct = dict((k, p) for k, p in pins.items() if p["direct"])
             if direct and len(direct) < len(pins):
@@ -6591,14 +6633,14 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None
             why = pin["why"]
             if have != pin["dist"]["version"] and not why.startswith("relaxed"):
                 why = "%s; pip chose %s (%s)" % (why, have, pin.get("level") or "the base's version did not install")
-            rows.append(dist_row(pin["dist"], have, "installed", why, manager))
+            rows.append(dist_row(pin["dist"], have, "installed", why, installer))
         else:
             why = pin.get("failure") or ("%s, which did not bring it" % pin["level"] if pin.get("level") else
                                          "not installed: %s" % last if last else "pip did not install it")
             rows.append(dict(dist_row(pin["dist"], None, "failed", why, manager),
                              package="%s:%s%s" % (manager, pin["name"], "=" + pin["version"] if pin["version"] else "")))
     drifted = [r for r in rows if r.get("drift")]
-    say("pip: %d distributions installed, %d at the base's version, %d differ%s" % (
+    say("%s: %d distributions installed, %d at the base's version, %d differ%s" % (installer,
         len([r for r in rows if r["status"] == "installed"]),
         len([r for r in rows if r["status"] == "installed" and not r["drift"]]), len(drifted),
         ": " + ", ".join("%s %s -> %s" % (r["requirement"], r["base_version"], r["version"]) for r in drifted)
@@ -7338,6 +7380,10 @@ def doctor_findings(store):
     free = shutil.disk_usage(place).free
     rows.append(("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
                  "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk"))
+    for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
+                      ("pixi", "makes conda-style environments"), ("uv", "installs the pip route's pins, faster")):
+        if shutil.which(tool):
+            rows.append(("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), ""))
     rows.append(server_finding(store))
     here = this_platform()
     rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],

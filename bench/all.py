@@ -11,7 +11,9 @@
   5. migration overhead: a migration whose tests are `true`, minus the time inside conda;
   6. the size of pm.pyz;
   7. the air-gapped round trip of a realistic environment, pm against conda-pack 0.9.2 (roundtrip.py):
-     pack, bundle size, install with the tests on every route, peak RSS.
+     pack, bundle size, install with the tests on every route, peak RSS;
+  8. the pip route with uv on the target: a venv base of 40 pip-installed wheels migrated with the same
+     pins, uv on PATH against pip alone.
 
 Prints one table and writes bench/results.json, or $BENCH_RESULTS (both sides, the ratio, the
 machine, the commit).
@@ -333,6 +335,49 @@ def migration_overhead(condas, work):
                    "< 1 s", note="conda's own commands take the rest")]
 
 
+
+# -- 8. the pip route with uv ------------------------------------------------------
+
+
+def pip_route_with_uv(work):
+    """A venv base of 40 wheels from a local folder, packed once, migrated with package_managers = pip:
+    uv on PATH (it takes the one exact resolve) against pip alone, median wall seconds."""
+    import wheels
+    folder = os.path.join(work, "uv-wheels")
+    names = ["kit%02d" % n for n in range(40)]
+    for name in names:
+        wheels.make_wheel(folder, name, "1.0", {"%s/__init__.py" % name: "VALUE = 1\n" + "# pad\n" * 2000})
+    python = find_python("3.11")
+    venv, soft = os.path.join(work, "uv-base"), os.path.join(work, "uvbench")
+    os.makedirs(soft)
+    with open(os.path.join(soft, "check.py"), "w") as handle:
+        handle.write("".join("import %s\n" % n for n in names))
+    quiet = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=folder,
+                 PIP_DISABLE_PIP_VERSION_CHECK="1")
+    subprocess.run([python, "-m", "venv", venv], check=True)
+    subprocess.run([os.path.join(venv, "bin", "pip"), "install", "-q"] + ["%s==1.0" % n for n in names], env=quiet,
+                   check=True)
+    bundle = os.path.join(work, "uvbench.zip")
+    subprocess.run([sys.executable, PYZ, "pack", "-d", soft, "-e", venv, "-o", bundle, "--yes"], env=quiet,
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uv_dir = os.path.dirname(shutil.which("uv", path=os.path.dirname(sys.executable)) or "/nonexistent/uv")
+    times = {}
+    for label, path in (("uv", uv_dir + ":" + os.environ["PATH"]), ("pip", os.environ["PATH"])):
+        runs = []
+        for number in range(1 if QUICK else 3):
+            home = os.path.join(work, "uv-home-%s-%d" % (label, number))
+            config = os.path.join(work, "uv.ini")
+            with open(config, "w") as handle:
+                handle.write("[uvbench]\noutput_dir = %s\npackage_managers = pip\ntests = check\n[test_check]\n"
+                             "exec = python check.py\n" % os.path.join(home, "installed"))
+            seconds, _ = timed_child([sys.executable, PYZ, "migrate", "uvbench", config, "--bundle", bundle, "--yes"],
+                                     env=dict(quiet, PM_HOME=home, PATH=path))
+            runs.append(seconds)
+        times[label] = median(runs)
+    return [figure("pip route, 40 pins: migrate with uv", times["uv"], "the same with pip alone", times["pip"], "s",
+                   "uv faster", note="same pins, read back by pip")]
+
+
 def main():
     started = time.time()
     work = tempfile.mkdtemp(prefix="pm-bench-all-")
@@ -343,7 +388,8 @@ def main():
                             ("packing", lambda: packing(condas, work)), ("uploading", lambda: uploading(work)),
                             ("start-up", startup), ("migration overhead", lambda: migration_overhead(condas, work)),
                             ("the air-gapped round trip", lambda: roundtrip.roundtrip(
-                                condas, work, timed_child, median, figure, QUICK, PYZ))):
+                                condas, work, timed_child, median, figure, QUICK, PYZ)),
+                            ("the pip route with uv", lambda: pip_route_with_uv(work))):
             if os.environ.get("BENCH_ONLY", label) not in label:
                 continue
             print("measuring %s ..." % label, file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ own test checks every distribution at the base's version."""
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -234,3 +235,34 @@ def test_every_kind_migrates_and_its_test_passes_with_every_distribution_at_the_
     base = pipbase.short_version(find_python("3.11"))
     assert report["source"]["env_python"] == base, "the venv's own Python (pyvenv.cfg), not the one pm ran under"
     assert report["target"]["env_python"].split(".")[:2] == base.split(".")[:2], "the base's minor version here"
+
+
+def test_a_prefix_packed_without_conda_migrates_with_real_conda_too(bases, pyz, real_condas, tmp_path):
+    """The pixi-style bundle (packed under 2.7 with no conda, --with-packages) on a real conda 25.11.1
+    target with no channel and no network: conda installs the carried packages, pm the carried wheel."""
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    os.makedirs(str(tmp_path / "empty"))
+    env = target.env(**wheels.pip_env(str(tmp_path / "empty")))
+    proc = migrate(pyz, "pixisim", bases["bundles"]["pixi-2.7"], tmp_path, "conda", env, True)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(run_pm(find_python("newest"), pyz, ["report", "pixisim", "--json"], env).stdout)
+    rows = dict((r["requirement"], r) for r in report["requirements"])
+    assert report["level"] == "exact" and rows["numlite"]["version"] == "2.0" and rows["tinycalc"]["version"] == "1.0"
+
+
+def test_uv_on_the_target_installs_the_same_pins_and_the_rows_say_so(bases, pyz, tmp_path):
+    """uv on PATH (the one tests/requirements.txt installs) takes the one exact resolve; pip reads back;
+    each row names uv; doctor lists it."""
+    home = str(tmp_path / "home")
+    uv_dir = os.path.dirname(shutil.which("uv", path=os.path.dirname(sys.executable)))
+    env = no_conda_env(home, **wheels.pip_env(bases["index"]))
+    env["PATH"] = uv_dir + ":" + env["PATH"]
+    proc = migrate(pyz, "venvsim", bases["bundles"]["venv-carried"], tmp_path, "pip", env, False)
+    assert proc.returncode == 0, proc.stderr
+    assert "with uv (every one pinned to the base's version, one resolve)" in proc.stderr
+    assert "uv: 2 distributions installed, 2 at the base's version, 0 differ" in proc.stderr
+    report = json.loads(run_pm(find_python("newest"), pyz, ["report", "venvsim", "--json"], env).stdout)
+    rows = dict((r["requirement"], r) for r in report["requirements"])
+    assert rows["tinycalc"]["how"].startswith("uv:tinycalc=1.0"), rows["tinycalc"]
+    doctor = run_pm(find_python("newest"), pyz, ["doctor"], env)
+    assert "uv (%s" % os.path.join(uv_dir, "uv") in doctor.stdout, doctor.stdout
