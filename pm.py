@@ -6069,6 +6069,23 @@ def show(line):
     print(printable(line))
 
 
+JSON_PRINTED = [False]  # --json: the one object is out (main prints an error object when it is not)
+
+
+def print_json(data, sort_keys=True):
+    """The one JSON value a --json run prints on stdout."""
+    JSON_PRINTED[0] = True
+    show(json.dumps(data, indent=1, sort_keys=sort_keys))
+
+
+def json_error(what, fix=None, name=None):
+    """The object --json prints when a run ends before its own result (a refusal, an interruption)."""
+    data = {"status": "error", "error": what, "fix": fix}
+    if name:
+        data["name"] = name
+    return data
+
+
 def print_report(report):
     show("%s, attempt %s: %s%s%s" % (report["name"], report["id"], report["status"],
                                        " (level %s)" % report["level"] if report["level"] else "",
@@ -6892,7 +6909,7 @@ def server_status(store, as_json=False):
         if record:
             status.update(url=record["url"], pid=record["pid"], started=utc_time(record["started"]),
                           uptime_seconds=int(time.time() - record["started"]), bundles=bundle_listing(store))
-        show(json.dumps(status, indent=1, sort_keys=True))
+        print_json(status)
         return 0 if record else 1
     if not record:
         show("no server runs for %s" % store.home)
@@ -7209,6 +7226,8 @@ def cmd_serve(args):
         raise PmError("--max-connections and --timeout must be positive", "pass e.g. --max-connections 100 --timeout 60")
     config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout,
                           args.max_connections, args.max_ratio)
+    if args.json and args.action != "status":
+        raise PmError("--json goes with 'serve status' only", "run 'pm.pyz serve status --json', or leave out --json")
     if args.action == "start":
         return start_server(config, SELF_PATH)
     if args.action == "stop":
@@ -7259,17 +7278,16 @@ def cmd_migrate(args):
     try:
         result = migrate(store, args.name, config, Bundle.open(path, max_ratio=args.max_ratio), options)
     except (Exception, KeyboardInterrupt) as exc:
-        if args.json:  # scripts always get the result object, also when the attempt ended in an error
-            attempt = getattr(exc, "attempt", None)
-            report = attempt_report(store, args.name, attempt.id) if attempt else {
-                "name": args.name, "status": "error", "error": exc.what if isinstance(exc, PmError) else str(exc)}
+        attempt = getattr(exc, "attempt", None)
+        if args.json and attempt:  # scripts always get the result object, also when the attempt ended in an error
+            report = attempt_report(store, args.name, attempt.id)  # (before the attempt: main prints the error)
             report.pop("history", None)
-            print(json.dumps(report, indent=1, sort_keys=True))
+            print_json(report)
         raise
     if args.json:
         report = attempt_report(store, args.name, result.attempt.id)
         report.pop("history")
-        print(json.dumps(report, indent=1, sort_keys=True))
+        print_json(report)
     else:
         result.print_summary()
     return result.exit_code()
@@ -7282,7 +7300,7 @@ def cmd_managers(args):
     rows = [{"key": k, "name": m.name, "exec": m.exec, "available": m.available(), "source": m.source}
             for k, m in sorted(managers.items())]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print_json(rows, sort_keys=False)
         return 0
     key_width = max(len(row["key"]) for row in rows)
     name_width = max(len(row["name"]) for row in rows)
@@ -7326,7 +7344,7 @@ def cmd_report(args):
     Every attempt also keeps this as report.html in its folder: one page, nothing fetched."""
     report = attempt_report(Store.default(), check_name(args.name), args.attempt)
     if args.json:
-        print(json.dumps(report, indent=1, sort_keys=True))
+        print_json(report)
     else:
         print_report(report)
         print("\npage: %s" % os.path.join(report["path"], "report.html"))
@@ -7339,7 +7357,7 @@ def cmd_doctor(args):
     is missing. Exit 0, or 1 when no way to make an environment is here (no conda, no manager)."""
     rows = doctor_findings(Store.default())
     if args.json:
-        print(json.dumps([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], indent=1))
+        print_json([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], sort_keys=False)
     else:
         for area, ok, what, fix in rows:
             mark = "ok" if ok else "--" if ok is None else "!!"
@@ -7354,7 +7372,7 @@ def cmd_history(args):
     name = check_name(args.name)
     history = attempt_history(store.attempts(name)) if os.path.isdir(store.software(name)) else []
     if args.json:
-        show(json.dumps(history, indent=1, sort_keys=True))
+        print_json(history)
         return 0
     if not history:
         say("no migration attempts of %s in %s" % (name, store.home))
@@ -7382,7 +7400,7 @@ def cmd_list(args):
             row = {"name": name, "revisions": 0, "latest": None, "attempts": [], "error": "cannot be read (%s)" % exc}
         rows.append(row)
     if args.json:
-        show(json.dumps(rows, indent=1))
+        print_json(rows, sort_keys=False)
         return 0
     if not rows:
         say("nothing stored in %s yet" % store.home)
@@ -7411,8 +7429,19 @@ def add_max_ratio(sub):
                           "(default %d; 0: no limit)" % (UNPACKED_FLOOR >> 20, MAX_UNPACK_RATIO))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, and a bad usage with --json on the line still prints its one JSON object."""
+
+    json_wanted = False
+
+    def error(self, message):
+        if ArgumentParser.json_wanted and not JSON_PRINTED[0]:
+            print_json(json_error(message, "see 'pm.pyz %s --help'" % self.prog.split(" ", 1)[-1]))
+        argparse.ArgumentParser.error(self, message)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pm.pyz",
         description="pm moves scientific software to another machine and proves it works there "
                     "by running the software's own tests.",
@@ -7517,6 +7546,7 @@ def main(argv=None):
         return load_probe().main(argv[1:] + flags)
     argv = flags + argv
     parser = build_parser()
+    ArgumentParser.json_wanted = "--json" in argv
     args = parser.parse_args(argv)
     if not getattr(args, "function", None):
         parser.print_help()
@@ -7526,15 +7556,22 @@ def main(argv=None):
     try:
         return args.function(args)
     except PmError as exc:
+        if getattr(args, "json", False) and not JSON_PRINTED[0]:
+            print_json(json_error(exc.what, exc.fix, getattr(args, "name", None)))
         say(exc.line())
         return exc.code
     except KeyboardInterrupt:
+        if getattr(args, "json", False) and not JSON_PRINTED[0]:
+            print_json(dict(json_error("interrupted", None, getattr(args, "name", None)), status="interrupted"))
         say("pm: interrupted")
         return 130
     except BrokenPipeError:  # the reader went away (`pm.pyz list | head -2`): stop quietly, as git does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
+        if getattr(args, "json", False) and not JSON_PRINTED[0]:
+            print_json(json_error("unexpected %s: %s" % (type(exc).__name__, exc), "report it",
+                                  getattr(args, "name", None)))
         if args.verbose:
             raise
         say("pm: error: unexpected %s: %s %s run again with -v for the traceback, and report it"

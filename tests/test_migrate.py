@@ -605,3 +605,29 @@ def test_quiet_and_verbose_before_the_verb_reach_pack(version, pyz, conda_site, 
     proc = run_pm(find_python(version), pyz, ["-v", "pack", "--server", "http://host:notaport", "-d", example_software,
                                               "-e", "heatsim-env", "--yes"], conda_site.env())
     assert proc.returncode == 2 and "is not a URL" in proc.stderr and "zipping" not in proc.stderr, proc.stderr
+
+
+def test_json_prints_one_object_also_when_refused_before_the_attempt(pyz, tmp_path):
+    """A config, a bundle or a name refused before any attempt starts: --json still prints one JSON
+    object (status 'error', the reason and what to do), and stderr keeps its one line."""
+    bad_runner = CONFIG.replace("exec = sh tests/test_smooth.sh", "exec = sh tests/test_smooth.sh\nrunner = srun 'n1")
+    (tmp_path / "not-a-bundle.zip").write_text("not a zip\n")
+    (tmp_path / "bad-runner.ini").write_text(bad_runner.format(out=str(tmp_path / "installed")))
+    env = dict(os.environ)
+    cases = [(["migrate", "heatsim", str(tmp_path / "bad-runner.ini"), "--json"], 2, "runner \"srun 'n1\""),
+             (["migrate", "heatsim", write_config(tmp_path), "--bundle", str(tmp_path / "nope.zip"), "--json"], 2,
+              "no such bundle file"),
+             (["migrate", "heatsim", write_config(tmp_path), "--bundle", str(tmp_path / "not-a-bundle.zip"),
+               "--json"], 2, "not-a-bundle.zip"),
+             (["migrate", "heatsim", write_config(tmp_path), "--json"], 2, "heatsim"),
+             (["migrate", "bad/name", write_config(tmp_path), "--json"], 2, "bad software name"),
+             (["report", "heatsim", "--json"], 2, "no migration attempts of heatsim"),
+             (["history", "bad/name", "--json"], 2, "bad software name"),
+             (["managers", "--pck-mgr-configs", str(tmp_path / "none.ini"), "--json"], 2, "none.ini"),
+             (["report", "--json"], 2, "name")]
+    for args, code, words in cases:
+        proc = run_pm(find_python("newest"), pyz, args, env)
+        assert proc.returncode == code, (args, proc.stderr)
+        printed = json.loads(proc.stdout)  # exactly one object, nothing else on stdout
+        assert isinstance(printed, dict) and printed["status"] == "error" and words in printed["error"], (args, printed)
+        assert len(proc.stderr.strip().splitlines()) >= 1 and "Traceback" not in proc.stderr

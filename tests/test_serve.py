@@ -487,3 +487,18 @@ def test_without_a_token_only_requests_addressed_here_are_answered(pyz, tmp_path
         assert with_token.request("GET", "/bundles", headers={"Host": "any.name:80"})[0] == 200, "the token decides"
     finally:
         with_token.stop()
+
+
+@pytest.mark.parametrize("action", [[], ["start"]])
+def test_serve_json_without_status_is_refused_and_starts_nothing(action, pyz, tmp_path):
+    store = tmp_path / "store"
+    try:
+        proc = run_pm(find_python("newest"), pyz, ["serve", "--port", "0"] + action + ["--json"],
+                      dict(os.environ, PM_HOME=str(store)), timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve --json started a server")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("pm: error: --json goes with 'serve status' only"), line
+    assert json.loads(proc.stdout)["status"] == "error"
+    assert not (store / "server.pid").exists()
