@@ -2147,9 +2147,17 @@ class Bundle(object):
         """Unzip the carried files under top/ (channel/<subdir>/<file> or wheels/<file>, plain files
         only) into dest, a new folder."""
         import shutil
-        import zipfile
         os.mkdir(dest, 0o700)
-        depth = 3 if top == "channel" else 2
+        try:
+            self.extract_folder_into(top, dest, 3 if top == "channel" else 2)
+        except BaseException:  # a full disk, a refused entry, Ctrl-C: no truncated package is left behind
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return dest
+
+    def extract_folder_into(self, top, dest, depth):
+        import shutil
+        import zipfile
         with zipfile.ZipFile(self.source()) as archive:
             for info in archive.infolist():
                 parts = info.filename.split("/")
@@ -2166,7 +2174,6 @@ class Bundle(object):
                 with archive.open(info) as source, os.fdopen(os.open(os.path.join(folder, parts[-1]), flags, 0o600),
                                                              "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK)
-        return dest
 
     def extract_software(self, dest):
         """Unzip software/<dir>/ into dest; return dest/<dir>. Safe against crafted entries: every
@@ -3553,6 +3560,18 @@ class Attempt(object):
         self.result.update(values)
         write_json(os.path.join(self.path, "result.json"), self.result)
 
+    PARTIAL = ("channel", "wheels", "work", "venv")  # what an attempt writes that is of no use once it failed
+
+    def discard_partial(self):
+        """Remove what this attempt had started writing (carried packages, unzipped copies, its venv):
+        after a full disk, so that the disk is not left full and the attempt's end can be recorded."""
+        import shutil
+        for folder in self.PARTIAL:
+            shutil.rmtree(os.path.join(self.path, folder), ignore_errors=True)
+        for leftover in os.listdir(self.path):
+            if leftover.startswith(".pm-") and leftover.endswith(".part"):
+                remove_quietly(os.path.join(self.path, leftover))
+
 
 class MigrateOptions(object):
     """What the caller asks of a migration (the command line's flags, as plain values)."""
@@ -3643,6 +3662,7 @@ def migrate(store, name, config, bundle, options):
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
+            attempt.discard_partial()
             raise PmError("the disk is full (writing %s)" % where,
                           "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
     except Exception as exc:  # one boundary: whatever happens, the attempt ends with its reason
@@ -7330,6 +7350,11 @@ def cmd_unpack(args):
         manifest = Bundle.open(temp, args.bundle, args.max_ratio).manifest
         name = check_name(args.name or manifest.name)
         target = store.add_revision(temp, name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PmError("the disk is full (writing %s)" % store.home,
+                      "free some space, or point PM_HOME at a larger disk", code=1)
     finally:
         if os.path.exists(temp):
             os.remove(temp)

@@ -631,3 +631,31 @@ def test_json_prints_one_object_also_when_refused_before_the_attempt(pyz, tmp_pa
         printed = json.loads(proc.stdout)  # exactly one object, nothing else on stdout
         assert isinstance(printed, dict) and printed["status"] == "error" and words in printed["error"], (args, printed)
         assert len(proc.stderr.strip().splitlines()) >= 1 and "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_while_unzipping_carried_packages_leaves_no_partial_file_and_ends_the_attempt(
+        pyz, real_site, example_software, tmp_path, tiny_disk):
+    """A carried package larger than the store's disk: migrate removes what it had written of it,
+    and the attempt's result.json says 'error' (never 'running' once pm is gone)."""
+    channel = str(tmp_path / "channel")
+    channels.example_channel(channel)
+    channels.make_package(channel, "noarch", "bigdata", "1.0", "0", (), {"share/big.dat": os.urandom(600000)})
+    channels.index_channel(channel)
+    site = real_site("25.11.1", "site", [channel], home=os.path.join(tiny_disk, "home"))
+    site.create("heatsim-env", channels.EXAMPLE_SPECS + ["bigdata"])
+    bundle = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
+                                               "--yes", "--with-packages"], site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  site.env(), timeout=300)
+    assert proc.returncode == 1 and "the disk is full" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    (attempt,) = attempt_dirs(site.home, "heatsim")
+    assert read_result(attempt)["status"] == "error" and "the disk is full" in read_result(attempt)["error"]
+    left = []
+    for folder, _, files in os.walk(attempt):
+        left += [(os.path.relpath(os.path.join(folder, f), attempt), os.path.getsize(os.path.join(folder, f)))
+                 for f in files]
+    assert not [path for path, size in left if size > 64 << 10 or path.startswith(("channel", "work"))], left
+    history = run_pm(find_python("newest"), pyz, ["history", "heatsim"], site.env()).stdout
+    assert "running" not in history and "error" in history

@@ -502,3 +502,17 @@ def test_serve_json_without_status_is_refused_and_starts_nothing(action, pyz, tm
     assert line.startswith("pm: error: --json goes with 'serve status' only"), line
     assert json.loads(proc.stdout)["status"] == "error"
     assert not (store / "server.pid").exists()
+
+
+def test_unpack_on_a_full_disk_is_one_clear_line_and_leaves_nothing(pyz, conda_site, example_software, tmp_path,
+                                                                   tiny_disk):
+    with open(os.path.join(example_software, "field.dat"), "wb") as handle:
+        handle.write(os.urandom(600000))  # more than the 256 KiB disk of the store holds
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    store = os.path.join(tiny_disk, "store")
+    proc = run_pm(find_python("newest"), pyz, ["unpack", bundle], dict(os.environ, PM_HOME=store))
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and line.startswith("pm: error: the disk is full (writing %s" % store), line
+    assert "free some space" in line and "unexpected" not in line
+    left = [os.path.join(folder, f) for folder, _, files in os.walk(store) for f in files]
+    assert not [path for path in left if os.path.getsize(path) > 64 << 10], left
