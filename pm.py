@@ -2301,6 +2301,23 @@ def write_entries(archive, entries, dest):
 _attempt_counter = [0]
 
 
+def attempt_process_alive(record):
+    """Whether the pm that runs an attempt (its result.json's pid, started when it says) still runs."""
+    pid = record.get("pid")
+    if not isinstance(pid, int):
+        return True  # an older record: nothing to tell by
+    started = process_start_time(pid)
+    if started is None and record.get("pid_started") is None:  # no /proc here: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+    return started is not None and started == record.get("pid_started", started)
+
+
 class Store(object):
     """The store and every path in it: NAME/bundles/NNNN.zip (revisions), NAME/<attempt id>/
     (migrations), NAME/original-parts/ (the original protocol's parts), NAME/choices.json (remembered
@@ -2447,7 +2464,11 @@ class Store(object):
                 record = read_json(result) if os.path.isfile(result) else {}
             except (OSError, ValueError) as exc:
                 record = {"status": "unreadable", "error": "result.json cannot be read (%s)" % exc}
-            attempts.append(dict(record if isinstance(record, dict) else {}, id=entry))
+            record = dict(record if isinstance(record, dict) else {}, id=entry)
+            if record.get("status") == "running" and not attempt_process_alive(record):
+                record.update(status="interrupted", error=record.get("error") or
+                              "pm stopped before the attempt ended (killed, or the machine went down)")
+            attempts.append(record)
         return attempts
 
     def has_original_files(self, name):
@@ -3537,7 +3558,8 @@ class Attempt(object):
         self.base_python = None  # the base environment's Python version, for the software's venv
         self.holds = []  # open files whose locks say what this attempt uses (released when it ends)
         self.env_lock = None  # the one of them that locks its conda environment
-        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
+        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started,
+                       "pid": os.getpid(), "pid_started": process_start_time(os.getpid())}
 
     def log(self, text):
         with append_private(self.log_path) as handle:
@@ -4130,6 +4152,9 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
     new one is built beside the old (as NAME-pm-new), which stays whole unless the new one is made.
     With channel (a CarriedChannel) every level installs from the bundle's packages."""
     prefix = conda.env_prefix(env_name)
+    if prefix and not os.path.isfile(os.path.join(prefix, PM_MADE)) and os.path.isfile(creating_mark(attempt, env_name)):
+        remove_left_conda_env(attempt, conda, env_name, prefix)  # cut off while conda made it: never finished
+        prefix = None
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
                       "pass --force to replace it, or --env-name to choose another name")
@@ -4143,30 +4168,41 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
         env_file = EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
                            env_file.pip, env_file.variables)
     build_name = env_name + "-pm-new" if prefix else env_name
-    built = conda.env_prefix(build_name) if prefix else None  # left by a --force that was cut off
-    if built and not os.path.isfile(os.path.join(built, PM_MADE)):
+    left = conda.env_prefix(env_name + "-pm-new")  # left by a --force that was cut off
+    if left and (os.path.isfile(os.path.join(left, PM_MADE)) or os.path.isfile(creating_mark(attempt, env_name + "-pm-new"))):
+        remove_left_conda_env(attempt, conda, env_name + "-pm-new", left)
+    elif left and prefix:
         raise PmError("pm builds the replacement of %s as %s, and a conda environment of that name exists that "
-                      "pm did not make (%s)" % (env_name, build_name, built), "remove or rename it, then run again")
-    missing = []
+                      "pm did not make (%s)" % (env_name, build_name, left), "remove or rename it, then run again")
+    built, missing = None, []
     for level, level_file in migration_levels(env_file, min_deps):
-        if built:  # left by the level that failed, or by an earlier --force
+        if built:  # left by the level that failed
             attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
         level_file.name = build_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
         write_atomic(path, level_file.to_yaml())
         say("creating conda environment %s (%s, %d packages)..." % (build_name, level, len(level_file.dependencies)))
-        if channel:
-            code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
-                                       level_file.dependencies, channel.environ)
-        else:
-            code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
+        write_json(creating_mark(attempt, build_name), {"env": build_name, "attempt": attempt.path})
+        try:
+            if channel:
+                code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
+                                           level_file.dependencies, channel.environ)
+            else:
+                code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
+        except KeyboardInterrupt:  # conda is stopped (run_command): what it had made of the new one goes
+            remove_cut_off_conda_env(attempt, conda, build_name)
+            raise
         built = conda.env_prefix(build_name)
         if code == 0 and built:
             write_json(os.path.join(built, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
+            if prefix:
+                write_json(creating_mark(attempt, env_name), {"env": env_name, "attempt": attempt.path})
             final = replace_conda_env(attempt, conda, env_name, build_name, channel) if prefix else built
             level_file.name = env_name
             write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
             write_json(os.path.join(final, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
+            for name in set([env_name, build_name]):
+                remove_quietly(creating_mark(attempt, name))
             return level, final
         missing = missing_packages(output)
         if missing:
@@ -4175,6 +4211,7 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
             say("  failed at level %s: %s" % (level, conda_error_line(output, code)))
     if built:
         attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
+    remove_quietly(creating_mark(attempt, build_name))
     if prefix:
         say("the environment %s is left as it was" % env_name)
     if missing:
@@ -4187,6 +4224,36 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
                       "add a channel or mirror that has them to this conda's condarc", code=1)
     raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+
+
+def creating_mark(attempt, env_name):
+    """The store's note that pm is making the conda environment env_name (written before conda starts,
+    removed once the environment carries PM_MADE): an environment of that name without PM_MADE is
+    one pm was making when it was cut off, which the next run removes without asking."""
+    return os.path.join(attempt.store.software(attempt.name),
+                        ".conda-env-%s.pm-creating" % re.sub(r"[^\w.-]", "_", env_name))
+
+
+def remove_left_conda_env(attempt, conda, env_name, prefix):
+    say("removing the conda environment %s (%s), left by an earlier pm that was cut off" % (env_name, prefix))
+    attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
+    if os.path.isdir(prefix):  # conda keeps a folder it does not see as an environment
+        import shutil
+        shutil.rmtree(prefix, ignore_errors=True)
+    remove_quietly(creating_mark(attempt, env_name))
+
+
+def remove_cut_off_conda_env(attempt, conda, env_name):
+    """After Ctrl-C during conda's create: remove what conda had made of env_name (its folder in conda's
+    envs dirs), at once and without conda, so that nothing half-made is left; the mark goes with it."""
+    import shutil
+    for folder in PROBE.envs_dirs(conda.info):
+        prefix = os.path.join(folder, env_name)
+        if os.path.isdir(prefix) and not os.path.isfile(os.path.join(prefix, PM_MADE)):
+            say("removing %s, which conda had begun to make" % prefix)
+            shutil.rmtree(prefix, ignore_errors=True)
+    if not any(os.path.isdir(os.path.join(f, env_name)) for f in PROBE.envs_dirs(conda.info)):
+        remove_quietly(creating_mark(attempt, env_name))
 
 
 def replace_conda_env(attempt, conda, env_name, build_name, channel=None):
