@@ -1759,9 +1759,8 @@ def resolve_answers(args):
     """Fill in name, directory and destination, asking where allowed, in platform-migrator 1.1.0's
     order (so answers piped for it work): the name, the directory, then whether to save the zip."""
     name = args.name
-    if not name and not args.yes:
-        default = os.path.basename(os.path.abspath(args.dir)) if args.dir else None
-        name = ask("Software name", default, "-n NAME", False)
+    if not name and not args.yes and not args.dir:  # with -d the name is the folder's, as --help says
+        name = ask("Software name", None, "-n NAME", False)
     software_dir = args.dir or ask("Software directory", None, "-d DIR", args.yes)
     software_dir = os.path.abspath(os.path.expanduser(software_dir))
     if not os.path.isdir(software_dir):
