@@ -216,6 +216,16 @@ def printable(text):
     return re.sub(CONTROL_CHARS, lambda m: u"\\x%02x" % ord(m.group()), touni(text))
 
 
+def plural(count, word, many=None):
+    """'1 package', '2 packages' (many: the plural when it is not word + 's')."""
+    return u"%d %s" % (count, word if count == 1 else many or word + "s")
+
+
+def human_size(size):
+    """A size as people read it: MiB from 1 MiB on, else KiB."""
+    return "%.1f MiB" % (size / 1048576.0) if size >= 1048576 else "%.1f KiB" % (size / 1024.0)
+
+
 def say(text):
     """Write one line of progress or diagnostics to stderr (with -q, only warnings and errors);
     control characters are shown, never sent."""
@@ -929,7 +939,7 @@ class Progress(object):
     def done(self):
         self.clear()
         seconds = time.time() - self.started
-        say("%s: %d files, %.1f MiB in %.1f s" % (self.label, self.files, self.size / 1048576.0, seconds))
+        say("%s: %s, %.1f MiB in %.1f s" % (self.label, plural(self.files, "file"), self.size / 1048576.0, seconds))
 
 
 def tree_size(root):
@@ -1432,7 +1442,7 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
     indexes = {"noarch": {}, platform: {}}
     carried = []
     total = sum(os.path.getsize(p.source) for p in plan if p.kind == "archive")
-    progress = Progress("carrying %d packages" % len(plan), None if any(p.kind != "archive" for p in plan) else total)
+    progress = Progress("carrying %s" % plural(len(plan), "package"), None if any(p.kind != "archive" for p in plan) else total)
     scratch = tempfile.mkdtemp(prefix=".pm-packages-", dir=os.path.dirname(os.path.abspath(writer.temp)))
 
     def prepare(package):
@@ -1492,15 +1502,16 @@ def print_package_plan(plan, dists=()):
         print("%-10s %-50s %10s  %s" % ("missing", "%s %s" % (dist["name"], dist["version"]), "-", why))
     total = 0
     for package in plan:
-        size = os.path.getsize(package.source) if package.kind == "archive" else 0
+        size = os.path.getsize(package.source) if package.kind == "archive" else \
+            tree_size(package.source) or 0 if package.kind == "unpacked" else 0
         total += size
         carried = package.dist + ".zip" if package.kind == "unpacked" else package.fn
         print("%-10s %-50s %10s  %s" % (package.kind, package.subdir + "/" + carried,
-                                        "%.1f MiB" % (size / 1048576.0) if size else "-",
+                                        human_size(size) if size else "-",
                                         package.why if package.kind == "missing" else
                                         "%s (%s)" % (package.source, package.why) if package.why else package.source))
-    print("%d packages, %.1f MiB in archives (unpacked and rebuilt ones not counted), %d missing"
-          % (len(plan), total / 1048576.0, len([p for p in plan if p.kind == "missing"])))
+    print("%s, %s (archives as they are, unpacked ones as extracted, before deflating), %d missing"
+          % (plural(len(plan), "package"), human_size(total), len([p for p in plan if p.kind == "missing"])))
 
 
 # -- Carrying what pip installed --------------------------------------------------
@@ -1613,7 +1624,7 @@ def carry_wheels(writer, prefix, dists, progress_label="carrying what pip instal
         say("warning: %s %s is not carried (%s)" % (dist["name"], dist["version"], why))
     if not carry:
         return
-    progress = Progress("%s: %d wheels" % (progress_label, len(carry)))
+    progress = Progress("%s: %s" % (progress_label, plural(len(carry), "wheel")))
     scratch = tempfile.mkdtemp(prefix="pm-wheels-")
     try:
         for dist in carry:
@@ -1897,6 +1908,7 @@ PROBE = sys.modules.get("pm_probe") or load_probe()
 PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
 NAME_PATTERN, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_PATTERN, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
 spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time, PROBE.printable
+plural, human_size = PROBE.plural, PROBE.human_size
 
 
 def probe_script(server_url, token=""):
@@ -3391,6 +3403,7 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
 # every test's output, result.json. Recreate the environment, unzip, run every test, install.
 
 TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
+TEST_CONFIG_COPY = "test-config.ini"  # in the attempt's folder: the test configuration it ran with
 SOFTWARE_KEYS = ("output_dir", "package_managers", "tests")
 
 
@@ -3405,20 +3418,30 @@ class TestSpec(object):
 class TestResult(object):
     """How one test went."""
 
-    def __init__(self, name, status, exit_code, seconds, log, leftovers=()):
+    def __init__(self, name, status, exit_code, seconds, log, leftovers=(), command=None):
         self.name, self.status, self.exit_code, self.seconds, self.log = name, status, exit_code, seconds, log
         self.leftovers = list(leftovers)  # 'PID command' of processes it left running, stopped by pm
+        self.command = command  # as the configuration wrote it (with its runner first)
 
     def to_json(self):
-        return {"name": self.name, "status": self.status, "exit_code": self.exit_code,
+        return {"name": self.name, "status": self.status, "exit_code": self.exit_code, "command": self.command,
                 "seconds": round(self.seconds, 3), "log": self.log, "left_running": self.leftovers}
 
 
 class MigrationConfig(object):
     """The merged test configuration for one software."""
 
-    def __init__(self, output_dir, package_managers, tests):
+    def __init__(self, output_dir, package_managers, tests, paths=()):
         self.output_dir, self.package_managers, self.tests = output_dir, package_managers, tests
+        self.paths = list(paths)  # the files it was read from, in order (the attempt keeps a copy)
+
+    def copy_text(self):
+        """The files as they were read, one after the other: what the attempt keeps as test-config.ini."""
+        parts = []
+        for path in self.paths:
+            with open(path, encoding="utf-8") as handle:
+                parts.append("# pm: the test configuration %s, as this attempt read it\n%s" % (path, handle.read()))
+        return "\n".join(parts)
 
 
 def read_test_config(paths, name):
@@ -3480,7 +3503,7 @@ def read_test_config_values(parser, paths, name):
         tests.append(TestSpec(test, command, test_timeout(parser, section, origin),
                               test_env_vars(parser[section].get("env", ""), section),
                               parser[section].get("workdir"), runner))
-    return MigrationConfig(os.path.expanduser(output_dir), managers, tests)
+    return MigrationConfig(os.path.expanduser(output_dir), managers, tests, paths)
 
 
 def warn_unknown(parser, section, known, origin):
@@ -3674,8 +3697,10 @@ def migrate(store, name, config, bundle, options):
     here = this_platform()
     for note in platform_notes(bundle.manifest.source, here):
         say("note: " + note)
+    if config.paths:
+        write_atomic(os.path.join(attempt.path, TEST_CONFIG_COPY), config.copy_text())
     attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here,
-                 source=bundle.manifest.source)
+                 source=bundle.manifest.source, test_config=TEST_CONFIG_COPY if config.paths else None)
     try:
         try:
             return recreate_test_install(attempt, config, bundle, options)
@@ -3837,7 +3862,8 @@ def run_test(attempt, test, software, environ):
             test.name, len(run.leftovers), "es" * (len(run.leftovers) > 1),
             "; ".join(run.leftovers), "them" if len(run.leftovers) > 1 else "it"))
         attempt.log("test %s left running: %s" % (test.name, "; ".join(run.leftovers)))
-    return TestResult(test.name, status, code, seconds, log, run.leftovers)
+    return TestResult(test.name, status, code, seconds, log, run.leftovers,
+                      "%s %s" % (test.runner, test.command) if test.runner else test.command)
 
 
 def install_target(bundle, output_dir, force):
@@ -4024,7 +4050,7 @@ def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False)
     except BaseException:
         shutil.rmtree(channel.folder, ignore_errors=True)
         raise
-    say("using the %d packages the bundle carries%s" % (len(carried), "" if missing else ", offline"))
+    say("using the %s the bundle carries%s" % (plural(len(carried), "package"), "" if missing else ", offline"))
     return channel
 
 
@@ -4180,7 +4206,8 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
         level_file.name = build_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
         write_atomic(path, level_file.to_yaml())
-        say("creating conda environment %s (%s, %d packages)..." % (build_name, level, len(level_file.dependencies)))
+        say("creating conda environment %s (%s, %s)..." % (build_name, level, plural(len(level_file.dependencies),
+                                                                                          "package")))
         write_json(creating_mark(attempt, build_name), {"env": build_name, "attempt": attempt.path})
         try:
             if channel:
@@ -6134,7 +6161,9 @@ def attempt_report(store, name, attempt_id=None):
             "installed_to": result.get("installed_to"), "activate": result.get("activate"),
             "path": os.path.join(store.software(name), result["id"]),
             "source": result.get("source") or {}, "target": result.get("platform") or {},
-            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts)}
+            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts),
+            "test_config": log_tail(os.path.join(store.software(name), result["id"], TEST_CONFIG_COPY))
+            if result.get("test_config") else None}
 
 
 def attempt_history(attempts):
@@ -6190,7 +6219,11 @@ def print_report(report):
     show("\ntests (%d)" % len(report["tests"]))
     for test in report["tests"]:
         show("  %-20s %-8s %8.2f s  %s" % (test["name"], test["status"], test["seconds"], test["log"]))
-    show("\nhistory (%d attempts, newest first)" % len(report["history"]))
+        if test.get("command"):
+            show("      $ %s" % test["command"])
+    if report.get("test_config"):
+        show("test configuration: %s" % os.path.join(report["path"], TEST_CONFIG_COPY))
+    show("\nhistory (%s, newest first)" % plural(len(report["history"]), "attempt"))
     for row in report["history"]:
         show("  %s  %-11s %-9s %s" % (row["id"], row["status"], row["level"] or "",
                                        "%d/%d tests passed" % (row["tests_passed"], row["tests"])))
@@ -6245,9 +6278,12 @@ def report_html(report):
          "<td>%s</td>" % e(r["how"])]
         for r in report["requirements"]]) if report["requirements"] else "<p>none recorded</p>"
     tests = "".join('<details class="test" id="test-%s"><summary><b>%s</b> <span class="status %s">%s</span> '
-                    '<span class="meta">%.2f s, exit %s</span></summary><pre>%s</pre></details>'
+                    '<span class="meta">%.2f s, exit %s</span> <code>%s</code></summary><pre>%s</pre></details>'
                     % (e(t["name"]), e(t["name"]), e(t["status"]), e(t["status"]), t["seconds"], t["exit_code"],
-                       e(t["output"]) or "(no output)") for t in report["tests"]) or "<p>no tests ran</p>"
+                       e(t.get("command") or ""), e(t["output"]) or "(no output)")
+                    for t in report["tests"]) or "<p>no tests ran</p>"
+    if report.get("test_config"):
+        tests += "\n<h2>Test configuration</h2><pre>%s</pre>" % e(report["test_config"])
     history = table(["attempt", "status", "level", "tests passed", "seconds"], [
         ["<td>%s</td>" % e(h["id"]), status(h["status"]), "<td>%s</td>" % e(h["level"] or ""),
          "<td>%d/%d</td>" % (h["tests_passed"], h["tests"]),
@@ -7007,7 +7043,7 @@ def server_status(store, as_json=False):
     listing = bundle_listing(store)
     show("bundles  %d" % len(listing))
     for name, info in sorted(listing.items()):
-        show("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
+        show("  %-30s %s, latest %s" % (name, plural(info["revisions"], "revision"), info["stored"]))
     return 0
 
 
@@ -7424,7 +7460,7 @@ def cmd_unpack(args):
     finally:
         if os.path.exists(temp):
             os.remove(temp)
-    say("stored %s (%d members) as %s" % (name, len(manifest.members), target))
+    say("stored %s (%s) as %s" % (name, plural(len(manifest.members), "member"), target))
     print(target)
     return 0
 

@@ -391,3 +391,14 @@ def test_the_readmes_pack_example_runs_in_a_script_without_asking_for_the_name(v
     assert proc.returncode == 0, proc.stderr
     assert "Software name" not in proc.stderr
     assert pm.Bundle.open(out).manifest.name == "heatsim"
+
+
+def test_dry_run_gives_the_real_total_size_of_what_would_be_carried(pyz, conda_site, example_software, tmp_path):
+    out = str(tmp_path / "never.zip")
+    proc = run_pm(find_python("newest"), pyz, pack_args(example_software, out, "--with-packages", "--dry-run"),
+                  conda_site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    total = proc.stdout.strip().splitlines()[-1]
+    assert total.startswith("5 packages, ") and "0.0 MiB" not in total and "not counted" not in total, total
+    assert float(total.split(", ")[1].split()[0]) > 0 or "KiB" in total, total
+    assert not os.path.exists(out)
