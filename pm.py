@@ -6428,6 +6428,7 @@ class ServerConfig(object):
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.started = time.time()
+        self.token_made = False  # pm made the token (no --token, --no-token or PM_SERVER_TOKEN): it prints it
 
     def url(self, host=None):
         import socket
@@ -6850,6 +6851,9 @@ def make_server(config):
     try:
         server = ThreadingServer((config.host, config.port), make_handler(config))
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PmError("port %d is in use on %s" % (config.port, config.host),
+                          "choose another --port, or stop what uses it")
         raise PmError("cannot listen on %s:%d (%s)" % (config.host, config.port, exc.strerror or exc),
                       "choose another --port, or stop what uses it")
     config.port = server.server_address[1]
@@ -6934,10 +6938,15 @@ def run_server(config):
                 % config.host)
         record = {"pid": os.getpid(), "proc_start": process_start_time(os.getpid()), "host": config.host,
                   "port": config.port, "started": config.started, "token": config.token,
-                  "url": config.url(config.host)}
+                  "url": config.url()}  # on every address (0.0.0.0): this machine's name, as others reach it
         write_json(store.pidfile, record, 0o600)  # it holds the token
         write_atomic(store.probe_copy, probe_script(config.url(), config.token or ""), 0o600)
         say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, store.home))
+        if config.token_made:  # as 'serve start' says it
+            print("token: %s" % config.token)
+            print("on a base machine: curl -s '%s/migrate?token=%s' > probe.py && python probe.py"
+                  % (config.url(), config.token))
+            sys.stdout.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
@@ -6975,12 +6984,16 @@ def start_server(config, self_path):
         (["--max-ratio", str(config.max_ratio)] if config.max_ratio is not None else [])
     env = dict(os.environ, PM_HOME=store.home, PM_SERVER_TOKEN=config.token)
     with append_private(store.server_log, binary=True) as log:  # the child keeps its own copy
+        log_start = log.tell()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                  start_new_session=True)
     deadline = time.time() + 15
     while time.time() < deadline:
         if child.poll() is not None:
             refuse_a_second_server(store)  # another start won the race
+            reason = server_error(store.server_log, log_start)  # its own one line: 'port N is in use', ...
+            if reason:
+                raise PmError(reason[0], reason[1] + " (the server's log: %s)" % store.server_log)
             raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % store.server_log)
         record = running_server(store)
         if record and record["pid"] == child.pid:
@@ -7004,6 +7017,21 @@ def start_server(config, self_path):
         time.sleep(0.1)
     child.terminate()
     raise PmError("the server did not answer within 15 s", "read %s" % store.server_log)
+
+
+def server_error(log_path, offset):
+    """(what, fix) of the last 'pm: error:' line a server wrote into its log from offset on, or None."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            lines = handle.read(1 << 16).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("pm: error: "):
+            what, _, fix = line[len("pm: error: "):].partition(" %s " % DASH)
+            return what, fix or "read the server's log"
+    return None
 
 
 def stop_server(store):
@@ -7348,6 +7376,9 @@ def cmd_serve(args):
         raise PmError("--max-connections and --timeout must be positive", "pass e.g. --max-connections 100 --timeout 60")
     config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout,
                           args.max_connections, args.max_ratio)
+    if args.action is None and token is None:  # in the foreground as 'serve start' does: a new token
+        import secrets
+        config.token, config.token_made = secrets.token_urlsafe(18), True
     if args.json and args.action != "status":
         raise PmError("--json goes with 'serve status' only", "run 'pm.pyz serve status --json', or leave out --json")
     if args.action == "start":
