@@ -21,6 +21,7 @@ and newer, the probe also 2.7):
   Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
   Server (process)   one server per store: foreground, start, stop, status
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
+  Prune              what the store holds, and removing what no install needs
   Command line       verbs, help, exit codes
 """
 # Start-up imports only what every verb needs; the server's and the original protocol's modules
@@ -3826,7 +3827,7 @@ def recreate_test_install(attempt, config, bundle, options):
             shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
-        result.installed = install_software(bundle, config.output_dir, options.force)
+        result.installed = install_software(bundle, config.output_dir, options.force, attempt.id)
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
         if options.skip_tests:
             python_rows += installed_rows
@@ -3884,7 +3885,7 @@ def install_mark(target):
     return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
 
 
-def install_software(bundle, output_dir, force):
+def install_software(bundle, output_dir, force, attempt_id=None):
     """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
     install (replaced with --force) stays whole until the new one is complete."""
     import shutil
@@ -3898,7 +3899,8 @@ def install_software(bundle, output_dir, force):
             if os.path.lexists(target):
                 os.rename(target, os.path.join(staging, "old"))
             os.rename(extracted, target)
-            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time()}, 0o644)
+            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time(),
+                                              "attempt": attempt_id}, 0o644)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -7352,6 +7354,95 @@ BROKEN_ORIGINAL_SEARCHES = {
 }
 
 
+# == Prune ====================================================================
+# What the store holds, and what no install needs: attempts that failed, errored or were cut off
+# (their folders, venvs and carried environments), passed ones whose install is gone or replaced,
+# bundle revisions beyond the newest --keep N.
+
+ENDED_BADLY = ("failed", "error", "interrupted")  # (no result.json yet: an attempt just begun)
+
+
+def attempt_install_in_use(attempt):
+    """Whether an attempt's install is still there and still its own (the install mark names it)."""
+    installed = attempt.get("installed_to")
+    if not installed or not os.path.isdir(installed):
+        return False
+    try:
+        mark = read_json(install_mark(installed))
+    except (OSError, ValueError):
+        return True  # pm cannot tell: keep it
+    return mark.get("attempt") in (None, attempt["id"])
+
+
+def prune_plan(store, names, keep):
+    """[(name, path, size, what, remove, why)] for every revision and attempt of the names."""
+    rows = []
+    for name in names:
+        revisions = store.revisions(name)
+        for number, path in enumerate(revisions):
+            old = number < len(revisions) - keep
+            rows.append((name, path, os.path.getsize(path), "revision", old,
+                         "beyond --keep %d" % keep if old else "among the newest %d" % keep))
+        envs = os.path.join(store.software(name), "envs")
+        for attempt in store.attempts(name):
+            path = os.path.join(store.software(name), attempt["id"])
+            env = os.path.join(envs, attempt["id"])
+            status = attempt.get("status", "unfinished")
+            if status == "running":
+                remove, why = False, "running"
+            elif status in ENDED_BADLY:
+                remove, why = True, status
+            elif attempt_install_in_use(attempt):
+                remove, why = False, "%s: its install %s is in use" % (status, attempt["installed_to"])
+            else:
+                remove, why = True, "%s: its install %s is gone or replaced" % (status, attempt.get("installed_to"))
+            if os.path.isdir(env) and prefix_in_use(env):
+                remove, why = False, "its environment is in use"
+            size = (PROBE.tree_size(path) or 0) + (PROBE.tree_size(env) or 0 if os.path.isdir(env) else 0)
+            rows.append((name, path, size, "attempt", remove, why))
+    return rows
+
+
+def cmd_prune(args):
+    """Show what the store holds, per software, bundle revision and attempt, with its size, and remove
+    what no install needs: the attempts that failed, ended in an error or were cut off (their folders,
+    with the venv and the environment pm made without conda), passed attempts whose install is gone
+    or was replaced by a later one, and bundle revisions beyond the newest --keep N (1). An attempt
+    whose install is still there (its result.json's installed_to, whose install mark names it) and a
+    running one are never removed. Conda environments are conda's: prune leaves them."""
+    import shutil
+    if args.keep < 0:
+        raise PmError("--keep must be 0 or more", "pass e.g. --keep 1")
+    store = Store.default()
+    names = [check_name(args.name)] if args.name else store.names()
+    if args.name and not os.path.isdir(store.software(args.name)):
+        raise PmError("nothing stored for %s in %s" % (args.name, store.home), "see 'pm.pyz list'")
+    rows = prune_plan(store, names, args.keep)
+    freed = 0
+    for name in names:
+        mine = [r for r in rows if r[0] == name]
+        show("%s: %s (%s), %s (%s)" % (name, plural(len([r for r in mine if r[3] == "revision"]), "revision"),
+                                      human_size(sum(r[2] for r in mine if r[3] == "revision")),
+                                      plural(len([r for r in mine if r[3] == "attempt"]), "attempt"),
+                                      human_size(sum(r[2] for r in mine if r[3] == "attempt"))))
+        for _, path, size, what, remove, why in mine:
+            label = os.path.relpath(path, store.software(name))
+            show("  %-30s %10s  %-6s %s" % (label, human_size(size), "remove" if remove else "keep", why))
+            if remove and not args.dry_run:
+                if what == "revision":
+                    remove_quietly(path)
+                else:
+                    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)),
+                                  ignore_errors=True)
+                    shutil.rmtree(path, ignore_errors=True)
+            if remove:
+                freed += size
+    show("%s, %s %s%s" % (human_size(sum(r[2] for r in rows)), human_size(freed),
+                          "would be freed" if args.dry_run else "freed",
+                          " (--dry-run: nothing removed)" if args.dry_run else ""))
+    return 0
+
+
 # == Command line =============================================================
 
 SELF_PATH = os.path.abspath(sys.argv[0])
@@ -7364,6 +7455,7 @@ EXAMPLES = {
     "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
     "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
     "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
+    "prune": "examples:\n  python3 pm.pyz prune --dry-run\n  python3 pm.pyz prune mysim --keep 2",
 }
 
 
@@ -7683,6 +7775,11 @@ def build_parser():
     sub.add_argument("--json", action="store_true", help="print JSON for machines (schema in the README)")
     sub = verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor)
     sub.add_argument("--json", action="store_true", help="print JSON for machines")
+    sub = verb("prune", "show what the store holds and remove what no install needs", cmd_prune)
+    sub.add_argument("name", nargs="?", help="only this software (default: all)")
+    sub.add_argument("--keep", type=int, default=1, metavar="N",
+                     help="keep the newest N bundle revisions of each software (default 1)")
+    sub.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
     sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("--json", action="store_true", help="print JSON for machines")

@@ -659,3 +659,47 @@ def test_a_full_disk_while_unzipping_carried_packages_leaves_no_partial_file_and
     assert not [path for path, size in left if size > 64 << 10 or path.startswith(("channel", "work"))], left
     history = run_pm(find_python("newest"), pyz, ["history", "heatsim"], site.env()).stdout
     assert "running" not in history and "error" in history
+
+
+def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    for _ in range(3):
+        assert run_pm(find_python("newest"), pyz, ["unpack", bundle], conda_site.env()).returncode == 0
+    failing = CONFIG.replace("tests = smooth, tools", "tests = smooth, broken") + "[test_broken]\nexec = exit 3\n"
+    failed = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, failing)],
+                    conda_site.env(), timeout=600)
+    assert failed.returncode == 1, failed.stderr
+    passed = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--force"],
+                    conda_site.env(), timeout=600)
+    assert passed.returncode == 0, passed.stderr
+    first, second = attempts(conda_site)
+    revisions = sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles")))
+    assert revisions == ["0001.zip", "0002.zip", "0003.zip"]
+
+    dry = run_pm(find_python("newest"), pyz, ["prune", "--dry-run"], conda_site.env())
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0].startswith("heatsim: 3 revisions (") and "2 attempts (" in lines[0], dry.stdout
+    row = dict((line.split()[0], line) for line in lines[1:-1])
+    assert "remove" in row[os.path.basename(first)] and "failed" in row[os.path.basename(first)]
+    assert "keep" in row[os.path.basename(second)] and "is in use" in row[os.path.basename(second)]
+    assert "remove" in row["bundles/0001.zip"] and "remove" in row["bundles/0002.zip"]
+    assert "keep" in row["bundles/0003.zip"]
+    assert lines[-1].endswith("would be freed (--dry-run: nothing removed)"), lines[-1]
+    assert attempts(conda_site) == [first, second] and len(os.listdir(os.path.dirname(os.path.join(
+        conda_site.home, "heatsim", "bundles", "x")))) == 3
+
+    done = run_pm(find_python("newest"), pyz, ["prune", "--keep", "2"], conda_site.env())
+    assert done.returncode == 0 and "freed" in done.stdout.splitlines()[-1], done.stderr
+    assert attempts(conda_site) == [second]
+    assert sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles"))) == ["0002.zip", "0003.zip"]
+    assert (tmp_path / "installed" / "heatsim").is_dir()
+    assert read_result(second)["installed_to"] == str(tmp_path / "installed" / "heatsim")
+
+    shutil.rmtree(str(tmp_path / "installed" / "heatsim"))  # the install is gone: its attempt is needed no more
+    again = run_pm(find_python("newest"), pyz, ["prune", "heatsim"], conda_site.env())
+    assert again.returncode == 0, again.stderr
+    assert attempts(conda_site) == [] and "is gone or replaced" in again.stdout
+    assert sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles"))) == ["0003.zip"]
+    listed = run_pm(find_python("newest"), pyz, ["--help"], conda_site.env()).stdout
+    assert "prune" in listed
