@@ -219,7 +219,7 @@ def printable(text):
 
 def plural(count, word, many=None):
     """'1 package', '2 packages' (many: the plural when it is not word + 's')."""
-    return u"%d %s" % (count, word if count == 1 else many or word + "s")
+    return "%d %s" % (count, word if count == 1 else many or word + "s")
 
 
 def human_size(size):
