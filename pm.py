@@ -21,6 +21,7 @@ and newer, the probe also 2.7):
   Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
   Server (process)   one server per store: foreground, start, stop, status
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
+  Prune              what the store holds, and removing what no install needs
   Command line       verbs, help, exit codes
 """
 # Start-up imports only what every verb needs; the server's and the original protocol's modules
@@ -218,6 +219,16 @@ def printable(text):
     """Text safe for a terminal: control characters (ESC, BEL, ..., from a bundle or the network)
     shown as \\xNN, never executed."""
     return re.sub(CONTROL_CHARS, lambda m: u"\\x%02x" % ord(m.group()), touni(text))
+
+
+def plural(count, word, many=None):
+    """'1 package', '2 packages' (many: the plural when it is not word + 's')."""
+    return "%d %s" % (count, word if count == 1 else many or word + "s")
+
+
+def human_size(size):
+    """A size as people read it: MiB from 1 MiB on, else KiB."""
+    return "%.1f MiB" % (size / 1048576.0) if size >= 1048576 else "%.1f KiB" % (size / 1024.0)
 
 
 def say(text):
@@ -1005,7 +1016,7 @@ class Progress(object):
     def done(self):
         self.clear()
         seconds = time.time() - self.started
-        say("%s: %d files, %.1f MiB in %.1f s" % (self.label, self.files, self.size / 1048576.0, seconds))
+        say("%s: %s, %.1f MiB in %.1f s" % (self.label, plural(self.files, "file"), self.size / 1048576.0, seconds))
 
 
 def tree_size(root):
@@ -1727,7 +1738,7 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
     indexes = {"noarch": {}, platform: {}}
     carried, binaries = [], []
     total = sum(os.path.getsize(p.source) for p in plan if p.kind == "archive")
-    progress = Progress("carrying %d packages" % len(plan), None if any(p.kind != "archive" for p in plan) else total)
+    progress = Progress("carrying %s" % plural(len(plan), "package"), None if any(p.kind != "archive" for p in plan) else total)
     scratch = tempfile.mkdtemp(prefix=".pm-packages-", dir=os.path.dirname(os.path.abspath(writer.temp)))
 
     def prepare(package):
@@ -1804,15 +1815,16 @@ def print_package_plan(plan, dists=()):
         print("%-10s %-50s %10s  %s" % ("missing", "%s %s" % (dist["name"], dist["version"]), "-", why))
     total = 0
     for package in plan:
-        size = os.path.getsize(package.source) if package.kind == "archive" else 0
+        size = os.path.getsize(package.source) if package.kind == "archive" else \
+            tree_size(package.source) or 0 if package.kind == "unpacked" else 0
         total += size
         carried = package.dist + ".zip" if package.kind == "unpacked" else package.fn
         print("%-10s %-50s %10s  %s" % (package.kind, package.subdir + "/" + carried,
-                                        "%.1f MiB" % (size / 1048576.0) if size else "-",
+                                        human_size(size) if size else "-",
                                         package.why if package.kind == "missing" else
                                         "%s (%s)" % (package.source, package.why) if package.why else package.source))
-    print("%d packages, %.1f MiB in archives (unpacked and rebuilt ones not counted), %d missing"
-          % (len(plan), total / 1048576.0, len([p for p in plan if p.kind == "missing"])))
+    print("%s, %s (archives as they are, unpacked ones as extracted, before deflating), %d missing"
+          % (plural(len(plan), "package"), human_size(total), len([p for p in plan if p.kind == "missing"])))
 
 
 # -- Carrying what pip installed --------------------------------------------------
@@ -1926,7 +1938,7 @@ def carry_wheels(writer, prefix, dists, progress_label="carrying what pip instal
     binaries = []
     if not carry:
         return binaries
-    progress = Progress("%s: %d wheels" % (progress_label, len(carry)))
+    progress = Progress("%s: %s" % (progress_label, plural(len(carry), "wheel")))
     scratch = tempfile.mkdtemp(prefix="pm-wheels-")
     try:
         for dist in carry:
@@ -2324,9 +2336,8 @@ def resolve_answers(args):
     """Fill in name, directory and destination, asking where allowed, in platform-migrator 1.1.0's
     order (so answers piped for it work): the name, the directory, then whether to save the zip."""
     name = args.name
-    if not name and not args.yes:
-        default = os.path.basename(os.path.abspath(args.dir)) if args.dir else None
-        name = ask("Software name", default, "-n NAME", False)
+    if not name and not args.yes and not args.dir:  # with -d the name is the folder's, as --help says
+        name = ask("Software name", None, "-n NAME", False)
     software_dir = args.dir or ask("Software directory", None, "-d DIR", args.yes)
     software_dir = os.path.abspath(os.path.expanduser(software_dir))
     if not os.path.isdir(software_dir):
@@ -2475,6 +2486,7 @@ PmError, say, check_name = PROBE.PmError, PROBE.say, PROBE.check_name
 NAME_PATTERN, CHUNK, BUNDLE_FORMAT, DASH = PROBE.NAME_PATTERN, PROBE.CHUNK, PROBE.BUNDLE_FORMAT, PROBE.DASH
 spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashing, PROBE.utc_time, PROBE.printable
 yaml_scalar = PROBE.yaml_scalar  # the one writer of an environment file's scalars (pack's env.yml, migrate's)
+plural, human_size = PROBE.plural, PROBE.human_size
 
 
 def probe_script(server_url, token=""):
@@ -2789,9 +2801,17 @@ class Bundle(object):
         """Unzip the carried files under top/ (channel/<subdir>/<file> or wheels/<file>, plain files
         only) into dest, a new folder."""
         import shutil
-        import zipfile
         os.mkdir(dest, 0o700)
-        depth = 3 if top == "channel" else 2
+        try:
+            self.extract_folder_into(top, dest, 3 if top == "channel" else 2)
+        except BaseException:  # a full disk, a refused entry, Ctrl-C: no truncated package is left behind
+            shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return dest
+
+    def extract_folder_into(self, top, dest, depth):
+        import shutil
+        import zipfile
         with zipfile.ZipFile(self.source()) as archive:
             for info in archive.infolist():
                 parts = info.filename.split("/")
@@ -2808,7 +2828,6 @@ class Bundle(object):
                 with archive.open(info) as source, os.fdopen(os.open(os.path.join(folder, parts[-1]), flags, 0o600),
                                                              "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK)
-        return dest
 
     def extract_software(self, dest):
         """Unzip software/<dir>/ into dest; return dest/<dir>. Safe against crafted entries: every
@@ -2934,6 +2953,23 @@ def write_entries(archive, entries, dest):
 # One object owns every path of the store (~/.platform_migrator, or $PM_HOME).
 
 _attempt_counter = [0]
+
+
+def attempt_process_alive(record):
+    """Whether the pm that runs an attempt (its result.json's pid, started when it says) still runs."""
+    pid = record.get("pid")
+    if not isinstance(pid, int):
+        return True  # an older record: nothing to tell by
+    started = process_start_time(pid)
+    if started is None and record.get("pid_started") is None:  # no /proc here: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+    return started is not None and started == record.get("pid_started", started)
 
 
 class Store(object):
@@ -3091,7 +3127,11 @@ class Store(object):
                 record = read_json(result) if os.path.isfile(result) else {}
             except (OSError, ValueError) as exc:
                 record = {"status": "unreadable", "error": "result.json cannot be read (%s)" % exc}
-            attempts.append(dict(record if isinstance(record, dict) else {}, id=entry))
+            record = dict(record if isinstance(record, dict) else {}, id=entry)
+            if record.get("status") == "running" and not attempt_process_alive(record):
+                record.update(status="interrupted", error=record.get("error") or
+                              "pm stopped before the attempt ended (killed, or the machine went down)")
+            attempts.append(record)
         return attempts
 
     def has_original_files(self, name):
@@ -4009,6 +4049,7 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
 # every test's output, result.json. Recreate the environment, unzip, run every test, install.
 
 TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
+TEST_CONFIG_COPY = "test-config.ini"  # in the attempt's folder: the test configuration it ran with
 SOFTWARE_KEYS = ("output_dir", "package_managers", "tests")
 
 
@@ -4023,20 +4064,30 @@ class TestSpec(object):
 class TestResult(object):
     """How one test went."""
 
-    def __init__(self, name, status, exit_code, seconds, log, leftovers=()):
+    def __init__(self, name, status, exit_code, seconds, log, leftovers=(), command=None):
         self.name, self.status, self.exit_code, self.seconds, self.log = name, status, exit_code, seconds, log
         self.leftovers = list(leftovers)  # 'PID command' of processes it left running, stopped by pm
+        self.command = command  # as the configuration wrote it (with its runner first)
 
     def to_json(self):
-        return {"name": self.name, "status": self.status, "exit_code": self.exit_code,
+        return {"name": self.name, "status": self.status, "exit_code": self.exit_code, "command": self.command,
                 "seconds": round(self.seconds, 3), "log": self.log, "left_running": self.leftovers}
 
 
 class MigrationConfig(object):
     """The merged test configuration for one software."""
 
-    def __init__(self, output_dir, package_managers, tests):
+    def __init__(self, output_dir, package_managers, tests, paths=()):
         self.output_dir, self.package_managers, self.tests = output_dir, package_managers, tests
+        self.paths = list(paths)  # the files it was read from, in order (the attempt keeps a copy)
+
+    def copy_text(self):
+        """The files as they were read, one after the other: what the attempt keeps as test-config.ini."""
+        parts = []
+        for path in self.paths:
+            with open(path, encoding="utf-8") as handle:
+                parts.append("# pm: the test configuration %s, as this attempt read it\n%s" % (path, handle.read()))
+        return "\n".join(parts)
 
 
 def read_test_config(paths, name):
@@ -4098,7 +4149,7 @@ def read_test_config_values(parser, paths, name):
         tests.append(TestSpec(test, command, test_timeout(parser, section, origin),
                               test_env_vars(parser[section].get("env", ""), section),
                               parser[section].get("workdir"), runner))
-    return MigrationConfig(os.path.expanduser(output_dir), managers, tests)
+    return MigrationConfig(os.path.expanduser(output_dir), managers, tests, paths)
 
 
 def warn_unknown(parser, section, known, origin):
@@ -4175,7 +4226,8 @@ class Attempt(object):
         self.base_python = None  # the base environment's Python version, for the software's venv
         self.holds = []  # open files whose locks say what this attempt uses (released when it ends)
         self.env_lock = None  # the one of them that locks its conda environment
-        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started}
+        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started,
+                       "pid": os.getpid(), "pid_started": process_start_time(os.getpid())}
 
     def log(self, text):
         with append_private(self.log_path) as handle:
@@ -4197,6 +4249,18 @@ class Attempt(object):
     def save(self, **values):
         self.result.update(values)
         write_json(os.path.join(self.path, "result.json"), self.result)
+
+    PARTIAL = ("channel", "wheels", "work", "venv")  # what an attempt writes that is of no use once it failed
+
+    def discard_partial(self):
+        """Remove what this attempt had started writing (carried packages, unzipped copies, its venv):
+        after a full disk, so that the disk is not left full and the attempt's end can be recorded."""
+        import shutil
+        for folder in self.PARTIAL:
+            shutil.rmtree(os.path.join(self.path, folder), ignore_errors=True)
+        for leftover in os.listdir(self.path):
+            if leftover.startswith(".pm-") and leftover.endswith(".part"):
+                remove_quietly(os.path.join(self.path, leftover))
 
 
 class MigrateOptions(object):
@@ -4281,8 +4345,10 @@ def migrate(store, name, config, bundle, options):
     here = this_platform()
     for note in platform_notes(bundle.manifest.source, here):
         say("note: " + note)
+    if config.paths:
+        write_atomic(os.path.join(attempt.path, TEST_CONFIG_COPY), config.copy_text())
     attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here,
-                 source=bundle.manifest.source)
+                 source=bundle.manifest.source, test_config=TEST_CONFIG_COPY if config.paths else None)
     if options.preflight is not None:
         attempt.save(preflight={"problems": options.preflight, "forced": bool(options.preflight),
                                 "checked": "the binaries pack recorded"})
@@ -4293,6 +4359,7 @@ def migrate(store, name, config, bundle, options):
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
+            attempt.discard_partial()
             raise PmError("the disk is full (writing %s)" % where,
                           "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
     except Exception as exc:  # one boundary: whatever happens, the attempt ends with its reason
@@ -4412,7 +4479,7 @@ def recreate_test_install(attempt, config, bundle, options):
             shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
     result = MigrationResult(attempt, tests, packages)
     if result.passed:
-        result.installed = install_software(bundle, config.output_dir, options.force, attempt.store)
+        result.installed = install_software(bundle, config.output_dir, options.force, attempt.store, attempt.id)
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
         if options.skip_tests:
             python_rows += installed_rows
@@ -4448,7 +4515,8 @@ def run_test(attempt, test, software, environ):
             test.name, len(run.leftovers), "es" * (len(run.leftovers) > 1),
             "; ".join(run.leftovers), "them" if len(run.leftovers) > 1 else "it"))
         attempt.log("test %s left running: %s" % (test.name, "; ".join(run.leftovers)))
-    return TestResult(test.name, status, code, seconds, log, run.leftovers)
+    return TestResult(test.name, status, code, seconds, log, run.leftovers,
+                      "%s %s" % (test.runner, test.command) if test.runner else test.command)
 
 
 def install_target(bundle, output_dir, force):
@@ -4469,7 +4537,7 @@ def install_mark(target):
     return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
 
 
-def install_software(bundle, output_dir, force, store):
+def install_software(bundle, output_dir, force, store, attempt_id=None):
     """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
     install (replaced with --force) stays whole until the new one is complete; one install into
     output_dir at a time (the store's lock file for it, never output_dir itself)."""
@@ -4484,7 +4552,8 @@ def install_software(bundle, output_dir, force, store):
             if os.path.lexists(target):
                 os.rename(target, os.path.join(staging, "old"))
             os.rename(extracted, target)
-            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time()}, 0o644)
+            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time(),
+                                              "attempt": attempt_id}, 0o644)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -4639,7 +4708,7 @@ def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False,
     except BaseException:
         shutil.rmtree(channel.folder, ignore_errors=True)
         raise
-    say("using the %d packages the bundle carries%s" % (len(carried), "" if missing else ", offline"))
+    say("using the %s the bundle carries%s" % (plural(len(carried), "package"), "" if missing else ", offline"))
     return channel
 
 
@@ -4765,6 +4834,9 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
     new one is built beside the old (as NAME-pm-new), which stays whole unless the new one is made.
     With channel (a CarriedChannel) every level installs from the bundle's packages."""
     prefix = conda.env_prefix(env_name)
+    if prefix and not os.path.isfile(os.path.join(prefix, PM_MADE)) and os.path.isfile(creating_mark(attempt, env_name)):
+        remove_left_conda_env(attempt, conda, env_name, prefix)  # cut off while conda made it: never finished
+        prefix = None
     if prefix and not force:
         raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
                       "pass --force to replace it, or --env-name to choose another name")
@@ -4778,30 +4850,42 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
         env_file = EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
                            env_file.pip, env_file.variables)
     build_name = env_name + "-pm-new" if prefix else env_name
-    built = conda.env_prefix(build_name) if prefix else None  # left by a --force that was cut off
-    if built and not os.path.isfile(os.path.join(built, PM_MADE)):
+    left = conda.env_prefix(env_name + "-pm-new")  # left by a --force that was cut off
+    if left and (os.path.isfile(os.path.join(left, PM_MADE)) or os.path.isfile(creating_mark(attempt, env_name + "-pm-new"))):
+        remove_left_conda_env(attempt, conda, env_name + "-pm-new", left)
+    elif left and prefix:
         raise PmError("pm builds the replacement of %s as %s, and a conda environment of that name exists that "
-                      "pm did not make (%s)" % (env_name, build_name, built), "remove or rename it, then run again")
-    missing = []
+                      "pm did not make (%s)" % (env_name, build_name, left), "remove or rename it, then run again")
+    built, missing = None, []
     for level, level_file in migration_levels(env_file, min_deps):
-        if built:  # left by the level that failed, or by an earlier --force
+        if built:  # left by the level that failed
             attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
         level_file.name = build_name
         path = os.path.join(attempt.path, "env-%s.yml" % level)
         write_atomic(path, level_file.to_yaml())
-        say("creating conda environment %s (%s, %d packages)..." % (build_name, level, len(level_file.dependencies)))
-        if channel:
-            code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
-                                       level_file.dependencies, channel.environ)
-        else:
-            code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
+        say("creating conda environment %s (%s, %s)..." % (build_name, level, plural(len(level_file.dependencies),
+                                                                                          "package")))
+        write_json(creating_mark(attempt, build_name), {"env": build_name, "attempt": attempt.path})
+        try:
+            if channel:
+                code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
+                                           level_file.dependencies, channel.environ)
+            else:
+                code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
+        except KeyboardInterrupt:  # conda is stopped (run_command): what it had made of the new one goes
+            remove_cut_off_conda_env(attempt, conda, build_name)
+            raise
         built = conda.env_prefix(build_name)
         if code == 0 and built:
             write_json(os.path.join(built, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
+            if prefix:
+                write_json(creating_mark(attempt, env_name), {"env": env_name, "attempt": attempt.path})
             final = replace_conda_env(attempt, conda, env_name, build_name, channel) if prefix else built
             level_file.name = env_name
             write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
             write_json(os.path.join(final, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
+            for name in set([env_name, build_name]):
+                remove_quietly(creating_mark(attempt, name))
             return level, final
         missing = missing_packages(output)
         if missing:
@@ -4810,6 +4894,7 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
             say("  failed at level %s: %s" % (level, conda_error_line(output, code)))
     if built:
         attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
+    remove_quietly(creating_mark(attempt, build_name))
     if prefix:
         say("the environment %s is left as it was" % env_name)
     if missing:
@@ -4822,6 +4907,36 @@ def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channe
                       "add a channel or mirror that has them to this conda's condarc", code=1)
     raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
                   "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+
+
+def creating_mark(attempt, env_name):
+    """The store's note that pm is making the conda environment env_name (written before conda starts,
+    removed once the environment carries PM_MADE): an environment of that name without PM_MADE is
+    one pm was making when it was cut off, which the next run removes without asking."""
+    return os.path.join(attempt.store.software(attempt.name),
+                        ".conda-env-%s.pm-creating" % re.sub(r"[^\w.-]", "_", env_name))
+
+
+def remove_left_conda_env(attempt, conda, env_name, prefix):
+    say("removing the conda environment %s (%s), left by an earlier pm that was cut off" % (env_name, prefix))
+    attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
+    if os.path.isdir(prefix):  # conda keeps a folder it does not see as an environment
+        import shutil
+        shutil.rmtree(prefix, ignore_errors=True)
+    remove_quietly(creating_mark(attempt, env_name))
+
+
+def remove_cut_off_conda_env(attempt, conda, env_name):
+    """After Ctrl-C during conda's create: remove what conda had made of env_name (its folder in conda's
+    envs dirs), at once and without conda, so that nothing half-made is left; the mark goes with it."""
+    import shutil
+    for folder in PROBE.envs_dirs(conda.info):
+        prefix = os.path.join(folder, env_name)
+        if os.path.isdir(prefix) and not os.path.isfile(os.path.join(prefix, PM_MADE)):
+            say("removing %s, which conda had begun to make" % prefix)
+            shutil.rmtree(prefix, ignore_errors=True)
+    if not any(os.path.isdir(os.path.join(f, env_name)) for f in PROBE.envs_dirs(conda.info)):
+        remove_quietly(creating_mark(attempt, env_name))
 
 
 def replace_conda_env(attempt, conda, env_name, build_name, channel=None):
@@ -7204,7 +7319,9 @@ def attempt_report(store, name, attempt_id=None):
             "installed_to": result.get("installed_to"), "activate": result.get("activate"),
             "path": os.path.join(store.software(name), result["id"]),
             "source": result.get("source") or {}, "target": result.get("platform") or {},
-            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts)}
+            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts),
+            "test_config": log_tail(os.path.join(store.software(name), result["id"], TEST_CONFIG_COPY))
+            if result.get("test_config") else None}
 
 
 def attempt_history(attempts):
@@ -7225,6 +7342,23 @@ def show(line):
     print(printable(line))
 
 
+JSON_PRINTED = [False]  # --json: the one object is out (main prints an error object when it is not)
+
+
+def print_json(data, sort_keys=True):
+    """The one JSON value a --json run prints on stdout."""
+    JSON_PRINTED[0] = True
+    show(json.dumps(data, indent=1, sort_keys=sort_keys))
+
+
+def json_error(what, fix=None, name=None):
+    """The object --json prints when a run ends before its own result (a refusal, an interruption)."""
+    data = {"status": "error", "error": what, "fix": fix}
+    if name:
+        data["name"] = name
+    return data
+
+
 def print_report(report):
     show("%s, attempt %s: %s%s%s" % (report["name"], report["id"], report["status"],
                                        " (level %s)" % report["level"] if report["level"] else "",
@@ -7243,7 +7377,11 @@ def print_report(report):
     show("\ntests (%d)" % len(report["tests"]))
     for test in report["tests"]:
         show("  %-20s %-8s %8.2f s  %s" % (test["name"], test["status"], test["seconds"], test["log"]))
-    show("\nhistory (%d attempts, newest first)" % len(report["history"]))
+        if test.get("command"):
+            show("      $ %s" % test["command"])
+    if report.get("test_config"):
+        show("test configuration: %s" % os.path.join(report["path"], TEST_CONFIG_COPY))
+    show("\nhistory (%s, newest first)" % plural(len(report["history"]), "attempt"))
     for row in report["history"]:
         show("  %s  %-11s %-9s %s" % (row["id"], row["status"], row["level"] or "",
                                        "%d/%d tests passed" % (row["tests_passed"], row["tests"])))
@@ -7298,9 +7436,12 @@ def report_html(report):
          "<td>%s</td>" % e(r["how"])]
         for r in report["requirements"]]) if report["requirements"] else "<p>none recorded</p>"
     tests = "".join('<details class="test" id="test-%s"><summary><b>%s</b> <span class="status %s">%s</span> '
-                    '<span class="meta">%.2f s, exit %s</span></summary><pre>%s</pre></details>'
+                    '<span class="meta">%.2f s, exit %s</span> <code>%s</code></summary><pre>%s</pre></details>'
                     % (e(t["name"]), e(t["name"]), e(t["status"]), e(t["status"]), t["seconds"], t["exit_code"],
-                       e(t["output"]) or "(no output)") for t in report["tests"]) or "<p>no tests ran</p>"
+                       e(t.get("command") or ""), e(t["output"]) or "(no output)")
+                    for t in report["tests"]) or "<p>no tests ran</p>"
+    if report.get("test_config"):
+        tests += "\n<h2>Test configuration</h2><pre>%s</pre>" % e(report["test_config"])
     history = table(["attempt", "status", "level", "tests passed", "seconds"], [
         ["<td>%s</td>" % e(h["id"]), status(h["status"]), "<td>%s</td>" % e(h["level"] or ""),
          "<td>%d/%d</td>" % (h["tests_passed"], h["tests"]),
@@ -7451,6 +7592,7 @@ class ServerConfig(object):
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.started = time.time()
+        self.token_made = False  # pm made the token (no --token, --no-token or PM_SERVER_TOKEN): it prints it
 
     def url(self, host=None):
         import socket
@@ -7873,6 +8015,9 @@ def make_server(config):
     try:
         server = ThreadingServer((config.host, config.port), make_handler(config))
     except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PmError("port %d is in use on %s" % (config.port, config.host),
+                          "choose another --port, or stop what uses it")
         raise PmError("cannot listen on %s:%d (%s)" % (config.host, config.port, exc.strerror or exc),
                       "choose another --port, or stop what uses it")
     config.port = server.server_address[1]
@@ -7957,10 +8102,15 @@ def run_server(config):
                 % config.host)
         record = {"pid": os.getpid(), "proc_start": process_start_time(os.getpid()), "host": config.host,
                   "port": config.port, "started": config.started, "token": config.token,
-                  "url": config.url(config.host)}
+                  "url": config.url()}  # on every address (0.0.0.0): this machine's name, as others reach it
         write_json(store.pidfile, record, 0o600)  # it holds the token
         write_atomic(store.probe_copy, probe_script(config.url(), config.token or ""), 0o600)
         say("pm server on http://%s:%d, store %s (Ctrl-C stops it)" % (config.host, config.port, store.home))
+        if config.token_made:  # as 'serve start' says it
+            print("token: %s" % config.token)
+            print("on a base machine: curl -s '%s/migrate?token=%s' > probe.py && python probe.py"
+                  % (config.url(), config.token))
+            sys.stdout.flush()
         server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
@@ -7998,12 +8148,16 @@ def start_server(config, self_path):
         (["--max-ratio", str(config.max_ratio)] if config.max_ratio is not None else [])
     env = dict(os.environ, PM_HOME=store.home, PM_SERVER_TOKEN=config.token)
     with append_private(store.server_log, binary=True) as log:  # the child keeps its own copy
+        log_start = log.tell()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                  start_new_session=True)
     deadline = time.time() + 15
     while time.time() < deadline:
         if child.poll() is not None:
             refuse_a_second_server(store)  # another start won the race
+            reason = server_error(store.server_log, log_start)  # its own one line: 'port N is in use', ...
+            if reason:
+                raise PmError(reason[0], reason[1] + " (the server's log: %s)" % store.server_log)
             raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % store.server_log)
         record = running_server(store)
         if record and record["pid"] == child.pid:
@@ -8027,6 +8181,21 @@ def start_server(config, self_path):
         time.sleep(0.1)
     child.terminate()
     raise PmError("the server did not answer within 15 s", "read %s" % store.server_log)
+
+
+def server_error(log_path, offset):
+    """(what, fix) of the last 'pm: error:' line a server wrote into its log from offset on, or None."""
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(offset)
+            lines = handle.read(1 << 16).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("pm: error: "):
+            what, _, fix = line[len("pm: error: "):].partition(" %s " % DASH)
+            return what, fix or "read the server's log"
+    return None
 
 
 def stop_server(store):
@@ -8054,7 +8223,7 @@ def server_status(store, as_json=False):
         if record:
             status.update(url=record["url"], pid=record["pid"], started=utc_time(record["started"]),
                           uptime_seconds=int(time.time() - record["started"]), bundles=bundle_listing(store))
-        show(json.dumps(status, indent=1, sort_keys=True))
+        print_json(status)
         return 0 if record else 1
     if not record:
         show("no server runs for %s" % store.home)
@@ -8066,7 +8235,7 @@ def server_status(store, as_json=False):
     listing = bundle_listing(store)
     show("bundles  %d" % len(listing))
     for name, info in sorted(listing.items()):
-        show("  %-30s %d revision(s), latest %s" % (name, info["revisions"], info["stored"]))
+        show("  %-30s %s, latest %s" % (name, plural(info["revisions"], "revision"), info["stored"]))
     return 0
 
 
@@ -8347,6 +8516,95 @@ BROKEN_ORIGINAL_SEARCHES = {
 }
 
 
+# == Prune ====================================================================
+# What the store holds, and what no install needs: attempts that failed, errored or were cut off
+# (their folders, venvs and carried environments), passed ones whose install is gone or replaced,
+# bundle revisions beyond the newest --keep N.
+
+ENDED_BADLY = ("failed", "error", "interrupted")  # (no result.json yet: an attempt just begun)
+
+
+def attempt_install_in_use(attempt):
+    """Whether an attempt's install is still there and still its own (the install mark names it)."""
+    installed = attempt.get("installed_to")
+    if not installed or not os.path.isdir(installed):
+        return False
+    try:
+        mark = read_json(install_mark(installed))
+    except (OSError, ValueError):
+        return True  # pm cannot tell: keep it
+    return mark.get("attempt") in (None, attempt["id"])
+
+
+def prune_plan(store, names, keep):
+    """[(name, path, size, what, remove, why)] for every revision and attempt of the names."""
+    rows = []
+    for name in names:
+        revisions = store.revisions(name)
+        for number, path in enumerate(revisions):
+            old = number < len(revisions) - keep
+            rows.append((name, path, os.path.getsize(path), "revision", old,
+                         "beyond --keep %d" % keep if old else "among the newest %d" % keep))
+        envs = os.path.join(store.software(name), "envs")
+        for attempt in store.attempts(name):
+            path = os.path.join(store.software(name), attempt["id"])
+            env = os.path.join(envs, attempt["id"])
+            status = attempt.get("status", "unfinished")
+            if status == "running":
+                remove, why = False, "running"
+            elif status in ENDED_BADLY:
+                remove, why = True, status
+            elif attempt_install_in_use(attempt):
+                remove, why = False, "%s: its install %s is in use" % (status, attempt["installed_to"])
+            else:
+                remove, why = True, "%s: its install %s is gone or replaced" % (status, attempt.get("installed_to"))
+            if os.path.isdir(env) and prefix_in_use(env):
+                remove, why = False, "its environment is in use"
+            size = (PROBE.tree_size(path) or 0) + (PROBE.tree_size(env) or 0 if os.path.isdir(env) else 0)
+            rows.append((name, path, size, "attempt", remove, why))
+    return rows
+
+
+def cmd_prune(args):
+    """Show what the store holds, per software, bundle revision and attempt, with its size, and remove
+    what no install needs: the attempts that failed, ended in an error or were cut off (their folders,
+    with the venv and the environment pm made without conda), passed attempts whose install is gone
+    or was replaced by a later one, and bundle revisions beyond the newest --keep N (1). An attempt
+    whose install is still there (its result.json's installed_to, whose install mark names it) and a
+    running one are never removed. Conda environments are conda's: prune leaves them."""
+    import shutil
+    if args.keep < 0:
+        raise PmError("--keep must be 0 or more", "pass e.g. --keep 1")
+    store = Store.default()
+    names = [check_name(args.name)] if args.name else store.names()
+    if args.name and not os.path.isdir(store.software(args.name)):
+        raise PmError("nothing stored for %s in %s" % (args.name, store.home), "see 'pm.pyz list'")
+    rows = prune_plan(store, names, args.keep)
+    freed = 0
+    for name in names:
+        mine = [r for r in rows if r[0] == name]
+        show("%s: %s (%s), %s (%s)" % (name, plural(len([r for r in mine if r[3] == "revision"]), "revision"),
+                                      human_size(sum(r[2] for r in mine if r[3] == "revision")),
+                                      plural(len([r for r in mine if r[3] == "attempt"]), "attempt"),
+                                      human_size(sum(r[2] for r in mine if r[3] == "attempt"))))
+        for _, path, size, what, remove, why in mine:
+            label = os.path.relpath(path, store.software(name))
+            show("  %-30s %10s  %-6s %s" % (label, human_size(size), "remove" if remove else "keep", why))
+            if remove and not args.dry_run:
+                if what == "revision":
+                    remove_quietly(path)
+                else:
+                    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)),
+                                  ignore_errors=True)
+                    shutil.rmtree(path, ignore_errors=True)
+            if remove:
+                freed += size
+    show("%s, %s %s%s" % (human_size(sum(r[2] for r in rows)), human_size(freed),
+                          "would be freed" if args.dry_run else "freed",
+                          " (--dry-run: nothing removed)" if args.dry_run else ""))
+    return 0
+
+
 # == Command line =============================================================
 
 SELF_PATH = os.path.abspath(sys.argv[0])
@@ -8359,6 +8617,7 @@ EXAMPLES = {
     "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
     "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
     "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
+    "prune": "examples:\n  python3 pm.pyz prune --dry-run\n  python3 pm.pyz prune mysim --keep 2",
 }
 
 
@@ -8371,6 +8630,11 @@ def cmd_serve(args):
         raise PmError("--max-connections and --timeout must be positive", "pass e.g. --max-connections 100 --timeout 60")
     config = ServerConfig(Store.default(), args.host, args.port, token, args.max_bytes, args.timeout,
                           args.max_connections, args.max_ratio)
+    if args.action is None and token is None:  # in the foreground as 'serve start' does: a new token
+        import secrets
+        config.token, config.token_made = secrets.token_urlsafe(18), True
+    if args.json and args.action != "status":
+        raise PmError("--json goes with 'serve status' only", "run 'pm.pyz serve status --json', or leave out --json")
     if args.action == "start":
         return start_server(config, SELF_PATH)
     if args.action == "stop":
@@ -8424,17 +8688,16 @@ def cmd_migrate(args):
         options.preflight = check_migration(bundle, config, args.force_preflight)  # before anything is written
         result = migrate(store, args.name, config, bundle, options)
     except (Exception, KeyboardInterrupt) as exc:
-        if args.json:  # scripts always get the result object, also when the attempt ended in an error
-            attempt = getattr(exc, "attempt", None)
-            report = attempt_report(store, args.name, attempt.id) if attempt else {
-                "name": args.name, "status": "error", "error": exc.what if isinstance(exc, PmError) else str(exc)}
+        attempt = getattr(exc, "attempt", None)
+        if args.json and attempt:  # scripts always get the result object, also when the attempt ended in an error
+            report = attempt_report(store, args.name, attempt.id)  # (before the attempt: main prints the error)
             report.pop("history", None)
-            print(json.dumps(report, indent=1, sort_keys=True))
+            print_json(report)
         raise
     if args.json:
         report = attempt_report(store, args.name, result.attempt.id)
         report.pop("history")
-        print(json.dumps(report, indent=1, sort_keys=True))
+        print_json(report)
     else:
         result.print_summary()
     return result.exit_code()
@@ -8447,7 +8710,7 @@ def cmd_managers(args):
     rows = [{"key": k, "name": m.name, "exec": m.exec, "available": m.available(), "source": m.source}
             for k, m in sorted(managers.items())]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print_json(rows, sort_keys=False)
         return 0
     key_width = max(len(row["key"]) for row in rows)
     name_width = max(len(row["name"]) for row in rows)
@@ -8477,10 +8740,15 @@ def cmd_unpack(args):
         manifest = Bundle.open(temp, args.bundle, args.max_ratio).manifest
         name = check_name(args.name or manifest.name)
         target = store.add_revision(temp, name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PmError("the disk is full (writing %s)" % store.home,
+                      "free some space, or point PM_HOME at a larger disk", code=1)
     finally:
         if os.path.exists(temp):
             os.remove(temp)
-    say("stored %s (%d members) as %s" % (name, len(manifest.members), target))
+    say("stored %s (%s) as %s" % (name, plural(len(manifest.members), "member"), target))
     print(target)
     return 0
 
@@ -8499,7 +8767,7 @@ def cmd_report(args):
             sys.stdout.write(handle.read() + "\n")
         return 0
     if args.json:
-        print(json.dumps(report, indent=1, sort_keys=True))
+        print_json(report)
     else:
         print_report(report)
         print("\npage: %s" % os.path.join(report["path"], "report.html"))
@@ -8516,7 +8784,7 @@ def cmd_doctor(args):
         return doctor_bundle(args.bundle, args.json)
     rows = doctor_findings(Store.default())
     if args.json:
-        print(json.dumps([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], indent=1))
+        print_json([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], sort_keys=False)
     else:
         for area, ok, what, fix in rows:
             mark = "ok" if ok else "--" if ok is None else "!!"
@@ -8556,7 +8824,7 @@ def cmd_history(args):
     name = check_name(args.name)
     history = attempt_history(store.attempts(name)) if os.path.isdir(store.software(name)) else []
     if args.json:
-        show(json.dumps(history, indent=1, sort_keys=True))
+        print_json(history)
         return 0
     if not history:
         say("no migration attempts of %s in %s" % (name, store.home))
@@ -8584,7 +8852,7 @@ def cmd_list(args):
             row = {"name": name, "revisions": 0, "latest": None, "attempts": [], "error": "cannot be read (%s)" % exc}
         rows.append(row)
     if args.json:
-        show(json.dumps(rows, indent=1))
+        print_json(rows, sort_keys=False)
         return 0
     if not rows:
         say("nothing stored in %s yet" % store.home)
@@ -8613,8 +8881,19 @@ def add_max_ratio(sub):
                           "(default %d; 0: no limit)" % (UNPACKED_FLOOR >> 20, MAX_UNPACK_RATIO))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, and a bad usage with --json on the line still prints its one JSON object."""
+
+    json_wanted = False
+
+    def error(self, message):
+        if ArgumentParser.json_wanted and not JSON_PRINTED[0]:
+            print_json(json_error(message, "see 'pm.pyz %s --help'" % self.prog.split(" ", 1)[-1]))
+        argparse.ArgumentParser.error(self, message)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pm.pyz",
         description="pm moves scientific software to another machine and proves it works there "
                     "by running the software's own tests.",
@@ -8706,6 +8985,11 @@ def build_parser():
     sub.add_argument("--bundle", metavar="FILE",
                      help="the preflight of a bundle instead: can this machine run its binaries (glibc, "
                           "libstdc++, processor level)? Exit 1 when it cannot")
+    sub = verb("prune", "show what the store holds and remove what no install needs", cmd_prune)
+    sub.add_argument("name", nargs="?", help="only this software (default: all)")
+    sub.add_argument("--keep", type=int, default=1, metavar="N",
+                     help="keep the newest N bundle revisions of each software (default 1)")
+    sub.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
     sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
     sub.add_argument("name", help="the software's name in the store")
     sub.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -8727,6 +9011,7 @@ def main(argv=None):
         return load_probe().main(argv[1:] + flags)
     argv = flags + argv
     parser = build_parser()
+    ArgumentParser.json_wanted = "--json" in argv
     args = parser.parse_args(argv)
     if not getattr(args, "function", None):
         parser.print_help()
@@ -8736,15 +9021,22 @@ def main(argv=None):
     try:
         return args.function(args)
     except PmError as exc:
+        if getattr(args, "json", False) and not JSON_PRINTED[0]:
+            print_json(json_error(exc.what, exc.fix, getattr(args, "name", None)))
         say(exc.line())
         return exc.code
     except KeyboardInterrupt:
+        if getattr(args, "json", False) and not JSON_PRINTED[0]:
+            print_json(dict(json_error("interrupted", None, getattr(args, "name", None)), status="interrupted"))
         say("pm: interrupted")
         return 130
     except BrokenPipeError:  # the reader went away (`pm.pyz list | head -2`): stop quietly, as git does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
+        if getattr(args, "json", False) and not JSON_PRINTED[0]:
+            print_json(json_error("unexpected %s: %s" % (type(exc).__name__, exc), "report it",
+                                  getattr(args, "name", None)))
         if args.verbose:
             raise
         say("pm: error: unexpected %s: %s %s run again with -v for the traceback, and report it"

@@ -605,3 +605,101 @@ def test_quiet_and_verbose_before_the_verb_reach_pack(version, pyz, conda_site, 
     proc = run_pm(find_python(version), pyz, ["-v", "pack", "--server", "http://host:notaport", "-d", example_software,
                                               "-e", "heatsim-env", "--yes"], conda_site.env())
     assert proc.returncode == 2 and "is not a URL" in proc.stderr and "zipping" not in proc.stderr, proc.stderr
+
+
+def test_json_prints_one_object_also_when_refused_before_the_attempt(pyz, tmp_path):
+    """A config, a bundle or a name refused before any attempt starts: --json still prints one JSON
+    object (status 'error', the reason and what to do), and stderr keeps its one line."""
+    bad_runner = CONFIG.replace("exec = sh tests/test_smooth.sh", "exec = sh tests/test_smooth.sh\nrunner = srun 'n1")
+    (tmp_path / "not-a-bundle.zip").write_text("not a zip\n")
+    (tmp_path / "bad-runner.ini").write_text(bad_runner.format(out=str(tmp_path / "installed")))
+    env = dict(os.environ)
+    cases = [(["migrate", "heatsim", str(tmp_path / "bad-runner.ini"), "--json"], 2, "runner \"srun 'n1\""),
+             (["migrate", "heatsim", write_config(tmp_path), "--bundle", str(tmp_path / "nope.zip"), "--json"], 2,
+              "no such bundle file"),
+             (["migrate", "heatsim", write_config(tmp_path), "--bundle", str(tmp_path / "not-a-bundle.zip"),
+               "--json"], 2, "not-a-bundle.zip"),
+             (["migrate", "heatsim", write_config(tmp_path), "--json"], 2, "heatsim"),
+             (["migrate", "bad/name", write_config(tmp_path), "--json"], 2, "bad software name"),
+             (["report", "heatsim", "--json"], 2, "no migration attempts of heatsim"),
+             (["history", "bad/name", "--json"], 2, "bad software name"),
+             (["managers", "--pck-mgr-configs", str(tmp_path / "none.ini"), "--json"], 2, "none.ini"),
+             (["report", "--json"], 2, "name")]
+    for args, code, words in cases:
+        proc = run_pm(find_python("newest"), pyz, args, env)
+        assert proc.returncode == code, (args, proc.stderr)
+        printed = json.loads(proc.stdout)  # exactly one object, nothing else on stdout
+        assert isinstance(printed, dict) and printed["status"] == "error" and words in printed["error"], (args, printed)
+        assert len(proc.stderr.strip().splitlines()) >= 1 and "Traceback" not in proc.stderr
+
+
+def test_a_full_disk_while_unzipping_carried_packages_leaves_no_partial_file_and_ends_the_attempt(
+        pyz, real_site, example_software, tmp_path, tiny_disk):
+    """A carried package larger than the store's disk: migrate removes what it had written of it,
+    and the attempt's result.json says 'error' (never 'running' once pm is gone)."""
+    channel = str(tmp_path / "channel")
+    channels.example_channel(channel)
+    channels.make_package(channel, "noarch", "bigdata", "1.0", "0", (), {"share/big.dat": os.urandom(600000)})
+    channels.index_channel(channel)
+    site = real_site("25.11.1", "site", [channel], home=os.path.join(tiny_disk, "home"))
+    site.create("heatsim-env", channels.EXAMPLE_SPECS + ["bigdata"])
+    bundle = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
+                                               "--yes", "--with-packages"], site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                  site.env(), timeout=300)
+    assert proc.returncode == 1 and "the disk is full" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    (attempt,) = attempt_dirs(site.home, "heatsim")
+    assert read_result(attempt)["status"] == "error" and "the disk is full" in read_result(attempt)["error"]
+    left = []
+    for folder, _, files in os.walk(attempt):
+        left += [(os.path.relpath(os.path.join(folder, f), attempt), os.path.getsize(os.path.join(folder, f)))
+                 for f in files]
+    assert not [path for path, size in left if size > 64 << 10 or path.startswith(("channel", "work"))], left
+    history = run_pm(find_python("newest"), pyz, ["history", "heatsim"], site.env()).stdout
+    assert "running" not in history and "error" in history
+
+
+def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    for _ in range(3):
+        assert run_pm(find_python("newest"), pyz, ["unpack", bundle], conda_site.env()).returncode == 0
+    failing = CONFIG.replace("tests = smooth, tools", "tests = smooth, broken") + "[test_broken]\nexec = exit 3\n"
+    failed = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, failing)],
+                    conda_site.env(), timeout=600)
+    assert failed.returncode == 1, failed.stderr
+    passed = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--force"],
+                    conda_site.env(), timeout=600)
+    assert passed.returncode == 0, passed.stderr
+    first, second = attempts(conda_site)
+    revisions = sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles")))
+    assert revisions == ["0001.zip", "0002.zip", "0003.zip"]
+
+    dry = run_pm(find_python("newest"), pyz, ["prune", "--dry-run"], conda_site.env())
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0].startswith("heatsim: 3 revisions (") and "2 attempts (" in lines[0], dry.stdout
+    row = dict((line.split()[0], line) for line in lines[1:-1])
+    assert "remove" in row[os.path.basename(first)] and "failed" in row[os.path.basename(first)]
+    assert "keep" in row[os.path.basename(second)] and "is in use" in row[os.path.basename(second)]
+    assert "remove" in row["bundles/0001.zip"] and "remove" in row["bundles/0002.zip"]
+    assert "keep" in row["bundles/0003.zip"]
+    assert lines[-1].endswith("would be freed (--dry-run: nothing removed)"), lines[-1]
+    assert attempts(conda_site) == [first, second] and len(os.listdir(os.path.dirname(os.path.join(
+        conda_site.home, "heatsim", "bundles", "x")))) == 3
+
+    done = run_pm(find_python("newest"), pyz, ["prune", "--keep", "2"], conda_site.env())
+    assert done.returncode == 0 and "freed" in done.stdout.splitlines()[-1], done.stderr
+    assert attempts(conda_site) == [second]
+    assert sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles"))) == ["0002.zip", "0003.zip"]
+    assert (tmp_path / "installed" / "heatsim").is_dir()
+    assert read_result(second)["installed_to"] == str(tmp_path / "installed" / "heatsim")
+
+    shutil.rmtree(str(tmp_path / "installed" / "heatsim"))  # the install is gone: its attempt is needed no more
+    again = run_pm(find_python("newest"), pyz, ["prune", "heatsim"], conda_site.env())
+    assert again.returncode == 0, again.stderr
+    assert attempts(conda_site) == [] and "is gone or replaced" in again.stdout
+    assert sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles"))) == ["0003.zip"]
+    listed = run_pm(find_python("newest"), pyz, ["--help"], conda_site.env()).stdout
+    assert "prune" in listed

@@ -4,6 +4,7 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import zipfile
 
 import pytest
@@ -376,3 +377,28 @@ def test_a_software_folder_whose_name_is_not_utf8_packs_unpacks_and_extracts(ver
     software = bundle.extract_software(str(tmp_path / "work"))
     assert os.path.basename(software) == bundle.manifest.software_dir() == "caf\u00e9-sim"
     assert os.path.isfile(os.path.join(software, "heatsim.sh"))
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_the_readmes_pack_example_runs_in_a_script_without_asking_for_the_name(version, pyz, conda_site,
+                                                                                example_software, tmp_path):
+    """pack -d DIR -e ENV -o FILE, as the README writes it, with nothing to read on stdin: the name is
+    the folder's, as --help says."""
+    out = str(tmp_path / "mysim.bundle.zip")
+    proc = subprocess.run([find_python(version), pyz, "pack", "-d", example_software, "-e", "heatsim-env", "-o", out],
+                          env=conda_site.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Software name" not in proc.stderr
+    assert pm.Bundle.open(out).manifest.name == "heatsim"
+
+
+def test_dry_run_gives_the_real_total_size_of_what_would_be_carried(pyz, conda_site, example_software, tmp_path):
+    out = str(tmp_path / "never.zip")
+    proc = run_pm(find_python("newest"), pyz, pack_args(example_software, out, "--with-packages", "--dry-run"),
+                  conda_site.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    total = proc.stdout.strip().splitlines()[-1]
+    assert total.startswith("5 packages, ") and "0.0 MiB" not in total and "not counted" not in total, total
+    assert float(total.split(", ")[1].split()[0]) > 0 or "KiB" in total, total
+    assert not os.path.exists(out)

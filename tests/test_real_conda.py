@@ -7,7 +7,9 @@ and installs it. Every site has its own HOME, condarc, envs dir and package cach
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 import zipfile
 
 import pytest
@@ -222,3 +224,93 @@ def test_pack_lists_a_real_condas_environments_base_first_and_asks(base_key, pyz
     assert "1) %s" % base.root in proc.stderr and "2) %s" % prefix in proc.stderr, proc.stderr
     with zipfile.ZipFile(out) as archive:
         assert json.loads(archive.read("manifest.json").decode())["env"]["prefix"] == prefix
+
+
+# A post-link script that, when the migrate under test asks for it, says conda is linking and waits for a go.
+SLOW_LINK = b"""#!/bin/sh
+if [ -n "$PM_TEST_SLOW_LINK" ]; then
+    touch "$PM_TEST_SLOW_LINK.started"
+    n=0
+    while [ ! -e "$PM_TEST_SLOW_LINK.go" ] && [ $n -lt 1200 ]; do sleep 0.1; n=$((n+1)); done
+fi
+"""
+
+
+def runs_of(pid):
+    """Processes still running that pm (PID pid) started through run_command."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                if b"\0PM_RUN_ID=%d-" % pid in b"\0" + handle.read():
+                    found.append(int(entry))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def wait_for(path, seconds=300):
+    deadline = time.time() + seconds
+    while time.time() < deadline and not os.path.exists(path):
+        time.sleep(0.05)
+    assert os.path.exists(path), "conda never reached the post-link script"
+
+
+def test_ctrl_c_during_a_forced_conda_create_removes_pm_new_and_the_next_run_removes_a_leftover(
+        pyz, real_site, example_software, tmp_path):
+    """Ctrl-C (SIGINT to pm's process group) while conda creates NAME-pm-new: pm removes it, the old
+    environment stays, the attempt is 'interrupted'. A pm killed outright (SIGKILL) leaves one: its
+    attempt shows 'interrupted' once the process is gone, and the next --force removes it unasked."""
+    channel = str(tmp_path / "channel")
+    channels.example_channel(channel)
+    channels.make_package(channel, "noarch", "slowlink", "1.0", "0", (), {"bin/.slowlink-post-link.sh": SLOW_LINK})
+    channels.index_channel(channel)
+    base = real_site("25.11.1", "base", [channel])
+    base.create("heatsim-env", channels.EXAMPLE_SPECS + ["slowlink"])
+    bundle = str(tmp_path / "b.zip")
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
+                                               "--yes"], base.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    target = real_site("25.11.1", "target", [channel])
+    args = [find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path), "--bundle", bundle, "--force"]
+    first = subprocess.run(args, env=target.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    before = conda_meta(target.prefix("heatsim"))
+    gate = str(tmp_path / "gate")
+    slow = target.env(PM_TEST_SLOW_LINK=gate)
+
+    interrupted = subprocess.Popen(args, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   universal_newlines=True, start_new_session=True)
+    wait_for(gate + ".started")
+    assert os.path.isdir(target.prefix("heatsim-pm-new"))
+    os.killpg(interrupted.pid, signal.SIGINT)  # as Ctrl-C does: pm's process group
+    _, err = interrupted.communicate(timeout=120)
+    assert interrupted.returncode == 130, err
+    assert not os.path.exists(target.prefix("heatsim-pm-new")), "pm removes the replacement it was building"
+    assert conda_meta(target.prefix("heatsim")) == before
+    assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "interrupted"
+
+    os.remove(gate + ".started")
+    killed = subprocess.Popen(args, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, start_new_session=True)
+    wait_for(gate + ".started")
+    os.killpg(killed.pid, signal.SIGKILL)  # nothing of pm can clean up
+    killed.communicate(timeout=60)
+    with open(gate + ".go", "w"):
+        pass
+    deadline = time.time() + 120
+    while runs_of(killed.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert os.path.isdir(target.prefix("heatsim-pm-new")), "a killed pm leaves the replacement it was building"
+    history = json.loads(run_pm(find_python("newest"), pyz, ["history", "heatsim", "--json"], target.env()).stdout)
+    assert [row["status"] for row in history] == ["interrupted", "interrupted", "passed"], history
+    report = run_pm(find_python("newest"), pyz, ["report", "heatsim"], target.env())
+    assert "running" not in report.stdout, report.stdout
+
+    again = subprocess.run(args, env=target.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "heatsim-pm-new" in again.stderr and "left by an earlier pm" in again.stderr, again.stderr
+    assert not os.path.exists(target.prefix("heatsim-pm-new"))
+    assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "passed"

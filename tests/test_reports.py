@@ -46,7 +46,7 @@ def pm_run(pyz, site, *args):
 
 
 REPORT_KEYS = {"name", "id", "status", "level", "error", "seconds", "installed_to", "activate", "path", "source",
-               "target", "requirements", "tests", "history"}
+               "target", "requirements", "tests", "history", "test_config"}
 
 
 def test_report_shows_platforms_requirements_tests_and_history_in_the_terminal_and_as_json(pyz, two_attempts):
@@ -176,3 +176,44 @@ def test_doctor_says_what_this_machine_offers_and_how_to_fix_what_is_missing(pyz
     rows = json.loads(run_pm(find_python("newest"), pyz, ["doctor", "--json"], bare).stdout)
     conda = [r for r in rows if r["area"] == "conda"][0]
     assert conda["ok"] is False and "pack --with-packages" in conda["fix"]
+
+
+def test_the_attempt_keeps_its_test_config_and_each_tests_command_and_the_report_shows_them(pyz, two_attempts):
+    site, tmp_path = two_attempts["site"], two_attempts["tmp"]
+    latest = attempt_dirs(site.home, "heatsim")[-1]
+    with open(os.path.join(latest, "test-config.ini")) as handle:
+        kept = handle.read()
+    assert CONFIG.format(out=str(tmp_path / "installed")) in kept, kept
+    report = json.loads(pm_run(pyz, site, "report", "heatsim", "--json"))
+    assert "[test_smooth]" in report["test_config"]
+    assert [t["command"] for t in report["tests"]] == ["sh tests/test_smooth.sh", "sh tests/test_tools.sh"]
+    first = json.loads(pm_run(pyz, site, "report", "heatsim", os.path.basename(attempt_dirs(site.home, "heatsim")[0]),
+                              "--json"))
+    assert "echo 'the answer is not 42' && exit 3" in [t["command"] for t in first["tests"]]
+    with open(os.path.join(latest, "report.html")) as handle:
+        page = handle.read()
+    assert "<h2>Test configuration</h2>" in page and "[test_smooth]" in page
+    assert "<code>sh tests/test_smooth.sh</code>" in page
+    text = pm_run(pyz, site, "report", "heatsim")
+    assert "$ sh tests/test_smooth.sh" in text and "test configuration: %s" % os.path.join(latest, "test-config.ini") \
+        in text
+
+
+def test_counts_of_one_are_singular(pyz, conda_site, example_software, tmp_path):
+    bundle = str(tmp_path / "b.zip")
+    packed = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
+                                                 "--yes"], conda_site.env())
+    assert packed.returncode == 0, packed.stderr
+    migrated = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, CONFIG), "--bundle",
+                                                   bundle], conda_site.env(), timeout=600)
+    assert migrated.returncode == 0, migrated.stderr
+    text = pm_run(pyz, conda_site, "report", "heatsim")
+    assert "history (1 attempt, newest first)" in text, text
+    stored = run_pm(find_python("newest"), pyz, ["unpack", bundle], conda_site.env())
+    assert stored.returncode == 0, stored.stderr
+    srv = Server(pyz, conda_site.home, find_python("newest"))
+    try:
+        status = pm_run(pyz, conda_site, "serve", "status")
+    finally:
+        srv.stop()
+    assert "heatsim" in status and "1 revision," in status and "revision(s)" not in status, status

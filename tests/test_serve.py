@@ -225,7 +225,7 @@ def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, c
 
 
 def test_binding_beyond_loopback_without_token_warns(pyz, tmp_path):
-    with subprocess.Popen([find_python("newest"), pyz, "serve", "--host", "0.0.0.0", "--port", "0"],
+    with subprocess.Popen([find_python("newest"), pyz, "serve", "--host", "0.0.0.0", "--port", "0", "--no-token"],
                           env=dict(os.environ, PM_HOME=str(tmp_path / "store")), stderr=subprocess.PIPE,
                           universal_newlines=True) as proc:
         try:
@@ -487,3 +487,84 @@ def test_without_a_token_only_requests_addressed_here_are_answered(pyz, tmp_path
         assert with_token.request("GET", "/bundles", headers={"Host": "any.name:80"})[0] == 200, "the token decides"
     finally:
         with_token.stop()
+
+
+@pytest.mark.parametrize("action", [[], ["start"]])
+def test_serve_json_without_status_is_refused_and_starts_nothing(action, pyz, tmp_path):
+    store = tmp_path / "store"
+    try:
+        proc = run_pm(find_python("newest"), pyz, ["serve", "--port", "0"] + action + ["--json"],
+                      dict(os.environ, PM_HOME=str(store)), timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("serve --json started a server")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("pm: error: --json goes with 'serve status' only"), line
+    assert json.loads(proc.stdout)["status"] == "error"
+    assert not (store / "server.pid").exists()
+
+
+def test_unpack_on_a_full_disk_is_one_clear_line_and_leaves_nothing(pyz, conda_site, example_software, tmp_path,
+                                                                   tiny_disk):
+    with open(os.path.join(example_software, "field.dat"), "wb") as handle:
+        handle.write(os.urandom(600000))  # more than the 256 KiB disk of the store holds
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    store = os.path.join(tiny_disk, "store")
+    proc = run_pm(find_python("newest"), pyz, ["unpack", bundle], dict(os.environ, PM_HOME=store))
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and line.startswith("pm: error: the disk is full (writing %s" % store), line
+    assert "free some space" in line and "unexpected" not in line
+    left = [os.path.join(folder, f) for folder, _, files in os.walk(store) for f in files]
+    assert not [path for path in left if os.path.getsize(path) > 64 << 10], left
+
+
+def test_a_foreground_server_makes_a_token_as_serve_start_does(pyz, tmp_path):
+    home = tmp_path / "store"
+    with subprocess.Popen([find_python("newest"), pyz, "serve", "--port", "0"], env=dict(os.environ, PM_HOME=str(home)),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True) as proc:
+        try:
+            import select
+            assert select.select([proc.stdout], [], [], 15)[0], "the server printed no token"
+            token_line = proc.stdout.readline()
+            curl_line = proc.stdout.readline()
+            assert token_line.startswith("token: "), token_line
+            token = token_line.split()[1]
+            with open(str(home / "server.pid")) as handle:
+                record = json.load(handle)
+            assert record["token"] == token
+            assert curl_line.startswith("on a base machine: curl -s 'http://127.0.0.1:%d/migrate?token=%s'"
+                                        % (record["port"], token)), curl_line
+            srv = Server.__new__(Server)
+            srv.url, srv.token = "http://127.0.0.1:%d" % record["port"], token
+            assert srv.request("GET", "/bundles", token=False)[0] == 401
+            assert srv.request("GET", "/bundles")[0] == 200
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_serve_start_on_every_address_prints_a_curl_line_another_machine_can_use(pyz, tmp_path):
+    srv = Server(pyz, str(tmp_path / "store"), find_python("newest"), TOKEN, "--host", "0.0.0.0")
+    try:
+        out = srv.started.stdout
+        curl = [line for line in out.splitlines() if "curl" in line]
+        assert curl and "0.0.0.0" not in out, out
+        assert "http://%s:%d/migrate" % (socket.gethostname(), srv.record["port"]) in curl[0], out
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("action", [["start"], []])
+def test_a_busy_port_is_named_as_the_reason(action, pyz, tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    try:
+        proc = run_pm(find_python("newest"), pyz, ["serve"] + action + ["--port", str(port), "--token", TOKEN],
+                      dict(os.environ, PM_HOME=str(tmp_path / "store")), timeout=30)
+    finally:
+        busy.close()
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and line.startswith("pm: error: port %d is in use" % port), line
+    assert "exited at once" not in line
