@@ -1,4 +1,5 @@
-# pm: `make` builds pm.pyz; `make demo` runs the example end to end; `make test` runs every test.
+# pm: `make` builds pm.pyz; `make demo` runs the example end to end; `make test` checks (and, as root,
+# installs) what the tests need (tests/setup.sh), then runs every test.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
@@ -16,6 +17,7 @@ $(VENV)/ok: tests/requirements.txt
 	touch $(VENV)/ok
 
 test: $(VENV)/ok pm.pyz
+	bash tests/setup.sh
 	$(VPY) -m pytest -q tests
 
 demo: $(VENV)/ok pm.pyz
