@@ -4485,7 +4485,7 @@ def recreate_test_install(attempt, config, bundle, options):
             python_rows += installed_rows
             attempt.save(python=python_rows)
         if attempt.result.get("level") == "carried" and not options.prefix:
-            remove_older_carried_envs(attempt.result["env_prefix"])
+            remove_older_carried_envs(attempt, attempt.result["env_prefix"])
         result.activate = activate
         say("installed %s into %s" % (attempt.name, result.installed))
     attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
@@ -4535,6 +4535,18 @@ def install_target(bundle, output_dir, force):
 def install_mark(target):
     """The file beside an install that says pm made it (so --force may replace it): output_dir/.DIR.pm-installed."""
     return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
+
+
+def attempt_install_in_use(attempt):
+    """Whether an attempt's install is still there and still its own (the install mark names it)."""
+    installed = attempt.get("installed_to")
+    if not installed or not os.path.isdir(installed):
+        return False
+    try:
+        mark = read_json(install_mark(installed))
+    except (OSError, ValueError):
+        return True  # pm cannot tell: keep it
+    return mark.get("attempt") in (None, attempt["id"])
 
 
 def install_software(bundle, output_dir, force, store, attempt_id=None):
@@ -5756,13 +5768,17 @@ def carried_env_prefix(store, name, attempt):
     return os.path.join(folder, attempt.id)
 
 
-def remove_older_carried_envs(prefix):
-    """After a pass: the software's earlier environments pm made without conda are no longer used."""
+def remove_older_carried_envs(attempt, prefix):
+    """After a pass: the software's earlier environments pm made without conda that no install runs
+    with any more (its attempt's install gone or replaced: attempt_install_in_use); an install in
+    another output_dir keeps its own."""
     import shutil
     folder = os.path.dirname(prefix)
+    kept = set(a["id"] for a in attempt.store.attempts(attempt.name) if attempt_install_in_use(a))
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
-        if path != prefix and os.path.isfile(os.path.join(path, PM_MADE)) and not prefix_in_use(path):
+        if path != prefix and entry not in kept and os.path.isfile(os.path.join(path, PM_MADE)) and \
+                not prefix_in_use(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -7321,7 +7337,17 @@ def attempt_report(store, name, attempt_id=None):
             "source": result.get("source") or {}, "target": result.get("platform") or {},
             "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts),
             "test_config": log_tail(os.path.join(store.software(name), result["id"], TEST_CONFIG_COPY))
-            if result.get("test_config") else None}
+            if result.get("test_config") else None, "environment_gone": environment_gone(store, name, result)}
+
+
+def environment_gone(store, name, result):
+    """The environment an install runs with, when it is gone (removed by hand or by a clean-up): its
+    report's command would run without it. None while it is there."""
+    if not result.get("installed_to"):
+        return None
+    env = result.get("env_prefix") or (os.path.join(store.software(name), result["id"], "venv")
+                                       if result.get("venv_python") else None)
+    return env if env and not os.path.isdir(env) else None
 
 
 def attempt_history(attempts):
@@ -7387,6 +7413,9 @@ def print_report(report):
                                        "%d/%d tests passed" % (row["tests_passed"], row["tests"])))
     if report["installed_to"]:
         show("\ninstalled to %s" % report["installed_to"])
+    if report["environment_gone"]:
+        show("warning: the environment this install runs with (%s) is gone: its command above would run without "
+             "it %s migrate it again" % (report["environment_gone"], DASH))
 
 
 def history_chart(history):
@@ -8522,18 +8551,6 @@ BROKEN_ORIGINAL_SEARCHES = {
 # bundle revisions beyond the newest --keep N.
 
 ENDED_BADLY = ("failed", "error", "interrupted")  # (no result.json yet: an attempt just begun)
-
-
-def attempt_install_in_use(attempt):
-    """Whether an attempt's install is still there and still its own (the install mark names it)."""
-    installed = attempt.get("installed_to")
-    if not installed or not os.path.isdir(installed):
-        return False
-    try:
-        mark = read_json(install_mark(installed))
-    except (OSError, ValueError):
-        return True  # pm cannot tell: keep it
-    return mark.get("attempt") in (None, attempt["id"])
 
 
 def prune_plan(store, names, keep):

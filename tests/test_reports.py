@@ -46,7 +46,7 @@ def pm_run(pyz, site, *args):
 
 
 REPORT_KEYS = {"name", "id", "status", "level", "error", "seconds", "installed_to", "activate", "path", "source",
-               "target", "requirements", "tests", "history", "test_config"}
+               "target", "requirements", "tests", "history", "test_config", "environment_gone"}
 
 
 def test_report_shows_platforms_requirements_tests_and_history_in_the_terminal_and_as_json(pyz, two_attempts):

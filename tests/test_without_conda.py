@@ -218,3 +218,29 @@ def test_a_carried_archive_that_reaches_outside_the_prefix_is_refused_and_nothin
     assert "hello-1.0-h1_0.tar.bz2" in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
     assert envs_left(tmp_path) == [] and not (tmp_path / "store" / "nativesim" / "escaped.txt").exists()
     assert not list(tmp_path.glob("**/escaped.txt"))
+
+
+def test_a_later_migration_into_another_output_dir_leaves_the_earlier_install_its_environment(pyz, linked, tmp_path):
+    """Two installs without conda into two output_dirs: after the second passes, the first still runs
+    with the command its report printed (its environment is kept while its install is its own); once
+    its environment is removed by hand, its report says so."""
+    first = migrate(pyz, linked["unpacked"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    (command,) = [l[len("to run it: "):] for l in first.stdout.splitlines() if l.startswith("to run it: ")]
+    first_attempt = attempt_dirs(str(tmp_path / "store"), "nativesim")[-1]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "nativesim.ini").write_text(CONFIG.format(out=str(other / "installed")))
+    second = subprocess.run(["unshare", "-n", find_python("newest"), pyz, "migrate", "nativesim",
+                             str(other / "nativesim.ini"), "--bundle", linked["unpacked"]], env=no_conda_env(tmp_path),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert len(envs_left(tmp_path)) == 2, "the first install's environment is kept"
+    ran = subprocess.run(["/bin/sh", "-c", command + " && hello && tinycli"], env=no_conda_env(tmp_path),
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.endswith("tinycli ok\n"), ran.stdout
+    shutil.rmtree(read_result(first_attempt)["env_prefix"])
+    report = run_pm(find_python("newest"), pyz, ["report", "nativesim", os.path.basename(first_attempt)],
+                    no_conda_env(tmp_path))
+    assert "the environment this install runs with" in report.stdout and "is gone" in report.stdout, report.stdout
