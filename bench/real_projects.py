@@ -390,6 +390,23 @@ def actual_against_base(prefix, base):
     return {"same": len(same), "differ": differ, "absent": absent, "total": len(base["dists"])}
 
 
+def software_import(project, prefix, env, target_dir, attempt):
+    """Where the environment's python imports the software from, outside its tree (so not from the working
+    directory): 'tree' (the installed or tested copy pm linked), 'release' (site-packages: a copy from an
+    index), or 'none'."""
+    proc = subprocess.run([os.path.join(prefix, "bin", "python"), "-c",
+                           "import os, %s as m; print(os.path.realpath(m.__file__))" % project["name"]],
+                          env=env, cwd=os.path.join(target_dir, "tmp"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+    if proc.returncode != 0:
+        return {"from": "none", "error": proc.stderr.strip().splitlines()[-1:] or None}
+    path = proc.stdout.strip()
+    trees = [os.path.realpath(os.path.join(target_dir, "installed")), os.path.realpath(os.path.join(attempt, "work"))]
+    where = "tree" if any(path.startswith(t + os.sep) for t in trees) else \
+        "release" if "site-packages" in path else "elsewhere"
+    return {"from": where, "path": path}
+
+
 def migrate(project, base, work, conda, pyz, bundle, kind, folder):
     name = project["name"]
     target_dir = os.path.join(folder, kind)
@@ -439,7 +456,7 @@ def migrate(project, base, work, conda, pyz, bundle, kind, folder):
     log = os.path.join(attempt, "commands.log")
     if os.path.isfile(log):
         with open(log, encoding="utf-8", errors="replace") as handle:
-            lines = [line for line in handle if line.startswith("$ ")]
+            lines = [line for line in handle if re.match(r"(\d\d:\d\d:\d\d )?\$ ", line)]
         outcome["pip_installs"] = len([line for line in lines if re.search(r"\bpip install\b", line)])
     # the test's pytest summary line, from the test log
     for test in tests:
@@ -461,8 +478,9 @@ def migrate(project, base, work, conda, pyz, bundle, kind, folder):
     prefix = os.path.join(attempt, "venv") if managers == "pip" else result.get("env_prefix")
     if prefix and os.path.isdir(prefix):
         outcome["actual"] = actual_against_base(prefix, base)
+        outcome["software"] = software_import(project, prefix, env, target_dir, attempt)
     else:
-        outcome["actual"] = None
+        outcome["actual"] = outcome["software"] = None
     say("%s: %s %s in %.0f s (%s)" % (name, kind, "PASSED" if outcome["passed"] else "FAILED", seconds,
                                       outcome.get("test_summary") or outcome["status"]))
     return outcome
@@ -514,8 +532,8 @@ def cell_rows(run):
 
 def table(results):
     lines = ["| project | bundle / route | passed | tests | rows: at base | drifted | missing / failed | no row |"
-             " env: at base / of | pip install calls | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             " env: at base / of | software from | pip install calls | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for rec in results["projects"]:
         if rec.get("error"):
@@ -527,12 +545,13 @@ def table(results):
                 continue
             rows = run.get("rows") or {}
             actual = run.get("actual")
-            lines.append("| %s %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |" % (
+            lines.append("| %s %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |" % (
                 rec["project"], rec["version"], kind, "yes" if run["passed"] else "**no**",
                 run.get("test_summary") or run.get("status") or "-",
                 rows.get("at_base", "-"), len(rows.get("drifted", [])) if rows else "-",
                 len(rows.get("missing", [])) if rows else "-", len(rows.get("unaccounted", [])) if rows else "-",
                 "%d / %d" % (actual["same"], actual["total"]) if actual else "no env",
+                (run.get("software") or {}).get("from", "-"),
                 run.get("pip_installs") if run.get("pip_installs") is not None else "-", run["seconds"]))
             for row in rows.get("drifted", []):
                 notes.append("- %s %s drifted: %s %s -> %s (%s)" % (rec["project"], kind, row["name"], row["base"],
@@ -545,6 +564,9 @@ def table(results):
             if actual and (actual["differ"] or actual["absent"]):
                 notes.append("- %s %s environment: differ %s; absent %s" % (
                     rec["project"], kind, ", ".join(actual["differ"]) or "none", ", ".join(actual["absent"]) or "none"))
+            if (run.get("software") or {}).get("from") not in (None, "tree"):
+                notes.append("- %s %s: the software imports from %s" % (rec["project"], kind, run["software"].get("path")
+                                                                        or run["software"].get("error")))
             if not run["passed"]:
                 notes.append("- %s %s failed (exit %s, %s); pm's last lines:\n%s" % (
                     rec["project"], kind, run["exit"], run.get("status"),
