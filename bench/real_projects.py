@@ -390,21 +390,48 @@ def actual_against_base(prefix, base):
     return {"same": len(same), "differ": differ, "absent": absent, "total": len(base["dists"])}
 
 
-def software_import(project, prefix, env, target_dir, attempt):
-    """Where the environment's python imports the software from, outside its tree (so not from the working
-    directory): 'tree' (the installed or tested copy pm linked), 'release' (site-packages: a copy from an
-    index), or 'none'."""
-    proc = subprocess.run([os.path.join(prefix, "bin", "python"), "-c",
-                           "import os, %s as m; print(os.path.realpath(m.__file__))" % project["name"]],
-                          env=env, cwd=os.path.join(target_dir, "tmp"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=300)
+PROBE = r"""
+import importlib, importlib.metadata, importlib.util, json, os, sys
+tree, name = os.path.realpath(sys.argv[1]), sys.argv[2]
+exposed = []
+for entry in sorted(os.listdir(tree)):
+    mod = entry[:-3] if entry.endswith(".py") else entry
+    if mod == name or not mod.isidentifier() or not (entry.endswith(".py") or os.path.isdir(os.path.join(tree, entry))):
+        continue
+    try:
+        spec = importlib.util.find_spec(mod)
+    except Exception:
+        continue
+    places = list(spec.submodule_search_locations or []) + [spec.origin or ""] if spec else []
+    if any(p and os.path.realpath(p).startswith(tree + os.sep) for p in places):
+        exposed.append(mod)
+dists = [d for d in importlib.metadata.distributions() if (d.metadata["Name"] or "").lower() == name.lower()]
+module = importlib.import_module(name)
+print(json.dumps({"path": os.path.realpath(module.__file__), "exposed": exposed, "dists": len(dists)}))
+"""
+
+
+def software_probe(project, python, tree, env, cwd):
+    """From outside the tree (so not through the working directory): where the environment's python
+    imports the software from, which other top-level folders or modules of the tree it can import
+    (a flat layout's docs/, tests/ ...), and how many distributions of the software's name it sees."""
+    proc = subprocess.run([python, "-c", PROBE, tree, project["name"]], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
     if proc.returncode != 0:
-        return {"from": "none", "error": proc.stderr.strip().splitlines()[-1:] or None}
-    path = proc.stdout.strip()
-    trees = [os.path.realpath(os.path.join(target_dir, "installed")), os.path.realpath(os.path.join(attempt, "work"))]
-    where = "tree" if any(path.startswith(t + os.sep) for t in trees) else \
-        "release" if "site-packages" in path else "elsewhere"
-    return {"from": where, "path": path}
+        return {"from": "none", "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def software_import(project, prefix, env, target_dir, attempt):
+    """software_probe in the migrated environment, against the installed copy: 'tree' (the installed or
+    tested copy pm linked), 'release' (site-packages: a copy from an index) or 'elsewhere'."""
+    found = software_probe(project, os.path.join(prefix, "bin", "python"),
+                           os.path.join(target_dir, "installed", project["name"]), env, os.path.join(target_dir, "tmp"))
+    if "path" in found:
+        trees = [os.path.realpath(os.path.join(target_dir, "installed")), os.path.realpath(os.path.join(attempt, "work"))]
+        found["from"] = "tree" if any(found["path"].startswith(t + os.sep) for t in trees) else \
+            "release" if "site-packages" in found["path"] else "elsewhere"
+    return found
 
 
 def migrate(project, base, work, conda, pyz, bundle, kind, folder):
@@ -503,6 +530,10 @@ def one_project(project, work, conda, python, pyz, label, kinds, rebuild):
     folder = os.path.join(work, "runs", label, project["name"])
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(os.path.join(folder, "tmp"))
+    paths = base_paths(work, project)
+    record["base"]["software"] = software_probe(
+        project, os.path.join(base["prefix"], "bin", "python"), base["software"],
+        conda_site(conda, paths["site"], [paths["channel"]]).activated(base["prefix"]), os.path.join(folder, "tmp"))
     bundles, record["pack"] = pack_all(project, base, work, conda, pyz, folder)
     for kind in [k for k in kinds if k.startswith("pip")]:
         bundle = bundles.get(kind.split("-", 1)[1])
@@ -530,6 +561,16 @@ def cell_rows(run):
     return str(rows["at_base"]), str(len(rows["drifted"])), str(len(rows["missing"]) + len(rows["unaccounted"]))
 
 
+def software_cell(soft, on_base):
+    """'tree' / 'release' / 'none', then what differs from the base: other top-level names of the tree
+    importable, more distributions of its name visible."""
+    if not soft:
+        return "-"
+    extra = [n for n in soft.get("exposed") or [] if n not in (on_base or {}).get("exposed", [])]
+    return soft.get("from", "-") + ("; +%d tree names" % len(extra) if extra else "") + \
+        ("; %d dists" % soft["dists"] if soft.get("dists", 1) != (on_base or {}).get("dists", 1) else "")
+
+
 def table(results):
     lines = ["| project | bundle / route | passed | tests | rows: at base | drifted | missing / failed | no row |"
              " env: at base / of | software from | pip install calls | wall s |",
@@ -551,7 +592,7 @@ def table(results):
                 rows.get("at_base", "-"), len(rows.get("drifted", [])) if rows else "-",
                 len(rows.get("missing", [])) if rows else "-", len(rows.get("unaccounted", [])) if rows else "-",
                 "%d / %d" % (actual["same"], actual["total"]) if actual else "no env",
-                (run.get("software") or {}).get("from", "-"),
+                software_cell(run.get("software"), rec["base"].get("software")),
                 run.get("pip_installs") if run.get("pip_installs") is not None else "-", run["seconds"]))
             for row in rows.get("drifted", []):
                 notes.append("- %s %s drifted: %s %s -> %s (%s)" % (rec["project"], kind, row["name"], row["base"],
@@ -564,9 +605,16 @@ def table(results):
             if actual and (actual["differ"] or actual["absent"]):
                 notes.append("- %s %s environment: differ %s; absent %s" % (
                     rec["project"], kind, ", ".join(actual["differ"]) or "none", ", ".join(actual["absent"]) or "none"))
-            if (run.get("software") or {}).get("from") not in (None, "tree"):
-                notes.append("- %s %s: the software imports from %s" % (rec["project"], kind, run["software"].get("path")
-                                                                        or run["software"].get("error")))
+            soft, on_base = run.get("software") or {}, rec["base"].get("software") or {}
+            if soft.get("from") not in (None, "tree"):
+                notes.append("- %s %s: the software imports from %s" % (rec["project"], kind, soft.get("path")
+                                                                        or soft.get("error")))
+            if soft.get("exposed") and soft.get("exposed") != on_base.get("exposed"):
+                notes.append("- %s %s: the tree's %s importable (base: %s)" % (
+                    rec["project"], kind, ", ".join(soft["exposed"]), ", ".join(on_base.get("exposed") or []) or "none"))
+            if soft.get("dists", 1) != on_base.get("dists", 1):
+                notes.append("- %s %s: %d distributions named %s visible (base: %d)" % (
+                    rec["project"], kind, soft["dists"], rec["project"], on_base.get("dists", 1)))
             if not run["passed"]:
                 notes.append("- %s %s failed (exit %s, %s); pm's last lines:\n%s" % (
                     rec["project"], kind, run["exit"], run.get("status"),
