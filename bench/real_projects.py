@@ -501,7 +501,7 @@ def migrate(project, base, work, conda, pyz, bundle, kind, folder):
     if rows is not None:
         at, drifted, missing, unaccounted = classify(rows, base)
         outcome["rows"] = {"total": len(rows), "at_base": len(at), "drifted": drifted, "missing": missing,
-                           "unaccounted": unaccounted}
+                           "unaccounted": unaccounted, "at_base_rows": at}
     prefix = os.path.join(attempt, "venv") if managers == "pip" else result.get("env_prefix")
     if prefix and os.path.isdir(prefix):
         outcome["actual"] = actual_against_base(prefix, base)
@@ -571,6 +571,27 @@ def software_cell(soft, on_base):
         ("; %d dists" % soft["dists"] if soft.get("dists", 1) != (on_base or {}).get("dists", 1) else "")
 
 
+def done_when(results):
+    """Issue 27's two real-project conditions, counted over the runs made."""
+    def runs(prefix):
+        return [(rec, k, r) for rec in results["projects"] for k, r in sorted(rec.get("runs", {}).items())
+                if k.startswith(prefix)]
+
+    def count(items, test):
+        return "%d of %d" % (len([1 for item in items if test(*item)]), len(items))
+    pip, gap = runs("pip-"), runs("airgap-")
+    every_row = lambda rec, k, r: bool(r.get("rows")) and not r["rows"]["unaccounted"]
+    at_base = lambda rec, k, r: bool(r.get("actual")) and r["actual"]["same"] == r["actual"]["total"]
+    return "\n".join([
+        "Done when, real projects with pip (normal and older bundles): passed %s; software from the migrated tree %s; "
+        "every base package with a row %s; every distribution at the base's version %s." % (
+            count(pip, lambda rec, k, r: r["passed"]), count(pip, lambda rec, k, r: (r.get("software") or {}).get("from")
+                                                             == "tree"), count(pip, every_row), count(pip, at_base)),
+        "Done when, air-gapped (--with-packages, base removed, unshare -n, no index, no channel): passed %s; every "
+        "distribution at the base's version %s; every base package with a row %s." % (
+            count(gap, lambda rec, k, r: r["passed"]), count(gap, at_base), count(gap, every_row))])
+
+
 def table(results):
     lines = ["| project | bundle / route | passed | tests | rows: at base | drifted | missing / failed | no row |"
              " env: at base / of | software from | pip install calls | wall s |",
@@ -615,11 +636,16 @@ def table(results):
             if soft.get("dists", 1) != on_base.get("dists", 1):
                 notes.append("- %s %s: %d distributions named %s visible (base: %d)" % (
                     rec["project"], kind, soft["dists"], rec["project"], on_base.get("dists", 1)))
+            credited = [r["name"] for r in rows.get("at_base_rows", []) + rows.get("drifted", [])
+                        if (r.get("how") or "").startswith("pip:")] if rows and run.get("pip_installs") == 0 else []
+            if credited:
+                notes.append("- %s %s: %d rows say pip:NAME=... though no pip install ran" % (rec["project"], kind,
+                                                                                           len(credited)))
             if not run["passed"]:
                 notes.append("- %s %s failed (exit %s, %s); pm's last lines:\n%s" % (
                     rec["project"], kind, run["exit"], run.get("status"),
                     "\n".join("      " + l for l in run.get("stderr_tail") or [])))
-    return "\n".join(lines) + ("\n\nRows not at the base's version, and failures:\n\n" + "\n".join(notes)
+    return done_when(results) + "\n\n" + "\n".join(lines) + ("\n\nRows not at the base's version, and failures:\n\n" + "\n".join(notes)
                                if notes else "\n")
 
 
