@@ -578,7 +578,7 @@ def done_when(results):
                 if k.startswith(prefix)]
 
     def count(items, test):
-        return "%d of %d" % (len([1 for item in items if test(*item)]), len(items))
+        return "%d of %d" % (len([1 for item in items if test(*item)]), len(items)) if items else "(not run)"
     pip, gap = runs("pip-"), runs("airgap-")
     every_row = lambda rec, k, r: bool(r.get("rows")) and not r["rows"]["unaccounted"]
     at_base = lambda rec, k, r: bool(r.get("actual")) and r["actual"]["same"] == r["actual"]["total"]
