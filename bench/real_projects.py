@@ -24,7 +24,7 @@ drifted (with why), not installed (with why); base packages with no row at all; 
 environment afterwards against the base's distributions; the `pip install` calls in commands.log;
 wall time. Prints a markdown table; writes WORK/results-LABEL.json.
 
-    python3 bench/real_projects.py --pyz /path/to/pm.pyz --label NAME [--work /work/rp] [--jobs 2]
+    python3 bench/real_projects.py --pyz /path/to/pm.pyz --label NAME [--work DIR (default .real-projects)] [--jobs 2]
         [--projects boule,sgp4] [--kinds pip-normal,airgap-linker] [--rebuild-bases] [--fresh-pip-cache]
 
 Only the standard library and the repo's tests/ helpers (realconda, pipbase, channels); pip reaches
@@ -658,7 +658,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pyz", required=True, help="the pm.pyz to measure")
     parser.add_argument("--label", required=True, help="names results-LABEL.json and runs/LABEL/")
-    parser.add_argument("--work", default="/work/rp")
+    parser.add_argument("--work", default=os.path.join(ROOT, ".real-projects"))
     parser.add_argument("--jobs", type=int, default=2, help="projects at once (default 2)")
     parser.add_argument("--projects", help="comma-separated subset of: " + ",".join(p["name"] for p in PROJECTS))
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated subset of: " + ",".join(KINDS))
