@@ -100,7 +100,7 @@ def upload(port, method, path, body_path, headers):
 def run_pm_server(work, bundle, python, pyz):
     home = os.path.join(work, "pm-home")
     port = free_port()
-    proc = subprocess.Popen([python, pyz, "serve", "--port", str(port)],
+    proc = subprocess.Popen([python, pyz, "serve", "--port", str(port), "--no-token"],
                             env=dict(os.environ, PM_HOME=home), stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
@@ -145,7 +145,7 @@ def run_pm_legacy(work, bundle, python, pyz):
     home = os.path.join(work, "pm-home")
     body_path = legacy_body(bundle, os.path.join(work, "orig-body.json"))
     port = free_port()
-    proc = subprocess.Popen([python, pyz, "serve", "--port", str(port)],
+    proc = subprocess.Popen([python, pyz, "serve", "--port", str(port), "--no-token"],
                             env=dict(os.environ, PM_HOME=home), stderr=subprocess.DEVNULL)
     try:
         wait_port(port)
