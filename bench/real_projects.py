@@ -10,7 +10,7 @@ reused (bases/NAME/base.json marks it built and checked).
 
 With the pm.pyz given by --pyz, each project is packed three ways: a normal bundle, an "older format"
 copy of it (python-dists.json and wheels/ removed, the manifest's sums recomputed, as
-tests/conftest.rewrite_bundle does) and a --with-packages bundle. Then:
+tests/bundles.rewrite_bundle does) and a --with-packages bundle. Then:
 
   pip-normal, pip-older   migrate with package_managers = pip, online (real PyPI), into a fresh target
                           site (its own HOME, PM_HOME, TMPDIR), the project's tests as the test config
@@ -24,7 +24,7 @@ drifted (with why), not installed (with why); base packages with no row at all; 
 environment afterwards against the base's distributions; the `pip install` calls in commands.log;
 wall time. Prints a markdown table; writes WORK/results-LABEL.json.
 
-    python3 bench/real_projects.py --pyz /path/to/pm.pyz --label NAME [--work DIR (default .real-projects)] [--jobs 2]
+    .venv/bin/python bench/real_projects.py --pyz /path/to/pm.pyz --label NAME [--work DIR (default .real-projects)] [--jobs 2]
         [--projects boule,sgp4] [--kinds pip-normal,airgap-linker] [--rebuild-bases] [--fresh-pip-cache]
 
 Only the standard library and the repo's tests/ helpers (realconda, pipbase, channels); pip reaches
@@ -46,7 +46,6 @@ import tarfile
 import threading
 import time
 import urllib.request
-import zipfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -54,7 +53,9 @@ TESTS = os.path.join(ROOT, "tests")
 sys.path.insert(0, TESTS)
 os.environ.setdefault("PM_REAL_CONDA", "/work/main/.real-conda")
 
-import pipbase  # noqa: E402  (tests/ helpers, from this tree)
+from bundles import rewrite_bundle  # noqa: E402  (tests/ helpers, from this tree)
+from conftest import find_python  # noqa: E402
+import pipbase  # noqa: E402
 import realconda  # noqa: E402
 
 PYTHON_VERSION = "3.11"
@@ -108,23 +109,6 @@ def pip_env(extra=None, base=None):
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
     env.update(extra or {})
     return env
-
-
-def find_python(version):
-    roots = []
-    try:
-        roots.append(subprocess.run(["pyenv", "root"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip())
-    except OSError:
-        pass
-    roots.append(os.path.expanduser("~/.pyenv"))
-    for root in roots:
-        found = sorted(glob.glob(os.path.join(root, "versions", version + ".*", "bin", "python" + version)))
-        if found:
-            return found[-1]
-    found = shutil.which("python" + version)
-    if not found:
-        raise SystemExit("no Python %s through pyenv or PATH" % version)
-    return found
 
 
 def run(command, log, env=None, cwd=None, timeout=1800):
@@ -295,22 +279,6 @@ def check_base(project, paths, conda, record):
 
 
 # ---------------------------------------------------------------- bundles
-
-def rewrite_bundle(bundle, out, edit):
-    """tests/conftest.rewrite_bundle (conftest imports pytest, so this copy): the bundle after
-    edit(members, manifest), its manifest's sums computed anew."""
-    with zipfile.ZipFile(bundle) as old:
-        members = dict((info.filename, old.read(info)) for info in old.infolist())
-    manifest = json.loads(members.pop("manifest.json").decode())
-    edit(members, manifest)
-    for name in manifest["members"]:
-        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
-        for name, data in members.items():
-            new.writestr(name, data)
-        new.writestr("manifest.json", json.dumps(manifest))
-    return out
-
 
 def older_format(members, manifest):
     for name in [n for n in members if n == "python-dists.json" or n.startswith("wheels/")]:

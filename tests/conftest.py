@@ -1,17 +1,16 @@
 """Shared fixtures: real interpreters, a freshly built pm.pyz, and conda stand-in set-ups."""
 import functools
 import glob
-import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import zipfile
 
 import pytest
 
 import channels
+from bundles import rewrite_bundle  # noqa: F401 (tests import it from here)
 import condastandin
 import realconda
 
@@ -174,22 +173,6 @@ def attempt_dirs(home, name):
 def read_result(attempt):
     with open(os.path.join(attempt, "result.json")) as handle:
         return json.load(handle)
-
-
-def rewrite_bundle(bundle, out, edit):
-    """A copy of a bundle after edit(members, manifest) changed members' bytes or the manifest;
-    the sums are computed anew, so the copy verifies (tests that need another bundle)."""
-    with zipfile.ZipFile(bundle) as old:
-        members = dict((info.filename, old.read(info)) for info in old.infolist())
-    manifest = json.loads(members.pop("manifest.json").decode())
-    edit(members, manifest)
-    for name in manifest["members"]:
-        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
-        for name, data in members.items():
-            new.writestr(name, data)
-        new.writestr("manifest.json", json.dumps(manifest))
-    return out
 
 
 def read_bytes(path):

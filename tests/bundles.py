@@ -1,0 +1,20 @@
+"""Bundles made to measure from another bundle, for the tests and the benchmarks."""
+import hashlib
+import json
+import zipfile
+
+
+def rewrite_bundle(bundle, out, edit):
+    """A copy of a bundle after edit(members, manifest) changed members' bytes or the manifest;
+    the sums are computed anew, so the copy verifies (tests that need another bundle)."""
+    with zipfile.ZipFile(bundle) as old:
+        members = dict((info.filename, old.read(info)) for info in old.infolist())
+    manifest = json.loads(members.pop("manifest.json").decode())
+    edit(members, manifest)
+    for name in manifest["members"]:
+        manifest["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as new:
+        for name, data in members.items():
+            new.writestr(name, data)
+        new.writestr("manifest.json", json.dumps(manifest))
+    return out
