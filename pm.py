@@ -6112,12 +6112,20 @@ def missing_rows(bundle, env_file, min_deps, result, software, why_missing):
 
 
 def record_env_pythons(attempt, bundle, environ):
-    """The environment's own Python here beside the base environment's (not the ones pm ran under)."""
+    """The environment's own Python here beside the base environment's (not the ones pm ran under),
+    and what kind of environment each is (the base's as pack read it: conda, a conda-style prefix read
+    without conda, a venv; here: the route that made it)."""
     code, output = attempt.run(["/bin/sh", "-c", "python -c 'import platform; print(platform.python_version())'"],
                                environ=environ) if environ else (1, "")
     here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
-    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here),
-                 source=dict(attempt.result.get("source") or {}, env_python=base_python_version(bundle)))
+    level = attempt.result.get("level")
+    kind = "a prefix pm linked without conda" if level == "carried" else \
+        "conda %s environment (level %s)" % ((attempt.result.get("platform") or {}).get("conda", ""), level) \
+        if level else "a virtual environment (pip)" if (environ or {}).get("VIRTUAL_ENV") else "the system's packages"
+    source = attempt.result.get("source") or {}
+    base_kind = source.get("env_kind") or ("conda %s environment" % source["conda"] if source.get("conda") else None)
+    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here, env_kind=kind),
+                 source=dict(source, env_python=base_python_version(bundle), env_kind=base_kind))
 
 
 def route_why_missing(result, managers):
@@ -7360,7 +7368,8 @@ def attempt_history(attempts):
 
 
 PLATFORM_ROWS = [("os", "os"), ("release", "os_release"), ("machine", "machine"), ("libc", "libc"),
-                 ("env python", "env_python"), ("pm python", "python"), ("conda", "conda"), ("host", "hostname")]
+                 ("environment", "env_kind"), ("env python", "env_python"), ("pm python", "python"),
+                 ("conda", "conda"), ("host", "hostname")]
 
 
 def show(line):

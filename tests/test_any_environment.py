@@ -234,6 +234,12 @@ def test_every_kind_migrates_and_its_test_passes_with_every_distribution_at_the_
     assert not any(r["drift"] for r in report["requirements"] if r["requirement"] != "python"), report["requirements"]
     base = pipbase.short_version(find_python("3.11"))
     assert report["source"]["env_python"] == base, "the venv's own Python (pyvenv.cfg), not the one pm ran under"
+    assert report["source"]["env_kind"] == {"pixisim": "conda-style prefix read without conda", "venvsim": "venv",
+                                            "uvsim": "uv"}[name], report["source"]
+    assert report["target"]["env_kind"] == ("a virtual environment (pip)" if managers == "pip" else
+                                            "a prefix pm linked without conda"), report["target"]
+    text = run_pm(find_python("newest"), pyz, ["report", name], env).stdout
+    assert "environment" in text and report["source"]["env_kind"] in text, "the report says what kind left"
     assert report["target"]["env_python"].split(".")[:2] == base.split(".")[:2], "the base's minor version here"
 
 
