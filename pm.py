@@ -4498,7 +4498,8 @@ def recreate_test_install(attempt, config, bundle, options):
         result.activate = activate
         say("installed %s into %s" % (attempt.name, result.installed))
         if config.modulefiles:
-            result.module = write_modulefiles(attempt, bundle, dists, config.modulefiles, test_environ, tests)
+            result.module = write_modulefiles(attempt, bundle, dists, config.modulefiles, test_environ, tests,
+                                              result.installed)
     attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
                  installed_to=result.installed, activate=result.activate, finished=time.time(),
                  seconds=round(time.time() - attempt.started, 3))
@@ -4653,7 +4654,7 @@ def tcl_string(text):
     return '"%s"' % "".join(out)
 
 
-def module_lines(attempt, bundle, environ, tests, version):
+def module_lines(attempt, bundle, environ, tests, version, installed):
     """(variables set, paths prepended, activate.d scripts, changes they make, whatis, help)."""
     prefix = attempt.result.get("env_prefix")
     venv = environ.get("VIRTUAL_ENV")
@@ -4671,7 +4672,7 @@ def module_lines(attempt, bundle, environ, tests, version):
     whatis = "%s %s, migrated by pm from %s on %s" % (attempt.name, version, base, time.strftime("%Y-%m-%d"))
     helptext = "%s\ntests passed: %s\ninstalled in: %s\nattempt: %s" % (
         whatis, ", ".join(passed) if passed else "none (installed with --skip-tests)",
-        attempt.result.get("installed_to") or "", attempt.path)
+        installed, attempt.path)
     return variables, paths, scripts, changes, whatis, helptext
 
 
@@ -4684,7 +4685,7 @@ def path_change(before, after):
     return None
 
 
-def write_modulefiles(attempt, bundle, dists, folder, environ, tests):
+def write_modulefiles(attempt, bundle, dists, folder, environ, tests, installed):
     """DIR/NAME/VERSION.lua and DIR/NAME/VERSION, written atomically inside DIR; recorded in the
     attempt's result.json (modulefiles). Returns (DIR, NAME/VERSION)."""
     name, version = check_name(attempt.name), module_version(bundle, dists, attempt)
@@ -4694,7 +4695,8 @@ def write_modulefiles(attempt, bundle, dists, folder, environ, tests):
     if os.path.dirname(where) != os.path.realpath(folder):
         raise PmError("%s/%s is not a folder inside %s" % (folder, name, folder), "remove the link, or choose another "
                       "modulefiles folder")
-    variables, paths, scripts, changes, whatis, helptext = module_lines(attempt, bundle, environ, tests, version)
+    variables, paths, scripts, changes, whatis, helptext = module_lines(attempt, bundle, environ, tests, version,
+                                                                        installed)
     mark = MODULE_MARK % attempt.id
     lua = ["-- -*- lua -*-", "-- " + mark, "whatis(%s)" % lua_string(whatis), "help(%s)" % lua_string(helptext),
            "conflict(%s)" % lua_string(name)]

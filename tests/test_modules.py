@@ -134,6 +134,7 @@ def test_module_load_runs_the_installed_software_as_its_test_did_and_unload_remo
     lua = open(os.path.join(mods, "modsim", version + ".lua")).read()
     assert 'source_sh("bash", "%s/etc/conda/activate.d/modsim.sh")' % result["env_prefix"] in lua
     assert 'conflict("modsim")' in lua and "tests passed: check" in lua
+    assert "installed in: %s" % result["installed_to"] in lua
     tcl = open(os.path.join(mods, "modsim", version)).read()
     assert tcl.startswith("#%Module") and "setenv MODSIM_DATA" in tcl and "conflict modsim" in tcl
     installed = result["installed_to"]
