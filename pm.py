@@ -8852,6 +8852,8 @@ def cmd_migrate(args):
       package_managers = conda
       # each names a [test_X] section
       tests = unit, smoke
+      # optional: on a pass, DIR/NAME/VERSION.lua and DIR/NAME/VERSION for 'module load NAME'
+      modulefiles = /opt/modulefiles
       [test_unit]
       # run in the software's directory; timeout (s), env, workdir and runner are optional
       exec = sh tests/run.sh
