@@ -4050,7 +4050,7 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
 
 TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
 TEST_CONFIG_COPY = "test-config.ini"  # in the attempt's folder: the test configuration it ran with
-SOFTWARE_KEYS = ("output_dir", "package_managers", "tests")
+SOFTWARE_KEYS = ("output_dir", "package_managers", "tests", "modulefiles")
 
 
 class TestSpec(object):
@@ -4077,8 +4077,9 @@ class TestResult(object):
 class MigrationConfig(object):
     """The merged test configuration for one software."""
 
-    def __init__(self, output_dir, package_managers, tests, paths=()):
+    def __init__(self, output_dir, package_managers, tests, paths=(), modulefiles=None):
         self.output_dir, self.package_managers, self.tests = output_dir, package_managers, tests
+        self.modulefiles = modulefiles  # the folder an install writes its modulefiles into (None: none)
         self.paths = list(paths)  # the files it was read from, in order (the attempt keeps a copy)
 
     def copy_text(self):
@@ -4149,7 +4150,12 @@ def read_test_config_values(parser, paths, name):
         tests.append(TestSpec(test, command, test_timeout(parser, section, origin),
                               test_env_vars(parser[section].get("env", ""), section),
                               parser[section].get("workdir"), runner))
-    return MigrationConfig(os.path.expanduser(output_dir), managers, tests, paths)
+    modulefiles = parser[name].get("modulefiles", "").strip() or None
+    if modulefiles:
+        check_modulefiles_dir(modulefiles, "modulefiles %r in [%s] of %s" % (modulefiles, name,
+                                                                             origin[(name, "modulefiles")]))
+    return MigrationConfig(os.path.expanduser(output_dir), managers, tests, paths,
+                           modulefiles and os.path.expanduser(modulefiles))
 
 
 def warn_unknown(parser, section, known, origin):
@@ -4306,6 +4312,7 @@ class MigrationResult(object):
         self.packages = packages
         self.installed = installed
         self.activate = None  # the shell command that gives the installed software the packages its tests had
+        self.module = None  # (modulefiles folder, NAME/VERSION) when the install wrote modulefiles
         self.passed = all(t.status == "passed" for t in tests)
 
     def exit_code(self):
@@ -4334,6 +4341,8 @@ class MigrationResult(object):
         show("attempt: %s" % self.attempt.path)
         if self.installed and self.activate:
             show("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
+        if self.installed and self.module:
+            show("or: module use %s && module load %s" % (shlex.quote(self.module[0]), self.module[1]))
 
 
 def migrate(store, name, config, bundle, options):
@@ -4488,6 +4497,9 @@ def recreate_test_install(attempt, config, bundle, options):
             remove_older_carried_envs(attempt, attempt.result["env_prefix"])
         result.activate = activate
         say("installed %s into %s" % (attempt.name, result.installed))
+        if config.modulefiles:
+            result.module = write_modulefiles(attempt, bundle, dists, config.modulefiles, test_environ, tests,
+                                              result.installed)
     attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
                  installed_to=result.installed, activate=result.activate, finished=time.time(),
                  seconds=round(time.time() - attempt.started, 3))
@@ -4569,6 +4581,165 @@ def install_software(bundle, output_dir, force, store, attempt_id=None):
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+# -- Modulefiles: a module to load -------------------------------------------------
+# With modulefiles = DIR in the test configuration (or --modulefiles DIR), a passed install writes
+# DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl, Environment Modules): what the route's
+# activation does (the environment's bin first on PATH, CONDA_PREFIX or VIRTUAL_ENV, what conda's
+# activate.d scripts set) and a conflict with the software's other versions. Each file's first lines
+# name the attempt that wrote it; the attempt's result.json lists them, and whatever removes the
+# attempt's environment (a later pass, prune) removes the files that still name it.
+
+MODULE_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z"  # a plain version: one path component, no '..'
+MODULE_MARK = "pm: written for attempt %s"  # on each modulefile's second line
+ACTIVATE_D = "etc/conda/activate.d"
+ENV_NOISE = ("_", "SHLVL", "PWD", "OLDPWD")  # what a shell changes by itself
+
+
+def check_modulefiles_dir(folder, where):
+    if not os.path.isabs(os.path.expanduser(folder)):
+        raise PmError("%s is not an absolute folder" % where, "give a full path such as /opt/modulefiles")
+    return folder
+
+
+def module_version(bundle, dists, attempt):
+    """The software's version (python-dists.json's software record), else the bundle's revision
+    (0003 of the store's 0003.zip), else the attempt's id; always a plain version."""
+    version = next((str(d.get("version")) for d in software_dists(dists) if d.get("version")), None)
+    if version and re.match(MODULE_VERSION, version) and ".." not in version:
+        return version
+    if version:
+        say("warning: the software's version %r is not a plain version; its modulefile is named after the "
+            "bundle" % (version,))
+    revision = os.path.basename(bundle.path)[:-len(".zip")] if bundle.path.endswith(".zip") else ""
+    in_store = os.path.dirname(bundle.path) == attempt.store.bundles_dir(attempt.name)
+    return revision if in_store and re.match(MODULE_VERSION, revision) else attempt.id
+
+
+def activate_d_changes(prefix, environ):
+    """{name: (before, after)} for what the prefix's activate.d scripts change, run by bash in a
+    subshell (env -0 before and after), as the tests had them."""
+    import glob
+    import subprocess
+    scripts = sorted(glob.glob(os.path.join(prefix, ACTIVATE_D, "*.sh")))
+    if not scripts:
+        return {}, []
+    script = 'env -0; printf "\\0pm-after\\0"; %s env -0' % "".join('. %s; ' % shlex.quote(s) for s in scripts)
+    proc = subprocess.run(["bash", "-c", script], env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, timeout=60)
+    before, _, after = proc.stdout.partition(b"\0pm-after\0")
+
+    def parse(data):
+        return dict(item.decode("utf-8", "replace").split("=", 1) for item in data.split(b"\0") if b"=" in item)
+    before, after = parse(before), parse(after)
+    changes = dict((key, (before.get(key), after.get(key))) for key in set(before) | set(after)
+                   if before.get(key) != after.get(key) and key not in ENV_NOISE)
+    return changes, scripts
+
+
+def lua_string(text):
+    out = []
+    for char in str(text):
+        out.append("\\" + char if char in '\\"' else "\\%03d" % ord(char) if ord(char) < 32 or ord(char) == 127
+                   else char)
+    return '"%s"' % "".join(out)
+
+
+def tcl_string(text):
+    out = []
+    for char in str(text):
+        out.append("\\" + char if char in '\\"$[]{}' else "\\u%04x" % ord(char) if ord(char) < 32 or ord(char) == 127
+                   else char)
+    return '"%s"' % "".join(out)
+
+
+def module_lines(attempt, bundle, environ, tests, version, installed):
+    """(variables set, paths prepended, activate.d scripts, changes they make, whatis, help)."""
+    prefix = attempt.result.get("env_prefix")
+    venv = environ.get("VIRTUAL_ENV")
+    variables, paths = [], []
+    if venv:
+        paths.append(("PATH", os.path.join(venv, "bin")))
+        variables.append(("VIRTUAL_ENV", venv))
+    elif prefix:
+        paths.append(("PATH", os.path.join(prefix, "bin")))
+        variables += [("CONDA_PREFIX", prefix), ("CONDA_DEFAULT_ENV", environ.get("CONDA_DEFAULT_ENV") or prefix)]
+    changes, scripts = activate_d_changes(prefix, environ) if prefix and not venv else ({}, [])
+    source = bundle.manifest.source if isinstance(bundle.manifest.source, dict) else {}
+    base = "%s (%s)" % (source.get("hostname") or "an unknown machine", source.get("os") or "unknown OS")
+    passed = [t.name for t in tests if t.status == "passed"]
+    whatis = "%s %s, migrated by pm from %s on %s" % (attempt.name, version, base, time.strftime("%Y-%m-%d"))
+    helptext = "%s\ntests passed: %s\ninstalled in: %s\nattempt: %s" % (
+        whatis, ", ".join(passed) if passed else "none (installed with --skip-tests)",
+        installed, attempt.path)
+    return variables, paths, scripts, changes, whatis, helptext
+
+
+def path_change(before, after):
+    """The entries a script put in front of (or after) a path variable, or None when it did more."""
+    if before and after.endswith(os.pathsep + before):
+        return "prepend", after[:-len(before) - 1]
+    if before and after.startswith(before + os.pathsep):
+        return "append", after[len(before) + 1:]
+    return None
+
+
+def write_modulefiles(attempt, bundle, dists, folder, environ, tests, installed):
+    """DIR/NAME/VERSION.lua and DIR/NAME/VERSION, written atomically inside DIR; recorded in the
+    attempt's result.json (modulefiles). Returns (DIR, NAME/VERSION)."""
+    name, version = check_name(attempt.name), module_version(bundle, dists, attempt)
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    where = os.path.realpath(os.path.join(folder, name))
+    if os.path.dirname(where) != os.path.realpath(folder):
+        raise PmError("%s/%s is not a folder inside %s" % (folder, name, folder), "remove the link, or choose another "
+                      "modulefiles folder")
+    variables, paths, scripts, changes, whatis, helptext = module_lines(attempt, bundle, environ, tests, version,
+                                                                        installed)
+    mark = MODULE_MARK % attempt.id
+    lua = ["-- -*- lua -*-", "-- " + mark, "whatis(%s)" % lua_string(whatis), "help(%s)" % lua_string(helptext),
+           "conflict(%s)" % lua_string(name)]
+    tcl = ["#%Module1.0", "## " + mark, "module-whatis %s" % tcl_string(whatis),
+           "proc ModulesHelp { } {", "    puts stderr %s" % tcl_string(helptext), "}", "conflict %s" % name]
+    for key, value in variables:
+        lua.append("setenv(%s, %s)" % (lua_string(key), lua_string(value)))
+        tcl.append("setenv %s %s" % (key, tcl_string(value)))
+    for key, value in paths:
+        lua.append("prepend_path(%s, %s)" % (lua_string(key), lua_string(value)))
+        tcl.append("prepend-path %s %s" % (key, tcl_string(value)))
+    for script in scripts:  # Lmod runs them itself, and undoes what they did on unload
+        lua.append("source_sh(%s, %s)" % (lua_string("bash"), lua_string(script)))
+    for key, (before, after) in sorted(changes.items()):
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
+            continue
+        change = path_change(before, after) if after is not None else None
+        if after is None:
+            tcl.append("unsetenv %s" % key)
+        elif change:
+            tcl.append("%s-path %s %s" % (change[0], key, tcl_string(change[1])))
+        else:
+            tcl.append("setenv %s %s" % (key, tcl_string(after)))
+    written = []
+    for path, lines in ((os.path.join(where, version + ".lua"), lua), (os.path.join(where, version), tcl)):
+        write_atomic(path, "\n".join(lines) + "\n", 0o644)
+        written.append(path)
+    attempt.save(modulefiles=written)
+    say("modulefiles: %s" % ", ".join(written))
+    return folder, "%s/%s" % (name, version)
+
+
+def remove_modulefiles(result):
+    """Remove an attempt's modulefiles (its result.json's modulefiles) that still name it."""
+    for path in (result or {}).get("modulefiles") or []:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(4096).splitlines()[1:2]
+        except (OSError, IndexError, TypeError):
+            continue
+        if head and head[0].endswith(MODULE_MARK % result.get("id")):
+            remove_quietly(path)
+
 
 
 # -- With conda ---------------------------------------------------------------
@@ -5774,12 +5945,14 @@ def remove_older_carried_envs(attempt, prefix):
     another output_dir keeps its own."""
     import shutil
     folder = os.path.dirname(prefix)
-    kept = set(a["id"] for a in attempt.store.attempts(attempt.name) if attempt_install_in_use(a))
+    records = dict((a["id"], a) for a in attempt.store.attempts(attempt.name))
+    kept = set(key for key, record in records.items() if attempt_install_in_use(record))
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
         if path != prefix and entry not in kept and os.path.isfile(os.path.join(path, PM_MADE)) and \
                 not prefix_in_use(path):
             shutil.rmtree(path, ignore_errors=True)
+            remove_modulefiles(records.get(entry))  # its module would load an environment that is gone
 
 
 # -- What pip installed, and the software itself, on the target ----------------------
@@ -8620,6 +8793,10 @@ def cmd_prune(args):
                 if what == "revision":
                     remove_quietly(path)
                 else:
+                    try:
+                        remove_modulefiles(read_json(os.path.join(path, "result.json")))
+                    except (OSError, ValueError):
+                        pass
                     shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)),
                                   ignore_errors=True)
                     shutil.rmtree(path, ignore_errors=True)
@@ -8684,6 +8861,8 @@ def cmd_migrate(args):
       package_managers = conda
       # each names a [test_X] section
       tests = unit, smoke
+      # optional: on a pass, DIR/NAME/VERSION.lua and DIR/NAME/VERSION for 'module load NAME'
+      modulefiles = /opt/modulefiles
       [test_unit]
       # run in the software's directory; timeout (s), env, workdir and runner are optional
       exec = sh tests/run.sh
@@ -8699,6 +8878,8 @@ def cmd_migrate(args):
     check_name(args.name)
     store = Store.default()
     config = read_test_config([os.path.abspath(p) for p in args.test_configs], args.name)
+    if args.modulefiles:
+        config.modulefiles = os.path.expanduser(check_modulefiles_dir(args.modulefiles, "--modulefiles"))
     options = MigrateOptions(args.env_name, args.force, args.skip_tests, args.yes, read_answers(args.answers),
                              args.pck_mgr_configs, args.no_conda, args.allow_scripts, args.prefix)
     options.max_ratio = args.max_ratio
@@ -8986,6 +9167,9 @@ def build_parser():
                           "from the cache pm builds; default: name them, run none)")
     sub.add_argument("--json", action="store_true",
                      help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
+    sub.add_argument("--modulefiles", metavar="DIR",
+                     help="on a pass, write DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl) for 'module load "
+                          "NAME' (or modulefiles = DIR in the test configuration)")
     sub.add_argument("--force-preflight", action="store_true",
                      help="go on when the preflight finds binaries this machine cannot run (a newer glibc or "
                           "libstdc++, another processor level), recording them in the attempt's result.json")
