@@ -4638,20 +4638,22 @@ def activate_d_changes(prefix, environ):
     return changes, scripts
 
 
-def lua_string(text):
+def quoted(text, specials, control):
+    """text as a double-quoted string of a modulefile's language: specials escaped with a backslash,
+    control characters in that language's numeric escape (control % code)."""
     out = []
     for char in str(text):
-        out.append("\\" + char if char in '\\"' else "\\%03d" % ord(char) if ord(char) < 32 or ord(char) == 127
+        out.append("\\" + char if char in specials else control % ord(char) if ord(char) < 32 or ord(char) == 127
                    else char)
     return '"%s"' % "".join(out)
+
+
+def lua_string(text):
+    return quoted(text, '\\"', "\\%03d")
 
 
 def tcl_string(text):
-    out = []
-    for char in str(text):
-        out.append("\\" + char if char in '\\"$[]{}' else "\\u%04x" % ord(char) if ord(char) < 32 or ord(char) == 127
-                   else char)
-    return '"%s"' % "".join(out)
+    return quoted(text, '\\"$[]{}', "\\u%04x")
 
 
 def module_lines(attempt, bundle, environ, tests, version, installed):

@@ -175,6 +175,12 @@ def read_result(attempt):
         return json.load(handle)
 
 
+def no_conda_env(tmp_path):
+    """A user's environment on a target with no conda at all: system PATH, HOME and PM_HOME of the test's own."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
+            "LANG": "C.UTF-8"}
+
+
 def read_bytes(path):
     with open(str(path), "rb") as handle:
         return handle.read()

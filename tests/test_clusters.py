@@ -120,7 +120,7 @@ import json  # noqa: E402
 
 import channels  # noqa: E402
 import realconda  # noqa: E402
-from conftest import attempt_dirs, find_python, read_result, rewrite_bundle, run_pm  # noqa: E402
+from conftest import attempt_dirs, find_python, no_conda_env, read_result, rewrite_bundle, run_pm  # noqa: E402
 
 LIB_C = b'#include <stdio.h>\nint vneed(void) { puts("vneed"); return 7; }\n'
 CHECK = 'python3 -c "import ctypes, os; print(ctypes.CDLL(os.environ[\'CONDA_PREFIX\'] + \'/lib/libvneed.so\').vneed())"\n'
@@ -201,10 +201,6 @@ def vneed(tmp_path_factory, real_condas, pyz):
                                       lambda members, manifest: manifest.pop("binaries"))
     return bundles
 
-
-def no_conda_env(tmp_path):
-    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
-            "LANG": "C.UTF-8"}
 
 
 def migrate(pyz, bundle, tmp_path, *extra):

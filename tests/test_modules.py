@@ -14,7 +14,7 @@ import pytest
 
 import channels
 import realconda
-from conftest import attempt_dirs, find_python, read_result, run_pm
+from conftest import attempt_dirs, find_python, no_conda_env, read_result, run_pm
 
 LMOD_INIT = "/usr/share/lmod/lmod/init/bash"
 CHECK = """set -e
@@ -88,20 +88,16 @@ def modbase(tmp_path_factory, real_condas, pyz):
     return bundle
 
 
-def target_env(tmp_path):
-    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
-            "LANG": "C.UTF-8"}
-
 
 def migrate(pyz, bundle, tmp_path, *extra):
     config = tmp_path / "modsim.ini"
     config.write_text(CONFIG.format(out=str(tmp_path / "installed"), mods=str(tmp_path / "modulefiles")))
     return run_pm(find_python("newest"), pyz, ["migrate", "modsim", str(config), "--bundle", bundle, "--no-conda"]
-                  + list(extra), target_env(tmp_path), timeout=300)
+                  + list(extra), no_conda_env(tmp_path), timeout=300)
 
 
 def in_bash(init, script, tmp_path):
-    env = dict(target_env(tmp_path), TERM="dumb")
+    env = dict(no_conda_env(tmp_path), TERM="dumb")
     return subprocess.run(["bash", "--noprofile", "--norc", "-c", init + "\n" + script], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
 
@@ -163,7 +159,7 @@ def test_a_later_pass_and_prune_remove_the_modulefiles_of_the_environments_they_
     assert not any(os.path.exists(p) for p in first["modulefiles"])
     assert all(os.path.isfile(p) for p in second["modulefiles"])
     shutil.rmtree(second["installed_to"])  # its install gone: prune removes the attempt, and its modulefiles
-    proc = run_pm(find_python("newest"), pyz, ["prune", "modsim"], target_env(tmp_path))
+    proc = run_pm(find_python("newest"), pyz, ["prune", "modsim"], no_conda_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert not any(os.path.exists(p) for p in second["modulefiles"])
     assert os.listdir(str(tmp_path / "modulefiles" / "modsim")) == []

@@ -14,7 +14,7 @@ import pytest
 
 import channels
 import realconda
-from conftest import attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
+from conftest import attempt_dirs, find_python, no_conda_env, read_result, rewrite_bundle, run_pm
 
 CHECK = """set -e
 out=$(hello)
@@ -56,10 +56,6 @@ def linked(tmp_path_factory, real_condas, pyz):
     listed = json.loads(base.conda("list", "--json", "-p", prefix).stdout)
     return dict(bundles, base=base, listing=sorted((r["name"], r["version"], r["build_string"]) for r in listed))
 
-
-def no_conda_env(tmp_path):
-    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
-            "LANG": "C.UTF-8"}
 
 
 def config(tmp_path):
