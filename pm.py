@@ -2206,8 +2206,8 @@ def folder_files(folder, patterns=()):
 # -- Sending --------------------------------------------------------------
 
 
-def send_bundle(path, server, name, token):
-    """PUT the bundle to the server, streamed in chunks, with its sha256 in a header."""
+def server_connection(server, timeout):
+    """(connection, parts of the URL, http client module) for a pm server's address."""
     if PY2:
         import httplib as http_client
         from urlparse import urlsplit
@@ -2217,10 +2217,58 @@ def send_bundle(path, server, name, token):
     parts = urlsplit(server if "://" in server else "http://" + server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PmError("bad server address '%s'" % server, "use --server http://HOST:PORT")
-    digest, size = file_digest(path)
     connection_class = http_client.HTTPSConnection if parts.scheme == "https" else http_client.HTTPConnection
     connection = connection_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                  timeout=120)
+                                  timeout=timeout)
+    return connection, parts, http_client
+
+
+def server_unreachable(server, reason):
+    return PmError("no pm server answers at %s (%s)" % (server, reason),
+                   "start it with 'python3 pm.pyz serve start' on the target, or save the bundle with -o "
+                   "and carry it")
+
+
+def token_refused(server, token):
+    if not token:
+        return PmError("the server at %s needs a token" % server,
+                       "pass --token with the token 'serve start' printed on the target (or set PM_TOKEN)")
+    return PmError("the server at %s refuses the token" % server,
+                   "copy the token 'serve start' printed on the target into --token (or PM_TOKEN)")
+
+
+def check_server(server, token):
+    """Before anything is packed or sent: does a pm server answer at server, and take the token?
+    One GET /bundles, which every pm server answers with its listing to whoever holds the token."""
+    connection, parts, http_client = server_connection(server, 30)
+    try:
+        connection.putrequest("GET", parts.path.rstrip("/") + "/bundles")
+        if token:
+            connection.putheader("Authorization", "Bearer " + token)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read(1 << 20).decode("utf-8", "replace")
+    except (IOError, OSError, http_client.HTTPException) as exc:
+        raise server_unreachable(server, getattr(exc, "strerror", None) or exc)
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise server_unreachable(server, "what answers there is not a pm server: HTTP %d" % response.status)
+    if response.status == 401:
+        raise token_refused(server, token)
+    if response.status != 200:
+        raise PmError("the server at %s refuses to take bundles: %s" % (server, answer.get("error", response.reason)),
+                      "fix what it names on the target, or save the bundle with -o and carry it")
+
+
+def send_bundle(path, server, name, token):
+    """PUT the bundle to the server, streamed in chunks, with its sha256 in a header."""
+    connection, parts, http_client = server_connection(server, 120)
+    digest, size = file_digest(path)
     url = parts.path.rstrip("/") + "/bundles/" + name
     progress = Progress("sending to " + parts.netloc, size)
     try:
@@ -2246,6 +2294,8 @@ def send_bundle(path, server, name, token):
     finally:
         progress.clear()
         connection.close()
+    if response.status == 401:
+        raise token_refused(server, token)
     if response.status >= 300:
         try:
             reason = json.loads(body).get("error", body)
@@ -2390,6 +2440,9 @@ def pack(args):
         raise PmError("--allow-missing, --as-tar-bz2 and --level go with --with-packages", "add --with-packages")
     conda = find_conda(required=False)  # none: pack reads the environment itself
     name, software_dir, output, server = resolve_answers(args)
+    token = args.token or os.environ.get("PM_TOKEN") or SERVER_TOKEN
+    if server and not args.dry_run:
+        check_server(server, token)  # before anything is packed
     conda_info = run_conda_json(conda, ["info", "--json"]) if conda else {}
     prefix = find_env(conda, conda_info, args.env, software_dir, args.yes)
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
@@ -2419,7 +2472,6 @@ def pack(args):
         say("saved %s" % output)
         print(os.path.abspath(output))
     if server:
-        token = args.token or os.environ.get("PM_TOKEN") or SERVER_TOKEN
         path = output
         if not path:
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")

@@ -224,7 +224,8 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(version, pyz, conda_si
 
 @pytest.mark.parametrize("version", ["2.7", "newest"])
 def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, example_software, tmp_path):
-    """The server is a loopback socket that takes the upload and never answers."""
+    """The server is a loopback socket that answers pack's check as a pm server does, then takes the
+    upload and never answers."""
     import signal
     import socket
     import subprocess
@@ -236,6 +237,10 @@ def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, 
     received = []
 
     def swallow():
+        check, _ = listener.accept()
+        check.recv(65536)
+        check.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{}\n")
+        check.close()
         connection, _ = listener.accept()
         while connection.recv(65536):
             received.append(1)

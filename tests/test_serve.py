@@ -568,3 +568,34 @@ def test_a_busy_port_is_named_as_the_reason(action, pyz, tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and line.startswith("pm: error: port %d is in use" % port), line
     assert "exited at once" not in line
+
+
+def free_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_pack_checks_the_server_and_the_token_before_packing_anything(version, server, pyz, conda_site,
+                                                                      example_software, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = conda_site.env(TMPDIR=str(temp))
+    nowhere = "http://127.0.0.1:%d" % free_port()
+    cases = [(["--server", server.url, "--token", "wrong-token"],
+              "the server at %s refuses the token" % server.url, "the token 'serve start' printed on the target"),
+             (["--server", server.url], "the server at %s needs a token" % server.url, "--token"),
+             (["--server", nowhere], "no pm server answers at %s" % nowhere,
+              "start it with 'python3 pm.pyz serve start' on the target")]
+    for flags, what, fix in cases:
+        proc = run_pm(find_python(version), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--yes"] + flags,
+                      env)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith("pm: error: " + what) and fix in last, proc.stderr
+        assert "Bearer" not in proc.stderr and "Authorization" not in proc.stderr and "401" not in proc.stderr
+        assert "packing" not in proc.stderr, "nothing is packed before the check"
+        assert os.listdir(str(temp)) == []
+    assert server.request("GET", "/bundles") == (200, b"{}\n")
