@@ -2317,6 +2317,7 @@ verbs:
   pack      capture a conda environment and a software directory (any Python 2.7+)
   serve     receive bundles from base machines              (Python 3.6+)
   unpack    import a carried bundle into the store          (Python 3.6+)
+  send      send a kept bundle to a pm server               (Python 3.6+)
   list      show stored software and migration attempts     (Python 3.6+)
   migrate   recreate stored software here and run its tests (Python 3.6+)
   report    show what a migration attempt came to           (Python 3.6+)
@@ -8684,6 +8685,8 @@ EXAMPLES = {
              "  python3 pm.pyz serve status\n  python3 pm.pyz serve --host 0.0.0.0 --token s3cret   # foreground\n"
              "  python3 pm.pyz serve stop",
     "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
+    "send": "examples:\n  python3 pm.pyz send mysim.bundle.zip --server http://target:9001 --token TOKEN\n"
+            "  python3 pm.pyz send mysim --server http://target:9001 --token TOKEN   # the stored latest revision",
     "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
     "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
     "prune": "examples:\n  python3 pm.pyz prune --dry-run\n  python3 pm.pyz prune mysim --keep 2",
@@ -8819,6 +8822,34 @@ def cmd_unpack(args):
             os.remove(temp)
     say("stored %s (%s) as %s" % (name, plural(len(manifest.members), "member"), target))
     print(target)
+    return 0
+
+
+def cmd_send(args):
+    """Send a kept bundle to a pm server: a file saved with 'pack -o' (or one pack kept when it could
+    not send it), or a stored software's bundle (NAME: its latest revision; NAME/N: revision N).
+    pm checks the server and the token first, as 'pack --server' does, then uploads the bundle."""
+    path = args.bundle
+    if not os.path.isfile(path):
+        name, _, number = path.partition("/")
+        if not re.match(NAME_PATTERN, name) or (number and not number.isdigit()):
+            raise PmError("no such bundle file: %s" % path, "pass a file saved with 'pm.pyz pack -o', or a stored "
+                                                            "software's NAME or NAME/REVISION ('pm.pyz list')")
+        store = Store.default()
+        revisions = store.revisions(check_name(name))
+        if number:
+            revisions = [r for r in revisions if int(os.path.basename(r)[:-4]) == int(number)]
+        if not revisions:
+            raise PmError("no such bundle file, and no stored bundle %s" % path,
+                          "pass a file saved with 'pm.pyz pack -o', or a NAME or NAME/REVISION 'pm.pyz list' shows")
+        path = revisions[-1]
+    manifest = Bundle.open(path, max_ratio=args.max_ratio).manifest
+    name = check_name(args.name or manifest.name)
+    PROBE.check_server_url(args.server)
+    token = args.token or os.environ.get("PM_TOKEN") or ""
+    PROBE.check_server(args.server, token)
+    PROBE.send_bundle(path, args.server, name, token)
+    print("%s/bundles/%s" % (args.server.rstrip("/"), name))
     return 0
 
 
@@ -9040,6 +9071,13 @@ def build_parser():
     sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
+    add_max_ratio(sub)
+    sub = verb("send", "send a kept bundle (pack -o, or a stored one) to a pm server", cmd_send)
+    sub.add_argument("bundle", metavar="BUNDLE",
+                     help="a bundle file, or a stored software's NAME (its latest revision) or NAME/REVISION")
+    sub.add_argument("--server", required=True, metavar="URL", help="the pm server, e.g. http://target:9001")
+    sub.add_argument("--token", help="the server's access token (or set PM_TOKEN)")
+    sub.add_argument("--name", help="send it under this name instead of the manifest's")
     add_max_ratio(sub)
     sub = verb("list", "show stored software and migration attempts", cmd_list)
     sub.add_argument("--json", action="store_true", help="print JSON for machines")

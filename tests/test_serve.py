@@ -15,7 +15,7 @@ import pytest
 
 import pm
 from conftest import find_python, read_bytes, run_pm
-from servers import TOKEN, Server
+from servers import TOKEN, Server, sha256_of
 
 @pytest.fixture
 def server(pyz, tmp_path):
@@ -599,3 +599,28 @@ def test_pack_checks_the_server_and_the_token_before_packing_anything(version, s
         assert "packing" not in proc.stderr, "nothing is packed before the check"
         assert os.listdir(str(temp)) == []
     assert server.request("GET", "/bundles") == (200, b"{}\n")
+
+
+def test_send_sends_a_kept_bundle_or_a_stored_one_after_the_same_check(server, pyz, conda_site, example_software,
+                                                                        tmp_path):
+    python = find_python("newest")
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "heatsim.bundle.zip"))
+    env = dict(os.environ, PM_HOME=str(tmp_path / "base-store"))
+    env.pop("PM_TOKEN", None)
+    wrong = run_pm(python, pyz, ["send", bundle, "--server", server.url, "--token", "wrong-token"], env)
+    last = wrong.stderr.strip().splitlines()[-1]
+    assert wrong.returncode == 2 and "the server at %s refuses the token" % server.url in last, wrong.stderr
+    assert "Bearer" not in wrong.stderr and server.request("GET", "/bundles") == (200, b"{}\n")
+    sent = run_pm(python, pyz, ["send", bundle, "--server", server.url, "--token", TOKEN], env)
+    assert sent.returncode == 0 and sent.stdout.strip() == server.url + "/bundles/heatsim", sent.stderr
+    assert run_pm(python, pyz, ["unpack", bundle], env).returncode == 0  # now a stored revision here
+    for stored in ("heatsim", "heatsim/1"):
+        again = run_pm(python, pyz, ["send", stored, "--server", server.url, "--token", TOKEN], env)
+        assert again.returncode == 0, again.stderr
+    assert json.loads(server.request("GET", "/bundles")[1].decode())["heatsim"]["revisions"] == 3
+    assert sha256_of(pm.Store(server.home).revisions("heatsim")[-1]) == sha256_of(bundle)
+    for missing in ("nothing-here", "heatsim/7", str(tmp_path / "no.zip")):
+        proc = run_pm(python, pyz, ["send", missing, "--server", server.url, "--token", TOKEN], env)
+        assert proc.returncode == 2 and proc.stderr.startswith("pm: error: no such bundle file"), proc.stderr
+    helped = run_pm(python, pyz, ["--help"], env)
+    assert "send" in helped.stdout and "pm.pyz send " in run_pm(python, pyz, ["send", "--help"], env).stdout
