@@ -2481,10 +2481,11 @@ def pack(args):
                 write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
             send_bundle(path, server, name, token)
         except PmError:
-            if not output and os.path.exists(path):
-                say("the bundle is kept at %s" % path)
+            if not output and os.path.exists(path):  # the one thing pack leaves, and it says where
+                say("the bundle is kept at %s: send it again with 'python3 pm.pyz send %s --server %s', "
+                    "or carry it" % (path, path, server))
             elif not output:
-                os.rmdir(os.path.dirname(path))
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
         except BaseException:  # Ctrl-C: a bundle nobody asked to keep goes
             if not output:

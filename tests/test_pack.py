@@ -407,3 +407,36 @@ def test_dry_run_gives_the_real_total_size_of_what_would_be_carried(pyz, conda_s
     assert total.startswith("5 packages, ") and "0.0 MiB" not in total and "not counted" not in total, total
     assert float(total.split(", ")[1].split()[0]) > 0 or "KiB" in total, total
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_a_bundle_pack_could_not_send_is_the_one_thing_kept_and_said_where(version, pyz, conda_site,
+                                                                          example_software, tmp_path):
+    """The server answers pack's check as a pm server does, then refuses the upload (507)."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2)
+
+    def answer(body, status):
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                           + str(len(body)).encode() + b"\r\n\r\n" + body)
+        connection.close()
+
+    threading.Thread(target=lambda: (answer(b"{}\n", b"200 OK"),
+                                     answer(b'{"error": "the store is full"}\n', b"507 Full")), daemon=True).start()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    proc = run_pm(find_python(version), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--server", url,
+                                              "--yes"], conda_site.env(TMPDIR=str(temp)))
+    listener.close()
+    assert proc.returncode == 2, proc.stderr
+    kept = [os.path.join(folder, f) for folder, _, files in os.walk(str(temp)) for f in files]
+    assert len(kept) == 1 and kept[0].endswith("heatsim.bundle.zip"), kept
+    assert "the bundle is kept at %s" % kept[0] in proc.stderr
+    assert "pm.pyz send %s --server %s" % (kept[0], url) in proc.stderr
+    assert pm.Bundle.open(kept[0]).manifest.name == "heatsim"
