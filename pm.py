@@ -4437,7 +4437,8 @@ def migrate(store, name, config, bundle, options):
 
 
 def check_options(bundle, config, options):
-    """Every flag acts, or pm says in one line why it cannot, before anything runs."""
+    """Every flag acts, or pm says in one line why it cannot, and what would refuse the migration anyway
+    (a taken install target, no conda for the conda route) is said, before anything runs or is made."""
     carried = (bundle.manifest.packages or {}).get("carried")
     if options.no_conda and not carried:
         raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
@@ -4447,6 +4448,9 @@ def check_options(bundle, config, options):
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
     by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
     by_conda = "conda" in config.package_managers and carried and not by_pm  # conda links pm's cache
+    install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
+    if "conda" in config.package_managers and not by_pm:
+        find_conda_here()
     unused = [flag for flag, given in (("--prefix", options.prefix),
                                        ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
     if unused and not by_pm:
@@ -4461,7 +4465,6 @@ def recreate_test_install(attempt, config, bundle, options):
     """The steps of an attempt: the environment (conda, or the package managers), the tests on an
     unzipped copy, and the install when every test passed."""
     import shutil
-    install_target(bundle, config.output_dir, options.force)
     env_file, min_deps = bundle.environment()
     dists = base_distributions(bundle)
     drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
@@ -4532,6 +4535,7 @@ def recreate_test_install(attempt, config, bundle, options):
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
     result = MigrationResult(attempt, tests, packages)
+    attempt.save(tests=[t.to_json() for t in tests])  # kept if the install is refused (a concurrent one won)
     if result.passed:
         result.installed = install_software(bundle, config.output_dir, options.force, attempt.store, attempt.id)
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
