@@ -2206,8 +2206,8 @@ def folder_files(folder, patterns=()):
 # -- Sending --------------------------------------------------------------
 
 
-def send_bundle(path, server, name, token):
-    """PUT the bundle to the server, streamed in chunks, with its sha256 in a header."""
+def server_connection(server, timeout):
+    """(connection, parts of the URL, http client module) for a pm server's address."""
     if PY2:
         import httplib as http_client
         from urlparse import urlsplit
@@ -2217,10 +2217,58 @@ def send_bundle(path, server, name, token):
     parts = urlsplit(server if "://" in server else "http://" + server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PmError("bad server address '%s'" % server, "use --server http://HOST:PORT")
-    digest, size = file_digest(path)
     connection_class = http_client.HTTPSConnection if parts.scheme == "https" else http_client.HTTPConnection
     connection = connection_class(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                  timeout=120)
+                                  timeout=timeout)
+    return connection, parts, http_client
+
+
+def server_unreachable(server, reason):
+    return PmError("no pm server answers at %s (%s)" % (server, reason),
+                   "start it with 'python3 pm.pyz serve start' on the target, or save the bundle with -o "
+                   "and carry it")
+
+
+def token_refused(server, token):
+    if not token:
+        return PmError("the server at %s needs a token" % server,
+                       "pass --token with the token 'serve start' printed on the target (or set PM_TOKEN)")
+    return PmError("the server at %s refuses the token" % server,
+                   "copy the token 'serve start' printed on the target into --token (or PM_TOKEN)")
+
+
+def check_server(server, token):
+    """Before anything is packed or sent: does a pm server answer at server, and take the token?
+    One GET /bundles, which every pm server answers with its listing to whoever holds the token."""
+    connection, parts, http_client = server_connection(server, 30)
+    try:
+        connection.putrequest("GET", parts.path.rstrip("/") + "/bundles")
+        if token:
+            connection.putheader("Authorization", "Bearer " + token)
+        connection.endheaders()
+        response = connection.getresponse()
+        body = response.read(1 << 20).decode("utf-8", "replace")
+    except (IOError, OSError, http_client.HTTPException) as exc:
+        raise server_unreachable(server, getattr(exc, "strerror", None) or exc)
+    finally:
+        connection.close()
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise server_unreachable(server, "what answers there is not a pm server: HTTP %d" % response.status)
+    if response.status == 401:
+        raise token_refused(server, token)
+    if response.status != 200:
+        raise PmError("the server at %s refuses to take bundles: %s" % (server, answer.get("error", response.reason)),
+                      "fix what it names on the target, or save the bundle with -o and carry it")
+
+
+def send_bundle(path, server, name, token):
+    """PUT the bundle to the server, streamed in chunks, with its sha256 in a header."""
+    connection, parts, http_client = server_connection(server, 120)
+    digest, size = file_digest(path)
     url = parts.path.rstrip("/") + "/bundles/" + name
     progress = Progress("sending to " + parts.netloc, size)
     try:
@@ -2246,6 +2294,8 @@ def send_bundle(path, server, name, token):
     finally:
         progress.clear()
         connection.close()
+    if response.status == 401:
+        raise token_refused(server, token)
     if response.status >= 300:
         try:
             reason = json.loads(body).get("error", body)
@@ -2267,6 +2317,7 @@ verbs:
   pack      capture a conda environment and a software directory (any Python 2.7+)
   serve     receive bundles from base machines              (Python 3.6+)
   unpack    import a carried bundle into the store          (Python 3.6+)
+  send      send a kept bundle to a pm server               (Python 3.6+)
   list      show stored software and migration attempts     (Python 3.6+)
   migrate   recreate stored software here and run its tests (Python 3.6+)
   report    show what a migration attempt came to           (Python 3.6+)
@@ -2390,6 +2441,9 @@ def pack(args):
         raise PmError("--allow-missing, --as-tar-bz2 and --level go with --with-packages", "add --with-packages")
     conda = find_conda(required=False)  # none: pack reads the environment itself
     name, software_dir, output, server = resolve_answers(args)
+    token = args.token or os.environ.get("PM_TOKEN") or SERVER_TOKEN
+    if server and not args.dry_run:
+        check_server(server, token)  # before anything is packed
     conda_info = run_conda_json(conda, ["info", "--json"]) if conda else {}
     prefix = find_env(conda, conda_info, args.env, software_dir, args.yes)
     say("packing %s from %s with the environment %s" % (name, software_dir, prefix))
@@ -2419,7 +2473,6 @@ def pack(args):
         say("saved %s" % output)
         print(os.path.abspath(output))
     if server:
-        token = args.token or os.environ.get("PM_TOKEN") or SERVER_TOKEN
         path = output
         if not path:
             path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
@@ -2428,10 +2481,11 @@ def pack(args):
                 write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
             send_bundle(path, server, name, token)
         except PmError:
-            if not output and os.path.exists(path):
-                say("the bundle is kept at %s" % path)
+            if not output and os.path.exists(path):  # the one thing pack leaves, and it says where
+                say("the bundle is kept at %s: send it again with 'python3 pm.pyz send %s --server %s', "
+                    "or carry it" % (path, path, server))
             elif not output:
-                os.rmdir(os.path.dirname(path))
+                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
         except BaseException:  # Ctrl-C: a bundle nobody asked to keep goes
             if not output:
@@ -4392,7 +4446,8 @@ def migrate(store, name, config, bundle, options):
 
 
 def check_options(bundle, config, options):
-    """Every flag acts, or pm says in one line why it cannot, before anything runs."""
+    """Every flag acts, or pm says in one line why it cannot, and what would refuse the migration anyway
+    (a taken install target, no conda for the conda route) is said, before anything runs or is made."""
     carried = (bundle.manifest.packages or {}).get("carried")
     if options.no_conda and not carried:
         raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
@@ -4402,6 +4457,9 @@ def check_options(bundle, config, options):
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
     by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
     by_conda = "conda" in config.package_managers and carried and not by_pm  # conda links pm's cache
+    install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
+    if "conda" in config.package_managers and not by_pm:
+        find_conda_here()
     unused = [flag for flag, given in (("--prefix", options.prefix),
                                        ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
     if unused and not by_pm:
@@ -4416,7 +4474,6 @@ def recreate_test_install(attempt, config, bundle, options):
     """The steps of an attempt: the environment (conda, or the package managers), the tests on an
     unzipped copy, and the install when every test passed."""
     import shutil
-    install_target(bundle, config.output_dir, options.force)
     env_file, min_deps = bundle.environment()
     dists = base_distributions(bundle)
     drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
@@ -4487,6 +4544,7 @@ def recreate_test_install(attempt, config, bundle, options):
         finally:
             shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
     result = MigrationResult(attempt, tests, packages)
+    attempt.save(tests=[t.to_json() for t in tests])  # kept if the install is refused (a concurrent one won)
     if result.passed:
         result.installed = install_software(bundle, config.output_dir, options.force, attempt.store, attempt.id)
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
@@ -8820,6 +8878,8 @@ EXAMPLES = {
              "  python3 pm.pyz serve status\n  python3 pm.pyz serve --host 0.0.0.0 --token s3cret   # foreground\n"
              "  python3 pm.pyz serve stop",
     "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
+    "send": "examples:\n  python3 pm.pyz send mysim.bundle.zip --server http://target:9001 --token TOKEN\n"
+            "  python3 pm.pyz send mysim --server http://target:9001 --token TOKEN   # the stored latest revision",
     "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
     "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
     "prune": "examples:\n  python3 pm.pyz prune --dry-run\n  python3 pm.pyz prune mysim --keep 2",
@@ -8959,6 +9019,34 @@ def cmd_unpack(args):
             os.remove(temp)
     say("stored %s (%s) as %s" % (name, plural(len(manifest.members), "member"), target))
     print(target)
+    return 0
+
+
+def cmd_send(args):
+    """Send a kept bundle to a pm server: a file saved with 'pack -o' (or one pack kept when it could
+    not send it), or a stored software's bundle (NAME: its latest revision; NAME/N: revision N).
+    pm checks the server and the token first, as 'pack --server' does, then uploads the bundle."""
+    path = args.bundle
+    if not os.path.isfile(path):
+        name, _, number = path.partition("/")
+        if not re.match(NAME_PATTERN, name) or (number and not number.isdigit()):
+            raise PmError("no such bundle file: %s" % path, "pass a file saved with 'pm.pyz pack -o', or a stored "
+                                                            "software's NAME or NAME/REVISION ('pm.pyz list')")
+        store = Store.default()
+        revisions = store.revisions(check_name(name))
+        if number:
+            revisions = [r for r in revisions if int(os.path.basename(r)[:-4]) == int(number)]
+        if not revisions:
+            raise PmError("no such bundle file, and no stored bundle %s" % path,
+                          "pass a file saved with 'pm.pyz pack -o', or a NAME or NAME/REVISION 'pm.pyz list' shows")
+        path = revisions[-1]
+    manifest = Bundle.open(path, max_ratio=args.max_ratio).manifest
+    name = check_name(args.name or manifest.name)
+    PROBE.check_server_url(args.server)
+    token = args.token or os.environ.get("PM_TOKEN") or ""
+    PROBE.check_server(args.server, token)
+    PROBE.send_bundle(path, args.server, name, token)
+    print("%s/bundles/%s" % (args.server.rstrip("/"), name))
     return 0
 
 
@@ -9183,6 +9271,13 @@ def build_parser():
     sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
+    add_max_ratio(sub)
+    sub = verb("send", "send a kept bundle (pack -o, or a stored one) to a pm server", cmd_send)
+    sub.add_argument("bundle", metavar="BUNDLE",
+                     help="a bundle file, or a stored software's NAME (its latest revision) or NAME/REVISION")
+    sub.add_argument("--server", required=True, metavar="URL", help="the pm server, e.g. http://target:9001")
+    sub.add_argument("--token", help="the server's access token (or set PM_TOKEN)")
+    sub.add_argument("--name", help="send it under this name instead of the manifest's")
     add_max_ratio(sub)
     sub = verb("list", "show stored software and migration attempts", cmd_list)
     sub.add_argument("--json", action="store_true", help="print JSON for machines")

@@ -398,6 +398,8 @@ def test_concurrent_migrations_keep_their_own_attempts_and_every_remembered_choi
     results = [read_result(a) for a in attempt_dirs(pysim["home"], "pysim")]
     assert len(results) == 4 and len(set(r["id"] for r in results)) == 4
     assert sorted(r["status"] for r in results) == ["error", "passed", "passed", "passed"]
+    refused = [r for r in results if r["status"] == "error"][0]
+    assert refused["tests"] and all(t["status"] == "passed" for t in refused["tests"]), "its tests stay recorded"
     for n in range(3):
         assert os.path.isfile(str(pysim["tmp"] / ("out-%d" % n) / "pysim" / "check.py"))
         assert [f for f in os.listdir(str(pysim["tmp"] / ("out-%d" % n))) if f.startswith(".pm-")] == []

@@ -108,7 +108,7 @@ def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_
     assert proc.returncode == 0, proc.stderr
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
     assert proc.returncode == 2 and "not empty" in proc.stderr
-    assert len(attempts(conda_site)) == 4, "earlier attempts stay"
+    assert len(attempts(conda_site)) == 3, "earlier attempts stay; the taken target's refusal made none"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -703,3 +703,38 @@ def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda
     assert sorted(os.listdir(os.path.join(conda_site.home, "heatsim", "bundles"))) == ["0003.zip"]
     listed = run_pm(find_python("newest"), pyz, ["--help"], conda_site.env()).stdout
     assert "prune" in listed
+
+
+def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site, example_software, tmp_path):
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    taken = tmp_path / "installed" / "heatsim"
+    taken.mkdir(parents=True)
+    (taken / "mine.txt").write_text("keep\n")
+    python = find_python("newest")
+    proc = run_pm(python, pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle, "--json"],
+                  conda_site.env())
+    assert proc.returncode == 2 and "%s exists and is not empty" % taken in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "error"
+    assert attempts(conda_site) == [], "no attempt folder for a refusal before any work"
+    history = run_pm(python, pyz, ["history", "heatsim", "--json"], conda_site.env())
+    assert "0/0" not in history.stdout + history.stderr
+
+
+def test_tests_that_passed_stay_recorded_when_the_install_is_refused_after_them(pyz, conda_site, example_software,
+                                                                                 tmp_path):
+    """As when a concurrent migration installs into output_dir meanwhile: here the last test does."""
+    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    taken = tmp_path / "installed" / "heatsim"
+    config = write_config(tmp_path, CONFIG.replace("timeout = 60", "timeout = 60\n\n[test_race]\nexec = mkdir -p %s "
+                                                   "&& echo theirs > %s/other.txt" % (taken, taken))
+                          .replace("tests = smooth, tools", "tests = smooth, tools, race"))
+    python = find_python("newest")
+    proc = run_pm(python, pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
+    assert proc.returncode == 2 and "%s exists and is not empty" % taken in proc.stderr, proc.stderr
+    result = read_result(attempts(conda_site)[-1])
+    assert result["status"] == "error"
+    assert [(t["name"], t["status"]) for t in result["tests"]] == [("smooth", "passed"), ("tools", "passed"),
+                                                                   ("race", "passed")]
+    report = run_pm(python, pyz, ["history", "heatsim"], conda_site.env())
+    assert "0/0" not in report.stdout and "3/3" in report.stdout, report.stdout
+    assert (taken / "other.txt").read_text() == "theirs\n"

@@ -224,7 +224,8 @@ def test_a_full_disk_is_one_clear_line_and_leaves_nothing(version, pyz, conda_si
 
 @pytest.mark.parametrize("version", ["2.7", "newest"])
 def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, example_software, tmp_path):
-    """The server is a loopback socket that takes the upload and never answers."""
+    """The server is a loopback socket that answers pack's check as a pm server does, then takes the
+    upload and never answers."""
     import signal
     import socket
     import subprocess
@@ -236,6 +237,10 @@ def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, 
     received = []
 
     def swallow():
+        check, _ = listener.accept()
+        check.recv(65536)
+        check.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{}\n")
+        check.close()
         connection, _ = listener.accept()
         while connection.recv(65536):
             received.append(1)
@@ -402,3 +407,36 @@ def test_dry_run_gives_the_real_total_size_of_what_would_be_carried(pyz, conda_s
     assert total.startswith("5 packages, ") and "0.0 MiB" not in total and "not counted" not in total, total
     assert float(total.split(", ")[1].split()[0]) > 0 or "KiB" in total, total
     assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_a_bundle_pack_could_not_send_is_the_one_thing_kept_and_said_where(version, pyz, conda_site,
+                                                                          example_software, tmp_path):
+    """The server answers pack's check as a pm server does, then refuses the upload (507)."""
+    import socket
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(2)
+
+    def answer(body, status):
+        connection, _ = listener.accept()
+        connection.recv(65536)
+        connection.sendall(b"HTTP/1.0 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
+                           + str(len(body)).encode() + b"\r\n\r\n" + body)
+        connection.close()
+
+    threading.Thread(target=lambda: (answer(b"{}\n", b"200 OK"),
+                                     answer(b'{"error": "the store is full"}\n', b"507 Full")), daemon=True).start()
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+    proc = run_pm(find_python(version), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--server", url,
+                                              "--yes"], conda_site.env(TMPDIR=str(temp)))
+    listener.close()
+    assert proc.returncode == 2, proc.stderr
+    kept = [os.path.join(folder, f) for folder, _, files in os.walk(str(temp)) for f in files]
+    assert len(kept) == 1 and kept[0].endswith("heatsim.bundle.zip"), kept
+    assert "the bundle is kept at %s" % kept[0] in proc.stderr
+    assert "pm.pyz send %s --server %s" % (kept[0], url) in proc.stderr
+    assert pm.Bundle.open(kept[0]).manifest.name == "heatsim"

@@ -15,7 +15,7 @@ import pytest
 
 import pm
 from conftest import find_python, read_bytes, run_pm
-from servers import TOKEN, Server
+from servers import TOKEN, Server, sha256_of
 
 @pytest.fixture
 def server(pyz, tmp_path):
@@ -568,3 +568,59 @@ def test_a_busy_port_is_named_as_the_reason(action, pyz, tmp_path):
     (line,) = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and line.startswith("pm: error: port %d is in use" % port), line
     assert "exited at once" not in line
+
+
+def free_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.mark.parametrize("version", ["2.7", "newest"])
+def test_pack_checks_the_server_and_the_token_before_packing_anything(version, server, pyz, conda_site,
+                                                                      example_software, tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = conda_site.env(TMPDIR=str(temp))
+    nowhere = "http://127.0.0.1:%d" % free_port()
+    cases = [(["--server", server.url, "--token", "wrong-token"],
+              "the server at %s refuses the token" % server.url, "the token 'serve start' printed on the target"),
+             (["--server", server.url], "the server at %s needs a token" % server.url, "--token"),
+             (["--server", nowhere], "no pm server answers at %s" % nowhere,
+              "start it with 'python3 pm.pyz serve start' on the target")]
+    for flags, what, fix in cases:
+        proc = run_pm(find_python(version), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "--yes"] + flags,
+                      env)
+        last = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith("pm: error: " + what) and fix in last, proc.stderr
+        assert "Bearer" not in proc.stderr and "Authorization" not in proc.stderr and "401" not in proc.stderr
+        assert "packing" not in proc.stderr, "nothing is packed before the check"
+        assert os.listdir(str(temp)) == []
+    assert server.request("GET", "/bundles") == (200, b"{}\n")
+
+
+def test_send_sends_a_kept_bundle_or_a_stored_one_after_the_same_check(server, pyz, conda_site, example_software,
+                                                                        tmp_path):
+    python = find_python("newest")
+    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "heatsim.bundle.zip"))
+    env = dict(os.environ, PM_HOME=str(tmp_path / "base-store"))
+    env.pop("PM_TOKEN", None)
+    wrong = run_pm(python, pyz, ["send", bundle, "--server", server.url, "--token", "wrong-token"], env)
+    last = wrong.stderr.strip().splitlines()[-1]
+    assert wrong.returncode == 2 and "the server at %s refuses the token" % server.url in last, wrong.stderr
+    assert "Bearer" not in wrong.stderr and server.request("GET", "/bundles") == (200, b"{}\n")
+    sent = run_pm(python, pyz, ["send", bundle, "--server", server.url, "--token", TOKEN], env)
+    assert sent.returncode == 0 and sent.stdout.strip() == server.url + "/bundles/heatsim", sent.stderr
+    assert run_pm(python, pyz, ["unpack", bundle], env).returncode == 0  # now a stored revision here
+    for stored in ("heatsim", "heatsim/1"):
+        again = run_pm(python, pyz, ["send", stored, "--server", server.url, "--token", TOKEN], env)
+        assert again.returncode == 0, again.stderr
+    assert json.loads(server.request("GET", "/bundles")[1].decode())["heatsim"]["revisions"] == 3
+    assert sha256_of(pm.Store(server.home).revisions("heatsim")[-1]) == sha256_of(bundle)
+    for missing in ("nothing-here", "heatsim/7", str(tmp_path / "no.zip")):
+        proc = run_pm(python, pyz, ["send", missing, "--server", server.url, "--token", TOKEN], env)
+        assert proc.returncode == 2 and proc.stderr.startswith("pm: error: no such bundle file"), proc.stderr
+    helped = run_pm(python, pyz, ["--help"], env)
+    assert "send" in helped.stdout and "pm.pyz send " in run_pm(python, pyz, ["send", "--help"], env).stdout
