@@ -396,10 +396,12 @@ def test_concurrent_migrations_keep_their_own_attempts_and_every_remembered_choi
     assert [err for code, err in outcomes if code == 2][0].strip().endswith(
         "exists and is not empty %s pass --force to replace it, or change output_dir" % pm.DASH)
     results = [read_result(a) for a in attempt_dirs(pysim["home"], "pysim")]
-    assert len(results) == 4 and len(set(r["id"] for r in results)) == 4
-    assert sorted(r["status"] for r in results) == ["error", "passed", "passed", "passed"]
-    refused = [r for r in results if r["status"] == "error"][0]
-    assert refused["tests"] and all(t["status"] == "passed" for t in refused["tests"]), "its tests stay recorded"
+    assert len(set(r["id"] for r in results)) == len(results)
+    statuses = sorted(r["status"] for r in results)
+    # refused at the install (its tests ran first), or before any work when the first install was already done
+    assert statuses in (["error", "passed", "passed", "passed"], ["passed", "passed", "passed"]), statuses
+    for refused in [r for r in results if r["status"] == "error"]:
+        assert refused["tests"] and all(t["status"] == "passed" for t in refused["tests"]), "its tests stay recorded"
     for n in range(3):
         assert os.path.isfile(str(pysim["tmp"] / ("out-%d" % n) / "pysim" / "check.py"))
         assert [f for f in os.listdir(str(pysim["tmp"] / ("out-%d" % n))) if f.startswith(".pm-")] == []
