@@ -6348,8 +6348,10 @@ def record_env_pythons(attempt, bundle, environ):
     """The environment's own Python here beside the base environment's (not the ones pm ran under),
     and what kind of environment each is (the base's as pack read it: conda, a conda-style prefix read
     without conda, a venv; here: the route that made it)."""
-    code, output = attempt.run(["/bin/sh", "-c", "python -c 'import platform; print(platform.python_version())'"],
-                               environ=environ) if environ else (1, "")
+    prefix = attempt.result.get("env_prefix") or (environ or {}).get("VIRTUAL_ENV")
+    python = os.path.join(prefix, "bin", "python") if prefix else None  # its own, never one found on PATH
+    code, output = attempt.run([python, "-c", "import platform; print(platform.python_version())"], environ=environ) \
+        if python and os.path.exists(python) else (1, "")
     here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
     level = attempt.result.get("level")
     kind = "a prefix pm linked without conda" if level == "carried" else \

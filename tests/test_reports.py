@@ -62,6 +62,7 @@ def test_report_shows_platforms_requirements_tests_and_history_in_the_terminal_a
     assert "ok: smoothing step" in report["tests"][0]["output"]
     assert [h["status"] for h in report["history"]] == ["passed", "failed"]
     assert report["source"]["conda"] == "25.11.1" and report["target"]["python"]
+    assert report["target"]["env_python"] is None, "the example environment has no Python; one on PATH is not it"
     first = report["history"][1]["id"]
     older = json.loads(pm_run(pyz, site, "report", "heatsim", first[:20], "--json"))
     assert older["status"] == "failed" and older["tests"][1]["exit_code"] == 3
