@@ -852,54 +852,81 @@ def python_distributions(prefix, records, software_dir):
         site_rel = os.path.relpath(site, prefix).replace(os.sep, "/")
         owned = conda_owned_dirs(records, site_rel)
         for entry in sorted(os.listdir(site)):
-            path = os.path.join(site, entry)
-            link_target = None
-            if entry.endswith(".egg-link"):  # 'setup.py develop': the egg-info lives in the source folder
-                link_target = (read_small(path) or "").splitlines()[:1]
-                link_target = link_target[0].strip() if link_target else ""
-                infos = [n for n in (os.listdir(link_target) if os.path.isdir(link_target) else [])
-                         if n.endswith(".egg-info")]
-                if not infos:
-                    continue
-                path = os.path.join(link_target, infos[0])
-            elif not entry.endswith((".dist-info", ".egg-info")):
-                continue
-            meta_file = os.path.join(path, "METADATA" if path.endswith(".dist-info") else "PKG-INFO") \
-                if os.path.isdir(path) else path
-            name, version = metadata_fields(read_small(meta_file))
-            if not name or not version:
-                continue
-            installer = (read_small(os.path.join(path, "INSTALLER")) or "").strip() if os.path.isdir(path) else ""
-            direct_url = None
-            if link_target is not None:
-                direct_url = {"url": "file://" + link_target, "dir_info": {"editable": True}}
-            elif os.path.isfile(os.path.join(path, "direct_url.json")):
-                try:
-                    direct_url = json.loads(read_small(os.path.join(path, "direct_url.json")) or "")
-                except ValueError:
-                    direct_url = None
-            owner = owned.get(entry) or (installer == "conda" and "(conda)") or None
-            source = dist_source(direct_url if isinstance(direct_url, dict) else None, installer, owner)
-            dist = {"name": touni(name), "version": touni(version), "site": site_rel, "entry": touni(entry),
-                    "owner": owner, "installer": touni(installer), "source": source, "software": False}
-            if isinstance(direct_url, dict) and isinstance(direct_url.get("url"), TEXT_TYPES):
-                dist["url"] = touni(direct_url["url"])
-                if direct_url.get("vcs_info"):
-                    dist["vcs"] = direct_url["vcs_info"]
-            local = url_path(dist.get("url", ""))
-            if source in ("editable", "local") and local and inside(local, software_dir):
-                dist["software"] = True
-                rel = os.path.relpath(os.path.realpath(local), os.path.realpath(software_dir))
-                rows = record_files(path) if path.endswith(".dist-info") else None
-                files = [r[0] for r in rows or []] + ([entry] if link_target is not None else [])
-                dist["import_roots"] = import_roots(site, files, software_dir, rel) \
-                    if source == "editable" else tree_roots(files, software_dir, rel)
-                dist["import_packages"] = editable_packages(site, files, software_dir) if source == "editable" else []
-                dist["metadata"] = read_small(meta_file, 1 << 20) if os.path.isfile(meta_file) else None
-                dist["entry_points"] = read_small(os.path.join(path, "entry_points.txt")) \
-                    if os.path.isdir(path) else None
-            dists.append(dist)
+            found = read_distribution(site, site_rel, entry, owned)
+            if found is not None:
+                dist, path, meta_file = found
+                mark_software(dist, site, software_dir, path, meta_file)
+                dists.append(dist)
     return dists
+
+
+def distribution_folder(site, entry):
+    """(the folder or file holding an entry's metadata, the source folder of a 'setup.py develop'
+    .egg-link or None), or (None, None) when the entry is no distribution."""
+    path = os.path.join(site, entry)
+    if entry.endswith((".dist-info", ".egg-info")):
+        return path, None
+    if not entry.endswith(".egg-link"):  # 'setup.py develop': the egg-info lives in the source folder
+        return None, None
+    first = (read_small(path) or "").splitlines()[:1]
+    link_target = first[0].strip() if first else ""
+    infos = [n for n in (os.listdir(link_target) if os.path.isdir(link_target) else []) if n.endswith(".egg-info")]
+    return (os.path.join(link_target, infos[0]), link_target) if infos else (None, None)
+
+
+def read_direct_url(path, link_target):
+    """PEP 610's direct_url.json of a distribution (a dict), or what an .egg-link stands for, or None."""
+    if link_target is not None:
+        return {"url": "file://" + link_target, "dir_info": {"editable": True}}
+    if not os.path.isfile(os.path.join(path, "direct_url.json")):
+        return None
+    try:
+        direct_url = json.loads(read_small(os.path.join(path, "direct_url.json")) or "")
+    except ValueError:
+        return None
+    return direct_url if isinstance(direct_url, dict) else None
+
+
+def read_distribution(site, site_rel, entry, owned):
+    """(one distribution's dict, its metadata folder, its metadata file) from its site-packages entry,
+    or None when the entry is none."""
+    path, link_target = distribution_folder(site, entry)
+    if path is None:
+        return None
+    meta_file = os.path.join(path, "METADATA" if path.endswith(".dist-info") else "PKG-INFO") \
+        if os.path.isdir(path) else path
+    name, version = metadata_fields(read_small(meta_file))
+    if not name or not version:
+        return None
+    installer = (read_small(os.path.join(path, "INSTALLER")) or "").strip() if os.path.isdir(path) else ""
+    direct_url = read_direct_url(path, link_target)
+    owner = owned.get(entry) or (installer == "conda" and "(conda)") or None
+    dist = {"name": touni(name), "version": touni(version), "site": site_rel, "entry": touni(entry),
+            "owner": owner, "installer": touni(installer), "source": dist_source(direct_url, installer, owner),
+            "software": False}
+    if direct_url and isinstance(direct_url.get("url"), TEXT_TYPES):
+        dist["url"] = touni(direct_url["url"])
+        if direct_url.get("vcs_info"):
+            dist["vcs"] = direct_url["vcs_info"]
+    return dist, path, meta_file
+
+
+def mark_software(dist, site, software_dir, path, meta_file):
+    """A distribution installed from the software's own folder is the software: record its import roots,
+    the packages its finder exposes, its metadata and entry points."""
+    local = url_path(dist.get("url", ""))
+    if dist["source"] not in ("editable", "local") or not local or not inside(local, software_dir):
+        return
+    dist["software"] = True
+    rel = os.path.relpath(os.path.realpath(local), os.path.realpath(software_dir))
+    rows = record_files(path) if path.endswith(".dist-info") else None
+    files = [r[0] for r in rows or []] + ([dist["entry"]] if dist["entry"].endswith(".egg-link") else [])
+    editable = dist["source"] == "editable"
+    dist["import_roots"] = import_roots(site, files, software_dir, rel) if editable \
+        else tree_roots(files, software_dir, rel)
+    dist["import_packages"] = editable_packages(site, files, software_dir) if editable else []
+    dist["metadata"] = read_small(meta_file, 1 << 20) if os.path.isfile(meta_file) else None
+    dist["entry_points"] = read_small(os.path.join(path, "entry_points.txt")) if os.path.isdir(path) else None
 
 
 SOURCE_WORDS = {"index": "from an index or a wheel folder (pip records no URL for either)", "local": "from a path",
@@ -1889,31 +1916,21 @@ def rebuild_wheel(prefix, dist, folder):
     notes, written = [], []
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
         for row in rows:
-            rel = row[0]
-            full = os.path.normpath(os.path.join(site, rel))
-            base = os.path.basename(rel)
-            if rel.endswith((".pyc", ".pyo")) or "__pycache__" in rel.split("/"):
-                continue
-            if os.path.dirname(full) == info_dir and base in ("INSTALLER", "REQUESTED", "RECORD", "direct_url.json"):
+            full = os.path.normpath(os.path.join(site, row[0]))
+            if skipped_in_wheel(row[0], full, info_dir):
                 continue
             if not inside(full, prefix) or not os.path.isfile(full):
-                notes.append("%s is listed in its RECORD but not installed" % rel)
+                notes.append("%s is listed in its RECORD but not installed" % row[0])
                 continue
-            if inside(full, site):
-                arcname = os.path.relpath(full, site).replace(os.sep, "/")
-            else:
-                in_prefix = os.path.relpath(full, prefix).replace(os.sep, "/")
-                if in_prefix.startswith("bin/") and base in scripts:
-                    continue
-                kind = "scripts/" + base if in_prefix.startswith("bin/") else "data/" + in_prefix
-                arcname = "%s.data/%s" % (stem, kind)
+            arcname = wheel_arcname(full, site, prefix, stem, scripts)
+            if arcname is None:
+                continue
             with open(full, "rb") as handle:
                 data = handle.read()
             if len(row) > 1 and row[1] and row[1] != record_hash(data):
-                notes.append("%s changed since it was installed" % rel)
-            if arcname.startswith(stem + ".data/scripts/") and data.startswith(b"#!") \
-                    and b"python" in data.split(b"\n", 1)[0]:
-                data = b"#!python\n" + data.split(b"\n", 1)[1] if b"\n" in data else b"#!python\n"
+                notes.append("%s changed since it was installed" % row[0])
+            if arcname.startswith(stem + ".data/scripts/"):
+                data = portable_script(data)
             st = os.stat(full)
             info = zipfile.ZipInfo(arcname, time.localtime(zip_mtime(st.st_mtime))[:6])
             info.external_attr = (st.st_mode & 0o777 | stat.S_IFREG) << 16
@@ -1924,6 +1941,34 @@ def rebuild_wheel(prefix, dist, folder):
         written.append("%s,," % record)
         out.writestr(zipfile.ZipInfo(record, time.localtime()[:6]), ("\n".join(written) + "\n").encode("utf-8"))
     return path, notes
+
+
+def skipped_in_wheel(rel, full, info_dir):
+    """Compiled files and what the installer wrote (INSTALLER, REQUESTED, RECORD, direct_url.json)
+    do not go into a rebuilt wheel."""
+    if rel.endswith((".pyc", ".pyo")) or "__pycache__" in rel.split("/"):
+        return True
+    return os.path.dirname(full) == info_dir and \
+        os.path.basename(rel) in ("INSTALLER", "REQUESTED", "RECORD", "direct_url.json")
+
+
+def wheel_arcname(full, site, prefix, stem, scripts):
+    """Where an installed file goes in its rebuilt wheel (site-packages, NAME.data/scripts or data),
+    or None for an entry point's script (the installer writes it again)."""
+    if inside(full, site):
+        return os.path.relpath(full, site).replace(os.sep, "/")
+    in_prefix = os.path.relpath(full, prefix).replace(os.sep, "/")
+    if in_prefix.startswith("bin/"):
+        base = os.path.basename(full)
+        return None if base in scripts else "%s.data/scripts/%s" % (stem, base)
+    return "%s.data/data/%s" % (stem, in_prefix)
+
+
+def portable_script(data):
+    """A script's Python shebang as '#!python', which the installer rewrites for its own Python."""
+    if not data.startswith(b"#!") or b"python" not in data.split(b"\n", 1)[0]:
+        return data
+    return b"#!python\n" + data.split(b"\n", 1)[1] if b"\n" in data else b"#!python\n"
 
 
 def carry_wheels(writer, prefix, dists, progress_label="carrying what pip installed"):
@@ -1986,95 +2031,109 @@ def elf_read(handle, size):
         return None
 
 
-def elf_parse(handle, size):
-    import struct
+class ElfReader(object):
+    """One ELF file's bytes, every read bounds-checked against its size, every chain bounded."""
 
-    def at(offset, length):
-        if offset < 0 or length < 0 or offset + length > size:
+    def __init__(self, handle, size):
+        self.handle, self.size = handle, size
+        self.order, self.sections, self.strings, self.counted = "<", [], {}, 0
+
+    def at(self, offset, length):
+        if offset < 0 or length < 0 or offset + length > self.size:
             raise ElfBroken()
-        handle.seek(offset)
-        data = handle.read(length)
+        self.handle.seek(offset)
+        data = self.handle.read(length)
         if len(data) != length:
             raise ElfBroken()
         return data
 
-    if size < 64:
-        return None
-    ident = bytearray(at(0, 16))
-    if bytes(ident[:4]) != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
-        return None
-    wide, order = ident[4] == 2, "<" if ident[5] == 1 else ">"
-    header = struct.unpack(order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"), at(16, 48 if wide else 36))
-    machine, shoff, shentsize, shnum = header[1], header[5], header[10], header[11]
-    section_format = order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII")
-    entry_size = struct.calcsize(section_format)
-    if not shoff:
-        return {"needs": {}, "defines": [], "isa": 0, "machine": machine}
-    if shentsize < entry_size:
-        raise ElfBroken()
-    if shnum == 0:  # more sections than the header holds: section 0's size says how many
-        shnum = struct.unpack(section_format, at(shoff, entry_size))[5]
-    if shnum > ELF_MAX_SECTIONS:
-        raise ElfBroken()
-    table = at(shoff, shnum * shentsize)
-    sections = [struct.unpack(section_format, table[i * shentsize:i * shentsize + entry_size]) for i in range(shnum)]
-    # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
-    strings = {}
-    counted = [0]
-
-    def section_bytes(index):
-        if index >= len(sections) or sections[index][5] > ELF_MAX_TABLE:
+    def table(self, offset, length):
+        """A version section's or string table's bytes, refused when larger than ELF_MAX_TABLE."""
+        if length > ELF_MAX_TABLE:
             raise ElfBroken()
-        return at(sections[index][4], sections[index][5])
+        return self.at(offset, length)
 
-    def name_in(link, offset):
-        if link not in strings:
-            strings[link] = section_bytes(link)
-        data = strings[link]
+    def name_in(self, link, offset):
+        """The NUL-ended string at offset of section link (a string table, read once)."""
+        if link not in self.strings:
+            if link >= len(self.sections):
+                raise ElfBroken()
+            self.strings[link] = self.table(self.sections[link][4], self.sections[link][5])
+        data = self.strings[link]
         end = data.find(b"\0", offset)
         if offset >= len(data) or end < 0:
             raise ElfBroken()
         return data[offset:end].decode("ascii", "replace")
 
-    def count():
-        counted[0] += 1
-        if counted[0] > ELF_MAX_ENTRIES:
-            raise ElfBroken()
-
-    def chain(data, first, number, fmt, next_field):
+    def chain(self, data, first, number, fmt, next_field):
         """The entries of a vn_next/vna_next-style chain: at most number (or the bound), ending at 0."""
+        import struct
         pos, length = first, struct.calcsize(fmt)
         for _ in range(number if number else ELF_MAX_ENTRIES):
-            count()
-            if pos < 0 or pos + length > len(data):
+            self.counted += 1
+            if self.counted > ELF_MAX_ENTRIES or pos < 0 or pos + length > len(data):
                 raise ElfBroken()
-            entry = struct.unpack(order + fmt, data[pos:pos + length])
+            entry = struct.unpack(self.order + fmt, data[pos:pos + length])
             yield pos, entry
             if not entry[next_field]:
                 return
             pos += entry[next_field]
 
+    def read_sections(self, wide, shoff, shentsize, shnum):
+        """The section headers: (name, type, flags, addr, offset, size, link, info, addralign, entsize)."""
+        import struct
+        section_format = self.order + ("IIQQQQIIQQ" if wide else "IIIIIIIIII")
+        entry_size = struct.calcsize(section_format)
+        if shentsize < entry_size:
+            raise ElfBroken()
+        if shnum == 0:  # more sections than the header holds: section 0's size says how many
+            shnum = struct.unpack(section_format, self.at(shoff, entry_size))[5]
+        if shnum > ELF_MAX_SECTIONS:
+            raise ElfBroken()
+        table = self.at(shoff, shnum * shentsize)
+        self.sections = [struct.unpack(section_format, table[i * shentsize:i * shentsize + entry_size])
+                         for i in range(shnum)]
+
+    def version_needs(self, offset, length, link, info, needs):
+        """Add a SHT_GNU_VERNEED section's library → version names to needs."""
+        data = self.table(offset, length)
+        for pos, need in self.chain(data, 0, info, "HHIII", 4):  # vn_version, vn_cnt, vn_file, vn_aux, vn_next
+            names = needs.setdefault(self.name_in(link, need[2]), [])
+            if need[1]:
+                for _, aux in self.chain(data, pos + need[3], need[1], "IHHII", 4):  # hash, flags, other, name, next
+                    names.append(self.name_in(link, aux[3]))
+
+    def version_defines(self, offset, length, link, info, defines):
+        """Add a SHT_GNU_VERDEF section's version names to defines."""
+        data = self.table(offset, length)
+        for pos, define in self.chain(data, 0, info, "HHHHIII", 6):  # version, flags, ndx, cnt, hash, aux, next
+            if define[3]:
+                for _, aux in self.chain(data, pos + define[5], 1, "II", 1):  # the first verdaux names it
+                    defines.append(self.name_in(link, aux[0]))
+
+
+def elf_parse(handle, size):
+    import struct
+    if size < 64:
+        return None
+    elf = ElfReader(handle, size)
+    ident = bytearray(elf.at(0, 16))
+    if bytes(ident[:4]) != b"\x7fELF" or ident[4] not in (1, 2) or ident[5] not in (1, 2):
+        return None
+    wide = ident[4] == 2
+    elf.order = "<" if ident[5] == 1 else ">"
+    header = struct.unpack(elf.order + ("HHIQQQIHHHHHH" if wide else "HHIIIIIHHHHHH"), elf.at(16, 48 if wide else 36))
+    machine, shoff, shentsize, shnum = header[1], header[5], header[10], header[11]
     needs, defines, isa = {}, [], 0
-    for _, kind, _, _, offset, length, link, info, align, _ in sections:
+    if shoff:
+        elf.read_sections(wide, shoff, shentsize, shnum)
+    for _, kind, _, _, offset, length, link, info, align, _ in elf.sections:
         if kind == SHT_GNU_VERNEED:
-            if length > ELF_MAX_TABLE:
-                raise ElfBroken()
-            data = at(offset, length)
-            for pos, need in chain(data, 0, info, "HHIII", 4):  # vn_version, vn_cnt, vn_file, vn_aux, vn_next
-                names = needs.setdefault(name_in(link, need[2]), [])
-                if need[1]:
-                    for _, aux in chain(data, pos + need[3], need[1], "IHHII", 4):  # hash, flags, other, name, next
-                        names.append(name_in(link, aux[3]))
+            elf.version_needs(offset, length, link, info, needs)
         elif kind == SHT_GNU_VERDEF:
-            if length > ELF_MAX_TABLE:
-                raise ElfBroken()
-            data = at(offset, length)
-            for pos, define in chain(data, 0, info, "HHHHIII", 6):  # version, flags, ndx, cnt, hash, aux, next
-                if define[3]:
-                    for _, aux in chain(data, pos + define[5], 1, "II", 1):  # the first verdaux names it
-                        defines.append(name_in(link, aux[0]))
+            elf.version_defines(offset, length, link, info, defines)
         elif kind == SHT_NOTE and machine == EM_X86_64 and 0 < length <= 1 << 16:
-            isa = max(isa, note_isa_level(at(offset, length), order, 8 if align == 8 else 4, wide))
+            isa = max(isa, note_isa_level(elf.at(offset, length), elf.order, 8 if align == 8 else 4, wide))
     return {"needs": needs, "defines": defines, "isa": isa, "machine": machine}
 
 
