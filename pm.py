@@ -1681,7 +1681,7 @@ def repodata_entry(package, sums):
     return entry
 
 
-PACK_WORKERS = 4  # zlib releases the GIL: packages are zipped by a few threads at once
+WORKERS = 4  # zlib and bz2 release the GIL: packages are zipped, extracted and linked by a few threads at once
 ZIP_LINK = stat.S_IFLNK | 0o777
 BIG_FILE = 8 << 20  # files over this are streamed into the zip (their time to 2 s); smaller ones keep it exactly
 
@@ -1716,9 +1716,10 @@ def zip_package(folder, out, level=PACK_LEVEL):
     return out
 
 
-def in_threads(func, items, workers):
+def in_threads(func, items, workers=WORKERS, on_stop=None):
     """func(item) for every item by a few threads; yields (item, result) in items' order. Python 2.7
-    has no concurrent.futures; a failure stops the rest and is raised here."""
+    has no concurrent.futures. A failure (or Ctrl-C) stops the rest: on_stop() is called, to tell the
+    items under way, and the failure is raised here once no worker runs."""
     import threading
     results, ready, lock, left = {}, [threading.Event() for _ in items], threading.Lock(), list(enumerate(items))
     left.reverse()
@@ -1749,9 +1750,16 @@ def in_threads(func, items, workers):
             if not ok:
                 raise value
             yield item, value
+    except BaseException:
+        if on_stop is not None:
+            on_stop()
+        raise
     finally:
         with lock:
             del left[:]
+        for thread in threads:  # what a worker holds (a temp file, a prefix) is settled before the caller goes on
+            while thread.is_alive():
+                thread.join(0.2)
 
 
 def carry_packages(writer, plan, platform, level=PACK_LEVEL):
@@ -1777,7 +1785,7 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
 
     largest_first = sorted((p for p in plan if p.kind != "missing"), key=lambda p: -(p.record.get("size") or 0))
     try:  # the largest first (by their archives' size), so that no worker is left with a big one at the end
-        for package, source in in_threads(prepare, largest_first, PACK_WORKERS):
+        for package, source in in_threads(prepare, largest_first):
             name = package.dist + ".zip" if package.kind == "unpacked" else package.fn
             arcname = "channel/%s/%s" % (package.subdir, name)
             writer.add_file(source, arcname, progress)
@@ -5052,7 +5060,7 @@ def extract_into_cache(archives, channel, max_ratio=None, allow_scripts=False):
                      0o644, None, archive.fn)
         return entry["url"], left_out
 
-    done = [result for _, result in PROBE.in_threads(one, archives, LINK_WORKERS)]
+    done = [result for _, result in PROBE.in_threads(one, archives, min(PROBE.WORKERS, os.cpu_count() or 1))]
     scripts = sorted(set(a.entry["name"] for a, (_, left_out) in zip(archives, done) if left_out))
     if scripts:
         say("note: %s %s link scripts (post-link, pre-unlink), which pm leaves out of what conda links, so none "
@@ -5847,12 +5855,8 @@ def carried_archives(channel_dir, conda_reads=False):
     return archives
 
 
-LINK_WORKERS = 4  # bz2 and zlib release the GIL: archives are linked by a few threads at once
-
-
 def link_all(archives, writer, site):
     """Link every archive, by a few workers at once, in install order where paths meet; say each."""
-    from concurrent.futures import ThreadPoolExecutor
     claims, done, first = {}, [0], [None]
     lock = writer.lock
 
@@ -5870,14 +5874,12 @@ def link_all(archives, writer, site):
             say("  [%d/%d] %s" % (done[0], len(archives), archive.dist))
         return files
 
-    workers = max(1, min(LINK_WORKERS, os.cpu_count() or 1, len(archives)))
+    def stop():  # a failure or Ctrl-C: the other workers stop at their next member, before the prefix goes
+        writer.failed = True
+
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            try:
-                return list(pool.map(one, enumerate(archives)))
-            except BaseException:  # Ctrl-C or a failure: the other workers stop before the prefix goes
-                writer.failed = True
-                raise
+        return [files for _, files in PROBE.in_threads(one, list(enumerate(archives)),
+                                                        min(PROBE.WORKERS, os.cpu_count() or 1), stop)]
     except PmError:
         raise first[0] or PmError("linking stopped", "read commands.log")
 
