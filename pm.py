@@ -7198,6 +7198,9 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
 # they are compared with this machine's glibc, the libstdc++ the environment gets (the bundle's own
 # when it carries one, else the system's) and the processor's flags. A bundle without that record
 # (older ones) has its carried files read the same way once they are unpacked, before they are linked.
+# A carried package that depends on __cuda (its record's depends, or constrains when a driver is
+# present) is compared with the CUDA version of this machine's NVIDIA driver (libcuda.so.1 through
+# ctypes); a package that depends on it and finds no driver is refused too: it cannot run here.
 
 # x86-64 micro-architecture levels: the /proc/cpuinfo flags each adds (psABI; 'pni' is SSE3, 'abm' LZCNT)
 ISA_FLAGS = ((2, ("cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3")),
@@ -7252,12 +7255,95 @@ def system_libstdcxx():
     return None
 
 
+CUDA_DRIVER = "libcuda.so.1"  # the NVIDIA driver's library: cuDriverGetVersion says which CUDA it supports
+
+
+def cuda_driver_version(library=CUDA_DRIVER):
+    """The CUDA version this machine's NVIDIA driver supports ('12.2' for 12020), through ctypes; None
+    when no driver loads or it does not answer."""
+    import ctypes
+    try:
+        get_version = ctypes.CDLL(library).cuDriverGetVersion
+        found = ctypes.c_int(0)
+        if get_version(ctypes.byref(found)) != 0 or found.value <= 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return "%d.%d" % (found.value // 1000, found.value % 1000 // 10)
+
+
+def cuda_term_met(term, version):
+    """Whether a CUDA version meets one term of a conda version spec ('>=11.2', '<13', '12.*', '=12');
+    a term pm cannot read is not held against the machine."""
+    found = re.match(r"^(>=|<=|==|!=|>|<|=)?([0-9]+(?:\.[0-9]+)*)(\.?\*)?$", term.strip())
+    if not found:
+        return True
+    operator, wanted, star = found.groups()
+    have, want = version_parts(version), version_parts(wanted)
+    width = max(len(have), len(want))
+    have_padded, want_padded = have + [0] * (width - len(have)), want + [0] * (width - len(want))
+    if operator in (None, "=") or (star and operator in ("==", "!=")):
+        prefix = have[:len(want)] + [0] * (len(want) - len(have)) == want
+        return not prefix if operator == "!=" else prefix
+    return {">=": have_padded >= want_padded, "<=": have_padded <= want_padded, ">": have_padded > want_padded,
+            "<": have_padded < want_padded, "==": have_padded == want_padded,
+            "!=": have_padded != want_padded}[operator]
+
+
+def cuda_spec_met(spec, version):
+    """Whether a CUDA version meets a '__cuda ...' match spec ('|' between alternatives, ',' within)."""
+    rest = spec.strip()[len("__cuda"):].strip()
+    return not rest or any(all(cuda_term_met(term, version) for term in alternative.split(","))
+                           for alternative in rest.split("|"))
+
+
+def carried_records(bundle):
+    """The package records of the carried channel's repodata (channel/SUBDIR/repodata.json), where the
+    bundle carries one."""
+    for member in sorted(bundle.manifest.members or {}):
+        if re.match(r"^channel/[^/]+/repodata\.json$", member):
+            try:
+                repodata = bundle.read_json(member)
+            except (KeyError, ValueError, PmError):
+                continue
+            for key in ("packages", "packages.conda"):
+                for entry in ((repodata.get(key) if isinstance(repodata, dict) else None) or {}).values():
+                    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                        yield entry
+
+
+def cuda_needs(bundle):
+    """[(package, spec, 'depends' or 'constrains')] for the carried records that name __cuda."""
+    needs = []
+    for entry in carried_records(bundle):
+        for kind in ("depends", "constrains"):
+            for spec in entry.get(kind) or []:
+                if isinstance(spec, str) and spec_name(spec) == "__cuda":
+                    needs.append((entry["name"][:200], spec.strip()[:200], kind))
+    return sorted(set(needs))
+
+
+def cuda_problems(needs, driver):
+    """One line per package whose __cuda need this machine's driver (a version, or None) does not meet; a
+    constraint binds only where a driver is present (as conda reads it)."""
+    problems = []
+    for package, spec, kind in needs:
+        if driver is None and kind == "depends":
+            problems.append("package %s needs a CUDA driver (%s); none found (%s)" % (package, spec, CUDA_DRIVER))
+        elif driver is not None and not cuda_spec_met(spec, driver):
+            problems.append("package %s needs %s; this machine's NVIDIA driver supports CUDA %s" % (package, spec,
+                                                                                                     driver))
+    return [printable(line) for line in problems]
+
+
 class ThisMachine(object):
-    """What this machine offers the bundle's binaries: its glibc, the libstdc++ they get, its ISA level."""
+    """What this machine offers the bundle's binaries: its glibc, the libstdc++ they get, its ISA level
+    (and the CUDA its NVIDIA driver supports, once a package needing __cuda asks: cuda_checked)."""
 
     def __init__(self, glibc, libstdcxx, libstdcxx_where, isa, isa_lacking):
         self.glibc, self.libstdcxx, self.libstdcxx_where = glibc, libstdcxx, libstdcxx_where
         self.isa, self.isa_lacking = isa, isa_lacking
+        self.cuda_checked, self.cuda = False, None
 
     @classmethod
     def for_rows(cls, rows, listed_names=()):
@@ -7280,9 +7366,11 @@ class ThisMachine(object):
         return cls(glibc, libstdcxx, where, isa, lacking)
 
     def describe(self):
-        return "glibc %s; libstdc++ %s (%s); processor %s" % (
+        cuda = "" if not self.cuda_checked else "; NVIDIA driver: %s" % (
+            "CUDA %s" % self.cuda if self.cuda else "none found (%s)" % CUDA_DRIVER)
+        return "glibc %s; libstdc++ %s (%s); processor %s%s" % (
             self.glibc or "unknown", "up to GLIBCXX_%s" % self.libstdcxx if self.libstdcxx else "not checked",
-            self.libstdcxx_where, "x86-64-v%d" % self.isa if self.isa else "not x86-64")
+            self.libstdcxx_where, "x86-64-v%d" % self.isa if self.isa else "not x86-64", cuda)
 
 
 def binaries_rows(value):
@@ -7330,25 +7418,33 @@ def listed_package_names(bundle):
 
 
 def bundle_preflight(bundle, uses_conda=True):
-    """(problems, ThisMachine, checked) for a bundle's recorded binaries; checked is False for a bundle
-    packed without the record (its carried files are read when they are unpacked)."""
+    """(problems, ThisMachine, checked) for a bundle's recorded binaries and its packages' __cuda needs;
+    checked is False for a bundle packed without the record of its binaries (its carried files are read
+    when they are unpacked)."""
     rows = binaries_rows(bundle.manifest.binaries)
+    needs = cuda_needs(bundle) if uses_conda else []
     if not uses_conda:  # the carried conda packages are not installed on this route
         rows = [r for r in rows if r["kind"] != "conda"]
     here = ThisMachine.for_rows(rows, listed_package_names(bundle))
-    return preflight_problems(rows, here), here, bundle.manifest.binaries is not None
+    if needs:
+        here.cuda_checked, here.cuda = True, cuda_driver_version()
+    return preflight_problems(rows, here) + cuda_problems(needs, here.cuda), here, \
+        bundle.manifest.binaries is not None
 
 
 def refuse_or_record(problems, force, attempt=None, what="the bundle's binaries"):
-    """Say each problem on its own line; stop (exit 2) unless --force-preflight, which records them."""
+    """Say each problem on its own line; stop (exit 2) unless --force-preflight, which records them (after
+    those recorded before, the __cuda needs checked at the start)."""
     for line in problems:
         say("preflight: %s" % line)
     if attempt is not None:
+        problems = ((attempt.result.get("preflight") or {}).get("problems") or []) + problems
         attempt.save(preflight={"problems": problems, "forced": bool(force and problems), "checked": what})
     if problems and not force:
         raise PmError("this machine cannot run %d of %s (above)" % (len(problems), what),
-                      "migrate on a machine with a newer glibc/processor, or pass --force-preflight to go on "
-                      "anyway (the problems are recorded)")
+                      "migrate on a machine with a newer glibc/processor/NVIDIA driver (a GPU node for a package "
+                      "that needs CUDA), or pass --force-preflight to go on anyway (e.g. installing from a login "
+                      "node without GPUs; the problems are recorded)")
     if problems:
         say("warning: --force-preflight: going on with %d preflight problem%s" % (len(problems), "s" * (len(problems) > 1)))
 
@@ -7357,7 +7453,7 @@ def check_migration(bundle, config, force):
     """The preflight at the start of migrate, before anything is written: the problems (empty when
     none) or None when the bundle has no record; refuses unless force."""
     problems, here, checked = bundle_preflight(bundle, "conda" in config.package_managers)
-    if not checked:
+    if not checked and not problems:
         return None
     refuse_or_record(problems, force)
     return problems
@@ -7424,18 +7520,8 @@ def software_commit(bundle):
 
 def carried_depends(bundle):
     """name -> [dependency names] from the carried channel's repodata, where the bundle carries one."""
-    depends = {}
-    for member in sorted(bundle.manifest.members):
-        if re.match(r"^channel/[^/]+/repodata\.json$", member):
-            try:
-                repodata = bundle.read_json(member)
-            except (KeyError, ValueError, PmError):
-                continue
-            for key in ("packages", "packages.conda"):
-                for entry in ((repodata.get(key) if isinstance(repodata, dict) else None) or {}).values():
-                    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                        depends[entry["name"]] = [spec_name(d) for d in entry.get("depends") or [] if isinstance(d, str)]
-    return depends
+    return dict((entry["name"], [spec_name(d) for d in entry.get("depends") or [] if isinstance(d, str)])
+                for entry in carried_records(bundle))
 
 
 def sbom_document(bundle, result):
@@ -9100,7 +9186,9 @@ def doctor_bundle(path, as_json=False):
     problems, here, checked = bundle_preflight(bundle)
     if as_json:
         print(json.dumps({"problems": problems, "checked": checked, "machine": here.describe(),
-                          "binaries": binaries_rows(bundle.manifest.binaries)}, indent=1, sort_keys=True))
+                          "binaries": binaries_rows(bundle.manifest.binaries),
+                          "cuda": [{"package": p, "spec": s, "kind": k} for p, s, k in cuda_needs(bundle)]},
+                         indent=1, sort_keys=True))
     else:
         print("this machine: %s" % here.describe())
         if not checked:
@@ -9110,6 +9198,8 @@ def doctor_bundle(path, as_json=False):
             show("    %-8s %-24s %s" % (row["kind"], row["name"], ", ".join(
                 "%s %s (%s)" % (key, row[key] if key != "isa" else "x86-64-v%d" % row[key], row[key + "_file"])
                 for key in ("glibc", "glibcxx", "isa") if key in row) or "no version needs"))
+        for package, spec, kind in cuda_needs(bundle):
+            show("    %-8s %-24s %s (%s)" % ("cuda", package, spec, kind))
         for line in problems:
             print("!!  preflight %s" % line)
         if checked and not problems:
