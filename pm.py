@@ -7527,8 +7527,63 @@ def carried_depends(bundle):
 def sbom_document(bundle, result):
     """The CycloneDX 1.5 document of an attempt (result: its result.json) as plain data."""
     import uuid
-    members = bundle.manifest.members or {}
-    sums = dict((name, entry.get("sha256")) for name, entry in members.items() if isinstance(entry, dict))
+    sums = dict((name, entry.get("sha256")) for name, entry in (bundle.manifest.members or {}).items()
+                if isinstance(entry, dict))
+    dists = read_distributions(bundle) or []
+    root = sbom_root(bundle, result, dists)
+    conda, refs = sbom_conda_components(bundle, result, sums)
+    components = conda + sbom_python_components(result, dists, refs, sums)
+    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
+            "serialNumber": "urn:uuid:%s" % uuid.uuid4(),
+            "metadata": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "tools": {"components": [{"type": "application", "name": "pm", "version": VERSION}]},
+                         "component": root},
+            "components": components, "dependencies": sbom_dependencies(bundle, root, components, refs)}
+
+
+def sbom_root(bundle, result, dists):
+    """The software as the root component: its version (its Python record's, else its git commit's),
+    the attempt, the tests' evidence and the preflight's problems as properties."""
+    name = bundle.manifest.name
+    software_dist = next((d for d in dists if d.get("software")), None)
+    commit = software_commit(bundle)
+    properties = [sbom_property("pm:attempt", result.get("id")), sbom_property("pm:status", result.get("status")),
+                  sbom_property("pm:bundle:created", bundle.manifest.created or "")]
+    if commit:
+        properties.append(sbom_property("pm:git:commit", commit))
+    if result.get("installed_to"):
+        properties.append(sbom_property("pm:installed_to", result["installed_to"]))
+    properties += sbom_test_properties(result)
+    for problem in (result.get("preflight") or {}).get("problems") or []:
+        properties.append(sbom_property("pm:preflight:problem", problem))
+    return {"type": "application", "bom-ref": "software:%s" % name, "name": name,
+            "version": (software_dist or {}).get("version") or (commit[:12] if commit else "unknown"),
+            "properties": properties}
+
+
+def sbom_test_properties(result):
+    """Each test's status, exit code, seconds and the sha256 of its log."""
+    properties = []
+    for test in result.get("tests") or []:
+        properties += [sbom_property("pm:test:%s:status" % test["name"], test["status"]),
+                       sbom_property("pm:test:%s:exit_code" % test["name"], test.get("exit_code")),
+                       sbom_property("pm:test:%s:seconds" % test["name"], test.get("seconds"))]
+        if test.get("log") and os.path.isfile(test["log"]):
+            properties.append(sbom_property("pm:test:%s:log:sha256" % test["name"], PROBE.file_digest(test["log"])[0]))
+    return properties
+
+
+def carried_hash(component, member, sums):
+    """The sha256 of what the bundle carried for a component (member: its file in the bundle), if known."""
+    if member and sums.get(member):
+        component["hashes"] = [{"alg": "SHA-256", "content": sums[member]}]
+        component["properties"] = [sbom_property("pm:carried", member)]
+    return component
+
+
+def sbom_conda_components(bundle, result, sums):
+    """(components, name -> bom-ref) of the conda packages the environment got: the base's channel when
+    the version is the base's, the carried package's sha256 when it was carried."""
     try:
         listed = dict((r["name"], r) for r in bundle.read_json("conda-list.json")
                       if isinstance(r, dict) and isinstance(r.get("name"), str))
@@ -7536,27 +7591,6 @@ def sbom_document(bundle, result):
         listed = {}
     carried = dict((c.get("name"), c) for c in (bundle.manifest.packages or {}).get("carried") or []
                    if isinstance(c, dict))
-    dists = read_distributions(bundle) or []
-    name = bundle.manifest.name
-    software_dist = next((d for d in dists if d.get("software")), None)
-    commit = software_commit(bundle)
-    root = {"type": "application", "bom-ref": "software:%s" % name, "name": name,
-            "version": (software_dist or {}).get("version") or (commit[:12] if commit else "unknown")}
-    properties = [sbom_property("pm:attempt", result.get("id")), sbom_property("pm:status", result.get("status")),
-                  sbom_property("pm:bundle:created", bundle.manifest.created or "")]
-    if commit:
-        properties.append(sbom_property("pm:git:commit", commit))
-    if result.get("installed_to"):
-        properties.append(sbom_property("pm:installed_to", result["installed_to"]))
-    for test in result.get("tests") or []:
-        properties += [sbom_property("pm:test:%s:status" % test["name"], test["status"]),
-                       sbom_property("pm:test:%s:exit_code" % test["name"], test.get("exit_code")),
-                       sbom_property("pm:test:%s:seconds" % test["name"], test.get("seconds"))]
-        if test.get("log") and os.path.isfile(test["log"]):
-            properties.append(sbom_property("pm:test:%s:log:sha256" % test["name"], PROBE.file_digest(test["log"])[0]))
-    for problem in (result.get("preflight") or {}).get("problems") or []:
-        properties.append(sbom_property("pm:preflight:problem", problem))
-    root["properties"] = properties
     components, refs = [], {}
     for row in result.get("environment") or []:
         if not isinstance(row.get("name"), str):
@@ -7567,26 +7601,27 @@ def sbom_document(bundle, result):
         component = {"type": "library", "bom-ref": ref, "name": row["name"], "version": str(row.get("version")),
                      "purl": purl("conda", row["name"], row.get("version"), (
                          ("build", row.get("build")), ("channel", channel), ("subdir", base.get("platform"))))}
-        package = carried.get(row["name"])
-        if package and package.get("version") == row.get("version") and sums.get(package.get("file")):
-            component["hashes"] = [{"alg": "SHA-256", "content": sums[package["file"]]}]
-            component["properties"] = [sbom_property("pm:carried", package["file"])]
-        components.append(component)
+        package = carried.get(row["name"]) or {}
+        components.append(carried_hash(component, package.get("file") if package.get("version") == row.get("version")
+                                       else None, sums))
         refs[row["name"]] = ref
+    return components, refs
+
+
+def sbom_python_components(result, dists, refs, sums):
+    """The Python distributions: those of the base that are here (installed by pip, or inside a conda
+    package the environment got), then what pip installed that the base did not record."""
     installed = dict((r["requirement"], r.get("version")) for r in result.get("python") or []
                      if r.get("status") == "installed" and r.get("version"))
-    seen = set()
+    components, seen = [], set()
     for dist in dists:
         key = pip_name(dist.get("name") or "")
         version = installed.get(dist["name"]) or (dist.get("version") if dist.get("owner") in refs else None)
         if dist.get("software") or not version or key in seen:
             continue
         seen.add(key)
-        component = {"type": "library", "bom-ref": "pypi:%s" % key, "name": dist["name"], "version": str(version),
-                     "purl": purl("pypi", key, version)}
-        if dist.get("wheel") and sums.get(dist["wheel"]):
-            component["hashes"] = [{"alg": "SHA-256", "content": sums[dist["wheel"]]}]
-            component["properties"] = [sbom_property("pm:carried", dist["wheel"])]
+        component = carried_hash({"type": "library", "bom-ref": "pypi:%s" % key, "name": dist["name"],
+                                  "version": str(version), "purl": purl("pypi", key, version)}, dist.get("wheel"), sums)
         if dist.get("owner") in refs:
             component.setdefault("properties", []).append(sbom_property("pm:conda_package", dist["owner"]))
         components.append(component)
@@ -7595,17 +7630,17 @@ def sbom_document(bundle, result):
             seen.add(pip_name(requirement))
             components.append({"type": "library", "bom-ref": "pypi:%s" % pip_name(requirement), "name": requirement,
                                "version": str(version), "purl": purl("pypi", pip_name(requirement), version)})
+    return components
+
+
+def sbom_dependencies(bundle, root, components, refs):
+    """The root depends on every component; each conda package on those its carried record names."""
     depends = carried_depends(bundle)
     dependencies = [{"ref": root["bom-ref"], "dependsOn": sorted(c["bom-ref"] for c in components)}]
     for package, ref in sorted(refs.items()):
         on = sorted(set(refs[d] for d in depends.get(package, []) if d in refs and d != package))
         dependencies.append({"ref": ref, "dependsOn": on} if on else {"ref": ref})
-    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
-            "serialNumber": "urn:uuid:%s" % uuid.uuid4(),
-            "metadata": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         "tools": {"components": [{"type": "application", "name": "pm", "version": VERSION}]},
-                         "component": root},
-            "components": components, "dependencies": dependencies}
+    return dependencies
 
 
 def write_sbom(bundle, attempt):
