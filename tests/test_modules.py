@@ -3,8 +3,10 @@ DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl). Real Lmod (Debian's lmod
 apt-get) and real Environment Modules (Debian's environment-modules, unpacked from its .deb into a
 folder: the two packages conflict as installed packages) load them in bash: the software's test
 runs as pm's test did, with what conda's activate.d script sets, and `module unload` takes it all
-away. The environment is made by pm's own linker (no conda on the target) from a real conda base; a
-later pass and prune remove the modulefiles of the environments they remove."""
+away. The environment is made by pm's own linker (no conda on the target) from a real conda base, by
+real conda 25.11.1 on the target (the conda route), or by pip in the software's own virtual
+environment (the pip route); a later pass and prune remove the modulefiles of the environments they
+remove."""
 import glob
 import os
 import shutil
@@ -15,8 +17,9 @@ import pytest
 import channels
 import realconda
 from conftest import attempt_dirs, find_python, no_conda_env, read_result, run_pm
-from test_managers import pysim, pysim_bundle  # noqa: F401 (fixtures: the pip route's base and target)
+import test_managers
 
+pysim_bundle, pysim = test_managers.pysim_bundle, test_managers.pysim  # the pip route's base and target (fixtures)
 LMOD_INIT = "/usr/share/lmod/lmod/init/bash"
 CHECK = """set -e
 [ "$(hello)" = "$CONDA_PREFIX/share/hello" ]
