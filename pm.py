@@ -7272,6 +7272,16 @@ def cuda_driver_version(library=CUDA_DRIVER):
     return "%d.%d" % (found.value // 1000, found.value % 1000 // 10)
 
 
+def cuda_here():
+    """(the CUDA version this machine offers or None, what says so): CONDA_OVERRIDE_CUDA when it is set, as
+    conda reads it (empty: no CUDA; what a login node without GPUs sets to its GPU nodes' version), else the
+    NVIDIA driver's."""
+    if "CONDA_OVERRIDE_CUDA" in os.environ:
+        value = os.environ["CONDA_OVERRIDE_CUDA"].strip()
+        return (value if re.match(r"^[0-9]{1,4}(\.[0-9]{1,4}){0,2}$", value) else None), "CONDA_OVERRIDE_CUDA"
+    return cuda_driver_version(), CUDA_DRIVER
+
+
 def cuda_term_met(term, version):
     """Whether a CUDA version meets one term of a conda version spec ('>=11.2', '<13', '12.*', '=12');
     a term pm cannot read is not held against the machine."""
@@ -7323,16 +7333,16 @@ def cuda_needs(bundle):
     return sorted(set(needs))
 
 
-def cuda_problems(needs, driver):
-    """One line per package whose __cuda need this machine's driver (a version, or None) does not meet; a
-    constraint binds only where a driver is present (as conda reads it)."""
+def cuda_problems(needs, here):
+    """One line per package whose __cuda need this machine's CUDA (here.cuda, a version or None) does not
+    meet; a constraint binds only where CUDA is present (as conda reads it)."""
     problems = []
+    driver = "this machine's NVIDIA driver supports" if here.cuda_from == CUDA_DRIVER else "CONDA_OVERRIDE_CUDA says"
     for package, spec, kind in needs:
-        if driver is None and kind == "depends":
-            problems.append("package %s needs a CUDA driver (%s); none found (%s)" % (package, spec, CUDA_DRIVER))
-        elif driver is not None and not cuda_spec_met(spec, driver):
-            problems.append("package %s needs %s; this machine's NVIDIA driver supports CUDA %s" % (package, spec,
-                                                                                                     driver))
+        if here.cuda is None and kind == "depends":
+            problems.append("package %s needs a CUDA driver (%s); none found (%s)" % (package, spec, here.cuda_from))
+        elif here.cuda is not None and not cuda_spec_met(spec, here.cuda):
+            problems.append("package %s needs %s; %s CUDA %s" % (package, spec, driver, here.cuda))
     return [printable(line) for line in problems]
 
 
@@ -7343,7 +7353,7 @@ class ThisMachine(object):
     def __init__(self, glibc, libstdcxx, libstdcxx_where, isa, isa_lacking):
         self.glibc, self.libstdcxx, self.libstdcxx_where = glibc, libstdcxx, libstdcxx_where
         self.isa, self.isa_lacking = isa, isa_lacking
-        self.cuda_checked, self.cuda = False, None
+        self.cuda_checked, self.cuda, self.cuda_from = False, None, CUDA_DRIVER
 
     @classmethod
     def for_rows(cls, rows, listed_names=()):
@@ -7366,8 +7376,9 @@ class ThisMachine(object):
         return cls(glibc, libstdcxx, where, isa, lacking)
 
     def describe(self):
-        cuda = "" if not self.cuda_checked else "; NVIDIA driver: %s" % (
-            "CUDA %s" % self.cuda if self.cuda else "none found (%s)" % CUDA_DRIVER)
+        cuda = "" if not self.cuda_checked else "; NVIDIA driver: %s%s" % (
+            "CUDA %s" % self.cuda if self.cuda else "none found", " (%s)" % self.cuda_from if
+            self.cuda_from != CUDA_DRIVER or not self.cuda else "")
         return "glibc %s; libstdc++ %s (%s); processor %s%s" % (
             self.glibc or "unknown", "up to GLIBCXX_%s" % self.libstdcxx if self.libstdcxx else "not checked",
             self.libstdcxx_where, "x86-64-v%d" % self.isa if self.isa else "not x86-64", cuda)
@@ -7427,8 +7438,9 @@ def bundle_preflight(bundle, uses_conda=True):
         rows = [r for r in rows if r["kind"] != "conda"]
     here = ThisMachine.for_rows(rows, listed_package_names(bundle))
     if needs:
-        here.cuda_checked, here.cuda = True, cuda_driver_version()
-    return preflight_problems(rows, here) + cuda_problems(needs, here.cuda), here, \
+        here.cuda, here.cuda_from = cuda_here()
+        here.cuda_checked = True
+    return preflight_problems(rows, here) + cuda_problems(needs, here), here, \
         bundle.manifest.binaries is not None
 
 
@@ -7441,10 +7453,12 @@ def refuse_or_record(problems, force, attempt=None, what="the bundle's binaries"
         problems = ((attempt.result.get("preflight") or {}).get("problems") or []) + problems
         attempt.save(preflight={"problems": problems, "forced": bool(force and problems), "checked": what})
     if problems and not force:
+        cuda = any("__cuda" in line for line in problems)
         raise PmError("this machine cannot run %d of %s (above)" % (len(problems), what),
-                      "migrate on a machine with a newer glibc/processor/NVIDIA driver (a GPU node for a package "
-                      "that needs CUDA), or pass --force-preflight to go on anyway (e.g. installing from a login "
-                      "node without GPUs; the problems are recorded)")
+                      "migrate on a machine with a newer %s, or pass --force-preflight to go on anyway (the problems "
+                      "are recorded)%s" % ("glibc/processor/NVIDIA driver" if cuda else "glibc/processor",
+                                           "; on a login node without GPUs, CONDA_OVERRIDE_CUDA=VERSION names "
+                                           "the GPU nodes' CUDA, for pm and conda alike" if cuda else ""))
     if problems:
         say("warning: --force-preflight: going on with %d preflight problem%s" % (len(problems), "s" * (len(problems) > 1)))
 

@@ -395,3 +395,22 @@ def test_a_cuda_version_is_read_against_conda_version_specs():
              ("__cuda <11|>=12.4", "12.2"), ("__cuda >12.2", "12.2"), ("__cuda !=12.2", "12.2")]
     assert all(pm.cuda_spec_met(spec, version) for spec, version in met)
     assert not any(pm.cuda_spec_met(spec, version) for spec, version in unmet)
+
+
+def test_conda_override_cuda_names_the_gpu_nodes_cuda_for_the_preflight_and_conda_alike(cudaneed, pyz, real_site,
+                                                                                          tmp_path):
+    """On a login node without GPUs, conda's own CONDA_OVERRIDE_CUDA says which CUDA the GPU nodes have:
+    the preflight takes it, and real conda 25.11.1 then creates the environment (its solver reads it too;
+    --force-preflight alone would get past pm and not past conda)."""
+    site = real_site("25.11.1", "target", home=str(tmp_path / "store"))
+    config = tmp_path / "cudasim.ini"
+    config.write_text(CUDA_CONFIG.format(out=str(tmp_path / "installed")))
+    args = ["migrate", "cudasim", str(config), "--bundle", cudaneed]
+    proc = run_pm(find_python("newest"), pyz, args, site.env(CONDA_OVERRIDE_CUDA="11.8"), timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "package gpukernel needs __cuda >=12.0; CONDA_OVERRIDE_CUDA says CUDA 11.8" in proc.stderr
+    assert nothing_written(tmp_path)
+    proc = run_pm(find_python("newest"), pyz, args, site.env(CONDA_OVERRIDE_CUDA="12.2"), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(attempt_dirs(str(tmp_path / "store"), "cudasim")[-1])
+    assert result["preflight"]["problems"] == [] and result["env_prefix"].startswith(site.envs)
