@@ -7259,6 +7259,9 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
 # they are compared with this machine's glibc, the libstdc++ the environment gets (the bundle's own
 # when it carries one, else the system's) and the processor's flags. A bundle without that record
 # (older ones) has its carried files read the same way once they are unpacked, before they are linked.
+# A carried package that depends on __cuda (its record's depends, or constrains when a driver is
+# present) is compared with the CUDA version of this machine's NVIDIA driver (libcuda.so.1 through
+# ctypes); a package that depends on it and finds no driver is refused too: it cannot run here.
 
 # x86-64 micro-architecture levels: the /proc/cpuinfo flags each adds (psABI; 'pni' is SSE3, 'abm' LZCNT)
 ISA_FLAGS = ((2, ("cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3")),
@@ -7313,12 +7316,105 @@ def system_libstdcxx():
     return None
 
 
+CUDA_DRIVER = "libcuda.so.1"  # the NVIDIA driver's library: cuDriverGetVersion says which CUDA it supports
+
+
+def cuda_driver_version(library=CUDA_DRIVER):
+    """The CUDA version this machine's NVIDIA driver supports ('12.2' for 12020), through ctypes; None
+    when no driver loads or it does not answer."""
+    import ctypes
+    try:
+        get_version = ctypes.CDLL(library).cuDriverGetVersion
+        found = ctypes.c_int(0)
+        if get_version(ctypes.byref(found)) != 0 or found.value <= 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return "%d.%d" % (found.value // 1000, found.value % 1000 // 10)
+
+
+def cuda_here():
+    """(the CUDA version this machine offers or None, what says so): CONDA_OVERRIDE_CUDA when it is set, as
+    conda reads it (empty: no CUDA; what a login node without GPUs sets to its GPU nodes' version), else the
+    NVIDIA driver's."""
+    if "CONDA_OVERRIDE_CUDA" in os.environ:
+        value = os.environ["CONDA_OVERRIDE_CUDA"].strip()
+        return (value if re.match(r"^[0-9]{1,4}(\.[0-9]{1,4}){0,2}$", value) else None), "CONDA_OVERRIDE_CUDA"
+    return cuda_driver_version(), CUDA_DRIVER
+
+
+def cuda_term_met(term, version):
+    """Whether a CUDA version meets one term of a conda version spec ('>=11.2', '<13', '12.*', '=12');
+    a term pm cannot read is not held against the machine."""
+    found = re.match(r"^(>=|<=|==|!=|>|<|=)?([0-9]+(?:\.[0-9]+)*)(\.?\*)?$", term.strip())
+    if not found:
+        return True
+    operator, wanted, star = found.groups()
+    have, want = version_parts(version), version_parts(wanted)
+    width = max(len(have), len(want))
+    have_padded, want_padded = have + [0] * (width - len(have)), want + [0] * (width - len(want))
+    if operator in (None, "=") or (star and operator in ("==", "!=")):
+        prefix = have[:len(want)] + [0] * (len(want) - len(have)) == want
+        return not prefix if operator == "!=" else prefix
+    return {">=": have_padded >= want_padded, "<=": have_padded <= want_padded, ">": have_padded > want_padded,
+            "<": have_padded < want_padded, "==": have_padded == want_padded,
+            "!=": have_padded != want_padded}[operator]
+
+
+def cuda_spec_met(spec, version):
+    """Whether a CUDA version meets a '__cuda ...' match spec ('|' between alternatives, ',' within)."""
+    rest = spec.strip()[len("__cuda"):].strip()
+    return not rest or any(all(cuda_term_met(term, version) for term in alternative.split(","))
+                           for alternative in rest.split("|"))
+
+
+def carried_records(bundle):
+    """The package records of the carried channel's repodata (channel/SUBDIR/repodata.json), where the
+    bundle carries one."""
+    for member in sorted(bundle.manifest.members or {}):
+        if re.match(r"^channel/[^/]+/repodata\.json$", member):
+            try:
+                repodata = bundle.read_json(member)
+            except (KeyError, ValueError, PmError):
+                continue
+            for key in ("packages", "packages.conda"):
+                for entry in ((repodata.get(key) if isinstance(repodata, dict) else None) or {}).values():
+                    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                        yield entry
+
+
+def cuda_needs(bundle):
+    """[(package, spec, 'depends' or 'constrains')] for the carried records that name __cuda."""
+    needs = []
+    for entry in carried_records(bundle):
+        for kind in ("depends", "constrains"):
+            for spec in entry.get(kind) or []:
+                if isinstance(spec, str) and spec_name(spec) == "__cuda":
+                    needs.append((entry["name"][:200], spec.strip()[:200], kind))
+    return sorted(set(needs))
+
+
+def cuda_problems(needs, here):
+    """One line per package whose __cuda need this machine's CUDA (here.cuda, a version or None) does not
+    meet; a constraint binds only where CUDA is present (as conda reads it)."""
+    problems = []
+    driver = "this machine's NVIDIA driver supports" if here.cuda_from == CUDA_DRIVER else "CONDA_OVERRIDE_CUDA says"
+    for package, spec, kind in needs:
+        if here.cuda is None and kind == "depends":
+            problems.append("package %s needs a CUDA driver (%s); none found (%s)" % (package, spec, here.cuda_from))
+        elif here.cuda is not None and not cuda_spec_met(spec, here.cuda):
+            problems.append("package %s needs %s; %s CUDA %s" % (package, spec, driver, here.cuda))
+    return [printable(line) for line in problems]
+
+
 class ThisMachine(object):
-    """What this machine offers the bundle's binaries: its glibc, the libstdc++ they get, its ISA level."""
+    """What this machine offers the bundle's binaries: its glibc, the libstdc++ they get, its ISA level
+    (and the CUDA its NVIDIA driver supports, once a package needing __cuda asks: cuda_checked)."""
 
     def __init__(self, glibc, libstdcxx, libstdcxx_where, isa, isa_lacking):
         self.glibc, self.libstdcxx, self.libstdcxx_where = glibc, libstdcxx, libstdcxx_where
         self.isa, self.isa_lacking = isa, isa_lacking
+        self.cuda_checked, self.cuda, self.cuda_from = False, None, CUDA_DRIVER
 
     @classmethod
     def for_rows(cls, rows, listed_names=()):
@@ -7341,9 +7437,12 @@ class ThisMachine(object):
         return cls(glibc, libstdcxx, where, isa, lacking)
 
     def describe(self):
-        return "glibc %s; libstdc++ %s (%s); processor %s" % (
+        cuda = "" if not self.cuda_checked else "; NVIDIA driver: %s%s" % (
+            "CUDA %s" % self.cuda if self.cuda else "none found", " (%s)" % self.cuda_from if
+            self.cuda_from != CUDA_DRIVER or not self.cuda else "")
+        return "glibc %s; libstdc++ %s (%s); processor %s%s" % (
             self.glibc or "unknown", "up to GLIBCXX_%s" % self.libstdcxx if self.libstdcxx else "not checked",
-            self.libstdcxx_where, "x86-64-v%d" % self.isa if self.isa else "not x86-64")
+            self.libstdcxx_where, "x86-64-v%d" % self.isa if self.isa else "not x86-64", cuda)
 
 
 def binaries_rows(value):
@@ -7391,25 +7490,36 @@ def listed_package_names(bundle):
 
 
 def bundle_preflight(bundle, uses_conda=True):
-    """(problems, ThisMachine, checked) for a bundle's recorded binaries; checked is False for a bundle
-    packed without the record (its carried files are read when they are unpacked)."""
+    """(problems, ThisMachine, checked) for a bundle's recorded binaries and its packages' __cuda needs;
+    checked is False for a bundle packed without the record of its binaries (its carried files are read
+    when they are unpacked)."""
     rows = binaries_rows(bundle.manifest.binaries)
+    needs = cuda_needs(bundle) if uses_conda else []
     if not uses_conda:  # the carried conda packages are not installed on this route
         rows = [r for r in rows if r["kind"] != "conda"]
     here = ThisMachine.for_rows(rows, listed_package_names(bundle))
-    return preflight_problems(rows, here), here, bundle.manifest.binaries is not None
+    if needs:
+        here.cuda, here.cuda_from = cuda_here()
+        here.cuda_checked = True
+    return preflight_problems(rows, here) + cuda_problems(needs, here), here, \
+        bundle.manifest.binaries is not None
 
 
 def refuse_or_record(problems, force, attempt=None, what="the bundle's binaries"):
-    """Say each problem on its own line; stop (exit 2) unless --force-preflight, which records them."""
+    """Say each problem on its own line; stop (exit 2) unless --force-preflight, which records them (after
+    those recorded before, the __cuda needs checked at the start)."""
     for line in problems:
         say("preflight: %s" % line)
     if attempt is not None:
+        problems = ((attempt.result.get("preflight") or {}).get("problems") or []) + problems
         attempt.save(preflight={"problems": problems, "forced": bool(force and problems), "checked": what})
     if problems and not force:
+        cuda = any("__cuda" in line for line in problems)
         raise PmError("this machine cannot run %d of %s (above)" % (len(problems), what),
-                      "migrate on a machine with a newer glibc/processor, or pass --force-preflight to go on "
-                      "anyway (the problems are recorded)")
+                      "migrate on a machine with a newer %s, or pass --force-preflight to go on anyway (the problems "
+                      "are recorded)%s" % ("glibc/processor/NVIDIA driver" if cuda else "glibc/processor",
+                                           "; on a login node without GPUs, CONDA_OVERRIDE_CUDA=VERSION names "
+                                           "the GPU nodes' CUDA, for pm and conda alike" if cuda else ""))
     if problems:
         say("warning: --force-preflight: going on with %d preflight problem%s" % (len(problems), "s" * (len(problems) > 1)))
 
@@ -7418,7 +7528,7 @@ def check_migration(bundle, config, force):
     """The preflight at the start of migrate, before anything is written: the problems (empty when
     none) or None when the bundle has no record; refuses unless force."""
     problems, here, checked = bundle_preflight(bundle, "conda" in config.package_managers)
-    if not checked:
+    if not checked and not problems:
         return None
     refuse_or_record(problems, force)
     return problems
@@ -7485,25 +7595,70 @@ def software_commit(bundle):
 
 def carried_depends(bundle):
     """name -> [dependency names] from the carried channel's repodata, where the bundle carries one."""
-    depends = {}
-    for member in sorted(bundle.manifest.members):
-        if re.match(r"^channel/[^/]+/repodata\.json$", member):
-            try:
-                repodata = bundle.read_json(member)
-            except (KeyError, ValueError, PmError):
-                continue
-            for key in ("packages", "packages.conda"):
-                for entry in ((repodata.get(key) if isinstance(repodata, dict) else None) or {}).values():
-                    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                        depends[entry["name"]] = [spec_name(d) for d in entry.get("depends") or [] if isinstance(d, str)]
-    return depends
+    return dict((entry["name"], [spec_name(d) for d in entry.get("depends") or [] if isinstance(d, str)])
+                for entry in carried_records(bundle))
 
 
 def sbom_document(bundle, result):
     """The CycloneDX 1.5 document of an attempt (result: its result.json) as plain data."""
     import uuid
-    members = bundle.manifest.members or {}
-    sums = dict((name, entry.get("sha256")) for name, entry in members.items() if isinstance(entry, dict))
+    sums = dict((name, entry.get("sha256")) for name, entry in (bundle.manifest.members or {}).items()
+                if isinstance(entry, dict))
+    dists = read_distributions(bundle) or []
+    root = sbom_root(bundle, result, dists)
+    conda, refs = sbom_conda_components(bundle, result, sums)
+    components = conda + sbom_python_components(result, dists, refs, sums)
+    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
+            "serialNumber": "urn:uuid:%s" % uuid.uuid4(),
+            "metadata": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "tools": {"components": [{"type": "application", "name": "pm", "version": VERSION}]},
+                         "component": root},
+            "components": components, "dependencies": sbom_dependencies(bundle, root, components, refs)}
+
+
+def sbom_root(bundle, result, dists):
+    """The software as the root component: its version (its Python record's, else its git commit's),
+    the attempt, the tests' evidence and the preflight's problems as properties."""
+    name = bundle.manifest.name
+    software_dist = next((d for d in dists if d.get("software")), None)
+    commit = software_commit(bundle)
+    properties = [sbom_property("pm:attempt", result.get("id")), sbom_property("pm:status", result.get("status")),
+                  sbom_property("pm:bundle:created", bundle.manifest.created or "")]
+    if commit:
+        properties.append(sbom_property("pm:git:commit", commit))
+    if result.get("installed_to"):
+        properties.append(sbom_property("pm:installed_to", result["installed_to"]))
+    properties += sbom_test_properties(result)
+    for problem in (result.get("preflight") or {}).get("problems") or []:
+        properties.append(sbom_property("pm:preflight:problem", problem))
+    return {"type": "application", "bom-ref": "software:%s" % name, "name": name,
+            "version": (software_dist or {}).get("version") or (commit[:12] if commit else "unknown"),
+            "properties": properties}
+
+
+def sbom_test_properties(result):
+    """Each test's status, exit code, seconds and the sha256 of its log."""
+    properties = []
+    for test in result.get("tests") or []:
+        properties += [sbom_property("pm:test:%s:status" % test["name"], test["status"]),
+                       sbom_property("pm:test:%s:exit_code" % test["name"], test.get("exit_code")),
+                       sbom_property("pm:test:%s:seconds" % test["name"], test.get("seconds"))]
+        if test.get("log") and os.path.isfile(test["log"]):
+            properties.append(sbom_property("pm:test:%s:log:sha256" % test["name"], PROBE.file_digest(test["log"])[0]))
+    return properties
+
+
+def carried_hash(component, member, sums):
+    """The sha256 of what the bundle carried for a component (member: its file in the bundle), if known."""
+    if member and sums.get(member):
+        component["hashes"] = [{"alg": "SHA-256", "content": sums[member]}]
+        component["properties"] = [sbom_property("pm:carried", member)]
+    return component
+
+
+def sbom_conda_components(bundle, result, sums):
+    """(components, name -> bom-ref) of the conda packages the environment got: the base's channel when
+    the version is the base's, the carried package's sha256 when it was carried."""
     try:
         listed = dict((r["name"], r) for r in bundle.read_json("conda-list.json")
                       if isinstance(r, dict) and isinstance(r.get("name"), str))
@@ -7511,27 +7666,6 @@ def sbom_document(bundle, result):
         listed = {}
     carried = dict((c.get("name"), c) for c in (bundle.manifest.packages or {}).get("carried") or []
                    if isinstance(c, dict))
-    dists = read_distributions(bundle) or []
-    name = bundle.manifest.name
-    software_dist = next((d for d in dists if d.get("software")), None)
-    commit = software_commit(bundle)
-    root = {"type": "application", "bom-ref": "software:%s" % name, "name": name,
-            "version": (software_dist or {}).get("version") or (commit[:12] if commit else "unknown")}
-    properties = [sbom_property("pm:attempt", result.get("id")), sbom_property("pm:status", result.get("status")),
-                  sbom_property("pm:bundle:created", bundle.manifest.created or "")]
-    if commit:
-        properties.append(sbom_property("pm:git:commit", commit))
-    if result.get("installed_to"):
-        properties.append(sbom_property("pm:installed_to", result["installed_to"]))
-    for test in result.get("tests") or []:
-        properties += [sbom_property("pm:test:%s:status" % test["name"], test["status"]),
-                       sbom_property("pm:test:%s:exit_code" % test["name"], test.get("exit_code")),
-                       sbom_property("pm:test:%s:seconds" % test["name"], test.get("seconds"))]
-        if test.get("log") and os.path.isfile(test["log"]):
-            properties.append(sbom_property("pm:test:%s:log:sha256" % test["name"], PROBE.file_digest(test["log"])[0]))
-    for problem in (result.get("preflight") or {}).get("problems") or []:
-        properties.append(sbom_property("pm:preflight:problem", problem))
-    root["properties"] = properties
     components, refs = [], {}
     for row in result.get("environment") or []:
         if not isinstance(row.get("name"), str):
@@ -7542,26 +7676,27 @@ def sbom_document(bundle, result):
         component = {"type": "library", "bom-ref": ref, "name": row["name"], "version": str(row.get("version")),
                      "purl": purl("conda", row["name"], row.get("version"), (
                          ("build", row.get("build")), ("channel", channel), ("subdir", base.get("platform"))))}
-        package = carried.get(row["name"])
-        if package and package.get("version") == row.get("version") and sums.get(package.get("file")):
-            component["hashes"] = [{"alg": "SHA-256", "content": sums[package["file"]]}]
-            component["properties"] = [sbom_property("pm:carried", package["file"])]
-        components.append(component)
+        package = carried.get(row["name"]) or {}
+        components.append(carried_hash(component, package.get("file") if package.get("version") == row.get("version")
+                                       else None, sums))
         refs[row["name"]] = ref
+    return components, refs
+
+
+def sbom_python_components(result, dists, refs, sums):
+    """The Python distributions: those of the base that are here (installed by pip, or inside a conda
+    package the environment got), then what pip installed that the base did not record."""
     installed = dict((r["requirement"], r.get("version")) for r in result.get("python") or []
                      if r.get("status") == "installed" and r.get("version"))
-    seen = set()
+    components, seen = [], set()
     for dist in dists:
         key = pip_name(dist.get("name") or "")
         version = installed.get(dist["name"]) or (dist.get("version") if dist.get("owner") in refs else None)
         if dist.get("software") or not version or key in seen:
             continue
         seen.add(key)
-        component = {"type": "library", "bom-ref": "pypi:%s" % key, "name": dist["name"], "version": str(version),
-                     "purl": purl("pypi", key, version)}
-        if dist.get("wheel") and sums.get(dist["wheel"]):
-            component["hashes"] = [{"alg": "SHA-256", "content": sums[dist["wheel"]]}]
-            component["properties"] = [sbom_property("pm:carried", dist["wheel"])]
+        component = carried_hash({"type": "library", "bom-ref": "pypi:%s" % key, "name": dist["name"],
+                                  "version": str(version), "purl": purl("pypi", key, version)}, dist.get("wheel"), sums)
         if dist.get("owner") in refs:
             component.setdefault("properties", []).append(sbom_property("pm:conda_package", dist["owner"]))
         components.append(component)
@@ -7570,17 +7705,17 @@ def sbom_document(bundle, result):
             seen.add(pip_name(requirement))
             components.append({"type": "library", "bom-ref": "pypi:%s" % pip_name(requirement), "name": requirement,
                                "version": str(version), "purl": purl("pypi", pip_name(requirement), version)})
+    return components
+
+
+def sbom_dependencies(bundle, root, components, refs):
+    """The root depends on every component; each conda package on those its carried record names."""
     depends = carried_depends(bundle)
     dependencies = [{"ref": root["bom-ref"], "dependsOn": sorted(c["bom-ref"] for c in components)}]
     for package, ref in sorted(refs.items()):
         on = sorted(set(refs[d] for d in depends.get(package, []) if d in refs and d != package))
         dependencies.append({"ref": ref, "dependsOn": on} if on else {"ref": ref})
-    return {"bomFormat": "CycloneDX", "specVersion": "1.5", "version": 1,
-            "serialNumber": "urn:uuid:%s" % uuid.uuid4(),
-            "metadata": {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         "tools": {"components": [{"type": "application", "name": "pm", "version": VERSION}]},
-                         "component": root},
-            "components": components, "dependencies": dependencies}
+    return dependencies
 
 
 def write_sbom(bundle, attempt):
@@ -9161,7 +9296,9 @@ def doctor_bundle(path, as_json=False):
     problems, here, checked = bundle_preflight(bundle)
     if as_json:
         print(json.dumps({"problems": problems, "checked": checked, "machine": here.describe(),
-                          "binaries": binaries_rows(bundle.manifest.binaries)}, indent=1, sort_keys=True))
+                          "binaries": binaries_rows(bundle.manifest.binaries),
+                          "cuda": [{"package": p, "spec": s, "kind": k} for p, s, k in cuda_needs(bundle)]},
+                         indent=1, sort_keys=True))
     else:
         print("this machine: %s" % here.describe())
         if not checked:
@@ -9171,6 +9308,8 @@ def doctor_bundle(path, as_json=False):
             show("    %-8s %-24s %s" % (row["kind"], row["name"], ", ".join(
                 "%s %s (%s)" % (key, row[key] if key != "isa" else "x86-64-v%d" % row[key], row[key + "_file"])
                 for key in ("glibc", "glibcxx", "isa") if key in row) or "no version needs"))
+        for package, spec, kind in cuda_needs(bundle):
+            show("    %-8s %-24s %s (%s)" % ("cuda", package, spec, kind))
         for line in problems:
             print("!!  preflight %s" % line)
         if checked and not problems:

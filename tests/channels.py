@@ -195,7 +195,7 @@ HELLO_C = b'#include <stdio.h>\nstatic const char where[] = PREFIX "/share/hello
 
 
 def make_linked_package(channel, subdir, name, version, build, depends, files, placeholders=None, noarch=None,
-                        entry_points=None):
+                        entry_points=None, constrains=None):
     """A .tar.bz2 with info/paths.json naming its placeholders (path -> mode) and, for noarch: python,
     info/link.json with its entry points."""
     folder = os.path.join(channel, subdir)
@@ -204,6 +204,8 @@ def make_linked_package(channel, subdir, name, version, build, depends, files, p
              "subdir": subdir, "license": "BSD-3-Clause", "timestamp": 1700000000000}
     if noarch:
         index["noarch"] = noarch
+    if constrains:
+        index["constrains"] = list(constrains)
     paths = []
     for path, content in sorted(files.items()):
         item = {"_path": path, "path_type": "hardlink", "sha256": hashlib.sha256(content).hexdigest(),

@@ -281,3 +281,136 @@ def test_the_same_bundle_with_a_library_this_machine_loads_passes_and_writes_a_v
 def zipfile_open(path):
     import zipfile
     return zipfile.ZipFile(path)
+
+
+# -- The preflight of __cuda: packages that depend on (or constrain) the CUDA driver ------------------
+
+CUDA_CONFIG = "[cudasim]\noutput_dir = {out}\npackage_managers = conda\ntests = run\n[test_run]\nexec = sh run.sh\n"
+CUDA_STUB = "int cuDriverGetVersion(int *version) { *version = %d; return 0; }\n"
+
+
+@pytest.fixture(scope="module")
+def cudaneed(tmp_path_factory, real_condas, pyz):
+    """The base: real conda 25.11.1, told CUDA 12.2 is here (CONDA_OVERRIDE_CUDA: there is no GPU), makes an
+    environment with gpukernel (depends on __cuda >=12.0) and gpuoptional (constrains __cuda >=12.0),
+    packed --with-packages."""
+    work = tmp_path_factory.mktemp("cuda-base")
+    channel = str(work / "channel")
+    channels.make_linked_package(channel, "noarch", "gpukernel", "1.0", "0", ["__cuda >=12.0"],
+                                 {"share/gpukernel/kernel.txt": b"kernel\n"}, noarch="generic")
+    channels.make_linked_package(channel, "noarch", "gpuoptional", "1.0", "0", [],
+                                 {"share/gpuoptional/cpu.txt": b"cpu\n"}, noarch="generic",
+                                 constrains=["__cuda >=12.0"])
+    channels.index_channel(channel)
+    base = realconda.RealCondaSite(real_condas["25.11.1"], str(work / "base"), [channel])
+    base.conda("create", "-y", "-q", "-n", "cuda-env", "gpukernel", "gpuoptional",
+               env=base.env(CONDA_OVERRIDE_CUDA="12.2"))
+    software = work / "src" / "cudasim"
+    software.mkdir(parents=True)
+    (software / "run.sh").write_text("echo cudasim ran\n")
+    bundle = str(work / "cudasim.zip")
+    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", str(software), "-e", "cuda-env", "-o", bundle,
+                                               "--yes", "--with-packages"], base.env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return bundle
+
+
+def cuda_driver(tmp_path, version):
+    """A stand-in for the NVIDIA driver, which cannot exist on this machine (no GPU): a libcuda.so.1 built
+    by cc whose cuDriverGetVersion answers version (12020 for CUDA 12.2). Returns the folder for
+    LD_LIBRARY_PATH."""
+    folder = tmp_path / ("driver-%d" % version)
+    folder.mkdir()
+    (folder / "cuda.c").write_text(CUDA_STUB % version)
+    subprocess.run(["cc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(folder / "libcuda.so.1"),
+                    str(folder / "cuda.c")], check=True)
+    return str(folder)
+
+
+def cuda_env(tmp_path, driver):
+    env = no_conda_env(tmp_path)
+    if driver:
+        env["LD_LIBRARY_PATH"] = driver
+    return env
+
+
+def migrate_cudasim(pyz, bundle, tmp_path, driver, *extra):
+    config = tmp_path / "cudasim.ini"
+    config.write_text(CUDA_CONFIG.format(out=str(tmp_path / "installed")))
+    return run_pm(find_python("newest"), pyz, ["migrate", "cudasim", str(config), "--bundle", bundle] + list(extra),
+                  cuda_env(tmp_path, driver), timeout=300)
+
+
+def nothing_written(tmp_path):
+    return not os.path.exists(str(tmp_path / "store" / "cudasim")) and not os.path.exists(str(tmp_path / "installed"))
+
+
+def test_a_cuda_driver_new_enough_for_the_packages_cuda_needs_passes(cudaneed, pyz, tmp_path):
+    proc = migrate_cudasim(pyz, cudaneed, tmp_path, cuda_driver(tmp_path, 12020))
+    assert proc.returncode == 0, proc.stderr
+    assert read_result(attempt_dirs(str(tmp_path / "store"), "cudasim")[-1])["preflight"]["problems"] == []
+    doctor = run_pm(find_python("newest"), pyz, ["doctor", "--bundle", cudaneed],
+                    cuda_env(tmp_path, str(tmp_path / "driver-12020")))
+    assert doctor.returncode == 0 and "NVIDIA driver: CUDA 12.2" in doctor.stdout, doctor.stdout + doctor.stderr
+    assert "__cuda >=12.0 (depends)" in doctor.stdout and "__cuda >=12.0 (constrains)" in doctor.stdout
+
+
+def test_a_cuda_driver_too_old_is_refused_before_anything_is_written(cudaneed, pyz, tmp_path):
+    driver = cuda_driver(tmp_path, 11080)
+    proc = migrate_cudasim(pyz, cudaneed, tmp_path, driver)
+    assert proc.returncode == 2, proc.stderr
+    for package in ("gpukernel", "gpuoptional"):
+        assert "preflight: package %s needs __cuda >=12.0; this machine's NVIDIA driver supports CUDA 11.8" % package \
+            in proc.stderr
+    assert "--force-preflight" in proc.stderr and nothing_written(tmp_path)
+    doctor = run_pm(find_python("newest"), pyz, ["doctor", "--bundle", cudaneed], cuda_env(tmp_path, driver))
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    assert "package gpukernel needs __cuda >=12.0; this machine's NVIDIA driver supports CUDA 11.8" in doctor.stdout
+
+
+def test_without_a_cuda_driver_a_package_that_depends_on_cuda_is_refused_unless_forced(cudaneed, pyz, tmp_path):
+    """A constraint on __cuda binds only where a driver is present (conda's reading): gpuoptional runs on
+    a machine without one; gpukernel cannot."""
+    import ctypes
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("this machine has an NVIDIA driver (libcuda.so.1 loads)")
+    except OSError:
+        pass
+    proc = migrate_cudasim(pyz, cudaneed, tmp_path, None)
+    assert proc.returncode == 2, proc.stderr
+    line = "package gpukernel needs a CUDA driver (__cuda >=12.0); none found (libcuda.so.1)"
+    assert "preflight: " + line in proc.stderr and "gpuoptional" not in proc.stderr
+    assert "login node without GPUs" in proc.stderr and nothing_written(tmp_path)
+    proc = migrate_cudasim(pyz, cudaneed, tmp_path, None, "--force-preflight")
+    assert proc.returncode == 0, proc.stderr
+    preflight = read_result(attempt_dirs(str(tmp_path / "store"), "cudasim")[-1])["preflight"]
+    assert preflight["forced"] and preflight["problems"] == [line]
+
+
+def test_a_cuda_version_is_read_against_conda_version_specs():
+    met = [("__cuda", "11.0"), ("__cuda >=11.2", "12.2"), ("__cuda>=11.2,<13", "12.2"), ("__cuda 12.*", "12.2"),
+           ("__cuda =12", "12.0"), ("__cuda <11|>=12", "12.2"), ("__cuda ==12.2", "12.2"), ("__cuda !=11.8", "12.2")]
+    unmet = [("__cuda >=12.0", "11.8"), ("__cuda >=11.2,<12", "12.2"), ("__cuda 11.*", "12.2"),
+             ("__cuda <11|>=12.4", "12.2"), ("__cuda >12.2", "12.2"), ("__cuda !=12.2", "12.2")]
+    assert all(pm.cuda_spec_met(spec, version) for spec, version in met)
+    assert not any(pm.cuda_spec_met(spec, version) for spec, version in unmet)
+
+
+def test_conda_override_cuda_names_the_gpu_nodes_cuda_for_the_preflight_and_conda_alike(cudaneed, pyz, real_site,
+                                                                                          tmp_path):
+    """On a login node without GPUs, conda's own CONDA_OVERRIDE_CUDA says which CUDA the GPU nodes have:
+    the preflight takes it, and real conda 25.11.1 then creates the environment (its solver reads it too;
+    --force-preflight alone would get past pm and not past conda)."""
+    site = real_site("25.11.1", "target", home=str(tmp_path / "store"))
+    config = tmp_path / "cudasim.ini"
+    config.write_text(CUDA_CONFIG.format(out=str(tmp_path / "installed")))
+    args = ["migrate", "cudasim", str(config), "--bundle", cudaneed]
+    proc = run_pm(find_python("newest"), pyz, args, site.env(CONDA_OVERRIDE_CUDA="11.8"), timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "package gpukernel needs __cuda >=12.0; CONDA_OVERRIDE_CUDA says CUDA 11.8" in proc.stderr
+    assert nothing_written(tmp_path)
+    proc = run_pm(find_python("newest"), pyz, args, site.env(CONDA_OVERRIDE_CUDA="12.2"), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(attempt_dirs(str(tmp_path / "store"), "cudasim")[-1])
+    assert result["preflight"]["problems"] == [] and result["env_prefix"].startswith(site.envs)

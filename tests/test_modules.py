@@ -3,8 +3,10 @@ DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl). Real Lmod (Debian's lmod
 apt-get) and real Environment Modules (Debian's environment-modules, unpacked from its .deb into a
 folder: the two packages conflict as installed packages) load them in bash: the software's test
 runs as pm's test did, with what conda's activate.d script sets, and `module unload` takes it all
-away. The environment is made by pm's own linker (no conda on the target) from a real conda base; a
-later pass and prune remove the modulefiles of the environments they remove."""
+away. The environment is made by pm's own linker (no conda on the target) from a real conda base, by
+real conda 25.11.1 on the target (the conda route), or by pip in the software's own virtual
+environment (the pip route); a later pass and prune remove the modulefiles of the environments they
+remove."""
 import glob
 import os
 import shutil
@@ -15,7 +17,9 @@ import pytest
 import channels
 import realconda
 from conftest import attempt_dirs, find_python, no_conda_env, read_result, run_pm
+import test_managers
 
+pysim_bundle, pysim = test_managers.pysim_bundle, test_managers.pysim  # the pip route's base and target (fixtures)
 LMOD_INIT = "/usr/share/lmod/lmod/init/bash"
 CHECK = """set -e
 [ "$(hello)" = "$CONDA_PREFIX/share/hello" ]
@@ -147,6 +151,66 @@ def test_module_load_runs_the_installed_software_as_its_test_did_and_unload_remo
     assert "unloaded MODSIM_DATA=unset CONDA_PREFIX=unset" in lines
     proc = in_bash(init, "module use %s\nmodule whatis modsim 2>&1; module help modsim 2>&1" % mods, tmp_path)
     assert "migrated by pm from" in proc.stdout + proc.stderr and "tests passed: check" in proc.stdout + proc.stderr
+
+
+def load_and_unload(systems, request, mods, name, script, tmp_path):
+    """Under each module system: module load NAME runs script (in the install), module unload takes the
+    environment's bin off PATH again; the output of each run."""
+    outputs = []
+    for system in systems:
+        body = ("set -e\nmodule use {mods}\nmodule load {name}\necho \"loaded PATH=$PATH\"\n{script}\n"
+                "module unload {name}\necho \"unloaded PATH=$PATH\"\n"
+                "echo \"unloaded CONDA_PREFIX=${{CONDA_PREFIX-unset}} VIRTUAL_ENV=${{VIRTUAL_ENV-unset}}\"\n")
+        proc = in_bash(request.getfixturevalue(system), body.format(mods=mods, name=name, script=script), tmp_path)
+        assert proc.returncode == 0, (system, proc.stdout + proc.stderr)
+        lines = proc.stdout.splitlines()
+        assert "unloaded CONDA_PREFIX=unset VIRTUAL_ENV=unset" in lines, (system, proc.stdout)
+        outputs.append((lines, [l.split("=", 1)[1].split(":") for l in lines if l.startswith(("loaded PATH=",
+                                                                                               "unloaded PATH="))]))
+    return outputs
+
+
+CONDA_CHECK = '[ "$(hello)" = "$CONDA_PREFIX/share/hello" ] && [ "$MODSIM_DATA" = "$CONDA_PREFIX/share/modsim" ] ' \
+              '&& echo "modsim check ok"'
+
+
+def test_module_load_runs_what_the_conda_route_installed_and_unload_removes_it(request, pyz, modbase, real_site,
+                                                                              tmp_path):
+    """The same bundle on a target with real conda 25.11.1: conda makes the environment (from the carried
+    packages), and its modulefiles work under Lmod and Environment Modules alike."""
+    site = real_site("25.11.1", "target", home=str(tmp_path / "store"))
+    config = tmp_path / "modsim.ini"  # tinycli is left out: the channel's python has no bin/pythonX.Y for its shebang
+    config.write_text(CONFIG.format(out=str(tmp_path / "installed"), mods=str(tmp_path / "modulefiles")).replace(
+        "exec = sh check.sh", "exec = " + CONDA_CHECK))
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "modsim", str(config), "--bundle", modbase],
+                  site.env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(attempt_dirs(str(tmp_path / "store"), "modsim")[-1])
+    assert result["level"] != "carried" and result["env_prefix"].startswith(site.envs)  # conda made it
+    bin_dir = os.path.join(result["env_prefix"], "bin")
+    script = "cd %s && %s" % (result["installed_to"], CONDA_CHECK)
+    for lines, (loaded, unloaded) in load_and_unload(["lmod", "tcl_modules"], request, str(tmp_path / "modulefiles"),
+                                                     "modsim", script, tmp_path):
+        assert "modsim check ok" in lines and loaded[0] == bin_dir and bin_dir not in unloaded
+
+
+def test_module_load_runs_what_the_pip_route_installed_and_unload_removes_it(request, pyz, pysim, tmp_path):
+    """Without conda in package_managers: pip installs into the software's own virtual environment, and
+    module load puts that environment's python first, as pm's test had it."""
+    config = tmp_path / "pysim-modules.ini"
+    with open(pysim["config"]) as handle:
+        config.write_text(handle.read().replace("tests = check\n", "tests = check\nmodulefiles = %s\n"
+                                                % (tmp_path / "modulefiles")))
+    proc = run_pm(find_python("newest"), pyz, ["migrate", "pysim", str(config), "--bundle", pysim["bundle"],
+                                               "--yes"], pysim["env"], timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = read_result(attempt_dirs(pysim["home"], "pysim")[-1])
+    venv = os.path.join(os.path.dirname(result["tests"][0]["log"]), "venv")
+    script = "cd %s && python check.py" % result["installed_to"]
+    for lines, (loaded, unloaded) in load_and_unload(["lmod", "tcl_modules"], request, str(tmp_path / "modulefiles"),
+                                                     "pysim", script, tmp_path):
+        assert "tinycalc 1.0 from %s" % os.path.join(venv, "lib") in "\n".join(lines)
+        assert loaded[0] == os.path.join(venv, "bin") and os.path.join(venv, "bin") not in unloaded
 
 
 def test_a_later_pass_and_prune_remove_the_modulefiles_of_the_environments_they_remove(pyz, modbase, tmp_path):
