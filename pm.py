@@ -7615,10 +7615,10 @@ def show(line):
 JSON_PRINTED = [False]  # --json: the one object is out (main prints an error object when it is not)
 
 
-def print_json(data, sort_keys=True):
-    """The one JSON value a --json run prints on stdout."""
+def print_json(data):
+    """The one JSON value a --json run prints on stdout (keys sorted, as every file pm writes)."""
     JSON_PRINTED[0] = True
-    show(json.dumps(data, indent=1, sort_keys=sort_keys))
+    show(json.dumps(data, indent=1, sort_keys=True))
 
 
 def json_error(what, fix=None, name=None):
@@ -8961,17 +8961,20 @@ def cmd_migrate(args):
     except (Exception, KeyboardInterrupt) as exc:
         attempt = getattr(exc, "attempt", None)
         if args.json and attempt:  # scripts always get the result object, also when the attempt ended in an error
-            report = attempt_report(store, args.name, attempt.id)  # (before the attempt: main prints the error)
-            report.pop("history", None)
-            print_json(report)
+            print_attempt_json(store, args.name, attempt.id)  # (before the attempt: main prints the error)
         raise
     if args.json:
-        report = attempt_report(store, args.name, result.attempt.id)
-        report.pop("history")
-        print_json(report)
+        print_attempt_json(store, args.name, result.attempt.id)
     else:
         result.print_summary()
     return result.exit_code()
+
+
+def print_attempt_json(store, name, attempt_id):
+    """What migrate --json prints: the attempt's report, without the history."""
+    report = attempt_report(store, name, attempt_id)
+    report.pop("history", None)
+    print_json(report)
 
 
 def cmd_managers(args):
@@ -8981,7 +8984,7 @@ def cmd_managers(args):
     rows = [{"key": k, "name": m.name, "exec": m.exec, "available": m.available(), "source": m.source}
             for k, m in sorted(managers.items())]
     if args.json:
-        print_json(rows, sort_keys=False)
+        print_json(rows)
         return 0
     key_width = max(len(row["key"]) for row in rows)
     name_width = max(len(row["name"]) for row in rows)
@@ -9083,7 +9086,7 @@ def cmd_doctor(args):
         return doctor_bundle(args.bundle, args.json)
     rows = doctor_findings(Store.default())
     if args.json:
-        print_json([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], sort_keys=False)
+        print_json([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows])
     else:
         for area, ok, what, fix in rows:
             mark = "ok" if ok else "--" if ok is None else "!!"
@@ -9099,8 +9102,8 @@ def doctor_bundle(path, as_json=False):
     bundle = Bundle.open(os.path.abspath(path))
     problems, here, checked = bundle_preflight(bundle)
     if as_json:
-        print(json.dumps({"problems": problems, "checked": checked, "machine": here.describe(),
-                          "binaries": binaries_rows(bundle.manifest.binaries)}, indent=1, sort_keys=True))
+        print_json({"problems": problems, "checked": checked, "machine": here.describe(),
+                    "binaries": binaries_rows(bundle.manifest.binaries)})
     else:
         print("this machine: %s" % here.describe())
         if not checked:
@@ -9151,7 +9154,7 @@ def cmd_list(args):
             row = {"name": name, "revisions": 0, "latest": None, "attempts": [], "error": "cannot be read (%s)" % exc}
         rows.append(row)
     if args.json:
-        print_json(rows, sort_keys=False)
+        print_json(rows)
         return 0
     if not rows:
         say("nothing stored in %s yet" % store.home)
