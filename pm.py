@@ -2304,7 +2304,6 @@ def send_bundle(path, server, name, token):
         raise PmError("the server refused the bundle (%d): %s" % (response.status, reason),
                       "fix what it names, or save with -o and carry the file")
     say("sent %s (%.1f MiB) to %s" % (name, size / 1048576.0, server))
-    return body
 
 
 # -- Command line ---------------------------------------------------------
@@ -2472,28 +2471,23 @@ def pack(args):
         write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
         say("saved %s" % output)
         print(os.path.abspath(output))
-    if server:
-        path = output
-        if not path:
-            path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
+    if server:  # never with an output (resolve_answers): the bundle goes through a temp folder
+        path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
         try:
-            if not output:
-                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
+            write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
             send_bundle(path, server, name, token)
         except PmError:
-            if not output and os.path.exists(path):  # the one thing pack leaves, and it says where
+            if os.path.exists(path):  # the one thing pack leaves, and it says where
                 say("the bundle is kept at %s: send it again with 'python3 pm.pyz send %s --server %s', "
                     "or carry it" % (path, path, server))
-            elif not output:
+            else:
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
         except BaseException:  # Ctrl-C: a bundle nobody asked to keep goes
-            if not output:
-                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
-        if not output:
-            os.remove(path)
-            os.rmdir(os.path.dirname(path))
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
         print("%s/bundles/%s" % (server.rstrip("/"), name))
     return 0
 
@@ -4346,7 +4340,7 @@ class MigrateOptions(object):
 COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
            "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
            "interrupted": ("90", "#757575"), "running": ("34", "#1565c0"),
-           "missing": ("31", "#c62828")}
+           "missing": ("31", "#c62828"), "drift": ("33", "#ef6c00")}  # drift: at another version than the base's
 
 
 def paint(word, stream=None):
@@ -7683,10 +7677,9 @@ def history_chart(history):
 REPORT_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:62em;color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25em .6em;border-bottom:1px solid #eee}
-th{background:#f5f5f5}.status{font-weight:600}.passed,.installed{color:#2e7d32}.failed,.error,.missing{color:#c62828}
-.drift{color:#ef6c00;font-weight:600}
-.timeout{color:#ef6c00}.skipped,.interrupted{color:#757575}pre{background:#f7f7f7;padding:.8em;overflow:auto;
-max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}"""
+th{background:#f5f5f5}.status,.drift{font-weight:600}pre{background:#f7f7f7;padding:.8em;overflow:auto;
+max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}
+""" + "".join(".%s{color:%s}" % (word, page) for word, (_, page) in sorted(COLOURS.items()))
 
 
 def report_html(report):
