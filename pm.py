@@ -7870,7 +7870,8 @@ class RequestBody(object):
     """A request's body as a stream of exactly Content-Length bytes (checked against --max-bytes);
     a client that stops early is a 400, whoever reads."""
 
-    def __init__(self, handler, config):
+    def __init__(self, handler):
+        config = handler.server.config
         if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
             raise HttpError(411, "chunked bodies are not accepted: send a Content-Length")
         length = handler.headers.get("Content-Length")
@@ -7882,7 +7883,6 @@ class RequestBody(object):
                             % (self.length, config.max_bytes))
         self.stream = handler.rfile
         self.connections, self.sock = handler.server.connections, handler.connection
-        self.connections.head_read(self.sock, self.length)
 
     def read(self, size=CHUNK):
         if not self.left:
@@ -7904,11 +7904,11 @@ class RequestBody(object):
             self.left -= len(block)
 
 
-def receive_body(handler, config, expected_sha256=None):
+def receive_body(handler, expected_sha256=None):
     """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
     import tempfile
-    body = RequestBody(handler, config)
-    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=config.store.incoming())
+    body = RequestBody(handler)
+    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=handler.server.config.store.incoming())
     hasher = BackgroundHasher()
     try:
         with os.fdopen(handle, "wb") as out:
@@ -7992,179 +7992,213 @@ def machine_names():
     return names
 
 
-def make_handler(config):
-    from urllib.parse import parse_qs, unquote, urlsplit
-    import random
-    import socket
-    import traceback
-    from http.server import BaseHTTPRequestHandler
-    this_machine = machine_names() if not config.token else set()
+class RequestHandler(object):
+    """pm's side of one HTTP request: GET /migrate, GET and PUT /bundles, the original's POSTs; each
+    answer JSON (or the probe), each refusal one line in server.log. handler_class mixes it into
+    http.server's handler when a server starts (other verbs never import http.server); what the
+    server knows is self.server.config."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "pm/" + VERSION
-        timeout = config.timeout
-        default_request_version = "HTTP/1.0"  # never HTTP/0.9, whose answers have no status line
+    server_version = "pm/" + VERSION
+    default_request_version = "HTTP/1.0"  # never HTTP/0.9, whose answers have no status line
+    refused = False  # answered 4xx/5xx: the client may still be sending, read it out after answering
 
-        def log_message(self, fmt, *args):
-            text = fmt % args
-            if config.token:
-                text = text.replace(config.token, "***")  # GET /migrate?token=... must not land in server.log
-            say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], text))
+    def setup(self):
+        self.timeout = self.server.config.timeout
+        super(RequestHandler, self).setup()
 
-        def finish(self):
-            BaseHTTPRequestHandler.finish(self)
-            if getattr(self, "refused", False):
-                linger(self.connection)
+    def log_message(self, fmt, *args):
+        text, token = fmt % args, self.server.config.token
+        if token:
+            text = text.replace(token, "***")  # GET /migrate?token=... must not land in server.log
+        say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], text))
 
-        def send_json(self, status, data):
-            self.refused = status >= 400  # the client may still be sending: read it out after answering
-            body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def finish(self):
+        super(RequestHandler, self).finish()
+        if self.refused:
+            linger(self.connection)
 
-        def send_error(self, code, message=None, explain=None):
-            """http.server's own errors (bad request line, unknown method, ...) as JSON too."""
-            self.log_message("refused %r: %d %s", self.requestline, code, message or "")
-            self.close_connection = True
-            if self.request_version == "HTTP/0.9":
-                self.request_version = "HTTP/1.0"
-            if code == 501 and self.command:
-                return self.send_json(405, {"error": "method %s is not supported: use GET, PUT or POST"
-                                                     % re.sub(r"[^A-Z]", "?", self.command)[:20]})
-            self.send_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+    def send_json(self, status, data):
+        self.refused = status >= 400
+        body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-        def authorized(self, query):
-            if not config.token:
-                return True
-            given = self.headers.get("Authorization", "")
-            if given.startswith("Bearer ") and same_secret(given[7:].strip(), config.token):
-                return True
-            return self.command == "GET" and urlsplit(self.path).path == "/migrate" and \
-                same_secret(query.get("token", [""])[0], config.token)
+    def send_script(self, status, data):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/x-python; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def addressed_here(self):
-            """Without a token, a request must be addressed to this machine: its Host (and Origin, if
-            sent) a name of this machine or the address it reached, so that no web page can post to a
-            local server (cross-origin POSTs, DNS rebinding)."""
-            here = set(this_machine) | set([self.connection.getsockname()[0].replace("::ffff:", "")])
-            host = self.headers.get("Host", "")
-            if host and host_part(host) not in here:
-                return False
-            for origin in self.headers.get_all("Origin") or []:  # only this server's own scheme, host and port
-                parts = urlsplit(origin.strip())
-                try:
-                    port = parts.port or 80
-                except ValueError:
-                    return False
-                if parts.scheme != "http" or host_part(parts.netloc) not in here or \
-                        port != self.connection.getsockname()[1]:
-                    return False
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, unknown method, ...) as JSON too."""
+        self.log_message("refused %r: %d %s", self.requestline, code, message or "")
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        if code == 501 and self.command:
+            return self.send_json(405, {"error": "method %s is not supported: use GET, PUT or POST"
+                                                 % re.sub(r"[^A-Z]", "?", self.command)[:20]})
+        self.send_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
+    def authorized(self, parts):
+        from urllib.parse import parse_qs
+        token = self.server.config.token
+        if not token:
             return True
+        given = self.headers.get("Authorization", "")
+        if given.startswith("Bearer ") and same_secret(given[7:].strip(), token):
+            return True
+        return self.command == "GET" and parts.path == "/migrate" and \
+            same_secret(parse_qs(parts.query).get("token", [""])[0], token)
 
-        def handle_safely(self, route):
-            self.server.connections.head_read(self.connection)
-            parts = urlsplit(self.path)
+    def addressed_here(self):
+        """Without a token, a request must be addressed to this machine: its Host (and Origin, if
+        sent) a name of this machine or the address it reached, so that no web page can post to a
+        local server (cross-origin POSTs, DNS rebinding)."""
+        from urllib.parse import urlsplit
+        address, port = self.connection.getsockname()[:2]
+        here = self.server.machine_names | set([address.replace("::ffff:", "")])
+        host = self.headers.get("Host", "")
+        if host and host_part(host) not in here:
+            return False
+        for origin in self.headers.get_all("Origin") or []:  # only this server's own scheme, host and port
+            parts = urlsplit(origin.strip())
             try:
-                if not config.token and not self.addressed_here():
-                    raise HttpError(403, "without a token this server answers only requests addressed to this "
-                                         "machine (its name or address): use that URL, or start it with --token")
-                if not self.authorized(parse_qs(parts.query)):
-                    if self.command == "GET" and parts.path == "/migrate":  # `curl .../migrate > probe.py`
-                        return self.send_script(401, refusal_script(config.url()))
-                    raise HttpError(401, "a valid token is required: send 'Authorization: Bearer TOKEN'")
-                status, data = route(parts.path)
-            except HttpError as exc:
-                self.log_message("refused %s %s: %d %s", self.command, parts.path, exc.status, exc.reason)
-                self.close_connection = True
-                return self.send_json(exc.status, {"error": exc.reason})
-            except Exception as exc:  # keep serving whatever one request does
-                self.close_connection = True
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self.log_message("refused %s %s: the store's disk is full", self.command, parts.path)
-                    return self.send_json(507, {"error": "the server's store is out of disk space: ask its "
-                                                         "admin to free some, or carry the bundle by hand"})
-                if isinstance(exc, (ConnectionError, socket.timeout)):  # the client went, or was cut off
-                    return self.log_message("%s %s: the connection ended (%s)", self.command, parts.path,
-                                            type(exc).__name__)
-                incident = "%x" % random.getrandbits(32)
-                self.log_message("internal error %s in %s %s:\n%s", incident, self.command, parts.path,
-                                 traceback.format_exc().rstrip())
-                return self.send_json(500, {"error": "internal error %s: the server's log has the details"
-                                                     % incident})
-            if isinstance(data, bytes):
-                self.send_script(status, data)
-            else:
-                self.send_json(status, data)
+                origin_port = parts.port or 80
+            except ValueError:
+                return False
+            if parts.scheme != "http" or host_part(parts.netloc) not in here or origin_port != port:
+                return False
+        return True
 
-        def send_script(self, status, data):
-            self.send_response(status)
-            self.send_header("Content-Type", "text/x-python; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def do_GET(self):
+        self.handle_safely(self.route_get)
 
-        def do_GET(self):
-            self.handle_safely(self.route_get)
+    def do_PUT(self):
+        self.handle_safely(self.route_put)
 
-        def do_PUT(self):
-            self.handle_safely(self.route_put)
+    def do_POST(self):
+        self.handle_safely(self.route_post)
 
-        def do_POST(self):
-            self.handle_safely(self.route_post)
+    def handle_safely(self, route):
+        """Check who asks, route, and answer: whatever one request does, the server goes on serving."""
+        from urllib.parse import urlsplit
+        self.server.connections.head_read(self.connection)
+        parts = urlsplit(self.path)
+        try:
+            refusal = self.refusal(parts)
+            if refusal:
+                return self.send_script(401, refusal)
+            status, data = route(parts.path)
+        except HttpError as exc:
+            self.log_message("refused %s %s: %d %s", self.command, parts.path, exc.status, exc.reason)
+            self.close_connection = True
+            return self.send_json(exc.status, {"error": exc.reason})
+        except Exception as exc:  # keep serving whatever one request does
+            self.close_connection = True
+            return self.answer_failure(exc, parts.path)
+        if isinstance(data, bytes):
+            self.send_script(status, data)
+        else:
+            self.send_json(status, data)
 
-        def route_get(self, path):
-            if path == "/migrate":
-                host = self.headers.get("Host", "")
-                url = "http://" + host if re.match(r"^[A-Za-z0-9.:\[\]-]+$", host) else config.url()
-                return 200, probe_script(url, config.token or "").encode("utf-8")
-            if path == "/bundles":
-                return 200, bundle_listing(config.store)
-            if path.startswith("/bundles/"):
-                name = self.name_from(path)
-                revisions = config.store.revisions(name)
-                if not revisions:
-                    raise HttpError(404, "no bundle named %r" % name)
-                manifest = Bundle.stored(revisions[-1]).manifest
-                return 200, dict(manifest.to_json(), revision=os.path.basename(revisions[-1]))
-            raise HttpError(404, "no such path %r: try /migrate or /bundles" % path)
+    def refusal(self, parts):
+        """Raise HttpError for a request this server does not take; return the refusal script that
+        GET /migrate without the token answers (`curl .../migrate > probe.py`), else None."""
+        config = self.server.config
+        if not config.token and not self.addressed_here():
+            raise HttpError(403, "without a token this server answers only requests addressed to this "
+                                 "machine (its name or address): use that URL, or start it with --token")
+        if self.authorized(parts):
+            return None
+        if self.command == "GET" and parts.path == "/migrate":
+            return refusal_script(config.url())
+        raise HttpError(401, "a valid token is required: send 'Authorization: Bearer TOKEN'")
 
-        def route_put(self, path):
-            if not path.startswith("/bundles/"):
-                raise HttpError(404, "upload with PUT /bundles/NAME")
+    def answer_failure(self, exc, path):
+        """A full disk is a 507; a client that went is a line in the log; anything else a 500 with an
+        incident number the log has the traceback of."""
+        import random
+        import socket
+        import traceback
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.log_message("refused %s %s: the store's disk is full", self.command, path)
+            return self.send_json(507, {"error": "the server's store is out of disk space: ask its "
+                                                 "admin to free some, or carry the bundle by hand"})
+        if isinstance(exc, (ConnectionError, socket.timeout)):  # the client went, or was cut off
+            return self.log_message("%s %s: the connection ended (%s)", self.command, path, type(exc).__name__)
+        incident = "%x" % random.getrandbits(32)
+        self.log_message("internal error %s in %s %s:\n%s", incident, self.command, path,
+                         traceback.format_exc().rstrip())
+        return self.send_json(500, {"error": "internal error %s: the server's log has the details" % incident})
+
+    def route_get(self, path):
+        config = self.server.config
+        if path == "/migrate":
+            host = self.headers.get("Host", "")
+            url = "http://" + host if re.match(r"^[A-Za-z0-9.:\[\]-]+$", host) else config.url()
+            return 200, probe_script(url, config.token or "").encode("utf-8")
+        if path == "/bundles":
+            return 200, bundle_listing(config.store)
+        if path.startswith("/bundles/"):
             name = self.name_from(path)
-            temp, digest = receive_body(self, config, self.headers.get("X-Content-SHA256"))
-            target, manifest = accept_bundle(temp, name, config.store, config.max_ratio)
-            self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
-            return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
-                         "members": len(manifest.members)}
+            revisions = config.store.revisions(name)
+            if not revisions:
+                raise HttpError(404, "no bundle named %r" % name)
+            manifest = Bundle.stored(revisions[-1]).manifest
+            return 200, dict(manifest.to_json(), revision=os.path.basename(revisions[-1]))
+        raise HttpError(404, "no such path %r: try /migrate or /bundles" % path)
 
-        def route_post(self, path):
-            if path not in ORIGINAL_PARTS:
-                raise HttpError(404, "no such path %r: POST /yml, /min or /zip, or PUT /bundles/NAME" % path)
-            return receive_original(self, config, path)
+    def route_put(self, path):
+        config = self.server.config
+        if not path.startswith("/bundles/"):
+            raise HttpError(404, "upload with PUT /bundles/NAME")
+        name = self.name_from(path)
+        temp, digest = receive_body(self, self.headers.get("X-Content-SHA256"))
+        target, manifest = accept_bundle(temp, name, config.store, config.max_ratio)
+        self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
+        return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
+                     "members": len(manifest.members)}
 
-        def name_from(self, path):
-            return name_or_400(unquote(path[len("/bundles/"):]))
+    def route_post(self, path):
+        if path not in ORIGINAL_PARTS:
+            raise HttpError(404, "no such path %r: POST /yml, /min or /zip, or PUT /bundles/NAME" % path)
+        return receive_original(self, path)
 
-    return Handler
+    def name_from(self, path):
+        from urllib.parse import unquote
+        return name_or_400(unquote(path[len("/bundles/"):]))
+
+
+class Deadline(object):
+    """When a connection must be done by: --timeout after it came while its head is read; once the
+    head is in, that time moved on by the body bytes received, at MIN_BODY_RATE. Infinite once cut off."""
+
+    __slots__ = ("at", "reading_head", "head_deadline", "body_received")
+
+    def __init__(self, at):
+        self.at = at
+        self.reading_head = True
+        self.head_deadline = at
+        self.body_received = 0
 
 
 class Connections(object):
-    """The connections being served, each with the time it must be done by: --timeout bounds a whole
-    request (its head, and its body at MIN_BODY_RATE beyond that), and at most --max-connections are
-    served at once. One watcher thread cuts off whatever runs past its deadline."""
+    """The connections being served, each with its Deadline: --timeout bounds a whole request (its
+    head, and its body at MIN_BODY_RATE beyond that), and at most --max-connections are served at
+    once. One watcher thread cuts off whatever runs past its deadline."""
 
     def __init__(self, config):
         import threading
         self.config = config
         self.lock = threading.Lock()
-        self.deadlines = {}  # socket -> [deadline, still reading its head]
-        self.peak = 0
+        self.deadlines = {}  # socket -> Deadline
         threading.Thread(target=self.watch, daemon=True).start()
 
     def admit(self, sock):
@@ -8172,31 +8206,30 @@ class Connections(object):
         connection that has waited longest on its head (a client too slow to send one is not a client)."""
         with self.lock:
             if len(self.deadlines) >= self.config.max_connections:
-                waiting = [(d[0], s) for s, d in self.deadlines.items() if d[1]]
+                waiting = [(d.at, s) for s, d in self.deadlines.items() if d.reading_head]
                 if not waiting:
                     return False
                 oldest = min(waiting, key=lambda pair: pair[0])[1]
                 del self.deadlines[oldest]
                 cut_off(oldest)
-            self.deadlines[sock] = [time.time() + self.config.timeout, True]
-            self.peak = max(self.peak, len(self.deadlines))
+            self.deadlines[sock] = Deadline(time.time() + self.config.timeout)
             return True
 
-    def head_read(self, sock, body_bytes=0):
+    def head_read(self, sock):
         """The head is in: from now on the deadline moves only as body bytes arrive (received)."""
         with self.lock:
-            if sock in self.deadlines:
-                deadline = self.deadlines[sock][0]
-                self.deadlines[sock] = [deadline, False, deadline, 0]
+            deadline = self.deadlines.get(sock)
+            if deadline:
+                deadline.reading_head, deadline.head_deadline, deadline.body_received = False, deadline.at, 0
 
     def received(self, sock, size):
         """size body bytes arrived: the deadline moves on by the time they take at MIN_BODY_RATE, never by
         what a client only declares (a body that trickles is cut off at --timeout)."""
         with self.lock:
-            entry = self.deadlines.get(sock)
-            if entry and len(entry) == 4 and entry[0] != float("inf"):
-                entry[3] += size
-                entry[0] = entry[2] + entry[3] / float(MIN_BODY_RATE)
+            deadline = self.deadlines.get(sock)
+            if deadline and not deadline.reading_head and deadline.at != float("inf"):
+                deadline.body_received += size
+                deadline.at = deadline.head_deadline + deadline.body_received / float(MIN_BODY_RATE)
 
     def done(self, sock):
         with self.lock:
@@ -8207,9 +8240,9 @@ class Connections(object):
             time.sleep(0.2)
             now = time.time()
             with self.lock:
-                late = [s for s, d in self.deadlines.items() if d[0] < now]
+                late = [s for s, d in self.deadlines.items() if d.at < now]
                 for sock in late:
-                    self.deadlines[sock][0] = float("inf")  # cut off once
+                    self.deadlines[sock].at = float("inf")  # cut off once
             for sock in late:
                 cut_off(sock)
 
@@ -8245,41 +8278,53 @@ def busy_answer():
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
 
 
+class Listener(object):
+    """The listening side, mixed into socketserver's threading HTTP server by make_server: a thread
+    per admitted connection, a 503 when all --max-connections are busy, one log line per error.
+    Requests reach its config, machine_names and connections through their self.server."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, config):
+        import socket
+        from http.server import BaseHTTPRequestHandler
+        self.config = config
+        self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host ::1
+        self.machine_names = machine_names() if not config.token else set()
+        handler = type("Handler", (RequestHandler, BaseHTTPRequestHandler), {})
+        super(Listener, self).__init__((config.host, config.port), handler)
+        self.connections = Connections(config)
+
+    def process_request(self, request, client_address):
+        if self.connections.admit(request):
+            return super(Listener, self).process_request(request, client_address)
+        try:
+            request.settimeout(1)
+            request.sendall(busy_answer())
+        except OSError:
+            pass
+        super(Listener, self).shutdown_request(request)
+
+    def shutdown_request(self, request):
+        self.connections.done(request)
+        super(Listener, self).shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        """One line in server.log, not a traceback: a client that hangs up is no news."""
+        import socket
+        kind, exc = sys.exc_info()[:2]
+        if not isinstance(exc, (ConnectionError, socket.timeout)):
+            say("%s %s - error outside a request: %s" % (time.strftime("%H:%M:%S"), client_address[0],
+                                                       kind.__name__))
+
+
 def make_server(config):
-    import socket
     import socketserver
     from http.server import HTTPServer
-
-    class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 128
-        address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host ::1
-        connections = Connections(config)
-
-        def process_request(self, request, client_address):
-            if self.connections.admit(request):
-                return socketserver.ThreadingMixIn.process_request(self, request, client_address)
-            try:
-                request.settimeout(1)
-                request.sendall(busy_answer())
-            except OSError:
-                pass
-            HTTPServer.shutdown_request(self, request)
-
-        def shutdown_request(self, request):
-            self.connections.done(request)
-            HTTPServer.shutdown_request(self, request)
-
-        def handle_error(self, request, client_address):
-            """One line in server.log, not a traceback: a client that hangs up is no news."""
-            kind, exc = sys.exc_info()[:2]
-            if not isinstance(exc, (ConnectionError, socket.timeout)):
-                say("%s %s - error outside a request: %s" % (time.strftime("%H:%M:%S"), client_address[0],
-                                                           kind.__name__))
-
     try:
-        server = ThreadingServer((config.host, config.port), make_handler(config))
+        server = type("Server", (Listener, socketserver.ThreadingMixIn, HTTPServer), {})(config)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PmError("port %d is in use on %s" % (config.port, config.host),
@@ -8661,12 +8706,13 @@ def assemble_original_bundle(name, parts, store, completes=None, max_ratio=None)
             os.remove(temp)
 
 
-def receive_original(handler, config, path):
+def receive_original(handler, path):
     """One of the original probe's posts. It sends /yml, /zip and, when it has one, /min: /yml starts
     a sequence (the parts of an earlier one are dropped); a revision is made once env.yml and the zip
     are in, and min-deps.json, arriving after, completes that same revision and ends the sequence."""
+    config = handler.server.config
     part = ORIGINAL_PARTS[path]
-    name = original_part(RequestBody(handler, config), part, config.store)
+    name = original_part(RequestBody(handler), part, config.store)
     folder = config.store.original_parts_dir(name)
     made = os.path.join(folder, "revision")  # the revision this sequence made, before its min-deps.json
     if part == "env.yml":
