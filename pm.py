@@ -2308,24 +2308,6 @@ def send_bundle(path, server, name, token):
 
 # -- Command line ---------------------------------------------------------
 
-TOP_HELP = """usage: pm.pyz VERB [options]
-
-pm moves scientific software to another machine and proves it works there.
-
-verbs:
-  pack      capture a conda environment and a software directory (any Python 2.7+)
-  serve     receive bundles from base machines              (Python 3.6+)
-  unpack    import a carried bundle into the store          (Python 3.6+)
-  send      send a kept bundle to a pm server               (Python 3.6+)
-  list      show stored software and migration attempts     (Python 3.6+)
-  migrate   recreate stored software here and run its tests (Python 3.6+)
-  report    show what a migration attempt came to           (Python 3.6+)
-  history   list a software's migration attempts            (Python 3.6+)
-  managers  list configured package managers                (Python 3.6+)
-  doctor    say what this machine offers for a migration    (Python 3.6+)
-
-Run 'pm.pyz VERB --help' for the options of a verb."""
-
 
 def build_parser():
     parser = argparse.ArgumentParser(
@@ -8912,21 +8894,6 @@ def cmd_prune(args):
 # == Command line =============================================================
 
 SELF_PATH = os.path.abspath(sys.argv[0])
-EXAMPLES = {
-    "migrate": "examples:\n  python3 pm.pyz migrate mysim tests.ini\n"
-               "  python3 pm.pyz migrate mysim tests.ini --bundle mysim.bundle.zip --force",
-    "serve": "examples:\n  python3 pm.pyz serve start            # background, prints the token\n"
-             "  python3 pm.pyz serve status\n  python3 pm.pyz serve --host 0.0.0.0 --token s3cret   # foreground\n"
-             "  python3 pm.pyz serve stop",
-    "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
-    "send": "examples:\n  python3 pm.pyz send mysim.bundle.zip --server http://target:9001 --token TOKEN\n"
-            "  python3 pm.pyz send mysim --server http://target:9001 --token TOKEN   # the stored latest revision",
-    "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
-    "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
-    "prune": "examples:\n  python3 pm.pyz prune --dry-run\n  python3 pm.pyz prune mysim --keep 2",
-}
-
-
 def cmd_serve(args):
     """Receive bundles from base machines and keep them in the store (~/.platform_migrator or
     $PM_HOME). GET /migrate hands out the probe; PUT /bundles/NAME takes a bundle; the original
@@ -9222,45 +9189,16 @@ def add_max_ratio(sub):
                           "(default %d; 0: no limit)" % (UNPACKED_FLOOR >> 20, MAX_UNPACK_RATIO))
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's, and a bad usage with --json on the line still prints its one JSON object."""
-
-    json_wanted = False
-
-    def error(self, message):
-        if ArgumentParser.json_wanted and not JSON_PRINTED[0]:
-            print_json(json_error(message, "see 'pm.pyz %s --help'" % self.prog.split(" ", 1)[-1]))
-        argparse.ArgumentParser.error(self, message)
+def add_json(sub, what="print JSON for machines"):
+    sub.add_argument("--json", action="store_true", help=what)
 
 
-def build_parser():
-    parser = ArgumentParser(
-        prog="pm.pyz",
-        description="pm moves scientific software to another machine and proves it works there "
-                    "by running the software's own tests.",
-        epilog="a round trip:\n"
-               "  target$ python3 pm.pyz serve start --host 0.0.0.0     # prints a TOKEN\n"
-               "  base$   curl -s 'http://target:9001/migrate?token=TOKEN' > probe.py && python probe.py\n"
-               "  target$ python3 pm.pyz migrate mysim tests.ini\n\n"
-               "Run 'pm.pyz VERB --help' for the options of a verb.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="pm " + VERSION)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    verbs.add_parser("pack", help="capture a conda environment and a software directory (Python 2.7+)",
-                     add_help=False)
+def add_name(sub):
+    sub.add_argument("name", help="the software's name in the store")
 
-    def verb(name, help_text, function, aliases=()):
-        sub = verbs.add_parser(name, help=help_text, description=clean_doc(function.__doc__), aliases=list(aliases),
-                               epilog=EXAMPLES.get(name),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(function=function)
-        return sub
 
-    sub = verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve,
-               aliases=["server"])
-    sub.add_argument("--json", action="store_true", help="with status: print JSON for machines")
+def serve_options(sub):
+    add_json(sub, "with status: print JSON for machines")
     sub.add_argument("action", nargs="?", choices=["start", "stop", "status"],
                      help="start in the background, stop, or show status (default: run in the foreground)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -9277,8 +9215,10 @@ def build_parser():
                      help="connections served at once; more wait for none: they get 503, or the one that "
                           "waited longest on its head is dropped (%d)" % DEFAULT_MAX_CONNECTIONS)
     add_max_ratio(sub)
-    sub = verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate)
-    sub.add_argument("name", help="the software's name in the store")
+
+
+def migrate_options(sub):
+    add_name(sub)
     sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")
     sub.add_argument("--bundle", help="migrate this carried bundle file instead of the stored one")
     sub.add_argument("--skip-tests", action="store_true", help="install without running the tests")
@@ -9299,8 +9239,7 @@ def build_parser():
     sub.add_argument("--allow-scripts", action="store_true",
                      help="run the carried packages' post-link scripts (pm's linker runs them, or conda "
                           "from the cache pm builds; default: name them, run none)")
-    sub.add_argument("--json", action="store_true",
-                     help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
+    add_json(sub, "print the attempt's report as JSON at the end (as 'report --json', without the history)")
     sub.add_argument("--modulefiles", metavar="DIR",
                      help="on a pass, write DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl) for 'module load "
                           "NAME' (or modulefiles = DIR in the test configuration)")
@@ -9308,42 +9247,144 @@ def build_parser():
                      help="go on when the preflight finds binaries this machine cannot run (a newer glibc or "
                           "libstdc++, another processor level), recording them in the attempt's result.json")
     add_max_ratio(sub)
-    sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
+
+
+def managers_options(sub):
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
                      help="extra package-manager configuration(s)")
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
-    sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
+    add_json(sub)
+
+
+def unpack_options(sub):
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
     add_max_ratio(sub)
-    sub = verb("send", "send a kept bundle (pack -o, or a stored one) to a pm server", cmd_send)
+
+
+def send_options(sub):
     sub.add_argument("bundle", metavar="BUNDLE",
                      help="a bundle file, or a stored software's NAME (its latest revision) or NAME/REVISION")
     sub.add_argument("--server", required=True, metavar="URL", help="the pm server, e.g. http://target:9001")
     sub.add_argument("--token", help="the server's access token (or set PM_TOKEN)")
     sub.add_argument("--name", help="send it under this name instead of the manifest's")
     add_max_ratio(sub)
-    sub = verb("list", "show stored software and migration attempts", cmd_list)
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
-    sub = verb("report", "show what a migration attempt came to", cmd_report)
-    sub.add_argument("name", help="the software's name in the store")
+
+
+def report_options(sub):
+    add_name(sub)
     sub.add_argument("attempt", nargs="?", help="an attempt id, or its start (default: the latest)")
-    sub.add_argument("--json", action="store_true", help="print JSON for machines (schema in the README)")
+    add_json(sub, "print JSON for machines (schema in the README)")
     sub.add_argument("--sbom", action="store_true",
                      help="print the attempt's SBOM instead (sbom.cdx.json: CycloneDX 1.5 JSON)")
-    sub = verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor)
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def doctor_options(sub):
+    add_json(sub)
     sub.add_argument("--bundle", metavar="FILE",
                      help="the preflight of a bundle instead: can this machine run its binaries (glibc, "
                           "libstdc++, processor level)? Exit 1 when it cannot")
-    sub = verb("prune", "show what the store holds and remove what no install needs", cmd_prune)
+
+
+def prune_options(sub):
     sub.add_argument("name", nargs="?", help="only this software (default: all)")
     sub.add_argument("--keep", type=int, default=1, metavar="N",
                      help="keep the newest N bundle revisions of each software (default 1)")
     sub.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
-    sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
-    sub.add_argument("name", help="the software's name in the store")
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def history_options(sub):
+    add_name(sub)
+    add_json(sub)
+
+
+class Verb(object):
+    """One verb of the command line: its line in the top help, its handler (whose docstring is its
+    --help), the options it takes, its examples; python2: it runs under Python 2.7 too (the rest need 3.6+)."""
+
+    def __init__(self, name, summary, handler, options, examples, aliases=(), python2=False):
+        self.name, self.summary, self.handler, self.options = name, summary, handler, options
+        self.examples, self.aliases, self.python2 = examples, list(aliases), python2
+
+    def line(self):
+        return self.summary + (" (Python 2.7+)" if self.python2 else "")
+
+    def epilog(self):
+        return "%s:\n%s" % ("examples" if len(self.examples) > 1 else "example", "\n".join(
+            ("  python3 pm.pyz %s %s" % (self.name, example)).rstrip() for example in self.examples))
+
+
+# The verbs, in the order of a migration; 'pack' is the probe's own (its options and examples are in
+# PROBE_SOURCE): pm.py hands it the command line before parsing it.
+VERBS = [
+    Verb("pack", "capture a conda environment and a software directory", None, None, (), python2=True),
+    Verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve,
+         serve_options, ["start            # background, prints the token", "status",
+                         "--host 0.0.0.0 --token s3cret   # foreground", "stop"], aliases=["server"]),
+    Verb("unpack", "import a carried bundle into the store", cmd_unpack, unpack_options, ["mysim.bundle.zip"]),
+    Verb("send", "send a kept bundle (pack -o, or a stored one) to a pm server", cmd_send, send_options,
+         ["mysim.bundle.zip --server http://target:9001 --token TOKEN",
+          "mysim --server http://target:9001 --token TOKEN   # the stored latest revision"]),
+    Verb("list", "show stored software and migration attempts", cmd_list, add_json, ["", "--json"]),
+    Verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate, migrate_options,
+         ["mysim tests.ini", "mysim tests.ini --bundle mysim.bundle.zip --force"]),
+    Verb("report", "show what a migration attempt came to", cmd_report, report_options,
+         ["mysim                 # the latest attempt",
+          "mysim 20251206T1008   # an attempt, by its id or the id's start",
+          "mysim --json", "mysim --sbom > mysim.cdx.json"]),
+    Verb("history", "list a software's migration attempts, newest first", cmd_history, history_options,
+         ["mysim", "mysim --json"]),
+    Verb("managers", "list configured package managers and which exist here", cmd_managers, managers_options,
+         ["", "--pck-mgr-configs mine.ini"]),
+    Verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor, doctor_options,
+         ["", "--json", "--bundle mysim.bundle.zip   # can this machine run its binaries?"]),
+    Verb("prune", "show what the store holds and remove what no install needs", cmd_prune, prune_options,
+         ["--dry-run", "mysim --keep 2"]),
+]
+
+DESCRIPTION = "pm moves scientific software to another machine and proves it works there by running the " \
+              "software's own tests."
+ROUND_TRIP = ("a round trip:\n"
+              "  target$ python3 pm.pyz serve start --host 0.0.0.0     # prints a TOKEN\n"
+              "  base$   curl -s 'http://target:9001/migrate?token=TOKEN' > probe.py && python probe.py\n"
+              "  target$ python3 pm.pyz migrate mysim tests.ini\n\n"
+              "Run 'pm.pyz VERB --help' for the options of a verb.")
+
+
+def top_help():
+    """'pm.pyz --help' under Python 2.7, where only pack runs (the build writes it into __main__.py)."""
+    width = max(len(verb.name) for verb in VERBS)
+    return "usage: pm.pyz VERB [options]\n\n%s\n\nverbs:\n%s\n\n%s" % (
+        DESCRIPTION, "\n".join("  %-*s  %s" % (width, verb.name, verb.line()) for verb in VERBS), ROUND_TRIP)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, and a bad usage with --json on the line still prints its one JSON object."""
+
+    json_wanted = False
+
+    def error(self, message):
+        if ArgumentParser.json_wanted and not JSON_PRINTED[0]:
+            print_json(json_error(message, "see 'pm.pyz %s --help'" % self.prog.split(" ", 1)[-1]))
+        argparse.ArgumentParser.error(self, message)
+
+
+def build_parser():
+    """The command line under Python 3, one subparser for each of VERBS."""
+    parser = ArgumentParser(prog="pm.pyz", description=DESCRIPTION, epilog=ROUND_TRIP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="pm " + VERSION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        if not verb.handler:  # pack: listed here, parsed by the probe
+            subparsers.add_parser(verb.name, help=verb.line(), add_help=False)
+            continue
+        sub = subparsers.add_parser(verb.name, help=verb.summary, description=clean_doc(verb.handler.__doc__),
+                                    aliases=verb.aliases, epilog=verb.epilog(),
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(function=verb.handler)
+        verb.options(sub)
     return parser
 
 
