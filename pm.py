@@ -2518,6 +2518,12 @@ spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashi
 yaml_scalar = PROBE.yaml_scalar  # the one writer of an environment file's scalars (pack's env.yml, migrate's)
 plural, human_size = PROBE.plural, PROBE.human_size
 
+# The fix a refusal names, in the same words wherever the same thing went wrong.
+FIX_BAD_BUNDLE = "do not use this bundle; pack the software again"  # broken, incomplete, or unsafe to unpack
+FIX_NOT_A_BUNDLE = "pass the path of a bundle written by 'pm.pyz pack'"  # no such file, or no bundle at all
+FIX_DAMAGED = "send or copy the bundle again"  # a member's bytes changed on the way (its sha256)
+FIX_ENV_FILE = "use an environment file written by 'conda env export'"
+
 
 def probe_script(server_url, token=""):
     """The probe with a server address (and token) filled in, for GET /migrate."""
@@ -2548,7 +2554,7 @@ class Manifest(object):
     @classmethod
     def from_json(cls, data):
         if not isinstance(data, dict) or not isinstance(data.get("members"), dict):
-            raise PmError("the bundle's manifest.json is not a pm manifest", "pack the software again")
+            raise PmError("the bundle's manifest.json is not a pm manifest", FIX_BAD_BUNDLE)
         if not isinstance(data.get("format"), int) or data["format"] > BUNDLE_FORMAT:
             raise PmError("bundle format %r is newer than this pm understands" % data.get("format"),
                           "use a newer pm.pyz on this machine")
@@ -2557,12 +2563,12 @@ class Manifest(object):
         software_dir = (data.get("software") or {}).get("dir") if isinstance(data.get("software"), dict) else None
         if software_dir is not None and not is_one_path_component(software_dir):
             raise PmError("the manifest's software dir %r is not one plain folder name" % (software_dir,),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         for name, entry in data["members"].items():
             safe_member_path(name)
             if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
                     or not isinstance(entry.get("size"), int):
-                raise PmError("manifest entry for %s has no sha256/size" % name, "pack the software again")
+                raise PmError("manifest entry for %s has no sha256/size" % name, FIX_BAD_BUNDLE)
         return cls(**data)
 
     def to_json(self):
@@ -2576,26 +2582,34 @@ def check_manifest_fields(data):
     """The manifest's fields that migrate and report read, each of the type they expect: source, env,
     software and packages objects; minimal and requested_specs lists of text; each carried package a
     file under channel/ and a name."""
-    def refuse(field, what):
-        raise PmError("the manifest's %s is not %s" % (field, what), "do not use this bundle; pack the software again")
     for field in ("source", "env", "software", "packages"):
-        if data.get(field) is not None and not isinstance(data[field], dict):
-            refuse(field, "an object")
+        check_manifest_field(field, data.get(field), lambda value: isinstance(value, dict), "an object")
     for field in ("minimal", "requested_specs"):
-        value = data.get(field)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            refuse(field, "a list of specs")
+        check_manifest_field(field, data.get(field), is_text_list, "a list of specs")
     packages = data.get("packages") or {}
-    if packages.get("platform") is not None and not isinstance(packages["platform"], str):
-        refuse("packages.platform", "a platform name")
+    check_manifest_field("packages.platform", packages.get("platform"), lambda value: isinstance(value, str),
+                         "a platform name")
     for field in ("carried", "missing"):
-        value = packages.get(field)
-        if value is not None and not (isinstance(value, list) and all(
-                isinstance(v, dict) and isinstance(v.get("name"), str) for v in value)):
-            refuse("packages.%s" % field, "a list of packages with names")
+        check_manifest_field("packages." + field, packages.get(field), is_named_list, "a list of packages with names")
     for carried in packages.get("carried") or []:
-        if not isinstance(carried.get("file"), str) or not carried["file"].startswith("channel/"):
-            refuse("packages.carried file %r" % (carried.get("file"),), "a member under channel/")
+        check_manifest_field("packages.carried file %r" % (carried.get("file"),), carried.get("file") or 0,
+                             lambda value: isinstance(value, str) and value.startswith("channel/"),
+                             "a member under channel/")
+
+
+def check_manifest_field(field, value, fits, what):
+    """A field absent (None) or of the type its readers expect."""
+    if value is not None and not fits(value):
+        raise PmError("the manifest's %s is not %s" % (field, what), FIX_BAD_BUNDLE)
+
+
+def is_text_list(value):
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def is_named_list(value):
+    return isinstance(value, list) and all(isinstance(item, dict) and isinstance(item.get("name"), str)
+                                           for item in value)
 
 
 def is_one_path_component(name):
@@ -2607,7 +2621,7 @@ def safe_member_path(name):
     parts = name.replace("\\", "/").split("/")
     if not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts \
             or re.match(r"^[A-Za-z]:", name):
-        raise PmError("unsafe path %r in the bundle" % name, "do not use this bundle; pack the software again")
+        raise PmError("unsafe path %r in the bundle" % name, FIX_BAD_BUNDLE)
     return name
 
 
@@ -2620,24 +2634,24 @@ def open_bundle(path, label=None):
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise PmError("%s is not a readable bundle (%s)" % (label, exc), "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s is not a readable bundle (%s)" % (label, exc), FIX_NOT_A_BUNDLE)
     try:
         size = archive.getinfo("manifest.json").file_size
     except KeyError:
         archive.close()
-        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s has no manifest.json" % label, FIX_NOT_A_BUNDLE)
     if size > MANIFEST_LIMIT:
         archive.close()
         raise PmError("the manifest.json of %s is %.1f MiB, over the %d MiB no real one reaches" % (
-            label, size / 1048576.0, MANIFEST_LIMIT >> 20), "do not use this bundle; pack the software again")
+            label, size / 1048576.0, MANIFEST_LIMIT >> 20), FIX_BAD_BUNDLE)
     try:
         data = json.loads(archive.read("manifest.json").decode("utf-8"))
     except KeyError:
         archive.close()
-        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s has no manifest.json" % label, FIX_NOT_A_BUNDLE)
     except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
         archive.close()
-        raise PmError("%s has a broken manifest.json (%s)" % (label, exc), "pack the software again")
+        raise PmError("%s has a broken manifest.json (%s)" % (label, exc), FIX_BAD_BUNDLE)
     try:
         return archive, Manifest.from_json(data)
     except PmError:
@@ -2706,64 +2720,33 @@ class Bundle(object):
     def open(cls, path, label=None, max_ratio=None):
         """A bundle checked member by member; label names it in messages (an upload's temp path
         means nothing to its sender); max_ratio bounds its unpacked size (check_unpacked_size)."""
-        import zipfile
-        import zlib
+        where = label or path
         try:
             handle = open(path, "rb")
         except OSError as exc:
-            raise PmError("%s is not a readable bundle (%s)" % (label or path, exc.strerror),
-                          "pass a file written by 'pm.pyz pack'")
-        archive, manifest = open_bundle(handle, label or path)
+            raise PmError("%s is not a readable bundle (%s)" % (where, exc.strerror), FIX_NOT_A_BUNDLE)
+        archive, manifest = open_bundle(handle, where)
         with archive:
             check_entry_kinds_and_names(archive.infolist())
-            check_unpacked_size(archive.infolist(), os.fstat(handle.fileno()).st_size, label or path, max_ratio)
-            listed = set(manifest.members)
-            for info in archive.infolist():
-                safe_member_path(info.filename)
-                if info.filename == "manifest.json" or info.filename.endswith("/"):
-                    continue
-                if info.filename not in listed:
-                    raise PmError("%s is in the bundle but not in its manifest" % info.filename,
-                                  "pack the software again")
-                parts = info.filename.split("/")
-                if parts[0] == "channel" and (len(parts) != 3 or not re.match(CONDA_SUBDIR, parts[1])
-                                              or not is_one_path_component(parts[2])):
-                    raise PmError("bundle member %r is not channel/SUBDIR/FILE of a carried package (SUBDIR as "
-                                  "linux-64 or noarch)" % info.filename[:200],
-                                  "do not use this bundle; pack the software again")
-                if info.filename.startswith("wheels/") and not re.match(WHEEL_FN, info.filename[len("wheels/"):]):
-                    raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
-                                  "PLATFORM.whl)" % info.filename[:200], "do not use this bundle; pack the software again")
-                try:
-                    digest, size = member_digest(archive, info.filename)
-                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                    raise PmError("bundle member %s is damaged (%s)" % (info.filename, exc),
-                                  "send or copy the bundle again")
-                entry = manifest.members[info.filename]
-                if digest != entry["sha256"] or size != entry["size"]:
-                    raise PmError("bundle member %s does not match its sha256 in the manifest" % info.filename,
-                                  "send or copy the bundle again")
-                listed.discard(info.filename)
-            if listed:
-                raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0],
-                              "pack the software again")
-            for required in ("env.yml", "min-deps.json"):
-                if required not in manifest.members:
-                    raise PmError("the bundle has no %s" % required, "pack the software again")
+            check_unpacked_size(archive.infolist(), os.fstat(handle.fileno()).st_size, where, max_ratio)
+            check_members(archive, manifest)
         bundle = cls(path, manifest, handle)
         bundle.max_ratio = max_ratio
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
         base_distributions(bundle)
-        for member in sorted(manifest.members):
+        bundle.check_carried_channel(where)
+        return bundle
+
+    def check_carried_channel(self, where):
+        """Each carried channel's repodata.json, read as the migration will read it."""
+        for member in sorted(self.manifest.members):
             parts = member.split("/")
             if parts[0] == "channel" and parts[2] == "repodata.json":
                 try:
-                    repodata = bundle.read_json(member)
+                    repodata = self.read_json(member)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    raise PmError("%s in %s is not JSON (%s)" % (member, label or path, exc),
-                                  "do not use this bundle; pack the software again")
+                    raise PmError("%s in %s is not JSON (%s)" % (member, where, exc), FIX_BAD_BUNDLE)
                 carried_entries(parts[1], repodata)
-        return bundle
 
     @classmethod
     def stored(cls, path):
@@ -2779,7 +2762,7 @@ class Bundle(object):
             limit = PARSED_LIMITS.get(member, 16 << 20)
             if archive.getinfo(member).file_size > limit:
                 raise PmError("%s in %s is over %d MiB, far more than any real one" % (member, self.path, limit >> 20),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
             return archive.read(member).decode("utf-8")
 
     def read_json(self, member):
@@ -2796,9 +2779,9 @@ class Bundle(object):
         try:
             min_deps = self.read_json("min-deps.json")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), "pack the software again")
+            raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), FIX_BAD_BUNDLE)
         if not isinstance(min_deps, list):
-            raise PmError("min-deps.json in %s is not a list" % where, "pack the software again")
+            raise PmError("min-deps.json in %s is not a list" % where, FIX_BAD_BUNDLE)
         for record in min_deps:  # names and versions become conda's words (the direct level, its dry runs)
             if isinstance(record, dict):
                 name, version = record.get("name"), record.get("version")
@@ -2811,16 +2794,16 @@ class Bundle(object):
                 shown = record
             if bad:
                 raise PmError("min-deps.json in %s lists %r, which is not a package name and version"
-                              % (where, str(shown)[:100]), "do not use this bundle; pack the software again")
+                              % (where, str(shown)[:100]), FIX_BAD_BUNDLE)
         try:
             env_text = self.read_text("env.yml")
         except UnicodeDecodeError:
-            raise PmError("env.yml in %s is not UTF-8" % where, "pack the software again")
+            raise PmError("env.yml in %s is not UTF-8" % where, FIX_BAD_BUNDLE)
         env_file = parse_env_yml(env_text, "env.yml in %s" % where)
         for spec in env_file.dependencies:
             if not re.match(r"^[A-Za-z0-9_]", spec) or re.search(CONTROL_OR_NEWLINE, spec):
                 raise PmError("env.yml in %s lists %r, which is not a package spec" % (where, spec[:80]),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
         return env_file, min_deps
 
     def extract_channel(self, dest):
@@ -2850,7 +2833,7 @@ class Bundle(object):
                 if len(parts) != depth or not all(is_one_path_component(p) for p in parts[1:]) \
                         or stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG):
                     raise PmError("bundle entry %s is not a carried package" % info.filename,
-                                  "do not use this bundle; pack the software again")
+                                  FIX_BAD_BUNDLE)
                 folder = os.path.join(dest, *parts[1:-1])
                 if not os.path.isdir(folder):
                     os.mkdir(folder, 0o700)
@@ -2882,18 +2865,62 @@ class Bundle(object):
                         os.symlink(link, os.path.join(dest, *parts))
                     except FileExistsError:
                         raise PmError("bundle entry software/%s is a link and also a file or folder" % "/".join(parts),
-                                      "do not use this bundle; pack the software again")
+                                      FIX_BAD_BUNDLE)
                 real_root = os.path.realpath(root)
                 for parts, link in links:
                     resolved = os.path.realpath(os.path.join(dest, *parts))
                     if not resolved.startswith(real_root + os.sep):
                         raise PmError("bundle link %s points outside the software (%s)"
-                                      % ("software/" + "/".join(parts), link), "do not use this bundle")
+                                      % ("software/" + "/".join(parts), link), FIX_BAD_BUNDLE)
             except BaseException:
                 if os.path.lexists(root):
                     shutil.rmtree(root, ignore_errors=True)
                 raise
         return root
+
+
+def check_members(archive, manifest):
+    """Each member listed in the manifest, in its place, and of its size and sha256; none missing,
+    env.yml and min-deps.json among them."""
+    listed = set(manifest.members)
+    for info in archive.infolist():
+        safe_member_path(info.filename)
+        if info.filename == "manifest.json" or info.filename.endswith("/"):
+            continue
+        if info.filename not in listed:
+            raise PmError("%s is in the bundle but not in its manifest" % info.filename, FIX_BAD_BUNDLE)
+        check_member_place(info.filename)
+        check_member_digest(archive, info.filename, manifest.members[info.filename])
+        listed.discard(info.filename)
+    if listed:
+        raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0], FIX_BAD_BUNDLE)
+    for required in ("env.yml", "min-deps.json"):
+        if required not in manifest.members:
+            raise PmError("the bundle has no %s" % required, FIX_BAD_BUNDLE)
+
+
+def check_member_place(name):
+    """A carried package is channel/SUBDIR/FILE, a wheel wheels/ and a plain wheel file name."""
+    parts = name.split("/")
+    if parts[0] == "channel" and (len(parts) != 3 or not re.match(CONDA_SUBDIR, parts[1])
+                                  or not is_one_path_component(parts[2])):
+        raise PmError("bundle member %r is not channel/SUBDIR/FILE of a carried package (SUBDIR as "
+                      "linux-64 or noarch)" % name[:200], FIX_BAD_BUNDLE)
+    if name.startswith("wheels/") and not re.match(WHEEL_FN, name[len("wheels/"):]):
+        raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                      "PLATFORM.whl)" % name[:200], FIX_BAD_BUNDLE)
+
+
+def check_member_digest(archive, name, entry):
+    """The member's bytes are the ones the manifest lists (size and sha256)."""
+    import zipfile
+    import zlib
+    try:
+        digest, size = member_digest(archive, name)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise PmError("bundle member %s is damaged (%s)" % (name, exc), FIX_DAMAGED)
+    if digest != entry["sha256"] or size != entry["size"]:
+        raise PmError("bundle member %s does not match its sha256 in the manifest" % name, FIX_DAMAGED)
 
 
 def check_entry_kinds_and_names(infos):
@@ -2906,7 +2933,7 @@ def check_entry_kinds_and_names(infos):
         kind = kinds.get(stat.S_IFMT(info.external_attr >> 16))
         if kind:
             raise PmError("bundle entry %s is %s, which pm never unpacks" % (info.filename, kind),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         folded = info.filename.rstrip("/").lower()
         if folded in seen and seen[folded] != info.filename.rstrip("/"):
             raise PmError("bundle entries %s and %s differ only in case: on a case-insensitive disk one "
@@ -2940,13 +2967,13 @@ def software_entries(archive, top):
         parts = tuple(name[len("software/"):].rstrip("/").split("/"))
         if any(part in ("", ".", "..") for part in parts):
             raise PmError("unsafe path %r in the bundle (an empty, '.' or '..' part)" % name,
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         top = top or parts[0]
         if parts[0] != top:
             raise PmError("bundle entry %s is outside the software directory %s" % (name, top),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         if parts in seen:
-            raise PmError("bundle entry %s appears twice" % name, "do not use this bundle; pack the software again")
+            raise PmError("bundle entry %s appears twice" % name, FIX_BAD_BUNDLE)
         seen.add(parts)
         entries.append((parts, info))
     return entries
@@ -2970,7 +2997,7 @@ def write_entries(archive, entries, dest):
                 os.chmod(folder, ((mode & 0o777) | 0o700) & ~writer.umask)
         else:
             if os.path.lexists(os.path.join(dest, *parts)):
-                raise PmError("%s is written twice" % where, "do not use this bundle; pack the software again")
+                raise PmError("%s is written twice" % where, FIX_BAD_BUNDLE)
             stamp = time.mktime(info.date_time + (0, 0, -1))
             with archive.open(info) as source:
                 writer.write("/".join(parts), source, mode & 0o777 or 0o644, stamp, where)
@@ -3285,59 +3312,76 @@ def list_value(value, where):
     raise PmError("%s: expected a list, got %r" % (where, value), "write one '  - item' per line")
 
 
+KEY_LINE = r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$"  # 'key: value' (or 'key:'), and '- pip:' inside a list
+
+
+class EnvYmlReader(object):
+    """parse_env_yml's state, line by line: the document so far, the top-level key whose lines
+    follow, and the installer (- pip:) whose items follow."""
+
+    def __init__(self):
+        self.doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
+        self.key, self.sub_list, self.sub_indent = None, None, None  # key "": an unknown one, passed over
+
+    def line(self, indent, body, where):
+        is_item = body == "-" or body.startswith("- ")
+        if self.sub_list and is_item and indent > self.sub_indent:
+            if self.sub_list == "pip":
+                self.doc["pip"].append(parse_scalar(body[1:].strip(), where))
+            return
+        self.sub_list = None
+        unindented_item = self.key in ("channels", "dependencies", "") and is_item
+        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
+            self.top_level(body, where)
+        elif not self.key:
+            return
+        elif is_item:
+            self.item(body[1:].strip(), indent, where)
+        elif self.key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
+            name, value = body.split(":", 1)
+            self.doc["variables"][name.strip()] = parse_scalar(value, where)
+        else:
+            raise PmError("%s: cannot read %r" % (where, body), FIX_ENV_FILE)
+
+    def top_level(self, body, where):
+        match = re.match(KEY_LINE, body)
+        if not match:
+            raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body), FIX_ENV_FILE)
+        self.key, value = match.group(1), (match.group(2) or "").strip()
+        if self.key in ("name", "prefix"):
+            self.doc[self.key] = parse_scalar(value, where)
+        elif self.key in ("channels", "dependencies"):
+            self.doc[self.key].extend(list_value(value, where))
+        elif self.key == "variables" and value and value != "{}":
+            raise PmError("%s: variables must be a block of NAME: value lines" % where,
+                          "write one '  NAME: value' per line")
+        elif self.key != "variables":
+            say("warning: %s: ignoring the unknown key %r" % (where, self.key))
+            self.key = ""
+
+    def item(self, item, indent, where):
+        if self.key not in ("channels", "dependencies"):
+            raise PmError("%s: a list item under %r" % (where, self.key), "only channels and dependencies are lists")
+        installer = re.match(KEY_LINE, item) if self.key == "dependencies" else None
+        if not installer:
+            self.doc[self.key].append(parse_scalar(item, where))
+            return
+        self.sub_list, self.sub_indent = installer.group(1), indent
+        items = list_value((installer.group(2) or "").strip(), where)
+        if self.sub_list == "pip":
+            self.doc["pip"].extend(items)
+        else:
+            say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)" % (where, self.sub_list))
+
+
 def parse_env_yml(text, source="env.yml"):
     """Parse conda's env-file YAML: name, channels, dependencies (with a pip: list), prefix,
     variables; block or flow lists, indented or not, quotes, comments, CRLF, a BOM, Python 2's
     tags. Other installers' lists (- npm: ...) are left out with a warning."""
-    doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
-    key, sub_list, sub_indent = None, None, None  # sub_list: the installer whose items follow (- pip:)
+    reader = EnvYmlReader()
     for number, indent, body in logical_lines(text.lstrip("\ufeff"), source):
-        where = "%s line %d" % (source, number)
-        is_item = body == "-" or body.startswith("- ")
-        if sub_list and is_item and indent > sub_indent:
-            if sub_list == "pip":
-                doc["pip"].append(parse_scalar(body[1:].strip(), where))
-            continue
-        sub_list = None
-        unindented_item = key in ("channels", "dependencies", "") and is_item
-        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
-            match = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", body)
-            if not match:
-                raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body),
-                              "use an environment file written by 'conda env export'")
-            key, value = match.group(1), (match.group(2) or "").strip()
-            if key in ("name", "prefix"):
-                doc[key] = parse_scalar(value, where)
-            elif key in ("channels", "dependencies"):
-                doc[key].extend(list_value(value, where))
-            elif key == "variables" and value and value != "{}":
-                raise PmError("%s: variables must be a block of NAME: value lines" % where,
-                              "write one '  NAME: value' per line")
-            elif key != "variables":
-                say("warning: %s: ignoring the unknown key %r" % (where, key))
-                key = ""  # its lines are passed over
-        elif not key:
-            continue
-        elif is_item:
-            item = body[1:].strip()
-            if key not in ("channels", "dependencies"):
-                raise PmError("%s: a list item under %r" % (where, key), "only channels and dependencies are lists")
-            installer = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", item) if key == "dependencies" else None
-            if installer:
-                sub_list, sub_indent = installer.group(1), indent
-                items = list_value((installer.group(2) or "").strip(), where)
-                if sub_list == "pip":
-                    doc["pip"].extend(items)
-                else:
-                    say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)"
-                        % (where, sub_list))
-            else:
-                doc[key].append(parse_scalar(item, where))
-        elif key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
-            name, value = body.split(":", 1)
-            doc["variables"][name.strip()] = parse_scalar(value, where)
-        else:
-            raise PmError("%s: cannot read %r" % (where, body), "use an environment file written by 'conda env export'")
+        reader.line(indent, body, "%s line %d" % (source, number))
+    doc = reader.doc
     if not doc["dependencies"] and not doc["pip"]:
         raise PmError("%s lists no dependencies" % source, "pack the software again from its conda environment")
     return EnvFile(doc.get("name"), doc["channels"], doc["dependencies"], doc["pip"], doc["variables"])
@@ -4349,21 +4393,7 @@ class MigrationResult(object):
         return 0 if self.passed else 1
 
     def print_summary(self):
-        if self.packages is not None:
-            for status in ("installed", "skipped", "failed"):
-                names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
-                         for r in self.packages if r["status"] == status]
-                print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
-                                     printable(": " + ", ".join(names)) if names else ""))
-        by_why = {}
-        for row in self.attempt.result.get("unmet") or []:
-            by_why.setdefault(row["why"], []).append(row["requirement"])
-        for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
-            print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
-        drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
-        if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
-            show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
-                "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
+        self.print_requirements()
         print("%-20s %-8s %8s" % ("test", "status", "seconds"))
         for result in self.tests:
             print("%-20s %s%s %8.2f" % (printable(result.name), paint(result.status), " " * (8 - len(result.status)),
@@ -4373,6 +4403,24 @@ class MigrationResult(object):
             show("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
         if self.installed and self.module:
             show("or: module use %s && module load %s" % (shlex.quote(self.module[0]), self.module[1]))
+
+    def print_requirements(self):
+        """A line per status (installed, skipped, failed), per reason a requirement is missing, and
+        the requirements at another version than the base's."""
+        for status in ("installed", "skipped", "failed") if self.packages is not None else ():
+            names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
+                     for r in self.packages if r["status"] == status]
+            print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
+                                 printable(": " + ", ".join(names)) if names else ""))
+        by_why = {}
+        for row in self.attempt.result.get("unmet") or []:
+            by_why.setdefault(row["why"], []).append(row["requirement"])
+        for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
+            print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
+        drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
+        if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
+            show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
+                "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
 
 
 def migrate(store, name, config, bundle, options):
@@ -4425,25 +4473,30 @@ def check_options(bundle, config, options):
     """Every flag acts, or pm says in one line why it cannot, and what would refuse the migration anyway
     (a taken install target, no conda for the conda route) is said, before anything runs or is made."""
     carried = (bundle.manifest.packages or {}).get("carried")
+    with_conda = "conda" in config.package_managers
     if options.no_conda and not carried:
         raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
                       "pack it again with --with-packages, or leave out --no-conda")
-    if options.no_conda and "conda" not in config.package_managers:
+    if options.no_conda and not with_conda:
         raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
-    by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
-    by_conda = "conda" in config.package_managers and carried and not by_pm  # conda links pm's cache
+    by_pm = with_conda and carried and (options.no_conda or not conda_is_here())
     install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
-    if "conda" in config.package_managers and not by_pm:
+    if with_conda and not by_pm:
         find_conda_here()
+    by_conda = with_conda and carried and not by_pm  # conda links pm's cache
     unused = [flag for flag, given in (("--prefix", options.prefix),
                                        ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
     if unused and not by_pm:
-        say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
-            "this migration uses %s, so %s nothing" % (" and ".join(unused), "applies" if len(unused) == 1 else "apply",
-                                                       "conda" if "conda" in config.package_managers else
-                                                       "the package managers", "it does" if len(unused) == 1 else
-                                                       "they do"))
+        note_unused_flags(unused, "conda" if with_conda else "the package managers")
+
+
+def note_unused_flags(flags, route):
+    """The note for flags that act only when pm installs the bundle's packages itself."""
+    one = len(flags) == 1
+    say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
+        "this migration uses %s, so %s nothing" % (" and ".join(flags), "applies" if one else "apply", route,
+                                                   "it does" if one else "they do"))
 
 
 def recreate_test_install(attempt, config, bundle, options):
@@ -7664,25 +7717,41 @@ max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.met
 """ + "".join(".%s{color:%s}" % (word, page) for word, (_, page) in sorted(COLOURS.items()))
 
 
-def report_html(report):
-    """One self-contained page (inline CSS and SVG, nothing fetched) of an attempt's report."""
+def html_table(headers, rows):
+    """A table of cells already made HTML."""
+    import html
+    return "<table><tr>%s</tr>%s</table>" % ("".join("<th>%s</th>" % html.escape(h) for h in headers), "".join(
+        "<tr>%s</tr>" % "".join(row) for row in rows))
+
+
+def html_cell(text, css=""):
+    import html
+    return "<td%s>%s</td>" % (' class="%s"' % html.escape(css) if css else "", html.escape(text))
+
+
+def html_status(text):
+    return html_cell(text, "status " + text)
+
+
+def platforms_html(report):
+    import html
+    return html_table(["", "base machine", "this machine"], [
+        ["<th>%s</th>" % html.escape(label), html_cell(str(report["source"].get(key) or "-")),
+         html_cell(str(report["target"].get(key) or "-"))] for label, key in PLATFORM_ROWS])
+
+
+def requirements_html(report):
+    if not report["requirements"]:
+        return "<p>none recorded</p>"
+    return html_table(["requirement", "status", "base", "installed", "how"], [
+        [html_cell(r["requirement"]), html_status(r["status"]), html_cell(r.get("base_version") or ""),
+         html_cell(r.get("version") or "", "drift" if r.get("drift") else ""), html_cell(r["how"])]
+        for r in report["requirements"]])
+
+
+def tests_html(report):
     import html
     e = html.escape
-
-    def table(headers, rows):
-        return "<table><tr>%s</tr>%s</table>" % ("".join("<th>%s</th>" % e(h) for h in headers), "".join(
-            "<tr>%s</tr>" % "".join(cell for cell in row) for row in rows))
-
-    def status(text):
-        return '<td class="status %s">%s</td>' % (e(text), e(text))
-    platforms = table(["", "base machine", "this machine"], [
-        ["<th>%s</th>" % e(label), "<td>%s</td>" % e(str(report["source"].get(key) or "-")),
-         "<td>%s</td>" % e(str(report["target"].get(key) or "-"))] for label, key in PLATFORM_ROWS])
-    requirements = table(["requirement", "status", "base", "installed", "how"], [
-        ["<td>%s</td>" % e(r["requirement"]), status(r["status"]), "<td>%s</td>" % e(r.get("base_version") or ""),
-         "<td%s>%s</td>" % (' class="drift"' if r.get("drift") else "", e(r.get("version") or "")),
-         "<td>%s</td>" % e(r["how"])]
-        for r in report["requirements"]]) if report["requirements"] else "<p>none recorded</p>"
     tests = "".join('<details class="test" id="test-%s"><summary><b>%s</b> <span class="status %s">%s</span> '
                     '<span class="meta">%.2f s, exit %s</span> <code>%s</code></summary><pre>%s</pre></details>'
                     % (e(t["name"]), e(t["name"]), e(t["status"]), e(t["status"]), t["seconds"], t["exit_code"],
@@ -7690,10 +7759,20 @@ def report_html(report):
                     for t in report["tests"]) or "<p>no tests ran</p>"
     if report.get("test_config"):
         tests += "\n<h2>Test configuration</h2><pre>%s</pre>" % e(report["test_config"])
-    history = table(["attempt", "status", "level", "tests passed", "seconds"], [
-        ["<td>%s</td>" % e(h["id"]), status(h["status"]), "<td>%s</td>" % e(h["level"] or ""),
-         "<td>%d/%d</td>" % (h["tests_passed"], h["tests"]),
-         "<td>%s</td>" % ("%.1f" % h["seconds"] if h["seconds"] else "")] for h in report["history"]])
+    return tests
+
+
+def history_html(report):
+    return html_table(["attempt", "status", "level", "tests passed", "seconds"], [
+        [html_cell(h["id"]), html_status(h["status"]), html_cell(h["level"] or ""),
+         html_cell("%d/%d" % (h["tests_passed"], h["tests"])), html_cell("%.1f" % h["seconds"] if h["seconds"] else "")]
+        for h in report["history"]])
+
+
+def report_html(report):
+    """One self-contained page (inline CSS and SVG, nothing fetched) of an attempt's report."""
+    import html
+    e = html.escape
     summary = "%s%s%s" % (report["status"], " at level %s" % report["level"] if report["level"] else "",
                           ", %.1f s" % report["seconds"] if report["seconds"] else "")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pm: %s, attempt %s</title>"
@@ -7703,7 +7782,8 @@ def report_html(report):
                 e(report["name"]), e(report["id"]), REPORT_CSS, e(report["name"]), e(report["id"]),
                 e(report["status"]), e(summary), "<br>error: %s" % e(report["error"]) if report["error"] else "",
                 "<br>installed to %s" % e(report["installed_to"]) if report["installed_to"] else "",
-                platforms, requirements, tests, history_chart(report["history"]), history, VERSION,
+                platforms_html(report), requirements_html(report), tests_html(report), history_chart(report["history"]),
+                history_html(report), VERSION,
                 ' &middot; <a id="sbom" href="%s">SBOM (CycloneDX 1.5)</a>' % SBOM_FILE
                 if os.path.isfile(os.path.join(report["path"], SBOM_FILE)) else ""))
 
@@ -7723,38 +7803,66 @@ def write_report_html(store, name, attempt):
 def doctor_findings(store):
     """(area, ok, what, fix) rows about this machine, for 'pm.pyz doctor'."""
     import platform
+    rows = python_findings()
+    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
+    rows.append(conda_finding())
+    rows += manager_findings(store)
+    rows.append(disk_finding(store))
+    rows += tool_findings()
+    rows.append(server_finding(store))
+    here = this_platform()
+    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
+                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
+                                                                cpu_model()), ""))
+    return rows
+
+
+def python_versions():
+    """{real path: (version, path)} of the Pythons on PATH and in pyenv that answer."""
+    import glob
     import shutil
     import subprocess
-    import glob
-    rows = []
     found = {}
     candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
                   ["python3.%d" % n for n in range(6, 15)]]
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
     candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python")))
     for path in candidates:
-        if path and os.path.realpath(path) not in found:
-            try:
-                version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
-                                         universal_newlines=True).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if version:
-                found[os.path.realpath(path)] = (version, path)
-    for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])]):
-        rows.append(("python", True, "%s (%s)" % (version, path), ""))
+        if not path or os.path.realpath(path) in found:
+            continue
+        try:
+            version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
+                                     universal_newlines=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version:
+            found[os.path.realpath(path)] = (version, path)
+    return found
+
+
+def python_findings():
+    found = python_versions()
+    rows = [("python", True, "%s (%s)" % (version, path), "")
+            for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])])]
     if not any(v.startswith("2.7") for v, _ in found.values()):
         rows.append(("python", None, "no Python 2.7 here (needed only to pack on an old base)", ""))
-    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
+    return rows
+
+
+def conda_finding():
     try:
         exe = PROBE.find_conda()
         info = PROBE.run_conda_json(exe, ["info", "--json"])
-        rows.append(("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")),
-                     ""))
     except PmError as exc:
-        rows.append(("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
-                                               "(pack --with-packages), or uses the package managers below"))
+        return ("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
+                                          "(pack --with-packages), or uses the package managers below")
+    return ("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")), "")
+
+
+def manager_findings(store):
+    import shutil
+    rows = []
     for key, manager in sorted(load_managers(store).items()):
         if not manager.available():
             continue
@@ -7763,22 +7871,25 @@ def doctor_findings(store):
                 key, manager.exec.split()[0], os.geteuid()), "run pm as root, or list pip or spack first"))
         else:
             rows.append(("manager", True, "%s (%s)" % (key, shutil.which(manager.exec.split()[0])), ""))
+    return rows
+
+
+def disk_finding(store):
+    import shutil
     place = store.home
     while not os.path.isdir(place):
         place = os.path.dirname(place)
     free = shutil.disk_usage(place).free
-    rows.append(("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
-                 "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk"))
-    for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
-                      ("pixi", "makes conda-style environments"), ("uv", "installs the pip route's pins, faster")):
-        if shutil.which(tool):
-            rows.append(("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), ""))
-    rows.append(server_finding(store))
-    here = this_platform()
-    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
-                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
-                                                                cpu_model()), ""))
-    return rows
+    return ("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
+            "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk")
+
+
+def tool_findings():
+    import shutil
+    return [("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), "")
+            for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
+                              ("pixi", "makes conda-style environments"),
+                              ("uv", "installs the pip route's pins, faster")) if shutil.which(tool)]
 
 
 def cpu_model():
@@ -8728,14 +8839,7 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
         with zipfile.ZipFile(software_zip) as source:
             # the sizes its entries declare, which reading holds them to, before a byte is inflated
             check_unpacked_size(source.infolist(), os.path.getsize(software_zip), "the original tool's zip", max_ratio)
-            for piece in ("env.yml", "min-deps.json"):
-                if piece in source.namelist() and source.getinfo(piece).file_size > 16 << 20:
-                    raise PmError("the original tool's zip holds a %s over 16 MiB" % piece, "do not use this zip")
-            env_yml, min_deps = [read_part(parts.get(piece)) for piece in ("env.yml", "min-deps.json")]
-            env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
-            min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
-            if env_yml is None:
-                raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
+            env_yml, min_deps = original_env_files(source, parts)
             files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
                      and not i.filename.endswith("/")]
             tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
@@ -8743,13 +8847,7 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
             writer = PROBE.BundleWriter(target)
             writer.add_bytes("env.yml", env_yml)
             writer.add_bytes("min-deps.json", min_deps or b"[]\n")
-            for info in files:
-                out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
-                out_info.external_attr = info.external_attr or (0o644 << 16)
-                out_info.compress_type = zipfile.ZIP_DEFLATED
-                out_info.file_size = info.file_size
-                with source.open(info) as reader:
-                    writer.add_stream(out_info, reader)
+            copy_original_files(source, files, prefix, writer)
             software = sorted(tops)[0] if prefix == "software/" else name
             writer.finish(PROBE.make_manifest(name, None, {"dir": software, "files": len(files)},
                                               probe_version="platform-migrator 1.1.0"))
@@ -8759,6 +8857,31 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
         if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
             raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
         raise
+
+
+def original_env_files(source, parts):
+    """(env.yml, min-deps.json or None) as bytes: the posted parts, else the ones the zip carries."""
+    for piece in ("env.yml", "min-deps.json"):
+        if piece in source.namelist() and source.getinfo(piece).file_size > 16 << 20:
+            raise PmError("the original tool's zip holds a %s over 16 MiB" % piece, "do not use this zip")
+    env_yml, min_deps = [read_part(parts.get(piece)) for piece in ("env.yml", "min-deps.json")]
+    env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
+    min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
+    if env_yml is None:
+        raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
+    return env_yml, min_deps
+
+
+def copy_original_files(source, files, prefix, writer):
+    """The zip's software files into the bundle under prefix, streamed, each with its mode and time."""
+    import zipfile
+    for info in files:
+        out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
+        out_info.external_attr = info.external_attr or (0o644 << 16)
+        out_info.compress_type = zipfile.ZIP_DEFLATED
+        out_info.file_size = info.file_size
+        with source.open(info) as reader:
+            writer.add_stream(out_info, reader)
 
 
 def read_part(path):
@@ -8847,6 +8970,25 @@ def prune_plan(store, names, keep):
     return rows
 
 
+def prune_count(rows, what):
+    """'3 revisions (12.0 MiB)': how many rows of a kind, and their size."""
+    mine = [r for r in rows if r[3] == what]
+    return "%s (%s)" % (plural(len(mine), what), human_size(sum(r[2] for r in mine)))
+
+
+def prune_one(store, name, path, what):
+    """Remove a bundle revision, or an attempt with its modulefiles and the environment pm made for it."""
+    import shutil
+    if what == "revision":
+        return remove_quietly(path)
+    try:
+        remove_modulefiles(read_json(os.path.join(path, "result.json")))
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)), ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def cmd_prune(args):
     """Show what the store holds, per software, bundle revision and attempt, with its size, and remove
     what no install needs: the attempts that failed, ended in an error or were cut off (their folders,
@@ -8854,7 +8996,6 @@ def cmd_prune(args):
     or was replaced by a later one, and bundle revisions beyond the newest --keep N (1). An attempt
     whose install is still there (its result.json's installed_to, whose install mark names it) and a
     running one are never removed. Conda environments are conda's: prune leaves them."""
-    import shutil
     if args.keep < 0:
         raise PmError("--keep must be 0 or more", "pass e.g. --keep 1")
     store = Store.default()
@@ -8865,26 +9006,13 @@ def cmd_prune(args):
     freed = 0
     for name in names:
         mine = [r for r in rows if r[0] == name]
-        show("%s: %s (%s), %s (%s)" % (name, plural(len([r for r in mine if r[3] == "revision"]), "revision"),
-                                      human_size(sum(r[2] for r in mine if r[3] == "revision")),
-                                      plural(len([r for r in mine if r[3] == "attempt"]), "attempt"),
-                                      human_size(sum(r[2] for r in mine if r[3] == "attempt"))))
+        show("%s: %s" % (name, ", ".join(prune_count(mine, what) for what in ("revision", "attempt"))))
         for _, path, size, what, remove, why in mine:
             label = os.path.relpath(path, store.software(name))
             show("  %-30s %10s  %-6s %s" % (label, human_size(size), "remove" if remove else "keep", why))
             if remove and not args.dry_run:
-                if what == "revision":
-                    remove_quietly(path)
-                else:
-                    try:
-                        remove_modulefiles(read_json(os.path.join(path, "result.json")))
-                    except (OSError, ValueError):
-                        pass
-                    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)),
-                                  ignore_errors=True)
-                    shutil.rmtree(path, ignore_errors=True)
-            if remove:
-                freed += size
+                prune_one(store, name, path, what)
+            freed += size if remove else 0
     show("%s, %s %s%s" % (human_size(sum(r[2] for r in rows)), human_size(freed),
                           "would be freed" if args.dry_run else "freed",
                           " (--dry-run: nothing removed)" if args.dry_run else ""))
@@ -8894,6 +9022,13 @@ def cmd_prune(args):
 # == Command line =============================================================
 
 SELF_PATH = os.path.abspath(sys.argv[0])
+def bundle_file(path):
+    """path, when it names a file: else the one refusal of every verb that takes a bundle file."""
+    if not os.path.isfile(path):
+        raise PmError("no such bundle file: %s" % path, FIX_NOT_A_BUNDLE)
+    return path
+
+
 def cmd_serve(args):
     """Receive bundles from base machines and keep them in the store (~/.platform_migrator or
     $PM_HOME). GET /migrate hands out the probe; PUT /bundles/NAME takes a bundle; the original
@@ -8955,9 +9090,7 @@ def cmd_migrate(args):
     options.max_ratio = args.max_ratio
     options.force_preflight = args.force_preflight
     if args.bundle:
-        if not os.path.isfile(args.bundle):
-            raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
-        path = os.path.abspath(args.bundle)
+        path = os.path.abspath(bundle_file(args.bundle))
     else:
         path = store.latest_bundle(args.name, args.max_ratio)
     try:
@@ -9005,8 +9138,7 @@ def cmd_unpack(args):
     """Import a carried bundle into the store, with the same checks as an upload."""
     import shutil
     import tempfile
-    if not os.path.isfile(args.bundle):
-        raise PmError("no such file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
+    bundle_file(args.bundle)
     store = Store.default()
     handle, temp = tempfile.mkstemp(prefix="unpack-", suffix=".zip", dir=store.incoming())
     os.close(handle)
@@ -9103,9 +9235,7 @@ def cmd_doctor(args):
 
 def doctor_bundle(path, as_json=False):
     """doctor --bundle: the preflight of a bundle, without migrating it."""
-    if not os.path.isfile(path):
-        raise PmError("no such bundle file: %s" % path, "pass the path of a bundle written by 'pm.pyz pack'")
-    bundle = Bundle.open(os.path.abspath(path))
+    bundle = Bundle.open(os.path.abspath(bundle_file(path)))
     problems, here, checked = bundle_preflight(bundle)
     if as_json:
         print_json({"problems": problems, "checked": checked, "machine": here.describe(),
