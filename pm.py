@@ -17,12 +17,14 @@ and newer, the probe also 2.7):
   Migrator           one attempt: environment (with conda, with pm's own linker from the carried
                      packages, or with the package managers), the base's Python distributions (pinned
                      in one resolve, carried wheels, the software from its migrated tree), tests, install
-  Reports            report, history and report.html of the attempts; --json for scripts; doctor
-  Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
+  Reports            migrate's summary, report, history and report.html of the attempts (COLOURS);
+                     --json for scripts (print_json)
+  Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings; RequestHandler, connection deadlines
   Server (process)   one server per store: foreground, start, stop, status
+  Doctor             what this machine (its Pythons, conda, managers, disk, the server) offers
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
   Prune              what the store holds, and removing what no install needs
-  Command line       verbs, help, exit codes
+  Command line       the VERBS table (help, options, examples of each verb), exit codes
 """
 # Start-up imports only what every verb needs; the server's and the original protocol's modules
 # (http.server, urllib.request, hmac, base64, ...) are imported where they are used.
@@ -4362,21 +4364,6 @@ class MigrateOptions(object):
         self.preflight = None  # the problems the preflight found (None: the bundle has no record of its binaries)
 
 
-# status -> (terminal colour, colour on the report page): the one colour table
-COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
-           "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
-           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0"),
-           "missing": ("31", "#c62828"), "drift": ("33", "#ef6c00")}  # drift: at another version than the base's
-
-
-def paint(word, stream=None):
-    """A status word in colour, on a TTY only and never with NO_COLOR set."""
-    stream = stream or sys.stdout
-    if word in COLOURS and stream.isatty() and not os.environ.get("NO_COLOR"):
-        return "\033[%sm%s\033[0m" % (COLOURS[word][0], word)
-    return word
-
-
 class MigrationResult(object):
     """What an attempt came to: passed or failed, its tests, packages and where the software went."""
 
@@ -4391,36 +4378,6 @@ class MigrationResult(object):
 
     def exit_code(self):
         return 0 if self.passed else 1
-
-    def print_summary(self):
-        self.print_requirements()
-        print("%-20s %-8s %8s" % ("test", "status", "seconds"))
-        for result in self.tests:
-            print("%-20s %s%s %8.2f" % (printable(result.name), paint(result.status), " " * (8 - len(result.status)),
-                                        result.seconds))
-        show("attempt: %s" % self.attempt.path)
-        if self.installed and self.activate:
-            show("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
-        if self.installed and self.module:
-            show("or: module use %s && module load %s" % (shlex.quote(self.module[0]), self.module[1]))
-
-    def print_requirements(self):
-        """A line per status (installed, skipped, failed), per reason a requirement is missing, and
-        the requirements at another version than the base's."""
-        for status in ("installed", "skipped", "failed") if self.packages is not None else ():
-            names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
-                     for r in self.packages if r["status"] == status]
-            print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
-                                 printable(": " + ", ".join(names)) if names else ""))
-        by_why = {}
-        for row in self.attempt.result.get("unmet") or []:
-            by_why.setdefault(row["why"], []).append(row["requirement"])
-        for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
-            print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
-        drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
-        if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
-            show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
-                "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
 
 
 def migrate(store, name, config, bundle, options):
@@ -7691,6 +7648,55 @@ def print_report(report):
              "it %s migrate it again" % (report["environment_gone"], DASH))
 
 
+def print_summary(result):
+    """What migrate prints at its end (a MigrationResult): the requirements by status, the tests, where
+    the attempt is and how to run the install."""
+    print_requirement_lines(result)
+    print("%-20s %-8s %8s" % ("test", "status", "seconds"))
+    for test in result.tests:
+        print("%-20s %s%s %8.2f" % (printable(test.name), paint(test.status), " " * (8 - len(test.status)),
+                                    test.seconds))
+    show("attempt: %s" % result.attempt.path)
+    if result.installed and result.activate:
+        show("to run it: %s && cd %s" % (result.activate, shlex.quote(result.installed)))
+    if result.installed and result.module:
+        show("or: module use %s && module load %s" % (shlex.quote(result.module[0]), result.module[1]))
+
+
+def print_requirement_lines(result):
+    """A line per status (installed, skipped, failed), per reason a requirement is missing, and
+    the requirements at another version than the base's."""
+    for status in ("installed", "skipped", "failed") if result.packages is not None else ():
+        names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
+                 for r in result.packages if r["status"] == status]
+        print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
+                             printable(": " + ", ".join(names)) if names else ""))
+    by_why = {}
+    for row in result.attempt.result.get("unmet") or []:
+        by_why.setdefault(row["why"], []).append(row["requirement"])
+    for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
+        print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
+    drifted = [r for r in (result.packages or []) + (result.attempt.result.get("python") or []) if r.get("drift")]
+    if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
+        show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
+            "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
+
+
+# status -> (terminal colour, colour on the report page): the one colour table
+COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
+           "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
+           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0"),
+           "missing": ("31", "#c62828"), "drift": ("33", "#ef6c00")}  # drift: at another version than the base's
+
+
+def paint(word, stream=None):
+    """A status word in colour, on a TTY only and never with NO_COLOR set."""
+    stream = stream or sys.stdout
+    if word in COLOURS and stream.isatty() and not os.environ.get("NO_COLOR"):
+        return "\033[%sm%s\033[0m" % (COLOURS[word][0], word)
+    return word
+
+
 def history_chart(history):
     """An inline SVG bar per attempt, oldest left: height the share of tests passed, colour the status."""
     import html
@@ -7794,130 +7800,6 @@ def write_report_html(store, name, attempt):
         write_atomic(os.path.join(attempt.path, "report.html"), report_html(attempt_report(store, name, attempt.id)))
     except (OSError, PmError, ValueError) as exc:
         say("note: the attempt's report.html could not be written (%s)" % exc)
-
-
-# -- Doctor ----------------------------------------------------------------------
-# What this machine offers for a migration, each finding with the fix where something is missing.
-
-
-def doctor_findings(store):
-    """(area, ok, what, fix) rows about this machine, for 'pm.pyz doctor'."""
-    import platform
-    rows = python_findings()
-    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
-    rows.append(conda_finding())
-    rows += manager_findings(store)
-    rows.append(disk_finding(store))
-    rows += tool_findings()
-    rows.append(server_finding(store))
-    here = this_platform()
-    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
-                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
-                                                                cpu_model()), ""))
-    return rows
-
-
-def python_versions():
-    """{real path: (version, path)} of the Pythons on PATH and in pyenv that answer."""
-    import glob
-    import shutil
-    import subprocess
-    found = {}
-    candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
-                  ["python3.%d" % n for n in range(6, 15)]]
-    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python")))
-    for path in candidates:
-        if not path or os.path.realpath(path) in found:
-            continue
-        try:
-            version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
-                                     universal_newlines=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if version:
-            found[os.path.realpath(path)] = (version, path)
-    return found
-
-
-def python_findings():
-    found = python_versions()
-    rows = [("python", True, "%s (%s)" % (version, path), "")
-            for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])])]
-    if not any(v.startswith("2.7") for v, _ in found.values()):
-        rows.append(("python", None, "no Python 2.7 here (needed only to pack on an old base)", ""))
-    return rows
-
-
-def conda_finding():
-    try:
-        exe = PROBE.find_conda()
-        info = PROBE.run_conda_json(exe, ["info", "--json"])
-    except PmError as exc:
-        return ("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
-                                          "(pack --with-packages), or uses the package managers below")
-    return ("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")), "")
-
-
-def manager_findings(store):
-    import shutil
-    rows = []
-    for key, manager in sorted(load_managers(store).items()):
-        if not manager.available():
-            continue
-        if root_needed_but_missing(manager):
-            rows.append(("manager", False, "%s (%s): installs need root, and pm runs as uid %d" % (
-                key, manager.exec.split()[0], os.geteuid()), "run pm as root, or list pip or spack first"))
-        else:
-            rows.append(("manager", True, "%s (%s)" % (key, shutil.which(manager.exec.split()[0])), ""))
-    return rows
-
-
-def disk_finding(store):
-    import shutil
-    place = store.home
-    while not os.path.isdir(place):
-        place = os.path.dirname(place)
-    free = shutil.disk_usage(place).free
-    return ("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
-            "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk")
-
-
-def tool_findings():
-    import shutil
-    return [("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), "")
-            for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
-                              ("pixi", "makes conda-style environments"),
-                              ("uv", "installs the pip route's pins, faster")) if shutil.which(tool)]
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return " (%s)" % line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def server_finding(store):
-    import urllib.request
-    record = running_server(store)
-    if not record:
-        return ("server", None, "no pm server runs for %s" % store.home, "start one with 'pm.pyz serve start'")
-    local = "http://127.0.0.1:%d" % record["port"] if record["host"] in ("0.0.0.0", "::", "") else record["url"]
-    request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + record["token"]}
-                                     if record.get("token") else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            answer.read()
-        return ("server", True, "the pm server at %s answers (PID %d)" % (record["url"], record["pid"]), "")
-    except OSError as exc:
-        return ("server", False, "the pm server at %s does not answer (%s)" % (record["url"], exc),
-                "read %s, or restart it: pm.pyz serve stop; pm.pyz serve start" % store.server_log)
 
 
 # == Server (HTTP) ============================================================
@@ -8643,6 +8525,131 @@ def server_status(store, as_json=False):
     return 0
 
 
+# == Doctor ===================================================================
+# What this machine offers for a migration, each finding with the fix where something is missing
+# (the server too: this section comes after it).
+
+
+def doctor_findings(store):
+    """(area, ok, what, fix) rows about this machine, for 'pm.pyz doctor'."""
+    import platform
+    rows = python_findings()
+    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
+    rows.append(conda_finding())
+    rows += manager_findings(store)
+    rows.append(disk_finding(store))
+    rows += tool_findings()
+    rows.append(server_finding(store))
+    here = this_platform()
+    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
+                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
+                                                                cpu_model()), ""))
+    return rows
+
+
+def python_versions():
+    """{real path: (version, path)} of the Pythons on PATH and in pyenv that answer."""
+    import glob
+    import shutil
+    import subprocess
+    found = {}
+    candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
+                  ["python3.%d" % n for n in range(6, 15)]]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python")))
+    for path in candidates:
+        if not path or os.path.realpath(path) in found:
+            continue
+        try:
+            version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
+                                     universal_newlines=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version:
+            found[os.path.realpath(path)] = (version, path)
+    return found
+
+
+def python_findings():
+    found = python_versions()
+    rows = [("python", True, "%s (%s)" % (version, path), "")
+            for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])])]
+    if not any(v.startswith("2.7") for v, _ in found.values()):
+        rows.append(("python", None, "no Python 2.7 here (needed only to pack on an old base)", ""))
+    return rows
+
+
+def conda_finding():
+    try:
+        exe = PROBE.find_conda()
+        info = PROBE.run_conda_json(exe, ["info", "--json"])
+    except PmError as exc:
+        return ("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
+                                          "(pack --with-packages), or uses the package managers below")
+    return ("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")), "")
+
+
+def manager_findings(store):
+    import shutil
+    rows = []
+    for key, manager in sorted(load_managers(store).items()):
+        if not manager.available():
+            continue
+        if root_needed_but_missing(manager):
+            rows.append(("manager", False, "%s (%s): installs need root, and pm runs as uid %d" % (
+                key, manager.exec.split()[0], os.geteuid()), "run pm as root, or list pip or spack first"))
+        else:
+            rows.append(("manager", True, "%s (%s)" % (key, shutil.which(manager.exec.split()[0])), ""))
+    return rows
+
+
+def disk_finding(store):
+    import shutil
+    place = store.home
+    while not os.path.isdir(place):
+        place = os.path.dirname(place)
+    free = shutil.disk_usage(place).free
+    return ("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
+            "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk")
+
+
+def tool_findings():
+    import shutil
+    return [("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), "")
+            for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
+                              ("pixi", "makes conda-style environments"),
+                              ("uv", "installs the pip route's pins, faster")) if shutil.which(tool)]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return " (%s)" % line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def server_finding(store):
+    import urllib.request
+    record = running_server(store)
+    if not record:
+        return ("server", None, "no pm server runs for %s" % store.home, "start one with 'pm.pyz serve start'")
+    local = "http://127.0.0.1:%d" % record["port"] if record["host"] in ("0.0.0.0", "::", "") else record["url"]
+    request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + record["token"]}
+                                     if record.get("token") else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
+        return ("server", True, "the pm server at %s answers (PID %d)" % (record["url"], record["pid"]), "")
+    except OSError as exc:
+        return ("server", False, "the pm server at %s does not answer (%s)" % (record["url"], exc),
+                "read %s, or restart it: pm.pyz serve stop; pm.pyz serve start" % store.server_log)
+
+
 # == platform-migrator 1.1.0 compatibility ====================================
 # The original tool's probe protocol (POST /yml, /min, /zip), its carried zip, and its
 # package-manager searches that no longer work.
@@ -9105,7 +9112,7 @@ def cmd_migrate(args):
     if args.json:
         print_attempt_json(store, args.name, result.attempt.id)
     else:
-        result.print_summary()
+        print_summary(result)
     return result.exit_code()
 
 
