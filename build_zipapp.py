@@ -98,6 +98,9 @@ def _load(name):
     return module
 
 
+TOP_HELP = None  # pm.top_help(), written in by the build (sources): pm.py itself needs Python 3
+
+
 def _main():
     args = sys.argv[1:]
     flags = []
@@ -108,7 +111,7 @@ def _main():
         return _load("pm_probe").main(args[1:] + flags)
     if sys.version_info < (3, 6):
         if verb in (None, "-h", "--help", "help"):
-            print(_load("pm_probe").TOP_HELP)
+            print(TOP_HELP)
             print("This is Python %d.%d: only 'pack' works here; the other verbs need Python 3.6 or newer."
                   % sys.version_info[:2])
             return 0
@@ -128,7 +131,8 @@ def sources():
     import pm
     with open(os.path.join(HERE, "pm.py"), "rb") as handle:
         pm_source = handle.read()
-    return [("__main__.py", MAIN.encode("utf-8")), ("pm.py", pm_source),
+    main = MAIN.replace("TOP_HELP = None", "TOP_HELP = %r" % pm.top_help(), 1)
+    return [("__main__.py", main.encode("utf-8")), ("pm.py", pm_source),
             ("pm_probe.py", pm.PROBE_SOURCE.encode("utf-8"))]
 
 

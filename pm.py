@@ -17,12 +17,14 @@ and newer, the probe also 2.7):
   Migrator           one attempt: environment (with conda, with pm's own linker from the carried
                      packages, or with the package managers), the base's Python distributions (pinned
                      in one resolve, carried wheels, the software from its migrated tree), tests, install
-  Reports            report, history and report.html of the attempts; --json for scripts; doctor
-  Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings
+  Reports            migrate's summary, report, history and report.html of the attempts (COLOURS);
+                     --json for scripts (print_json)
+  Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings; RequestHandler, connection deadlines
   Server (process)   one server per store: foreground, start, stop, status
+  Doctor             what this machine (its Pythons, conda, managers, disk, the server) offers
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
   Prune              what the store holds, and removing what no install needs
-  Command line       verbs, help, exit codes
+  Command line       the VERBS table (help, options, examples of each verb), exit codes
 """
 # Start-up imports only what every verb needs; the server's and the original protocol's modules
 # (http.server, urllib.request, hmac, base64, ...) are imported where they are used.
@@ -2371,28 +2373,9 @@ def send_bundle(path, server, name, token):
         raise PmError("the server refused the bundle (%d): %s" % (response.status, reason),
                       "fix what it names, or save with -o and carry the file")
     say("sent %s (%.1f MiB) to %s" % (name, size / 1048576.0, server))
-    return body
 
 
 # -- Command line ---------------------------------------------------------
-
-TOP_HELP = """usage: pm.pyz VERB [options]
-
-pm moves scientific software to another machine and proves it works there.
-
-verbs:
-  pack      capture a conda environment and a software directory (any Python 2.7+)
-  serve     receive bundles from base machines              (Python 3.6+)
-  unpack    import a carried bundle into the store          (Python 3.6+)
-  send      send a kept bundle to a pm server               (Python 3.6+)
-  list      show stored software and migration attempts     (Python 3.6+)
-  migrate   recreate stored software here and run its tests (Python 3.6+)
-  report    show what a migration attempt came to           (Python 3.6+)
-  history   list a software's migration attempts            (Python 3.6+)
-  managers  list configured package managers                (Python 3.6+)
-  doctor    say what this machine offers for a migration    (Python 3.6+)
-
-Run 'pm.pyz VERB --help' for the options of a verb."""
 
 
 def build_parser():
@@ -2539,28 +2522,23 @@ def pack(args):
         write_bundle(output, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
         say("saved %s" % output)
         print(os.path.abspath(output))
-    if server:
-        path = output
-        if not path:
-            path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
+    if server:  # never with an output (resolve_answers): the bundle goes through a temp folder
+        path = os.path.join(tempfile.mkdtemp(prefix="pm-pack-"), name + ".bundle.zip")
         try:
-            if not output:
-                write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
+            write_bundle(path, name, software_dir, captured, patterns, args.skip_unreadable, plan, args.level)
             send_bundle(path, server, name, token)
         except PmError:
-            if not output and os.path.exists(path):  # the one thing pack leaves, and it says where
+            if os.path.exists(path):  # the one thing pack leaves, and it says where
                 say("the bundle is kept at %s: send it again with 'python3 pm.pyz send %s --server %s', "
                     "or carry it" % (path, path, server))
-            elif not output:
+            else:
                 shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
         except BaseException:  # Ctrl-C: a bundle nobody asked to keep goes
-            if not output:
-                shutil.rmtree(os.path.dirname(path), ignore_errors=True)
+            shutil.rmtree(os.path.dirname(path), ignore_errors=True)
             raise
-        if not output:
-            os.remove(path)
-            os.rmdir(os.path.dirname(path))
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
         print("%s/bundles/%s" % (server.rstrip("/"), name))
     return 0
 
@@ -2609,6 +2587,12 @@ spec_name, copy_hashing, utc_time, printable = PROBE.spec_name, PROBE.copy_hashi
 yaml_scalar = PROBE.yaml_scalar  # the one writer of an environment file's scalars (pack's env.yml, migrate's)
 plural, human_size = PROBE.plural, PROBE.human_size
 
+# The fix a refusal names, in the same words wherever the same thing went wrong.
+FIX_BAD_BUNDLE = "do not use this bundle; pack the software again"  # broken, incomplete, or unsafe to unpack
+FIX_NOT_A_BUNDLE = "pass the path of a bundle written by 'pm.pyz pack'"  # no such file, or no bundle at all
+FIX_DAMAGED = "send or copy the bundle again"  # a member's bytes changed on the way (its sha256)
+FIX_ENV_FILE = "use an environment file written by 'conda env export'"
+
 
 def probe_script(server_url, token=""):
     """The probe with a server address (and token) filled in, for GET /migrate."""
@@ -2639,7 +2623,7 @@ class Manifest(object):
     @classmethod
     def from_json(cls, data):
         if not isinstance(data, dict) or not isinstance(data.get("members"), dict):
-            raise PmError("the bundle's manifest.json is not a pm manifest", "pack the software again")
+            raise PmError("the bundle's manifest.json is not a pm manifest", FIX_BAD_BUNDLE)
         if not isinstance(data.get("format"), int) or data["format"] > BUNDLE_FORMAT:
             raise PmError("bundle format %r is newer than this pm understands" % data.get("format"),
                           "use a newer pm.pyz on this machine")
@@ -2648,12 +2632,12 @@ class Manifest(object):
         software_dir = (data.get("software") or {}).get("dir") if isinstance(data.get("software"), dict) else None
         if software_dir is not None and not is_one_path_component(software_dir):
             raise PmError("the manifest's software dir %r is not one plain folder name" % (software_dir,),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         for name, entry in data["members"].items():
             safe_member_path(name)
             if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
                     or not isinstance(entry.get("size"), int):
-                raise PmError("manifest entry for %s has no sha256/size" % name, "pack the software again")
+                raise PmError("manifest entry for %s has no sha256/size" % name, FIX_BAD_BUNDLE)
         return cls(**data)
 
     def to_json(self):
@@ -2667,26 +2651,34 @@ def check_manifest_fields(data):
     """The manifest's fields that migrate and report read, each of the type they expect: source, env,
     software and packages objects; minimal and requested_specs lists of text; each carried package a
     file under channel/ and a name."""
-    def refuse(field, what):
-        raise PmError("the manifest's %s is not %s" % (field, what), "do not use this bundle; pack the software again")
     for field in ("source", "env", "software", "packages"):
-        if data.get(field) is not None and not isinstance(data[field], dict):
-            refuse(field, "an object")
+        check_manifest_field(field, data.get(field), lambda value: isinstance(value, dict), "an object")
     for field in ("minimal", "requested_specs"):
-        value = data.get(field)
-        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            refuse(field, "a list of specs")
+        check_manifest_field(field, data.get(field), is_text_list, "a list of specs")
     packages = data.get("packages") or {}
-    if packages.get("platform") is not None and not isinstance(packages["platform"], str):
-        refuse("packages.platform", "a platform name")
+    check_manifest_field("packages.platform", packages.get("platform"), lambda value: isinstance(value, str),
+                         "a platform name")
     for field in ("carried", "missing"):
-        value = packages.get(field)
-        if value is not None and not (isinstance(value, list) and all(
-                isinstance(v, dict) and isinstance(v.get("name"), str) for v in value)):
-            refuse("packages.%s" % field, "a list of packages with names")
+        check_manifest_field("packages." + field, packages.get(field), is_named_list, "a list of packages with names")
     for carried in packages.get("carried") or []:
-        if not isinstance(carried.get("file"), str) or not carried["file"].startswith("channel/"):
-            refuse("packages.carried file %r" % (carried.get("file"),), "a member under channel/")
+        check_manifest_field("packages.carried file %r" % (carried.get("file"),), carried.get("file") or 0,
+                             lambda value: isinstance(value, str) and value.startswith("channel/"),
+                             "a member under channel/")
+
+
+def check_manifest_field(field, value, fits, what):
+    """A field absent (None) or of the type its readers expect."""
+    if value is not None and not fits(value):
+        raise PmError("the manifest's %s is not %s" % (field, what), FIX_BAD_BUNDLE)
+
+
+def is_text_list(value):
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def is_named_list(value):
+    return isinstance(value, list) and all(isinstance(item, dict) and isinstance(item.get("name"), str)
+                                           for item in value)
 
 
 def is_one_path_component(name):
@@ -2698,7 +2690,7 @@ def safe_member_path(name):
     parts = name.replace("\\", "/").split("/")
     if not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts \
             or re.match(r"^[A-Za-z]:", name):
-        raise PmError("unsafe path %r in the bundle" % name, "do not use this bundle; pack the software again")
+        raise PmError("unsafe path %r in the bundle" % name, FIX_BAD_BUNDLE)
     return name
 
 
@@ -2711,24 +2703,24 @@ def open_bundle(path, label=None):
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise PmError("%s is not a readable bundle (%s)" % (label, exc), "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s is not a readable bundle (%s)" % (label, exc), FIX_NOT_A_BUNDLE)
     try:
         size = archive.getinfo("manifest.json").file_size
     except KeyError:
         archive.close()
-        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s has no manifest.json" % label, FIX_NOT_A_BUNDLE)
     if size > MANIFEST_LIMIT:
         archive.close()
         raise PmError("the manifest.json of %s is %.1f MiB, over the %d MiB no real one reaches" % (
-            label, size / 1048576.0, MANIFEST_LIMIT >> 20), "do not use this bundle; pack the software again")
+            label, size / 1048576.0, MANIFEST_LIMIT >> 20), FIX_BAD_BUNDLE)
     try:
         data = json.loads(archive.read("manifest.json").decode("utf-8"))
     except KeyError:
         archive.close()
-        raise PmError("%s has no manifest.json" % label, "pass a file written by 'pm.pyz pack'")
+        raise PmError("%s has no manifest.json" % label, FIX_NOT_A_BUNDLE)
     except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
         archive.close()
-        raise PmError("%s has a broken manifest.json (%s)" % (label, exc), "pack the software again")
+        raise PmError("%s has a broken manifest.json (%s)" % (label, exc), FIX_BAD_BUNDLE)
     try:
         return archive, Manifest.from_json(data)
     except PmError:
@@ -2797,64 +2789,33 @@ class Bundle(object):
     def open(cls, path, label=None, max_ratio=None):
         """A bundle checked member by member; label names it in messages (an upload's temp path
         means nothing to its sender); max_ratio bounds its unpacked size (check_unpacked_size)."""
-        import zipfile
-        import zlib
+        where = label or path
         try:
             handle = open(path, "rb")
         except OSError as exc:
-            raise PmError("%s is not a readable bundle (%s)" % (label or path, exc.strerror),
-                          "pass a file written by 'pm.pyz pack'")
-        archive, manifest = open_bundle(handle, label or path)
+            raise PmError("%s is not a readable bundle (%s)" % (where, exc.strerror), FIX_NOT_A_BUNDLE)
+        archive, manifest = open_bundle(handle, where)
         with archive:
             check_entry_kinds_and_names(archive.infolist())
-            check_unpacked_size(archive.infolist(), os.fstat(handle.fileno()).st_size, label or path, max_ratio)
-            listed = set(manifest.members)
-            for info in archive.infolist():
-                safe_member_path(info.filename)
-                if info.filename == "manifest.json" or info.filename.endswith("/"):
-                    continue
-                if info.filename not in listed:
-                    raise PmError("%s is in the bundle but not in its manifest" % info.filename,
-                                  "pack the software again")
-                parts = info.filename.split("/")
-                if parts[0] == "channel" and (len(parts) != 3 or not re.match(CONDA_SUBDIR, parts[1])
-                                              or not is_one_path_component(parts[2])):
-                    raise PmError("bundle member %r is not channel/SUBDIR/FILE of a carried package (SUBDIR as "
-                                  "linux-64 or noarch)" % info.filename[:200],
-                                  "do not use this bundle; pack the software again")
-                if info.filename.startswith("wheels/") and not re.match(WHEEL_FN, info.filename[len("wheels/"):]):
-                    raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
-                                  "PLATFORM.whl)" % info.filename[:200], "do not use this bundle; pack the software again")
-                try:
-                    digest, size = member_digest(archive, info.filename)
-                except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                    raise PmError("bundle member %s is damaged (%s)" % (info.filename, exc),
-                                  "send or copy the bundle again")
-                entry = manifest.members[info.filename]
-                if digest != entry["sha256"] or size != entry["size"]:
-                    raise PmError("bundle member %s does not match its sha256 in the manifest" % info.filename,
-                                  "send or copy the bundle again")
-                listed.discard(info.filename)
-            if listed:
-                raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0],
-                              "pack the software again")
-            for required in ("env.yml", "min-deps.json"):
-                if required not in manifest.members:
-                    raise PmError("the bundle has no %s" % required, "pack the software again")
+            check_unpacked_size(archive.infolist(), os.fstat(handle.fileno()).st_size, where, max_ratio)
+            check_members(archive, manifest)
         bundle = cls(path, manifest, handle)
         bundle.max_ratio = max_ratio
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
         base_distributions(bundle)
-        for member in sorted(manifest.members):
+        bundle.check_carried_channel(where)
+        return bundle
+
+    def check_carried_channel(self, where):
+        """Each carried channel's repodata.json, read as the migration will read it."""
+        for member in sorted(self.manifest.members):
             parts = member.split("/")
             if parts[0] == "channel" and parts[2] == "repodata.json":
                 try:
-                    repodata = bundle.read_json(member)
+                    repodata = self.read_json(member)
                 except (ValueError, UnicodeDecodeError) as exc:
-                    raise PmError("%s in %s is not JSON (%s)" % (member, label or path, exc),
-                                  "do not use this bundle; pack the software again")
+                    raise PmError("%s in %s is not JSON (%s)" % (member, where, exc), FIX_BAD_BUNDLE)
                 carried_entries(parts[1], repodata)
-        return bundle
 
     @classmethod
     def stored(cls, path):
@@ -2870,7 +2831,7 @@ class Bundle(object):
             limit = PARSED_LIMITS.get(member, 16 << 20)
             if archive.getinfo(member).file_size > limit:
                 raise PmError("%s in %s is over %d MiB, far more than any real one" % (member, self.path, limit >> 20),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
             return archive.read(member).decode("utf-8")
 
     def read_json(self, member):
@@ -2887,9 +2848,9 @@ class Bundle(object):
         try:
             min_deps = self.read_json("min-deps.json")
         except (ValueError, UnicodeDecodeError) as exc:
-            raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), "pack the software again")
+            raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), FIX_BAD_BUNDLE)
         if not isinstance(min_deps, list):
-            raise PmError("min-deps.json in %s is not a list" % where, "pack the software again")
+            raise PmError("min-deps.json in %s is not a list" % where, FIX_BAD_BUNDLE)
         for record in min_deps:  # names and versions become conda's words (the direct level, its dry runs)
             if isinstance(record, dict):
                 name, version = record.get("name"), record.get("version")
@@ -2902,16 +2863,16 @@ class Bundle(object):
                 shown = record
             if bad:
                 raise PmError("min-deps.json in %s lists %r, which is not a package name and version"
-                              % (where, str(shown)[:100]), "do not use this bundle; pack the software again")
+                              % (where, str(shown)[:100]), FIX_BAD_BUNDLE)
         try:
             env_text = self.read_text("env.yml")
         except UnicodeDecodeError:
-            raise PmError("env.yml in %s is not UTF-8" % where, "pack the software again")
+            raise PmError("env.yml in %s is not UTF-8" % where, FIX_BAD_BUNDLE)
         env_file = parse_env_yml(env_text, "env.yml in %s" % where)
         for spec in env_file.dependencies:
             if not re.match(r"^[A-Za-z0-9_]", spec) or re.search(CONTROL_OR_NEWLINE, spec):
                 raise PmError("env.yml in %s lists %r, which is not a package spec" % (where, spec[:80]),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
         return env_file, min_deps
 
     def extract_channel(self, dest):
@@ -2941,7 +2902,7 @@ class Bundle(object):
                 if len(parts) != depth or not all(is_one_path_component(p) for p in parts[1:]) \
                         or stat.S_IFMT(info.external_attr >> 16) not in (0, stat.S_IFREG):
                     raise PmError("bundle entry %s is not a carried package" % info.filename,
-                                  "do not use this bundle; pack the software again")
+                                  FIX_BAD_BUNDLE)
                 folder = os.path.join(dest, *parts[1:-1])
                 if not os.path.isdir(folder):
                     os.mkdir(folder, 0o700)
@@ -2973,18 +2934,62 @@ class Bundle(object):
                         os.symlink(link, os.path.join(dest, *parts))
                     except FileExistsError:
                         raise PmError("bundle entry software/%s is a link and also a file or folder" % "/".join(parts),
-                                      "do not use this bundle; pack the software again")
+                                      FIX_BAD_BUNDLE)
                 real_root = os.path.realpath(root)
                 for parts, link in links:
                     resolved = os.path.realpath(os.path.join(dest, *parts))
                     if not resolved.startswith(real_root + os.sep):
                         raise PmError("bundle link %s points outside the software (%s)"
-                                      % ("software/" + "/".join(parts), link), "do not use this bundle")
+                                      % ("software/" + "/".join(parts), link), FIX_BAD_BUNDLE)
             except BaseException:
                 if os.path.lexists(root):
                     shutil.rmtree(root, ignore_errors=True)
                 raise
         return root
+
+
+def check_members(archive, manifest):
+    """Each member listed in the manifest, in its place, and of its size and sha256; none missing,
+    env.yml and min-deps.json among them."""
+    listed = set(manifest.members)
+    for info in archive.infolist():
+        safe_member_path(info.filename)
+        if info.filename == "manifest.json" or info.filename.endswith("/"):
+            continue
+        if info.filename not in listed:
+            raise PmError("%s is in the bundle but not in its manifest" % info.filename, FIX_BAD_BUNDLE)
+        check_member_place(info.filename)
+        check_member_digest(archive, info.filename, manifest.members[info.filename])
+        listed.discard(info.filename)
+    if listed:
+        raise PmError("the bundle lacks %s, listed in its manifest" % sorted(listed)[0], FIX_BAD_BUNDLE)
+    for required in ("env.yml", "min-deps.json"):
+        if required not in manifest.members:
+            raise PmError("the bundle has no %s" % required, FIX_BAD_BUNDLE)
+
+
+def check_member_place(name):
+    """A carried package is channel/SUBDIR/FILE, a wheel wheels/ and a plain wheel file name."""
+    parts = name.split("/")
+    if parts[0] == "channel" and (len(parts) != 3 or not re.match(CONDA_SUBDIR, parts[1])
+                                  or not is_one_path_component(parts[2])):
+        raise PmError("bundle member %r is not channel/SUBDIR/FILE of a carried package (SUBDIR as "
+                      "linux-64 or noarch)" % name[:200], FIX_BAD_BUNDLE)
+    if name.startswith("wheels/") and not re.match(WHEEL_FN, name[len("wheels/"):]):
+        raise PmError("bundle member %r is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                      "PLATFORM.whl)" % name[:200], FIX_BAD_BUNDLE)
+
+
+def check_member_digest(archive, name, entry):
+    """The member's bytes are the ones the manifest lists (size and sha256)."""
+    import zipfile
+    import zlib
+    try:
+        digest, size = member_digest(archive, name)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise PmError("bundle member %s is damaged (%s)" % (name, exc), FIX_DAMAGED)
+    if digest != entry["sha256"] or size != entry["size"]:
+        raise PmError("bundle member %s does not match its sha256 in the manifest" % name, FIX_DAMAGED)
 
 
 def check_entry_kinds_and_names(infos):
@@ -2997,7 +3002,7 @@ def check_entry_kinds_and_names(infos):
         kind = kinds.get(stat.S_IFMT(info.external_attr >> 16))
         if kind:
             raise PmError("bundle entry %s is %s, which pm never unpacks" % (info.filename, kind),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         folded = info.filename.rstrip("/").lower()
         if folded in seen and seen[folded] != info.filename.rstrip("/"):
             raise PmError("bundle entries %s and %s differ only in case: on a case-insensitive disk one "
@@ -3031,13 +3036,13 @@ def software_entries(archive, top):
         parts = tuple(name[len("software/"):].rstrip("/").split("/"))
         if any(part in ("", ".", "..") for part in parts):
             raise PmError("unsafe path %r in the bundle (an empty, '.' or '..' part)" % name,
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         top = top or parts[0]
         if parts[0] != top:
             raise PmError("bundle entry %s is outside the software directory %s" % (name, top),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         if parts in seen:
-            raise PmError("bundle entry %s appears twice" % name, "do not use this bundle; pack the software again")
+            raise PmError("bundle entry %s appears twice" % name, FIX_BAD_BUNDLE)
         seen.add(parts)
         entries.append((parts, info))
     return entries
@@ -3061,7 +3066,7 @@ def write_entries(archive, entries, dest):
                 os.chmod(folder, ((mode & 0o777) | 0o700) & ~writer.umask)
         else:
             if os.path.lexists(os.path.join(dest, *parts)):
-                raise PmError("%s is written twice" % where, "do not use this bundle; pack the software again")
+                raise PmError("%s is written twice" % where, FIX_BAD_BUNDLE)
             stamp = time.mktime(info.date_time + (0, 0, -1))
             with archive.open(info) as source:
                 writer.write("/".join(parts), source, mode & 0o777 or 0o644, stamp, where)
@@ -3376,59 +3381,76 @@ def list_value(value, where):
     raise PmError("%s: expected a list, got %r" % (where, value), "write one '  - item' per line")
 
 
+KEY_LINE = r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$"  # 'key: value' (or 'key:'), and '- pip:' inside a list
+
+
+class EnvYmlReader(object):
+    """parse_env_yml's state, line by line: the document so far, the top-level key whose lines
+    follow, and the installer (- pip:) whose items follow."""
+
+    def __init__(self):
+        self.doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
+        self.key, self.sub_list, self.sub_indent = None, None, None  # key "": an unknown one, passed over
+
+    def line(self, indent, body, where):
+        is_item = body == "-" or body.startswith("- ")
+        if self.sub_list and is_item and indent > self.sub_indent:
+            if self.sub_list == "pip":
+                self.doc["pip"].append(parse_scalar(body[1:].strip(), where))
+            return
+        self.sub_list = None
+        unindented_item = self.key in ("channels", "dependencies", "") and is_item
+        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
+            self.top_level(body, where)
+        elif not self.key:
+            return
+        elif is_item:
+            self.item(body[1:].strip(), indent, where)
+        elif self.key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
+            name, value = body.split(":", 1)
+            self.doc["variables"][name.strip()] = parse_scalar(value, where)
+        else:
+            raise PmError("%s: cannot read %r" % (where, body), FIX_ENV_FILE)
+
+    def top_level(self, body, where):
+        match = re.match(KEY_LINE, body)
+        if not match:
+            raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body), FIX_ENV_FILE)
+        self.key, value = match.group(1), (match.group(2) or "").strip()
+        if self.key in ("name", "prefix"):
+            self.doc[self.key] = parse_scalar(value, where)
+        elif self.key in ("channels", "dependencies"):
+            self.doc[self.key].extend(list_value(value, where))
+        elif self.key == "variables" and value and value != "{}":
+            raise PmError("%s: variables must be a block of NAME: value lines" % where,
+                          "write one '  NAME: value' per line")
+        elif self.key != "variables":
+            say("warning: %s: ignoring the unknown key %r" % (where, self.key))
+            self.key = ""
+
+    def item(self, item, indent, where):
+        if self.key not in ("channels", "dependencies"):
+            raise PmError("%s: a list item under %r" % (where, self.key), "only channels and dependencies are lists")
+        installer = re.match(KEY_LINE, item) if self.key == "dependencies" else None
+        if not installer:
+            self.doc[self.key].append(parse_scalar(item, where))
+            return
+        self.sub_list, self.sub_indent = installer.group(1), indent
+        items = list_value((installer.group(2) or "").strip(), where)
+        if self.sub_list == "pip":
+            self.doc["pip"].extend(items)
+        else:
+            say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)" % (where, self.sub_list))
+
+
 def parse_env_yml(text, source="env.yml"):
     """Parse conda's env-file YAML: name, channels, dependencies (with a pip: list), prefix,
     variables; block or flow lists, indented or not, quotes, comments, CRLF, a BOM, Python 2's
     tags. Other installers' lists (- npm: ...) are left out with a warning."""
-    doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
-    key, sub_list, sub_indent = None, None, None  # sub_list: the installer whose items follow (- pip:)
+    reader = EnvYmlReader()
     for number, indent, body in logical_lines(text.lstrip("\ufeff"), source):
-        where = "%s line %d" % (source, number)
-        is_item = body == "-" or body.startswith("- ")
-        if sub_list and is_item and indent > sub_indent:
-            if sub_list == "pip":
-                doc["pip"].append(parse_scalar(body[1:].strip(), where))
-            continue
-        sub_list = None
-        unindented_item = key in ("channels", "dependencies", "") and is_item
-        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
-            match = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", body)
-            if not match:
-                raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body),
-                              "use an environment file written by 'conda env export'")
-            key, value = match.group(1), (match.group(2) or "").strip()
-            if key in ("name", "prefix"):
-                doc[key] = parse_scalar(value, where)
-            elif key in ("channels", "dependencies"):
-                doc[key].extend(list_value(value, where))
-            elif key == "variables" and value and value != "{}":
-                raise PmError("%s: variables must be a block of NAME: value lines" % where,
-                              "write one '  NAME: value' per line")
-            elif key != "variables":
-                say("warning: %s: ignoring the unknown key %r" % (where, key))
-                key = ""  # its lines are passed over
-        elif not key:
-            continue
-        elif is_item:
-            item = body[1:].strip()
-            if key not in ("channels", "dependencies"):
-                raise PmError("%s: a list item under %r" % (where, key), "only channels and dependencies are lists")
-            installer = re.match(r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$", item) if key == "dependencies" else None
-            if installer:
-                sub_list, sub_indent = installer.group(1), indent
-                items = list_value((installer.group(2) or "").strip(), where)
-                if sub_list == "pip":
-                    doc["pip"].extend(items)
-                else:
-                    say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)"
-                        % (where, sub_list))
-            else:
-                doc[key].append(parse_scalar(item, where))
-        elif key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
-            name, value = body.split(":", 1)
-            doc["variables"][name.strip()] = parse_scalar(value, where)
-        else:
-            raise PmError("%s: cannot read %r" % (where, body), "use an environment file written by 'conda env export'")
+        reader.line(indent, body, "%s line %d" % (source, number))
+    doc = reader.doc
     if not doc["dependencies"] and not doc["pip"]:
         raise PmError("%s lists no dependencies" % source, "pack the software again from its conda environment")
     return EnvFile(doc.get("name"), doc["channels"], doc["dependencies"], doc["pip"], doc["variables"])
@@ -4409,21 +4431,6 @@ class MigrateOptions(object):
         self.preflight = None  # the problems the preflight found (None: the bundle has no record of its binaries)
 
 
-# status -> (terminal colour, colour on the report page): the one colour table
-COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
-           "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
-           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0"),
-           "missing": ("31", "#c62828")}
-
-
-def paint(word, stream=None):
-    """A status word in colour, on a TTY only and never with NO_COLOR set."""
-    stream = stream or sys.stdout
-    if word in COLOURS and stream.isatty() and not os.environ.get("NO_COLOR"):
-        return "\033[%sm%s\033[0m" % (COLOURS[word][0], word)
-    return word
-
-
 class MigrationResult(object):
     """What an attempt came to: passed or failed, its tests, packages and where the software went."""
 
@@ -4438,32 +4445,6 @@ class MigrationResult(object):
 
     def exit_code(self):
         return 0 if self.passed else 1
-
-    def print_summary(self):
-        if self.packages is not None:
-            for status in ("installed", "skipped", "failed"):
-                names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
-                         for r in self.packages if r["status"] == status]
-                print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
-                                     printable(": " + ", ".join(names)) if names else ""))
-        by_why = {}
-        for row in self.attempt.result.get("unmet") or []:
-            by_why.setdefault(row["why"], []).append(row["requirement"])
-        for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
-            print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
-        drifted = [r for r in (self.packages or []) + (self.attempt.result.get("python") or []) if r.get("drift")]
-        if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
-            show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
-                "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
-        print("%-20s %-8s %8s" % ("test", "status", "seconds"))
-        for result in self.tests:
-            print("%-20s %s%s %8.2f" % (printable(result.name), paint(result.status), " " * (8 - len(result.status)),
-                                        result.seconds))
-        show("attempt: %s" % self.attempt.path)
-        if self.installed and self.activate:
-            show("to run it: %s && cd %s" % (self.activate, shlex.quote(self.installed)))
-        if self.installed and self.module:
-            show("or: module use %s && module load %s" % (shlex.quote(self.module[0]), self.module[1]))
 
 
 def migrate(store, name, config, bundle, options):
@@ -4516,25 +4497,30 @@ def check_options(bundle, config, options):
     """Every flag acts, or pm says in one line why it cannot, and what would refuse the migration anyway
     (a taken install target, no conda for the conda route) is said, before anything runs or is made."""
     carried = (bundle.manifest.packages or {}).get("carried")
+    with_conda = "conda" in config.package_managers
     if options.no_conda and not carried:
         raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
                       "pack it again with --with-packages, or leave out --no-conda")
-    if options.no_conda and "conda" not in config.package_managers:
+    if options.no_conda and not with_conda:
         raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
-    by_pm = "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here())
-    by_conda = "conda" in config.package_managers and carried and not by_pm  # conda links pm's cache
+    by_pm = with_conda and carried and (options.no_conda or not conda_is_here())
     install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
-    if "conda" in config.package_managers and not by_pm:
+    if with_conda and not by_pm:
         find_conda_here()
+    by_conda = with_conda and carried and not by_pm  # conda links pm's cache
     unused = [flag for flag, given in (("--prefix", options.prefix),
                                        ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
     if unused and not by_pm:
-        say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
-            "this migration uses %s, so %s nothing" % (" and ".join(unused), "applies" if len(unused) == 1 else "apply",
-                                                       "conda" if "conda" in config.package_managers else
-                                                       "the package managers", "it does" if len(unused) == 1 else
-                                                       "they do"))
+        note_unused_flags(unused, "conda" if with_conda else "the package managers")
+
+
+def note_unused_flags(flags, route):
+    """The note for flags that act only when pm installs the bundle's packages itself."""
+    one = len(flags) == 1
+    say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
+        "this migration uses %s, so %s nothing" % (" and ".join(flags), "applies" if one else "apply", route,
+                                                   "it does" if one else "they do"))
 
 
 def recreate_test_install(attempt, config, bundle, options):
@@ -7811,10 +7797,10 @@ def show(line):
 JSON_PRINTED = [False]  # --json: the one object is out (main prints an error object when it is not)
 
 
-def print_json(data, sort_keys=True):
-    """The one JSON value a --json run prints on stdout."""
+def print_json(data):
+    """The one JSON value a --json run prints on stdout (keys sorted, as every file pm writes)."""
     JSON_PRINTED[0] = True
-    show(json.dumps(data, indent=1, sort_keys=sort_keys))
+    show(json.dumps(data, indent=1, sort_keys=True))
 
 
 def json_error(what, fix=None, name=None):
@@ -7858,6 +7844,55 @@ def print_report(report):
              "it %s migrate it again" % (report["environment_gone"], DASH))
 
 
+def print_summary(result):
+    """What migrate prints at its end (a MigrationResult): the requirements by status, the tests, where
+    the attempt is and how to run the install."""
+    print_requirement_lines(result)
+    print("%-20s %-8s %8s" % ("test", "status", "seconds"))
+    for test in result.tests:
+        print("%-20s %s%s %8.2f" % (printable(test.name), paint(test.status), " " * (8 - len(test.status)),
+                                    test.seconds))
+    show("attempt: %s" % result.attempt.path)
+    if result.installed and result.activate:
+        show("to run it: %s && cd %s" % (result.activate, shlex.quote(result.installed)))
+    if result.installed and result.module:
+        show("or: module use %s && module load %s" % (shlex.quote(result.module[0]), result.module[1]))
+
+
+def print_requirement_lines(result):
+    """A line per status (installed, skipped, failed), per reason a requirement is missing, and
+    the requirements at another version than the base's."""
+    for status in ("installed", "skipped", "failed") if result.packages is not None else ():
+        names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
+                 for r in result.packages if r["status"] == status]
+        print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
+                             printable(": " + ", ".join(names)) if names else ""))
+    by_why = {}
+    for row in result.attempt.result.get("unmet") or []:
+        by_why.setdefault(row["why"], []).append(row["requirement"])
+    for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
+        print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
+    drifted = [r for r in (result.packages or []) + (result.attempt.result.get("python") or []) if r.get("drift")]
+    if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
+        show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
+            "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
+
+
+# status -> (terminal colour, colour on the report page): the one colour table
+COLOURS = {"passed": ("32", "#2e7d32"), "installed": ("32", "#2e7d32"), "failed": ("31", "#c62828"),
+           "error": ("31", "#c62828"), "timeout": ("33", "#ef6c00"), "skipped": ("90", "#757575"),
+           "interrupted": ("90", "#757575"), "running": ("34", "#1565c0"),
+           "missing": ("31", "#c62828"), "drift": ("33", "#ef6c00")}  # drift: at another version than the base's
+
+
+def paint(word, stream=None):
+    """A status word in colour, on a TTY only and never with NO_COLOR set."""
+    stream = stream or sys.stdout
+    if word in COLOURS and stream.isatty() and not os.environ.get("NO_COLOR"):
+        return "\033[%sm%s\033[0m" % (COLOURS[word][0], word)
+    return word
+
+
 def history_chart(history):
     """An inline SVG bar per attempt, oldest left: height the share of tests passed, colour the status."""
     import html
@@ -7879,31 +7914,46 @@ def history_chart(history):
 REPORT_CSS = """body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:62em;color:#222;padding:0 1em}
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.25em .6em;border-bottom:1px solid #eee}
-th{background:#f5f5f5}.status{font-weight:600}.passed,.installed{color:#2e7d32}.failed,.error,.missing{color:#c62828}
-.drift{color:#ef6c00;font-weight:600}
-.timeout{color:#ef6c00}.skipped,.interrupted{color:#757575}pre{background:#f7f7f7;padding:.8em;overflow:auto;
-max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}"""
+th{background:#f5f5f5}.status,.drift{font-weight:600}pre{background:#f7f7f7;padding:.8em;overflow:auto;
+max-height:30em;font-size:13px}details{margin:.4em 0}summary{cursor:pointer}.meta{color:#555}
+""" + "".join(".%s{color:%s}" % (word, page) for word, (_, page) in sorted(COLOURS.items()))
 
 
-def report_html(report):
-    """One self-contained page (inline CSS and SVG, nothing fetched) of an attempt's report."""
+def html_table(headers, rows):
+    """A table of cells already made HTML."""
+    import html
+    return "<table><tr>%s</tr>%s</table>" % ("".join("<th>%s</th>" % html.escape(h) for h in headers), "".join(
+        "<tr>%s</tr>" % "".join(row) for row in rows))
+
+
+def html_cell(text, css=""):
+    import html
+    return "<td%s>%s</td>" % (' class="%s"' % html.escape(css) if css else "", html.escape(text))
+
+
+def html_status(text):
+    return html_cell(text, "status " + text)
+
+
+def platforms_html(report):
+    import html
+    return html_table(["", "base machine", "this machine"], [
+        ["<th>%s</th>" % html.escape(label), html_cell(str(report["source"].get(key) or "-")),
+         html_cell(str(report["target"].get(key) or "-"))] for label, key in PLATFORM_ROWS])
+
+
+def requirements_html(report):
+    if not report["requirements"]:
+        return "<p>none recorded</p>"
+    return html_table(["requirement", "status", "base", "installed", "how"], [
+        [html_cell(r["requirement"]), html_status(r["status"]), html_cell(r.get("base_version") or ""),
+         html_cell(r.get("version") or "", "drift" if r.get("drift") else ""), html_cell(r["how"])]
+        for r in report["requirements"]])
+
+
+def tests_html(report):
     import html
     e = html.escape
-
-    def table(headers, rows):
-        return "<table><tr>%s</tr>%s</table>" % ("".join("<th>%s</th>" % e(h) for h in headers), "".join(
-            "<tr>%s</tr>" % "".join(cell for cell in row) for row in rows))
-
-    def status(text):
-        return '<td class="status %s">%s</td>' % (e(text), e(text))
-    platforms = table(["", "base machine", "this machine"], [
-        ["<th>%s</th>" % e(label), "<td>%s</td>" % e(str(report["source"].get(key) or "-")),
-         "<td>%s</td>" % e(str(report["target"].get(key) or "-"))] for label, key in PLATFORM_ROWS])
-    requirements = table(["requirement", "status", "base", "installed", "how"], [
-        ["<td>%s</td>" % e(r["requirement"]), status(r["status"]), "<td>%s</td>" % e(r.get("base_version") or ""),
-         "<td%s>%s</td>" % (' class="drift"' if r.get("drift") else "", e(r.get("version") or "")),
-         "<td>%s</td>" % e(r["how"])]
-        for r in report["requirements"]]) if report["requirements"] else "<p>none recorded</p>"
     tests = "".join('<details class="test" id="test-%s"><summary><b>%s</b> <span class="status %s">%s</span> '
                     '<span class="meta">%.2f s, exit %s</span> <code>%s</code></summary><pre>%s</pre></details>'
                     % (e(t["name"]), e(t["name"]), e(t["status"]), e(t["status"]), t["seconds"], t["exit_code"],
@@ -7911,10 +7961,20 @@ def report_html(report):
                     for t in report["tests"]) or "<p>no tests ran</p>"
     if report.get("test_config"):
         tests += "\n<h2>Test configuration</h2><pre>%s</pre>" % e(report["test_config"])
-    history = table(["attempt", "status", "level", "tests passed", "seconds"], [
-        ["<td>%s</td>" % e(h["id"]), status(h["status"]), "<td>%s</td>" % e(h["level"] or ""),
-         "<td>%d/%d</td>" % (h["tests_passed"], h["tests"]),
-         "<td>%s</td>" % ("%.1f" % h["seconds"] if h["seconds"] else "")] for h in report["history"]])
+    return tests
+
+
+def history_html(report):
+    return html_table(["attempt", "status", "level", "tests passed", "seconds"], [
+        [html_cell(h["id"]), html_status(h["status"]), html_cell(h["level"] or ""),
+         html_cell("%d/%d" % (h["tests_passed"], h["tests"])), html_cell("%.1f" % h["seconds"] if h["seconds"] else "")]
+        for h in report["history"]])
+
+
+def report_html(report):
+    """One self-contained page (inline CSS and SVG, nothing fetched) of an attempt's report."""
+    import html
+    e = html.escape
     summary = "%s%s%s" % (report["status"], " at level %s" % report["level"] if report["level"] else "",
                           ", %.1f s" % report["seconds"] if report["seconds"] else "")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>pm: %s, attempt %s</title>"
@@ -7924,7 +7984,8 @@ def report_html(report):
                 e(report["name"]), e(report["id"]), REPORT_CSS, e(report["name"]), e(report["id"]),
                 e(report["status"]), e(summary), "<br>error: %s" % e(report["error"]) if report["error"] else "",
                 "<br>installed to %s" % e(report["installed_to"]) if report["installed_to"] else "",
-                platforms, requirements, tests, history_chart(report["history"]), history, VERSION,
+                platforms_html(report), requirements_html(report), tests_html(report), history_chart(report["history"]),
+                history_html(report), VERSION,
                 ' &middot; <a id="sbom" href="%s">SBOM (CycloneDX 1.5)</a>' % SBOM_FILE
                 if os.path.isfile(os.path.join(report["path"], SBOM_FILE)) else ""))
 
@@ -7935,99 +7996,6 @@ def write_report_html(store, name, attempt):
         write_atomic(os.path.join(attempt.path, "report.html"), report_html(attempt_report(store, name, attempt.id)))
     except (OSError, PmError, ValueError) as exc:
         say("note: the attempt's report.html could not be written (%s)" % exc)
-
-
-# -- Doctor ----------------------------------------------------------------------
-# What this machine offers for a migration, each finding with the fix where something is missing.
-
-
-def doctor_findings(store):
-    """(area, ok, what, fix) rows about this machine, for 'pm.pyz doctor'."""
-    import platform
-    import shutil
-    import subprocess
-    import glob
-    rows = []
-    found = {}
-    candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
-                  ["python3.%d" % n for n in range(6, 15)]]
-    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python")))
-    for path in candidates:
-        if path and os.path.realpath(path) not in found:
-            try:
-                version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
-                                         universal_newlines=True).stdout.strip()
-            except (OSError, subprocess.SubprocessError):
-                continue
-            if version:
-                found[os.path.realpath(path)] = (version, path)
-    for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])]):
-        rows.append(("python", True, "%s (%s)" % (version, path), ""))
-    if not any(v.startswith("2.7") for v, _ in found.values()):
-        rows.append(("python", None, "no Python 2.7 here (needed only to pack on an old base)", ""))
-    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
-    try:
-        exe = PROBE.find_conda()
-        info = PROBE.run_conda_json(exe, ["info", "--json"])
-        rows.append(("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")),
-                     ""))
-    except PmError as exc:
-        rows.append(("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
-                                               "(pack --with-packages), or uses the package managers below"))
-    for key, manager in sorted(load_managers(store).items()):
-        if not manager.available():
-            continue
-        if root_needed_but_missing(manager):
-            rows.append(("manager", False, "%s (%s): installs need root, and pm runs as uid %d" % (
-                key, manager.exec.split()[0], os.geteuid()), "run pm as root, or list pip or spack first"))
-        else:
-            rows.append(("manager", True, "%s (%s)" % (key, shutil.which(manager.exec.split()[0])), ""))
-    place = store.home
-    while not os.path.isdir(place):
-        place = os.path.dirname(place)
-    free = shutil.disk_usage(place).free
-    rows.append(("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
-                 "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk"))
-    for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
-                      ("pixi", "makes conda-style environments"), ("uv", "installs the pip route's pins, faster")):
-        if shutil.which(tool):
-            rows.append(("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), ""))
-    rows.append(server_finding(store))
-    here = this_platform()
-    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
-                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
-                                                                cpu_model()), ""))
-    return rows
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return " (%s)" % line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def server_finding(store):
-    import urllib.request
-    record = running_server(store)
-    if not record:
-        return ("server", None, "no pm server runs for %s" % store.home, "start one with 'pm.pyz serve start'")
-    local = "http://127.0.0.1:%d" % record["port"] if record["host"] in ("0.0.0.0", "::", "") else record["url"]
-    request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + record["token"]}
-                                     if record.get("token") else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            answer.read()
-        return ("server", True, "the pm server at %s answers (PID %d)" % (record["url"], record["pid"]), "")
-    except OSError as exc:
-        return ("server", False, "the pm server at %s does not answer (%s)" % (record["url"], exc),
-                "read %s, or restart it: pm.pyz serve stop; pm.pyz serve start" % store.server_log)
 
 
 # == Server (HTTP) ============================================================
@@ -8073,7 +8041,8 @@ class RequestBody(object):
     """A request's body as a stream of exactly Content-Length bytes (checked against --max-bytes);
     a client that stops early is a 400, whoever reads."""
 
-    def __init__(self, handler, config):
+    def __init__(self, handler):
+        config = handler.server.config
         if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
             raise HttpError(411, "chunked bodies are not accepted: send a Content-Length")
         length = handler.headers.get("Content-Length")
@@ -8085,7 +8054,6 @@ class RequestBody(object):
                             % (self.length, config.max_bytes))
         self.stream = handler.rfile
         self.connections, self.sock = handler.server.connections, handler.connection
-        self.connections.head_read(self.sock, self.length)
 
     def read(self, size=CHUNK):
         if not self.left:
@@ -8107,11 +8075,11 @@ class RequestBody(object):
             self.left -= len(block)
 
 
-def receive_body(handler, config, expected_sha256=None):
+def receive_body(handler, expected_sha256=None):
     """Stream the request body to a temp file in the store, hashing it; return (path, sha256)."""
     import tempfile
-    body = RequestBody(handler, config)
-    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=config.store.incoming())
+    body = RequestBody(handler)
+    handle, temp = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=handler.server.config.store.incoming())
     hasher = BackgroundHasher()
     try:
         with os.fdopen(handle, "wb") as out:
@@ -8195,179 +8163,213 @@ def machine_names():
     return names
 
 
-def make_handler(config):
-    from urllib.parse import parse_qs, unquote, urlsplit
-    import random
-    import socket
-    import traceback
-    from http.server import BaseHTTPRequestHandler
-    this_machine = machine_names() if not config.token else set()
+class RequestHandler(object):
+    """pm's side of one HTTP request: GET /migrate, GET and PUT /bundles, the original's POSTs; each
+    answer JSON (or the probe), each refusal one line in server.log. handler_class mixes it into
+    http.server's handler when a server starts (other verbs never import http.server); what the
+    server knows is self.server.config."""
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "pm/" + VERSION
-        timeout = config.timeout
-        default_request_version = "HTTP/1.0"  # never HTTP/0.9, whose answers have no status line
+    server_version = "pm/" + VERSION
+    default_request_version = "HTTP/1.0"  # never HTTP/0.9, whose answers have no status line
+    refused = False  # answered 4xx/5xx: the client may still be sending, read it out after answering
 
-        def log_message(self, fmt, *args):
-            text = fmt % args
-            if config.token:
-                text = text.replace(config.token, "***")  # GET /migrate?token=... must not land in server.log
-            say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], text))
+    def setup(self):
+        self.timeout = self.server.config.timeout
+        super(RequestHandler, self).setup()
 
-        def finish(self):
-            BaseHTTPRequestHandler.finish(self)
-            if getattr(self, "refused", False):
-                linger(self.connection)
+    def log_message(self, fmt, *args):
+        text, token = fmt % args, self.server.config.token
+        if token:
+            text = text.replace(token, "***")  # GET /migrate?token=... must not land in server.log
+        say("%s %s - %s" % (time.strftime("%H:%M:%S"), self.client_address[0], text))
 
-        def send_json(self, status, data):
-            self.refused = status >= 400  # the client may still be sending: read it out after answering
-            body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def finish(self):
+        super(RequestHandler, self).finish()
+        if self.refused:
+            linger(self.connection)
 
-        def send_error(self, code, message=None, explain=None):
-            """http.server's own errors (bad request line, unknown method, ...) as JSON too."""
-            self.log_message("refused %r: %d %s", self.requestline, code, message or "")
-            self.close_connection = True
-            if self.request_version == "HTTP/0.9":
-                self.request_version = "HTTP/1.0"
-            if code == 501 and self.command:
-                return self.send_json(405, {"error": "method %s is not supported: use GET, PUT or POST"
-                                                     % re.sub(r"[^A-Z]", "?", self.command)[:20]})
-            self.send_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+    def send_json(self, status, data):
+        self.refused = status >= 400
+        body = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
-        def authorized(self, query):
-            if not config.token:
-                return True
-            given = self.headers.get("Authorization", "")
-            if given.startswith("Bearer ") and same_secret(given[7:].strip(), config.token):
-                return True
-            return self.command == "GET" and urlsplit(self.path).path == "/migrate" and \
-                same_secret(query.get("token", [""])[0], config.token)
+    def send_script(self, status, data):
+        self.send_response(status)
+        self.send_header("Content-Type", "text/x-python; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
-        def addressed_here(self):
-            """Without a token, a request must be addressed to this machine: its Host (and Origin, if
-            sent) a name of this machine or the address it reached, so that no web page can post to a
-            local server (cross-origin POSTs, DNS rebinding)."""
-            here = set(this_machine) | set([self.connection.getsockname()[0].replace("::ffff:", "")])
-            host = self.headers.get("Host", "")
-            if host and host_part(host) not in here:
-                return False
-            for origin in self.headers.get_all("Origin") or []:  # only this server's own scheme, host and port
-                parts = urlsplit(origin.strip())
-                try:
-                    port = parts.port or 80
-                except ValueError:
-                    return False
-                if parts.scheme != "http" or host_part(parts.netloc) not in here or \
-                        port != self.connection.getsockname()[1]:
-                    return False
+    def send_error(self, code, message=None, explain=None):
+        """http.server's own errors (bad request line, unknown method, ...) as JSON too."""
+        self.log_message("refused %r: %d %s", self.requestline, code, message or "")
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        if code == 501 and self.command:
+            return self.send_json(405, {"error": "method %s is not supported: use GET, PUT or POST"
+                                                 % re.sub(r"[^A-Z]", "?", self.command)[:20]})
+        self.send_json(code, {"error": message or self.responses.get(code, ("error",))[0]})
+
+    def authorized(self, parts):
+        from urllib.parse import parse_qs
+        token = self.server.config.token
+        if not token:
             return True
+        given = self.headers.get("Authorization", "")
+        if given.startswith("Bearer ") and same_secret(given[7:].strip(), token):
+            return True
+        return self.command == "GET" and parts.path == "/migrate" and \
+            same_secret(parse_qs(parts.query).get("token", [""])[0], token)
 
-        def handle_safely(self, route):
-            self.server.connections.head_read(self.connection)
-            parts = urlsplit(self.path)
+    def addressed_here(self):
+        """Without a token, a request must be addressed to this machine: its Host (and Origin, if
+        sent) a name of this machine or the address it reached, so that no web page can post to a
+        local server (cross-origin POSTs, DNS rebinding)."""
+        from urllib.parse import urlsplit
+        address, port = self.connection.getsockname()[:2]
+        here = self.server.machine_names | set([address.replace("::ffff:", "")])
+        host = self.headers.get("Host", "")
+        if host and host_part(host) not in here:
+            return False
+        for origin in self.headers.get_all("Origin") or []:  # only this server's own scheme, host and port
+            parts = urlsplit(origin.strip())
             try:
-                if not config.token and not self.addressed_here():
-                    raise HttpError(403, "without a token this server answers only requests addressed to this "
-                                         "machine (its name or address): use that URL, or start it with --token")
-                if not self.authorized(parse_qs(parts.query)):
-                    if self.command == "GET" and parts.path == "/migrate":  # `curl .../migrate > probe.py`
-                        return self.send_script(401, refusal_script(config.url()))
-                    raise HttpError(401, "a valid token is required: send 'Authorization: Bearer TOKEN'")
-                status, data = route(parts.path)
-            except HttpError as exc:
-                self.log_message("refused %s %s: %d %s", self.command, parts.path, exc.status, exc.reason)
-                self.close_connection = True
-                return self.send_json(exc.status, {"error": exc.reason})
-            except Exception as exc:  # keep serving whatever one request does
-                self.close_connection = True
-                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    self.log_message("refused %s %s: the store's disk is full", self.command, parts.path)
-                    return self.send_json(507, {"error": "the server's store is out of disk space: ask its "
-                                                         "admin to free some, or carry the bundle by hand"})
-                if isinstance(exc, (ConnectionError, socket.timeout)):  # the client went, or was cut off
-                    return self.log_message("%s %s: the connection ended (%s)", self.command, parts.path,
-                                            type(exc).__name__)
-                incident = "%x" % random.getrandbits(32)
-                self.log_message("internal error %s in %s %s:\n%s", incident, self.command, parts.path,
-                                 traceback.format_exc().rstrip())
-                return self.send_json(500, {"error": "internal error %s: the server's log has the details"
-                                                     % incident})
-            if isinstance(data, bytes):
-                self.send_script(status, data)
-            else:
-                self.send_json(status, data)
+                origin_port = parts.port or 80
+            except ValueError:
+                return False
+            if parts.scheme != "http" or host_part(parts.netloc) not in here or origin_port != port:
+                return False
+        return True
 
-        def send_script(self, status, data):
-            self.send_response(status)
-            self.send_header("Content-Type", "text/x-python; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def do_GET(self):
+        self.handle_safely(self.route_get)
 
-        def do_GET(self):
-            self.handle_safely(self.route_get)
+    def do_PUT(self):
+        self.handle_safely(self.route_put)
 
-        def do_PUT(self):
-            self.handle_safely(self.route_put)
+    def do_POST(self):
+        self.handle_safely(self.route_post)
 
-        def do_POST(self):
-            self.handle_safely(self.route_post)
+    def handle_safely(self, route):
+        """Check who asks, route, and answer: whatever one request does, the server goes on serving."""
+        from urllib.parse import urlsplit
+        self.server.connections.head_read(self.connection)
+        parts = urlsplit(self.path)
+        try:
+            refusal = self.refusal(parts)
+            if refusal:
+                return self.send_script(401, refusal)
+            status, data = route(parts.path)
+        except HttpError as exc:
+            self.log_message("refused %s %s: %d %s", self.command, parts.path, exc.status, exc.reason)
+            self.close_connection = True
+            return self.send_json(exc.status, {"error": exc.reason})
+        except Exception as exc:  # keep serving whatever one request does
+            self.close_connection = True
+            return self.answer_failure(exc, parts.path)
+        if isinstance(data, bytes):
+            self.send_script(status, data)
+        else:
+            self.send_json(status, data)
 
-        def route_get(self, path):
-            if path == "/migrate":
-                host = self.headers.get("Host", "")
-                url = "http://" + host if re.match(r"^[A-Za-z0-9.:\[\]-]+$", host) else config.url()
-                return 200, probe_script(url, config.token or "").encode("utf-8")
-            if path == "/bundles":
-                return 200, bundle_listing(config.store)
-            if path.startswith("/bundles/"):
-                name = self.name_from(path)
-                revisions = config.store.revisions(name)
-                if not revisions:
-                    raise HttpError(404, "no bundle named %r" % name)
-                manifest = Bundle.stored(revisions[-1]).manifest
-                return 200, dict(manifest.to_json(), revision=os.path.basename(revisions[-1]))
-            raise HttpError(404, "no such path %r: try /migrate or /bundles" % path)
+    def refusal(self, parts):
+        """Raise HttpError for a request this server does not take; return the refusal script that
+        GET /migrate without the token answers (`curl .../migrate > probe.py`), else None."""
+        config = self.server.config
+        if not config.token and not self.addressed_here():
+            raise HttpError(403, "without a token this server answers only requests addressed to this "
+                                 "machine (its name or address): use that URL, or start it with --token")
+        if self.authorized(parts):
+            return None
+        if self.command == "GET" and parts.path == "/migrate":
+            return refusal_script(config.url())
+        raise HttpError(401, "a valid token is required: send 'Authorization: Bearer TOKEN'")
 
-        def route_put(self, path):
-            if not path.startswith("/bundles/"):
-                raise HttpError(404, "upload with PUT /bundles/NAME")
+    def answer_failure(self, exc, path):
+        """A full disk is a 507; a client that went is a line in the log; anything else a 500 with an
+        incident number the log has the traceback of."""
+        import random
+        import socket
+        import traceback
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.log_message("refused %s %s: the store's disk is full", self.command, path)
+            return self.send_json(507, {"error": "the server's store is out of disk space: ask its "
+                                                 "admin to free some, or carry the bundle by hand"})
+        if isinstance(exc, (ConnectionError, socket.timeout)):  # the client went, or was cut off
+            return self.log_message("%s %s: the connection ended (%s)", self.command, path, type(exc).__name__)
+        incident = "%x" % random.getrandbits(32)
+        self.log_message("internal error %s in %s %s:\n%s", incident, self.command, path,
+                         traceback.format_exc().rstrip())
+        return self.send_json(500, {"error": "internal error %s: the server's log has the details" % incident})
+
+    def route_get(self, path):
+        config = self.server.config
+        if path == "/migrate":
+            host = self.headers.get("Host", "")
+            url = "http://" + host if re.match(r"^[A-Za-z0-9.:\[\]-]+$", host) else config.url()
+            return 200, probe_script(url, config.token or "").encode("utf-8")
+        if path == "/bundles":
+            return 200, bundle_listing(config.store)
+        if path.startswith("/bundles/"):
             name = self.name_from(path)
-            temp, digest = receive_body(self, config, self.headers.get("X-Content-SHA256"))
-            target, manifest = accept_bundle(temp, name, config.store, config.max_ratio)
-            self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
-            return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
-                         "members": len(manifest.members)}
+            revisions = config.store.revisions(name)
+            if not revisions:
+                raise HttpError(404, "no bundle named %r" % name)
+            manifest = Bundle.stored(revisions[-1]).manifest
+            return 200, dict(manifest.to_json(), revision=os.path.basename(revisions[-1]))
+        raise HttpError(404, "no such path %r: try /migrate or /bundles" % path)
 
-        def route_post(self, path):
-            if path not in ORIGINAL_PARTS:
-                raise HttpError(404, "no such path %r: POST /yml, /min or /zip, or PUT /bundles/NAME" % path)
-            return receive_original(self, config, path)
+    def route_put(self, path):
+        config = self.server.config
+        if not path.startswith("/bundles/"):
+            raise HttpError(404, "upload with PUT /bundles/NAME")
+        name = self.name_from(path)
+        temp, digest = receive_body(self, self.headers.get("X-Content-SHA256"))
+        target, manifest = accept_bundle(temp, name, config.store, config.max_ratio)
+        self.log_message("stored %s as %s (%d members)", name, target, len(manifest.members))
+        return 201, {"name": name, "revision": os.path.basename(target), "sha256": digest,
+                     "members": len(manifest.members)}
 
-        def name_from(self, path):
-            return name_or_400(unquote(path[len("/bundles/"):]))
+    def route_post(self, path):
+        if path not in ORIGINAL_PARTS:
+            raise HttpError(404, "no such path %r: POST /yml, /min or /zip, or PUT /bundles/NAME" % path)
+        return receive_original(self, path)
 
-    return Handler
+    def name_from(self, path):
+        from urllib.parse import unquote
+        return name_or_400(unquote(path[len("/bundles/"):]))
+
+
+class Deadline(object):
+    """When a connection must be done by: --timeout after it came while its head is read; once the
+    head is in, that time moved on by the body bytes received, at MIN_BODY_RATE. Infinite once cut off."""
+
+    __slots__ = ("at", "reading_head", "head_deadline", "body_received")
+
+    def __init__(self, at):
+        self.at = at
+        self.reading_head = True
+        self.head_deadline = at
+        self.body_received = 0
 
 
 class Connections(object):
-    """The connections being served, each with the time it must be done by: --timeout bounds a whole
-    request (its head, and its body at MIN_BODY_RATE beyond that), and at most --max-connections are
-    served at once. One watcher thread cuts off whatever runs past its deadline."""
+    """The connections being served, each with its Deadline: --timeout bounds a whole request (its
+    head, and its body at MIN_BODY_RATE beyond that), and at most --max-connections are served at
+    once. One watcher thread cuts off whatever runs past its deadline."""
 
     def __init__(self, config):
         import threading
         self.config = config
         self.lock = threading.Lock()
-        self.deadlines = {}  # socket -> [deadline, still reading its head]
-        self.peak = 0
+        self.deadlines = {}  # socket -> Deadline
         threading.Thread(target=self.watch, daemon=True).start()
 
     def admit(self, sock):
@@ -8375,31 +8377,30 @@ class Connections(object):
         connection that has waited longest on its head (a client too slow to send one is not a client)."""
         with self.lock:
             if len(self.deadlines) >= self.config.max_connections:
-                waiting = [(d[0], s) for s, d in self.deadlines.items() if d[1]]
+                waiting = [(d.at, s) for s, d in self.deadlines.items() if d.reading_head]
                 if not waiting:
                     return False
                 oldest = min(waiting, key=lambda pair: pair[0])[1]
                 del self.deadlines[oldest]
                 cut_off(oldest)
-            self.deadlines[sock] = [time.time() + self.config.timeout, True]
-            self.peak = max(self.peak, len(self.deadlines))
+            self.deadlines[sock] = Deadline(time.time() + self.config.timeout)
             return True
 
-    def head_read(self, sock, body_bytes=0):
+    def head_read(self, sock):
         """The head is in: from now on the deadline moves only as body bytes arrive (received)."""
         with self.lock:
-            if sock in self.deadlines:
-                deadline = self.deadlines[sock][0]
-                self.deadlines[sock] = [deadline, False, deadline, 0]
+            deadline = self.deadlines.get(sock)
+            if deadline:
+                deadline.reading_head, deadline.head_deadline, deadline.body_received = False, deadline.at, 0
 
     def received(self, sock, size):
         """size body bytes arrived: the deadline moves on by the time they take at MIN_BODY_RATE, never by
         what a client only declares (a body that trickles is cut off at --timeout)."""
         with self.lock:
-            entry = self.deadlines.get(sock)
-            if entry and len(entry) == 4 and entry[0] != float("inf"):
-                entry[3] += size
-                entry[0] = entry[2] + entry[3] / float(MIN_BODY_RATE)
+            deadline = self.deadlines.get(sock)
+            if deadline and not deadline.reading_head and deadline.at != float("inf"):
+                deadline.body_received += size
+                deadline.at = deadline.head_deadline + deadline.body_received / float(MIN_BODY_RATE)
 
     def done(self, sock):
         with self.lock:
@@ -8410,9 +8411,9 @@ class Connections(object):
             time.sleep(0.2)
             now = time.time()
             with self.lock:
-                late = [s for s, d in self.deadlines.items() if d[0] < now]
+                late = [s for s, d in self.deadlines.items() if d.at < now]
                 for sock in late:
-                    self.deadlines[sock][0] = float("inf")  # cut off once
+                    self.deadlines[sock].at = float("inf")  # cut off once
             for sock in late:
                 cut_off(sock)
 
@@ -8448,41 +8449,53 @@ def busy_answer():
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
 
 
+class Listener(object):
+    """The listening side, mixed into socketserver's threading HTTP server by make_server: a thread
+    per admitted connection, a 503 when all --max-connections are busy, one log line per error.
+    Requests reach its config, machine_names and connections through their self.server."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, config):
+        import socket
+        from http.server import BaseHTTPRequestHandler
+        self.config = config
+        self.address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host ::1
+        self.machine_names = machine_names() if not config.token else set()
+        handler = type("Handler", (RequestHandler, BaseHTTPRequestHandler), {})
+        super(Listener, self).__init__((config.host, config.port), handler)
+        self.connections = Connections(config)
+
+    def process_request(self, request, client_address):
+        if self.connections.admit(request):
+            return super(Listener, self).process_request(request, client_address)
+        try:
+            request.settimeout(1)
+            request.sendall(busy_answer())
+        except OSError:
+            pass
+        super(Listener, self).shutdown_request(request)
+
+    def shutdown_request(self, request):
+        self.connections.done(request)
+        super(Listener, self).shutdown_request(request)
+
+    def handle_error(self, request, client_address):
+        """One line in server.log, not a traceback: a client that hangs up is no news."""
+        import socket
+        kind, exc = sys.exc_info()[:2]
+        if not isinstance(exc, (ConnectionError, socket.timeout)):
+            say("%s %s - error outside a request: %s" % (time.strftime("%H:%M:%S"), client_address[0],
+                                                       kind.__name__))
+
+
 def make_server(config):
-    import socket
     import socketserver
     from http.server import HTTPServer
-
-    class ThreadingServer(socketserver.ThreadingMixIn, HTTPServer):
-        daemon_threads = True
-        allow_reuse_address = True
-        request_queue_size = 128
-        address_family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host ::1
-        connections = Connections(config)
-
-        def process_request(self, request, client_address):
-            if self.connections.admit(request):
-                return socketserver.ThreadingMixIn.process_request(self, request, client_address)
-            try:
-                request.settimeout(1)
-                request.sendall(busy_answer())
-            except OSError:
-                pass
-            HTTPServer.shutdown_request(self, request)
-
-        def shutdown_request(self, request):
-            self.connections.done(request)
-            HTTPServer.shutdown_request(self, request)
-
-        def handle_error(self, request, client_address):
-            """One line in server.log, not a traceback: a client that hangs up is no news."""
-            kind, exc = sys.exc_info()[:2]
-            if not isinstance(exc, (ConnectionError, socket.timeout)):
-                say("%s %s - error outside a request: %s" % (time.strftime("%H:%M:%S"), client_address[0],
-                                                           kind.__name__))
-
     try:
-        server = ThreadingServer((config.host, config.port), make_handler(config))
+        server = type("Server", (Listener, socketserver.ThreadingMixIn, HTTPServer), {})(config)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise PmError("port %d is in use on %s" % (config.port, config.host),
@@ -8708,6 +8721,131 @@ def server_status(store, as_json=False):
     return 0
 
 
+# == Doctor ===================================================================
+# What this machine offers for a migration, each finding with the fix where something is missing
+# (the server too: this section comes after it).
+
+
+def doctor_findings(store):
+    """(area, ok, what, fix) rows about this machine, for 'pm.pyz doctor'."""
+    import platform
+    rows = python_findings()
+    rows.append(("pm", True, "pm %s under Python %s" % (VERSION, platform.python_version()), ""))
+    rows.append(conda_finding())
+    rows += manager_findings(store)
+    rows.append(disk_finding(store))
+    rows += tool_findings()
+    rows.append(server_finding(store))
+    here = this_platform()
+    rows.append(("platform", True, "%s %s, %s, %s, %d CPUs%s" % (here["os"], here["os_release"], here["machine"],
+                                                                here["libc"] or "no glibc", os.cpu_count() or 0,
+                                                                cpu_model()), ""))
+    return rows
+
+
+def python_versions():
+    """{real path: (version, path)} of the Pythons on PATH and in pyenv that answer."""
+    import glob
+    import shutil
+    import subprocess
+    found = {}
+    candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
+                  ["python3.%d" % n for n in range(6, 15)]]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    candidates += sorted(glob.glob(os.path.join(pyenv_root, "versions", "*", "bin", "python")))
+    for path in candidates:
+        if not path or os.path.realpath(path) in found:
+            continue
+        try:
+            version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
+                                     universal_newlines=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if version:
+            found[os.path.realpath(path)] = (version, path)
+    return found
+
+
+def python_findings():
+    found = python_versions()
+    rows = [("python", True, "%s (%s)" % (version, path), "")
+            for version, path in sorted(found.values(), key=lambda pair: [int(p) for p in re.findall(r"\d+", pair[0])])]
+    if not any(v.startswith("2.7") for v, _ in found.values()):
+        rows.append(("python", None, "no Python 2.7 here (needed only to pack on an old base)", ""))
+    return rows
+
+
+def conda_finding():
+    try:
+        exe = PROBE.find_conda()
+        info = PROBE.run_conda_json(exe, ["info", "--json"])
+    except PmError as exc:
+        return ("conda", False, exc.what, "without conda pm installs a bundle's carried packages itself "
+                                          "(pack --with-packages), or uses the package managers below")
+    return ("conda", True, "conda %s (%s), platform %s" % (info.get("conda_version"), exe, info.get("platform")), "")
+
+
+def manager_findings(store):
+    import shutil
+    rows = []
+    for key, manager in sorted(load_managers(store).items()):
+        if not manager.available():
+            continue
+        if root_needed_but_missing(manager):
+            rows.append(("manager", False, "%s (%s): installs need root, and pm runs as uid %d" % (
+                key, manager.exec.split()[0], os.geteuid()), "run pm as root, or list pip or spack first"))
+        else:
+            rows.append(("manager", True, "%s (%s)" % (key, shutil.which(manager.exec.split()[0])), ""))
+    return rows
+
+
+def disk_finding(store):
+    import shutil
+    place = store.home
+    while not os.path.isdir(place):
+        place = os.path.dirname(place)
+    free = shutil.disk_usage(place).free
+    return ("disk", free > 1 << 30, "%.1f GiB free for the store %s" % (free / float(1 << 30), store.home),
+            "" if free > 1 << 30 else "free some space, or set PM_HOME to a larger disk")
+
+
+def tool_findings():
+    import shutil
+    return [("tool", True, "%s (%s): %s" % (tool, shutil.which(tool), use), "")
+            for tool, use in (("mamba", "makes conda environments"), ("micromamba", "makes conda-style environments"),
+                              ("pixi", "makes conda-style environments"),
+                              ("uv", "installs the pip route's pins, faster")) if shutil.which(tool)]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return " (%s)" % line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def server_finding(store):
+    import urllib.request
+    record = running_server(store)
+    if not record:
+        return ("server", None, "no pm server runs for %s" % store.home, "start one with 'pm.pyz serve start'")
+    local = "http://127.0.0.1:%d" % record["port"] if record["host"] in ("0.0.0.0", "::", "") else record["url"]
+    request = urllib.request.Request(local + "/bundles", headers={"Authorization": "Bearer " + record["token"]}
+                                     if record.get("token") else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            answer.read()
+        return ("server", True, "the pm server at %s answers (PID %d)" % (record["url"], record["pid"]), "")
+    except OSError as exc:
+        return ("server", False, "the pm server at %s does not answer (%s)" % (record["url"], exc),
+                "read %s, or restart it: pm.pyz serve stop; pm.pyz serve start" % store.server_log)
+
+
 # == platform-migrator 1.1.0 compatibility ====================================
 # The original tool's probe protocol (POST /yml, /min, /zip), its carried zip, and its
 # package-manager searches that no longer work.
@@ -8864,12 +9002,13 @@ def assemble_original_bundle(name, parts, store, completes=None, max_ratio=None)
             os.remove(temp)
 
 
-def receive_original(handler, config, path):
+def receive_original(handler, path):
     """One of the original probe's posts. It sends /yml, /zip and, when it has one, /min: /yml starts
     a sequence (the parts of an earlier one are dropped); a revision is made once env.yml and the zip
     are in, and min-deps.json, arriving after, completes that same revision and ends the sequence."""
+    config = handler.server.config
     part = ORIGINAL_PARTS[path]
-    name = original_part(RequestBody(handler, config), part, config.store)
+    name = original_part(RequestBody(handler), part, config.store)
     folder = config.store.original_parts_dir(name)
     made = os.path.join(folder, "revision")  # the revision this sequence made, before its min-deps.json
     if part == "env.yml":
@@ -8903,14 +9042,7 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
         with zipfile.ZipFile(software_zip) as source:
             # the sizes its entries declare, which reading holds them to, before a byte is inflated
             check_unpacked_size(source.infolist(), os.path.getsize(software_zip), "the original tool's zip", max_ratio)
-            for piece in ("env.yml", "min-deps.json"):
-                if piece in source.namelist() and source.getinfo(piece).file_size > 16 << 20:
-                    raise PmError("the original tool's zip holds a %s over 16 MiB" % piece, "do not use this zip")
-            env_yml, min_deps = [read_part(parts.get(piece)) for piece in ("env.yml", "min-deps.json")]
-            env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
-            min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
-            if env_yml is None:
-                raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
+            env_yml, min_deps = original_env_files(source, parts)
             files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
                      and not i.filename.endswith("/")]
             tops = set(safe_member_path(i.filename).split("/")[0] for i in files)
@@ -8918,13 +9050,7 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
             writer = PROBE.BundleWriter(target)
             writer.add_bytes("env.yml", env_yml)
             writer.add_bytes("min-deps.json", min_deps or b"[]\n")
-            for info in files:
-                out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
-                out_info.external_attr = info.external_attr or (0o644 << 16)
-                out_info.compress_type = zipfile.ZIP_DEFLATED
-                out_info.file_size = info.file_size
-                with source.open(info) as reader:
-                    writer.add_stream(out_info, reader)
+            copy_original_files(source, files, prefix, writer)
             software = sorted(tops)[0] if prefix == "software/" else name
             writer.finish(PROBE.make_manifest(name, None, {"dir": software, "files": len(files)},
                                               probe_version="platform-migrator 1.1.0"))
@@ -8934,6 +9060,31 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
         if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
             raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
         raise
+
+
+def original_env_files(source, parts):
+    """(env.yml, min-deps.json or None) as bytes: the posted parts, else the ones the zip carries."""
+    for piece in ("env.yml", "min-deps.json"):
+        if piece in source.namelist() and source.getinfo(piece).file_size > 16 << 20:
+            raise PmError("the original tool's zip holds a %s over 16 MiB" % piece, "do not use this zip")
+    env_yml, min_deps = [read_part(parts.get(piece)) for piece in ("env.yml", "min-deps.json")]
+    env_yml = env_yml if env_yml is not None else read_optional(source, "env.yml")
+    min_deps = min_deps if min_deps is not None else read_optional(source, "min-deps.json")
+    if env_yml is None:
+        raise PmError("the original tool's zip holds no env.yml", "send or pack it again with its env.yml")
+    return env_yml, min_deps
+
+
+def copy_original_files(source, files, prefix, writer):
+    """The zip's software files into the bundle under prefix, streamed, each with its mode and time."""
+    import zipfile
+    for info in files:
+        out_info = zipfile.ZipInfo(prefix + info.filename, info.date_time)
+        out_info.external_attr = info.external_attr or (0o644 << 16)
+        out_info.compress_type = zipfile.ZIP_DEFLATED
+        out_info.file_size = info.file_size
+        with source.open(info) as reader:
+            writer.add_stream(out_info, reader)
 
 
 def read_part(path):
@@ -9022,6 +9173,25 @@ def prune_plan(store, names, keep):
     return rows
 
 
+def prune_count(rows, what):
+    """'3 revisions (12.0 MiB)': how many rows of a kind, and their size."""
+    mine = [r for r in rows if r[3] == what]
+    return "%s (%s)" % (plural(len(mine), what), human_size(sum(r[2] for r in mine)))
+
+
+def prune_one(store, name, path, what):
+    """Remove a bundle revision, or an attempt with its modulefiles and the environment pm made for it."""
+    import shutil
+    if what == "revision":
+        return remove_quietly(path)
+    try:
+        remove_modulefiles(read_json(os.path.join(path, "result.json")))
+    except (OSError, ValueError):
+        pass
+    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)), ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def cmd_prune(args):
     """Show what the store holds, per software, bundle revision and attempt, with its size, and remove
     what no install needs: the attempts that failed, ended in an error or were cut off (their folders,
@@ -9029,7 +9199,6 @@ def cmd_prune(args):
     or was replaced by a later one, and bundle revisions beyond the newest --keep N (1). An attempt
     whose install is still there (its result.json's installed_to, whose install mark names it) and a
     running one are never removed. Conda environments are conda's: prune leaves them."""
-    import shutil
     if args.keep < 0:
         raise PmError("--keep must be 0 or more", "pass e.g. --keep 1")
     store = Store.default()
@@ -9040,26 +9209,13 @@ def cmd_prune(args):
     freed = 0
     for name in names:
         mine = [r for r in rows if r[0] == name]
-        show("%s: %s (%s), %s (%s)" % (name, plural(len([r for r in mine if r[3] == "revision"]), "revision"),
-                                      human_size(sum(r[2] for r in mine if r[3] == "revision")),
-                                      plural(len([r for r in mine if r[3] == "attempt"]), "attempt"),
-                                      human_size(sum(r[2] for r in mine if r[3] == "attempt"))))
+        show("%s: %s" % (name, ", ".join(prune_count(mine, what) for what in ("revision", "attempt"))))
         for _, path, size, what, remove, why in mine:
             label = os.path.relpath(path, store.software(name))
             show("  %-30s %10s  %-6s %s" % (label, human_size(size), "remove" if remove else "keep", why))
             if remove and not args.dry_run:
-                if what == "revision":
-                    remove_quietly(path)
-                else:
-                    try:
-                        remove_modulefiles(read_json(os.path.join(path, "result.json")))
-                    except (OSError, ValueError):
-                        pass
-                    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)),
-                                  ignore_errors=True)
-                    shutil.rmtree(path, ignore_errors=True)
-            if remove:
-                freed += size
+                prune_one(store, name, path, what)
+            freed += size if remove else 0
     show("%s, %s %s%s" % (human_size(sum(r[2] for r in rows)), human_size(freed),
                           "would be freed" if args.dry_run else "freed",
                           " (--dry-run: nothing removed)" if args.dry_run else ""))
@@ -9069,19 +9225,11 @@ def cmd_prune(args):
 # == Command line =============================================================
 
 SELF_PATH = os.path.abspath(sys.argv[0])
-EXAMPLES = {
-    "migrate": "examples:\n  python3 pm.pyz migrate mysim tests.ini\n"
-               "  python3 pm.pyz migrate mysim tests.ini --bundle mysim.bundle.zip --force",
-    "serve": "examples:\n  python3 pm.pyz serve start            # background, prints the token\n"
-             "  python3 pm.pyz serve status\n  python3 pm.pyz serve --host 0.0.0.0 --token s3cret   # foreground\n"
-             "  python3 pm.pyz serve stop",
-    "unpack": "example:\n  python3 pm.pyz unpack mysim.bundle.zip",
-    "send": "examples:\n  python3 pm.pyz send mysim.bundle.zip --server http://target:9001 --token TOKEN\n"
-            "  python3 pm.pyz send mysim --server http://target:9001 --token TOKEN   # the stored latest revision",
-    "list": "examples:\n  python3 pm.pyz list\n  python3 pm.pyz list --json",
-    "managers": "examples:\n  python3 pm.pyz managers\n  python3 pm.pyz managers --pck-mgr-configs mine.ini",
-    "prune": "examples:\n  python3 pm.pyz prune --dry-run\n  python3 pm.pyz prune mysim --keep 2",
-}
+def bundle_file(path):
+    """path, when it names a file: else the one refusal of every verb that takes a bundle file."""
+    if not os.path.isfile(path):
+        raise PmError("no such bundle file: %s" % path, FIX_NOT_A_BUNDLE)
+    return path
 
 
 def cmd_serve(args):
@@ -9145,9 +9293,7 @@ def cmd_migrate(args):
     options.max_ratio = args.max_ratio
     options.force_preflight = args.force_preflight
     if args.bundle:
-        if not os.path.isfile(args.bundle):
-            raise PmError("no such bundle file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
-        path = os.path.abspath(args.bundle)
+        path = os.path.abspath(bundle_file(args.bundle))
     else:
         path = store.latest_bundle(args.name, args.max_ratio)
     try:
@@ -9157,17 +9303,20 @@ def cmd_migrate(args):
     except (Exception, KeyboardInterrupt) as exc:
         attempt = getattr(exc, "attempt", None)
         if args.json and attempt:  # scripts always get the result object, also when the attempt ended in an error
-            report = attempt_report(store, args.name, attempt.id)  # (before the attempt: main prints the error)
-            report.pop("history", None)
-            print_json(report)
+            print_attempt_json(store, args.name, attempt.id)  # (before the attempt: main prints the error)
         raise
     if args.json:
-        report = attempt_report(store, args.name, result.attempt.id)
-        report.pop("history")
-        print_json(report)
+        print_attempt_json(store, args.name, result.attempt.id)
     else:
-        result.print_summary()
+        print_summary(result)
     return result.exit_code()
+
+
+def print_attempt_json(store, name, attempt_id):
+    """What migrate --json prints: the attempt's report, without the history."""
+    report = attempt_report(store, name, attempt_id)
+    report.pop("history", None)
+    print_json(report)
 
 
 def cmd_managers(args):
@@ -9177,7 +9326,7 @@ def cmd_managers(args):
     rows = [{"key": k, "name": m.name, "exec": m.exec, "available": m.available(), "source": m.source}
             for k, m in sorted(managers.items())]
     if args.json:
-        print_json(rows, sort_keys=False)
+        print_json(rows)
         return 0
     key_width = max(len(row["key"]) for row in rows)
     name_width = max(len(row["name"]) for row in rows)
@@ -9192,8 +9341,7 @@ def cmd_unpack(args):
     """Import a carried bundle into the store, with the same checks as an upload."""
     import shutil
     import tempfile
-    if not os.path.isfile(args.bundle):
-        raise PmError("no such file: %s" % args.bundle, "pass the path of a bundle written by 'pm.pyz pack'")
+    bundle_file(args.bundle)
     store = Store.default()
     handle, temp = tempfile.mkstemp(prefix="unpack-", suffix=".zip", dir=store.incoming())
     os.close(handle)
@@ -9279,7 +9427,7 @@ def cmd_doctor(args):
         return doctor_bundle(args.bundle, args.json)
     rows = doctor_findings(Store.default())
     if args.json:
-        print_json([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows], sort_keys=False)
+        print_json([{"area": a, "ok": ok, "what": what, "fix": fix} for a, ok, what, fix in rows])
     else:
         for area, ok, what, fix in rows:
             mark = "ok" if ok else "--" if ok is None else "!!"
@@ -9290,15 +9438,12 @@ def cmd_doctor(args):
 
 def doctor_bundle(path, as_json=False):
     """doctor --bundle: the preflight of a bundle, without migrating it."""
-    if not os.path.isfile(path):
-        raise PmError("no such bundle file: %s" % path, "pass the path of a bundle written by 'pm.pyz pack'")
-    bundle = Bundle.open(os.path.abspath(path))
+    bundle = Bundle.open(os.path.abspath(bundle_file(path)))
     problems, here, checked = bundle_preflight(bundle)
     if as_json:
-        print(json.dumps({"problems": problems, "checked": checked, "machine": here.describe(),
-                          "binaries": binaries_rows(bundle.manifest.binaries),
-                          "cuda": [{"package": p, "spec": s, "kind": k} for p, s, k in cuda_needs(bundle)]},
-                         indent=1, sort_keys=True))
+        print_json({"problems": problems, "checked": checked, "machine": here.describe(),
+                    "binaries": binaries_rows(bundle.manifest.binaries),
+                    "cuda": [{"package": p, "spec": s, "kind": k} for p, s, k in cuda_needs(bundle)]})
     else:
         print("this machine: %s" % here.describe())
         if not checked:
@@ -9351,7 +9496,7 @@ def cmd_list(args):
             row = {"name": name, "revisions": 0, "latest": None, "attempts": [], "error": "cannot be read (%s)" % exc}
         rows.append(row)
     if args.json:
-        print_json(rows, sort_keys=False)
+        print_json(rows)
         return 0
     if not rows:
         say("nothing stored in %s yet" % store.home)
@@ -9380,45 +9525,16 @@ def add_max_ratio(sub):
                           "(default %d; 0: no limit)" % (UNPACKED_FLOOR >> 20, MAX_UNPACK_RATIO))
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's, and a bad usage with --json on the line still prints its one JSON object."""
-
-    json_wanted = False
-
-    def error(self, message):
-        if ArgumentParser.json_wanted and not JSON_PRINTED[0]:
-            print_json(json_error(message, "see 'pm.pyz %s --help'" % self.prog.split(" ", 1)[-1]))
-        argparse.ArgumentParser.error(self, message)
+def add_json(sub, what="print JSON for machines"):
+    sub.add_argument("--json", action="store_true", help=what)
 
 
-def build_parser():
-    parser = ArgumentParser(
-        prog="pm.pyz",
-        description="pm moves scientific software to another machine and proves it works there "
-                    "by running the software's own tests.",
-        epilog="a round trip:\n"
-               "  target$ python3 pm.pyz serve start --host 0.0.0.0     # prints a TOKEN\n"
-               "  base$   curl -s 'http://target:9001/migrate?token=TOKEN' > probe.py && python probe.py\n"
-               "  target$ python3 pm.pyz migrate mysim tests.ini\n\n"
-               "Run 'pm.pyz VERB --help' for the options of a verb.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version="pm " + VERSION)
-    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
-    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
-    verbs.add_parser("pack", help="capture a conda environment and a software directory (Python 2.7+)",
-                     add_help=False)
+def add_name(sub):
+    sub.add_argument("name", help="the software's name in the store")
 
-    def verb(name, help_text, function, aliases=()):
-        sub = verbs.add_parser(name, help=help_text, description=clean_doc(function.__doc__), aliases=list(aliases),
-                               epilog=EXAMPLES.get(name),
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.set_defaults(function=function)
-        return sub
 
-    sub = verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve,
-               aliases=["server"])
-    sub.add_argument("--json", action="store_true", help="with status: print JSON for machines")
+def serve_options(sub):
+    add_json(sub, "with status: print JSON for machines")
     sub.add_argument("action", nargs="?", choices=["start", "stop", "status"],
                      help="start in the background, stop, or show status (default: run in the foreground)")
     sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
@@ -9435,8 +9551,10 @@ def build_parser():
                      help="connections served at once; more wait for none: they get 503, or the one that "
                           "waited longest on its head is dropped (%d)" % DEFAULT_MAX_CONNECTIONS)
     add_max_ratio(sub)
-    sub = verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate)
-    sub.add_argument("name", help="the software's name in the store")
+
+
+def migrate_options(sub):
+    add_name(sub)
     sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")
     sub.add_argument("--bundle", help="migrate this carried bundle file instead of the stored one")
     sub.add_argument("--skip-tests", action="store_true", help="install without running the tests")
@@ -9457,8 +9575,7 @@ def build_parser():
     sub.add_argument("--allow-scripts", action="store_true",
                      help="run the carried packages' post-link scripts (pm's linker runs them, or conda "
                           "from the cache pm builds; default: name them, run none)")
-    sub.add_argument("--json", action="store_true",
-                     help="print the attempt's report as JSON at the end (as 'report --json', without the history)")
+    add_json(sub, "print the attempt's report as JSON at the end (as 'report --json', without the history)")
     sub.add_argument("--modulefiles", metavar="DIR",
                      help="on a pass, write DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl) for 'module load "
                           "NAME' (or modulefiles = DIR in the test configuration)")
@@ -9466,42 +9583,144 @@ def build_parser():
                      help="go on when the preflight finds binaries this machine cannot run (a newer glibc or "
                           "libstdc++, another processor level), recording them in the attempt's result.json")
     add_max_ratio(sub)
-    sub = verb("managers", "list configured package managers and which exist here", cmd_managers)
+
+
+def managers_options(sub):
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
                      help="extra package-manager configuration(s)")
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
-    sub = verb("unpack", "import a carried bundle into the store", cmd_unpack)
+    add_json(sub)
+
+
+def unpack_options(sub):
     sub.add_argument("bundle", help="a bundle file written by 'pm.pyz pack -o'")
     sub.add_argument("--name", help="store it under this name instead of the manifest's")
     add_max_ratio(sub)
-    sub = verb("send", "send a kept bundle (pack -o, or a stored one) to a pm server", cmd_send)
+
+
+def send_options(sub):
     sub.add_argument("bundle", metavar="BUNDLE",
                      help="a bundle file, or a stored software's NAME (its latest revision) or NAME/REVISION")
     sub.add_argument("--server", required=True, metavar="URL", help="the pm server, e.g. http://target:9001")
     sub.add_argument("--token", help="the server's access token (or set PM_TOKEN)")
     sub.add_argument("--name", help="send it under this name instead of the manifest's")
     add_max_ratio(sub)
-    sub = verb("list", "show stored software and migration attempts", cmd_list)
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
-    sub = verb("report", "show what a migration attempt came to", cmd_report)
-    sub.add_argument("name", help="the software's name in the store")
+
+
+def report_options(sub):
+    add_name(sub)
     sub.add_argument("attempt", nargs="?", help="an attempt id, or its start (default: the latest)")
-    sub.add_argument("--json", action="store_true", help="print JSON for machines (schema in the README)")
+    add_json(sub, "print JSON for machines (schema in the README)")
     sub.add_argument("--sbom", action="store_true",
                      help="print the attempt's SBOM instead (sbom.cdx.json: CycloneDX 1.5 JSON)")
-    sub = verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor)
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def doctor_options(sub):
+    add_json(sub)
     sub.add_argument("--bundle", metavar="FILE",
                      help="the preflight of a bundle instead: can this machine run its binaries (glibc, "
                           "libstdc++, processor level)? Exit 1 when it cannot")
-    sub = verb("prune", "show what the store holds and remove what no install needs", cmd_prune)
+
+
+def prune_options(sub):
     sub.add_argument("name", nargs="?", help="only this software (default: all)")
     sub.add_argument("--keep", type=int, default=1, metavar="N",
                      help="keep the newest N bundle revisions of each software (default 1)")
     sub.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
-    sub = verb("history", "list a software's migration attempts, newest first", cmd_history)
-    sub.add_argument("name", help="the software's name in the store")
-    sub.add_argument("--json", action="store_true", help="print JSON for machines")
+
+
+def history_options(sub):
+    add_name(sub)
+    add_json(sub)
+
+
+class Verb(object):
+    """One verb of the command line: its line in the top help, its handler (whose docstring is its
+    --help), the options it takes, its examples; python2: it runs under Python 2.7 too (the rest need 3.6+)."""
+
+    def __init__(self, name, summary, handler, options, examples, aliases=(), python2=False):
+        self.name, self.summary, self.handler, self.options = name, summary, handler, options
+        self.examples, self.aliases, self.python2 = examples, list(aliases), python2
+
+    def line(self):
+        return self.summary + (" (Python 2.7+)" if self.python2 else "")
+
+    def epilog(self):
+        return "%s:\n%s" % ("examples" if len(self.examples) > 1 else "example", "\n".join(
+            ("  python3 pm.pyz %s %s" % (self.name, example)).rstrip() for example in self.examples))
+
+
+# The verbs, in the order of a migration; 'pack' is the probe's own (its options and examples are in
+# PROBE_SOURCE): pm.py hands it the command line before parsing it.
+VERBS = [
+    Verb("pack", "capture a conda environment and a software directory", None, None, (), python2=True),
+    Verb("serve", "receive bundles from base machines (foreground, or start/stop/status)", cmd_serve,
+         serve_options, ["start            # background, prints the token", "status",
+                         "--host 0.0.0.0 --token s3cret   # foreground", "stop"], aliases=["server"]),
+    Verb("unpack", "import a carried bundle into the store", cmd_unpack, unpack_options, ["mysim.bundle.zip"]),
+    Verb("send", "send a kept bundle (pack -o, or a stored one) to a pm server", cmd_send, send_options,
+         ["mysim.bundle.zip --server http://target:9001 --token TOKEN",
+          "mysim --server http://target:9001 --token TOKEN   # the stored latest revision"]),
+    Verb("list", "show stored software and migration attempts", cmd_list, add_json, ["", "--json"]),
+    Verb("migrate", "recreate stored software here, run its tests, install it", cmd_migrate, migrate_options,
+         ["mysim tests.ini", "mysim tests.ini --bundle mysim.bundle.zip --force"]),
+    Verb("report", "show what a migration attempt came to", cmd_report, report_options,
+         ["mysim                 # the latest attempt",
+          "mysim 20251206T1008   # an attempt, by its id or the id's start",
+          "mysim --json", "mysim --sbom > mysim.cdx.json"]),
+    Verb("history", "list a software's migration attempts, newest first", cmd_history, history_options,
+         ["mysim", "mysim --json"]),
+    Verb("managers", "list configured package managers and which exist here", cmd_managers, managers_options,
+         ["", "--pck-mgr-configs mine.ini"]),
+    Verb("doctor", "say what this machine offers for a migration, and what to fix", cmd_doctor, doctor_options,
+         ["", "--json", "--bundle mysim.bundle.zip   # can this machine run its binaries?"]),
+    Verb("prune", "show what the store holds and remove what no install needs", cmd_prune, prune_options,
+         ["--dry-run", "mysim --keep 2"]),
+]
+
+DESCRIPTION = "pm moves scientific software to another machine and proves it works there by running the " \
+              "software's own tests."
+ROUND_TRIP = ("a round trip:\n"
+              "  target$ python3 pm.pyz serve start --host 0.0.0.0     # prints a TOKEN\n"
+              "  base$   curl -s 'http://target:9001/migrate?token=TOKEN' > probe.py && python probe.py\n"
+              "  target$ python3 pm.pyz migrate mysim tests.ini\n\n"
+              "Run 'pm.pyz VERB --help' for the options of a verb.")
+
+
+def top_help():
+    """'pm.pyz --help' under Python 2.7, where only pack runs (the build writes it into __main__.py)."""
+    width = max(len(verb.name) for verb in VERBS)
+    return "usage: pm.pyz VERB [options]\n\n%s\n\nverbs:\n%s\n\n%s" % (
+        DESCRIPTION, "\n".join("  %-*s  %s" % (width, verb.name, verb.line()) for verb in VERBS), ROUND_TRIP)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's, and a bad usage with --json on the line still prints its one JSON object."""
+
+    json_wanted = False
+
+    def error(self, message):
+        if ArgumentParser.json_wanted and not JSON_PRINTED[0]:
+            print_json(json_error(message, "see 'pm.pyz %s --help'" % self.prog.split(" ", 1)[-1]))
+        argparse.ArgumentParser.error(self, message)
+
+
+def build_parser():
+    """The command line under Python 3, one subparser for each of VERBS."""
+    parser = ArgumentParser(prog="pm.pyz", description=DESCRIPTION, epilog=ROUND_TRIP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="pm " + VERSION)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="say only warnings and errors on stderr")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        if not verb.handler:  # pack: listed here, parsed by the probe
+            subparsers.add_parser(verb.name, help=verb.line(), add_help=False)
+            continue
+        sub = subparsers.add_parser(verb.name, help=verb.summary, description=clean_doc(verb.handler.__doc__),
+                                    aliases=verb.aliases, epilog=verb.epilog(),
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(function=verb.handler)
+        verb.options(sub)
     return parser
 
 

@@ -50,11 +50,11 @@ def test_probe_and_entry_point_run_on_python27(tmp_path):
     assert proc.returncode == 0, proc.stdout
 
 
-def run_help(pyz, python, cache, *flags):
+def run_help(pyz, python, cache, *flags, **verb):
     env = dict(os.environ, XDG_CACHE_HOME=cache)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return subprocess.run([python] + list(flags) + [pyz, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, env=env, timeout=60)
+    return subprocess.run([python] + list(flags) + [pyz] + verb.get("verb", []) + ["--help"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, env=env, timeout=60)
 
 
 def test_pm_pyz_keeps_its_compiled_code_and_survives_a_broken_cache(pyz, tmp_path):
@@ -63,10 +63,11 @@ def test_pm_pyz_keeps_its_compiled_code_and_survives_a_broken_cache(pyz, tmp_pat
     mine = "pm-%d" % os.getuid()
     for version in ("2.7", "newest"):
         python = find_python(version)
+        verb = ["pack"] if version == "2.7" else []  # Python 2.7's top help is a constant: it compiles nothing
         cache = str(tmp_path / ("cache-" + version))
-        assert run_help(pyz, python, cache, "-B").returncode == 0
+        assert run_help(pyz, python, cache, "-B", verb=verb).returncode == 0
         assert not os.path.exists(os.path.join(cache, mine)), "-B: no bytecode written"
-        assert run_help(pyz, python, cache).returncode == 0
+        assert run_help(pyz, python, cache, verb=verb).returncode == 0
         (tag,) = os.listdir(os.path.join(cache, mine))
         folder = os.path.join(cache, mine, tag)
         kept = sorted(os.listdir(folder))
@@ -76,7 +77,7 @@ def test_pm_pyz_keeps_its_compiled_code_and_survives_a_broken_cache(pyz, tmp_pat
         for name in kept:
             with open(os.path.join(folder, name), "wb") as handle:
                 handle.write(b"not a code object")
-        proc = run_help(pyz, python, cache)
+        proc = run_help(pyz, python, cache, verb=verb)
         assert proc.returncode == 0 and "pack" in proc.stdout, proc.stderr
 
 

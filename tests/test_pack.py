@@ -3,6 +3,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import zipfile
@@ -166,6 +167,8 @@ def test_python2_runs_pack_and_help_but_refuses_other_verbs(pyz, tmp_path):
     python = find_python("2.7")
     proc = run_pm(python, pyz, ["--help"], dict(os.environ))
     assert proc.returncode == 0 and "pack" in proc.stdout and "Python 3.6" in proc.stdout
+    listed = [line.split()[0] for line in proc.stdout.split("verbs:\n", 1)[1].split("\n\n", 1)[0].splitlines()]
+    assert listed == [verb.name for verb in pm.VERBS]  # every verb, as under Python 3
     proc = run_pm(python, pyz, ["pack", "--help"], dict(os.environ))
     assert proc.returncode == 0 and "--server" in proc.stdout
     proc = run_pm(python, pyz, ["serve"], dict(os.environ))
@@ -174,12 +177,14 @@ def test_python2_runs_pack_and_help_but_refuses_other_verbs(pyz, tmp_path):
 
 
 @pytest.mark.parametrize("version", ["3.6", "newest"])
-def test_every_verb_has_help_under_python3(version, pyz):
+def test_every_verb_has_help_with_an_example_under_python3(version, pyz):
     python = find_python(version)
-    for verb in ["pack", "unpack", "list"]:
-        proc = run_pm(python, pyz, [verb, "--help"], dict(os.environ))
+    listed = run_pm(python, pyz, ["--help"], dict(os.environ)).stdout
+    for verb in pm.VERBS:
+        assert "\n    %s " % verb.name in listed
+        proc = run_pm(python, pyz, [verb.name, "--help"], dict(os.environ))
         assert proc.returncode == 0, proc.stderr
-        assert "example" in proc.stdout
+        assert re.search(r"examples?:\n  python3? pm\.pyz %s\b" % verb.name, proc.stdout), verb.name
 
 
 def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_path):

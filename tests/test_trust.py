@@ -484,7 +484,7 @@ def test_migrates_summary_shows_the_bundles_text_with_its_control_characters(cap
     rows = [{"requirement": evil, "status": "skipped", "package": None},
             {"requirement": "x", "status": "installed", "package": "apt:" + evil}]
     result = pm.MigrationResult(attempt, [pm.TestResult("t\x1b[1m", "passed", 0, 0.5, "log", [])], rows)
-    result.print_summary()
+    pm.print_summary(result)
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out, out
     assert "zlib\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J" in out and "numpy\\x1b[31m" in out
