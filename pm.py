@@ -3544,24 +3544,17 @@ def pip_name(name):
 
 
 def name_variants(name, family):
-    """Names a package often has elsewhere (conda 'r-x' and 'python-x' lose their prefix)."""
+    """Names a package often has under a family of managers (FAMILIES: its variants; conda 'r-x' and
+    'python-x' lose their prefix, and are tried first as the family names R and Python packages)."""
     base = name
     for prefix in ("r-", "python-", "py-"):
         if name.startswith(prefix) and len(name) > len(prefix):
             base = name[len(prefix):]
     base = base.replace("_", "-").lower()
-    python = ["python3-%s" % base] if name.startswith(("python-", "py-")) else []
-    r_cran = ["r-cran-%s" % base] if name.startswith("r-") else []
-    variants = []
-    if family == "apt":
-        variants = python + r_cran + ["lib%s-dev" % base, "lib%s" % base, "%s-dev" % base, "python3-%s" % base,
-                                      "r-cran-%s" % base]
-    elif family == "rpm":
-        variants = python + ["%s-devel" % base, "lib%s-devel" % base, "python3-%s" % base, "R-%s" % base]
-    elif family == "spack":
-        variants = ["py-%s" % base, "r-%s" % base]
-    elif family == "pip":
-        variants = [base]
+    entry = FAMILIES.get(family, OTHER_FAMILY)
+    first = [entry.python_form] if entry.python_form and name.startswith(("python-", "py-")) else []
+    first += [entry.r_form] if entry.r_form and name.startswith("r-") else []
+    variants = [form % base for form in first + list(entry.variants)]
     unique = []
     for variant in variants:
         if variant != name and variant not in unique:
@@ -3589,11 +3582,13 @@ def search_base(name):
 
 
 def fits_python(req, manager, package):
-    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev')."""
-    if not req.python or manager.family not in ("apt", "rpm", "pacman"):
+    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev'):
+    those of families that name them with a prefix (FAMILIES' python_prefixes)."""
+    prefixes = family_of(manager).python_prefixes
+    if not req.python or not prefixes:
         return True
     package = package.lower()
-    return package.startswith(("python3-", "python-", "py3-")) or package == search_base(req.name) + "3"
+    return package.startswith(prefixes) or package == search_base(req.name) + "3"
 
 
 def find_candidates(req, managers, log_path=None):
@@ -3603,11 +3598,11 @@ def find_candidates(req, managers, log_path=None):
     for manager in managers:
         found = {}
         searches = [req.name]
-        mapped = PIP_RENAMES.get(req.name) if manager.family == "pip" else NAME_MAP.get(req.name, {}).get(manager.family)
+        mapped = mapped_name(req.name, manager)
         if mapped:
             searches.append(mapped)
         variants = name_variants(req.name, manager.family)
-        if manager.family in ("pip", "spack", "brew"):
+        if family_of(manager).search_variants:
             searches += variants
         elif search_base(req.name) != req.name:
             searches.append(search_base(req.name))
@@ -3827,14 +3822,63 @@ NAME_MAP = {
                        "spack": "py-beautifulsoup4"},
     "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "spack": "opencv"},
 }
-MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
-                    "pacman": "pacman", "brew": "brew", "spack": "spack"}
+
+
+class Family(object):
+    """What pm knows of a family of package managers beyond the commands of their sections:
+    keys: the section keys and commands of the family (versioned: also a key that starts with one, or
+      a command of one with a version: pip3, pip3.11, pip-root);
+    variants: the names a conda package often has there, in the order tried (%s: its name without
+      conda's r-/python-/py- prefix); python_form, r_form: the one tried first for a conda 'python-x',
+      'r-x'; search_variants: each variant is searched for (else only the name without the prefix);
+    python_prefixes: how its Python packages are named, where it mixes them with libraries (a Python
+      requirement then matches only those: 'panel' is not 'libpanel-dev');
+    needs_root: it installs system packages; renames: its curated names (conda -> its own), else
+      NAME_MAP's column of the family;
+    pip_like: the base's Python distributions go to it, in one pinned resolve into the software's venv."""
+
+    def __init__(self, keys=(), versioned=False, variants=(), python_form=None, r_form=None,
+                 search_variants=False, python_prefixes=(), needs_root=False, renames=None, pip_like=False):
+        self.keys, self.versioned, self.variants = keys, versioned, variants
+        self.python_form, self.r_form, self.search_variants = python_form, r_form, search_variants
+        self.python_prefixes, self.needs_root, self.renames, self.pip_like = python_prefixes, needs_root, renames, pip_like
+
+
+SYSTEM_PYTHON = ("python3-", "python-", "py3-")
+FAMILIES = {
+    "pip": Family(("pip",), versioned=True, variants=("%s",), search_variants=True, renames=PIP_RENAMES,
+                  pip_like=True),
+    "apt": Family(("apt", "apt-get", "aptitude"), variants=("lib%s-dev", "lib%s", "%s-dev", "python3-%s", "r-cran-%s"),
+                  python_form="python3-%s", r_form="r-cran-%s", python_prefixes=SYSTEM_PYTHON, needs_root=True),
+    "rpm": Family(("dnf", "yum", "zypper"), variants=("%s-devel", "lib%s-devel", "python3-%s", "R-%s"),
+                  python_form="python3-%s", python_prefixes=SYSTEM_PYTHON, needs_root=True),
+    "pacman": Family(("pacman",), python_prefixes=SYSTEM_PYTHON, needs_root=True),
+    "brew": Family(("brew",), search_variants=True),
+    "spack": Family(("spack",), variants=("py-%s", "r-%s"), search_variants=True),
+}
+OTHER_FAMILY = Family()  # a section of no family above (a site's own manager): its key is its family
 
 
 def manager_family(key, exec_name):
-    if re.match(r"^pip[0-9.]*$", os.path.basename(exec_name or "")) or key.startswith("pip"):
-        return "pip"
-    return MANAGER_FAMILIES.get(key, MANAGER_FAMILIES.get(os.path.basename(exec_name or ""), key))
+    """The family (a key of FAMILIES, else the section's own key) of a section and its command."""
+    program = os.path.basename(exec_name or "")
+    for name, family in FAMILIES.items():
+        if family.versioned and any(key.startswith(k) or re.match(r"^%s[0-9.]*$" % re.escape(k), program)
+                                    for k in family.keys):
+            return name
+    by_key = dict((k, name) for name, family in FAMILIES.items() for k in family.keys)
+    return by_key.get(key, by_key.get(program, key))
+
+
+def family_of(manager):
+    """The Family of a PackageManager (OTHER_FAMILY for a site's own)."""
+    return FAMILIES.get(manager.family, OTHER_FAMILY)
+
+
+def mapped_name(conda_name, manager):
+    """The curated name of a conda package under a manager: its family's renames, else NAME_MAP's column."""
+    renames = family_of(manager).renames
+    return renames.get(conda_name) if renames is not None else NAME_MAP.get(conda_name, {}).get(manager.family)
 
 
 class PackageManager(object):
@@ -6434,7 +6478,7 @@ def route_why_missing(result, managers):
     if level:
         return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
             level, "" if level == "exact" else ": the base's exact set did not solve here")
-    systems = [m for m in managers if m not in ("pip", "conda")]
+    systems = [m for m in managers if m != "conda" and not FAMILIES.get(manager_family(m, ""), OTHER_FAMILY).pip_like]
 
     def why(name, version, pypi):
         if pypi:
@@ -7026,7 +7070,7 @@ def pip_pins(attempt, bundle, dists, options, manager):
         if answer and not answer.manager_key:
             rows.append(dist_row(dist, None, "skipped", "answers file", manager))
             continue
-        if answer and not answer.manager_key.startswith("pip"):
+        if answer and not FAMILIES.get(manager_family(answer.manager_key, ""), OTHER_FAMILY).pip_like:
             continue  # answered for another manager: the package managers' loop installs it
         if not answer and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown", None):
             rows.append(dist_row(dist, None, "failed", "installed from %s on the base, not from an index, and not "
@@ -7242,7 +7286,7 @@ def install_choice(attempt, manager, choice, req, candidates):
     version = choice.version if choice.version else (req.version if req.version in versions else None)
     template = manager.install_version_cmd if version and manager.install_version_cmd else manager.install_cmd
     exec_override = None
-    if manager.family == "pip":
+    if family_of(manager).pip_like:
         exec_override = os.path.join(software_venv(attempt), "bin", "pip")
         template = re.sub(r"^\s*sudo\s+", "", template).replace(" --user", "")
     command = manager.command(template, choice.package, version, exec_override=exec_override)
@@ -7255,8 +7299,8 @@ def install_choice(attempt, manager, choice, req, candidates):
 
 
 def root_needed_but_missing(manager):
-    """A system package manager (apt, rpm, pacman) without root and without sudo in its command."""
-    return manager.family in ("apt", "rpm", "pacman") and os.geteuid() != 0 \
+    """A system package manager (FAMILIES' needs_root) without root and without sudo in its command."""
+    return family_of(manager).needs_root and os.geteuid() != 0 \
         and not re.match(r"^\s*sudo\b", manager.install_cmd)
 
 
@@ -7286,11 +7330,11 @@ def provision_with_managers(attempt, config, bundle, env_file, min_deps, options
     resolve (install_with_pip); the direct requirements that are not Python distributions go, one by
     one, to the other managers. Returns (summary rows, environment for the tests)."""
     managers, chosen = usable_managers(attempt, config, options)
-    pip = [m for m in chosen if m.family == "pip"]
+    pip = [m for m in chosen if family_of(m).pip_like]
     rows = []
     if pip:
         rows += install_with_pip(attempt, bundle, base.pip, options, pip[0].key)
-        chosen = [m for m in chosen if m.family != "pip"]
+        chosen = [m for m in chosen if not family_of(m).pip_like]
     reqs = [r for r in requirements_of(min_deps, env_file)
             if not pip or (r.name not in base.owners and r.name != "python" and not r.python)]
     remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
