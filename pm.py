@@ -3633,24 +3633,17 @@ def pip_name(name):
 
 
 def name_variants(name, family):
-    """Names a package often has elsewhere (conda 'r-x' and 'python-x' lose their prefix)."""
+    """Names a package often has under a family of managers (FAMILIES: its variants; conda 'r-x' and
+    'python-x' lose their prefix, and are tried first as the family names R and Python packages)."""
     base = name
     for prefix in ("r-", "python-", "py-"):
         if name.startswith(prefix) and len(name) > len(prefix):
             base = name[len(prefix):]
     base = base.replace("_", "-").lower()
-    python = ["python3-%s" % base] if name.startswith(("python-", "py-")) else []
-    r_cran = ["r-cran-%s" % base] if name.startswith("r-") else []
-    variants = []
-    if family == "apt":
-        variants = python + r_cran + ["lib%s-dev" % base, "lib%s" % base, "%s-dev" % base, "python3-%s" % base,
-                                      "r-cran-%s" % base]
-    elif family == "rpm":
-        variants = python + ["%s-devel" % base, "lib%s-devel" % base, "python3-%s" % base, "R-%s" % base]
-    elif family == "spack":
-        variants = ["py-%s" % base, "r-%s" % base]
-    elif family == "pip":
-        variants = [base]
+    entry = FAMILIES.get(family, OTHER_FAMILY)
+    first = [entry.python_form] if entry.python_form and name.startswith(("python-", "py-")) else []
+    first += [entry.r_form] if entry.r_form and name.startswith("r-") else []
+    variants = [form % base for form in first + list(entry.variants)]
     unique = []
     for variant in variants:
         if variant != name and variant not in unique:
@@ -3678,11 +3671,13 @@ def search_base(name):
 
 
 def fits_python(req, manager, package):
-    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev')."""
-    if not req.python or manager.family not in ("apt", "rpm", "pacman"):
+    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev'):
+    those of families that name them with a prefix (FAMILIES' python_prefixes)."""
+    prefixes = family_of(manager).python_prefixes
+    if not req.python or not prefixes:
         return True
     package = package.lower()
-    return package.startswith(("python3-", "python-", "py3-")) or package == search_base(req.name) + "3"
+    return package.startswith(prefixes) or package == search_base(req.name) + "3"
 
 
 def find_candidates(req, managers, log_path=None):
@@ -3692,11 +3687,11 @@ def find_candidates(req, managers, log_path=None):
     for manager in managers:
         found = {}
         searches = [req.name]
-        mapped = PIP_RENAMES.get(req.name) if manager.family == "pip" else NAME_MAP.get(req.name, {}).get(manager.family)
+        mapped = mapped_name(req.name, manager)
         if mapped:
             searches.append(mapped)
         variants = name_variants(req.name, manager.family)
-        if manager.family in ("pip", "spack", "brew"):
+        if family_of(manager).search_variants:
             searches += variants
         elif search_base(req.name) != req.name:
             searches.append(search_base(req.name))
@@ -3916,14 +3911,63 @@ NAME_MAP = {
                        "spack": "py-beautifulsoup4"},
     "opencv": {"apt": "python3-opencv", "rpm": "python3-opencv", "spack": "opencv"},
 }
-MANAGER_FAMILIES = {"apt": "apt", "apt-get": "apt", "aptitude": "apt", "dnf": "rpm", "yum": "rpm", "zypper": "rpm",
-                    "pacman": "pacman", "brew": "brew", "spack": "spack"}
+
+
+class Family(object):
+    """What pm knows of a family of package managers beyond the commands of their sections:
+    keys: the section keys and commands of the family (versioned: also a key that starts with one, or
+      a command of one with a version: pip3, pip3.11, pip-root);
+    variants: the names a conda package often has there, in the order tried (%s: its name without
+      conda's r-/python-/py- prefix); python_form, r_form: the one tried first for a conda 'python-x',
+      'r-x'; search_variants: each variant is searched for (else only the name without the prefix);
+    python_prefixes: how its Python packages are named, where it mixes them with libraries (a Python
+      requirement then matches only those: 'panel' is not 'libpanel-dev');
+    needs_root: it installs system packages; renames: its curated names (conda -> its own), else
+      NAME_MAP's column of the family;
+    pip_like: the base's Python distributions go to it, in one pinned resolve into the software's venv."""
+
+    def __init__(self, keys=(), versioned=False, variants=(), python_form=None, r_form=None,
+                 search_variants=False, python_prefixes=(), needs_root=False, renames=None, pip_like=False):
+        self.keys, self.versioned, self.variants = keys, versioned, variants
+        self.python_form, self.r_form, self.search_variants = python_form, r_form, search_variants
+        self.python_prefixes, self.needs_root, self.renames, self.pip_like = python_prefixes, needs_root, renames, pip_like
+
+
+SYSTEM_PYTHON = ("python3-", "python-", "py3-")
+FAMILIES = {
+    "pip": Family(("pip",), versioned=True, variants=("%s",), search_variants=True, renames=PIP_RENAMES,
+                  pip_like=True),
+    "apt": Family(("apt", "apt-get", "aptitude"), variants=("lib%s-dev", "lib%s", "%s-dev", "python3-%s", "r-cran-%s"),
+                  python_form="python3-%s", r_form="r-cran-%s", python_prefixes=SYSTEM_PYTHON, needs_root=True),
+    "rpm": Family(("dnf", "yum", "zypper"), variants=("%s-devel", "lib%s-devel", "python3-%s", "R-%s"),
+                  python_form="python3-%s", python_prefixes=SYSTEM_PYTHON, needs_root=True),
+    "pacman": Family(("pacman",), python_prefixes=SYSTEM_PYTHON, needs_root=True),
+    "brew": Family(("brew",), search_variants=True),
+    "spack": Family(("spack",), variants=("py-%s", "r-%s"), search_variants=True),
+}
+OTHER_FAMILY = Family()  # a section of no family above (a site's own manager): its key is its family
 
 
 def manager_family(key, exec_name):
-    if re.match(r"^pip[0-9.]*$", os.path.basename(exec_name or "")) or key.startswith("pip"):
-        return "pip"
-    return MANAGER_FAMILIES.get(key, MANAGER_FAMILIES.get(os.path.basename(exec_name or ""), key))
+    """The family (a key of FAMILIES, else the section's own key) of a section and its command."""
+    program = os.path.basename(exec_name or "")
+    for name, family in FAMILIES.items():
+        if family.versioned and any(key.startswith(k) or re.match(r"^%s[0-9.]*$" % re.escape(k), program)
+                                    for k in family.keys):
+            return name
+    by_key = dict((k, name) for name, family in FAMILIES.items() for k in family.keys)
+    return by_key.get(key, by_key.get(program, key))
+
+
+def family_of(manager):
+    """The Family of a PackageManager (OTHER_FAMILY for a site's own)."""
+    return FAMILIES.get(manager.family, OTHER_FAMILY)
+
+
+def mapped_name(conda_name, manager):
+    """The curated name of a conda package under a manager: its family's renames, else NAME_MAP's column."""
+    renames = family_of(manager).renames
+    return renames.get(conda_name) if renames is not None else NAME_MAP.get(conda_name, {}).get(manager.family)
 
 
 class PackageManager(object):
@@ -4217,6 +4261,46 @@ class TestResult(object):
                 "seconds": round(self.seconds, 3), "log": self.log, "left_running": self.leftovers}
 
 
+class RequirementRow(object):
+    """One requirement of the base and how this machine met it: a row of result.json's packages,
+    python and unmet lists, which the summary, report and report.html show. A row keeps the keys it
+    was made with, so result.json holds what older pm wrote (a skipped row has no version)."""
+
+    FIELDS = ("requirement", "status", "base_version", "version", "package", "why", "drift", "conda")
+
+    def __init__(self, requirement, status, **fields):
+        unknown = set(fields) - set(self.FIELDS)
+        if unknown:
+            raise TypeError("a requirement row has no %s" % ", ".join(sorted(unknown)))
+        self.requirement, self.status = requirement, status
+        self.recorded = ("requirement", "status") + tuple(k for k in self.FIELDS[2:] if k in fields)
+        for key in self.FIELDS[2:]:
+            setattr(self, key, fields.get(key))
+
+    def to_json(self):
+        return dict((key, getattr(self, key)) for key in self.recorded)
+
+    @classmethod
+    def from_json(cls, data):
+        """A row of result.json (of this pm or an older one)."""
+        return cls(data.get("requirement"), data.get("status"),
+                   **dict((k, v) for k, v in data.items() if k in cls.FIELDS[2:]))
+
+    def how(self):
+        """What met it and why: the report's 'how'."""
+        return ", ".join(p for p in (self.package, self.why) if p)
+
+    def report_json(self):
+        """The row as 'report --json' gives it (and report and report.html show)."""
+        return {"requirement": self.requirement, "status": self.status, "base_version": self.base_version,
+                "version": self.version, "drift": bool(self.drift), "how": self.how(), "conda": self.conda}
+
+
+def rows_json(rows):
+    """Requirement rows as result.json holds them."""
+    return [row.to_json() for row in rows]
+
+
 class MigrationConfig(object):
     """The merged test configuration for one software."""
 
@@ -4446,6 +4530,10 @@ class MigrationResult(object):
     def exit_code(self):
         return 0 if self.passed else 1
 
+    def stored_rows(self, key):
+        """The attempt's requirement rows of one list of result.json ('python', 'unmet')."""
+        return [RequirementRow.from_json(row) for row in self.attempt.result.get(key) or []]
+
 
 def migrate(store, name, config, bundle, options):
     """One attempt in its own directory: recreate the environment, test, install; return a
@@ -4531,11 +4619,12 @@ def recreate_test_install(attempt, config, bundle, options):
     dists = base_distributions(bundle)
     drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
     env_file = pip_entries_from_an_index(env_file, dists)
+    base = base_requirements(bundle, env_file, min_deps)  # once: every route and the rows read it
     packages, site, python_rows = None, None, []
     carried = (bundle.manifest.packages or {}).get("carried")
     if "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here()):
         packages, test_environ, activate = environment_without_conda(attempt, config, bundle, options,
-                                                                     env_file, min_deps, dists)
+                                                                     env_file, min_deps, dists, base)
         prefix = attempt.result.get("env_prefix")
         if prefix:
             site = env_site_packages(prefix, dists)
@@ -4553,7 +4642,7 @@ def recreate_test_install(attempt, config, bundle, options):
             level, prefix = create_conda_env(attempt, conda, env_name, conda_part, min_deps, options.force, channel)
         except PmError as exc:
             failure = "not installed: %s" % exc.what
-            attempt.save(unmet=missing_rows(bundle, env_file, min_deps, {}, [], lambda name, version, pypi: failure))
+            attempt.save(unmet=rows_json(missing_rows(base, {}, [], lambda name, version, pypi: failure)))
             raise
         finally:
             if channel:
@@ -4561,7 +4650,7 @@ def recreate_test_install(attempt, config, bundle, options):
         hold_conda_env(attempt, env_name, exclusive=False)  # used by this attempt's tests: no --force swaps it
         say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
         python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
-        python_rows += conda_env_pip_part(attempt, bundle, prefix, env_file, min_deps, options, bool(channel))
+        python_rows += conda_env_pip_part(attempt, bundle, prefix, base, options, bool(channel))
         if carried:
             note_activation_scripts(packages_with_activation_scripts(prefix))
         site = env_site_packages(prefix, dists)
@@ -4570,18 +4659,17 @@ def recreate_test_install(attempt, config, bundle, options):
         activate = conda_activation(conda, env_name, prefix)
     else:
         packages, test_environ, activate = environment_with_managers(attempt, config, bundle, options, env_file,
-                                                                     min_deps)
+                                                                     min_deps, base)
         if test_environ.get("VIRTUAL_ENV"):
             site = env_site_packages(test_environ["VIRTUAL_ENV"], ())
-    software_of_base = software_dists(dists) if dists is not None else \
-        python_requirements(bundle, env_file, min_deps)[2]
+    software_of_base = base.software
     for dist in software_of_base if dists is None else ():
         say("%s %s is the software itself: it comes from the migrated tree, never from an index"
             % (dist["name"], dist["version"]))
-    attempt.result["python"] = python_rows
+    attempt.result["python"] = rows_json(python_rows)
     record_env_pythons(attempt, bundle, test_environ)
-    attempt.save(unmet=missing_rows(bundle, env_file, min_deps, attempt.result, software_of_base,
-                                      route_why_missing(attempt.result, config.package_managers)))
+    attempt.save(unmet=rows_json(missing_rows(base, attempt.result, software_of_base,
+                                              route_why_missing(attempt.result, config.package_managers))))
     tests = []
     if options.skip_tests:
         say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
@@ -4591,7 +4679,7 @@ def recreate_test_install(attempt, config, bundle, options):
         try:
             software = bundle.extract_software(work)
             python_rows += link_software_dists(attempt, site, software_of_base, software, "tested copy")
-            attempt.save(python=python_rows)
+            attempt.save(python=rows_json(python_rows))
             for test in config.tests:
                 tests.append(run_test(attempt, test, software, test_environ))
         finally:
@@ -4603,7 +4691,7 @@ def recreate_test_install(attempt, config, bundle, options):
         installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
         if options.skip_tests:
             python_rows += installed_rows
-            attempt.save(python=python_rows)
+            attempt.save(python=rows_json(python_rows))
         if attempt.result.get("level") == "carried" and not options.prefix:
             remove_older_carried_envs(attempt, attempt.result["env_prefix"])
         result.activate = activate
@@ -5307,7 +5395,7 @@ def conda_is_here():
         return False
 
 
-def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists=None):
+def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
     """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
     when the platform is the base's; else the test configuration's other package managers serve.
     Returns (summary rows or None, environment for the tests, activation command)."""
@@ -5320,7 +5408,7 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
             raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
                           "install conda, or list other package managers in the test configuration")
         config = MigrationConfig(config.output_dir, others, config.tests)
-        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps)
+        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps, base)
     prefix = os.path.abspath(options.prefix) if options.prefix else carried_env_prefix(attempt.store, attempt.name,
                                                                                       attempt)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
@@ -6109,29 +6197,38 @@ def check_dist_paths(dist, where):
     """The fields of a python-dists.json record that become paths or lines: site (where pm writes its
     dist-info, .pth and wheels), the software's import roots (lines of its .pth) and the carried wheel."""
     if not re.match(SITE_REL, dist["site"]):
-        raise PmError("%s gives %s the site %r, which is not lib/pythonX.Y/site-packages" % (
-            where, dist["name"], dist["site"][:100]), "do not use this bundle; pack the software again")
-    roots = dist.get("import_roots")
-    if roots is not None and not isinstance(roots, list):
-        raise PmError("%s gives %s import_roots that are not a list" % (where, dist["name"]),
-                      "do not use this bundle; pack the software again")
-    for root in roots or []:
-        parts = root.split("/") if isinstance(root, str) else [".."]
-        if not isinstance(root, str) or not root or root.startswith("/") or ".." in parts or len(root) > 1000 or re.search(CONTROL_OR_NEWLINE, root):
-            raise PmError("%s gives %s the import root %r, which is not a plain relative path inside its tree" % (
-                where, dist["name"], root if not isinstance(root, str) else root[:100]),
-                "do not use this bundle; pack the software again")
+        refuse_dist_field(where, dist, "the site %r, which is not lib/pythonX.Y/site-packages" % dist["site"][:100])
+    check_import_roots(dist, where)
     packages = dist.get("import_packages")
     if packages is not None and not (isinstance(packages, list) and all(
             isinstance(p, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,199}\Z", p) for p in packages)):
-        raise PmError("%s gives %s import_packages that are not Python names" % (where, dist["name"]),
-                      "do not use this bundle; pack the software again")
+        refuse_dist_field(where, dist, "import_packages that are not Python names")
     wheel = dist.get("wheel")
     if wheel is not None and wheel != "" and not (isinstance(wheel, str) and wheel.startswith("wheels/")
                                                   and re.match(WHEEL_FN, wheel[len("wheels/"):])):
-        raise PmError("%s gives %s the wheel %r, which is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
-                      "PLATFORM.whl)" % (where, dist["name"], wheel if not isinstance(wheel, str) else wheel[:100]),
-                      "do not use this bundle; pack the software again")
+        refuse_dist_field(where, dist, "the wheel %r, which is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                          "PLATFORM.whl)" % (wheel if not isinstance(wheel, str) else wheel[:100],))
+
+
+def check_import_roots(dist, where):
+    """import_roots: a list of plain relative paths inside the software's tree (each a line of its .pth)."""
+    roots = dist.get("import_roots")
+    if roots is not None and not isinstance(roots, list):
+        refuse_dist_field(where, dist, "import_roots that are not a list")
+    for root in roots or []:
+        if not is_plain_relative_path(root):
+            refuse_dist_field(where, dist, "the import root %r, which is not a plain relative path inside its tree"
+                              % (root if not isinstance(root, str) else root[:100],))
+
+
+def is_plain_relative_path(root):
+    """A non-empty relative path with no '..', no control character or newline, at most 1000 characters."""
+    return isinstance(root, str) and bool(root) and not root.startswith("/") and ".." not in root.split("/") \
+        and len(root) <= 1000 and not re.search(CONTROL_OR_NEWLINE, root)
+
+
+def refuse_dist_field(where, dist, what):
+    raise PmError("%s gives %s %s" % (where, dist["name"], what), "do not use this bundle; pack the software again")
 
 
 def write_entry_point(writer, command, target, where):
@@ -6357,38 +6454,48 @@ def pip_entries_from_an_index(env_file, dists):
 def dist_row(dist, installed, status, why, manager="pip"):
     """A requirements row for a Python distribution: the base's version beside the one installed, the
     installer that really ran, and the conda package it stands for (if any)."""
-    return {"requirement": dist["name"], "status": status, "base_version": dist["version"], "version": installed,
-            "package": "%s:%s=%s" % (manager, dist["name"], installed) if installed else None, "why": why,
-            "drift": bool(installed) and installed != dist["version"], "conda": dist.get("owner")}
+    return RequirementRow(dist["name"], status, base_version=dist["version"], version=installed,
+                          package="%s:%s=%s" % (manager, dist["name"], installed) if installed else None, why=why,
+                          drift=bool(installed) and installed != dist["version"], conda=dist.get("owner"))
 
 
-def missing_rows(bundle, env_file, min_deps, result, software, why_missing):
-    """A row for every package of the base that no row of the route accounts for (status 'missing', with
-    why_missing(name, version, python) saying why), so each base package ends in exactly one row."""
+def missing_rows(base, result, software, why_missing):
+    """A row for every package of the base (base: BaseRequirements) that no row of the route accounts
+    for (status 'missing', with why_missing(name, version, python) saying why), so each base package
+    ends in exactly one row."""
+    covered = covered_names(result, software)
+    here = (result.get("platform") or {}).get("env_python")
+    rows = []
+    for name, version, pypi in base_packages(base, covered):
+        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
+            continue
+        covered.add(pip_name(name))
+        if name == "python" and here:
+            rows.append(RequirementRow(name, "installed", base_version=version or None, version=here,
+                                       why="the environment's own Python", drift=bool(version) and version != here))
+            continue
+        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
+            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
+        rows.append(RequirementRow(name, "missing", base_version=version or None, version=None, why=why, drift=False))
+    return rows
+
+
+def covered_names(result, software):
+    """The PEP 503 names the route's rows (and the environment it made) account for."""
     covered = set(pip_name(d["name"]) for d in software)
     for row in (result.get("packages") or []) + (result.get("python") or []):
         covered.add(pip_name(row["requirement"]))
         covered.add(pip_name(row.get("conda") or "-"))
-    covered |= set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
-    rows = []
-    base = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
-            for r in base_conda_records(bundle, min_deps, env_file)]
-    base += [(d["name"], d["version"], d["name"]) for d in base_distributions(bundle) or []
-             if not d.get("owner") or pip_name(d["owner"]) not in covered]
-    for name, version, pypi in base:
-        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
-            continue
-        covered.add(pip_name(name))
-        here = (result.get("platform") or {}).get("env_python")
-        if name == "python" and here:
-            rows.append({"requirement": name, "status": "installed", "base_version": version or None, "version": here,
-                         "why": "the environment's own Python", "drift": bool(version) and version != here})
-            continue
-        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
-            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
-        rows.append({"requirement": name, "status": "missing", "base_version": version or None, "version": None,
-                     "why": why, "drift": False})
-    return rows
+    return covered | set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
+
+
+def base_packages(base, covered):
+    """Every package of the base as (name, version, PyPI name or None): its conda records, then the
+    distributions python-dists.json records that no conda package accounted for (covered) installs."""
+    found = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
+             for r in base.records]
+    return found + [(d["name"], d["version"], d["name"]) for d in base.dists or []
+                    if not d.get("owner") or pip_name(d["owner"]) not in covered]
 
 
 def record_env_pythons(attempt, bundle, environ):
@@ -6418,7 +6525,7 @@ def route_why_missing(result, managers):
     if level:
         return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
             level, "" if level == "exact" else ": the base's exact set did not solve here")
-    systems = [m for m in managers if m not in ("pip", "conda")]
+    systems = [m for m in managers if m != "conda" and not FAMILIES.get(manager_family(m, ""), OTHER_FAMILY).pip_like]
 
     def why(name, version, pypi):
         if pypi:
@@ -6431,12 +6538,11 @@ def route_why_missing(result, managers):
     return why
 
 
-def conda_env_pip_part(attempt, bundle, prefix, env_file, min_deps, options, carried):
+def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
     """What pip installed on the base (and the bundle does not carry), into a conda environment as on
     the pip route (install_with_pip, with the environment's own Python; its pip from ensurepip when
     conda's channels had none). Returns its rows."""
-    wanted = [d for d in python_requirements(bundle, env_file, min_deps)[0] if not d.get("owner") and
-              not d.get("wheel")]
+    wanted = [d for d in base.pip if not d.get("owner") and not d.get("wheel")]
     python = os.path.join(prefix, "bin", "python")
     if not wanted:
         return []
@@ -6595,12 +6701,13 @@ def env_site_packages(prefix, dists):
 # -- With the system's package managers ---------------------------------------
 
 
-def environment_with_managers(attempt, config, bundle, options, env_file, min_deps):
-    """The system's package managers provide each requirement; returns (summary rows, environment
-    for the tests, activation command: pip's venv stays in the attempt, with its record)."""
+def environment_with_managers(attempt, config, bundle, options, env_file, min_deps, base):
+    """The system's package managers provide each requirement (base: the migration's BaseRequirements);
+    returns (summary rows, environment for the tests, activation command: pip's venv stays in the
+    attempt, with its record)."""
     attempt.base_python = base_python_version(bundle)
-    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options)
-    attempt.save(packages=packages)
+    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base)
+    attempt.save(packages=rows_json(packages))
     venv = environ.get("VIRTUAL_ENV")
     return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
 
@@ -6725,60 +6832,94 @@ def software_names(bundle):
     return names
 
 
-def python_requirements(bundle, env_file, min_deps):
+class BaseRequirements(object):
+    """What the base asks of a migration, worked out once per migration (base_requirements): its conda
+    records, python-dists.json's distributions (None for an older bundle), what pip installs (pip),
+    the conda packages those stand for (owners) and the software's own distributions (software)."""
+
+    def __init__(self, records, dists, pip, owners, software):
+        self.records, self.dists, self.pip, self.owners, self.software = records, dists, pip, owners, software
+
+
+def base_requirements(bundle, env_file, min_deps):
+    """The migration's BaseRequirements, from env_file as the migration uses it."""
+    records = base_conda_records(bundle, min_deps, env_file)
+    dists = base_distributions(bundle)
+    return BaseRequirements(records, dists, *python_requirements(bundle, env_file, min_deps, records, dists))
+
+
+def python_requirements(bundle, env_file, min_deps, records, dists):
     """(what pip installs, the conda names it stands for, the software's distributions). From
-    python-dists.json, exact; for an older bundle or the original tool's store, from the conda records
-    (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
+    python-dists.json (dists), exact; for an older bundle or the original tool's store, from the conda
+    records (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
     packages that are Python but whose files the base did not list go to pip too. The software is
     never pinned: it comes from the migrated tree."""
-    records = base_conda_records(bundle, min_deps, env_file)
     direct = set(r.get("name") for r in min_deps or [] if isinstance(r, dict)) | \
         set(spec_name(s) for s in env_file.dependencies)
-    dists = base_distributions(bundle)
-    wanted, owners, software = [], set(), software_dists(dists)
-    if dists is not None:
-        for dist in dists:
-            owners.add(dist.get("owner"))
-            if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
-                continue
-            how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
-                "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
-            wanted.append(dict(dist, why="recorded on the base: " + how,
-                               direct=not dist.get("owner") or dist.get("owner") in direct))
+    wanted, owners = recorded_distributions(dists, direct)
+    software = software_dists(dists)
     names = software_names(bundle) if dists is None else set()
-    known = set(pip_name(d["name"]) for d in wanted) | set(pip_name(d["name"]) for d in software)
+    known = set(pip_name(d["name"]) for d in wanted + software)
     for record in records:
-        if record["name"] in owners:
-            continue
         pypi = conda_pypi_name(record["name"], record["build_string"], channel=record["channel"])
-        if not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
+        if record["name"] in owners or not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
             continue
         known.add(pip_name(pypi))
         if pip_name(pypi) in names:
             software.append({"name": pypi, "version": record["version"], "site": "", "software": True,
                              "owner": None, "source": "editable"})
+        else:
+            wanted.append(python_conda_package(record, pypi, direct, dists is not None))
+            owners.add(record["name"])
+    for name, version in pinned_pip_entries(env_file) if dists is None else ():
+        if pip_name(name) in known | PIP_LEFT_OUT:
             continue
-        why = "pip installed it on the base" if record["channel"] == "pypi" else \
-            "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
-                                                                 record["build_string"] if record["build_string"]
-                                                                 else "its records")
-        if dists is not None:
-            why += "; the base listed no files of it"
-        wanted.append({"name": pypi, "version": record["version"], "site": "", "why": why,
-                       "owner": None if record["channel"] == "pypi" else record["name"],
-                       "direct": record["name"] in direct or record["channel"] == "pypi"})
-        owners.add(record["name"])
-    for spec in env_file.pip if dists is None else ():
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
-        if not match or pip_name(match.group(1)) in known | PIP_LEFT_OUT:
-            continue
-        known.add(pip_name(match.group(1)))
-        entry = {"name": match.group(1), "version": match.group(2), "owner": None, "site": "", "direct": True}
-        if pip_name(match.group(1)) in names:
+        known.add(pip_name(name))
+        entry = {"name": name, "version": version, "owner": None, "site": "", "direct": True}
+        if pip_name(name) in names:
             software.append(dict(entry, software=True, source="editable"))
         else:
             wanted.append(dict(entry, why="env.yml's pip entry"))
     return wanted, owners - set([None]), software
+
+
+def recorded_distributions(dists, direct):
+    """(what pip installs of python-dists.json's records, the conda packages that installed records):
+    neither the software, nor pip and conda themselves."""
+    wanted, owners = [], set()
+    for dist in dists or []:
+        owners.add(dist.get("owner"))
+        if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
+            continue
+        how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
+            "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
+        wanted.append(dict(dist, why="recorded on the base: " + how,
+                           direct=not dist.get("owner") or dist.get("owner") in direct))
+    return wanted, owners
+
+
+def python_conda_package(record, pypi, direct, listed):
+    """A conda record that is a Python package (PyPI name pypi), as what pip installs; listed: the base
+    recorded its distributions, and none for this one."""
+    why = "pip installed it on the base" if record["channel"] == "pypi" else \
+        "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
+                                                             record["build_string"] if record["build_string"]
+                                                             else "its records")
+    if listed:
+        why += "; the base listed no files of it"
+    return {"name": pypi, "version": record["version"], "site": "", "why": why,
+            "owner": None if record["channel"] == "pypi" else record["name"],
+            "direct": record["name"] in direct or record["channel"] == "pypi"}
+
+
+def pinned_pip_entries(env_file):
+    """env.yml's pip entries that are NAME==VERSION, as (name, version)."""
+    found = []
+    for spec in env_file.pip:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
 
 
 PIP_NOT_FOUND = (r"satisfies the requirement ([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*\S+)?\s*"
@@ -6835,44 +6976,77 @@ def pip_diagnosis(output, pins):
     return [(pip_name(name), "conflict", lines) for name in requested if pip_name(name) in pins]
 
 
-def relax_pin(attempt, pin, kind, detail):
-    """Relax one pin after pip named it; return False when nothing is left to try (it is dropped)."""
-    pin["steps"] = pin.get("steps", 0) + 1
-    if pin["fixed"] or pin["steps"] > 4:
-        return False
-    base = pin["dist"]["version"]
-    if kind == "build":
-        if pin.get("binary"):
+class PipPin(object):
+    """One Python distribution as pip is asked for it: the base's record (dist), the name and version
+    asked (version None: any), and what the levels learn of it (relax)."""
+
+    def __init__(self, dist, name, version, fixed, why, direct):
+        self.dist, self.name, self.version, self.why, self.direct = dist, name, version, why, direct
+        self.fixed = fixed  # chosen in the answers file: never relaxed
+        self.steps = 0  # relaxations so far
+        self.binary = False  # wheels only (--only-binary)
+        self.listed = None  # the versions pip listed for it, once it named it not found
+        self.failure = None  # why it did not install, once known
+        self.level = None  # the level that left it to pip's resolve of others
+        self.file = None  # the carried wheel, offered instead of the index
+
+    def line(self):
+        """A requirements line: the carried wheel's path, else NAME==VERSION (NAME alone with no version)."""
+        if self.file:
+            return self.file
+        return "%s==%s" % (self.name, self.version) if self.version else self.name
+
+    def fail(self, reason):
+        """Record why it did not install, unless an earlier reason was found."""
+        self.failure = self.failure or reason
+
+    def relax(self, attempt, kind, detail):
+        """Relax the pin after pip named it (kind 'build', 'notfound' or 'conflict', pip_diagnosis);
+        return False when nothing is left to try (it is dropped)."""
+        self.steps += 1
+        if self.fixed or self.steps > 4:
             return False
-        pin["binary"] = True  # its wheels only: pip then lists the versions that have one
-        pin["failure"] = "pip cannot build %s %s here and finds no wheel of it for this Python" % (pin["name"],
-                                                                                                   pin["version"])
-        note = "%s %s cannot be built here: trying its wheels only" % (pin["name"], pin["version"])
-    elif kind == "notfound":
-        if pin.get("binary") and not detail and pin.get("listed"):
-            pin["binary"] = False  # no wheel at all: the nearest version, as pip can get it
-            detail = pin["listed"]
+        note = self.only_wheels() if kind == "build" else self.nearest_version(detail) if kind == "notfound" \
+            else self.any_version(detail)
+        if not note:
+            return False
+        say("  " + note)
+        attempt.log("pip: " + note)
+        return True
+
+    def only_wheels(self):
+        if self.binary:
+            return None
+        self.binary = True  # its wheels only: pip then lists the versions that have one
+        self.failure = "pip cannot build %s %s here and finds no wheel of it for this Python" % (self.name, self.version)
+        return "%s %s cannot be built here: trying its wheels only" % (self.name, self.version)
+
+    def nearest_version(self, detail):
+        if self.binary and not detail and self.listed:
+            self.binary = False  # no wheel at all: the nearest version, as pip can get it
+            detail = self.listed
         if not detail:
-            pin["failure"] = "pip finds no %s==%s here and no other version" % (pin["name"], pin["version"])
-            return False
-        if not pin.get("listed"):
-            pin["listed"], pin["binary"] = detail, pin.get("binary") or True
+            self.failure = "pip finds no %s==%s here and no other version" % (self.name, self.version)
+            return None
+        if not self.listed:
+            self.listed, self.binary = detail, True
+        base = self.dist["version"]
         nearest = sorted(detail, key=lambda v: version_distance(v, base))[0]
-        note = "%s %s is not on the index for this Python and platform: relaxed to %s" % (pin["name"], pin["version"],
+        note = "%s %s is not on the index for this Python and platform: relaxed to %s" % (self.name, self.version,
                                                                                          nearest)
-        pin["why"] = "relaxed: %s is not on the index here, %s is the nearest%s" % (
-            base, nearest, " with a wheel" if pin.get("binary") else "")
-        pin["version"] = nearest
-    else:
-        if not pin["version"]:
-            return False
+        self.why = "relaxed: %s is not on the index here, %s is the nearest%s" % (
+            base, nearest, " with a wheel" if self.binary else "")
+        self.version = nearest
+        return note
+
+    def any_version(self, detail):
+        if not self.version:
+            return None
         note = "%s %s conflicts with what the other pins need (%s): relaxed to any version pip finds" % (
-            pin["name"], pin["version"], "; ".join(detail)[:300])
-        pin["why"] = "relaxed for a conflict: %s" % "; ".join(detail)[:300]
-        pin["version"], pin["binary"] = None, True
-    say("  " + note)
-    attempt.log("pip: " + note)
-    return True
+            self.name, self.version, "; ".join(detail)[:300])
+        self.why = "relaxed for a conflict: %s" % "; ".join(detail)[:300]
+        self.version, self.binary = None, True
+        return note
 
 
 PIP_ROUNDS = 8
@@ -6880,17 +7054,23 @@ PIP_UNREACHABLE = (r"(NewConnectionError|Network is unreachable|Temporary failur
                    r"not known|ProxyError|SSLError|Could not fetch URL)")
 
 
-def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
-    """One pip install of pins (key -> pin), relaxing what pip names (relax_pin) and trying again, at most
-    rounds times; pins pip names and that cannot be relaxed are dropped (their 'failure' says why).
-    Returns (True when pip succeeded, pip's last words; None when pip cannot reach its index)."""
+def write_pins(attempt, pins):
+    """pip-requirements.txt in the attempt: a line for each pin (PipPin.line), by key; returns its path."""
     requirements = os.path.join(attempt.path, "pip-requirements.txt")
+    write_atomic(requirements, "".join(p.line() + "\n" for key, p in sorted(pins.items())))
+    return requirements
+
+
+def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
+    """One pip install of pins (key -> PipPin), relaxing what pip names (PipPin.relax) and trying again, at
+    most rounds times; pins pip names and that cannot be relaxed are dropped (their failure says why).
+    Returns (True when pip succeeded, pip's last words; None when pip cannot reach its index)."""
     last = ""
     for _ in range(rounds):
         if not pins:
             return True, ""
-        write_atomic(requirements, "".join(pin_line(p) + "\n" for key, p in sorted(pins.items())))
-        binary = sorted(key for key, p in pins.items() if p.get("binary") and not p.get("file"))
+        requirements = write_pins(attempt, pins)
+        binary = sorted(key for key, p in pins.items() if p.binary and not p.file)
         say("installing %d Python distribution%s with pip (%s)..." % (len(pins), "s" * (len(pins) != 1), label))
         code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", requirements]
                                    + (["--only-binary", ",".join(binary)] if binary else []) + list(extra))
@@ -6901,7 +7081,7 @@ def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
         if unreachable:  # no later level can do better: each would wait for the index again
             reason = "pip cannot reach its index (%s)" % unreachable.group(0).strip()[:200]
             for pin in pins.values():
-                pin.setdefault("failure", reason)
+                pin.fail(reason)
             say("  " + reason)
             return False, None
         named = pip_diagnosis(output, pins)
@@ -6909,11 +7089,11 @@ def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
             say("  pip failed: %s" % last)
             return False, last
         for key, kind, detail in named:
-            if not relax_pin(attempt, pins[key], kind, detail):
+            if not pins[key].relax(attempt, kind, detail):
                 pin = pins.pop(key)
-                pin.setdefault("failure", "pip failed on it: %s" % last)
-                say("  %s: %s" % (pin["name"], pin["failure"]))
-                attempt.log("pip: dropped %s: %s" % (pin["name"], pin["failure"]))
+                pin.fail("pip failed on it: %s" % last)
+                say("  %s: %s" % (pin.name, pin.failure))
+                attempt.log("pip: dropped %s: %s" % (pin.name, pin.failure))
     return False, last
 
 
@@ -6929,7 +7109,7 @@ def pip_installed(attempt, python):
 
 
 def pip_pins(attempt, bundle, dists, options, manager):
-    """(pins: key -> pin for what pip installs, rows for what it does not): answers applied, the carried
+    """(pins: key -> PipPin for what pip installs, rows for what it does not): answers applied, the carried
     wheels offered first (the very file the base had, never the index's namesake)."""
     pins, rows = {}, []
     for dist in dists:
@@ -6937,7 +7117,7 @@ def pip_pins(attempt, bundle, dists, options, manager):
         if answer and not answer.manager_key:
             rows.append(dist_row(dist, None, "skipped", "answers file", manager))
             continue
-        if answer and not answer.manager_key.startswith("pip"):
+        if answer and not FAMILIES.get(manager_family(answer.manager_key, ""), OTHER_FAMILY).pip_like:
             continue  # answered for another manager: the package managers' loop installs it
         if not answer and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown", None):
             rows.append(dist_row(dist, None, "failed", "installed from %s on the base, not from an index, and not "
@@ -6945,9 +7125,8 @@ def pip_pins(attempt, bundle, dists, options, manager):
                                  manager))
             continue  # an index's project of that name is another thing
         name, version = (answer.package, answer.version) if answer else (dist["name"], dist["version"])
-        pins[pip_name(name)] = {"dist": dist, "name": name, "version": version, "fixed": bool(answer),
-                                "why": "answers file" if answer else dist.get("why", ""),
-                                "direct": bool(answer) or dist.get("direct", True)}
+        pins[pip_name(name)] = PipPin(dist, name, version, bool(answer), "answers file" if answer else
+                                      dist.get("why", ""), bool(answer) or dist.get("direct", True))
     return pins, rows
 
 
@@ -6981,8 +7160,7 @@ def install_with_uv(attempt, python, pins, extra):
     uv = uv_here(python)
     if not uv or not pins:
         return False
-    requirements = os.path.join(attempt.path, "pip-requirements.txt")
-    write_atomic(requirements, "".join(pin_line(p) + "\n" for key, p in sorted(pins.items())))
+    requirements = write_pins(attempt, pins)
     say("installing %d Python distribution%s with uv (every one pinned to the base's version, one resolve)..."
         % (len(pins), "s" * (len(pins) != 1)))
     code, output = attempt.run([uv[0], "pip", "install", "--python", python, "-r", requirements] + uv[1:] + extra)
@@ -6998,10 +7176,9 @@ def install_each(attempt, python, pins, extra):
     same, previous = 0, None
     for key in sorted(pins):
         if same >= 3:
-            pins[key].setdefault("failure", "not tried on its own: pip failed the same way for three before it "
-                                            "(%s)" % previous)
+            pins[key].fail("not tried on its own: pip failed the same way for three before it (%s)" % previous)
             continue
-        done, last = resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key]["name"], rounds=3,
+        done, last = resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key].name, rounds=3,
                                   extra=extra)
         if last is None:
             previous, same = "pip cannot reach its index", 3
@@ -7020,60 +7197,76 @@ def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None
     pins, rows = pip_pins(attempt, bundle, dists, options, manager)
     if not pins:
         return rows
-    everything, folder = dict(pins), None
-    carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
-    if carried:
-        folder = extract_wheels(attempt, bundle)
-        for key, member in carried.items():
-            if key in pins and not pins[key]["fixed"]:
-                pins[key]["file"] = os.path.join(folder, member.split("/")[1])
-                pins[key]["why"] += "; its wheel carried in the bundle"
+    everything = dict(pins)
+    folder = offer_carried_wheels(attempt, bundle, dists, pins)
     try:
         installer = "uv" if install_with_uv(attempt, python, pins, extra) else manager
-        done, last = (True, "") if installer == "uv" else \
-            resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve", extra=extra)
-        if not done and last is not None:
-            direct = dict((k, p) for k, p in pins.items() if p["direct"])
-            if direct and len(direct) < len(pins):
-                say("pip could not install the whole set: trying the direct requirements alone")
-                attempt.log("pip: level direct (%d of %d)" % (len(direct), len(pins)))
-                for key in set(pins) - set(direct):
-                    pins[key]["level"] = "left to pip's resolve of the direct requirements"
-                done, last = resolve_pins(attempt, python, direct, "the direct requirements", extra=extra)
-            if not done and last is not None:
-                say("pip could not install them together: trying each on its own")
-                attempt.log("pip: level each")
-                install_each(attempt, python, pins, extra)
+        last = "" if installer == "uv" else install_level_by_level(attempt, python, pins, extra)
     finally:
         if folder:
             shutil.rmtree(folder, ignore_errors=True)
     got = pip_installed(attempt, python)
-    for key, pin in sorted(everything.items()):
-        have = got.get(key)
-        if have:
-            why = pin["why"]
-            if have != pin["dist"]["version"] and not why.startswith("relaxed"):
-                why = "%s; pip chose %s (%s)" % (why, have, pin.get("level") or "the base's version did not install")
-            rows.append(dist_row(pin["dist"], have, "installed", why, installer))
-        else:
-            why = pin.get("failure") or ("%s, which did not bring it" % pin["level"] if pin.get("level") else
-                                         "not installed: %s" % last if last else "pip did not install it")
-            rows.append(dict(dist_row(pin["dist"], None, "failed", why, manager),
-                             package="%s:%s%s" % (manager, pin["name"], "=" + pin["version"] if pin["version"] else "")))
-    drifted = [r for r in rows if r.get("drift")]
-    say("%s: %d distributions installed, %d at the base's version, %d differ%s" % (installer,
-        len([r for r in rows if r["status"] == "installed"]),
-        len([r for r in rows if r["status"] == "installed" and not r["drift"]]), len(drifted),
-        ": " + ", ".join("%s %s -> %s" % (r["requirement"], r["base_version"], r["version"]) for r in drifted)
-        if drifted else ""))
+    rows += [pin_row(pin, got.get(key), installer, manager, last) for key, pin in sorted(everything.items())]
+    say_what_pip_installed(installer, rows)
     return rows
 
 
-def pin_line(pin):
-    """A requirements line: the carried wheel's path, else NAME==VERSION (NAME alone with no version)."""
-    if pin.get("file"):
-        return pin["file"]
-    return "%s==%s" % (pin["name"], pin["version"]) if pin["version"] else pin["name"]
+def offer_carried_wheels(attempt, bundle, dists, pins):
+    """The wheels the bundle carries, unzipped into the attempt and offered for their pins (never for one
+    the answers file fixed); returns their folder, or None when it carries none."""
+    carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
+    if not carried:
+        return None
+    folder = extract_wheels(attempt, bundle)
+    for key, member in carried.items():
+        if key in pins and not pins[key].fixed:
+            pins[key].file = os.path.join(folder, member.split("/")[1])
+            pins[key].why += "; its wheel carried in the bundle"
+    return folder
+
+
+def install_level_by_level(attempt, python, pins, extra):
+    """pip's levels: every pin in one resolve, then the direct requirements alone, then each on its own;
+    returns pip's last words ('' when a level installed them all, None when it cannot reach its index)."""
+    done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve",
+                              extra=extra)
+    if done or last is None:
+        return last
+    direct = dict((k, p) for k, p in pins.items() if p.direct)
+    if direct and len(direct) < len(pins):
+        say("pip could not install the whole set: trying the direct requirements alone")
+        attempt.log("pip: level direct (%d of %d)" % (len(direct), len(pins)))
+        for key in set(pins) - set(direct):
+            pins[key].level = "left to pip's resolve of the direct requirements"
+        done, last = resolve_pins(attempt, python, direct, "the direct requirements", extra=extra)
+    if not done and last is not None:
+        say("pip could not install them together: trying each on its own")
+        attempt.log("pip: level each")
+        install_each(attempt, python, pins, extra)
+    return last
+
+
+def pin_row(pin, have, installer, manager, last):
+    """The row of one pin, read back from pip (have: the version installed, or None)."""
+    if have:
+        why = pin.why
+        if have != pin.dist["version"] and not why.startswith("relaxed"):
+            why = "%s; pip chose %s (%s)" % (why, have, pin.level or "the base's version did not install")
+        return dist_row(pin.dist, have, "installed", why, installer)
+    why = pin.failure or ("%s, which did not bring it" % pin.level if pin.level else
+                          "not installed: %s" % last if last else "pip did not install it")
+    row = dist_row(pin.dist, None, "failed", why, manager)
+    row.package = "%s:%s%s" % (manager, pin.name, "=" + pin.version if pin.version else "")
+    return row
+
+
+def say_what_pip_installed(installer, rows):
+    installed = [r for r in rows if r.status == "installed"]
+    drifted = [r for r in rows if r.drift]
+    say("%s: %d distributions installed, %d at the base's version, %d differ%s" % (
+        installer, len(installed), len([r for r in installed if not r.drift]), len(drifted),
+        ": " + ", ".join("%s %s -> %s" % (r.requirement, r.base_version, r.version) for r in drifted)
+        if drifted else ""))
 
 
 def base_interpreter(base_version):
@@ -7140,7 +7333,7 @@ def install_choice(attempt, manager, choice, req, candidates):
     version = choice.version if choice.version else (req.version if req.version in versions else None)
     template = manager.install_version_cmd if version and manager.install_version_cmd else manager.install_cmd
     exec_override = None
-    if manager.family == "pip":
+    if family_of(manager).pip_like:
         exec_override = os.path.join(software_venv(attempt), "bin", "pip")
         template = re.sub(r"^\s*sudo\s+", "", template).replace(" --user", "")
     command = manager.command(template, choice.package, version, exec_override=exec_override)
@@ -7153,8 +7346,8 @@ def install_choice(attempt, manager, choice, req, candidates):
 
 
 def root_needed_but_missing(manager):
-    """A system package manager (apt, rpm, pacman) without root and without sudo in its command."""
-    return manager.family in ("apt", "rpm", "pacman") and os.geteuid() != 0 \
+    """A system package manager (FAMILIES' needs_root) without root and without sudo in its command."""
+    return family_of(manager).needs_root and os.geteuid() != 0 \
         and not re.match(r"^\s*sudo\b", manager.install_cmd)
 
 
@@ -7179,63 +7372,72 @@ def usable_managers(attempt, config, options):
     return managers, chosen
 
 
-def provision_with_managers(attempt, config, bundle, env_file, min_deps, options):
+def provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base):
     """With pip among the managers, every Python distribution of the base goes to pip in one pinned
     resolve (install_with_pip); the direct requirements that are not Python distributions go, one by
     one, to the other managers. Returns (summary rows, environment for the tests)."""
     managers, chosen = usable_managers(attempt, config, options)
-    pip = [m for m in chosen if m.family == "pip"]
-    rows, python_owners = [], set()
+    pip = [m for m in chosen if family_of(m).pip_like]
+    rows = []
     if pip:
-        dists, python_owners, _ = python_requirements(bundle, env_file, min_deps)
-        rows += install_with_pip(attempt, bundle, dists, options, pip[0].key)
-        chosen = [m for m in chosen if m.family != "pip"]
+        rows += install_with_pip(attempt, bundle, base.pip, options, pip[0].key)
+        chosen = [m for m in chosen if not family_of(m).pip_like]
     reqs = [r for r in requirements_of(min_deps, env_file)
-            if not pip or (r.name not in python_owners and r.name != "python" and not r.python)]
+            if not pip or (r.name not in base.owners and r.name != "python" and not r.python)]
     remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
                       for k, v in attempt.store.read_choices(attempt.name).items())
     decisions = {}
     for number, req in enumerate(reqs, 1):
         if not chosen:
-            rows.append({"requirement": req.name, "status": "skipped", "base_version": req.version,
-                         "why": "installs no Python distribution, and no system package manager is configured"})
+            rows.append(RequirementRow(req.name, "skipped", base_version=req.version, why="installs no Python "
+                                       "distribution, and no system package manager is configured"))
             continue
         say("[%d/%d] resolving %s ..." % (number, len(reqs), req.label()))
-        candidates = find_candidates(req, chosen, attempt.log_path)
-        earlier = remembered.get(req.name)
-        if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
-            say("  note: the earlier choice %s is for %s, which this configuration does not use here; choosing anew"
-                % (earlier.to_text(), earlier.manager_key))
-            earlier = None
-        choice, source = choose_package(req, candidates, earlier, options)
-        if source == "remembered":
-            say("  reusing the earlier choice %s" % choice.to_text())
-        if not choice.manager_key:
-            if source in ("skipped", "remembered"):  # a person's skip is remembered; "nothing found" is not
-                decisions[req.name] = choice.to_text()
-            rows.append({"requirement": req.name, "status": "skipped", "base_version": req.version, "why": source})
-            continue
-        manager = managers.get(choice.manager_key)
-        if manager is None or not manager.available():
-            say("  %s is not available here" % choice.manager_key)
-            rows.append({"requirement": req.name, "status": "failed", "package": choice.to_text(),
-                         "base_version": req.version, "why": "manager %s not available" % choice.manager_key})
-            continue
-        status = install_choice(attempt, manager, choice, req, candidates)
-        if status == "installed":  # only what installed is remembered: a failing choice is not offered again
-            decisions[req.name] = choice.to_text()
-        rows.append({"requirement": req.name, "status": status, "package": choice.to_text(), "why": source,
-                     "base_version": req.version, "version": choice.version,
-                     "drift": bool(choice.version and req.version and choice.version != req.version)})
+        row, decision = provide_one(attempt, req, managers, chosen, remembered.get(req.name), options)
+        rows.append(row)
+        if decision:
+            decisions[req.name] = decision
     if decisions:
         attempt.store.remember_choices(attempt.name, decisions)
         write_json(os.path.join(attempt.path, "choices.json"), decisions)
+    return rows, environment_of_attempt(attempt)
+
+
+def provide_one(attempt, req, managers, chosen, earlier, options):
+    """One requirement from the chosen managers: (its row, the choice to remember or None). A person's
+    skip is remembered, "nothing found" is not; of an install, only one that worked (a failing choice is
+    not offered again)."""
+    candidates = find_candidates(req, chosen, attempt.log_path)
+    if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
+        say("  note: the earlier choice %s is for %s, which this configuration does not use here; choosing anew"
+            % (earlier.to_text(), earlier.manager_key))
+        earlier = None
+    choice, source = choose_package(req, candidates, earlier, options)
+    if source == "remembered":
+        say("  reusing the earlier choice %s" % choice.to_text())
+    if not choice.manager_key:
+        return RequirementRow(req.name, "skipped", base_version=req.version, why=source), \
+            choice.to_text() if source in ("skipped", "remembered") else None
+    manager = managers.get(choice.manager_key)
+    if manager is None or not manager.available():
+        say("  %s is not available here" % choice.manager_key)
+        return RequirementRow(req.name, "failed", package=choice.to_text(), base_version=req.version,
+                              why="manager %s not available" % choice.manager_key), None
+    status = install_choice(attempt, manager, choice, req, candidates)
+    return RequirementRow(req.name, status, package=choice.to_text(), why=source, base_version=req.version,
+                          version=choice.version,
+                          drift=bool(choice.version and req.version and choice.version != req.version)), \
+        choice.to_text() if status == "installed" else None
+
+
+def environment_of_attempt(attempt):
+    """The environment the tests run in: pm's own, with the software's venv (when pip made one) first."""
     environ = dict(os.environ)
     venv = os.path.join(attempt.path, "venv")
     if os.path.isdir(venv):
         environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + environ.get("PATH", "")
         environ["VIRTUAL_ENV"] = venv
-    return rows, environ
+    return environ
 
 
 # == Preflight ================================================================
@@ -7729,18 +7931,18 @@ def log_tail(path, limit=64 << 10):
 def requirement_rows(result):
     """Each requirement and how it was met: conda's package (level), a package manager's, skipped;
     the base's version beside the one installed, and why that one."""
-    rows = []
-    for r in (result.get("packages") or []) + (result.get("python") or []) + (result.get("unmet") or []):
-        how = ", ".join(p for p in (r.get("package"), r.get("why")) if p)
-        rows.append({"requirement": r["requirement"], "status": r["status"], "base_version": r.get("base_version"),
-                     "version": r.get("version"), "drift": bool(r.get("drift")), "how": how, "conda": r.get("conda")})
+    rows = [RequirementRow.from_json(r).report_json()
+            for r in (result.get("packages") or []) + (result.get("python") or []) + (result.get("unmet") or [])]
     if result.get("packages") is not None:
         return rows
     how = "pm, from the bundle's packages" if result.get("level") == "carried" else "conda (level %s)" % result.get("level")
-    return [{"requirement": p["name"], "status": "installed", "base_version": p.get("base_version"),
-             "version": p["version"], "drift": bool(p.get("base_version")) and p.get("base_version") != p["version"],
-             "how": "%s %s %s, %s" % (p["name"], p["version"], p["build"], how)}
-            for p in result.get("environment") or []] + rows
+    environment = [RequirementRow(p["name"], "installed", base_version=p.get("base_version"), version=p["version"],
+                                  drift=bool(p.get("base_version")) and p.get("base_version") != p["version"],
+                                  package="%s %s %s" % (p["name"], p["version"], p["build"]), why=how).report_json()
+                   for p in result.get("environment") or []]
+    for row in environment:
+        del row["conda"]  # the environment's own packages stand for no other conda package
+    return environment + rows
 
 
 def attempt_report(store, name, attempt_id=None):
@@ -7863,19 +8065,19 @@ def print_requirement_lines(result):
     """A line per status (installed, skipped, failed), per reason a requirement is missing, and
     the requirements at another version than the base's."""
     for status in ("installed", "skipped", "failed") if result.packages is not None else ():
-        names = [r.get("package") or r["requirement"] if status != "skipped" else r["requirement"]
-                 for r in result.packages if r["status"] == status]
+        names = [r.package or r.requirement if status != "skipped" else r.requirement
+                 for r in result.packages if r.status == status]
         print("%s%s %d%s" % (paint(status), " " * (9 - len(status)), len(names),
                              printable(": " + ", ".join(names)) if names else ""))
     by_why = {}
-    for row in result.attempt.result.get("unmet") or []:
-        by_why.setdefault(row["why"], []).append(row["requirement"])
+    for row in result.stored_rows("unmet"):
+        by_why.setdefault(row.why, []).append(row.requirement)
     for why, names in sorted(by_why.items(), key=lambda item: -len(item[1])):
         print("%s%s %d: %s" % (paint("missing"), " " * 3, len(names), printable("%s (%s)" % (", ".join(names), why))))
-    drifted = [r for r in (result.packages or []) + (result.attempt.result.get("python") or []) if r.get("drift")]
+    drifted = [r for r in (result.packages or []) + result.stored_rows("python") if r.drift]
     if drifted:  # rows from the bundle: their text is shown, never sent to the terminal
         show("%s%s %d: %s" % ("differs", " " * 3, len(drifted), ", ".join(
-            "%s %s -> %s" % (r["requirement"], r.get("base_version"), r.get("version")) for r in drifted)))
+            "%s %s -> %s" % (r.requirement, r.base_version, r.version) for r in drifted)))
 
 
 # status -> (terminal colour, colour on the report page): the one colour table

@@ -457,3 +457,43 @@ def test_a_choice_whose_install_failed_is_not_remembered(pyz, pysim):
     assert not os.path.exists(choices) or "oddlib" not in json.load(open(choices))
     again = migrate(pyz, pysim, "--yes", "--force", *flags)
     assert "reusing the earlier choice" not in again.stderr, again.stderr
+
+
+def test_a_new_package_manager_family_is_one_table_entry(tmp_path, monkeypatch):
+    """Void Linux's xbps, known to pm by one FAMILIES entry and its INI section: its sections are of its
+    family, its name variants are tried, and a Python requirement matches only its Python packages."""
+    monkeypatch.setitem(pm.FAMILIES, "xbps", pm.Family(("xbps", "xbps-install"), variants=("%s-devel", "python3-%s"),
+                                                       python_form="python3-%s", python_prefixes=("python3-",),
+                                                       needs_root=True))
+    path = tmp_path / "xbps.ini"
+    path.write_text("[void]\nname = XBPS\nexec = xbps-install\nsearch = xbps-query -Rs %s\nresult_fmt = %p %v\n"
+                    "install = %e -y %p\n")
+    manager = pm.load_managers(pm.Store.default(), [str(path)])["void"]
+    assert manager.family == "xbps" and pm.family_of(manager).needs_root
+    assert pm.name_variants("python-zstd", "xbps") == ["python3-zstd", "zstd-devel"]
+
+    class Fake(object):
+        key, family = "void", "xbps"
+
+        def search(self, expr, log=None):
+            return [("zstd", "1.5.6_1"), ("zstd-devel", "1.5.6_1"), ("python3-zstd", "1.5.5_2")]
+
+    assert [c.package for c in pm.find_candidates(pm.Requirement("zstd", "1.5.5", "py312h1_0"), [Fake()])] == \
+        ["python3-zstd"]
+    assert [c.package for c in pm.find_candidates(pm.Requirement("zstd", "1.5.6"), [Fake()])][:2] == \
+        ["zstd", "zstd-devel"]
+
+
+def test_requirement_rows_of_older_attempts_are_read_and_written_as_they_were():
+    """result.json's rows keep exactly their keys (a skipped row has no version, a pip row names its conda
+    package even when none), so an attempt written by an older pm reads, and writes back, the same."""
+    older = [{"requirement": "oddlib", "status": "skipped", "base_version": None, "why": "nothing found"},
+             {"requirement": "zlib", "status": "installed", "package": "apt:zlib1g-dev=1:1.2.13", "why": "chosen",
+              "base_version": "1.2.13", "version": "1:1.2.13", "drift": True},
+             {"requirement": "numlite", "status": "failed", "base_version": "2.0", "version": None, "package": None,
+              "why": "pip finds no numlite==2.0 here", "drift": False, "conda": "numlite"}]
+    rows = [pm.RequirementRow.from_json(row) for row in older]
+    assert [row.to_json() for row in rows] == older
+    assert [row.report_json()["how"] for row in rows] == ["nothing found", "apt:zlib1g-dev=1:1.2.13, chosen",
+                                                          "pip finds no numlite==2.0 here"]
+    assert rows[1].report_json()["drift"] is True and rows[0].report_json()["drift"] is False

@@ -483,7 +483,8 @@ def test_migrates_summary_shows_the_bundles_text_with_its_control_characters(cap
         {"requirement": "numpy\x1b[31m", "base_version": "1.0\x1b[0m", "version": "2.0", "drift": True}]})
     rows = [{"requirement": evil, "status": "skipped", "package": None},
             {"requirement": "x", "status": "installed", "package": "apt:" + evil}]
-    result = pm.MigrationResult(attempt, [pm.TestResult("t\x1b[1m", "passed", 0, 0.5, "log", [])], rows)
+    result = pm.MigrationResult(attempt, [pm.TestResult("t\x1b[1m", "passed", 0, 0.5, "log", [])],
+                                [pm.RequirementRow.from_json(row) for row in rows])
     pm.print_summary(result)
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out, out
