@@ -5016,49 +5016,71 @@ def check_conda_index(writer, fn, members, left_out):
     entry points), checked before conda sees it: every path one of the package's own members (which the
     writer made: plain names inside it), every entry point NAME = module:function; the link scripts
     left out (left_out) are taken out of both lists."""
+    check_paths_json(writer, fn, members, left_out)
+    check_files_list(writer, fn, members, left_out)
+    check_entry_points(writer, fn)
+
+
+def read_info(writer, fn, name):
+    """The text of an extracted package's info/NAME (its size checked first), or None."""
+    path = os.path.join(writer.root, "info", name)
+    if not os.path.isfile(path):
+        return None
+    check_info_size("info/" + name, os.path.getsize(path), fn)
+    with open(path, "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+
+def not_its_own(member, fn, field, value):
+    return PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
+                   % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
+
+
+def plain_folder(path):
+    """A directory entry of paths.json that names a plain relative folder (no member of its own)."""
+    return bool(path) and not path.startswith("/") and not re.search(CONTROL_OR_NEWLINE, path) and \
+        not set(path.split("/")) & set(["", ".", ".."])
+
+
+def check_paths_json(writer, fn, members, left_out):
     import io
-
-    def read(name):
-        path = os.path.join(writer.root, "info", name)
-        if not os.path.isfile(path):
-            return None
-        check_info_size("info/" + name, os.path.getsize(path), fn)
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-
-    def refuse(member, field, value):
-        raise PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
-                      % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
-
-    text = read("paths.json")
-    if text is not None:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
-        items = data.get("paths") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            refuse("info/paths.json", "paths", items)
-        for item in items:
-            path = item.get("_path") if isinstance(item, dict) else None
-            if not isinstance(path, str) or (path not in members and path not in left_out and not (
-                    item.get("path_type") == "directory" and path and not path.startswith("/")
-                    and not re.search(CONTROL_OR_NEWLINE, path) and not set(path.split("/")) & set(["", ".", ".."]))):
-                refuse("info/paths.json", "_path", path)
-        if left_out:
-            data["paths"] = [i for i in items if i["_path"] not in left_out]
-            writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
-    text = read("files")
-    if text is not None:
-        listed = [line.strip() for line in text.splitlines()]
-        for line in listed:
-            if line and not line.startswith("#") and line not in members and line not in left_out:
-                refuse("info/files", "a line", line)
-        if left_out:
-            kept = "".join(line + "\n" for line in listed if line not in left_out)
-            writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+    text = read_info(writer, fn, "paths.json")
+    if text is None:
+        return
     try:
-        link = json.loads(read("link.json") or "{}")
+        data = json.loads(text)
+    except ValueError:
+        raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
+    items = data.get("paths") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise not_its_own("info/paths.json", fn, "paths", items)
+    for item in items:
+        path = item.get("_path") if isinstance(item, dict) else None
+        if not isinstance(path, str) or (path not in members and path not in left_out and not (
+                item.get("path_type") == "directory" and plain_folder(path))):
+            raise not_its_own("info/paths.json", fn, "_path", path)
+    if left_out:
+        data["paths"] = [i for i in items if i["_path"] not in left_out]
+        writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
+
+
+def check_files_list(writer, fn, members, left_out):
+    import io
+    text = read_info(writer, fn, "files")
+    if text is None:
+        return
+    listed = [line.strip() for line in text.splitlines()]
+    for line in listed:
+        if line and not line.startswith("#") and line not in members and line not in left_out:
+            raise not_its_own("info/files", fn, "a line", line)
+    if left_out:
+        kept = "".join(line + "\n" for line in listed if line not in left_out)
+        writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+
+
+def check_entry_points(writer, fn):
+    try:
+        link = json.loads(read_info(writer, fn, "link.json") or "{}")
     except ValueError:
         link = {}
     noarch = link.get("noarch") if isinstance(link, dict) else None
@@ -9023,11 +9045,12 @@ def cmd_serve(args):
 
 
 def cmd_migrate(args):
-    """Recreate stored software on this machine and prove it works: create a conda environment
-    named after it from the bundle's env.yml (falling back to builds stripped, then to the direct
-    requirements), unzip the software, run every test of the configuration in its own shell with
-    the environment active, and install into output_dir when all pass. Each attempt keeps its
-    env file, command log, test outputs and result.json in ~/.platform_migrator/NAME/<id>/.
+    """Recreate stored software on this machine and prove it works: create the attempt's own conda
+    environment (~/.platform_migrator/NAME/envs/<id>) from the bundle's env.yml (falling back to builds
+    stripped, then to the direct requirements), unzip the software, run every test of the configuration
+    in its own shell with the environment active, and install into output_dir when all pass; the conda
+    environment NAME then becomes a copy of the newest install's. Each attempt keeps its env file,
+    command log, test outputs and result.json in ~/.platform_migrator/NAME/<id>/.
 
     Test configuration (INI, read as the original tool reads it: comments are whole lines,
     %(key)s interpolates, %% is a '%'; several files merge in order):
@@ -9354,9 +9377,10 @@ def build_parser():
     sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")
     sub.add_argument("--bundle", help="migrate this carried bundle file instead of the stored one")
     sub.add_argument("--skip-tests", action="store_true", help="install without running the tests")
-    sub.add_argument("--env-name", help="conda environment name (default: the software's name)")
+    sub.add_argument("--env-name", help="the conda environment that becomes a copy of the newest install's "
+                                        "(default: the software's name); each install runs with its own")
     sub.add_argument("--force", action="store_true",
-                     help="replace an existing environment of that name and a non-empty install target")
+                     help="replace a non-empty install target that pm installed")
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
                      help="package-manager configuration(s), for migrations without conda")
     sub.add_argument("--answers", metavar="FILE",
@@ -9367,7 +9391,8 @@ def build_parser():
                      help="install a bundle's carried packages (pack --with-packages) without conda, even if "
                           "this machine has one (pm does so by itself when it has none)")
     sub.add_argument("--prefix", metavar="DIR",
-                     help="without conda: where the environment goes (default: the store's NAME/envs/<attempt>)")
+                     help="where the environment goes, conda's or pm's (default: the store's NAME/envs/<attempt>); "
+                          "nor later pass removes it, nor is it copied to --env-name")
     sub.add_argument("--allow-scripts", action="store_true",
                      help="run the carried packages' post-link scripts (pm's linker runs them, or conda "
                           "from the cache pm builds; default: name them, run none)")
