@@ -98,6 +98,7 @@ def main():
     parser.add_argument("--prune", action="store_true")
     parser.add_argument("--work", default=os.path.join(ROOT, ".bench-cache", "store-growth"))
     args = parser.parse_args()
+    args.work = os.path.abspath(args.work)
     pyz = os.path.abspath(args.pyz)
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
