@@ -3,8 +3,9 @@
     python3 bench/store_growth.py PM_PYZ [--prune] [--work DIR]
 
 Replays one fixed session against the given pm.pyz and prints, as du counts them, the store
-(PM_HOME) and the target conda's envs dir (where pm before 29 put its conda environments), then
-their sum; --prune runs 'pm.pyz prune' at the end and prints them again.
+(PM_HOME), the target conda's envs dir (where pm before 29 put its conda environments), and what
+the store, that envs dir and conda's package cache take on disk together (a file conda hard-linked
+counted once); --prune runs 'pm.pyz prune' at the end and prints them again.
 
 The software: a real CPython 3.11 (a copy, as a conda package with prefix placeholders) and six,
 pyparsing and cycler from real wheels, in an environment real conda 25.11.1 makes from a local
@@ -49,12 +50,13 @@ def grow_channel(work):
     return channel, specs
 
 
-def du(path):
-    """Bytes as 'du -sb' counts them (each hard-linked file once)."""
-    if not os.path.exists(path):
+def du(*paths):
+    """Bytes as 'du -sbc' counts them (a file hard-linked in several of the paths once)."""
+    paths = [p for p in paths if os.path.exists(p)]
+    if not paths:
         return 0
-    return int(subprocess.run(["du", "-sb", path], stdout=subprocess.PIPE, universal_newlines=True,
-                              check=True).stdout.split()[0])
+    return int(subprocess.run(["du", "-sbc"] + paths, stdout=subprocess.PIPE, universal_newlines=True,
+                              check=True).stdout.split()[-2])
 
 
 def migrate(pyz, env, config, bundle, extra, interrupt=False):
@@ -122,8 +124,9 @@ def main():
 
     def sizes(when):
         store, envs = du(target.home), du(target.envs)
-        print("%-12s store %7.1f MiB   conda envs dir %7.1f MiB   together %7.1f MiB"
-              % (when, store / 1048576.0, envs / 1048576.0, (store + envs) / 1048576.0))
+        disk = du(target.home, target.envs, os.path.join(target.base, "pkgs"))
+        print("%-12s store %7.1f MiB   conda envs dir %7.1f MiB   store, envs and conda's package cache on disk "
+              "(each file once) %7.1f MiB" % (when, store / 1048576.0, envs / 1048576.0, disk / 1048576.0))
     sizes("after:")
     if args.prune:
         subprocess.run([sys.executable, pyz, "prune"], env=target.env(), check=True, stdout=subprocess.DEVNULL)
