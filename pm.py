@@ -4458,7 +4458,7 @@ class Attempt(object):
         self.started = time.time()
         self.base_python = None  # the base environment's Python version, for the software's venv
         self.holds = []  # open files whose locks say what this attempt uses (released when it ends)
-        self.env_lock = None  # the one of them that locks its conda environment
+        self.conda = None  # the conda route's (CondaHere, CarriedChannel or None)
         self.result = {"id": self.id, "name": name, "status": "running", "started": self.started,
                        "pid": os.getpid(), "pid_started": process_start_time(os.getpid())}
 
@@ -4538,6 +4538,7 @@ class MigrationResult(object):
 def migrate(store, name, config, bundle, options):
     """One attempt in its own directory: recreate the environment, test, install; return a
     MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
+    import shutil
     check_options(bundle, config, options)
     attempt = Attempt(store, name)
     say("migrating %s (attempt %s)" % (name, attempt.id))
@@ -4575,6 +4576,7 @@ def migrate(store, name, config, bundle, options):
         attempt.save(status="interrupted", finished=time.time())
         raise
     finally:
+        shutil.rmtree(os.path.join(attempt.path, "channel"), ignore_errors=True)  # the carried channel
         for handle in attempt.holds:
             os.close(handle)
         write_sbom(bundle, attempt)
@@ -4592,76 +4594,36 @@ def check_options(bundle, config, options):
     if options.no_conda and not with_conda:
         raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
                       "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
-    by_pm = with_conda and carried and (options.no_conda or not conda_is_here())
+    by_pm = by_pm_linker(config, bundle, options)
     install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
     if with_conda and not by_pm:
         find_conda_here()
     by_conda = with_conda and carried and not by_pm  # conda links pm's cache
-    unused = [flag for flag, given in (("--prefix", options.prefix),
-                                       ("--allow-scripts", options.allow_scripts and not by_conda)) if given]
-    if unused and not by_pm:
-        note_unused_flags(unused, "conda" if with_conda else "the package managers")
+    note_unused_flags(options, with_conda, by_pm, by_conda)
 
 
-def note_unused_flags(flags, route):
-    """The note for flags that act only when pm installs the bundle's packages itself."""
-    one = len(flags) == 1
-    say("note: %s %s only when pm installs the bundle's packages itself (--no-conda, or no conda here); "
-        "this migration uses %s, so %s nothing" % (" and ".join(flags), "applies" if one else "apply", route,
-                                                   "it does" if one else "they do"))
+def note_unused_flags(options, with_conda, by_pm, by_conda):
+    """The notes for flags this migration's route does not use."""
+    if options.prefix and not with_conda:
+        say("note: --prefix places a conda environment (conda's, or pm's without conda); this migration uses the "
+            "package managers, so it does nothing")
+    if options.allow_scripts and not by_pm and not by_conda:
+        say("note: --allow-scripts applies only to the packages a bundle carries; this migration uses %s, so it "
+            "does nothing" % ("conda's channels" if with_conda else "the package managers"))
 
 
 def recreate_test_install(attempt, config, bundle, options):
-    """The steps of an attempt: the environment (conda, or the package managers), the tests on an
-    unzipped copy, and the install when every test passed."""
-    import shutil
+    """The steps of an attempt: the environment (conda, pm's linker, or the package managers), the
+    tests on an unzipped copy, and the install when every test passed."""
     env_file, min_deps = bundle.environment()
     dists = base_distributions(bundle)
     drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
     env_file = pip_entries_from_an_index(env_file, dists)
     base = base_requirements(bundle, env_file, min_deps)  # once: every route and the rows read it
-    packages, site, python_rows = None, None, []
-    carried = (bundle.manifest.packages or {}).get("carried")
-    if "conda" in config.package_managers and carried and (options.no_conda or not conda_is_here()):
-        packages, test_environ, activate = environment_without_conda(attempt, config, bundle, options,
-                                                                     env_file, min_deps, dists, base)
-        prefix = attempt.result.get("env_prefix")
-        if prefix:
-            site = env_site_packages(prefix, dists)
-            python_rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle, installed by pm's "
-                                    "own wheel installer", "pm") for d, _ in carried_wheels(bundle, dists)]
-    elif "conda" in config.package_managers:
-        conda = CondaHere(find_conda_here(), attempt)
-        attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
-        env_name = options.env_name or attempt.name
-        hold_conda_env(attempt, env_name, exclusive=True)  # made or replaced by one attempt at a time
-        channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
-                                  options.force_preflight)
-        conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
-        try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
-            level, prefix = create_conda_env(attempt, conda, env_name, conda_part, min_deps, options.force, channel)
-        except PmError as exc:
-            failure = "not installed: %s" % exc.what
-            attempt.save(unmet=rows_json(missing_rows(base, {}, [], lambda name, version, pypi: failure)))
-            raise
-        finally:
-            if channel:
-                shutil.rmtree(channel.folder, ignore_errors=True)
-        hold_conda_env(attempt, env_name, exclusive=False)  # used by this attempt's tests: no --force swaps it
-        say("environment %s ready at %s (level %s)" % (env_name, prefix, level))
-        python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
-        python_rows += conda_env_pip_part(attempt, bundle, prefix, base, options, bool(channel))
-        if carried:
-            note_activation_scripts(packages_with_activation_scripts(prefix))
-        site = env_site_packages(prefix, dists)
-        attempt.save(level=level, env_name=env_name, env_prefix=prefix, environment=env_packages(prefix, bundle))
-        test_environ = activated_environ(prefix, env_name)
-        activate = conda_activation(conda, env_name, prefix)
-    else:
-        packages, test_environ, activate = environment_with_managers(attempt, config, bundle, options, env_file,
-                                                                     min_deps, base)
-        if test_environ.get("VIRTUAL_ENV"):
-            site = env_site_packages(test_environ["VIRTUAL_ENV"], ())
+    provided = route_for(config, bundle, options).provide(attempt, config, bundle, options, env_file, min_deps,
+                                                          dists, base)
+    packages, test_environ, activate, site = provided.packages, provided.environ, provided.activate, provided.site
+    python_rows = provided.python_rows
     software_of_base = base.software
     for dist in software_of_base if dists is None else ():
         say("%s %s is the software itself: it comes from the migrated tree, never from an index"
@@ -4670,20 +4632,9 @@ def recreate_test_install(attempt, config, bundle, options):
     record_env_pythons(attempt, bundle, test_environ)
     attempt.save(unmet=rows_json(missing_rows(base, attempt.result, software_of_base,
                                               route_why_missing(attempt.result, config.package_managers))))
-    tests = []
-    if options.skip_tests:
-        say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
-            "it works here")
-    else:
-        work = os.path.join(attempt.path, "work")
-        try:
-            software = bundle.extract_software(work)
-            python_rows += link_software_dists(attempt, site, software_of_base, software, "tested copy")
-            attempt.save(python=rows_json(python_rows))
-            for test in config.tests:
-                tests.append(run_test(attempt, test, software, test_environ))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)  # the unzipped copy goes, also on Ctrl-C
+    tests = run_tests(attempt, config, bundle, options, test_environ,
+                      lambda software: python_rows.extend(link_software_dists(attempt, site, software_of_base,
+                                                                              software, "tested copy")))
     result = MigrationResult(attempt, tests, packages)
     attempt.save(tests=[t.to_json() for t in tests])  # kept if the install is refused (a concurrent one won)
     if result.passed:
@@ -4692,8 +4643,7 @@ def recreate_test_install(attempt, config, bundle, options):
         if options.skip_tests:
             python_rows += installed_rows
             attempt.save(python=rows_json(python_rows))
-        if attempt.result.get("level") == "carried" and not options.prefix:
-            remove_older_carried_envs(attempt, attempt.result["env_prefix"])
+        after_the_install(attempt, options)
         result.activate = activate
         say("installed %s into %s" % (attempt.name, result.installed))
         if config.modulefiles:
@@ -4703,6 +4653,65 @@ def recreate_test_install(attempt, config, bundle, options):
                  installed_to=result.installed, activate=result.activate, finished=time.time(),
                  seconds=round(time.time() - attempt.started, 3))
     return result
+
+
+class Provided(object):
+    """What a route made for the tests: the package managers' rows (None on the conda routes), the tests'
+    environment variables, the command that activates it, its site-packages (None: none), and the rows of
+    the wheels and of what pip installed."""
+
+    def __init__(self, packages, environ, activate, site=None, python_rows=()):
+        self.packages, self.environ, self.activate = packages, environ, activate
+        self.site, self.python_rows = site, list(python_rows)
+
+
+class Route(object):
+    """One way to recreate the environment (ROUTES, in the order they are tried): when it applies, and
+    its function, each with the same arguments (attempt, config, bundle, options, env_file, min_deps,
+    dists, base) returning a Provided."""
+
+    def __init__(self, name, applies, provide):
+        self.name, self.applies, self.provide = name, applies, provide
+
+
+def route_for(config, bundle, options):
+    """The first of ROUTES that applies to this migration."""
+    return next(route for route in ROUTES if route.applies(config, bundle, options))
+
+
+def by_pm_linker(config, bundle, options):
+    carried = (bundle.manifest.packages or {}).get("carried")
+    return "conda" in config.package_managers and bool(carried) and (options.no_conda or not conda_is_here())
+
+
+def run_tests(attempt, config, bundle, options, environ, link_software):
+    """Every test of the configuration on an unzipped copy of the software (link_software(copy) first
+    puts it on the environment's path); [TestResult]. The copy goes afterwards, also on Ctrl-C."""
+    import shutil
+    if options.skip_tests:
+        say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
+            "it works here")
+        return []
+    work = os.path.join(attempt.path, "work")
+    try:
+        software = bundle.extract_software(work)
+        link_software(software)
+        attempt.save(python=attempt.result["python"])
+        return [run_test(attempt, test, software, environ) for test in config.tests]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def after_the_install(attempt, options):
+    """Once a pass is installed: the software's earlier environments in the store that no install runs
+    with any more go (remove_unused_envs), and on the conda route the environment named after the
+    software becomes a copy of this install's (name_newest_env); neither with --prefix."""
+    prefix = attempt.result.get("env_prefix")
+    if not prefix or options.prefix:
+        return
+    remove_unused_envs(attempt, prefix)
+    if attempt.conda:
+        name_newest_env(attempt, attempt.conda[0], options.env_name or attempt.name, prefix, attempt.conda[1])
 
 
 def run_test(attempt, test, software, environ):
@@ -5022,14 +5031,14 @@ def conda_error_line(output, code):
     return (named or lines or ["exit %d" % code])[-1]
 
 
-def all_missing(attempt, conda, env_name, specs, first_missing, channel_args=()):
+def all_missing(attempt, conda, prefix, specs, first_missing, channel_args=()):
     """Every spec of a level that the channels lack, not only the first that conda 4.3 names:
     dry runs without what was found missing, until conda finds the rest (at most one per spec)."""
     missing = list(first_missing)
     while missing and len(missing) < len(specs):
         missing_names = set(spec_name(m) for m in missing)
         rest = [s for s in specs if spec_name(s) not in missing_names]
-        code, output = attempt.run([conda.exe, "create", "--dry-run", "-n", env_name] + list(channel_args) + rest)
+        code, output = attempt.run([conda.exe, "create", "--dry-run", "-p", prefix] + list(channel_args) + rest)
         more = [m for m in missing_packages(output) if spec_name(m) not in missing_names]
         if code == 0 or not more:
             break
@@ -5037,7 +5046,7 @@ def all_missing(attempt, conda, env_name, specs, first_missing, channel_args=())
     return missing
 
 
-PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those --force replaces
+PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those it replaces or removes
 
 
 class CarriedChannel(object):
@@ -5159,49 +5168,71 @@ def check_conda_index(writer, fn, members, left_out):
     entry points), checked before conda sees it: every path one of the package's own members (which the
     writer made: plain names inside it), every entry point NAME = module:function; the link scripts
     left out (left_out) are taken out of both lists."""
+    check_paths_json(writer, fn, members, left_out)
+    check_files_list(writer, fn, members, left_out)
+    check_entry_points(writer, fn)
+
+
+def read_info(writer, fn, name):
+    """The text of an extracted package's info/NAME (its size checked first), or None."""
+    path = os.path.join(writer.root, "info", name)
+    if not os.path.isfile(path):
+        return None
+    check_info_size("info/" + name, os.path.getsize(path), fn)
+    with open(path, "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+
+def not_its_own(member, fn, field, value):
+    return PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
+                   % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
+
+
+def plain_folder(path):
+    """A directory entry of paths.json that names a plain relative folder (no member of its own)."""
+    return bool(path) and not path.startswith("/") and not re.search(CONTROL_OR_NEWLINE, path) and \
+        not set(path.split("/")) & set(["", ".", ".."])
+
+
+def check_paths_json(writer, fn, members, left_out):
     import io
-
-    def read(name):
-        path = os.path.join(writer.root, "info", name)
-        if not os.path.isfile(path):
-            return None
-        check_info_size("info/" + name, os.path.getsize(path), fn)
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace")
-
-    def refuse(member, field, value):
-        raise PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
-                      % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
-
-    text = read("paths.json")
-    if text is not None:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
-        items = data.get("paths") if isinstance(data, dict) else None
-        if not isinstance(items, list):
-            refuse("info/paths.json", "paths", items)
-        for item in items:
-            path = item.get("_path") if isinstance(item, dict) else None
-            if not isinstance(path, str) or (path not in members and path not in left_out and not (
-                    item.get("path_type") == "directory" and path and not path.startswith("/")
-                    and not re.search(CONTROL_OR_NEWLINE, path) and not set(path.split("/")) & set(["", ".", ".."]))):
-                refuse("info/paths.json", "_path", path)
-        if left_out:
-            data["paths"] = [i for i in items if i["_path"] not in left_out]
-            writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
-    text = read("files")
-    if text is not None:
-        listed = [line.strip() for line in text.splitlines()]
-        for line in listed:
-            if line and not line.startswith("#") and line not in members and line not in left_out:
-                refuse("info/files", "a line", line)
-        if left_out:
-            kept = "".join(line + "\n" for line in listed if line not in left_out)
-            writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+    text = read_info(writer, fn, "paths.json")
+    if text is None:
+        return
     try:
-        link = json.loads(read("link.json") or "{}")
+        data = json.loads(text)
+    except ValueError:
+        raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
+    items = data.get("paths") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise not_its_own("info/paths.json", fn, "paths", items)
+    for item in items:
+        path = item.get("_path") if isinstance(item, dict) else None
+        if not isinstance(path, str) or (path not in members and path not in left_out and not (
+                item.get("path_type") == "directory" and plain_folder(path))):
+            raise not_its_own("info/paths.json", fn, "_path", path)
+    if left_out:
+        data["paths"] = [i for i in items if i["_path"] not in left_out]
+        writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
+
+
+def check_files_list(writer, fn, members, left_out):
+    import io
+    text = read_info(writer, fn, "files")
+    if text is None:
+        return
+    listed = [line.strip() for line in text.splitlines()]
+    for line in listed:
+        if line and not line.startswith("#") and line not in members and line not in left_out:
+            raise not_its_own("info/files", fn, "a line", line)
+    if left_out:
+        kept = "".join(line + "\n" for line in listed if line not in left_out)
+        writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+
+
+def check_entry_points(writer, fn):
+    try:
+        link = json.loads(read_info(writer, fn, "link.json") or "{}")
     except ValueError:
         link = {}
     noarch = link.get("noarch") if isinstance(link, dict) else None
@@ -5213,154 +5244,148 @@ def check_conda_index(writer, fn, members, left_out):
                           "module:function" % (fn, str(point)[:100]), "do not use this bundle; pack the software again")
 
 
-def create_conda_env(attempt, conda, env_name, env_file, min_deps, force, channel=None):
-    """Create the environment, falling back level by level; return (level, prefix). With --force the
-    new one is built beside the old (as NAME-pm-new), which stays whole unless the new one is made.
-    With channel (a CarriedChannel) every level installs from the bundle's packages."""
-    prefix = conda.env_prefix(env_name)
-    if prefix and not os.path.isfile(os.path.join(prefix, PM_MADE)) and os.path.isfile(creating_mark(attempt, env_name)):
-        remove_left_conda_env(attempt, conda, env_name, prefix)  # cut off while conda made it: never finished
-        prefix = None
-    if prefix and not force:
-        raise PmError("a conda environment named %s already exists (%s)" % (env_name, prefix),
-                      "pass --force to replace it, or --env-name to choose another name")
-    if prefix and not os.path.isfile(os.path.join(prefix, PM_MADE)):
-        raise PmError("the conda environment %s (%s) was not made by pm, and pm never removes one it did not make"
-                      % (env_name, prefix), "choose another name with --env-name")
-    gone = [] if channel else local_channels_missing_here(env_file.channels)
-    if gone:
-        say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
-            % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
-        env_file = EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
-                           env_file.pip, env_file.variables)
-    build_name = env_name + "-pm-new" if prefix else env_name
-    left = conda.env_prefix(env_name + "-pm-new")  # left by a --force that was cut off
-    if left and (os.path.isfile(os.path.join(left, PM_MADE)) or os.path.isfile(creating_mark(attempt, env_name + "-pm-new"))):
-        remove_left_conda_env(attempt, conda, env_name + "-pm-new", left)
-    elif left and prefix:
-        raise PmError("pm builds the replacement of %s as %s, and a conda environment of that name exists that "
-                      "pm did not make (%s)" % (env_name, build_name, left), "remove or rename it, then run again")
-    built, missing = None, []
+def environment_with_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
+    """The conda route: the attempt's own environment (attempt_env_prefix, or --prefix), made by this
+    conda from the bundle's carried packages or its channels, then the wheels and pip's part (a
+    Provided); the carried channel's folder goes when the attempt ends (migrate)."""
+    conda = CondaHere(find_conda_here(), attempt)
+    attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
+    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
+                                                                                      attempt)
+    if os.path.lexists(prefix):
+        raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+    channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
+                              options.force_preflight)
+    conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
+    try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
+        level = create_conda_env(attempt, conda, prefix, conda_part, min_deps, channel)
+    except PmError as exc:
+        failure = "not installed: %s" % exc.what
+        attempt.save(unmet=rows_json(missing_rows(base, {}, [], lambda name, version, pypi: failure)))
+        raise
+    hold_prefix(attempt, prefix)  # used by this attempt: no later pass or prune removes it meanwhile
+    say("environment ready at %s (level %s)" % (prefix, level))
+    python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
+    python_rows += conda_env_pip_part(attempt, bundle, prefix, base, options, bool(channel))
+    if channel:
+        note_activation_scripts(packages_with_activation_scripts(prefix))
+    attempt.conda = (conda, channel)
+    attempt.save(level=level, env_prefix=prefix, environment=env_packages(prefix, bundle))
+    return Provided(None, activated_environ(prefix, prefix), conda_activation(conda, prefix),
+                    env_site_packages(prefix, dists), python_rows)
+
+
+def create_conda_env(attempt, conda, prefix, env_file, min_deps, channel=None):
+    """Create the attempt's own environment at prefix, falling back level by level; return the level.
+    With channel (a CarriedChannel) every level installs from the bundle's packages. What conda made
+    of a level that failed, or when it was cut off (Ctrl-C), goes at once; the environment carries
+    PM_MADE once it is complete."""
+    if not channel:
+        env_file = channels_here(env_file)
+    missing, level_file = [], None
     for level, level_file in migration_levels(env_file, min_deps):
-        if built:  # left by the level that failed
-            attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
-        level_file.name = build_name
-        path = os.path.join(attempt.path, "env-%s.yml" % level)
-        write_atomic(path, level_file.to_yaml())
-        say("creating conda environment %s (%s, %s)..." % (build_name, level, plural(len(level_file.dependencies),
-                                                                                          "package")))
-        write_json(creating_mark(attempt, build_name), {"env": build_name, "attempt": attempt.path})
-        try:
-            if channel:
-                code, output = attempt.run([conda.exe, "create", "-y", "-n", build_name] + channel.args +
-                                           level_file.dependencies, channel.environ)
-            else:
-                code, output = attempt.run([conda.exe, "env", "create", "-f", path, "-n", build_name])
-        except KeyboardInterrupt:  # conda is stopped (run_command): what it had made of the new one goes
-            remove_cut_off_conda_env(attempt, conda, build_name)
-            raise
-        built = conda.env_prefix(build_name)
-        if code == 0 and built:
-            write_json(os.path.join(built, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
-            if prefix:
-                write_json(creating_mark(attempt, env_name), {"env": env_name, "attempt": attempt.path})
-            final = replace_conda_env(attempt, conda, env_name, build_name, channel) if prefix else built
-            level_file.name = env_name
+        code, output = create_at_level(attempt, conda, prefix, level, level_file, channel)
+        if code == 0 and PROBE.is_env_prefix(prefix):
+            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
+            level_file.name = attempt.name
             write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
-            write_json(os.path.join(final, PM_MADE), {"software": attempt.name, "attempt": attempt.path})
-            for name in set([env_name, build_name]):
-                remove_quietly(creating_mark(attempt, name))
-            return level, final
+            return level
+        remove_env_folder(prefix)
         missing = missing_packages(output)
-        if missing:
-            say("  failed at level %s: the channels lack %s" % (level, ", ".join(missing)))
-        else:
-            say("  failed at level %s: %s" % (level, conda_error_line(output, code)))
-    if built:
-        attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
-    remove_quietly(creating_mark(attempt, build_name))
-    if prefix:
-        say("the environment %s is left as it was" % env_name)
-    if missing:
-        missing = all_missing(attempt, conda, build_name, level_file.dependencies, missing,
-                              channel.args if channel else [])
-        attempt.save(missing=missing)
-        raise PmError("conda could not create the environment at any level (exact, no-builds, direct): "
-                      "its channels lack %d package%s: %s" % (len(missing), "s" * (len(missing) != 1),
-                                                               ", ".join(missing)),
-                      "add a channel or mirror that has them to this conda's condarc", code=1)
-    raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
-                  "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+        say("  failed at level %s: %s" % (level, "the channels lack " + ", ".join(missing) if missing
+                                          else conda_error_line(output, code)))
+    if not missing:
+        raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
+                      "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+    missing = all_missing(attempt, conda, prefix, level_file.dependencies, missing, channel.args if channel else [])
+    attempt.save(missing=missing)
+    raise PmError("conda could not create the environment at any level (exact, no-builds, direct): its channels "
+                  "lack %s: %s" % (plural(len(missing), "package"), ", ".join(missing)),
+                  "add a channel or mirror that has them to this conda's condarc", code=1)
 
 
-def creating_mark(attempt, env_name):
-    """The store's note that pm is making the conda environment env_name (written before conda starts,
-    removed once the environment carries PM_MADE): an environment of that name without PM_MADE is
-    one pm was making when it was cut off, which the next run removes without asking."""
-    return os.path.join(attempt.store.software(attempt.name),
-                        ".conda-env-%s.pm-creating" % re.sub(r"[^\w.-]", "_", env_name))
+def channels_here(env_file):
+    """The env file without the base's local file:// channels that are not here (this conda's serve)."""
+    gone = local_channels_missing_here(env_file.channels)
+    if not gone:
+        return env_file
+    say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
+        % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
+    return EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
+                   env_file.pip, env_file.variables)
 
 
-def remove_left_conda_env(attempt, conda, env_name, prefix):
-    say("removing the conda environment %s (%s), left by an earlier pm that was cut off" % (env_name, prefix))
-    attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
-    if os.path.isdir(prefix):  # conda keeps a folder it does not see as an environment
-        import shutil
-        shutil.rmtree(prefix, ignore_errors=True)
-    remove_quietly(creating_mark(attempt, env_name))
+def create_at_level(attempt, conda, prefix, level, level_file, channel):
+    """One conda create of the environment at prefix from one level's env file (kept as env-LEVEL.yml);
+    (exit code, output). On Ctrl-C what conda had made is removed before the interruption goes on."""
+    path = os.path.join(attempt.path, "env-%s.yml" % level)
+    level_file.name = attempt.name
+    write_atomic(path, level_file.to_yaml())
+    say("creating the conda environment %s (%s, %s)..." % (prefix, level, plural(len(level_file.dependencies),
+                                                                                   "package")))
+    if channel:
+        command = [conda.exe, "create", "-y", "-p", prefix] + channel.args + level_file.dependencies
+    else:
+        command = [conda.exe, "env", "create", "-f", path, "-p", prefix]
+    try:
+        return attempt.run(command, channel.environ if channel else None)
+    except KeyboardInterrupt:  # conda is stopped (run_command): what it had made goes
+        remove_env_folder(prefix)
+        raise
 
 
-def remove_cut_off_conda_env(attempt, conda, env_name):
-    """After Ctrl-C during conda's create: remove what conda had made of env_name (its folder in conda's
-    envs dirs), at once and without conda, so that nothing half-made is left; the mark goes with it."""
+def remove_env_folder(prefix):
     import shutil
-    for folder in PROBE.envs_dirs(conda.info):
-        prefix = os.path.join(folder, env_name)
-        if os.path.isdir(prefix) and not os.path.isfile(os.path.join(prefix, PM_MADE)):
-            say("removing %s, which conda had begun to make" % prefix)
-            shutil.rmtree(prefix, ignore_errors=True)
-    if not any(os.path.isdir(os.path.join(f, env_name)) for f in PROBE.envs_dirs(conda.info)):
-        remove_quietly(creating_mark(attempt, env_name))
+    if os.path.lexists(prefix):
+        say("removing %s, which conda had begun to make" % prefix)
+        shutil.rmtree(prefix, ignore_errors=True)
 
 
-def replace_conda_env(attempt, conda, env_name, build_name, channel=None):
-    """Put the environment built as build_name in env_name's place. A conda prefix cannot be moved
-    (its files name it), so the old one is removed and the new one cloned in (from the package
-    cache, offline), then the built one goes."""
-    say("replacing conda environment %s with the one just built" % env_name)
-    attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
-    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", build_name, "--offline", "-y"],
+def name_newest_env(attempt, conda, env_name, prefix, channel=None):
+    """After a pass: the conda environment env_name (the software's name unless --env-name) becomes a
+    clone of this install's own (conda links the packages from its cache), so that 'conda activate
+    NAME' gives the newest install, as platform-migrator 1.1.0's environment NAME did; every install
+    keeps running with its own. An environment of that name pm did not make is left as it is."""
+    hold_conda_env(attempt, env_name)
+    existing = conda.env_prefix(env_name)
+    if existing and not os.path.isfile(os.path.join(existing, PM_MADE)):
+        say("note: the conda environment %s (%s) was not made by pm, so pm leaves it; this install runs with its "
+            "own, %s" % (env_name, existing, prefix))
+        return
+    if existing:
+        attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
+        remove_env_folder(existing)  # conda keeps a folder it does not see as an environment
+    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", prefix, "--offline", "-y"],
                                channel.environ if channel else None)  # the carried packages' own cache
-    prefix = conda.env_prefix(env_name)
-    if code != 0 or not prefix:
-        raise PmError("the new environment is built as %s, but cloning it to %s failed (%s)"
-                      % (build_name, env_name, conda_error_line(output, code)),
-                      "use it with --env-name %s, or read %s" % (build_name, attempt.log_path), code=1)
-    attempt.run([conda.exe, "env", "remove", "-n", build_name, "-y"])
-    return prefix
+    named = conda.env_prefix(env_name)
+    if code != 0 or not named:
+        say("warning: the conda environment %s could not be made a copy of this install's (%s); the install "
+            "runs with its own, %s" % (env_name, conda_error_line(output, code), prefix))
+        return
+    write_json(os.path.join(named, PM_MADE), {"software": attempt.name, "attempt": attempt.path, "copy_of": prefix},
+               0o644)
+    say("the conda environment %s is now a copy of this install's environment" % env_name)
 
 
-def hold_conda_env(attempt, env_name, exclusive):
-    """A lock on the conda environment env_name for the rest of the attempt: exclusive while it is made
-    or replaced, then shared while the tests use it; another attempt's --force waits for the tests."""
+def hold_conda_env(attempt, env_name):
+    """An exclusive lock on the conda environment env_name for the rest of the attempt: one attempt at a
+    time replaces it."""
     import fcntl
     path = os.path.join(attempt.store.software(attempt.name), ".conda-env-%s.lock" % re.sub(r"[^\w.-]", "_", env_name))
-    if attempt.env_lock is None:
-        attempt.env_lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        attempt.holds.append(attempt.env_lock)
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    attempt.holds.append(handle)
     try:
-        fcntl.flock(attempt.env_lock, mode | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        say("waiting for another pm whose attempt uses the conda environment %s ..." % env_name)
-        fcntl.flock(attempt.env_lock, mode)
+        say("waiting for another pm that replaces the conda environment %s ..." % env_name)
+        fcntl.flock(handle, fcntl.LOCK_EX)
 
 
-def conda_activation(conda, env_name, prefix):
+def conda_activation(conda, prefix):
     """A shell command that activates the environment in a new shell: conda's hook from 4.4 on; for
     4.3 (whose activate script a pip-installed conda lacks) what the tests had, PATH and CONDA_PREFIX."""
     if PROBE.conda_version(conda.info) >= (4, 4):
-        return 'eval "$(%s shell.posix hook)" && conda activate %s' % (shlex.quote(conda.exe), shlex.quote(env_name))
+        return 'eval "$(%s shell.posix hook)" && conda activate %s' % (shlex.quote(conda.exe), shlex.quote(prefix))
     return path_activation(prefix)
 
 
@@ -5397,8 +5422,8 @@ def conda_is_here():
 
 def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
     """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
-    when the platform is the base's; else the test configuration's other package managers serve.
-    Returns (summary rows or None, environment for the tests, activation command)."""
+    when the platform is the base's (a Provided); else the test configuration's other package managers
+    serve."""
     here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
     if here != there:
         others = [m for m in config.package_managers if m != "conda"]
@@ -5408,15 +5433,18 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
             raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
                           "install conda, or list other package managers in the test configuration")
         config = MigrationConfig(config.output_dir, others, config.tests)
-        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps, base)
-    prefix = os.path.abspath(options.prefix) if options.prefix else carried_env_prefix(attempt.store, attempt.name,
+        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base)
+    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
                                                                                       attempt)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
     install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio,
                           options.force_preflight)
     attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
-    return None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix)
+    rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle, installed by pm's own wheel "
+                     "installer", "pm") for d, _ in carried_wheels(bundle, dists)]
+    return Provided(None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix),
+                    env_site_packages(prefix, dists), rows)
 
 
 CONDA_PLATFORMS = {("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
@@ -6120,31 +6148,39 @@ def prefix_in_use(prefix):
     return locked_elsewhere(os.path.join(prefix, PM_IN_USE), exclusive=True)
 
 
-def carried_env_prefix(store, name, attempt):
-    """Where pm installs an environment without conda: the software's envs/ in the store, one per
-    attempt; prefixes left incomplete by an interrupted attempt are removed first."""
+def attempt_env_prefix(store, name, attempt):
+    """Where an attempt's environment goes (conda's, or pm's linker's): the software's envs/<attempt id>
+    in the store, one per attempt. What an earlier attempt left there unfinished (no PM_MADE, and
+    neither in use nor of a running attempt: cut off while it was made) is removed first."""
     import shutil
     folder = os.path.join(store.software(name), "envs")
     store.make_folder(folder)
+    running = set(a["id"] for a in store.attempts(name) if a.get("status") == "running")
     for entry in os.listdir(folder):
         left = os.path.join(folder, entry)
-        if os.path.isfile(os.path.join(left, PM_INCOMPLETE)) and not prefix_in_use(left):  # not one being made
-            say("note: removing %s, left incomplete by an earlier attempt" % left)
+        if os.path.isdir(left) and not os.path.isfile(os.path.join(left, PM_MADE)) and entry not in running and \
+                entry != attempt.id and not prefix_in_use(left):
+            say("note: removing %s, left unfinished by an earlier attempt" % left)
             shutil.rmtree(left, ignore_errors=True)
     return os.path.join(folder, attempt.id)
 
 
-def remove_older_carried_envs(attempt, prefix):
-    """After a pass: the software's earlier environments pm made without conda that no install runs
-    with any more (its attempt's install gone or replaced: attempt_install_in_use); an install in
-    another output_dir keeps its own."""
+def envs_in_use(records):
+    """The environments installs still run with: those their attempts' records name, whose install is
+    still there and theirs (attempt_install_in_use)."""
+    return set(r.get("env_prefix") for r in records if r.get("env_prefix") and attempt_install_in_use(r))
+
+
+def remove_unused_envs(attempt, prefix):
+    """After a pass: the software's earlier environments in the store (conda's or pm's linker's) that
+    no install runs with any more (envs_in_use); an install in another output_dir keeps its own."""
     import shutil
     folder = os.path.dirname(prefix)
     records = dict((a["id"], a) for a in attempt.store.attempts(attempt.name))
-    kept = set(key for key, record in records.items() if attempt_install_in_use(record))
+    kept = envs_in_use(records.values())
     for entry in os.listdir(folder):
         path = os.path.join(folder, entry)
-        if path != prefix and entry not in kept and os.path.isfile(os.path.join(path, PM_MADE)) and \
+        if path != prefix and path not in kept and os.path.isfile(os.path.join(path, PM_MADE)) and \
                 not prefix_in_use(path):
             shutil.rmtree(path, ignore_errors=True)
             remove_modulefiles(records.get(entry))  # its module would load an environment that is gone
@@ -6701,15 +6737,26 @@ def env_site_packages(prefix, dists):
 # -- With the system's package managers ---------------------------------------
 
 
-def environment_with_managers(attempt, config, bundle, options, env_file, min_deps, base):
+def environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base):
     """The system's package managers provide each requirement (base: the migration's BaseRequirements);
-    returns (summary rows, environment for the tests, activation command: pip's venv stays in the
-    attempt, with its record)."""
+    a Provided (pip's venv stays in the attempt, with its record)."""
     attempt.base_python = base_python_version(bundle)
     packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base)
     attempt.save(packages=rows_json(packages))
     venv = environ.get("VIRTUAL_ENV")
-    return packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")) if venv else None
+    if not venv:
+        return Provided(packages, environ, None)
+    return Provided(packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")),
+                    env_site_packages(venv, ()))
+
+
+# The routes, in the order they are tried: pm's linker when the bundle carries its packages and conda is
+# not here (or --no-conda), conda when the configuration lists it, else the system's package managers.
+ROUTES = [
+    Route("pm's linker", by_pm_linker, environment_without_conda),
+    Route("conda", lambda config, bundle, options: "conda" in config.package_managers, environment_with_conda),
+    Route("package managers", lambda config, bundle, options: True, environment_with_managers),
+]
 
 
 def read_answers(path):
@@ -7962,7 +8009,7 @@ def attempt_report(store, name, attempt_id=None):
             "installed_to": result.get("installed_to"), "activate": result.get("activate"),
             "path": os.path.join(store.software(name), result["id"]),
             "source": result.get("source") or {}, "target": result.get("platform") or {},
-            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(attempts),
+            "requirements": requirement_rows(result), "tests": tests, "history": attempt_history(store, name, attempts),
             "test_config": log_tail(os.path.join(store.software(name), result["id"], TEST_CONFIG_COPY))
             if result.get("test_config") else None, "environment_gone": environment_gone(store, name, result)}
 
@@ -7970,17 +8017,18 @@ def attempt_report(store, name, attempt_id=None):
 def environment_gone(store, name, result):
     """The environment an install runs with, when it is gone (removed by hand or by a clean-up): its
     report's command would run without it. None while it is there."""
-    if not result.get("installed_to"):
+    if not attempt_install_in_use(result):  # no install (or a replaced one) runs with it
         return None
     env = result.get("env_prefix") or (os.path.join(store.software(name), result["id"], "venv")
                                        if result.get("venv_python") else None)
     return env if env and not os.path.isdir(env) else None
 
 
-def attempt_history(attempts):
+def attempt_history(store, name, attempts):
     """Attempts as rows, newest first."""
     return [{"id": a["id"], "status": a.get("status", "unfinished"), "level": a.get("level"),
              "seconds": a.get("seconds"), "error": a.get("error"),
+             "environment_gone": environment_gone(store, name, a),
              "tests": len(a.get("tests") or []),
              "tests_passed": len([t for t in a.get("tests") or [] if t.get("status") == "passed"])}
             for a in reversed(attempts)]
@@ -8043,7 +8091,8 @@ def print_report(report):
         show("\ninstalled to %s" % report["installed_to"])
     if report["environment_gone"]:
         show("warning: the environment this install runs with (%s) is gone: its command above would run without "
-             "it %s migrate it again" % (report["environment_gone"], DASH))
+             "it %s 'pm.pyz repair %s %s' re-creates it" % (report["environment_gone"], DASH, report["name"],
+                                                            report["id"]))
 
 
 def print_summary(result):
@@ -9340,38 +9389,66 @@ BROKEN_ORIGINAL_SEARCHES = {
 
 # == Prune ====================================================================
 # What the store holds, and what no install needs: attempts that failed, errored or were cut off
-# (their folders, venvs and carried environments), passed ones whose install is gone or replaced,
-# bundle revisions beyond the newest --keep N.
+# (their folders, venvs and environments), passed ones whose install is gone or replaced, bundle
+# revisions beyond the newest --keep N. An environment or bundle an install still names stays.
 
 ENDED_BADLY = ("failed", "error", "interrupted")  # (no result.json yet: an attempt just begun)
 
 
+class PruneRow(object):
+    """One thing prune shows: a bundle revision or an attempt (with the environment in envs/ named after
+    it, unless an install still runs with it), its size, and whether it goes and why."""
+
+    def __init__(self, name, path, what, remove, why, env=None):
+        self.name, self.path, self.what, self.remove, self.why, self.env = name, path, what, remove, why, env
+        self.size = (PROBE.tree_size(path) or 0) + (PROBE.tree_size(env) or 0 if env else 0) if what == "attempt" \
+            else os.path.getsize(path)
+
+    def delete(self):
+        import shutil
+        if self.what == "revision":
+            return remove_quietly(self.path)
+        try:
+            remove_modulefiles(read_json(os.path.join(self.path, "result.json")))
+        except (OSError, ValueError):
+            pass
+        if self.env:
+            shutil.rmtree(self.env, ignore_errors=True)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def attempt_fate(attempt):
+    """(remove, why) of an attempt: running and installed ones stay, ended badly or replaced ones go."""
+    status = attempt.get("status", "unfinished")
+    if status == "running":
+        return False, "running"
+    if status in ENDED_BADLY:
+        return True, status
+    if attempt_install_in_use(attempt):
+        return False, "%s: its install %s is in use" % (status, attempt["installed_to"])
+    return True, "%s: its install %s is gone or replaced" % (status, attempt.get("installed_to"))
+
+
 def prune_plan(store, names, keep):
-    """[(name, path, size, what, remove, why)] for every revision and attempt of the names."""
+    """[PruneRow] for every revision and attempt of the names."""
     rows = []
     for name in names:
+        attempts = store.attempts(name)
+        needed = set(a.get("bundle") for a in attempts if attempt_install_in_use(a))  # for 'repair'
         revisions = store.revisions(name)
         for number, path in enumerate(revisions):
             old = number < len(revisions) - keep
-            rows.append((name, path, os.path.getsize(path), "revision", old,
-                         "beyond --keep %d" % keep if old else "among the newest %d" % keep))
-        envs = os.path.join(store.software(name), "envs")
-        for attempt in store.attempts(name):
-            path = os.path.join(store.software(name), attempt["id"])
-            env = os.path.join(envs, attempt["id"])
-            status = attempt.get("status", "unfinished")
-            if status == "running":
-                remove, why = False, "running"
-            elif status in ENDED_BADLY:
-                remove, why = True, status
-            elif attempt_install_in_use(attempt):
-                remove, why = False, "%s: its install %s is in use" % (status, attempt["installed_to"])
-            else:
-                remove, why = True, "%s: its install %s is gone or replaced" % (status, attempt.get("installed_to"))
-            if os.path.isdir(env) and prefix_in_use(env):
+            rows.append(PruneRow(name, path, "revision", old and path not in needed,
+                                 "an install's bundle" if old and path in needed else
+                                 "beyond --keep %d" % keep if old else "among the newest %d" % keep))
+        in_use = envs_in_use(attempts)
+        for attempt in attempts:
+            env = os.path.join(store.software(name), "envs", attempt["id"])
+            env = env if os.path.isdir(env) and env not in in_use else None
+            remove, why = attempt_fate(attempt)
+            if env and prefix_in_use(env):
                 remove, why = False, "its environment is in use"
-            size = (PROBE.tree_size(path) or 0) + (PROBE.tree_size(env) or 0 if os.path.isdir(env) else 0)
-            rows.append((name, path, size, "attempt", remove, why))
+            rows.append(PruneRow(name, os.path.join(store.software(name), attempt["id"]), "attempt", remove, why, env))
     return rows
 
 
@@ -9397,10 +9474,11 @@ def prune_one(store, name, path, what):
 def cmd_prune(args):
     """Show what the store holds, per software, bundle revision and attempt, with its size, and remove
     what no install needs: the attempts that failed, ended in an error or were cut off (their folders,
-    with the venv and the environment pm made without conda), passed attempts whose install is gone
-    or was replaced by a later one, and bundle revisions beyond the newest --keep N (1). An attempt
-    whose install is still there (its result.json's installed_to, whose install mark names it) and a
-    running one are never removed. Conda environments are conda's: prune leaves them."""
+    with the venv and the environment pm made, with conda or without), passed attempts whose install is
+    gone or was replaced by a later one, and bundle revisions beyond the newest --keep N (1). An attempt
+    whose install is still there (its result.json's installed_to, whose install mark names it), the
+    environment and bundle such an install names, and a running attempt are never removed. The conda
+    environment named after the software (a copy of the newest install's) is conda's: prune leaves it."""
     if args.keep < 0:
         raise PmError("--keep must be 0 or more", "pass e.g. --keep 1")
     store = Store.default()
@@ -9408,20 +9486,112 @@ def cmd_prune(args):
     if args.name and not os.path.isdir(store.software(args.name)):
         raise PmError("nothing stored for %s in %s" % (args.name, store.home), "see 'pm.pyz list'")
     rows = prune_plan(store, names, args.keep)
-    freed = 0
     for name in names:
-        mine = [r for r in rows if r[0] == name]
-        show("%s: %s" % (name, ", ".join(prune_count(mine, what) for what in ("revision", "attempt"))))
-        for _, path, size, what, remove, why in mine:
-            label = os.path.relpath(path, store.software(name))
-            show("  %-30s %10s  %-6s %s" % (label, human_size(size), "remove" if remove else "keep", why))
-            if remove and not args.dry_run:
-                prune_one(store, name, path, what)
-            freed += size if remove else 0
-    show("%s, %s %s%s" % (human_size(sum(r[2] for r in rows)), human_size(freed),
+        show_prune_rows(store, name, [r for r in rows if r.name == name])
+    for row in rows:
+        if row.remove and not args.dry_run:
+            row.delete()
+    show("%s, %s %s%s" % (human_size(sum(r.size for r in rows)), human_size(sum(r.size for r in rows if r.remove)),
                           "would be freed" if args.dry_run else "freed",
                           " (--dry-run: nothing removed)" if args.dry_run else ""))
     return 0
+
+
+def show_prune_rows(store, name, rows):
+    def total(what):
+        mine = [r for r in rows if r.what == what]
+        return "%s (%s)" % (plural(len(mine), what), human_size(sum(r.size for r in mine)))
+    show("%s: %s, %s" % (name, total("revision"), total("attempt")))
+    for row in rows:
+        show("  %-30s %10s  %-6s %s" % (os.path.relpath(row.path, store.software(name)), human_size(row.size),
+                                        "remove" if row.remove else "keep", row.why))
+
+
+# == Repair ===================================================================
+# An install whose environment is gone (removed by hand, or by a clean-up outside pm): its attempt's
+# bundle migrated again with the test configuration the attempt kept, the environment put back where
+# the install's command names it, the tests run and the software installed again in its place; or,
+# with --remove, the install removed.
+
+
+def installs_to_repair(store, name, attempt_id, remove):
+    """The records of the installs to repair (whose environment is gone) or to remove: ATTEMPT's, or
+    every install of NAME whose environment is gone."""
+    attempts = store.attempts(name) if os.path.isdir(store.software(name)) else []
+    if not attempt_id:
+        return [a for a in attempts if environment_gone(store, name, a)]
+    chosen = [a for a in attempts if a["id"].startswith(attempt_id)]
+    if len(chosen) != 1:
+        raise PmError("%s attempt of %s matches %r" % ("no" if not chosen else "more than one", name, attempt_id),
+                      "pass an id from 'pm.pyz history %s'" % name)
+    if not attempt_install_in_use(chosen[0]):
+        raise PmError("attempt %s of %s has no install of its own (none, or replaced by a later one)"
+                      % (chosen[0]["id"], name), "see 'pm.pyz history %s'" % name)
+    if not remove and not environment_gone(store, name, chosen[0]):
+        raise PmError("the install of attempt %s has its environment: nothing to repair" % chosen[0]["id"],
+                      "pass --remove to remove the install instead")
+    return chosen
+
+
+def repair_install(store, name, record, as_json):
+    """Migrate the attempt's bundle again with its kept test configuration, the environment at the
+    prefix the install's command names, the install replaced in its place. {"id", "status", ...}"""
+    prefix = record.get("env_prefix")
+    config_path = os.path.join(store.software(name), record["id"], TEST_CONFIG_COPY)
+    if not prefix or not record.get("test_config") or not os.path.isfile(config_path):
+        raise PmError("pm cannot repair the install of attempt %s (%s)" % (
+            record["id"], "its environment is a venv" if not prefix else "the attempt kept no test configuration"),
+            "migrate %s again, or remove the install with 'pm.pyz repair %s %s --remove'" % (name, name, record["id"]))
+    if not os.path.isfile(record.get("bundle") or ""):
+        raise PmError("the bundle attempt %s migrated (%s) is gone" % (record["id"], record.get("bundle")),
+                      "migrate %s again, or remove the install with --remove" % name)
+    config = read_test_config([config_path], name)
+    config.output_dir = os.path.dirname(record["installed_to"])
+    options = MigrateOptions(force=True, yes=True, no_conda=record.get("level") == "carried", prefix=prefix)
+    bundle = Bundle.open(record["bundle"])
+    options.preflight = check_migration(bundle, config, False)
+    say("repairing the install of attempt %s: %s again at %s" % (record["id"], "its environment", prefix))
+    result = migrate(store, name, config, bundle, options)
+    if not as_json:
+        result.print_summary()
+    return {"id": record["id"], "status": "repaired" if result.passed else "failed", "attempt": result.attempt.id,
+            "installed_to": result.installed or record["installed_to"], "environment": prefix,
+            "activate": result.activate}
+
+
+def remove_install(store, name, record):
+    """Remove an install pm made (the folder in output_dir its mark names this attempt in, the mark,
+    its modulefiles); its attempt stays in the history, for prune to remove. {"id", "status", ...}"""
+    import shutil
+    target = record["installed_to"]
+    with FolderLock(store.install_lock(os.path.dirname(target)), "an install into %s" % os.path.dirname(target)):
+        if attempt_install_in_use(record):
+            shutil.rmtree(target)
+            remove_quietly(install_mark(target))
+    remove_modulefiles(record)
+    say("removed the install %s (attempt %s)" % (target, record["id"]))
+    return {"id": record["id"], "status": "removed", "installed_to": target}
+
+
+def cmd_repair(args):
+    """Repair the installs of NAME whose environment is gone (removed by hand, or by a clean-up outside
+    pm), so that the command their report printed runs again: pm migrates the attempt's bundle again
+    with the test configuration the attempt kept, puts the environment back where that command names
+    it, runs the tests, and installs the software again in the same place (what you changed in the
+    installed folder is replaced). 'pm.pyz history NAME' marks such installs 'environment gone'.
+    ATTEMPT (an id or its start) chooses one install. With --remove pm removes the install instead: the
+    folder it installed in output_dir and its modulefiles; 'pm.pyz prune' then removes the attempt.
+    Exit 0 when every repair passed (or nothing needed one), 1 when one failed, 2 for bad input."""
+    store = Store.default()
+    name = check_name(args.name)
+    chosen = installs_to_repair(store, name, args.attempt, args.remove)
+    if not chosen:
+        say("every install of %s has its environment: nothing to repair" % name)
+    done = [remove_install(store, name, r) if args.remove else repair_install(store, name, r, args.json)
+            for r in chosen]
+    if args.json:
+        print_json({"name": name, "installs": done})
+    return 1 if any(row["status"] == "failed" for row in done) else 0
 
 
 # == Command line =============================================================
@@ -9458,11 +9628,12 @@ def cmd_serve(args):
 
 
 def cmd_migrate(args):
-    """Recreate stored software on this machine and prove it works: create a conda environment
-    named after it from the bundle's env.yml (falling back to builds stripped, then to the direct
-    requirements), unzip the software, run every test of the configuration in its own shell with
-    the environment active, and install into output_dir when all pass. Each attempt keeps its
-    env file, command log, test outputs and result.json in ~/.platform_migrator/NAME/<id>/.
+    """Recreate stored software on this machine and prove it works: create the attempt's own conda
+    environment (~/.platform_migrator/NAME/envs/<id>) from the bundle's env.yml (falling back to builds
+    stripped, then to the direct requirements), unzip the software, run every test of the configuration
+    in its own shell with the environment active, and install into output_dir when all pass; the conda
+    environment NAME then becomes a copy of the newest install's. Each attempt keeps its env file,
+    command log, test outputs and result.json in ~/.platform_migrator/NAME/<id>/.
 
     Test configuration (INI, read as the original tool reads it: comments are whole lines,
     %(key)s interpolates, %% is a '%'; several files merge in order):
@@ -9668,7 +9839,7 @@ def cmd_history(args):
     """List a software's migration attempts, newest first."""
     store = Store.default()
     name = check_name(args.name)
-    history = attempt_history(store.attempts(name)) if os.path.isdir(store.software(name)) else []
+    history = attempt_history(store, name, store.attempts(name)) if os.path.isdir(store.software(name)) else []
     if args.json:
         print_json(history)
         return 0
@@ -9680,6 +9851,9 @@ def cmd_history(args):
         show("%-28s %-11s %-9s %-7s %s" % (row["id"], row["status"], row["level"] or "-",
                                             "%d/%d" % (row["tests_passed"], row["tests"]),
                                             "%.1f" % row["seconds"] if row["seconds"] else "-"))
+        if row["environment_gone"]:
+            show("  environment gone: %s %s its install's command runs without it; 'pm.pyz repair %s %s' "
+                 "re-creates it" % (row["environment_gone"], DASH, name, row["id"]))
     return 0
 
 
@@ -9760,9 +9934,10 @@ def migrate_options(sub):
     sub.add_argument("test_configs", nargs="+", metavar="TEST_CONFIG", help="INI test configuration(s), merged in order")
     sub.add_argument("--bundle", help="migrate this carried bundle file instead of the stored one")
     sub.add_argument("--skip-tests", action="store_true", help="install without running the tests")
-    sub.add_argument("--env-name", help="conda environment name (default: the software's name)")
+    sub.add_argument("--env-name", help="the conda environment that becomes a copy of the newest install's "
+                                        "(default: the software's name); each install runs with its own")
     sub.add_argument("--force", action="store_true",
-                     help="replace an existing environment of that name and a non-empty install target")
+                     help="replace a non-empty install target that pm installed")
     sub.add_argument("--pck-mgr-configs", action="append", default=[], metavar="FILE",
                      help="package-manager configuration(s), for migrations without conda")
     sub.add_argument("--answers", metavar="FILE",
@@ -9773,7 +9948,8 @@ def migrate_options(sub):
                      help="install a bundle's carried packages (pack --with-packages) without conda, even if "
                           "this machine has one (pm does so by itself when it has none)")
     sub.add_argument("--prefix", metavar="DIR",
-                     help="without conda: where the environment goes (default: the store's NAME/envs/<attempt>)")
+                     help="where the environment goes, conda's or pm's (default: the store's NAME/envs/<attempt>); "
+                          "nor later pass removes it, nor is it copied to --env-name")
     sub.add_argument("--allow-scripts", action="store_true",
                      help="run the carried packages' post-link scripts (pm's linker runs them, or conda "
                           "from the cache pm builds; default: name them, run none)")
@@ -9830,6 +10006,14 @@ def prune_options(sub):
     sub.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
 
 
+def repair_options(sub):
+    add_name(sub)
+    sub.add_argument("attempt", nargs="?", help="the install's attempt id, or its start (default: every install "
+                                                "of NAME whose environment is gone)")
+    sub.add_argument("--remove", action="store_true", help="remove the install instead of repairing it")
+    add_json(sub)
+
+
 def history_options(sub):
     add_name(sub)
     add_json(sub)
@@ -9877,6 +10061,9 @@ VERBS = [
          ["", "--json", "--bundle mysim.bundle.zip   # can this machine run its binaries?"]),
     Verb("prune", "show what the store holds and remove what no install needs", cmd_prune, prune_options,
          ["--dry-run", "mysim --keep 2"]),
+    Verb("repair", "re-create the environment of an install whose environment is gone, or remove it", cmd_repair,
+         repair_options, ["mysim                  # every install whose environment is gone ('history' marks them)",
+                          "mysim 20261206T1005 --remove"]),
 ]
 
 DESCRIPTION = "pm moves scientific software to another machine and proves it works there by running the " \

@@ -176,6 +176,8 @@ def cmd_create(args, from_file=False):
     take_switch(args, "-y", "--yes", "-q", "--quiet", "--json")
     force = take_switch(args, "--force")
     dry_run = take_switch(args, "--dry-run", "-d")
+    take_switch(args, "--offline")
+    clone = take(args, "--clone")
     extra = []
     while "-c" in args or "--channel" in args:
         extra.append(take(args, "-c", "--channel"))
@@ -197,6 +199,9 @@ def cmd_create(args, from_file=False):
         args += ["-n", name_from_file]
     prefix = target_prefix(args, must_exist=False)
     specs += [a for a in args if not a.startswith("-")]
+    if clone:  # the same packages, versions and builds as the source environment
+        source = target_prefix(["-p" if os.sep in clone else "-n", clone])
+        specs += ["%s=%s=%s" % (r["name"], r["version"], r.get("build", "")) for r in installed_records(source)]
     if os.path.exists(os.path.join(prefix, "conda-meta")) and not dry_run:
         if not force:
             fail("A conda environment already exists at %s" % prefix)

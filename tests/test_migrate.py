@@ -93,22 +93,21 @@ def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_p
     assert os.path.exists(os.path.join(attempts(target)[0], "env-exact.yml"))
 
 
-def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_software, tmp_path):
+def test_an_environment_of_that_name_pm_did_not_make_is_left_as_it_is(pyz, conda_site, example_software,
+                                                                      tmp_path):
     bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
     config = write_config(tmp_path)
+    before = sorted(os.listdir(os.path.join(conda_site.prefix("heatsim-env"), "conda-meta")))
     args = ["migrate", "heatsim", config, "--bundle", bundle, "--env-name", "heatsim-env"]
     proc = run_pm(find_python("newest"), pyz, args, conda_site.env())
-    assert proc.returncode == 2 and "already exists" in proc.stderr
-    assert os.path.isdir(conda_site.prefix("heatsim-env"))
-    assert read_result(attempts(conda_site)[0])["status"] == "error"
-    proc = run_pm(find_python("newest"), pyz, args + ["--force"], conda_site.env())
-    assert proc.returncode == 2 and "was not made by pm, and pm never removes one" in proc.stderr, proc.stderr
-    assert os.path.isdir(conda_site.prefix("heatsim-env")), "the user's environment stays"
-    proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
     assert proc.returncode == 0, proc.stderr
+    assert "the conda environment heatsim-env (%s) was not made by pm, so pm leaves it" % \
+        conda_site.prefix("heatsim-env") in proc.stderr, proc.stderr
+    assert sorted(os.listdir(os.path.join(conda_site.prefix("heatsim-env"), "conda-meta"))) == before
+    assert read_result(attempts(conda_site)[0])["env_prefix"].startswith(os.path.join(conda_site.home, "heatsim", "envs"))
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", config, "--bundle", bundle], conda_site.env())
     assert proc.returncode == 2 and "not empty" in proc.stderr
-    assert len(attempts(conda_site)) == 3, "earlier attempts stay; the taken target's refusal made none"
+    assert len(attempts(conda_site)) == 1, "the taken target's refusal made no attempt"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -592,8 +591,10 @@ def test_flags_that_cannot_act_are_refused_or_named_before_anything(pyz, conda_s
     proc = run_pm(find_python("newest"), pyz, args + ["--prefix", str(tmp_path / "p"), "--allow-scripts"],
                   conda_site.env())
     assert proc.returncode == 0, proc.stderr
-    assert "note: --prefix and --allow-scripts apply only when pm installs the bundle's packages itself" in proc.stderr
-    assert not os.path.exists(str(tmp_path / "p"))
+    assert "note: --allow-scripts applies only to the packages a bundle carries; this migration uses conda's " \
+        "channels, so it does nothing" in proc.stderr, proc.stderr
+    assert read_result(attempts(conda_site)[-1])["env_prefix"] == str(tmp_path / "p"), "--prefix places conda's too"
+    assert os.path.isdir(str(tmp_path / "p" / "conda-meta"))
 
 
 @pytest.mark.parametrize("version", ["2.7", "newest"])

@@ -102,8 +102,9 @@ def test_round_trip_between_real_condas(base_key, how, python, target_key, pyz, 
     (attempt,) = attempt_dirs(target.home, "heatsim")
     result = read_result(attempt)
     assert result["status"] == "passed" and result["level"] == "exact"
-    assert result["env_prefix"] == target.prefix("heatsim")
+    assert result["env_prefix"] == os.path.join(target.home, "heatsim", "envs", os.path.basename(attempt))
     assert conda_meta(result["env_prefix"]) == conda_meta(prefix), "the same packages, versions and builds"
+    assert conda_meta(target.prefix("heatsim")) == conda_meta(prefix), "the environment NAME is a copy of it"
     assert os.path.isfile(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"))
     (command,) = [line[len("to run it: "):] for line in proc.stdout.splitlines() if line.startswith("to run it: ")]
     clean = dict(target.env(), PATH="/usr/bin:/bin")
@@ -179,30 +180,99 @@ def test_every_package_the_channel_lacks_is_named_at_once(target_key, pyz, bundl
     assert result["status"] == "error" and not os.path.isdir(target.prefix("heatsim"))
 
 
+def run_it(target, command, then):
+    """The command a report printed, in a new shell with nothing of conda on PATH, then more."""
+    clean = dict(target.env(), PATH="/usr/bin:/bin")
+    return subprocess.run(["/bin/sh", "-c", command + " && " + then], env=clean, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, universal_newlines=True, timeout=120)
+
+
+def printed_command(proc):
+    (command,) = [line[len("to run it: "):] for line in proc.stdout.splitlines() if line.startswith("to run it: ")]
+    return command
+
+
 @pytest.mark.parametrize("target_key", TARGETS)
-def test_env_name_and_force_drive_a_real_conda(target_key, pyz, bundles, real_site, tmp_path):
+def test_every_install_keeps_its_own_environment_through_later_migrations(target_key, pyz, bundles, real_site,
+                                                                          tmp_path):
+    """Two installs into two output_dirs, then a third with --force into the first's: the second still
+    runs with the command it printed (its own environment), and the environment named after the
+    software (--env-name sim) follows the newest install."""
     target = real_site(target_key, "target")
-    args = ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundles["4.3.16-py2.7"], "--env-name", "sim"]
-    first = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
-    assert first.returncode == 0, first.stderr
-    assert read_result(attempt_dirs(target.home, "heatsim")[0])["env_prefix"] == target.prefix("sim")
-    shutil.rmtree(str(tmp_path / "installed"))  # the install target is free: the environment is what is taken
-    again = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
-    assert again.returncode == 2 and "a conda environment named sim already exists" in again.stderr
-    forced = run_pm(find_python("newest"), pyz, args + ["--force"], target.env(), timeout=600)
-    assert forced.returncode == 0, forced.stderr
-    assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "passed"
+    commands = []
+    for out, extra in (("one", []), ("two", []), ("one", ["--force"])):
+        config = tmp_path / ("%s.ini" % out)
+        config.write_text(CONFIG.format(out=str(tmp_path / out)))
+        proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", str(config), "--bundle",
+                                                   bundles["4.3.16-py2.7"], "--env-name", "sim"] + extra,
+                      target.env(), timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        commands.append(printed_command(proc))
+    first, second, third = [read_result(a) for a in attempt_dirs(target.home, "heatsim")]
+    assert len(set([first["env_prefix"], second["env_prefix"], third["env_prefix"]])) == 3
+    for command in commands[1:]:
+        ran = run_it(target, command, "sh heatsim.sh 1 && heatplot --version && echo $CONDA_PREFIX")
+        assert ran.returncode == 0 and "heatplot 0.3" in ran.stdout, command + "\n" + ran.stdout
+    assert second["env_prefix"] in run_it(target, commands[1], "echo $CONDA_PREFIX").stdout
+    assert not os.path.exists(first["env_prefix"]), "the first install was replaced: its environment goes"
     assert "heatplot" in conda_meta(target.prefix("sim"))
-    assert not os.path.exists(target.prefix("sim-pm-new")), "the built environment is gone after the swap"
-    # a replacement that cannot be built leaves the old environment as it was
+    with open(os.path.join(target.prefix("sim"), "conda-meta", "pm-made")) as handle:
+        assert json.load(handle)["copy_of"] == third["env_prefix"], "NAME follows the newest install"
+    history = json.loads(run_pm(find_python("newest"), pyz, ["history", "heatsim", "--json"], target.env()).stdout)
+    assert [row["environment_gone"] for row in history] == [None, None, None], history
+
+
+@pytest.mark.parametrize("target_key", TARGETS)
+def test_an_environment_named_so_that_pm_did_not_make_is_left_alone(target_key, pyz, bundles, real_site, tmp_path):
+    target = real_site(target_key, "target")
+    mine = target.create("sim", ["libgrid"])
+    before = conda_meta(mine)
+    args = ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundles["4.3.16-py2.7"], "--env-name", "sim"]
+    proc = run_pm(find_python("newest"), pyz, args, target.env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "the conda environment sim (%s) was not made by pm, so pm leaves it" % mine in proc.stderr
+    assert conda_meta(mine) == before
+    ran = run_it(target, printed_command(proc), "heatplot --version")
+    assert ran.returncode == 0 and "heatplot 0.3" in ran.stdout, ran.stdout
+    # an environment that cannot be built leaves nothing behind
     unbuildable = rewrite_bundle(bundles["4.3.16-py2.7"], str(tmp_path / "unbuildable.zip"), needs_nosuchpkg)
-    before = conda_meta(target.prefix("sim"))
     failed = run_pm(find_python("newest"), pyz, args[:3] + ["--bundle", unbuildable] + args[5:] + ["--force"],
                     target.env(), timeout=600)
     assert failed.returncode == 1 and "nosuchpkg" in failed.stderr, failed.stderr
-    assert "the environment sim is left as it was" in failed.stderr
-    assert conda_meta(target.prefix("sim")) == before
-    assert not os.path.exists(target.prefix("sim-pm-new"))
+    assert not os.path.exists(read_result(attempt_dirs(target.home, "heatsim")[-1]).get("env_prefix") or
+                              os.path.join(target.home, "heatsim", "envs",
+                                           os.path.basename(attempt_dirs(target.home, "heatsim")[-1])))
+    assert conda_meta(mine) == before
+
+
+def test_history_says_an_environment_is_gone_and_repair_brings_it_back(pyz, bundles, real_site, tmp_path):
+    """An install's environment removed by hand: history says so (and names the fix), 'repair' migrates
+    the attempt's bundle again into the same prefix, and the command the first report printed runs."""
+    target = real_site("25.11.1", "target")
+    first = migrate_on(pyz, target, bundles["25.11.1"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    (attempt,) = attempt_dirs(target.home, "heatsim")
+    prefix = read_result(attempt)["env_prefix"]
+    shutil.rmtree(prefix)
+    history = run_pm(find_python("newest"), pyz, ["history", "heatsim"], target.env())
+    assert "environment gone: %s" % prefix in history.stdout, history.stdout
+    assert "pm.pyz repair heatsim %s" % os.path.basename(attempt) in history.stdout
+    assert run_it(target, printed_command(first), "heatplot --version").returncode != 0
+    repaired = run_pm(find_python("newest"), pyz, ["repair", "heatsim", "--json"], target.env(), timeout=600)
+    assert repaired.returncode == 0, repaired.stderr
+    (row,) = json.loads(repaired.stdout)["installs"]
+    assert row["status"] == "repaired" and row["environment"] == prefix and row["id"] == os.path.basename(attempt)
+    ran = run_it(target, printed_command(first), "sh heatsim.sh 1 && heatplot --version")
+    assert ran.returncode == 0 and "heatplot 0.3" in ran.stdout, ran.stdout
+    history = json.loads(run_pm(find_python("newest"), pyz, ["history", "heatsim", "--json"], target.env()).stdout)
+    assert [r["environment_gone"] for r in history] == [None, None]
+    nothing = run_pm(find_python("newest"), pyz, ["repair", "heatsim"], target.env())
+    assert nothing.returncode == 0 and "nothing to repair" in nothing.stderr
+    removed = run_pm(find_python("newest"), pyz, ["repair", "heatsim", row["attempt"], "--remove"], target.env())
+    assert removed.returncode == 0, removed.stderr
+    assert not os.path.exists(str(tmp_path / "installed" / "heatsim"))
+    pruned = run_pm(find_python("newest"), pyz, ["prune", "heatsim"], target.env())
+    assert pruned.returncode == 0 and not os.path.exists(prefix), pruned.stdout
 
 
 def needs_nosuchpkg(members, manifest):
@@ -256,11 +326,12 @@ def wait_for(path, seconds=300):
     assert os.path.exists(path), "conda never reached the post-link script"
 
 
-def test_ctrl_c_during_a_forced_conda_create_removes_pm_new_and_the_next_run_removes_a_leftover(
+def test_ctrl_c_during_a_conda_create_removes_what_conda_made_and_the_next_run_removes_a_leftover(
         pyz, real_site, example_software, tmp_path):
-    """Ctrl-C (SIGINT to pm's process group) while conda creates NAME-pm-new: pm removes it, the old
-    environment stays, the attempt is 'interrupted'. A pm killed outright (SIGKILL) leaves one: its
-    attempt shows 'interrupted' once the process is gone, and the next --force removes it unasked."""
+    """Ctrl-C (SIGINT to pm's process group) while conda creates the attempt's environment: pm removes
+    it, the earlier install's environment stays, the attempt is 'interrupted'. A pm killed outright
+    (SIGKILL) leaves one: its attempt shows 'interrupted' once the process is gone, and the next run
+    removes it unasked."""
     channel = str(tmp_path / "channel")
     channels.example_channel(channel)
     channels.make_package(channel, "noarch", "slowlink", "1.0", "0", (), {"bin/.slowlink-post-link.sh": SLOW_LINK})
@@ -277,17 +348,22 @@ def test_ctrl_c_during_a_forced_conda_create_removes_pm_new_and_the_next_run_rem
                            universal_newlines=True, timeout=600)
     assert first.returncode == 0, first.stderr
     before = conda_meta(target.prefix("heatsim"))
+    envs = os.path.join(target.home, "heatsim", "envs")
+
+    def building():
+        return os.path.join(envs, os.path.basename(attempt_dirs(target.home, "heatsim")[-1]))
     gate = str(tmp_path / "gate")
     slow = target.env(PM_TEST_SLOW_LINK=gate)
 
     interrupted = subprocess.Popen(args, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    universal_newlines=True, start_new_session=True)
     wait_for(gate + ".started")
-    assert os.path.isdir(target.prefix("heatsim-pm-new"))
+    cut = building()
+    assert os.path.isdir(cut)
     os.killpg(interrupted.pid, signal.SIGINT)  # as Ctrl-C does: pm's process group
     _, err = interrupted.communicate(timeout=120)
     assert interrupted.returncode == 130, err
-    assert not os.path.exists(target.prefix("heatsim-pm-new")), "pm removes the replacement it was building"
+    assert not os.path.exists(cut), "pm removes the environment it was building"
     assert conda_meta(target.prefix("heatsim")) == before
     assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "interrupted"
 
@@ -295,6 +371,7 @@ def test_ctrl_c_during_a_forced_conda_create_removes_pm_new_and_the_next_run_rem
     killed = subprocess.Popen(args, env=slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True, start_new_session=True)
     wait_for(gate + ".started")
+    left = building()
     os.killpg(killed.pid, signal.SIGKILL)  # nothing of pm can clean up
     killed.communicate(timeout=60)
     with open(gate + ".go", "w"):
@@ -302,7 +379,7 @@ def test_ctrl_c_during_a_forced_conda_create_removes_pm_new_and_the_next_run_rem
     deadline = time.time() + 120
     while runs_of(killed.pid) and time.time() < deadline:
         time.sleep(0.1)
-    assert os.path.isdir(target.prefix("heatsim-pm-new")), "a killed pm leaves the replacement it was building"
+    assert os.path.isdir(left), "a killed pm leaves the environment it was building"
     history = json.loads(run_pm(find_python("newest"), pyz, ["history", "heatsim", "--json"], target.env()).stdout)
     assert [row["status"] for row in history] == ["interrupted", "interrupted", "passed"], history
     report = run_pm(find_python("newest"), pyz, ["report", "heatsim"], target.env())
@@ -311,6 +388,6 @@ def test_ctrl_c_during_a_forced_conda_create_removes_pm_new_and_the_next_run_rem
     again = subprocess.run(args, env=target.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            universal_newlines=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "heatsim-pm-new" in again.stderr and "left by an earlier pm" in again.stderr, again.stderr
-    assert not os.path.exists(target.prefix("heatsim-pm-new"))
+    assert "removing %s, left unfinished by an earlier attempt" % left in again.stderr, again.stderr
+    assert not os.path.exists(left)
     assert read_result(attempt_dirs(target.home, "heatsim")[-1])["status"] == "passed"

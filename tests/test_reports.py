@@ -71,7 +71,7 @@ def test_report_shows_platforms_requirements_tests_and_history_in_the_terminal_a
     assert set(migrated) == REPORT_KEYS - {"history"} and migrated["id"] == report["id"]
     history = json.loads(pm_run(pyz, site, "history", "heatsim", "--json"))
     assert [h["id"] for h in history] == [report["id"], first]
-    assert set(history[0]) == {"id", "status", "level", "seconds", "error", "tests", "tests_passed"}
+    assert set(history[0]) == {"id", "status", "level", "seconds", "error", "tests", "tests_passed", "environment_gone"}
     assert pm_run(pyz, site, "history", "heatsim").splitlines()[1].startswith(report["id"])
 
 

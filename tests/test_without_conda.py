@@ -219,7 +219,7 @@ def test_a_carried_archive_that_reaches_outside_the_prefix_is_refused_and_nothin
 def test_a_later_migration_into_another_output_dir_leaves_the_earlier_install_its_environment(pyz, linked, tmp_path):
     """Two installs without conda into two output_dirs: after the second passes, the first still runs
     with the command its report printed (its environment is kept while its install is its own); once
-    its environment is removed by hand, its report says so."""
+    its environment is removed by hand, its report says so, and 'repair' brings it back."""
     first = migrate(pyz, linked["unpacked"], tmp_path)
     assert first.returncode == 0, first.stderr
     (command,) = [l[len("to run it: "):] for l in first.stdout.splitlines() if l.startswith("to run it: ")]
@@ -240,3 +240,11 @@ def test_a_later_migration_into_another_output_dir_leaves_the_earlier_install_it
     report = run_pm(find_python("newest"), pyz, ["report", "nativesim", os.path.basename(first_attempt)],
                     no_conda_env(tmp_path))
     assert "the environment this install runs with" in report.stdout and "is gone" in report.stdout, report.stdout
+    assert "pm.pyz repair nativesim %s" % os.path.basename(first_attempt) in report.stdout
+    repaired = subprocess.run(["unshare", "-n", find_python("newest"), pyz, "repair", "nativesim"],
+                              env=no_conda_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+    assert repaired.returncode == 0, repaired.stderr
+    ran = subprocess.run(["/bin/sh", "-c", command + " && hello && tinycli"], env=no_conda_env(tmp_path),
+                         stdout=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert ran.returncode == 0 and ran.stdout.endswith("tinycli ok\n"), ran.stdout
