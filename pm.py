@@ -4,26 +4,34 @@
 One module, read top to bottom in the order the data travels (standard library only; Python 3.6
 and newer, the probe also 2.7):
 
-  Helpers            version, atomic writes, JSON files
   Probe              the base machine's program (pack), kept in a string; also the one home of what
-                     pm and the probe share: PmError, names, the hash loop, time, the manifest layout,
-                     the bundle writer, conda's flags and outputs across versions
-  Bundle             the one reader: open, check every member, read, extract safely
-  Store              every path of ~/.platform_migrator ($PM_HOME)
-  Environment file   conda's env.yml, in every shape real conda writes
-  Resolver           the levels conda tries; requirements, candidates and choices for the managers
-  Package managers   INI sections (apt, dnf, pip, spack, ...), built in and from files
+                     pm and the probe share: PmError, names, the hash loop, threads, time, the manifest
+                     layout, the bundle writer, conda's flags and outputs across versions
+  Helpers            version, atomic writes, JSON files, locks, the probe as pm loads it
+  Containment        Contained, the one writer of what a bundle makes pm write; the name patterns
+  Carried packages   the forms a conda package travels in (FORMS) and their readers; the channel index
+  Inputs             the environment file (conda's env.yml, in every shape real conda writes)
+  Bundle             the one reader: open, check every field and member once, read, extract safely
+  Store              every path of ~/.platform_migrator ($PM_HOME); installs and what they name
+  Inputs             the test configuration (INI, the original tool's format)
   Running commands   one runner: log, echo, timeout, process group, kill on any exit
-  Migrator           one attempt: environment (with conda, with pm's own linker from the carried
-                     packages, or with the package managers), the base's Python distributions (pinned
-                     in one resolve, carried wheels, the software from its migrated tree), tests, install
-  Reports            migrate's summary, report, history and report.html of the attempts (COLOURS);
-                     --json for scripts (print_json)
+  Package managers   FAMILIES (what pm knows of apt, dnf, pip, spack, ...), INI sections, built in and files
+  Resolver           the levels conda tries; requirements, candidates and choices for the managers
+  Preflight          can this machine run the bundle's binaries (glibc, libstdc++, ISA, CUDA)
+  SBOM               CycloneDX of an attempt, with the tests' evidence
+  Reports            RequirementRow; migrate's summary, report, history, report.html (COLOURS); --json
+  The attempt        Attempt, its options and result; Provided and Route, what each route hands back
+  Python distributions on the target   the base's requirements once, pip's resolve, carried wheels,
+                     the software linked from its migrated tree
+  Modulefiles        Lmod and Environment Modules files for an install
+  Environments pm makes   each install's own environment: marks, activation, removal
+  Route: ...         the system's package managers; pm's linker (no conda); conda
+  Migrator           migrate(): check, ROUTES, tests, install
   Server (HTTP)      GET /migrate, PUT /bundles/NAME, listings; RequestHandler, connection deadlines
   Server (process)   one server per store: foreground, start, stop, status
   Doctor             what this machine (its Pythons, conda, managers, disk, the server) offers
   platform-migrator 1.1.0 compatibility   its POST protocol, carried zip and broken searches
-  Prune              what the store holds, and removing what no install needs
+  Prune, Repair      what the store holds and what no install needs; an install whose environment is gone
   Command line       the VERBS table (help, options, examples of each verb), exit codes
 """
 # Start-up imports only what every verb needs; the server's and the original protocol's modules
@@ -39,102 +47,6 @@ import stat
 import sys
 import time
 import types
-
-
-# == Helpers ==================================================================
-# Small pieces every section uses: pm's version, atomic writes, JSON files.
-
-VERSION = "1.0.0"
-STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
-
-
-def write_atomic(path, data, mode=0o600):
-    """Write bytes or text to a temp file beside path, then rename it into place."""
-    import tempfile
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".pm-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            os.fchmod(out.fileno(), mode)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-        fsync_folder(folder)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-    return path
-
-
-def fsync_folder(folder):
-    """Make a rename in folder last through a power cut."""
-    handle = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def append_private(path, binary=False):
-    """A file opened for appending, created owner-only (0600) whatever the umask: logs of the store."""
-    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(handle, "ab") if binary else os.fdopen(handle, "a", encoding="utf-8")
-
-
-class FolderLock(object):
-    """An exclusive flock on a folder of the store, or a lock file pm owns there (made owner-only), for
-    what two pm processes must not do at once (a software's remembered choices and conda environment,
-    an install into output_dir); waits, and says so."""
-
-    def __init__(self, folder, what):
-        self.folder, self.what, self.handle = folder, what, None
-
-    def __enter__(self):
-        import fcntl
-        if os.path.isdir(self.folder):
-            self.handle = os.open(self.folder, os.O_RDONLY)
-        else:
-            self.handle = os.open(self.folder, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            say("waiting for another pm that is busy with %s ..." % self.what)
-            fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        os.close(self.handle)
-
-
-def locked_elsewhere(path, exclusive):
-    """True when another process holds a lock on path that keeps this one from taking it (exclusive:
-    any lock at all; else an exclusive one); False when path is not there."""
-    import fcntl
-    try:
-        handle = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(handle)
-
-
-def write_json(path, data, mode=0o600):
-    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
-
-
-def read_json(path):
-    with open(path, "rb") as handle:
-        return json.loads(handle.read().decode("utf-8"))
 
 
 # == Probe ====================================================================
@@ -2567,6 +2479,145 @@ if __name__ == "__main__":
 '''.lstrip("\n")
 
 
+# == Helpers ==================================================================
+# Small pieces every section uses: pm's version, atomic writes, JSON files.
+
+VERSION = "1.0.0"
+STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
+
+
+def write_atomic(path, data, mode=0o600):
+    """Write bytes or text to a temp file beside path, then rename it into place."""
+    import tempfile
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=".pm-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            os.fchmod(out.fileno(), mode)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+        fsync_folder(folder)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+    return path
+
+
+def fsync_folder(folder):
+    """Make a rename in folder last through a power cut."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def append_private(path, binary=False):
+    """A file opened for appending, created owner-only (0600) whatever the umask: logs of the store."""
+    handle = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(handle, "ab") if binary else os.fdopen(handle, "a", encoding="utf-8")
+
+
+class FolderLock(object):
+    """An exclusive flock on a folder of the store, or a lock file pm owns there (made owner-only), for
+    what two pm processes must not do at once (a software's remembered choices and conda environment,
+    an install into output_dir); waits, and says so."""
+
+    def __init__(self, folder, what):
+        self.folder, self.what, self.handle = folder, what, None
+
+    def __enter__(self):
+        import fcntl
+        if os.path.isdir(self.folder):
+            self.handle = os.open(self.folder, os.O_RDONLY)
+        else:
+            self.handle = os.open(self.folder, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            say("waiting for another pm that is busy with %s ..." % self.what)
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.handle)
+
+
+def locked_elsewhere(path, exclusive):
+    """True when another process holds a lock on path that keeps this one from taking it (exclusive:
+    any lock at all; else an exclusive one); False when path is not there."""
+    import fcntl
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(handle)
+
+
+def write_json(path, data, mode=0o600):
+    return write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
+
+
+def read_json(path):
+    with open(path, "rb") as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def process_start_time(pid):
+    """When a process started (clock ticks since boot, from /proc), or None where /proc cannot say."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+UMASK = []  # the process umask, read once: setting it to 0 and back races with the threads that create files
+
+
+def current_umask():
+    """The process umask, read once (main() asks before any thread starts): from /proc/self/status,
+    which changes nothing, else by setting it and back that one time."""
+    if not UMASK:
+        try:
+            with open("/proc/self/status") as status:
+                found = [int(line.split()[1], 8) for line in status if line.startswith("Umask:")]
+        except (OSError, ValueError, IndexError):
+            found = []
+        if not found:
+            found = [os.umask(0o077)]
+            os.umask(found[0])
+        UMASK[:] = found[:1]
+    return UMASK[0]
+
+
+def shutil_remove(path):
+    import shutil
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
 # -- The probe, as pm loads it --------------------------------------------------
 
 
@@ -2600,6 +2651,675 @@ def probe_script(server_url, token=""):
     return text.replace('SERVER_TOKEN = ""', "SERVER_TOKEN = %r" % token, 1)
 
 
+# == Containment ==============================================================
+# Every file a bundle makes pm write goes through Contained: inside one folder, no link followed out,
+# within the caps. The name patterns every field of a bundle is checked against live here too.
+
+
+MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its size (--max-ratio) ...
+
+
+UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
+
+
+class Contained(object):
+    """The one containment writer: members of something pm did not make (a carried package, a wheel,
+    the software tree) written under root. Every name is plain parts (no absolute name, '..', '.' or
+    empty part, no NUL); folders are made one at a time and never reached through a link that leads
+    out of root; files are created O_EXCL|O_NOFOLLOW and streamed in CHUNKs; links are checked after
+    the fact against the real tree; modes follow the umask, never setuid/setgid; bytes and files are
+    capped. Thread-safe: archives are linked by several workers at once."""
+
+    def __init__(self, root, max_bytes=None, max_files=None):
+        import threading
+        self.root, self.real_root = root, os.path.realpath(root)
+        self.max_bytes, self.max_files = max_bytes, max_files
+        self.bytes = self.files = 0
+        self.umask = current_umask()
+        self.lock = threading.Lock()
+        self.failed = False  # set when one worker fails: the others stop at their next member
+        self.known = set()  # folders (tuples of parts) made or checked: a folder is never replaced by a link
+
+    @classmethod
+    def for_carried(cls, root, carried_bytes, max_ratio=None):
+        """A writer for what carried_bytes of packages unpack to: at most max_ratio (default
+        MAX_UNPACK_RATIO; 0: no limit) times as many bytes, and a number of files for that size."""
+        ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
+        if not ratio:
+            return cls(root)
+        return cls(root, max(ratio * carried_bytes, UNPACKED_FLOOR), max(10000, carried_bytes // 16))
+
+    def parts(self, rel, where):
+        parts = rel.split("/")
+        if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise PmError("unsafe path %r in %s" % (rel[:200], where), "do not use this bundle; pack the software again")
+        if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(rel) > 4000:
+            raise PmError("a name in %s is longer than a file system takes (%r...)" % (where, rel[:80]),
+                          "do not use this bundle; pack the software again")
+        return parts
+
+    def is_inside(self, path):
+        real = os.path.realpath(path)
+        return real == self.real_root or real.startswith(self.real_root + os.sep)
+
+    def folder(self, parts, where):
+        """root/parts..., made one folder at a time; a link on the way must stay inside root."""
+        if tuple(parts) in self.known:
+            return os.path.join(self.root, *parts)
+        folder, real = self.root, True  # real: no link on the way so far (only such folders are remembered)
+        for depth, part in enumerate(parts):
+            folder = os.path.join(folder, part)
+            if real and tuple(parts[:depth + 1]) in self.known:
+                continue
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(folder, 0o777 & ~self.umask)
+                except FileExistsError:
+                    pass  # another worker made it
+                st = os.lstat(folder)
+            if stat.S_ISLNK(st.st_mode):
+                real = False
+                if not self.is_inside(folder) or not os.path.isdir(folder):
+                    raise PmError("%s goes through the link %s, which leads out of %s" % (
+                        where, os.path.relpath(folder, self.root), self.root), "do not use this bundle")
+            elif not stat.S_ISDIR(st.st_mode):
+                raise PmError("%s needs %s to be a folder, and it is a file" % (
+                    where, os.path.relpath(folder, self.root)), "do not use this bundle")
+            elif real:
+                self.known.add(tuple(parts[:depth + 1]))
+        return folder
+
+    def count(self, size=0, files=0, where=""):
+        if self.failed:
+            raise PmError("stopped: another package failed", "read the error above")
+        with self.lock:
+            self.bytes += size
+            self.files += files
+            if self.max_bytes is not None and self.bytes > self.max_bytes:
+                raise PmError("%s unpacks to more than %d MiB, over %d times what was carried (a bomb, or --max-ratio "
+                              "too low)" % (where, self.max_bytes >> 20, MAX_UNPACK_RATIO),
+                              "do not use this bundle, or pass --max-ratio 0 if you trust it")
+            if self.max_files is not None and self.files > self.max_files:
+                raise PmError("%s holds more than %d files for its size (a bomb)" % (where, self.max_files),
+                              "do not use this bundle; pack the software again")
+
+    def create(self, rel, where, make):
+        """(path, make(path)) for rel: its folder made safely, then make creates it exclusively (O_EXCL,
+        a link); when something is there already (not a folder), it goes and make runs again."""
+        parts = self.parts(rel, where)
+        dest = os.path.join(self.folder(parts[:-1], where), parts[-1])
+        self.count(files=1, where=where)
+        try:
+            return dest, make(dest)
+        except FileExistsError:
+            pass
+        if stat.S_ISDIR(os.lstat(dest).st_mode):
+            raise PmError("%s would replace the folder %s" % (where, rel), "do not use this bundle")
+        os.remove(dest)  # a later package's file wins, as with conda's clobbering
+        return dest, make(dest)
+
+    def write(self, rel, source, mode=0o644, mtime=None, where="", transform=None):
+        """Stream source (a file object) into root/rel; transform (feed(block, final) -> bytes) may
+        rewrite it on the way. Returns the bytes written. The kernel applies the umask to the mode."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        dest, handle = self.create(rel, where, lambda path: os.open(path, flags, mode & 0o777 or 0o644))
+        written = 0
+        with os.fdopen(handle, "wb") as out:
+            while True:
+                block = source.read(CHUNK)
+                data = transform.feed(block, not block) if transform else block
+                if data:
+                    self.count(len(data), where=where)
+                    out.write(data)
+                    written += len(data)
+                if not block:
+                    break
+            if mtime is not None:
+                out.flush()
+                os.utime(out.fileno(), (mtime, mtime))
+        return written
+
+    def check_links(self, root, rels):
+        """After the fact: every link among rels still resolves inside root (links made later can move
+        where an earlier one leads)."""
+        for rel in rels:
+            path = os.path.join(root, *rel.split("/"))
+            if os.path.islink(path) and not self.is_inside(path):
+                raise PmError("the link %s leads out of %s once every package is linked" % (rel, root),
+                              "do not use this bundle")
+
+    def symlink(self, rel, link, where):
+        """root/rel -> link, which must resolve inside root (through the links made before it)."""
+        if os.path.isabs(link) or "\0" in link or not link:
+            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
+        dest = self.create(rel, where, lambda path: os.symlink(link, path))[0]
+        if not self.is_inside(dest):
+            os.remove(dest)
+            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
+
+
+def write_entry_point(writer, command, target, where):
+    """bin/COMMAND running module:function with the prefix's python, through writer (the prefix's
+    Contained); names checked first."""
+    import io
+    command, target = command.strip(), target.strip()
+    if not re.match(SCRIPT_NAME, command) or not re.match(ENTRY_TARGET, target):
+        raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
+                      "do not use this bundle; pack the software again")
+    module, function = target.split(":")
+    script = ("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
+              "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
+              "    sys.exit(%s())\n" % (writer.root, module, function.split(".")[0], function))
+    writer.write("bin/" + command, io.BytesIO(script.encode("utf-8")), 0o755, None, where)
+    return "bin/" + command
+
+
+SCRIPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
+
+
+ENTRY_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z"
+
+
+PACKAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z"
+
+
+PACKAGE_VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z"
+
+
+# NAME-VERSION(-BUILD)?-PYTHON-ABI-PLATFORM.whl (PEP 427), one plain file name under wheels/
+WHEEL_FN = r"^[A-Za-z0-9][A-Za-z0-9_.]{0,199}-[A-Za-z0-9_.!+]{1,100}(-[0-9][A-Za-z0-9_.]{0,50})?" \
+           r"(-[A-Za-z0-9_.]{1,200}){3}\.whl\Z"
+
+
+SITE_REL = r"^lib/python[0-9]{1,2}\.[0-9]{1,3}/site-packages\Z"  # as the probe's site_packages finds it
+
+
+CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,200}-[A-Za-z0-9._+!]{1,100}-[A-Za-z0-9._+!]{1,100}\.(tar\.bz2|conda)\Z"
+
+
+CONDA_SUBDIR = r"^([a-z0-9]+-[a-z0-9_]+|noarch)\Z"  # linux-64, osx-arm64, noarch, ...: a channel's folders
+
+
+# == Carried packages =========================================================
+# The forms a conda package travels in (FORMS: a suffix, the repodata key that lists it, the reader of
+# its members), read with the standard library, and the carried channel's index, checked.
+
+
+OLD_PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # packages without info/paths.json
+
+
+class PrefixReplacer(object):
+    """conda's prefix replacement, streamed in bounded blocks: text replaces every occurrence; binary
+    rewrites each NUL-ended string holding the placeholder and pads it with NULs to its old length."""
+
+    MAX_STRING = 1 << 20  # a binary placeholder string longer than this is no path
+
+    def __init__(self, placeholder, prefix, mode, where):
+        self.old, self.new = placeholder.encode("utf-8"), prefix.encode("utf-8")
+        self.binary, self.where = mode == "binary", where
+        if len(self.old) < 8:
+            raise PmError("%s names the prefix placeholder %r, too short to be a build prefix" % (where, placeholder),
+                          "do not use this bundle; pack the software again")
+        if self.binary and len(self.new) > len(self.old):
+            raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled into %s"
+                          % (prefix, len(self.new), len(self.old), where), "choose a shorter --prefix")
+        self.pending = b""
+
+    def feed(self, block, final):
+        data, out, pos = self.pending + block, [], 0
+        while True:
+            found = data.find(self.old, pos)
+            if found < 0 or (not final and found > len(data) - len(self.old)):
+                break
+            if not self.binary:
+                out += [data[pos:found], self.new]
+                pos = found + len(self.old)
+                continue
+            end = data.find(b"\0", found + len(self.old))
+            if end < 0 and final:
+                break
+            if end < 0:
+                if len(data) - found > self.MAX_STRING:
+                    raise PmError("%s holds a placeholder string over 1 MiB long" % self.where, "do not use this bundle")
+                out.append(data[pos:found])
+                self.pending = data[found:]
+                return b"".join(out)
+            out += [data[pos:found], self.new, data[found + len(self.old):end],
+                    b"\0" * (len(self.old) - len(self.new) + 1)]
+            pos = end + 1
+        keep = len(data) if final else max(pos, len(data) - len(self.old) + 1)
+        out.append(data[pos:keep])
+        self.pending = data[keep:]
+        return b"".join(out)
+
+
+class CarriedArchive(object):
+    """One carried package, a .tar.bz2 or an unpacked package's .zip, and its repodata entry; what its
+    info/ folder says is read while it is linked, in the same pass (link_archive)."""
+
+    def __init__(self, path, fn, entry):
+        self.path, self.fn, self.entry = path, fn, entry
+        self.dist = fn[:-len(".tar.bz2")]
+        self.info = {}
+        self.placeholders = {}
+        self.files = []
+
+    def members(self, limit=None, with_info=False):
+        """(name, 'file' or 'link', mode, mtime, file object or link text) of each member outside
+        info/ (with_info: and in it), info/ read on the way."""
+        return zip_members(self, limit, with_info) if self.path.endswith(".zip") else tar_members(self, with_info)
+
+    def keep_info(self, name, size, read):
+        """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
+        if name in INFO_READ:
+            check_info_size(name, size, self.fn)
+            self.info[name] = read()
+            if name in ("info/paths.json", "info/has_prefix"):
+                self.placeholders = self.read_placeholders()
+
+    def info_json(self, name):
+        try:
+            data = json.loads(self.info[name].decode("utf-8")) if name in self.info else None
+        except (ValueError, UnicodeDecodeError):
+            raise PmError("%s of the carried package %s is not JSON" % (name, self.fn), "pack the software again")
+        if data is not None and not isinstance(data, dict):
+            raise PmError("%s of the carried package %s is not a JSON object" % (name, self.fn),
+                          "do not use this bundle; pack the software again")
+        return data
+
+    def read_placeholders(self):
+        """path -> (placeholder, 'text' or 'binary'), from info/paths.json or old info/has_prefix."""
+        found = {}
+        paths = self.info_json("info/paths.json")
+        if paths:
+            if not isinstance(paths.get("paths") or [], list):
+                raise PmError("info/paths.json of the carried package %s: its paths are not a list" % self.fn,
+                              "do not use this bundle; pack the software again")
+            for item in paths.get("paths") or []:
+                if isinstance(item, dict) and isinstance(item.get("prefix_placeholder"), str) \
+                        and isinstance(item.get("_path"), str):
+                    found[item["_path"]] = (item["prefix_placeholder"], str(item.get("file_mode", "text")))
+            return found
+        for line in self.info.get("info/has_prefix", b"").decode("utf-8", "replace").splitlines():
+            try:
+                words = shlex.split(line)
+            except ValueError:
+                words = []
+            if len(words) == 3:
+                found[words[2]] = (words[0], words[1])
+            elif words:
+                found[words[0]] = (OLD_PLACEHOLDER, "text")
+        return found
+
+    def noarch_python(self):
+        return self.entry.get("noarch") == "python"
+
+    def has_post_link(self):
+        return "bin/.%s-post-link.sh" % self.entry["name"] in self.files
+
+    def entry_points(self):
+        link = self.info_json("info/link.json") or {}
+        points = ((link.get("noarch") or {}) if isinstance(link.get("noarch"), dict) else {}).get("entry_points")
+        return [p for p in points if isinstance(p, str)] if isinstance(points, list) else []
+
+
+INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
+
+
+INFO_LIMITS = {"info/paths.json": 16 << 20}  # bytes, before it is read; the other members of INFO_READ: 1 MiB
+
+
+def check_info_size(name, size, fn):
+    """A member of a carried package's info/ that pm reads and parses, bounded before it is read (real
+    ones are far smaller: paths.json of 20,000 files is a few MiB)."""
+    limit = INFO_LIMITS.get(name, 1 << 20)
+    if size > limit:
+        raise PmError("%s of the carried package %s is %.1f MiB, over the %d MiB no real one reaches" % (
+            name, fn, size / 1048576.0, limit >> 20), "do not use this bundle; pack the software again")
+
+
+def tar_members(archive, with_info=False):
+    """The members of a .tar.bz2 in one streamed pass (BZ2File inflates in bounded steps; tarfile's own
+    "r|bz2" would inflate a whole read at once, and a bomb's few bytes of zeros are hundreds of MiB)."""
+    import bz2
+    import io
+    import tarfile
+    with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            name = member.name[2:] if member.name.startswith("./") else member.name
+            if (name == "info" or name.startswith("info/")) and member.isfile() and name in INFO_READ:
+                archive.keep_info(name, member.size, tar.extractfile(member).read)
+                if with_info:
+                    yield name, "file", member.mode, member.mtime, io.BytesIO(archive.info[name])
+            elif (name == "info" or name.startswith("info/")) and not with_info:
+                continue
+            elif member.issym():
+                yield name, "link", 0o777, member.mtime, member.linkname
+            elif member.isfile():
+                yield name, "file", member.mode, member.mtime, tar.extractfile(member)
+            elif not member.isdir():
+                raise PmError("%s in the carried package %s is not a file or link" % (name, archive.fn),
+                              "do not use this bundle; pack the software again")
+
+
+def zip_member_mtime(info):
+    """A zip member's mtime: its 'UT' extra field (to the second, as pack writes it), else its date."""
+    import struct
+    extra, pos = info.extra, 0
+    while pos + 4 <= len(extra):
+        kind, size = struct.unpack("<HH", extra[pos:pos + 4])
+        if kind == 0x5455 and size >= 5 and extra[pos + 4] & 1:
+            return struct.unpack("<l", extra[pos + 5:pos + 9])[0]
+        pos += 4 + size
+    return time.mktime(info.date_time + (0, 0, -1))
+
+
+def zip_members(archive, limit=None, with_info=False):
+    """The members of an unpacked package's zip: info/ read first (random access), then the rest (and
+    with_info, info/ too) as streams. No more than limit entries, only stored or deflated, never
+    encrypted."""
+    import zipfile
+    with zipfile.ZipFile(archive.path) as package:
+        entries = package.infolist()
+        if limit is not None and len(entries) > limit:
+            raise PmError("the carried package %s holds %d entries, more than its size allows (a bomb)"
+                          % (archive.fn, len(entries)), "do not use this bundle; pack the software again")
+        for info in entries:
+            if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise PmError("%s in the carried package %s is encrypted or compressed in a way pm does not read"
+                              % (info.filename[:200], archive.fn), "do not use this bundle; pack the software again")
+            if info.filename.startswith("info/") and not info.filename.endswith("/"):
+                archive.keep_info(info.filename, info.file_size, lambda: package.read(info))
+        for info in entries:
+            name, kind = info.filename, stat.S_IFMT(info.external_attr >> 16)
+            if (name.startswith("info/") and not with_info) or name.endswith("/"):
+                continue
+            if kind == stat.S_IFLNK:
+                if info.file_size > 4096:
+                    raise PmError("the link %s in %s is over 4 KiB long" % (name[:200], archive.fn),
+                                  "do not use this bundle")
+                yield name, "link", 0o777, 0, package.read(info).decode("utf-8", "surrogateescape")
+            elif kind in (0, stat.S_IFREG):
+                with package.open(info) as source:
+                    yield name, "file", (info.external_attr >> 16) & 0o777, zip_member_mtime(info), source
+            else:
+                raise PmError("%s in the carried package %s is not a file or link" % (name[:200], archive.fn),
+                              "do not use this bundle; pack the software again")
+
+
+def carried_entries(subdir, repodata):
+    """The (file name, entry) pairs of a carried channel/<subdir>/repodata.json, checked (Bundle.open
+    and carried_archives): every file name a plain package file name NAME-VERSION-BUILD.tar.bz2 or
+    .conda, its entry's name and version text, its subdir the folder it sits in, its unpacked package
+    (pm_file) <dist>.zip."""
+    def refuse(fn, what):
+        raise PmError("channel/%s/repodata.json lists %r, %s" % (subdir, str(fn)[:100], what),
+                      "do not use this bundle; pack the software again")
+    if not isinstance(repodata, dict):
+        refuse("", "and is not a repodata object")
+    entries = []
+    for key in ("packages", "packages.conda"):
+        packages = repodata.get(key) or {}
+        if not isinstance(packages, dict):
+            refuse(key, "which is not an object of packages")
+        for fn, entry in sorted(packages.items()):
+            if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
+                    not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
+                refuse(fn, "which is not a package file (NAME-VERSION-BUILD.tar.bz2 or .conda)")
+            if entry.get("subdir") != subdir or not re.match(CONDA_SUBDIR, subdir):
+                refuse(fn, "whose subdir %r is not the folder it is in" % (str(entry.get("subdir"))[:60],))
+            unpacked = entry.get("pm_file")
+            if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
+                refuse(fn, "with %r, which is not its unpacked package (pm_file)" % (str(unpacked)[:100],))
+            entries.append((fn, entry))
+    return entries
+
+
+def carried_archives(channel_dir, conda_reads=False):
+    """The bundle's carried packages (unzipped at channel_dir) as CarriedArchives, their repodata checked
+    before anything is installed: every file name one plain .tar.bz2 name of the folder it is listed in,
+    or that name's unpacked package (<dist>.zip)."""
+    archives, unreadable = [], []
+    for subdir in sorted(os.listdir(channel_dir)):
+        try:
+            if os.path.getsize(os.path.join(channel_dir, subdir, "repodata.json")) > 64 << 20:
+                raise ValueError("over 64 MiB")
+            repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
+        except (OSError, ValueError) as exc:
+            raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
+                          "pack the software again")
+        for fn, entry in carried_entries(subdir, repodata):
+            if fn.endswith(".conda"):
+                if not conda_reads:
+                    unreadable.append(fn)
+                continue
+            path = os.path.join(channel_dir, subdir, entry.get("pm_file") or fn)
+            if not os.path.isfile(path) or os.path.islink(path):
+                raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
+                              "pack the software again")
+            archives.append(CarriedArchive(path, fn, entry))
+    if unreadable:
+        raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
+                      "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),
+                      "pack again on the base with --with-packages --as-tar-bz2")
+    return archives
+
+
+# == Inputs: the environment file =============================================
+# conda's env-file YAML, read with the standard library in every shape real conda writes.
+
+CONDA_OWN_PACKAGES = frozenset(["conda", "conda-env", "conda-build", "conda-libmamba-solver",
+                                "conda-package-handling", "conda-package-streaming", "conda-content-trust",
+                                "conda-index", "conda-verify"])
+
+
+class EnvFile(object):
+    """A conda environment file: name, channels, conda dependencies, pip dependencies."""
+
+    def __init__(self, name=None, channels=(), dependencies=(), pip=(), variables=None):
+        self.name = name
+        self.channels = list(channels)
+        self.dependencies = list(dependencies)
+        self.pip = list(pip)
+        self.variables = dict(variables or {})
+
+    def to_yaml(self):
+        lines = ["name: %s" % yaml_scalar(self.name or "env")]
+        if self.channels:  # an empty 'channels:' crashes conda 25's env create
+            lines.append("channels:")
+            lines += ["  - %s" % yaml_scalar(c) for c in self.channels]
+        lines.append("dependencies:")
+        lines += ["  - %s" % yaml_scalar(d) for d in self.dependencies]
+        if self.pip:
+            lines.append("  - pip:")
+            lines += ["    - %s" % yaml_scalar(p) for p in self.pip]
+        if self.variables:
+            lines.append("variables:")
+            lines += ["  %s: %s" % (k, yaml_scalar(v)) for k, v in sorted(self.variables.items())]
+        return "\n".join(lines) + "\n"
+
+
+def strip_comment(line):
+    """Drop a '#' comment that is not inside quotes."""
+    quote = None
+    for at, char in enumerate(line):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (at == 0 or line[at - 1] in " \t"):
+            return line[:at]
+    return line
+
+
+# Tags that only say "a string": PyYAML on Python 2 writes !!python/unicode (conda 4.3 does).
+STRING_TAGS = ("!!python/unicode", "!!python/str", "!!str")
+LIST_TAGS = ("!!python/tuple", "!!python/list", "!!seq")  # a list follows, whatever Python type it was
+
+
+def parse_scalar(text, where):
+    text = text.strip()
+    tag = text.split(None, 1)[0] if text.startswith("!!") else None
+    if tag in STRING_TAGS:
+        text = text[len(tag):].strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        inner = text[1:-1]
+        return inner.replace("''", "'") if text[0] == "'" else inner.replace('\\"', '"').replace("\\\\", "\\")
+    if text[:1] in ("&", "*", "!", "{", "[", "|", ">", "%", "@", "`"):
+        raise PmError("%s: %r is YAML beyond a conda environment file" % (where, text),
+                      "write it as a plain list entry, as 'conda env export' does")
+    return text
+
+
+def logical_lines(text, source):
+    """(line number, indent, text) of the lines that say something, comments dropped, with YAML's
+    folded continuations joined: a deeper line that is neither a list item nor 'key:' continues the
+    value above it (ruamel.yaml wraps long values so: conda 25 writes 'name:' and a path below)."""
+    lines = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = strip_comment(raw).rstrip()
+        if not line.strip() or line.strip() in ("---", "..."):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if line[indent:indent + 1] == "\t":
+            raise PmError("%s line %d: tab indentation" % (source, number), "indent with spaces")
+        body = line.strip()
+        is_item = body == "-" or body.startswith("- ")
+        if lines and indent > lines[-1][1] and not is_item and not re.match(r"^[A-Za-z_][\w-]*\s*:(\s|$)", body):
+            lines[-1][2] = lines[-1][2] + " " + body
+            continue
+        lines.append([number, indent, body])
+    return lines
+
+
+def flow_list(text, where):
+    """The items of a one-line YAML flow list, '[a, "b", c]' (quotes kept together)."""
+    inner = text.strip()[1:-1]
+    items, current, quote = [], "", None
+    for char in inner:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == ",":
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    items.append(current)
+    return [parse_scalar(item, where) for item in items if item.strip()]
+
+
+def list_value(value, where):
+    """A key's value that opens a list: empty or a list tag (the items follow), or a flow list."""
+    if not value or value in LIST_TAGS:
+        return []
+    if value.startswith("[") and value.endswith("]"):
+        return flow_list(value, where)
+    raise PmError("%s: expected a list, got %r" % (where, value), "write one '  - item' per line")
+
+
+KEY_LINE = r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$"  # 'key: value' (or 'key:'), and '- pip:' inside a list
+
+
+class EnvYmlReader(object):
+    """parse_env_yml's state, line by line: the document so far, the top-level key whose lines
+    follow, and the installer (- pip:) whose items follow."""
+
+    def __init__(self):
+        self.doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
+        self.key, self.sub_list, self.sub_indent = None, None, None  # key "": an unknown one, passed over
+
+    def line(self, indent, body, where):
+        is_item = body == "-" or body.startswith("- ")
+        if self.sub_list and is_item and indent > self.sub_indent:
+            if self.sub_list == "pip":
+                self.doc["pip"].append(parse_scalar(body[1:].strip(), where))
+            return
+        self.sub_list = None
+        unindented_item = self.key in ("channels", "dependencies", "") and is_item
+        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
+            self.top_level(body, where)
+        elif not self.key:
+            return
+        elif is_item:
+            self.item(body[1:].strip(), indent, where)
+        elif self.key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
+            name, value = body.split(":", 1)
+            self.doc["variables"][name.strip()] = parse_scalar(value, where)
+        else:
+            raise PmError("%s: cannot read %r" % (where, body), FIX_ENV_FILE)
+
+    def top_level(self, body, where):
+        match = re.match(KEY_LINE, body)
+        if not match:
+            raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body), FIX_ENV_FILE)
+        self.key, value = match.group(1), (match.group(2) or "").strip()
+        if self.key in ("name", "prefix"):
+            self.doc[self.key] = parse_scalar(value, where)
+        elif self.key in ("channels", "dependencies"):
+            self.doc[self.key].extend(list_value(value, where))
+        elif self.key == "variables" and value and value != "{}":
+            raise PmError("%s: variables must be a block of NAME: value lines" % where,
+                          "write one '  NAME: value' per line")
+        elif self.key != "variables":
+            say("warning: %s: ignoring the unknown key %r" % (where, self.key))
+            self.key = ""
+
+    def item(self, item, indent, where):
+        if self.key not in ("channels", "dependencies"):
+            raise PmError("%s: a list item under %r" % (where, self.key), "only channels and dependencies are lists")
+        installer = re.match(KEY_LINE, item) if self.key == "dependencies" else None
+        if not installer:
+            self.doc[self.key].append(parse_scalar(item, where))
+            return
+        self.sub_list, self.sub_indent = installer.group(1), indent
+        items = list_value((installer.group(2) or "").strip(), where)
+        if self.sub_list == "pip":
+            self.doc["pip"].extend(items)
+        else:
+            say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)" % (where, self.sub_list))
+
+
+def parse_env_yml(text, source="env.yml"):
+    """Parse conda's env-file YAML: name, channels, dependencies (with a pip: list), prefix,
+    variables; block or flow lists, indented or not, quotes, comments, CRLF, a BOM, Python 2's
+    tags. Other installers' lists (- npm: ...) are left out with a warning."""
+    reader = EnvYmlReader()
+    for number, indent, body in logical_lines(text.lstrip("\ufeff"), source):
+        reader.line(indent, body, "%s line %d" % (source, number))
+    doc = reader.doc
+    if not doc["dependencies"] and not doc["pip"]:
+        raise PmError("%s lists no dependencies" % source, "pack the software again from its conda environment")
+    return EnvFile(doc.get("name"), doc["channels"], doc["dependencies"], doc["pip"], doc["variables"])
+
+
+def without_conda_itself(specs):
+    return [s for s in specs if spec_name(s) not in CONDA_OWN_PACKAGES]
+
+
+def strip_build(spec):
+    """'numpy=1.26.4=py312h' -> 'numpy=1.26.4'; wildcard builds ('*openblas') and other specs stay."""
+    parts = spec.split("=")
+    if len(parts) == 3 and all(parts) and "*" not in parts[2]:
+        return "%s=%s" % (parts[0], parts[1])
+    return spec
+
+
+def local_channels_missing_here(channels):
+    """The env file's local channels (file://) that do not exist on this machine. conda 25 refuses
+    an env file naming one (4.3 passes over it); the channels of this conda's condarc serve instead."""
+    from urllib.parse import unquote, urlsplit
+    missing = []
+    for channel in channels:
+        if channel.startswith("file://") and not os.path.isdir(unquote(urlsplit(channel).path)):
+            missing.append(channel)
+    return missing
+
+
 # == Bundle ===================================================================
 # Reading a bundle (the probe writes them): open it, check every member against the manifest,
 # read members, extract the software safely. Every consumer goes through Bundle.
@@ -2607,8 +3327,6 @@ def probe_script(server_url, token=""):
 CONTROL_OR_NEWLINE = r"[\x00-\x1f\x7f]"
 PARSED_LIMITS = {"env.yml": 2 << 20, "env-history.yml": 2 << 20}  # bytes; other parsed members: 16 MiB
 MANIFEST_LIMIT = 8 << 20  # manifest.json, read before anything is checked: 2,000 members make ~300 KB
-MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its size (--max-ratio) ...
-UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
 
 
 class Manifest(object):
@@ -3075,6 +3793,73 @@ def write_entries(archive, entries, dest):
     return links
 
 
+def base_distributions(bundle):
+    """python-dists.json's records (checked), or None for a bundle packed before pm recorded them; read
+    once per bundle (every route, and drop_foreign_wheels, use the one list)."""
+    if not bundle.dists_read:
+        bundle.dists, bundle.dists_read = read_distributions(bundle), True
+    return bundle.dists
+
+
+def read_distributions(bundle):
+    if "python-dists.json" not in bundle.manifest.members:
+        return None
+    try:
+        data = bundle.read_json("python-dists.json")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PmError("python-dists.json in %s is not JSON (%s)" % (bundle.path, exc), "pack the software again")
+    dists = []
+    for dist in (data.get("dists") if isinstance(data, dict) else None) or []:
+        if not isinstance(dist, dict) or not all(isinstance(dist.get(k), str) for k in ("name", "version", "site")):
+            raise PmError("python-dists.json in %s has a record without name, version or site" % bundle.path,
+                          "pack the software again")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z", dist["name"]) or \
+                not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z", dist["version"]):
+            raise PmError("python-dists.json in %s names %r %r, which is not a distribution name and version"
+                          % (bundle.path, dist["name"][:60], dist["version"][:60]), "pack the software again")
+        check_dist_paths(dist, "python-dists.json in %s" % bundle.path)
+        dists.append(dist)
+    return dists
+
+
+def check_dist_paths(dist, where):
+    """The fields of a python-dists.json record that become paths or lines: site (where pm writes its
+    dist-info, .pth and wheels), the software's import roots (lines of its .pth) and the carried wheel."""
+    if not re.match(SITE_REL, dist["site"]):
+        refuse_dist_field(where, dist, "the site %r, which is not lib/pythonX.Y/site-packages" % dist["site"][:100])
+    check_import_roots(dist, where)
+    packages = dist.get("import_packages")
+    if packages is not None and not (isinstance(packages, list) and all(
+            isinstance(p, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,199}\Z", p) for p in packages)):
+        refuse_dist_field(where, dist, "import_packages that are not Python names")
+    wheel = dist.get("wheel")
+    if wheel is not None and wheel != "" and not (isinstance(wheel, str) and wheel.startswith("wheels/")
+                                                  and re.match(WHEEL_FN, wheel[len("wheels/"):])):
+        refuse_dist_field(where, dist, "the wheel %r, which is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
+                          "PLATFORM.whl)" % (wheel if not isinstance(wheel, str) else wheel[:100],))
+
+
+def check_import_roots(dist, where):
+    """import_roots: a list of plain relative paths inside the software's tree (each a line of its .pth)."""
+    roots = dist.get("import_roots")
+    if roots is not None and not isinstance(roots, list):
+        refuse_dist_field(where, dist, "import_roots that are not a list")
+    for root in roots or []:
+        if not is_plain_relative_path(root):
+            refuse_dist_field(where, dist, "the import root %r, which is not a plain relative path inside its tree"
+                              % (root if not isinstance(root, str) else root[:100],))
+
+
+def is_plain_relative_path(root):
+    """A non-empty relative path with no '..', no control character or newline, at most 1000 characters."""
+    return isinstance(root, str) and bool(root) and not root.startswith("/") and ".." not in root.split("/") \
+        and len(root) <= 1000 and not re.search(CONTROL_OR_NEWLINE, root)
+
+
+def refuse_dist_field(where, dist, what):
+    raise PmError("%s gives %s %s" % (where, dist["name"], what), "do not use this bundle; pack the software again")
+
+
 # == Store ====================================================================
 # One object owns every path of the store (~/.platform_migrator, or $PM_HOME).
 
@@ -3266,249 +4051,313 @@ class Store(object):
         return os.path.isfile(os.path.join(folder, "env.yml")) and os.path.isfile(os.path.join(folder, "pkg.zip"))
 
 
-# == Environment file =========================================================
-# conda's env-file YAML, read with the standard library in every shape real conda writes.
-
-CONDA_OWN_PACKAGES = frozenset(["conda", "conda-env", "conda-build", "conda-libmamba-solver",
-                                "conda-package-handling", "conda-package-streaming", "conda-content-trust",
-                                "conda-index", "conda-verify"])
+def install_mark(target):
+    """The file beside an install that says pm made it (so --force may replace it): output_dir/.DIR.pm-installed."""
+    return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
 
 
-class EnvFile(object):
-    """A conda environment file: name, channels, conda dependencies, pip dependencies."""
-
-    def __init__(self, name=None, channels=(), dependencies=(), pip=(), variables=None):
-        self.name = name
-        self.channels = list(channels)
-        self.dependencies = list(dependencies)
-        self.pip = list(pip)
-        self.variables = dict(variables or {})
-
-    def to_yaml(self):
-        lines = ["name: %s" % yaml_scalar(self.name or "env")]
-        if self.channels:  # an empty 'channels:' crashes conda 25's env create
-            lines.append("channels:")
-            lines += ["  - %s" % yaml_scalar(c) for c in self.channels]
-        lines.append("dependencies:")
-        lines += ["  - %s" % yaml_scalar(d) for d in self.dependencies]
-        if self.pip:
-            lines.append("  - pip:")
-            lines += ["    - %s" % yaml_scalar(p) for p in self.pip]
-        if self.variables:
-            lines.append("variables:")
-            lines += ["  %s: %s" % (k, yaml_scalar(v)) for k, v in sorted(self.variables.items())]
-        return "\n".join(lines) + "\n"
+def attempt_install_in_use(attempt):
+    """Whether an attempt's install is still there and still its own (the install mark names it)."""
+    installed = attempt.get("installed_to")
+    if not installed or not os.path.isdir(installed):
+        return False
+    try:
+        mark = read_json(install_mark(installed))
+    except (OSError, ValueError):
+        return True  # pm cannot tell: keep it
+    return mark.get("attempt") in (None, attempt["id"])
 
 
-def strip_comment(line):
-    """Drop a '#' comment that is not inside quotes."""
-    quote = None
-    for at, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (at == 0 or line[at - 1] in " \t"):
-            return line[:at]
-    return line
+# == Inputs: the test configuration ===========================================
+# The INI files a migration runs with (the original tool's format): one [NAME] section per software,
+# its [test_X] sections.
 
 
-# Tags that only say "a string": PyYAML on Python 2 writes !!python/unicode (conda 4.3 does).
-STRING_TAGS = ("!!python/unicode", "!!python/str", "!!str")
-LIST_TAGS = ("!!python/tuple", "!!python/list", "!!seq")  # a list follows, whatever Python type it was
+TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
 
 
-def parse_scalar(text, where):
-    text = text.strip()
-    tag = text.split(None, 1)[0] if text.startswith("!!") else None
-    if tag in STRING_TAGS:
-        text = text[len(tag):].strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        inner = text[1:-1]
-        return inner.replace("''", "'") if text[0] == "'" else inner.replace('\\"', '"').replace("\\\\", "\\")
-    if text[:1] in ("&", "*", "!", "{", "[", "|", ">", "%", "@", "`"):
-        raise PmError("%s: %r is YAML beyond a conda environment file" % (where, text),
-                      "write it as a plain list entry, as 'conda env export' does")
-    return text
+TEST_CONFIG_COPY = "test-config.ini"  # in the attempt's folder: the test configuration it ran with
 
 
-def logical_lines(text, source):
-    """(line number, indent, text) of the lines that say something, comments dropped, with YAML's
-    folded continuations joined: a deeper line that is neither a list item nor 'key:' continues the
-    value above it (ruamel.yaml wraps long values so: conda 25 writes 'name:' and a path below)."""
+SOFTWARE_KEYS = ("output_dir", "package_managers", "tests", "modulefiles")
+
+
+class TestSpec(object):
+    """One [test_X] section."""
+
+    def __init__(self, name, command, timeout=None, env=None, workdir=None, runner=None):
+        self.name, self.command, self.timeout = name, command, timeout
+        self.env, self.workdir, self.runner = dict(env or {}), workdir, runner
+
+
+class MigrationConfig(object):
+    """The merged test configuration for one software."""
+
+    def __init__(self, output_dir, package_managers, tests, paths=(), modulefiles=None):
+        self.output_dir, self.package_managers, self.tests = output_dir, package_managers, tests
+        self.modulefiles = modulefiles  # the folder an install writes its modulefiles into (None: none)
+        self.paths = list(paths)  # the files it was read from, in order (the attempt keeps a copy)
+
+    def copy_text(self):
+        """The files as they were read, one after the other: what the attempt keeps as test-config.ini."""
+        parts = []
+        for path in self.paths:
+            with open(path, encoding="utf-8") as handle:
+                parts.append("# pm: the test configuration %s, as this attempt read it\n%s" % (path, handle.read()))
+        return "\n".join(parts)
+
+
+def read_test_config(paths, name):
+    """Merge INI test configurations in order; one clear error naming file, section and key.
+    Read as platform-migrator 1.1.0 reads them, with ConfigParser's defaults: '%(key)s' and '%%'
+    interpolate, and ';' or '#' start a comment only at the start of a line (`exec = a ; b` runs both)."""
+    import configparser
+    try:
+        return read_test_config_values(configparser.ConfigParser(), paths, name)
+    except configparser.InterpolationError as exc:
+        raise PmError("cannot read %s: %s" % (", ".join(paths), " ".join(str(exc).split())),
+                      "write a literal '%' as '%%'")
+
+
+def read_test_config_values(parser, paths, name):
+    import configparser
+    origin = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            raise PmError("test configuration %s does not exist" % path, "pass the path of an INI file")
+        before = dict((s, dict(parser[s])) for s in parser.sections())
+        try:
+            with open(path, encoding="utf-8") as handle:
+                parser.read_file(handle, source=path)
+        except (configparser.Error, UnicodeDecodeError) as exc:
+            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        for section in parser.sections():
+            for key, value in parser[section].items():
+                if before.get(section, {}).get(key) != value:
+                    origin[(section, key)] = path
+    files = ", ".join(paths)
+
+    def need(section, key):
+        if not parser.has_section(section):
+            raise PmError("no [%s] section in %s" % (section, files), "add it (see 'pm.pyz migrate --help')")
+        value = parser[section].get(key, "").strip()
+        if not value:
+            raise PmError("no '%s' in [%s] of %s" % (key, section, files), "add '%s = ...' there" % key)
+        return value
+
+    output_dir = need(name, "output_dir")
+    if not os.path.isabs(os.path.expanduser(output_dir)):
+        raise PmError("output_dir %r in [%s] of %s is not absolute" % (output_dir, name, origin[(name, "output_dir")]),
+                      "give a full path such as /opt/%s" % name)
+    warn_unknown(parser, name, SOFTWARE_KEYS, origin)
+    managers = [m.strip() for m in parser[name].get("package_managers", "conda").split(",") if m.strip()]
+    tests = []
+    for test in [t.strip() for t in need(name, "tests").split(",") if t.strip()]:
+        section = "test_" + test
+        warn_unknown(parser, section, TEST_KEYS, origin)
+        command = need(section, "exec")
+        runner = parser[section].get("runner")
+        try:
+            shlex.split(runner or "")
+        except ValueError as exc:
+            raise PmError("runner %r in [%s] of %s is not shell words (%s)" % (runner, section,
+                                                                             origin.get((section, "runner")), exc),
+                          "close the quote, e.g. runner = srun -n1")
+        tests.append(TestSpec(test, command, test_timeout(parser, section, origin),
+                              test_env_vars(parser[section].get("env", ""), section),
+                              parser[section].get("workdir"), runner))
+    modulefiles = parser[name].get("modulefiles", "").strip() or None
+    if modulefiles:
+        check_modulefiles_dir(modulefiles, "modulefiles %r in [%s] of %s" % (modulefiles, name,
+                                                                             origin[(name, "modulefiles")]))
+    return MigrationConfig(os.path.expanduser(output_dir), managers, tests, paths,
+                           modulefiles and os.path.expanduser(modulefiles))
+
+
+def warn_unknown(parser, section, known, origin):
+    if parser.has_section(section):
+        for key in parser[section]:
+            if key not in known and key not in parser.defaults():
+                say("warning: unknown key '%s' in [%s] of %s (known: %s)" % (key, section, origin.get((section, key)),
+                                                                          ", ".join(known)))
+
+
+def test_timeout(parser, section, origin):
+    value = parser[section].get("timeout")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1
+    if seconds <= 0:
+        raise PmError("timeout %r in [%s] of %s is not a positive number" % (value, section, origin[(section, "timeout")]),
+                      "give seconds, e.g. timeout = 600")
+    return seconds
+
+
+def test_env_vars(text, section):
+    env = {}
+    for item in re.split(r"[,\n]", text):
+        if item.strip():
+            if "=" not in item:
+                raise PmError("env entry %r in [%s] is not NAME=VALUE" % (item.strip(), section),
+                              "write env = NAME=VALUE, OTHER=VALUE")
+            key, value = item.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def check_modulefiles_dir(folder, where):
+    if not os.path.isabs(os.path.expanduser(folder)):
+        raise PmError("%s is not an absolute folder" % where, "give a full path such as /opt/modulefiles")
+    return folder
+
+
+# == Running commands =========================================================
+# One way to run a command, for conda, the package managers and the tests alike.
+
+
+def kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class CommandRun(object):
+    """What a command came to: its exit code (None: it could not start), its output (when
+    captured), whether it ran out of time, and the processes it left running (stopped by pm)."""
+
+    def __init__(self, code, output="", timed_out=False, leftovers=()):
+        self.code, self.output, self.timed_out, self.leftovers = code, output, timed_out, list(leftovers)
+
+
+def leftover_processes(group, marker):
+    """Processes still running from a command that has ended: those of its process group, and (where
+    /proc tells) any that carry its marker in their environment, such as a daemon that left the group.
+    Returns 'PID command' lines."""
+    found = []
+    if not os.path.isdir("/proc"):
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/environ" % entry, "rb") as handle:
+                ours = marker in handle.read().split(b"\0")
+            if not ours and os.getpgid(int(entry)) != group:
+                continue
+            with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                found.append("%s %s" % (entry, handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+LEFTOVER_GRACE = 2.0
+
+
+def stop_leftovers(leftovers):
+    """SIGTERM, a second to go, then SIGKILL."""
+    pids = [int(line.split()[0]) for line in leftovers]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + 1
+        while sig == signal.SIGTERM and time.time() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
+            time.sleep(0.05)
+
+
+def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=False, heartbeat=None,
+                capture=True):
+    """The one way pm runs a command (conda, package managers, tests): in a process group of its own,
+    stdin closed, output appended to log_path as it comes (`tail -f` shows it) and echoed to stderr
+    with echo; a line every STILL_RUNNING_SECONDS naming heartbeat while it lasts; the whole group
+    killed at timeout seconds and on any exception (Ctrl-C, a full disk); processes it leaves
+    running when it ends are named in the log and stopped. Returns a CommandRun."""
+    import subprocess
+    import threading
+    run_id = "%d-%s" % (os.getpid(), os.urandom(6).hex())
+    environ = dict(os.environ if environ is None else environ, PM_RUN_ID=run_id)
+    try:
+        proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    except OSError as exc:
+        with append_private(log_path) as log:
+            log.write("cannot start: %s\n" % exc)
+        return CommandRun(None, str(exc))
+    started, finished, timed_out = time.time(), threading.Event(), []
+
+    def watch():
+        next_note = started + STILL_RUNNING_SECONDS
+        while True:
+            ends = ([next_note] if heartbeat else []) + ([started + timeout] if timeout else [])
+            if not ends or finished.wait(max(0.0, min(ends) - time.time())):
+                return
+            now = time.time()
+            if timeout and now >= started + timeout:
+                timed_out.append(now)
+                kill_group(proc.pid)
+                return
+            if heartbeat and now >= next_note:
+                say("    ... %s still running after %d s (output: %s)" % (heartbeat, now - started, log_path))
+                next_note += STILL_RUNNING_SECONDS
+
+    marker, leftovers = ("PM_RUN_ID=" + run_id).encode(), []
+
+    def reap():
+        """Once the command ends, stop what it left running: a daemon would hold its output open. What
+        ends by itself within LEFTOVER_GRACE seconds (a multiprocessing helper) is no leftover."""
+        proc.wait()
+        deadline = time.time() + LEFTOVER_GRACE
+        found = leftover_processes(proc.pid, marker)
+        while found and time.time() < deadline:
+            time.sleep(0.05)
+            found = leftover_processes(proc.pid, marker)
+        leftovers.extend(found)
+        stop_leftovers(leftovers)
+
+    threading.Thread(target=watch, daemon=True).start()
+    reaper = threading.Thread(target=reap, daemon=True)
+    reaper.start()
     lines = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = strip_comment(raw).rstrip()
-        if not line.strip() or line.strip() in ("---", "..."):
-            continue
-        indent = len(line) - len(line.lstrip(" "))
-        if line[indent:indent + 1] == "\t":
-            raise PmError("%s line %d: tab indentation" % (source, number), "indent with spaces")
-        body = line.strip()
-        is_item = body == "-" or body.startswith("- ")
-        if lines and indent > lines[-1][1] and not is_item and not re.match(r"^[A-Za-z_][\w-]*\s*:(\s|$)", body):
-            lines[-1][2] = lines[-1][2] + " " + body
-            continue
-        lines.append([number, indent, body])
-    return lines
+    try:
+        with append_private(log_path) as log, proc.stdout:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", "replace")
+                if capture:
+                    lines.append(line)
+                log.write(line)
+                log.flush()
+                if echo:
+                    sys.stderr.write("    " + line)
+            code = proc.wait()
+            reaper.join()
+            if timed_out:
+                log.write("\npm: timeout after %s s\n" % timeout)
+            if leftovers:
+                log.write("\npm: the command left %d process%s running; pm stopped them:\n%s\n"
+                          % (len(leftovers), "es" * (len(leftovers) > 1), "\n".join(leftovers)))
+    except BaseException:
+        kill_group(proc.pid)
+        proc.wait()
+        stop_leftovers(leftover_processes(proc.pid, marker))
+        raise
+    finally:
+        finished.set()
+    return CommandRun(code, "".join(lines), bool(timed_out), leftovers)
 
 
-def flow_list(text, where):
-    """The items of a one-line YAML flow list, '[a, "b", c]' (quotes kept together)."""
-    inner = text.strip()[1:-1]
-    items, current, quote = [], "", None
-    for char in inner:
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == ",":
-            items.append(current)
-            current = ""
-            continue
-        current += char
-    items.append(current)
-    return [parse_scalar(item, where) for item in items if item.strip()]
+# == Package managers =========================================================
+# Sections of INI files (the original tool's format): name, exec, search, install,
+# install_version, result_fmt; %e exec, %p package, %v version, %s search expression, %% a '%'.
+# Built-ins below; the store's config/package-managers.ini and --pck-mgr-configs add or override.
 
 
-def list_value(value, where):
-    """A key's value that opens a list: empty or a list tag (the items follow), or a flow list."""
-    if not value or value in LIST_TAGS:
-        return []
-    if value.startswith("[") and value.endswith("]"):
-        return flow_list(value, where)
-    raise PmError("%s: expected a list, got %r" % (where, value), "write one '  - item' per line")
-
-
-KEY_LINE = r"^([A-Za-z_][\w-]*)\s*:(?:\s+(.*))?$"  # 'key: value' (or 'key:'), and '- pip:' inside a list
-
-
-class EnvYmlReader(object):
-    """parse_env_yml's state, line by line: the document so far, the top-level key whose lines
-    follow, and the installer (- pip:) whose items follow."""
-
-    def __init__(self):
-        self.doc = {"channels": [], "dependencies": [], "pip": [], "variables": {}}
-        self.key, self.sub_list, self.sub_indent = None, None, None  # key "": an unknown one, passed over
-
-    def line(self, indent, body, where):
-        is_item = body == "-" or body.startswith("- ")
-        if self.sub_list and is_item and indent > self.sub_indent:
-            if self.sub_list == "pip":
-                self.doc["pip"].append(parse_scalar(body[1:].strip(), where))
-            return
-        self.sub_list = None
-        unindented_item = self.key in ("channels", "dependencies", "") and is_item
-        if indent == 0 and not unindented_item:  # conda <= 4.5 writes list items at indent 0
-            self.top_level(body, where)
-        elif not self.key:
-            return
-        elif is_item:
-            self.item(body[1:].strip(), indent, where)
-        elif self.key == "variables" and re.match(r"^[A-Za-z_]\w*\s*:", body):
-            name, value = body.split(":", 1)
-            self.doc["variables"][name.strip()] = parse_scalar(value, where)
-        else:
-            raise PmError("%s: cannot read %r" % (where, body), FIX_ENV_FILE)
-
-    def top_level(self, body, where):
-        match = re.match(KEY_LINE, body)
-        if not match:
-            raise PmError("%s: expected 'key:' at the top level, got %r" % (where, body), FIX_ENV_FILE)
-        self.key, value = match.group(1), (match.group(2) or "").strip()
-        if self.key in ("name", "prefix"):
-            self.doc[self.key] = parse_scalar(value, where)
-        elif self.key in ("channels", "dependencies"):
-            self.doc[self.key].extend(list_value(value, where))
-        elif self.key == "variables" and value and value != "{}":
-            raise PmError("%s: variables must be a block of NAME: value lines" % where,
-                          "write one '  NAME: value' per line")
-        elif self.key != "variables":
-            say("warning: %s: ignoring the unknown key %r" % (where, self.key))
-            self.key = ""
-
-    def item(self, item, indent, where):
-        if self.key not in ("channels", "dependencies"):
-            raise PmError("%s: a list item under %r" % (where, self.key), "only channels and dependencies are lists")
-        installer = re.match(KEY_LINE, item) if self.key == "dependencies" else None
-        if not installer:
-            self.doc[self.key].append(parse_scalar(item, where))
-            return
-        self.sub_list, self.sub_indent = installer.group(1), indent
-        items = list_value((installer.group(2) or "").strip(), where)
-        if self.sub_list == "pip":
-            self.doc["pip"].extend(items)
-        else:
-            say("warning: %s: ignoring the %s: entries (pm installs conda and pip packages)" % (where, self.sub_list))
-
-
-def parse_env_yml(text, source="env.yml"):
-    """Parse conda's env-file YAML: name, channels, dependencies (with a pip: list), prefix,
-    variables; block or flow lists, indented or not, quotes, comments, CRLF, a BOM, Python 2's
-    tags. Other installers' lists (- npm: ...) are left out with a warning."""
-    reader = EnvYmlReader()
-    for number, indent, body in logical_lines(text.lstrip("\ufeff"), source):
-        reader.line(indent, body, "%s line %d" % (source, number))
-    doc = reader.doc
-    if not doc["dependencies"] and not doc["pip"]:
-        raise PmError("%s lists no dependencies" % source, "pack the software again from its conda environment")
-    return EnvFile(doc.get("name"), doc["channels"], doc["dependencies"], doc["pip"], doc["variables"])
-
-
-def without_conda_itself(specs):
-    return [s for s in specs if spec_name(s) not in CONDA_OWN_PACKAGES]
-
-
-def strip_build(spec):
-    """'numpy=1.26.4=py312h' -> 'numpy=1.26.4'; wildcard builds ('*openblas') and other specs stay."""
-    parts = spec.split("=")
-    if len(parts) == 3 and all(parts) and "*" not in parts[2]:
-        return "%s=%s" % (parts[0], parts[1])
-    return spec
-
-
-def local_channels_missing_here(channels):
-    """The env file's local channels (file://) that do not exist on this machine. conda 25 refuses
-    an env file naming one (4.3 passes over it); the channels of this conda's condarc serve instead."""
-    from urllib.parse import unquote, urlsplit
-    missing = []
-    for channel in channels:
-        if channel.startswith("file://") and not os.path.isdir(unquote(urlsplit(channel).path)):
-            missing.append(channel)
-    return missing
-
-
-# == Resolver =================================================================
-# What a migration asks for: the levels conda tries (exact builds, builds stripped, direct
-# requirements), and for the package managers each requirement's candidates and the choice made.
-
-
-def direct_specs(min_deps, env_file):
-    """Direct requirements as specs: min-deps.json records (name=version), else env.yml's names."""
-    specs = []
-    for record in min_deps or []:
-        if isinstance(record, dict) and record.get("name"):
-            specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
-    return without_conda_itself(specs) or [spec_name(s) for s in without_conda_itself(env_file.dependencies)]
-
-
-def migration_levels(env_file, min_deps):
-    """The environment files to try, in order: (level name, EnvFile)."""
-    exact = without_conda_itself(env_file.dependencies)
-    levels = [("exact", exact), ("no-builds", [strip_build(s) for s in exact]),
-              ("direct", direct_specs(min_deps, env_file))]
-    out, seen = [], []
-    for name, deps in levels:
-        if deps not in seen:
-            seen.append(deps)
-            out.append((name, EnvFile(env_file.name, env_file.channels, deps, env_file.pip, env_file.variables)))
-    return out
-
-
-# Conda packages that carry Python but install no distribution pip knows of, whatever their metadata.
-NOT_DISTRIBUTIONS = frozenset(["python", "python_abi", "python-gil", "python-freethreading", "cpython", "pypy",
-                               "pypy3.9", "pypy3.10", "backports"])
 # conda name -> PyPI name, only where the two differ beyond case and punctuation.
 PIP_RENAMES = {"pyqt": "PyQt5", "pyqt5-sip": "PyQt5-sip", "pyqtwebengine": "PyQtWebEngine",
                "python-build": "build", "dask-core": "dask", "pytables": "tables", "matplotlib-base": "matplotlib",
@@ -3526,229 +4375,6 @@ PIP_RENAMES = {"pyqt": "PyQt5", "pyqt5-sip": "PyQt5-sip", "pyqtwebengine": "PyQt
                "jupyterhub-base": "jupyterhub", "pyarrow-core": "pyarrow", "python-duckdb": "duckdb",
                "redis-py": "redis", "qscintilla2": "QScintilla"}
 
-
-def python_build(build):
-    """True for a build string conda gives Python packages: 'py312h...', 'pyhd8ed1ab_0', 'py_0',
-    'pymin310_h...', 'np2py312h...', 'cpu_py312h...' (a hash is hex, so 'py' is never part of one)."""
-    return bool(re.search(r"py(min)?(\d|h[0-9a-f]|_)", build or ""))
-
-
-def conda_pypi_name(name, build="", depends=None, noarch=None, channel=None):
-    """The PyPI name of a conda package that installs a Python distribution, else None. Decided from
-    conda's own metadata: pip's own entries (channel 'pypi'), 'noarch: python', a Python build string,
-    or (when its dependencies are known) a dependency on python with a Python package's name
-    ('petsc4py', 'python-gmsh'); never from a name alone ('hdf5' is a C library, 'glib' has tools)."""
-    if not name or name in NOT_DISTRIBUTIONS or name in CONDA_OWN_PACKAGES or name.startswith("_"):
-        return None
-    depends_on_python = depends is not None and any(str(d).split()[0] == "python" for d in depends if str(d).strip())
-    if channel == "pypi" or str(build or "").startswith("pypi") or noarch == "python" or python_build(build) or \
-            (depends_on_python and re.search(r"(^py|4py$|^python-)", name)):
-        return PIP_RENAMES.get(name, name)
-    return None
-
-
-class Requirement(object):
-    """A direct requirement from the base machine: conda name, version, and whether it is a
-    Python package (conda_pypi_name: from its build string), which steers relaxed matches."""
-
-    def __init__(self, name, version=None, build="", python=None, channel=None):
-        self.name, self.version = name, version
-        self.python = python if python is not None else conda_pypi_name(name, build, channel=channel) is not None
-
-    def label(self):
-        return "%s %s" % (self.name, self.version) if self.version else self.name
-
-
-class Candidate(object):
-    """A package some manager offers for a requirement, and why it matched."""
-
-    def __init__(self, manager, package, versions, why, rank):
-        self.manager, self.package, self.versions, self.why, self.rank = manager, package, versions, why, rank
-
-    def best_version(self, wanted):
-        known = [v for v in self.versions if v]
-        if not known:
-            return None
-        return sorted(known, key=lambda v: version_distance(v, wanted))[0]
-
-    def choice(self, wanted):
-        """This candidate as what to install: its version closest to the base machine's."""
-        return Choice(self.manager.key, self.package, self.best_version(wanted))
-
-
-def version_parts(version):
-    version = re.sub(r"^\d+:", "", version or "")      # Debian epoch
-    version = re.sub(r"-[^-]*$", "", version) if "-" in version else version  # package revision
-    return [int(p) for p in re.findall(r"\d+", version)][:6]
-
-
-def version_distance(version, wanted):
-    """Sort key: equal first, then the longest common prefix, then the smallest gap."""
-    have, want = version_parts(version), version_parts(wanted)
-    if not want:
-        return (0, 0, [-p for p in have])
-    common = 0
-    while common < min(len(have), len(want)) and have[common] == want[common]:
-        common += 1
-    if common == len(want) == len(have):
-        return (0, 0, [])
-    gap = abs(have[common] - want[common]) if common < min(len(have), len(want)) else 0
-    return (1, -common, [gap])
-
-
-def requirements_of(min_deps, env_file):
-    """Direct requirements: min-deps.json records (else env.yml's conda entries), then what pip
-    installed into the environment (env.yml's pip: list; conda's records do not hold it)."""
-    reqs = []
-    for record in min_deps or []:
-        if isinstance(record, dict) and record.get("name"):
-            reqs.append(Requirement(record["name"], record.get("version"), str(record.get("build_string") or ""),
-                                    channel=record.get("channel")))
-    if not reqs:
-        for spec in env_file.dependencies:
-            parts = spec.split("=")
-            reqs.append(Requirement(spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
-    known = set(pip_name(r.name) for r in reqs)
-    for spec in env_file.pip:
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([A-Za-z0-9.+!_-]+))?\s*$", spec)
-        if not match:
-            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % spec)
-        elif pip_name(match.group(1)) not in known:
-            known.add(pip_name(match.group(1)))
-            reqs.append(Requirement(match.group(1), match.group(2), python=True))
-    safe = []
-    for req in reqs:
-        if req.name in CONDA_OWN_PACKAGES or req.name.startswith("_"):
-            continue
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z", req.name):
-            say("warning: ignoring the requirement %r: not a package name" % req.name)
-            continue
-        safe.append(req)
-    return safe
-
-
-def pip_name(name):
-    """A Python project name as PyPI compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def name_variants(name, family):
-    """Names a package often has under a family of managers (FAMILIES: its variants; conda 'r-x' and
-    'python-x' lose their prefix, and are tried first as the family names R and Python packages)."""
-    base = name
-    for prefix in ("r-", "python-", "py-"):
-        if name.startswith(prefix) and len(name) > len(prefix):
-            base = name[len(prefix):]
-    base = base.replace("_", "-").lower()
-    entry = FAMILIES.get(family, OTHER_FAMILY)
-    first = [entry.python_form] if entry.python_form and name.startswith(("python-", "py-")) else []
-    first += [entry.r_form] if entry.r_form and name.startswith("r-") else []
-    variants = [form % base for form in first + list(entry.variants)]
-    unique = []
-    for variant in variants:
-        if variant != name and variant not in unique:
-            unique.append(variant)
-    return unique
-
-
-AFFIX_PREFIXES = ("", "lib", "python3-", "python-", "py3-", "py-", "r-cran-", "r-")
-AFFIX_SUFFIX = r"^(\d+[a-z]?)?(-(dev|devel|bin|tools|utils|libs|common|static|headers|runtime|\d+))*$"
-
-
-def name_inside(name, package):
-    """True when package is name with a packaging affix around it: 'zlib' in 'zlib1g-dev' or
-    'python3-numpy', not in 'libcoq-zlib' or 'zlib-server'."""
-    name, package = name.lower().replace("_", "-"), package.lower()
-    for prefix in AFFIX_PREFIXES:
-        if package.startswith(prefix + name) and re.match(AFFIX_SUFFIX, package[len(prefix + name):]):
-            return True
-    return False
-
-
-def search_base(name):
-    """The name without conda's 'r-'/'python-'/'py-' prefix, with '-' for '_' ('email_validator')."""
-    return (name.split("-", 1)[1] if re.match(r"^(r|python|py)-.", name) else name).replace("_", "-")
-
-
-def fits_python(req, manager, package):
-    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev'):
-    those of families that name them with a prefix (FAMILIES' python_prefixes)."""
-    prefixes = family_of(manager).python_prefixes
-    if not req.python or not prefixes:
-        return True
-    package = package.lower()
-    return package.startswith(prefixes) or package == search_base(req.name) + "3"
-
-
-def find_candidates(req, managers, log_path=None):
-    """Search strictly (exact name), then relaxed (naming patterns, the name inside longer names), and the
-    mapping table; rank the curated mapping first, then exact, pattern, inside; then the closest version."""
-    candidates = []
-    for manager in managers:
-        found = {}
-        searches = [req.name]
-        mapped = mapped_name(req.name, manager)
-        if mapped:
-            searches.append(mapped)
-        variants = name_variants(req.name, manager.family)
-        if family_of(manager).search_variants:
-            searches += variants
-        elif search_base(req.name) != req.name:
-            searches.append(search_base(req.name))
-        searched = []
-        for expr in searches:
-            if expr in searched:  # the mapping or a variant can repeat the name
-                continue
-            searched.append(expr)
-            for package, version in manager.search(expr, log_path):
-                found.setdefault(package, []).append(version)
-        for package, versions in found.items():
-            if mapped and package.lower() == mapped.lower():
-                why, rank = "mapping table (conda %s)" % req.name, 0
-            elif not fits_python(req, manager, package):
-                continue
-            elif package.lower() == req.name.lower():
-                why, rank = "exact name", 1
-            elif package.lower() in variants:
-                why, rank = "naming pattern", 2 + variants.index(package.lower()) / 100.0
-            elif name_inside(req.name, package) or (req.name != search_base(req.name)
-                                                    and name_inside(search_base(req.name), package)):
-                why, rank = "name inside %s" % package, 3
-            else:
-                continue
-            candidates.append(Candidate(manager, package, versions, why, rank))
-    candidates.sort(key=lambda c: (c.rank, version_distance(c.best_version(req.version) or "", req.version or ""),
-                                   len(c.package), c.package))
-    return candidates[:12]
-
-
-class Choice(object):
-    """What to install for one requirement: a manager and package (and version), or skip."""
-
-    def __init__(self, manager_key=None, package=None, version=None):
-        self.manager_key, self.package, self.version = manager_key, package, version
-
-    @classmethod
-    def parse(cls, text, where):
-        text = (text or "").strip()
-        if text == "skip":
-            return cls()
-        match = re.match(r"^([A-Za-z0-9._-]+):([A-Za-z0-9][A-Za-z0-9._+@-]*)(?:=([A-Za-z0-9._+:~-]+))?$", text)
-        if not match:
-            raise PmError("%s: %r is not 'manager:package[=version]' or 'skip'" % (where, text),
-                          "write e.g. \"apt:zlib1g-dev\" or \"pip:numpy=1.26.4\"")
-        return cls(match.group(1), match.group(2), match.group(3))
-
-    def to_text(self):
-        if not self.manager_key:
-            return "skip"
-        return "%s:%s%s" % (self.manager_key, self.package, "=" + self.version if self.version else "")
-
-
-# == Package managers =========================================================
-# Sections of INI files (the original tool's format): name, exec, search, install,
-# install_version, result_fmt; %e exec, %p package, %v version, %s search expression, %% a '%'.
-# Built-ins below; the store's config/package-managers.ini and --pck-mgr-configs add or override.
 
 PIP_SEARCH = ("{ %e index versions %s 2>/dev/null || %e install --no-deps %s== 2>&1; } | awk -v n=%s "
               "'/^Available versions:/ {sub(/^Available versions: /, \"\"); k = split($0, v, \", \"); "
@@ -4093,2670 +4719,254 @@ def load_managers(store, paths=()):
     return dict((key, PackageManager(key, values, source)) for key, (values, source) in sections.items())
 
 
-# == Running commands =========================================================
-# One way to run a command, for conda, the package managers and the tests alike.
+# == Resolver =================================================================
+# What a migration asks for: the levels conda tries (exact builds, builds stripped, direct
+# requirements), and for the package managers each requirement's candidates and the choice made.
 
 
-def kill_group(pid):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+def direct_specs(min_deps, env_file):
+    """Direct requirements as specs: min-deps.json records (name=version), else env.yml's names."""
+    specs = []
+    for record in min_deps or []:
+        if isinstance(record, dict) and record.get("name"):
+            specs.append("%s=%s" % (record["name"], record["version"]) if record.get("version") else record["name"])
+    return without_conda_itself(specs) or [spec_name(s) for s in without_conda_itself(env_file.dependencies)]
 
 
-class CommandRun(object):
-    """What a command came to: its exit code (None: it could not start), its output (when
-    captured), whether it ran out of time, and the processes it left running (stopped by pm)."""
-
-    def __init__(self, code, output="", timed_out=False, leftovers=()):
-        self.code, self.output, self.timed_out, self.leftovers = code, output, timed_out, list(leftovers)
-
-
-def leftover_processes(group, marker):
-    """Processes still running from a command that has ended: those of its process group, and (where
-    /proc tells) any that carry its marker in their environment, such as a daemon that left the group.
-    Returns 'PID command' lines."""
-    found = []
-    if not os.path.isdir("/proc"):
-        return found
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open("/proc/%s/environ" % entry, "rb") as handle:
-                ours = marker in handle.read().split(b"\0")
-            if not ours and os.getpgid(int(entry)) != group:
-                continue
-            with open("/proc/%s/cmdline" % entry, "rb") as handle:
-                found.append("%s %s" % (entry, handle.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()))
-        except (OSError, ProcessLookupError):
-            continue
-    return found
+def migration_levels(env_file, min_deps):
+    """The environment files to try, in order: (level name, EnvFile)."""
+    exact = without_conda_itself(env_file.dependencies)
+    levels = [("exact", exact), ("no-builds", [strip_build(s) for s in exact]),
+              ("direct", direct_specs(min_deps, env_file))]
+    out, seen = [], []
+    for name, deps in levels:
+        if deps not in seen:
+            seen.append(deps)
+            out.append((name, EnvFile(env_file.name, env_file.channels, deps, env_file.pip, env_file.variables)))
+    return out
 
 
-LEFTOVER_GRACE = 2.0
+# Conda packages that carry Python but install no distribution pip knows of, whatever their metadata.
+NOT_DISTRIBUTIONS = frozenset(["python", "python_abi", "python-gil", "python-freethreading", "cpython", "pypy",
+                               "pypy3.9", "pypy3.10", "backports"])
 
 
-def stop_leftovers(leftovers):
-    """SIGTERM, a second to go, then SIGKILL."""
-    pids = [int(line.split()[0]) for line in leftovers]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.time() + 1
-        while sig == signal.SIGTERM and time.time() < deadline and any(os.path.exists("/proc/%d" % p) for p in pids):
-            time.sleep(0.05)
+def python_build(build):
+    """True for a build string conda gives Python packages: 'py312h...', 'pyhd8ed1ab_0', 'py_0',
+    'pymin310_h...', 'np2py312h...', 'cpu_py312h...' (a hash is hex, so 'py' is never part of one)."""
+    return bool(re.search(r"py(min)?(\d|h[0-9a-f]|_)", build or ""))
 
 
-def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=False, heartbeat=None,
-                capture=True):
-    """The one way pm runs a command (conda, package managers, tests): in a process group of its own,
-    stdin closed, output appended to log_path as it comes (`tail -f` shows it) and echoed to stderr
-    with echo; a line every STILL_RUNNING_SECONDS naming heartbeat while it lasts; the whole group
-    killed at timeout seconds and on any exception (Ctrl-C, a full disk); processes it leaves
-    running when it ends are named in the log and stopped. Returns a CommandRun."""
-    import subprocess
-    import threading
-    run_id = "%d-%s" % (os.getpid(), os.urandom(6).hex())
-    environ = dict(os.environ if environ is None else environ, PM_RUN_ID=run_id)
-    try:
-        proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    except OSError as exc:
-        with append_private(log_path) as log:
-            log.write("cannot start: %s\n" % exc)
-        return CommandRun(None, str(exc))
-    started, finished, timed_out = time.time(), threading.Event(), []
-
-    def watch():
-        next_note = started + STILL_RUNNING_SECONDS
-        while True:
-            ends = ([next_note] if heartbeat else []) + ([started + timeout] if timeout else [])
-            if not ends or finished.wait(max(0.0, min(ends) - time.time())):
-                return
-            now = time.time()
-            if timeout and now >= started + timeout:
-                timed_out.append(now)
-                kill_group(proc.pid)
-                return
-            if heartbeat and now >= next_note:
-                say("    ... %s still running after %d s (output: %s)" % (heartbeat, now - started, log_path))
-                next_note += STILL_RUNNING_SECONDS
-
-    marker, leftovers = ("PM_RUN_ID=" + run_id).encode(), []
-
-    def reap():
-        """Once the command ends, stop what it left running: a daemon would hold its output open. What
-        ends by itself within LEFTOVER_GRACE seconds (a multiprocessing helper) is no leftover."""
-        proc.wait()
-        deadline = time.time() + LEFTOVER_GRACE
-        found = leftover_processes(proc.pid, marker)
-        while found and time.time() < deadline:
-            time.sleep(0.05)
-            found = leftover_processes(proc.pid, marker)
-        leftovers.extend(found)
-        stop_leftovers(leftovers)
-
-    threading.Thread(target=watch, daemon=True).start()
-    reaper = threading.Thread(target=reap, daemon=True)
-    reaper.start()
-    lines = []
-    try:
-        with append_private(log_path) as log, proc.stdout:
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", "replace")
-                if capture:
-                    lines.append(line)
-                log.write(line)
-                log.flush()
-                if echo:
-                    sys.stderr.write("    " + line)
-            code = proc.wait()
-            reaper.join()
-            if timed_out:
-                log.write("\npm: timeout after %s s\n" % timeout)
-            if leftovers:
-                log.write("\npm: the command left %d process%s running; pm stopped them:\n%s\n"
-                          % (len(leftovers), "es" * (len(leftovers) > 1), "\n".join(leftovers)))
-    except BaseException:
-        kill_group(proc.pid)
-        proc.wait()
-        stop_leftovers(leftover_processes(proc.pid, marker))
-        raise
-    finally:
-        finished.set()
-    return CommandRun(code, "".join(lines), bool(timed_out), leftovers)
-
-
-# == Migrator =================================================================
-# One attempt: a unique directory NAME/<id>/ holding the env file used, the command log,
-# every test's output, result.json. Recreate the environment, unzip, run every test, install.
-
-TEST_KEYS = ("exec", "timeout", "env", "workdir", "runner")
-TEST_CONFIG_COPY = "test-config.ini"  # in the attempt's folder: the test configuration it ran with
-SOFTWARE_KEYS = ("output_dir", "package_managers", "tests", "modulefiles")
-
-
-class TestSpec(object):
-    """One [test_X] section."""
-
-    def __init__(self, name, command, timeout=None, env=None, workdir=None, runner=None):
-        self.name, self.command, self.timeout = name, command, timeout
-        self.env, self.workdir, self.runner = dict(env or {}), workdir, runner
-
-
-class TestResult(object):
-    """How one test went."""
-
-    def __init__(self, name, status, exit_code, seconds, log, leftovers=(), command=None):
-        self.name, self.status, self.exit_code, self.seconds, self.log = name, status, exit_code, seconds, log
-        self.leftovers = list(leftovers)  # 'PID command' of processes it left running, stopped by pm
-        self.command = command  # as the configuration wrote it (with its runner first)
-
-    def to_json(self):
-        return {"name": self.name, "status": self.status, "exit_code": self.exit_code, "command": self.command,
-                "seconds": round(self.seconds, 3), "log": self.log, "left_running": self.leftovers}
-
-
-class RequirementRow(object):
-    """One requirement of the base and how this machine met it: a row of result.json's packages,
-    python and unmet lists, which the summary, report and report.html show. A row keeps the keys it
-    was made with, so result.json holds what older pm wrote (a skipped row has no version)."""
-
-    FIELDS = ("requirement", "status", "base_version", "version", "package", "why", "drift", "conda")
-
-    def __init__(self, requirement, status, **fields):
-        unknown = set(fields) - set(self.FIELDS)
-        if unknown:
-            raise TypeError("a requirement row has no %s" % ", ".join(sorted(unknown)))
-        self.requirement, self.status = requirement, status
-        self.recorded = ("requirement", "status") + tuple(k for k in self.FIELDS[2:] if k in fields)
-        for key in self.FIELDS[2:]:
-            setattr(self, key, fields.get(key))
-
-    def to_json(self):
-        return dict((key, getattr(self, key)) for key in self.recorded)
-
-    @classmethod
-    def from_json(cls, data):
-        """A row of result.json (of this pm or an older one)."""
-        return cls(data.get("requirement"), data.get("status"),
-                   **dict((k, v) for k, v in data.items() if k in cls.FIELDS[2:]))
-
-    def how(self):
-        """What met it and why: the report's 'how'."""
-        return ", ".join(p for p in (self.package, self.why) if p)
-
-    def report_json(self):
-        """The row as 'report --json' gives it (and report and report.html show)."""
-        return {"requirement": self.requirement, "status": self.status, "base_version": self.base_version,
-                "version": self.version, "drift": bool(self.drift), "how": self.how(), "conda": self.conda}
-
-
-def rows_json(rows):
-    """Requirement rows as result.json holds them."""
-    return [row.to_json() for row in rows]
-
-
-class MigrationConfig(object):
-    """The merged test configuration for one software."""
-
-    def __init__(self, output_dir, package_managers, tests, paths=(), modulefiles=None):
-        self.output_dir, self.package_managers, self.tests = output_dir, package_managers, tests
-        self.modulefiles = modulefiles  # the folder an install writes its modulefiles into (None: none)
-        self.paths = list(paths)  # the files it was read from, in order (the attempt keeps a copy)
-
-    def copy_text(self):
-        """The files as they were read, one after the other: what the attempt keeps as test-config.ini."""
-        parts = []
-        for path in self.paths:
-            with open(path, encoding="utf-8") as handle:
-                parts.append("# pm: the test configuration %s, as this attempt read it\n%s" % (path, handle.read()))
-        return "\n".join(parts)
-
-
-def read_test_config(paths, name):
-    """Merge INI test configurations in order; one clear error naming file, section and key.
-    Read as platform-migrator 1.1.0 reads them, with ConfigParser's defaults: '%(key)s' and '%%'
-    interpolate, and ';' or '#' start a comment only at the start of a line (`exec = a ; b` runs both)."""
-    import configparser
-    try:
-        return read_test_config_values(configparser.ConfigParser(), paths, name)
-    except configparser.InterpolationError as exc:
-        raise PmError("cannot read %s: %s" % (", ".join(paths), " ".join(str(exc).split())),
-                      "write a literal '%' as '%%'")
-
-
-def read_test_config_values(parser, paths, name):
-    import configparser
-    origin = {}
-    for path in paths:
-        if not os.path.isfile(path):
-            raise PmError("test configuration %s does not exist" % path, "pass the path of an INI file")
-        before = dict((s, dict(parser[s])) for s in parser.sections())
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle, source=path)
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
-        for section in parser.sections():
-            for key, value in parser[section].items():
-                if before.get(section, {}).get(key) != value:
-                    origin[(section, key)] = path
-    files = ", ".join(paths)
-
-    def need(section, key):
-        if not parser.has_section(section):
-            raise PmError("no [%s] section in %s" % (section, files), "add it (see 'pm.pyz migrate --help')")
-        value = parser[section].get(key, "").strip()
-        if not value:
-            raise PmError("no '%s' in [%s] of %s" % (key, section, files), "add '%s = ...' there" % key)
-        return value
-
-    output_dir = need(name, "output_dir")
-    if not os.path.isabs(os.path.expanduser(output_dir)):
-        raise PmError("output_dir %r in [%s] of %s is not absolute" % (output_dir, name, origin[(name, "output_dir")]),
-                      "give a full path such as /opt/%s" % name)
-    warn_unknown(parser, name, SOFTWARE_KEYS, origin)
-    managers = [m.strip() for m in parser[name].get("package_managers", "conda").split(",") if m.strip()]
-    tests = []
-    for test in [t.strip() for t in need(name, "tests").split(",") if t.strip()]:
-        section = "test_" + test
-        warn_unknown(parser, section, TEST_KEYS, origin)
-        command = need(section, "exec")
-        runner = parser[section].get("runner")
-        try:
-            shlex.split(runner or "")
-        except ValueError as exc:
-            raise PmError("runner %r in [%s] of %s is not shell words (%s)" % (runner, section,
-                                                                             origin.get((section, "runner")), exc),
-                          "close the quote, e.g. runner = srun -n1")
-        tests.append(TestSpec(test, command, test_timeout(parser, section, origin),
-                              test_env_vars(parser[section].get("env", ""), section),
-                              parser[section].get("workdir"), runner))
-    modulefiles = parser[name].get("modulefiles", "").strip() or None
-    if modulefiles:
-        check_modulefiles_dir(modulefiles, "modulefiles %r in [%s] of %s" % (modulefiles, name,
-                                                                             origin[(name, "modulefiles")]))
-    return MigrationConfig(os.path.expanduser(output_dir), managers, tests, paths,
-                           modulefiles and os.path.expanduser(modulefiles))
-
-
-def warn_unknown(parser, section, known, origin):
-    if parser.has_section(section):
-        for key in parser[section]:
-            if key not in known and key not in parser.defaults():
-                say("warning: unknown key '%s' in [%s] of %s (known: %s)" % (key, section, origin.get((section, key)),
-                                                                          ", ".join(known)))
-
-
-def test_timeout(parser, section, origin):
-    value = parser[section].get("timeout")
-    if value is None:
+def conda_pypi_name(name, build="", depends=None, noarch=None, channel=None):
+    """The PyPI name of a conda package that installs a Python distribution, else None. Decided from
+    conda's own metadata: pip's own entries (channel 'pypi'), 'noarch: python', a Python build string,
+    or (when its dependencies are known) a dependency on python with a Python package's name
+    ('petsc4py', 'python-gmsh'); never from a name alone ('hdf5' is a C library, 'glib' has tools)."""
+    if not name or name in NOT_DISTRIBUTIONS or name in CONDA_OWN_PACKAGES or name.startswith("_"):
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1
-    if seconds <= 0:
-        raise PmError("timeout %r in [%s] of %s is not a positive number" % (value, section, origin[(section, "timeout")]),
-                      "give seconds, e.g. timeout = 600")
-    return seconds
-
-
-def test_env_vars(text, section):
-    env = {}
-    for item in re.split(r"[,\n]", text):
-        if item.strip():
-            if "=" not in item:
-                raise PmError("env entry %r in [%s] is not NAME=VALUE" % (item.strip(), section),
-                              "write env = NAME=VALUE, OTHER=VALUE")
-            key, value = item.split("=", 1)
-            env[key.strip()] = value.strip()
-    return env
-
-
-def this_platform():
-    """This machine's OS, processor and C library, recorded with each attempt (the probe's own reading,
-    without conda's fields)."""
-    here = PROBE.source_platform({})
-    return dict((key, value) for key, value in here.items() if key not in ("conda", "conda_platform"))
-
-
-def glibc_version(text):
-    match = re.match(r"glibc (\d+)\.(\d+)", text if isinstance(text, str) else "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def platform_notes(source, here):
-    """Warnings when the base machine differs from this one in ways that break conda builds."""
-    source = source if isinstance(source, dict) else {}
-    notes = []
-    for key, what in (("os", "operating system"), ("machine", "processor")):
-        theirs = re.sub(r"[^\w .+-]", "?", str(source.get(key) or ""))[:40]
-        if theirs and theirs != here[key]:
-            notes.append("the bundle comes from %s %s, this machine has %s: its exact builds cannot be "
-                         "used here" % (what, theirs, here[key]))
-    theirs, ours = glibc_version(source.get("libc")), glibc_version(here["libc"])
-    if theirs and ours and ours < theirs:
-        notes.append("the bundle comes from glibc %d.%d, this machine has glibc %d.%d: packages built for "
-                     "the base may not run here" % (theirs + ours))
-    return notes
-
-
-class Attempt(object):
-    """The record of one migration attempt, kept in its directory."""
-
-    def __init__(self, store, name):
-        self.store, self.name = store, name
-        self.path = store.new_attempt_dir(name)
-        self.id = os.path.basename(self.path)
-        self.log_path = os.path.join(self.path, "commands.log")
-        self.started = time.time()
-        self.base_python = None  # the base environment's Python version, for the software's venv
-        self.holds = []  # open files whose locks say what this attempt uses (released when it ends)
-        self.conda = None  # the conda route's (CondaHere, CarriedChannel or None)
-        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started,
-                       "pid": os.getpid(), "pid_started": process_start_time(os.getpid())}
-
-    def log(self, text):
-        with append_private(self.log_path) as handle:
-            handle.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
-
-    def run(self, command, environ=None):
-        """Run a command (conda, an install) through run_command, logged here; (exit code, output)."""
-        self.log("$ " + " ".join(command))
-        started = time.time()
-        run = run_command(command, self.log_path, environ=environ, heartbeat=os.path.basename(command[0]))
-        code = 127 if run.code is None else run.code
-        self.log("exit %d after %.3f s" % (code, time.time() - started))
-        if run.leftovers:
-            say("warning: %s left %d process%s running; pm stopped %s (see %s)" % (
-                os.path.basename(command[0]), len(run.leftovers), "es" * (len(run.leftovers) > 1),
-                "them" if len(run.leftovers) > 1 else "it", self.log_path))
-        return code, run.output
-
-    def save(self, **values):
-        self.result.update(values)
-        write_json(os.path.join(self.path, "result.json"), self.result)
-
-    PARTIAL = ("channel", "wheels", "work", "venv")  # what an attempt writes that is of no use once it failed
-
-    def discard_partial(self):
-        """Remove what this attempt had started writing (carried packages, unzipped copies, its venv):
-        after a full disk, so that the disk is not left full and the attempt's end can be recorded."""
-        import shutil
-        for folder in self.PARTIAL:
-            shutil.rmtree(os.path.join(self.path, folder), ignore_errors=True)
-        for leftover in os.listdir(self.path):
-            if leftover.startswith(".pm-") and leftover.endswith(".part"):
-                remove_quietly(os.path.join(self.path, leftover))
-
-
-class MigrateOptions(object):
-    """What the caller asks of a migration (the command line's flags, as plain values)."""
-
-    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=(),
-                 no_conda=False, allow_scripts=False, prefix=None):
-        self.no_conda = no_conda  # install the bundle's carried packages without conda
-        self.max_ratio = None  # --max-ratio: also bounds what pm's linker unpacks
-        self.allow_scripts = allow_scripts
-        self.prefix = prefix
-        self.env_name = env_name
-        self.force = force
-        self.skip_tests = skip_tests
-        self.yes = yes
-        self.answers = dict(answers or {})  # requirement -> Choice, from --answers
-        self.pck_mgr_configs = list(pck_mgr_configs)
-        self.force_preflight = False  # --force-preflight: go on when this machine cannot run the binaries
-        self.preflight = None  # the problems the preflight found (None: the bundle has no record of its binaries)
-
-
-class MigrationResult(object):
-    """What an attempt came to: passed or failed, its tests, packages and where the software went."""
-
-    def __init__(self, attempt, tests, packages=None, installed=None):
-        self.attempt = attempt
-        self.tests = tests
-        self.packages = packages
-        self.installed = installed
-        self.activate = None  # the shell command that gives the installed software the packages its tests had
-        self.module = None  # (modulefiles folder, NAME/VERSION) when the install wrote modulefiles
-        self.passed = all(t.status == "passed" for t in tests)
-
-    def exit_code(self):
-        return 0 if self.passed else 1
-
-    def stored_rows(self, key):
-        """The attempt's requirement rows of one list of result.json ('python', 'unmet')."""
-        return [RequirementRow.from_json(row) for row in self.attempt.result.get(key) or []]
-
-
-def migrate(store, name, config, bundle, options):
-    """One attempt in its own directory: recreate the environment, test, install; return a
-    MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
-    import shutil
-    check_options(bundle, config, options)
-    attempt = Attempt(store, name)
-    say("migrating %s (attempt %s)" % (name, attempt.id))
-    here = this_platform()
-    for note in platform_notes(bundle.manifest.source, here):
-        say("note: " + note)
-    if config.paths:
-        write_atomic(os.path.join(attempt.path, TEST_CONFIG_COPY), config.copy_text())
-    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here,
-                 source=bundle.manifest.source, test_config=TEST_CONFIG_COPY if config.paths else None)
-    if options.preflight is not None:
-        attempt.save(preflight={"problems": options.preflight, "forced": bool(options.preflight),
-                                "checked": "the binaries pack recorded"})
-    try:
-        try:
-            return recreate_test_install(attempt, config, bundle, options)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
-            attempt.discard_partial()
-            raise PmError("the disk is full (writing %s)" % where,
-                          "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
-    except Exception as exc:  # one boundary: whatever happens, the attempt ends with its reason
-        exc.attempt = attempt
-        what = exc.what if isinstance(exc, PmError) else "internal error: %s: %s" % (type(exc).__name__, exc)
-        try:
-            attempt.save(status="error", error=what, finished=time.time())
-        except OSError:
-            pass  # the disk may be the problem; the error line still tells
-        say("attempt: %s" % attempt.path)
-        raise
-    except KeyboardInterrupt as exc:
-        exc.attempt = attempt
-        attempt.save(status="interrupted", finished=time.time())
-        raise
-    finally:
-        shutil.rmtree(os.path.join(attempt.path, "channel"), ignore_errors=True)  # the carried channel
-        for handle in attempt.holds:
-            os.close(handle)
-        write_sbom(bundle, attempt)
-        write_report_html(store, name, attempt)
-
-
-def check_options(bundle, config, options):
-    """Every flag acts, or pm says in one line why it cannot, and what would refuse the migration anyway
-    (a taken install target, no conda for the conda route) is said, before anything runs or is made."""
-    carried = (bundle.manifest.packages or {}).get("carried")
-    with_conda = "conda" in config.package_managers
-    if options.no_conda and not carried:
-        raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
-                      "pack it again with --with-packages, or leave out --no-conda")
-    if options.no_conda and not with_conda:
-        raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
-                      "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
-    by_pm = by_pm_linker(config, bundle, options)
-    install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
-    if with_conda and not by_pm:
-        find_conda_here()
-    by_conda = with_conda and carried and not by_pm  # conda links pm's cache
-    note_unused_flags(options, with_conda, by_pm, by_conda)
-
-
-def note_unused_flags(options, with_conda, by_pm, by_conda):
-    """The notes for flags this migration's route does not use."""
-    if options.prefix and not with_conda:
-        say("note: --prefix places a conda environment (conda's, or pm's without conda); this migration uses the "
-            "package managers, so it does nothing")
-    if options.allow_scripts and not by_pm and not by_conda:
-        say("note: --allow-scripts applies only to the packages a bundle carries; this migration uses %s, so it "
-            "does nothing" % ("conda's channels" if with_conda else "the package managers"))
-
-
-def recreate_test_install(attempt, config, bundle, options):
-    """The steps of an attempt: the environment (conda, pm's linker, or the package managers), the
-    tests on an unzipped copy, and the install when every test passed."""
-    env_file, min_deps = bundle.environment()
-    dists = base_distributions(bundle)
-    drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
-    env_file = pip_entries_from_an_index(env_file, dists)
-    base = base_requirements(bundle, env_file, min_deps)  # once: every route and the rows read it
-    provided = route_for(config, bundle, options).provide(attempt, config, bundle, options, env_file, min_deps,
-                                                          dists, base)
-    packages, test_environ, activate, site = provided.packages, provided.environ, provided.activate, provided.site
-    python_rows = provided.python_rows
-    software_of_base = base.software
-    for dist in software_of_base if dists is None else ():
-        say("%s %s is the software itself: it comes from the migrated tree, never from an index"
-            % (dist["name"], dist["version"]))
-    attempt.result["python"] = rows_json(python_rows)
-    record_env_pythons(attempt, bundle, test_environ)
-    attempt.save(unmet=rows_json(missing_rows(base, attempt.result, software_of_base,
-                                              route_why_missing(attempt.result, config.package_managers))))
-    tests = run_tests(attempt, config, bundle, options, test_environ,
-                      lambda software: python_rows.extend(link_software_dists(attempt, site, software_of_base,
-                                                                              software, "tested copy")))
-    result = MigrationResult(attempt, tests, packages)
-    attempt.save(tests=[t.to_json() for t in tests])  # kept if the install is refused (a concurrent one won)
-    if result.passed:
-        result.installed = install_software(bundle, config.output_dir, options.force, attempt.store, attempt.id)
-        installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
-        if options.skip_tests:
-            python_rows += installed_rows
-            attempt.save(python=rows_json(python_rows))
-        after_the_install(attempt, options)
-        result.activate = activate
-        say("installed %s into %s" % (attempt.name, result.installed))
-        if config.modulefiles:
-            result.module = write_modulefiles(attempt, bundle, dists, config.modulefiles, test_environ, tests,
-                                              result.installed)
-    attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
-                 installed_to=result.installed, activate=result.activate, finished=time.time(),
-                 seconds=round(time.time() - attempt.started, 3))
-    return result
-
-
-class Provided(object):
-    """What a route made for the tests: the package managers' rows (None on the conda routes), the tests'
-    environment variables, the command that activates it, its site-packages (None: none), and the rows of
-    the wheels and of what pip installed."""
-
-    def __init__(self, packages, environ, activate, site=None, python_rows=()):
-        self.packages, self.environ, self.activate = packages, environ, activate
-        self.site, self.python_rows = site, list(python_rows)
-
-
-class Route(object):
-    """One way to recreate the environment (ROUTES, in the order they are tried): when it applies, and
-    its function, each with the same arguments (attempt, config, bundle, options, env_file, min_deps,
-    dists, base) returning a Provided."""
-
-    def __init__(self, name, applies, provide):
-        self.name, self.applies, self.provide = name, applies, provide
-
-
-def route_for(config, bundle, options):
-    """The first of ROUTES that applies to this migration."""
-    return next(route for route in ROUTES if route.applies(config, bundle, options))
-
-
-def by_pm_linker(config, bundle, options):
-    carried = (bundle.manifest.packages or {}).get("carried")
-    return "conda" in config.package_managers and bool(carried) and (options.no_conda or not conda_is_here())
-
-
-def run_tests(attempt, config, bundle, options, environ, link_software):
-    """Every test of the configuration on an unzipped copy of the software (link_software(copy) first
-    puts it on the environment's path); [TestResult]. The copy goes afterwards, also on Ctrl-C."""
-    import shutil
-    if options.skip_tests:
-        say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
-            "it works here")
-        return []
-    work = os.path.join(attempt.path, "work")
-    try:
-        software = bundle.extract_software(work)
-        link_software(software)
-        attempt.save(python=attempt.result["python"])
-        return [run_test(attempt, test, software, environ) for test in config.tests]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def after_the_install(attempt, options):
-    """Once a pass is installed: the software's earlier environments in the store that no install runs
-    with any more go (remove_unused_envs), and on the conda route the environment named after the
-    software becomes a copy of this install's (name_newest_env); neither with --prefix."""
-    prefix = attempt.result.get("env_prefix")
-    if not prefix or options.prefix:
-        return
-    remove_unused_envs(attempt, prefix)
-    if attempt.conda:
-        name_newest_env(attempt, attempt.conda[0], options.env_name or attempt.name, prefix, attempt.conda[1])
-
-
-def run_test(attempt, test, software, environ):
-    """Run one test in its own shell, streaming output to the console and its log file."""
-    log = os.path.join(attempt.path, "test-%s.log" % test.name)
-    script = (ACTIVATE_SCRIPTS if environ.get("CONDA_PREFIX") else "") + test.command
-    command = (shlex.split(test.runner) if test.runner else []) + ["/bin/sh", "-c", script]
-    workdir = os.path.join(software, test.workdir) if test.workdir else software
-    attempt.log("test %s: %s (in %s)" % (test.name, test.command, workdir))
-    say("--- test %s: %s" % (test.name, test.command))
-    started = time.time()
-    append_private(log).close()
-    run = run_command(command, log, cwd=workdir, environ=dict(environ, **test.env), timeout=test.timeout,
-                      echo=True, capture=False)
-    status = "error" if run.code is None else "timeout" if run.timed_out else "passed" if run.code == 0 else "failed"
-    code = 127 if run.code is None else run.code
-    seconds = time.time() - started
-    attempt.log("test %s: %s, exit %d, %.2f s" % (test.name, status, code, seconds))
-    if run.leftovers:
-        say("warning: test %s left %d process%s running (%s); pm stopped %s" % (
-            test.name, len(run.leftovers), "es" * (len(run.leftovers) > 1),
-            "; ".join(run.leftovers), "them" if len(run.leftovers) > 1 else "it"))
-        attempt.log("test %s left running: %s" % (test.name, "; ".join(run.leftovers)))
-    return TestResult(test.name, status, code, seconds, log, run.leftovers,
-                      "%s %s" % (test.runner, test.command) if test.runner else test.command)
-
-
-def install_target(bundle, output_dir, force):
-    """output_dir/<dir>, which must be free unless --force: checked before an attempt starts, and
-    again when it installs."""
-    target = os.path.join(output_dir, bundle.manifest.software_dir())
-    replacing = os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target))
-    if replacing and not force:
-        raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
-    if replacing and not os.path.isfile(install_mark(target)):
-        raise PmError("%s was not installed by pm, and --force replaces only what pm installed" % target,
-                      "move it away yourself, or change output_dir")
-    return target
-
-
-def install_mark(target):
-    """The file beside an install that says pm made it (so --force may replace it): output_dir/.DIR.pm-installed."""
-    return os.path.join(os.path.dirname(target), ".%s.pm-installed" % os.path.basename(target))
-
-
-def attempt_install_in_use(attempt):
-    """Whether an attempt's install is still there and still its own (the install mark names it)."""
-    installed = attempt.get("installed_to")
-    if not installed or not os.path.isdir(installed):
-        return False
-    try:
-        mark = read_json(install_mark(installed))
-    except (OSError, ValueError):
-        return True  # pm cannot tell: keep it
-    return mark.get("attempt") in (None, attempt["id"])
-
-
-def install_software(bundle, output_dir, force, store, attempt_id=None):
-    """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
-    install (replaced with --force) stays whole until the new one is complete; one install into
-    output_dir at a time (the store's lock file for it, never output_dir itself)."""
-    import shutil
-    import tempfile
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
-    try:
-        extracted = bundle.extract_software(os.path.join(staging, "new"))
-        with FolderLock(store.install_lock(output_dir), "an install into %s" % output_dir):  # a second migrate checks after the swap
-            target = install_target(bundle, output_dir, force)
-            if os.path.lexists(target):
-                os.rename(target, os.path.join(staging, "old"))
-            os.rename(extracted, target)
-            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time(),
-                                              "attempt": attempt_id}, 0o644)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-# -- Modulefiles: a module to load -------------------------------------------------
-# With modulefiles = DIR in the test configuration (or --modulefiles DIR), a passed install writes
-# DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl, Environment Modules): what the route's
-# activation does (the environment's bin first on PATH, CONDA_PREFIX or VIRTUAL_ENV, what conda's
-# activate.d scripts set) and a conflict with the software's other versions. Each file's first lines
-# name the attempt that wrote it; the attempt's result.json lists them, and whatever removes the
-# attempt's environment (a later pass, prune) removes the files that still name it.
-
-MODULE_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z"  # a plain version: one path component, no '..'
-MODULE_MARK = "pm: written for attempt %s"  # on each modulefile's second line
-ACTIVATE_D = "etc/conda/activate.d"
-ENV_NOISE = ("_", "SHLVL", "PWD", "OLDPWD")  # what a shell changes by itself
-
-
-def check_modulefiles_dir(folder, where):
-    if not os.path.isabs(os.path.expanduser(folder)):
-        raise PmError("%s is not an absolute folder" % where, "give a full path such as /opt/modulefiles")
-    return folder
-
-
-def module_version(bundle, dists, attempt):
-    """The software's version (python-dists.json's software record), else the bundle's revision
-    (0003 of the store's 0003.zip), else the attempt's id; always a plain version."""
-    version = next((str(d.get("version")) for d in software_dists(dists) if d.get("version")), None)
-    if version and re.match(MODULE_VERSION, version) and ".." not in version:
-        return version
-    if version:
-        say("warning: the software's version %r is not a plain version; its modulefile is named after the "
-            "bundle" % (version,))
-    revision = os.path.basename(bundle.path)[:-len(".zip")] if bundle.path.endswith(".zip") else ""
-    in_store = os.path.dirname(bundle.path) == attempt.store.bundles_dir(attempt.name)
-    return revision if in_store and re.match(MODULE_VERSION, revision) else attempt.id
-
-
-def activate_d_changes(prefix, environ):
-    """{name: (before, after)} for what the prefix's activate.d scripts change, run by bash in a
-    subshell (env -0 before and after), as the tests had them."""
-    import glob
-    import subprocess
-    scripts = sorted(glob.glob(os.path.join(prefix, ACTIVATE_D, "*.sh")))
-    if not scripts:
-        return {}, []
-    script = 'env -0; printf "\\0pm-after\\0"; %s env -0' % "".join('. %s; ' % shlex.quote(s) for s in scripts)
-    proc = subprocess.run(["bash", "-c", script], env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, timeout=60)
-    before, _, after = proc.stdout.partition(b"\0pm-after\0")
-
-    def parse(data):
-        return dict(item.decode("utf-8", "replace").split("=", 1) for item in data.split(b"\0") if b"=" in item)
-    before, after = parse(before), parse(after)
-    changes = dict((key, (before.get(key), after.get(key))) for key in set(before) | set(after)
-                   if before.get(key) != after.get(key) and key not in ENV_NOISE)
-    return changes, scripts
-
-
-def quoted(text, specials, control):
-    """text as a double-quoted string of a modulefile's language: specials escaped with a backslash,
-    control characters in that language's numeric escape (control % code)."""
-    out = []
-    for char in str(text):
-        out.append("\\" + char if char in specials else control % ord(char) if ord(char) < 32 or ord(char) == 127
-                   else char)
-    return '"%s"' % "".join(out)
-
-
-def lua_string(text):
-    return quoted(text, '\\"', "\\%03d")
-
-
-def tcl_string(text):
-    return quoted(text, '\\"$[]{}', "\\u%04x")
-
-
-def module_lines(attempt, bundle, environ, tests, version, installed):
-    """(variables set, paths prepended, activate.d scripts, changes they make, whatis, help)."""
-    prefix = attempt.result.get("env_prefix")
-    venv = environ.get("VIRTUAL_ENV")
-    variables, paths = [], []
-    if venv:
-        paths.append(("PATH", os.path.join(venv, "bin")))
-        variables.append(("VIRTUAL_ENV", venv))
-    elif prefix:
-        paths.append(("PATH", os.path.join(prefix, "bin")))
-        variables += [("CONDA_PREFIX", prefix), ("CONDA_DEFAULT_ENV", environ.get("CONDA_DEFAULT_ENV") or prefix)]
-    changes, scripts = activate_d_changes(prefix, environ) if prefix and not venv else ({}, [])
-    source = bundle.manifest.source if isinstance(bundle.manifest.source, dict) else {}
-    base = "%s (%s)" % (source.get("hostname") or "an unknown machine", source.get("os") or "unknown OS")
-    passed = [t.name for t in tests if t.status == "passed"]
-    whatis = "%s %s, migrated by pm from %s on %s" % (attempt.name, version, base, time.strftime("%Y-%m-%d"))
-    helptext = "%s\ntests passed: %s\ninstalled in: %s\nattempt: %s" % (
-        whatis, ", ".join(passed) if passed else "none (installed with --skip-tests)",
-        installed, attempt.path)
-    return variables, paths, scripts, changes, whatis, helptext
-
-
-def path_change(before, after):
-    """The entries a script put in front of (or after) a path variable, or None when it did more."""
-    if before and after.endswith(os.pathsep + before):
-        return "prepend", after[:-len(before) - 1]
-    if before and after.startswith(before + os.pathsep):
-        return "append", after[len(before) + 1:]
+    depends_on_python = depends is not None and any(str(d).split()[0] == "python" for d in depends if str(d).strip())
+    if channel == "pypi" or str(build or "").startswith("pypi") or noarch == "python" or python_build(build) or \
+            (depends_on_python and re.search(r"(^py|4py$|^python-)", name)):
+        return PIP_RENAMES.get(name, name)
     return None
 
 
-def write_modulefiles(attempt, bundle, dists, folder, environ, tests, installed):
-    """DIR/NAME/VERSION.lua and DIR/NAME/VERSION, written atomically inside DIR; recorded in the
-    attempt's result.json (modulefiles). Returns (DIR, NAME/VERSION)."""
-    name, version = check_name(attempt.name), module_version(bundle, dists, attempt)
-    folder = os.path.abspath(folder)
-    os.makedirs(os.path.join(folder, name), exist_ok=True)
-    where = os.path.realpath(os.path.join(folder, name))
-    if os.path.dirname(where) != os.path.realpath(folder):
-        raise PmError("%s/%s is not a folder inside %s" % (folder, name, folder), "remove the link, or choose another "
-                      "modulefiles folder")
-    variables, paths, scripts, changes, whatis, helptext = module_lines(attempt, bundle, environ, tests, version,
-                                                                        installed)
-    mark = MODULE_MARK % attempt.id
-    lua = ["-- -*- lua -*-", "-- " + mark, "whatis(%s)" % lua_string(whatis), "help(%s)" % lua_string(helptext),
-           "conflict(%s)" % lua_string(name)]
-    tcl = ["#%Module1.0", "## " + mark, "module-whatis %s" % tcl_string(whatis),
-           "proc ModulesHelp { } {", "    puts stderr %s" % tcl_string(helptext), "}", "conflict %s" % name]
-    for key, value in variables:
-        lua.append("setenv(%s, %s)" % (lua_string(key), lua_string(value)))
-        tcl.append("setenv %s %s" % (key, tcl_string(value)))
-    for key, value in paths:
-        lua.append("prepend_path(%s, %s)" % (lua_string(key), lua_string(value)))
-        tcl.append("prepend-path %s %s" % (key, tcl_string(value)))
-    for script in scripts:  # Lmod runs them itself, and undoes what they did on unload
-        lua.append("source_sh(%s, %s)" % (lua_string("bash"), lua_string(script)))
-    for key, (before, after) in sorted(changes.items()):
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
+class Requirement(object):
+    """A direct requirement from the base machine: conda name, version, and whether it is a
+    Python package (conda_pypi_name: from its build string), which steers relaxed matches."""
+
+    def __init__(self, name, version=None, build="", python=None, channel=None):
+        self.name, self.version = name, version
+        self.python = python if python is not None else conda_pypi_name(name, build, channel=channel) is not None
+
+    def label(self):
+        return "%s %s" % (self.name, self.version) if self.version else self.name
+
+
+class Candidate(object):
+    """A package some manager offers for a requirement, and why it matched."""
+
+    def __init__(self, manager, package, versions, why, rank):
+        self.manager, self.package, self.versions, self.why, self.rank = manager, package, versions, why, rank
+
+    def best_version(self, wanted):
+        known = [v for v in self.versions if v]
+        if not known:
+            return None
+        return sorted(known, key=lambda v: version_distance(v, wanted))[0]
+
+    def choice(self, wanted):
+        """This candidate as what to install: its version closest to the base machine's."""
+        return Choice(self.manager.key, self.package, self.best_version(wanted))
+
+
+def version_parts(version):
+    version = re.sub(r"^\d+:", "", version or "")      # Debian epoch
+    version = re.sub(r"-[^-]*$", "", version) if "-" in version else version  # package revision
+    return [int(p) for p in re.findall(r"\d+", version)][:6]
+
+
+def version_distance(version, wanted):
+    """Sort key: equal first, then the longest common prefix, then the smallest gap."""
+    have, want = version_parts(version), version_parts(wanted)
+    if not want:
+        return (0, 0, [-p for p in have])
+    common = 0
+    while common < min(len(have), len(want)) and have[common] == want[common]:
+        common += 1
+    if common == len(want) == len(have):
+        return (0, 0, [])
+    gap = abs(have[common] - want[common]) if common < min(len(have), len(want)) else 0
+    return (1, -common, [gap])
+
+
+def requirements_of(min_deps, env_file):
+    """Direct requirements: min-deps.json records (else env.yml's conda entries), then what pip
+    installed into the environment (env.yml's pip: list; conda's records do not hold it)."""
+    reqs = []
+    for record in min_deps or []:
+        if isinstance(record, dict) and record.get("name"):
+            reqs.append(Requirement(record["name"], record.get("version"), str(record.get("build_string") or ""),
+                                    channel=record.get("channel")))
+    if not reqs:
+        for spec in env_file.dependencies:
+            parts = spec.split("=")
+            reqs.append(Requirement(spec_name(spec), parts[1] if len(parts) > 1 and parts[1] else None))
+    known = set(pip_name(r.name) for r in reqs)
+    for spec in env_file.pip:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:==\s*([A-Za-z0-9.+!_-]+))?\s*$", spec)
+        if not match:
+            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % spec)
+        elif pip_name(match.group(1)) not in known:
+            known.add(pip_name(match.group(1)))
+            reqs.append(Requirement(match.group(1), match.group(2), python=True))
+    safe = []
+    for req in reqs:
+        if req.name in CONDA_OWN_PACKAGES or req.name.startswith("_"):
             continue
-        change = path_change(before, after) if after is not None else None
-        if after is None:
-            tcl.append("unsetenv %s" % key)
-        elif change:
-            tcl.append("%s-path %s %s" % (change[0], key, tcl_string(change[1])))
-        else:
-            tcl.append("setenv %s %s" % (key, tcl_string(after)))
-    written = []
-    for path, lines in ((os.path.join(where, version + ".lua"), lua), (os.path.join(where, version), tcl)):
-        write_atomic(path, "\n".join(lines) + "\n", 0o644)
-        written.append(path)
-    attempt.save(modulefiles=written)
-    say("modulefiles: %s" % ", ".join(written))
-    return folder, "%s/%s" % (name, version)
-
-
-def remove_modulefiles(result):
-    """Remove an attempt's modulefiles (its result.json's modulefiles) that still name it."""
-    for path in (result or {}).get("modulefiles") or []:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                head = handle.read(4096).splitlines()[1:2]
-        except (OSError, IndexError, TypeError):
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*\Z", req.name):
+            say("warning: ignoring the requirement %r: not a package name" % req.name)
             continue
-        if head and head[0].endswith(MODULE_MARK % result.get("id")):
-            remove_quietly(path)
-
-
-
-# -- With conda ---------------------------------------------------------------
-
-
-def env_packages(prefix, bundle=None):
-    """name, version and build of every package in a prefix (its conda-meta records), with the base's
-    version (the bundle's conda-list.json) beside each."""
-    base = {}
-    try:
-        listed = bundle.read_json("conda-list.json") if bundle else []
-    except (KeyError, ValueError):
-        listed = []
-    for record in listed if isinstance(listed, list) else []:
-        if isinstance(record, dict) and isinstance(record.get("name"), str):
-            base[record["name"]] = str(record.get("version"))
-    rows = []
-    meta = os.path.join(prefix, "conda-meta")
-    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
-        if filename.endswith(".json"):
-            record = read_json(os.path.join(meta, filename))
-            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
-                         "base_version": base.get(record.get("name"))})
-    return rows
-
-
-def find_conda_here():
-    """This machine's conda, found as the probe finds it ($CONDA_EXE, PATH, the usual prefixes)."""
-    try:
-        return PROBE.find_conda()
-    except PmError as exc:
-        raise PmError(exc.what, "install conda, set CONDA_EXE, or list other package managers in the "
-                                "test configuration")
-
-
-class CondaHere(object):
-    """The target's conda: its executable, and what 'conda info --json' says about it (asked through
-    the attempt's runner, logged and timed as every conda call)."""
-
-    def __init__(self, exe, attempt):
-        self.exe = exe
-        code, output = attempt.run([exe, "info", "--json"])
-        try:
-            self.info = json.loads(output[output.index("{"):output.rindex("}") + 1])
-        except ValueError:
-            raise PmError("'%s info --json' %s" % (exe, "failed (exit %d)" % code if code else "did not print JSON"),
-                          "check this conda with 'conda info', or set CONDA_EXE to another conda")
-
-    def env_prefix(self, env_name):
-        """The prefix of the environment conda means by '-n env_name', if there is one."""
-        return PROBE.named_env_prefix(self.info, env_name)
-
-
-# conda's "not found" errors: 4.3 names the first missing package only (NoPackagesFoundError,
-# PackageNotFoundError), current conda all of them (ResolvePackageNotFound, PackagesNotFoundError).
-NOT_FOUND_ERRORS = (r"(NoPackagesFoundError|PackageNotFoundError|PackagesNotFoundError|"
-                    r"ResolvePackageNotFound)\b")
-
-
-def missing_packages(output):
-    """The specs a failed conda command says it cannot find, as it lists them ('  - name version')."""
-    missing, listing = [], False
-    for line in output.splitlines():
-        if re.search(NOT_FOUND_ERRORS, line):
-            listing = True
-            continue
-        item = re.match(r"^\s+- (\S.*?)\s*$", line)
-        if listing and item:
-            missing.append(item.group(1))
-        elif listing and missing and line.strip():
-            listing = False
-    return missing
-
-
-def conda_error_line(output, code):
-    """The line of a failed conda command that names its error (the last such), else its last line."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
-    named = [line for line in lines if re.match(r"^[A-Za-z.]*(Error|Exception)\b.*:", line)]
-    return (named or lines or ["exit %d" % code])[-1]
-
-
-def all_missing(attempt, conda, prefix, specs, first_missing, channel_args=()):
-    """Every spec of a level that the channels lack, not only the first that conda 4.3 names:
-    dry runs without what was found missing, until conda finds the rest (at most one per spec)."""
-    missing = list(first_missing)
-    while missing and len(missing) < len(specs):
-        missing_names = set(spec_name(m) for m in missing)
-        rest = [s for s in specs if spec_name(s) not in missing_names]
-        code, output = attempt.run([conda.exe, "create", "--dry-run", "-p", prefix] + list(channel_args) + rest)
-        more = [m for m in missing_packages(output) if spec_name(m) not in missing_names]
-        if code == 0 or not more:
-            break
-        missing += more
-    return missing
-
-
-PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those it replaces or removes
-
-
-class CarriedChannel(object):
-    """The bundle's own packages, unzipped as a local channel, with its unpacked packages extracted
-    into a package cache of its own (pkgs/, as if conda had downloaded them); args are conda's flags to
-    use it (alone and offline, when nothing is missing from it), environ points conda at that cache."""
-
-    def __init__(self, folder, complete):
-        from urllib.request import pathname2url
-        self.folder = folder
-        self.url = "file://" + pathname2url(folder)
-        self.args = ["--offline", "--override-channels", "-c", self.url] if complete else ["-c", self.url]
-        self.pkgs = os.path.join(folder, "pkgs")
-        self.environ = dict(os.environ, CONDA_PKGS_DIRS=self.pkgs)
-
-
-def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False, force_preflight=False):
-    """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
-    (a note says why); a .conda archive that this conda cannot read stops before anything is made.
-    Unpacked packages and .tar.bz2 archives are extracted by pm into the cache conda links from,
-    checked there (extract_into_cache); .conda archives conda extracts itself."""
-    import shutil
-    packages = bundle.manifest.packages or {}
-    carried = packages.get("carried") or []
-    if not carried:
-        return None
-    here = conda.info.get("platform") or ""
-    if packages.get("platform") != here:
-        say("note: the bundle carries its packages for %s, and this conda is %s: they cannot serve here, so "
-            "this conda's own channels are used" % (packages.get("platform"), here or "of an unknown platform"))
-        return None
-    newer = [c["file"].rsplit("/", 1)[-1] for c in carried if c["file"].endswith(".conda")]
-    if newer and PROBE.conda_version(conda.info) < (4, 7):
-        raise PmError("conda %s reads no .conda packages, and the bundle carries %d: %s" % (
-            conda.info.get("conda_version", "?"), len(newer), ", ".join(newer)),
-            "use conda 4.7 or newer here, or pack again on the base with --with-packages --as-tar-bz2")
-    missing = packages.get("missing") or []
-    if missing:
-        say("note: the bundle lacks %d of its packages (%s): this conda's channels must provide them"
-            % (len(missing), ", ".join(m["name"] for m in missing)))
-    channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
-    try:
-        unpacked = carried_archives(channel.folder, conda_reads=True)  # all but the .conda archives
-        if unpacked:
-            started = time.time()
-            extract_into_cache(unpacked, channel, max_ratio, allow_scripts)
-            attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
-                                                                            time.time() - started))
-            if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before conda links them
-                check_carried_files(attempt, [PROBE.BinaryNeeds("conda", a.entry["name"], a.entry["version"]).add_folder(
-                    os.path.join(channel.pkgs, a.dist)) for a in unpacked], force_preflight)
-    except BaseException:
-        shutil.rmtree(channel.folder, ignore_errors=True)
-        raise
-    say("using the %s the bundle carries%s" % (plural(len(carried), "package"), "" if missing else ", offline"))
-    return channel
-
-
-NOT_CACHED = ("pm_file", "md5", "sha256", "size")  # an extracted package's entry: conda takes the cache's copy
-LINK_SCRIPT = r"^bin/\.[^/]+-(pre-link|post-link|pre-unlink)\.sh\Z"  # conda runs these when it links
-
-
-def extract_into_cache(archives, channel, max_ratio=None, allow_scripts=False):
-    """Extract carried packages into the channel's own package cache, as conda leaves a package it
-    downloaded: pkgs/<dist>/ (each through a containment writer of its own, a few at once), its
-    info/repodata_record.json naming the channel, and urls.txt (conda 4.3 finds a package by it). The
-    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy.
-    What conda reads to link a package is checked against its own members first (check_conda_index);
-    link scripts are left out unless allow_scripts, and named."""
-    import bz2
-    import io
-    os.mkdir(channel.pkgs, 0o700)
-
-    def one(archive):
-        writer = Contained.for_carried(os.path.join(channel.pkgs, archive.dist), os.path.getsize(archive.path),
-                                       max_ratio)
-        os.mkdir(writer.root, 0o755)
-        written, left_out = [], []
-        for name, kind, mode, mtime, content in archive.members(writer.max_files, with_info=True):
-            if not allow_scripts and re.match(LINK_SCRIPT, name):
-                left_out.append(name)
-                continue
-            if kind == "link":
-                writer.symlink(name, content, archive.fn)
-            else:
-                writer.write(name, content, mode, mtime, archive.fn)
-            written.append(name)
-        writer.check_links(writer.root, written)
-        check_conda_index(writer, archive.fn, set(written), set(left_out))
-        entry = dict((k, v) for k, v in archive.entry.items() if k not in NOT_CACHED)
-        entry.update(fn=archive.fn, url="%s/%s/%s" % (channel.url, entry.get("subdir", ""), archive.fn),
-                     channel=channel.url)
-        writer.write("info/repodata_record.json", io.BytesIO(json.dumps(entry, sort_keys=True).encode("utf-8")),
-                     0o644, None, archive.fn)
-        return entry["url"], left_out
-
-    done = [result for _, result in PROBE.in_threads(one, archives, min(PROBE.WORKERS, os.cpu_count() or 1))]
-    scripts = sorted(set(a.entry["name"] for a, (_, left_out) in zip(archives, done) if left_out))
-    if scripts:
-        say("note: %s %s link scripts (post-link, pre-unlink), which pm leaves out of what conda links, so none "
-            "runs (--allow-scripts runs them)" % (", ".join(scripts), "has" if len(scripts) == 1 else "have"))
-    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url, _ in done), 0o644)
-    for archive in archives:
-        os.remove(archive.path)
-    for subdir in sorted(set(a.entry.get("subdir", "") for a in archives)):
-        path = os.path.join(channel.folder, subdir, "repodata.json")
-        repodata = read_json(path)
-        extracted = set(a.fn for a in archives if a.entry.get("subdir", "") == subdir)
-        for fn, entry in (repodata.get("packages") or {}).items():
-            for key in NOT_CACHED if fn in extracted else ("pm_file",):
-                entry.pop(key, None)
-        data = json.dumps(repodata, sort_keys=True).encode("utf-8")
-        write_atomic(path, data, 0o644)
-        write_atomic(path + ".bz2", bz2.compress(data), 0o644)
-
-
-def check_conda_index(writer, fn, members, left_out):
-    """What conda reads to link an extracted package (info/paths.json's paths, info/files, link.json's
-    entry points), checked before conda sees it: every path one of the package's own members (which the
-    writer made: plain names inside it), every entry point NAME = module:function; the link scripts
-    left out (left_out) are taken out of both lists."""
-    check_paths_json(writer, fn, members, left_out)
-    check_files_list(writer, fn, members, left_out)
-    check_entry_points(writer, fn)
-
-
-def read_info(writer, fn, name):
-    """The text of an extracted package's info/NAME (its size checked first), or None."""
-    path = os.path.join(writer.root, "info", name)
-    if not os.path.isfile(path):
-        return None
-    check_info_size("info/" + name, os.path.getsize(path), fn)
-    with open(path, "rb") as handle:
-        return handle.read().decode("utf-8", "replace")
-
-
-def not_its_own(member, fn, field, value):
-    return PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
-                   % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
-
-
-def plain_folder(path):
-    """A directory entry of paths.json that names a plain relative folder (no member of its own)."""
-    return bool(path) and not path.startswith("/") and not re.search(CONTROL_OR_NEWLINE, path) and \
-        not set(path.split("/")) & set(["", ".", ".."])
-
-
-def check_paths_json(writer, fn, members, left_out):
-    import io
-    text = read_info(writer, fn, "paths.json")
-    if text is None:
-        return
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
-    items = data.get("paths") if isinstance(data, dict) else None
-    if not isinstance(items, list):
-        raise not_its_own("info/paths.json", fn, "paths", items)
-    for item in items:
-        path = item.get("_path") if isinstance(item, dict) else None
-        if not isinstance(path, str) or (path not in members and path not in left_out and not (
-                item.get("path_type") == "directory" and plain_folder(path))):
-            raise not_its_own("info/paths.json", fn, "_path", path)
-    if left_out:
-        data["paths"] = [i for i in items if i["_path"] not in left_out]
-        writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
-
-
-def check_files_list(writer, fn, members, left_out):
-    import io
-    text = read_info(writer, fn, "files")
-    if text is None:
-        return
-    listed = [line.strip() for line in text.splitlines()]
-    for line in listed:
-        if line and not line.startswith("#") and line not in members and line not in left_out:
-            raise not_its_own("info/files", fn, "a line", line)
-    if left_out:
-        kept = "".join(line + "\n" for line in listed if line not in left_out)
-        writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
-
-
-def check_entry_points(writer, fn):
-    try:
-        link = json.loads(read_info(writer, fn, "link.json") or "{}")
-    except ValueError:
-        link = {}
-    noarch = link.get("noarch") if isinstance(link, dict) else None
-    points = noarch.get("entry_points") if isinstance(noarch, dict) else None
-    for point in points if isinstance(points, list) else []:
-        command, _, target = str(point).partition("=")
-        if not re.match(SCRIPT_NAME, command.strip()) or not re.match(ENTRY_TARGET, target.strip()):
-            raise PmError("info/link.json of the carried package %s names the entry point %r, which is not NAME = "
-                          "module:function" % (fn, str(point)[:100]), "do not use this bundle; pack the software again")
-
-
-def environment_with_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
-    """The conda route: the attempt's own environment (attempt_env_prefix, or --prefix), made by this
-    conda from the bundle's carried packages or its channels, then the wheels and pip's part (a
-    Provided); the carried channel's folder goes when the attempt ends (migrate)."""
-    conda = CondaHere(find_conda_here(), attempt)
-    attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
-    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
-                                                                                      attempt)
-    if os.path.lexists(prefix):
-        raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
-    channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
-                              options.force_preflight)
-    conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
-    try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
-        level = create_conda_env(attempt, conda, prefix, conda_part, min_deps, channel)
-    except PmError as exc:
-        failure = "not installed: %s" % exc.what
-        attempt.save(unmet=rows_json(missing_rows(base, {}, [], lambda name, version, pypi: failure)))
-        raise
-    hold_prefix(attempt, prefix)  # used by this attempt: no later pass or prune removes it meanwhile
-    say("environment ready at %s (level %s)" % (prefix, level))
-    python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
-    python_rows += conda_env_pip_part(attempt, bundle, prefix, base, options, bool(channel))
-    if channel:
-        note_activation_scripts(packages_with_activation_scripts(prefix))
-    attempt.conda = (conda, channel)
-    attempt.save(level=level, env_prefix=prefix, environment=env_packages(prefix, bundle))
-    return Provided(None, activated_environ(prefix, prefix), conda_activation(conda, prefix),
-                    env_site_packages(prefix, dists), python_rows)
-
-
-def create_conda_env(attempt, conda, prefix, env_file, min_deps, channel=None):
-    """Create the attempt's own environment at prefix, falling back level by level; return the level.
-    With channel (a CarriedChannel) every level installs from the bundle's packages. What conda made
-    of a level that failed, or when it was cut off (Ctrl-C), goes at once; the environment carries
-    PM_MADE once it is complete."""
-    if not channel:
-        env_file = channels_here(env_file)
-    missing, level_file = [], None
-    for level, level_file in migration_levels(env_file, min_deps):
-        code, output = create_at_level(attempt, conda, prefix, level, level_file, channel)
-        if code == 0 and PROBE.is_env_prefix(prefix):
-            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
-            level_file.name = attempt.name
-            write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
-            return level
-        remove_env_folder(prefix)
-        missing = missing_packages(output)
-        say("  failed at level %s: %s" % (level, "the channels lack " + ", ".join(missing) if missing
-                                          else conda_error_line(output, code)))
-    if not missing:
-        raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
-                      "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
-    missing = all_missing(attempt, conda, prefix, level_file.dependencies, missing, channel.args if channel else [])
-    attempt.save(missing=missing)
-    raise PmError("conda could not create the environment at any level (exact, no-builds, direct): its channels "
-                  "lack %s: %s" % (plural(len(missing), "package"), ", ".join(missing)),
-                  "add a channel or mirror that has them to this conda's condarc", code=1)
-
-
-def channels_here(env_file):
-    """The env file without the base's local file:// channels that are not here (this conda's serve)."""
-    gone = local_channels_missing_here(env_file.channels)
-    if not gone:
-        return env_file
-    say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
-        % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
-    return EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
-                   env_file.pip, env_file.variables)
-
-
-def create_at_level(attempt, conda, prefix, level, level_file, channel):
-    """One conda create of the environment at prefix from one level's env file (kept as env-LEVEL.yml);
-    (exit code, output). On Ctrl-C what conda had made is removed before the interruption goes on."""
-    path = os.path.join(attempt.path, "env-%s.yml" % level)
-    level_file.name = attempt.name
-    write_atomic(path, level_file.to_yaml())
-    say("creating the conda environment %s (%s, %s)..." % (prefix, level, plural(len(level_file.dependencies),
-                                                                                   "package")))
-    if channel:
-        command = [conda.exe, "create", "-y", "-p", prefix] + channel.args + level_file.dependencies
-    else:
-        command = [conda.exe, "env", "create", "-f", path, "-p", prefix]
-    try:
-        return attempt.run(command, channel.environ if channel else None)
-    except KeyboardInterrupt:  # conda is stopped (run_command): what it had made goes
-        remove_env_folder(prefix)
-        raise
-
-
-def remove_env_folder(prefix):
-    import shutil
-    if os.path.lexists(prefix):
-        say("removing %s, which conda had begun to make" % prefix)
-        shutil.rmtree(prefix, ignore_errors=True)
-
-
-def name_newest_env(attempt, conda, env_name, prefix, channel=None):
-    """After a pass: the conda environment env_name (the software's name unless --env-name) becomes a
-    clone of this install's own (conda links the packages from its cache), so that 'conda activate
-    NAME' gives the newest install, as platform-migrator 1.1.0's environment NAME did; every install
-    keeps running with its own. An environment of that name pm did not make is left as it is."""
-    hold_conda_env(attempt, env_name)
-    existing = conda.env_prefix(env_name)
-    if existing and not os.path.isfile(os.path.join(existing, PM_MADE)):
-        say("note: the conda environment %s (%s) was not made by pm, so pm leaves it; this install runs with its "
-            "own, %s" % (env_name, existing, prefix))
-        return
-    if existing:
-        attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
-        remove_env_folder(existing)  # conda keeps a folder it does not see as an environment
-    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", prefix, "--offline", "-y"],
-                               channel.environ if channel else None)  # the carried packages' own cache
-    named = conda.env_prefix(env_name)
-    if code != 0 or not named:
-        say("warning: the conda environment %s could not be made a copy of this install's (%s); the install "
-            "runs with its own, %s" % (env_name, conda_error_line(output, code), prefix))
-        return
-    write_json(os.path.join(named, PM_MADE), {"software": attempt.name, "attempt": attempt.path, "copy_of": prefix},
-               0o644)
-    say("the conda environment %s is now a copy of this install's environment" % env_name)
-
-
-def hold_conda_env(attempt, env_name):
-    """An exclusive lock on the conda environment env_name for the rest of the attempt: one attempt at a
-    time replaces it."""
-    import fcntl
-    path = os.path.join(attempt.store.software(attempt.name), ".conda-env-%s.lock" % re.sub(r"[^\w.-]", "_", env_name))
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    attempt.holds.append(handle)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        say("waiting for another pm that replaces the conda environment %s ..." % env_name)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-
-
-def conda_activation(conda, prefix):
-    """A shell command that activates the environment in a new shell: conda's hook from 4.4 on; for
-    4.3 (whose activate script a pip-installed conda lacks) what the tests had, PATH and CONDA_PREFIX."""
-    if PROBE.conda_version(conda.info) >= (4, 4):
-        return 'eval "$(%s shell.posix hook)" && conda activate %s' % (shlex.quote(conda.exe), shlex.quote(prefix))
-    return path_activation(prefix)
-
-
-def path_activation(prefix):
-    """What activation does that the tests had: the prefix's bin first on PATH, CONDA_PREFIX set."""
-    return 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
-
-
-def activated_environ(prefix, env_name):
-    """This process's environment with the conda environment active (PATH, CONDA_PREFIX)."""
-    environ = dict(os.environ)
-    environ["PATH"] = os.path.join(prefix, "bin") + os.pathsep + environ.get("PATH", "")
-    environ["CONDA_PREFIX"] = prefix
-    environ["CONDA_DEFAULT_ENV"] = env_name
-    return environ
-
-
-ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
-
-
-# -- Without conda: the carried packages, installed by pm ----------------------
-# A bundle packed --with-packages on a machine of the same platform: pm links its .tar.bz2
-# archives into a new prefix itself, as conda's linker does (prefix placeholders in text and
-# binary files, noarch: python relocation and entry points, conda-meta records and history).
-
-
-def conda_is_here():
-    try:
-        PROBE.find_conda()
+        safe.append(req)
+    return safe
+
+
+def pip_name(name):
+    """A Python project name as PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def name_variants(name, family):
+    """Names a package often has under a family of managers (FAMILIES: its variants; conda 'r-x' and
+    'python-x' lose their prefix, and are tried first as the family names R and Python packages)."""
+    base = name
+    for prefix in ("r-", "python-", "py-"):
+        if name.startswith(prefix) and len(name) > len(prefix):
+            base = name[len(prefix):]
+    base = base.replace("_", "-").lower()
+    entry = FAMILIES.get(family, OTHER_FAMILY)
+    first = [entry.python_form] if entry.python_form and name.startswith(("python-", "py-")) else []
+    first += [entry.r_form] if entry.r_form and name.startswith("r-") else []
+    variants = [form % base for form in first + list(entry.variants)]
+    unique = []
+    for variant in variants:
+        if variant != name and variant not in unique:
+            unique.append(variant)
+    return unique
+
+
+AFFIX_PREFIXES = ("", "lib", "python3-", "python-", "py3-", "py-", "r-cran-", "r-")
+AFFIX_SUFFIX = r"^(\d+[a-z]?)?(-(dev|devel|bin|tools|utils|libs|common|static|headers|runtime|\d+))*$"
+
+
+def name_inside(name, package):
+    """True when package is name with a packaging affix around it: 'zlib' in 'zlib1g-dev' or
+    'python3-numpy', not in 'libcoq-zlib' or 'zlib-server'."""
+    name, package = name.lower().replace("_", "-"), package.lower()
+    for prefix in AFFIX_PREFIXES:
+        if package.startswith(prefix + name) and re.match(AFFIX_SUFFIX, package[len(prefix + name):]):
+            return True
+    return False
+
+
+def search_base(name):
+    """The name without conda's 'r-'/'python-'/'py-' prefix, with '-' for '_' ('email_validator')."""
+    return (name.split("-", 1)[1] if re.match(r"^(r|python|py)-.", name) else name).replace("_", "-")
+
+
+def fits_python(req, manager, package):
+    """A Python requirement matches only Python packages of system managers ('panel' is not 'libpanel-dev'):
+    those of families that name them with a prefix (FAMILIES' python_prefixes)."""
+    prefixes = family_of(manager).python_prefixes
+    if not req.python or not prefixes:
         return True
-    except PmError:
-        return False
+    package = package.lower()
+    return package.startswith(prefixes) or package == search_base(req.name) + "3"
 
 
-def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
-    """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
-    when the platform is the base's (a Provided); else the test configuration's other package managers
-    serve."""
-    here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
-    if here != there:
-        others = [m for m in config.package_managers if m != "conda"]
-        say("note: the bundle carries its packages for %s, and this machine is %s: pm cannot install them here"
-            % (there, here or "of a platform conda does not name"))
-        if not others:
-            raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
-                          "install conda, or list other package managers in the test configuration")
-        config = MigrationConfig(config.output_dir, others, config.tests)
-        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base)
-    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
-                                                                                      attempt)
-    say("no conda %s: pm installs the %d packages the bundle carries into %s"
-        % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
-    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio,
-                          options.force_preflight)
-    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
-    rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle, installed by pm's own wheel "
-                     "installer", "pm") for d, _ in carried_wheels(bundle, dists)]
-    return Provided(None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix),
-                    env_site_packages(prefix, dists), rows)
+def find_candidates(req, managers, log_path=None):
+    """Search strictly (exact name), then relaxed (naming patterns, the name inside longer names), and the
+    mapping table; rank the curated mapping first, then exact, pattern, inside; then the closest version."""
+    candidates = []
+    for manager in managers:
+        found = {}
+        searches = [req.name]
+        mapped = mapped_name(req.name, manager)
+        if mapped:
+            searches.append(mapped)
+        variants = name_variants(req.name, manager.family)
+        if family_of(manager).search_variants:
+            searches += variants
+        elif search_base(req.name) != req.name:
+            searches.append(search_base(req.name))
+        searched = []
+        for expr in searches:
+            if expr in searched:  # the mapping or a variant can repeat the name
+                continue
+            searched.append(expr)
+            for package, version in manager.search(expr, log_path):
+                found.setdefault(package, []).append(version)
+        for package, versions in found.items():
+            if mapped and package.lower() == mapped.lower():
+                why, rank = "mapping table (conda %s)" % req.name, 0
+            elif not fits_python(req, manager, package):
+                continue
+            elif package.lower() == req.name.lower():
+                why, rank = "exact name", 1
+            elif package.lower() in variants:
+                why, rank = "naming pattern", 2 + variants.index(package.lower()) / 100.0
+            elif name_inside(req.name, package) or (req.name != search_base(req.name)
+                                                    and name_inside(search_base(req.name), package)):
+                why, rank = "name inside %s" % package, 3
+            else:
+                continue
+            candidates.append(Candidate(manager, package, versions, why, rank))
+    candidates.sort(key=lambda c: (c.rank, version_distance(c.best_version(req.version) or "", req.version or ""),
+                                   len(c.package), c.package))
+    return candidates[:12]
 
 
-CONDA_PLATFORMS = {("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
-                   ("Linux", "ppc64le"): "linux-ppc64le", ("Darwin", "arm64"): "osx-arm64",
-                   ("Darwin", "x86_64"): "osx-64"}
-OLD_PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # packages without info/paths.json
-PM_INCOMPLETE = os.path.join("conda-meta", "pm-incomplete")  # until the last record is written
+class Choice(object):
+    """What to install for one requirement: a manager and package (and version), or skip."""
 
-
-def this_conda_platform():
-    import platform
-    return CONDA_PLATFORMS.get((platform.system(), platform.machine()), "")
-
-
-class Contained(object):
-    """The one containment writer: members of something pm did not make (a carried package, a wheel,
-    the software tree) written under root. Every name is plain parts (no absolute name, '..', '.' or
-    empty part, no NUL); folders are made one at a time and never reached through a link that leads
-    out of root; files are created O_EXCL|O_NOFOLLOW and streamed in CHUNKs; links are checked after
-    the fact against the real tree; modes follow the umask, never setuid/setgid; bytes and files are
-    capped. Thread-safe: archives are linked by several workers at once."""
-
-    def __init__(self, root, max_bytes=None, max_files=None):
-        import threading
-        self.root, self.real_root = root, os.path.realpath(root)
-        self.max_bytes, self.max_files = max_bytes, max_files
-        self.bytes = self.files = 0
-        self.umask = current_umask()
-        self.lock = threading.Lock()
-        self.failed = False  # set when one worker fails: the others stop at their next member
-        self.known = set()  # folders (tuples of parts) made or checked: a folder is never replaced by a link
+    def __init__(self, manager_key=None, package=None, version=None):
+        self.manager_key, self.package, self.version = manager_key, package, version
 
     @classmethod
-    def for_carried(cls, root, carried_bytes, max_ratio=None):
-        """A writer for what carried_bytes of packages unpack to: at most max_ratio (default
-        MAX_UNPACK_RATIO; 0: no limit) times as many bytes, and a number of files for that size."""
-        ratio = MAX_UNPACK_RATIO if max_ratio is None else max_ratio
-        if not ratio:
-            return cls(root)
-        return cls(root, max(ratio * carried_bytes, UNPACKED_FLOOR), max(10000, carried_bytes // 16))
-
-    def parts(self, rel, where):
-        parts = rel.split("/")
-        if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
-            raise PmError("unsafe path %r in %s" % (rel[:200], where), "do not use this bundle; pack the software again")
-        if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(rel) > 4000:
-            raise PmError("a name in %s is longer than a file system takes (%r...)" % (where, rel[:80]),
-                          "do not use this bundle; pack the software again")
-        return parts
-
-    def is_inside(self, path):
-        real = os.path.realpath(path)
-        return real == self.real_root or real.startswith(self.real_root + os.sep)
-
-    def folder(self, parts, where):
-        """root/parts..., made one folder at a time; a link on the way must stay inside root."""
-        if tuple(parts) in self.known:
-            return os.path.join(self.root, *parts)
-        folder, real = self.root, True  # real: no link on the way so far (only such folders are remembered)
-        for depth, part in enumerate(parts):
-            folder = os.path.join(folder, part)
-            if real and tuple(parts[:depth + 1]) in self.known:
-                continue
-            try:
-                st = os.lstat(folder)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(folder, 0o777 & ~self.umask)
-                except FileExistsError:
-                    pass  # another worker made it
-                st = os.lstat(folder)
-            if stat.S_ISLNK(st.st_mode):
-                real = False
-                if not self.is_inside(folder) or not os.path.isdir(folder):
-                    raise PmError("%s goes through the link %s, which leads out of %s" % (
-                        where, os.path.relpath(folder, self.root), self.root), "do not use this bundle")
-            elif not stat.S_ISDIR(st.st_mode):
-                raise PmError("%s needs %s to be a folder, and it is a file" % (
-                    where, os.path.relpath(folder, self.root)), "do not use this bundle")
-            elif real:
-                self.known.add(tuple(parts[:depth + 1]))
-        return folder
-
-    def count(self, size=0, files=0, where=""):
-        if self.failed:
-            raise PmError("stopped: another package failed", "read the error above")
-        with self.lock:
-            self.bytes += size
-            self.files += files
-            if self.max_bytes is not None and self.bytes > self.max_bytes:
-                raise PmError("%s unpacks to more than %d MiB, over %d times what was carried (a bomb, or --max-ratio "
-                              "too low)" % (where, self.max_bytes >> 20, MAX_UNPACK_RATIO),
-                              "do not use this bundle, or pass --max-ratio 0 if you trust it")
-            if self.max_files is not None and self.files > self.max_files:
-                raise PmError("%s holds more than %d files for its size (a bomb)" % (where, self.max_files),
-                              "do not use this bundle; pack the software again")
-
-    def create(self, rel, where, make):
-        """(path, make(path)) for rel: its folder made safely, then make creates it exclusively (O_EXCL,
-        a link); when something is there already (not a folder), it goes and make runs again."""
-        parts = self.parts(rel, where)
-        dest = os.path.join(self.folder(parts[:-1], where), parts[-1])
-        self.count(files=1, where=where)
-        try:
-            return dest, make(dest)
-        except FileExistsError:
-            pass
-        if stat.S_ISDIR(os.lstat(dest).st_mode):
-            raise PmError("%s would replace the folder %s" % (where, rel), "do not use this bundle")
-        os.remove(dest)  # a later package's file wins, as with conda's clobbering
-        return dest, make(dest)
-
-    def write(self, rel, source, mode=0o644, mtime=None, where="", transform=None):
-        """Stream source (a file object) into root/rel; transform (feed(block, final) -> bytes) may
-        rewrite it on the way. Returns the bytes written. The kernel applies the umask to the mode."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        dest, handle = self.create(rel, where, lambda path: os.open(path, flags, mode & 0o777 or 0o644))
-        written = 0
-        with os.fdopen(handle, "wb") as out:
-            while True:
-                block = source.read(CHUNK)
-                data = transform.feed(block, not block) if transform else block
-                if data:
-                    self.count(len(data), where=where)
-                    out.write(data)
-                    written += len(data)
-                if not block:
-                    break
-            if mtime is not None:
-                out.flush()
-                os.utime(out.fileno(), (mtime, mtime))
-        return written
-
-    def check_links(self, root, rels):
-        """After the fact: every link among rels still resolves inside root (links made later can move
-        where an earlier one leads)."""
-        for rel in rels:
-            path = os.path.join(root, *rel.split("/"))
-            if os.path.islink(path) and not self.is_inside(path):
-                raise PmError("the link %s leads out of %s once every package is linked" % (rel, root),
-                              "do not use this bundle")
-
-    def symlink(self, rel, link, where):
-        """root/rel -> link, which must resolve inside root (through the links made before it)."""
-        if os.path.isabs(link) or "\0" in link or not link:
-            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
-        dest = self.create(rel, where, lambda path: os.symlink(link, path))[0]
-        if not self.is_inside(dest):
-            os.remove(dest)
-            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
-
-
-class PrefixReplacer(object):
-    """conda's prefix replacement, streamed in bounded blocks: text replaces every occurrence; binary
-    rewrites each NUL-ended string holding the placeholder and pads it with NULs to its old length."""
-
-    MAX_STRING = 1 << 20  # a binary placeholder string longer than this is no path
-
-    def __init__(self, placeholder, prefix, mode, where):
-        self.old, self.new = placeholder.encode("utf-8"), prefix.encode("utf-8")
-        self.binary, self.where = mode == "binary", where
-        if len(self.old) < 8:
-            raise PmError("%s names the prefix placeholder %r, too short to be a build prefix" % (where, placeholder),
-                          "do not use this bundle; pack the software again")
-        if self.binary and len(self.new) > len(self.old):
-            raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled into %s"
-                          % (prefix, len(self.new), len(self.old), where), "choose a shorter --prefix")
-        self.pending = b""
-
-    def feed(self, block, final):
-        data, out, pos = self.pending + block, [], 0
-        while True:
-            found = data.find(self.old, pos)
-            if found < 0 or (not final and found > len(data) - len(self.old)):
-                break
-            if not self.binary:
-                out += [data[pos:found], self.new]
-                pos = found + len(self.old)
-                continue
-            end = data.find(b"\0", found + len(self.old))
-            if end < 0 and final:
-                break
-            if end < 0:
-                if len(data) - found > self.MAX_STRING:
-                    raise PmError("%s holds a placeholder string over 1 MiB long" % self.where, "do not use this bundle")
-                out.append(data[pos:found])
-                self.pending = data[found:]
-                return b"".join(out)
-            out += [data[pos:found], self.new, data[found + len(self.old):end],
-                    b"\0" * (len(self.old) - len(self.new) + 1)]
-            pos = end + 1
-        keep = len(data) if final else max(pos, len(data) - len(self.old) + 1)
-        out.append(data[pos:keep])
-        self.pending = data[keep:]
-        return b"".join(out)
-
-
-CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,200}-[A-Za-z0-9._+!]{1,100}-[A-Za-z0-9._+!]{1,100}\.(tar\.bz2|conda)\Z"
-CONDA_SUBDIR = r"^([a-z0-9]+-[a-z0-9_]+|noarch)\Z"  # linux-64, osx-arm64, noarch, ...: a channel's folders
-
-
-class CarriedArchive(object):
-    """One carried package, a .tar.bz2 or an unpacked package's .zip, and its repodata entry; what its
-    info/ folder says is read while it is linked, in the same pass (link_archive)."""
-
-    def __init__(self, path, fn, entry):
-        self.path, self.fn, self.entry = path, fn, entry
-        self.dist = fn[:-len(".tar.bz2")]
-        self.info = {}
-        self.placeholders = {}
-        self.files = []
-
-    def members(self, limit=None, with_info=False):
-        """(name, 'file' or 'link', mode, mtime, file object or link text) of each member outside
-        info/ (with_info: and in it), info/ read on the way."""
-        return zip_members(self, limit, with_info) if self.path.endswith(".zip") else tar_members(self, with_info)
-
-    def keep_info(self, name, size, read):
-        """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
-        if name in INFO_READ:
-            check_info_size(name, size, self.fn)
-            self.info[name] = read()
-            if name in ("info/paths.json", "info/has_prefix"):
-                self.placeholders = self.read_placeholders()
-
-    def info_json(self, name):
-        try:
-            data = json.loads(self.info[name].decode("utf-8")) if name in self.info else None
-        except (ValueError, UnicodeDecodeError):
-            raise PmError("%s of the carried package %s is not JSON" % (name, self.fn), "pack the software again")
-        if data is not None and not isinstance(data, dict):
-            raise PmError("%s of the carried package %s is not a JSON object" % (name, self.fn),
-                          "do not use this bundle; pack the software again")
-        return data
-
-    def read_placeholders(self):
-        """path -> (placeholder, 'text' or 'binary'), from info/paths.json or old info/has_prefix."""
-        found = {}
-        paths = self.info_json("info/paths.json")
-        if paths:
-            if not isinstance(paths.get("paths") or [], list):
-                raise PmError("info/paths.json of the carried package %s: its paths are not a list" % self.fn,
-                              "do not use this bundle; pack the software again")
-            for item in paths.get("paths") or []:
-                if isinstance(item, dict) and isinstance(item.get("prefix_placeholder"), str) \
-                        and isinstance(item.get("_path"), str):
-                    found[item["_path"]] = (item["prefix_placeholder"], str(item.get("file_mode", "text")))
-            return found
-        for line in self.info.get("info/has_prefix", b"").decode("utf-8", "replace").splitlines():
-            try:
-                words = shlex.split(line)
-            except ValueError:
-                words = []
-            if len(words) == 3:
-                found[words[2]] = (words[0], words[1])
-            elif words:
-                found[words[0]] = (OLD_PLACEHOLDER, "text")
-        return found
-
-    def noarch_python(self):
-        return self.entry.get("noarch") == "python"
-
-    def has_post_link(self):
-        return "bin/.%s-post-link.sh" % self.entry["name"] in self.files
-
-    def entry_points(self):
-        link = self.info_json("info/link.json") or {}
-        points = ((link.get("noarch") or {}) if isinstance(link.get("noarch"), dict) else {}).get("entry_points")
-        return [p for p in points if isinstance(p, str)] if isinstance(points, list) else []
-
-
-INFO_READ = ("info/index.json", "info/paths.json", "info/link.json", "info/has_prefix", "info/files")
-INFO_LIMITS = {"info/paths.json": 16 << 20}  # bytes, before it is read; the other members of INFO_READ: 1 MiB
-
-
-def check_info_size(name, size, fn):
-    """A member of a carried package's info/ that pm reads and parses, bounded before it is read (real
-    ones are far smaller: paths.json of 20,000 files is a few MiB)."""
-    limit = INFO_LIMITS.get(name, 1 << 20)
-    if size > limit:
-        raise PmError("%s of the carried package %s is %.1f MiB, over the %d MiB no real one reaches" % (
-            name, fn, size / 1048576.0, limit >> 20), "do not use this bundle; pack the software again")
-
-
-def tar_members(archive, with_info=False):
-    """The members of a .tar.bz2 in one streamed pass (BZ2File inflates in bounded steps; tarfile's own
-    "r|bz2" would inflate a whole read at once, and a bomb's few bytes of zeros are hundreds of MiB)."""
-    import bz2
-    import io
-    import tarfile
-    with bz2.BZ2File(archive.path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            name = member.name[2:] if member.name.startswith("./") else member.name
-            if (name == "info" or name.startswith("info/")) and member.isfile() and name in INFO_READ:
-                archive.keep_info(name, member.size, tar.extractfile(member).read)
-                if with_info:
-                    yield name, "file", member.mode, member.mtime, io.BytesIO(archive.info[name])
-            elif (name == "info" or name.startswith("info/")) and not with_info:
-                continue
-            elif member.issym():
-                yield name, "link", 0o777, member.mtime, member.linkname
-            elif member.isfile():
-                yield name, "file", member.mode, member.mtime, tar.extractfile(member)
-            elif not member.isdir():
-                raise PmError("%s in the carried package %s is not a file or link" % (name, archive.fn),
-                              "do not use this bundle; pack the software again")
-
-
-def zip_member_mtime(info):
-    """A zip member's mtime: its 'UT' extra field (to the second, as pack writes it), else its date."""
-    import struct
-    extra, pos = info.extra, 0
-    while pos + 4 <= len(extra):
-        kind, size = struct.unpack("<HH", extra[pos:pos + 4])
-        if kind == 0x5455 and size >= 5 and extra[pos + 4] & 1:
-            return struct.unpack("<l", extra[pos + 5:pos + 9])[0]
-        pos += 4 + size
-    return time.mktime(info.date_time + (0, 0, -1))
-
-
-def zip_members(archive, limit=None, with_info=False):
-    """The members of an unpacked package's zip: info/ read first (random access), then the rest (and
-    with_info, info/ too) as streams. No more than limit entries, only stored or deflated, never
-    encrypted."""
-    import zipfile
-    with zipfile.ZipFile(archive.path) as package:
-        entries = package.infolist()
-        if limit is not None and len(entries) > limit:
-            raise PmError("the carried package %s holds %d entries, more than its size allows (a bomb)"
-                          % (archive.fn, len(entries)), "do not use this bundle; pack the software again")
-        for info in entries:
-            if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise PmError("%s in the carried package %s is encrypted or compressed in a way pm does not read"
-                              % (info.filename[:200], archive.fn), "do not use this bundle; pack the software again")
-            if info.filename.startswith("info/") and not info.filename.endswith("/"):
-                archive.keep_info(info.filename, info.file_size, lambda: package.read(info))
-        for info in entries:
-            name, kind = info.filename, stat.S_IFMT(info.external_attr >> 16)
-            if (name.startswith("info/") and not with_info) or name.endswith("/"):
-                continue
-            if kind == stat.S_IFLNK:
-                if info.file_size > 4096:
-                    raise PmError("the link %s in %s is over 4 KiB long" % (name[:200], archive.fn),
-                                  "do not use this bundle")
-                yield name, "link", 0o777, 0, package.read(info).decode("utf-8", "surrogateescape")
-            elif kind in (0, stat.S_IFREG):
-                with package.open(info) as source:
-                    yield name, "file", (info.external_attr >> 16) & 0o777, zip_member_mtime(info), source
-            else:
-                raise PmError("%s in the carried package %s is not a file or link" % (name[:200], archive.fn),
-                              "do not use this bundle; pack the software again")
-
-
-def link_archive(archive, writer, site, claims, order):
-    """Link one archive into writer's root in one streamed pass: files and links written as they come
-    (a later package in install order wins a path two packages share), info/ read on the way; files
-    written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
-    import tarfile
-    import zipfile
-    import zlib
-    where = archive.fn
-    later = []
-    try:
-        for name, kind, mode, mtime, content in archive.members(writer.max_files):
-            rel = relocated(name, site) if archive.noarch_python() else name
-            with writer.lock:
-                if claims.get(rel, -1) > order:
-                    archive.files.append(rel)
-                    continue  # a later package's file wins
-                claims[rel] = order
-            if kind == "link":
-                writer.symlink(rel, content, where)
-            else:
-                replacer = None
-                if name in archive.placeholders:
-                    placeholder, placeholder_mode = archive.placeholders[name]
-                    replacer = PrefixReplacer(placeholder, writer.root, placeholder_mode, "%s of %s" % (name, where))
-                writer.write(rel, content, mode, mtime, where, replacer)
-                later.append((name, rel, mtime))
-            archive.files.append(rel)
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise PmError("the carried package %s cannot be read (%s)" % (where, exc), "pack the software again")
-    for name, rel, mtime in later:  # info/ came after the files it describes (pm's own older rebuilds)
-        if name in archive.placeholders and claims.get(rel) == order:
-            placeholder, mode = archive.placeholders[name]
-            path = os.path.join(writer.root, *rel.split("/"))
-            rewrite_in_place(writer, rel, path, PrefixReplacer(placeholder, writer.root, mode, "%s of %s" % (name, where)),
-                             mtime)
-    return archive.files
-
-
-def rewrite_in_place(writer, rel, path, replacer, mtime):
-    """Replace the placeholder in a file already written: streamed into a temp file, renamed over it."""
-    import tempfile
-    mode = os.lstat(path).st_mode
-    handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pm-")
-    try:
-        with open(path, "rb") as source, os.fdopen(handle, "wb") as out:
-            while True:
-                block = source.read(CHUNK)
-                out.write(replacer.feed(block, not block))
-                if not block:
-                    break
-            os.fchmod(out.fileno(), stat.S_IMODE(mode))
-        os.utime(temp, (mtime, mtime))
-        os.rename(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
-def install_order(archives):
-    """Dependencies before what needs them: the probe's one graph walk (Tarjan's components come out
-    dependencies first); the members of a cycle in name order."""
-    by_name = dict((a.entry["name"], a) for a in archives)
-    graph = dict((name, sorted(set(spec_name(d) for d in archive.entry.get("depends") or [] if isinstance(d, str))
-                               & set(by_name) - set([name])))
-                 for name, archive in by_name.items())
-    return [by_name[name] for component in PROBE.strongly_connected(graph) for name in sorted(component)]
-
-
-def python_site(archives):
-    """lib/pythonX.Y/site-packages of the environment's python package."""
-    for archive in archives:
-        if archive.entry["name"] == "python":
-            return "lib/python%s/site-packages" % ".".join(str(archive.entry["version"]).split(".")[:2])
-    raise PmError("a noarch: python package needs a python package in the environment, and there is none",
-                  "pack an environment that has python")
-
-
-def relocated(name, site):
-    """Where a noarch: python package's file goes."""
-    if name.startswith("site-packages/"):
-        return site + name[len("site-packages"):]
-    if name.startswith("python-scripts/"):
-        return "bin" + name[len("python-scripts"):]
-    return name
-
-
-def conda_meta_record(archive, files, requested):
-    record = dict(archive.entry)
-    record.update(fn=archive.fn, channel="pm-carried", url="file://pm-carried/%s/%s" % (archive.entry.get("subdir", ""),
-                                                                                      archive.fn),
-                  files=files, paths_data={"paths_version": 1, "paths": [{"_path": f, "path_type": "hardlink"}
-                                                                        for f in files]},
-                  link={"source": "", "type": 1})
-    if archive.entry["name"] in requested:
-        record["requested_spec"] = requested[archive.entry["name"]]
-    return record
-
-
-def carried_entries(subdir, repodata):
-    """The (file name, entry) pairs of a carried channel/<subdir>/repodata.json, checked (Bundle.open
-    and carried_archives): every file name a plain package file name NAME-VERSION-BUILD.tar.bz2 or
-    .conda, its entry's name and version text, its subdir the folder it sits in, its unpacked package
-    (pm_file) <dist>.zip."""
-    def refuse(fn, what):
-        raise PmError("channel/%s/repodata.json lists %r, %s" % (subdir, str(fn)[:100], what),
-                      "do not use this bundle; pack the software again")
-    if not isinstance(repodata, dict):
-        refuse("", "and is not a repodata object")
-    entries = []
-    for key in ("packages", "packages.conda"):
-        packages = repodata.get(key) or {}
-        if not isinstance(packages, dict):
-            refuse(key, "which is not an object of packages")
-        for fn, entry in sorted(packages.items()):
-            if not re.match(CARRIED_FN, fn) or not isinstance(entry, dict) or \
-                    not isinstance(entry.get("name"), str) or not isinstance(entry.get("version"), str):
-                refuse(fn, "which is not a package file (NAME-VERSION-BUILD.tar.bz2 or .conda)")
-            if entry.get("subdir") != subdir or not re.match(CONDA_SUBDIR, subdir):
-                refuse(fn, "whose subdir %r is not the folder it is in" % (str(entry.get("subdir"))[:60],))
-            unpacked = entry.get("pm_file")
-            if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
-                refuse(fn, "with %r, which is not its unpacked package (pm_file)" % (str(unpacked)[:100],))
-            entries.append((fn, entry))
-    return entries
-
-
-def carried_archives(channel_dir, conda_reads=False):
-    """The bundle's carried packages (unzipped at channel_dir) as CarriedArchives, their repodata checked
-    before anything is installed: every file name one plain .tar.bz2 name of the folder it is listed in,
-    or that name's unpacked package (<dist>.zip)."""
-    archives, unreadable = [], []
-    for subdir in sorted(os.listdir(channel_dir)):
-        try:
-            if os.path.getsize(os.path.join(channel_dir, subdir, "repodata.json")) > 64 << 20:
-                raise ValueError("over 64 MiB")
-            repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
-        except (OSError, ValueError) as exc:
-            raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
-                          "pack the software again")
-        for fn, entry in carried_entries(subdir, repodata):
-            if fn.endswith(".conda"):
-                if not conda_reads:
-                    unreadable.append(fn)
-                continue
-            path = os.path.join(channel_dir, subdir, entry.get("pm_file") or fn)
-            if not os.path.isfile(path) or os.path.islink(path):
-                raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
-                              "pack the software again")
-            archives.append(CarriedArchive(path, fn, entry))
-    if unreadable:
-        raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
-                      "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),
-                      "pack again on the base with --with-packages --as-tar-bz2")
-    return archives
-
-
-def link_all(archives, writer, site):
-    """Link every archive, by a few workers at once, in install order where paths meet; say each."""
-    claims, done, first = {}, [0], [None]
-    lock = writer.lock
-
-    def one(numbered):
-        order, archive = numbered
-        try:
-            files = link_archive(archive, writer, site, claims, order)
-        except BaseException as exc:
-            with lock:
-                if not writer.failed:
-                    writer.failed, first[0] = True, exc
-            raise
-        with lock:
-            done[0] += 1
-            say("  [%d/%d] %s" % (done[0], len(archives), archive.dist))
-        return files
-
-    def stop():  # a failure or Ctrl-C: the other workers stop at their next member, before the prefix goes
-        writer.failed = True
-
-    try:
-        return [files for _, files in PROBE.in_threads(one, list(enumerate(archives)),
-                                                        min(PROBE.WORKERS, os.cpu_count() or 1), stop)]
-    except PmError:
-        raise first[0] or PmError("linking stopped", "read commands.log")
-
-
-def link_environment(archives, prefix, max_ratio=None):
-    """Link the archives (in install order) into prefix, whose conda-meta exists: every member through
-    one containment writer, bounded to max_ratio (default MAX_UNPACK_RATIO) times what was carried and
-    to a number of files for that size; then their entry points. Returns (writer, site, files)."""
-    writer = Contained.for_carried(prefix, sum(os.path.getsize(a.path) for a in archives), max_ratio)
-    site = python_site(archives) if any(a.noarch_python() for a in archives) else None
-    files = link_all(archives, writer, site)
-    for archive, archive_files in zip(archives, files):
-        for point in archive.entry_points():
-            command, _, target = point.partition("=")
-            archive_files.append(write_entry_point(writer, command, target, archive.fn))
-    writer.check_links(prefix, [f for archive_files in files for f in archive_files])
-    return writer, site, files
-
-
-def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None, max_ratio=None,
-                          force_preflight=False):
-    """Create the environment at prefix from the bundle's carried packages, with no conda: each archive
-    linked in one streamed pass by the containment writer, a few at once, as conda links them; then
-    entry points, post-link scripts (only with --allow-scripts) and conda-meta. The prefix is marked
-    incomplete until its last record is written, and removed on any failure or interruption."""
-    import shutil
-    channel_dir = bundle.extract_channel(os.path.join(attempt.path, "channel"))
-    try:
-        archives = install_order(carried_archives(channel_dir))
-        if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before any is linked
-            check_carried_files(attempt, [archive_binaries(a) for a in archives], force_preflight)
-        if os.path.lexists(prefix):
-            raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
-        os.makedirs(os.path.join(prefix, "conda-meta"))
-        hold_prefix(attempt, prefix)
-        write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
-        try:
-            requested = dict((spec_name(s), s) for s in bundle.manifest.minimal or [])
-            history = ["==> %s <==" % time.strftime("%Y-%m-%d %H:%M:%S"), "# cmd: pm.pyz migrate %s" % attempt.name]
-            started = time.time()
-            writer, site, files = link_environment(archives, prefix, max_ratio)
-            attempt.log("linked %d packages, %d files, %.1f MiB into %s in %.1f s" % (
-                len(archives), writer.files, writer.bytes / 1048576.0, prefix, time.time() - started))
-            compile_noarch_python(attempt, prefix, archives, site)
-            scripts = [a for a in archives if a.has_post_link()]
-            if scripts and not allow_scripts:
-                say("note: %s %s post-link script%s, which pm does not run (--allow-scripts runs them)"
-                    % (", ".join(a.entry["name"] for a in scripts), "has a" if len(scripts) == 1 else "have",
-                       "" if len(scripts) == 1 else "s"))
-            note_activation_scripts([a.entry["name"] for a in archives
-                                     if any(f.startswith("etc/conda/activate.d/") for f in a.files)])
-            for archive, archive_files in zip(archives, files):
-                if allow_scripts and archive in scripts:
-                    run_post_link(attempt, prefix, archive)
-                write_json(os.path.join(prefix, "conda-meta", archive.dist + ".json"),
-                           conda_meta_record(archive, archive_files, requested), 0o644)
-                history.append("+pm-carried::%s" % archive.dist)
-            install_carried_wheels(attempt, bundle, prefix, dists)
-            history.append("# update specs: %r" % sorted(requested.values()))
-            write_atomic(os.path.join(prefix, "conda-meta", "history"), "\n".join(history) + "\n", 0o644)
-            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
-            os.remove(os.path.join(prefix, PM_INCOMPLETE))
-        except BaseException:
-            shutil.rmtree(prefix, ignore_errors=True)
-            raise
-    finally:
-        shutil.rmtree(channel_dir, ignore_errors=True)
-    return prefix
-
-
-def note_activation_scripts(names):
-    """Say once which carried packages have activation scripts: they run in the tests' shells."""
-    if names:
-        say("note: %s %s activation scripts (etc/conda/activate.d), which run whenever the environment is "
-            "activated, the tests' shells included, as with conda" % (", ".join(names),
-                                                                    "has" if len(names) == 1 else "have"))
-
-
-def packages_with_activation_scripts(prefix):
-    """The packages of a conda prefix whose files include etc/conda/activate.d scripts."""
-    names = []
-    meta = os.path.join(prefix, "conda-meta")
-    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
-        if filename.endswith(".json"):
-            try:
-                record = read_json(os.path.join(meta, filename))
-            except (OSError, ValueError):
-                continue
-            if any(str(f).startswith("etc/conda/activate.d/") for f in record.get("files") or []):
-                names.append(str(record.get("name")))
-    return names
-
-
-COMPILE_FILE_LIMIT = 4 << 20  # a noarch: python source over this is left to compile on import
-COMPILE_MEMORY = 512 << 20  # the address space of the process that compiles them
-COMPILER = """import os, py_compile, resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
-done = 0
-for path in sys.stdin.buffer.read().split(b"\\0"):
-    try:
-        path = os.fsdecode(path)
-        py_compile.compile(path, doraise=True)
-        done += 1
-    except (py_compile.PyCompileError, OSError, ValueError, MemoryError, RecursionError, SyntaxError):
-        pass
-print(done)
-"""
-
-
-def compile_noarch_python(attempt, prefix, archives, site):
-    """Bytecode for the noarch: python packages (they ship none), as conda writes it: by pm's own
-    interpreter when it is the environment's Python version (no code of the bundle runs), in a process
-    of its own whose memory is bounded (COMPILE_MEMORY), only the files the packages list, each under
-    COMPILE_FILE_LIMIT; what is not compiled is compiled on import, as conda leaves it."""
-    import subprocess
-    if not site or site != "lib/python%d.%d/site-packages" % sys.version_info[:2]:
-        return
-    sources, large = [], []
-    for archive in archives:
-        for rel in archive.files if archive.noarch_python() else ():
-            path = os.path.join(prefix, *rel.split("/"))
-            if rel.endswith(".py") and rel.startswith(site + "/") and os.path.isfile(path) \
-                    and not os.path.islink(path):
-                (large if os.path.getsize(path) > COMPILE_FILE_LIMIT else sources).append(path)
-    if large:
-        say("note: %d noarch: python source%s over %d MiB left to compile on import: %s" % (
-            len(large), "s" * (len(large) != 1), COMPILE_FILE_LIMIT >> 20,
-            ", ".join(printable(os.path.relpath(p, prefix)) for p in large[:5])))
-    if not sources:
-        return
-    try:
-        proc = subprocess.run([sys.executable, "-I", "-c", COMPILER % (COMPILE_MEMORY, COMPILE_MEMORY)],
-                              input=b"\0".join(os.fsencode(p) for p in sources), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=3600)
-        done = proc.stdout.decode("utf-8", "replace").strip() or "0"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        done = "0 (%s)" % exc
-    attempt.log("compiled %s of %d noarch: python sources" % (done, len(sources)))
-
-
-def run_post_link(attempt, prefix, archive):
-    script = os.path.join(prefix, "bin", ".%s-post-link.sh" % archive.entry["name"])
-    environ = dict(os.environ, PREFIX=prefix, PKG_NAME=archive.entry["name"], PKG_VERSION=archive.entry["version"],
-                   PKG_BUILDNUM=str(archive.entry.get("build_number", 0)))
-    code, output = attempt.run(["/bin/sh", script], environ)
-    if code != 0:
-        raise PmError("the post-link script of %s failed (exit %d)" % (archive.dist, code), "read %s" % attempt.log_path,
-                      code=1)
-
-
-PM_IN_USE = os.path.join("conda-meta", "pm-in-use")  # locked (shared) by every attempt that uses the prefix
-
-
-def hold_prefix(attempt, prefix):
-    """This attempt uses prefix until it ends: a shared lock on its pm-in-use file."""
-    import fcntl
-    handle = os.open(os.path.join(prefix, PM_IN_USE), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(handle, fcntl.LOCK_SH)
-    attempt.holds.append(handle)
-
-
-def prefix_in_use(prefix):
-    """True when a running attempt holds prefix (so no other attempt may remove it)."""
-    return locked_elsewhere(os.path.join(prefix, PM_IN_USE), exclusive=True)
-
-
-def attempt_env_prefix(store, name, attempt):
-    """Where an attempt's environment goes (conda's, or pm's linker's): the software's envs/<attempt id>
-    in the store, one per attempt. What an earlier attempt left there unfinished (no PM_MADE, and
-    neither in use nor of a running attempt: cut off while it was made) is removed first."""
-    import shutil
-    folder = os.path.join(store.software(name), "envs")
-    store.make_folder(folder)
-    running = set(a["id"] for a in store.attempts(name) if a.get("status") == "running")
-    for entry in os.listdir(folder):
-        left = os.path.join(folder, entry)
-        if os.path.isdir(left) and not os.path.isfile(os.path.join(left, PM_MADE)) and entry not in running and \
-                entry != attempt.id and not prefix_in_use(left):
-            say("note: removing %s, left unfinished by an earlier attempt" % left)
-            shutil.rmtree(left, ignore_errors=True)
-    return os.path.join(folder, attempt.id)
-
-
-def envs_in_use(records):
-    """The environments installs still run with: those their attempts' records name, whose install is
-    still there and theirs (attempt_install_in_use)."""
-    return set(r.get("env_prefix") for r in records if r.get("env_prefix") and attempt_install_in_use(r))
-
-
-def remove_unused_envs(attempt, prefix):
-    """After a pass: the software's earlier environments in the store (conda's or pm's linker's) that
-    no install runs with any more (envs_in_use); an install in another output_dir keeps its own."""
-    import shutil
-    folder = os.path.dirname(prefix)
-    records = dict((a["id"], a) for a in attempt.store.attempts(attempt.name))
-    kept = envs_in_use(records.values())
-    for entry in os.listdir(folder):
-        path = os.path.join(folder, entry)
-        if path != prefix and path not in kept and os.path.isfile(os.path.join(path, PM_MADE)) and \
-                not prefix_in_use(path):
-            shutil.rmtree(path, ignore_errors=True)
-            remove_modulefiles(records.get(entry))  # its module would load an environment that is gone
-
-
-# -- What pip installed, and the software itself, on the target ----------------------
-# The bundle's python-dists.json says what each package puts on the Python path. Every route
-# installs the wheels pack carried for what pip installed (pm's own wheel installer into a conda
-# or carried prefix, pip's --find-links into the venv), and the software from the migrated tree
-# the way the base had it (editable: a .pth naming its import roots and a dist-info), never a release.
-
-SCRIPT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}\Z"
-ENTRY_TARGET = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z"
-SITE_REL = r"^lib/python[0-9]{1,2}\.[0-9]{1,3}/site-packages\Z"  # as the probe's site_packages finds it
-# NAME-VERSION(-BUILD)?-PYTHON-ABI-PLATFORM.whl (PEP 427), one plain file name under wheels/
-WHEEL_FN = r"^[A-Za-z0-9][A-Za-z0-9_.]{0,199}-[A-Za-z0-9_.!+]{1,100}(-[0-9][A-Za-z0-9_.]{0,50})?" \
-           r"(-[A-Za-z0-9_.]{1,200}){3}\.whl\Z"
-
-
-def base_distributions(bundle):
-    """python-dists.json's records (checked), or None for a bundle packed before pm recorded them; read
-    once per bundle (every route, and drop_foreign_wheels, use the one list)."""
-    if not bundle.dists_read:
-        bundle.dists, bundle.dists_read = read_distributions(bundle), True
-    return bundle.dists
-
-
-def read_distributions(bundle):
-    if "python-dists.json" not in bundle.manifest.members:
-        return None
-    try:
-        data = bundle.read_json("python-dists.json")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PmError("python-dists.json in %s is not JSON (%s)" % (bundle.path, exc), "pack the software again")
-    dists = []
-    for dist in (data.get("dists") if isinstance(data, dict) else None) or []:
-        if not isinstance(dist, dict) or not all(isinstance(dist.get(k), str) for k in ("name", "version", "site")):
-            raise PmError("python-dists.json in %s has a record without name, version or site" % bundle.path,
-                          "pack the software again")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z", dist["name"]) or \
-                not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z", dist["version"]):
-            raise PmError("python-dists.json in %s names %r %r, which is not a distribution name and version"
-                          % (bundle.path, dist["name"][:60], dist["version"][:60]), "pack the software again")
-        check_dist_paths(dist, "python-dists.json in %s" % bundle.path)
-        dists.append(dist)
-    return dists
-
-
-def check_dist_paths(dist, where):
-    """The fields of a python-dists.json record that become paths or lines: site (where pm writes its
-    dist-info, .pth and wheels), the software's import roots (lines of its .pth) and the carried wheel."""
-    if not re.match(SITE_REL, dist["site"]):
-        refuse_dist_field(where, dist, "the site %r, which is not lib/pythonX.Y/site-packages" % dist["site"][:100])
-    check_import_roots(dist, where)
-    packages = dist.get("import_packages")
-    if packages is not None and not (isinstance(packages, list) and all(
-            isinstance(p, str) and re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,199}\Z", p) for p in packages)):
-        refuse_dist_field(where, dist, "import_packages that are not Python names")
-    wheel = dist.get("wheel")
-    if wheel is not None and wheel != "" and not (isinstance(wheel, str) and wheel.startswith("wheels/")
-                                                  and re.match(WHEEL_FN, wheel[len("wheels/"):])):
-        refuse_dist_field(where, dist, "the wheel %r, which is not a plain wheel file name (wheels/NAME-VERSION-PY-ABI-"
-                          "PLATFORM.whl)" % (wheel if not isinstance(wheel, str) else wheel[:100],))
-
-
-def check_import_roots(dist, where):
-    """import_roots: a list of plain relative paths inside the software's tree (each a line of its .pth)."""
-    roots = dist.get("import_roots")
-    if roots is not None and not isinstance(roots, list):
-        refuse_dist_field(where, dist, "import_roots that are not a list")
-    for root in roots or []:
-        if not is_plain_relative_path(root):
-            refuse_dist_field(where, dist, "the import root %r, which is not a plain relative path inside its tree"
-                              % (root if not isinstance(root, str) else root[:100],))
-
-
-def is_plain_relative_path(root):
-    """A non-empty relative path with no '..', no control character or newline, at most 1000 characters."""
-    return isinstance(root, str) and bool(root) and not root.startswith("/") and ".." not in root.split("/") \
-        and len(root) <= 1000 and not re.search(CONTROL_OR_NEWLINE, root)
-
-
-def refuse_dist_field(where, dist, what):
-    raise PmError("%s gives %s %s" % (where, dist["name"], what), "do not use this bundle; pack the software again")
-
-
-def write_entry_point(writer, command, target, where):
-    """bin/COMMAND running module:function with the prefix's python, through writer (the prefix's
-    Contained); names checked first."""
-    import io
-    command, target = command.strip(), target.strip()
-    if not re.match(SCRIPT_NAME, command) or not re.match(ENTRY_TARGET, target):
-        raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
-                      "do not use this bundle; pack the software again")
-    module, function = target.split(":")
-    script = ("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
-              "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
-              "    sys.exit(%s())\n" % (writer.root, module, function.split(".")[0], function))
-    writer.write("bin/" + command, io.BytesIO(script.encode("utf-8")), 0o755, None, where)
-    return "bin/" + command
-
-
-UMASK = []  # the process umask, read once: setting it to 0 and back races with the threads that create files
-
-
-def current_umask():
-    """The process umask, read once (main() asks before any thread starts): from /proc/self/status,
-    which changes nothing, else by setting it and back that one time."""
-    if not UMASK:
-        try:
-            with open("/proc/self/status") as status:
-                found = [int(line.split()[1], 8) for line in status if line.startswith("Umask:")]
-        except (OSError, ValueError, IndexError):
-            found = []
-        if not found:
-            found = [os.umask(0o077)]
-            os.umask(found[0])
-        UMASK[:] = found[:1]
-    return UMASK[0]
-
-
-def wheel_destination(name, site_rel):
-    """Where a wheel member goes in a prefix (PEP 427's .data folders included)."""
-    parts = name.split("/")
-    if parts[0].endswith(".data") and len(parts) > 2:
-        kind, rest = parts[1], "/".join(parts[2:])
-        if kind in ("purelib", "platlib"):
-            return site_rel + "/" + rest
-        if kind in ("scripts", "headers"):
-            return ("bin/" if kind == "scripts" else "include/") + rest
-        if kind == "data":
-            return rest
-        raise PmError("wheel member %s is in an unknown .data folder" % name, "pack the software again")
-    return site_rel + "/" + name
-
-
-class ShebangFix(object):
-    """A wheel script's '#!python' made the prefix's python (a transform for Contained.write)."""
-
-    def __init__(self, prefix):
-        self.python, self.first = ("#!%s/bin/python" % prefix).encode("utf-8"), True
-
-    def feed(self, block, final):
-        if self.first and block:
-            self.first = False
-            if block.startswith(b"#!python"):
-                return self.python + block[len(b"#!python"):]
-        return block
-
-
-def install_wheel(wheel, prefix, site_rel, writer=None):
-    """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
-    points, INSTALLER and RECORD, so that pip sees it), through the containment writer (writer: the
-    prefix's, with the carried wheels' caps); modes follow the umask, times are kept."""
-    import zipfile
-    where = os.path.basename(wheel)
-    writer = writer or Contained(prefix)
-    written = []
-    with zipfile.ZipFile(wheel) as archive:
-        infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
-        info_dirs = set(i.filename.split("/")[0] for i in infos if i.filename.split("/")[0].endswith(".dist-info"))
-        if len(info_dirs) != 1:
-            raise PmError("the carried wheel %s has %d .dist-info folders" % (where, len(info_dirs)),
-                          "pack the software again")
-        info_dir = info_dirs.pop()
-        for info in infos:
-            rel = wheel_destination(safe_member_path(info.filename), site_rel)
-            if info.filename in (info_dir + "/RECORD", info_dir + "/INSTALLER"):
-                continue
-            script = rel.startswith("bin/") and info.filename.split("/")[0].endswith(".data")
-            mode = (info.external_attr >> 16) & 0o777 or 0o644
-            with archive.open(info) as source:
-                writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
-                             where, ShebangFix(prefix) if script else None)
-            written.append(rel)
-        points_member = info_dir + "/entry_points.txt"
-        if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
-            raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
-                          "do not use this bundle; pack the software again")
-        points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
-                                       if points_member in archive.namelist() else "")
-    for command, target in points:
-        written.append(write_entry_point(writer, command, target, where))
-    finish_dist_info(writer, site_rel, info_dir, written)
-    return info_dir
-
-
-def finish_dist_info(writer, site_rel, info_dir, written):
-    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages, through
-    writer (the prefix's Contained)."""
-    import io
-    site = os.path.join(writer.root, site_rel)
-    lines = [os.path.relpath(os.path.join(writer.root, rel), site) + ",," for rel in written]
-    lines += ["%s/INSTALLER,," % info_dir, "%s/RECORD,," % info_dir]
-    for name, text in (("INSTALLER", "pm\n"), ("RECORD", "\n".join(lines) + "\n")):
-        writer.write("%s/%s/%s" % (site_rel, info_dir, name), io.BytesIO(text.encode("utf-8")), 0o644, None, info_dir)
-
-
-def carried_wheels(bundle, dists):
-    """The dists that pack carried as wheels and that serve here: [(dist, member name)]."""
-    carried = []
-    for dist in dists or []:
-        member = dist.get("wheel")
-        if not member:
-            continue
-        parts = member.split("/") if isinstance(member, str) else []
-        if len(parts) != 2 or parts[0] != "wheels" or not parts[1].endswith(".whl") \
-                or not is_one_path_component(parts[1]) or member not in bundle.manifest.members:
-            raise PmError("python-dists.json names the wheel %r, which the bundle does not hold" % (member,),
-                          "pack the software again")
-        carried.append((dist, member))
-    return carried
-
-
-def wheel_fits_here(filename):
-    """A wheel's platform tag is 'any' or names this machine's processor."""
-    platform_tag = filename[:-len(".whl")].split("-")[-1]
-    return platform_tag == "any" or any(p.endswith(os.uname().machine) for p in platform_tag.split("."))
-
-
-def drop_foreign_wheels(dists):
-    """Before anything is made: the carried wheels compiled for another machine are named, and their
-    distributions treated as not carried (an index, where there is one, may serve them)."""
-    foreign = [d for d in dists or () if isinstance(d.get("wheel"), str) and not wheel_fits_here(d["wheel"])]
-    if foreign:
-        say("note: the bundle carries %s, compiled for another machine than this %s: %s not used here"
-            % (", ".join(d["wheel"].rsplit("/", 1)[-1] for d in foreign), os.uname().machine,
-               "it is" if len(foreign) == 1 else "they are"))
-    for dist in foreign:
-        del dist["wheel"]
-
-
-def extract_wheels(attempt, bundle):
-    """Unzip the carried wheels into the attempt's wheels/ folder, and check what they unpack to (as
-    each says, which zip reading holds it to) against the caps of carried packages: at most --max-ratio
-    times their size, and a number of files for that size; return the folder."""
-    import shutil
-    import zipfile
-    folder = os.path.join(attempt.path, "wheels")
-    bundle.extract_folder("wheels", folder)
-    try:
-        names = sorted(os.listdir(folder))
-        caps = Contained.for_carried(folder, sum(os.path.getsize(os.path.join(folder, n)) for n in names),
-                                     bundle.max_ratio)
-        for name in names:
-            try:
-                with zipfile.ZipFile(os.path.join(folder, name)) as wheel:
-                    infos = wheel.infolist()
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
-                              "do not use this bundle; pack the software again")
-            caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder
-
-
-def install_carried_wheels(attempt, bundle, prefix, dists):
-    """Into a conda or carried prefix: every wheel the bundle carries, offline, by pm's installer."""
-    import shutil
-    carried = carried_wheels(bundle, dists)
-    if not carried:
-        return []
-    folder = extract_wheels(attempt, bundle)
-    rows = []
-    try:
-        writer = Contained.for_carried(prefix, sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)),
-                                       bundle.max_ratio)
-        for dist, member in carried:
-            attempt.log("installing %s into %s" % (member, prefix))
-            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"], writer)
-            rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base), "
-                                 "installed by pm's own wheel installer" % dist.get("source"), "pm"))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    say("installed the %d distribution%s pip had installed on the base, from the wheels the bundle carries"
-        % (len(rows), "s" * (len(rows) != 1)))
-    return rows
-
-
-PIP_ENTRY = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[A-Za-z0-9.+!_-]+\Z"
-
-
-def pip_entries_from_an_index(env_file, dists):
-    """env.yml with only the pip entries an index serves, as NAME==VERSION (never an option such as
-    --index-url or -e for pip to obey): the software itself, what pip installed from a path, a URL or a
-    VCS, and what the bundle carries as wheels are never asked of an index."""
-    if not env_file.pip:
-        return env_file
-    dropped = set(pip_name(d["name"]) for d in dists or ()
-                  if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
-    for dist in dists or ():
-        if not dist.get("software") and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown"):
-            say("note: %s %s was installed from %s on the base, not from an index, and the bundle does not carry "
-                "it: it is left out (pack with --with-packages to carry it)" % (dist["name"], dist["version"],
-                                                                             dist.get("url") or dist.get("source")))
-    for entry in env_file.pip:
-        if not re.match(PIP_ENTRY, entry):
-            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % entry[:100])
-    kept = [s for s in env_file.pip if re.match(PIP_ENTRY, s) and pip_name(spec_name(s)) not in dropped]
-    if len(kept) == len(env_file.pip):
-        return env_file
-    return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
-
-
-def dist_row(dist, installed, status, why, manager="pip"):
-    """A requirements row for a Python distribution: the base's version beside the one installed, the
-    installer that really ran, and the conda package it stands for (if any)."""
-    return RequirementRow(dist["name"], status, base_version=dist["version"], version=installed,
-                          package="%s:%s=%s" % (manager, dist["name"], installed) if installed else None, why=why,
-                          drift=bool(installed) and installed != dist["version"], conda=dist.get("owner"))
-
-
-def missing_rows(base, result, software, why_missing):
-    """A row for every package of the base (base: BaseRequirements) that no row of the route accounts
-    for (status 'missing', with why_missing(name, version, python) saying why), so each base package
-    ends in exactly one row."""
-    covered = covered_names(result, software)
-    here = (result.get("platform") or {}).get("env_python")
-    rows = []
-    for name, version, pypi in base_packages(base, covered):
-        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
-            continue
-        covered.add(pip_name(name))
-        if name == "python" and here:
-            rows.append(RequirementRow(name, "installed", base_version=version or None, version=here,
-                                       why="the environment's own Python", drift=bool(version) and version != here))
-            continue
-        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
-            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
-        rows.append(RequirementRow(name, "missing", base_version=version or None, version=None, why=why, drift=False))
-    return rows
-
-
-def covered_names(result, software):
-    """The PEP 503 names the route's rows (and the environment it made) account for."""
-    covered = set(pip_name(d["name"]) for d in software)
-    for row in (result.get("packages") or []) + (result.get("python") or []):
-        covered.add(pip_name(row["requirement"]))
-        covered.add(pip_name(row.get("conda") or "-"))
-    return covered | set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
-
-
-def base_packages(base, covered):
-    """Every package of the base as (name, version, PyPI name or None): its conda records, then the
-    distributions python-dists.json records that no conda package accounted for (covered) installs."""
-    found = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
-             for r in base.records]
-    return found + [(d["name"], d["version"], d["name"]) for d in base.dists or []
-                    if not d.get("owner") or pip_name(d["owner"]) not in covered]
-
-
-def record_env_pythons(attempt, bundle, environ):
-    """The environment's own Python here beside the base environment's (not the ones pm ran under),
-    and what kind of environment each is (the base's as pack read it: conda, a conda-style prefix read
-    without conda, a venv; here: the route that made it)."""
-    prefix = attempt.result.get("env_prefix") or (environ or {}).get("VIRTUAL_ENV")
-    python = os.path.join(prefix, "bin", "python") if prefix else None  # its own, never one found on PATH
-    code, output = attempt.run([python, "-c", "import platform; print(platform.python_version())"], environ=environ) \
-        if python and os.path.exists(python) else (1, "")
-    here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
-    level = attempt.result.get("level")
-    kind = "a prefix pm linked without conda" if level == "carried" else \
-        "conda %s environment (level %s)" % ((attempt.result.get("platform") or {}).get("conda", ""), level) \
-        if level else "a virtual environment (pip)" if (environ or {}).get("VIRTUAL_ENV") else "the system's packages"
-    source = attempt.result.get("source") or {}
-    base_kind = source.get("env_kind") or ("conda %s environment" % source["conda"] if source.get("conda") else None)
-    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here, env_kind=kind),
-                 source=dict(source, env_python=base_python_version(bundle), env_kind=base_kind))
-
-
-def route_why_missing(result, managers):
-    """why_missing for missing_rows: what the route that ran did, for a package it did not bring."""
-    level = result.get("level")
-    if level == "carried":
-        return lambda name, version, pypi: "not among the packages the bundle carries"
-    if level:
-        return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
-            level, "" if level == "exact" else ": the base's exact set did not solve here")
-    systems = [m for m in managers if m != "conda" and not FAMILIES.get(manager_family(m, ""), OTHER_FAMILY).pip_like]
-
-    def why(name, version, pypi):
-        if pypi:
-            return "a Python package that pip was not given (its records hold no version)"
-        if systems:
-            return "not a Python package and not directly required: left to what %s installs for the direct " \
-                   "requirements" % ", ".join(systems)
-        return "not a Python package, and pip cannot install it: add a system package manager (apt, dnf, brew, " \
-               "spack) to package_managers for it"
-    return why
-
-
-def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
-    """What pip installed on the base (and the bundle does not carry), into a conda environment as on
-    the pip route (install_with_pip, with the environment's own Python; its pip from ensurepip when
-    conda's channels had none). Returns its rows."""
-    wanted = [d for d in base.pip if not d.get("owner") and not d.get("wheel")]
-    python = os.path.join(prefix, "bin", "python")
-    if not wanted:
-        return []
-    if carried:  # from the bundle's own packages: an air-gapped target, no index to ask
-        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm or without "
-            "--with-packages); they are left out" % ", ".join(d["name"] for d in wanted))
-        return [dist_row(d, None, "failed", "pip installed it on the base and the bundle does not carry it: pack "
-                         "with --with-packages to carry it") for d in wanted]
-    if not os.path.isfile(python):
-        return [dist_row(d, None, "failed", "the environment has no Python for pip to install it into")
-                for d in wanted]
-    if attempt.run([python, "-m", "pip", "--version"])[0] != 0:
-        say("the environment has no pip: adding it from its own Python (ensurepip)")
-        code, output = attempt.run([python, "-m", "ensurepip"])
-        if code != 0:
-            return [dist_row(d, None, "failed", "the environment has no pip, and ensurepip failed: %s"
-                             % (output.strip().splitlines() or [""])[-1][:200]) for d in wanted]
-    return install_with_pip(attempt, bundle, wanted, options, prefix=prefix)
-
-
-def software_dists(dists):
-    return [d for d in dists or [] if d.get("software")]
-
-
-def link_software(site, dist, tree):
-    """The software as the base had it installed, from the migrated tree: a .pth that puts its
-    import roots on the path and a dist-info (metadata, entry points) naming the tree, written by the
-    prefix's containment writer (site is PREFIX/lib/pythonX.Y/site-packages; entry points go to PREFIX/bin)."""
-    import io
-    where = "the software %s" % dist["name"]
-    check_dist_paths(dist, where)
-    roots = []
-    for root in dist.get("import_roots") or ["."]:
-        roots.append(os.path.join(tree, *[p for p in root.split("/") if p not in ("", ".")]))
-        if re.search(CONTROL_OR_NEWLINE, roots[-1]):  # a line of the .pth: a newline would add another
-            raise PmError("the software's folder %r holds a control character or newline" % tree,
-                          "move it to a plain folder name")
-    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))
-    site_rel = os.path.relpath(site, prefix)
-    if not re.match(SITE_REL, site_rel):
-        raise PmError("%s would go to %s, which is not PREFIX/lib/pythonX.Y/site-packages" % (where, site),
-                      "report it")
-    writer = Contained(prefix)
-    name = PROBE.wheel_escape(dist["name"])
-    info_dir = "%s-%s.dist-info" % (name, PROBE.wheel_escape(dist["version"], True))
-    pth = "__pm_software__%s.pth" % name
-    module = "__pm_software__%s_finder" % name.replace(".", "_")
-    for entry in (pth, info_dir, module + ".py"):  # an earlier link of the software (the tested tree, before the install)
-        if os.path.lexists(os.path.join(site, entry)):
-            shutil_remove(os.path.join(site, entry))
-    from urllib.request import pathname2url
-    finder = software_finder(dist, roots)  # only the packages the base's editable finder exposed, not their folder
-    metadata = dist.get("metadata") if isinstance(dist.get("metadata"), str) else None
-    metadata = metadata or "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist["name"], dist["version"])
-    direct_url = json.dumps({"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, sort_keys=True)
-    points = PROBE.entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
-    files = [(module + ".py", finder), (pth, "import %s\n" % module)] if finder else [(pth, "".join(r + "\n" for r in roots))]
-    files += [(info_dir + "/METADATA", metadata),
-             (info_dir + "/direct_url.json", direct_url)] + ([(info_dir + "/entry_points.txt", dist["entry_points"])]
-                                                            if points else [])
-    written = []
-    for rel, text in files:
-        writer.write(site_rel + "/" + rel, io.BytesIO(text.encode("utf-8", "surrogateescape")), 0o644, None, where)
-        written.append(site_rel + "/" + rel)
-    for command, target in points:
-        written.append(write_entry_point(writer, command, target, "the software's entry points"))
-    finish_dist_info(writer, site_rel, info_dir, written)
-
-
-SOFTWARE_FINDER = '''"""Written by pm: the software's own packages from its migrated tree, and nothing else of it."""
-import importlib.abc
-import importlib.machinery
-import importlib.util
-import os
-import sys
-
-MAPPING = %r
-
-
-class PmSoftwareFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        where = MAPPING.get(name)
-        if where is None:
-            return None
-        if not os.path.isdir(where):
-            return importlib.util.spec_from_file_location(name, where)
-        init = os.path.join(where, "__init__.py")
-        if os.path.isfile(init):
-            return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[where])
-        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-        spec.submodule_search_locations = [where]
-        return spec
-
-
-if not any(getattr(finder, "pm_mapping", None) == MAPPING for finder in sys.meta_path):
-    FINDER = PmSoftwareFinder()
-    FINDER.pm_mapping = MAPPING
-    sys.meta_path.append(FINDER)
-'''
-
-
-def software_finder(dist, roots):
-    """The source of a finder module exposing just the packages the base's editable finder mapped
-    (import_packages), found under the import roots in the migrated tree; None when there are none."""
-    mapping = {}
-    for package in dist.get("import_packages") or []:
-        if not isinstance(package, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", package):
-            raise PmError("python-dists.json names the import package %r, which is not a Python name"
-                          % str(package)[:60], "do not use this bundle; pack the software again")
-        for root in roots:
-            for where in (os.path.join(root, package), os.path.join(root, package + ".py")):
-                if package not in mapping and os.path.exists(where):
-                    mapping[package] = where
-    return SOFTWARE_FINDER % (mapping,) if mapping else None
-
-
-def shutil_remove(path):
-    import shutil
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.remove(path)
-
-
-def link_software_dists(attempt, site, dists, tree, when):
-    """Link every distribution of the software to tree (the tested copy, then the installed one)."""
-    rows = []
-    for dist in software_dists(dists):
-        if not site:
-            say("warning: %s %s is the software, and this environment has no site-packages to install it into"
-                % (dist["name"], dist["version"]))
-            continue
-        if not dist.get("import_roots"):  # an older bundle: where its package lives in the tree, and its site here
-            module = re.sub(r"[-.]+", "_", dist["name"]).lower()
-            roots = PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "")
-            dist = dict(dist, import_roots=[roots[0] or "."], import_packages=[module] if roots[0] else [],
-                        site=os.path.relpath(site, os.path.dirname(os.path.dirname(os.path.dirname(site)))))
-        link_software(site, dist, tree)
-        attempt.log("linked the software %s %s to %s" % (dist["name"], dist["version"], tree))
-        say("%s %s is the software: installed editable from the %s %s (never from an index)"
-            % (dist["name"], dist["version"], when, tree))
-        rows.append(dist_row(dist, dist["version"], "installed", "the software itself, editable from the migrated tree",
-                             "pm"))
-    return rows
-
-
-def env_site_packages(prefix, dists):
-    """The site-packages folder of a prefix or venv: the base's when it exists here, else the one there is."""
-    for dist in dists or []:
-        if os.path.isdir(os.path.join(prefix, dist["site"])):
-            return os.path.join(prefix, dist["site"])
-    found = PROBE.site_packages(prefix)
-    return found[0] if found else None
-
-
-# -- With the system's package managers ---------------------------------------
-
-
-def environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base):
-    """The system's package managers provide each requirement (base: the migration's BaseRequirements);
-    a Provided (pip's venv stays in the attempt, with its record)."""
-    attempt.base_python = base_python_version(bundle)
-    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base)
-    attempt.save(packages=rows_json(packages))
-    venv = environ.get("VIRTUAL_ENV")
-    if not venv:
-        return Provided(packages, environ, None)
-    return Provided(packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")),
-                    env_site_packages(venv, ()))
-
-
-# The routes, in the order they are tried: pm's linker when the bundle carries its packages and conda is
-# not here (or --no-conda), conda when the configuration lists it, else the system's package managers.
-ROUTES = [
-    Route("pm's linker", by_pm_linker, environment_without_conda),
-    Route("conda", lambda config, bundle, options: "conda" in config.package_managers, environment_with_conda),
-    Route("package managers", lambda config, bundle, options: True, environment_with_managers),
-]
+    def parse(cls, text, where):
+        text = (text or "").strip()
+        if text == "skip":
+            return cls()
+        match = re.match(r"^([A-Za-z0-9._-]+):([A-Za-z0-9][A-Za-z0-9._+@-]*)(?:=([A-Za-z0-9._+:~-]+))?$", text)
+        if not match:
+            raise PmError("%s: %r is not 'manager:package[=version]' or 'skip'" % (where, text),
+                          "write e.g. \"apt:zlib1g-dev\" or \"pip:numpy=1.26.4\"")
+        return cls(match.group(1), match.group(2), match.group(3))
+
+    def to_text(self):
+        if not self.manager_key:
+            return "skip"
+        return "%s:%s%s" % (self.manager_key, self.package, "=" + self.version if self.version else "")
 
 
 def read_answers(path):
@@ -6769,722 +4979,6 @@ def read_answers(path):
     if not isinstance(data, dict):
         raise PmError("the answers file %s is not a JSON object" % path, "write {\"zlib\": \"apt:zlib1g-dev\", ...}")
     return dict((key, Choice.parse(value, "%s, %s" % (path, key))) for key, value in data.items())
-
-
-def choose_package(req, candidates, remembered, options):
-    """Pick what to install for one requirement: answers file, --yes, remembered, or a prompt."""
-    if req.name in options.answers:
-        return options.answers[req.name], "answers file"
-    if options.yes:
-        if remembered:
-            return remembered, "remembered"
-        if candidates:
-            return candidates[0].choice(req.version), "top candidate"
-        return Choice(), "nothing found"
-    say("%s (on the base machine%s):" % (req.name, " " + req.version if req.version else ""))
-    for number, cand in enumerate(candidates, 1):
-        say("  %d) %-8s %-28s %-22s %s" % (number, cand.manager.key, cand.package,
-                                           cand.best_version(req.version) or "-", cand.why))
-    if not candidates:
-        say("  no package manager offers it")
-        answer = PROBE.ask("  [s]kip it or [a]bort the migration?", "s", "--yes or --answers FILE", False)
-        if answer.lower().startswith("a"):
-            raise PmError("migration aborted: nothing provides %s" % req.name,
-                          "add a package-manager section that has it, or skip it", code=1)
-        return Choice(), "skipped"
-    say("  0) skip")
-    default = remembered.to_text() if remembered else "1"
-    while True:
-        answer = PROBE.ask("  choice", default, "--yes or --answers FILE", False)
-        if answer == "0" or answer == "skip":
-            return Choice(), "skipped"
-        if answer.isdigit() and 1 <= int(answer) <= len(candidates):
-            return candidates[int(answer) - 1].choice(req.version), "chosen"
-        try:
-            return Choice.parse(answer, "your answer"), "typed"
-        except PmError:
-            say("  type a number from 0 to %d, or manager:package[=version]" % len(candidates))
-
-
-def base_python_version(bundle):
-    """The Python version of the base environment: conda-list.json's python record, else the manifest's
-    env python (a virtual environment's, from its pyvenv.cfg), or None."""
-    try:
-        listed = bundle.read_json("conda-list.json")
-    except (KeyError, ValueError):
-        listed = None
-    for record in listed if isinstance(listed, list) else []:
-        if isinstance(record, dict) and record.get("name") == "python" \
-                and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
-            return record["version"]
-    python = (bundle.manifest.env or {}).get("python") if isinstance(bundle.manifest.env, dict) else None
-    return python if isinstance(python, str) and re.match(r"^\d+\.\d+(\.\d+)?$", python) else None
-
-
-PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling", "conda-package-streaming",
-                          "conda-libmamba-solver", "libmambapy", "menuinst", "conda-index"])
-
-
-def base_conda_records(bundle, min_deps, env_file):
-    """The base's conda packages as records (name, version, build_string, channel): conda-list.json,
-    else min-deps.json (the original tool's store lists them there), else env.yml's conda entries.
-    Names and versions that are not plain package names and versions are left out (they would become
-    requirement lines)."""
-    try:
-        listed = bundle.read_json("conda-list.json") if "conda-list.json" in bundle.manifest.members else None
-    except (KeyError, ValueError):
-        listed = None
-    if not isinstance(listed, list) or not listed:
-        listed = min_deps if isinstance(min_deps, list) and min_deps else None
-    if listed is None:
-        listed = []
-        for spec in env_file.dependencies:
-            parts = (spec.split("=") + ["", ""])[:3]
-            listed.append({"name": spec_name(spec), "version": parts[1], "build_string": parts[2]})
-    records = []
-    for record in listed:
-        if not isinstance(record, dict):
-            continue
-        name, version = str(record.get("name") or ""), str(record.get("version") or "")
-        if not re.match(PACKAGE_NAME, name) or (version and not re.match(PACKAGE_VERSION, version)):
-            say("warning: the base's package %r %r is not a package name and version; it is left out"
-                % (printable(name[:60]), printable(version[:60])))
-            continue
-        records.append({"name": name, "version": version, "build_string": str(record.get("build_string") or ""),
-                        "channel": str(record.get("channel") or "")})
-    return records
-
-
-PACKAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}\Z"
-PACKAGE_VERSION = r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z"
-
-
-def software_names(bundle):
-    """What the software is called as a Python distribution: the bundle's name, its folder's, and the
-    project name its pyproject.toml, setup.cfg or setup.py gives (PEP 503 forms)."""
-    names = set([pip_name(bundle.manifest.name), pip_name(bundle.manifest.software_dir())])
-    top = "software/%s/" % bundle.manifest.software_dir()
-    patterns = {"pyproject.toml": r"(?m)^\s*name\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']",
-                "setup.cfg": r"(?m)^\s*name\s*=\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$",
-                "setup.py": r"\bname\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']"}
-    for member, pattern in patterns.items():
-        if top + member not in bundle.manifest.members:
-            continue
-        try:
-            found = re.search(pattern, bundle.read_text(top + member))
-        except (KeyError, UnicodeDecodeError, PmError):
-            continue
-        if found:
-            names.add(pip_name(found.group(1)))
-    return names
-
-
-class BaseRequirements(object):
-    """What the base asks of a migration, worked out once per migration (base_requirements): its conda
-    records, python-dists.json's distributions (None for an older bundle), what pip installs (pip),
-    the conda packages those stand for (owners) and the software's own distributions (software)."""
-
-    def __init__(self, records, dists, pip, owners, software):
-        self.records, self.dists, self.pip, self.owners, self.software = records, dists, pip, owners, software
-
-
-def base_requirements(bundle, env_file, min_deps):
-    """The migration's BaseRequirements, from env_file as the migration uses it."""
-    records = base_conda_records(bundle, min_deps, env_file)
-    dists = base_distributions(bundle)
-    return BaseRequirements(records, dists, *python_requirements(bundle, env_file, min_deps, records, dists))
-
-
-def python_requirements(bundle, env_file, min_deps, records, dists):
-    """(what pip installs, the conda names it stands for, the software's distributions). From
-    python-dists.json (dists), exact; for an older bundle or the original tool's store, from the conda
-    records (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
-    packages that are Python but whose files the base did not list go to pip too. The software is
-    never pinned: it comes from the migrated tree."""
-    direct = set(r.get("name") for r in min_deps or [] if isinstance(r, dict)) | \
-        set(spec_name(s) for s in env_file.dependencies)
-    wanted, owners = recorded_distributions(dists, direct)
-    software = software_dists(dists)
-    names = software_names(bundle) if dists is None else set()
-    known = set(pip_name(d["name"]) for d in wanted + software)
-    for record in records:
-        pypi = conda_pypi_name(record["name"], record["build_string"], channel=record["channel"])
-        if record["name"] in owners or not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
-            continue
-        known.add(pip_name(pypi))
-        if pip_name(pypi) in names:
-            software.append({"name": pypi, "version": record["version"], "site": "", "software": True,
-                             "owner": None, "source": "editable"})
-        else:
-            wanted.append(python_conda_package(record, pypi, direct, dists is not None))
-            owners.add(record["name"])
-    for name, version in pinned_pip_entries(env_file) if dists is None else ():
-        if pip_name(name) in known | PIP_LEFT_OUT:
-            continue
-        known.add(pip_name(name))
-        entry = {"name": name, "version": version, "owner": None, "site": "", "direct": True}
-        if pip_name(name) in names:
-            software.append(dict(entry, software=True, source="editable"))
-        else:
-            wanted.append(dict(entry, why="env.yml's pip entry"))
-    return wanted, owners - set([None]), software
-
-
-def recorded_distributions(dists, direct):
-    """(what pip installs of python-dists.json's records, the conda packages that installed records):
-    neither the software, nor pip and conda themselves."""
-    wanted, owners = [], set()
-    for dist in dists or []:
-        owners.add(dist.get("owner"))
-        if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
-            continue
-        how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
-            "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
-        wanted.append(dict(dist, why="recorded on the base: " + how,
-                           direct=not dist.get("owner") or dist.get("owner") in direct))
-    return wanted, owners
-
-
-def python_conda_package(record, pypi, direct, listed):
-    """A conda record that is a Python package (PyPI name pypi), as what pip installs; listed: the base
-    recorded its distributions, and none for this one."""
-    why = "pip installed it on the base" if record["channel"] == "pypi" else \
-        "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
-                                                             record["build_string"] if record["build_string"]
-                                                             else "its records")
-    if listed:
-        why += "; the base listed no files of it"
-    return {"name": pypi, "version": record["version"], "site": "", "why": why,
-            "owner": None if record["channel"] == "pypi" else record["name"],
-            "direct": record["name"] in direct or record["channel"] == "pypi"}
-
-
-def pinned_pip_entries(env_file):
-    """env.yml's pip entries that are NAME==VERSION, as (name, version)."""
-    found = []
-    for spec in env_file.pip:
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
-        if match:
-            found.append((match.group(1), match.group(2)))
-    return found
-
-
-PIP_NOT_FOUND = (r"satisfies the requirement ([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*\S+)?\s*"
-                 r"\(from versions: ([^)]*)\)")
-
-
-def pip_not_found(output):
-    """(name, versions the index has) of the requirement pip says it cannot find, else None."""
-    match = re.search(PIP_NOT_FOUND, output)
-    if not match:
-        return None
-    return match.group(1), [v.strip() for v in match.group(2).split(",") if v.strip() and v.strip() != "none"]
-
-
-def pip_build_failure(output):
-    """The names of what pip could not build (its metadata or its wheel), from pip's own words, else []."""
-    names = re.findall(r"(?:Failed building wheel for|Failed to build|Could not build wheels for) "
-                       r"([A-Za-z0-9][A-Za-z0-9._-]*)", output)
-    first_error = output.find("subprocess-exited-with-error")
-    if not names and first_error >= 0:
-        fetched = re.findall(r"(?m)^\s*(?:Collecting|Processing|Downloading|Obtaining) (\S+)", output[:first_error])
-        if fetched:
-            last = fetched[-1].rstrip("/").rsplit("/", 1)[-1]
-            archive = re.match(r"^(.+?)-(\d[^-]*)\.(tar\.gz|tar\.bz2|zip|tgz)$", last)
-            names = [archive.group(1) if archive else spec_name(re.split(r"[=<>!~\[;]", last)[0])]
-    return [n for n in names if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z", n)]
-
-
-def pip_conflict(output):
-    """(the names the user requested that pip's conflict report names, its lines), else ([], [])."""
-    start = output.find("The conflict is caused by:")
-    if start < 0:
-        return [], []
-    lines = []
-    for line in output[start:].splitlines()[1:]:
-        if not line.strip():
-            break
-        lines.append(line.strip())
-    requested = [m.group(1) for m in (re.match(r"^The user requested ([A-Za-z0-9][A-Za-z0-9._-]*)", l) for l in lines)
-                 if m]
-    return requested, lines
-
-
-def pip_diagnosis(output, pins):
-    """What pip's failure names, as (key, kind, detail) for pins it names: 'build' (cannot be built here),
-    'notfound' (detail: the versions there are), 'conflict' (detail: pip's lines); [] when it names none."""
-    built = [pip_name(n) for n in pip_build_failure(output)]
-    if built:
-        return [(key, "build", None) for key in built if key in pins]
-    missing = pip_not_found(output)
-    if missing:
-        return [(pip_name(missing[0]), "notfound", missing[1])] if pip_name(missing[0]) in pins else []
-    requested, lines = pip_conflict(output)
-    return [(pip_name(name), "conflict", lines) for name in requested if pip_name(name) in pins]
-
-
-class PipPin(object):
-    """One Python distribution as pip is asked for it: the base's record (dist), the name and version
-    asked (version None: any), and what the levels learn of it (relax)."""
-
-    def __init__(self, dist, name, version, fixed, why, direct):
-        self.dist, self.name, self.version, self.why, self.direct = dist, name, version, why, direct
-        self.fixed = fixed  # chosen in the answers file: never relaxed
-        self.steps = 0  # relaxations so far
-        self.binary = False  # wheels only (--only-binary)
-        self.listed = None  # the versions pip listed for it, once it named it not found
-        self.failure = None  # why it did not install, once known
-        self.level = None  # the level that left it to pip's resolve of others
-        self.file = None  # the carried wheel, offered instead of the index
-
-    def line(self):
-        """A requirements line: the carried wheel's path, else NAME==VERSION (NAME alone with no version)."""
-        if self.file:
-            return self.file
-        return "%s==%s" % (self.name, self.version) if self.version else self.name
-
-    def fail(self, reason):
-        """Record why it did not install, unless an earlier reason was found."""
-        self.failure = self.failure or reason
-
-    def relax(self, attempt, kind, detail):
-        """Relax the pin after pip named it (kind 'build', 'notfound' or 'conflict', pip_diagnosis);
-        return False when nothing is left to try (it is dropped)."""
-        self.steps += 1
-        if self.fixed or self.steps > 4:
-            return False
-        note = self.only_wheels() if kind == "build" else self.nearest_version(detail) if kind == "notfound" \
-            else self.any_version(detail)
-        if not note:
-            return False
-        say("  " + note)
-        attempt.log("pip: " + note)
-        return True
-
-    def only_wheels(self):
-        if self.binary:
-            return None
-        self.binary = True  # its wheels only: pip then lists the versions that have one
-        self.failure = "pip cannot build %s %s here and finds no wheel of it for this Python" % (self.name, self.version)
-        return "%s %s cannot be built here: trying its wheels only" % (self.name, self.version)
-
-    def nearest_version(self, detail):
-        if self.binary and not detail and self.listed:
-            self.binary = False  # no wheel at all: the nearest version, as pip can get it
-            detail = self.listed
-        if not detail:
-            self.failure = "pip finds no %s==%s here and no other version" % (self.name, self.version)
-            return None
-        if not self.listed:
-            self.listed, self.binary = detail, True
-        base = self.dist["version"]
-        nearest = sorted(detail, key=lambda v: version_distance(v, base))[0]
-        note = "%s %s is not on the index for this Python and platform: relaxed to %s" % (self.name, self.version,
-                                                                                         nearest)
-        self.why = "relaxed: %s is not on the index here, %s is the nearest%s" % (
-            base, nearest, " with a wheel" if self.binary else "")
-        self.version = nearest
-        return note
-
-    def any_version(self, detail):
-        if not self.version:
-            return None
-        note = "%s %s conflicts with what the other pins need (%s): relaxed to any version pip finds" % (
-            self.name, self.version, "; ".join(detail)[:300])
-        self.why = "relaxed for a conflict: %s" % "; ".join(detail)[:300]
-        self.version, self.binary = None, True
-        return note
-
-
-PIP_ROUNDS = 8
-PIP_UNREACHABLE = (r"(NewConnectionError|Network is unreachable|Temporary failure in name resolution|Name or service "
-                   r"not known|ProxyError|SSLError|Could not fetch URL)")
-
-
-def write_pins(attempt, pins):
-    """pip-requirements.txt in the attempt: a line for each pin (PipPin.line), by key; returns its path."""
-    requirements = os.path.join(attempt.path, "pip-requirements.txt")
-    write_atomic(requirements, "".join(p.line() + "\n" for key, p in sorted(pins.items())))
-    return requirements
-
-
-def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
-    """One pip install of pins (key -> PipPin), relaxing what pip names (PipPin.relax) and trying again, at
-    most rounds times; pins pip names and that cannot be relaxed are dropped (their failure says why).
-    Returns (True when pip succeeded, pip's last words; None when pip cannot reach its index)."""
-    last = ""
-    for _ in range(rounds):
-        if not pins:
-            return True, ""
-        requirements = write_pins(attempt, pins)
-        binary = sorted(key for key, p in pins.items() if p.binary and not p.file)
-        say("installing %d Python distribution%s with pip (%s)..." % (len(pins), "s" * (len(pins) != 1), label))
-        code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", requirements]
-                                   + (["--only-binary", ",".join(binary)] if binary else []) + list(extra))
-        if code == 0:
-            return True, ""
-        last = (output.strip().splitlines() or ["exit %d" % code])[-1][:300]
-        unreachable = re.search(r"(?m)^.*%s.*$" % PIP_UNREACHABLE, output)
-        if unreachable:  # no later level can do better: each would wait for the index again
-            reason = "pip cannot reach its index (%s)" % unreachable.group(0).strip()[:200]
-            for pin in pins.values():
-                pin.fail(reason)
-            say("  " + reason)
-            return False, None
-        named = pip_diagnosis(output, pins)
-        if not named:
-            say("  pip failed: %s" % last)
-            return False, last
-        for key, kind, detail in named:
-            if not pins[key].relax(attempt, kind, detail):
-                pin = pins.pop(key)
-                pin.fail("pip failed on it: %s" % last)
-                say("  %s: %s" % (pin.name, pin.failure))
-                attempt.log("pip: dropped %s: %s" % (pin.name, pin.failure))
-    return False, last
-
-
-def pip_installed(attempt, python):
-    """pip's own list of what is installed in the venv: PEP 503 name -> version."""
-    code, output = attempt.run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"])
-    start = output.find("[")
-    try:
-        listed = json.loads(output[start:output.rfind("]") + 1]) if code == 0 and start >= 0 else []
-    except ValueError:
-        listed = []
-    return dict((pip_name(d["name"]), d["version"]) for d in listed if isinstance(d, dict) and "name" in d)
-
-
-def pip_pins(attempt, bundle, dists, options, manager):
-    """(pins: key -> PipPin for what pip installs, rows for what it does not): answers applied, the carried
-    wheels offered first (the very file the base had, never the index's namesake)."""
-    pins, rows = {}, []
-    for dist in dists:
-        answer = options.answers.get(dist["name"]) or options.answers.get(dist.get("owner") or "")
-        if answer and not answer.manager_key:
-            rows.append(dist_row(dist, None, "skipped", "answers file", manager))
-            continue
-        if answer and not FAMILIES.get(manager_family(answer.manager_key, ""), OTHER_FAMILY).pip_like:
-            continue  # answered for another manager: the package managers' loop installs it
-        if not answer and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown", None):
-            rows.append(dist_row(dist, None, "failed", "installed from %s on the base, not from an index, and not "
-                                 "carried: pack with --with-packages to carry it" % (dist.get("url") or dist["source"]),
-                                 manager))
-            continue  # an index's project of that name is another thing
-        name, version = (answer.package, answer.version) if answer else (dist["name"], dist["version"])
-        pins[pip_name(name)] = PipPin(dist, name, version, bool(answer), "answers file" if answer else
-                                      dist.get("why", ""), bool(answer) or dist.get("direct", True))
-    return pins, rows
-
-
-def uv_here(python):
-    """uv (on PATH, or beside the environment's Python) and pip's index settings as uv's flags, when
-    pip's settings are all in the environment (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
-    PIP_NO_INDEX) and no pip configuration file is in force that uv would not read; else None."""
-    import shutil
-    uv = shutil.which("uv") or (os.path.join(os.path.dirname(python), "uv")
-                                if os.access(os.path.join(os.path.dirname(python), "uv"), os.X_OK) else None)
-    if not uv:
-        return None
-    config = os.environ.get("PIP_CONFIG_FILE")
-    if config != os.devnull and (config or any(os.path.isfile(p) for p in (
-            "/etc/pip.conf", os.path.expanduser("~/.pip/pip.conf"), os.path.expanduser("~/.config/pip/pip.conf")))):
-        return None
-    flags = []
-    if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes"):
-        flags.append("--no-index")
-    if os.environ.get("PIP_INDEX_URL"):
-        flags += ["--index-url", os.environ["PIP_INDEX_URL"]]
-    for url in os.environ.get("PIP_EXTRA_INDEX_URL", "").split():
-        flags += ["--extra-index-url", url]
-    for place in os.environ.get("PIP_FIND_LINKS", "").split():
-        flags += ["--find-links", place]
-    return [uv] + flags
-
-
-def install_with_uv(attempt, python, pins, extra):
-    """The exact set in one resolve by uv, where it is here (uv_here): True when it installed it all."""
-    uv = uv_here(python)
-    if not uv or not pins:
-        return False
-    requirements = write_pins(attempt, pins)
-    say("installing %d Python distribution%s with uv (every one pinned to the base's version, one resolve)..."
-        % (len(pins), "s" * (len(pins) != 1)))
-    code, output = attempt.run([uv[0], "pip", "install", "--python", python, "-r", requirements] + uv[1:] + extra)
-    if code != 0:
-        say("  uv could not install them all (%s): pip tries, relaxing what it names"
-            % (output.strip().splitlines() or ["exit %d" % code])[-1][:200])
-    return code == 0
-
-
-def install_each(attempt, python, pins, extra):
-    """The last level: each pin on its own, so what can install does; when pip fails the same way for
-    three in a row (an index that answers nothing), the rest are not tried and say so."""
-    same, previous = 0, None
-    for key in sorted(pins):
-        if same >= 3:
-            pins[key].fail("not tried on its own: pip failed the same way for three before it (%s)" % previous)
-            continue
-        done, last = resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key].name, rounds=3,
-                                  extra=extra)
-        if last is None:
-            previous, same = "pip cannot reach its index", 3
-            continue
-        same, previous = (same + 1, last) if not done and last == previous else (int(not done), last)
-
-
-def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None):
-    """Every Python distribution of the base into the software's venv, level by level: all of them
-    pinned to the base's versions in one resolve (what pip names relaxed, resolve_pins); if that fails,
-    the direct requirements alone; then each remaining one on its own, so one failing pin never
-    empties the environment. Returns requirement rows read back from pip."""
-    import shutil
-    python = os.path.join(prefix or software_venv(attempt), "bin", "python")
-    extra = ["--prefix", prefix] if prefix else []  # a conda environment: pip installs into it, whatever its Python
-    pins, rows = pip_pins(attempt, bundle, dists, options, manager)
-    if not pins:
-        return rows
-    everything = dict(pins)
-    folder = offer_carried_wheels(attempt, bundle, dists, pins)
-    try:
-        installer = "uv" if install_with_uv(attempt, python, pins, extra) else manager
-        last = "" if installer == "uv" else install_level_by_level(attempt, python, pins, extra)
-    finally:
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
-    got = pip_installed(attempt, python)
-    rows += [pin_row(pin, got.get(key), installer, manager, last) for key, pin in sorted(everything.items())]
-    say_what_pip_installed(installer, rows)
-    return rows
-
-
-def offer_carried_wheels(attempt, bundle, dists, pins):
-    """The wheels the bundle carries, unzipped into the attempt and offered for their pins (never for one
-    the answers file fixed); returns their folder, or None when it carries none."""
-    carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
-    if not carried:
-        return None
-    folder = extract_wheels(attempt, bundle)
-    for key, member in carried.items():
-        if key in pins and not pins[key].fixed:
-            pins[key].file = os.path.join(folder, member.split("/")[1])
-            pins[key].why += "; its wheel carried in the bundle"
-    return folder
-
-
-def install_level_by_level(attempt, python, pins, extra):
-    """pip's levels: every pin in one resolve, then the direct requirements alone, then each on its own;
-    returns pip's last words ('' when a level installed them all, None when it cannot reach its index)."""
-    done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve",
-                              extra=extra)
-    if done or last is None:
-        return last
-    direct = dict((k, p) for k, p in pins.items() if p.direct)
-    if direct and len(direct) < len(pins):
-        say("pip could not install the whole set: trying the direct requirements alone")
-        attempt.log("pip: level direct (%d of %d)" % (len(direct), len(pins)))
-        for key in set(pins) - set(direct):
-            pins[key].level = "left to pip's resolve of the direct requirements"
-        done, last = resolve_pins(attempt, python, direct, "the direct requirements", extra=extra)
-    if not done and last is not None:
-        say("pip could not install them together: trying each on its own")
-        attempt.log("pip: level each")
-        install_each(attempt, python, pins, extra)
-    return last
-
-
-def pin_row(pin, have, installer, manager, last):
-    """The row of one pin, read back from pip (have: the version installed, or None)."""
-    if have:
-        why = pin.why
-        if have != pin.dist["version"] and not why.startswith("relaxed"):
-            why = "%s; pip chose %s (%s)" % (why, have, pin.level or "the base's version did not install")
-        return dist_row(pin.dist, have, "installed", why, installer)
-    why = pin.failure or ("%s, which did not bring it" % pin.level if pin.level else
-                          "not installed: %s" % last if last else "pip did not install it")
-    row = dist_row(pin.dist, None, "failed", why, manager)
-    row.package = "%s:%s%s" % (manager, pin.name, "=" + pin.version if pin.version else "")
-    return row
-
-
-def say_what_pip_installed(installer, rows):
-    installed = [r for r in rows if r.status == "installed"]
-    drifted = [r for r in rows if r.drift]
-    say("%s: %d distributions installed, %d at the base's version, %d differ%s" % (
-        installer, len(installed), len([r for r in installed if not r.drift]), len(drifted),
-        ": " + ", ".join("%s %s -> %s" % (r.requirement, r.base_version, r.version) for r in drifted)
-        if drifted else ""))
-
-
-def base_interpreter(base_version):
-    """(an interpreter of the base's Python minor version that runs here, or None): pythonX.Y on
-    PATH (e.g. after 'module load python/3.11'), then pyenv's and uv's installs."""
-    import glob
-    import shutil
-    import subprocess
-    wanted = ".".join(base_version.split(".")[:2])
-    places = [shutil.which("python" + wanted)]
-    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    places += sorted(glob.glob(os.path.join(pyenv_root, "versions", wanted + ".*", "bin", "python" + wanted)),
-                     reverse=True)
-    uv_root = os.environ.get("UV_PYTHON_INSTALL_DIR") or os.path.expanduser("~/.local/share/uv/python")
-    places += sorted(glob.glob(os.path.join(uv_root, "cpython-%s.*" % wanted, "bin", "python" + wanted)), reverse=True)
-    for place in places:
-        if not place:
-            continue
-        try:
-            proc = subprocess.run([place, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                  universal_newlines=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if proc.returncode == 0 and proc.stdout.strip() == wanted:
-            return place
-    return None
-
-
-def software_venv(attempt):
-    """The software's own virtual environment, in the attempt's store, made on first use with an
-    interpreter of the base's Python version when this machine has one, else pm's own."""
-    import platform
-    import shutil
-    venv = os.path.join(attempt.path, "venv")
-    if os.path.isdir(venv):
-        return venv
-    base = attempt.base_python
-    python = base_interpreter(base) if base else None
-    say("creating the software's virtual environment %s" % venv)
-    code, output = attempt.run([python, "-m", "venv", venv]) if python else (1, "")
-    if python and code != 0:
-        attempt.log("%s cannot make a virtual environment: %s" % (python, output.strip()[-200:]))
-        shutil.rmtree(venv, ignore_errors=True)
-    if not python or code != 0:
-        python = sys.executable
-        code, output = attempt.run([python, "-m", "venv", venv])
-    if code != 0:
-        raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
-                      "install the venv module (e.g. apt install python3-venv)", code=1)
-    if base and python != sys.executable:
-        say("the base ran Python %s: the software's virtual environment uses %s" % (base, python))
-    elif base and ".".join(base.split(".")[:2]) != "%d.%d" % sys.version_info[:2]:
-        say("note: the base ran Python %s and this machine has no working python%s (PATH, pyenv, uv): the "
-            "software's virtual environment uses Python %s" % (base, ".".join(base.split(".")[:2]),
-                                                               platform.python_version()))
-    attempt.save(venv_python=python)
-    return venv
-
-
-def install_choice(attempt, manager, choice, req, candidates):
-    """Install one package; return 'installed' or 'failed'."""
-    versions = [v for c in candidates if c.manager is manager and c.package == choice.package for v in c.versions]
-    version = choice.version if choice.version else (req.version if req.version in versions else None)
-    template = manager.install_version_cmd if version and manager.install_version_cmd else manager.install_cmd
-    exec_override = None
-    if family_of(manager).pip_like:
-        exec_override = os.path.join(software_venv(attempt), "bin", "pip")
-        template = re.sub(r"^\s*sudo\s+", "", template).replace(" --user", "")
-    command = manager.command(template, choice.package, version, exec_override=exec_override)
-    say("installing %s with %s: %s" % (choice.package, manager.key, command))
-    code, output = attempt.run(["/bin/sh", "-c", command])
-    if code != 0:
-        say("  failed (exit %d): %s" % (code, (output.strip().splitlines() or [""])[-1]))
-        return "failed"
-    return "installed"
-
-
-def root_needed_but_missing(manager):
-    """A system package manager (FAMILIES' needs_root) without root and without sudo in its command."""
-    return family_of(manager).needs_root and os.geteuid() != 0 \
-        and not re.match(r"^\s*sudo\b", manager.install_cmd)
-
-
-def usable_managers(attempt, config, options):
-    """The configured package managers that are on this machine, in the configuration's order."""
-    managers = load_managers(attempt.store, options.pck_mgr_configs)
-    chosen = []
-    for key in config.package_managers:
-        if key not in managers:
-            raise PmError("unknown package manager '%s' in the test configuration" % key,
-                          "use one of %s, or define [%s] with --pck-mgr-configs" % (", ".join(sorted(managers)), key))
-        if not managers[key].available():
-            say("note: %s (%s) is not on PATH here; it is left out" % (key, managers[key].exec.split()[0]))
-            continue
-        chosen.append(managers[key])
-        if root_needed_but_missing(managers[key]):
-            say("note: %s installs system packages, which needs root, and pm runs as uid %d: its installs "
-                "will fail (run pm as root, or list pip or spack before it)" % (key, os.geteuid()))
-    if not chosen:
-        raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
-                      "install one, or list another in package_managers")
-    return managers, chosen
-
-
-def provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base):
-    """With pip among the managers, every Python distribution of the base goes to pip in one pinned
-    resolve (install_with_pip); the direct requirements that are not Python distributions go, one by
-    one, to the other managers. Returns (summary rows, environment for the tests)."""
-    managers, chosen = usable_managers(attempt, config, options)
-    pip = [m for m in chosen if family_of(m).pip_like]
-    rows = []
-    if pip:
-        rows += install_with_pip(attempt, bundle, base.pip, options, pip[0].key)
-        chosen = [m for m in chosen if not family_of(m).pip_like]
-    reqs = [r for r in requirements_of(min_deps, env_file)
-            if not pip or (r.name not in base.owners and r.name != "python" and not r.python)]
-    remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
-                      for k, v in attempt.store.read_choices(attempt.name).items())
-    decisions = {}
-    for number, req in enumerate(reqs, 1):
-        if not chosen:
-            rows.append(RequirementRow(req.name, "skipped", base_version=req.version, why="installs no Python "
-                                       "distribution, and no system package manager is configured"))
-            continue
-        say("[%d/%d] resolving %s ..." % (number, len(reqs), req.label()))
-        row, decision = provide_one(attempt, req, managers, chosen, remembered.get(req.name), options)
-        rows.append(row)
-        if decision:
-            decisions[req.name] = decision
-    if decisions:
-        attempt.store.remember_choices(attempt.name, decisions)
-        write_json(os.path.join(attempt.path, "choices.json"), decisions)
-    return rows, environment_of_attempt(attempt)
-
-
-def provide_one(attempt, req, managers, chosen, earlier, options):
-    """One requirement from the chosen managers: (its row, the choice to remember or None). A person's
-    skip is remembered, "nothing found" is not; of an install, only one that worked (a failing choice is
-    not offered again)."""
-    candidates = find_candidates(req, chosen, attempt.log_path)
-    if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
-        say("  note: the earlier choice %s is for %s, which this configuration does not use here; choosing anew"
-            % (earlier.to_text(), earlier.manager_key))
-        earlier = None
-    choice, source = choose_package(req, candidates, earlier, options)
-    if source == "remembered":
-        say("  reusing the earlier choice %s" % choice.to_text())
-    if not choice.manager_key:
-        return RequirementRow(req.name, "skipped", base_version=req.version, why=source), \
-            choice.to_text() if source in ("skipped", "remembered") else None
-    manager = managers.get(choice.manager_key)
-    if manager is None or not manager.available():
-        say("  %s is not available here" % choice.manager_key)
-        return RequirementRow(req.name, "failed", package=choice.to_text(), base_version=req.version,
-                              why="manager %s not available" % choice.manager_key), None
-    status = install_choice(attempt, manager, choice, req, candidates)
-    return RequirementRow(req.name, status, package=choice.to_text(), why=source, base_version=req.version,
-                          version=choice.version,
-                          drift=bool(choice.version and req.version and choice.version != req.version)), \
-        choice.to_text() if status == "installed" else None
-
-
-def environment_of_attempt(attempt):
-    """The environment the tests run in: pm's own, with the software's venv (when pip made one) first."""
-    environ = dict(os.environ)
-    venv = os.path.join(attempt.path, "venv")
-    if os.path.isdir(venv):
-        environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + environ.get("PATH", "")
-        environ["VIRTUAL_ENV"] = venv
-    return environ
 
 
 # == Preflight ================================================================
@@ -7966,6 +5460,46 @@ def write_sbom(bundle, attempt):
 # scripts (--json): the platforms, each requirement and how it was met, the tests, the history.
 
 
+class RequirementRow(object):
+    """One requirement of the base and how this machine met it: a row of result.json's packages,
+    python and unmet lists, which the summary, report and report.html show. A row keeps the keys it
+    was made with, so result.json holds what older pm wrote (a skipped row has no version)."""
+
+    FIELDS = ("requirement", "status", "base_version", "version", "package", "why", "drift", "conda")
+
+    def __init__(self, requirement, status, **fields):
+        unknown = set(fields) - set(self.FIELDS)
+        if unknown:
+            raise TypeError("a requirement row has no %s" % ", ".join(sorted(unknown)))
+        self.requirement, self.status = requirement, status
+        self.recorded = ("requirement", "status") + tuple(k for k in self.FIELDS[2:] if k in fields)
+        for key in self.FIELDS[2:]:
+            setattr(self, key, fields.get(key))
+
+    def to_json(self):
+        return dict((key, getattr(self, key)) for key in self.recorded)
+
+    @classmethod
+    def from_json(cls, data):
+        """A row of result.json (of this pm or an older one)."""
+        return cls(data.get("requirement"), data.get("status"),
+                   **dict((k, v) for k, v in data.items() if k in cls.FIELDS[2:]))
+
+    def how(self):
+        """What met it and why: the report's 'how'."""
+        return ", ".join(p for p in (self.package, self.why) if p)
+
+    def report_json(self):
+        """The row as 'report --json' gives it (and report and report.html show)."""
+        return {"requirement": self.requirement, "status": self.status, "base_version": self.base_version,
+                "version": self.version, "drift": bool(self.drift), "how": self.how(), "conda": self.conda}
+
+
+def rows_json(rows):
+    """Requirement rows as result.json holds them."""
+    return [row.to_json() for row in rows]
+
+
 def log_tail(path, limit=64 << 10):
     """The last limit bytes of a log, as text."""
     if not path or not os.path.isfile(path):
@@ -8247,6 +5781,2549 @@ def write_report_html(store, name, attempt):
         write_atomic(os.path.join(attempt.path, "report.html"), report_html(attempt_report(store, name, attempt.id)))
     except (OSError, PmError, ValueError) as exc:
         say("note: the attempt's report.html could not be written (%s)" % exc)
+
+
+# == The attempt ==============================================================
+# One attempt: a unique directory NAME/<id>/ holding the env file used, the command log, every test's
+# output, result.json; its options, what it came to, and what a route hands back (Provided).
+
+
+class TestResult(object):
+    """How one test went."""
+
+    def __init__(self, name, status, exit_code, seconds, log, leftovers=(), command=None):
+        self.name, self.status, self.exit_code, self.seconds, self.log = name, status, exit_code, seconds, log
+        self.leftovers = list(leftovers)  # 'PID command' of processes it left running, stopped by pm
+        self.command = command  # as the configuration wrote it (with its runner first)
+
+    def to_json(self):
+        return {"name": self.name, "status": self.status, "exit_code": self.exit_code, "command": self.command,
+                "seconds": round(self.seconds, 3), "log": self.log, "left_running": self.leftovers}
+
+
+def this_platform():
+    """This machine's OS, processor and C library, recorded with each attempt (the probe's own reading,
+    without conda's fields)."""
+    here = PROBE.source_platform({})
+    return dict((key, value) for key, value in here.items() if key not in ("conda", "conda_platform"))
+
+
+def glibc_version(text):
+    match = re.match(r"glibc (\d+)\.(\d+)", text if isinstance(text, str) else "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def platform_notes(source, here):
+    """Warnings when the base machine differs from this one in ways that break conda builds."""
+    source = source if isinstance(source, dict) else {}
+    notes = []
+    for key, what in (("os", "operating system"), ("machine", "processor")):
+        theirs = re.sub(r"[^\w .+-]", "?", str(source.get(key) or ""))[:40]
+        if theirs and theirs != here[key]:
+            notes.append("the bundle comes from %s %s, this machine has %s: its exact builds cannot be "
+                         "used here" % (what, theirs, here[key]))
+    theirs, ours = glibc_version(source.get("libc")), glibc_version(here["libc"])
+    if theirs and ours and ours < theirs:
+        notes.append("the bundle comes from glibc %d.%d, this machine has glibc %d.%d: packages built for "
+                     "the base may not run here" % (theirs + ours))
+    return notes
+
+
+class Attempt(object):
+    """The record of one migration attempt, kept in its directory."""
+
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+        self.path = store.new_attempt_dir(name)
+        self.id = os.path.basename(self.path)
+        self.log_path = os.path.join(self.path, "commands.log")
+        self.started = time.time()
+        self.base_python = None  # the base environment's Python version, for the software's venv
+        self.holds = []  # open files whose locks say what this attempt uses (released when it ends)
+        self.conda = None  # the conda route's (CondaHere, CarriedChannel or None)
+        self.result = {"id": self.id, "name": name, "status": "running", "started": self.started,
+                       "pid": os.getpid(), "pid_started": process_start_time(os.getpid())}
+
+    def log(self, text):
+        with append_private(self.log_path) as handle:
+            handle.write("%s %s\n" % (time.strftime("%H:%M:%S"), text))
+
+    def run(self, command, environ=None):
+        """Run a command (conda, an install) through run_command, logged here; (exit code, output)."""
+        self.log("$ " + " ".join(command))
+        started = time.time()
+        run = run_command(command, self.log_path, environ=environ, heartbeat=os.path.basename(command[0]))
+        code = 127 if run.code is None else run.code
+        self.log("exit %d after %.3f s" % (code, time.time() - started))
+        if run.leftovers:
+            say("warning: %s left %d process%s running; pm stopped %s (see %s)" % (
+                os.path.basename(command[0]), len(run.leftovers), "es" * (len(run.leftovers) > 1),
+                "them" if len(run.leftovers) > 1 else "it", self.log_path))
+        return code, run.output
+
+    def save(self, **values):
+        self.result.update(values)
+        write_json(os.path.join(self.path, "result.json"), self.result)
+
+    PARTIAL = ("channel", "wheels", "work", "venv")  # what an attempt writes that is of no use once it failed
+
+    def discard_partial(self):
+        """Remove what this attempt had started writing (carried packages, unzipped copies, its venv):
+        after a full disk, so that the disk is not left full and the attempt's end can be recorded."""
+        import shutil
+        for folder in self.PARTIAL:
+            shutil.rmtree(os.path.join(self.path, folder), ignore_errors=True)
+        for leftover in os.listdir(self.path):
+            if leftover.startswith(".pm-") and leftover.endswith(".part"):
+                remove_quietly(os.path.join(self.path, leftover))
+
+
+class MigrateOptions(object):
+    """What the caller asks of a migration (the command line's flags, as plain values)."""
+
+    def __init__(self, env_name=None, force=False, skip_tests=False, yes=False, answers=None, pck_mgr_configs=(),
+                 no_conda=False, allow_scripts=False, prefix=None):
+        self.no_conda = no_conda  # install the bundle's carried packages without conda
+        self.max_ratio = None  # --max-ratio: also bounds what pm's linker unpacks
+        self.allow_scripts = allow_scripts
+        self.prefix = prefix
+        self.env_name = env_name
+        self.force = force
+        self.skip_tests = skip_tests
+        self.yes = yes
+        self.answers = dict(answers or {})  # requirement -> Choice, from --answers
+        self.pck_mgr_configs = list(pck_mgr_configs)
+        self.force_preflight = False  # --force-preflight: go on when this machine cannot run the binaries
+        self.preflight = None  # the problems the preflight found (None: the bundle has no record of its binaries)
+
+
+class MigrationResult(object):
+    """What an attempt came to: passed or failed, its tests, packages and where the software went."""
+
+    def __init__(self, attempt, tests, packages=None, installed=None):
+        self.attempt = attempt
+        self.tests = tests
+        self.packages = packages
+        self.installed = installed
+        self.activate = None  # the shell command that gives the installed software the packages its tests had
+        self.module = None  # (modulefiles folder, NAME/VERSION) when the install wrote modulefiles
+        self.passed = all(t.status == "passed" for t in tests)
+
+    def exit_code(self):
+        return 0 if self.passed else 1
+
+    def stored_rows(self, key):
+        """The attempt's requirement rows of one list of result.json ('python', 'unmet')."""
+        return [RequirementRow.from_json(row) for row in self.attempt.result.get(key) or []]
+
+
+class Provided(object):
+    """What a route made for the tests: the package managers' rows (None on the conda routes), the tests'
+    environment variables, the command that activates it, its site-packages (None: none), and the rows of
+    the wheels and of what pip installed."""
+
+    def __init__(self, packages, environ, activate, site=None, python_rows=()):
+        self.packages, self.environ, self.activate = packages, environ, activate
+        self.site, self.python_rows = site, list(python_rows)
+
+
+class Route(object):
+    """One way to recreate the environment (ROUTES, in the order they are tried): when it applies, and
+    its function, each with the same arguments (attempt, config, bundle, options, env_file, min_deps,
+    dists, base) returning a Provided."""
+
+    def __init__(self, name, applies, provide):
+        self.name, self.applies, self.provide = name, applies, provide
+
+
+# == Python distributions on the target =======================================
+# The bundle's python-dists.json says what each package puts on the Python path. Every route
+# installs the wheels pack carried for what pip installed (pm's own wheel installer into a conda
+# or carried prefix, pip's --find-links into the venv), and the software from the migrated tree
+# the way the base had it (editable: a .pth naming its import roots and a dist-info), never a release.
+
+
+def wheel_destination(name, site_rel):
+    """Where a wheel member goes in a prefix (PEP 427's .data folders included)."""
+    parts = name.split("/")
+    if parts[0].endswith(".data") and len(parts) > 2:
+        kind, rest = parts[1], "/".join(parts[2:])
+        if kind in ("purelib", "platlib"):
+            return site_rel + "/" + rest
+        if kind in ("scripts", "headers"):
+            return ("bin/" if kind == "scripts" else "include/") + rest
+        if kind == "data":
+            return rest
+        raise PmError("wheel member %s is in an unknown .data folder" % name, "pack the software again")
+    return site_rel + "/" + name
+
+
+class ShebangFix(object):
+    """A wheel script's '#!python' made the prefix's python (a transform for Contained.write)."""
+
+    def __init__(self, prefix):
+        self.python, self.first = ("#!%s/bin/python" % prefix).encode("utf-8"), True
+
+    def feed(self, block, final):
+        if self.first and block:
+            self.first = False
+            if block.startswith(b"#!python"):
+                return self.python + block[len(b"#!python"):]
+        return block
+
+
+def install_wheel(wheel, prefix, site_rel, writer=None):
+    """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
+    points, INSTALLER and RECORD, so that pip sees it), through the containment writer (writer: the
+    prefix's, with the carried wheels' caps); modes follow the umask, times are kept."""
+    import zipfile
+    where = os.path.basename(wheel)
+    writer = writer or Contained(prefix)
+    written = []
+    with zipfile.ZipFile(wheel) as archive:
+        infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
+        info_dirs = set(i.filename.split("/")[0] for i in infos if i.filename.split("/")[0].endswith(".dist-info"))
+        if len(info_dirs) != 1:
+            raise PmError("the carried wheel %s has %d .dist-info folders" % (where, len(info_dirs)),
+                          "pack the software again")
+        info_dir = info_dirs.pop()
+        for info in infos:
+            rel = wheel_destination(safe_member_path(info.filename), site_rel)
+            if info.filename in (info_dir + "/RECORD", info_dir + "/INSTALLER"):
+                continue
+            script = rel.startswith("bin/") and info.filename.split("/")[0].endswith(".data")
+            mode = (info.external_attr >> 16) & 0o777 or 0o644
+            with archive.open(info) as source:
+                writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
+                             where, ShebangFix(prefix) if script else None)
+            written.append(rel)
+        points_member = info_dir + "/entry_points.txt"
+        if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
+            raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
+                          "do not use this bundle; pack the software again")
+        points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
+                                       if points_member in archive.namelist() else "")
+    for command, target in points:
+        written.append(write_entry_point(writer, command, target, where))
+    finish_dist_info(writer, site_rel, info_dir, written)
+    return info_dir
+
+
+def finish_dist_info(writer, site_rel, info_dir, written):
+    """INSTALLER (pm) and RECORD of an installed distribution, paths relative to site-packages, through
+    writer (the prefix's Contained)."""
+    import io
+    site = os.path.join(writer.root, site_rel)
+    lines = [os.path.relpath(os.path.join(writer.root, rel), site) + ",," for rel in written]
+    lines += ["%s/INSTALLER,," % info_dir, "%s/RECORD,," % info_dir]
+    for name, text in (("INSTALLER", "pm\n"), ("RECORD", "\n".join(lines) + "\n")):
+        writer.write("%s/%s/%s" % (site_rel, info_dir, name), io.BytesIO(text.encode("utf-8")), 0o644, None, info_dir)
+
+
+def carried_wheels(bundle, dists):
+    """The dists that pack carried as wheels and that serve here: [(dist, member name)]."""
+    carried = []
+    for dist in dists or []:
+        member = dist.get("wheel")
+        if not member:
+            continue
+        parts = member.split("/") if isinstance(member, str) else []
+        if len(parts) != 2 or parts[0] != "wheels" or not parts[1].endswith(".whl") \
+                or not is_one_path_component(parts[1]) or member not in bundle.manifest.members:
+            raise PmError("python-dists.json names the wheel %r, which the bundle does not hold" % (member,),
+                          "pack the software again")
+        carried.append((dist, member))
+    return carried
+
+
+def wheel_fits_here(filename):
+    """A wheel's platform tag is 'any' or names this machine's processor."""
+    platform_tag = filename[:-len(".whl")].split("-")[-1]
+    return platform_tag == "any" or any(p.endswith(os.uname().machine) for p in platform_tag.split("."))
+
+
+def drop_foreign_wheels(dists):
+    """Before anything is made: the carried wheels compiled for another machine are named, and their
+    distributions treated as not carried (an index, where there is one, may serve them)."""
+    foreign = [d for d in dists or () if isinstance(d.get("wheel"), str) and not wheel_fits_here(d["wheel"])]
+    if foreign:
+        say("note: the bundle carries %s, compiled for another machine than this %s: %s not used here"
+            % (", ".join(d["wheel"].rsplit("/", 1)[-1] for d in foreign), os.uname().machine,
+               "it is" if len(foreign) == 1 else "they are"))
+    for dist in foreign:
+        del dist["wheel"]
+
+
+def extract_wheels(attempt, bundle):
+    """Unzip the carried wheels into the attempt's wheels/ folder, and check what they unpack to (as
+    each says, which zip reading holds it to) against the caps of carried packages: at most --max-ratio
+    times their size, and a number of files for that size; return the folder."""
+    import shutil
+    import zipfile
+    folder = os.path.join(attempt.path, "wheels")
+    bundle.extract_folder("wheels", folder)
+    try:
+        names = sorted(os.listdir(folder))
+        caps = Contained.for_carried(folder, sum(os.path.getsize(os.path.join(folder, n)) for n in names),
+                                     bundle.max_ratio)
+        for name in names:
+            try:
+                with zipfile.ZipFile(os.path.join(folder, name)) as wheel:
+                    infos = wheel.infolist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
+                              "do not use this bundle; pack the software again")
+            caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def install_carried_wheels(attempt, bundle, prefix, dists):
+    """Into a conda or carried prefix: every wheel the bundle carries, offline, by pm's installer."""
+    import shutil
+    carried = carried_wheels(bundle, dists)
+    if not carried:
+        return []
+    folder = extract_wheels(attempt, bundle)
+    rows = []
+    try:
+        writer = Contained.for_carried(prefix, sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)),
+                                       bundle.max_ratio)
+        for dist, member in carried:
+            attempt.log("installing %s into %s" % (member, prefix))
+            install_wheel(os.path.join(folder, member.split("/")[1]), prefix, dist["site"], writer)
+            rows.append(dist_row(dist, dist["version"], "installed", "wheel carried in the bundle (%s on the base), "
+                                 "installed by pm's own wheel installer" % dist.get("source"), "pm"))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    say("installed the %d distribution%s pip had installed on the base, from the wheels the bundle carries"
+        % (len(rows), "s" * (len(rows) != 1)))
+    return rows
+
+
+PIP_ENTRY = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[A-Za-z0-9.+!_-]+\Z"
+
+
+def pip_entries_from_an_index(env_file, dists):
+    """env.yml with only the pip entries an index serves, as NAME==VERSION (never an option such as
+    --index-url or -e for pip to obey): the software itself, what pip installed from a path, a URL or a
+    VCS, and what the bundle carries as wheels are never asked of an index."""
+    if not env_file.pip:
+        return env_file
+    dropped = set(pip_name(d["name"]) for d in dists or ()
+                  if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
+    for dist in dists or ():
+        if not dist.get("software") and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown"):
+            say("note: %s %s was installed from %s on the base, not from an index, and the bundle does not carry "
+                "it: it is left out (pack with --with-packages to carry it)" % (dist["name"], dist["version"],
+                                                                             dist.get("url") or dist.get("source")))
+    for entry in env_file.pip:
+        if not re.match(PIP_ENTRY, entry):
+            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % entry[:100])
+    kept = [s for s in env_file.pip if re.match(PIP_ENTRY, s) and pip_name(spec_name(s)) not in dropped]
+    if len(kept) == len(env_file.pip):
+        return env_file
+    return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
+
+
+def dist_row(dist, installed, status, why, manager="pip"):
+    """A requirements row for a Python distribution: the base's version beside the one installed, the
+    installer that really ran, and the conda package it stands for (if any)."""
+    return RequirementRow(dist["name"], status, base_version=dist["version"], version=installed,
+                          package="%s:%s=%s" % (manager, dist["name"], installed) if installed else None, why=why,
+                          drift=bool(installed) and installed != dist["version"], conda=dist.get("owner"))
+
+
+def missing_rows(base, result, software, why_missing):
+    """A row for every package of the base (base: BaseRequirements) that no row of the route accounts
+    for (status 'missing', with why_missing(name, version, python) saying why), so each base package
+    ends in exactly one row."""
+    covered = covered_names(result, software)
+    here = (result.get("platform") or {}).get("env_python")
+    rows = []
+    for name, version, pypi in base_packages(base, covered):
+        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
+            continue
+        covered.add(pip_name(name))
+        if name == "python" and here:
+            rows.append(RequirementRow(name, "installed", base_version=version or None, version=here,
+                                       why="the environment's own Python", drift=bool(version) and version != here))
+            continue
+        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
+            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
+        rows.append(RequirementRow(name, "missing", base_version=version or None, version=None, why=why, drift=False))
+    return rows
+
+
+def covered_names(result, software):
+    """The PEP 503 names the route's rows (and the environment it made) account for."""
+    covered = set(pip_name(d["name"]) for d in software)
+    for row in (result.get("packages") or []) + (result.get("python") or []):
+        covered.add(pip_name(row["requirement"]))
+        covered.add(pip_name(row.get("conda") or "-"))
+    return covered | set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
+
+
+def base_packages(base, covered):
+    """Every package of the base as (name, version, PyPI name or None): its conda records, then the
+    distributions python-dists.json records that no conda package accounted for (covered) installs."""
+    found = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
+             for r in base.records]
+    return found + [(d["name"], d["version"], d["name"]) for d in base.dists or []
+                    if not d.get("owner") or pip_name(d["owner"]) not in covered]
+
+
+def record_env_pythons(attempt, bundle, environ):
+    """The environment's own Python here beside the base environment's (not the ones pm ran under),
+    and what kind of environment each is (the base's as pack read it: conda, a conda-style prefix read
+    without conda, a venv; here: the route that made it)."""
+    prefix = attempt.result.get("env_prefix") or (environ or {}).get("VIRTUAL_ENV")
+    python = os.path.join(prefix, "bin", "python") if prefix else None  # its own, never one found on PATH
+    code, output = attempt.run([python, "-c", "import platform; print(platform.python_version())"], environ=environ) \
+        if python and os.path.exists(python) else (1, "")
+    here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
+    level = attempt.result.get("level")
+    kind = "a prefix pm linked without conda" if level == "carried" else \
+        "conda %s environment (level %s)" % ((attempt.result.get("platform") or {}).get("conda", ""), level) \
+        if level else "a virtual environment (pip)" if (environ or {}).get("VIRTUAL_ENV") else "the system's packages"
+    source = attempt.result.get("source") or {}
+    base_kind = source.get("env_kind") or ("conda %s environment" % source["conda"] if source.get("conda") else None)
+    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here, env_kind=kind),
+                 source=dict(source, env_python=base_python_version(bundle), env_kind=base_kind))
+
+
+def route_why_missing(result, managers):
+    """why_missing for missing_rows: what the route that ran did, for a package it did not bring."""
+    level = result.get("level")
+    if level == "carried":
+        return lambda name, version, pypi: "not among the packages the bundle carries"
+    if level:
+        return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
+            level, "" if level == "exact" else ": the base's exact set did not solve here")
+    systems = [m for m in managers if m != "conda" and not FAMILIES.get(manager_family(m, ""), OTHER_FAMILY).pip_like]
+
+    def why(name, version, pypi):
+        if pypi:
+            return "a Python package that pip was not given (its records hold no version)"
+        if systems:
+            return "not a Python package and not directly required: left to what %s installs for the direct " \
+                   "requirements" % ", ".join(systems)
+        return "not a Python package, and pip cannot install it: add a system package manager (apt, dnf, brew, " \
+               "spack) to package_managers for it"
+    return why
+
+
+def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
+    """What pip installed on the base (and the bundle does not carry), into a conda environment as on
+    the pip route (install_with_pip, with the environment's own Python; its pip from ensurepip when
+    conda's channels had none). Returns its rows."""
+    wanted = [d for d in base.pip if not d.get("owner") and not d.get("wheel")]
+    python = os.path.join(prefix, "bin", "python")
+    if not wanted:
+        return []
+    if carried:  # from the bundle's own packages: an air-gapped target, no index to ask
+        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm or without "
+            "--with-packages); they are left out" % ", ".join(d["name"] for d in wanted))
+        return [dist_row(d, None, "failed", "pip installed it on the base and the bundle does not carry it: pack "
+                         "with --with-packages to carry it") for d in wanted]
+    if not os.path.isfile(python):
+        return [dist_row(d, None, "failed", "the environment has no Python for pip to install it into")
+                for d in wanted]
+    if attempt.run([python, "-m", "pip", "--version"])[0] != 0:
+        say("the environment has no pip: adding it from its own Python (ensurepip)")
+        code, output = attempt.run([python, "-m", "ensurepip"])
+        if code != 0:
+            return [dist_row(d, None, "failed", "the environment has no pip, and ensurepip failed: %s"
+                             % (output.strip().splitlines() or [""])[-1][:200]) for d in wanted]
+    return install_with_pip(attempt, bundle, wanted, options, prefix=prefix)
+
+
+def software_dists(dists):
+    return [d for d in dists or [] if d.get("software")]
+
+
+def link_software(site, dist, tree):
+    """The software as the base had it installed, from the migrated tree: a .pth that puts its
+    import roots on the path and a dist-info (metadata, entry points) naming the tree, written by the
+    prefix's containment writer (site is PREFIX/lib/pythonX.Y/site-packages; entry points go to PREFIX/bin)."""
+    import io
+    where = "the software %s" % dist["name"]
+    check_dist_paths(dist, where)
+    roots = []
+    for root in dist.get("import_roots") or ["."]:
+        roots.append(os.path.join(tree, *[p for p in root.split("/") if p not in ("", ".")]))
+        if re.search(CONTROL_OR_NEWLINE, roots[-1]):  # a line of the .pth: a newline would add another
+            raise PmError("the software's folder %r holds a control character or newline" % tree,
+                          "move it to a plain folder name")
+    prefix = os.path.dirname(os.path.dirname(os.path.dirname(site)))
+    site_rel = os.path.relpath(site, prefix)
+    if not re.match(SITE_REL, site_rel):
+        raise PmError("%s would go to %s, which is not PREFIX/lib/pythonX.Y/site-packages" % (where, site),
+                      "report it")
+    writer = Contained(prefix)
+    name = PROBE.wheel_escape(dist["name"])
+    info_dir = "%s-%s.dist-info" % (name, PROBE.wheel_escape(dist["version"], True))
+    pth = "__pm_software__%s.pth" % name
+    module = "__pm_software__%s_finder" % name.replace(".", "_")
+    for entry in (pth, info_dir, module + ".py"):  # an earlier link of the software (the tested tree, before the install)
+        if os.path.lexists(os.path.join(site, entry)):
+            shutil_remove(os.path.join(site, entry))
+    from urllib.request import pathname2url
+    finder = software_finder(dist, roots)  # only the packages the base's editable finder exposed, not their folder
+    metadata = dist.get("metadata") if isinstance(dist.get("metadata"), str) else None
+    metadata = metadata or "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist["name"], dist["version"])
+    direct_url = json.dumps({"url": "file://" + pathname2url(tree), "dir_info": {"editable": True}}, sort_keys=True)
+    points = PROBE.entry_points_of(dist.get("entry_points") if isinstance(dist.get("entry_points"), str) else "")
+    files = [(module + ".py", finder), (pth, "import %s\n" % module)] if finder else [(pth, "".join(r + "\n" for r in roots))]
+    files += [(info_dir + "/METADATA", metadata),
+             (info_dir + "/direct_url.json", direct_url)] + ([(info_dir + "/entry_points.txt", dist["entry_points"])]
+                                                            if points else [])
+    written = []
+    for rel, text in files:
+        writer.write(site_rel + "/" + rel, io.BytesIO(text.encode("utf-8", "surrogateescape")), 0o644, None, where)
+        written.append(site_rel + "/" + rel)
+    for command, target in points:
+        written.append(write_entry_point(writer, command, target, "the software's entry points"))
+    finish_dist_info(writer, site_rel, info_dir, written)
+
+
+SOFTWARE_FINDER = '''"""Written by pm: the software's own packages from its migrated tree, and nothing else of it."""
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+MAPPING = %r
+
+
+class PmSoftwareFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        where = MAPPING.get(name)
+        if where is None:
+            return None
+        if not os.path.isdir(where):
+            return importlib.util.spec_from_file_location(name, where)
+        init = os.path.join(where, "__init__.py")
+        if os.path.isfile(init):
+            return importlib.util.spec_from_file_location(name, init, submodule_search_locations=[where])
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [where]
+        return spec
+
+
+if not any(getattr(finder, "pm_mapping", None) == MAPPING for finder in sys.meta_path):
+    FINDER = PmSoftwareFinder()
+    FINDER.pm_mapping = MAPPING
+    sys.meta_path.append(FINDER)
+'''
+
+
+def software_finder(dist, roots):
+    """The source of a finder module exposing just the packages the base's editable finder mapped
+    (import_packages), found under the import roots in the migrated tree; None when there are none."""
+    mapping = {}
+    for package in dist.get("import_packages") or []:
+        if not isinstance(package, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", package):
+            raise PmError("python-dists.json names the import package %r, which is not a Python name"
+                          % str(package)[:60], "do not use this bundle; pack the software again")
+        for root in roots:
+            for where in (os.path.join(root, package), os.path.join(root, package + ".py")):
+                if package not in mapping and os.path.exists(where):
+                    mapping[package] = where
+    return SOFTWARE_FINDER % (mapping,) if mapping else None
+
+
+def link_software_dists(attempt, site, dists, tree, when):
+    """Link every distribution of the software to tree (the tested copy, then the installed one)."""
+    rows = []
+    for dist in software_dists(dists):
+        if not site:
+            say("warning: %s %s is the software, and this environment has no site-packages to install it into"
+                % (dist["name"], dist["version"]))
+            continue
+        if not dist.get("import_roots"):  # an older bundle: where its package lives in the tree, and its site here
+            module = re.sub(r"[-.]+", "_", dist["name"]).lower()
+            roots = PROBE.tree_roots([module + "/__init__.py", module + ".py"], tree, "")
+            dist = dict(dist, import_roots=[roots[0] or "."], import_packages=[module] if roots[0] else [],
+                        site=os.path.relpath(site, os.path.dirname(os.path.dirname(os.path.dirname(site)))))
+        link_software(site, dist, tree)
+        attempt.log("linked the software %s %s to %s" % (dist["name"], dist["version"], tree))
+        say("%s %s is the software: installed editable from the %s %s (never from an index)"
+            % (dist["name"], dist["version"], when, tree))
+        rows.append(dist_row(dist, dist["version"], "installed", "the software itself, editable from the migrated tree",
+                             "pm"))
+    return rows
+
+
+def env_site_packages(prefix, dists):
+    """The site-packages folder of a prefix or venv: the base's when it exists here, else the one there is."""
+    for dist in dists or []:
+        if os.path.isdir(os.path.join(prefix, dist["site"])):
+            return os.path.join(prefix, dist["site"])
+    found = PROBE.site_packages(prefix)
+    return found[0] if found else None
+
+
+def base_python_version(bundle):
+    """The Python version of the base environment: conda-list.json's python record, else the manifest's
+    env python (a virtual environment's, from its pyvenv.cfg), or None."""
+    try:
+        listed = bundle.read_json("conda-list.json")
+    except (KeyError, ValueError):
+        listed = None
+    for record in listed if isinstance(listed, list) else []:
+        if isinstance(record, dict) and record.get("name") == "python" \
+                and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
+            return record["version"]
+    python = (bundle.manifest.env or {}).get("python") if isinstance(bundle.manifest.env, dict) else None
+    return python if isinstance(python, str) and re.match(r"^\d+\.\d+(\.\d+)?$", python) else None
+
+
+PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling", "conda-package-streaming",
+                          "conda-libmamba-solver", "libmambapy", "menuinst", "conda-index"])
+
+
+def base_conda_records(bundle, min_deps, env_file):
+    """The base's conda packages as records (name, version, build_string, channel): conda-list.json,
+    else min-deps.json (the original tool's store lists them there), else env.yml's conda entries.
+    Names and versions that are not plain package names and versions are left out (they would become
+    requirement lines)."""
+    try:
+        listed = bundle.read_json("conda-list.json") if "conda-list.json" in bundle.manifest.members else None
+    except (KeyError, ValueError):
+        listed = None
+    if not isinstance(listed, list) or not listed:
+        listed = min_deps if isinstance(min_deps, list) and min_deps else None
+    if listed is None:
+        listed = []
+        for spec in env_file.dependencies:
+            parts = (spec.split("=") + ["", ""])[:3]
+            listed.append({"name": spec_name(spec), "version": parts[1], "build_string": parts[2]})
+    records = []
+    for record in listed:
+        if not isinstance(record, dict):
+            continue
+        name, version = str(record.get("name") or ""), str(record.get("version") or "")
+        if not re.match(PACKAGE_NAME, name) or (version and not re.match(PACKAGE_VERSION, version)):
+            say("warning: the base's package %r %r is not a package name and version; it is left out"
+                % (printable(name[:60]), printable(version[:60])))
+            continue
+        records.append({"name": name, "version": version, "build_string": str(record.get("build_string") or ""),
+                        "channel": str(record.get("channel") or "")})
+    return records
+
+
+def software_names(bundle):
+    """What the software is called as a Python distribution: the bundle's name, its folder's, and the
+    project name its pyproject.toml, setup.cfg or setup.py gives (PEP 503 forms)."""
+    names = set([pip_name(bundle.manifest.name), pip_name(bundle.manifest.software_dir())])
+    top = "software/%s/" % bundle.manifest.software_dir()
+    patterns = {"pyproject.toml": r"(?m)^\s*name\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']",
+                "setup.cfg": r"(?m)^\s*name\s*=\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$",
+                "setup.py": r"\bname\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']"}
+    for member, pattern in patterns.items():
+        if top + member not in bundle.manifest.members:
+            continue
+        try:
+            found = re.search(pattern, bundle.read_text(top + member))
+        except (KeyError, UnicodeDecodeError, PmError):
+            continue
+        if found:
+            names.add(pip_name(found.group(1)))
+    return names
+
+
+class BaseRequirements(object):
+    """What the base asks of a migration, worked out once per migration (base_requirements): its conda
+    records, python-dists.json's distributions (None for an older bundle), what pip installs (pip),
+    the conda packages those stand for (owners) and the software's own distributions (software)."""
+
+    def __init__(self, records, dists, pip, owners, software):
+        self.records, self.dists, self.pip, self.owners, self.software = records, dists, pip, owners, software
+
+
+def base_requirements(bundle, env_file, min_deps):
+    """The migration's BaseRequirements, from env_file as the migration uses it."""
+    records = base_conda_records(bundle, min_deps, env_file)
+    dists = base_distributions(bundle)
+    return BaseRequirements(records, dists, *python_requirements(bundle, env_file, min_deps, records, dists))
+
+
+def python_requirements(bundle, env_file, min_deps, records, dists):
+    """(what pip installs, the conda names it stands for, the software's distributions). From
+    python-dists.json (dists), exact; for an older bundle or the original tool's store, from the conda
+    records (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
+    packages that are Python but whose files the base did not list go to pip too. The software is
+    never pinned: it comes from the migrated tree."""
+    direct = set(r.get("name") for r in min_deps or [] if isinstance(r, dict)) | \
+        set(spec_name(s) for s in env_file.dependencies)
+    wanted, owners = recorded_distributions(dists, direct)
+    software = software_dists(dists)
+    names = software_names(bundle) if dists is None else set()
+    known = set(pip_name(d["name"]) for d in wanted + software)
+    for record in records:
+        pypi = conda_pypi_name(record["name"], record["build_string"], channel=record["channel"])
+        if record["name"] in owners or not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
+            continue
+        known.add(pip_name(pypi))
+        if pip_name(pypi) in names:
+            software.append({"name": pypi, "version": record["version"], "site": "", "software": True,
+                             "owner": None, "source": "editable"})
+        else:
+            wanted.append(python_conda_package(record, pypi, direct, dists is not None))
+            owners.add(record["name"])
+    for name, version in pinned_pip_entries(env_file) if dists is None else ():
+        if pip_name(name) in known | PIP_LEFT_OUT:
+            continue
+        known.add(pip_name(name))
+        entry = {"name": name, "version": version, "owner": None, "site": "", "direct": True}
+        if pip_name(name) in names:
+            software.append(dict(entry, software=True, source="editable"))
+        else:
+            wanted.append(dict(entry, why="env.yml's pip entry"))
+    return wanted, owners - set([None]), software
+
+
+def recorded_distributions(dists, direct):
+    """(what pip installs of python-dists.json's records, the conda packages that installed records):
+    neither the software, nor pip and conda themselves."""
+    wanted, owners = [], set()
+    for dist in dists or []:
+        owners.add(dist.get("owner"))
+        if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
+            continue
+        how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
+            "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
+        wanted.append(dict(dist, why="recorded on the base: " + how,
+                           direct=not dist.get("owner") or dist.get("owner") in direct))
+    return wanted, owners
+
+
+def python_conda_package(record, pypi, direct, listed):
+    """A conda record that is a Python package (PyPI name pypi), as what pip installs; listed: the base
+    recorded its distributions, and none for this one."""
+    why = "pip installed it on the base" if record["channel"] == "pypi" else \
+        "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
+                                                             record["build_string"] if record["build_string"]
+                                                             else "its records")
+    if listed:
+        why += "; the base listed no files of it"
+    return {"name": pypi, "version": record["version"], "site": "", "why": why,
+            "owner": None if record["channel"] == "pypi" else record["name"],
+            "direct": record["name"] in direct or record["channel"] == "pypi"}
+
+
+def pinned_pip_entries(env_file):
+    """env.yml's pip entries that are NAME==VERSION, as (name, version)."""
+    found = []
+    for spec in env_file.pip:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
+
+
+PIP_NOT_FOUND = (r"satisfies the requirement ([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*\S+)?\s*"
+                 r"\(from versions: ([^)]*)\)")
+
+
+def pip_not_found(output):
+    """(name, versions the index has) of the requirement pip says it cannot find, else None."""
+    match = re.search(PIP_NOT_FOUND, output)
+    if not match:
+        return None
+    return match.group(1), [v.strip() for v in match.group(2).split(",") if v.strip() and v.strip() != "none"]
+
+
+def pip_build_failure(output):
+    """The names of what pip could not build (its metadata or its wheel), from pip's own words, else []."""
+    names = re.findall(r"(?:Failed building wheel for|Failed to build|Could not build wheels for) "
+                       r"([A-Za-z0-9][A-Za-z0-9._-]*)", output)
+    first_error = output.find("subprocess-exited-with-error")
+    if not names and first_error >= 0:
+        fetched = re.findall(r"(?m)^\s*(?:Collecting|Processing|Downloading|Obtaining) (\S+)", output[:first_error])
+        if fetched:
+            last = fetched[-1].rstrip("/").rsplit("/", 1)[-1]
+            archive = re.match(r"^(.+?)-(\d[^-]*)\.(tar\.gz|tar\.bz2|zip|tgz)$", last)
+            names = [archive.group(1) if archive else spec_name(re.split(r"[=<>!~\[;]", last)[0])]
+    return [n for n in names if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z", n)]
+
+
+def pip_conflict(output):
+    """(the names the user requested that pip's conflict report names, its lines), else ([], [])."""
+    start = output.find("The conflict is caused by:")
+    if start < 0:
+        return [], []
+    lines = []
+    for line in output[start:].splitlines()[1:]:
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    requested = [m.group(1) for m in (re.match(r"^The user requested ([A-Za-z0-9][A-Za-z0-9._-]*)", l) for l in lines)
+                 if m]
+    return requested, lines
+
+
+def pip_diagnosis(output, pins):
+    """What pip's failure names, as (key, kind, detail) for pins it names: 'build' (cannot be built here),
+    'notfound' (detail: the versions there are), 'conflict' (detail: pip's lines); [] when it names none."""
+    built = [pip_name(n) for n in pip_build_failure(output)]
+    if built:
+        return [(key, "build", None) for key in built if key in pins]
+    missing = pip_not_found(output)
+    if missing:
+        return [(pip_name(missing[0]), "notfound", missing[1])] if pip_name(missing[0]) in pins else []
+    requested, lines = pip_conflict(output)
+    return [(pip_name(name), "conflict", lines) for name in requested if pip_name(name) in pins]
+
+
+class PipPin(object):
+    """One Python distribution as pip is asked for it: the base's record (dist), the name and version
+    asked (version None: any), and what the levels learn of it (relax)."""
+
+    def __init__(self, dist, name, version, fixed, why, direct):
+        self.dist, self.name, self.version, self.why, self.direct = dist, name, version, why, direct
+        self.fixed = fixed  # chosen in the answers file: never relaxed
+        self.steps = 0  # relaxations so far
+        self.binary = False  # wheels only (--only-binary)
+        self.listed = None  # the versions pip listed for it, once it named it not found
+        self.failure = None  # why it did not install, once known
+        self.level = None  # the level that left it to pip's resolve of others
+        self.file = None  # the carried wheel, offered instead of the index
+
+    def line(self):
+        """A requirements line: the carried wheel's path, else NAME==VERSION (NAME alone with no version)."""
+        if self.file:
+            return self.file
+        return "%s==%s" % (self.name, self.version) if self.version else self.name
+
+    def fail(self, reason):
+        """Record why it did not install, unless an earlier reason was found."""
+        self.failure = self.failure or reason
+
+    def relax(self, attempt, kind, detail):
+        """Relax the pin after pip named it (kind 'build', 'notfound' or 'conflict', pip_diagnosis);
+        return False when nothing is left to try (it is dropped)."""
+        self.steps += 1
+        if self.fixed or self.steps > 4:
+            return False
+        note = self.only_wheels() if kind == "build" else self.nearest_version(detail) if kind == "notfound" \
+            else self.any_version(detail)
+        if not note:
+            return False
+        say("  " + note)
+        attempt.log("pip: " + note)
+        return True
+
+    def only_wheels(self):
+        if self.binary:
+            return None
+        self.binary = True  # its wheels only: pip then lists the versions that have one
+        self.failure = "pip cannot build %s %s here and finds no wheel of it for this Python" % (self.name, self.version)
+        return "%s %s cannot be built here: trying its wheels only" % (self.name, self.version)
+
+    def nearest_version(self, detail):
+        if self.binary and not detail and self.listed:
+            self.binary = False  # no wheel at all: the nearest version, as pip can get it
+            detail = self.listed
+        if not detail:
+            self.failure = "pip finds no %s==%s here and no other version" % (self.name, self.version)
+            return None
+        if not self.listed:
+            self.listed, self.binary = detail, True
+        base = self.dist["version"]
+        nearest = sorted(detail, key=lambda v: version_distance(v, base))[0]
+        note = "%s %s is not on the index for this Python and platform: relaxed to %s" % (self.name, self.version,
+                                                                                         nearest)
+        self.why = "relaxed: %s is not on the index here, %s is the nearest%s" % (
+            base, nearest, " with a wheel" if self.binary else "")
+        self.version = nearest
+        return note
+
+    def any_version(self, detail):
+        if not self.version:
+            return None
+        note = "%s %s conflicts with what the other pins need (%s): relaxed to any version pip finds" % (
+            self.name, self.version, "; ".join(detail)[:300])
+        self.why = "relaxed for a conflict: %s" % "; ".join(detail)[:300]
+        self.version, self.binary = None, True
+        return note
+
+
+PIP_ROUNDS = 8
+
+
+PIP_UNREACHABLE = (r"(NewConnectionError|Network is unreachable|Temporary failure in name resolution|Name or service "
+                   r"not known|ProxyError|SSLError|Could not fetch URL)")
+
+
+def write_pins(attempt, pins):
+    """pip-requirements.txt in the attempt: a line for each pin (PipPin.line), by key; returns its path."""
+    requirements = os.path.join(attempt.path, "pip-requirements.txt")
+    write_atomic(requirements, "".join(p.line() + "\n" for key, p in sorted(pins.items())))
+    return requirements
+
+
+def resolve_pins(attempt, python, pins, label, rounds=PIP_ROUNDS, extra=()):
+    """One pip install of pins (key -> PipPin), relaxing what pip names (PipPin.relax) and trying again, at
+    most rounds times; pins pip names and that cannot be relaxed are dropped (their failure says why).
+    Returns (True when pip succeeded, pip's last words; None when pip cannot reach its index)."""
+    last = ""
+    for _ in range(rounds):
+        if not pins:
+            return True, ""
+        requirements = write_pins(attempt, pins)
+        binary = sorted(key for key, p in pins.items() if p.binary and not p.file)
+        say("installing %d Python distribution%s with pip (%s)..." % (len(pins), "s" * (len(pins) != 1), label))
+        code, output = attempt.run([python, "-m", "pip", "install", "--disable-pip-version-check", "-r", requirements]
+                                   + (["--only-binary", ",".join(binary)] if binary else []) + list(extra))
+        if code == 0:
+            return True, ""
+        last = (output.strip().splitlines() or ["exit %d" % code])[-1][:300]
+        unreachable = re.search(r"(?m)^.*%s.*$" % PIP_UNREACHABLE, output)
+        if unreachable:  # no later level can do better: each would wait for the index again
+            reason = "pip cannot reach its index (%s)" % unreachable.group(0).strip()[:200]
+            for pin in pins.values():
+                pin.fail(reason)
+            say("  " + reason)
+            return False, None
+        named = pip_diagnosis(output, pins)
+        if not named:
+            say("  pip failed: %s" % last)
+            return False, last
+        for key, kind, detail in named:
+            if not pins[key].relax(attempt, kind, detail):
+                pin = pins.pop(key)
+                pin.fail("pip failed on it: %s" % last)
+                say("  %s: %s" % (pin.name, pin.failure))
+                attempt.log("pip: dropped %s: %s" % (pin.name, pin.failure))
+    return False, last
+
+
+def pip_installed(attempt, python):
+    """pip's own list of what is installed in the venv: PEP 503 name -> version."""
+    code, output = attempt.run([python, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"])
+    start = output.find("[")
+    try:
+        listed = json.loads(output[start:output.rfind("]") + 1]) if code == 0 and start >= 0 else []
+    except ValueError:
+        listed = []
+    return dict((pip_name(d["name"]), d["version"]) for d in listed if isinstance(d, dict) and "name" in d)
+
+
+def pip_pins(attempt, bundle, dists, options, manager):
+    """(pins: key -> PipPin for what pip installs, rows for what it does not): answers applied, the carried
+    wheels offered first (the very file the base had, never the index's namesake)."""
+    pins, rows = {}, []
+    for dist in dists:
+        answer = options.answers.get(dist["name"]) or options.answers.get(dist.get("owner") or "")
+        if answer and not answer.manager_key:
+            rows.append(dist_row(dist, None, "skipped", "answers file", manager))
+            continue
+        if answer and not FAMILIES.get(manager_family(answer.manager_key, ""), OTHER_FAMILY).pip_like:
+            continue  # answered for another manager: the package managers' loop installs it
+        if not answer and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown", None):
+            rows.append(dist_row(dist, None, "failed", "installed from %s on the base, not from an index, and not "
+                                 "carried: pack with --with-packages to carry it" % (dist.get("url") or dist["source"]),
+                                 manager))
+            continue  # an index's project of that name is another thing
+        name, version = (answer.package, answer.version) if answer else (dist["name"], dist["version"])
+        pins[pip_name(name)] = PipPin(dist, name, version, bool(answer), "answers file" if answer else
+                                      dist.get("why", ""), bool(answer) or dist.get("direct", True))
+    return pins, rows
+
+
+def uv_here(python):
+    """uv (on PATH, or beside the environment's Python) and pip's index settings as uv's flags, when
+    pip's settings are all in the environment (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS,
+    PIP_NO_INDEX) and no pip configuration file is in force that uv would not read; else None."""
+    import shutil
+    uv = shutil.which("uv") or (os.path.join(os.path.dirname(python), "uv")
+                                if os.access(os.path.join(os.path.dirname(python), "uv"), os.X_OK) else None)
+    if not uv:
+        return None
+    config = os.environ.get("PIP_CONFIG_FILE")
+    if config != os.devnull and (config or any(os.path.isfile(p) for p in (
+            "/etc/pip.conf", os.path.expanduser("~/.pip/pip.conf"), os.path.expanduser("~/.config/pip/pip.conf")))):
+        return None
+    flags = []
+    if os.environ.get("PIP_NO_INDEX", "").lower() in ("1", "true", "yes"):
+        flags.append("--no-index")
+    if os.environ.get("PIP_INDEX_URL"):
+        flags += ["--index-url", os.environ["PIP_INDEX_URL"]]
+    for url in os.environ.get("PIP_EXTRA_INDEX_URL", "").split():
+        flags += ["--extra-index-url", url]
+    for place in os.environ.get("PIP_FIND_LINKS", "").split():
+        flags += ["--find-links", place]
+    return [uv] + flags
+
+
+def install_with_uv(attempt, python, pins, extra):
+    """The exact set in one resolve by uv, where it is here (uv_here): True when it installed it all."""
+    uv = uv_here(python)
+    if not uv or not pins:
+        return False
+    requirements = write_pins(attempt, pins)
+    say("installing %d Python distribution%s with uv (every one pinned to the base's version, one resolve)..."
+        % (len(pins), "s" * (len(pins) != 1)))
+    code, output = attempt.run([uv[0], "pip", "install", "--python", python, "-r", requirements] + uv[1:] + extra)
+    if code != 0:
+        say("  uv could not install them all (%s): pip tries, relaxing what it names"
+            % (output.strip().splitlines() or ["exit %d" % code])[-1][:200])
+    return code == 0
+
+
+def install_each(attempt, python, pins, extra):
+    """The last level: each pin on its own, so what can install does; when pip fails the same way for
+    three in a row (an index that answers nothing), the rest are not tried and say so."""
+    same, previous = 0, None
+    for key in sorted(pins):
+        if same >= 3:
+            pins[key].fail("not tried on its own: pip failed the same way for three before it (%s)" % previous)
+            continue
+        done, last = resolve_pins(attempt, python, {key: pins[key]}, "%s on its own" % pins[key].name, rounds=3,
+                                  extra=extra)
+        if last is None:
+            previous, same = "pip cannot reach its index", 3
+            continue
+        same, previous = (same + 1, last) if not done and last == previous else (int(not done), last)
+
+
+def install_with_pip(attempt, bundle, dists, options, manager="pip", prefix=None):
+    """Every Python distribution of the base into the software's venv, level by level: all of them
+    pinned to the base's versions in one resolve (what pip names relaxed, resolve_pins); if that fails,
+    the direct requirements alone; then each remaining one on its own, so one failing pin never
+    empties the environment. Returns requirement rows read back from pip."""
+    import shutil
+    python = os.path.join(prefix or software_venv(attempt), "bin", "python")
+    extra = ["--prefix", prefix] if prefix else []  # a conda environment: pip installs into it, whatever its Python
+    pins, rows = pip_pins(attempt, bundle, dists, options, manager)
+    if not pins:
+        return rows
+    everything = dict(pins)
+    folder = offer_carried_wheels(attempt, bundle, dists, pins)
+    try:
+        installer = "uv" if install_with_uv(attempt, python, pins, extra) else manager
+        last = "" if installer == "uv" else install_level_by_level(attempt, python, pins, extra)
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+    got = pip_installed(attempt, python)
+    rows += [pin_row(pin, got.get(key), installer, manager, last) for key, pin in sorted(everything.items())]
+    say_what_pip_installed(installer, rows)
+    return rows
+
+
+def offer_carried_wheels(attempt, bundle, dists, pins):
+    """The wheels the bundle carries, unzipped into the attempt and offered for their pins (never for one
+    the answers file fixed); returns their folder, or None when it carries none."""
+    carried = dict((pip_name(d["name"]), member) for d, member in carried_wheels(bundle, dists))
+    if not carried:
+        return None
+    folder = extract_wheels(attempt, bundle)
+    for key, member in carried.items():
+        if key in pins and not pins[key].fixed:
+            pins[key].file = os.path.join(folder, member.split("/")[1])
+            pins[key].why += "; its wheel carried in the bundle"
+    return folder
+
+
+def install_level_by_level(attempt, python, pins, extra):
+    """pip's levels: every pin in one resolve, then the direct requirements alone, then each on its own;
+    returns pip's last words ('' when a level installed them all, None when it cannot reach its index)."""
+    done, last = resolve_pins(attempt, python, pins, "every one pinned to the base's version, one resolve",
+                              extra=extra)
+    if done or last is None:
+        return last
+    direct = dict((k, p) for k, p in pins.items() if p.direct)
+    if direct and len(direct) < len(pins):
+        say("pip could not install the whole set: trying the direct requirements alone")
+        attempt.log("pip: level direct (%d of %d)" % (len(direct), len(pins)))
+        for key in set(pins) - set(direct):
+            pins[key].level = "left to pip's resolve of the direct requirements"
+        done, last = resolve_pins(attempt, python, direct, "the direct requirements", extra=extra)
+    if not done and last is not None:
+        say("pip could not install them together: trying each on its own")
+        attempt.log("pip: level each")
+        install_each(attempt, python, pins, extra)
+    return last
+
+
+def pin_row(pin, have, installer, manager, last):
+    """The row of one pin, read back from pip (have: the version installed, or None)."""
+    if have:
+        why = pin.why
+        if have != pin.dist["version"] and not why.startswith("relaxed"):
+            why = "%s; pip chose %s (%s)" % (why, have, pin.level or "the base's version did not install")
+        return dist_row(pin.dist, have, "installed", why, installer)
+    why = pin.failure or ("%s, which did not bring it" % pin.level if pin.level else
+                          "not installed: %s" % last if last else "pip did not install it")
+    row = dist_row(pin.dist, None, "failed", why, manager)
+    row.package = "%s:%s%s" % (manager, pin.name, "=" + pin.version if pin.version else "")
+    return row
+
+
+def say_what_pip_installed(installer, rows):
+    installed = [r for r in rows if r.status == "installed"]
+    drifted = [r for r in rows if r.drift]
+    say("%s: %d distributions installed, %d at the base's version, %d differ%s" % (
+        installer, len(installed), len([r for r in installed if not r.drift]), len(drifted),
+        ": " + ", ".join("%s %s -> %s" % (r.requirement, r.base_version, r.version) for r in drifted)
+        if drifted else ""))
+
+
+def base_interpreter(base_version):
+    """(an interpreter of the base's Python minor version that runs here, or None): pythonX.Y on
+    PATH (e.g. after 'module load python/3.11'), then pyenv's and uv's installs."""
+    import glob
+    import shutil
+    import subprocess
+    wanted = ".".join(base_version.split(".")[:2])
+    places = [shutil.which("python" + wanted)]
+    pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    places += sorted(glob.glob(os.path.join(pyenv_root, "versions", wanted + ".*", "bin", "python" + wanted)),
+                     reverse=True)
+    uv_root = os.environ.get("UV_PYTHON_INSTALL_DIR") or os.path.expanduser("~/.local/share/uv/python")
+    places += sorted(glob.glob(os.path.join(uv_root, "cpython-%s.*" % wanted, "bin", "python" + wanted)), reverse=True)
+    for place in places:
+        if not place:
+            continue
+        try:
+            proc = subprocess.run([place, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                  universal_newlines=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if proc.returncode == 0 and proc.stdout.strip() == wanted:
+            return place
+    return None
+
+
+def software_venv(attempt):
+    """The software's own virtual environment, in the attempt's store, made on first use with an
+    interpreter of the base's Python version when this machine has one, else pm's own."""
+    import platform
+    import shutil
+    venv = os.path.join(attempt.path, "venv")
+    if os.path.isdir(venv):
+        return venv
+    base = attempt.base_python
+    python = base_interpreter(base) if base else None
+    say("creating the software's virtual environment %s" % venv)
+    code, output = attempt.run([python, "-m", "venv", venv]) if python else (1, "")
+    if python and code != 0:
+        attempt.log("%s cannot make a virtual environment: %s" % (python, output.strip()[-200:]))
+        shutil.rmtree(venv, ignore_errors=True)
+    if not python or code != 0:
+        python = sys.executable
+        code, output = attempt.run([python, "-m", "venv", venv])
+    if code != 0:
+        raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
+                      "install the venv module (e.g. apt install python3-venv)", code=1)
+    if base and python != sys.executable:
+        say("the base ran Python %s: the software's virtual environment uses %s" % (base, python))
+    elif base and ".".join(base.split(".")[:2]) != "%d.%d" % sys.version_info[:2]:
+        say("note: the base ran Python %s and this machine has no working python%s (PATH, pyenv, uv): the "
+            "software's virtual environment uses Python %s" % (base, ".".join(base.split(".")[:2]),
+                                                               platform.python_version()))
+    attempt.save(venv_python=python)
+    return venv
+
+
+# == Modulefiles: a module to load ============================================
+# With modulefiles = DIR in the test configuration (or --modulefiles DIR), a passed install writes
+# DIR/NAME/VERSION.lua (Lmod) and DIR/NAME/VERSION (Tcl, Environment Modules): what the route's
+# activation does (the environment's bin first on PATH, CONDA_PREFIX or VIRTUAL_ENV, what conda's
+# activate.d scripts set) and a conflict with the software's other versions. Each file's first lines
+# name the attempt that wrote it; the attempt's result.json lists them, and whatever removes the
+# attempt's environment (a later pass, prune) removes the files that still name it.
+
+MODULE_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z"  # a plain version: one path component, no '..'
+MODULE_MARK = "pm: written for attempt %s"  # on each modulefile's second line
+ACTIVATE_D = "etc/conda/activate.d"
+ENV_NOISE = ("_", "SHLVL", "PWD", "OLDPWD")  # what a shell changes by itself
+
+
+def module_version(bundle, dists, attempt):
+    """The software's version (python-dists.json's software record), else the bundle's revision
+    (0003 of the store's 0003.zip), else the attempt's id; always a plain version."""
+    version = next((str(d.get("version")) for d in software_dists(dists) if d.get("version")), None)
+    if version and re.match(MODULE_VERSION, version) and ".." not in version:
+        return version
+    if version:
+        say("warning: the software's version %r is not a plain version; its modulefile is named after the "
+            "bundle" % (version,))
+    revision = os.path.basename(bundle.path)[:-len(".zip")] if bundle.path.endswith(".zip") else ""
+    in_store = os.path.dirname(bundle.path) == attempt.store.bundles_dir(attempt.name)
+    return revision if in_store and re.match(MODULE_VERSION, revision) else attempt.id
+
+
+def activate_d_changes(prefix, environ):
+    """{name: (before, after)} for what the prefix's activate.d scripts change, run by bash in a
+    subshell (env -0 before and after), as the tests had them."""
+    import glob
+    import subprocess
+    scripts = sorted(glob.glob(os.path.join(prefix, ACTIVATE_D, "*.sh")))
+    if not scripts:
+        return {}, []
+    script = 'env -0; printf "\\0pm-after\\0"; %s env -0' % "".join('. %s; ' % shlex.quote(s) for s in scripts)
+    proc = subprocess.run(["bash", "-c", script], env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, timeout=60)
+    before, _, after = proc.stdout.partition(b"\0pm-after\0")
+
+    def parse(data):
+        return dict(item.decode("utf-8", "replace").split("=", 1) for item in data.split(b"\0") if b"=" in item)
+    before, after = parse(before), parse(after)
+    changes = dict((key, (before.get(key), after.get(key))) for key in set(before) | set(after)
+                   if before.get(key) != after.get(key) and key not in ENV_NOISE)
+    return changes, scripts
+
+
+def quoted(text, specials, control):
+    """text as a double-quoted string of a modulefile's language: specials escaped with a backslash,
+    control characters in that language's numeric escape (control % code)."""
+    out = []
+    for char in str(text):
+        out.append("\\" + char if char in specials else control % ord(char) if ord(char) < 32 or ord(char) == 127
+                   else char)
+    return '"%s"' % "".join(out)
+
+
+def lua_string(text):
+    return quoted(text, '\\"', "\\%03d")
+
+
+def tcl_string(text):
+    return quoted(text, '\\"$[]{}', "\\u%04x")
+
+
+def module_lines(attempt, bundle, environ, tests, version, installed):
+    """(variables set, paths prepended, activate.d scripts, changes they make, whatis, help)."""
+    prefix = attempt.result.get("env_prefix")
+    venv = environ.get("VIRTUAL_ENV")
+    variables, paths = [], []
+    if venv:
+        paths.append(("PATH", os.path.join(venv, "bin")))
+        variables.append(("VIRTUAL_ENV", venv))
+    elif prefix:
+        paths.append(("PATH", os.path.join(prefix, "bin")))
+        variables += [("CONDA_PREFIX", prefix), ("CONDA_DEFAULT_ENV", environ.get("CONDA_DEFAULT_ENV") or prefix)]
+    changes, scripts = activate_d_changes(prefix, environ) if prefix and not venv else ({}, [])
+    source = bundle.manifest.source if isinstance(bundle.manifest.source, dict) else {}
+    base = "%s (%s)" % (source.get("hostname") or "an unknown machine", source.get("os") or "unknown OS")
+    passed = [t.name for t in tests if t.status == "passed"]
+    whatis = "%s %s, migrated by pm from %s on %s" % (attempt.name, version, base, time.strftime("%Y-%m-%d"))
+    helptext = "%s\ntests passed: %s\ninstalled in: %s\nattempt: %s" % (
+        whatis, ", ".join(passed) if passed else "none (installed with --skip-tests)",
+        installed, attempt.path)
+    return variables, paths, scripts, changes, whatis, helptext
+
+
+def path_change(before, after):
+    """The entries a script put in front of (or after) a path variable, or None when it did more."""
+    if before and after.endswith(os.pathsep + before):
+        return "prepend", after[:-len(before) - 1]
+    if before and after.startswith(before + os.pathsep):
+        return "append", after[len(before) + 1:]
+    return None
+
+
+def write_modulefiles(attempt, bundle, dists, folder, environ, tests, installed):
+    """DIR/NAME/VERSION.lua and DIR/NAME/VERSION, written atomically inside DIR; recorded in the
+    attempt's result.json (modulefiles). Returns (DIR, NAME/VERSION)."""
+    name, version = check_name(attempt.name), module_version(bundle, dists, attempt)
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.join(folder, name), exist_ok=True)
+    where = os.path.realpath(os.path.join(folder, name))
+    if os.path.dirname(where) != os.path.realpath(folder):
+        raise PmError("%s/%s is not a folder inside %s" % (folder, name, folder), "remove the link, or choose another "
+                      "modulefiles folder")
+    variables, paths, scripts, changes, whatis, helptext = module_lines(attempt, bundle, environ, tests, version,
+                                                                        installed)
+    mark = MODULE_MARK % attempt.id
+    lua = ["-- -*- lua -*-", "-- " + mark, "whatis(%s)" % lua_string(whatis), "help(%s)" % lua_string(helptext),
+           "conflict(%s)" % lua_string(name)]
+    tcl = ["#%Module1.0", "## " + mark, "module-whatis %s" % tcl_string(whatis),
+           "proc ModulesHelp { } {", "    puts stderr %s" % tcl_string(helptext), "}", "conflict %s" % name]
+    for key, value in variables:
+        lua.append("setenv(%s, %s)" % (lua_string(key), lua_string(value)))
+        tcl.append("setenv %s %s" % (key, tcl_string(value)))
+    for key, value in paths:
+        lua.append("prepend_path(%s, %s)" % (lua_string(key), lua_string(value)))
+        tcl.append("prepend-path %s %s" % (key, tcl_string(value)))
+    for script in scripts:  # Lmod runs them itself, and undoes what they did on unload
+        lua.append("source_sh(%s, %s)" % (lua_string("bash"), lua_string(script)))
+    for key, (before, after) in sorted(changes.items()):
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", key):
+            continue
+        change = path_change(before, after) if after is not None else None
+        if after is None:
+            tcl.append("unsetenv %s" % key)
+        elif change:
+            tcl.append("%s-path %s %s" % (change[0], key, tcl_string(change[1])))
+        else:
+            tcl.append("setenv %s %s" % (key, tcl_string(after)))
+    written = []
+    for path, lines in ((os.path.join(where, version + ".lua"), lua), (os.path.join(where, version), tcl)):
+        write_atomic(path, "\n".join(lines) + "\n", 0o644)
+        written.append(path)
+    attempt.save(modulefiles=written)
+    say("modulefiles: %s" % ", ".join(written))
+    return folder, "%s/%s" % (name, version)
+
+
+def remove_modulefiles(result):
+    """Remove an attempt's modulefiles (its result.json's modulefiles) that still name it."""
+    for path in (result or {}).get("modulefiles") or []:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(4096).splitlines()[1:2]
+        except (OSError, IndexError, TypeError):
+            continue
+        if head and head[0].endswith(MODULE_MARK % result.get("id")):
+            remove_quietly(path)
+
+
+# == Environments pm makes ====================================================
+# Each install's own environment (NAME/envs/<attempt> in the store, or --prefix), its marks (made by
+# pm, in use by an attempt), how the tests and users activate it, and when it goes.
+
+
+PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those it replaces or removes
+
+
+PM_IN_USE = os.path.join("conda-meta", "pm-in-use")  # locked (shared) by every attempt that uses the prefix
+
+
+def hold_prefix(attempt, prefix):
+    """This attempt uses prefix until it ends: a shared lock on its pm-in-use file."""
+    import fcntl
+    handle = os.open(os.path.join(prefix, PM_IN_USE), os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(handle, fcntl.LOCK_SH)
+    attempt.holds.append(handle)
+
+
+def prefix_in_use(prefix):
+    """True when a running attempt holds prefix (so no other attempt may remove it)."""
+    return locked_elsewhere(os.path.join(prefix, PM_IN_USE), exclusive=True)
+
+
+def attempt_env_prefix(store, name, attempt):
+    """Where an attempt's environment goes (conda's, or pm's linker's): the software's envs/<attempt id>
+    in the store, one per attempt. What an earlier attempt left there unfinished (no PM_MADE, and
+    neither in use nor of a running attempt: cut off while it was made) is removed first."""
+    import shutil
+    folder = os.path.join(store.software(name), "envs")
+    store.make_folder(folder)
+    running = set(a["id"] for a in store.attempts(name) if a.get("status") == "running")
+    for entry in os.listdir(folder):
+        left = os.path.join(folder, entry)
+        if os.path.isdir(left) and not os.path.isfile(os.path.join(left, PM_MADE)) and entry not in running and \
+                entry != attempt.id and not prefix_in_use(left):
+            say("note: removing %s, left unfinished by an earlier attempt" % left)
+            shutil.rmtree(left, ignore_errors=True)
+    return os.path.join(folder, attempt.id)
+
+
+def envs_in_use(records):
+    """The environments installs still run with: those their attempts' records name, whose install is
+    still there and theirs (attempt_install_in_use)."""
+    return set(r.get("env_prefix") for r in records if r.get("env_prefix") and attempt_install_in_use(r))
+
+
+def remove_unused_envs(attempt, prefix):
+    """After a pass: the software's earlier environments in the store (conda's or pm's linker's) that
+    no install runs with any more (envs_in_use); an install in another output_dir keeps its own."""
+    import shutil
+    folder = os.path.dirname(prefix)
+    records = dict((a["id"], a) for a in attempt.store.attempts(attempt.name))
+    kept = envs_in_use(records.values())
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if path != prefix and path not in kept and os.path.isfile(os.path.join(path, PM_MADE)) and \
+                not prefix_in_use(path):
+            shutil.rmtree(path, ignore_errors=True)
+            remove_modulefiles(records.get(entry))  # its module would load an environment that is gone
+
+
+def remove_env_folder(prefix):
+    import shutil
+    if os.path.lexists(prefix):
+        say("removing %s, which conda had begun to make" % prefix)
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def env_packages(prefix, bundle=None):
+    """name, version and build of every package in a prefix (its conda-meta records), with the base's
+    version (the bundle's conda-list.json) beside each."""
+    base = {}
+    try:
+        listed = bundle.read_json("conda-list.json") if bundle else []
+    except (KeyError, ValueError):
+        listed = []
+    for record in listed if isinstance(listed, list) else []:
+        if isinstance(record, dict) and isinstance(record.get("name"), str):
+            base[record["name"]] = str(record.get("version"))
+    rows = []
+    meta = os.path.join(prefix, "conda-meta")
+    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
+        if filename.endswith(".json"):
+            record = read_json(os.path.join(meta, filename))
+            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
+                         "base_version": base.get(record.get("name"))})
+    return rows
+
+
+def path_activation(prefix):
+    """What activation does that the tests had: the prefix's bin first on PATH, CONDA_PREFIX set."""
+    return 'export PATH=%s:"$PATH" CONDA_PREFIX=%s' % (shlex.quote(os.path.join(prefix, "bin")), shlex.quote(prefix))
+
+
+ACTIVATE_SCRIPTS = 'for f in "$CONDA_PREFIX"/etc/conda/activate.d/*.sh; do [ -r "$f" ] && . "$f"; done\n'
+
+
+def activated_environ(prefix, env_name):
+    """This process's environment with the conda environment active (PATH, CONDA_PREFIX)."""
+    environ = dict(os.environ)
+    environ["PATH"] = os.path.join(prefix, "bin") + os.pathsep + environ.get("PATH", "")
+    environ["CONDA_PREFIX"] = prefix
+    environ["CONDA_DEFAULT_ENV"] = env_name
+    return environ
+
+
+def note_activation_scripts(names):
+    """Say once which carried packages have activation scripts: they run in the tests' shells."""
+    if names:
+        say("note: %s %s activation scripts (etc/conda/activate.d), which run whenever the environment is "
+            "activated, the tests' shells included, as with conda" % (", ".join(names),
+                                                                    "has" if len(names) == 1 else "have"))
+
+
+def packages_with_activation_scripts(prefix):
+    """The packages of a conda prefix whose files include etc/conda/activate.d scripts."""
+    names = []
+    meta = os.path.join(prefix, "conda-meta")
+    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
+        if filename.endswith(".json"):
+            try:
+                record = read_json(os.path.join(meta, filename))
+            except (OSError, ValueError):
+                continue
+            if any(str(f).startswith("etc/conda/activate.d/") for f in record.get("files") or []):
+                names.append(str(record.get("name")))
+    return names
+
+
+# == Route: the system's package managers =====================================
+
+
+def environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base):
+    """The system's package managers provide each requirement (base: the migration's BaseRequirements);
+    a Provided (pip's venv stays in the attempt, with its record)."""
+    attempt.base_python = base_python_version(bundle)
+    packages, environ = provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base)
+    attempt.save(packages=rows_json(packages))
+    venv = environ.get("VIRTUAL_ENV")
+    if not venv:
+        return Provided(packages, environ, None)
+    return Provided(packages, environ, ". %s" % shlex.quote(os.path.join(venv, "bin", "activate")),
+                    env_site_packages(venv, ()))
+
+
+def choose_package(req, candidates, remembered, options):
+    """Pick what to install for one requirement: answers file, --yes, remembered, or a prompt."""
+    if req.name in options.answers:
+        return options.answers[req.name], "answers file"
+    if options.yes:
+        if remembered:
+            return remembered, "remembered"
+        if candidates:
+            return candidates[0].choice(req.version), "top candidate"
+        return Choice(), "nothing found"
+    say("%s (on the base machine%s):" % (req.name, " " + req.version if req.version else ""))
+    for number, cand in enumerate(candidates, 1):
+        say("  %d) %-8s %-28s %-22s %s" % (number, cand.manager.key, cand.package,
+                                           cand.best_version(req.version) or "-", cand.why))
+    if not candidates:
+        say("  no package manager offers it")
+        answer = PROBE.ask("  [s]kip it or [a]bort the migration?", "s", "--yes or --answers FILE", False)
+        if answer.lower().startswith("a"):
+            raise PmError("migration aborted: nothing provides %s" % req.name,
+                          "add a package-manager section that has it, or skip it", code=1)
+        return Choice(), "skipped"
+    say("  0) skip")
+    default = remembered.to_text() if remembered else "1"
+    while True:
+        answer = PROBE.ask("  choice", default, "--yes or --answers FILE", False)
+        if answer == "0" or answer == "skip":
+            return Choice(), "skipped"
+        if answer.isdigit() and 1 <= int(answer) <= len(candidates):
+            return candidates[int(answer) - 1].choice(req.version), "chosen"
+        try:
+            return Choice.parse(answer, "your answer"), "typed"
+        except PmError:
+            say("  type a number from 0 to %d, or manager:package[=version]" % len(candidates))
+
+
+def install_choice(attempt, manager, choice, req, candidates):
+    """Install one package; return 'installed' or 'failed'."""
+    versions = [v for c in candidates if c.manager is manager and c.package == choice.package for v in c.versions]
+    version = choice.version if choice.version else (req.version if req.version in versions else None)
+    template = manager.install_version_cmd if version and manager.install_version_cmd else manager.install_cmd
+    exec_override = None
+    if family_of(manager).pip_like:
+        exec_override = os.path.join(software_venv(attempt), "bin", "pip")
+        template = re.sub(r"^\s*sudo\s+", "", template).replace(" --user", "")
+    command = manager.command(template, choice.package, version, exec_override=exec_override)
+    say("installing %s with %s: %s" % (choice.package, manager.key, command))
+    code, output = attempt.run(["/bin/sh", "-c", command])
+    if code != 0:
+        say("  failed (exit %d): %s" % (code, (output.strip().splitlines() or [""])[-1]))
+        return "failed"
+    return "installed"
+
+
+def root_needed_but_missing(manager):
+    """A system package manager (FAMILIES' needs_root) without root and without sudo in its command."""
+    return family_of(manager).needs_root and os.geteuid() != 0 \
+        and not re.match(r"^\s*sudo\b", manager.install_cmd)
+
+
+def usable_managers(attempt, config, options):
+    """The configured package managers that are on this machine, in the configuration's order."""
+    managers = load_managers(attempt.store, options.pck_mgr_configs)
+    chosen = []
+    for key in config.package_managers:
+        if key not in managers:
+            raise PmError("unknown package manager '%s' in the test configuration" % key,
+                          "use one of %s, or define [%s] with --pck-mgr-configs" % (", ".join(sorted(managers)), key))
+        if not managers[key].available():
+            say("note: %s (%s) is not on PATH here; it is left out" % (key, managers[key].exec.split()[0]))
+            continue
+        chosen.append(managers[key])
+        if root_needed_but_missing(managers[key]):
+            say("note: %s installs system packages, which needs root, and pm runs as uid %d: its installs "
+                "will fail (run pm as root, or list pip or spack before it)" % (key, os.geteuid()))
+    if not chosen:
+        raise PmError("none of the package managers %s is on this machine" % ", ".join(config.package_managers),
+                      "install one, or list another in package_managers")
+    return managers, chosen
+
+
+def provision_with_managers(attempt, config, bundle, env_file, min_deps, options, base):
+    """With pip among the managers, every Python distribution of the base goes to pip in one pinned
+    resolve (install_with_pip); the direct requirements that are not Python distributions go, one by
+    one, to the other managers. Returns (summary rows, environment for the tests)."""
+    managers, chosen = usable_managers(attempt, config, options)
+    pip = [m for m in chosen if family_of(m).pip_like]
+    rows = []
+    if pip:
+        rows += install_with_pip(attempt, bundle, base.pip, options, pip[0].key)
+        chosen = [m for m in chosen if not family_of(m).pip_like]
+    reqs = [r for r in requirements_of(min_deps, env_file)
+            if not pip or (r.name not in base.owners and r.name != "python" and not r.python)]
+    remembered = dict((k, Choice.parse(v, attempt.store.choices_path(attempt.name)))
+                      for k, v in attempt.store.read_choices(attempt.name).items())
+    decisions = {}
+    for number, req in enumerate(reqs, 1):
+        if not chosen:
+            rows.append(RequirementRow(req.name, "skipped", base_version=req.version, why="installs no Python "
+                                       "distribution, and no system package manager is configured"))
+            continue
+        say("[%d/%d] resolving %s ..." % (number, len(reqs), req.label()))
+        row, decision = provide_one(attempt, req, managers, chosen, remembered.get(req.name), options)
+        rows.append(row)
+        if decision:
+            decisions[req.name] = decision
+    if decisions:
+        attempt.store.remember_choices(attempt.name, decisions)
+        write_json(os.path.join(attempt.path, "choices.json"), decisions)
+    return rows, environment_of_attempt(attempt)
+
+
+def provide_one(attempt, req, managers, chosen, earlier, options):
+    """One requirement from the chosen managers: (its row, the choice to remember or None). A person's
+    skip is remembered, "nothing found" is not; of an install, only one that worked (a failing choice is
+    not offered again)."""
+    candidates = find_candidates(req, chosen, attempt.log_path)
+    if earlier and earlier.manager_key and earlier.manager_key not in [m.key for m in chosen]:
+        say("  note: the earlier choice %s is for %s, which this configuration does not use here; choosing anew"
+            % (earlier.to_text(), earlier.manager_key))
+        earlier = None
+    choice, source = choose_package(req, candidates, earlier, options)
+    if source == "remembered":
+        say("  reusing the earlier choice %s" % choice.to_text())
+    if not choice.manager_key:
+        return RequirementRow(req.name, "skipped", base_version=req.version, why=source), \
+            choice.to_text() if source in ("skipped", "remembered") else None
+    manager = managers.get(choice.manager_key)
+    if manager is None or not manager.available():
+        say("  %s is not available here" % choice.manager_key)
+        return RequirementRow(req.name, "failed", package=choice.to_text(), base_version=req.version,
+                              why="manager %s not available" % choice.manager_key), None
+    status = install_choice(attempt, manager, choice, req, candidates)
+    return RequirementRow(req.name, status, package=choice.to_text(), why=source, base_version=req.version,
+                          version=choice.version,
+                          drift=bool(choice.version and req.version and choice.version != req.version)), \
+        choice.to_text() if status == "installed" else None
+
+
+def environment_of_attempt(attempt):
+    """The environment the tests run in: pm's own, with the software's venv (when pip made one) first."""
+    environ = dict(os.environ)
+    venv = os.path.join(attempt.path, "venv")
+    if os.path.isdir(venv):
+        environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + environ.get("PATH", "")
+        environ["VIRTUAL_ENV"] = venv
+    return environ
+
+
+# == Route: pm's linker (the carried packages, without conda) =================
+# A bundle packed --with-packages on a machine of the same platform: pm links its .tar.bz2
+# archives into a new prefix itself, as conda's linker does (prefix placeholders in text and
+# binary files, noarch: python relocation and entry points, conda-meta records and history).
+
+
+def conda_is_here():
+    try:
+        PROBE.find_conda()
+        return True
+    except PmError:
+        return False
+
+
+def environment_without_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
+    """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
+    when the platform is the base's (a Provided); else the test configuration's other package managers
+    serve."""
+    here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
+    if here != there:
+        others = [m for m in config.package_managers if m != "conda"]
+        say("note: the bundle carries its packages for %s, and this machine is %s: pm cannot install them here"
+            % (there, here or "of a platform conda does not name"))
+        if not others:
+            raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
+                          "install conda, or list other package managers in the test configuration")
+        config = MigrationConfig(config.output_dir, others, config.tests)
+        return environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base)
+    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
+                                                                                      attempt)
+    say("no conda %s: pm installs the %d packages the bundle carries into %s"
+        % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
+    install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio,
+                          options.force_preflight)
+    attempt.save(level="carried", env_prefix=prefix, environment=env_packages(prefix, bundle))
+    rows = [dist_row(d, d["version"], "installed", "wheel carried in the bundle, installed by pm's own wheel "
+                     "installer", "pm") for d, _ in carried_wheels(bundle, dists)]
+    return Provided(None, activated_environ(prefix, os.path.basename(prefix)), path_activation(prefix),
+                    env_site_packages(prefix, dists), rows)
+
+
+CONDA_PLATFORMS = {("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
+                   ("Linux", "ppc64le"): "linux-ppc64le", ("Darwin", "arm64"): "osx-arm64",
+                   ("Darwin", "x86_64"): "osx-64"}
+PM_INCOMPLETE = os.path.join("conda-meta", "pm-incomplete")  # until the last record is written
+
+
+def this_conda_platform():
+    import platform
+    return CONDA_PLATFORMS.get((platform.system(), platform.machine()), "")
+
+
+def link_archive(archive, writer, site, claims, order):
+    """Link one archive into writer's root in one streamed pass: files and links written as they come
+    (a later package in install order wins a path two packages share), info/ read on the way; files
+    written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
+    import tarfile
+    import zipfile
+    import zlib
+    where = archive.fn
+    later = []
+    try:
+        for name, kind, mode, mtime, content in archive.members(writer.max_files):
+            rel = relocated(name, site) if archive.noarch_python() else name
+            with writer.lock:
+                if claims.get(rel, -1) > order:
+                    archive.files.append(rel)
+                    continue  # a later package's file wins
+                claims[rel] = order
+            if kind == "link":
+                writer.symlink(rel, content, where)
+            else:
+                replacer = None
+                if name in archive.placeholders:
+                    placeholder, placeholder_mode = archive.placeholders[name]
+                    replacer = PrefixReplacer(placeholder, writer.root, placeholder_mode, "%s of %s" % (name, where))
+                writer.write(rel, content, mode, mtime, where, replacer)
+                later.append((name, rel, mtime))
+            archive.files.append(rel)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PmError("the carried package %s cannot be read (%s)" % (where, exc), "pack the software again")
+    for name, rel, mtime in later:  # info/ came after the files it describes (pm's own older rebuilds)
+        if name in archive.placeholders and claims.get(rel) == order:
+            placeholder, mode = archive.placeholders[name]
+            path = os.path.join(writer.root, *rel.split("/"))
+            rewrite_in_place(writer, rel, path, PrefixReplacer(placeholder, writer.root, mode, "%s of %s" % (name, where)),
+                             mtime)
+    return archive.files
+
+
+def rewrite_in_place(writer, rel, path, replacer, mtime):
+    """Replace the placeholder in a file already written: streamed into a temp file, renamed over it."""
+    import tempfile
+    mode = os.lstat(path).st_mode
+    handle, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".pm-")
+    try:
+        with open(path, "rb") as source, os.fdopen(handle, "wb") as out:
+            while True:
+                block = source.read(CHUNK)
+                out.write(replacer.feed(block, not block))
+                if not block:
+                    break
+            os.fchmod(out.fileno(), stat.S_IMODE(mode))
+        os.utime(temp, (mtime, mtime))
+        os.rename(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
+
+
+def install_order(archives):
+    """Dependencies before what needs them: the probe's one graph walk (Tarjan's components come out
+    dependencies first); the members of a cycle in name order."""
+    by_name = dict((a.entry["name"], a) for a in archives)
+    graph = dict((name, sorted(set(spec_name(d) for d in archive.entry.get("depends") or [] if isinstance(d, str))
+                               & set(by_name) - set([name])))
+                 for name, archive in by_name.items())
+    return [by_name[name] for component in PROBE.strongly_connected(graph) for name in sorted(component)]
+
+
+def python_site(archives):
+    """lib/pythonX.Y/site-packages of the environment's python package."""
+    for archive in archives:
+        if archive.entry["name"] == "python":
+            return "lib/python%s/site-packages" % ".".join(str(archive.entry["version"]).split(".")[:2])
+    raise PmError("a noarch: python package needs a python package in the environment, and there is none",
+                  "pack an environment that has python")
+
+
+def relocated(name, site):
+    """Where a noarch: python package's file goes."""
+    if name.startswith("site-packages/"):
+        return site + name[len("site-packages"):]
+    if name.startswith("python-scripts/"):
+        return "bin" + name[len("python-scripts"):]
+    return name
+
+
+def conda_meta_record(archive, files, requested):
+    record = dict(archive.entry)
+    record.update(fn=archive.fn, channel="pm-carried", url="file://pm-carried/%s/%s" % (archive.entry.get("subdir", ""),
+                                                                                      archive.fn),
+                  files=files, paths_data={"paths_version": 1, "paths": [{"_path": f, "path_type": "hardlink"}
+                                                                        for f in files]},
+                  link={"source": "", "type": 1})
+    if archive.entry["name"] in requested:
+        record["requested_spec"] = requested[archive.entry["name"]]
+    return record
+
+
+def link_all(archives, writer, site):
+    """Link every archive, by a few workers at once, in install order where paths meet; say each."""
+    claims, done, first = {}, [0], [None]
+    lock = writer.lock
+
+    def one(numbered):
+        order, archive = numbered
+        try:
+            files = link_archive(archive, writer, site, claims, order)
+        except BaseException as exc:
+            with lock:
+                if not writer.failed:
+                    writer.failed, first[0] = True, exc
+            raise
+        with lock:
+            done[0] += 1
+            say("  [%d/%d] %s" % (done[0], len(archives), archive.dist))
+        return files
+
+    def stop():  # a failure or Ctrl-C: the other workers stop at their next member, before the prefix goes
+        writer.failed = True
+
+    try:
+        return [files for _, files in PROBE.in_threads(one, list(enumerate(archives)),
+                                                        min(PROBE.WORKERS, os.cpu_count() or 1), stop)]
+    except PmError:
+        raise first[0] or PmError("linking stopped", "read commands.log")
+
+
+def link_environment(archives, prefix, max_ratio=None):
+    """Link the archives (in install order) into prefix, whose conda-meta exists: every member through
+    one containment writer, bounded to max_ratio (default MAX_UNPACK_RATIO) times what was carried and
+    to a number of files for that size; then their entry points. Returns (writer, site, files)."""
+    writer = Contained.for_carried(prefix, sum(os.path.getsize(a.path) for a in archives), max_ratio)
+    site = python_site(archives) if any(a.noarch_python() for a in archives) else None
+    files = link_all(archives, writer, site)
+    for archive, archive_files in zip(archives, files):
+        for point in archive.entry_points():
+            command, _, target = point.partition("=")
+            archive_files.append(write_entry_point(writer, command, target, archive.fn))
+    writer.check_links(prefix, [f for archive_files in files for f in archive_files])
+    return writer, site, files
+
+
+def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=None, max_ratio=None,
+                          force_preflight=False):
+    """Create the environment at prefix from the bundle's carried packages, with no conda: each archive
+    linked in one streamed pass by the containment writer, a few at once, as conda links them; then
+    entry points, post-link scripts (only with --allow-scripts) and conda-meta. The prefix is marked
+    incomplete until its last record is written, and removed on any failure or interruption."""
+    import shutil
+    channel_dir = bundle.extract_channel(os.path.join(attempt.path, "channel"))
+    try:
+        archives = install_order(carried_archives(channel_dir))
+        if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before any is linked
+            check_carried_files(attempt, [archive_binaries(a) for a in archives], force_preflight)
+        if os.path.lexists(prefix):
+            raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+        os.makedirs(os.path.join(prefix, "conda-meta"))
+        hold_prefix(attempt, prefix)
+        write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
+        try:
+            requested = dict((spec_name(s), s) for s in bundle.manifest.minimal or [])
+            history = ["==> %s <==" % time.strftime("%Y-%m-%d %H:%M:%S"), "# cmd: pm.pyz migrate %s" % attempt.name]
+            started = time.time()
+            writer, site, files = link_environment(archives, prefix, max_ratio)
+            attempt.log("linked %d packages, %d files, %.1f MiB into %s in %.1f s" % (
+                len(archives), writer.files, writer.bytes / 1048576.0, prefix, time.time() - started))
+            compile_noarch_python(attempt, prefix, archives, site)
+            scripts = [a for a in archives if a.has_post_link()]
+            if scripts and not allow_scripts:
+                say("note: %s %s post-link script%s, which pm does not run (--allow-scripts runs them)"
+                    % (", ".join(a.entry["name"] for a in scripts), "has a" if len(scripts) == 1 else "have",
+                       "" if len(scripts) == 1 else "s"))
+            note_activation_scripts([a.entry["name"] for a in archives
+                                     if any(f.startswith("etc/conda/activate.d/") for f in a.files)])
+            for archive, archive_files in zip(archives, files):
+                if allow_scripts and archive in scripts:
+                    run_post_link(attempt, prefix, archive)
+                write_json(os.path.join(prefix, "conda-meta", archive.dist + ".json"),
+                           conda_meta_record(archive, archive_files, requested), 0o644)
+                history.append("+pm-carried::%s" % archive.dist)
+            install_carried_wheels(attempt, bundle, prefix, dists)
+            history.append("# update specs: %r" % sorted(requested.values()))
+            write_atomic(os.path.join(prefix, "conda-meta", "history"), "\n".join(history) + "\n", 0o644)
+            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
+            os.remove(os.path.join(prefix, PM_INCOMPLETE))
+        except BaseException:
+            shutil.rmtree(prefix, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(channel_dir, ignore_errors=True)
+    return prefix
+
+
+COMPILE_FILE_LIMIT = 4 << 20  # a noarch: python source over this is left to compile on import
+COMPILE_MEMORY = 512 << 20  # the address space of the process that compiles them
+COMPILER = """import os, py_compile, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (%d, %d))
+done = 0
+for path in sys.stdin.buffer.read().split(b"\\0"):
+    try:
+        path = os.fsdecode(path)
+        py_compile.compile(path, doraise=True)
+        done += 1
+    except (py_compile.PyCompileError, OSError, ValueError, MemoryError, RecursionError, SyntaxError):
+        pass
+print(done)
+"""
+
+
+def compile_noarch_python(attempt, prefix, archives, site):
+    """Bytecode for the noarch: python packages (they ship none), as conda writes it: by pm's own
+    interpreter when it is the environment's Python version (no code of the bundle runs), in a process
+    of its own whose memory is bounded (COMPILE_MEMORY), only the files the packages list, each under
+    COMPILE_FILE_LIMIT; what is not compiled is compiled on import, as conda leaves it."""
+    import subprocess
+    if not site or site != "lib/python%d.%d/site-packages" % sys.version_info[:2]:
+        return
+    sources, large = [], []
+    for archive in archives:
+        for rel in archive.files if archive.noarch_python() else ():
+            path = os.path.join(prefix, *rel.split("/"))
+            if rel.endswith(".py") and rel.startswith(site + "/") and os.path.isfile(path) \
+                    and not os.path.islink(path):
+                (large if os.path.getsize(path) > COMPILE_FILE_LIMIT else sources).append(path)
+    if large:
+        say("note: %d noarch: python source%s over %d MiB left to compile on import: %s" % (
+            len(large), "s" * (len(large) != 1), COMPILE_FILE_LIMIT >> 20,
+            ", ".join(printable(os.path.relpath(p, prefix)) for p in large[:5])))
+    if not sources:
+        return
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-c", COMPILER % (COMPILE_MEMORY, COMPILE_MEMORY)],
+                              input=b"\0".join(os.fsencode(p) for p in sources), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=3600)
+        done = proc.stdout.decode("utf-8", "replace").strip() or "0"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        done = "0 (%s)" % exc
+    attempt.log("compiled %s of %d noarch: python sources" % (done, len(sources)))
+
+
+def run_post_link(attempt, prefix, archive):
+    script = os.path.join(prefix, "bin", ".%s-post-link.sh" % archive.entry["name"])
+    environ = dict(os.environ, PREFIX=prefix, PKG_NAME=archive.entry["name"], PKG_VERSION=archive.entry["version"],
+                   PKG_BUILDNUM=str(archive.entry.get("build_number", 0)))
+    code, output = attempt.run(["/bin/sh", script], environ)
+    if code != 0:
+        raise PmError("the post-link script of %s failed (exit %d)" % (archive.dist, code), "read %s" % attempt.log_path,
+                      code=1)
+
+
+# == Route: conda =============================================================
+
+
+def find_conda_here():
+    """This machine's conda, found as the probe finds it ($CONDA_EXE, PATH, the usual prefixes)."""
+    try:
+        return PROBE.find_conda()
+    except PmError as exc:
+        raise PmError(exc.what, "install conda, set CONDA_EXE, or list other package managers in the "
+                                "test configuration")
+
+
+class CondaHere(object):
+    """The target's conda: its executable, and what 'conda info --json' says about it (asked through
+    the attempt's runner, logged and timed as every conda call)."""
+
+    def __init__(self, exe, attempt):
+        self.exe = exe
+        code, output = attempt.run([exe, "info", "--json"])
+        try:
+            self.info = json.loads(output[output.index("{"):output.rindex("}") + 1])
+        except ValueError:
+            raise PmError("'%s info --json' %s" % (exe, "failed (exit %d)" % code if code else "did not print JSON"),
+                          "check this conda with 'conda info', or set CONDA_EXE to another conda")
+
+    def env_prefix(self, env_name):
+        """The prefix of the environment conda means by '-n env_name', if there is one."""
+        return PROBE.named_env_prefix(self.info, env_name)
+
+
+# conda's "not found" errors: 4.3 names the first missing package only (NoPackagesFoundError,
+# PackageNotFoundError), current conda all of them (ResolvePackageNotFound, PackagesNotFoundError).
+NOT_FOUND_ERRORS = (r"(NoPackagesFoundError|PackageNotFoundError|PackagesNotFoundError|"
+                    r"ResolvePackageNotFound)\b")
+
+
+def missing_packages(output):
+    """The specs a failed conda command says it cannot find, as it lists them ('  - name version')."""
+    missing, listing = [], False
+    for line in output.splitlines():
+        if re.search(NOT_FOUND_ERRORS, line):
+            listing = True
+            continue
+        item = re.match(r"^\s+- (\S.*?)\s*$", line)
+        if listing and item:
+            missing.append(item.group(1))
+        elif listing and missing and line.strip():
+            listing = False
+    return missing
+
+
+def conda_error_line(output, code):
+    """The line of a failed conda command that names its error (the last such), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z.]*(Error|Exception)\b.*:", line)]
+    return (named or lines or ["exit %d" % code])[-1]
+
+
+def all_missing(attempt, conda, prefix, specs, first_missing, channel_args=()):
+    """Every spec of a level that the channels lack, not only the first that conda 4.3 names:
+    dry runs without what was found missing, until conda finds the rest (at most one per spec)."""
+    missing = list(first_missing)
+    while missing and len(missing) < len(specs):
+        missing_names = set(spec_name(m) for m in missing)
+        rest = [s for s in specs if spec_name(s) not in missing_names]
+        code, output = attempt.run([conda.exe, "create", "--dry-run", "-p", prefix] + list(channel_args) + rest)
+        more = [m for m in missing_packages(output) if spec_name(m) not in missing_names]
+        if code == 0 or not more:
+            break
+        missing += more
+    return missing
+
+
+class CarriedChannel(object):
+    """The bundle's own packages, unzipped as a local channel, with its unpacked packages extracted
+    into a package cache of its own (pkgs/, as if conda had downloaded them); args are conda's flags to
+    use it (alone and offline, when nothing is missing from it), environ points conda at that cache."""
+
+    def __init__(self, folder, complete):
+        from urllib.request import pathname2url
+        self.folder = folder
+        self.url = "file://" + pathname2url(folder)
+        self.args = ["--offline", "--override-channels", "-c", self.url] if complete else ["-c", self.url]
+        self.pkgs = os.path.join(folder, "pkgs")
+        self.environ = dict(os.environ, CONDA_PKGS_DIRS=self.pkgs)
+
+
+def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False, force_preflight=False):
+    """The CarriedChannel of a bundle packed --with-packages, when it can serve this conda, else None
+    (a note says why); a .conda archive that this conda cannot read stops before anything is made.
+    Unpacked packages and .tar.bz2 archives are extracted by pm into the cache conda links from,
+    checked there (extract_into_cache); .conda archives conda extracts itself."""
+    import shutil
+    packages = bundle.manifest.packages or {}
+    carried = packages.get("carried") or []
+    if not carried:
+        return None
+    here = conda.info.get("platform") or ""
+    if packages.get("platform") != here:
+        say("note: the bundle carries its packages for %s, and this conda is %s: they cannot serve here, so "
+            "this conda's own channels are used" % (packages.get("platform"), here or "of an unknown platform"))
+        return None
+    newer = [c["file"].rsplit("/", 1)[-1] for c in carried if c["file"].endswith(".conda")]
+    if newer and PROBE.conda_version(conda.info) < (4, 7):
+        raise PmError("conda %s reads no .conda packages, and the bundle carries %d: %s" % (
+            conda.info.get("conda_version", "?"), len(newer), ", ".join(newer)),
+            "use conda 4.7 or newer here, or pack again on the base with --with-packages --as-tar-bz2")
+    missing = packages.get("missing") or []
+    if missing:
+        say("note: the bundle lacks %d of its packages (%s): this conda's channels must provide them"
+            % (len(missing), ", ".join(m["name"] for m in missing)))
+    channel = CarriedChannel(bundle.extract_channel(os.path.join(attempt.path, "channel")), not missing)
+    try:
+        unpacked = carried_archives(channel.folder, conda_reads=True)  # all but the .conda archives
+        if unpacked:
+            started = time.time()
+            extract_into_cache(unpacked, channel, max_ratio, allow_scripts)
+            attempt.log("extracted %d unpacked packages into %s in %.1f s" % (len(unpacked), channel.pkgs,
+                                                                            time.time() - started))
+            if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before conda links them
+                check_carried_files(attempt, [PROBE.BinaryNeeds("conda", a.entry["name"], a.entry["version"]).add_folder(
+                    os.path.join(channel.pkgs, a.dist)) for a in unpacked], force_preflight)
+    except BaseException:
+        shutil.rmtree(channel.folder, ignore_errors=True)
+        raise
+    say("using the %s the bundle carries%s" % (plural(len(carried), "package"), "" if missing else ", offline"))
+    return channel
+
+
+NOT_CACHED = ("pm_file", "md5", "sha256", "size")  # an extracted package's entry: conda takes the cache's copy
+LINK_SCRIPT = r"^bin/\.[^/]+-(pre-link|post-link|pre-unlink)\.sh\Z"  # conda runs these when it links
+
+
+def extract_into_cache(archives, channel, max_ratio=None, allow_scripts=False):
+    """Extract carried packages into the channel's own package cache, as conda leaves a package it
+    downloaded: pkgs/<dist>/ (each through a containment writer of its own, a few at once), its
+    info/repodata_record.json naming the channel, and urls.txt (conda 4.3 finds a package by it). The
+    channel's repodata then lists them without sums, so conda 4.3 and 25 take the extracted copy.
+    What conda reads to link a package is checked against its own members first (check_conda_index);
+    link scripts are left out unless allow_scripts, and named."""
+    import bz2
+    import io
+    os.mkdir(channel.pkgs, 0o700)
+
+    def one(archive):
+        writer = Contained.for_carried(os.path.join(channel.pkgs, archive.dist), os.path.getsize(archive.path),
+                                       max_ratio)
+        os.mkdir(writer.root, 0o755)
+        written, left_out = [], []
+        for name, kind, mode, mtime, content in archive.members(writer.max_files, with_info=True):
+            if not allow_scripts and re.match(LINK_SCRIPT, name):
+                left_out.append(name)
+                continue
+            if kind == "link":
+                writer.symlink(name, content, archive.fn)
+            else:
+                writer.write(name, content, mode, mtime, archive.fn)
+            written.append(name)
+        writer.check_links(writer.root, written)
+        check_conda_index(writer, archive.fn, set(written), set(left_out))
+        entry = dict((k, v) for k, v in archive.entry.items() if k not in NOT_CACHED)
+        entry.update(fn=archive.fn, url="%s/%s/%s" % (channel.url, entry.get("subdir", ""), archive.fn),
+                     channel=channel.url)
+        writer.write("info/repodata_record.json", io.BytesIO(json.dumps(entry, sort_keys=True).encode("utf-8")),
+                     0o644, None, archive.fn)
+        return entry["url"], left_out
+
+    done = [result for _, result in PROBE.in_threads(one, archives, min(PROBE.WORKERS, os.cpu_count() or 1))]
+    scripts = sorted(set(a.entry["name"] for a, (_, left_out) in zip(archives, done) if left_out))
+    if scripts:
+        say("note: %s %s link scripts (post-link, pre-unlink), which pm leaves out of what conda links, so none "
+            "runs (--allow-scripts runs them)" % (", ".join(scripts), "has" if len(scripts) == 1 else "have"))
+    write_atomic(os.path.join(channel.pkgs, "urls.txt"), "".join(url + "\n" for url, _ in done), 0o644)
+    for archive in archives:
+        os.remove(archive.path)
+    for subdir in sorted(set(a.entry.get("subdir", "") for a in archives)):
+        path = os.path.join(channel.folder, subdir, "repodata.json")
+        repodata = read_json(path)
+        extracted = set(a.fn for a in archives if a.entry.get("subdir", "") == subdir)
+        for fn, entry in (repodata.get("packages") or {}).items():
+            for key in NOT_CACHED if fn in extracted else ("pm_file",):
+                entry.pop(key, None)
+        data = json.dumps(repodata, sort_keys=True).encode("utf-8")
+        write_atomic(path, data, 0o644)
+        write_atomic(path + ".bz2", bz2.compress(data), 0o644)
+
+
+def check_conda_index(writer, fn, members, left_out):
+    """What conda reads to link an extracted package (info/paths.json's paths, info/files, link.json's
+    entry points), checked before conda sees it: every path one of the package's own members (which the
+    writer made: plain names inside it), every entry point NAME = module:function; the link scripts
+    left out (left_out) are taken out of both lists."""
+    check_paths_json(writer, fn, members, left_out)
+    check_files_list(writer, fn, members, left_out)
+    check_entry_points(writer, fn)
+
+
+def read_info(writer, fn, name):
+    """The text of an extracted package's info/NAME (its size checked first), or None."""
+    path = os.path.join(writer.root, "info", name)
+    if not os.path.isfile(path):
+        return None
+    check_info_size("info/" + name, os.path.getsize(path), fn)
+    with open(path, "rb") as handle:
+        return handle.read().decode("utf-8", "replace")
+
+
+def not_its_own(member, fn, field, value):
+    return PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
+                   % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
+
+
+def plain_folder(path):
+    """A directory entry of paths.json that names a plain relative folder (no member of its own)."""
+    return bool(path) and not path.startswith("/") and not re.search(CONTROL_OR_NEWLINE, path) and \
+        not set(path.split("/")) & set(["", ".", ".."])
+
+
+def check_paths_json(writer, fn, members, left_out):
+    import io
+    text = read_info(writer, fn, "paths.json")
+    if text is None:
+        return
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
+    items = data.get("paths") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise not_its_own("info/paths.json", fn, "paths", items)
+    for item in items:
+        path = item.get("_path") if isinstance(item, dict) else None
+        if not isinstance(path, str) or (path not in members and path not in left_out and not (
+                item.get("path_type") == "directory" and plain_folder(path))):
+            raise not_its_own("info/paths.json", fn, "_path", path)
+    if left_out:
+        data["paths"] = [i for i in items if i["_path"] not in left_out]
+        writer.write("info/paths.json", io.BytesIO(json.dumps(data).encode("utf-8")), 0o644, None, fn)
+
+
+def check_files_list(writer, fn, members, left_out):
+    import io
+    text = read_info(writer, fn, "files")
+    if text is None:
+        return
+    listed = [line.strip() for line in text.splitlines()]
+    for line in listed:
+        if line and not line.startswith("#") and line not in members and line not in left_out:
+            raise not_its_own("info/files", fn, "a line", line)
+    if left_out:
+        kept = "".join(line + "\n" for line in listed if line not in left_out)
+        writer.write("info/files", io.BytesIO(kept.encode("utf-8")), 0o644, None, fn)
+
+
+def check_entry_points(writer, fn):
+    try:
+        link = json.loads(read_info(writer, fn, "link.json") or "{}")
+    except ValueError:
+        link = {}
+    noarch = link.get("noarch") if isinstance(link, dict) else None
+    points = noarch.get("entry_points") if isinstance(noarch, dict) else None
+    for point in points if isinstance(points, list) else []:
+        command, _, target = str(point).partition("=")
+        if not re.match(SCRIPT_NAME, command.strip()) or not re.match(ENTRY_TARGET, target.strip()):
+            raise PmError("info/link.json of the carried package %s names the entry point %r, which is not NAME = "
+                          "module:function" % (fn, str(point)[:100]), "do not use this bundle; pack the software again")
+
+
+def environment_with_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
+    """The conda route: the attempt's own environment (attempt_env_prefix, or --prefix), made by this
+    conda from the bundle's carried packages or its channels, then the wheels and pip's part (a
+    Provided); the carried channel's folder goes when the attempt ends (migrate)."""
+    conda = CondaHere(find_conda_here(), attempt)
+    attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
+    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
+                                                                                      attempt)
+    if os.path.lexists(prefix):
+        raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+    channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
+                              options.force_preflight)
+    conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
+    try:  # the pip part is pm's (conda_env_pip_part): conda would add a pip its channels may lack
+        level = create_conda_env(attempt, conda, prefix, conda_part, min_deps, channel)
+    except PmError as exc:
+        failure = "not installed: %s" % exc.what
+        attempt.save(unmet=rows_json(missing_rows(base, {}, [], lambda name, version, pypi: failure)))
+        raise
+    hold_prefix(attempt, prefix)  # used by this attempt: no later pass or prune removes it meanwhile
+    say("environment ready at %s (level %s)" % (prefix, level))
+    python_rows = install_carried_wheels(attempt, bundle, prefix, dists)
+    python_rows += conda_env_pip_part(attempt, bundle, prefix, base, options, bool(channel))
+    if channel:
+        note_activation_scripts(packages_with_activation_scripts(prefix))
+    attempt.conda = (conda, channel)
+    attempt.save(level=level, env_prefix=prefix, environment=env_packages(prefix, bundle))
+    return Provided(None, activated_environ(prefix, prefix), conda_activation(conda, prefix),
+                    env_site_packages(prefix, dists), python_rows)
+
+
+def create_conda_env(attempt, conda, prefix, env_file, min_deps, channel=None):
+    """Create the attempt's own environment at prefix, falling back level by level; return the level.
+    With channel (a CarriedChannel) every level installs from the bundle's packages. What conda made
+    of a level that failed, or when it was cut off (Ctrl-C), goes at once; the environment carries
+    PM_MADE once it is complete."""
+    if not channel:
+        env_file = channels_here(env_file)
+    missing, level_file = [], None
+    for level, level_file in migration_levels(env_file, min_deps):
+        code, output = create_at_level(attempt, conda, prefix, level, level_file, channel)
+        if code == 0 and PROBE.is_env_prefix(prefix):
+            write_json(os.path.join(prefix, PM_MADE), {"software": attempt.name, "attempt": attempt.path}, 0o644)
+            level_file.name = attempt.name
+            write_atomic(os.path.join(attempt.path, "env.yml"), level_file.to_yaml())
+            return level
+        remove_env_folder(prefix)
+        missing = missing_packages(output)
+        say("  failed at level %s: %s" % (level, "the channels lack " + ", ".join(missing) if missing
+                                          else conda_error_line(output, code)))
+    if not missing:
+        raise PmError("conda could not create the environment at any level (exact, no-builds, direct)",
+                      "read %s; a local channel or mirror may lack the packages" % attempt.log_path, code=1)
+    missing = all_missing(attempt, conda, prefix, level_file.dependencies, missing, channel.args if channel else [])
+    attempt.save(missing=missing)
+    raise PmError("conda could not create the environment at any level (exact, no-builds, direct): its channels "
+                  "lack %s: %s" % (plural(len(missing), "package"), ", ".join(missing)),
+                  "add a channel or mirror that has them to this conda's condarc", code=1)
+
+
+def channels_here(env_file):
+    """The env file without the base's local file:// channels that are not here (this conda's serve)."""
+    gone = local_channels_missing_here(env_file.channels)
+    if not gone:
+        return env_file
+    say("note: the base's local channel%s %s %s not here: using this conda's own channels instead"
+        % ("s" * (len(gone) > 1), ", ".join(gone), "are" if len(gone) > 1 else "is"))
+    return EnvFile(env_file.name, [c for c in env_file.channels if c not in gone], env_file.dependencies,
+                   env_file.pip, env_file.variables)
+
+
+def create_at_level(attempt, conda, prefix, level, level_file, channel):
+    """One conda create of the environment at prefix from one level's env file (kept as env-LEVEL.yml);
+    (exit code, output). On Ctrl-C what conda had made is removed before the interruption goes on."""
+    path = os.path.join(attempt.path, "env-%s.yml" % level)
+    level_file.name = attempt.name
+    write_atomic(path, level_file.to_yaml())
+    say("creating the conda environment %s (%s, %s)..." % (prefix, level, plural(len(level_file.dependencies),
+                                                                                   "package")))
+    if channel:
+        command = [conda.exe, "create", "-y", "-p", prefix] + channel.args + level_file.dependencies
+    else:
+        command = [conda.exe, "env", "create", "-f", path, "-p", prefix]
+    try:
+        return attempt.run(command, channel.environ if channel else None)
+    except KeyboardInterrupt:  # conda is stopped (run_command): what it had made goes
+        remove_env_folder(prefix)
+        raise
+
+
+def name_newest_env(attempt, conda, env_name, prefix, channel=None):
+    """After a pass: the conda environment env_name (the software's name unless --env-name) becomes a
+    clone of this install's own (conda links the packages from its cache), so that 'conda activate
+    NAME' gives the newest install, as platform-migrator 1.1.0's environment NAME did; every install
+    keeps running with its own. An environment of that name pm did not make is left as it is."""
+    hold_conda_env(attempt, env_name)
+    existing = conda.env_prefix(env_name)
+    if existing and not os.path.isfile(os.path.join(existing, PM_MADE)):
+        say("note: the conda environment %s (%s) was not made by pm, so pm leaves it; this install runs with its "
+            "own, %s" % (env_name, existing, prefix))
+        return
+    if existing:
+        attempt.run([conda.exe, "env", "remove", "-n", env_name, "-y"])
+        remove_env_folder(existing)  # conda keeps a folder it does not see as an environment
+    code, output = attempt.run([conda.exe, "create", "-n", env_name, "--clone", prefix, "--offline", "-y"],
+                               channel.environ if channel else None)  # the carried packages' own cache
+    named = conda.env_prefix(env_name)
+    if code != 0 or not named:
+        say("warning: the conda environment %s could not be made a copy of this install's (%s); the install "
+            "runs with its own, %s" % (env_name, conda_error_line(output, code), prefix))
+        return
+    write_json(os.path.join(named, PM_MADE), {"software": attempt.name, "attempt": attempt.path, "copy_of": prefix},
+               0o644)
+    say("the conda environment %s is now a copy of this install's environment" % env_name)
+
+
+def hold_conda_env(attempt, env_name):
+    """An exclusive lock on the conda environment env_name for the rest of the attempt: one attempt at a
+    time replaces it."""
+    import fcntl
+    path = os.path.join(attempt.store.software(attempt.name), ".conda-env-%s.lock" % re.sub(r"[^\w.-]", "_", env_name))
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    attempt.holds.append(handle)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        say("waiting for another pm that replaces the conda environment %s ..." % env_name)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def conda_activation(conda, prefix):
+    """A shell command that activates the environment in a new shell: conda's hook from 4.4 on; for
+    4.3 (whose activate script a pip-installed conda lacks) what the tests had, PATH and CONDA_PREFIX."""
+    if PROBE.conda_version(conda.info) >= (4, 4):
+        return 'eval "$(%s shell.posix hook)" && conda activate %s' % (shlex.quote(conda.exe), shlex.quote(prefix))
+    return path_activation(prefix)
+
+
+# == Migrator =================================================================
+# One attempt: a unique directory NAME/<id>/ holding the env file used, the command log,
+# every test's output, result.json. Recreate the environment, unzip, run every test, install.
+
+
+def migrate(store, name, config, bundle, options):
+    """One attempt in its own directory: recreate the environment, test, install; return a
+    MigrationResult (PmError for what stops the attempt, recorded in its result.json)."""
+    import shutil
+    check_options(bundle, config, options)
+    attempt = Attempt(store, name)
+    say("migrating %s (attempt %s)" % (name, attempt.id))
+    here = this_platform()
+    for note in platform_notes(bundle.manifest.source, here):
+        say("note: " + note)
+    if config.paths:
+        write_atomic(os.path.join(attempt.path, TEST_CONFIG_COPY), config.copy_text())
+    attempt.save(bundle=bundle.path, package_managers=config.package_managers, platform=here,
+                 source=bundle.manifest.source, test_config=TEST_CONFIG_COPY if config.paths else None)
+    if options.preflight is not None:
+        attempt.save(preflight={"problems": options.preflight, "forced": bool(options.preflight),
+                                "checked": "the binaries pack recorded"})
+    try:
+        try:
+            return recreate_test_install(attempt, config, bundle, options)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = exc.filename or "the store %s or output_dir %s" % (store.home, config.output_dir)
+            attempt.discard_partial()
+            raise PmError("the disk is full (writing %s)" % where,
+                          "free some space, or point PM_HOME and output_dir at a larger disk", code=1)
+    except Exception as exc:  # one boundary: whatever happens, the attempt ends with its reason
+        exc.attempt = attempt
+        what = exc.what if isinstance(exc, PmError) else "internal error: %s: %s" % (type(exc).__name__, exc)
+        try:
+            attempt.save(status="error", error=what, finished=time.time())
+        except OSError:
+            pass  # the disk may be the problem; the error line still tells
+        say("attempt: %s" % attempt.path)
+        raise
+    except KeyboardInterrupt as exc:
+        exc.attempt = attempt
+        attempt.save(status="interrupted", finished=time.time())
+        raise
+    finally:
+        shutil.rmtree(os.path.join(attempt.path, "channel"), ignore_errors=True)  # the carried channel
+        for handle in attempt.holds:
+            os.close(handle)
+        write_sbom(bundle, attempt)
+        write_report_html(store, name, attempt)
+
+
+def check_options(bundle, config, options):
+    """Every flag acts, or pm says in one line why it cannot, and what would refuse the migration anyway
+    (a taken install target, no conda for the conda route) is said, before anything runs or is made."""
+    carried = (bundle.manifest.packages or {}).get("carried")
+    with_conda = "conda" in config.package_managers
+    if options.no_conda and not carried:
+        raise PmError("--no-conda installs the packages a bundle carries, and this bundle carries none",
+                      "pack it again with --with-packages, or leave out --no-conda")
+    if options.no_conda and not with_conda:
+        raise PmError("--no-conda installs the bundle's conda packages, and the test configuration does not list "
+                      "conda in package_managers", "add conda to package_managers, or leave out --no-conda")
+    by_pm = by_pm_linker(config, bundle, options)
+    install_target(bundle, config.output_dir, options.force)  # refused here, no attempt is made for it
+    if with_conda and not by_pm:
+        find_conda_here()
+    by_conda = with_conda and carried and not by_pm  # conda links pm's cache
+    note_unused_flags(options, with_conda, by_pm, by_conda)
+
+
+def note_unused_flags(options, with_conda, by_pm, by_conda):
+    """The notes for flags this migration's route does not use."""
+    if options.prefix and not with_conda:
+        say("note: --prefix places a conda environment (conda's, or pm's without conda); this migration uses the "
+            "package managers, so it does nothing")
+    if options.allow_scripts and not by_pm and not by_conda:
+        say("note: --allow-scripts applies only to the packages a bundle carries; this migration uses %s, so it "
+            "does nothing" % ("conda's channels" if with_conda else "the package managers"))
+
+
+def recreate_test_install(attempt, config, bundle, options):
+    """The steps of an attempt: the environment (conda, pm's linker, or the package managers), the
+    tests on an unzipped copy, and the install when every test passed."""
+    env_file, min_deps = bundle.environment()
+    dists = base_distributions(bundle)
+    drop_foreign_wheels(dists)  # a compiled wheel for another platform is named before anything is made
+    env_file = pip_entries_from_an_index(env_file, dists)
+    base = base_requirements(bundle, env_file, min_deps)  # once: every route and the rows read it
+    provided = route_for(config, bundle, options).provide(attempt, config, bundle, options, env_file, min_deps,
+                                                          dists, base)
+    packages, test_environ, activate, site = provided.packages, provided.environ, provided.activate, provided.site
+    python_rows = provided.python_rows
+    software_of_base = base.software
+    for dist in software_of_base if dists is None else ():
+        say("%s %s is the software itself: it comes from the migrated tree, never from an index"
+            % (dist["name"], dist["version"]))
+    attempt.result["python"] = rows_json(python_rows)
+    record_env_pythons(attempt, bundle, test_environ)
+    attempt.save(unmet=rows_json(missing_rows(base, attempt.result, software_of_base,
+                                              route_why_missing(attempt.result, config.package_managers))))
+    tests = run_tests(attempt, config, bundle, options, test_environ,
+                      lambda software: python_rows.extend(link_software_dists(attempt, site, software_of_base,
+                                                                              software, "tested copy")))
+    result = MigrationResult(attempt, tests, packages)
+    attempt.save(tests=[t.to_json() for t in tests])  # kept if the install is refused (a concurrent one won)
+    if result.passed:
+        result.installed = install_software(bundle, config.output_dir, options.force, attempt.store, attempt.id)
+        installed_rows = link_software_dists(attempt, site, software_of_base, result.installed, "installed copy")
+        if options.skip_tests:
+            python_rows += installed_rows
+            attempt.save(python=rows_json(python_rows))
+        after_the_install(attempt, options)
+        result.activate = activate
+        say("installed %s into %s" % (attempt.name, result.installed))
+        if config.modulefiles:
+            result.module = write_modulefiles(attempt, bundle, dists, config.modulefiles, test_environ, tests,
+                                              result.installed)
+    attempt.save(status="passed" if result.passed else "failed", tests=[t.to_json() for t in tests],
+                 installed_to=result.installed, activate=result.activate, finished=time.time(),
+                 seconds=round(time.time() - attempt.started, 3))
+    return result
+
+
+def route_for(config, bundle, options):
+    """The first of ROUTES that applies to this migration."""
+    return next(route for route in ROUTES if route.applies(config, bundle, options))
+
+
+def by_pm_linker(config, bundle, options):
+    carried = (bundle.manifest.packages or {}).get("carried")
+    return "conda" in config.package_managers and bool(carried) and (options.no_conda or not conda_is_here())
+
+
+def run_tests(attempt, config, bundle, options, environ, link_software):
+    """Every test of the configuration on an unzipped copy of the software (link_software(copy) first
+    puts it on the environment's path); [TestResult]. The copy goes afterwards, also on Ctrl-C."""
+    import shutil
+    if options.skip_tests:
+        say("warning: --skip-tests: the software is installed without running its tests, so nothing proves "
+            "it works here")
+        return []
+    work = os.path.join(attempt.path, "work")
+    try:
+        software = bundle.extract_software(work)
+        link_software(software)
+        attempt.save(python=attempt.result["python"])
+        return [run_test(attempt, test, software, environ) for test in config.tests]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def after_the_install(attempt, options):
+    """Once a pass is installed: the software's earlier environments in the store that no install runs
+    with any more go (remove_unused_envs), and on the conda route the environment named after the
+    software becomes a copy of this install's (name_newest_env); neither with --prefix."""
+    prefix = attempt.result.get("env_prefix")
+    if not prefix or options.prefix:
+        return
+    remove_unused_envs(attempt, prefix)
+    if attempt.conda:
+        name_newest_env(attempt, attempt.conda[0], options.env_name or attempt.name, prefix, attempt.conda[1])
+
+
+def run_test(attempt, test, software, environ):
+    """Run one test in its own shell, streaming output to the console and its log file."""
+    log = os.path.join(attempt.path, "test-%s.log" % test.name)
+    script = (ACTIVATE_SCRIPTS if environ.get("CONDA_PREFIX") else "") + test.command
+    command = (shlex.split(test.runner) if test.runner else []) + ["/bin/sh", "-c", script]
+    workdir = os.path.join(software, test.workdir) if test.workdir else software
+    attempt.log("test %s: %s (in %s)" % (test.name, test.command, workdir))
+    say("--- test %s: %s" % (test.name, test.command))
+    started = time.time()
+    append_private(log).close()
+    run = run_command(command, log, cwd=workdir, environ=dict(environ, **test.env), timeout=test.timeout,
+                      echo=True, capture=False)
+    status = "error" if run.code is None else "timeout" if run.timed_out else "passed" if run.code == 0 else "failed"
+    code = 127 if run.code is None else run.code
+    seconds = time.time() - started
+    attempt.log("test %s: %s, exit %d, %.2f s" % (test.name, status, code, seconds))
+    if run.leftovers:
+        say("warning: test %s left %d process%s running (%s); pm stopped %s" % (
+            test.name, len(run.leftovers), "es" * (len(run.leftovers) > 1),
+            "; ".join(run.leftovers), "them" if len(run.leftovers) > 1 else "it"))
+        attempt.log("test %s left running: %s" % (test.name, "; ".join(run.leftovers)))
+    return TestResult(test.name, status, code, seconds, log, run.leftovers,
+                      "%s %s" % (test.runner, test.command) if test.runner else test.command)
+
+
+def install_target(bundle, output_dir, force):
+    """output_dir/<dir>, which must be free unless --force: checked before an attempt starts, and
+    again when it installs."""
+    target = os.path.join(output_dir, bundle.manifest.software_dir())
+    replacing = os.path.lexists(target) and (not os.path.isdir(target) or os.listdir(target))
+    if replacing and not force:
+        raise PmError("%s exists and is not empty" % target, "pass --force to replace it, or change output_dir")
+    if replacing and not os.path.isfile(install_mark(target)):
+        raise PmError("%s was not installed by pm, and --force replaces only what pm installed" % target,
+                      "move it away yourself, or change output_dir")
+    return target
+
+
+def install_software(bundle, output_dir, force, store, attempt_id=None):
+    """Install the software into output_dir/<dir>: built beside it, then swapped in, so an old
+    install (replaced with --force) stays whole until the new one is complete; one install into
+    output_dir at a time (the store's lock file for it, never output_dir itself)."""
+    import shutil
+    import tempfile
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".pm-install-", dir=output_dir)
+    try:
+        extracted = bundle.extract_software(os.path.join(staging, "new"))
+        with FolderLock(store.install_lock(output_dir), "an install into %s" % output_dir):  # a second migrate checks after the swap
+            target = install_target(bundle, output_dir, force)
+            if os.path.lexists(target):
+                os.rename(target, os.path.join(staging, "old"))
+            os.rename(extracted, target)
+            write_json(install_mark(target), {"software": bundle.manifest.name, "installed": utc_time(),
+                                              "attempt": attempt_id}, 0o644)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# The routes, in the order they are tried: pm's linker when the bundle carries its packages and conda is
+# not here (or --no-conda), conda when the configuration lists it, else the system's package managers.
+ROUTES = [
+    Route("pm's linker", by_pm_linker, environment_without_conda),
+    Route("conda", lambda config, bundle, options: "conda" in config.package_managers, environment_with_conda),
+    Route("package managers", lambda config, bundle, options: True, environment_with_managers),
+]
 
 
 # == Server (HTTP) ============================================================
@@ -8761,15 +8838,6 @@ def make_server(config):
 # One server per store: the PIDFILE, the foreground server, start, stop and status.
 
 
-def process_start_time(pid):
-    """When a process started (clock ticks since boot, from /proc), or None where /proc cannot say."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def hold_serving_lock(store):
     """Take the store's server.lock (flock) for this process's life, or raise: exactly one server
     per store, whoever starts first; the kernel lets go when the process ends, even by kill -9."""
@@ -8854,13 +8922,6 @@ def run_server(config):
         os.close(lock)
         say("pm server stopped")
     return 0
-
-
-def remove_quietly(path):
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def start_server(config, self_path):
