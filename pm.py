@@ -1506,8 +1506,30 @@ def record_subdir(record):
     return url.rsplit("/", 2)[-2] if url.count("/") >= 2 else "noarch"
 
 
+# The archive forms a conda package comes in: (file suffix, the repodata key that lists it). The first is
+# the one every conda reads (and pm's linker: bz2 is in every Python). pm.py adds the reader of each form
+# (FORMS there); adding a form is one row here and one there, with its reader.
+PACKAGE_FORMS = ((".tar.bz2", "packages"), (".conda", "packages.conda"))
+EVERY_CONDA_READS = PACKAGE_FORMS[0][0]
+
+
+def package_form(fn):
+    """The (suffix, repodata key) of a package file name, or None when it is no conda package."""
+    for form in PACKAGE_FORMS:
+        if fn.endswith(form[0]):
+            return form
+    return None
+
+
+def package_stem(fn):
+    """NAME-VERSION-BUILD: a package file name without its form's suffix."""
+    form = package_form(fn)
+    return fn[:-len(form[0])] if form else fn
+
+
 def record_fn(record):
-    return record.get("fn") or "%s-%s-%s.tar.bz2" % (record["name"], record["version"], record.get("build", ""))
+    return record.get("fn") or "%s-%s-%s%s" % (record["name"], record["version"], record.get("build", ""),
+                                                EVERY_CONDA_READS)
 
 
 class CarriedPackage(object):
@@ -1519,9 +1541,9 @@ class CarriedPackage(object):
         self.record, self.kind, self.source, self.why = record, kind, source, why
         self.sums = sums  # (md5, sha256, size) of the cache's archive, read once when it was checked
         self.fn = record_fn(record)
-        if kind in ("rebuild", "unpacked") and not self.fn.endswith(".tar.bz2"):
-            self.fn = self.fn[:-len(".conda")] + ".tar.bz2"  # the name every conda reads
-        self.dist = self.fn[:-len(".tar.bz2")] if self.fn.endswith(".tar.bz2") else self.fn[:-len(".conda")]
+        if kind in ("rebuild", "unpacked"):
+            self.fn = package_stem(self.fn) + EVERY_CONDA_READS  # the name every conda reads
+        self.dist = package_stem(self.fn)
         self.subdir = record_subdir(record)
 
     def label(self):
@@ -1534,7 +1556,7 @@ def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
     plan = []
     for record in records:
         fn = record_fn(record)
-        stem = fn[:-len(".tar.bz2")] if fn.endswith(".tar.bz2") else fn[:-len(".conda")] if fn.endswith(".conda") else fn
+        stem = package_stem(fn)
         found, why = None, "not in conda's package caches (%s)" % ", ".join(pkgs_dirs)
         for folder in pkgs_dirs:
             archive = os.path.join(folder, fn)
@@ -1542,7 +1564,7 @@ def plan_packages(records, pkgs_dirs, as_tar_bz2=False):
             if not as_tar_bz2 and os.path.isfile(os.path.join(extracted, "info", "index.json")):
                 found = CarriedPackage(record, "unpacked", extracted)
                 break
-            converted = as_tar_bz2 and fn.endswith(".conda") and os.path.isfile(archive)
+            converted = as_tar_bz2 and not fn.endswith(EVERY_CONDA_READS) and os.path.isfile(archive)
             if os.path.isfile(archive) and not converted:
                 sums = archive_sums(archive)
                 if sums[0] == record.get("md5", sums[0]) and sums[1] == record.get("sha256", sums[1]):
@@ -1703,7 +1725,7 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
             name = package.dist + ".zip" if package.kind == "unpacked" else package.fn
             arcname = "channel/%s/%s" % (package.subdir, name)
             writer.add_file(source, arcname, progress)
-            key = "packages.conda" if package.fn.endswith(".conda") else "packages"
+            key = package_form(package.fn)[1]
             indexes.setdefault(package.subdir, {}).setdefault(key, {})[package.fn] = repodata_entry(
                 package, None if package.kind == "unpacked" else package.sums or archive_sums(source))
             binaries.append(package.binaries)
@@ -1717,8 +1739,9 @@ def carry_packages(writer, plan, platform, level=PACK_LEVEL):
     progress.done()
     carried.sort(key=lambda c: c["file"])
     for subdir, index in sorted(indexes.items()):
-        repodata = to_json_bytes({"info": {"subdir": subdir}, "packages": index.get("packages", {}),
-                                  "packages.conda": index.get("packages.conda", {}), "repodata_version": 1})
+        repodata = dict(((key, index.get(key, {})) for _, key in PACKAGE_FORMS), info={"subdir": subdir},
+                        repodata_version=1)
+        repodata = to_json_bytes(repodata)
         writer.add_bytes("channel/%s/repodata.json" % subdir, repodata)
         writer.add_bytes("channel/%s/repodata.json.bz2" % subdir, bz2.compress(repodata))
     return {"platform": platform, "carried": carried,
@@ -1733,7 +1756,7 @@ def package_binaries(package):
     needs = BinaryNeeds("conda", package.record["name"], package.record["version"])
     if package.kind in ("unpacked", "rebuild"):
         return needs.add_folder(package.source, package_members(package.source))
-    if package.source.endswith(".tar.bz2"):
+    if package.source.endswith(EVERY_CONDA_READS):
         with tarfile.open(package.source, "r:bz2") as tar:
             for member in tar:
                 if member.isfile() and member.size >= 64:
@@ -2836,7 +2859,6 @@ WHEEL_FN = r"^[A-Za-z0-9][A-Za-z0-9_.]{0,199}-[A-Za-z0-9_.!+]{1,100}(-[0-9][A-Za
 SITE_REL = r"^lib/python[0-9]{1,2}\.[0-9]{1,3}/site-packages\Z"  # as the probe's site_packages finds it
 
 
-CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,200}-[A-Za-z0-9._+!]{1,100}-[A-Za-z0-9._+!]{1,100}\.(tar\.bz2|conda)\Z"
 
 
 CONDA_SUBDIR = r"^([a-z0-9]+-[a-z0-9_]+|noarch)\Z"  # linux-64, osx-arm64, noarch, ...: a channel's folders
@@ -2901,7 +2923,7 @@ class CarriedArchive(object):
 
     def __init__(self, path, fn, entry):
         self.path, self.fn, self.entry = path, fn, entry
-        self.dist = fn[:-len(".tar.bz2")]
+        self.dist = PROBE.package_stem(fn)
         self.info = {}
         self.placeholders = {}
         self.files = []
@@ -2909,7 +2931,7 @@ class CarriedArchive(object):
     def members(self, limit=None, with_info=False):
         """(name, 'file' or 'link', mode, mtime, file object or link text) of each member outside
         info/ (with_info: and in it), info/ read on the way."""
-        return zip_members(self, limit, with_info) if self.path.endswith(".zip") else tar_members(self, with_info)
+        return carried_form(self.path).members(self, limit, with_info)
 
     def keep_info(self, name, size, read):
         """Read one member of info/ that pm needs (index, paths, link, has_prefix, files)."""
@@ -2980,7 +3002,7 @@ def check_info_size(name, size, fn):
             name, fn, size / 1048576.0, limit >> 20), "do not use this bundle; pack the software again")
 
 
-def tar_members(archive, with_info=False):
+def tar_members(archive, limit=None, with_info=False):
     """The members of a .tar.bz2 in one streamed pass (BZ2File inflates in bounded steps; tarfile's own
     "r|bz2" would inflate a whole read at once, and a bomb's few bytes of zeros are hundreds of MiB)."""
     import bz2
@@ -3049,6 +3071,33 @@ def zip_members(archive, limit=None, with_info=False):
                               "do not use this bundle; pack the software again")
 
 
+class CarriedForm(object):
+    """A form a carried conda package travels in: its file suffix, the repodata key that lists it (None for
+    pm's own unpacked form, which an entry names as its pm_file), and the reader of its members (None:
+    pm cannot read it with this Python, conda can), oldest_conda: the first conda that reads it."""
+
+    def __init__(self, suffix, repodata_key, members, oldest_conda=(0,)):
+        self.suffix, self.repodata_key, self.members, self.oldest_conda = suffix, repodata_key, members, oldest_conda
+
+
+# Every form pm meets, the archives in the probe's order (PROBE.PACKAGE_FORMS). A new form (e.g. .conda
+# through compression.zstd on Python 3.14) is a row here with its member reader, and one in the probe.
+FORMS = (
+    CarriedForm(".tar.bz2", "packages", tar_members),
+    CarriedForm(".conda", "packages.conda", None, oldest_conda=(4, 7)),  # zstd inside: no reader in the stdlib
+    CarriedForm(".zip", None, zip_members),  # pm's unpacked package (pack --with-packages; pm_file)
+)
+UNPACKED = FORMS[2]
+REPODATA_KEYS = tuple(form.repodata_key for form in FORMS if form.repodata_key)
+CARRIED_FN = r"^[A-Za-z0-9_][A-Za-z0-9._+!-]{0,200}-[A-Za-z0-9._+!]{1,100}-[A-Za-z0-9._+!]{1,100}(%s)\Z" % "|".join(
+    re.escape(form.suffix) for form in FORMS if form.repodata_key)
+
+
+def carried_form(fn):
+    """The CarriedForm of a carried file name (its suffix), or None."""
+    return next((form for form in FORMS if fn.endswith(form.suffix)), None)
+
+
 def carried_entries(subdir, repodata):
     """The (file name, entry) pairs of a carried channel/<subdir>/repodata.json, checked (Bundle.open
     and carried_archives): every file name a plain package file name NAME-VERSION-BUILD.tar.bz2 or
@@ -3060,7 +3109,7 @@ def carried_entries(subdir, repodata):
     if not isinstance(repodata, dict):
         refuse("", "and is not a repodata object")
     entries = []
-    for key in ("packages", "packages.conda"):
+    for key in REPODATA_KEYS:
         packages = repodata.get(key) or {}
         if not isinstance(packages, dict):
             refuse(key, "which is not an object of packages")
@@ -3071,7 +3120,7 @@ def carried_entries(subdir, repodata):
             if entry.get("subdir") != subdir or not re.match(CONDA_SUBDIR, subdir):
                 refuse(fn, "whose subdir %r is not the folder it is in" % (str(entry.get("subdir"))[:60],))
             unpacked = entry.get("pm_file")
-            if unpacked is not None and (key != "packages" or unpacked != fn[:-len(".tar.bz2")] + ".zip"):
+            if unpacked is not None and (key != REPODATA_KEYS[0] or unpacked != PROBE.package_stem(fn) + UNPACKED.suffix):
                 refuse(fn, "with %r, which is not its unpacked package (pm_file)" % (str(unpacked)[:100],))
             entries.append((fn, entry))
     return entries
@@ -3091,7 +3140,7 @@ def carried_archives(channel_dir, conda_reads=False):
             raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
                           "pack the software again")
         for fn, entry in carried_entries(subdir, repodata):
-            if fn.endswith(".conda"):
+            if carried_form(fn).members is None:  # conda reads it, pm cannot
                 if not conda_reads:
                     unreadable.append(fn)
                 continue
@@ -3101,8 +3150,10 @@ def carried_archives(channel_dir, conda_reads=False):
                               "pack the software again")
             archives.append(CarriedArchive(path, fn, entry))
     if unreadable:
-        raise PmError("without conda, pm reads .tar.bz2 packages only (zstd is not in this Python), and the bundle "
-                      "carries %d .conda: %s" % (len(unreadable), ", ".join(unreadable)),
+        readable = " and ".join(form.suffix for form in FORMS if form.repodata_key and form.members)
+        kinds = " and ".join(sorted(set(carried_form(fn).suffix for fn in unreadable)))
+        raise PmError("without conda, pm reads %s packages only (this Python has no reader of %s), and the bundle "
+                      "carries %d %s: %s" % (readable, kinds, len(unreadable), kinds, ", ".join(unreadable)),
                       "pack again on the base with --with-packages --as-tar-bz2")
     return archives
 
@@ -5106,7 +5157,7 @@ def carried_records(bundle):
                 repodata = bundle.read_json(member)
             except (KeyError, ValueError, PmError):
                 continue
-            for key in ("packages", "packages.conda"):
+            for key in REPODATA_KEYS:
                 for entry in ((repodata.get(key) if isinstance(repodata, dict) else None) or {}).values():
                     if isinstance(entry, dict) and isinstance(entry.get("name"), str):
                         yield entry
@@ -5275,7 +5326,7 @@ def archive_binaries(archive):
     """The BinaryNeeds of a carried package as pm's linker reads it (an unpacked package's zip or a
     .tar.bz2), before it is linked."""
     needs = PROBE.BinaryNeeds("conda", archive.entry["name"], archive.entry["version"])
-    if archive.path.endswith(".zip"):
+    if archive.path.endswith(UNPACKED.suffix):  # random access: only the ELF files are read
         return needs.add_zip(archive.path)
     for name, kind, _, _, content in archive.members():
         if kind == "file":
@@ -7788,10 +7839,13 @@ def carried_channel(attempt, conda, bundle, max_ratio=None, allow_scripts=False,
         say("note: the bundle carries its packages for %s, and this conda is %s: they cannot serve here, so "
             "this conda's own channels are used" % (packages.get("platform"), here or "of an unknown platform"))
         return None
-    newer = [c["file"].rsplit("/", 1)[-1] for c in carried if c["file"].endswith(".conda")]
-    if newer and PROBE.conda_version(conda.info) < (4, 7):
-        raise PmError("conda %s reads no .conda packages, and the bundle carries %d: %s" % (
-            conda.info.get("conda_version", "?"), len(newer), ", ".join(newer)),
+    version = PROBE.conda_version(conda.info)
+    newer = [c["file"].rsplit("/", 1)[-1] for c in carried
+             if (carried_form(c["file"]) or UNPACKED).oldest_conda > version]
+    if newer:
+        kinds = " and ".join(sorted(set(carried_form(fn).suffix for fn in newer)))
+        raise PmError("conda %s reads no %s packages, and the bundle carries %d: %s" % (
+            conda.info.get("conda_version", "?"), kinds, len(newer), ", ".join(newer)),
             "use conda 4.7 or newer here, or pack again on the base with --with-packages --as-tar-bz2")
     missing = packages.get("missing") or []
     if missing:
