@@ -2664,6 +2664,7 @@ plural, human_size = PROBE.plural, PROBE.human_size
 # The fix a refusal names, in the same words wherever the same thing went wrong.
 FIX_BAD_BUNDLE = "do not use this bundle; pack the software again"  # broken, incomplete, or unsafe to unpack
 FIX_NOT_A_BUNDLE = "pass the path of a bundle written by 'pm.pyz pack'"  # no such file, or no bundle at all
+FIX_UNSAFE = "do not use this bundle: it reaches outside where it unpacks"  # a link or path out, an overwrite
 FIX_DAMAGED = "send or copy the bundle again"  # a member's bytes changed on the way (its sha256)
 FIX_ENV_FILE = "use an environment file written by 'conda env export'"
 
@@ -2715,10 +2716,10 @@ class Contained(object):
     def parts(self, rel, where):
         parts = rel.split("/")
         if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
-            raise PmError("unsafe path %r in %s" % (rel[:200], where), "do not use this bundle; pack the software again")
+            raise PmError("unsafe path %r in %s" % (rel[:200], where), FIX_BAD_BUNDLE)
         if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(rel) > 4000:
             raise PmError("a name in %s is longer than a file system takes (%r...)" % (where, rel[:80]),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         return parts
 
     def is_inside(self, path):
@@ -2746,10 +2747,10 @@ class Contained(object):
                 real = False
                 if not self.is_inside(folder) or not os.path.isdir(folder):
                     raise PmError("%s goes through the link %s, which leads out of %s" % (
-                        where, os.path.relpath(folder, self.root), self.root), "do not use this bundle")
+                        where, os.path.relpath(folder, self.root), self.root), FIX_UNSAFE)
             elif not stat.S_ISDIR(st.st_mode):
                 raise PmError("%s needs %s to be a folder, and it is a file" % (
-                    where, os.path.relpath(folder, self.root)), "do not use this bundle")
+                    where, os.path.relpath(folder, self.root)), FIX_UNSAFE)
             elif real:
                 self.known.add(tuple(parts[:depth + 1]))
         return folder
@@ -2766,7 +2767,7 @@ class Contained(object):
                               "do not use this bundle, or pass --max-ratio 0 if you trust it")
             if self.max_files is not None and self.files > self.max_files:
                 raise PmError("%s holds more than %d files for its size (a bomb)" % (where, self.max_files),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
 
     def create(self, rel, where, make):
         """(path, make(path)) for rel: its folder made safely, then make creates it exclusively (O_EXCL,
@@ -2779,7 +2780,7 @@ class Contained(object):
         except FileExistsError:
             pass
         if stat.S_ISDIR(os.lstat(dest).st_mode):
-            raise PmError("%s would replace the folder %s" % (where, rel), "do not use this bundle")
+            raise PmError("%s would replace the folder %s" % (where, rel), FIX_UNSAFE)
         os.remove(dest)  # a later package's file wins, as with conda's clobbering
         return dest, make(dest)
 
@@ -2811,16 +2812,16 @@ class Contained(object):
             path = os.path.join(root, *rel.split("/"))
             if os.path.islink(path) and not self.is_inside(path):
                 raise PmError("the link %s leads out of %s once every package is linked" % (rel, root),
-                              "do not use this bundle")
+                              FIX_UNSAFE)
 
     def symlink(self, rel, link, where):
         """root/rel -> link, which must resolve inside root (through the links made before it)."""
         if os.path.isabs(link) or "\0" in link or not link:
-            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
+            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), FIX_UNSAFE)
         dest = self.create(rel, where, lambda path: os.symlink(link, path))[0]
         if not self.is_inside(dest):
             os.remove(dest)
-            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), "do not use this bundle")
+            raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), FIX_UNSAFE)
 
 
 def write_entry_point(writer, command, target, where):
@@ -2830,7 +2831,7 @@ def write_entry_point(writer, command, target, where):
     command, target = command.strip(), target.strip()
     if not re.match(SCRIPT_NAME, command) or not re.match(ENTRY_TARGET, target):
         raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
-                      "do not use this bundle; pack the software again")
+                      FIX_BAD_BUNDLE)
     module, function = target.split(":")
     script = ("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
               "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
@@ -2883,7 +2884,7 @@ class PrefixReplacer(object):
         self.binary, self.where = mode == "binary", where
         if len(self.old) < 8:
             raise PmError("%s names the prefix placeholder %r, too short to be a build prefix" % (where, placeholder),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         if self.binary and len(self.new) > len(self.old):
             raise PmError("the prefix %s (%d characters) is longer than the %d-character placeholder compiled into %s"
                           % (prefix, len(self.new), len(self.old), where), "choose a shorter --prefix")
@@ -2904,7 +2905,7 @@ class PrefixReplacer(object):
                 break
             if end < 0:
                 if len(data) - found > self.MAX_STRING:
-                    raise PmError("%s holds a placeholder string over 1 MiB long" % self.where, "do not use this bundle")
+                    raise PmError("%s holds a placeholder string over 1 MiB long" % self.where, FIX_BAD_BUNDLE)
                 out.append(data[pos:found])
                 self.pending = data[found:]
                 return b"".join(out)
@@ -2945,10 +2946,10 @@ class CarriedArchive(object):
         try:
             data = json.loads(self.info[name].decode("utf-8")) if name in self.info else None
         except (ValueError, UnicodeDecodeError):
-            raise PmError("%s of the carried package %s is not JSON" % (name, self.fn), "pack the software again")
+            raise PmError("%s of the carried package %s is not JSON" % (name, self.fn), FIX_BAD_BUNDLE)
         if data is not None and not isinstance(data, dict):
             raise PmError("%s of the carried package %s is not a JSON object" % (name, self.fn),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         return data
 
     def read_placeholders(self):
@@ -2958,7 +2959,7 @@ class CarriedArchive(object):
         if paths:
             if not isinstance(paths.get("paths") or [], list):
                 raise PmError("info/paths.json of the carried package %s: its paths are not a list" % self.fn,
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
             for item in paths.get("paths") or []:
                 if isinstance(item, dict) and isinstance(item.get("prefix_placeholder"), str) \
                         and isinstance(item.get("_path"), str):
@@ -2999,7 +3000,7 @@ def check_info_size(name, size, fn):
     limit = INFO_LIMITS.get(name, 1 << 20)
     if size > limit:
         raise PmError("%s of the carried package %s is %.1f MiB, over the %d MiB no real one reaches" % (
-            name, fn, size / 1048576.0, limit >> 20), "do not use this bundle; pack the software again")
+            name, fn, size / 1048576.0, limit >> 20), FIX_BAD_BUNDLE)
 
 
 def tar_members(archive, limit=None, with_info=False):
@@ -3023,7 +3024,7 @@ def tar_members(archive, limit=None, with_info=False):
                 yield name, "file", member.mode, member.mtime, tar.extractfile(member)
             elif not member.isdir():
                 raise PmError("%s in the carried package %s is not a file or link" % (name, archive.fn),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
 
 
 def zip_member_mtime(info):
@@ -3047,11 +3048,11 @@ def zip_members(archive, limit=None, with_info=False):
         entries = package.infolist()
         if limit is not None and len(entries) > limit:
             raise PmError("the carried package %s holds %d entries, more than its size allows (a bomb)"
-                          % (archive.fn, len(entries)), "do not use this bundle; pack the software again")
+                          % (archive.fn, len(entries)), FIX_BAD_BUNDLE)
         for info in entries:
             if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 raise PmError("%s in the carried package %s is encrypted or compressed in a way pm does not read"
-                              % (info.filename[:200], archive.fn), "do not use this bundle; pack the software again")
+                              % (info.filename[:200], archive.fn), FIX_BAD_BUNDLE)
             if info.filename.startswith("info/") and not info.filename.endswith("/"):
                 archive.keep_info(info.filename, info.file_size, lambda: package.read(info))
         for info in entries:
@@ -3061,14 +3062,14 @@ def zip_members(archive, limit=None, with_info=False):
             if kind == stat.S_IFLNK:
                 if info.file_size > 4096:
                     raise PmError("the link %s in %s is over 4 KiB long" % (name[:200], archive.fn),
-                                  "do not use this bundle")
+                                  FIX_BAD_BUNDLE)
                 yield name, "link", 0o777, 0, package.read(info).decode("utf-8", "surrogateescape")
             elif kind in (0, stat.S_IFREG):
                 with package.open(info) as source:
                     yield name, "file", (info.external_attr >> 16) & 0o777, zip_member_mtime(info), source
             else:
                 raise PmError("%s in the carried package %s is not a file or link" % (name[:200], archive.fn),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
 
 
 class CarriedForm(object):
@@ -3105,7 +3106,7 @@ def carried_entries(subdir, repodata):
     (pm_file) <dist>.zip."""
     def refuse(fn, what):
         raise PmError("channel/%s/repodata.json lists %r, %s" % (subdir, str(fn)[:100], what),
-                      "do not use this bundle; pack the software again")
+                      FIX_BAD_BUNDLE)
     if not isinstance(repodata, dict):
         refuse("", "and is not a repodata object")
     entries = []
@@ -3138,7 +3139,7 @@ def carried_archives(channel_dir, conda_reads=False):
             repodata = read_json(os.path.join(channel_dir, subdir, "repodata.json"))
         except (OSError, ValueError) as exc:
             raise PmError("the carried channel's %s/repodata.json cannot be read (%s)" % (subdir, exc),
-                          "pack the software again")
+                          FIX_BAD_BUNDLE)
         for fn, entry in carried_entries(subdir, repodata):
             if carried_form(fn).members is None:  # conda reads it, pm cannot
                 if not conda_reads:
@@ -3147,7 +3148,7 @@ def carried_archives(channel_dir, conda_reads=False):
             path = os.path.join(channel_dir, subdir, entry.get("pm_file") or fn)
             if not os.path.isfile(path) or os.path.islink(path):
                 raise PmError("the carried channel lists %s, and the bundle does not hold it" % fn,
-                              "pack the software again")
+                              FIX_BAD_BUNDLE)
             archives.append(CarriedArchive(path, fn, entry))
     if unreadable:
         readable = " and ".join(form.suffix for form in FORMS if form.repodata_key and form.members)
@@ -3858,16 +3859,16 @@ def read_distributions(bundle):
     try:
         data = bundle.read_json("python-dists.json")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise PmError("python-dists.json in %s is not JSON (%s)" % (bundle.path, exc), "pack the software again")
+        raise PmError("python-dists.json in %s is not JSON (%s)" % (bundle.path, exc), FIX_BAD_BUNDLE)
     dists = []
     for dist in (data.get("dists") if isinstance(data, dict) else None) or []:
         if not isinstance(dist, dict) or not all(isinstance(dist.get(k), str) for k in ("name", "version", "site")):
             raise PmError("python-dists.json in %s has a record without name, version or site" % bundle.path,
-                          "pack the software again")
+                          FIX_BAD_BUNDLE)
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z", dist["name"]) or \
                 not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]{0,99}\Z", dist["version"]):
             raise PmError("python-dists.json in %s names %r %r, which is not a distribution name and version"
-                          % (bundle.path, dist["name"][:60], dist["version"][:60]), "pack the software again")
+                          % (bundle.path, dist["name"][:60], dist["version"][:60]), FIX_BAD_BUNDLE)
         check_dist_paths(dist, "python-dists.json in %s" % bundle.path)
         dists.append(dist)
     return dists
@@ -3908,7 +3909,7 @@ def is_plain_relative_path(root):
 
 
 def refuse_dist_field(where, dist, what):
-    raise PmError("%s gives %s %s" % (where, dist["name"], what), "do not use this bundle; pack the software again")
+    raise PmError("%s gives %s %s" % (where, dist["name"], what), FIX_BAD_BUNDLE)
 
 
 # == Store ====================================================================
@@ -6005,7 +6006,7 @@ def wheel_destination(name, site_rel):
             return ("bin/" if kind == "scripts" else "include/") + rest
         if kind == "data":
             return rest
-        raise PmError("wheel member %s is in an unknown .data folder" % name, "pack the software again")
+        raise PmError("wheel member %s is in an unknown .data folder" % name, FIX_BAD_BUNDLE)
     return site_rel + "/" + name
 
 
@@ -6036,7 +6037,7 @@ def install_wheel(wheel, prefix, site_rel, writer=None):
         info_dirs = set(i.filename.split("/")[0] for i in infos if i.filename.split("/")[0].endswith(".dist-info"))
         if len(info_dirs) != 1:
             raise PmError("the carried wheel %s has %d .dist-info folders" % (where, len(info_dirs)),
-                          "pack the software again")
+                          FIX_BAD_BUNDLE)
         info_dir = info_dirs.pop()
         for info in infos:
             rel = wheel_destination(safe_member_path(info.filename), site_rel)
@@ -6051,7 +6052,7 @@ def install_wheel(wheel, prefix, site_rel, writer=None):
         points_member = info_dir + "/entry_points.txt"
         if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
             raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
-                          "do not use this bundle; pack the software again")
+                          FIX_BAD_BUNDLE)
         points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
                                        if points_member in archive.namelist() else "")
     for command, target in points:
@@ -6082,7 +6083,7 @@ def carried_wheels(bundle, dists):
         if len(parts) != 2 or parts[0] != "wheels" or not parts[1].endswith(".whl") \
                 or not is_one_path_component(parts[1]) or member not in bundle.manifest.members:
             raise PmError("python-dists.json names the wheel %r, which the bundle does not hold" % (member,),
-                          "pack the software again")
+                          FIX_BAD_BUNDLE)
         carried.append((dist, member))
     return carried
 
@@ -6123,7 +6124,7 @@ def extract_wheels(attempt, bundle):
                     infos = wheel.infolist()
             except (zipfile.BadZipFile, OSError) as exc:
                 raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
-                              "do not use this bundle; pack the software again")
+                              FIX_BAD_BUNDLE)
             caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -6379,7 +6380,7 @@ def software_finder(dist, roots):
     for package in dist.get("import_packages") or []:
         if not isinstance(package, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", package):
             raise PmError("python-dists.json names the import package %r, which is not a Python name"
-                          % str(package)[:60], "do not use this bundle; pack the software again")
+                          % str(package)[:60], FIX_BAD_BUNDLE)
         for root in roots:
             for where in (os.path.join(root, package), os.path.join(root, package + ".py")):
                 if package not in mapping and os.path.exists(where):
@@ -7514,7 +7515,7 @@ def link_archive(archive, writer, site, claims, order):
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise PmError("the carried package %s cannot be read (%s)" % (where, exc), "pack the software again")
+        raise PmError("the carried package %s cannot be read (%s)" % (where, exc), FIX_BAD_BUNDLE)
     for name, rel, mtime in later:  # info/ came after the files it describes (pm's own older rebuilds)
         if name in archive.placeholders and claims.get(rel) == order:
             placeholder, mode = archive.placeholders[name]
@@ -7949,7 +7950,7 @@ def read_info(writer, fn, name):
 
 def not_its_own(member, fn, field, value):
     return PmError("%s of the carried package %s names %r (%s), which is not one of its own files"
-                   % (member, fn, str(value)[:200], field), "do not use this bundle; pack the software again")
+                   % (member, fn, str(value)[:200], field), FIX_BAD_BUNDLE)
 
 
 def plain_folder(path):
@@ -7966,7 +7967,7 @@ def check_paths_json(writer, fn, members, left_out):
     try:
         data = json.loads(text)
     except ValueError:
-        raise PmError("info/paths.json of the carried package %s is not JSON" % fn, "do not use this bundle")
+        raise PmError("info/paths.json of the carried package %s is not JSON" % fn, FIX_BAD_BUNDLE)
     items = data.get("paths") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise not_its_own("info/paths.json", fn, "paths", items)
@@ -8005,7 +8006,7 @@ def check_entry_points(writer, fn):
         command, _, target = str(point).partition("=")
         if not re.match(SCRIPT_NAME, command.strip()) or not re.match(ENTRY_TARGET, target.strip()):
             raise PmError("info/link.json of the carried package %s names the entry point %r, which is not NAME = "
-                          "module:function" % (fn, str(point)[:100]), "do not use this bundle; pack the software again")
+                          "module:function" % (fn, str(point)[:100]), FIX_BAD_BUNDLE)
 
 
 def environment_with_conda(attempt, config, bundle, options, env_file, min_deps, dists, base):
