@@ -2547,25 +2547,39 @@ def append_private(path, binary=False):
     return os.fdopen(handle, "ab") if binary else os.fdopen(handle, "a", encoding="utf-8")
 
 
+def take_lock(path, exclusive=True, wait=True, what=None, mode=0o600):
+    """The one way pm takes a lock: an open handle on path (a folder, or a lock file made with mode if it
+    is missing, never through a link) holding a flock, exclusive or shared. Taken at once when free;
+    else pm waits (saying what the other pm is busy with, when what is given), or with wait=False
+    returns None. The lock goes when the handle is closed or the process ends, even by kill -9."""
+    import fcntl
+    if os.path.isdir(path):
+        handle = os.open(path, os.O_RDONLY)
+    else:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), mode)
+    kind = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    try:
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
+    except OSError:
+        if not wait:
+            os.close(handle)
+            return None
+        if what:
+            say("waiting for another pm that is busy with %s ..." % what)
+        fcntl.flock(handle, kind)
+    return handle
+
+
 class FolderLock(object):
-    """An exclusive flock on a folder of the store, or a lock file pm owns there (made owner-only), for
-    what two pm processes must not do at once (a software's remembered choices and conda environment,
-    an install into output_dir); waits, and says so."""
+    """An exclusive lock on a folder of the store, or a lock file pm owns there (made owner-only), for
+    what two pm processes must not do at once (a software's remembered choices, an install into
+    output_dir), as a with block; waits, and says so."""
 
     def __init__(self, folder, what):
         self.folder, self.what, self.handle = folder, what, None
 
     def __enter__(self):
-        import fcntl
-        if os.path.isdir(self.folder):
-            self.handle = os.open(self.folder, os.O_RDONLY)
-        else:
-            self.handle = os.open(self.folder, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            say("waiting for another pm that is busy with %s ..." % self.what)
-            fcntl.flock(self.handle, fcntl.LOCK_EX)
+        self.handle = take_lock(self.folder, what=self.what)
         return self
 
     def __exit__(self, *exc):
@@ -7152,10 +7166,7 @@ PM_IN_USE = os.path.join("conda-meta", "pm-in-use")  # locked (shared) by every 
 
 def hold_prefix(attempt, prefix):
     """This attempt uses prefix until it ends: a shared lock on its pm-in-use file."""
-    import fcntl
-    handle = os.open(os.path.join(prefix, PM_IN_USE), os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(handle, fcntl.LOCK_SH)
-    attempt.holds.append(handle)
+    attempt.holds.append(take_lock(os.path.join(prefix, PM_IN_USE), exclusive=False, mode=0o644))
 
 
 def prefix_in_use(prefix):
@@ -8128,15 +8139,8 @@ def name_newest_env(attempt, conda, env_name, prefix, channel=None):
 def hold_conda_env(attempt, env_name):
     """An exclusive lock on the conda environment env_name for the rest of the attempt: one attempt at a
     time replaces it."""
-    import fcntl
     path = os.path.join(attempt.store.software(attempt.name), ".conda-env-%s.lock" % re.sub(r"[^\w.-]", "_", env_name))
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    attempt.holds.append(handle)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        say("waiting for another pm that replaces the conda environment %s ..." % env_name)
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    attempt.holds.append(take_lock(path, what="replacing the conda environment %s" % env_name))
 
 
 def conda_activation(conda, prefix):
@@ -8896,12 +8900,8 @@ def make_server(config):
 def hold_serving_lock(store):
     """Take the store's server.lock (flock) for this process's life, or raise: exactly one server
     per store, whoever starts first; the kernel lets go when the process ends, even by kill -9."""
-    import fcntl
-    handle = os.open(store.lockfile, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(handle)
+    handle = take_lock(store.lockfile, wait=False)
+    if handle is None:
         refuse_a_second_server(store, certain=True)
     return handle
 
