@@ -4338,6 +4338,20 @@ def stop_leftovers(leftovers):
             time.sleep(0.05)
 
 
+def ask(command, timeout, environ=None, data=None):
+    """A short question to a program (its version, a listing, an environment dump): its output as bytes,
+    or None when it cannot start, fails, or takes over timeout seconds. stdin is data, else nothing;
+    stderr is dropped. Work worth a log goes through run_command."""
+    import subprocess
+    given = {"input": data} if data is not None else {"stdin": subprocess.DEVNULL}
+    try:
+        proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environ,
+                              timeout=timeout, **given)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=False, heartbeat=None,
                 capture=True):
     """The one way pm runs a command (conda, package managers, tests): in a process group of its own,
@@ -5090,14 +5104,9 @@ def system_libstdcxx():
     """The path of the system's libstdc++.so.6: ldconfig's cache (as ctypes.util.find_library reads it),
     else the usual folders; None when there is none."""
     import glob
-    import subprocess
     for ldconfig in ("/sbin/ldconfig", "/usr/sbin/ldconfig", PROBE.which("ldconfig")):
         if ldconfig and os.path.isfile(ldconfig):
-            try:
-                listing = subprocess.run([ldconfig, "-p"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                         universal_newlines=True, timeout=30).stdout
-            except (OSError, subprocess.SubprocessError):
-                continue
+            listing = (ask([ldconfig, "-p"], 30) or b"").decode("utf-8", "replace")
             found = sorted(("64" not in name, path) for name, _, path in (
                 line.strip().partition(" => ") for line in listing.splitlines())
                 if name.startswith("libstdc++.so.6 ") and os.path.isfile(path))  # 64-bit first
@@ -6946,7 +6955,6 @@ def base_interpreter(base_version):
     PATH (e.g. after 'module load python/3.11'), then pyenv's and uv's installs."""
     import glob
     import shutil
-    import subprocess
     wanted = ".".join(base_version.split(".")[:2])
     places = [shutil.which("python" + wanted)]
     pyenv_root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
@@ -6957,13 +6965,8 @@ def base_interpreter(base_version):
     for place in places:
         if not place:
             continue
-        try:
-            proc = subprocess.run([place, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-                                  universal_newlines=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if proc.returncode == 0 and proc.stdout.strip() == wanted:
+        answer = ask([place, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"], 30)
+        if answer is not None and answer.decode("utf-8", "replace").strip() == wanted:
             return place
     return None
 
@@ -7031,14 +7034,11 @@ def activate_d_changes(prefix, environ):
     """{name: (before, after)} for what the prefix's activate.d scripts change, run by bash in a
     subshell (env -0 before and after), as the tests had them."""
     import glob
-    import subprocess
     scripts = sorted(glob.glob(os.path.join(prefix, ACTIVATE_D, "*.sh")))
     if not scripts:
         return {}, []
     script = 'env -0; printf "\\0pm-after\\0"; %s env -0' % "".join('. %s; ' % shlex.quote(s) for s in scripts)
-    proc = subprocess.run(["bash", "-c", script], env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, timeout=60)
-    before, _, after = proc.stdout.partition(b"\0pm-after\0")
+    before, _, after = (ask(["bash", "-c", script], 60, environ) or b"").partition(b"\0pm-after\0")
 
     def parse(data):
         return dict(item.decode("utf-8", "replace").split("=", 1) for item in data.split(b"\0") if b"=" in item)
@@ -7713,7 +7713,6 @@ def compile_noarch_python(attempt, prefix, archives, site):
     interpreter when it is the environment's Python version (no code of the bundle runs), in a process
     of its own whose memory is bounded (COMPILE_MEMORY), only the files the packages list, each under
     COMPILE_FILE_LIMIT; what is not compiled is compiled on import, as conda leaves it."""
-    import subprocess
     if not site or site != "lib/python%d.%d/site-packages" % sys.version_info[:2]:
         return
     sources, large = [], []
@@ -7729,13 +7728,9 @@ def compile_noarch_python(attempt, prefix, archives, site):
             ", ".join(printable(os.path.relpath(p, prefix)) for p in large[:5])))
     if not sources:
         return
-    try:
-        proc = subprocess.run([sys.executable, "-I", "-c", COMPILER % (COMPILE_MEMORY, COMPILE_MEMORY)],
-                              input=b"\0".join(os.fsencode(p) for p in sources), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=3600)
-        done = proc.stdout.decode("utf-8", "replace").strip() or "0"
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        done = "0 (%s)" % exc
+    answer = ask([sys.executable, "-I", "-c", COMPILER % (COMPILE_MEMORY, COMPILE_MEMORY)], 3600,
+                 data=b"\0".join(os.fsencode(p) for p in sources))
+    done = answer.decode("utf-8", "replace").strip() if answer is not None else "0 (the compiler failed or timed out)"
     attempt.log("compiled %s of %d noarch: python sources" % (done, len(sources)))
 
 
@@ -9114,7 +9109,6 @@ def python_versions():
     """{real path: (version, path)} of the Pythons on PATH and in pyenv that answer."""
     import glob
     import shutil
-    import subprocess
     found = {}
     candidates = [shutil.which(n) for n in ["python3", "python", "python2", "python2.7"] +
                   ["python3.%d" % n for n in range(6, 15)]]
@@ -9123,12 +9117,8 @@ def python_versions():
     for path in candidates:
         if not path or os.path.realpath(path) in found:
             continue
-        try:
-            version = subprocess.run([path, "-c", "import platform; print(platform.python_version())"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10,
-                                     universal_newlines=True).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            continue
+        version = (ask([path, "-c", "import platform; print(platform.python_version())"], 10) or b"").decode(
+            "utf-8", "replace").strip()
         if version:
             found[os.path.realpath(path)] = (version, path)
     return found
