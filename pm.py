@@ -273,10 +273,15 @@ def run_conda_json(conda, args):
                       "update conda, or set CONDA_EXE to another conda")
 
 
+def version_numbers(text, limit=6):
+    """The one reading of a version's numbers: '4.3.16' -> (4, 3, 16), 'glibc 2.36' -> (2, 36); at most
+    limit of them, () when there are none. Callers strip what is not the version first (an epoch)."""
+    return tuple(int(n) for n in re.findall(r"\d+", text or ""))[:limit]
+
+
 def conda_version(info):
     """conda info's version as a tuple of numbers: '4.3.16' -> (4, 3, 16)."""
-    numbers = re.findall(r"\d+", str(info.get("conda_version", "")))[:3]
-    return tuple(int(n) for n in numbers)
+    return version_numbers(str(info.get("conda_version", "")), 3)
 
 
 def envs_dirs(info):
@@ -2112,16 +2117,13 @@ def note_isa_level(data, order, align, wide):
 ELF_MAX_READ = 1 << 30  # a member of a zip or tar is read into memory to be parsed up to this size
 
 
-def version_key(text):
-    return tuple(int(part) for part in text.split("."))
-
 
 def highest_version(names, prefix):
     """The highest PREFIX_x.y[.z] among version names ('2.34' for GLIBC), else None."""
     best = None
     for name in names:
         rest = name[len(prefix) + 1:] if name.startswith(prefix + "_") else ""
-        if re.match(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$", rest) and (best is None or version_key(rest) > version_key(best)):
+        if re.match(r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$", rest) and (best is None or version_numbers(rest) > version_numbers(best)):
             best = rest
     return best
 
@@ -2165,12 +2167,12 @@ class BinaryNeeds(object):
         names = [n for names in found["needs"].values() for n in names]
         for key, prefix in (("glibc", "GLIBC"), ("glibcxx", "GLIBCXX")):
             version = highest_version(names, prefix)
-            if version and (key not in self.needs or version_key(version) > version_key(self.needs[key][0])):
+            if version and (key not in self.needs or version_numbers(version) > version_numbers(self.needs[key][0])):
                 self.needs[key] = (version, rel)
         if found["isa"] > 1 and found["isa"] > self.needs.get("isa", (1, ""))[0]:
             self.needs["isa"] = (found["isa"], rel)
         defined = highest_version(found["defines"], "GLIBCXX")
-        if defined and (not self.glibcxx_defined or version_key(defined) > version_key(self.glibcxx_defined)):
+        if defined and (not self.glibcxx_defined or version_numbers(defined) > version_numbers(self.glibcxx_defined)):
             self.glibcxx_defined = defined
 
     def add_folder(self, folder, members=None):
@@ -4883,7 +4885,7 @@ class Candidate(object):
 def version_parts(version):
     version = re.sub(r"^\d+:", "", version or "")      # Debian epoch
     version = re.sub(r"-[^-]*$", "", version) if "-" in version else version  # package revision
-    return [int(p) for p in re.findall(r"\d+", version)][:6]
+    return list(PROBE.version_numbers(version))
 
 
 def version_distance(version, wanted):
@@ -5226,7 +5228,7 @@ class ThisMachine(object):
         the environment lists no libstdc++ package of its own) the system's."""
         text = PROBE.libc_version()
         glibc = text.split()[-1] if text.startswith("glibc ") else None
-        carried = [(PROBE.version_key(r["glibcxx_defined"]), r) for r in rows if r.get("glibcxx_defined")]
+        carried = [(PROBE.version_numbers(r["glibcxx_defined"]), r) for r in rows if r.get("glibcxx_defined")]
         if carried:
             version, row = max(carried, key=lambda item: item[0])
             libstdcxx, where = row["glibcxx_defined"], "the bundle's %s %s" % (row["name"], row.get("version", ""))
@@ -5272,11 +5274,11 @@ def preflight_problems(rows, here):
     for row in rows:
         where = {"conda": "in package %s", "wheel": "in the wheel %s", "software": "in the software %s"}.get(
             row["kind"], "in %s") % row["name"]
-        if row.get("glibc") and here.glibc and PROBE.version_key(row["glibc"]) > PROBE.version_key(here.glibc):
+        if row.get("glibc") and here.glibc and PROBE.version_numbers(row["glibc"]) > PROBE.version_numbers(here.glibc):
             problems.append("%s %s needs GLIBC_%s; this machine has glibc %s" % (row["glibc_file"], where,
                                                                                   row["glibc"], here.glibc))
         if row.get("glibcxx") and here.libstdcxx and \
-                PROBE.version_key(row["glibcxx"]) > PROBE.version_key(here.libstdcxx):
+                PROBE.version_numbers(row["glibcxx"]) > PROBE.version_numbers(here.libstdcxx):
             problems.append("%s %s needs GLIBCXX_%s; the libstdc++ it gets (%s) has GLIBCXX_%s at most" % (
                 row["glibcxx_file"], where, row["glibcxx"], here.libstdcxx_where, here.libstdcxx))
         if row.get("isa") and here.isa and row["isa"] > here.isa:
@@ -5884,8 +5886,8 @@ def this_platform():
 
 
 def glibc_version(text):
-    match = re.match(r"glibc (\d+)\.(\d+)", text if isinstance(text, str) else "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    match = re.match(r"glibc \d+\.\d+", text if isinstance(text, str) else "")
+    return PROBE.version_numbers(match.group(0)) if match else None
 
 
 def platform_notes(source, here):
