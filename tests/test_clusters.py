@@ -71,8 +71,8 @@ def test_elf_reader_finds_the_version_needs_pyelftools_finds_in_every_shared_lib
 def test_elf_reader_names_the_highest_glibc_and_glibcxx_a_file_needs_and_what_libstdcxx_defines():
     libstdcxx = os.path.realpath(glob.glob("/usr/lib/*/libstdc++.so.6")[0])
     needs = PROBE.BinaryNeeds("conda", "libstdcxx").add_folder(None, [("lib/libstdc++.so.6", libstdcxx)]).to_json()
-    assert needs["glibc_file"] == "lib/libstdc++.so.6" and PROBE.version_key(needs["glibc"]) >= (2, 17)
-    assert PROBE.version_key(needs["glibcxx_defined"]) >= (3, 4, 20)
+    assert needs["glibc_file"] == "lib/libstdc++.so.6" and PROBE.version_numbers(needs["glibc"]) >= (2, 17)
+    assert PROBE.version_numbers(needs["glibcxx_defined"]) >= (3, 4, 20)
     assert PROBE.highest_version(["GLIBC_2.2.5", "GLIBC_2.34", "GLIBC_PRIVATE", "GLIBCXX_3.4.9", "GLIBC_2.4"],
                                  "GLIBC") == "2.34"
     assert PROBE.highest_version(["GLIBCXX_3.4.9", "GLIBCXX_3.4.29", "CXXABI_1.3.13"], "GLIBCXX") == "3.4.29"
