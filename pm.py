@@ -9661,7 +9661,7 @@ def repair_install(store, name, record, as_json):
     say("repairing the install of attempt %s: %s again at %s" % (record["id"], "its environment", prefix))
     result = migrate(store, name, config, bundle, options)
     if not as_json:
-        result.print_summary()
+        print_summary(result)
     return {"id": record["id"], "status": "repaired" if result.passed else "failed", "attempt": result.attempt.id,
             "installed_to": result.installed or record["installed_to"], "environment": prefix,
             "activate": result.activate}
