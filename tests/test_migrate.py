@@ -130,10 +130,14 @@ def test_broken_configs_give_one_clear_line(text, message, pyz, conda_site, tmp_
     assert "tests.ini" in proc.stderr
 
 
-def test_unknown_keys_are_warned_about(tmp_path):
-    path = write_config(tmp_path, CONFIG + "colour = blue\n")
+def test_unknown_keys_are_warned_about(tmp_path, capsys):
+    path = write_config(tmp_path, CONFIG.replace("tests = smooth", "colour = red\ntests = smooth") + "colour = blue\n")
     config = pm.read_test_config([path], "heatsim")
     assert [t.name for t in config.tests] == ["smooth", "tools"] and config.tests[1].timeout == 60.0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: unknown key")]
+    assert len(warnings) == 2, warnings
+    assert "'colour' in [heatsim] of %s" % path in warnings[0] and "'colour' in [test_tools]" in warnings[1]
+    assert "(known: " in warnings[0] and "output_dir" in warnings[0] and "exec" in warnings[1]
 
 
 def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, example_software, tmp_path):

@@ -173,13 +173,28 @@ def test_python2_runs_pack_and_help_but_refuses_other_verbs(pyz, tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def listed_verbs(help_text):
+    """The verbs `pm.pyz --help` lists under VERB (one per line, four spaces in; an alias in brackets)."""
+    section = help_text.split("\n  VERB\n", 1)[1].split("\n\n", 1)[0]
+    return [line.split()[0] for line in section.splitlines() if line.startswith("    ") and line[4] != " "]
+
+
+NO_EXAMPLE_YET = {"report", "history", "doctor"}  # pm.py's help for these has no example yet (issue 30)
+
+
 @pytest.mark.parametrize("version", ["3.6", "newest"])
 def test_every_verb_has_help_under_python3(version, pyz):
     python = find_python(version)
-    for verb in ["pack", "unpack", "list"]:
+    proc = run_pm(python, pyz, ["--help"], dict(os.environ))
+    verbs = listed_verbs(proc.stdout)
+    assert {"pack", "serve", "migrate", "unpack", "list", "report", "history", "prune", "doctor"} <= set(verbs), verbs
+    missing = []
+    for verb in verbs:
         proc = run_pm(python, pyz, [verb, "--help"], dict(os.environ))
-        assert proc.returncode == 0, proc.stderr
-        assert "example" in proc.stdout
+        assert proc.returncode == 0 and proc.stdout.startswith("usage: "), (verb, proc.stderr)
+        if "example" not in proc.stdout:
+            missing.append(verb)
+    assert set(missing) == NO_EXAMPLE_YET, "verbs whose --help has no example: %s" % missing
 
 
 def test_pack_of_the_largest_real_environment_records_its_minimal_set(pyz, tmp_path):
