@@ -134,12 +134,55 @@ def example_channel(tmp_path_factory):
     return channels.example_channel(str(tmp_path_factory.mktemp("example-channel")))
 
 
-@pytest.fixture
-def conda_site(real_site, tmp_path):
-    """A real conda 25.11.1 with the example channel and the example project's environment 'heatsim-env'."""
-    site = real_site("25.11.1", "conda", home=str(tmp_path / "pm-home"))
+@pytest.fixture(scope="session")
+def heatsim_template(tmp_path_factory, real_condas, example_channel):
+    """The example project's environment 'heatsim-env', created by real conda 25.11.1 once per run;
+    read-only: conda_site copies it."""
+    base = str(tmp_path_factory.mktemp("heatsim-template") / "site")
+    site = realconda.RealCondaSite(real_condas["25.11.1"], base, [example_channel])
     site.create("heatsim-env", channels.EXAMPLE_SPECS)
     return site
+
+
+@pytest.fixture
+def conda_site(real_site, tmp_path, heatsim_template):
+    """A real conda 25.11.1 with the example channel and the example project's environment 'heatsim-env'
+    (real conda's, made once and copied here with its records' paths rewritten: tests/realconda.py);
+    its own HOME, condarc, envs and package cache."""
+    site = real_site("25.11.1", "conda", home=str(tmp_path / "pm-home"))
+    realconda.copy_environments(heatsim_template, site)
+    return site
+
+
+@pytest.fixture(scope="session")
+def heatsim_packs(tmp_path_factory, pyz, heatsim_template):
+    """python ('2.7', 'newest') -> examples/heatsim packed from heatsim-env under it, once per run, on
+    first use; read-only: tests take a copy (heatsim_bundle)."""
+    work = tmp_path_factory.mktemp("heatsim-bundles")
+    software = str(work / "src" / "heatsim")
+    shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software, symlinks=True)
+    made = {}
+
+    def packed(python):
+        if python not in made:
+            out = str(work / ("heatsim-%s.zip" % python))
+            proc = run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
+                          heatsim_template.env())
+            assert proc.returncode == 0, proc.stderr
+            os.chmod(out, 0o444)
+            made[python] = out
+        return made[python]
+    return packed
+
+
+@pytest.fixture
+def heatsim_bundle(heatsim_packs, tmp_path):
+    """bundle(python='2.7') -> this test's own copy (tmp_path/b.zip) of the example packed under python."""
+    def bundle(python="2.7", name="b.zip"):
+        target = str(tmp_path / name)
+        shutil.copyfile(heatsim_packs(python), target)
+        return target
+    return bundle
 
 
 @pytest.fixture(scope="session")

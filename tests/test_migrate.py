@@ -40,8 +40,8 @@ def attempts(site, name="heatsim"):
 
 
 @pytest.mark.parametrize("version", ["3.6", "newest"])
-def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle()
     python = find_python(version)
     assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     proc = run_pm(python, pyz, ["migrate", "heatsim", write_config(tmp_path)], conda_site.env())
@@ -63,8 +63,8 @@ def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, 
         assert "prefix" not in handle.read()
 
 
-def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = broken, smooth, tools") + \
         "[test_broken]\nexec = echo about to fail; exit 3\n"
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
@@ -93,8 +93,8 @@ def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_p
     assert os.path.exists(os.path.join(attempts(target)[0], "env-exact.yml"))
 
 
-def test_an_existing_environment_is_kept_without_force(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_an_existing_environment_is_kept_without_force(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     config = write_config(tmp_path)
     args = ["migrate", "heatsim", config, "--bundle", bundle, "--env-name", "heatsim-env"]
     proc = run_pm(find_python("newest"), pyz, args, conda_site.env())
@@ -140,12 +140,12 @@ def test_unknown_keys_are_warned_about(tmp_path, capsys):
     assert "(known: " in warnings[0] and "output_dir" in warnings[0] and "exec" in warnings[1]
 
 
-def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, example_software, tmp_path):
+def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, tmp_path, heatsim_bundle):
     python = find_python("newest")
     config = write_config(tmp_path)
     proc = run_pm(python, pyz, ["migrate", "heatsim", config], conda_site.env())
     assert proc.returncode == 2 and "no bundle stored for 'heatsim'" in proc.stderr
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     stored = pm.Store(conda_site.home).latest_bundle("heatsim")
     before = hashlib.sha256(read_bytes(stored)).hexdigest()
@@ -293,8 +293,8 @@ def test_pack_py27_to_server_then_migrate_from_the_store(pyz, conda_site, exampl
     assert (tmp_path / "installed" / "heatsim" / "tests" / "test_smooth.sh").exists()
 
 
-def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = hang, smooth") + "[test_hang]\nexec = sleep 60\ntimeout = 1\n"
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
                   conda_site.env(), timeout=50)
@@ -304,9 +304,9 @@ def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_so
     assert tests[0]["seconds"] < 20
 
 
-def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz, conda_site, example_software,
-                                                                             tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz, conda_site, tmp_path,
+                                                                             heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = daemon, smooth") + (
         "[test_daemon]\nexec = sleep 31415926 & setsid sleep 31415927 & sleep 0.5\n")
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
@@ -321,8 +321,8 @@ def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz
     assert still == "", "processes a test left are still running: %s" % still
 
 
-def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = knobs") + (
         "[test_knobs]\nexec = echo \"$GREETING from $(basename \"$PWD\")\"; [ \"$RUNNER_SEEN\" = yes ]\n"
         "env = GREETING=hello, OTHER=1\nworkdir = tests\nrunner = env RUNNER_SEEN=yes\n")
@@ -337,9 +337,9 @@ def with_source(bundle, out, **source):
     return rewrite_bundle(bundle, out, lambda members, manifest: manifest["source"].update(source))
 
 
-def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migrating(pyz, conda_site,
-                                                                                   example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migrating(pyz, conda_site, tmp_path,
+                                                                                  heatsim_bundle):
+    bundle = heatsim_bundle()
     other = with_source(bundle, str(tmp_path / "other.zip"), libc="glibc 9.1", machine="aarch64\x1b[2J")
     proc = run_pm(find_python("3.6"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", other],
                   conda_site.env())
@@ -393,10 +393,10 @@ def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, c
     assert not (tmp_path / "installed").exists()
 
 
-def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_attempt(pyz, conda_site,
-                                                                                       example_software, tmp_path):
+def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_attempt(pyz, conda_site, tmp_path,
+                                                                                       heatsim_bundle):
     """SIGINT, as Ctrl-C sends it to pm (the test's shell runs in a process group of its own)."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     marker = tmp_path / "grandchild.pid"
     text = CONFIG.replace("tests = smooth, tools", "tests = slow") + \
         "[test_slow]\nexec = sleep 300 & echo $! > %s; wait\ntimeout = 120\n" % marker
@@ -443,9 +443,9 @@ def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(py
         "nothing half-written beside it"
 
 
-def test_test_configs_are_read_as_the_original_reads_them(pyz, conda_site, example_software, tmp_path):
+def test_test_configs_are_read_as_the_original_reads_them(pyz, conda_site, tmp_path, heatsim_bundle):
     """ConfigParser's defaults: a ';' inside a value is not a comment, %(key)s and %% interpolate."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     text = ("[DEFAULT]\nroot = %s\n[heatsim]\noutput_dir = %%(root)s/installed\ntests = semicolon, percent\n"
             "[test_semicolon]\nexec = echo first ; false\n"
             "[test_percent]\nexec = echo 100%%%%\n" % tmp_path)
@@ -466,8 +466,8 @@ def test_server_is_an_alias_of_serve(pyz, tmp_path):
     assert proc.returncode == 1 and "no server runs for" in proc.stdout, proc.stderr
 
 
-def test_skip_tests_warns_that_nothing_was_proven(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_skip_tests_warns_that_nothing_was_proven(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
                                                "--skip-tests"], conda_site.env())
     assert proc.returncode == 0 and "warning: --skip-tests" in proc.stderr, proc.stderr
@@ -523,10 +523,11 @@ def test_flow_lists_tags_and_other_installers_read_as_pyyaml_reads_them(capsys):
     assert (env.name, env.channels, env.dependencies, env.pip) == as_pyyaml_reads_it(plain)
 
 
-def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site, example_software, tmp_path):
+def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site, example_software, tmp_path,
+                                                                heatsim_bundle):
     """NAME/env.yml, NAME/min-deps.json and NAME/pkg.zip (entries 'heatsim/...'), as platform-migrator
     1.1.0 stores an upload."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     folder = os.path.join(conda_site.home, "heatsim")
     os.makedirs(folder)
     with zipfile.ZipFile(bundle) as packed:
@@ -550,8 +551,8 @@ def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site,
     assert os.access(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"), os.X_OK)
 
 
-def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     taken = tmp_path / "installed" / "heatsim"
     taken.mkdir(parents=True)
     (taken / "mine.txt").write_text("keep\n")
@@ -562,12 +563,12 @@ def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, e
     assert (taken / "mine.txt").read_text() == "keep\n"
 
 
-def test_every_attempt_ends_in_a_true_record_and_json_always_prints_the_result(pyz, conda_site, example_software,
-                                                                             tmp_path):
+def test_every_attempt_ends_in_a_true_record_and_json_always_prints_the_result(pyz, conda_site, tmp_path,
+                                                                               heatsim_bundle):
     """An output_dir below a file makes pm's own install step fail with an error it does not expect:
     the attempt ends as 'error' with that reason (never 'running'), --json still prints the result
     object, and the exit code says pm failed (3), not that the tests failed (1)."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    bundle = heatsim_bundle()
     (tmp_path / "a-file").write_text("not a folder\n")
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, out=str(
         tmp_path / "a-file" / "installed")), "--bundle", bundle, "--json"], conda_site.env())
@@ -587,8 +588,8 @@ def test_a_runner_that_is_not_shell_words_is_bad_input_named_before_anything(pyz
     assert not attempts(conda_site)
 
 
-def test_flags_that_cannot_act_are_refused_or_named_before_anything(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_flags_that_cannot_act_are_refused_or_named_before_anything(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle()
     args = ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle]
     proc = run_pm(find_python("newest"), pyz, args + ["--no-conda"], conda_site.env())
     assert proc.returncode == 2 and "this bundle carries none" in proc.stderr, proc.stderr
@@ -665,8 +666,8 @@ def test_a_full_disk_while_unzipping_carried_packages_leaves_no_partial_file_and
     assert "running" not in history and "error" in history
 
 
-def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle()
     for _ in range(3):
         assert run_pm(find_python("newest"), pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     failing = CONFIG.replace("tests = smooth, tools", "tests = smooth, broken") + "[test_broken]\nexec = exit 3\n"
@@ -709,8 +710,8 @@ def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda
     assert "prune" in listed
 
 
-def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     taken = tmp_path / "installed" / "heatsim"
     taken.mkdir(parents=True)
     (taken / "mine.txt").write_text("keep\n")
@@ -724,10 +725,10 @@ def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site,
     assert "0/0" not in history.stdout + history.stderr
 
 
-def test_tests_that_passed_stay_recorded_when_the_install_is_refused_after_them(pyz, conda_site, example_software,
-                                                                                 tmp_path):
+def test_tests_that_passed_stay_recorded_when_the_install_is_refused_after_them(pyz, conda_site, tmp_path,
+                                                                                heatsim_bundle):
     """As when a concurrent migration installs into output_dir meanwhile: here the last test does."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     taken = tmp_path / "installed" / "heatsim"
     config = write_config(tmp_path, CONFIG.replace("timeout = 60", "timeout = 60\n\n[test_race]\nexec = mkdir -p %s "
                                                    "&& echo theirs > %s/other.txt" % (taken, taken))
