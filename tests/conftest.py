@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,16 +27,33 @@ def pytest_configure(config):
                     returncode=2)
 
 
+@pytest.fixture(scope="session")
+def warm_code_cache(tmp_path_factory, pyz):
+    """An XDG_CACHE_HOME holding the code pm.pyz (as this tree builds it) keeps for each interpreter
+    the tests run it under, filled once per run; own_store copies it for each test."""
+    cache = str(tmp_path_factory.mktemp("code-cache") / "cache")
+    env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE")
+    env["XDG_CACHE_HOME"] = cache
+    for version in ("2.7", "3.6", "3.11", "3.12", "newest"):
+        for args in (["--help"], ["pack", "--help"]):  # pm_probe alone, under 2.7
+            subprocess.run([find_python(version), pyz] + args, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=120)
+    return cache
+
+
 @pytest.fixture(autouse=True)
-def own_store(tmp_path):
-    """Every test has its own PM_HOME and TMPDIR: none reads or writes the developer's
-    ~/.platform_migrator, and what pm keeps in TMPDIR (a bundle it could not send) goes with the test.
-    TMPDIR is short (Chromium's socket path must fit in 108 bytes) and removed after the test. (No
-    monkeypatch here: a test's own monkeypatching is undone before this teardown runs.)"""
+def own_store(tmp_path, warm_code_cache):
+    """Every test has its own PM_HOME, TMPDIR and XDG_CACHE_HOME: none reads or writes the developer's
+    ~/.platform_migrator or ~/.cache, and what pm keeps in TMPDIR (a bundle it could not send) goes with
+    the test. The code cache starts as a copy of one filled once per run (warm_code_cache). TMPDIR is
+    short (Chromium's socket path must fit in 108 bytes) and removed after the test. (No monkeypatch
+    here: a test's own monkeypatching is undone before this teardown runs.)"""
     import tempfile
-    saved = dict((key, os.environ.get(key)) for key in ("PM_HOME", "TMPDIR"))
+    saved = dict((key, os.environ.get(key)) for key in ("PM_HOME", "TMPDIR", "XDG_CACHE_HOME"))
     own_tmp = tempfile.mkdtemp(prefix="pm-t")
-    os.environ.update(PM_HOME=str(tmp_path / "own-store"), TMPDIR=own_tmp)
+    cache = str(tmp_path / "own-cache")
+    shutil.copytree(warm_code_cache, cache, symlinks=True)
+    os.environ.update(PM_HOME=str(tmp_path / "own-store"), TMPDIR=own_tmp, XDG_CACHE_HOME=cache)
     tempfile.tempdir = None  # tempfile reads TMPDIR anew
     yield
     for key, value in saved.items():
@@ -222,6 +240,17 @@ def no_conda_env(tmp_path):
     """A user's environment on a target with no conda at all: system PATH, HOME and PM_HOME of the test's own."""
     return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
             "LANG": "C.UTF-8"}
+
+
+def wait_until(predicate, timeout=30, every=0.05):
+    """Poll predicate() until it returns something true or timeout seconds pass; return its last value
+    (the caller asserts on it, so a test waits only as long as the behaviour takes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
 
 
 def read_bytes(path):

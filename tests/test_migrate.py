@@ -7,7 +7,6 @@ import signal
 import stat
 import subprocess
 import threading
-import time
 import zipfile
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 import channels
 import pm
 from conftest import (ROOT, attempt_dirs, find_python, read_bytes, read_result, rewrite_bundle,
-                      run_pm)
+                      run_pm, wait_until)
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
@@ -316,9 +315,12 @@ def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz
     tests = read_result(attempts(conda_site)[0])["tests"]
     assert sorted(line.split(" ", 1)[1] for line in tests[0]["left_running"]) == ["sleep 31415926", "sleep 31415927"]
     assert tests[1]["left_running"] == []
-    time.sleep(0.2)
-    still = subprocess.run(["pgrep", "-f", "sleep 3141592[67]"], stdout=subprocess.PIPE, universal_newlines=True).stdout
-    assert still == "", "processes a test left are still running: %s" % still
+
+    def still_running():
+        return subprocess.run(["pgrep", "-f", "sleep 3141592[67]"], stdout=subprocess.PIPE,
+                              universal_newlines=True).stdout
+    assert wait_until(lambda: still_running() == "", timeout=10), \
+        "processes a test left are still running: %s" % still_running()
 
 
 def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, tmp_path, heatsim_bundle):
@@ -366,17 +368,19 @@ def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, m
 
     def logged():
         return read_bytes(attempt.log_path).decode() if os.path.exists(attempt.log_path) else ""
+    said = []
+
+    def still_running_said():
+        said.append(capsys.readouterr().err)
+        return "sh still running after 0 s (output: %s)" % attempt.log_path in "".join(said)
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline and "\nfirst\n" not in logged():
-            time.sleep(0.05)
+        assert wait_until(lambda: "\nfirst\n" in logged(), timeout=10)
         assert logged().endswith("\nfirst\n") and worker.is_alive()  # logged while still running
-        time.sleep(0.5)
+        assert wait_until(still_running_said, timeout=10), "".join(said)
     finally:
         gate.touch()
     worker.join(10)
     assert outcome["result"] == (0, "first\nsecond\n")
-    assert "sh still running after 0 s (output: %s)" % attempt.log_path in capsys.readouterr().err
 
 
 def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, conda_site, example_software,
@@ -403,19 +407,20 @@ def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_a
     proc = subprocess.Popen([find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path, text),
                              "--bundle", bundle], env=conda_site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (marker.exists() and marker.read_text().strip()):
-        time.sleep(0.1)
-    assert marker.exists(), "the test never started"
-    started = time.time()
+    assert wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=120), "the test never started"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and time.time() - started < 5, err
+    out, err = proc.communicate(timeout=30)  # not the test's 120 s timeout, nor its sleep's 300 s
+    assert proc.returncode == 130, err
     assert "Traceback" not in err and "ValueError" not in err
     grandchild = int(marker.read_text())
-    time.sleep(0.2)
-    assert not os.path.exists("/proc/%d" % grandchild) or \
-        open("/proc/%d/stat" % grandchild).read().split()[2] == "Z", "the test's processes are killed"
+
+    def gone():
+        try:
+            with open("/proc/%d/stat" % grandchild) as handle:
+                return handle.read().split()[2] == "Z"
+        except OSError:
+            return True
+    assert wait_until(gone, timeout=10), "the test's processes are killed"
     (attempt,) = attempts(conda_site)
     assert read_result(attempt)["status"] == "interrupted"
     assert not os.path.exists(os.path.join(attempt, "work")), "the unzipped copy is removed"
