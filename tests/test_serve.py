@@ -125,11 +125,11 @@ def test_the_original_probe_protocol_builds_a_bundle(server, tmp_path):
         assert bundle.read("software/oldsim/data/in.txt") == b"1 2 3\n"
 
 
-def test_curl_uploads_with_a_sha256_header(server, pyz, conda_site, example_software, tmp_path):
+def test_curl_uploads_with_a_sha256_header(server, pyz, conda_site, tmp_path, heatsim_bundle):
     curl = shutil.which("curl")
     if not curl:
         pytest.skip("curl is not on this machine")
-    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    bundle = heatsim_bundle("newest")
     with open(bundle, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
     proc = subprocess.run([curl, "-s", "-T", bundle, "-H", "Authorization: Bearer " + TOKEN,
@@ -140,8 +140,8 @@ def test_curl_uploads_with_a_sha256_header(server, pyz, conda_site, example_soft
         assert hashlib.sha256(handle.read()).hexdigest() == digest
 
 
-def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_site, example_software, tmp_path):
-    bundle = read_bytes(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")))
+def test_hostile_requests_get_json_errors_and_change_nothing(server, pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = read_bytes(heatsim_bundle("newest"))
     outside = tmp_path / "x"
     cases = [
         ("PUT", "/bundles/..%2Fx", bundle, {}, True, 400),
@@ -205,8 +205,8 @@ def test_a_slow_client_does_not_block_others(server):
         slow.close()
 
 
-def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, conda_site, example_software, tmp_path):
-    bundle = read_bytes(packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip")))
+def test_concurrent_uploads_of_one_name_become_separate_revisions(server, pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = read_bytes(heatsim_bundle("newest"))
     results = []
     threads = [threading.Thread(target=lambda: results.append(server.request("PUT", "/bundles/heatsim", bundle)[0]))
                for _ in range(6)]
@@ -234,8 +234,8 @@ def test_binding_beyond_loopback_without_token_warns(pyz, tmp_path):
     assert not (tmp_path / "store" / "server.pid").exists()
 
 
-def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, example_software, tmp_path):
-    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_unpack_imports_a_carried_bundle_like_an_upload(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     env = dict(os.environ, PM_HOME=str(tmp_path / "store"))
     proc = run_pm(find_python("3.6"), pyz, ["unpack", bundle], env)
     assert proc.returncode == 0, proc.stderr
@@ -598,10 +598,10 @@ def test_pack_checks_the_server_and_the_token_before_packing_anything(version, s
     assert server.request("GET", "/bundles") == (200, b"{}\n")
 
 
-def test_send_sends_a_kept_bundle_or_a_stored_one_after_the_same_check(server, pyz, conda_site, example_software,
-                                                                        tmp_path):
+def test_send_sends_a_kept_bundle_or_a_stored_one_after_the_same_check(server, pyz, conda_site, tmp_path,
+                                                                       heatsim_bundle):
     python = find_python("newest")
-    bundle = packed_bundle(pyz, conda_site, example_software, str(tmp_path / "heatsim.bundle.zip"))
+    bundle = heatsim_bundle("newest", "heatsim.bundle.zip")
     env = dict(os.environ, PM_HOME=str(tmp_path / "base-store"))
     env.pop("PM_TOKEN", None)
     wrong = run_pm(python, pyz, ["send", bundle, "--server", server.url, "--token", "wrong-token"], env)
