@@ -1,10 +1,12 @@
 """`pm.pyz migrate` with conda: real conda 25.11.1 creates environments, tests really run in them."""
+import glob
 import hashlib
 import json
 import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import threading
 import zipfile
@@ -150,11 +152,21 @@ def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_
     before = hashlib.sha256(read_bytes(stored)).hexdigest()
     corrupt = tmp_path / "corrupt.zip"
     data = bytearray(read_bytes(bundle))
-    data[len(data) // 2] ^= 0xFF
+    data[middle_of_largest_member(bundle)] ^= 0xFF  # the bundle's bytes, not a date or a field zip ignores
     corrupt.write_bytes(bytes(data))
     proc = run_pm(python, pyz, ["migrate", "heatsim", config, "--bundle", str(corrupt)], conda_site.env())
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("pm: error:")
     assert hashlib.sha256(read_bytes(stored)).hexdigest() == before
+
+
+def middle_of_largest_member(bundle):
+    """The offset of the middle byte of the largest member's stored data in a zip file."""
+    with zipfile.ZipFile(bundle) as archive:
+        info = max(archive.infolist(), key=lambda i: i.compress_size)
+    with open(bundle, "rb") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+    return info.header_offset + 30 + name_length + extra_length + info.compress_size // 2
 
 
 def hostile_bundle(path, entries, **manifest):
@@ -403,11 +415,16 @@ def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_a
     bundle = heatsim_bundle("newest")
     marker = tmp_path / "grandchild.pid"
     text = CONFIG.replace("tests = smooth, tools", "tests = slow") + \
-        "[test_slow]\nexec = sleep 300 & echo $! > %s; wait\ntimeout = 120\n" % marker
+        "[test_slow]\nexec = sleep 300 & echo $! > %s; echo started; wait\ntimeout = 120\n" % marker
     proc = subprocess.Popen([find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path, text),
                              "--bundle", bundle], env=conda_site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True)
-    assert wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=120), "the test never started"
+
+    def test_running():
+        """pm has logged the test's first line: it is past starting the test, as a user pressing Ctrl-C sees."""
+        logs = glob.glob(os.path.join(conda_site.home, "heatsim", "2*", "test-slow.log"))
+        return logs and "started" in read_bytes(logs[0]).decode() and marker.read_text().strip()
+    assert wait_until(test_running, timeout=120), "the test never started"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)  # not the test's 120 s timeout, nor its sleep's 300 s
     assert proc.returncode == 130, err
