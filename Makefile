@@ -18,7 +18,7 @@ $(VENV)/ok: tests/requirements.txt
 
 test: $(VENV)/ok pm.pyz
 	bash tests/setup.sh
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q --durations=15 tests
 
 demo: $(VENV)/ok pm.pyz
 	$(VPY) examples/demo.py

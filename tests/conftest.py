@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,16 +27,33 @@ def pytest_configure(config):
                     returncode=2)
 
 
+@pytest.fixture(scope="session")
+def warm_code_cache(tmp_path_factory, pyz):
+    """An XDG_CACHE_HOME holding the code pm.pyz (as this tree builds it) keeps for each interpreter
+    the tests run it under, filled once per run; own_store copies it for each test."""
+    cache = str(tmp_path_factory.mktemp("code-cache") / "cache")
+    env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE")
+    env["XDG_CACHE_HOME"] = cache
+    for version in ("2.7", "3.6", "3.11", "3.12", "newest"):
+        for args in (["--help"], ["pack", "--help"]):  # pm_probe alone, under 2.7
+            subprocess.run([find_python(version), pyz] + args, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=120)
+    return cache
+
+
 @pytest.fixture(autouse=True)
-def own_store(tmp_path):
-    """Every test has its own PM_HOME and TMPDIR: none reads or writes the developer's
-    ~/.platform_migrator, and what pm keeps in TMPDIR (a bundle it could not send) goes with the test.
-    TMPDIR is short (Chromium's socket path must fit in 108 bytes) and removed after the test. (No
-    monkeypatch here: a test's own monkeypatching is undone before this teardown runs.)"""
+def own_store(tmp_path, warm_code_cache):
+    """Every test has its own PM_HOME, TMPDIR and XDG_CACHE_HOME: none reads or writes the developer's
+    ~/.platform_migrator or ~/.cache, and what pm keeps in TMPDIR (a bundle it could not send) goes with
+    the test. The code cache starts as a copy of one filled once per run (warm_code_cache). TMPDIR is
+    short (Chromium's socket path must fit in 108 bytes) and removed after the test. (No monkeypatch
+    here: a test's own monkeypatching is undone before this teardown runs.)"""
     import tempfile
-    saved = dict((key, os.environ.get(key)) for key in ("PM_HOME", "TMPDIR"))
+    saved = dict((key, os.environ.get(key)) for key in ("PM_HOME", "TMPDIR", "XDG_CACHE_HOME"))
     own_tmp = tempfile.mkdtemp(prefix="pm-t")
-    os.environ.update(PM_HOME=str(tmp_path / "own-store"), TMPDIR=own_tmp)
+    cache = str(tmp_path / "own-cache")
+    shutil.copytree(warm_code_cache, cache, symlinks=True)
+    os.environ.update(PM_HOME=str(tmp_path / "own-store"), TMPDIR=own_tmp, XDG_CACHE_HOME=cache)
     tempfile.tempdir = None  # tempfile reads TMPDIR anew
     yield
     for key, value in saved.items():
@@ -134,12 +152,55 @@ def example_channel(tmp_path_factory):
     return channels.example_channel(str(tmp_path_factory.mktemp("example-channel")))
 
 
-@pytest.fixture
-def conda_site(real_site, tmp_path):
-    """A real conda 25.11.1 with the example channel and the example project's environment 'heatsim-env'."""
-    site = real_site("25.11.1", "conda", home=str(tmp_path / "pm-home"))
+@pytest.fixture(scope="session")
+def heatsim_template(tmp_path_factory, real_condas, example_channel):
+    """The example project's environment 'heatsim-env', created by real conda 25.11.1 once per run;
+    read-only: conda_site copies it."""
+    base = str(tmp_path_factory.mktemp("heatsim-template") / "site")
+    site = realconda.RealCondaSite(real_condas["25.11.1"], base, [example_channel])
     site.create("heatsim-env", channels.EXAMPLE_SPECS)
     return site
+
+
+@pytest.fixture
+def conda_site(real_site, tmp_path, heatsim_template):
+    """A real conda 25.11.1 with the example channel and the example project's environment 'heatsim-env'
+    (real conda's, made once and copied here with its records' paths rewritten: tests/realconda.py);
+    its own HOME, condarc, envs and package cache."""
+    site = real_site("25.11.1", "conda", home=str(tmp_path / "pm-home"))
+    realconda.copy_environments(heatsim_template, site)
+    return site
+
+
+@pytest.fixture(scope="session")
+def heatsim_packs(tmp_path_factory, pyz, heatsim_template):
+    """python ('2.7', 'newest') -> examples/heatsim packed from heatsim-env under it, once per run, on
+    first use; read-only: tests take a copy (heatsim_bundle)."""
+    work = tmp_path_factory.mktemp("heatsim-bundles")
+    software = str(work / "src" / "heatsim")
+    shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software, symlinks=True)
+    made = {}
+
+    def packed(python):
+        if python not in made:
+            out = str(work / ("heatsim-%s.zip" % python))
+            proc = run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
+                          heatsim_template.env())
+            assert proc.returncode == 0, proc.stderr
+            os.chmod(out, 0o444)
+            made[python] = out
+        return made[python]
+    return packed
+
+
+@pytest.fixture
+def heatsim_bundle(heatsim_packs, tmp_path):
+    """bundle(python='2.7') -> this test's own copy (tmp_path/b.zip) of the example packed under python."""
+    def bundle(python="2.7", name="b.zip"):
+        target = str(tmp_path / name)
+        shutil.copyfile(heatsim_packs(python), target)
+        return target
+    return bundle
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +240,17 @@ def no_conda_env(tmp_path):
     """A user's environment on a target with no conda at all: system PATH, HOME and PM_HOME of the test's own."""
     return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store"),
             "LANG": "C.UTF-8"}
+
+
+def wait_until(predicate, timeout=30, every=0.05):
+    """Poll predicate() until it returns something true or timeout seconds pass; return its last value
+    (the caller asserts on it, so a test waits only as long as the behaviour takes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
 
 
 def read_bytes(path):

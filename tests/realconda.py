@@ -5,6 +5,7 @@ clone tests; PM_SHARED=/path/to/shared uses the shared original), once per machi
 local file:// channel and no network."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -103,6 +104,27 @@ class RealCondaSite(object):
 
     def prefix(self, name):
         return name if os.sep in name else os.path.join(self.envs, name)
+
+
+def copy_environments(template, site):
+    """template's environments and package cache, made by real conda, into site (a new site of the
+    same conda) as conda would have made them there: every path conda wrote under template.base (its
+    records in conda-meta, the cache's urls.txt and *.info.json) is rewritten to site.base. Only for
+    packages whose files hold no prefix, as the tests' channels build them."""
+    old, new = template.base.encode(), site.base.encode()
+    for folder in ("envs", "pkgs"):
+        shutil.copytree(os.path.join(template.base, folder), os.path.join(site.base, folder), symlinks=True,
+                        dirs_exist_ok=True)
+        for parent, _, files in os.walk(os.path.join(site.base, folder)):
+            for filename in files:
+                path = os.path.join(parent, filename)
+                if os.path.islink(path) or not filename.endswith((".json", ".txt", "history")):
+                    continue
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                if old in data:
+                    with open(path, "wb") as handle:
+                        handle.write(data.replace(old, new))
 
 
 def conda_meta(prefix):

@@ -26,13 +26,13 @@ class Server(object):
             self.record = json.load(handle)
         self.url = "http://127.0.0.1:%d" % self.record["port"]
 
-    def request(self, method, path, body=None, headers=None, token=True):
+    def request(self, method, path, body=None, headers=None, token=True, timeout=30):
         headers = dict(headers or {})
         if token and self.token:
             headers["Authorization"] = "Bearer " + (self.token if token is True else token)
         request = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()

@@ -109,16 +109,23 @@ def test_code_planted_in_the_cache_never_runs(how, pyz, tmp_path):
     elif how == "a cache file without the source's hash":
         (folder / kept).write_bytes(b"\0" * 32 + evil)
     else:
-        os.remove(str(folder / kept))
-        victim = tmp_path / "victim"
-        victim.write_text("precious\n")
-        for pid in range(1, 200):  # the next pm's pid is not known: plant for many
-            os.symlink(str(victim), str(folder / ("%s.%d.part" % (kept, pid))))
+        os.remove(str(folder / kept))  # pm.pyz writes it anew, through KEPT.PID.part
+        (tmp_path / "victim").write_text("precious\n")
+
+    def plant_at_the_childs_temp_name():
+        """Runs in the child between fork and exec, so its pid is the one pm.pyz names its temp file by."""
+        if how == "a link planted at the temp name":
+            link = str(folder / ("%s.%d.part" % (kept, os.getpid())))
+            os.symlink(str(tmp_path / "victim"), link)
+            with open(str(tmp_path / "planted"), "w") as handle:
+                handle.write(link)
     env = dict(os.environ, XDG_CACHE_HOME=str(cache), PLANT_MARK=str(mark))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     proc = subprocess.run([python, pyz, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, env=env, timeout=60)
+                          universal_newlines=True, env=env, timeout=60, preexec_fn=plant_at_the_childs_temp_name)
     assert proc.returncode == 0 and "pack" in proc.stdout, proc.stderr
     assert not mark.exists(), "planted code ran"
     if how == "a link planted at the temp name":
-        assert (tmp_path / "victim").read_text() == "precious\n"
+        link = (tmp_path / "planted").read_text()
+        assert (tmp_path / "victim").read_text() == "precious\n", "pm.pyz wrote its code through the link"
+        assert not os.path.lexists(link), "pm.pyz met the link at its temp name and removed it"

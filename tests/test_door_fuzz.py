@@ -17,7 +17,6 @@ import re
 import resource
 import shutil
 import subprocess
-import sys
 import zipfile
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 import pm
 import realconda
 import wheels
-from conftest import find_python, rewrite_bundle, run_pm
+from conftest import find_python, rewrite_bundle
 from servers import Server
 
 SEED = int(os.environ.get("PM_FUZZ_SEED", 20261206))  # another seed explores other cases

@@ -6,19 +6,11 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT, find_python, run_pm
+from conftest import ROOT, find_python
 
 FLEET = os.path.join(ROOT, "examples", "fleet")
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
-
-
-def packed(pyz, conda_site, example_software, tmp_path):
-    bundle = str(tmp_path / "heatsim.zip")
-    proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
-                                               "--yes"], conda_site.env())
-    assert proc.returncode == 0, proc.stderr
-    return bundle
 
 
 def config(tmp_path, name, text=CONFIG):
@@ -38,9 +30,9 @@ def playbook(pyz, bundle, test_config, results, env, *extra):
                           universal_newlines=True, timeout=600)
 
 
-def test_the_ansible_playbook_migrates_collects_each_result_and_fails_on_a_failed_migration(
-        pyz, conda_site, example_software, tmp_path):
-    bundle = packed(pyz, conda_site, example_software, tmp_path)
+def test_the_ansible_playbook_migrates_collects_each_result_and_fails_on_a_failed_migration(pyz, conda_site, tmp_path,
+                                                                                            heatsim_bundle):
+    bundle = heatsim_bundle("newest", "heatsim.zip")
     env = dict(conda_site.env(), ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"), ANSIBLE_NOCOLOR="1")
     results = str(tmp_path / "results")
     (tmp_path / "remote").mkdir()
@@ -71,9 +63,8 @@ def test_the_fleet_scripts_stage_into_a_new_private_folder_never_a_fixed_one():
         not in script and "trap 'rm -rf \"$scratch\"' EXIT" in script
 
 
-def test_the_slurm_array_script_migrates_on_its_node_and_writes_its_result(pyz, conda_site, example_software,
-                                                                           tmp_path):
-    bundle = packed(pyz, conda_site, example_software, tmp_path)
+def test_the_slurm_array_script_migrates_on_its_node_and_writes_its_result(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest", "heatsim.zip")
     planted = tmp_path / "pm-fleet-3"  # made first by someone else, with a link where pm.pyz goes
     planted.mkdir()
     (tmp_path / "theirs").write_text("their file\n")

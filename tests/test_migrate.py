@@ -1,13 +1,14 @@
 """`pm.pyz migrate` with conda: real conda 25.11.1 creates environments, tests really run in them."""
+import glob
 import hashlib
 import json
 import os
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import threading
-import time
 import zipfile
 
 import pytest
@@ -15,7 +16,7 @@ import pytest
 import channels
 import pm
 from conftest import (ROOT, attempt_dirs, find_python, read_bytes, read_result, rewrite_bundle,
-                      run_pm)
+                      run_pm, wait_until)
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
@@ -40,8 +41,8 @@ def attempts(site, name="heatsim"):
 
 
 @pytest.mark.parametrize("version", ["3.6", "newest"])
-def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle()
     python = find_python(version)
     assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     proc = run_pm(python, pyz, ["migrate", "heatsim", write_config(tmp_path)], conda_site.env())
@@ -63,8 +64,8 @@ def test_round_trip_pack_py27_unpack_migrate_installs(version, pyz, conda_site, 
         assert "prefix" not in handle.read()
 
 
-def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_failing_test_fails_the_migration_but_every_test_runs(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = broken, smooth, tools") + \
         "[test_broken]\nexec = echo about to fail; exit 3\n"
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
@@ -93,9 +94,8 @@ def test_a_bundle_from_another_platform_migrates_through_the_fallback(pyz, tmp_p
     assert os.path.exists(os.path.join(attempts(target)[0], "env-exact.yml"))
 
 
-def test_an_environment_of_that_name_pm_did_not_make_is_left_as_it_is(pyz, conda_site, example_software,
-                                                                      tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_an_environment_of_that_name_pm_did_not_make_is_left_as_it_is(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     config = write_config(tmp_path)
     before = sorted(os.listdir(os.path.join(conda_site.prefix("heatsim-env"), "conda-meta")))
     args = ["migrate", "heatsim", config, "--bundle", bundle, "--env-name", "heatsim-env"]
@@ -129,28 +129,42 @@ def test_broken_configs_give_one_clear_line(text, message, pyz, conda_site, tmp_
     assert "tests.ini" in proc.stderr
 
 
-def test_unknown_keys_are_warned_about(tmp_path):
-    path = write_config(tmp_path, CONFIG + "colour = blue\n")
+def test_unknown_keys_are_warned_about(tmp_path, capsys):
+    path = write_config(tmp_path, CONFIG.replace("tests = smooth", "colour = red\ntests = smooth") + "colour = blue\n")
     config = pm.read_test_config([path], "heatsim")
     assert [t.name for t in config.tests] == ["smooth", "tools"] and config.tests[1].timeout == 60.0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: unknown key")]
+    assert len(warnings) == 2, warnings
+    assert "'colour' in [heatsim] of %s" % path in warnings[0] and "'colour' in [test_tools]" in warnings[1]
+    assert "(known: " in warnings[0] and "output_dir" in warnings[0] and "exec" in warnings[1]
 
 
-def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, example_software, tmp_path):
+def test_missing_software_and_corrupt_bundles_leave_the_store_intact(pyz, conda_site, tmp_path, heatsim_bundle):
     python = find_python("newest")
     config = write_config(tmp_path)
     proc = run_pm(python, pyz, ["migrate", "heatsim", config], conda_site.env())
     assert proc.returncode == 2 and "no bundle stored for 'heatsim'" in proc.stderr
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     assert run_pm(python, pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     stored = pm.Store(conda_site.home).latest_bundle("heatsim")
     before = hashlib.sha256(read_bytes(stored)).hexdigest()
     corrupt = tmp_path / "corrupt.zip"
     data = bytearray(read_bytes(bundle))
-    data[len(data) // 2] ^= 0xFF
+    data[middle_of_largest_member(bundle)] ^= 0xFF  # the bundle's bytes, not a date or a field zip ignores
     corrupt.write_bytes(bytes(data))
     proc = run_pm(python, pyz, ["migrate", "heatsim", config, "--bundle", str(corrupt)], conda_site.env())
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("pm: error:")
     assert hashlib.sha256(read_bytes(stored)).hexdigest() == before
+
+
+def middle_of_largest_member(bundle):
+    """The offset of the middle byte of the largest member's stored data in a zip file."""
+    with zipfile.ZipFile(bundle) as archive:
+        info = max(archive.infolist(), key=lambda i: i.compress_size)
+    with open(bundle, "rb") as handle:
+        handle.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", handle.read(4))
+    return info.header_offset + 30 + name_length + extra_length + info.compress_size // 2
 
 
 def hostile_bundle(path, entries, **manifest):
@@ -288,8 +302,8 @@ def test_pack_py27_to_server_then_migrate_from_the_store(pyz, conda_site, exampl
     assert (tmp_path / "installed" / "heatsim" / "tests" / "test_smooth.sh").exists()
 
 
-def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = hang, smooth") + "[test_hang]\nexec = sleep 60\ntimeout = 1\n"
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
                   conda_site.env(), timeout=50)
@@ -299,9 +313,9 @@ def test_a_test_that_hangs_is_stopped_at_its_timeout(pyz, conda_site, example_so
     assert tests[0]["seconds"] < 20
 
 
-def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz, conda_site, example_software,
-                                                                             tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz, conda_site, tmp_path,
+                                                                             heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = daemon, smooth") + (
         "[test_daemon]\nexec = sleep 31415926 & setsid sleep 31415927 & sleep 0.5\n")
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, text), "--bundle", bundle],
@@ -311,13 +325,16 @@ def test_a_test_that_leaves_daemons_running_is_reported_and_they_are_stopped(pyz
     tests = read_result(attempts(conda_site)[0])["tests"]
     assert sorted(line.split(" ", 1)[1] for line in tests[0]["left_running"]) == ["sleep 31415926", "sleep 31415927"]
     assert tests[1]["left_running"] == []
-    time.sleep(0.2)
-    still = subprocess.run(["pgrep", "-f", "sleep 3141592[67]"], stdout=subprocess.PIPE, universal_newlines=True).stdout
-    assert still == "", "processes a test left are still running: %s" % still
+
+    def still_running():
+        return subprocess.run(["pgrep", "-f", "sleep 3141592[67]"], stdout=subprocess.PIPE,
+                              universal_newlines=True).stdout
+    assert wait_until(lambda: still_running() == "", timeout=10), \
+        "processes a test left are still running: %s" % still_running()
 
 
-def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_per_test_env_workdir_and_runner_are_applied(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     text = CONFIG.replace("tests = smooth, tools", "tests = knobs") + (
         "[test_knobs]\nexec = echo \"$GREETING from $(basename \"$PWD\")\"; [ \"$RUNNER_SEEN\" = yes ]\n"
         "env = GREETING=hello, OTHER=1\nworkdir = tests\nrunner = env RUNNER_SEEN=yes\n")
@@ -332,9 +349,9 @@ def with_source(bundle, out, **source):
     return rewrite_bundle(bundle, out, lambda members, manifest: manifest["source"].update(source))
 
 
-def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migrating(pyz, conda_site,
-                                                                                   example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_a_newer_glibc_or_another_processor_on_the_base_is_named_before_migrating(pyz, conda_site, tmp_path,
+                                                                                  heatsim_bundle):
+    bundle = heatsim_bundle()
     other = with_source(bundle, str(tmp_path / "other.zip"), libc="glibc 9.1", machine="aarch64\x1b[2J")
     proc = run_pm(find_python("3.6"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", other],
                   conda_site.env())
@@ -361,17 +378,19 @@ def test_long_commands_log_as_they_go_and_say_they_are_still_running(tmp_path, m
 
     def logged():
         return read_bytes(attempt.log_path).decode() if os.path.exists(attempt.log_path) else ""
+    said = []
+
+    def still_running_said():
+        said.append(capsys.readouterr().err)
+        return "sh still running after 0 s (output: %s)" % attempt.log_path in "".join(said)
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline and "\nfirst\n" not in logged():
-            time.sleep(0.05)
+        assert wait_until(lambda: "\nfirst\n" in logged(), timeout=10)
         assert logged().endswith("\nfirst\n") and worker.is_alive()  # logged while still running
-        time.sleep(0.5)
+        assert wait_until(still_running_said, timeout=10), "".join(said)
     finally:
         gate.touch()
     worker.join(10)
     assert outcome["result"] == (0, "first\nsecond\n")
-    assert "sh still running after 0 s (output: %s)" % attempt.log_path in capsys.readouterr().err
 
 
 def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, conda_site, example_software,
@@ -388,29 +407,35 @@ def test_a_full_disk_under_the_store_ends_the_attempt_with_one_clear_line(pyz, c
     assert not (tmp_path / "installed").exists()
 
 
-def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_attempt(pyz, conda_site,
-                                                                                       example_software, tmp_path):
+def test_ctrl_c_during_a_test_with_a_timeout_kills_its_processes_and_marks_the_attempt(pyz, conda_site, tmp_path,
+                                                                                       heatsim_bundle):
     """SIGINT, as Ctrl-C sends it to pm (the test's shell runs in a process group of its own)."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     marker = tmp_path / "grandchild.pid"
     text = CONFIG.replace("tests = smooth, tools", "tests = slow") + \
-        "[test_slow]\nexec = sleep 300 & echo $! > %s; wait\ntimeout = 120\n" % marker
+        "[test_slow]\nexec = sleep 300 & echo $! > %s; echo started; wait\ntimeout = 120\n" % marker
     proc = subprocess.Popen([find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path, text),
                              "--bundle", bundle], env=conda_site.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (marker.exists() and marker.read_text().strip()):
-        time.sleep(0.1)
-    assert marker.exists(), "the test never started"
-    started = time.time()
+
+    def test_running():
+        """pm has logged the test's first line: it is past starting the test, as a user pressing Ctrl-C sees."""
+        logs = glob.glob(os.path.join(conda_site.home, "heatsim", "2*", "test-slow.log"))
+        return logs and "started" in read_bytes(logs[0]).decode() and marker.read_text().strip()
+    assert wait_until(test_running, timeout=120), "the test never started"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and time.time() - started < 5, err
+    out, err = proc.communicate(timeout=30)  # not the test's 120 s timeout, nor its sleep's 300 s
+    assert proc.returncode == 130, err
     assert "Traceback" not in err and "ValueError" not in err
     grandchild = int(marker.read_text())
-    time.sleep(0.2)
-    assert not os.path.exists("/proc/%d" % grandchild) or \
-        open("/proc/%d/stat" % grandchild).read().split()[2] == "Z", "the test's processes are killed"
+
+    def gone():
+        try:
+            with open("/proc/%d/stat" % grandchild) as handle:
+                return handle.read().split()[2] == "Z"
+        except OSError:
+            return True
+    assert wait_until(gone, timeout=10), "the test's processes are killed"
     (attempt,) = attempts(conda_site)
     assert read_result(attempt)["status"] == "interrupted"
     assert not os.path.exists(os.path.join(attempt, "work")), "the unzipped copy is removed"
@@ -438,9 +463,9 @@ def test_force_keeps_the_old_install_whole_when_the_new_one_cannot_be_written(py
         "nothing half-written beside it"
 
 
-def test_test_configs_are_read_as_the_original_reads_them(pyz, conda_site, example_software, tmp_path):
+def test_test_configs_are_read_as_the_original_reads_them(pyz, conda_site, tmp_path, heatsim_bundle):
     """ConfigParser's defaults: a ';' inside a value is not a comment, %(key)s and %% interpolate."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     text = ("[DEFAULT]\nroot = %s\n[heatsim]\noutput_dir = %%(root)s/installed\ntests = semicolon, percent\n"
             "[test_semicolon]\nexec = echo first ; false\n"
             "[test_percent]\nexec = echo 100%%%%\n" % tmp_path)
@@ -461,8 +486,8 @@ def test_server_is_an_alias_of_serve(pyz, tmp_path):
     assert proc.returncode == 1 and "no server runs for" in proc.stdout, proc.stderr
 
 
-def test_skip_tests_warns_that_nothing_was_proven(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_skip_tests_warns_that_nothing_was_proven(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle,
                                                "--skip-tests"], conda_site.env())
     assert proc.returncode == 0 and "warning: --skip-tests" in proc.stderr, proc.stderr
@@ -518,10 +543,11 @@ def test_flow_lists_tags_and_other_installers_read_as_pyyaml_reads_them(capsys):
     assert (env.name, env.channels, env.dependencies, env.pip) == as_pyyaml_reads_it(plain)
 
 
-def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site, example_software, tmp_path):
+def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site, example_software, tmp_path,
+                                                                heatsim_bundle):
     """NAME/env.yml, NAME/min-deps.json and NAME/pkg.zip (entries 'heatsim/...'), as platform-migrator
     1.1.0 stores an upload."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     folder = os.path.join(conda_site.home, "heatsim")
     os.makedirs(folder)
     with zipfile.ZipFile(bundle) as packed:
@@ -545,8 +571,8 @@ def test_a_store_the_original_tool_wrote_is_listed_and_migrated(pyz, conda_site,
     assert os.access(str(tmp_path / "installed" / "heatsim" / "heatsim.sh"), os.X_OK)
 
 
-def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     taken = tmp_path / "installed" / "heatsim"
     taken.mkdir(parents=True)
     (taken / "mine.txt").write_text("keep\n")
@@ -557,12 +583,12 @@ def test_a_taken_install_target_is_named_before_anything_runs(pyz, conda_site, e
     assert (taken / "mine.txt").read_text() == "keep\n"
 
 
-def test_every_attempt_ends_in_a_true_record_and_json_always_prints_the_result(pyz, conda_site, example_software,
-                                                                             tmp_path):
+def test_every_attempt_ends_in_a_true_record_and_json_always_prints_the_result(pyz, conda_site, tmp_path,
+                                                                               heatsim_bundle):
     """An output_dir below a file makes pm's own install step fail with an error it does not expect:
     the attempt ends as 'error' with that reason (never 'running'), --json still prints the result
     object, and the exit code says pm failed (3), not that the tests failed (1)."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+    bundle = heatsim_bundle()
     (tmp_path / "a-file").write_text("not a folder\n")
     proc = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, out=str(
         tmp_path / "a-file" / "installed")), "--bundle", bundle, "--json"], conda_site.env())
@@ -582,8 +608,8 @@ def test_a_runner_that_is_not_shell_words_is_bad_input_named_before_anything(pyz
     assert not attempts(conda_site)
 
 
-def test_flags_that_cannot_act_are_refused_or_named_before_anything(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_flags_that_cannot_act_are_refused_or_named_before_anything(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle()
     args = ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle]
     proc = run_pm(find_python("newest"), pyz, args + ["--no-conda"], conda_site.env())
     assert proc.returncode == 2 and "this bundle carries none" in proc.stderr, proc.stderr
@@ -662,8 +688,8 @@ def test_a_full_disk_while_unzipping_carried_packages_leaves_no_partial_file_and
     assert "running" not in history and "error" in history
 
 
-def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"))
+def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle()
     for _ in range(3):
         assert run_pm(find_python("newest"), pyz, ["unpack", bundle], conda_site.env()).returncode == 0
     failing = CONFIG.replace("tests = smooth, tools", "tests = smooth, broken") + "[test_broken]\nexec = exit 3\n"
@@ -706,8 +732,8 @@ def test_prune_shows_the_store_and_removes_only_what_no_install_needs(pyz, conda
     assert "prune" in listed
 
 
-def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site, example_software, tmp_path):
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site, tmp_path, heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     taken = tmp_path / "installed" / "heatsim"
     taken.mkdir(parents=True)
     (taken / "mine.txt").write_text("keep\n")
@@ -721,10 +747,10 @@ def test_a_refusal_before_any_work_leaves_no_attempt_in_history(pyz, conda_site,
     assert "0/0" not in history.stdout + history.stderr
 
 
-def test_tests_that_passed_stay_recorded_when_the_install_is_refused_after_them(pyz, conda_site, example_software,
-                                                                                 tmp_path):
+def test_tests_that_passed_stay_recorded_when_the_install_is_refused_after_them(pyz, conda_site, tmp_path,
+                                                                                heatsim_bundle):
     """As when a concurrent migration installs into output_dir meanwhile: here the last test does."""
-    bundle = pack(pyz, conda_site, example_software, str(tmp_path / "b.zip"), "newest")
+    bundle = heatsim_bundle("newest")
     taken = tmp_path / "installed" / "heatsim"
     config = write_config(tmp_path, CONFIG.replace("timeout = 60", "timeout = 60\n\n[test_race]\nexec = mkdir -p %s "
                                                    "&& echo theirs > %s/other.txt" % (taken, taken))

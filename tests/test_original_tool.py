@@ -6,11 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 
 import pm
-from conftest import ROOT, find_python, read_result, attempt_dirs, run_pm
+from conftest import ROOT, find_python, read_result, attempt_dirs, run_pm, wait_until
 from servers import Server
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
@@ -79,14 +78,14 @@ def test_pm_migrates_a_store_that_the_original_server_wrote(pyz, conda_site, ori
                                   "start"], env=env, stdout=log, stderr=subprocess.STDOUT, timeout=60)
     assert started.returncode == 0, (tmp_path / "original-server.log").read_text()
     try:
-        script, deadline = None, time.time() + 20
-        while script is None:
+        def fetch_script():
             try:
                 with urllib.request.urlopen("http://127.0.0.1:%d/migrate" % port, timeout=5) as answer:
-                    script = answer.read()
+                    return answer.read()
             except OSError:
-                assert time.time() < deadline, "the original's server never answered"
-                time.sleep(0.2)
+                return None
+        script = wait_until(fetch_script, timeout=20, every=0.2)
+        assert script, "the original's server never answered"
         (tmp_path / "script.py").write_bytes(script)  # curl http://H:9001/migrate > script.py, as its docs say
         run_original_probe(str(tmp_path / "script.py"), conda_site, example_software)
     finally:

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 
 import pm
-from conftest import find_python, run_pm
+from conftest import find_python, run_pm, wait_until
 
 
 def pack_args(software, out, *extra):
@@ -235,7 +235,6 @@ def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, 
     import socket
     import subprocess
     import threading
-    import time
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -256,11 +255,8 @@ def test_ctrl_c_while_sending_leaves_no_bundle_behind(version, pyz, conda_site, 
     proc = subprocess.Popen([find_python(version), pyz, "pack", "-d", example_software, "-e", "heatsim-env",
                              "--server", url, "--yes"], env=conda_site.env(TMPDIR=str(temp)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and not received:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    assert wait_until(lambda: received, timeout=60), "the upload never started"
+    proc.send_signal(signal.SIGINT)  # mid-upload: the server takes the body and never answers
     out, err = proc.communicate(timeout=30)
     listener.close()
     assert received and proc.returncode == 130, err

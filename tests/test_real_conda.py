@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import zipfile
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 import channels
 import realconda
 from realconda import conda_meta
-from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm
+from conftest import ROOT, attempt_dirs, find_python, read_result, rewrite_bundle, run_pm, wait_until
 
 with open(os.path.join(ROOT, "examples", "heatsim-tests.ini")) as _handle:
     CONFIG = _handle.read()
@@ -320,10 +319,7 @@ def runs_of(pid):
 
 
 def wait_for(path, seconds=300):
-    deadline = time.time() + seconds
-    while time.time() < deadline and not os.path.exists(path):
-        time.sleep(0.05)
-    assert os.path.exists(path), "conda never reached the post-link script"
+    assert wait_until(lambda: os.path.exists(path), timeout=seconds), "conda never reached the post-link script"
 
 
 def test_ctrl_c_during_a_conda_create_removes_what_conda_made_and_the_next_run_removes_a_leftover(
@@ -376,9 +372,7 @@ def test_ctrl_c_during_a_conda_create_removes_what_conda_made_and_the_next_run_r
     killed.communicate(timeout=60)
     with open(gate + ".go", "w"):
         pass
-    deadline = time.time() + 120
-    while runs_of(killed.pid) and time.time() < deadline:
-        time.sleep(0.1)
+    assert wait_until(lambda: not runs_of(killed.pid), timeout=120), "the killed pm's conda never ended"
     assert os.path.isdir(left), "a killed pm leaves the environment it was building"
     history = json.loads(run_pm(find_python("newest"), pyz, ["history", "heatsim", "--json"], target.env()).stdout)
     assert [row["status"] for row in history] == ["interrupted", "interrupted", "passed"], history

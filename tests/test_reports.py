@@ -22,12 +22,9 @@ def write_config(tmp_path, text):
 
 
 @pytest.fixture
-def two_attempts(pyz, conda_site, example_software, tmp_path):
+def two_attempts(pyz, conda_site, heatsim_bundle, tmp_path):
     """heatsim migrated twice: first with a failing extra test, then passing (--json)."""
-    bundle = str(tmp_path / "b.zip")
-    packed = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
-                                                 "--yes"], conda_site.env())
-    assert packed.returncode == 0, packed.stderr
+    bundle = heatsim_bundle("newest")
     failing = CONFIG.replace("tests = smooth, tools", "tests = smooth, broken") + \
         "[test_broken]\nexec = echo 'the answer is not 42' && exit 3\n"
     first = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, failing), "--bundle",
@@ -200,11 +197,8 @@ def test_the_attempt_keeps_its_test_config_and_each_tests_command_and_the_report
         in text
 
 
-def test_counts_of_one_are_singular(pyz, conda_site, example_software, tmp_path):
-    bundle = str(tmp_path / "b.zip")
-    packed = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
-                                                 "--yes"], conda_site.env())
-    assert packed.returncode == 0, packed.stderr
+def test_counts_of_one_are_singular(pyz, conda_site, heatsim_bundle, tmp_path):
+    bundle = heatsim_bundle("newest")
     migrated = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path, CONFIG), "--bundle",
                                                    bundle], conda_site.env(), timeout=600)
     assert migrated.returncode == 0, migrated.stderr

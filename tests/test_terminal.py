@@ -57,11 +57,9 @@ def test_pack_draws_its_progress_in_place_on_a_terminal_and_says_it_once_in_a_pi
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
-def test_status_words_are_coloured_on_a_terminal_only_and_never_with_no_color(pyz, conda_site, example_software,
-                                                                           tmp_path):
-    bundle = str(tmp_path / "b.zip")
-    assert run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
-                                               "--yes"], conda_site.env()).returncode == 0
+def test_status_words_are_coloured_on_a_terminal_only_and_never_with_no_color(pyz, conda_site, tmp_path,
+                                                                              heatsim_bundle):
+    bundle = heatsim_bundle("newest")
     config = tmp_path / "tests.ini"
     config.write_text(CONFIG.format(out=str(tmp_path / "installed")))
     args = [find_python("newest"), pyz, "migrate", "heatsim", str(config), "--bundle", bundle, "--force"]

@@ -14,13 +14,12 @@ import socket
 import stat
 import subprocess
 import tarfile
-import time
 import zipfile
 
 import pytest
 
 import pm
-from conftest import attempt_dirs, find_python, read_result, run_pm
+from conftest import attempt_dirs, find_python, read_result, run_pm, wait_until
 from servers import Server, TOKEN, exchange, synthetic_bundle
 
 
@@ -275,9 +274,10 @@ def test_a_body_that_trickles_is_cut_off_and_real_clients_are_still_served(pyz, 
             sock.sendall(b"PUT /bundles/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n"
                          b"Content-Length: %d\r\n\r\n" % (TOKEN.encode(), 4 << 30))
             socks.append(sock)
-        started = time.time()
         cut = []
-        while time.time() - started < 8 and len(cut) < 3:
+
+        def trickle():
+            """One byte more on every connection still open; true once the server has cut all three."""
             for sock in socks:
                 if sock in cut:
                     continue
@@ -285,8 +285,8 @@ def test_a_body_that_trickles_is_cut_off_and_real_clients_are_still_served(pyz, 
                     sock.sendall(b"x")
                 except OSError:
                     cut.append(sock)
-            time.sleep(0.5)
-        assert len(cut) == 3, "a trickling body holds its slot for as long as it declares"
+            return len(cut) == 3
+        assert wait_until(trickle, timeout=8, every=0.5), "a trickling body holds its slot for as long as it declares"
         assert srv.request("GET", "/bundles")[0] == 200
     finally:
         for sock in socks:

@@ -8,13 +8,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
 import channels
 import realconda
-from conftest import attempt_dirs, find_python, no_conda_env, read_result, rewrite_bundle, run_pm
+from conftest import attempt_dirs, find_python, no_conda_env, read_result, rewrite_bundle, run_pm, wait_until
 
 CHECK = """set -e
 out=$(hello)
@@ -144,12 +143,7 @@ def test_ctrl_c_mid_install_leaves_no_prefix_and_the_next_attempt_runs(pyz, link
                "--allow-scripts"]
     proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True)
-    deadline = time.time() + 60
-    ran = []
-    while not ran and time.time() < deadline:
-        ran = [p for p in (tmp_path / "store" / "nativesim" / "envs").glob("*/postlink-ran")] \
-            if (tmp_path / "store" / "nativesim" / "envs").is_dir() else []
-        time.sleep(0.1)
+    ran = wait_until(lambda: list((tmp_path / "store" / "nativesim" / "envs").glob("*/postlink-ran")), timeout=60)
     assert ran, "the post-link script never ran"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
