@@ -3565,6 +3565,7 @@ class Bundle(object):
         self.path, self.manifest = path, manifest
         self.handle = handle  # the file Bundle.open checked: every later read is of it, even if path is replaced
         self._environment = None  # (EnvFile, min-deps), once read
+        self._conda_list = None  # conda-list.json's records, once read
         self.dists, self.dists_read = None, False  # python-dists.json's records, once read (base_distributions)
         self.max_ratio = None  # --max-ratio, as Bundle.open was given it: also bounds what its wheels unpack to
 
@@ -3588,6 +3589,7 @@ class Bundle(object):
         bundle = cls(path, manifest, handle)
         bundle.max_ratio = max_ratio
         bundle.environment(label)  # what migrate will read is read now: a bundle is refused whole, up front
+        bundle.conda_list(label)
         base_distributions(bundle)
         bundle.check_carried_channel(where)
         return bundle
@@ -3629,6 +3631,21 @@ class Bundle(object):
         if self._environment is None:
             self._environment = self.read_environment(label or self.path)
         return self._environment
+
+    def conda_list(self, label=None):
+        """The base's conda packages as conda-list.json records them (dicts with a string name; [] when the
+        bundle has none: older bundles, the original tool's store); read and checked once, at Bundle.open."""
+        if self._conda_list is None:
+            where, listed = label or self.path, []
+            if "conda-list.json" in (self.manifest.members or {}):
+                try:
+                    listed = self.read_json("conda-list.json")
+                except (ValueError, UnicodeDecodeError) as exc:
+                    raise PmError("conda-list.json in %s is not JSON (%s)" % (where, exc), FIX_BAD_BUNDLE)
+                if not isinstance(listed, list):
+                    raise PmError("conda-list.json in %s is not a list" % where, FIX_BAD_BUNDLE)
+            self._conda_list = [r for r in listed if isinstance(r, dict) and isinstance(r.get("name"), str)]
+        return self._conda_list
 
     def read_environment(self, where):
         try:
@@ -5288,11 +5305,7 @@ def preflight_problems(rows, here):
 
 
 def listed_package_names(bundle):
-    try:
-        listed = bundle.read_json("conda-list.json")
-    except (KeyError, ValueError, PmError):
-        return []
-    return [r.get("name") for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
+    return [record["name"] for record in bundle.conda_list()]
 
 
 def bundle_preflight(bundle, uses_conda=True):
@@ -5465,11 +5478,7 @@ def carried_hash(component, member, sums):
 def sbom_conda_components(bundle, result, sums):
     """(components, name -> bom-ref) of the conda packages the environment got: the base's channel when
     the version is the base's, the carried package's sha256 when it was carried."""
-    try:
-        listed = dict((r["name"], r) for r in bundle.read_json("conda-list.json")
-                      if isinstance(r, dict) and isinstance(r.get("name"), str))
-    except (KeyError, ValueError, PmError, TypeError):
-        listed = {}
+    listed = dict((r["name"], r) for r in bundle.conda_list())
     carried = dict((c.get("name"), c) for c in (bundle.manifest.packages or {}).get("carried") or []
                    if isinstance(c, dict))
     components, refs = [], {}
@@ -6447,12 +6456,8 @@ def env_site_packages(prefix, dists):
 def base_python_version(bundle):
     """The Python version of the base environment: conda-list.json's python record, else the manifest's
     env python (a virtual environment's, from its pyvenv.cfg), or None."""
-    try:
-        listed = bundle.read_json("conda-list.json")
-    except (KeyError, ValueError):
-        listed = None
-    for record in listed if isinstance(listed, list) else []:
-        if isinstance(record, dict) and record.get("name") == "python" \
+    for record in bundle.conda_list():
+        if record["name"] == "python" \
                 and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
             return record["version"]
     python = (bundle.manifest.env or {}).get("python") if isinstance(bundle.manifest.env, dict) else None
@@ -6468,12 +6473,7 @@ def base_conda_records(bundle, min_deps, env_file):
     else min-deps.json (the original tool's store lists them there), else env.yml's conda entries.
     Names and versions that are not plain package names and versions are left out (they would become
     requirement lines)."""
-    try:
-        listed = bundle.read_json("conda-list.json") if "conda-list.json" in bundle.manifest.members else None
-    except (KeyError, ValueError):
-        listed = None
-    if not isinstance(listed, list) or not listed:
-        listed = min_deps if isinstance(min_deps, list) and min_deps else None
+    listed = bundle.conda_list() or (min_deps if isinstance(min_deps, list) and min_deps else None)
     if listed is None:
         listed = []
         for spec in env_file.dependencies:
@@ -7224,14 +7224,7 @@ def remove_env_folder(prefix):
 def env_packages(prefix, bundle=None):
     """name, version and build of every package in a prefix (its conda-meta records), with the base's
     version (the bundle's conda-list.json) beside each."""
-    base = {}
-    try:
-        listed = bundle.read_json("conda-list.json") if bundle else []
-    except (KeyError, ValueError):
-        listed = []
-    for record in listed if isinstance(listed, list) else []:
-        if isinstance(record, dict) and isinstance(record.get("name"), str):
-            base[record["name"]] = str(record.get("version"))
+    base = dict((record["name"], str(record.get("version"))) for record in (bundle.conda_list() if bundle else ()))
     rows = []
     meta = os.path.join(prefix, "conda-meta")
     for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:

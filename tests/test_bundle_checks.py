@@ -118,7 +118,9 @@ def test_a_truncated_bundle_and_a_member_that_does_not_match_its_sha256_are_refu
     ("env.yml", b"dependencies: {a: b}\n", "env.yml in"),
     ("min-deps.json", b"{not json", "min-deps.json in"),
     ("min-deps.json", b'{"a": 1}', "is not a list"),
-], ids=["env.yml-mapping", "min-deps-not-json", "min-deps-not-a-list"])
+    ("conda-list.json", b"[{", "conda-list.json in"),
+    ("conda-list.json", b'{"python": "3.11"}', "conda-list.json in"),
+], ids=["env.yml-mapping", "min-deps-not-json", "min-deps-not-a-list", "conda-list-not-json", "conda-list-not-a-list"])
 def test_an_environment_that_migrate_could_not_read_is_refused_at_unpack_and_upload(member, data, message, pyz,
                                                                                     stored, tmp_path):
     home, before = stored
