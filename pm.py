@@ -4382,14 +4382,7 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
     import threading
     run_id = "%d-%s" % (os.getpid(), os.urandom(6).hex())
     environ = dict(os.environ if environ is None else environ, PM_RUN_ID=run_id)
-    try:
-        proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    except OSError as exc:
-        with append_private(log_path) as log:
-            log.write("cannot start: %s\n" % exc)
-        return CommandRun(None, str(exc))
-    started, finished, timed_out = time.time(), threading.Event(), []
+    started, finished, timed_out, proc = time.time(), threading.Event(), [], None
 
     def watch():
         next_note = started + STILL_RUNNING_SECONDS
@@ -4420,11 +4413,18 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
         leftovers.extend(found)
         stop_leftovers(leftovers)
 
-    threading.Thread(target=watch, daemon=True).start()
-    reaper = threading.Thread(target=reap, daemon=True)
-    reaper.start()
     lines = []
-    try:
+    try:  # from before the child starts: a Ctrl-C at any moment stops what it started
+        try:
+            proc = subprocess.Popen(command, cwd=cwd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            with append_private(log_path) as log:
+                log.write("cannot start: %s\n" % exc)
+            return CommandRun(None, str(exc))
+        threading.Thread(target=watch, daemon=True).start()
+        reaper = threading.Thread(target=reap, daemon=True)
+        reaper.start()
         with append_private(log_path) as log, proc.stdout:
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", "replace")
@@ -4442,9 +4442,12 @@ def run_command(command, log_path, cwd=None, environ=None, timeout=None, echo=Fa
                 log.write("\npm: the command left %d process%s running; pm stopped them:\n%s\n"
                           % (len(leftovers), "es" * (len(leftovers) > 1), "\n".join(leftovers)))
     except BaseException:
-        kill_group(proc.pid)
-        proc.wait()
-        stop_leftovers(leftover_processes(proc.pid, marker))
+        if proc is None:  # cut off while the child started: it may run already, known by its marker
+            stop_leftovers(leftover_processes(-1, marker))
+        else:
+            kill_group(proc.pid)
+            proc.wait()
+            stop_leftovers(leftover_processes(proc.pid, marker))
         raise
     finally:
         finished.set()
