@@ -3638,22 +3638,22 @@ class Bundle(object):
         if self._conda_list is None:
             where, listed = label or self.path, []
             if "conda-list.json" in (self.manifest.members or {}):
-                try:
-                    listed = self.read_json("conda-list.json")
-                except (ValueError, UnicodeDecodeError) as exc:
-                    raise PmError("conda-list.json in %s is not JSON (%s)" % (where, exc), FIX_BAD_BUNDLE)
-                if not isinstance(listed, list):
-                    raise PmError("conda-list.json in %s is not a list" % where, FIX_BAD_BUNDLE)
+                listed = self.read_list("conda-list.json", where)
             self._conda_list = [r for r in listed if isinstance(r, dict) and isinstance(r.get("name"), str)]
         return self._conda_list
 
-    def read_environment(self, where):
+    def read_list(self, member, where):
+        """A JSON member that must be a list (min-deps.json, conda-list.json): refused, naming it, when not."""
         try:
-            min_deps = self.read_json("min-deps.json")
+            listed = self.read_json(member)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise PmError("min-deps.json in %s is not JSON (%s)" % (where, exc), FIX_BAD_BUNDLE)
-        if not isinstance(min_deps, list):
-            raise PmError("min-deps.json in %s is not a list" % where, FIX_BAD_BUNDLE)
+            raise PmError("%s in %s is not JSON (%s)" % (member, where, exc), FIX_BAD_BUNDLE)
+        if not isinstance(listed, list):
+            raise PmError("%s in %s is not a list" % (member, where), FIX_BAD_BUNDLE)
+        return listed
+
+    def read_environment(self, where):
+        min_deps = self.read_list("min-deps.json", where)
         for record in min_deps:  # names and versions become conda's words (the direct level, its dry runs)
             if isinstance(record, dict):
                 name, version = record.get("name"), record.get("version")
