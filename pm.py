@@ -7460,11 +7460,11 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
     """No conda here (or --no-conda), and the bundle carries its packages: pm installs them itself
     when the platform is the base's (a Provided); else the test configuration's other package managers
     serve."""
-    here, there = this_conda_platform(), bundle.manifest.packages.get("platform")
+    here, there = PROBE.this_subdir(), bundle.manifest.packages.get("platform")
     if here != there:
         others = [m for m in config.package_managers if m != "conda"]
         say("note: the bundle carries its packages for %s, and this machine is %s: pm cannot install them here"
-            % (there, here or "of a platform conda does not name"))
+            % (there, here))
         if not others:
             raise PmError("there is no conda here, and the bundle's packages are for %s" % there,
                           "install conda, or list other package managers in the test configuration")
@@ -7483,15 +7483,7 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
                     env_site_packages(prefix, dists), rows)
 
 
-CONDA_PLATFORMS = {("Linux", "x86_64"): "linux-64", ("Linux", "aarch64"): "linux-aarch64",
-                   ("Linux", "ppc64le"): "linux-ppc64le", ("Darwin", "arm64"): "osx-arm64",
-                   ("Darwin", "x86_64"): "osx-64"}
 PM_INCOMPLETE = os.path.join("conda-meta", "pm-incomplete")  # until the last record is written
-
-
-def this_conda_platform():
-    import platform
-    return CONDA_PLATFORMS.get((platform.system(), platform.machine()), "")
 
 
 def link_archive(archive, writer, site, claims, order):
