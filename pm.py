@@ -8238,9 +8238,12 @@ def recreate_test_install(attempt, config, bundle, options):
     record_env_pythons(attempt, bundle, test_environ)
     attempt.save(unmet=rows_json(missing_rows(base, attempt.result, software_of_base,
                                               route_why_missing(attempt.result, config.package_managers))))
-    tests = run_tests(attempt, config, bundle, options, test_environ,
-                      lambda software: python_rows.extend(link_software_dists(attempt, site, software_of_base,
-                                                                              software, "tested copy")))
+
+    def link_tested_copy(software):
+        python_rows.extend(link_software_dists(attempt, site, software_of_base, software, "tested copy"))
+        attempt.result["python"] = rows_json(python_rows)
+
+    tests = run_tests(attempt, config, bundle, options, test_environ, link_tested_copy)
     result = MigrationResult(attempt, tests, packages)
     attempt.save(tests=[t.to_json() for t in tests])  # kept if the install is refused (a concurrent one won)
     if result.passed:
