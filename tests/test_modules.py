@@ -186,7 +186,8 @@ def test_module_load_runs_what_the_conda_route_installed_and_unload_removes_it(r
                   site.env(), timeout=600)
     assert proc.returncode == 0, proc.stderr
     result = read_result(attempt_dirs(str(tmp_path / "store"), "modsim")[-1])
-    assert result["level"] != "carried" and result["env_prefix"].startswith(site.envs)  # conda made it
+    assert result["level"] != "carried"  # conda made it, as the install's own environment in the store
+    assert result["env_prefix"].startswith(str(tmp_path / "store" / "modsim" / "envs"))
     bin_dir = os.path.join(result["env_prefix"], "bin")
     script = "cd %s && %s" % (result["installed_to"], CONDA_CHECK)
     for lines, (loaded, unloaded) in load_and_unload(["lmod", "tcl_modules"], request, str(tmp_path / "modulefiles"),
