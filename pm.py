@@ -21,8 +21,10 @@ and newer, the probe also 2.7):
   SBOM               CycloneDX of an attempt, with the tests' evidence
   Reports            RequirementRow; migrate's summary, report, history, report.html (COLOURS); --json
   The attempt        Attempt, its options and result; Provided and Route, what each route hands back
-  Python distributions on the target   the base's requirements once, pip's resolve, carried wheels,
-                     the software linked from its migrated tree
+  The base's Python requirements   worked out once per migration (BaseRequirements)
+  Carried wheels and the software itself   pm's wheel installer; the software linked from its tree
+  pip's resolve      the pins in one resolve, relaxed only where pip says why; uv; the pip route's venv
+  The account        a row for every package of the base (installed, drifted, missing, with why)
   Modulefiles        Lmod and Environment Modules files for an install
   Environments pm makes   each install's own environment: marks, activation, removal
   Route: ...         the system's package managers; pm's linker (no conda); conda
@@ -2874,8 +2876,6 @@ WHEEL_FN = r"^[A-Za-z0-9][A-Za-z0-9_.]{0,199}-[A-Za-z0-9_.!+]{1,100}(-[0-9][A-Za
 
 
 SITE_REL = r"^lib/python[0-9]{1,2}\.[0-9]{1,3}/site-packages\Z"  # as the probe's site_packages finds it
-
-
 
 
 CONDA_SUBDIR = r"^([a-z0-9]+-[a-z0-9_]+|noarch)\Z"  # linux-64, osx-arm64, noarch, ...: a channel's folders
@@ -5872,6 +5872,14 @@ def write_report_html(store, name, attempt):
         say("note: the attempt's report.html could not be written (%s)" % exc)
 
 
+def dist_row(dist, installed, status, why, manager="pip"):
+    """A requirements row for a Python distribution: the base's version beside the one installed, the
+    installer that really ran, and the conda package it stands for (if any)."""
+    return RequirementRow(dist["name"], status, base_version=dist["version"], version=installed,
+                          package="%s:%s=%s" % (manager, dist["name"], installed) if installed else None, why=why,
+                          drift=bool(installed) and installed != dist["version"], conda=dist.get("owner"))
+
+
 # == The attempt ==============================================================
 # One attempt: a unique directory NAME/<id>/ holding the env file used, the command log, every test's
 # output, result.json; its options, what it came to, and what a route hands back (Provided).
@@ -6025,7 +6033,191 @@ class Route(object):
         self.name, self.applies, self.provide = name, applies, provide
 
 
-# == Python distributions on the target =======================================
+# == The base's Python requirements ============================================
+# What the base environment had that pip installs (or that is the software itself), worked out once per
+# migration from conda-list.json, python-dists.json, min-deps.json and env.yml: BaseRequirements.
+
+
+def base_python_version(bundle):
+    """The Python version of the base environment: conda-list.json's python record, else the manifest's
+    env python (a virtual environment's, from its pyvenv.cfg), or None."""
+    for record in bundle.conda_list():
+        if record["name"] == "python" \
+                and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
+            return record["version"]
+    python = (bundle.manifest.env or {}).get("python") if isinstance(bundle.manifest.env, dict) else None
+    return python if isinstance(python, str) and re.match(r"^\d+\.\d+(\.\d+)?$", python) else None
+
+
+PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling", "conda-package-streaming",
+                          "conda-libmamba-solver", "libmambapy", "menuinst", "conda-index"])
+
+
+def base_conda_records(bundle, min_deps, env_file):
+    """The base's conda packages as records (name, version, build_string, channel): conda-list.json,
+    else min-deps.json (the original tool's store lists them there), else env.yml's conda entries.
+    Names and versions that are not plain package names and versions are left out (they would become
+    requirement lines)."""
+    listed = bundle.conda_list() or (min_deps if isinstance(min_deps, list) and min_deps else None)
+    if listed is None:
+        listed = []
+        for spec in env_file.dependencies:
+            parts = (spec.split("=") + ["", ""])[:3]
+            listed.append({"name": spec_name(spec), "version": parts[1], "build_string": parts[2]})
+    records = []
+    for record in listed:
+        if not isinstance(record, dict):
+            continue
+        name, version = str(record.get("name") or ""), str(record.get("version") or "")
+        if not re.match(PACKAGE_NAME, name) or (version and not re.match(PACKAGE_VERSION, version)):
+            say("warning: the base's package %r %r is not a package name and version; it is left out"
+                % (printable(name[:60]), printable(version[:60])))
+            continue
+        records.append({"name": name, "version": version, "build_string": str(record.get("build_string") or ""),
+                        "channel": str(record.get("channel") or "")})
+    return records
+
+
+def software_names(bundle):
+    """What the software is called as a Python distribution: the bundle's name, its folder's, and the
+    project name its pyproject.toml, setup.cfg or setup.py gives (PEP 503 forms)."""
+    names = set([pip_name(bundle.manifest.name), pip_name(bundle.manifest.software_dir())])
+    top = "software/%s/" % bundle.manifest.software_dir()
+    patterns = {"pyproject.toml": r"(?m)^\s*name\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']",
+                "setup.cfg": r"(?m)^\s*name\s*=\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$",
+                "setup.py": r"\bname\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']"}
+    for member, pattern in patterns.items():
+        if top + member not in bundle.manifest.members:
+            continue
+        try:
+            found = re.search(pattern, bundle.read_text(top + member))
+        except (KeyError, UnicodeDecodeError, PmError):
+            continue
+        if found:
+            names.add(pip_name(found.group(1)))
+    return names
+
+
+class BaseRequirements(object):
+    """What the base asks of a migration, worked out once per migration (base_requirements): its conda
+    records, python-dists.json's distributions (None for an older bundle), what pip installs (pip),
+    the conda packages those stand for (owners) and the software's own distributions (software)."""
+
+    def __init__(self, records, dists, pip, owners, software):
+        self.records, self.dists, self.pip, self.owners, self.software = records, dists, pip, owners, software
+
+
+def base_requirements(bundle, env_file, min_deps):
+    """The migration's BaseRequirements, from env_file as the migration uses it."""
+    records = base_conda_records(bundle, min_deps, env_file)
+    dists = base_distributions(bundle)
+    return BaseRequirements(records, dists, *python_requirements(bundle, env_file, min_deps, records, dists))
+
+
+def python_requirements(bundle, env_file, min_deps, records, dists):
+    """(what pip installs, the conda names it stands for, the software's distributions). From
+    python-dists.json (dists), exact; for an older bundle or the original tool's store, from the conda
+    records (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
+    packages that are Python but whose files the base did not list go to pip too. The software is
+    never pinned: it comes from the migrated tree."""
+    direct = set(r.get("name") for r in min_deps or [] if isinstance(r, dict)) | \
+        set(spec_name(s) for s in env_file.dependencies)
+    wanted, owners = recorded_distributions(dists, direct)
+    software = software_dists(dists)
+    names = software_names(bundle) if dists is None else set()
+    known = set(pip_name(d["name"]) for d in wanted + software)
+    for record in records:
+        pypi = conda_pypi_name(record["name"], record["build_string"], channel=record["channel"])
+        if record["name"] in owners or not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
+            continue
+        known.add(pip_name(pypi))
+        if pip_name(pypi) in names:
+            software.append({"name": pypi, "version": record["version"], "site": "", "software": True,
+                             "owner": None, "source": "editable"})
+        else:
+            wanted.append(python_conda_package(record, pypi, direct, dists is not None))
+            owners.add(record["name"])
+    for name, version in pinned_pip_entries(env_file) if dists is None else ():
+        if pip_name(name) in known | PIP_LEFT_OUT:
+            continue
+        known.add(pip_name(name))
+        entry = {"name": name, "version": version, "owner": None, "site": "", "direct": True}
+        if pip_name(name) in names:
+            software.append(dict(entry, software=True, source="editable"))
+        else:
+            wanted.append(dict(entry, why="env.yml's pip entry"))
+    return wanted, owners - set([None]), software
+
+
+def recorded_distributions(dists, direct):
+    """(what pip installs of python-dists.json's records, the conda packages that installed records):
+    neither the software, nor pip and conda themselves."""
+    wanted, owners = [], set()
+    for dist in dists or []:
+        owners.add(dist.get("owner"))
+        if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
+            continue
+        how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
+            "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
+        wanted.append(dict(dist, why="recorded on the base: " + how,
+                           direct=not dist.get("owner") or dist.get("owner") in direct))
+    return wanted, owners
+
+
+def python_conda_package(record, pypi, direct, listed):
+    """A conda record that is a Python package (PyPI name pypi), as what pip installs; listed: the base
+    recorded its distributions, and none for this one."""
+    why = "pip installed it on the base" if record["channel"] == "pypi" else \
+        "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
+                                                             record["build_string"] if record["build_string"]
+                                                             else "its records")
+    if listed:
+        why += "; the base listed no files of it"
+    return {"name": pypi, "version": record["version"], "site": "", "why": why,
+            "owner": None if record["channel"] == "pypi" else record["name"],
+            "direct": record["name"] in direct or record["channel"] == "pypi"}
+
+
+def pinned_pip_entries(env_file):
+    """env.yml's pip entries that are NAME==VERSION, as (name, version)."""
+    found = []
+    for spec in env_file.pip:
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
+        if match:
+            found.append((match.group(1), match.group(2)))
+    return found
+
+
+PIP_ENTRY = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[A-Za-z0-9.+!_-]+\Z"
+
+
+def pip_entries_from_an_index(env_file, dists):
+    """env.yml with only the pip entries an index serves, as NAME==VERSION (never an option such as
+    --index-url or -e for pip to obey): the software itself, what pip installed from a path, a URL or a
+    VCS, and what the bundle carries as wheels are never asked of an index."""
+    if not env_file.pip:
+        return env_file
+    dropped = set(pip_name(d["name"]) for d in dists or ()
+                  if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
+    for dist in dists or ():
+        if not dist.get("software") and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown"):
+            say("note: %s %s was installed from %s on the base, not from an index, and the bundle does not carry "
+                "it: it is left out (pack with --with-packages to carry it)" % (dist["name"], dist["version"],
+                                                                             dist.get("url") or dist.get("source")))
+    for entry in env_file.pip:
+        if not re.match(PIP_ENTRY, entry):
+            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % entry[:100])
+    kept = [s for s in env_file.pip if re.match(PIP_ENTRY, s) and pip_name(spec_name(s)) not in dropped]
+    if len(kept) == len(env_file.pip):
+        return env_file
+    return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
+
+
+def software_dists(dists):
+    return [d for d in dists or [] if d.get("software")]
+
+
+# == Carried wheels and the software itself =====================================
 # The bundle's python-dists.json says what each package puts on the Python path. Every route
 # installs the wheels pack carried for what pip installed (pm's own wheel installer into a conda
 # or carried prefix, pip's --find-links into the venv), and the software from the migrated tree
@@ -6192,147 +6384,6 @@ def install_carried_wheels(attempt, bundle, prefix, dists):
     return rows
 
 
-PIP_ENTRY = r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[A-Za-z0-9.+!_-]+\Z"
-
-
-def pip_entries_from_an_index(env_file, dists):
-    """env.yml with only the pip entries an index serves, as NAME==VERSION (never an option such as
-    --index-url or -e for pip to obey): the software itself, what pip installed from a path, a URL or a
-    VCS, and what the bundle carries as wheels are never asked of an index."""
-    if not env_file.pip:
-        return env_file
-    dropped = set(pip_name(d["name"]) for d in dists or ()
-                  if d.get("software") or d.get("wheel") or d.get("source") not in ("index", "conda", "unknown"))
-    for dist in dists or ():
-        if not dist.get("software") and not dist.get("wheel") and dist.get("source") not in ("index", "conda", "unknown"):
-            say("note: %s %s was installed from %s on the base, not from an index, and the bundle does not carry "
-                "it: it is left out (pack with --with-packages to carry it)" % (dist["name"], dist["version"],
-                                                                             dist.get("url") or dist.get("source")))
-    for entry in env_file.pip:
-        if not re.match(PIP_ENTRY, entry):
-            say("note: the pip entry %r is not NAME==VERSION; it is left out (install it by hand)" % entry[:100])
-    kept = [s for s in env_file.pip if re.match(PIP_ENTRY, s) and pip_name(spec_name(s)) not in dropped]
-    if len(kept) == len(env_file.pip):
-        return env_file
-    return EnvFile(env_file.name, env_file.channels, env_file.dependencies, kept, env_file.variables)
-
-
-def dist_row(dist, installed, status, why, manager="pip"):
-    """A requirements row for a Python distribution: the base's version beside the one installed, the
-    installer that really ran, and the conda package it stands for (if any)."""
-    return RequirementRow(dist["name"], status, base_version=dist["version"], version=installed,
-                          package="%s:%s=%s" % (manager, dist["name"], installed) if installed else None, why=why,
-                          drift=bool(installed) and installed != dist["version"], conda=dist.get("owner"))
-
-
-def missing_rows(base, result, software, why_missing):
-    """A row for every package of the base (base: BaseRequirements) that no row of the route accounts
-    for (status 'missing', with why_missing(name, version, python) saying why), so each base package
-    ends in exactly one row."""
-    covered = covered_names(result, software)
-    here = (result.get("platform") or {}).get("env_python")
-    rows = []
-    for name, version, pypi in base_packages(base, covered):
-        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
-            continue
-        covered.add(pip_name(name))
-        if name == "python" and here:
-            rows.append(RequirementRow(name, "installed", base_version=version or None, version=here,
-                                       why="the environment's own Python", drift=bool(version) and version != here))
-            continue
-        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
-            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
-        rows.append(RequirementRow(name, "missing", base_version=version or None, version=None, why=why, drift=False))
-    return rows
-
-
-def covered_names(result, software):
-    """The PEP 503 names the route's rows (and the environment it made) account for."""
-    covered = set(pip_name(d["name"]) for d in software)
-    for row in (result.get("packages") or []) + (result.get("python") or []):
-        covered.add(pip_name(row["requirement"]))
-        covered.add(pip_name(row.get("conda") or "-"))
-    return covered | set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
-
-
-def base_packages(base, covered):
-    """Every package of the base as (name, version, PyPI name or None): its conda records, then the
-    distributions python-dists.json records that no conda package accounted for (covered) installs."""
-    found = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
-             for r in base.records]
-    return found + [(d["name"], d["version"], d["name"]) for d in base.dists or []
-                    if not d.get("owner") or pip_name(d["owner"]) not in covered]
-
-
-def record_env_pythons(attempt, bundle, environ):
-    """The environment's own Python here beside the base environment's (not the ones pm ran under),
-    and what kind of environment each is (the base's as pack read it: conda, a conda-style prefix read
-    without conda, a venv; here: the route that made it)."""
-    prefix = attempt.result.get("env_prefix") or (environ or {}).get("VIRTUAL_ENV")
-    python = os.path.join(prefix, "bin", "python") if prefix else None  # its own, never one found on PATH
-    code, output = attempt.run([python, "-c", "import platform; print(platform.python_version())"], environ=environ) \
-        if python and os.path.exists(python) else (1, "")
-    here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
-    level = attempt.result.get("level")
-    kind = "a prefix pm linked without conda" if level == "carried" else \
-        "conda %s environment (level %s)" % ((attempt.result.get("platform") or {}).get("conda", ""), level) \
-        if level else "a virtual environment (pip)" if (environ or {}).get("VIRTUAL_ENV") else "the system's packages"
-    source = attempt.result.get("source") or {}
-    base_kind = source.get("env_kind") or ("conda %s environment" % source["conda"] if source.get("conda") else None)
-    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here, env_kind=kind),
-                 source=dict(source, env_python=base_python_version(bundle), env_kind=base_kind))
-
-
-def route_why_missing(result, managers):
-    """why_missing for missing_rows: what the route that ran did, for a package it did not bring."""
-    level = result.get("level")
-    if level == "carried":
-        return lambda name, version, pypi: "not among the packages the bundle carries"
-    if level:
-        return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
-            level, "" if level == "exact" else ": the base's exact set did not solve here")
-    systems = [m for m in managers if m != "conda" and not FAMILIES.get(manager_family(m, ""), OTHER_FAMILY).pip_like]
-
-    def why(name, version, pypi):
-        if pypi:
-            return "a Python package that pip was not given (its records hold no version)"
-        if systems:
-            return "not a Python package and not directly required: left to what %s installs for the direct " \
-                   "requirements" % ", ".join(systems)
-        return "not a Python package, and pip cannot install it: add a system package manager (apt, dnf, brew, " \
-               "spack) to package_managers for it"
-    return why
-
-
-def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
-    """What pip installed on the base (and the bundle does not carry), into a conda environment as on
-    the pip route (install_with_pip, with the environment's own Python; its pip from ensurepip when
-    conda's channels had none). Returns its rows."""
-    wanted = [d for d in base.pip if not d.get("owner") and not d.get("wheel")]
-    python = os.path.join(prefix, "bin", "python")
-    if not wanted:
-        return []
-    if carried:  # from the bundle's own packages: an air-gapped target, no index to ask
-        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm or without "
-            "--with-packages); they are left out" % ", ".join(d["name"] for d in wanted))
-        return [dist_row(d, None, "failed", "pip installed it on the base and the bundle does not carry it: pack "
-                         "with --with-packages to carry it") for d in wanted]
-    if not os.path.isfile(python):
-        return [dist_row(d, None, "failed", "the environment has no Python for pip to install it into")
-                for d in wanted]
-    if attempt.run([python, "-m", "pip", "--version"])[0] != 0:
-        say("the environment has no pip: adding it from its own Python (ensurepip)")
-        code, output = attempt.run([python, "-m", "ensurepip"])
-        if code != 0:
-            return [dist_row(d, None, "failed", "the environment has no pip, and ensurepip failed: %s"
-                             % (output.strip().splitlines() or [""])[-1][:200]) for d in wanted]
-    return install_with_pip(attempt, bundle, wanted, options, prefix=prefix)
-
-
-def software_dists(dists):
-    return [d for d in dists or [] if d.get("software")]
-
-
 def link_software(site, dist, tree):
     """The software as the base had it installed, from the migrated tree: a .pth that puts its
     import roots on the path and a dist-info (metadata, entry points) naming the tree, written by the
@@ -6456,154 +6507,9 @@ def env_site_packages(prefix, dists):
     return found[0] if found else None
 
 
-def base_python_version(bundle):
-    """The Python version of the base environment: conda-list.json's python record, else the manifest's
-    env python (a virtual environment's, from its pyvenv.cfg), or None."""
-    for record in bundle.conda_list():
-        if record["name"] == "python" \
-                and re.match(r"^\d+\.\d+(\.\d+)?$", str(record.get("version", ""))):
-            return record["version"]
-    python = (bundle.manifest.env or {}).get("python") if isinstance(bundle.manifest.env, dict) else None
-    return python if isinstance(python, str) and re.match(r"^\d+\.\d+(\.\d+)?$", python) else None
-
-
-PIP_LEFT_OUT = frozenset(["pip", "conda", "conda-build", "conda-package-handling", "conda-package-streaming",
-                          "conda-libmamba-solver", "libmambapy", "menuinst", "conda-index"])
-
-
-def base_conda_records(bundle, min_deps, env_file):
-    """The base's conda packages as records (name, version, build_string, channel): conda-list.json,
-    else min-deps.json (the original tool's store lists them there), else env.yml's conda entries.
-    Names and versions that are not plain package names and versions are left out (they would become
-    requirement lines)."""
-    listed = bundle.conda_list() or (min_deps if isinstance(min_deps, list) and min_deps else None)
-    if listed is None:
-        listed = []
-        for spec in env_file.dependencies:
-            parts = (spec.split("=") + ["", ""])[:3]
-            listed.append({"name": spec_name(spec), "version": parts[1], "build_string": parts[2]})
-    records = []
-    for record in listed:
-        if not isinstance(record, dict):
-            continue
-        name, version = str(record.get("name") or ""), str(record.get("version") or "")
-        if not re.match(PACKAGE_NAME, name) or (version and not re.match(PACKAGE_VERSION, version)):
-            say("warning: the base's package %r %r is not a package name and version; it is left out"
-                % (printable(name[:60]), printable(version[:60])))
-            continue
-        records.append({"name": name, "version": version, "build_string": str(record.get("build_string") or ""),
-                        "channel": str(record.get("channel") or "")})
-    return records
-
-
-def software_names(bundle):
-    """What the software is called as a Python distribution: the bundle's name, its folder's, and the
-    project name its pyproject.toml, setup.cfg or setup.py gives (PEP 503 forms)."""
-    names = set([pip_name(bundle.manifest.name), pip_name(bundle.manifest.software_dir())])
-    top = "software/%s/" % bundle.manifest.software_dir()
-    patterns = {"pyproject.toml": r"(?m)^\s*name\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']",
-                "setup.cfg": r"(?m)^\s*name\s*=\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*$",
-                "setup.py": r"\bname\s*=\s*[\"']([A-Za-z0-9][A-Za-z0-9._-]*)[\"']"}
-    for member, pattern in patterns.items():
-        if top + member not in bundle.manifest.members:
-            continue
-        try:
-            found = re.search(pattern, bundle.read_text(top + member))
-        except (KeyError, UnicodeDecodeError, PmError):
-            continue
-        if found:
-            names.add(pip_name(found.group(1)))
-    return names
-
-
-class BaseRequirements(object):
-    """What the base asks of a migration, worked out once per migration (base_requirements): its conda
-    records, python-dists.json's distributions (None for an older bundle), what pip installs (pip),
-    the conda packages those stand for (owners) and the software's own distributions (software)."""
-
-    def __init__(self, records, dists, pip, owners, software):
-        self.records, self.dists, self.pip, self.owners, self.software = records, dists, pip, owners, software
-
-
-def base_requirements(bundle, env_file, min_deps):
-    """The migration's BaseRequirements, from env_file as the migration uses it."""
-    records = base_conda_records(bundle, min_deps, env_file)
-    dists = base_distributions(bundle)
-    return BaseRequirements(records, dists, *python_requirements(bundle, env_file, min_deps, records, dists))
-
-
-def python_requirements(bundle, env_file, min_deps, records, dists):
-    """(what pip installs, the conda names it stands for, the software's distributions). From
-    python-dists.json (dists), exact; for an older bundle or the original tool's store, from the conda
-    records (a Python package by conda's own metadata, conda_pypi_name) and env.yml's pip entries. Conda
-    packages that are Python but whose files the base did not list go to pip too. The software is
-    never pinned: it comes from the migrated tree."""
-    direct = set(r.get("name") for r in min_deps or [] if isinstance(r, dict)) | \
-        set(spec_name(s) for s in env_file.dependencies)
-    wanted, owners = recorded_distributions(dists, direct)
-    software = software_dists(dists)
-    names = software_names(bundle) if dists is None else set()
-    known = set(pip_name(d["name"]) for d in wanted + software)
-    for record in records:
-        pypi = conda_pypi_name(record["name"], record["build_string"], channel=record["channel"])
-        if record["name"] in owners or not pypi or not record["version"] or pip_name(pypi) in known | PIP_LEFT_OUT:
-            continue
-        known.add(pip_name(pypi))
-        if pip_name(pypi) in names:
-            software.append({"name": pypi, "version": record["version"], "site": "", "software": True,
-                             "owner": None, "source": "editable"})
-        else:
-            wanted.append(python_conda_package(record, pypi, direct, dists is not None))
-            owners.add(record["name"])
-    for name, version in pinned_pip_entries(env_file) if dists is None else ():
-        if pip_name(name) in known | PIP_LEFT_OUT:
-            continue
-        known.add(pip_name(name))
-        entry = {"name": name, "version": version, "owner": None, "site": "", "direct": True}
-        if pip_name(name) in names:
-            software.append(dict(entry, software=True, source="editable"))
-        else:
-            wanted.append(dict(entry, why="env.yml's pip entry"))
-    return wanted, owners - set([None]), software
-
-
-def recorded_distributions(dists, direct):
-    """(what pip installs of python-dists.json's records, the conda packages that installed records):
-    neither the software, nor pip and conda themselves."""
-    wanted, owners = [], set()
-    for dist in dists or []:
-        owners.add(dist.get("owner"))
-        if dist.get("software") or pip_name(dist["name"]) in PIP_LEFT_OUT or dist.get("owner") in CONDA_OWN_PACKAGES:
-            continue
-        how = ("conda package %s installs it" % dist["owner"]) if dist.get("owner") else \
-            "pip installed it (%s)" % PROBE.SOURCE_WORDS.get(dist.get("source"), dist.get("source"))
-        wanted.append(dict(dist, why="recorded on the base: " + how,
-                           direct=not dist.get("owner") or dist.get("owner") in direct))
-    return wanted, owners
-
-
-def python_conda_package(record, pypi, direct, listed):
-    """A conda record that is a Python package (PyPI name pypi), as what pip installs; listed: the base
-    recorded its distributions, and none for this one."""
-    why = "pip installed it on the base" if record["channel"] == "pypi" else \
-        "conda package %s %s is a Python package (%s)" % (record["name"], record["version"], "its build " +
-                                                             record["build_string"] if record["build_string"]
-                                                             else "its records")
-    if listed:
-        why += "; the base listed no files of it"
-    return {"name": pypi, "version": record["version"], "site": "", "why": why,
-            "owner": None if record["channel"] == "pypi" else record["name"],
-            "direct": record["name"] in direct or record["channel"] == "pypi"}
-
-
-def pinned_pip_entries(env_file):
-    """env.yml's pip entries that are NAME==VERSION, as (name, version)."""
-    found = []
-    for spec in env_file.pip:
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9.+!_-]+)\s*$", spec)
-        if match:
-            found.append((match.group(1), match.group(2)))
-    return found
+# == pip's resolve =============================================================
+# The pins in one resolve; when pip fails, pm reads pip's own words and relaxes only what they name,
+# then the direct requirements alone, then each on its own; uv when it is here; the venv of the pip route.
 
 
 PIP_NOT_FOUND = (r"satisfies the requirement ([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?\s*(?:==\s*\S+)?\s*"
@@ -7005,6 +6911,115 @@ def software_venv(attempt):
                                                                platform.python_version()))
     attempt.save(venv_python=python)
     return venv
+
+
+def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
+    """What pip installed on the base (and the bundle does not carry), into a conda environment as on
+    the pip route (install_with_pip, with the environment's own Python; its pip from ensurepip when
+    conda's channels had none). Returns its rows."""
+    wanted = [d for d in base.pip if not d.get("owner") and not d.get("wheel")]
+    python = os.path.join(prefix, "bin", "python")
+    if not wanted:
+        return []
+    if carried:  # from the bundle's own packages: an air-gapped target, no index to ask
+        say("note: the packages pip installed on the base (%s) are not carried (packed by an older pm or without "
+            "--with-packages); they are left out" % ", ".join(d["name"] for d in wanted))
+        return [dist_row(d, None, "failed", "pip installed it on the base and the bundle does not carry it: pack "
+                         "with --with-packages to carry it") for d in wanted]
+    if not os.path.isfile(python):
+        return [dist_row(d, None, "failed", "the environment has no Python for pip to install it into")
+                for d in wanted]
+    if attempt.run([python, "-m", "pip", "--version"])[0] != 0:
+        say("the environment has no pip: adding it from its own Python (ensurepip)")
+        code, output = attempt.run([python, "-m", "ensurepip"])
+        if code != 0:
+            return [dist_row(d, None, "failed", "the environment has no pip, and ensurepip failed: %s"
+                             % (output.strip().splitlines() or [""])[-1][:200]) for d in wanted]
+    return install_with_pip(attempt, bundle, wanted, options, prefix=prefix)
+
+
+# == The account ================================================================
+# Every package of the base ends in one row: installed at its version, at another (drift, with why), or
+# not installed (failed, skipped, missing, with why); the environment's own Python beside pm's.
+
+
+def missing_rows(base, result, software, why_missing):
+    """A row for every package of the base (base: BaseRequirements) that no row of the route accounts
+    for (status 'missing', with why_missing(name, version, python) saying why), so each base package
+    ends in exactly one row."""
+    covered = covered_names(result, software)
+    here = (result.get("platform") or {}).get("env_python")
+    rows = []
+    for name, version, pypi in base_packages(base, covered):
+        if pip_name(name) in covered or (pypi and pip_name(pypi) in covered):
+            continue
+        covered.add(pip_name(name))
+        if name == "python" and here:
+            rows.append(RequirementRow(name, "installed", base_version=version or None, version=here,
+                                       why="the environment's own Python", drift=bool(version) and version != here))
+            continue
+        why = "conda's own package: not part of the software's environment" if name in CONDA_OWN_PACKAGES else \
+            "pip itself: the environment's own pip stands for it" if name == "pip" else why_missing(name, version, pypi)
+        rows.append(RequirementRow(name, "missing", base_version=version or None, version=None, why=why, drift=False))
+    return rows
+
+
+def covered_names(result, software):
+    """The PEP 503 names the route's rows (and the environment it made) account for."""
+    covered = set(pip_name(d["name"]) for d in software)
+    for row in (result.get("packages") or []) + (result.get("python") or []):
+        covered.add(pip_name(row["requirement"]))
+        covered.add(pip_name(row.get("conda") or "-"))
+    return covered | set(pip_name(p["name"] or "-") for p in result.get("environment") or [])
+
+
+def base_packages(base, covered):
+    """Every package of the base as (name, version, PyPI name or None): its conda records, then the
+    distributions python-dists.json records that no conda package accounted for (covered) installs."""
+    found = [(r["name"], r["version"], conda_pypi_name(r["name"], r["build_string"], channel=r["channel"]))
+             for r in base.records]
+    return found + [(d["name"], d["version"], d["name"]) for d in base.dists or []
+                    if not d.get("owner") or pip_name(d["owner"]) not in covered]
+
+
+def record_env_pythons(attempt, bundle, environ):
+    """The environment's own Python here beside the base environment's (not the ones pm ran under),
+    and what kind of environment each is (the base's as pack read it: conda, a conda-style prefix read
+    without conda, a venv; here: the route that made it)."""
+    prefix = attempt.result.get("env_prefix") or (environ or {}).get("VIRTUAL_ENV")
+    python = os.path.join(prefix, "bin", "python") if prefix else None  # its own, never one found on PATH
+    code, output = attempt.run([python, "-c", "import platform; print(platform.python_version())"], environ=environ) \
+        if python and os.path.exists(python) else (1, "")
+    here = output.strip().splitlines()[-1] if code == 0 and output.strip() else None
+    level = attempt.result.get("level")
+    kind = "a prefix pm linked without conda" if level == "carried" else \
+        "conda %s environment (level %s)" % ((attempt.result.get("platform") or {}).get("conda", ""), level) \
+        if level else "a virtual environment (pip)" if (environ or {}).get("VIRTUAL_ENV") else "the system's packages"
+    source = attempt.result.get("source") or {}
+    base_kind = source.get("env_kind") or ("conda %s environment" % source["conda"] if source.get("conda") else None)
+    attempt.save(platform=dict(attempt.result.get("platform") or {}, env_python=here, env_kind=kind),
+                 source=dict(source, env_python=base_python_version(bundle), env_kind=base_kind))
+
+
+def route_why_missing(result, managers):
+    """why_missing for missing_rows: what the route that ran did, for a package it did not bring."""
+    level = result.get("level")
+    if level == "carried":
+        return lambda name, version, pypi: "not among the packages the bundle carries"
+    if level:
+        return lambda name, version, pypi: "not in the environment conda made here (level %s%s)" % (
+            level, "" if level == "exact" else ": the base's exact set did not solve here")
+    systems = [m for m in managers if m != "conda" and not FAMILIES.get(manager_family(m, ""), OTHER_FAMILY).pip_like]
+
+    def why(name, version, pypi):
+        if pypi:
+            return "a Python package that pip was not given (its records hold no version)"
+        if systems:
+            return "not a Python package and not directly required: left to what %s installs for the direct " \
+                   "requirements" % ", ".join(systems)
+        return "not a Python package, and pip cannot install it: add a system package manager (apt, dnf, brew, " \
+               "spack) to package_managers for it"
+    return why
 
 
 # == Modulefiles: a module to load ============================================
