@@ -7239,18 +7239,18 @@ def remove_env_folder(prefix):
         shutil.rmtree(prefix, ignore_errors=True)
 
 
+def prefix_records(prefix):
+    """The package records of an environment (its conda-meta/*.json, read by the probe's one reader);
+    [] where it has none."""
+    return PROBE.read_conda_meta(prefix) if os.path.isdir(os.path.join(prefix, "conda-meta")) else []
+
+
 def env_packages(prefix, bundle=None):
     """name, version and build of every package in a prefix (its conda-meta records), with the base's
     version (the bundle's conda-list.json) beside each."""
     base = dict((record["name"], str(record.get("version"))) for record in (bundle.conda_list() if bundle else ()))
-    rows = []
-    meta = os.path.join(prefix, "conda-meta")
-    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
-        if filename.endswith(".json"):
-            record = read_json(os.path.join(meta, filename))
-            rows.append({"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
-                         "base_version": base.get(record.get("name"))})
-    return rows
+    return [{"name": record.get("name"), "version": record.get("version"), "build": record.get("build"),
+             "base_version": base.get(record.get("name"))} for record in prefix_records(prefix)]
 
 
 def path_activation(prefix):
@@ -7280,17 +7280,8 @@ def note_activation_scripts(names):
 
 def packages_with_activation_scripts(prefix):
     """The packages of a conda prefix whose files include etc/conda/activate.d scripts."""
-    names = []
-    meta = os.path.join(prefix, "conda-meta")
-    for filename in sorted(os.listdir(meta)) if os.path.isdir(meta) else []:
-        if filename.endswith(".json"):
-            try:
-                record = read_json(os.path.join(meta, filename))
-            except (OSError, ValueError):
-                continue
-            if any(str(f).startswith("etc/conda/activate.d/") for f in record.get("files") or []):
-                names.append(str(record.get("name")))
-    return names
+    return [str(record["name"]) for record in prefix_records(prefix)
+            if any(str(f).startswith("etc/conda/activate.d/") for f in record.get("files") or [])]
 
 
 # == Route: the system's package managers =====================================
