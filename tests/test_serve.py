@@ -455,13 +455,17 @@ def test_the_store_and_everything_in_it_is_owner_only(server, pyz, conda_site, e
     migrated = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", str(config)],
                       dict(conda_site.env(), PM_HOME=server.home))
     assert migrated.returncode == 0, migrated.stderr
-    opened = []
+    opened, envs = [], os.path.join(server.home, "heatsim", "envs")
     for folder, dirs, files in os.walk(server.home):
+        if folder == envs:  # each install's environment, as conda makes it, behind the owner-only store
+            dirs[:] = []
+            continue
         for name in dirs + files:
             path = os.path.join(folder, name)
             if os.lstat(path).st_mode & 0o077:
                 opened.append((os.path.relpath(path, server.home), oct(os.lstat(path).st_mode & 0o777)))
     assert opened == [] and os.stat(server.home).st_mode & 0o077 == 0, opened
+    assert os.listdir(envs) and os.stat(os.path.join(server.home, "heatsim")).st_mode & 0o077 == 0
 
 
 def test_without_a_token_only_requests_addressed_here_are_answered(pyz, tmp_path):

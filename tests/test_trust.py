@@ -104,7 +104,7 @@ def migrate_measured(pyz, bundle, tmp_path, *extra):
 def outside_writes(tmp_path):
     """What is in tmp_path besides the store, HOME, TMPDIR, the bundles, the config and the output
     logs: what escaped (the walk does not enter the store, where pm may write)."""
-    kept = ("store", "home", "own-store")
+    kept = ("store", "home", "own-store", "own-cache")
     return sorted(name for name in os.listdir(str(tmp_path))
                   if name not in kept and not name.endswith((".zip", ".ini", ".txt")))
 
