@@ -9557,25 +9557,6 @@ def prune_plan(store, names, keep):
     return rows
 
 
-def prune_count(rows, what):
-    """'3 revisions (12.0 MiB)': how many rows of a kind, and their size."""
-    mine = [r for r in rows if r[3] == what]
-    return "%s (%s)" % (plural(len(mine), what), human_size(sum(r[2] for r in mine)))
-
-
-def prune_one(store, name, path, what):
-    """Remove a bundle revision, or an attempt with its modulefiles and the environment pm made for it."""
-    import shutil
-    if what == "revision":
-        return remove_quietly(path)
-    try:
-        remove_modulefiles(read_json(os.path.join(path, "result.json")))
-    except (OSError, ValueError):
-        pass
-    shutil.rmtree(os.path.join(store.software(name), "envs", os.path.basename(path)), ignore_errors=True)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def cmd_prune(args):
     """Show what the store holds, per software, bundle revision and attempt, with its size, and remove
     what no install needs: the attempts that failed, ended in an error or were cut off (their folders,
