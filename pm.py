@@ -2513,6 +2513,13 @@ VERSION = "1.0.0"
 STILL_RUNNING_SECONDS = 30  # how often a long command (conda create, an install) says it is alive
 
 
+def zip_damage():
+    """What reading a damaged zip member raises: a bad header or CRC, a cut file, a corrupt deflate stream."""
+    import zipfile
+    import zlib
+    return zipfile.BadZipFile, EOFError, zlib.error
+
+
 def write_atomic(path, data, mode=0o600):
     """Write bytes or text to a temp file beside path, then rename it into place."""
     import tempfile
@@ -3488,7 +3495,7 @@ def open_bundle(path, label=None):
     label = label or path
     try:
         archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError,) + zip_damage() as exc:
         raise PmError("%s is not a readable bundle (%s)" % (label, exc), FIX_NOT_A_BUNDLE)
     try:
         size = archive.getinfo("manifest.json").file_size
@@ -3504,7 +3511,7 @@ def open_bundle(path, label=None):
     except KeyError:
         archive.close()
         raise PmError("%s has no manifest.json" % label, FIX_NOT_A_BUNDLE)
-    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError) as exc:
+    except (ValueError, UnicodeDecodeError, OSError) + zip_damage() as exc:
         archive.close()
         raise PmError("%s has a broken manifest.json (%s)" % (label, exc), FIX_BAD_BUNDLE)
     try:
@@ -3785,11 +3792,9 @@ def check_member_place(name):
 
 def check_member_digest(archive, name, entry):
     """The member's bytes are the ones the manifest lists (size and sha256)."""
-    import zipfile
-    import zlib
     try:
         digest, size = member_digest(archive, name)
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+    except (OSError,) + zip_damage() as exc:
         raise PmError("bundle member %s is damaged (%s)" % (name, exc), FIX_DAMAGED)
     if digest != entry["sha256"] or size != entry["size"]:
         raise PmError("bundle member %s does not match its sha256 in the manifest" % name, FIX_DAMAGED)
@@ -6260,34 +6265,44 @@ def install_wheel(wheel, prefix, site_rel, writer=None):
     import zipfile
     where = os.path.basename(wheel)
     writer = writer or Contained(prefix)
-    written = []
-    with zipfile.ZipFile(wheel) as archive:
-        infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
-        info_dirs = set(i.filename.split("/")[0] for i in infos if i.filename.split("/")[0].endswith(".dist-info"))
-        if len(info_dirs) != 1:
-            raise PmError("the carried wheel %s has %d .dist-info folders" % (where, len(info_dirs)),
-                          FIX_BAD_BUNDLE)
-        info_dir = info_dirs.pop()
-        for info in infos:
-            rel = wheel_destination(safe_member_path(info.filename), site_rel)
-            if info.filename in (info_dir + "/RECORD", info_dir + "/INSTALLER"):
-                continue
-            script = rel.startswith("bin/") and info.filename.split("/")[0].endswith(".data")
-            mode = (info.external_attr >> 16) & 0o777 or 0o644
-            with archive.open(info) as source:
-                writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
-                             where, ShebangFix(prefix) if script else None)
-            written.append(rel)
-        points_member = info_dir + "/entry_points.txt"
-        if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
-            raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
-                          FIX_BAD_BUNDLE)
-        points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
-                                       if points_member in archive.namelist() else "")
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            info_dir, points, written = unpack_wheel(archive, prefix, site_rel, writer, where)
+    except zip_damage() as exc:
+        raise PmError("the carried wheel %s is damaged (%s)" % (where, exc), FIX_BAD_BUNDLE)
     for command, target in points:
         written.append(write_entry_point(writer, command, target, where))
     finish_dist_info(writer, site_rel, info_dir, written)
     return info_dir
+
+
+def unpack_wheel(archive, prefix, site_rel, writer, where):
+    """(dist-info folder, entry points, paths written): a wheel's files through writer, RECORD and
+    INSTALLER left to finish_dist_info."""
+    written = []
+    infos = [i for i in archive.infolist() if not i.filename.endswith("/")]
+    info_dirs = set(i.filename.split("/")[0] for i in infos if i.filename.split("/")[0].endswith(".dist-info"))
+    if len(info_dirs) != 1:
+        raise PmError("the carried wheel %s has %d .dist-info folders" % (where, len(info_dirs)),
+                      FIX_BAD_BUNDLE)
+    info_dir = info_dirs.pop()
+    for info in infos:
+        rel = wheel_destination(safe_member_path(info.filename), site_rel)
+        if info.filename in (info_dir + "/RECORD", info_dir + "/INSTALLER"):
+            continue
+        script = rel.startswith("bin/") and info.filename.split("/")[0].endswith(".data")
+        mode = (info.external_attr >> 16) & 0o777 or 0o644
+        with archive.open(info) as source:
+            writer.write(rel, source, mode | 0o755 if script else mode, time.mktime(info.date_time + (0, 0, -1)),
+                         where, ShebangFix(prefix) if script else None)
+        written.append(rel)
+    points_member = info_dir + "/entry_points.txt"
+    if points_member in archive.namelist() and archive.getinfo(points_member).file_size > 1 << 20:
+        raise PmError("%s of the carried wheel %s is over 1 MiB, which no real one reaches" % (points_member, where),
+                      FIX_BAD_BUNDLE)
+    points = PROBE.entry_points_of(archive.read(points_member).decode("utf-8", "replace")
+                                   if points_member in archive.namelist() else "")
+    return info_dir, points, written
 
 
 def finish_dist_info(writer, site_rel, info_dir, written):
@@ -6351,7 +6366,7 @@ def extract_wheels(attempt, bundle):
             try:
                 with zipfile.ZipFile(os.path.join(folder, name)) as wheel:
                     infos = wheel.infolist()
-            except (zipfile.BadZipFile, OSError) as exc:
+            except (OSError,) + zip_damage() as exc:
                 raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
                               FIX_BAD_BUNDLE)
             caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
@@ -7497,8 +7512,6 @@ def link_archive(archive, writer, site, claims, order):
     (a later package in install order wins a path two packages share), info/ read on the way; files
     written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
     import tarfile
-    import zipfile
-    import zlib
     where = archive.fn
     later = []
     try:
@@ -7519,7 +7532,7 @@ def link_archive(archive, writer, site, claims, order):
                 writer.write(rel, content, mode, mtime, where, replacer)
                 later.append((name, rel, mtime))
             archive.files.append(rel)
-    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error) as exc:
+    except (OSError, tarfile.TarError) + zip_damage() as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise PmError("the carried package %s cannot be read (%s)" % (where, exc), FIX_BAD_BUNDLE)
@@ -8744,18 +8757,21 @@ class Deadline(object):
 class Connections(object):
     """The connections being served, each with its Deadline: --timeout bounds a whole request (its
     head, and its body at MIN_BODY_RATE beyond that), and at most --max-connections are served at
-    once. One watcher thread cuts off whatever runs past its deadline."""
+    once, each by a thread of its own: a new one starts only when a thread is free. One watcher thread
+    cuts off whatever runs past its deadline."""
 
     def __init__(self, config):
         import threading
         self.config = config
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.deadlines = {}  # socket -> Deadline
+        self.threads = 0  # connection threads running, ended ones uncounted (thread_ended)
         threading.Thread(target=self.watch, daemon=True).start()
 
     def admit(self, sock):
         """Take a new connection, or return False when all are busy. A full house lets go of the
-        connection that has waited longest on its head (a client too slow to send one is not a client)."""
+        connection that has waited longest on its head (a client too slow to send one is not a client),
+        and waits (a second at most) for its thread to end."""
         with self.lock:
             if len(self.deadlines) >= self.config.max_connections:
                 waiting = [(d.at, s) for s, d in self.deadlines.items() if d.reading_head]
@@ -8764,8 +8780,19 @@ class Connections(object):
                 oldest = min(waiting, key=lambda pair: pair[0])[1]
                 del self.deadlines[oldest]
                 cut_off(oldest)
+            ends = time.time() + 1
+            while self.threads >= self.config.max_connections and time.time() < ends:
+                self.lock.wait(ends - time.time())
+            if self.threads >= self.config.max_connections:
+                return False
             self.deadlines[sock] = Deadline(time.time() + self.config.timeout)
+            self.threads += 1
             return True
+
+    def thread_ended(self):
+        with self.lock:
+            self.threads -= 1
+            self.lock.notify()
 
     def head_read(self, sock):
         """The head is in: from now on the deadline moves only as body bytes arrive (received)."""
@@ -8851,13 +8878,23 @@ class Listener(object):
 
     def process_request(self, request, client_address):
         if self.connections.admit(request):
-            return super(Listener, self).process_request(request, client_address)
+            try:
+                return super(Listener, self).process_request(request, client_address)
+            except BaseException:  # no thread started: it will not end to say so
+                self.connections.thread_ended()
+                raise
         try:
             request.settimeout(1)
             request.sendall(busy_answer())
         except OSError:
             pass
         super(Listener, self).shutdown_request(request)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super(Listener, self).process_request_thread(request, client_address)
+        finally:
+            self.connections.thread_ended()
 
     def shutdown_request(self, request):
         self.connections.done(request)
@@ -9413,7 +9450,7 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
     except BaseException as exc:
         if writer:
             writer.abort()
-        if isinstance(exc, (zipfile.BadZipFile, OSError, EOFError)):
+        if isinstance(exc, (OSError,) + zip_damage()):
             raise PmError("the original tool's zip is not readable (%s)" % exc, "send or copy it again")
         raise
 

@@ -18,3 +18,16 @@ def rewrite_bundle(bundle, out, edit):
             new.writestr(name, data)
         new.writestr("manifest.json", json.dumps(manifest))
     return out
+
+
+def spoil_deflate(data, member):
+    """A zip's bytes with member's deflate stream made unreadable (its first block type set to the invalid
+    one): reading it raises zlib's 'invalid block type', as a flipped bit in a real download does."""
+    import io
+    import struct
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        info = archive.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size > 0
+    name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_length + extra_length
+    return data[:start] + b"\xff" + data[start + 1:]

@@ -864,6 +864,29 @@ def test_carried_wheels_are_under_the_caps_of_carried_packages(files, message, p
     assert envs_left(tmp_path) == []
 
 
+def test_a_damaged_member_or_carried_wheel_is_refused_in_one_line_never_unexpected(pyz, tmp_path):
+    """A damaged deflate stream raised zlib.error, which pm did not catch (exit 3, 'unexpected'): in
+    manifest.json at the door, and in a carried wheel whose bytes match the manifest (the inner zip is the
+    sender's) at the install. Each is refused, exit 2, naming what is damaged."""
+    from bundles import spoil_deflate
+    wheel = "wheels/bomb-1.0-py3-none-any.whl"
+    dist = {"name": "bomb", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "index",
+            "software": False, "wheel": wheel}
+    data = spoil_deflate(bomb_wheel({"bomb/__init__.py": b"x = 1\n" * 100}), "bomb/__init__.py")
+    bundle = python_dists_bundle(tmp_path, dist, {wheel: data})
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "the carried wheel bomb-1.0-py3-none-any.whl is damaged" in last, err
+    assert envs_left(tmp_path) == []
+    with open(bundle, "rb") as handle:
+        spoiled = tmp_path / "spoiled.zip"
+        spoiled.write_bytes(spoil_deflate(handle.read(), "manifest.json"))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", str(spoiled)], env)
+    assert unpacked.returncode == 2 and "has a broken manifest.json" in unpacked.stderr.strip().splitlines()[-1], \
+        unpacked.stderr
+
+
 def test_noarch_python_sources_are_compiled_with_bounded_memory(pyz, tmp_path):
     """Without conda, pm's own Python compiled carried noarch: python sources with no bound (a 7 KB bundle
     took 1.7 GiB): they are compiled in a process of their own with bounded memory, each file under a
