@@ -27,6 +27,23 @@ def pytest_configure(config):
                     returncode=2)
 
 
+def once_per_run(tmp_path_factory, name, build):
+    """build(folder) -> a JSON value, made once per run in a new folder: alone, the run's own; under
+    pytest-xdist, one beside the workers' own that they share (the first builds it holding a lock, the
+    others wait and read what it kept; a build that failed leaves nothing, the next worker tries anew)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    import pathlib
+    import tempfile
+    shared = tmp_path_factory.getbasetemp().parent  # the run's: its workers' base temps are in it
+    kept = shared / (name + ".json")
+    with realconda.locked(str(shared / (name + ".lock"))):
+        if not kept.is_file():
+            value = build(pathlib.Path(tempfile.mkdtemp(prefix=name, dir=str(shared))))
+            kept.write_text(json.dumps(value))
+        return json.loads(kept.read_text())
+
+
 @pytest.fixture(scope="session")
 def warm_code_cache(tmp_path_factory, pyz):
     """An XDG_CACHE_HOME holding the code pm.pyz (as this tree builds it) keeps for each interpreter
@@ -149,17 +166,20 @@ class CondaSite(object):
 
 @pytest.fixture(scope="session")
 def example_channel(tmp_path_factory):
-    return channels.example_channel(str(tmp_path_factory.mktemp("example-channel")))
+    """The example channel, written once per run (once_per_run); read-only."""
+    return once_per_run(tmp_path_factory, "example-channel", lambda folder: channels.example_channel(str(folder)))
 
 
 @pytest.fixture(scope="session")
 def heatsim_template(tmp_path_factory, real_condas, example_channel):
-    """The example project's environment 'heatsim-env', created by real conda 25.11.1 once per run;
-    read-only: conda_site copies it."""
-    base = str(tmp_path_factory.mktemp("heatsim-template") / "site")
-    site = realconda.RealCondaSite(real_condas["25.11.1"], base, [example_channel])
-    site.create("heatsim-env", channels.EXAMPLE_SPECS)
-    return site
+    """The example project's environment 'heatsim-env', created by real conda 25.11.1 once per run
+    (once_per_run); read-only: conda_site copies it."""
+    def build(folder):
+        site = realconda.RealCondaSite(real_condas["25.11.1"], str(folder / "site"), [example_channel])
+        site.create("heatsim-env", channels.EXAMPLE_SPECS)
+        return site.base
+    base = once_per_run(tmp_path_factory, "heatsim-template", build)
+    return realconda.RealCondaSite(real_condas["25.11.1"], base, [example_channel], made=True)
 
 
 @pytest.fixture
@@ -185,7 +205,7 @@ def heatsim_packs(tmp_path_factory, pyz, heatsim_template):
         if python not in made:
             out = str(work / ("heatsim-%s.zip" % python))
             proc = run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
-                          heatsim_template.env())
+                          heatsim_template.env(HOME=str(work / "home"), PM_HOME=str(work / "pm-home")))  # the template's are shared
             assert proc.returncode == 0, proc.stderr
             os.chmod(out, 0o444)
             made[python] = out
@@ -305,9 +325,13 @@ def original_tool(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pip_base(tmp_path_factory, pyz, real_condas):
     """The base, built once: its software folder, its wheel mirror, and bundles packed with
-    --with-packages under Python 2.7 and the newest 3.x, and without under 3.x."""
+    --with-packages under Python 2.7 and the newest 3.x, and without under 3.x (once_per_run)."""
+    return once_per_run(tmp_path_factory, "pip-base", functools.partial(build_pip_base, pyz=pyz, real_condas=real_condas))
+
+
+def build_pip_base(folder, pyz, real_condas):
     import pipbase
-    work = str(tmp_path_factory.mktemp("pip-base"))
+    work = str(folder)
     python = find_python("3.11")
     channel = pipbase.python_channel(os.path.join(work, "channel"), python)
     site = realconda.RealCondaSite(real_condas["25.11.1"], os.path.join(work, "conda"), [channel])

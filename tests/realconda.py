@@ -3,6 +3,8 @@
 clone tests; PM_SHARED=/path/to/shared uses the shared original), once per machine into .real-conda/
 (reused by later runs), and a site per test: its own HOME, condarc, envs and package caches, with a
 local file:// channel and no network."""
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +31,12 @@ def build_all(find_python, keys=None):
     of its conda command."""
     if not os.path.isfile(SETUP):
         raise RuntimeError("no %s: unset PM_SHARED to use tests/real-conda, or point it at the shared folder" % SETUP)
+    os.makedirs(CACHE, exist_ok=True)
+    with locked(os.path.join(CACHE, "build.lock")):  # another worker (pytest-xdist) or run may be building them
+        return build_unlocked(find_python, keys)
+
+
+def build_unlocked(find_python, keys):
     started, procs = time.time(), {}
     for key in keys or sorted(CONDAS):
         version, python = CONDAS[key]
@@ -47,11 +55,24 @@ def build_all(find_python, keys=None):
     return built
 
 
+@contextlib.contextmanager
+def locked(path):
+    """An exclusive lock (fcntl) on the file at path, held for the block: what the test runs and their
+    workers (pytest-xdist) build in a shared place, one builds while the others wait."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class RealCondaSite(object):
     """One real conda as a user has it: conda on PATH, a condarc with local channels, and its own
     HOME, envs dir and package cache (conda writes ~/.conda and ~/.cache whatever the condarc says)."""
 
-    def __init__(self, conda, base, channel_dirs, home=None):
+    def __init__(self, conda, base, channel_dirs, home=None, made=False):
+        """A new site at base; made=True: the site another worker (pytest-xdist) made there, as it is."""
         self.conda_exe = conda
         self.root = os.path.dirname(os.path.dirname(conda))  # conda's base prefix: CACHE/<key>/venv
         self.version = CONDAS[os.path.basename(os.path.dirname(self.root))][0]
@@ -62,14 +83,18 @@ class RealCondaSite(object):
         self.home = home or os.path.join(base, "pm-home")
         self.channels = list(channel_dirs)
         self.condarc = os.path.join(base, "condarc")
+        if not made:
+            self.make()
+
+    def make(self):
         for folder in (self.bin, self.envs, self.user_home):
             os.makedirs(folder, exist_ok=True)
-        os.symlink(conda, os.path.join(self.bin, "conda"))
+        os.symlink(self.conda_exe, os.path.join(self.bin, "conda"))
         with open(self.condarc, "w") as handle:
             handle.write("channels:\n%s" % "".join("  - file://%s\n" % c for c in self.channels))
             handle.write("default_channels: []\nenvs_dirs:\n  - %s\npkgs_dirs:\n  - %s\n"
                          "solver: classic\nregister_envs: false\nadd_pip_as_python_dependency: false\n"
-                         % (self.envs, os.path.join(base, "pkgs")))
+                         % (self.envs, os.path.join(self.base, "pkgs")))
 
     def env(self, **extra):
         env = dict(os.environ)
