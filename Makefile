@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
+# pytest-xdist workers, each test file on one (TEST_WORKERS=0: all in one process)
+TEST_WORKERS ?= 2
 
 .PHONY: all test demo bench clean
 
@@ -18,7 +20,7 @@ $(VENV)/ok: tests/requirements.txt
 
 test: $(VENV)/ok pm.pyz
 	bash tests/setup.sh
-	$(VPY) -m pytest -q --durations=15 tests
+	$(VPY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile tests
 
 demo: $(VENV)/ok pm.pyz
 	$(VPY) examples/demo.py
