@@ -2709,6 +2709,55 @@ MAX_UNPACK_RATIO = 100  # a bundle may unpack to at most this many times its siz
 
 
 UNPACKED_FLOOR = 64 << 20  # ... once it unpacks to more than this
+CONTROL_OR_NEWLINE = r"[\x00-\x1f\x7f]"
+
+
+def path_problem(path, folder_entry=False):
+    """Why path is not a plain relative path, the one rule for every name a bundle gives pm to write
+    or read under a folder (None when it is): '/'-separated names, none empty, '.' or '..', no NUL
+    or backslash, not absolute, no drive letter, each name at most 255 bytes and the whole at most
+    4000 characters. folder_entry: a zip's entry for a folder, which ends in '/'."""
+    if not isinstance(path, str) or not path:
+        return "an empty path"
+    parts = (path[:-1] if folder_entry and path.endswith("/") else path).split("/")
+    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
+        return "an absolute path"
+    if "\0" in path or "\\" in path:
+        return "a NUL or a backslash"
+    if any(p in ("", ".", "..") for p in parts):
+        return "an empty, '.' or '..' part"
+    if len(path) > 4000 or any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts):
+        return "a name longer than a file system takes"
+    return None
+
+
+def is_plain_path(path):
+    return path_problem(path) is None
+
+
+def is_one_path_component(name):
+    return is_plain_path(name) and "/" not in name
+
+
+def is_plain_line_path(path):
+    """A plain path that also goes into a line of a file (a .pth line, a listed folder): no control
+    character or newline."""
+    return is_plain_path(path) and not re.search(CONTROL_OR_NEWLINE, path)
+
+
+def safe_member_path(name):
+    """A zip entry name that lands inside the folder it is extracted to (path_problem), else refused."""
+    problem = path_problem(name, folder_entry=True)
+    if problem:
+        raise PmError("unsafe path %r in the bundle (%s)" % (name[:200] if isinstance(name, str) else name, problem),
+                      FIX_BAD_BUNDLE)
+    return name
+
+
+def lies_inside(path, folder):
+    """path, its links resolved, is folder or inside it (folder's own links resolved too)."""
+    real, real_folder = os.path.realpath(path), os.path.realpath(folder)
+    return real == real_folder or real.startswith(real_folder.rstrip(os.sep) + os.sep)
 
 
 class Contained(object):
@@ -2739,17 +2788,13 @@ class Contained(object):
         return cls(root, max(ratio * carried_bytes, UNPACKED_FLOOR), max(10000, carried_bytes // 16))
 
     def parts(self, rel, where):
-        parts = rel.split("/")
-        if not rel or rel.startswith("/") or any(p in ("", ".", "..") or "\0" in p for p in parts):
-            raise PmError("unsafe path %r in %s" % (rel[:200], where), FIX_BAD_BUNDLE)
-        if any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts) or len(rel) > 4000:
-            raise PmError("a name in %s is longer than a file system takes (%r...)" % (where, rel[:80]),
-                          FIX_BAD_BUNDLE)
-        return parts
+        problem = path_problem(rel)
+        if problem:
+            raise PmError("unsafe path %r in %s (%s)" % (rel[:200], where, problem), FIX_BAD_BUNDLE)
+        return rel.split("/")
 
     def is_inside(self, path):
-        real = os.path.realpath(path)
-        return real == self.real_root or real.startswith(self.real_root + os.sep)
+        return lies_inside(path, self.real_root)
 
     def folder(self, parts, where):
         """root/parts..., made one folder at a time; a link on the way must stay inside root."""
@@ -3399,7 +3444,6 @@ def local_channels_missing_here(channels):
 # Reading a bundle (the probe writes them): open it, check every member against the manifest,
 # read members, extract the software safely. Every consumer goes through Bundle.
 
-CONTROL_OR_NEWLINE = r"[\x00-\x1f\x7f]"
 PARSED_LIMITS = {"env.yml": 2 << 20, "env-history.yml": 2 << 20}  # bytes; other parsed members: 16 MiB
 MANIFEST_LIMIT = 8 << 20  # manifest.json, read before anything is checked: 2,000 members make ~300 KB
 
@@ -3472,19 +3516,6 @@ def is_text_list(value):
 def is_named_list(value):
     return isinstance(value, list) and all(isinstance(item, dict) and isinstance(item.get("name"), str)
                                            for item in value)
-
-
-def is_one_path_component(name):
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
-
-
-def safe_member_path(name):
-    """Refuse zip entry names that could land outside the folder they are extracted to."""
-    parts = name.replace("\\", "/").split("/")
-    if not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts \
-            or re.match(r"^[A-Za-z]:", name):
-        raise PmError("unsafe path %r in the bundle" % name, FIX_BAD_BUNDLE)
-    return name
 
 
 def open_bundle(path, label=None):
@@ -3745,10 +3776,8 @@ class Bundle(object):
                     except FileExistsError:
                         raise PmError("bundle entry software/%s is a link and also a file or folder" % "/".join(parts),
                                       FIX_BAD_BUNDLE)
-                real_root = os.path.realpath(root)
                 for parts, link in links:
-                    resolved = os.path.realpath(os.path.join(dest, *parts))
-                    if not resolved.startswith(real_root + os.sep):
+                    if not lies_inside(os.path.join(dest, *parts), root):
                         raise PmError("bundle link %s points outside the software (%s)"
                                       % ("software/" + "/".join(parts), link), FIX_BAD_BUNDLE)
             except BaseException:
@@ -3842,9 +3871,6 @@ def software_entries(archive, top):
         if not name.startswith("software/") or name == "software/":
             continue
         parts = tuple(name[len("software/"):].rstrip("/").split("/"))
-        if any(part in ("", ".", "..") for part in parts):
-            raise PmError("unsafe path %r in the bundle (an empty, '.' or '..' part)" % name,
-                          FIX_BAD_BUNDLE)
         top = top or parts[0]
         if parts[0] != top:
             raise PmError("bundle entry %s is outside the software directory %s" % (name, top),
@@ -3935,15 +3961,9 @@ def check_import_roots(dist, where):
     if roots is not None and not isinstance(roots, list):
         refuse_dist_field(where, dist, "import_roots that are not a list")
     for root in roots or []:
-        if not is_plain_relative_path(root):
+        if root != "." and not is_plain_line_path(root):
             refuse_dist_field(where, dist, "the import root %r, which is not a plain relative path inside its tree"
                               % (root if not isinstance(root, str) else root[:100],))
-
-
-def is_plain_relative_path(root):
-    """A non-empty relative path with no '..', no control character or newline, at most 1000 characters."""
-    return isinstance(root, str) and bool(root) and not root.startswith("/") and ".." not in root.split("/") \
-        and len(root) <= 1000 and not re.search(CONTROL_OR_NEWLINE, root)
 
 
 def refuse_dist_field(where, dist, what):
@@ -7968,12 +7988,6 @@ def not_its_own(member, fn, field, value):
                    % (member, fn, str(value)[:200], field), FIX_BAD_BUNDLE)
 
 
-def plain_folder(path):
-    """A directory entry of paths.json that names a plain relative folder (no member of its own)."""
-    return bool(path) and not path.startswith("/") and not re.search(CONTROL_OR_NEWLINE, path) and \
-        not set(path.split("/")) & set(["", ".", ".."])
-
-
 def check_paths_json(writer, fn, members, left_out):
     import io
     text = read_info(writer, fn, "paths.json")
@@ -7989,7 +8003,7 @@ def check_paths_json(writer, fn, members, left_out):
     for item in items:
         path = item.get("_path") if isinstance(item, dict) else None
         if not isinstance(path, str) or (path not in members and path not in left_out and not (
-                item.get("path_type") == "directory" and plain_folder(path))):
+                item.get("path_type") == "directory" and is_plain_line_path(path))):
             raise not_its_own("info/paths.json", fn, "_path", path)
     if left_out:
         data["paths"] = [i for i in items if i["_path"] not in left_out]

@@ -360,6 +360,28 @@ def test_the_containment_writer_refuses_every_way_out(tmp_path):
     assert os.listdir(str(tmp_path / "outside")) == []
 
 
+def test_every_name_a_bundle_gives_is_held_to_one_path_rule(tmp_path):
+    """Zip entries, the containment writer's names, single file names and listed folders were checked by
+    five rules that disagreed ('a/./b', 'a//b' and 'C:x' passed some): one rule (path_problem) now, with
+    the zip's folder entries ('a/') and line-borne paths (no control character) as its only variants."""
+    writer = pm.Contained(str(tmp_path))
+    bad = ["", "/abs", "..", "../x", "a/../../x", "a//b", "a/./b", "./a", "a/.", "a\0b", "a\\b", "C:x",
+           "x" * 256, "a/" * 2001 + "b"]
+    for name in bad:
+        with pytest.raises(pm.PmError, match="unsafe path"):
+            pm.safe_member_path(name)
+        with pytest.raises(pm.PmError, match="unsafe path"):
+            writer.write(name, io.BytesIO(b"x"), 0o644)
+        assert not pm.is_one_path_component(name) and not pm.is_plain_line_path(name), name
+    for name in ["a", "a/b.txt", "software/heatsim/src/x.py", "a b/\u00e9t\u00e9", ".hidden", "a..b"]:
+        assert pm.safe_member_path(name) == name and pm.path_problem(name) is None
+        writer.write(name + ".w", io.BytesIO(b"x"), 0o644)
+        assert pm.is_plain_line_path(name)
+    assert pm.safe_member_path("a/b/") == "a/b/" and pm.path_problem("a/b/") is not None
+    assert pm.is_one_path_component("a.whl") and not pm.is_one_path_component("a/b")
+    assert not pm.is_plain_line_path("a\nb") and pm.path_problem("a\nb") is None
+
+
 def test_prefix_replacement_streams_and_matches_whole_file_replacement():
     rng = random.Random(7)
     old, new = "/opt/placeholder_" + "p" * 40, "/short/prefix"
