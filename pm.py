@@ -2754,10 +2754,11 @@ def safe_member_path(name):
     return name
 
 
-def lies_inside(path, folder):
-    """path, its links resolved, is folder or inside it (folder's own links resolved too)."""
+def lies_inside(path, folder, itself=True):
+    """path, its links resolved, is inside folder (folder's own links resolved too), or folder itself
+    when itself."""
     real, real_folder = os.path.realpath(path), os.path.realpath(folder)
-    return real == real_folder or real.startswith(real_folder.rstrip(os.sep) + os.sep)
+    return itself and real == real_folder or real.startswith(real_folder.rstrip(os.sep) + os.sep)
 
 
 class Contained(object):
@@ -3777,7 +3778,7 @@ class Bundle(object):
                         raise PmError("bundle entry software/%s is a link and also a file or folder" % "/".join(parts),
                                       FIX_BAD_BUNDLE)
                 for parts, link in links:
-                    if not lies_inside(os.path.join(dest, *parts), root):
+                    if not lies_inside(os.path.join(dest, *parts), root, itself=False):  # a loop, at best
                         raise PmError("bundle link %s points outside the software (%s)"
                                       % ("software/" + "/".join(parts), link), FIX_BAD_BUNDLE)
             except BaseException:

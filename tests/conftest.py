@@ -194,21 +194,24 @@ def conda_site(real_site, tmp_path, heatsim_template):
 
 @pytest.fixture(scope="session")
 def heatsim_packs(tmp_path_factory, pyz, heatsim_template):
-    """python ('2.7', 'newest') -> examples/heatsim packed from heatsim-env under it, once per run, on
-    first use; read-only: tests take a copy (heatsim_bundle)."""
-    work = tmp_path_factory.mktemp("heatsim-bundles")
-    software = str(work / "src" / "heatsim")
-    shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software, symlinks=True)
+    """python ('2.7', 'newest') -> examples/heatsim packed from heatsim-env under it, once per run
+    (once_per_run), on first use; read-only: tests take a copy (heatsim_bundle)."""
     made = {}
+
+    def build(python, work):
+        software = str(work / "src" / "heatsim")
+        shutil.copytree(os.path.join(ROOT, "examples", "heatsim"), software, symlinks=True)
+        out = str(work / ("heatsim-%s.zip" % python))
+        proc = run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
+                      heatsim_template.env(HOME=str(work / "home"), PM_HOME=str(work / "pm-home")))  # the template's are shared
+        assert proc.returncode == 0, proc.stderr
+        os.chmod(out, 0o444)
+        return out
 
     def packed(python):
         if python not in made:
-            out = str(work / ("heatsim-%s.zip" % python))
-            proc = run_pm(find_python(python), pyz, ["pack", "-d", software, "-e", "heatsim-env", "-o", out, "--yes"],
-                          heatsim_template.env(HOME=str(work / "home"), PM_HOME=str(work / "pm-home")))  # the template's are shared
-            assert proc.returncode == 0, proc.stderr
-            os.chmod(out, 0o444)
-            made[python] = out
+            made[python] = once_per_run(tmp_path_factory, "heatsim-bundle-" + python,
+                                        functools.partial(build, python))
         return made[python]
     return packed
 
