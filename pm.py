@@ -182,14 +182,10 @@ def ask(question, default, flag, assume_yes):
     sys.stderr.write("%s%s: " % (question, shown))
     sys.stderr.flush()
     line = sys.stdin.readline()
-    if not line:
-        raise PmError("no answer on stdin for: %s" % question, "pass %s" % flag)
-    answer = line.strip()
-    if not answer:
-        if default is None:
-            raise PmError("an answer is needed for: %s" % question, "pass %s" % flag)
-        return default
-    return answer
+    if not line or not line.strip() and default is None:
+        raise PmError("%s for: %s" % ("an answer is needed" if line else "no answer on stdin", question),
+                      "pass %s" % flag)
+    return line.strip() or default
 
 
 def choose(title, options, flag, assume_yes):
@@ -441,11 +437,12 @@ def read_conda_meta(prefix):
         try:
             with open(path, "rb") as handle:
                 record = json.loads(handle.read().decode("utf-8"))
+            problem = None if isinstance(record, dict) and record.get("name") and record.get("version") \
+                else "no name or version"
         except (IOError, OSError, ValueError) as exc:
-            raise PmError("broken conda record %s: %s" % (path, exc),
-                          "repair the environment ('conda install --force-reinstall') or recreate it")
-        if not isinstance(record, dict) or not record.get("name") or not record.get("version"):
-            raise PmError("broken conda record %s: no name or version" % path,
+            problem = exc
+        if problem:
+            raise PmError("broken conda record %s: %s" % (path, problem),
                           "repair the environment ('conda install --force-reinstall') or recreate it")
         records.append(record)
     return records
@@ -995,6 +992,17 @@ def zip_mtime(mtime):
     return min(max(mtime, ZIP_FIRST), ZIP_LAST)
 
 
+def name_clash(arcname, path, claimed, folded):
+    """Why path cannot be arcname in the bundle (claimed: arcname -> path so far; folded: the same, names
+    lower-cased), or None."""
+    if arcname in claimed:
+        return "%r and %r are both %s once their names are decoded" % (claimed[arcname], path, arcname)
+    if arcname.lower() in folded:
+        return ("%r and %r differ only in case, and the target refuses such bundles (on a case-insensitive disk "
+                "one would overwrite the other)" % (folded[arcname.lower()], path))
+    return None
+
+
 class BundleWriter(object):
     """The one bundle writer (pack, and pm.py's converter of the original tool's uploads): members
     are streamed into a temp zip beside the target, each hashed on the way; finish() adds the
@@ -1107,17 +1115,10 @@ class BundleWriter(object):
                 if excluded(rel, patterns) or os.path.realpath(path) in own_files:
                     continue
                 arcname = top + "/" + arc_text(rel)
-                if arcname in claimed:
-                    raise PmError("%r and %r are both %s once their names are decoded" % (claimed[arcname], path,
-                                                                                          arcname),
-                                  "rename one of them, or leave one out with --exclude")
-                claimed[arcname] = path
-                if arcname.lower() in folded:
-                    raise PmError("%r and %r differ only in case, and the target refuses such bundles (on a "
-                                  "case-insensitive disk one would overwrite the other)"
-                                  % (folded[arcname.lower()], path),
-                                  "rename one of them, or leave one out with --exclude")
-                folded[arcname.lower()] = path
+                clash = name_clash(arcname, path, claimed, folded)
+                if clash:
+                    raise PmError(clash, "rename one of them, or leave one out with --exclude")
+                claimed[arcname] = folded[arcname.lower()] = path
                 if os.path.islink(path):
                     self.add_link(path, arcname, real_root, progress)
                 elif name in dirs:
@@ -2413,13 +2414,13 @@ def check_server_url(url):
         from urlparse import urlsplit
     try:
         parts = urlsplit(url)
-        port = parts.port
-        host = parts.hostname
+        parts.port  # a port that is not a number raises here
+        problem = None if parts.scheme in ("http", "https") and parts.hostname else \
+            "not an http:// or https:// URL with a host"
     except ValueError as exc:
-        raise PmError("the server address %r is not a URL (%s)" % (url, exc), "pass e.g. --server http://target:9001")
-    if parts.scheme not in ("http", "https") or not host:
-        raise PmError("the server address %r is not an http:// or https:// URL with a host" % url,
-                      "pass e.g. --server http://target:9001")
+        problem = "not a URL (%s)" % exc
+    if problem:
+        raise PmError("the server address %r is %s" % (url, problem), "pass e.g. --server http://target:9001")
     return url
 
 
@@ -2518,6 +2519,16 @@ def zip_damage():
     import zipfile
     import zlib
     return zipfile.BadZipFile, EOFError, zlib.error
+
+
+def read_ini(parser, path):
+    """path into parser (a configparser's), one line naming the file when it is not INI or not UTF-8."""
+    import configparser
+    try:
+        with open(path, encoding="utf-8") as handle:
+            parser.read_file(handle, source=path)
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
 
 
 def write_atomic(path, data, mode=0o600):
@@ -4138,7 +4149,7 @@ class Store(object):
                 continue
 
     def attempts(self, name):
-        """A software's attempts, oldest first: result.json with its id, or just the id."""
+        """A software's attempts, oldest first: result.json with its id, or just the id (one_attempt picks one)."""
         folder = self.software(name)
         attempts = []
         for entry in sorted(os.listdir(folder)):
@@ -4177,6 +4188,15 @@ def attempt_install_in_use(attempt):
     except (OSError, ValueError):
         return True  # pm cannot tell: keep it
     return mark.get("attempt") in (None, attempt["id"])
+
+
+def one_attempt(attempts, name, attempt_id):
+    """The one attempt (of store.attempts) whose id starts with attempt_id, else refused."""
+    chosen = [a for a in attempts if a["id"].startswith(attempt_id)]
+    if len(chosen) != 1:
+        raise PmError("%s attempt of %s matches %r" % ("no" if not chosen else "more than one", name, attempt_id),
+                      "pass an id from 'pm.pyz history %s'" % name)
+    return chosen[0]
 
 
 # == Inputs: the test configuration ===========================================
@@ -4231,17 +4251,12 @@ def read_test_config(paths, name):
 
 
 def read_test_config_values(parser, paths, name):
-    import configparser
     origin = {}
     for path in paths:
         if not os.path.isfile(path):
             raise PmError("test configuration %s does not exist" % path, "pass the path of an INI file")
         before = dict((s, dict(parser[s])) for s in parser.sections())
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle, source=path)
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        read_ini(parser, path)
         for section in parser.sections():
             for key, value in parser[section].items():
                 if before.get(section, {}).get(key) != value:
@@ -4829,11 +4844,7 @@ def load_managers(store, paths=()):
         if not os.path.isfile(path):
             raise PmError("package-manager configuration %s does not exist" % path, "pass an existing INI file")
         parser = configparser.ConfigParser(interpolation=None)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle, source=path)
-        except (configparser.Error, UnicodeDecodeError) as exc:
-            raise PmError("cannot read %s: %s" % (path, str(exc).splitlines()[0]), "fix the INI syntax")
+        read_ini(parser, path)
         as_shipped = []
         for key in parser.sections():
             if key in sections and is_original_shipped_section(parser[key]):
@@ -5647,11 +5658,7 @@ def attempt_report(store, name, attempt_id=None):
     if not attempts:
         raise PmError("no migration attempts of %s in %s" % (name, store.home),
                       "run 'pm.pyz migrate %s TEST_CONFIG' first" % name)
-    chosen = [a for a in attempts if a["id"].startswith(attempt_id)] if attempt_id else attempts[-1:]
-    if len(chosen) != 1:
-        raise PmError("%s attempt of %s matches %r" % ("no" if not chosen else "more than one", name, attempt_id),
-                      "pass an id from 'pm.pyz history %s'" % name)
-    result = chosen[0]
+    result = one_attempt(attempts, name, attempt_id) if attempt_id else attempts[-1]
     tests = [dict(t, output=log_tail(t.get("log"))) for t in result.get("tests") or []]
     return {"name": name, "id": result["id"], "status": result.get("status", "unfinished"),
             "level": result.get("level"), "error": result.get("error"), "seconds": result.get("seconds"),
@@ -7217,6 +7224,12 @@ def remove_modulefiles(result):
 PM_MADE = os.path.join("conda-meta", "pm-made")  # in the environments pm made: only those it replaces or removes
 
 
+def refuse_existing_prefix(prefix):
+    """A new environment's prefix is free: pm never makes one over what is there."""
+    if os.path.lexists(prefix):
+        raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+
+
 PM_IN_USE = os.path.join("conda-meta", "pm-in-use")  # locked (shared) by every attempt that uses the prefix
 
 
@@ -7683,8 +7696,7 @@ def install_without_conda(attempt, bundle, prefix, allow_scripts=False, dists=No
         archives = install_order(carried_archives(channel_dir))
         if bundle.manifest.binaries is None:  # an older bundle: its binaries are read before any is linked
             check_carried_files(attempt, [archive_binaries(a) for a in archives], force_preflight)
-        if os.path.lexists(prefix):
-            raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+        refuse_existing_prefix(prefix)
         os.makedirs(os.path.join(prefix, "conda-meta"))
         hold_prefix(attempt, prefix)
         write_atomic(os.path.join(prefix, PM_INCOMPLETE), "pm is installing this environment\n")
@@ -8047,8 +8059,7 @@ def environment_with_conda(attempt, config, bundle, options, env_file, min_deps,
     attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
     prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
                                                                                       attempt)
-    if os.path.lexists(prefix):
-        raise PmError("%s exists" % prefix, "remove it, or choose another --prefix")
+    refuse_existing_prefix(prefix)
     channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
                               options.force_preflight)
     conda_part = EnvFile(env_file.name, env_file.channels, env_file.dependencies, [], env_file.variables)
@@ -8930,11 +8941,9 @@ def make_server(config):
     try:
         server = type("Server", (Listener, socketserver.ThreadingMixIn, HTTPServer), {})(config)
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise PmError("port %d is in use on %s" % (config.port, config.host),
-                          "choose another --port, or stop what uses it")
-        raise PmError("cannot listen on %s:%d (%s)" % (config.host, config.port, exc.strerror or exc),
-                      "choose another --port, or stop what uses it")
+        what = "port %d is in use on %s" % (config.port, config.host) if exc.errno == errno.EADDRINUSE else \
+            "cannot listen on %s:%d (%s)" % (config.host, config.port, exc.strerror or exc)
+        raise PmError(what, "choose another --port, or stop what uses it")
     config.port = server.server_address[1]
     return server
 
@@ -9046,14 +9055,14 @@ def start_server(config, self_path):
         log_start = log.tell()
         child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                  start_new_session=True)
-    deadline = time.time() + 15
+    deadline, read_the_log = time.time() + 15, "read %s" % store.server_log
     while time.time() < deadline:
         if child.poll() is not None:
             refuse_a_second_server(store)  # another start won the race
             reason = server_error(store.server_log, log_start)  # its own one line: 'port N is in use', ...
             if reason:
                 raise PmError(reason[0], reason[1] + " (the server's log: %s)" % store.server_log)
-            raise PmError("the server exited at once (code %d)" % child.returncode, "read %s" % store.server_log)
+            raise PmError("the server exited at once (code %d)" % child.returncode, read_the_log)
         record = running_server(store)
         if record and record["pid"] == child.pid:
             local = "http://127.0.0.1:%d" % record["port"] if config.host in ("0.0.0.0", "::", "") else record["url"]
@@ -9075,7 +9084,7 @@ def start_server(config, self_path):
                 pass
         time.sleep(0.1)
     child.terminate()
-    raise PmError("the server did not answer within 15 s", "read %s" % store.server_log)
+    raise PmError("the server did not answer within 15 s", read_the_log)
 
 
 def server_error(log_path, offset):
@@ -9658,10 +9667,7 @@ def installs_to_repair(store, name, attempt_id, remove):
     attempts = store.attempts(name) if os.path.isdir(store.software(name)) else []
     if not attempt_id:
         return [a for a in attempts if environment_gone(store, name, a)]
-    chosen = [a for a in attempts if a["id"].startswith(attempt_id)]
-    if len(chosen) != 1:
-        raise PmError("%s attempt of %s matches %r" % ("no" if not chosen else "more than one", name, attempt_id),
-                      "pass an id from 'pm.pyz history %s'" % name)
+    chosen = [one_attempt(attempts, name, attempt_id)]
     if not attempt_install_in_use(chosen[0]):
         raise PmError("attempt %s of %s has no install of its own (none, or replaced by a later one)"
                       % (chosen[0]["id"], name), "see 'pm.pyz history %s'" % name)

@@ -90,3 +90,40 @@ def test_the_carried_forms_pm_reads_are_the_forms_the_probe_writes():
     archives = [(form.suffix, form.repodata_key) for form in pm.FORMS if form.repodata_key]
     assert archives == [tuple(form) for form in pm.PROBE.PACKAGE_FORMS]
     assert pm.carried_form("x-1-0.zip") is pm.UNPACKED and pm.carried_form("x-1-0.whl") is None
+
+
+def fixes_of(source):
+    """[(line, fix)] of every PmError(what, fix) in source: fix as written (a literal, a template or a name)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "PmError":
+            fix = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "fix"), None)
+            found.append((node.lineno, ast.get_source_segment(source, fix) if fix is not None else None))
+    return found
+
+
+def fix_rule_breaks(source):
+    """Where a refusal's fix breaks the rule: every PmError names a fix; a fix written out is a lower-case
+    imperative with no full stop, at one place only (one given in several is a FIX_ name or a local)."""
+    breaks, seen = [], {}
+    for line, fix in fixes_of(source):
+        if fix is None:
+            breaks.append("line %d: no fix" % line)
+            continue
+        literal = re.match(r'^"(.*?)"', fix)
+        if not literal:
+            continue
+        if not literal.group(1)[:1].islower() or fix.split(" % ")[0].rstrip('"').endswith("."):
+            breaks.append("line %d: %s is not a lower-case imperative without a full stop" % (line, fix[:60]))
+        if fix in seen:
+            breaks.append("line %d: %s, as at line %d" % (line, fix[:60], seen[fix]))
+        seen.setdefault(fix, line)
+    return breaks
+
+
+def test_each_refusal_names_its_fix_once_and_in_one_form():
+    assert fix_rule_breaks(pm_source()) == []
+    assert fix_rule_breaks(pm.PROBE_SOURCE) == []
+    planted = 'raise PmError("a", "fix it.")\nraise PmError("b")\nraise PmError("c", "Pass %s" % x)\n' \
+              'raise PmError("d", "fix it.")\n'
+    assert len(fix_rule_breaks(planted)) == 5
