@@ -3555,6 +3555,14 @@ def is_named_list(value):
                                            for item in value)
 
 
+def open_bundle_file(path, where):
+    """path opened for reading, or the one refusal of a file that cannot be read (where names it)."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise PmError("%s is not a readable bundle (%s)" % (where, exc.strerror), FIX_NOT_A_BUNDLE)
+
+
 def open_bundle(path, label=None):
     """Open a bundle and read its manifest; one clear error for anything that is not a bundle.
 
@@ -3656,10 +3664,7 @@ class Bundle(object):
         """A bundle checked member by member; label names it in messages (an upload's temp path
         means nothing to its sender); max_ratio bounds its unpacked size (check_unpacked_size)."""
         where = label or path
-        try:
-            handle = open(path, "rb")
-        except OSError as exc:
-            raise PmError("%s is not a readable bundle (%s)" % (where, exc.strerror), FIX_NOT_A_BUNDLE)
+        handle = open_bundle_file(path, where)
         archive, manifest = open_bundle(handle, where)
         with archive:
             check_entry_kinds_and_names(archive.infolist())
@@ -9773,9 +9778,11 @@ def cmd_repair(args):
 
 SELF_PATH = os.path.abspath(sys.argv[0])
 def bundle_file(path):
-    """path, when it names a file: else the one refusal of every verb that takes a bundle file."""
+    """path, when it names a file this user can read: else the one refusal of every verb that takes a
+    bundle file."""
     if not os.path.isfile(path):
         raise PmError("no such bundle file: %s" % path, FIX_NOT_A_BUNDLE)
+    open_bundle_file(path, path).close()
     return path
 
 
