@@ -973,6 +973,43 @@ def test_a_damaged_carried_tarball_behind_its_sums_is_refused_in_one_line_never_
     assert "error: unexpected" not in err and envs_left(tmp_path) == []
 
 
+def spoil_carried(members, dist):
+    """The carried package dist damaged behind its sums (the manifest's, and the repodata's of a .tar.bz2):
+    its unpacked .zip with a corrupt deflate stream in info/index.json, or its .tar.bz2 cut in half."""
+    from bundles import spoil_deflate
+    unpacked = "channel/noarch/%s.zip" % dist
+    if unpacked in members:
+        members[unpacked] = spoil_deflate(members[unpacked], "info/index.json")
+        return
+    archive = "channel/noarch/%s.tar.bz2" % dist
+    members[archive] = members[archive][:len(members[archive]) // 2]
+    repodata = json.loads(members["channel/noarch/repodata.json"].decode())
+    repodata["packages"][dist + ".tar.bz2"].update(md5=hashlib.md5(members[archive]).hexdigest(),
+                                                   sha256=hashlib.sha256(members[archive]).hexdigest(),
+                                                   size=len(members[archive]))
+    members["channel/noarch/repodata.json"] = json.dumps(repodata).encode()
+    members["channel/noarch/repodata.json.bz2"] = bz2.compress(members["channel/noarch/repodata.json"])
+
+
+@pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
+def test_a_damaged_carried_package_is_refused_on_condas_route_in_one_line(dist, pyz, real_condas, packed_with_packages,
+                                                                         tmp_path):
+    """Extracting carried packages into the cache conda links from did not catch a damaged one (a corrupt
+    deflate stream in an unpacked package's zip, a cut bz2 stream; the bytes match every sum, the sender
+    made them): 'unexpected' (exit 3). Refused, exit 2, naming the package; no environment is made."""
+    from conftest import rewrite_bundle
+    from test_carried_packages import migrate_offline
+    import realconda
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    spoiled = rewrite_bundle(packed_with_packages, str(tmp_path / "spoiled.zip"),
+                             lambda members, manifest: spoil_carried(members, dist))
+    proc = migrate_offline(pyz, target, spoiled, tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "the carried package %s.tar.bz2 cannot be read" % dist in last, proc.stderr
+    assert "error: unexpected" not in proc.stderr
+    assert not [e for e in os.listdir(target.envs) if not e.startswith(".")], "no environment is made"
+
+
 def test_noarch_python_sources_are_compiled_with_bounded_memory(pyz, tmp_path):
     """Without conda, pm's own Python compiled carried noarch: python sources with no bound (a 7 KB bundle
     took 1.7 GiB): they are compiled in a process of their own with bounded memory, each file under a
