@@ -39,6 +39,7 @@ and newer, the probe also 2.7):
 # Start-up imports only what every verb needs; the server's and the original protocol's modules
 # (http.server, urllib.request, hmac, base64, ...) are imported where they are used.
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -2521,6 +2522,19 @@ def zip_damage():
     return zipfile.BadZipFile, EOFError, zlib.error
 
 
+ZIP_UNREAD_FLAGS = 0x61  # encrypted, compressed patched data, strong encryption: zipfile raises on opening them
+
+
+def check_zip_readable(infos, where):
+    """Every entry stored or deflated and not encrypted, as pm writes them (zipfile raises RuntimeError or
+    NotImplementedError, not zip_damage(), on opening any other); where names the zip."""
+    import zipfile
+    for info in infos:
+        if info.flag_bits & ZIP_UNREAD_FLAGS or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise PmError("%s in %s is encrypted or compressed in a way pm does not read" % (info.filename[:200], where),
+                          FIX_BAD_BUNDLE)
+
+
 def read_ini(parser, path):
     """path into parser (a configparser's), one line naming the file when it is not INI or not UTF-8."""
     import configparser
@@ -3107,6 +3121,19 @@ def tar_members(archive, limit=None, with_info=False):
                               FIX_BAD_BUNDLE)
 
 
+@contextlib.contextmanager
+def reading_carried(archive):
+    """Reading a carried package (a .tar.bz2's stream and tar headers, a zip's entries) that turns out
+    damaged is refused naming it; a full disk stays a full disk."""
+    import tarfile
+    try:
+        yield
+    except (OSError, tarfile.TarError) + zip_damage() as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise PmError("the carried package %s cannot be read (%s)" % (archive.fn, exc), FIX_BAD_BUNDLE)
+
+
 def zip_member_mtime(info):
     """A zip member's mtime: its 'UT' extra field (to the second, as pack writes it), else its date."""
     import struct
@@ -3129,10 +3156,8 @@ def zip_members(archive, limit=None, with_info=False):
         if limit is not None and len(entries) > limit:
             raise PmError("the carried package %s holds %d entries, more than its size allows (a bomb)"
                           % (archive.fn, len(entries)), FIX_BAD_BUNDLE)
+        check_zip_readable(entries, "the carried package %s" % archive.fn)
         for info in entries:
-            if info.flag_bits & 1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise PmError("%s in the carried package %s is encrypted or compressed in a way pm does not read"
-                              % (info.filename[:200], archive.fn), FIX_BAD_BUNDLE)
             if info.filename.startswith("info/") and not info.filename.endswith("/"):
                 archive.keep_info(info.filename, info.file_size, lambda: package.read(info))
         for info in entries:
@@ -3530,6 +3555,14 @@ def is_named_list(value):
                                            for item in value)
 
 
+def open_bundle_file(path, where):
+    """path opened for reading, or the one refusal of a file that cannot be read (where names it)."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise PmError("%s is not a readable bundle (%s)" % (where, exc.strerror), FIX_NOT_A_BUNDLE)
+
+
 def open_bundle(path, label=None):
     """Open a bundle and read its manifest; one clear error for anything that is not a bundle.
 
@@ -3541,10 +3574,14 @@ def open_bundle(path, label=None):
     except (OSError,) + zip_damage() as exc:
         raise PmError("%s is not a readable bundle (%s)" % (label, exc), FIX_NOT_A_BUNDLE)
     try:
+        check_zip_readable(archive.infolist(), label)
         size = archive.getinfo("manifest.json").file_size
     except KeyError:
         archive.close()
         raise PmError("%s has no manifest.json" % label, FIX_NOT_A_BUNDLE)
+    except PmError:
+        archive.close()
+        raise
     if size > MANIFEST_LIMIT:
         archive.close()
         raise PmError("the manifest.json of %s is %.1f MiB, over the %d MiB no real one reaches" % (
@@ -3627,10 +3664,7 @@ class Bundle(object):
         """A bundle checked member by member; label names it in messages (an upload's temp path
         means nothing to its sender); max_ratio bounds its unpacked size (check_unpacked_size)."""
         where = label or path
-        try:
-            handle = open(path, "rb")
-        except OSError as exc:
-            raise PmError("%s is not a readable bundle (%s)" % (where, exc.strerror), FIX_NOT_A_BUNDLE)
+        handle = open_bundle_file(path, where)
         archive, manifest = open_bundle(handle, where)
         with archive:
             check_entry_kinds_and_names(archive.infolist())
@@ -5404,12 +5438,16 @@ def check_carried_files(attempt, rows, force):
 def archive_binaries(archive):
     """The BinaryNeeds of a carried package as pm's linker reads it (an unpacked package's zip or a
     .tar.bz2), before it is linked."""
+    import zipfile
     needs = PROBE.BinaryNeeds("conda", archive.entry["name"], archive.entry["version"])
-    if archive.path.endswith(UNPACKED.suffix):  # random access: only the ELF files are read
-        return needs.add_zip(archive.path)
-    for name, kind, _, _, content in archive.members():
-        if kind == "file":
-            needs.add(name, PROBE.elf_stream(content, PROBE.ELF_MAX_READ))
+    with reading_carried(archive):
+        if archive.path.endswith(UNPACKED.suffix):  # random access: only the ELF files are read
+            with zipfile.ZipFile(archive.path) as package:
+                check_zip_readable(package.infolist(), "the carried package %s" % archive.fn)
+            return needs.add_zip(archive.path)
+        for name, kind, _, _, content in archive.members():
+            if kind == "file":
+                needs.add(name, PROBE.elf_stream(content, PROBE.ELF_MAX_READ))
     return needs
 
 
@@ -6397,6 +6435,7 @@ def extract_wheels(attempt, bundle):
             except (OSError,) + zip_damage() as exc:
                 raise PmError("the carried wheel %s is not a readable zip (%s)" % (name, exc),
                               FIX_BAD_BUNDLE)
+            check_zip_readable(infos, "the carried wheel %s" % name)
             caps.count(sum(i.file_size for i in infos), len(infos), "the carried wheel %s" % name)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -7545,10 +7584,9 @@ def link_archive(archive, writer, site, claims, order):
     """Link one archive into writer's root in one streamed pass: files and links written as they come
     (a later package in install order wins a path two packages share), info/ read on the way; files
     written before info/ said they hold the placeholder are rewritten after. Returns the paths."""
-    import tarfile
     where = archive.fn
     later = []
-    try:
+    with reading_carried(archive):
         for name, kind, mode, mtime, content in archive.members(writer.max_files):
             rel = relocated(name, site) if archive.noarch_python() else name
             with writer.lock:
@@ -7566,10 +7604,6 @@ def link_archive(archive, writer, site, claims, order):
                 writer.write(rel, content, mode, mtime, where, replacer)
                 later.append((name, rel, mtime))
             archive.files.append(rel)
-    except (OSError, tarfile.TarError) + zip_damage() as exc:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise PmError("the carried package %s cannot be read (%s)" % (where, exc), FIX_BAD_BUNDLE)
     for name, rel, mtime in later:  # info/ came after the files it describes (pm's own older rebuilds)
         if name in archive.placeholders and claims.get(rel) == order:
             placeholder, mode = archive.placeholders[name]
@@ -7938,15 +7972,16 @@ def extract_into_cache(archives, channel, max_ratio=None, allow_scripts=False):
                                        max_ratio)
         os.mkdir(writer.root, 0o755)
         written, left_out = [], []
-        for name, kind, mode, mtime, content in archive.members(writer.max_files, with_info=True):
-            if not allow_scripts and re.match(LINK_SCRIPT, name):
-                left_out.append(name)
-                continue
-            if kind == "link":
-                writer.symlink(name, content, archive.fn)
-            else:
-                writer.write(name, content, mode, mtime, archive.fn)
-            written.append(name)
+        with reading_carried(archive):
+            for name, kind, mode, mtime, content in archive.members(writer.max_files, with_info=True):
+                if not allow_scripts and re.match(LINK_SCRIPT, name):
+                    left_out.append(name)
+                    continue
+                if kind == "link":
+                    writer.symlink(name, content, archive.fn)
+                else:
+                    writer.write(name, content, mode, mtime, archive.fn)
+                written.append(name)
         writer.check_links(writer.root, written)
         check_conda_index(writer, archive.fn, set(written), set(left_out))
         entry = dict((k, v) for k, v in archive.entry.items() if k not in NOT_CACHED)
@@ -9459,6 +9494,7 @@ def bundle_from_original(name, parts, software_zip, target, max_ratio=None):
         with zipfile.ZipFile(software_zip) as source:
             # the sizes its entries declare, which reading holds them to, before a byte is inflated
             check_unpacked_size(source.infolist(), os.path.getsize(software_zip), "the original tool's zip", max_ratio)
+            check_zip_readable(source.infolist(), "the original tool's zip")
             env_yml, min_deps = original_env_files(source, parts)
             files = [i for i in source.infolist() if i.filename not in ("env.yml", "min-deps.json")
                      and not i.filename.endswith("/")]
@@ -9742,9 +9778,11 @@ def cmd_repair(args):
 
 SELF_PATH = os.path.abspath(sys.argv[0])
 def bundle_file(path):
-    """path, when it names a file: else the one refusal of every verb that takes a bundle file."""
+    """path, when it names a file this user can read: else the one refusal of every verb that takes a
+    bundle file."""
     if not os.path.isfile(path):
         raise PmError("no such bundle file: %s" % path, FIX_NOT_A_BUNDLE)
+    open_bundle_file(path, path).close()
     return path
 
 

@@ -31,3 +31,26 @@ def spoil_deflate(data, member):
     name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
     start = info.header_offset + 30 + name_length + extra_length
     return data[:start] + b"\xff" + data[start + 1:]
+
+
+
+def set_entry_flags(data, member, flags=0, method=None):
+    """A zip's bytes with member's entry (its local header and its central directory record) given the
+    general purpose flags flags (or-ed in) and, when given, the compression method method: what zipfile
+    will not open (encrypted, patched data, a method it does not know), the rest unchanged."""
+    import io
+    import struct
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+    end = data.rfind(b"PK\x05\x06")
+    central = struct.unpack("<I", data[end + 16:end + 20])[0]
+    for info in infos:  # central directory records are in infolist's order
+        if info.filename == member:
+            break
+        central += 46 + sum(struct.unpack("<HHH", data[central + 28:central + 34]))
+    out = bytearray(data)
+    for at in (info.header_offset + 6, central + 8):  # flags, then method
+        out[at:at + 2] = struct.pack("<H", struct.unpack("<H", data[at:at + 2])[0] | flags)
+        if method is not None:
+            out[at + 2:at + 4] = struct.pack("<H", method)
+    return bytes(out)

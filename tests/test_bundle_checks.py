@@ -114,6 +114,33 @@ def test_a_truncated_bundle_and_a_member_that_does_not_match_its_sha256_are_refu
     assert store_snapshot(home) == before
 
 
+def test_a_bundle_file_its_user_cannot_read_is_refused_in_one_line(pyz, tmp_path):
+    """unpack copied the file before it was opened: one its user may not read ended in 'unexpected
+    PermissionError' (exit 3). pm runs as the real user 'nobody' (setpriv; tests run as root, whom no mode
+    stops), with Debian's own python3 (pyenv's live under /root); each verb that takes a bundle file refuses it."""
+    import shutil
+    import subprocess
+    import tempfile
+    python, setpriv = "/usr/bin/python3", shutil.which("setpriv")
+    assert os.getuid() == 0 and os.path.exists(python) and setpriv, "this test needs root, /usr/bin/python3 and setpriv"
+    shared = tempfile.mkdtemp(prefix="pm-nobody-", dir="/tmp")  # outside root-only folders (pytest's, TMPDIR)
+    try:
+        os.chmod(shared, 0o777)
+        shutil.copy(pyz, shared)
+        bundle = synthetic_bundle(os.path.join(shared, "ok.zip"), "ok")
+        os.chmod(bundle, 0)
+        env = {"PATH": "/usr/bin:/bin", "HOME": shared, "PM_HOME": os.path.join(shared, "home"), "LANG": "C.UTF-8",
+               "TMPDIR": shared}
+        for verb in (["unpack", bundle], ["doctor", "--bundle", bundle], ["send", bundle, "--server", "http://127.0.0.1:9"]):
+            proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python,
+                                   os.path.join(shared, "pm.pyz")] + verb, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, universal_newlines=True, env=env, timeout=120)
+            assert proc.returncode == 2 and "%s is not a readable bundle (Permission denied)" % bundle in \
+                proc.stderr.strip().splitlines()[-1], (verb, proc.stderr)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 @pytest.mark.parametrize("member, data, message", [
     ("env.yml", b"dependencies: {a: b}\n", "env.yml in"),
     ("min-deps.json", b"{not json", "min-deps.json in"),

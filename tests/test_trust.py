@@ -909,6 +909,107 @@ def test_a_damaged_member_or_carried_wheel_is_refused_in_one_line_never_unexpect
         unpacked.stderr
 
 
+ODD_ENTRIES = {"encrypted": (0x1, None), "patched data": (0x20, None), "strong encryption": (0x40, None),
+               "an unknown method": (0, 99)}
+
+
+@pytest.mark.parametrize("odd", sorted(ODD_ENTRIES))
+def test_a_zip_entry_zipfile_will_not_open_is_refused_in_one_line_never_unexpected(odd, pyz, tmp_path):
+    """zipfile raises RuntimeError or NotImplementedError, not a zip error, for an encrypted entry, one of
+    patched data or of a method it does not know (one flipped bit of a header): each ended in 'unexpected'
+    (exit 3) in the bundle itself at the door (unpack, the server, migrate), in a carried wheel whose bytes
+    match the manifest, and in the original tool's zip. Each is refused, exit 2, naming the entry."""
+    from bundles import set_entry_flags
+    flags, method = ODD_ENTRIES[odd]
+    wheel = "wheels/bomb-1.0-py3-none-any.whl"
+    dist = {"name": "bomb", "version": "1.0", "site": "lib/python3.11/site-packages", "source": "index",
+            "software": False, "wheel": wheel}
+    good = python_dists_bundle(tmp_path, dist, {wheel: bomb_wheel({"bomb/__init__.py": b"x = 1\n"})})
+    with open(good, "rb") as handle:
+        odd_bundle = tmp_path / "odd.zip"
+        odd_bundle.write_bytes(set_entry_flags(handle.read(), "env.yml", flags, method))
+    refused_everywhere(pyz, str(odd_bundle), tmp_path, "env.yml in ")
+    data = set_entry_flags(bomb_wheel({"bomb/__init__.py": b"x = 1\n"}), "bomb/__init__.py", flags, method)
+    bundle = python_dists_bundle(tmp_path, dist, {wheel: data})
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "bomb/__init__.py in the carried wheel bomb-1.0-py3-none-any.whl is encrypted or " \
+        "compressed in a way pm does not read" in last, err
+    original = io.BytesIO()
+    with zipfile.ZipFile(original, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("env.yml", "name: trust\ndependencies:\n  - python\n")
+        archive.writestr("trust/check.sh", "echo checked\n")
+    (tmp_path / "original.zip").write_bytes(set_entry_flags(original.getvalue(), "trust/check.sh", flags, method))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    unpacked = run_pm(find_python("newest"), pyz, ["unpack", str(tmp_path / "original.zip")], env)
+    assert unpacked.returncode == 2 and "trust/check.sh in the original tool's zip is encrypted" in \
+        unpacked.stderr.strip().splitlines()[-1], unpacked.stderr
+
+
+def spoiled_tarball(data, damage):
+    """A carried .tar.bz2's bytes damaged as a bad disk or a crafted sender leaves them."""
+    if damage == "a cut bz2 stream":
+        return data[:len(data) // 2]
+    if damage == "a flipped bz2 byte":
+        return data[:4] + bytes([data[4] ^ 0xFF]) + data[5:]
+    raw = bytearray(bz2.decompress(data))
+    raw[148] ^= 0xFF  # the first header's checksum
+    return bz2.compress(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["a cut bz2 stream", "a flipped bz2 byte", "a bad tar header"])
+def test_a_damaged_carried_tarball_behind_its_sums_is_refused_in_one_line_never_unexpected(damage, pyz, tmp_path):
+    """A carried .tar.bz2 whose bytes match the manifest and repodata (the sender made them) but whose bz2
+    stream or tar header is damaged: reading its binaries before linking (a bundle without a record)
+    raised EOFError, OSError or tarfile.ReadError, which ended in 'unexpected' (exit 3). Refused, exit 2,
+    naming the package; no environment is left."""
+    fn, data, entry = package("p", [("share/x", b"x\n" * 1000, 0o644)])
+    data = spoiled_tarball(data, damage)
+    entry.update(md5=hashlib.md5(data).hexdigest(), sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    bundle = carried_bundle(str(tmp_path / "b.zip"), [(fn, data, entry)])
+    code, out, err, _ = migrate_measured(pyz, bundle, tmp_path, "--skip-tests")
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "the carried package p-1.0-0.tar.bz2 cannot be read" in last, err
+    assert "error: unexpected" not in err and envs_left(tmp_path) == []
+
+
+def spoil_carried(members, dist):
+    """The carried package dist damaged behind its sums (the manifest's, and the repodata's of a .tar.bz2):
+    its unpacked .zip with a corrupt deflate stream in info/index.json, or its .tar.bz2 cut in half."""
+    from bundles import spoil_deflate
+    unpacked = "channel/noarch/%s.zip" % dist
+    if unpacked in members:
+        members[unpacked] = spoil_deflate(members[unpacked], "info/index.json")
+        return
+    archive = "channel/noarch/%s.tar.bz2" % dist
+    members[archive] = members[archive][:len(members[archive]) // 2]
+    repodata = json.loads(members["channel/noarch/repodata.json"].decode())
+    repodata["packages"][dist + ".tar.bz2"].update(md5=hashlib.md5(members[archive]).hexdigest(),
+                                                   sha256=hashlib.sha256(members[archive]).hexdigest(),
+                                                   size=len(members[archive]))
+    members["channel/noarch/repodata.json"] = json.dumps(repodata).encode()
+    members["channel/noarch/repodata.json.bz2"] = bz2.compress(members["channel/noarch/repodata.json"])
+
+
+@pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
+def test_a_damaged_carried_package_is_refused_on_condas_route_in_one_line(dist, pyz, real_condas, packed_with_packages,
+                                                                         tmp_path):
+    """Extracting carried packages into the cache conda links from did not catch a damaged one (a corrupt
+    deflate stream in an unpacked package's zip, a cut bz2 stream; the bytes match every sum, the sender
+    made them): 'unexpected' (exit 3). Refused, exit 2, naming the package; no environment is made."""
+    from conftest import rewrite_bundle
+    from test_carried_packages import migrate_offline
+    import realconda
+    target = realconda.RealCondaSite(real_condas["25.11.1"], str(tmp_path / "target"), [])
+    spoiled = rewrite_bundle(packed_with_packages, str(tmp_path / "spoiled.zip"),
+                             lambda members, manifest: spoil_carried(members, dist))
+    proc = migrate_offline(pyz, target, spoiled, tmp_path)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "the carried package %s.tar.bz2 cannot be read" % dist in last, proc.stderr
+    assert "error: unexpected" not in proc.stderr
+    assert not [e for e in os.listdir(target.envs) if not e.startswith(".")], "no environment is made"
+
+
 def test_noarch_python_sources_are_compiled_with_bounded_memory(pyz, tmp_path):
     """Without conda, pm's own Python compiled carried noarch: python sources with no bound (a 7 KB bundle
     took 1.7 GiB): they are compiled in a process of their own with bounded memory, each file under a
