@@ -9780,6 +9780,9 @@ SELF_PATH = os.path.abspath(sys.argv[0])
 def bundle_file(path):
     """path, when it names a file this user can read: else the one refusal of every verb that takes a
     bundle file."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        kind = "a folder" if os.path.isdir(path) else "a fifo, socket or device"
+        raise PmError("%s is not a file but %s" % (path, kind), FIX_NOT_A_BUNDLE)
     if not os.path.isfile(path):
         raise PmError("no such bundle file: %s" % path, FIX_NOT_A_BUNDLE)
     open_bundle_file(path, path).close()
@@ -9923,24 +9926,28 @@ def cmd_unpack(args):
     return 0
 
 
+def stored_revision(given):
+    """The stored bundle send's NAME or NAME/REVISION names (NAME: the latest); a folder or fifo of that
+    name that holds no stored bundle is named for what it is (bundle_file)."""
+    name, _, number = given.partition("/")
+    revisions = []
+    if re.match(NAME_PATTERN, name) and (not number or number.isdigit()):
+        revisions = Store.default().revisions(check_name(name))
+        if number:
+            revisions = [r for r in revisions if int(os.path.basename(r)[:-4]) == int(number)]
+    if not revisions:
+        if os.path.exists(given):
+            bundle_file(given)
+        raise PmError("no such bundle file, and no stored bundle %s" % given,
+                      "pass a file saved with 'pm.pyz pack -o', or a NAME or NAME/REVISION 'pm.pyz list' shows")
+    return revisions[-1]
+
+
 def cmd_send(args):
     """Send a kept bundle to a pm server: a file saved with 'pack -o' (or one pack kept when it could
     not send it), or a stored software's bundle (NAME: its latest revision; NAME/N: revision N).
     pm checks the server and the token first, as 'pack --server' does, then uploads the bundle."""
-    path = args.bundle
-    if not os.path.isfile(path):
-        name, _, number = path.partition("/")
-        if not re.match(NAME_PATTERN, name) or (number and not number.isdigit()):
-            raise PmError("no such bundle file: %s" % path, "pass a file saved with 'pm.pyz pack -o', or a stored "
-                                                            "software's NAME or NAME/REVISION ('pm.pyz list')")
-        store = Store.default()
-        revisions = store.revisions(check_name(name))
-        if number:
-            revisions = [r for r in revisions if int(os.path.basename(r)[:-4]) == int(number)]
-        if not revisions:
-            raise PmError("no such bundle file, and no stored bundle %s" % path,
-                          "pass a file saved with 'pm.pyz pack -o', or a NAME or NAME/REVISION 'pm.pyz list' shows")
-        path = revisions[-1]
+    path = args.bundle if os.path.isfile(args.bundle) else stored_revision(args.bundle)
     manifest = Bundle.open(path, max_ratio=args.max_ratio).manifest
     name = check_name(args.name or manifest.name)
     PROBE.check_server_url(args.server)

@@ -141,6 +141,21 @@ def test_a_bundle_file_its_user_cannot_read_is_refused_in_one_line(pyz, tmp_path
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_a_folder_or_fifo_given_as_a_bundle_is_named_for_what_it_is(pyz, tmp_path):
+    """A folder or a fifo given as the bundle was 'no such bundle file', which sends the user looking for a
+    missing file; it is named for what it is, by each verb that takes a bundle file, and a fifo is never
+    opened (opening one waits for a writer)."""
+    folder, fifo = tmp_path / "bundle-dir.zip", tmp_path / "bundle-fifo.zip"
+    folder.mkdir()
+    os.mkfifo(str(fifo))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "PM_HOME": str(tmp_path / "store")}
+    for path, kind in ((str(folder), "a folder"), (str(fifo), "a fifo, socket or device")):
+        for verb in (["unpack", path], ["doctor", "--bundle", path], ["send", path, "--server", "http://127.0.0.1:9"]):
+            proc = run_pm(find_python("newest"), pyz, verb, env, timeout=60)
+            assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+                "pm: error: %s is not a file but %s" % (path, kind)), (verb, proc.stderr)
+
+
 @pytest.mark.parametrize("member, data, message", [
     ("env.yml", b"dependencies: {a: b}\n", "env.yml in"),
     ("min-deps.json", b"{not json", "min-deps.json in"),
