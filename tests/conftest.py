@@ -27,19 +27,6 @@ def pytest_configure(config):
                     returncode=2)
 
 
-# The longest test files, longest first: xdist hands out files in collection order, so these start
-# first and the short ones fill in beside them (a long file started last would run alone at the end).
-LONGEST_FILES = ("test_real_conda.py", "test_fidelity.py", "test_door_fuzz.py", "test_trust.py", "test_managers.py",
-                 "test_migrate.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    def rank(item):
-        name = os.path.basename(str(item.fspath))
-        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
-    items.sort(key=rank)  # stable: each file's tests keep their order
-
-
 def once_per_run(tmp_path_factory, name, build):
     """build(folder) -> a JSON value, made once per run in a new folder: alone, the run's own; under
     pytest-xdist, one beside the workers' own that they share (the first builds it holding a lock, the
