@@ -98,8 +98,16 @@ def fixes_of(source):
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "PmError":
             fix = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "fix"), None)
-            found.append((node.lineno, ast.get_source_segment(source, fix) if fix is not None else None))
+            found.append((node.lineno, ast.unparse(fix) if fix is not None else None))
     return found
+
+
+def written_out(fix):
+    """The text of a fix written out (a literal, or the literal of a template), else None (a name)."""
+    node = ast.parse(fix, mode="eval").body
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        node = node.left
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
 
 def fix_rule_breaks(source):
@@ -110,10 +118,10 @@ def fix_rule_breaks(source):
         if fix is None:
             breaks.append("line %d: no fix" % line)
             continue
-        literal = re.match(r'^"(.*?)"', fix)
-        if not literal:
+        text = written_out(fix)
+        if text is None:
             continue
-        if not literal.group(1)[:1].islower() or fix.split(" % ")[0].rstrip('"').endswith("."):
+        if not text[:1].islower() or text.endswith("."):
             breaks.append("line %d: %s is not a lower-case imperative without a full stop" % (line, fix[:60]))
         if fix in seen:
             breaks.append("line %d: %s, as at line %d" % (line, fix[:60], seen[fix]))
