@@ -7289,14 +7289,25 @@ def attempt_env_prefix(store, name, attempt):
     import shutil
     folder = os.path.join(store.software(name), "envs")
     store.make_folder(folder)
-    running = set(a["id"] for a in store.attempts(name) if a.get("status") == "running")
+    running = [a for a in store.attempts(name) if a.get("status") == "running"]
+    busy = set(os.path.join(folder, a["id"]) for a in running) | set(a.get("env_making") for a in running)
     for entry in os.listdir(folder):
         left = os.path.join(folder, entry)
-        if os.path.isdir(left) and not os.path.isfile(os.path.join(left, PM_MADE)) and entry not in running and \
+        if os.path.isdir(left) and not os.path.isfile(os.path.join(left, PM_MADE)) and left not in busy and \
                 entry != attempt.id and not prefix_in_use(left):
             say("note: removing %s, left unfinished by an earlier attempt" % left)
             shutil.rmtree(left, ignore_errors=True)
     return os.path.join(folder, attempt.id)
+
+
+def attempt_prefix(attempt, options):
+    """Where this attempt makes its environment: --prefix (repair's: the install's own), else its own in
+    the store (attempt_env_prefix). Recorded while the attempt runs (env_making), so that no other
+    attempt takes it for a leftover before it is held (hold_prefix)."""
+    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
+                                                                                      attempt)
+    attempt.save(env_making=prefix)
+    return prefix
 
 
 def envs_in_use(records):
@@ -7564,8 +7575,7 @@ def environment_without_conda(attempt, config, bundle, options, env_file, min_de
                           "install conda, or list other package managers in the test configuration")
         config = MigrationConfig(config.output_dir, others, config.tests)
         return environment_with_managers(attempt, config, bundle, options, env_file, min_deps, dists, base)
-    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
-                                                                                      attempt)
+    prefix = attempt_prefix(attempt, options)
     say("no conda %s: pm installs the %d packages the bundle carries into %s"
         % ("used (--no-conda)" if options.no_conda else "here", len(bundle.manifest.packages["carried"]), prefix))
     install_without_conda(attempt, bundle, prefix, options.allow_scripts, dists, options.max_ratio,
@@ -8092,8 +8102,7 @@ def environment_with_conda(attempt, config, bundle, options, env_file, min_deps,
     Provided); the carried channel's folder goes when the attempt ends (migrate)."""
     conda = CondaHere(find_conda_here(), attempt)
     attempt.save(platform=dict(attempt.result["platform"], conda=conda.info.get("conda_version", "")))
-    prefix = os.path.abspath(options.prefix) if options.prefix else attempt_env_prefix(attempt.store, attempt.name,
-                                                                                      attempt)
+    prefix = attempt_prefix(attempt, options)
     refuse_existing_prefix(prefix)
     channel = carried_channel(attempt, conda, bundle, options.max_ratio, options.allow_scripts,
                               options.force_preflight)

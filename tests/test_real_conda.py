@@ -322,12 +322,9 @@ def wait_for(path, seconds=300):
     assert wait_until(lambda: os.path.exists(path), timeout=seconds), "conda never reached the post-link script"
 
 
-def test_ctrl_c_during_a_conda_create_removes_what_conda_made_and_the_next_run_removes_a_leftover(
-        pyz, real_site, example_software, tmp_path):
-    """Ctrl-C (SIGINT to pm's process group) while conda creates the attempt's environment: pm removes
-    it, the earlier install's environment stays, the attempt is 'interrupted'. A pm killed outright
-    (SIGKILL) leaves one: its attempt shows 'interrupted' once the process is gone, and the next run
-    removes it unasked."""
+def slow_link_target(pyz, real_site, example_software, tmp_path):
+    """(a conda 25.11.1 target, a bundle) whose environment holds slowlink: conda's link of it waits at
+    PM_TEST_SLOW_LINK's gate when the migration under test sets it."""
     channel = str(tmp_path / "channel")
     channels.example_channel(channel)
     channels.make_package(channel, "noarch", "slowlink", "1.0", "0", (), {"bin/.slowlink-post-link.sh": SLOW_LINK})
@@ -338,7 +335,49 @@ def test_ctrl_c_during_a_conda_create_removes_what_conda_made_and_the_next_run_r
     proc = run_pm(find_python("newest"), pyz, ["pack", "-d", example_software, "-e", "heatsim-env", "-o", bundle,
                                                "--yes"], base.env(), timeout=300)
     assert proc.returncode == 0, proc.stderr
-    target = real_site("25.11.1", "target", [channel])
+    return real_site("25.11.1", "target", [channel]), bundle
+
+
+def test_an_environment_repair_is_rebuilding_is_not_taken_for_a_leftover_by_another_migration(
+        pyz, real_site, example_software, tmp_path):
+    """While 'repair' has conda rebuild an install's environment (at the install's own path, an earlier
+    attempt's id), a migration of the same software started beside it took that half-made folder for one
+    left by a killed pm and removed it under conda. The repairing attempt records the prefix it makes."""
+    target, bundle = slow_link_target(pyz, real_site, example_software, tmp_path)
+    first = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(tmp_path), "--bundle", bundle],
+                   target.env(), timeout=600)
+    assert first.returncode == 0, first.stderr
+    prefix = read_result(attempt_dirs(target.home, "heatsim")[0])["env_prefix"]
+    shutil.rmtree(prefix)
+    gate = str(tmp_path / "gate")
+    repair = subprocess.Popen([find_python("newest"), pyz, "repair", "heatsim"], env=target.env(PM_TEST_SLOW_LINK=gate),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              start_new_session=True)
+    try:
+        wait_for(gate + ".started")
+        assert os.path.isdir(prefix) and not os.path.exists(os.path.join(prefix, "conda-meta", "pm-made"))
+        other = tmp_path / "other"
+        other.mkdir()
+        beside = run_pm(find_python("newest"), pyz, ["migrate", "heatsim", write_config(other), "--bundle", bundle],
+                        target.env(), timeout=600)
+        assert beside.returncode == 0, beside.stderr
+        assert "left unfinished" not in beside.stderr and os.path.isdir(prefix), beside.stderr
+    finally:
+        with open(gate + ".go", "w"):
+            pass
+        _, err = repair.communicate(timeout=600)
+    assert repair.returncode == 0, err
+    ran = run_it(target, printed_command(first), "sh heatsim.sh 1 && heatplot --version")
+    assert ran.returncode == 0 and "heatplot 0.3" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_ctrl_c_during_a_conda_create_removes_what_conda_made_and_the_next_run_removes_a_leftover(
+        pyz, real_site, example_software, tmp_path):
+    """Ctrl-C (SIGINT to pm's process group) while conda creates the attempt's environment: pm removes
+    it, the earlier install's environment stays, the attempt is 'interrupted'. A pm killed outright
+    (SIGKILL) leaves one: its attempt shows 'interrupted' once the process is gone, and the next run
+    removes it unasked."""
+    target, bundle = slow_link_target(pyz, real_site, example_software, tmp_path)
     args = [find_python("newest"), pyz, "migrate", "heatsim", write_config(tmp_path), "--bundle", bundle, "--force"]
     first = subprocess.run(args, env=target.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            universal_newlines=True, timeout=600)
