@@ -627,6 +627,12 @@ def edit_carried(members, dist, edit):
     edit(files)
     members[archive] = tarball([(n, d, m if isinstance(m, int) and m < 0o10000 else 0o644)
                                 for n, (d, m) in sorted(files.items())])
+    resum_carried(members, dist)
+
+
+def resum_carried(members, dist):
+    """The carried channel's repodata (and its .bz2) with dist's .tar.bz2 sums and size as its bytes now are."""
+    archive = "channel/noarch/%s.tar.bz2" % dist
     repodata = json.loads(members["channel/noarch/repodata.json"].decode())
     repodata["packages"][dist + ".tar.bz2"].update(md5=hashlib.md5(members[archive]).hexdigest(),
                                                    sha256=hashlib.sha256(members[archive]).hexdigest(),
@@ -983,12 +989,7 @@ def spoil_carried(members, dist):
         return
     archive = "channel/noarch/%s.tar.bz2" % dist
     members[archive] = members[archive][:len(members[archive]) // 2]
-    repodata = json.loads(members["channel/noarch/repodata.json"].decode())
-    repodata["packages"][dist + ".tar.bz2"].update(md5=hashlib.md5(members[archive]).hexdigest(),
-                                                   sha256=hashlib.sha256(members[archive]).hexdigest(),
-                                                   size=len(members[archive]))
-    members["channel/noarch/repodata.json"] = json.dumps(repodata).encode()
-    members["channel/noarch/repodata.json.bz2"] = bz2.compress(members["channel/noarch/repodata.json"])
+    resum_carried(members, dist)
 
 
 @pytest.mark.parametrize("dist", ["libgrid-1.2-h0_0", "heatplot-0.3-h3_0"], ids=["unpacked", "tar.bz2"])
