@@ -6324,10 +6324,11 @@ class ShebangFix(object):
         return block
 
 
-def install_wheel(wheel, prefix, site_rel, writer=None):
+def install_wheel(wheel, prefix, site_rel, writer=None, python_version=None):
     """Unpack a wheel into prefix as pip would (files, scripts with the prefix's python, entry
     points, INSTALLER and RECORD, so that pip sees it), through the containment writer (writer: the
-    prefix's, with the carried wheels' caps); modes follow the umask, times are kept."""
+    prefix's, with the carried wheels' caps); modes follow the umask, times are kept. python_version
+    ('3.11'): the Python it is for, which pip's own pipX.Y and easy_install-X.Y scripts are named after."""
     import zipfile
     where = os.path.basename(wheel)
     writer = writer or Contained(prefix)
@@ -6336,10 +6337,25 @@ def install_wheel(wheel, prefix, site_rel, writer=None):
             info_dir, points, written = unpack_wheel(archive, prefix, site_rel, writer, where)
     except zip_damage() as exc:
         raise PmError("the carried wheel %s is damaged (%s)" % (where, exc), FIX_BAD_BUNDLE)
-    for command, target in points:
+    for command, target in scripts_for_python(points, python_version):
         written.append(write_entry_point(writer, command, target, where))
     finish_dist_info(writer, site_rel, info_dir, written)
     return info_dir
+
+
+def scripts_for_python(points, python_version):
+    """pip's and setuptools' own scripts named as pip names them for the Python they go to: pip, pip3
+    and pip3.11, easy_install and easy_install-3.11 for Python 3.11 (a wheel names the Python it was
+    built on, or none)."""
+    if not python_version:
+        return points
+    named = dict(points)
+    for stem, versioned in (("pip", ["pip" + python_version.split(".")[0], "pip" + python_version]),
+                            ("easy_install", ["easy_install-" + python_version])):
+        if stem in named:
+            points = [(c, t) for c, t in points if not re.match(r"^%s-?[0-9]+(\.[0-9]+)?\Z" % stem, c)]
+            points += [(command, named[stem]) for command in versioned]
+    return points
 
 
 def unpack_wheel(archive, prefix, site_rel, writer, where):
@@ -6975,13 +6991,13 @@ def software_venv(attempt):
     base = attempt.base_python
     python = base_interpreter(base) if base else None
     say("creating the software's virtual environment %s" % venv)
-    code, output = attempt.run([python, "-m", "venv", venv]) if python else (1, "")
+    code, output = make_venv(attempt, python, venv) if python else (1, "")
     if python and code != 0:
         attempt.log("%s cannot make a virtual environment: %s" % (python, output.strip()[-200:]))
         shutil.rmtree(venv, ignore_errors=True)
     if not python or code != 0:
         python = sys.executable
-        code, output = attempt.run([python, "-m", "venv", venv])
+        code, output = make_venv(attempt, python, venv)
     if code != 0:
         raise PmError("cannot create a virtual environment: %s" % output.strip()[-200:],
                       "install the venv module (e.g. apt install python3-venv)", code=1)
@@ -6993,6 +7009,39 @@ def software_venv(attempt):
                                                                platform.python_version()))
     attempt.save(venv_python=python)
     return venv
+
+
+def make_venv(attempt, python, venv):
+    """(exit code, output): `python -m venv --without-pip`, then pip added as venv adds it (add_pip)."""
+    code, output = attempt.run([python, "-m", "venv", "--without-pip", venv])
+    return add_pip(attempt, os.path.join(venv, "bin", "python"), venv) if code == 0 else (code, output)
+
+
+ENSUREPIP_WHEELS = ("import ensurepip, os, sys; print('%d.%d' % sys.version_info[:2]); "
+                    "print(os.path.join(os.path.dirname(ensurepip.__file__), '_bundled'))")
+
+
+def add_pip(attempt, python, prefix):
+    """(exit code, output): pip (and setuptools where that Python bundles it) into prefix, from its Python's
+    own ensurepip wheels, which pm's wheel installer unpacks without byte-compiling them (about 1 s where
+    ensurepip takes 5); ensurepip itself where the wheels are elsewhere (e.g. Debian's python3-venv)."""
+    import glob
+    answer = ask([python, "-c", ENSUREPIP_WHEELS], 60)
+    lines = answer.decode("utf-8", "replace").splitlines() if answer else []
+    if len(lines) != 2 or not re.match(r"^[0-9]+\.[0-9]+\Z", lines[0]):
+        lines = ["", ""]
+    wheels = sorted(glob.glob(os.path.join(glob.escape(lines[1]), "*.whl"))) if lines[1] else []
+    site_rel = "lib/python%s/site-packages" % lines[0]
+    if any(os.path.basename(w).startswith("pip-") for w in wheels) and os.path.isdir(os.path.join(prefix, site_rel)):
+        writer = Contained(prefix)
+        try:
+            for wheel in wheels:
+                install_wheel(wheel, prefix, site_rel, writer, python_version=lines[0])
+            attempt.log("added %s to %s" % (", ".join(os.path.basename(w) for w in wheels), prefix))
+            return 0, ""
+        except (PmError, OSError) as exc:
+            attempt.log("cannot add pip from %s (%s): running ensurepip" % (lines[1], exc))
+    return attempt.run([python, "-m", "ensurepip", "--upgrade", "--default-pip"])
 
 
 def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
@@ -7013,7 +7062,7 @@ def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):
                 for d in wanted]
     if attempt.run([python, "-m", "pip", "--version"])[0] != 0:
         say("the environment has no pip: adding it from its own Python (ensurepip)")
-        code, output = attempt.run([python, "-m", "ensurepip"])
+        code, output = add_pip(attempt, python, prefix)
         if code != 0:
             return [dist_row(d, None, "failed", "the environment has no pip, and ensurepip failed: %s"
                              % (output.strip().splitlines() or [""])[-1][:200]) for d in wanted]

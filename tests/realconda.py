@@ -103,6 +103,9 @@ class RealCondaSite(object):
             env.pop(key, None)
         env["PATH"] = self.bin + os.pathsep + env.get("PATH", "")
         env.update(HOME=self.user_home, CONDARC=self.condarc, PM_HOME=self.home, CONDA_SOLVER="classic")
+        # this machine has no GPU: conda 25's CUDA detection (a spawned Python in every command that
+        # solves or reports, 0.5 s of CPU) finds none, and conda's own override says the same without it
+        env["CONDA_OVERRIDE_CUDA"] = ""
         env.update(extra)
         return env
 
