@@ -7017,30 +7017,38 @@ def make_venv(attempt, python, venv):
     return add_pip(attempt, os.path.join(venv, "bin", "python"), venv) if code == 0 else (code, output)
 
 
-ENSUREPIP_WHEELS = ("import ensurepip, os, sys; print('%d.%d' % sys.version_info[:2]); "
-                    "print(os.path.join(os.path.dirname(ensurepip.__file__), '_bundled'))")
+# the Python's minor version, then the wheels its ensurepip installs (pip, and setuptools before 3.12),
+# from the folder ensurepip prefers: the system's WHEEL_PKG_DIR (Debian's /usr/share/python-wheels),
+# else its own _bundled
+ENSUREPIP_WHEELS = """import ensurepip, glob, os, sys, sysconfig
+print("%d.%d" % sys.version_info[:2])
+names = ("setuptools", "pip")[sys.version_info >= (3, 12):]
+for folder in (sysconfig.get_config_var("WHEEL_PKG_DIR"), os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")):
+    wheels = sum([sorted(glob.glob(os.path.join(glob.escape(folder), n + "-*.whl")))[-1:] for n in names], []) \
+        if folder else []
+    if len(wheels) == len(names):
+        print("\\n".join(wheels))
+        break
+"""
 
 
 def add_pip(attempt, python, prefix):
-    """(exit code, output): pip (and setuptools where that Python bundles it) into prefix, from its Python's
-    own ensurepip wheels, which pm's wheel installer unpacks without byte-compiling them (about 1 s where
-    ensurepip takes 5); ensurepip itself where the wheels are elsewhere (e.g. Debian's python3-venv)."""
-    import glob
+    """(exit code, output): pip (and setuptools before Python 3.12) into prefix, from the wheels its
+    Python's ensurepip would install, which pm's wheel installer unpacks without byte-compiling them
+    (about 1 s where ensurepip takes 5); ensurepip itself when that Python has none to show."""
     answer = ask([python, "-c", ENSUREPIP_WHEELS], 60)
     lines = answer.decode("utf-8", "replace").splitlines() if answer else []
-    if len(lines) != 2 or not re.match(r"^[0-9]+\.[0-9]+\Z", lines[0]):
-        lines = ["", ""]
-    wheels = sorted(glob.glob(os.path.join(glob.escape(lines[1]), "*.whl"))) if lines[1] else []
-    site_rel = "lib/python%s/site-packages" % lines[0]
-    if any(os.path.basename(w).startswith("pip-") for w in wheels) and os.path.isdir(os.path.join(prefix, site_rel)):
+    version, wheels = (lines or [""])[0], lines[1:]
+    site_rel = "lib/python%s/site-packages" % version
+    if re.match(r"^[0-9]+\.[0-9]+\Z", version) and wheels and os.path.isdir(os.path.join(prefix, site_rel)):
         writer = Contained(prefix)
         try:
             for wheel in wheels:
-                install_wheel(wheel, prefix, site_rel, writer, python_version=lines[0])
-            attempt.log("added %s to %s" % (", ".join(os.path.basename(w) for w in wheels), prefix))
+                install_wheel(wheel, prefix, site_rel, writer, python_version=version)
+            attempt.log("added %s to %s" % (", ".join(wheels), prefix))
             return 0, ""
         except (PmError, OSError) as exc:
-            attempt.log("cannot add pip from %s (%s): running ensurepip" % (lines[1], exc))
+            attempt.log("cannot add pip from %s (%s): running ensurepip" % (", ".join(wheels), exc))
     return attempt.run([python, "-m", "ensurepip", "--upgrade", "--default-pip"])
 
 

@@ -90,29 +90,32 @@ def test_pip_installs_the_base_version_into_the_softwares_own_venv(version, sour
     assert system.returncode != 0, "the system Python must stay untouched"
 
 
-@pytest.mark.parametrize("version", ["3.6", "newest"])
+@pytest.mark.parametrize("version", ["3.6", "newest", "the system's python3"])
 def test_the_softwares_venv_gets_the_pip_its_python_bundles_unpacked_not_compiled(version, tmp_path):
-    """The venv's pip (and setuptools where that Python bundles it) comes from its Python's own ensurepip
-    wheels, with the scripts `python -m venv` makes (pip, pip3, pip3.X) and no byte-compiling, which
-    took ensurepip 5 s of every pip-route migration."""
-    python = find_python(version)
+    """The venv's pip (and setuptools before 3.12) comes from the wheels its Python's ensurepip installs
+    (pyenv's bundled ones; Debian's /usr/share/python-wheels for the system's), with the scripts
+    `python -m venv` makes (pip, pip3, pip3.X) and no byte-compiling, which took ensurepip 5 s of every
+    pip-route migration."""
+    python = "/usr/bin/python3" if version.startswith("the system") else find_python(version)
+    assert os.path.isfile(python), "this test needs the system's python3 (apt-get install python3-venv)"
     attempt = pm.Attempt(pm.Store(str(tmp_path / "store")), "pysim")
     venv = str(tmp_path / "venv")
-    assert pm.make_venv(attempt, python, venv) == (0, "")
-    minor = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], check=True,
-                           stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+    assert pm.make_venv(attempt, python, venv) == (0, ""), open(attempt.log_path).read()
+    told = subprocess.run([python, "-c", pm.ENSUREPIP_WHEELS], check=True, stdout=subprocess.PIPE,
+                          universal_newlines=True).stdout.splitlines()
+    minor, wheels = told[0], told[1:]
     scripts = set(os.listdir(os.path.join(venv, "bin")))
     assert {"pip", "pip" + minor[0], "pip" + minor} <= scripts and not [s for s in scripts if s.startswith("pip3.")
                                                                       and s != "pip" + minor], scripts
     site = os.path.join(venv, "lib", "python" + minor, "site-packages")
     assert not os.path.exists(os.path.join(site, "pip", "__pycache__")), "pip was byte-compiled"
-    bundled = subprocess.run([python, "-c", pm.ENSUREPIP_WHEELS], check=True, stdout=subprocess.PIPE,
-                             universal_newlines=True).stdout.splitlines()[1]
-    wanted = sorted(w.split("-")[0] + "==" + w.split("-")[1] for w in os.listdir(bundled) if w.endswith(".whl"))
+    wanted = sorted("==".join(os.path.basename(w).split("-")[:2]) for w in wheels)
+    assert [w for w in wanted if w.startswith("pip==")], wheels
     listed = subprocess.run([os.path.join(venv, "bin", "pip"), "freeze", "--all"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, universal_newlines=True)
-    assert listed.returncode == 0 and sorted(w for w in listed.stdout.split() if "==" in w) == wanted, listed.stdout + listed.stderr
-    assert "pip" in open(attempt.log_path).read()
+    assert listed.returncode == 0 and sorted(w for w in listed.stdout.split() if "==" in w) == wanted, \
+        listed.stdout + listed.stderr
+    assert "running ensurepip" not in open(attempt.log_path).read()
 
 
 SITE_SECTION = """[site]
