@@ -2920,6 +2920,16 @@ class Contained(object):
             raise PmError("the link %s of %s leads outside (%s)" % (rel, where, link), FIX_UNSAFE)
 
 
+def shebang(python, args=""):
+    """A script's first line(s) for python: '#!PYTHON ARGS', or where a kernel cannot run that (a blank
+    in the path, a line over 127 bytes) /bin/sh starting python on the script, as pip writes them
+    (Python reads the second line as a string)."""
+    line = "#!%s%s" % (python, args)
+    if not re.search(r"\s", python) and len(line.encode("utf-8", "surrogateescape")) <= 127:
+        return line + "\n"
+    return "#!/bin/sh\n'''exec' %s%s \"$0\" \"$@\"\n' '''\n" % (shlex.quote(python), args)
+
+
 def write_entry_point(writer, command, target, where):
     """bin/COMMAND running module:function with the prefix's python, through writer (the prefix's
     Contained); names checked first."""
@@ -2929,9 +2939,10 @@ def write_entry_point(writer, command, target, where):
         raise PmError("the entry point %r = %r of %s is not NAME = module:function" % (command[:80], target[:80], where),
                       FIX_BAD_BUNDLE)
     module, function = target.split(":")
-    script = ("#!%s/bin/python\n# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
-              "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
-              "    sys.exit(%s())\n" % (writer.root, module, function.split(".")[0], function))
+    script = shebang(os.path.join(writer.root, "bin", "python")) + (
+        "# -*- coding: utf-8 -*-\nimport re\nimport sys\n\nfrom %s import %s\n\n"
+        "if __name__ == '__main__':\n    sys.argv[0] = re.sub(r'(-script\\.pyw?|\\.exe)?$', '', sys.argv[0])\n"
+        "    sys.exit(%s())\n" % (module, function.split(".")[0], function))
     writer.write("bin/" + command, io.BytesIO(script.encode("utf-8")), 0o755, None, where)
     return "bin/" + command
 
@@ -6311,16 +6322,19 @@ def wheel_destination(name, site_rel):
 
 
 class ShebangFix(object):
-    """A wheel script's '#!python' made the prefix's python (a transform for Contained.write)."""
+    """A wheel script's '#!python ARGS' line made the prefix's python (shebang; a transform for
+    Contained.write)."""
 
     def __init__(self, prefix):
-        self.python, self.first = ("#!%s/bin/python" % prefix).encode("utf-8"), True
+        self.python, self.first = os.path.join(prefix, "bin", "python"), True
 
     def feed(self, block, final):
         if self.first and block:
             self.first = False
             if block.startswith(b"#!python"):
-                return self.python + block[len(b"#!python"):]
+                line, newline, rest = block.partition(b"\n")
+                args = line[len(b"#!python"):].decode("utf-8", "surrogateescape").rstrip("\r")
+                return shebang(self.python, args).encode("utf-8", "surrogateescape")[:None if newline else -1] + rest
         return block
 
 
@@ -7017,14 +7031,15 @@ def make_venv(attempt, python, venv):
     return add_pip(attempt, os.path.join(venv, "bin", "python"), venv) if code == 0 else (code, output)
 
 
-# the Python's minor version, then the wheels its ensurepip installs (pip, and setuptools before 3.12),
-# from the folder ensurepip prefers: the system's WHEEL_PKG_DIR (Debian's /usr/share/python-wheels),
-# else its own _bundled
+# the Python's minor version, then the wheels its ensurepip installs (pip, and setuptools before 3.12;
+# the newest of each), from the folder ensurepip prefers: the system's WHEEL_PKG_DIR (Debian's
+# /usr/share/python-wheels), else its own _bundled
 ENSUREPIP_WHEELS = """import ensurepip, glob, os, sys, sysconfig
 print("%d.%d" % sys.version_info[:2])
 names = ("setuptools", "pip")[sys.version_info >= (3, 12):]
 for folder in (sysconfig.get_config_var("WHEEL_PKG_DIR"), os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")):
-    wheels = sum([sorted(glob.glob(os.path.join(glob.escape(folder), n + "-*.whl")))[-1:] for n in names], []) \
+    wheels = sum([sorted(glob.glob(os.path.join(glob.escape(folder), n + "-*.whl")), key=lambda w: [
+        int(p) if p.isdigit() else -1 for p in os.path.basename(w).split("-")[1].split(".")])[-1:] for n in names], []) \
         if folder else []
     if len(wheels) == len(names):
         print("\\n".join(wheels))
@@ -7036,7 +7051,7 @@ def add_pip(attempt, python, prefix):
     """(exit code, output): pip (and setuptools before Python 3.12) into prefix, from the wheels its
     Python's ensurepip would install, which pm's wheel installer unpacks without byte-compiling them
     (about 1 s where ensurepip takes 5); ensurepip itself when that Python has none to show."""
-    answer = ask([python, "-c", ENSUREPIP_WHEELS], 60)
+    answer = ask([python, "-I", "-c", ENSUREPIP_WHEELS], 60)
     lines = answer.decode("utf-8", "replace").splitlines() if answer else []
     version, wheels = (lines or [""])[0], lines[1:]
     site_rel = "lib/python%s/site-packages" % version
@@ -7049,7 +7064,7 @@ def add_pip(attempt, python, prefix):
             return 0, ""
         except (PmError, OSError) as exc:
             attempt.log("cannot add pip from %s (%s): running ensurepip" % (", ".join(wheels), exc))
-    return attempt.run([python, "-m", "ensurepip", "--upgrade", "--default-pip"])
+    return attempt.run([python, "-I", "-m", "ensurepip", "--upgrade", "--default-pip"])  # as venv runs it
 
 
 def conda_env_pip_part(attempt, bundle, prefix, base, options, carried):

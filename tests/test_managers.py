@@ -95,13 +95,14 @@ def test_the_softwares_venv_gets_the_pip_its_python_bundles_unpacked_not_compile
     """The venv's pip (and setuptools before 3.12) comes from the wheels its Python's ensurepip installs
     (pyenv's bundled ones; Debian's /usr/share/python-wheels for the system's), with the scripts
     `python -m venv` makes (pip, pip3, pip3.X) and no byte-compiling, which took ensurepip 5 s of every
-    pip-route migration."""
+    pip-route migration. Its scripts run where the venv's path has a blank or is too long for a '#!' line
+    (pip's /bin/sh form), as `python -m venv`'s do."""
     python = "/usr/bin/python3" if version.startswith("the system") else find_python(version)
     assert os.path.isfile(python), "this test needs the system's python3 (apt-get install python3-venv)"
     attempt = pm.Attempt(pm.Store(str(tmp_path / "store")), "pysim")
-    venv = str(tmp_path / "venv")
+    venv = str(tmp_path / {"3.6": "a venv", "newest": "v" + "x" * 200}.get(version, "venv"))
     assert pm.make_venv(attempt, python, venv) == (0, ""), open(attempt.log_path).read()
-    told = subprocess.run([python, "-c", pm.ENSUREPIP_WHEELS], check=True, stdout=subprocess.PIPE,
+    told = subprocess.run([python, "-I", "-c", pm.ENSUREPIP_WHEELS], check=True, stdout=subprocess.PIPE,
                           universal_newlines=True).stdout.splitlines()
     minor, wheels = told[0], told[1:]
     scripts = set(os.listdir(os.path.join(venv, "bin")))
