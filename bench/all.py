@@ -13,7 +13,8 @@
   7. the air-gapped round trip of a realistic environment, pm against conda-pack 0.9.2 (roundtrip.py):
      pack, bundle size, install with the tests on every route, peak RSS;
   8. the pip route with uv on the target: a venv base of 40 pip-installed wheels migrated with the same
-     pins, uv on PATH against pip alone.
+     pins, uv on PATH against pip alone;
+  9. the software's venv on the pip route: pm's make_venv against `python -m venv`.
 
 Prints one table and writes bench/results.json, or $BENCH_RESULTS (both sides, the ratio, the
 machine, the commit).
@@ -378,6 +379,35 @@ def pip_route_with_uv(work):
                    "uv faster", note="same pins, read back by pip")]
 
 
+# -- 9. the software's venv ----------------------------------------------------------
+
+
+MAKE_VENV = ("import sys; sys.path.insert(0, sys.argv[1]); import pm; "
+             "sys.exit(pm.make_venv(pm.Attempt(pm.Store(sys.argv[2]), 'bench'), sys.argv[3], sys.argv[4])[0])")
+
+
+def software_venv(work):
+    """The pip route's venv for the base's Python: pm's make_venv (venv --without-pip, then pip from
+    that Python's ensurepip wheels through pm's wheel installer) against `python -m venv` (ensurepip,
+    which byte-compiles pip), each a fresh folder, side by side."""
+    rows = []
+    env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE")
+    for version in ("3.11", "newest"):
+        python = find_python(version)
+        times = {"pm": [], "venv": []}
+        for run in range(1 if QUICK else 5):
+            for side in ("pm", "venv"):
+                target = os.path.join(work, "venv-%s-%d" % (side, run))
+                command = [sys.executable, "-c", MAKE_VENV, ROOT, os.path.join(work, "venv-store"), python, target] \
+                    if side == "pm" else [python, "-m", "venv", target]
+                times[side].append(timed_child(command, env)[0])
+                shutil.rmtree(target)
+        rows.append(figure("the software's venv, Python %s" % version, median(times["pm"]), "python -m venv",
+                           median(times["venv"]), "s", "faster than python -m venv",
+                           note="the same files and scripts, pip not byte-compiled"))
+    return rows
+
+
 def main():
     started = time.time()
     work = tempfile.mkdtemp(prefix="pm-bench-all-")
@@ -389,7 +419,8 @@ def main():
                             ("start-up", startup), ("migration overhead", lambda: migration_overhead(condas, work)),
                             ("the air-gapped round trip", lambda: roundtrip.roundtrip(
                                 condas, work, timed_child, median, figure, QUICK, PYZ)),
-                            ("the pip route with uv", lambda: pip_route_with_uv(work))):
+                            ("the pip route with uv", lambda: pip_route_with_uv(work)),
+                            ("the software's venv", lambda: software_venv(work))):
             if os.environ.get("BENCH_ONLY", label) not in label:
                 continue
             print("measuring %s ..." % label, file=sys.stderr, flush=True)
