@@ -6334,7 +6334,8 @@ class ShebangFix(object):
             if block.startswith(b"#!python"):
                 line, newline, rest = block.partition(b"\n")
                 args = line[len(b"#!python"):].decode("utf-8", "surrogateescape").rstrip("\r")
-                return shebang(self.python, args).encode("utf-8", "surrogateescape")[:None if newline else -1] + rest
+                head = shebang(self.python, args)
+                return (head if newline else head.rstrip("\n")).encode("utf-8", "surrogateescape") + rest
         return block
 
 
@@ -7035,12 +7036,14 @@ def make_venv(attempt, python, venv):
 # the newest of each), from the folder ensurepip prefers: the system's WHEEL_PKG_DIR (Debian's
 # /usr/share/python-wheels), else its own _bundled
 ENSUREPIP_WHEELS = """import ensurepip, glob, os, sys, sysconfig
+def newest(folder, name):
+    found = glob.glob(os.path.join(glob.escape(folder), name + "-*.whl"))
+    version = lambda wheel: [int(p) if p.isdigit() else -1 for p in os.path.basename(wheel).split("-")[1].split(".")]
+    return sorted(found, key=version)[-1:]
 print("%d.%d" % sys.version_info[:2])
 names = ("setuptools", "pip")[sys.version_info >= (3, 12):]
 for folder in (sysconfig.get_config_var("WHEEL_PKG_DIR"), os.path.join(os.path.dirname(ensurepip.__file__), "_bundled")):
-    wheels = sum([sorted(glob.glob(os.path.join(glob.escape(folder), n + "-*.whl")), key=lambda w: [
-        int(p) if p.isdigit() else -1 for p in os.path.basename(w).split("-")[1].split(".")])[-1:] for n in names], []) \
-        if folder else []
+    wheels = sum([newest(folder, name) for name in names], []) if folder else []
     if len(wheels) == len(names):
         print("\\n".join(wheels))
         break
